@@ -1,0 +1,109 @@
+//! What the CPU says about itself: CPUID leaves and the model-specific registers.
+//!
+//! The feature set is honest: a bit is reported only when the instruction or
+//! register it advertises is implemented. With no x87 yet, FPU is not reported.
+
+use crate::exception::Exception;
+use crate::state::CpuState;
+
+/// Family 6, model 3, stepping 3: the signature CPUID leaf 1 returns in EAX and
+/// RESET leaves in EDX.
+pub const SIGNATURE: u32 = 0x0000_0633;
+
+/// CPUID.1:EDX bits we implement (SDM vol. 2A, CPUID, Table 3-11).
+const FEATURES_EDX: u32 = (1 << 4) // TSC
+    | (1 << 5) // MSR (RDMSR/WRMSR for the MSRs below)
+    | (1 << 8) // CX8 (CMPXCHG8B)
+    | (1 << 15); // CMOV
+
+/// The largest basic leaf.
+const MAX_LEAF: u32 = 1;
+
+/// IA32_TIME_STAMP_COUNTER.
+pub const MSR_TSC: u32 = 0x10;
+/// IA32_SYSENTER_CS.
+pub const MSR_SYSENTER_CS: u32 = 0x174;
+
+/// Executes CPUID for leaf `eax` (sub-leaf `ecx`): returns EAX, EBX, ECX, EDX.
+pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
+    match leaf {
+        0 => {
+            let v = b"GenuineIntel";
+            let word = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+            [MAX_LEAF, word(0), word(8), word(4)]
+        }
+        1 => [SIGNATURE, 0, 0, FEATURES_EDX],
+        // Intel: leaves above the maximum return the highest basic leaf's data.
+        l if l < 0x8000_0000 => [SIGNATURE, 0, 0, FEATURES_EDX],
+        0x8000_0000 => [0x8000_0000, 0, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+/// The current time-stamp counter.
+pub fn tsc(cpu: &CpuState) -> u64 {
+    cpu.icount.wrapping_add(cpu.tsc_offset)
+}
+
+/// RDMSR. Unknown MSRs raise #GP(0), never read as zero.
+pub fn rdmsr(cpu: &CpuState, msr: u32) -> Result<u64, Exception> {
+    match msr {
+        MSR_TSC => Ok(tsc(cpu)),
+        0x174..=0x176 => Ok(cpu.sysenter[(msr - MSR_SYSENTER_CS) as usize]),
+        _ => Err(Exception::GeneralProtection(0)),
+    }
+}
+
+/// WRMSR. Unknown MSRs raise #GP(0), never ignored.
+pub fn wrmsr(cpu: &mut CpuState, msr: u32, value: u64) -> Result<(), Exception> {
+    match msr {
+        MSR_TSC => {
+            cpu.tsc_offset = value.wrapping_sub(cpu.icount);
+            Ok(())
+        }
+        0x174..=0x176 => {
+            cpu.sysenter[(msr - MSR_SYSENTER_CS) as usize] = value;
+            Ok(())
+        }
+        _ => Err(Exception::GeneralProtection(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_leaf0_reports_vendor_in_ebx_edx_ecx_order() {
+        let [_, b, c, d] = cpuid(0, 0);
+        let mut s = Vec::new();
+        for w in [b, d, c] {
+            s.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&s, b"GenuineIntel");
+    }
+
+    #[test]
+    fn cpuid_leaf1_does_not_claim_fpu() {
+        assert_eq!(cpuid(1, 0)[3] & 1, 0);
+    }
+
+    #[test]
+    fn msr_unknown_raises_gp() {
+        let mut cpu = CpuState::reset();
+        assert_eq!(rdmsr(&cpu, 0x1B), Err(Exception::GeneralProtection(0)));
+        assert_eq!(
+            wrmsr(&mut cpu, 0xC000_0080, 0),
+            Err(Exception::GeneralProtection(0))
+        );
+    }
+
+    #[test]
+    fn msr_tsc_write_sets_counter() {
+        let mut cpu = CpuState::reset();
+        cpu.icount = 100;
+        wrmsr(&mut cpu, MSR_TSC, 5000).expect("tsc");
+        cpu.icount = 150;
+        assert_eq!(rdmsr(&cpu, MSR_TSC), Ok(5050));
+    }
+}

@@ -1,0 +1,274 @@
+//! The interpreter engine: the unit cache and the loop that runs one unit.
+//!
+//! Units are keyed by the guest-physical address of their first byte and a mode
+//! key (code size and the mode bits that change decoding). The cache is a
+//! direct-mapped table of prepared units plus a per-page index, so a write to a
+//! page that holds code invalidates exactly the units decoded from it. A unit is
+//! position-independent in CS:IP (relative branches are kept as displacements), so
+//! any CS:IP alias of the same physical bytes shares it, as long as the unit fits
+//! below the CS limit there.
+
+use super::interrupt;
+use super::Insn;
+use crate::exception::Exception;
+use crate::mmu;
+use crate::state::{sreg, CpuState, RunState};
+use std::collections::HashMap;
+use x86bt_decoder::{decode_unit, Bitness, DecodedUnit, UnitEnd, MAX_INSN_LEN, MAX_UNIT_INSNS};
+use x86bt_machine::{GuestPhys, Machine, PAGE_SIZE};
+
+/// Number of slots in the direct-mapped unit cache (a power of two).
+const SLOTS: usize = 1 << 14;
+
+/// Why [`Interpreter::run_unit`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitExit {
+    /// Instructions ran; carry on.
+    Continue,
+    /// The CPU executed HLT.
+    Halted,
+    /// A triple fault shut the CPU down.
+    Shutdown,
+    /// The guest entered a mode this build does not implement yet.
+    Unsupported(&'static str),
+}
+
+/// Counters for `--stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheStats {
+    /// Units found in the cache.
+    pub hits: u64,
+    /// Units decoded.
+    pub misses: u64,
+    /// Units dropped because their code was written.
+    pub invalidations: u64,
+    /// Instructions in all decoded units (for the mean unit length).
+    pub decoded_insns: u64,
+}
+
+#[derive(Clone)]
+struct Slot {
+    valid: bool,
+    phys: u64,
+    key: u32,
+    byte_len: u32,
+    count: u8,
+    insns: [Insn; MAX_UNIT_INSNS],
+}
+
+/// The interpreter: the reference engine.
+pub struct Interpreter {
+    slots: Vec<Slot>,
+    /// RAM page -> slots holding units decoded from it.
+    page_index: HashMap<u64, Vec<u32>>,
+    scratch: DecodedUnit,
+    /// Cache counters.
+    pub stats: CacheStats,
+}
+
+impl Default for Interpreter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The mode key: everything that changes how bytes decode or what a prepared
+/// instruction means. Real mode: code size from CS.D.
+fn mode_key(cpu: &CpuState) -> (u32, Bitness) {
+    let d = cpu.seg[sreg::CS].attrs & crate::state::seg_attr::DB != 0;
+    let bitness = if d { Bitness::B32 } else { Bitness::B16 };
+    let key = u32::from(d) | (u32::from(cpu.protected()) << 1);
+    (key, bitness)
+}
+
+#[inline]
+fn slot_of(phys: u64, key: u32) -> usize {
+    let h = phys ^ (phys >> 14) ^ (u64::from(key) << 7);
+    (h as usize) & (SLOTS - 1)
+}
+
+impl Interpreter {
+    /// An empty cache.
+    pub fn new() -> Self {
+        let dummy = Insn::prepare(&iced_x86::Instruction::default(), 16);
+        let slot = Slot {
+            valid: false,
+            phys: 0,
+            key: 0,
+            byte_len: 0,
+            count: 0,
+            insns: [dummy; MAX_UNIT_INSNS],
+        };
+        Self {
+            slots: vec![slot; SLOTS],
+            page_index: HashMap::new(),
+            scratch: DecodedUnit::default(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Drops every unit decoded from the RAM pages written since the last call.
+    pub fn invalidate_written(&mut self, m: &mut Machine) {
+        for page in m.mem.take_dirty_code_pages() {
+            if let Some(list) = self.page_index.remove(&page) {
+                for s in list {
+                    let slot = &mut self.slots[s as usize];
+                    if slot.valid {
+                        slot.valid = false;
+                        self.stats.invalidations += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every cached unit.
+    pub fn flush(&mut self) {
+        for s in &mut self.slots {
+            s.valid = false;
+        }
+        self.page_index.clear();
+    }
+
+    /// Decodes the unit at CS:IP into `slot`. Returns the fetch fault if the first
+    /// instruction cannot be fetched.
+    fn fill(
+        &mut self,
+        cpu: &CpuState,
+        m: &mut Machine,
+        phys: u64,
+        key: u32,
+        bitness: Bitness,
+        s: usize,
+    ) -> Result<(), Exception> {
+        let ip = cpu.rip;
+        let cs = &cpu.seg[sreg::CS];
+        let lin = cs.base.wrapping_add(ip) & 0xFFFF_FFFF;
+        let page_room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
+        let limit_room = (u64::from(cs.limit) + 1).saturating_sub(ip) as usize;
+        let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
+        let avail = want.min(limit_room);
+        let mut buf = [0u8; MAX_UNIT_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
+        for (i, b) in buf.iter_mut().enumerate().take(avail) {
+            let p = mmu::translate(
+                cpu,
+                lin.wrapping_add(i as u64) & 0xFFFF_FFFF,
+                mmu::Access::Exec,
+            )?;
+            *b = m.mem.read_u8(p);
+        }
+        decode_unit(bitness, ip, &buf[..avail], page_room, &mut self.scratch);
+        if self.scratch.end == UnitEnd::FetchFault {
+            return Err(Exception::GeneralProtection(0));
+        }
+        let bits = bitness.bits();
+        let slot = &mut self.slots[s];
+        for (dst, ins) in slot.insns.iter_mut().zip(self.scratch.instructions()) {
+            *dst = Insn::prepare(ins, bits);
+        }
+        slot.count = self.scratch.count as u8;
+        slot.byte_len = self.scratch.byte_len as u32;
+        slot.phys = phys;
+        slot.key = key;
+        slot.valid = true;
+        self.stats.misses += 1;
+        self.stats.decoded_insns += self.scratch.count as u64;
+        // Track the pages the unit's bytes came from, so writes invalidate it.
+        let first = GuestPhys(phys);
+        let last = GuestPhys(phys + u64::from(slot.byte_len).max(1) - 1);
+        for p in [first, last] {
+            if m.mem.mark_code(p) {
+                if let Some(page) = m.mem.ram_page(p) {
+                    let list = self.page_index.entry(page).or_default();
+                    if !list.contains(&(s as u32)) {
+                        list.push(s as u32);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one unit at CS:IP. Exceptions are delivered to the guest here.
+    pub fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+        if cpu.protected() {
+            return UnitExit::Unsupported("protected mode (CR0.PE=1) is not implemented yet");
+        }
+        let (key, bitness) = mode_key(cpu);
+        let cs = &cpu.seg[sreg::CS];
+        if cpu.rip > u64::from(cs.limit) {
+            interrupt::raise(cpu, m, Exception::GeneralProtection(0), cpu.rip);
+            return self.after_fault(cpu);
+        }
+        let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+        let phys = match mmu::translate(cpu, lin, mmu::Access::Exec) {
+            Ok(p) => p.0 & m.mem.a20_mask(),
+            Err(e) => {
+                interrupt::raise(cpu, m, e, cpu.rip);
+                return self.after_fault(cpu);
+            }
+        };
+        let s = slot_of(phys, key);
+        let hit = {
+            let slot = &self.slots[s];
+            slot.valid && slot.phys == phys && slot.key == key
+        };
+        if hit {
+            self.stats.hits += 1;
+        } else if let Err(e) = self.fill(cpu, m, phys, key, bitness, s) {
+            interrupt::raise(cpu, m, e, cpu.rip);
+            return self.after_fault(cpu);
+        }
+        // The unit may have been decoded at an alias with more room below the CS
+        // limit; if it does not fit here, run only what fits instruction by
+        // instruction through a fresh decode next time.
+        let fits =
+            cpu.rip + u64::from(self.slots[s].byte_len) <= u64::from(cpu.seg[sreg::CS].limit) + 1;
+        if !fits {
+            if let Err(e) = self.fill(cpu, m, phys, key, bitness, s) {
+                interrupt::raise(cpu, m, e, cpu.rip);
+                return self.after_fault(cpu);
+            }
+        }
+        cpu.int_shadow = 0;
+        let slot = &self.slots[s];
+        for insn in &slot.insns[..slot.count as usize] {
+            cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
+            match (insn.exec)(cpu, m, insn) {
+                Ok(()) => {
+                    cpu.rip = cpu.next_rip;
+                    cpu.icount += 1;
+                }
+                Err(e) => {
+                    cpu.icount += 1;
+                    interrupt::raise(cpu, m, e, cpu.rip);
+                    return self.after_fault(cpu);
+                }
+            }
+            if cpu.run_state != RunState::Running {
+                return UnitExit::Halted;
+            }
+            if m.mem.code_write_pending {
+                break;
+            }
+        }
+        UnitExit::Continue
+    }
+
+    fn after_fault(&self, cpu: &CpuState) -> UnitExit {
+        if cpu.run_state == RunState::Shutdown {
+            UnitExit::Shutdown
+        } else {
+            UnitExit::Continue
+        }
+    }
+
+    /// Whether a unit for CS:IP is cached (for tests of the cache itself).
+    pub fn is_cached(&self, cpu: &CpuState, m: &Machine) -> bool {
+        let (key, _) = mode_key(cpu);
+        let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+        let phys = lin & m.mem.a20_mask();
+        let slot = &self.slots[slot_of(phys, key)];
+        slot.valid && slot.phys == phys && slot.key == key
+    }
+}

@@ -1,0 +1,237 @@
+//! Chooses each instruction's handler, once, when a unit is decoded.
+//!
+//! Anything not listed is #UD: instruction-set extensions this CPU does not report
+//! in CPUID (SSE, AVX, ...) are undefined opcodes to it.
+
+use super::{alu, bcd, bits, control, interrupt, muldiv, shift, stack, string, system, Handler};
+use iced_x86::{Code, Instruction, Mnemonic, OpKind};
+
+fn is_x87(ins: &Instruction) -> bool {
+    use iced_x86::CpuidFeature as F;
+    ins.mnemonic() != Mnemonic::Wait
+        && ins.cpuid_features().iter().any(|f| {
+            matches!(
+                f,
+                F::FPU | F::FPU287 | F::FPU287XL_ONLY | F::FPU387 | F::FPU387SL_ONLY
+            )
+        })
+}
+
+fn both_gpr(ins: &Instruction) -> bool {
+    ins.op_count() == 2
+        && ins.op0_kind() == OpKind::Register
+        && ins.op1_kind() == OpKind::Register
+        && ins.op0_register().is_gpr()
+        && ins.op1_register().is_gpr()
+}
+
+/// The handler for `ins`.
+pub fn handler(ins: &Instruction) -> Handler {
+    use Mnemonic as M;
+    if ins.is_invalid() {
+        return alu::undefined;
+    }
+    if is_x87(ins) {
+        return system::fpu_escape;
+    }
+    match ins.mnemonic() {
+        M::Add => alu::binop::<{ alu::ADD }>,
+        M::Or => alu::binop::<{ alu::OR }>,
+        M::Adc => alu::binop::<{ alu::ADC }>,
+        M::Sbb => alu::binop::<{ alu::SBB }>,
+        M::And => alu::binop::<{ alu::AND }>,
+        M::Sub => alu::binop::<{ alu::SUB }>,
+        M::Xor => alu::binop::<{ alu::XOR }>,
+        M::Cmp => alu::binop::<{ alu::CMP }>,
+        M::Test => alu::binop::<{ alu::TEST }>,
+        M::Inc => alu::incdec::<false>,
+        M::Dec => alu::incdec::<true>,
+        M::Neg => alu::neg,
+        M::Not => alu::not,
+        M::Mov => mov(ins),
+        M::Movzx => alu::movx::<false>,
+        M::Movsx => alu::movx::<true>,
+        M::Xchg => alu::xchg,
+        M::Lea => alu::lea,
+        M::Cbw | M::Cwde | M::Cdqe => alu::cbw,
+        M::Cwd | M::Cdq | M::Cqo => alu::cwd,
+        M::Lahf => alu::lahf,
+        M::Sahf => alu::sahf,
+        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta => {
+            alu::setcc
+        }
+        M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
+            alu::setcc
+        }
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova => alu::cmovcc,
+        M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => alu::cmovcc,
+        M::Xadd => alu::xadd,
+        M::Cmpxchg => alu::cmpxchg,
+        M::Cmpxchg8b => alu::cmpxchg8b,
+        M::Bswap => alu::bswap,
+        M::Salc => alu::salc,
+        M::Xlatb => alu::xlat,
+        M::Clc => alu::flag_op::<0>,
+        M::Stc => alu::flag_op::<1>,
+        M::Cmc => alu::flag_op::<2>,
+        M::Cld => alu::flag_op::<3>,
+        M::Std => alu::flag_op::<4>,
+        M::Nop | M::Pause => alu::nop,
+        M::Rol => shift::shift::<{ shift::ROL }>,
+        M::Ror => shift::shift::<{ shift::ROR }>,
+        M::Rcl => shift::shift::<{ shift::RCL }>,
+        M::Rcr => shift::shift::<{ shift::RCR }>,
+        M::Shl | M::Sal => shift::shift::<{ shift::SHL }>,
+        M::Shr => shift::shift::<{ shift::SHR }>,
+        M::Sar => shift::shift::<{ shift::SAR }>,
+        M::Shld => shift::shxd::<true>,
+        M::Shrd => shift::shxd::<false>,
+        M::Mul => muldiv::mul,
+        M::Imul if ins.op_count() == 1 => muldiv::imul1,
+        M::Imul => muldiv::imul_n,
+        M::Div => muldiv::div,
+        M::Idiv => muldiv::idiv,
+        M::Daa => bcd::daa_das::<false>,
+        M::Das => bcd::daa_das::<true>,
+        M::Aaa => bcd::aaa_aas::<false>,
+        M::Aas => bcd::aaa_aas::<true>,
+        M::Aam => bcd::aam,
+        M::Aad => bcd::aad,
+        M::Bt => bits::bt::<{ bits::BT }>,
+        M::Bts => bits::bt::<{ bits::BTS }>,
+        M::Btr => bits::bt::<{ bits::BTR }>,
+        M::Btc => bits::bt::<{ bits::BTC }>,
+        M::Bsf => bits::bsf_bsr::<false>,
+        M::Bsr => bits::bsf_bsr::<true>,
+        M::Push
+            if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() =>
+        {
+            stack::push_op
+        }
+        M::Push => stack::push_op,
+        M::Pop
+            if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() =>
+        {
+            system::pop_seg
+        }
+        M::Pop => stack::pop_op,
+        M::Pusha | M::Pushad => stack::pusha,
+        M::Popa | M::Popad => stack::popa,
+        M::Pushf | M::Pushfd | M::Pushfq => stack::pushf,
+        M::Popf | M::Popfd | M::Popfq => stack::popf,
+        M::Enter => stack::enter,
+        M::Leave => stack::leave,
+        M::Jmp => jmp(ins),
+        M::Call => call(ins),
+        M::Ret => control::ret_near,
+        M::Retf => control::ret_far,
+        M::Loop => control::loop_cc::<0>,
+        M::Loope => control::loop_cc::<1>,
+        M::Loopne => control::loop_cc::<2>,
+        M::Jcxz | M::Jecxz | M::Jrcxz => control::jcxz,
+        M::Bound => control::bound,
+        M::Int => interrupt::int_n,
+        M::Int3 => interrupt::int3,
+        M::Int1 => interrupt::int1,
+        M::Into => interrupt::into,
+        M::Iret | M::Iretd => interrupt::iret,
+        M::Movsb | M::Movsw | M::Movsd
+            if ins.op_count() == 2 && ins.op0_kind() != OpKind::Register =>
+        {
+            string::string_op
+        }
+        M::Cmpsb | M::Cmpsw | M::Cmpsd if ins.op0_kind() != OpKind::Register => string::string_op,
+        M::Scasb | M::Scasw | M::Scasd | M::Lodsb | M::Lodsw | M::Lodsd => string::string_op,
+        M::Stosb | M::Stosw | M::Stosd | M::Insb | M::Insw | M::Insd => string::string_op,
+        M::Outsb | M::Outsw | M::Outsd => string::string_op,
+        M::In => system::in_,
+        M::Out => system::out,
+        M::Hlt => system::hlt,
+        M::Cli => system::cli,
+        M::Sti => system::sti,
+        M::Cpuid => system::cpuid,
+        M::Rdtsc => system::rdtsc,
+        M::Rdmsr => system::rdmsr,
+        M::Wrmsr => system::wrmsr,
+        M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => system::load_far_ptr,
+        M::Lgdt => system::load_table::<false>,
+        M::Lidt => system::load_table::<true>,
+        M::Sgdt => system::store_table::<false>,
+        M::Sidt => system::store_table::<true>,
+        M::Smsw => system::smsw,
+        M::Lmsw => system::lmsw,
+        M::Clts => system::clts,
+        M::Invd | M::Wbinvd | M::Invlpg => system::cache_op,
+        M::Wait => system::fwait,
+        M::Lar | M::Lsl | M::Verr | M::Verw | M::Sldt | M::Str | M::Lldt | M::Ltr | M::Arpl => {
+            system::protected_only
+        }
+        _ if ins.is_jcc_short_or_near() => control::jcc,
+        _ => alu::undefined,
+    }
+}
+
+fn mov(ins: &Instruction) -> Handler {
+    let seg =
+        |i: u32| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_segment_register();
+    let crdr = |i: u32| ins.op_kind(i) == OpKind::Register && (ins.op_register(i).is_cr());
+    let dr = |i: u32| ins.op_kind(i) == OpKind::Register && (ins.op_register(i).is_dr());
+    if seg(0) {
+        system::mov_to_seg
+    } else if seg(1) {
+        system::mov_from_seg
+    } else if crdr(0) || crdr(1) {
+        system::mov_cr
+    } else if dr(0) || dr(1) {
+        system::mov_dr
+    } else if ins.op0_kind() == OpKind::Register && !ins.op0_register().is_gpr() {
+        alu::undefined
+    } else if both_gpr(ins) {
+        alu::mov_rr
+    } else {
+        alu::mov
+    }
+}
+
+fn jmp(ins: &Instruction) -> Handler {
+    match ins.code() {
+        Code::Jmp_ptr1616
+        | Code::Jmp_ptr1632
+        | Code::Jmp_m1616
+        | Code::Jmp_m1632
+        | Code::Jmp_m1664 => control::jmp_far,
+        _ if ins.is_jmp_short_or_near() => control::jmp_rel,
+        _ => control::jmp_ind,
+    }
+}
+
+fn call(ins: &Instruction) -> Handler {
+    match ins.code() {
+        Code::Call_ptr1616
+        | Code::Call_ptr1632
+        | Code::Call_m1616
+        | Code::Call_m1632
+        | Code::Call_m1664 => control::call_far,
+        _ if ins.is_call_near() => control::call_rel,
+        _ => control::call_ind,
+    }
+}
+
+/// Whether `ins` is a conditional jump (for the flags-liveness users).
+pub fn is_jcc(ins: &Instruction) -> bool {
+    ins.is_jcc_short_or_near()
+}

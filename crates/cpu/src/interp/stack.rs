@@ -1,0 +1,178 @@
+//! The stack: PUSH, POP, PUSHA, POPA, PUSHF, POPF, ENTER, LEAVE, and the push/pop
+//! primitives other families use.
+//!
+//! The stack-pointer width is SS.B (SP or ESP); the value width is the operand
+//! size. Every access is limit-checked against SS and faults with #SS(0). Multi-
+//! value pops read everything first and move SP last, so a fault changes nothing.
+
+use super::ops::*;
+use super::{Exec, Insn, Opnd};
+use crate::exception::Exception;
+use crate::mmu;
+use crate::state::flags::*;
+use crate::state::{reg, sreg, CpuState};
+use x86bt_machine::Machine;
+
+const RSP: u8 = reg::RSP as u8;
+
+/// Pushes the low `size` bytes of `v`.
+#[inline]
+pub fn push(cpu: &mut CpuState, m: &mut Machine, v: u64, size: u32) -> Exec {
+    let ss = stack_size(cpu);
+    let sp = get_gpr(cpu, RSP, 0, ss).wrapping_sub(u64::from(size)) & mask(ss);
+    mmu::write(cpu, m, sreg::SS, sp, size, v)?;
+    set_gpr(cpu, RSP, 0, ss, sp);
+    Ok(())
+}
+
+/// Reads the `size`-byte value `depth` bytes above the stack pointer.
+#[inline]
+pub fn peek(cpu: &CpuState, m: &Machine, depth: u64, size: u32) -> Result<u64, Exception> {
+    let ss = stack_size(cpu);
+    let sp = get_gpr(cpu, RSP, 0, ss).wrapping_add(depth) & mask(ss);
+    mmu::read(cpu, m, sreg::SS, sp, size)
+}
+
+/// Moves the stack pointer by `n` bytes (positive: pop).
+#[inline]
+pub fn add_sp(cpu: &mut CpuState, n: u64) {
+    let ss = stack_size(cpu);
+    let sp = get_gpr(cpu, RSP, 0, ss).wrapping_add(n);
+    set_gpr(cpu, RSP, 0, ss, sp);
+}
+
+/// Pops a `size`-byte value.
+#[inline]
+pub fn pop(cpu: &mut CpuState, m: &Machine, size: u32) -> Result<u64, Exception> {
+    let v = peek(cpu, m, 0, size)?;
+    add_sp(cpu, u64::from(size));
+    Ok(v)
+}
+
+/// PUSH r/m, imm, and PUSH sreg. PUSH SP pushes the value before the push.
+pub fn push_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let v = match insn.ops[0] {
+        Opnd::Seg(s) => u64::from(cpu.seg[s as usize].selector),
+        _ => read_op(cpu, m, insn, 0, size)?,
+    };
+    push(cpu, m, v, size)
+}
+
+/// POP r/m. With a memory destination, the address is computed after SP moves
+/// (SDM vol. 2B, POP), and SP is restored if the store faults.
+pub fn pop_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let v = peek(cpu, m, 0, size)?;
+    let old_sp = cpu.gpr[reg::RSP];
+    add_sp(cpu, u64::from(size));
+    if let Err(e) = write_op(cpu, m, insn, 0, size, v) {
+        cpu.gpr[reg::RSP] = old_sp;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// PUSHA/PUSHAD: AX, CX, DX, BX, original SP, BP, SI, DI.
+pub fn pusha(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let saved = cpu.gpr[reg::RSP];
+    for r in 0..8u8 {
+        let v = if r == RSP { saved } else { cpu.gpr[r as usize] };
+        if let Err(e) = push(cpu, m, v, size) {
+            cpu.gpr[reg::RSP] = saved;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// POPA/POPAD: the reverse, skipping the saved SP.
+pub fn popa(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let mut vals = [0u64; 8];
+    for (i, v) in vals.iter_mut().enumerate() {
+        *v = peek(cpu, m, (i as u64) * u64::from(size), size)?;
+    }
+    for (i, v) in vals.iter().enumerate() {
+        let r = 7 - i as u8;
+        if r != RSP {
+            set_gpr(cpu, r, 0, size, *v);
+        }
+    }
+    add_sp(cpu, 8 * u64::from(size));
+    Ok(())
+}
+
+/// The FLAGS image PUSHF and interrupts push: VM and RF read as 0.
+pub fn flags_image(cpu: &CpuState) -> u64 {
+    cpu.rflags & !(VM | RF)
+}
+
+/// PUSHF/PUSHFD.
+pub fn pushf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let v = flags_image(cpu);
+    push(cpu, m, v, insn.size())
+}
+
+/// Loads FLAGS from a popped value: the bits a real-mode (CPL 0) POPF or IRET may
+/// change. VM, VIP and VIF are kept; RF is cleared; reserved bits are fixed.
+pub fn load_flags(cpu: &mut CpuState, v: u64, size: u32) {
+    let writable = if size == 2 { 0x7FD5 } else { 0x7FD5 | AC | ID };
+    let kept = cpu.rflags & !writable & !RF & !0xFFFF;
+    cpu.rflags = kept | (v & writable) | FIXED1;
+}
+
+/// POPF/POPFD.
+pub fn popf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let v = pop(cpu, m, size)?;
+    load_flags(cpu, v, size);
+    Ok(())
+}
+
+/// ENTER imm16, imm8 (SDM vol. 2A, ENTER).
+pub fn enter(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let alloc = insn.ins.immediate16() as u64;
+    let level = u64::from(insn.ins.immediate8_2nd() & 31);
+    let ss = stack_size(cpu);
+    let (saved_sp, saved_bp) = (cpu.gpr[reg::RSP], cpu.gpr[reg::RBP]);
+    let r = (|| {
+        push(cpu, m, cpu.gpr[reg::RBP], size)?;
+        let frame = get_gpr(cpu, RSP, 0, ss);
+        if level > 0 {
+            let mut bp = get_gpr(cpu, reg::RBP as u8, 0, ss);
+            for _ in 1..level {
+                bp = bp.wrapping_sub(u64::from(size)) & mask(ss);
+                let v = mmu::read(cpu, m, sreg::SS, bp, size)?;
+                push(cpu, m, v, size)?;
+            }
+            push(cpu, m, frame, size)?;
+        }
+        let sp = get_gpr(cpu, RSP, 0, ss).wrapping_sub(alloc) & mask(ss);
+        // The final stack pointer must be inside the stack segment.
+        if sp != get_gpr(cpu, RSP, 0, ss) {
+            mmu::seg_linear(cpu, sreg::SS, sp, 1, mmu::Access::Write)?;
+        }
+        set_gpr(cpu, reg::RBP as u8, 0, size.min(ss).max(2), frame);
+        set_gpr(cpu, RSP, 0, ss, sp);
+        Ok(())
+    })();
+    if r.is_err() {
+        cpu.gpr[reg::RSP] = saved_sp;
+        cpu.gpr[reg::RBP] = saved_bp;
+    }
+    r
+}
+
+/// LEAVE: SP = BP, then pop BP.
+pub fn leave(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let ss = stack_size(cpu);
+    let bp = get_gpr(cpu, reg::RBP as u8, 0, ss);
+    let v = mmu::read(cpu, m, sreg::SS, bp, size)?;
+    set_gpr(cpu, RSP, 0, ss, bp.wrapping_add(u64::from(size)));
+    set_gpr(cpu, reg::RBP as u8, 0, size, v);
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! String instructions: MOVS, CMPS, SCAS, LODS, STOS, INS, OUTS, with REP, REPE
+//! and REPNE.
+//!
+//! The address size picks SI/DI/CX or ESI/EDI/ECX. The source segment may be
+//! overridden; the destination is always ES. A repeated instruction runs in
+//! batches: after [`BATCH`] iterations with work left it ends without advancing
+//! IP, so the run loop can deliver interrupts and it resumes where it stopped, as
+//! an interrupted REP does on hardware. Each iteration retires as one instruction.
+//! A fault leaves the registers as of the last completed iteration.
+
+use super::flags;
+use super::ops::*;
+use super::{Exec, Insn};
+use crate::exception::Exception;
+use crate::mmu;
+use crate::state::flags::*;
+use crate::state::{reg, sreg, CpuState};
+use iced_x86::{Mnemonic, OpKind};
+use x86bt_machine::Machine;
+
+/// Iterations a repeated string instruction runs before yielding.
+pub const BATCH: u64 = 4096;
+
+const RSI: u8 = reg::RSI as u8;
+const RDI: u8 = reg::RDI as u8;
+const RCX: u8 = reg::RCX as u8;
+
+fn addr_size(insn: &Insn) -> u32 {
+    for i in 0..insn.ins.op_count() {
+        match insn.ins.op_kind(i) {
+            OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => return 2,
+            OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => return 4,
+            OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => return 8,
+            _ => {}
+        }
+    }
+    2
+}
+
+/// All the string instructions.
+pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    // The element size comes from the memory operand: OUTS has DX as operand 0.
+    let size = match insn.ins.memory_size().size() {
+        s @ (1 | 2 | 4 | 8) => s as u32,
+        _ => insn.size(),
+    };
+    let asz = addr_size(insn);
+    let amask = mask(asz);
+    let mn = insn.ins.mnemonic();
+    let rep = insn.ins.has_rep_prefix() || insn.ins.has_repne_prefix();
+    let compare = matches!(
+        mn,
+        Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq
+    ) || matches!(
+        mn,
+        Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq
+    );
+    let step = if cpu.rflags & DF != 0 {
+        (u64::from(size)).wrapping_neg()
+    } else {
+        u64::from(size)
+    };
+    let src_seg = insn.ins.memory_segment() as u32;
+    let src_seg = src_seg.wrapping_sub(iced_x86::Register::ES as u32) as usize;
+    let mut done = 0u64;
+    loop {
+        if rep && get_gpr(cpu, RCX, 0, asz) == 0 {
+            break;
+        }
+        let si = get_gpr(cpu, RSI, 0, asz);
+        let di = get_gpr(cpu, RDI, 0, asz);
+        match mn {
+            Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
+                let v = mmu::read(cpu, m, src_seg, si, size)?;
+                mmu::write(cpu, m, sreg::ES, di, size, v)?;
+                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+            }
+            Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => {
+                mmu::write(cpu, m, sreg::ES, di, size, cpu.gpr[reg::RAX])?;
+                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+            }
+            Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => {
+                let v = mmu::read(cpu, m, src_seg, si, size)?;
+                set_gpr(cpu, reg::RAX as u8, 0, size, v);
+                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+            }
+            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq => {
+                let a = mmu::read(cpu, m, src_seg, si, size)?;
+                let b = mmu::read(cpu, m, sreg::ES, di, size)?;
+                flags::sub(cpu, a, b, 0, size);
+                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+            }
+            Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => {
+                let b = mmu::read(cpu, m, sreg::ES, di, size)?;
+                flags::sub(cpu, cpu.gpr[reg::RAX], b, 0, size);
+                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+            }
+            Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => {
+                mmu::seg_linear(cpu, sreg::ES, di, size, mmu::Access::Write)?;
+                let port = cpu.gpr[reg::RDX] as u16;
+                let v = m.io_read(port, size as usize);
+                mmu::write(cpu, m, sreg::ES, di, size, u64::from(v))?;
+                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+            }
+            Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => {
+                let v = mmu::read(cpu, m, src_seg, si, size)?;
+                let port = cpu.gpr[reg::RDX] as u16;
+                m.io_write(port, size as usize, v as u32);
+                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+            }
+            _ => return Err(Exception::InvalidOpcode),
+        }
+        if !rep {
+            return Ok(());
+        }
+        let c = get_gpr(cpu, RCX, 0, asz).wrapping_sub(1) & amask;
+        set_gpr(cpu, RCX, 0, asz, c);
+        done += 1;
+        if compare {
+            let zf = cpu.rflags & ZF != 0;
+            if insn.ins.has_repe_prefix() != zf || c == 0 {
+                break;
+            }
+        }
+        if c == 0 {
+            break;
+        }
+        // Yield after a batch, or when a store hit cached code, resuming at this
+        // same instruction.
+        if done >= BATCH || m.mem.code_write_pending {
+            cpu.next_rip = cpu.rip;
+            break;
+        }
+    }
+    cpu.icount += done.saturating_sub(1);
+    Ok(())
+}

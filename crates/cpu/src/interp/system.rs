@@ -1,0 +1,365 @@
+//! System instructions: port I/O, HLT, CLI/STI, CPUID, RDTSC, MSRs, segment
+//! register loads, descriptor-table and control-register access, and the x87
+//! escape opcodes of a CPU without a coprocessor.
+//!
+//! Real mode runs at CPL 0: there are no IOPL or privilege checks here yet. The
+//! protected-mode-only instructions (LAR, LSL, VERR, VERW, SLDT, STR, LLDT, LTR,
+//! ARPL) raise #UD in real mode (SDM vol. 2, "Real-Address Mode Exceptions").
+
+use super::ops::*;
+use super::{Exec, Insn, Opnd};
+use crate::exception::Exception;
+use crate::identity;
+use crate::mmu;
+use crate::state::flags::*;
+use crate::state::{cr0, reg, sreg, CpuState, RunState};
+use iced_x86::{OpKind, Register};
+use x86bt_machine::Machine;
+
+fn port_of(cpu: &CpuState, insn: &Insn, i: usize) -> u16 {
+    match insn.ops[i] {
+        Opnd::Imm(v) => v as u16,
+        _ => cpu.gpr[reg::RDX] as u16,
+    }
+}
+
+/// IN AL/AX/EAX, imm8/DX.
+pub fn in_(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = insn.size();
+    let v = m.io_read(port_of(cpu, insn, 1), size as usize);
+    set_gpr(cpu, reg::RAX as u8, 0, size, u64::from(v));
+    Ok(())
+}
+
+/// OUT imm8/DX, AL/AX/EAX.
+pub fn out(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = match insn.ins.op1_register().size() {
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    };
+    let v = get_gpr(cpu, reg::RAX as u8, 0, size);
+    m.io_write(port_of(cpu, insn, 0), size as usize, v as u32);
+    Ok(())
+}
+
+/// HLT: stop until an interrupt; IP already points past the HLT.
+pub fn hlt(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    cpu.run_state = RunState::Halted;
+    Ok(())
+}
+
+/// CLI.
+pub fn cli(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    cpu.rflags &= !IF;
+    Ok(())
+}
+
+/// STI: interrupts are recognised only after the next instruction.
+pub fn sti(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    if cpu.rflags & IF == 0 {
+        cpu.int_shadow = 1;
+    }
+    cpu.rflags |= IF;
+    Ok(())
+}
+
+/// CPUID.
+pub fn cpuid(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let r = identity::cpuid(cpu.gpr[reg::RAX] as u32, cpu.gpr[reg::RCX] as u32);
+    for (slot, v) in [reg::RAX, reg::RBX, reg::RCX, reg::RDX].into_iter().zip(r) {
+        cpu.gpr[slot] = u64::from(v);
+    }
+    Ok(())
+}
+
+/// RDTSC: #GP(0) if CR4.TSD is set outside CPL 0; real mode is CPL 0.
+pub fn rdtsc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let t = identity::tsc(cpu);
+    cpu.gpr[reg::RAX] = t & 0xFFFF_FFFF;
+    cpu.gpr[reg::RDX] = t >> 32;
+    Ok(())
+}
+
+/// RDMSR.
+pub fn rdmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let v = identity::rdmsr(cpu, cpu.gpr[reg::RCX] as u32)?;
+    cpu.gpr[reg::RAX] = v & 0xFFFF_FFFF;
+    cpu.gpr[reg::RDX] = v >> 32;
+    Ok(())
+}
+
+/// WRMSR.
+pub fn wrmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let v = (cpu.gpr[reg::RDX] & 0xFFFF_FFFF) << 32 | (cpu.gpr[reg::RAX] & 0xFFFF_FFFF);
+    identity::wrmsr(cpu, cpu.gpr[reg::RCX] as u32, v)
+}
+
+/// Loads segment register `s` with `sel`. Real mode: base = sel << 4. Loading SS
+/// inhibits interrupts for one instruction.
+fn load_seg(cpu: &mut CpuState, s: usize, sel: u16) -> Exec {
+    if s == sreg::CS {
+        return Err(Exception::InvalidOpcode);
+    }
+    if cpu.protected() {
+        // Protected-mode segment loads (descriptor checks) come with protected mode.
+        return Err(Exception::GeneralProtection(sel & !3));
+    }
+    cpu.load_seg_real(s, sel);
+    if s == sreg::SS {
+        cpu.int_shadow = 1;
+    }
+    Ok(())
+}
+
+/// MOV sreg, r/m16. MOV CS is #UD on the 386 and later.
+pub fn mov_to_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let Opnd::Seg(s) = insn.ops[0] else {
+        return Err(Exception::InvalidOpcode);
+    };
+    let v = read_op(cpu, m, insn, 1, 2)?;
+    load_seg(cpu, s as usize, v as u16)
+}
+
+/// MOV r/m, sreg: a 32-bit register destination gets the zero-extended selector;
+/// a memory destination is always 16 bits.
+pub fn mov_from_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let Opnd::Seg(s) = insn.ops[1] else {
+        return Err(Exception::InvalidOpcode);
+    };
+    let v = u64::from(cpu.seg[s as usize].selector);
+    let size = if insn.ops[0] == Opnd::Mem {
+        2
+    } else {
+        insn.size()
+    };
+    write_op(cpu, m, insn, 0, size, v)
+}
+
+/// POP sreg.
+pub fn pop_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let Opnd::Seg(s) = insn.ops[0] else {
+        return Err(Exception::InvalidOpcode);
+    };
+    let size = insn.size();
+    let v = super::stack::peek(cpu, m, 0, size)?;
+    load_seg(cpu, s as usize, v as u16)?;
+    super::stack::add_sp(cpu, u64::from(size));
+    Ok(())
+}
+
+/// LDS, LES, LFS, LGS, LSS: load a far pointer.
+pub fn load_far_ptr(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    if insn.ops[1] != Opnd::Mem {
+        return Err(Exception::InvalidOpcode);
+    }
+    let size = insn.size();
+    let s = insn.mem.seg as usize;
+    let off = ea(cpu, &insn.mem);
+    let v = mmu::read(cpu, m, s, off, size)?;
+    let sel = mmu::read(
+        cpu,
+        m,
+        s,
+        off.wrapping_add(u64::from(size)) & insn.mem.addr_mask,
+        2,
+    )?;
+    let seg = match insn.ins.mnemonic() {
+        iced_x86::Mnemonic::Lds => sreg::DS,
+        iced_x86::Mnemonic::Les => sreg::ES,
+        iced_x86::Mnemonic::Lfs => sreg::FS,
+        iced_x86::Mnemonic::Lgs => sreg::GS,
+        _ => sreg::SS,
+    };
+    load_seg(cpu, seg, sel as u16)?;
+    write_op(cpu, m, insn, 0, size, v)
+}
+
+/// LGDT and LIDT: a 16-bit operand size loads a 24-bit base.
+pub fn load_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    if insn.ops[0] != Opnd::Mem {
+        return Err(Exception::InvalidOpcode);
+    }
+    let s = insn.mem.seg as usize;
+    let off = ea(cpu, &insn.mem);
+    let limit = mmu::read(cpu, m, s, off, 2)?;
+    let base = mmu::read(cpu, m, s, off.wrapping_add(2) & insn.mem.addr_mask, 4)?;
+    let base = if insn.ins.code().op_code().operand_size() == 16 {
+        base & 0x00FF_FFFF
+    } else {
+        base
+    };
+    let t = if IDT { &mut cpu.idtr } else { &mut cpu.gdtr };
+    t.base = base;
+    t.limit = limit as u32;
+    Ok(())
+}
+
+/// SGDT and SIDT: limit then 32-bit base (the 386 and later store all 32 bits of
+/// the base even with a 16-bit operand size).
+pub fn store_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    if insn.ops[0] != Opnd::Mem {
+        return Err(Exception::InvalidOpcode);
+    }
+    let t = if IDT { cpu.idtr } else { cpu.gdtr };
+    let s = insn.mem.seg as usize;
+    let off = ea(cpu, &insn.mem);
+    mmu::seg_linear(
+        cpu,
+        s,
+        off.wrapping_add(5) & insn.mem.addr_mask,
+        1,
+        mmu::Access::Write,
+    )?;
+    mmu::write(cpu, m, s, off, 2, u64::from(t.limit))?;
+    mmu::write(
+        cpu,
+        m,
+        s,
+        off.wrapping_add(2) & insn.mem.addr_mask,
+        4,
+        t.base & 0xFFFF_FFFF,
+    )
+}
+
+/// SMSW: the low word of CR0 (a register destination may take all of CR0).
+pub fn smsw(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let size = if insn.ops[0] == Opnd::Mem {
+        2
+    } else {
+        insn.size()
+    };
+    write_op(cpu, m, insn, 0, size, cpu.cr0)
+}
+
+/// LMSW: loads PE, MP, EM, TS; cannot clear PE.
+pub fn lmsw(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let v = read_op(cpu, m, insn, 0, 2)?;
+    let keep_pe = cpu.cr0 & cr0::PE;
+    cpu.cr0 = (cpu.cr0 & !0xE) | (v & 0xF) | keep_pe;
+    Ok(())
+}
+
+/// CLTS.
+pub fn clts(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    cpu.cr0 &= !cr0::TS;
+    Ok(())
+}
+
+fn cr_index(r: Register) -> Option<usize> {
+    if r.is_cr() {
+        Some((r as u32 - Register::CR0 as u32) as usize)
+    } else {
+        None
+    }
+}
+
+/// CR4 bits this CPU accepts (none yet: no VME, PSE, PAE, PGE, TSD are
+/// implemented, so setting them raises #GP).
+const CR4_VALID: u64 = 0;
+
+/// MOV CRn, r32 and MOV r32, CRn.
+pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    let (dst, src) = (insn.ins.op0_register(), insn.ins.op1_register());
+    if let Some(n) = cr_index(dst) {
+        let (idx, _) = super::gpr_slot(src).ok_or(Exception::InvalidOpcode)?;
+        let v = cpu.gpr[idx as usize] & 0xFFFF_FFFF;
+        match n {
+            0 => {
+                // PG without PE, or NW without CD, is #GP(0) (SDM vol. 3A §2.5).
+                if (v & cr0::PG != 0 && v & cr0::PE == 0) || (v & cr0::NW != 0 && v & cr0::CD == 0)
+                {
+                    return Err(Exception::GeneralProtection(0));
+                }
+                cpu.cr0 = v | cr0::ET;
+            }
+            2 => cpu.cr2 = v,
+            3 => cpu.cr3 = v,
+            4 => {
+                if v & !CR4_VALID != 0 {
+                    return Err(Exception::GeneralProtection(0));
+                }
+                cpu.cr4 = v;
+            }
+            _ => return Err(Exception::InvalidOpcode),
+        }
+    } else if let Some(n) = cr_index(src) {
+        let (idx, _) = super::gpr_slot(dst).ok_or(Exception::InvalidOpcode)?;
+        let v = match n {
+            0 => cpu.cr0,
+            2 => cpu.cr2,
+            3 => cpu.cr3,
+            4 => cpu.cr4,
+            _ => return Err(Exception::InvalidOpcode),
+        };
+        cpu.gpr[idx as usize] = v & 0xFFFF_FFFF;
+    }
+    Ok(())
+}
+
+/// MOV DRn, r32 and MOV r32, DRn (DR4/DR5 alias DR6/DR7 while CR4.DE is clear).
+pub fn mov_dr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    let dr = |r: Register| (r as u32 - Register::DR0 as u32) as usize;
+    let (dst, src) = (insn.ins.op0_register(), insn.ins.op1_register());
+    let alias = |n: usize| if n == 4 || n == 5 { n + 2 } else { n };
+    if dst.is_dr() {
+        let (idx, _) = super::gpr_slot(src).ok_or(Exception::InvalidOpcode)?;
+        let n = alias(dr(dst));
+        if n > 7 {
+            return Err(Exception::InvalidOpcode);
+        }
+        cpu.dr[n] = cpu.gpr[idx as usize] & 0xFFFF_FFFF;
+    } else {
+        let (idx, _) = super::gpr_slot(dst).ok_or(Exception::InvalidOpcode)?;
+        let n = alias(dr(src));
+        if n > 7 {
+            return Err(Exception::InvalidOpcode);
+        }
+        cpu.gpr[idx as usize] = cpu.dr[n];
+    }
+    Ok(())
+}
+
+/// An x87 escape (D8-DF) on a CPU with no coprocessor: #NM if CR0.EM or CR0.TS,
+/// otherwise the memory operand's segment checks are made and nothing else
+/// happens, as on a system without an FPU.
+pub fn fpu_escape(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
+        return Err(Exception::DeviceNotAvailable);
+    }
+    if insn.ins.op_count() > 0
+        && (0..insn.ins.op_count()).any(|i| insn.ins.op_kind(i) == OpKind::Memory)
+    {
+        let size = match insn.ins.memory_size().size() {
+            0 => 1,
+            s => s as u32,
+        };
+        let off = ea(cpu, &insn.mem);
+        mmu::seg_linear(
+            cpu,
+            insn.mem.seg as usize,
+            off,
+            size.min(8),
+            mmu::Access::Read,
+        )?;
+    }
+    Ok(())
+}
+
+/// WAIT/FWAIT: #NM if CR0.MP and CR0.TS are both set.
+pub fn fwait(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    if cpu.cr0 & (cr0::MP | cr0::TS) == cr0::MP | cr0::TS {
+        return Err(Exception::DeviceNotAvailable);
+    }
+    Ok(())
+}
+
+/// Instructions valid only in protected mode: #UD in real mode.
+pub fn protected_only(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    Err(Exception::InvalidOpcode)
+}
+
+/// INVD, WBINVD, INVLPG: no caches or TLB to act on yet.
+pub fn cache_op(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The device model: one trait every port-mapped device implements, the shared IRQ
+//! lines devices raise, and the platform control signals (A20, reset, debug exit)
+//! that some devices drive.
+//!
+//! Everything runs on the emulation thread; shared state uses `Cell`, not locks.
+//! Time is virtual: every call carries `now`, in nanoseconds of guest time.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// Virtual guest time in nanoseconds since power-on.
+pub type Nanos = u64;
+
+/// A port-mapped device. `offset` is relative to the start of the range the device
+/// was mapped at; `data` is 1, 2 or 4 bytes wide, little-endian.
+pub trait Device {
+    /// A short name for diagnostics.
+    fn name(&self) -> &'static str;
+    /// Reads a register. Bytes the device does not drive are left as `0xFF`.
+    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos);
+    /// Writes a register.
+    fn write(&mut self, offset: u16, data: &[u8], now: Nanos);
+    /// Brings the device's own state (timers) up to `now`.
+    fn advance(&mut self, _now: Nanos) {}
+    /// The next time at which [`Device::advance`] must be called for the device to
+    /// change an output by itself (a timer expiry), if any.
+    fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {
+        None
+    }
+    /// Returns the device to its power-on state (a system reset).
+    fn reset(&mut self) {}
+    /// For the platform to reach a concrete device (the PIC for acknowledge).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The 16 ISA interrupt request lines, shared by the devices that drive them and the
+/// PIC pair that samples them.
+#[derive(Debug, Default)]
+pub struct IrqLines {
+    level: Cell<u16>,
+    rising: Cell<u16>,
+}
+
+impl IrqLines {
+    /// A new set of lines, all low, in an `Rc` for sharing.
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+    /// The current level of all 16 lines (bit n = IRQn).
+    pub fn levels(&self) -> u16 {
+        self.level.get()
+    }
+    /// Returns and clears the lines that saw a rising edge since the last call.
+    pub fn take_rising(&self) -> u16 {
+        self.rising.replace(0)
+    }
+    /// A handle that drives line `irq`.
+    pub fn line(self: &Rc<Self>, irq: u8) -> IrqLine {
+        IrqLine {
+            lines: Rc::clone(self),
+            mask: 1 << (irq & 15),
+        }
+    }
+}
+
+/// One interrupt request line, as driven by a device.
+#[derive(Clone, Debug)]
+pub struct IrqLine {
+    lines: Rc<IrqLines>,
+    mask: u16,
+}
+
+impl IrqLine {
+    /// Drives the line high or low. A low-to-high change is latched as an edge.
+    pub fn set_level(&self, high: bool) {
+        let level = self.lines.level.get();
+        if high {
+            if level & self.mask == 0 {
+                self.lines.rising.set(self.lines.rising.get() | self.mask);
+            }
+            self.lines.level.set(level | self.mask);
+        } else {
+            self.lines.level.set(level & !self.mask);
+        }
+    }
+    /// A short high pulse: an edge is latched, and the line ends low.
+    pub fn pulse(&self) {
+        self.set_level(true);
+        self.set_level(false);
+    }
+    /// Whether the line is currently high.
+    pub fn is_high(&self) -> bool {
+        self.lines.level.get() & self.mask != 0
+    }
+}
+
+/// Platform-wide control signals that some devices drive and the run loop obeys.
+#[derive(Debug)]
+pub struct SystemControl {
+    a20: Cell<bool>,
+    reset: Cell<bool>,
+    exit: Cell<Option<i32>>,
+    nmi_masked: Cell<bool>,
+}
+
+impl Default for SystemControl {
+    fn default() -> Self {
+        Self {
+            a20: Cell::new(true),
+            reset: Cell::new(false),
+            exit: Cell::new(None),
+            nmi_masked: Cell::new(false),
+        }
+    }
+}
+
+impl SystemControl {
+    /// A new set of signals, A20 enabled (as firmware expects after QEMU-style reset).
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+    /// Whether the A20 gate passes address line 20.
+    pub fn a20(&self) -> bool {
+        self.a20.get()
+    }
+    /// Opens or closes the A20 gate.
+    pub fn set_a20(&self, on: bool) {
+        self.a20.set(on);
+    }
+    /// Asks for a system reset (keyboard controller pulse, port 0x92 bit 0).
+    pub fn request_reset(&self) {
+        self.reset.set(true);
+    }
+    /// Returns and clears a pending reset request.
+    pub fn take_reset(&self) -> bool {
+        self.reset.replace(false)
+    }
+    /// Ends the run with `status` (the debug-exit device).
+    pub fn request_exit(&self, status: i32) {
+        self.exit.set(Some(status));
+    }
+    /// The exit status the guest asked for, if any.
+    pub fn exit_status(&self) -> Option<i32> {
+        self.exit.get()
+    }
+    /// Whether NMIs are masked (CMOS index port bit 7).
+    pub fn nmi_masked(&self) -> bool {
+        self.nmi_masked.get()
+    }
+    /// Sets the NMI mask.
+    pub fn set_nmi_masked(&self, masked: bool) {
+        self.nmi_masked.set(masked);
+    }
+}

@@ -1,0 +1,12 @@
+//! The legacy PC devices, one struct per file, each behind the [`crate::Device`]
+//! trait. Register constants cite their datasheet.
+
+pub mod cmos;
+pub mod debug_exit;
+pub mod debugcon;
+pub mod i8042;
+pub mod pic;
+pub mod pit;
+pub mod port92;
+pub mod post;
+pub mod uart;

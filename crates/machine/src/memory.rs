@@ -1,0 +1,427 @@
+//! Guest-physical memory: one anonymous `memmap2` mapping for RAM, a read-only ROM at
+//! the top of 4 GiB with its PC alias below 1 MiB, the legacy holes, and the A20 gate.
+//!
+//! Invariants:
+//! - Every write to a page whose code bit is set (CPU store, loader, DMA) goes through
+//!   [`PhysMemory::note_code_write`]: the page joins the dirty list and
+//!   `code_write_pending` is raised, so the engines drop their cached units for it
+//!   before running anything decoded from it again.
+//! - Reads of unmapped space return all ones; writes to ROM or unmapped space are
+//!   dropped, as on a PC bus.
+//! - `fast_end` bounds a prefix of the address space that is plain RAM, so the CPU's
+//!   hot path needs one compare before touching the mapping.
+
+use crate::addr::{GuestPhys, PAGE_SHIFT};
+use crate::error::MachineError;
+use memmap2::MmapMut;
+
+/// Start of the legacy VGA window (unmapped here until a VGA device exists).
+const VGA_START: u64 = 0xA_0000;
+/// Start of the option-ROM window (RAM-backed here).
+const OPTROM_START: u64 = 0xC_0000;
+/// Start of the BIOS alias window below 1 MiB.
+const BIOS_ALIAS_START: u64 = 0xE_0000;
+/// End of the first megabyte.
+const ONE_MIB: u64 = 0x10_0000;
+/// The highest RAM below 4 GiB; the rest of RAM is mapped from 4 GiB up, leaving
+/// room for PCI and the ROM, as on a PC.
+const LOW_RAM_MAX: u64 = 0xC000_0000;
+/// 4 GiB.
+const FOUR_GIB: u64 = 1 << 32;
+/// The largest RAM size we accept, in MiB.
+pub const MAX_RAM_MIB: u64 = 64 * 1024;
+
+/// How the physical address space is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLayout {
+    /// A PC: legacy VGA hole at 0xA0000, BIOS alias at 0xE0000, ROM below 4 GiB,
+    /// RAM past 3 GiB moved above 4 GiB.
+    Pc,
+    /// RAM from address 0 with no holes and no ROM (single-instruction tests).
+    Flat,
+}
+
+/// Guest-physical memory.
+pub struct PhysMemory {
+    ram: MmapMut,
+    /// RAM mapped below 4 GiB (from address 0).
+    low_ram: u64,
+    layout: MemoryLayout,
+    rom: Vec<u8>,
+    rom_base: u64,
+    a20_mask: u64,
+    fast_end: u64,
+    code_pages: Vec<u64>,
+    dirty_code_pages: Vec<u64>,
+    /// Raised when a page holding cached code was written; the run loop clears it
+    /// after invalidating.
+    pub code_write_pending: bool,
+}
+
+impl PhysMemory {
+    /// Maps `ram_bytes` of zeroed guest RAM.
+    pub fn new(ram_bytes: u64, layout: MemoryLayout) -> Result<Self, MachineError> {
+        let mib = ram_bytes >> 20;
+        if ram_bytes == 0 || mib > MAX_RAM_MIB {
+            return Err(MachineError::RamSize {
+                mib,
+                max: MAX_RAM_MIB,
+            });
+        }
+        let len = usize::try_from(ram_bytes).map_err(|_| MachineError::RamSize {
+            mib,
+            max: MAX_RAM_MIB,
+        })?;
+        let ram = MmapMut::map_anon(len).map_err(|source| MachineError::RamMap {
+            bytes: ram_bytes,
+            source,
+        })?;
+        let low_ram = match layout {
+            MemoryLayout::Pc => ram_bytes.min(LOW_RAM_MAX),
+            MemoryLayout::Flat => ram_bytes,
+        };
+        let pages = ram_bytes.div_ceil(1 << PAGE_SHIFT);
+        let mut mem = Self {
+            ram,
+            low_ram,
+            layout,
+            rom: Vec::new(),
+            rom_base: FOUR_GIB,
+            a20_mask: u64::MAX,
+            fast_end: 0,
+            code_pages: vec![0; pages.div_ceil(64) as usize],
+            dirty_code_pages: Vec::new(),
+            code_write_pending: false,
+        };
+        mem.fast_end = match layout {
+            MemoryLayout::Pc => low_ram.min(VGA_START),
+            MemoryLayout::Flat => low_ram,
+        };
+        Ok(mem)
+    }
+
+    /// Maps a BIOS image at the top of 4 GiB, and its last 128 KiB (or all of a
+    /// smaller image) at the top of the first megabyte.
+    pub fn map_rom(&mut self, image: Vec<u8>) -> Result<(), MachineError> {
+        let len = image.len();
+        if len < 0x1_0000 || len > 0x100_0000 || len % 0x1_0000 != 0 {
+            return Err(MachineError::RomSize { len });
+        }
+        self.rom_base = FOUR_GIB - len as u64;
+        self.rom = image;
+        Ok(())
+    }
+
+    /// Total guest RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram.len() as u64
+    }
+
+    /// RAM mapped below 4 GiB, in bytes (it starts at address 0).
+    pub fn ram_below_4g(&self) -> u64 {
+        self.low_ram
+    }
+
+    /// RAM mapped from 4 GiB upwards, in bytes.
+    pub fn ram_above_4g(&self) -> u64 {
+        self.ram_size() - self.low_ram
+    }
+
+    /// The layout this memory was built with.
+    pub fn layout(&self) -> MemoryLayout {
+        self.layout
+    }
+
+    /// Opens or closes the A20 gate. Closed, address bit 20 reads as zero, so the
+    /// second megabyte aliases the first as on an 8086.
+    pub fn set_a20(&mut self, enabled: bool) {
+        self.a20_mask = if enabled { u64::MAX } else { !(1u64 << 20) };
+    }
+
+    /// The mask that the A20 gate applies to every physical address.
+    pub fn a20_mask(&self) -> u64 {
+        self.a20_mask
+    }
+
+    /// The end of the plain-RAM prefix of the address space (see the module docs).
+    pub fn fast_end(&self) -> u64 {
+        self.fast_end
+    }
+
+    /// Where `addr` lands: RAM offset, ROM offset, or nothing.
+    #[inline]
+    fn decode(&self, addr: u64) -> Target {
+        if addr < self.fast_end {
+            return Target::Ram(addr as usize);
+        }
+        if self.layout == MemoryLayout::Pc {
+            if addr < ONE_MIB {
+                if addr < OPTROM_START {
+                    return Target::None;
+                }
+                if addr >= BIOS_ALIAS_START && !self.rom.is_empty() {
+                    let window = ONE_MIB - BIOS_ALIAS_START;
+                    let alias = (self.rom.len() as u64).min(window);
+                    if addr >= ONE_MIB - alias {
+                        let off = self.rom.len() as u64 - (ONE_MIB - addr);
+                        return Target::Rom(off as usize);
+                    }
+                }
+            }
+            if addr >= self.rom_base && addr < FOUR_GIB {
+                return Target::Rom((addr - self.rom_base) as usize);
+            }
+            if addr >= FOUR_GIB {
+                let off = addr - FOUR_GIB + self.low_ram;
+                if off < self.ram_size() {
+                    return Target::Ram(off as usize);
+                }
+                return Target::None;
+            }
+        }
+        if addr < self.low_ram {
+            return Target::Ram(addr as usize);
+        }
+        Target::None
+    }
+
+    /// Reads one byte.
+    #[inline]
+    pub fn read_u8(&self, addr: GuestPhys) -> u8 {
+        let a = addr.0 & self.a20_mask;
+        match self.decode(a) {
+            Target::Ram(o) => self.ram[o],
+            Target::Rom(o) => self.rom[o],
+            Target::None => 0xFF,
+        }
+    }
+
+    /// Writes one byte.
+    #[inline]
+    pub fn write_u8(&mut self, addr: GuestPhys, value: u8) {
+        let a = addr.0 & self.a20_mask;
+        if let Target::Ram(o) = self.decode(a) {
+            self.note_ram_write(o);
+            self.ram[o] = value;
+        }
+    }
+
+    /// Reads `buf.len()` bytes starting at `addr`, byte by byte through the map.
+    pub fn read_bytes(&self, addr: GuestPhys, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.read_u8(addr.add(i as u64));
+        }
+    }
+
+    /// Writes `data` starting at `addr`, byte by byte through the map (ROM and holes
+    /// drop the bytes, code pages are invalidated).
+    pub fn write_bytes(&mut self, addr: GuestPhys, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate() {
+            self.write_u8(addr.add(i as u64), b);
+        }
+    }
+
+    /// Loads an image into RAM (loaders). Fails if any byte would miss RAM.
+    pub fn load(&mut self, addr: GuestPhys, data: &[u8]) -> Result<(), MachineError> {
+        let end = addr.0.checked_add(data.len() as u64);
+        let fits = end.is_some_and(|end| {
+            (addr.0..end)
+                .step_by(4096)
+                .chain(std::iter::once(end.saturating_sub(1)))
+                .all(|a| matches!(self.decode(a), Target::Ram(_)))
+        });
+        if !fits {
+            return Err(MachineError::ImageOutOfRam {
+                addr: addr.0,
+                len: data.len(),
+            });
+        }
+        self.write_bytes(addr, data);
+        Ok(())
+    }
+
+    /// Reads a little-endian value of `N` bytes. Accesses inside the plain-RAM prefix
+    /// take one compare and a copy; everything else goes byte by byte.
+    #[inline]
+    pub fn read<const N: usize>(&self, addr: GuestPhys) -> [u8; N] {
+        let a = addr.0 & self.a20_mask;
+        if a + (N as u64) <= self.fast_end {
+            let o = a as usize;
+            let mut out = [0u8; N];
+            out.copy_from_slice(&self.ram[o..o + N]);
+            return out;
+        }
+        let mut out = [0u8; N];
+        self.read_bytes(addr, &mut out);
+        out
+    }
+
+    /// Writes a little-endian value of `N` bytes (see [`PhysMemory::read`]).
+    #[inline]
+    pub fn write<const N: usize>(&mut self, addr: GuestPhys, value: [u8; N]) {
+        let a = addr.0 & self.a20_mask;
+        if a + (N as u64) <= self.fast_end {
+            let o = a as usize;
+            self.note_ram_write(o);
+            if N > 1 {
+                self.note_ram_write(o + N - 1);
+            }
+            self.ram[o..o + N].copy_from_slice(&value);
+            return;
+        }
+        self.write_bytes(addr, &value);
+    }
+
+    /// Whether `addr` is backed by RAM (not ROM, not a hole).
+    pub fn is_ram(&self, addr: GuestPhys) -> bool {
+        matches!(self.decode(addr.0 & self.a20_mask), Target::Ram(_))
+    }
+
+    /// Marks the page holding `addr` as holding decoded code. Returns false for
+    /// addresses outside RAM (ROM code needs no write tracking).
+    pub fn mark_code(&mut self, addr: GuestPhys) -> bool {
+        match self.decode(addr.0 & self.a20_mask) {
+            Target::Ram(o) => {
+                let page = o >> PAGE_SHIFT;
+                self.code_pages[page / 64] |= 1 << (page % 64);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Clears the code mark of the RAM page `page` (a RAM page number, as returned in
+    /// the dirty list).
+    pub fn unmark_code_page(&mut self, page: u64) {
+        if let Some(w) = self.code_pages.get_mut((page / 64) as usize) {
+            *w &= !(1 << (page % 64));
+        }
+    }
+
+    /// The RAM page number (offset into RAM / 4 KiB) that `addr` falls in, if RAM.
+    pub fn ram_page(&self, addr: GuestPhys) -> Option<u64> {
+        match self.decode(addr.0 & self.a20_mask) {
+            Target::Ram(o) => Some((o >> PAGE_SHIFT) as u64),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn note_ram_write(&mut self, ram_offset: usize) {
+        let page = ram_offset >> PAGE_SHIFT;
+        if self.code_pages[page / 64] & (1 << (page % 64)) != 0 {
+            self.note_code_write(page as u64);
+        }
+    }
+
+    /// Records a write to a RAM page that holds code: the page's code mark is
+    /// cleared and the page is queued for invalidation.
+    pub fn note_code_write(&mut self, page: u64) {
+        self.unmark_code_page(page);
+        self.dirty_code_pages.push(page);
+        self.code_write_pending = true;
+    }
+
+    /// Takes the list of written code pages (RAM page numbers).
+    pub fn take_dirty_code_pages(&mut self) -> Vec<u64> {
+        self.code_write_pending = false;
+        std::mem::take(&mut self.dirty_code_pages)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Ram(usize),
+    Rom(usize),
+    None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pc(mib: u64) -> PhysMemory {
+        PhysMemory::new(mib << 20, MemoryLayout::Pc).expect("map")
+    }
+
+    #[test]
+    fn memory_zero_size_is_rejected() {
+        assert!(matches!(
+            PhysMemory::new(0, MemoryLayout::Pc),
+            Err(MachineError::RamSize { .. })
+        ));
+    }
+
+    #[test]
+    fn memory_rom_maps_at_top_and_alias_below_1m() {
+        let mut m = pc(16);
+        let mut rom = vec![0u8; 0x2_0000];
+        rom[0x1_FFF0] = 0xEA;
+        rom[0] = 0x11;
+        m.map_rom(rom).expect("rom");
+        assert_eq!(m.read_u8(GuestPhys(0xFFFF_FFF0)), 0xEA);
+        assert_eq!(m.read_u8(GuestPhys(0xF_FFF0)), 0xEA);
+        assert_eq!(m.read_u8(GuestPhys(0xE_0000)), 0x11);
+        assert_eq!(m.read_u8(GuestPhys(0xFFFE_0000)), 0x11);
+    }
+
+    #[test]
+    fn memory_rom_write_is_dropped() {
+        let mut m = pc(16);
+        m.map_rom(vec![0x55; 0x1_0000]).expect("rom");
+        m.write_u8(GuestPhys(0xF_0000), 0xAA);
+        assert_eq!(m.read_u8(GuestPhys(0xF_0000)), 0x55);
+    }
+
+    #[test]
+    fn memory_rom_of_odd_size_is_rejected() {
+        let mut m = pc(16);
+        assert!(matches!(
+            m.map_rom(vec![0; 1000]),
+            Err(MachineError::RomSize { len: 1000 })
+        ));
+    }
+
+    #[test]
+    fn memory_a20_closed_wraps_second_megabyte() {
+        let mut m = pc(16);
+        m.write_u8(GuestPhys(0x1234), 0x42);
+        m.set_a20(false);
+        assert_eq!(m.read_u8(GuestPhys(0x10_1234)), 0x42);
+        m.set_a20(true);
+        assert_eq!(m.read_u8(GuestPhys(0x10_1234)), 0);
+    }
+
+    #[test]
+    fn memory_vga_hole_reads_all_ones() {
+        let m = pc(16);
+        assert_eq!(m.read_u8(GuestPhys(0xB_8000)), 0xFF);
+    }
+
+    #[test]
+    fn memory_write_to_code_page_queues_invalidation() {
+        let mut m = pc(16);
+        assert!(m.mark_code(GuestPhys(0x7C00)));
+        m.write::<2>(GuestPhys(0x7FFE), [1, 2]);
+        assert!(m.code_write_pending);
+        assert_eq!(m.take_dirty_code_pages(), vec![7]);
+        assert!(!m.code_write_pending);
+        m.write::<1>(GuestPhys(0x7FFE), [3]);
+        assert!(!m.code_write_pending, "the mark is cleared after one write");
+    }
+
+    #[test]
+    fn memory_load_beyond_ram_fails() {
+        let mut m = pc(1);
+        assert!(m.load(GuestPhys(0xF_F000), &[0; 0x2000]).is_err());
+        assert!(m.load(GuestPhys(0x1000), &[0; 0x2000]).is_ok());
+    }
+
+    #[test]
+    fn memory_flat_layout_has_no_holes() {
+        let mut m = PhysMemory::new(16 << 20, MemoryLayout::Flat).expect("map");
+        m.write::<4>(GuestPhys(0xB_8000), [1, 2, 3, 4]);
+        assert_eq!(m.read::<4>(GuestPhys(0xB_8000)), [1, 2, 3, 4]);
+        assert_eq!(m.read_u8(GuestPhys(0x100_0000)), 0xFF);
+    }
+}

@@ -1,0 +1,85 @@
+//! The command line (clap): `run`, `sst` and `bench`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// x86bt: a full-system x86 PC emulator with an interpreter and a binary translator.
+#[derive(Debug, Parser)]
+#[command(name = "x86bt", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The execution engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// The reference interpreter.
+    Interp,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a PC from a BIOS ROM image at the reset vector.
+    Run(RunArgs),
+    /// Run SingleStepTests MOO files (.MOO.gz), or folders of them.
+    Sst(SstArgs),
+    /// Measure guest MIPS on built-in compute loops.
+    Bench(BenchArgs),
+}
+
+/// Options of `x86bt run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB.
+    #[arg(long)]
+    pub bios: PathBuf,
+    /// Guest RAM in MiB.
+    #[arg(short = 'm', long = "memory", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub mem_mib: u64,
+    /// Where COM1 goes: stdio, file:PATH or null.
+    #[arg(long, default_value = "stdio")]
+    pub serial: String,
+    /// Where the debug console (ports 0xE9 and 0x402) goes: stdio, file:PATH or null.
+    #[arg(long, default_value = "null")]
+    pub debugcon: String,
+    /// Log POST codes (ports 0x80 and 0x190) to file:PATH.
+    #[arg(long)]
+    pub post: Option<String>,
+    /// Stop after this many guest instructions.
+    #[arg(long)]
+    pub max_insns: Option<u64>,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+    /// Print instructions retired, MIPS and unit-cache counters at exit.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Options of `x86bt sst`.
+#[derive(Debug, clap::Args)]
+pub struct SstArgs {
+    /// MOO files or folders.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+    /// How many failing cases to show per file.
+    #[arg(long, default_value_t = 3)]
+    pub show: usize,
+}
+
+/// Options of `x86bt bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Guest instructions per workload.
+    #[arg(long, default_value_t = 200_000_000)]
+    pub insns: u64,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+}

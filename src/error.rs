@@ -1,0 +1,48 @@
+//! Host-side errors of the front end: bad files, bad options. A guest that
+//! misbehaves is never one of these.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Everything that can stop x86bt before or outside guest execution.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The machine could not be built (RAM size, ROM size, image placement).
+    #[error(transparent)]
+    Machine(#[from] x86bt_machine::MachineError),
+    /// A SingleStepTests file is malformed.
+    #[error("{path}: malformed MOO file: {what}")]
+    Moo {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The metadata file is malformed.
+    #[error("{path}: malformed metadata: {what}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// An option value that cannot be used.
+    #[error("{0}")]
+    Usage(String),
+}

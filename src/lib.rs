@@ -1,0 +1,13 @@
+//! x86bt: a full-system x86 PC emulator with an interpreter and (later) a binary
+//! translator. This library holds what the `x86bt` binary is made of, so that tests
+//! and benchmarks drive exactly the code users run: the VM and its run loop, the
+//! SingleStepTests runner, the ROM runner and the benchmarks.
+
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod sst;
+pub mod vm;
+
+pub use error::Error;
+pub use vm::{RunOutcome, Vm};

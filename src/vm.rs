@@ -1,0 +1,154 @@
+//! The VM: one CPU, one machine, one engine, and the run loop between them.
+//!
+//! ```text
+//! loop {
+//!     deliver a pending interrupt if IF=1 and no interrupt shadow
+//!     if halted: jump virtual time to the next device deadline, or stop
+//!     engine.run_unit()
+//!     invalidate units whose code was written; advance device time
+//! }
+//! ```
+//! Virtual time is `icount * NS_PER_INSN` plus the time skipped while halted, so
+//! the same guest with the same input always runs the same way.
+
+use x86bt_cpu::interp::interrupt;
+use x86bt_cpu::state::{flags, RunState};
+use x86bt_cpu::{CpuState, Interpreter, UnitExit};
+use x86bt_machine::Machine;
+
+/// Virtual nanoseconds per retired instruction (a nominal 1000 MIPS CPU).
+pub const NS_PER_INSN: u64 = 1;
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest wrote to the debug-exit port; the status is `(v << 1) | 1`.
+    DebugExit(i32),
+    /// HLT with interrupts disabled and nothing that could wake the CPU.
+    HaltedForever,
+    /// The instruction limit was reached.
+    InstructionLimit,
+    /// A triple fault shut the CPU down.
+    TripleFault,
+    /// The guest used something not implemented yet.
+    Unsupported(String),
+}
+
+impl RunOutcome {
+    /// The process exit status for this outcome (documented in the README).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Self::DebugExit(s) => *s,
+            Self::HaltedForever => 0,
+            Self::InstructionLimit => 124,
+            Self::TripleFault => 125,
+            Self::Unsupported(_) => 126,
+        }
+    }
+}
+
+/// One virtual machine.
+pub struct Vm {
+    /// The CPU state.
+    pub cpu: CpuState,
+    /// The platform.
+    pub machine: Machine,
+    /// The interpreter engine.
+    pub interp: Interpreter,
+    /// Virtual time skipped while halted, in ns.
+    idle_ns: u64,
+}
+
+impl Vm {
+    /// A VM around `machine`, with the CPU at its reset state.
+    pub fn new(machine: Machine) -> Self {
+        Self {
+            cpu: CpuState::reset(),
+            machine,
+            interp: Interpreter::new(),
+            idle_ns: 0,
+        }
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> u64 {
+        self.cpu.icount * NS_PER_INSN + self.idle_ns
+    }
+
+    fn can_take_interrupt(&self) -> bool {
+        self.cpu.rflags & flags::IF != 0 && self.cpu.int_shadow == 0
+    }
+
+    /// Runs until the guest stops or `max_insns` instructions have retired.
+    pub fn run(&mut self, max_insns: u64) -> RunOutcome {
+        loop {
+            if let Some(status) = self.machine.ctl.exit_status() {
+                return RunOutcome::DebugExit(status);
+            }
+            if self.machine.ctl.take_reset() {
+                self.reset();
+            }
+            if self.cpu.icount >= max_insns {
+                return RunOutcome::InstructionLimit;
+            }
+            if self.machine.intr() && self.can_take_interrupt() {
+                if let Some(vector) = self.machine.acknowledge_interrupt() {
+                    self.cpu.run_state = RunState::Running;
+                    let ret = self.cpu.rip;
+                    interrupt::raise_external(&mut self.cpu, &mut self.machine, vector, ret);
+                }
+            }
+            match self.cpu.run_state {
+                RunState::Shutdown => return RunOutcome::TripleFault,
+                RunState::Halted => {
+                    if !self.idle() {
+                        return RunOutcome::HaltedForever;
+                    }
+                    continue;
+                }
+                RunState::Running => {}
+            }
+            match self.interp.run_unit(&mut self.cpu, &mut self.machine) {
+                UnitExit::Continue | UnitExit::Halted => {}
+                UnitExit::Shutdown => return RunOutcome::TripleFault,
+                UnitExit::Unsupported(what) => return RunOutcome::Unsupported(what.to_string()),
+            }
+            if self.machine.mem.code_write_pending {
+                self.interp.invalidate_written(&mut self.machine);
+            }
+            let now = self.now();
+            self.machine.set_time(now);
+        }
+    }
+
+    /// Halted: skip virtual time to the next device event. Returns false when
+    /// nothing can ever wake the CPU (interrupts off, or no device deadline).
+    fn idle(&mut self) -> bool {
+        if self.cpu.rflags & flags::IF == 0 {
+            return false;
+        }
+        if self.machine.intr() {
+            return true;
+        }
+        let Some(deadline) = self.machine.next_deadline() else {
+            return false;
+        };
+        let now = self.now();
+        if deadline > now {
+            self.idle_ns += deadline - now;
+        }
+        let now = self.now();
+        self.machine.set_time(now);
+        true
+    }
+
+    /// A system reset: the CPU returns to its reset state; RAM is kept.
+    pub fn reset(&mut self) {
+        let icount = self.cpu.icount;
+        self.cpu = CpuState::reset();
+        self.cpu.icount = icount;
+        self.machine.ctl.set_a20(true);
+        self.machine.mem.set_a20(true);
+        self.interp.flush();
+    }
+}
