@@ -1,1 +1,25 @@
-fn main() {}
+//! Criterion bench of the interpreter on the guest compute loops of `x86bt bench`.
+//! Throughput is in guest instructions, so criterion reports instructions/s.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const INSNS: u64 = 5_000_000;
+
+fn interp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("interp");
+    g.throughput(Throughput::Elements(INSNS));
+    g.sample_size(10);
+    for w in x86bt::bench::workloads() {
+        g.bench_function(w.name, |b| {
+            b.iter(|| {
+                let mut vm = x86bt::bench::prepare(&w).expect("workload loads");
+                vm.run(INSNS);
+                vm.cpu.icount
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, interp);
+criterion_main!(benches);

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod run;
 pub mod sst;
 pub mod vm;
 

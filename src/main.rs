@@ -7,7 +7,7 @@ use x86bt::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Run(a) => x86bt::bench::run_cmd(&a),
+        Command::Run(a) => x86bt::run::run_cmd(&a),
         Command::Sst(a) => sst_cmd(&a),
         Command::Bench(a) => x86bt::bench::bench_cmd(&a),
     };

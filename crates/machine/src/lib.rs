@@ -11,6 +11,7 @@ pub mod devices;
 pub mod error;
 pub mod machine;
 pub mod memory;
+pub mod pc;
 
 pub use addr::{GuestPhys, Linear, PAGE_SHIFT, PAGE_SIZE};
 pub use device::{Device, IrqLine, IrqLines, Nanos, SystemControl};

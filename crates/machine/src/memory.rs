@@ -272,6 +272,52 @@ impl PhysMemory {
         self.write_bytes(addr, &value);
     }
 
+    /// Whether `[addr, addr + len)` lies in the plain-RAM prefix, unchanged by the
+    /// A20 gate, so bulk operations may treat it as one host slice.
+    fn fast_range(&self, addr: GuestPhys, len: u64) -> bool {
+        let end = addr.0.checked_add(len);
+        end.is_some_and(|end| end <= self.fast_end && (addr.0 | (end - 1)) & !self.a20_mask == 0)
+    }
+
+    fn note_range_write(&mut self, start: u64, len: u64) {
+        let first = start >> PAGE_SHIFT;
+        let last = (start + len.max(1) - 1) >> PAGE_SHIFT;
+        for page in first..=last {
+            self.note_ram_write((page << PAGE_SHIFT) as usize);
+        }
+    }
+
+    /// Copies `len` bytes from `src` to `dst` when both ranges are plain RAM and do
+    /// not overlap (so the result equals a byte-by-byte forward copy). Returns false,
+    /// having done nothing, otherwise.
+    pub fn copy_fast(&mut self, src: GuestPhys, dst: GuestPhys, len: u64) -> bool {
+        if !self.fast_range(src, len) || !self.fast_range(dst, len) {
+            return false;
+        }
+        if src.0 < dst.0 + len && dst.0 < src.0 + len {
+            return false;
+        }
+        self.note_range_write(dst.0, len);
+        let (s, d, n) = (src.0 as usize, dst.0 as usize, len as usize);
+        self.ram.copy_within(s..s + n, d);
+        true
+    }
+
+    /// Fills `count` copies of `pattern` at `dst` when the range is plain RAM.
+    /// Returns false, having done nothing, otherwise.
+    pub fn fill_fast(&mut self, dst: GuestPhys, pattern: &[u8], count: u64) -> bool {
+        let len = count * pattern.len() as u64;
+        if pattern.is_empty() || !self.fast_range(dst, len) {
+            return false;
+        }
+        self.note_range_write(dst.0, len);
+        let d = dst.0 as usize;
+        for chunk in self.ram[d..d + len as usize].chunks_exact_mut(pattern.len()) {
+            chunk.copy_from_slice(pattern);
+        }
+        true
+    }
+
     /// Whether `addr` is backed by RAM (not ROM, not a hole).
     pub fn is_ram(&self, addr: GuestPhys) -> bool {
         matches!(self.decode(addr.0 & self.a20_mask), Target::Ram(_))

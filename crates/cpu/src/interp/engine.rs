@@ -236,8 +236,14 @@ impl Interpreter {
             cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
             match (insn.exec)(cpu, m, insn) {
                 Ok(()) => {
+                    let restart = cpu.next_rip == cpu.rip;
                     cpu.rip = cpu.next_rip;
                     cpu.icount += 1;
+                    // A repeated string instruction that yielded restarts here: the
+                    // rest of the unit must not run before it completes.
+                    if restart {
+                        break;
+                    }
                 }
                 Err(e) => {
                     cpu.icount += 1;

@@ -62,6 +62,9 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     };
     let src_seg = insn.ins.memory_segment() as u32;
     let src_seg = src_seg.wrapping_sub(iced_x86::Register::ES as u32) as usize;
+    if rep && step == u64::from(size) && bulk(cpu, m, mn, size, asz, src_seg) {
+        return Ok(());
+    }
     let mut done = 0u64;
     loop {
         if rep && get_gpr(cpu, RCX, 0, asz) == 0 {
@@ -136,4 +139,74 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     }
     cpu.icount += done.saturating_sub(1);
     Ok(())
+}
+
+/// REP MOVS and REP STOS going forward over plain RAM with no wrap and no overlap:
+/// one host copy or fill for up to [`BATCH`] elements, with the same final state as
+/// the element loop. Returns false, having changed nothing, when that does not
+/// apply.
+fn bulk(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    mn: Mnemonic,
+    size: u32,
+    asz: u32,
+    src_seg: usize,
+) -> bool {
+    let movs = matches!(
+        mn,
+        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq
+    );
+    let stos = matches!(
+        mn,
+        Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq
+    );
+    if !(movs || stos) || cpu.protected() {
+        return false;
+    }
+    let amask = mask(asz);
+    let count = get_gpr(cpu, RCX, 0, asz).min(BATCH);
+    if count == 0 {
+        return false;
+    }
+    let bytes = count * u64::from(size);
+    let range = |cpu: &CpuState, s: usize, off: u64, acc| -> Option<u64> {
+        if off + bytes - 1 > amask {
+            return None;
+        }
+        mmu::seg_linear(cpu, s, off, bytes as u32, acc).ok()
+    };
+    let di = get_gpr(cpu, RDI, 0, asz);
+    let Some(dst) = range(cpu, sreg::ES, di, mmu::Access::Write) else {
+        return false;
+    };
+    let si = get_gpr(cpu, RSI, 0, asz);
+    let ok = if movs {
+        let Some(src) = range(cpu, src_seg, si, mmu::Access::Read) else {
+            return false;
+        };
+        m.mem.copy_fast(
+            x86bt_machine::GuestPhys(src),
+            x86bt_machine::GuestPhys(dst),
+            bytes,
+        )
+    } else {
+        let pat = cpu.gpr[reg::RAX].to_le_bytes();
+        m.mem
+            .fill_fast(x86bt_machine::GuestPhys(dst), &pat[..size as usize], count)
+    };
+    if !ok {
+        return false;
+    }
+    set_gpr(cpu, RDI, 0, asz, di + bytes);
+    if movs {
+        set_gpr(cpu, RSI, 0, asz, si + bytes);
+    }
+    let left = get_gpr(cpu, RCX, 0, asz) - count;
+    set_gpr(cpu, RCX, 0, asz, left);
+    if left != 0 {
+        cpu.next_rip = cpu.rip;
+    }
+    cpu.icount += count - 1;
+    true
 }

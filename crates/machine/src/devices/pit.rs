@@ -91,12 +91,58 @@ enum Access {
     Word,
 }
 
-/// A reload scheduled for the end of the current (half-)cycle of a periodic mode.
+/// A mode 2 or 3 cycle of `period` ticks that begins, with OUT high, at `anchor`.
 #[derive(Clone, Copy, Debug)]
-struct Switch {
-    at: i64,
+struct Cycle {
     anchor: i64,
     period: i64,
+}
+
+impl Cycle {
+    /// Ticks into the cycle before OUT falls: mode 2 pulses low for the one clock
+    /// at count 1 (N - 1); mode 3 is high for (N + 1) / 2 of N clocks.
+    fn high_len(self, mode: u8) -> i64 {
+        if mode == 2 {
+            self.period - 1
+        } else {
+            (self.period + 1) / 2
+        }
+    }
+
+    fn phase(self, t: i64) -> Option<i64> {
+        (t >= self.anchor).then(|| (t - self.anchor) % self.period)
+    }
+
+    fn out(self, mode: u8, t: i64) -> bool {
+        self.phase(t).map_or(true, |k| k < self.high_len(mode))
+    }
+
+    /// The counting element. In mode 3 it steps by two; an odd count first loses
+    /// one (high half) or three (low half), per the datasheet's mode 3 text.
+    fn ce(self, mode: u8, t: i64) -> i64 {
+        let n = self.period;
+        let Some(k) = self.phase(t) else { return n };
+        if mode == 2 {
+            return n - k;
+        }
+        let h = self.high_len(mode);
+        let (k, odd_step) = if k < h { (k, 1) } else { (k - h, -1) };
+        match (k, n % 2) {
+            (0, _) => n,
+            (k, 0) => n - 2 * k,
+            (k, _) => n + odd_step - 2 * k,
+        }
+    }
+
+    /// The first tick after `t` at which OUT changes.
+    fn next_change(self, mode: u8, t: i64) -> i64 {
+        let high = self.high_len(mode);
+        match self.phase(t) {
+            None => self.anchor + high,
+            Some(k) if k < high => t - k + high,
+            Some(k) => t - k + self.period,
+        }
+    }
 }
 
 /// What the counting element is doing.
@@ -107,12 +153,31 @@ enum Run {
     Stopped { ce: u16, out: bool, tc: bool },
     /// Modes 0, 1, 4, 5: `count` loaded at tick `anchor`, one decrement per tick.
     OneShot { anchor: i64, count: i64, tc: bool },
-    /// Modes 2, 3: a cycle of `period` ticks begins (OUT high) at `anchor`.
+    /// Modes 2, 3: the running cycle, and a reload scheduled for tick `.0` of
+    /// `next` (the end of the current cycle or half-cycle).
     Periodic {
-        anchor: i64,
-        period: i64,
-        next: Option<Switch>,
+        cycle: Cycle,
+        next: Option<(i64, Cycle)>,
     },
+}
+
+impl Run {
+    fn stopped(ce: u16, out: bool) -> Self {
+        Self::Stopped { ce, out, tc: false }
+    }
+
+    fn one_shot(anchor: i64, count: i64) -> Self {
+        Self::OneShot {
+            anchor,
+            count,
+            tc: false,
+        }
+    }
+
+    fn periodic(anchor: i64, period: i64) -> Self {
+        let cycle = Cycle { anchor, period };
+        Self::Periodic { cycle, next: None }
+    }
 }
 
 /// One 8254 counter.
@@ -144,11 +209,7 @@ impl Channel {
             reload: MODULUS,
             has_count: false,
             gate,
-            run: Run::Stopped {
-                ce: 0,
-                out: false,
-                tc: false,
-            },
+            run: Run::stopped(0, false),
             load_tick: None,
             pending_lsb: None,
             read_msb_next: false,
@@ -157,51 +218,26 @@ impl Channel {
         }
     }
 
-    /// Length of the OUT-high part of a mode-3 cycle: (N + 1) / 2 for odd N.
-    fn high_len(period: i64) -> i64 {
-        (period + 1) / 2
-    }
-
     /// The periodic cycle in force at tick `t`.
-    fn segment(anchor: i64, period: i64, next: Option<Switch>, t: i64) -> (i64, i64) {
+    fn cycle_at(cycle: Cycle, next: Option<(i64, Cycle)>, t: i64) -> Cycle {
         match next {
-            Some(s) if t >= s.at => (s.anchor, s.period),
-            _ => (anchor, period),
+            Some((at, new)) if t >= at => new,
+            _ => cycle,
         }
     }
 
     fn out_at(&self, t: i64) -> bool {
         match self.run {
             Run::Stopped { out, .. } => out,
-            Run::OneShot { anchor, count, tc } => {
-                if t < anchor {
-                    // Modes 0 and 1 hold OUT low from the write or trigger on.
-                    return self.mode >= 4;
-                }
-                let e = t - anchor;
-                match self.mode {
-                    // Mode 0: high at terminal count. Mode 1: low until it.
-                    0 | 1 => tc || e >= count,
-                    // Modes 4 and 5: low for the one clock of terminal count.
-                    _ => tc || e != count,
-                }
-            }
-            Run::Periodic {
-                anchor,
-                period,
-                next,
-            } => {
-                let (a, n) = Self::segment(anchor, period, next, t);
-                if t < a {
-                    return true;
-                }
-                let k = (t - a) % n;
-                if self.mode == 2 {
-                    k != n - 1
-                } else {
-                    k < Self::high_len(n)
-                }
-            }
+            // Before the load, modes 0 and 1 already hold OUT low; 4 and 5 high.
+            Run::OneShot { anchor, .. } if t < anchor => self.mode >= 4,
+            Run::OneShot { anchor, count, tc } => match self.mode {
+                // Mode 0: high from terminal count on. Mode 1: low until it.
+                0 | 1 => tc || t - anchor >= count,
+                // Modes 4 and 5: low for the one clock of terminal count.
+                _ => tc || t - anchor != count,
+            },
+            Run::Periodic { cycle, next } => Self::cycle_at(cycle, next, t).out(self.mode, t),
         }
     }
 
@@ -209,91 +245,35 @@ impl Channel {
         let value = match self.run {
             Run::Stopped { ce, .. } => return ce,
             Run::OneShot { anchor, count, .. } => count - (t - anchor).max(0),
-            Run::Periodic {
-                anchor,
-                period,
-                next,
-            } => {
-                let (a, n) = Self::segment(anchor, period, next, t);
-                if t < a {
-                    n
-                } else {
-                    Self::periodic_ce(self.mode, n, (t - a) % n)
-                }
-            }
+            Run::Periodic { cycle, next } => Self::cycle_at(cycle, next, t).ce(self.mode, t),
         };
         value.rem_euclid(MODULUS) as u16
     }
 
-    /// The counting element `k` ticks into a cycle of `n`. In mode 3 it steps by
-    /// two; an odd count first loses one (high half) or three (low half), per the
-    /// datasheet's mode 3 description.
-    fn periodic_ce(mode: u8, n: i64, k: i64) -> i64 {
-        if mode == 2 {
-            return n - k;
-        }
-        let h = Self::high_len(n);
-        let (k, odd_step) = if k < h { (k, 1) } else { (k - h, -1) };
-        match (k, n % 2) {
-            (0, _) => n,
-            (k, 0) => n - 2 * k,
-            (k, _) => n + odd_step - 2 * k,
-        }
-    }
-
-    /// The first tick after `t` of a periodic cycle `(a, n)` at which OUT changes.
-    fn periodic_next(&self, a: i64, n: i64, t: i64) -> i64 {
-        let first = if self.mode == 2 {
-            n - 1
-        } else {
-            Self::high_len(n)
-        };
-        if t < a {
-            return a + first;
-        }
-        let k = (t - a) % n;
-        let base = t - k;
-        if k < first {
-            base + first
-        } else {
-            base + n
-        }
-    }
-
     /// The first tick after `t` at which OUT changes level, if any.
     fn next_change_after(&self, t: i64) -> Option<i64> {
+        let mode = self.mode;
         match self.run {
-            Run::Stopped { .. } => None,
-            Run::OneShot { tc: true, .. } => None,
+            Run::Stopped { .. } | Run::OneShot { tc: true, .. } => None,
             Run::OneShot { anchor, count, .. } => {
                 let end = anchor + count;
-                match self.mode {
-                    0 | 1 => (end > t).then_some(end),
-                    _ => [end, end + 1].into_iter().find(|&c| c > t),
-                }
+                let changes = if mode <= 1 { 1 } else { 2 };
+                (end..end + changes).find(|&c| c > t)
             }
-            Run::Periodic {
-                anchor,
-                period,
-                next: None,
-            } => Some(self.periodic_next(anchor, period, t)),
-            Run::Periodic {
-                anchor,
-                period,
-                next: Some(s),
-            } => {
-                if t >= s.at {
-                    return Some(self.periodic_next(s.anchor, s.period, t));
+            Run::Periodic { cycle, next } => Some(match next {
+                Some((at, new)) if t >= at => new.next_change(mode, t),
+                Some((at, new)) => {
+                    let old = cycle.next_change(mode, t);
+                    if old < at {
+                        old
+                    } else if new.out(mode, at) != cycle.out(mode, at - 1) {
+                        at
+                    } else {
+                        new.next_change(mode, at)
+                    }
                 }
-                let old = self.periodic_next(anchor, period, t);
-                if old < s.at {
-                    Some(old)
-                } else if self.out_at(s.at) != self.out_at(s.at - 1) {
-                    Some(s.at)
-                } else {
-                    Some(self.periodic_next(s.anchor, s.period, s.at))
-                }
-            }
+                None => cycle.next_change(mode, t),
+            }),
         }
     }
 
@@ -317,14 +297,10 @@ impl Channel {
 
     /// Folds a scheduled reload that has happened by tick `t` into the cycle.
     fn settle(&mut self, t: i64) {
-        if let Run::Periodic { next: Some(s), .. } = self.run {
-            if t >= s.at {
-                self.run = Run::Periodic {
-                    anchor: s.anchor,
-                    period: s.period,
-                    next: None,
-                };
-            }
+        if let Run::Periodic { cycle, next } = self.run {
+            let cycle = Self::cycle_at(cycle, next, t);
+            let next = next.filter(|&(at, _)| t < at);
+            self.run = Run::Periodic { cycle, next };
         }
     }
 
@@ -359,25 +335,15 @@ impl Channel {
             _ => Access::Word,
         };
         let ce = self.ce_at(t);
-        self.control = value & 0x3F;
-        self.mode = match (value >> 1) & 7 {
-            6 => 2,
-            7 => 3,
-            mode => mode,
+        let mode = (value >> 1) & 7;
+        *self = Self {
+            control: value & 0x3F,
+            mode: if mode >= 6 { mode - 4 } else { mode },
+            access,
+            ..Self::power_on(self.gate)
         };
-        self.access = access;
-        self.has_count = false;
-        self.load_tick = None;
-        self.pending_lsb = None;
-        self.read_msb_next = false;
-        self.latched = None;
-        self.status = None;
         // Mode 0 sets OUT low on the control word; every other mode sets it high.
-        self.run = Run::Stopped {
-            ce,
-            out: self.mode != 0,
-            tc: false,
-        };
+        self.run = Run::stopped(ce, self.mode != 0);
     }
 
     fn write_data(&mut self, value: u8, t: i64) {
@@ -390,11 +356,7 @@ impl Channel {
                     self.pending_lsb = Some(value);
                     if self.mode == 0 {
                         // Mode 0: the first byte stops counting and drops OUT at once.
-                        self.run = Run::Stopped {
-                            ce: self.ce_at(t),
-                            out: false,
-                            tc: false,
-                        };
+                        self.run = Run::stopped(self.ce_at(t), false);
                     }
                 }
             },
@@ -406,81 +368,50 @@ impl Channel {
         let n = if raw == 0 { MODULUS } else { i64::from(raw) };
         self.reload = n;
         self.has_count = true;
-        match self.mode {
-            0 | 4 => {
-                self.load_tick = Some(t + 1);
-                self.run = if self.gate {
-                    Run::OneShot {
-                        anchor: t + 1,
-                        count: n,
-                        tc: false,
-                    }
-                } else {
-                    Run::Stopped {
-                        ce: raw,
-                        out: self.mode == 4,
-                        tc: false,
-                    }
-                };
-            }
-            // Modes 1 and 5 take the new count at the next gate trigger.
-            1 | 5 => self.load_tick = None,
-            _ => self.load_periodic(n.max(2), t),
+        // Modes 1 and 5 take the new count at the next gate trigger; all others
+        // load it on the next clock, even with the gate low.
+        self.load_tick = (self.mode != 1 && self.mode != 5).then_some(t + 1);
+        match (self.mode, self.gate) {
+            (0 | 4, true) => self.run = Run::one_shot(t + 1, n),
+            (0 | 4, false) => self.run = Run::stopped(raw, self.mode == 4),
+            (1 | 5, _) => {}
+            (_, true) => self.load_periodic(n.max(2), t),
+            (_, false) => self.run = Run::stopped(raw, true),
         }
     }
 
-    /// Modes 2 and 3: a running counter takes the new count at the end of the
-    /// current cycle (mode 2) or half-cycle (mode 3); a stopped one starts.
+    /// Modes 2 and 3 with the gate high: a running counter takes the new count at
+    /// the end of the current cycle (mode 2) or half-cycle (mode 3); a stopped one
+    /// starts on the next clock.
     fn load_periodic(&mut self, m: i64, t: i64) {
-        match self.run {
-            Run::Periodic { anchor, period, .. } if t >= anchor => {
-                let k = (t - anchor) % period;
-                let base = t - k;
-                let h = Self::high_len(period);
-                let (at, new_anchor) = if self.mode == 3 && k < h {
-                    // The low half of the new count begins where the old high ends.
-                    (base + h, base + h - Self::high_len(m))
-                } else {
-                    (base + period, base + period)
-                };
-                self.load_tick = Some(at);
-                self.run = Run::Periodic {
-                    anchor,
-                    period,
-                    next: Some(Switch {
-                        at,
-                        anchor: new_anchor,
-                        period: m,
-                    }),
-                };
-            }
+        let Run::Periodic { cycle, .. } = self.run else {
+            self.run = Run::periodic(t + 1, m);
+            return;
+        };
+        let Some(k) = cycle.phase(t) else {
             // Not loaded yet: the element will take the newest count.
-            Run::Periodic { anchor, .. } => {
-                self.run = Run::Periodic {
-                    anchor,
-                    period: m,
-                    next: None,
-                };
+            self.run = Run::periodic(cycle.anchor, m);
+            return;
+        };
+        let end = t - k + cycle.period;
+        let new = Cycle {
+            anchor: end,
+            period: m,
+        };
+        let next = match cycle.high_len(self.mode) {
+            // The low half of the new count begins where the old high half ends.
+            high if self.mode == 3 && k < high => {
+                let at = t - k + high;
+                let anchor = at - new.high_len(3);
+                (at, Cycle { anchor, period: m })
             }
-            _ if self.gate => {
-                self.load_tick = Some(t + 1);
-                self.run = Run::Periodic {
-                    anchor: t + 1,
-                    period: m,
-                    next: None,
-                };
-            }
-            // Gate low: the element is still loaded on the next clock, but does
-            // not count until the gate rises (datasheet, modes 2 and 3).
-            _ => {
-                self.load_tick = Some(t + 1);
-                self.run = Run::Stopped {
-                    ce: m.rem_euclid(MODULUS) as u16,
-                    out: true,
-                    tc: false,
-                };
-            }
-        }
+            _ => (end, new),
+        };
+        self.load_tick = Some(next.0);
+        self.run = Run::Periodic {
+            cycle,
+            next: Some(next),
+        };
     }
 
     /// A change of the gate input at tick `t`.
@@ -490,55 +421,36 @@ impl Channel {
             return;
         }
         self.gate = high;
-        match (self.mode, high) {
+        match (self.mode, high, self.run) {
             // Modes 0 and 4: gate low suspends counting, OUT unaffected.
-            (0 | 4, false) => {
-                if let Run::OneShot { anchor, count, tc } = self.run {
-                    self.run = Run::Stopped {
-                        ce: self.ce_at(t),
-                        out: self.out_at(t),
-                        tc: tc || t - anchor >= count,
-                    };
-                }
-            }
-            (0 | 4, true) => {
-                if let (true, Run::Stopped { ce, tc, .. }) = (self.has_count, self.run) {
-                    let count = if ce == 0 && !tc {
-                        MODULUS
-                    } else {
-                        i64::from(ce)
-                    };
-                    self.run = Run::OneShot {
-                        anchor: t,
-                        count,
-                        tc,
-                    };
-                }
-            }
-            // Modes 2 and 3: gate low forces OUT high and stops counting.
-            (2 | 3, false) => {
+            (0 | 4, false, Run::OneShot { anchor, count, tc }) => {
                 self.run = Run::Stopped {
                     ce: self.ce_at(t),
-                    out: true,
-                    tc: false,
+                    out: self.out_at(t),
+                    tc: tc || t - anchor >= count,
                 };
             }
-            // A rising gate (re)triggers modes 1, 5 and restarts modes 2, 3.
-            (_, true) if self.has_count => {
-                self.load_tick.get_or_insert(t + 1);
-                self.run = if self.mode == 1 || self.mode == 5 {
-                    Run::OneShot {
-                        anchor: t + 1,
-                        count: self.reload,
-                        tc: false,
-                    }
-                } else {
-                    Run::Periodic {
-                        anchor: t + 1,
-                        period: self.reload.max(2),
-                        next: None,
-                    }
+            (0 | 4, true, Run::Stopped { ce, tc, .. }) if self.has_count => {
+                let count = match (ce, tc) {
+                    (0, false) => MODULUS,
+                    _ => i64::from(ce),
                 };
+                self.run = Run::OneShot {
+                    anchor: t,
+                    count,
+                    tc,
+                };
+            }
+            // Modes 2 and 3: gate low forces OUT high and stops counting.
+            (2 | 3, false, _) => self.run = Run::stopped(self.ce_at(t), true),
+            // A rising gate (re)triggers modes 1, 5 and restarts modes 2, 3.
+            (1 | 5, true, _) if self.has_count => {
+                self.load_tick.get_or_insert(t + 1);
+                self.run = Run::one_shot(t + 1, self.reload);
+            }
+            (2 | 3, true, _) if self.has_count => {
+                self.load_tick.get_or_insert(t + 1);
+                self.run = Run::periodic(t + 1, self.reload.max(2));
             }
             _ => {}
         }

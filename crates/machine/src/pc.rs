@@ -1,0 +1,117 @@
+//! Assembly of the PC platform: memory with the BIOS ROM, and the legacy devices
+//! at their ISA ports and IRQs (see the architecture's platform table).
+
+use crate::devices::{cmos, debug_exit, debugcon, i8042, pic, pit, port92, post, uart};
+use crate::error::MachineError;
+use crate::machine::Machine;
+use crate::memory::{MemoryLayout, PhysMemory};
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+/// A writer shared by several devices (both debug-console ports).
+#[derive(Clone)]
+pub struct SharedWriter(Rc<RefCell<Box<dyn Write>>>);
+
+impl SharedWriter {
+    /// Wraps `w`.
+    pub fn new(w: Box<dyn Write>) -> Self {
+        Self(Rc::new(RefCell::new(w)))
+    }
+}
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// What a PC is built from.
+pub struct PcConfig {
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// The BIOS image, if any.
+    pub bios: Option<Vec<u8>>,
+    /// Where COM1's output goes.
+    pub serial_out: Box<dyn Write>,
+    /// Host input for COM1.
+    pub serial_in: Option<uart::SerialInput>,
+    /// Where the debug console (0xE9, 0x402) goes.
+    pub debugcon: Box<dyn Write>,
+    /// Where POST codes are logged, if anywhere.
+    pub post: Option<Box<dyn Write>>,
+    /// Wall-clock time (Unix seconds) of the RTC at power-on.
+    pub rtc_base_unix: i64,
+}
+
+/// Builds a PC.
+pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
+    let mut mem = PhysMemory::new(cfg.ram_bytes, MemoryLayout::Pc)?;
+    if let Some(rom) = cfg.bios {
+        mem.map_rom(rom)?;
+    }
+    let mut m = Machine::with_memory(mem);
+    let lines = Rc::clone(&m.irq);
+    let ctl = Rc::clone(&m.ctl);
+    let below = m.mem.ram_below_4g();
+    let above = m.mem.ram_above_4g();
+    let bus = &mut m.ports;
+
+    let pic = bus.add(Box::new(pic::Pic::new(Rc::clone(&lines))));
+    bus.map(0x20, 0x21, 0, pic);
+    bus.map(0xA0, 0xA1, 0, pic);
+    bus.map(0x4D0, 0x4D1, 0, pic);
+
+    let pit = bus.add(Box::new(pit::Pit::new(lines.line(0))));
+    bus.map(0x40, 0x43, 0, pit);
+    bus.map(0x61, 0x61, 0, pit);
+
+    let rtc = bus.add(Box::new(cmos::Cmos::new(
+        lines.line(8),
+        Rc::clone(&ctl),
+        cmos::CmosConfig {
+            ram_below_4g: below,
+            ram_above_4g: above,
+            rtc_base_unix: cfg.rtc_base_unix,
+        },
+    )));
+    bus.map(0x70, 0x71, 0, rtc);
+
+    let com1 = bus.add(Box::new(uart::Uart::new(
+        lines.line(4),
+        cfg.serial_out,
+        cfg.serial_in,
+    )));
+    bus.map(0x3F8, 0x3FF, 0x3F8, com1);
+
+    let kbc = bus.add(Box::new(i8042::I8042::new(
+        lines.line(1),
+        lines.line(12),
+        Rc::clone(&ctl),
+    )));
+    bus.map(0x60, 0x60, 0, kbc);
+    bus.map(0x64, 0x64, 0, kbc);
+
+    let p92 = bus.add(Box::new(port92::Port92::new(Rc::clone(&ctl))));
+    bus.map(0x92, 0x92, 0x92, p92);
+
+    let exit = bus.add(Box::new(debug_exit::DebugExit::new(Rc::clone(&ctl))));
+    bus.map(0xF4, 0xF7, 0xF4, exit);
+
+    let dbg = SharedWriter::new(cfg.debugcon);
+    let e9 = bus.add(Box::new(debugcon::DebugCon::new(Box::new(dbg.clone()))));
+    bus.map(0xE9, 0xE9, 0xE9, e9);
+    let seabios = bus.add(Box::new(debugcon::DebugCon::new(Box::new(dbg))));
+    bus.map(0x402, 0x402, 0x402, seabios);
+
+    let postc = bus.add(Box::new(post::PostCodes::new(cfg.post)));
+    bus.map(0x80, 0x80, 0, postc);
+    bus.map(0x190, 0x190, 0, postc);
+
+    m.attach_pic(pic);
+    m.advance_devices();
+    Ok(m)
+}
