@@ -1,6 +1,8 @@
 //! Criterion bench of the interpreter on the guest compute loops of `x86bt bench`.
 //! Throughput is in guest instructions, so criterion reports instructions/s.
 
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const INSNS: u64 = 5_000_000;

@@ -410,7 +410,7 @@ impl SstRunner {
             return CaseResult::Fail(format!("did not reach HLT ({:?})", self.vm.cpu.run_state));
         }
         let fmask = self.meta.mask(stem);
-        for i in 0..14 {
+        for (i, name) in REG_NAMES.iter().enumerate() {
             let Some(want) = t.fina.regs[i].or(t.init.regs[i]) else {
                 continue;
             };
@@ -421,7 +421,7 @@ impl SstRunner {
                 (got, want)
             };
             if g != w {
-                return CaseResult::Fail(format!("{}: got {g:#06x}, want {w:#06x}", REG_NAMES[i]));
+                return CaseResult::Fail(format!("{name}: got {g:#06x}, want {w:#06x}"));
             }
         }
         // The FLAGS image an exception pushed sits 4 bytes above the final SS:SP (the

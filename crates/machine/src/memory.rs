@@ -104,7 +104,7 @@ impl PhysMemory {
     /// smaller image) at the top of the first megabyte.
     pub fn map_rom(&mut self, image: Vec<u8>) -> Result<(), MachineError> {
         let len = image.len();
-        if len < 0x1_0000 || len > 0x100_0000 || len % 0x1_0000 != 0 {
+        if !(0x1_0000..=0x100_0000).contains(&len) || len % 0x1_0000 != 0 {
             return Err(MachineError::RomSize { len });
         }
         self.rom_base = FOUR_GIB - len as u64;

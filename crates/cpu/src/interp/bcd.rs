@@ -41,7 +41,7 @@ pub fn daa_das<const SUB: bool>(cpu: &mut CpuState, _m: &mut Machine, _insn: &In
         cf = true;
     }
     set_gpr(cpu, RAX, 0, 1, al);
-    let f = szp(al, 1) | u64::from(cf) * CF | u64::from(af) * AF;
+    let f = szp(al, 1) | (u64::from(cf) * CF) | (u64::from(af) * AF);
     crate::interp::flags::set(cpu, ARITH, f);
     Ok(())
 }

@@ -41,7 +41,7 @@ pub fn bt<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exe
     }
     let v = load(cpu, m, d, size)?;
     let was = (v >> bit) & 1;
-    cpu.rflags = (cpu.rflags & !CF) | was * CF;
+    cpu.rflags = (cpu.rflags & !CF) | (was * CF);
     let r = match OP {
         BTS => v | (1 << bit),
         BTR => v & !(1 << bit),

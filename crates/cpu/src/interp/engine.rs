@@ -230,9 +230,16 @@ impl Interpreter {
                 return self.after_fault(cpu);
             }
         }
+        // Under an interrupt shadow (after MOV SS, POP SS, STI) only the shadowed
+        // instruction runs, so a pending interrupt is taken right after it.
+        let count = if cpu.int_shadow != 0 {
+            1
+        } else {
+            self.slots[s].count as usize
+        };
         cpu.int_shadow = 0;
         let slot = &self.slots[s];
-        for insn in &slot.insns[..slot.count as usize] {
+        for insn in &slot.insns[..count] {
             cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
             match (insn.exec)(cpu, m, insn) {
                 Ok(()) => {

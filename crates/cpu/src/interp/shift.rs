@@ -111,7 +111,7 @@ pub fn shift<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> 
             (r, cf, 0, true)
         }
     };
-    let mut f = cf * CF | of * OF;
+    let mut f = (cf * CF) | (of * OF);
     let which = if arith {
         f |= szp(r, size);
         ARITH
@@ -150,7 +150,7 @@ pub fn shxd<const LEFT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) 
         (r, cf)
     };
     let of = msb(r, size) ^ msb(a, size);
-    let f = szp(r, size) | cf * CF | of * OF;
+    let f = szp(r, size) | (cf * CF) | (of * OF);
     crate::interp::flags::set(cpu, ARITH, f);
     store(cpu, m, d, size, r)
 }

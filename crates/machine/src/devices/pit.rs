@@ -114,7 +114,7 @@ impl Cycle {
     }
 
     fn out(self, mode: u8, t: i64) -> bool {
-        self.phase(t).map_or(true, |k| k < self.high_len(mode))
+        self.phase(t).is_none_or(|k| k < self.high_len(mode))
     }
 
     /// The counting element. In mode 3 it steps by two; an odd count first loses
