@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const INSNS: u64 = 5_000_000;
 
@@ -13,11 +13,14 @@ fn interp(c: &mut Criterion) {
     g.sample_size(10);
     for w in x86bt::bench::workloads() {
         g.bench_function(w.name, |b| {
-            b.iter(|| {
-                let mut vm = x86bt::bench::prepare(&w).expect("workload loads");
-                vm.run(INSNS);
-                vm.cpu.icount
-            })
+            b.iter_batched(
+                || x86bt::bench::prepare(&w).expect("workload loads"),
+                |mut vm| {
+                    vm.run(INSNS);
+                    vm.cpu.icount
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();

@@ -285,3 +285,73 @@ impl Interpreter {
         slot.valid && slot.phys == phys && slot.key == key
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Segment;
+
+    /// A flat machine with `code` at 0x1000 and CS:IP = 0100:0000.
+    fn setup(code: &[u8]) -> (CpuState, Machine, Interpreter) {
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem.load(GuestPhys(0x1000), code).expect("load");
+        let mut cpu = CpuState::reset();
+        cpu.seg[sreg::CS] = Segment::real(0x0100);
+        cpu.rip = 0;
+        (cpu, m, Interpreter::new())
+    }
+
+    #[test]
+    fn unit_cache_second_run_hits() {
+        // inc ax; jmp short back to the inc
+        let (mut cpu, mut m, mut it) = setup(&[0x40, 0xEB, 0xFD]);
+        it.run_unit(&mut cpu, &mut m);
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!((it.stats.misses, it.stats.hits), (1, 1));
+        assert_eq!(cpu.gpr[0], 2);
+    }
+
+    #[test]
+    fn unit_cache_write_to_code_page_invalidates_its_units() {
+        let (mut cpu, mut m, mut it) = setup(&[0x40, 0xEB, 0xFD]);
+        it.run_unit(&mut cpu, &mut m);
+        assert!(it.is_cached(&cpu, &m));
+        // Patch inc ax (40) into dec ax (48) through guest memory.
+        m.mem.write_u8(GuestPhys(0x1000), 0x48);
+        assert!(m.mem.code_write_pending);
+        it.invalidate_written(&mut m);
+        assert!(!it.is_cached(&cpu, &m));
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!(cpu.gpr[0], 0, "the new bytes ran");
+        assert_eq!(it.stats.invalidations, 1);
+    }
+
+    #[test]
+    fn unit_cache_alias_cs_ip_shares_the_unit() {
+        // inc ax; jmp short $+2 (falls through to offset 3)
+        let (mut cpu, mut m, mut it) = setup(&[0x40, 0xEB, 0x00]);
+        it.run_unit(&mut cpu, &mut m);
+        // 00FF:0010 is the same physical address as 0100:0000.
+        cpu.seg[sreg::CS] = Segment::real(0x00FF);
+        cpu.rip = 0x10;
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!((it.stats.misses, it.stats.hits), (1, 1));
+        assert_eq!(cpu.rip, 0x13, "relative targets follow the alias's IP");
+    }
+
+    #[test]
+    fn unit_store_into_running_unit_ends_it_after_the_store() {
+        // mov byte [cs:0x0005], 0x48 (patches the next instruction); inc ax; hlt
+        let code = [0x2E, 0xC6, 0x06, 0x06, 0x00, 0x48, 0x40, 0xF4];
+        let (mut cpu, mut m, mut it) = setup(&code);
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!(cpu.rip, 6, "the unit stopped right after the store");
+        it.invalidate_written(&mut m);
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!(
+            cpu.gpr[0] & 0xFFFF,
+            0xFFFF,
+            "dec ax ran, not the stale inc ax"
+        );
+    }
+}
