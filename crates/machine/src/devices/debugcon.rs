@@ -125,35 +125,8 @@ impl Drop for DebugCon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::io;
-    use std::rc::Rc;
 
-    /// A sink the test can read back.
-    #[derive(Clone, Default)]
-    struct SharedBuf(Rc<RefCell<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.borrow_mut().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// A sink whose every write fails.
-    struct BrokenSink;
-
-    impl Write for BrokenSink {
-        fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-            Err(io::Error::other("broken"))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::Error::other("broken"))
-        }
-    }
+    use crate::devices::test_sinks::{BrokenSink, SharedBuf};
 
     fn rig() -> (DebugCon, SharedBuf) {
         let out = SharedBuf::default();

@@ -9,4 +9,6 @@ pub mod pic;
 pub mod pit;
 pub mod port92;
 pub mod post;
+#[cfg(test)]
+pub(crate) mod test_sinks;
 pub mod uart;

@@ -99,35 +99,8 @@ impl Device for PostCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::io;
-    use std::rc::Rc;
 
-    /// A sink the test can read back.
-    #[derive(Clone, Default)]
-    struct SharedBuf(Rc<RefCell<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.borrow_mut().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// A sink whose every write fails.
-    struct BrokenSink;
-
-    impl Write for BrokenSink {
-        fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-            Err(io::Error::other("broken"))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::Error::other("broken"))
-        }
-    }
+    use crate::devices::test_sinks::{BrokenSink, SharedBuf};
 
     fn read(post: &mut PostCodes, port: u16) -> u8 {
         let mut data = [0u8];
