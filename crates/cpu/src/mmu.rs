@@ -1,16 +1,22 @@
-//! Segmentation and memory access: offset -> linear (limit and type checks, with
-//! the hidden descriptor cache) -> physical -> machine memory.
+//! Segmentation and paging: offset -> linear (limit and type checks, with the
+//! hidden descriptor cache) -> physical (2-level, PSE and PAE paging with NX, the
+//! software TLB) -> machine memory.
 //!
 //! Real mode performs the limit check too, as a 386 does: a word at offset 0xFFFF
 //! of a 64 KiB segment raises #GP(0), or #SS(0) when the segment is SS (SDM vol. 3A
-//! §20.1.3, "segment wraparound"). Paging arrives with protected mode; until then
-//! linear addresses are physical (the A20 gate applies in [`x86bt_machine`]).
+//! §20.1.3). An access that crosses a page boundary translates both pages before
+//! touching either, so a #PF on the second page leaves memory unchanged.
+//!
+//! The TLB is direct-mapped by linear page. An entry records what a user and a
+//! supervisor may do with the page, and whether the dirty bit is already set;
+//! anything it cannot answer takes the page walk, which sets A/D bits and raises
+//! #PF with CR2 and the error code (SDM vol. 3A §4.7).
 
 use crate::exception::Exception;
-use crate::state::{cr0, seg_attr, sreg, CpuState};
+use crate::state::{cr0, flags, seg_attr, sreg, CpuState};
 use x86bt_machine::{GuestPhys, Machine};
 
-/// The kind of access, for segment type checks.
+/// The kind of access, for segment type checks and paging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// A data read.
@@ -19,6 +25,79 @@ pub enum Access {
     Write,
     /// An instruction fetch.
     Exec,
+}
+
+/// CR4 bits.
+pub mod cr4 {
+    /// Virtual-8086 mode extensions (not supported).
+    pub const VME: u64 = 1 << 0;
+    /// Protected-mode virtual interrupts (not supported).
+    pub const PVI: u64 = 1 << 1;
+    /// Time-stamp disable (RDTSC at CPL > 0 raises #GP).
+    pub const TSD: u64 = 1 << 2;
+    /// Debugging extensions (DR4/DR5 no longer alias DR6/DR7).
+    pub const DE: u64 = 1 << 3;
+    /// 4 MiB pages in 2-level paging.
+    pub const PSE: u64 = 1 << 4;
+    /// Physical address extension.
+    pub const PAE: u64 = 1 << 5;
+    /// Global pages.
+    pub const PGE: u64 = 1 << 7;
+}
+
+/// EFER bits.
+pub mod efer {
+    /// No-execute enable.
+    pub const NXE: u64 = 1 << 11;
+}
+
+const TLB_SIZE: usize = 256;
+const T_USER_READ: u8 = 1 << 0;
+const T_USER_WRITE: u8 = 1 << 1;
+const T_SUP_WRITE: u8 = 1 << 2;
+const T_DIRTY: u8 = 1 << 3;
+const T_GLOBAL: u8 = 1 << 4;
+const T_NX: u8 = 1 << 5;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TlbEntry {
+    /// Linear page number + 1; 0 is empty.
+    tag: u64,
+    phys_page: u64,
+    flags: u8,
+}
+
+/// The software TLB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tlb {
+    e: Box<[TlbEntry; TLB_SIZE]>,
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Self {
+            e: Box::new([TlbEntry::default(); TLB_SIZE]),
+        }
+    }
+}
+
+impl Tlb {
+    /// Drops every entry, or every non-global one.
+    pub fn flush(&mut self, keep_global: bool) {
+        for e in self.e.iter_mut() {
+            if !(keep_global && e.flags & T_GLOBAL != 0) {
+                e.tag = 0;
+            }
+        }
+    }
+    /// Drops the entry for one linear address (INVLPG), global or not.
+    pub fn flush_page(&mut self, lin: u64) {
+        let page = lin >> 12;
+        let e = &mut self.e[(page as usize) & (TLB_SIZE - 1)];
+        if e.tag == page + 1 {
+            e.tag = 0;
+        }
+    }
 }
 
 /// The fault a segment violation raises for segment register `s`.
@@ -57,14 +136,20 @@ pub fn seg_linear(
     } else if last > u64::from(seg.limit) || last < off {
         return Err(seg_fault(s));
     }
-    if cpu.cr0 & cr0::PE != 0 {
+    if cpu.cr0 & cr0::PE != 0 && cpu.rflags & flags::VM == 0 {
         check_type(attrs, s, acc)?;
     }
     Ok(seg.base.wrapping_add(off) & 0xFFFF_FFFF)
 }
 
-#[cold]
+#[inline]
 fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
+    // Fast accept: present writable data.
+    if attrs & (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW)
+        == seg_attr::P | seg_attr::S | seg_attr::RW
+    {
+        return Ok(());
+    }
     if attrs & seg_attr::P == 0 {
         return Err(seg_fault(s));
     }
@@ -82,54 +167,385 @@ fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     }
 }
 
-/// Linear to physical. Paging is not modelled yet, so this is the identity.
-#[inline]
-pub fn translate(_cpu: &CpuState, lin: u64, _acc: Access) -> Result<GuestPhys, Exception> {
-    Ok(GuestPhys(lin))
+/// Whether paging is on.
+#[inline(always)]
+pub fn paging(cpu: &CpuState) -> bool {
+    cpu.cr0 & cr0::PG != 0
 }
 
-/// Reads `size` (1, 2, 4 or 8) bytes at linear `lin`.
+/// Linear to physical for an access by the current privilege level.
 #[inline]
-pub fn read_lin(cpu: &CpuState, m: &Machine, lin: u64, size: u32) -> Result<u64, Exception> {
-    let p = translate(cpu, lin, Access::Read)?;
-    Ok(match size {
+pub fn translate(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    acc: Access,
+) -> Result<GuestPhys, Exception> {
+    if !paging(cpu) {
+        return Ok(GuestPhys(lin));
+    }
+    let user = cpu.cpl() == 3;
+    translate_as(cpu, m, lin, acc, user)
+}
+
+/// Linear to physical for an access with an explicit privilege (`user` false for
+/// the implicit supervisor accesses to descriptor tables and the TSS).
+#[inline]
+pub fn translate_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    acc: Access,
+    user: bool,
+) -> Result<GuestPhys, Exception> {
+    if !paging(cpu) {
+        return Ok(GuestPhys(lin));
+    }
+    let page = lin >> 12;
+    let e = cpu.tlb.e[(page as usize) & (TLB_SIZE - 1)];
+    if e.tag == page + 1 {
+        let ok = match acc {
+            Access::Read => !user || e.flags & T_USER_READ != 0,
+            Access::Exec => (!user || e.flags & T_USER_READ != 0) && e.flags & T_NX == 0,
+            Access::Write => {
+                e.flags & T_DIRTY != 0
+                    && if user {
+                        e.flags & T_USER_WRITE != 0
+                    } else {
+                        e.flags & T_SUP_WRITE != 0
+                    }
+            }
+        };
+        if ok {
+            return Ok(GuestPhys((e.phys_page << 12) | (lin & 0xFFF)));
+        }
+    }
+    walk(cpu, m, lin, acc, user)
+}
+
+fn read_pte(m: &Machine, addr: u64, wide: bool) -> u64 {
+    if wide {
+        u64::from_le_bytes(m.mem.read::<8>(GuestPhys(addr)))
+    } else {
+        u64::from(u32::from_le_bytes(m.mem.read::<4>(GuestPhys(addr))))
+    }
+}
+
+fn write_pte(m: &mut Machine, addr: u64, v: u64, wide: bool) {
+    if wide {
+        m.mem.write::<8>(GuestPhys(addr), v.to_le_bytes());
+    } else {
+        m.mem.write::<4>(GuestPhys(addr), (v as u32).to_le_bytes());
+    }
+}
+
+/// The page walk (SDM vol. 3A §4.3 and §4.4).
+#[cold]
+fn walk(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    acc: Access,
+    user: bool,
+) -> Result<GuestPhys, Exception> {
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    const US: u64 = 4;
+    const A: u64 = 1 << 5;
+    const D: u64 = 1 << 6;
+    const PS: u64 = 1 << 7;
+    const G: u64 = 1 << 8;
+    const NX: u64 = 1 << 63;
+    let pae = cpu.cr4 & cr4::PAE != 0;
+    let nxe = pae && cpu.efer & efer::NXE != 0;
+    let write = acc == Access::Write;
+    let mut code = (u32::from(write) << 1) | (u32::from(user) << 2);
+    if nxe && acc == Access::Exec {
+        code |= 1 << 4;
+    }
+    let fault = |cpu: &mut CpuState, code: u32| {
+        let _ = cpu;
+        Exception::PageFault { addr: lin, code }
+    };
+    let addr_mask: u64 = 0x000F_FFFF_FFFF_F000;
+    // Levels: (entry address, entry) from the top down.
+    let mut levels: [(u64, u64); 3] = [(0, 0); 3];
+    let mut n = 0;
+    let (phys_page, leaf, big_mask);
+    if pae {
+        let pdpte_addr = (cpu.cr3 & 0xFFFF_FFE0) + ((lin >> 30) & 3) * 8;
+        let pdpte = read_pte(m, pdpte_addr, true);
+        if pdpte & P == 0 {
+            return Err(fault(cpu, code));
+        }
+        if pdpte & 0x1E6 != 0 {
+            return Err(fault(cpu, code | 1 | 8));
+        }
+        let pde_addr = (pdpte & addr_mask) + ((lin >> 21) & 0x1FF) * 8;
+        let pde = read_pte(m, pde_addr, true);
+        if pde & P == 0 {
+            return Err(fault(cpu, code));
+        }
+        if !nxe && pde & NX != 0 {
+            return Err(fault(cpu, code | 1 | 8));
+        }
+        levels[n] = (pde_addr, pde);
+        n += 1;
+        if pde & PS != 0 {
+            phys_page = ((pde & 0x000F_FFFF_FFE0_0000) | (lin & 0x1F_F000)) >> 12;
+            leaf = pde;
+            big_mask = true;
+        } else {
+            let pte_addr = (pde & addr_mask) + ((lin >> 12) & 0x1FF) * 8;
+            let pte = read_pte(m, pte_addr, true);
+            if pte & P == 0 {
+                return Err(fault(cpu, code));
+            }
+            if !nxe && pte & NX != 0 {
+                return Err(fault(cpu, code | 1 | 8));
+            }
+            levels[n] = (pte_addr, pte);
+            n += 1;
+            phys_page = (pte & addr_mask) >> 12;
+            leaf = pte;
+            big_mask = false;
+        }
+    } else {
+        let pde_addr = (cpu.cr3 & 0xFFFF_F000) + ((lin >> 22) & 0x3FF) * 4;
+        let pde = read_pte(m, pde_addr, false);
+        if pde & P == 0 {
+            return Err(fault(cpu, code));
+        }
+        levels[n] = (pde_addr, pde);
+        n += 1;
+        if pde & PS != 0 && cpu.cr4 & cr4::PSE != 0 {
+            phys_page = ((pde & 0xFFC0_0000) | (lin & 0x3F_F000)) >> 12;
+            leaf = pde;
+            big_mask = true;
+        } else {
+            let pte_addr = (pde & 0xFFFF_F000) + ((lin >> 12) & 0x3FF) * 4;
+            let pte = read_pte(m, pte_addr, false);
+            if pte & P == 0 {
+                return Err(fault(cpu, code));
+            }
+            levels[n] = (pte_addr, pte);
+            n += 1;
+            phys_page = (pte & 0xFFFF_F000) >> 12;
+            leaf = pte;
+            big_mask = false;
+        }
+    }
+    let _ = big_mask;
+    let all = |bit: u64| levels[..n].iter().all(|(_, e)| e & bit != 0);
+    let user_ok = all(US);
+    let rw_all = all(RW);
+    let nx = nxe && levels[..n].iter().any(|(_, e)| e & NX != 0);
+    let wp = cpu.cr0 & cr0::WP != 0;
+    let sup_write = rw_all || !wp;
+    let allowed = match acc {
+        Access::Read => !user || user_ok,
+        Access::Exec => (!user || user_ok) && !nx,
+        Access::Write => {
+            if user {
+                user_ok && rw_all
+            } else {
+                sup_write
+            }
+        }
+    };
+    if !allowed {
+        return Err(fault(cpu, code | 1));
+    }
+    // Set accessed bits on every level, and dirty on the leaf for a write.
+    let pae_wide = pae;
+    for (i, (addr, e)) in levels[..n].iter().enumerate() {
+        let mut v = *e | A;
+        if write && i == n - 1 {
+            v |= D;
+        }
+        if v != *e {
+            write_pte(m, *addr, v, pae_wide);
+        }
+    }
+    let dirty = write || leaf & D != 0;
+    let mut f = 0u8;
+    if user_ok {
+        f |= T_USER_READ;
+        if rw_all {
+            f |= T_USER_WRITE;
+        }
+    }
+    if sup_write {
+        f |= T_SUP_WRITE;
+    }
+    if dirty {
+        f |= T_DIRTY;
+    }
+    if leaf & G != 0 && cpu.cr4 & cr4::PGE != 0 {
+        f |= T_GLOBAL;
+    }
+    if nx {
+        f |= T_NX;
+    }
+    let page = lin >> 12;
+    cpu.tlb.e[(page as usize) & (TLB_SIZE - 1)] = TlbEntry {
+        tag: page + 1,
+        phys_page,
+        flags: f,
+    };
+    Ok(GuestPhys((phys_page << 12) | (lin & 0xFFF)))
+}
+
+fn mem_read(m: &Machine, p: GuestPhys, size: u32) -> u64 {
+    match size {
         1 => u64::from(m.mem.read_u8(p)),
         2 => u64::from(u16::from_le_bytes(m.mem.read::<2>(p))),
         4 => u64::from(u32::from_le_bytes(m.mem.read::<4>(p))),
         _ => u64::from_le_bytes(m.mem.read::<8>(p)),
-    })
+    }
 }
 
-/// Writes the low `size` bytes of `value` at linear `lin`.
-#[inline]
-pub fn write_lin(
-    cpu: &CpuState,
-    m: &mut Machine,
-    lin: u64,
-    size: u32,
-    value: u64,
-) -> Result<(), Exception> {
-    let p = translate(cpu, lin, Access::Write)?;
+fn mem_write(m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
     match size {
         1 => m.mem.write_u8(p, value as u8),
         2 => m.mem.write::<2>(p, (value as u16).to_le_bytes()),
         4 => m.mem.write::<4>(p, (value as u32).to_le_bytes()),
         _ => m.mem.write::<8>(p, value.to_le_bytes()),
     }
+}
+
+/// Reads `size` (1, 2, 4 or 8) bytes at linear `lin` with privilege `user`.
+pub fn read_lin_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+    user: bool,
+) -> Result<u64, Exception> {
+    if !paging(cpu) {
+        return Ok(mem_read(m, GuestPhys(lin), size));
+    }
+    let off = lin & 0xFFF;
+    if off + u64::from(size) <= 0x1000 {
+        let p = translate_as(cpu, m, lin, Access::Read, user)?;
+        return Ok(mem_read(m, p, size));
+    }
+    let first = 0x1000 - off;
+    let p1 = translate_as(cpu, m, lin, Access::Read, user)?;
+    let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Read, user)?;
+    let mut v = 0u64;
+    for i in 0..u64::from(size) {
+        let p = if i < first {
+            p1.add(i)
+        } else {
+            p2.add(i - first)
+        };
+        v |= u64::from(m.mem.read_u8(p)) << (8 * i);
+    }
+    Ok(v)
+}
+
+/// Writes `size` bytes of `value` at linear `lin` with privilege `user`.
+pub fn write_lin_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+    value: u64,
+    user: bool,
+) -> Result<(), Exception> {
+    if !paging(cpu) {
+        mem_write(m, GuestPhys(lin), size, value);
+        return Ok(());
+    }
+    let off = lin & 0xFFF;
+    if off + u64::from(size) <= 0x1000 {
+        let p = translate_as(cpu, m, lin, Access::Write, user)?;
+        mem_write(m, p, size, value);
+        return Ok(());
+    }
+    let first = 0x1000 - off;
+    let p1 = translate_as(cpu, m, lin, Access::Write, user)?;
+    let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Write, user)?;
+    for i in 0..u64::from(size) {
+        let p = if i < first {
+            p1.add(i)
+        } else {
+            p2.add(i - first)
+        };
+        m.mem.write_u8(p, (value >> (8 * i)) as u8);
+    }
     Ok(())
+}
+
+/// Reads at linear `lin` with the current privilege level.
+#[inline]
+pub fn read_lin(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+) -> Result<u64, Exception> {
+    let user = paging(cpu) && cpu.cpl() == 3;
+    read_lin_as(cpu, m, lin, size, user)
+}
+
+/// Writes at linear `lin` with the current privilege level.
+#[inline]
+pub fn write_lin(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+    value: u64,
+) -> Result<(), Exception> {
+    let user = paging(cpu) && cpu.cpl() == 3;
+    write_lin_as(cpu, m, lin, size, value, user)
+}
+
+/// A supervisor-level (implicit) read: descriptor tables, the TSS, the IDT.
+#[inline]
+pub fn read_sys(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+) -> Result<u64, Exception> {
+    read_lin_as(cpu, m, lin, size, false)
+}
+
+/// A supervisor-level (implicit) write.
+#[inline]
+pub fn write_sys(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+    value: u64,
+) -> Result<(), Exception> {
+    write_lin_as(cpu, m, lin, size, value, false)
 }
 
 /// Reads `size` bytes at `s:off`.
 #[inline]
-pub fn read(cpu: &CpuState, m: &Machine, s: usize, off: u64, size: u32) -> Result<u64, Exception> {
+pub fn read(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    s: usize,
+    off: u64,
+    size: u32,
+) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
+    if !paging(cpu) {
+        return Ok(mem_read(m, GuestPhys(lin), size));
+    }
     read_lin(cpu, m, lin, size)
 }
 
 /// Writes `size` bytes at `s:off`.
 #[inline]
 pub fn write(
-    cpu: &CpuState,
+    cpu: &mut CpuState,
     m: &mut Machine,
     s: usize,
     off: u64,
@@ -137,7 +553,30 @@ pub fn write(
     value: u64,
 ) -> Result<(), Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Write)?;
+    if !paging(cpu) {
+        mem_write(m, GuestPhys(lin), size, value);
+        return Ok(());
+    }
     write_lin(cpu, m, lin, size, value)
+}
+
+/// Checks that `s:off` can be written (segment and page), without writing.
+pub fn probe_write(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    s: usize,
+    off: u64,
+    size: u32,
+) -> Result<(), Exception> {
+    let lin = seg_linear(cpu, s, off, size, Access::Write)?;
+    if paging(cpu) {
+        translate(cpu, m, lin, Access::Write)?;
+        let last = lin.wrapping_add(u64::from(size) - 1) & 0xFFFF_FFFF;
+        if last >> 12 != lin >> 12 {
+            translate(cpu, m, last, Access::Write)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -194,5 +633,63 @@ mod tests {
             Ok(0x1000)
         );
         assert!(seg_linear(&cpu, sreg::DS, 0xFFFF, 2, Access::Read).is_err());
+    }
+
+    fn paged() -> (CpuState, Machine) {
+        let mut m = Machine::flat(8 << 20).expect("machine");
+        // Page directory at 0x1000, one page table at 0x2000 mapping linear
+        // 0x400000.. with PTE 0 -> phys 0x5000 user read-only.
+        m.mem
+            .write::<4>(GuestPhys(0x1000 + 4), (0x2000u32 | 0x7).to_le_bytes());
+        m.mem
+            .write::<4>(GuestPhys(0x2000), (0x5000u32 | 0x5).to_le_bytes());
+        let mut cpu = CpuState::reset();
+        cpu.cr0 = cr0::PE | cr0::PG;
+        cpu.cr3 = 0x1000;
+        (cpu, m)
+    }
+
+    #[test]
+    fn paging_maps_and_sets_accessed_bits() {
+        let (mut cpu, mut m) = paged();
+        let p = translate_as(&mut cpu, &mut m, 0x40_0123, Access::Read, false).expect("mapped");
+        assert_eq!(p, GuestPhys(0x5123));
+        let pte = u32::from_le_bytes(m.mem.read::<4>(GuestPhys(0x2000)));
+        assert_eq!(pte & 0x20, 0x20, "A set");
+    }
+
+    #[test]
+    fn paging_not_present_faults_with_error_code() {
+        let (mut cpu, mut m) = paged();
+        let e = translate_as(&mut cpu, &mut m, 0x40_1000, Access::Write, true);
+        assert_eq!(
+            e,
+            Err(Exception::PageFault {
+                addr: 0x40_1000,
+                code: 0b110
+            })
+        );
+    }
+
+    #[test]
+    fn paging_write_to_read_only_respects_wp() {
+        let (mut cpu, mut m) = paged();
+        assert!(translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, false).is_ok());
+        cpu.tlb.flush(false);
+        cpu.cr0 |= cr0::WP;
+        assert_eq!(
+            translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, false),
+            Err(Exception::PageFault {
+                addr: 0x40_0000,
+                code: 0b011
+            })
+        );
+        assert_eq!(
+            translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, true),
+            Err(Exception::PageFault {
+                addr: 0x40_0000,
+                code: 0b111
+            })
+        );
     }
 }

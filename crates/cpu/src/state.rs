@@ -238,6 +238,8 @@ pub struct CpuState {
     pub nmi_blocked: u8,
     /// The x87 and SSE state image (FXSAVE layout), kept for later issues.
     pub fx: [u8; 512],
+    /// The software TLB (not architectural; flushed as the SDM says a TLB may be).
+    pub tlb: crate::mmu::Tlb,
 }
 
 impl Default for CpuState {
@@ -296,6 +298,7 @@ impl CpuState {
             nmi_pending: 0,
             nmi_blocked: 0,
             fx: [0; 512],
+            tlb: crate::mmu::Tlb::default(),
         }
     }
 
@@ -310,6 +313,31 @@ impl CpuState {
     pub fn load_seg_real(&mut self, s: usize, selector: u16) {
         self.seg[s].selector = selector;
         self.seg[s].base = u64::from(selector) << 4;
+    }
+
+    /// Whether the CPU is in virtual-8086 mode.
+    #[inline]
+    pub fn v86(&self) -> bool {
+        self.rflags & flags::VM != 0
+    }
+
+    /// The current privilege level: 0 in real mode, 3 in V86 mode, otherwise the
+    /// DPL of SS, which always equals CPL in protected mode (SDM vol. 3A §5.5).
+    #[inline]
+    pub fn cpl(&self) -> u8 {
+        if self.cr0 & cr0::PE == 0 {
+            0
+        } else if self.rflags & flags::VM != 0 {
+            3
+        } else {
+            ((self.seg[sreg::SS].attrs >> 5) & 3) as u8
+        }
+    }
+
+    /// The I/O privilege level.
+    #[inline]
+    pub fn iopl(&self) -> u8 {
+        ((self.rflags >> 12) & 3) as u8
     }
 
     /// The 16-bit FLAGS image.

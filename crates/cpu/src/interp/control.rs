@@ -129,8 +129,8 @@ fn far_go(cpu: &mut CpuState, sel: u16, off: u64, size: u32) -> Exec {
 
 /// The selector and offset of a far pointer operand (ptr16:16/32 or m16:16/32).
 fn far_target(
-    cpu: &CpuState,
-    m: &Machine,
+    cpu: &mut CpuState,
+    m: &mut Machine,
     insn: &Insn,
     size: u32,
 ) -> Result<(u16, u64), Exception> {

@@ -33,6 +33,9 @@ pub enum UnitExit {
     Unsupported(&'static str),
 }
 
+use super::debug;
+use crate::state::flags::{RF, TF};
+
 /// Counters for `--stats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CacheStats {
@@ -46,10 +49,14 @@ pub struct CacheStats {
     pub decoded_insns: u64,
 }
 
+/// "The unit does not run onto a second page."
+const NO_PAGE: u64 = u64::MAX;
+
 #[derive(Clone)]
 struct Slot {
     valid: bool,
     phys: u64,
+    next_phys: u64,
     key: u32,
     byte_len: u32,
     count: u8,
@@ -75,9 +82,9 @@ impl Default for Interpreter {
 /// The mode key: everything that changes how bytes decode or what a prepared
 /// instruction means. Real mode: code size from CS.D.
 fn mode_key(cpu: &CpuState) -> (u32, Bitness) {
-    let d = cpu.seg[sreg::CS].attrs & crate::state::seg_attr::DB != 0;
+    let d = cpu.seg[sreg::CS].attrs & crate::state::seg_attr::DB != 0 && !cpu.v86();
     let bitness = if d { Bitness::B32 } else { Bitness::B16 };
-    let key = u32::from(d) | (u32::from(cpu.protected()) << 1);
+    let key = u32::from(d) | (u32::from(cpu.protected()) << 1) | (u32::from(cpu.v86()) << 2);
     (key, bitness)
 }
 
@@ -94,6 +101,7 @@ impl Interpreter {
         let slot = Slot {
             valid: false,
             phys: 0,
+            next_phys: NO_PAGE,
             key: 0,
             byte_len: 0,
             count: 0,
@@ -130,11 +138,11 @@ impl Interpreter {
         self.page_index.clear();
     }
 
-    /// Decodes the unit at CS:IP into `slot`. Returns the fetch fault if the first
-    /// instruction cannot be fetched.
+    /// Decodes the unit at CS:IP (physical `phys`) into slot `s`. Returns the
+    /// fault the fetch raises if not even the first instruction can be fetched.
     fn fill(
         &mut self,
-        cpu: &CpuState,
+        cpu: &mut CpuState,
         m: &mut Machine,
         phys: u64,
         key: u32,
@@ -142,24 +150,38 @@ impl Interpreter {
         s: usize,
     ) -> Result<(), Exception> {
         let ip = cpu.rip;
-        let cs = &cpu.seg[sreg::CS];
+        let cs = cpu.seg[sreg::CS];
         let lin = cs.base.wrapping_add(ip) & 0xFFFF_FFFF;
         let page_room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
         let limit_room = (u64::from(cs.limit) + 1).saturating_sub(ip) as usize;
         let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
-        let avail = want.min(limit_room);
+        let mut avail = want.min(limit_room);
+        let mut cut_by: Exception = Exception::GeneralProtection(0);
         let mut buf = [0u8; MAX_UNIT_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
-        for (i, b) in buf.iter_mut().enumerate().take(avail) {
-            let p = mmu::translate(
-                cpu,
-                lin.wrapping_add(i as u64) & 0xFFFF_FFFF,
-                mmu::Access::Exec,
-            )?;
-            *b = m.mem.read_u8(p);
+        let first = avail.min(page_room);
+        for (i, b) in buf.iter_mut().enumerate().take(first) {
+            *b = m.mem.read_u8(GuestPhys(phys + i as u64));
+        }
+        let mut next_phys = NO_PAGE;
+        if avail > page_room {
+            let next_lin = (lin + page_room as u64) & 0xFFFF_FFFF;
+            match mmu::translate(cpu, m, next_lin, mmu::Access::Exec) {
+                Ok(p) => {
+                    let p = p.0 & m.mem.a20_mask();
+                    next_phys = p;
+                    for (i, b) in buf[page_room..avail].iter_mut().enumerate() {
+                        *b = m.mem.read_u8(GuestPhys(p + i as u64));
+                    }
+                }
+                Err(e) => {
+                    avail = page_room;
+                    cut_by = e;
+                }
+            }
         }
         decode_unit(bitness, ip, &buf[..avail], page_room, &mut self.scratch);
         if self.scratch.end == UnitEnd::FetchFault {
-            return Err(Exception::GeneralProtection(0));
+            return Err(cut_by);
         }
         let bits = bitness.bits();
         let slot = &mut self.slots[s];
@@ -171,12 +193,19 @@ impl Interpreter {
         slot.phys = phys;
         slot.key = key;
         slot.valid = true;
+        slot.next_phys = if self.scratch.byte_len > page_room {
+            next_phys
+        } else {
+            NO_PAGE
+        };
         self.stats.misses += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
-        let first = GuestPhys(phys);
-        let last = GuestPhys(phys + u64::from(slot.byte_len).max(1) - 1);
-        for p in [first, last] {
+        let mut pages = [GuestPhys(phys), GuestPhys(phys)];
+        if slot.next_phys != NO_PAGE {
+            pages[1] = GuestPhys(slot.next_phys);
+        }
+        for p in pages {
             if m.mem.mark_code(p) {
                 if let Some(page) = m.mem.ram_page(p) {
                     let list = self.page_index.entry(page).or_default();
@@ -191,48 +220,63 @@ impl Interpreter {
 
     /// Runs one unit at CS:IP. Exceptions are delivered to the guest here.
     pub fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
-        if cpu.protected() {
-            return UnitExit::Unsupported("protected mode (CR0.PE=1) is not implemented yet");
-        }
         let (key, bitness) = mode_key(cpu);
-        let cs = &cpu.seg[sreg::CS];
+        let cs = cpu.seg[sreg::CS];
         if cpu.rip > u64::from(cs.limit) {
             interrupt::raise(cpu, m, Exception::GeneralProtection(0), cpu.rip);
             return self.after_fault(cpu);
         }
         let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let phys = match mmu::translate(cpu, lin, mmu::Access::Exec) {
+        let phys = match mmu::translate(cpu, m, lin, mmu::Access::Exec) {
             Ok(p) => p.0 & m.mem.a20_mask(),
             Err(e) => {
                 interrupt::raise(cpu, m, e, cpu.rip);
                 return self.after_fault(cpu);
             }
         };
+        let debug = cpu.dr[7] & 0xFF != 0;
+        if debug && cpu.rflags & RF == 0 {
+            if let Some(hit) = debug::exec_breakpoint(cpu, lin) {
+                cpu.dr[6] = (cpu.dr[6] & !0xF) | hit;
+                interrupt::raise(cpu, m, Exception::Debug, cpu.rip);
+                return self.after_fault(cpu);
+            }
+        }
+        cpu.rflags &= !RF;
         let s = slot_of(phys, key);
         let hit = {
             let slot = &self.slots[s];
             slot.valid && slot.phys == phys && slot.key == key
         };
+        let mut refill = !hit;
         if hit {
-            self.stats.hits += 1;
-        } else if let Err(e) = self.fill(cpu, m, phys, key, bitness, s) {
-            interrupt::raise(cpu, m, e, cpu.rip);
-            return self.after_fault(cpu);
+            // A unit decoded where it fit below the CS limit may not fit at this
+            // alias; a unit that runs onto the next page must see the same page.
+            let slot = &self.slots[s];
+            let fits = cpu.rip + u64::from(slot.byte_len) <= u64::from(cs.limit) + 1;
+            let next_ok = slot.next_phys == NO_PAGE || {
+                let next_lin = (lin | (PAGE_SIZE - 1)) + 1;
+                let want = slot.next_phys;
+                mmu::translate(cpu, m, next_lin & 0xFFFF_FFFF, mmu::Access::Exec)
+                    .is_ok_and(|p| p.0 & m.mem.a20_mask() == want)
+            };
+            refill = !fits || !next_ok;
+            if !refill {
+                self.stats.hits += 1;
+            }
         }
-        // The unit may have been decoded at an alias with more room below the CS
-        // limit; if it does not fit here, run only what fits instruction by
-        // instruction through a fresh decode next time.
-        let fits =
-            cpu.rip + u64::from(self.slots[s].byte_len) <= u64::from(cpu.seg[sreg::CS].limit) + 1;
-        if !fits {
+        if refill {
             if let Err(e) = self.fill(cpu, m, phys, key, bitness, s) {
                 interrupt::raise(cpu, m, e, cpu.rip);
                 return self.after_fault(cpu);
             }
         }
-        // Under an interrupt shadow (after MOV SS, POP SS, STI) only the shadowed
-        // instruction runs, so a pending interrupt is taken right after it.
-        let count = if cpu.int_shadow != 0 {
+        // Under an interrupt shadow (after MOV SS, POP SS, STI), with TF set, or
+        // with instruction breakpoints armed, only one instruction runs, so the run
+        // loop sees the boundary after it.
+        let trap = cpu.rflags & TF != 0;
+        let single = cpu.int_shadow != 0 || trap || debug;
+        let count = if single {
             1
         } else {
             self.slots[s].count as usize
@@ -246,6 +290,12 @@ impl Interpreter {
                     let restart = cpu.next_rip == cpu.rip;
                     cpu.rip = cpu.next_rip;
                     cpu.icount += 1;
+                    if trap {
+                        // Single-step trap after the instruction (SDM vol. 3A §17.3.1.4).
+                        cpu.dr[6] |= debug::DR6_BS;
+                        interrupt::raise(cpu, m, Exception::Debug, cpu.rip);
+                        return self.after_fault(cpu);
+                    }
                     // A repeated string instruction that yielded restarts here: the
                     // rest of the unit must not run before it completes.
                     if restart {
@@ -259,7 +309,11 @@ impl Interpreter {
                 }
             }
             if cpu.run_state != RunState::Running {
-                return UnitExit::Halted;
+                return if cpu.run_state == RunState::Shutdown {
+                    UnitExit::Shutdown
+                } else {
+                    UnitExit::Halted
+                };
             }
             if m.mem.code_write_pending {
                 break;
@@ -278,6 +332,7 @@ impl Interpreter {
 
     /// Whether a unit for CS:IP is cached (for tests of the cache itself).
     pub fn is_cached(&self, cpu: &CpuState, m: &Machine) -> bool {
+        // Real-mode aliasing only (tests): linear equals physical.
         let (key, _) = mode_key(cpu);
         let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
         let phys = lin & m.mem.a20_mask();

@@ -14,6 +14,7 @@ pub mod alu;
 pub mod bcd;
 pub mod bits;
 pub mod control;
+pub mod debug;
 pub mod engine;
 pub mod flags;
 pub mod interrupt;

@@ -84,7 +84,7 @@ pub fn loc(cpu: &CpuState, insn: &Insn, i: usize) -> Loc {
 
 /// Reads a location.
 #[inline(always)]
-pub fn load(cpu: &CpuState, m: &Machine, l: Loc, size: u32) -> Result<u64, Exception> {
+pub fn load(cpu: &mut CpuState, m: &mut Machine, l: Loc, size: u32) -> Result<u64, Exception> {
     match l {
         Loc::Reg(idx, shift) => Ok(get_gpr(cpu, idx, shift, size)),
         Loc::Mem(s, off) => mmu::read(cpu, m, s as usize, off, size),
@@ -116,8 +116,8 @@ pub fn probe_write(cpu: &CpuState, l: Loc, size: u32) -> Exec {
 /// Reads operand `i` at `size` bytes.
 #[inline(always)]
 pub fn read_op(
-    cpu: &CpuState,
-    m: &Machine,
+    cpu: &mut CpuState,
+    m: &mut Machine,
     insn: &Insn,
     i: usize,
     size: u32,

@@ -27,7 +27,7 @@ pub fn push(cpu: &mut CpuState, m: &mut Machine, v: u64, size: u32) -> Exec {
 
 /// Reads the `size`-byte value `depth` bytes above the stack pointer.
 #[inline]
-pub fn peek(cpu: &CpuState, m: &Machine, depth: u64, size: u32) -> Result<u64, Exception> {
+pub fn peek(cpu: &mut CpuState, m: &mut Machine, depth: u64, size: u32) -> Result<u64, Exception> {
     let ss = stack_size(cpu);
     let sp = get_gpr(cpu, RSP, 0, ss).wrapping_add(depth) & mask(ss);
     mmu::read(cpu, m, sreg::SS, sp, size)
@@ -43,7 +43,7 @@ pub fn add_sp(cpu: &mut CpuState, n: u64) {
 
 /// Pops a `size`-byte value.
 #[inline]
-pub fn pop(cpu: &mut CpuState, m: &Machine, size: u32) -> Result<u64, Exception> {
+pub fn pop(cpu: &mut CpuState, m: &mut Machine, size: u32) -> Result<u64, Exception> {
     let v = peek(cpu, m, 0, size)?;
     add_sp(cpu, u64::from(size));
     Ok(v)
