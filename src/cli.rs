@@ -32,10 +32,23 @@ pub enum Command {
 
 /// Options of `x86bt run`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("boot").required(true).args(["bios", "kernel"])))]
 pub struct RunArgs {
     /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB.
     #[arg(long)]
-    pub bios: PathBuf,
+    pub bios: Option<PathBuf>,
+    /// A Multiboot v1 kernel (ELF32 or a.out kludge), entered in 32-bit protected mode.
+    #[arg(long, conflicts_with = "bios")]
+    pub kernel: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, default_value = "", requires = "kernel")]
+    pub append: String,
+    /// A Multiboot module (repeatable); `FILE` or `FILE ARGS` as its string.
+    #[arg(long = "module", requires = "kernel")]
+    pub modules: Vec<PathBuf>,
+    /// On a triple fault, stop with exit status 125 instead of resetting.
+    #[arg(long)]
+    pub no_reboot: bool,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub mem_mib: u64,

@@ -42,6 +42,14 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A kernel image that cannot be loaded.
+    #[error("{path}: {source}")]
+    Loader {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: x86bt_machine::loader::LoaderError,
+    },
     /// An option value that cannot be used.
     #[error("{0}")]
     Usage(String),

@@ -6,6 +6,7 @@ use crate::vm::{RunOutcome, Vm};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use x86bt_machine::loader::multiboot;
 use x86bt_machine::pc::{self, PcConfig};
 
 /// Opens an output named `stdio`, `null` or `file:PATH`.
@@ -37,7 +38,18 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
 
 /// `x86bt run`.
 pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
-    let bios = read_file(&a.bios)?;
+    let bios = match &a.bios {
+        Some(p) => Some(read_file(p)?),
+        None => None,
+    };
+    let kernel = match &a.kernel {
+        Some(p) => Some((p.clone(), read_file(p)?)),
+        None => None,
+    };
+    let mut modules = Vec::new();
+    for p in &a.modules {
+        modules.push((p.display().to_string(), read_file(p)?));
+    }
     let serial_out = open_sink(&a.serial, "serial")?;
     let debugcon = open_sink(&a.debugcon, "debugcon")?;
     let post = match &a.post {
@@ -45,9 +57,14 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Some(spec) => return Err(Error::Usage(format!("--post {spec:?}: expected file:PATH"))),
         None => None,
     };
-    let machine = pc::build(PcConfig {
+    let bios_name = a
+        .bios
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut machine = pc::build(PcConfig {
         ram_bytes: a.mem_mib << 20,
-        bios: Some(bios),
+        bios,
         serial_out,
         serial_in: None,
         debugcon,
@@ -56,12 +73,24 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     })
     .map_err(|e| match e {
         x86bt_machine::MachineError::RomSize { len } => Error::Usage(format!(
-            "{}: {len} bytes is not a BIOS image size (a multiple of 64 KiB, 64 KiB to 16 MiB)",
-            a.bios.display()
+            "{bios_name}: {len} bytes is not a BIOS image size (a multiple of 64 KiB, 64 KiB to 16 MiB)"
         )),
         other => Error::Machine(other),
     })?;
+    let entry = match &kernel {
+        Some((path, image)) => Some(load_kernel(&mut machine, path, image, &a.append, &modules)?),
+        None => None,
+    };
     let mut vm = Vm::new(machine);
+    vm.no_reboot = a.no_reboot;
+    if let Some(e) = entry {
+        crate::boot::enter_multiboot(
+            &mut vm.cpu,
+            e.entry,
+            multiboot::BOOTLOADER_MAGIC,
+            e.info_addr,
+        );
+    }
     let start = Instant::now();
     let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
     let secs = start.elapsed().as_secs_f64();
@@ -77,6 +106,27 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         print_stats(&vm, secs);
     }
     Ok((outcome.exit_status() & 0xFF) as u8)
+}
+
+/// Loads a `--kernel` image: a Multiboot kernel (a file that is not one gets a
+/// clear error naming what was expected).
+fn load_kernel(
+    m: &mut x86bt_machine::Machine,
+    path: &Path,
+    image: &[u8],
+    cmdline: &str,
+    modules: &[(String, Vec<u8>)],
+) -> Result<multiboot::MultibootEntry, Error> {
+    if !multiboot::is_multiboot(image) {
+        return Err(Error::Usage(format!(
+            "{}: not a Multiboot kernel (no Multiboot v1 header in its first 8 KiB)",
+            path.display()
+        )));
+    }
+    multiboot::load(&mut m.mem, image, cmdline, modules).map_err(|source| Error::Loader {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Prints `--stats` to stderr.

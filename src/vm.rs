@@ -57,6 +57,8 @@ pub struct Vm {
     pub interp: Interpreter,
     /// Virtual time skipped while halted, in ns.
     idle_ns: u64,
+    /// Stop on a triple fault instead of resetting (`--no-reboot`).
+    pub no_reboot: bool,
 }
 
 impl Vm {
@@ -67,6 +69,7 @@ impl Vm {
             machine,
             interp: Interpreter::new(),
             idle_ns: 0,
+            no_reboot: false,
         }
     }
 
@@ -99,7 +102,13 @@ impl Vm {
                 }
             }
             match self.cpu.run_state {
-                RunState::Shutdown => return RunOutcome::TripleFault,
+                RunState::Shutdown if self.no_reboot => return RunOutcome::TripleFault,
+                RunState::Shutdown => {
+                    // A triple fault resets a PC (the chipset turns the shutdown
+                    // cycle into INIT/RESET).
+                    self.reset();
+                    continue;
+                }
                 RunState::Halted => {
                     if !self.idle() {
                         return RunOutcome::HaltedForever;
@@ -110,7 +119,7 @@ impl Vm {
             }
             match self.interp.run_unit(&mut self.cpu, &mut self.machine) {
                 UnitExit::Continue | UnitExit::Halted => {}
-                UnitExit::Shutdown => return RunOutcome::TripleFault,
+                UnitExit::Shutdown => continue,
                 UnitExit::Unsupported(what) => return RunOutcome::Unsupported(what.to_string()),
             }
             if self.machine.mem.code_write_pending {
@@ -142,13 +151,21 @@ impl Vm {
         true
     }
 
-    /// A system reset: the CPU returns to its reset state; RAM is kept.
+    /// A system reset: the CPU and devices return to their reset state; RAM is
+    /// kept, the BIOS window reads ROM again.
     pub fn reset(&mut self) {
         let icount = self.cpu.icount;
         self.cpu = CpuState::reset();
         self.cpu.icount = icount;
+        for d in self.machine.ports.devices_mut() {
+            d.reset();
+        }
         self.machine.ctl.set_a20(true);
         self.machine.mem.set_a20(true);
+        for i in 0..7 {
+            self.machine.ctl.set_pam(i, 0);
+        }
+        self.machine.advance_devices();
         self.interp.flush();
     }
 }

@@ -1,7 +1,8 @@
 //! What the CPU says about itself: CPUID leaves and the model-specific registers.
 //!
 //! The feature set is honest: a bit is reported only when the instruction or
-//! register it advertises is implemented. With no x87 yet, FPU is not reported.
+//! register it advertises is implemented. With no x87 yet, FPU is not reported;
+//! no local APIC, no SYSENTER, no MTRRs, no PAT, no long mode.
 
 use crate::exception::Exception;
 use crate::state::CpuState;
@@ -11,10 +12,17 @@ use crate::state::CpuState;
 pub const SIGNATURE: u32 = 0x0000_0633;
 
 /// CPUID.1:EDX bits we implement (SDM vol. 2A, CPUID, Table 3-11).
-const FEATURES_EDX: u32 = (1 << 4) // TSC
+const FEATURES_EDX: u32 = (1 << 2) // DE (CR4.DE, DR4/DR5 behaviour)
+    | (1 << 3) // PSE (4 MiB pages)
+    | (1 << 4) // TSC
     | (1 << 5) // MSR (RDMSR/WRMSR for the MSRs below)
+    | (1 << 6) // PAE (with NX, see leaf 0x80000001)
     | (1 << 8) // CX8 (CMPXCHG8B)
+    | (1 << 13) // PGE (global pages)
     | (1 << 15); // CMOV
+
+/// CPUID.80000001h:EDX: NX (EFER.NXE).
+const EXT_FEATURES_EDX: u32 = 1 << 20;
 
 /// The largest basic leaf.
 const MAX_LEAF: u32 = 1;
@@ -23,6 +31,10 @@ const MAX_LEAF: u32 = 1;
 pub const MSR_TSC: u32 = 0x10;
 /// IA32_SYSENTER_CS.
 pub const MSR_SYSENTER_CS: u32 = 0x174;
+/// IA32_EFER.
+pub const MSR_EFER: u32 = 0xC000_0080;
+/// The EFER bits this CPU implements: NXE only (no long mode, no SYSCALL).
+const EFER_VALID: u64 = crate::mmu::efer::NXE;
 
 /// Executes CPUID for leaf `eax` (sub-leaf `ecx`): returns EAX, EBX, ECX, EDX.
 pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
@@ -35,7 +47,8 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
         1 => [SIGNATURE, 0, 0, FEATURES_EDX],
         // Intel: leaves above the maximum return the highest basic leaf's data.
         l if l < 0x8000_0000 => [SIGNATURE, 0, 0, FEATURES_EDX],
-        0x8000_0000 => [0x8000_0000, 0, 0, 0],
+        0x8000_0000 => [0x8000_0001, 0, 0, 0],
+        0x8000_0001 => [0, 0, 0, EXT_FEATURES_EDX],
         _ => [0; 4],
     }
 }
@@ -50,6 +63,7 @@ pub fn rdmsr(cpu: &CpuState, msr: u32) -> Result<u64, Exception> {
     match msr {
         MSR_TSC => Ok(tsc(cpu)),
         0x174..=0x176 => Ok(cpu.sysenter[(msr - MSR_SYSENTER_CS) as usize]),
+        MSR_EFER => Ok(cpu.efer),
         _ => Err(Exception::GeneralProtection(0)),
     }
 }
@@ -63,6 +77,13 @@ pub fn wrmsr(cpu: &mut CpuState, msr: u32, value: u64) -> Result<(), Exception> 
         }
         0x174..=0x176 => {
             cpu.sysenter[(msr - MSR_SYSENTER_CS) as usize] = value;
+            Ok(())
+        }
+        MSR_EFER if value & !EFER_VALID == 0 => {
+            if (cpu.efer ^ value) & crate::mmu::efer::NXE != 0 {
+                cpu.tlb.flush(false);
+            }
+            cpu.efer = value;
             Ok(())
         }
         _ => Err(Exception::GeneralProtection(0)),

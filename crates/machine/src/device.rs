@@ -102,6 +102,8 @@ pub struct SystemControl {
     reset: Cell<bool>,
     exit: Cell<Option<i32>>,
     nmi_masked: Cell<bool>,
+    pam: Cell<[u8; 7]>,
+    pam_changed: Cell<bool>,
 }
 
 impl Default for SystemControl {
@@ -111,6 +113,8 @@ impl Default for SystemControl {
             reset: Cell::new(false),
             exit: Cell::new(None),
             nmi_masked: Cell::new(false),
+            pam: Cell::new([0; 7]),
+            pam_changed: Cell::new(false),
         }
     }
 }
@@ -151,5 +155,25 @@ impl SystemControl {
     /// Sets the NMI mask.
     pub fn set_nmi_masked(&self, masked: bool) {
         self.nmi_masked.set(masked);
+    }
+    /// The i440FX PAM0-PAM6 registers (config offsets 0x59-0x5F), which decide
+    /// whether reads and writes in 0xC0000-0xFFFFF go to RAM or to ROM.
+    pub fn pam(&self) -> [u8; 7] {
+        self.pam.get()
+    }
+    /// Sets PAM register `index` (0-6); the memory map follows at the next sync.
+    pub fn set_pam(&self, index: usize, value: u8) {
+        let mut p = self.pam.get();
+        if let Some(r) = p.get_mut(index) {
+            if *r != value {
+                *r = value;
+                self.pam.set(p);
+                self.pam_changed.set(true);
+            }
+        }
+    }
+    /// Returns and clears whether PAM changed since the last call.
+    pub fn take_pam_changed(&self) -> bool {
+        self.pam_changed.replace(false)
     }
 }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod device;
 pub mod devices;
 pub mod error;
+pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod pc;

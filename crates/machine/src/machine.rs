@@ -97,6 +97,9 @@ impl Machine {
             .min()
             .unwrap_or(Nanos::MAX);
         self.mem.set_a20(self.ctl.a20());
+        if self.ctl.take_pam_changed() {
+            self.mem.set_pam(self.ctl.pam());
+        }
         self.intr = self.poll_pic();
     }
 

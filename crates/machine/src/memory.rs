@@ -17,7 +17,7 @@ use memmap2::MmapMut;
 
 /// Start of the legacy VGA window (unmapped here until a VGA device exists).
 const VGA_START: u64 = 0xA_0000;
-/// Start of the option-ROM window (RAM-backed here).
+/// Start of the option-ROM and BIOS window governed by the PAM registers.
 const OPTROM_START: u64 = 0xC_0000;
 /// Start of the BIOS alias window below 1 MiB.
 const BIOS_ALIAS_START: u64 = 0xE_0000;
@@ -56,6 +56,10 @@ pub struct PhysMemory {
     /// Raised when a page holding cached code was written; the run loop clears it
     /// after invalidating.
     pub code_write_pending: bool,
+    /// PAM mode per 16 KiB chunk of 0xC0000-0xFFFFF: bit 0 reads RAM, bit 1 writes
+    /// RAM (i440FX datasheet §3.2.18, PAM0-PAM6).
+    pam: [u8; 16],
+    flush_all: bool,
 }
 
 impl PhysMemory {
@@ -92,6 +96,8 @@ impl PhysMemory {
             code_pages: vec![0; pages.div_ceil(64) as usize],
             dirty_code_pages: Vec::new(),
             code_write_pending: false,
+            pam: [0; 16],
+            flush_all: false,
         };
         mem.fast_end = match layout {
             MemoryLayout::Pc => low_ram.min(VGA_START),
@@ -148,15 +154,55 @@ impl PhysMemory {
         self.fast_end
     }
 
-    /// Where `addr` lands: RAM offset, ROM offset, or nothing.
+    /// Applies the i440FX PAM registers (config 0x59-0x5F): PAM0 bits 5:4 govern
+    /// 0xF0000-0xFFFFF; PAM1-PAM6 govern 0xC0000-0xEFFFF in 16 KiB halves (bits 1:0
+    /// the lower, 5:4 the upper). Cached code from the region is dropped.
+    pub fn set_pam(&mut self, regs: [u8; 7]) {
+        for (chunk, mode) in self.pam.iter_mut().enumerate() {
+            *mode = if chunk >= 12 {
+                (regs[0] >> 4) & 3
+            } else {
+                let r = regs[1 + chunk / 2];
+                if chunk % 2 == 0 {
+                    r & 3
+                } else {
+                    (r >> 4) & 3
+                }
+            };
+        }
+        self.flush_all = true;
+        self.code_write_pending = true;
+    }
+
+    /// Returns and clears whether all cached code must be dropped (the memory map
+    /// under it changed).
+    pub fn take_flush_all(&mut self) -> bool {
+        std::mem::take(&mut self.flush_all)
+    }
+
+    /// Where a read of `addr` lands.
     #[inline]
     fn decode(&self, addr: u64) -> Target {
+        self.decode_for(addr, false)
+    }
+
+    /// Where an access of `addr` lands: RAM offset, ROM offset, or nothing.
+    #[inline]
+    fn decode_for(&self, addr: u64, write: bool) -> Target {
         if addr < self.fast_end {
             return Target::Ram(addr as usize);
         }
         if self.layout == MemoryLayout::Pc {
             if addr < ONE_MIB {
                 if addr < OPTROM_START {
+                    return Target::None;
+                }
+                let mode = self.pam[((addr - OPTROM_START) / 0x4000) as usize];
+                let to_ram = if write { mode & 2 != 0 } else { mode & 1 != 0 };
+                if to_ram && addr < self.low_ram {
+                    return Target::Ram(addr as usize);
+                }
+                if write {
                     return Target::None;
                 }
                 if addr >= BIOS_ALIAS_START && !self.rom.is_empty() {
@@ -200,7 +246,7 @@ impl PhysMemory {
     #[inline]
     pub fn write_u8(&mut self, addr: GuestPhys, value: u8) {
         let a = addr.0 & self.a20_mask;
-        if let Target::Ram(o) = self.decode(a) {
+        if let Target::Ram(o) = self.decode_for(a, true) {
             self.note_ram_write(o);
             self.ram[o] = value;
         }
@@ -228,7 +274,7 @@ impl PhysMemory {
             (addr.0..end)
                 .step_by(4096)
                 .chain(std::iter::once(end.saturating_sub(1)))
-                .all(|a| matches!(self.decode(a), Target::Ram(_)))
+                .all(|a| matches!(self.decode_for(a, true), Target::Ram(_)))
         });
         if !fits {
             return Err(MachineError::ImageOutOfRam {
@@ -318,9 +364,12 @@ impl PhysMemory {
         true
     }
 
-    /// Whether `addr` is backed by RAM (not ROM, not a hole).
+    /// Whether a write to `addr` reaches RAM (not ROM, not a hole).
     pub fn is_ram(&self, addr: GuestPhys) -> bool {
-        matches!(self.decode(addr.0 & self.a20_mask), Target::Ram(_))
+        matches!(
+            self.decode_for(addr.0 & self.a20_mask, true),
+            Target::Ram(_)
+        )
     }
 
     /// Marks the page holding `addr` as holding decoded code. Returns false for
@@ -461,6 +510,22 @@ mod tests {
         let mut m = pc(1);
         assert!(m.load(GuestPhys(0xF_F000), &[0; 0x2000]).is_err());
         assert!(m.load(GuestPhys(0x1000), &[0; 0x2000]).is_ok());
+    }
+
+    #[test]
+    fn memory_pam_routes_bios_window_between_rom_and_ram() {
+        let mut m = pc(16);
+        m.map_rom(vec![0x55; 0x2_0000]).expect("rom");
+        // PAM0 = 0x20: 0xF0000-0xFFFFF write-only RAM (reads still from ROM).
+        m.set_pam([0x20, 0, 0, 0, 0, 0, 0]);
+        m.write_u8(GuestPhys(0xF_1234), 0xAA);
+        assert_eq!(m.read_u8(GuestPhys(0xF_1234)), 0x55);
+        // PAM0 = 0x30: read/write RAM; the byte written before is there.
+        m.set_pam([0x30, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(m.read_u8(GuestPhys(0xF_1234)), 0xAA);
+        assert!(m.take_flush_all());
+        // 0xC0000 with PAM1 = 0: not RAM.
+        assert_eq!(m.read_u8(GuestPhys(0xC_0000)), 0xFF);
     }
 
     #[test]

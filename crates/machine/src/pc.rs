@@ -1,7 +1,9 @@
 //! Assembly of the PC platform: memory with the BIOS ROM, and the legacy devices
 //! at their ISA ports and IRQs (see the architecture's platform table).
 
-use crate::devices::{cmos, debug_exit, debugcon, i8042, pic, pit, port92, post, uart};
+use crate::devices::{
+    acpi_pm, cmos, debug_exit, debugcon, fw_cfg, i8042, pci, pic, pit, port92, post, uart,
+};
 use crate::error::MachineError;
 use crate::machine::Machine;
 use crate::memory::{MemoryLayout, PhysMemory};
@@ -106,6 +108,19 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     bus.map(0xE9, 0xE9, 0xE9, e9);
     let seabios = bus.add(Box::new(debugcon::DebugCon::new(Box::new(dbg))));
     bus.map(0x402, 0x402, 0x402, seabios);
+
+    let pm = acpi_pm::PmShared::new();
+    let pci = bus.add(Box::new(pci::PciHost::new(Rc::clone(&ctl), pm.clone())));
+    bus.map(0xCF8, 0xCFF, 0, pci);
+    let pmio = bus.add(Box::new(acpi_pm::AcpiPm::new(pm)));
+    // The PM block answers only where PMBA points; firmware puts it at 0x600
+    // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
+    for base in [acpi_pm::PM_IO_PORT, 0xB000] {
+        bus.map(base, base + acpi_pm::PM_IO_SIZE - 1, 0, pmio);
+    }
+
+    let fw = bus.add(Box::new(fw_cfg::FwCfg::for_pc(below, above, 1)));
+    bus.map(0x510, 0x51B, 0x510, fw);
 
     let postc = bus.add(Box::new(post::PostCodes::new(cfg.post)));
     bus.map(0x80, 0x80, 0, postc);

@@ -8,7 +8,7 @@
 use super::flags::cond;
 use super::ops::*;
 use super::stack::{add_sp, peek, push};
-use super::{Exec, Insn, Opnd};
+use super::{protected, Exec, Insn, Opnd};
 use crate::exception::Exception;
 use crate::state::{reg, sreg, CpuState};
 use iced_x86::Code;
@@ -116,13 +116,17 @@ pub fn ret_near(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// Real-mode far transfer: load CS the real-mode way and jump.
+/// Real-mode and V86 far transfer: load CS the real-mode way and jump.
 fn far_go(cpu: &mut CpuState, sel: u16, off: u64, size: u32) -> Exec {
     let off = off & mask(size);
     if off > u64::from(cpu.seg[sreg::CS].limit) {
         return Err(Exception::GeneralProtection(0));
     }
-    cpu.load_seg_real(sreg::CS, sel);
+    if cpu.v86() {
+        cpu.seg[sreg::CS] = protected::v86_segment(sel);
+    } else {
+        cpu.load_seg_real(sreg::CS, sel);
+    }
     cpu.next_rip = off;
     Ok(())
 }
@@ -164,23 +168,23 @@ fn far_size(insn: &Insn) -> u32 {
     }
 }
 
-/// JMP far (ptr or m16:xx), real mode.
+/// JMP far (ptr or m16:xx).
 pub fn jmp_far(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    if cpu.protected() {
-        return Err(Exception::InvalidOpcode);
-    }
     let size = far_size(insn);
     let (sel, off) = far_target(cpu, m, insn, size)?;
+    if protected::pm(cpu) {
+        return protected::far_jump(cpu, m, sel, off, size);
+    }
     far_go(cpu, sel, off, size)
 }
 
 /// CALL far (ptr or m16:xx), real mode: push CS, then IP.
 pub fn call_far(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    if cpu.protected() {
-        return Err(Exception::InvalidOpcode);
-    }
     let size = far_size(insn);
     let (sel, off) = far_target(cpu, m, insn, size)?;
+    if protected::pm(cpu) {
+        return protected::far_call(cpu, m, sel, off, size);
+    }
     let (old_cs, ret) = (cpu.seg[sreg::CS].selector, cpu.next_rip);
     let saved_sp = cpu.gpr[reg::RSP];
     let pushed = push(cpu, m, u64::from(old_cs), size).and_then(|()| push(cpu, m, ret, size));
@@ -198,10 +202,14 @@ pub fn call_far(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 
 /// RETF and RETF imm16, real mode.
 pub fn ret_far(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    if cpu.protected() {
-        return Err(Exception::InvalidOpcode);
-    }
     let size = insn.size();
+    if protected::pm(cpu) {
+        let extra = match insn.ops[0] {
+            Opnd::Imm(v) => v & 0xFFFF,
+            _ => 0,
+        };
+        return protected::far_return(cpu, m, size, extra);
+    }
     let off = peek(cpu, m, 0, size)?;
     let sel = peek(cpu, m, u64::from(size), size)? as u16;
     far_go(cpu, sel, off, size)?;

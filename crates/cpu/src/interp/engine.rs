@@ -117,6 +117,9 @@ impl Interpreter {
 
     /// Drops every unit decoded from the RAM pages written since the last call.
     pub fn invalidate_written(&mut self, m: &mut Machine) {
+        if m.mem.take_flush_all() {
+            self.flush();
+        }
         for page in m.mem.take_dirty_code_pages() {
             if let Some(list) = self.page_index.remove(&page) {
                 for s in list {

@@ -8,12 +8,13 @@
 //! down (a triple fault).
 
 use super::ops::*;
+use super::protected::{self, fetch, sel_err, Desc};
 use super::stack::{add_sp, load_flags, peek, push};
-use super::{Exec, Insn, Opnd};
+use super::{stack, task, Exec, Insn, Opnd};
 use crate::exception::Exception;
 use crate::mmu;
 use crate::state::flags::*;
-use crate::state::{reg, sreg, CpuState, RunState};
+use crate::state::{reg, sreg, CpuState, RunState, Segment};
 use x86bt_machine::Machine;
 
 /// Delivers interrupt `vector` in real mode, returning to `ret_ip`.
@@ -41,32 +42,208 @@ pub fn deliver_real(cpu: &mut CpuState, m: &mut Machine, vector: u8, ret_ip: u64
     Ok(())
 }
 
+/// Where an event comes from: it decides the gate-DPL check and the EXT bit of
+/// error codes raised while delivering it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// INT n, INT3, INTO: the gate's DPL must be >= CPL.
+    Soft,
+    /// An exception raised by an instruction.
+    Exception,
+    /// A hardware interrupt (or INT1/ICEBP, which behaves like one).
+    External,
+}
+
 /// Delivers `vector` to the guest, returning to `ret_ip`.
 pub fn deliver(
     cpu: &mut CpuState,
     m: &mut Machine,
     vector: u8,
-    _error: Option<u32>,
+    error: Option<u32>,
     ret_ip: u64,
+    src: Source,
 ) -> Exec {
-    // Protected-mode delivery (IDT gates, error codes) comes with protected mode;
-    // the run loop refuses to run with CR0.PE set until then.
-    deliver_real(cpu, m, vector, ret_ip)
+    if !cpu.protected() {
+        return deliver_real(cpu, m, vector, ret_ip);
+    }
+    deliver_pm(cpu, m, vector, error, ret_ip, src)
 }
 
-/// Raises a fault or trap whose return address is `ret_ip`, escalating to #DF and
-/// then to shutdown as the hardware does (SDM vol. 3A §6.15, interrupt 8).
+/// Protected-mode and V86 delivery through the IDT (SDM vol. 3A §6.12, vol. 2A
+/// INT n, "PROTECTED-MODE" and "INTER-PRIVILEGE-LEVEL-INTERRUPT").
+fn deliver_pm(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    vector: u8,
+    error: Option<u32>,
+    ret_ip: u64,
+    src: Source,
+) -> Exec {
+    let ext: u16 = u16::from(src != Source::Soft);
+    let idt_err = u16::from(vector) * 8 + 2 + ext;
+    if src == Source::Soft && cpu.v86() && cpu.iopl() < 3 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let off = u64::from(vector) * 8;
+    if off + 7 > u64::from(cpu.idtr.limit) {
+        return Err(Exception::GeneralProtection(idt_err));
+    }
+    let base = cpu.idtr.base.wrapping_add(off) & 0xFFFF_FFFF;
+    let lo = mmu::read_sys(cpu, m, base, 4)? as u32;
+    let hi = mmu::read_sys(cpu, m, (base + 4) & 0xFFFF_FFFF, 4)? as u32;
+    let gate = Desc { lo, hi };
+    let typ = gate.typ();
+    if gate.is_segment() || !matches!(typ, 0x5 | 0x6 | 0x7 | 0xE | 0xF) {
+        return Err(Exception::GeneralProtection(idt_err));
+    }
+    let cpl = cpu.cpl();
+    if src == Source::Soft && gate.dpl() < cpl {
+        return Err(Exception::GeneralProtection(idt_err));
+    }
+    if !gate.present() {
+        return Err(Exception::SegmentNotPresent(idt_err));
+    }
+    if typ == 0x5 {
+        cpu.next_rip = ret_ip;
+        task::switch_through(cpu, m, gate.gate_selector(), gate, task::Reason::Int, error)?;
+        cpu.rip = cpu.next_rip;
+        return Ok(());
+    }
+    let sel = gate.gate_selector();
+    if sel & 0xFFFC == 0 {
+        return Err(Exception::GeneralProtection(ext));
+    }
+    let (d, addr) =
+        fetch(cpu, m, sel).map_err(|_| Exception::GeneralProtection(sel_err(sel) | ext))?;
+    if !d.is_code() || d.dpl() > cpl {
+        return Err(Exception::GeneralProtection(sel_err(sel) | ext));
+    }
+    if !d.present() {
+        return Err(Exception::SegmentNotPresent(sel_err(sel) | ext));
+    }
+    let gate32 = typ & 8 != 0;
+    let size = if gate32 { 4 } else { 2 };
+    let target = if gate32 {
+        gate.gate_offset()
+    } else {
+        gate.gate_offset() & 0xFFFF
+    };
+    if target > u64::from(d.limit()) {
+        return Err(Exception::GeneralProtection(ext));
+    }
+    let image = stack::flags_image(cpu) | (cpu.rflags & VM);
+    let old_cs = u64::from(cpu.seg[sreg::CS].selector);
+    let from_v86 = cpu.v86();
+    let (new_cpl, new_ss, mut sp) = if !d.conforming() && d.dpl() < cpl {
+        let new_cpl = d.dpl();
+        if from_v86 && new_cpl != 0 {
+            return Err(Exception::GeneralProtection(sel_err(sel) | ext));
+        }
+        let (ss_sel, sp) = protected::tss_stack(cpu, m, new_cpl)?;
+        let ss = protected::check_new_ss(cpu, m, ss_sel, new_cpl, ext)?;
+        (new_cpl, Some(ss), sp)
+    } else if from_v86 {
+        return Err(Exception::GeneralProtection(sel_err(sel) | ext));
+    } else {
+        (cpl, None, cpu.gpr[reg::RSP])
+    };
+    let ss = new_ss.unwrap_or(cpu.seg[sreg::SS]);
+    let mut frame: [u64; 11] = [0; 11];
+    let mut n = 0;
+    if new_ss.is_some() {
+        if from_v86 {
+            for s in [sreg::GS, sreg::FS, sreg::DS, sreg::ES] {
+                frame[n] = u64::from(cpu.seg[s].selector);
+                n += 1;
+            }
+        }
+        frame[n] = u64::from(cpu.seg[sreg::SS].selector);
+        frame[n + 1] = cpu.gpr[reg::RSP];
+        n += 2;
+    }
+    frame[n] = image;
+    frame[n + 1] = old_cs;
+    frame[n + 2] = ret_ip;
+    n += 3;
+    if let Some(code) = error {
+        frame[n] = u64::from(code);
+        n += 1;
+    }
+    for v in &frame[..n] {
+        protected::push_to(cpu, m, &ss, &mut sp, *v, size, new_cpl)?;
+    }
+    // Commit.
+    if let Some(ss) = new_ss {
+        cpu.seg[sreg::SS] = ss;
+        if from_v86 {
+            for s in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+                cpu.seg[s] = Segment {
+                    selector: 0,
+                    attrs: 0,
+                    limit: 0,
+                    base: 0,
+                };
+            }
+        }
+    }
+    protected::set_sp(cpu, &ss, sp);
+    protected::set_accessed(cpu, m, d, addr)?;
+    let mut cs = d.segment((sel & !3) | u16::from(new_cpl));
+    cs.attrs |= crate::state::seg_attr::ACCESSED;
+    cpu.seg[sreg::CS] = cs;
+    cpu.rflags &= !(TF | NT | RF | VM);
+    if typ & 1 == 0 {
+        cpu.rflags &= !IF;
+    }
+    cpu.rip = target;
+    cpu.next_rip = target;
+    Ok(())
+}
+
+/// Raises a fault or trap whose return address is `ret_ip`, with the SDM's
+/// double-fault rules (vol. 3A §6.15, Table 6-5): a contributory exception during
+/// a contributory one, or a contributory or #PF during a #PF, becomes #DF; any
+/// exception while delivering #DF shuts the CPU down (a triple fault). Other
+/// combinations deliver the second exception.
 pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
-    if let Exception::PageFault { addr, .. } = e {
-        cpu.cr2 = addr;
-    }
-    if deliver(cpu, m, e.vector(), e.error_code(), ret_ip).is_ok() {
-        return;
-    }
-    if deliver(cpu, m, 8, Some(0), ret_ip).is_ok() {
-        return;
+    let mut first = e;
+    for _ in 0..4 {
+        if let Exception::PageFault { addr, .. } = first {
+            cpu.cr2 = addr;
+        }
+        let second = match deliver(
+            cpu,
+            m,
+            first.vector(),
+            error_code(cpu, first),
+            ret_ip,
+            Source::Exception,
+        ) {
+            Ok(()) => return,
+            Err(second) => second,
+        };
+        if first == Exception::DoubleFault {
+            break;
+        }
+        let pf = |x: Exception| matches!(x, Exception::PageFault { .. });
+        let double = (first.is_contributory() && second.is_contributory())
+            || (pf(first) && (pf(second) || second.is_contributory()));
+        first = if double {
+            Exception::DoubleFault
+        } else {
+            second
+        };
     }
     cpu.run_state = RunState::Shutdown;
+}
+
+/// The error code an exception pushes: none in real mode.
+fn error_code(cpu: &CpuState, e: Exception) -> Option<u32> {
+    if cpu.protected() {
+        e.error_code()
+    } else {
+        None
+    }
 }
 
 /// INT imm8: a trap that returns to the next instruction.
@@ -75,34 +252,37 @@ pub fn int_n(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         Opnd::Imm(v) => v as u8,
         _ => 0,
     };
-    deliver(cpu, m, v, None, cpu.next_rip)
+    deliver(cpu, m, v, None, cpu.next_rip, Source::Soft)
 }
 
 /// INT3.
 pub fn int3(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
-    deliver(cpu, m, 3, None, cpu.next_rip)
+    deliver(cpu, m, 3, None, cpu.next_rip, Source::Soft)
 }
 
 /// INT1 (ICEBP, F1): a #DB trap.
 pub fn int1(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
-    deliver(cpu, m, 1, None, cpu.next_rip)
+    deliver(cpu, m, 1, None, cpu.next_rip, Source::External)
 }
 
 /// INTO: INT 4 if OF is set.
 pub fn into(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     if cpu.rflags & OF != 0 {
-        deliver(cpu, m, 4, None, cpu.next_rip)
+        deliver(cpu, m, 4, None, cpu.next_rip, Source::Soft)
     } else {
         Ok(())
     }
 }
 
-/// IRET/IRETD in real mode: pop IP, CS, FLAGS.
+/// IRET/IRETD.
 pub fn iret(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    if cpu.protected() {
-        return Err(Exception::InvalidOpcode);
-    }
     let size = insn.size();
+    if cpu.v86() {
+        return protected::iret_v86(cpu, m, size);
+    }
+    if cpu.protected() {
+        return protected::iret_pm(cpu, m, size);
+    }
     let ip = peek(cpu, m, 0, size)?;
     let cs = peek(cpu, m, u64::from(size), size)? as u16;
     let fl = peek(cpu, m, 2 * u64::from(size), size)?;
@@ -120,11 +300,8 @@ pub fn iret(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 
 /// Delivers an external (PIC) interrupt `vector`, returning to `ret_ip`.
 pub fn raise_external(cpu: &mut CpuState, m: &mut Machine, vector: u8, ret_ip: u64) {
-    if deliver(cpu, m, vector, None, ret_ip).is_ok() {
-        return;
+    match deliver(cpu, m, vector, None, ret_ip, Source::External) {
+        Ok(()) => {}
+        Err(e) => raise(cpu, m, e, ret_ip),
     }
-    if deliver(cpu, m, 8, Some(0), ret_ip).is_ok() {
-        return;
-    }
-    cpu.run_state = RunState::Shutdown;
 }

@@ -3,7 +3,9 @@
 //! Anything not listed is #UD: instruction-set extensions this CPU does not report
 //! in CPUID (SSE, AVX, ...) are undefined opcodes to it.
 
-use super::{alu, bcd, bits, control, interrupt, muldiv, shift, stack, string, system, Handler};
+use super::{
+    alu, bcd, bits, control, descriptor, interrupt, muldiv, shift, stack, string, system, Handler,
+};
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
 fn is_x87(ins: &Instruction) -> bool {
@@ -175,11 +177,18 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Smsw => system::smsw,
         M::Lmsw => system::lmsw,
         M::Clts => system::clts,
-        M::Invd | M::Wbinvd | M::Invlpg => system::cache_op,
+        M::Invd | M::Wbinvd => system::cache_op,
+        M::Invlpg => system::invlpg,
         M::Wait => system::fwait,
-        M::Lar | M::Lsl | M::Verr | M::Verw | M::Sldt | M::Str | M::Lldt | M::Ltr | M::Arpl => {
-            system::protected_only
-        }
+        M::Lar => descriptor::lar,
+        M::Lsl => descriptor::lsl,
+        M::Verr => descriptor::verr_verw::<false>,
+        M::Verw => descriptor::verr_verw::<true>,
+        M::Sldt => descriptor::sldt_str::<false>,
+        M::Str => descriptor::sldt_str::<true>,
+        M::Lldt => descriptor::lldt,
+        M::Ltr => descriptor::ltr,
+        M::Arpl => descriptor::arpl,
         _ if ins.is_jcc_short_or_near() => control::jcc,
         _ => alu::undefined,
     }

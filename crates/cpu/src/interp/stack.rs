@@ -109,8 +109,11 @@ pub fn flags_image(cpu: &CpuState) -> u64 {
     cpu.rflags & !(VM | RF)
 }
 
-/// PUSHF/PUSHFD.
+/// PUSHF/PUSHFD. In V86 mode with IOPL < 3 it raises #GP(0) (no VME).
 pub fn pushf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    if cpu.v86() && cpu.iopl() < 3 {
+        return Err(Exception::GeneralProtection(0));
+    }
     let v = flags_image(cpu);
     push(cpu, m, v, insn.size())
 }
@@ -123,11 +126,40 @@ pub fn load_flags(cpu: &mut CpuState, v: u64, size: u32) {
     cpu.rflags = kept | (v & writable) | FIXED1;
 }
 
-/// POPF/POPFD.
+/// Loads FLAGS from a POPF (or V86 IRET) image under the mode's rules: in
+/// protected mode IOPL changes only at CPL 0 and IF only when CPL <= IOPL; in V86
+/// mode (IOPL 3) IOPL is kept (SDM vol. 2B, POPF).
+pub fn stack_flags_load(cpu: &mut CpuState, v: u64, size: u32) {
+    if !cpu.protected() {
+        load_flags(cpu, v, size);
+        return;
+    }
+    let mut writable = CF | PF | AF | ZF | SF | TF | DF | OF | NT;
+    if size == 4 {
+        writable |= AC | ID;
+    }
+    let cpl = cpu.cpl();
+    if cpu.v86() {
+        writable |= IF;
+    } else {
+        if cpl == 0 {
+            writable |= IOPL;
+        }
+        if cpl <= cpu.iopl() {
+            writable |= IF;
+        }
+    }
+    cpu.rflags = (cpu.rflags & !writable & !RF) | (v & writable) | FIXED1;
+}
+
+/// POPF/POPFD. In V86 mode with IOPL < 3 it raises #GP(0) (no VME).
 pub fn popf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    if cpu.v86() && cpu.iopl() < 3 {
+        return Err(Exception::GeneralProtection(0));
+    }
     let size = insn.size();
     let v = pop(cpu, m, size)?;
-    load_flags(cpu, v, size);
+    stack_flags_load(cpu, v, size);
     Ok(())
 }
 

@@ -62,6 +62,18 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     };
     let src_seg = insn.ins.memory_segment() as u32;
     let src_seg = src_seg.wrapping_sub(iced_x86::Register::ES as u32) as usize;
+    if matches!(
+        mn,
+        Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+    ) && !(rep && get_gpr(cpu, RCX, 0, asz) == 0)
+    {
+        super::system::check_io(cpu, m, cpu.gpr[reg::RDX] as u16, size)?;
+    }
     if rep && step == u64::from(size) && bulk(cpu, m, mn, size, asz, src_seg) {
         return Ok(());
     }

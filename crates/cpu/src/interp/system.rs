@@ -7,6 +7,7 @@
 //! ARPL) raise #UD in real mode (SDM vol. 2, "Real-Address Mode Exceptions").
 
 use super::ops::*;
+use super::protected;
 use super::{Exec, Insn, Opnd};
 use crate::exception::Exception;
 use crate::identity;
@@ -15,6 +16,41 @@ use crate::state::flags::*;
 use crate::state::{cr0, reg, sreg, CpuState, RunState};
 use iced_x86::{OpKind, Register};
 use x86bt_machine::Machine;
+
+/// #GP(0) unless CPL is 0 (privileged instructions; V86 mode is CPL 3).
+#[inline]
+pub fn require_cpl0(cpu: &CpuState) -> Exec {
+    if cpu.cpl() != 0 {
+        Err(Exception::GeneralProtection(0))
+    } else {
+        Ok(())
+    }
+}
+
+/// The I/O permission check (SDM vol. 1 §19.5): in protected mode with CPL >
+/// IOPL, and always in V86 mode, every byte of the access must be allowed by the
+/// TSS I/O permission bitmap.
+pub fn check_io(cpu: &mut CpuState, m: &mut Machine, port: u16, size: u32) -> Exec {
+    if !cpu.protected() || (!cpu.v86() && cpu.cpl() <= cpu.iopl()) {
+        return Ok(());
+    }
+    let tr = cpu.tr;
+    // Only a 32-bit TSS has a bitmap.
+    if tr.attrs & 0x8 == 0 || tr.limit < 0x67 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let map = mmu::read_sys(cpu, m, (tr.base + 0x66) & 0xFFFF_FFFF, 2)?;
+    let byte = map + u64::from(port / 8);
+    if byte + 1 > u64::from(tr.limit) {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let bits = mmu::read_sys(cpu, m, (tr.base + byte) & 0xFFFF_FFFF, 2)?;
+    let want = ((1u64 << size) - 1) << (port % 8);
+    if bits & want != 0 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    Ok(())
+}
 
 fn port_of(cpu: &CpuState, insn: &Insn, i: usize) -> u16 {
     match insn.ops[i] {
@@ -26,7 +62,9 @@ fn port_of(cpu: &CpuState, insn: &Insn, i: usize) -> u16 {
 /// IN AL/AX/EAX, imm8/DX.
 pub fn in_(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let size = insn.size();
-    let v = m.io_read(port_of(cpu, insn, 1), size as usize);
+    let port = port_of(cpu, insn, 1);
+    check_io(cpu, m, port, size)?;
+    let v = m.io_read(port, size as usize);
     set_gpr(cpu, reg::RAX as u8, 0, size, u64::from(v));
     Ok(())
 }
@@ -39,24 +77,38 @@ pub fn out(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         _ => 4,
     };
     let v = get_gpr(cpu, reg::RAX as u8, 0, size);
-    m.io_write(port_of(cpu, insn, 0), size as usize, v as u32);
+    let port = port_of(cpu, insn, 0);
+    check_io(cpu, m, port, size)?;
+    m.io_write(port, size as usize, v as u32);
     Ok(())
 }
 
 /// HLT: stop until an interrupt; IP already points past the HLT.
 pub fn hlt(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     cpu.run_state = RunState::Halted;
+    Ok(())
+}
+
+/// #GP(0) when IF may not be changed: CPL > IOPL in protected mode, IOPL < 3
+/// in V86 mode (no VME/PVI).
+fn check_if_change(cpu: &CpuState) -> Exec {
+    if cpu.protected() && cpu.cpl() > cpu.iopl() {
+        return Err(Exception::GeneralProtection(0));
+    }
     Ok(())
 }
 
 /// CLI.
 pub fn cli(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    check_if_change(cpu)?;
     cpu.rflags &= !IF;
     Ok(())
 }
 
 /// STI: interrupts are recognised only after the next instruction.
 pub fn sti(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    check_if_change(cpu)?;
     if cpu.rflags & IF == 0 {
         cpu.int_shadow = 1;
     }
@@ -73,8 +125,11 @@ pub fn cpuid(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// RDTSC: #GP(0) if CR4.TSD is set outside CPL 0; real mode is CPL 0.
+/// RDTSC: #GP(0) if CR4.TSD is set outside CPL 0.
 pub fn rdtsc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    if cpu.cr4 & mmu::cr4::TSD != 0 && cpu.cpl() != 0 {
+        return Err(Exception::GeneralProtection(0));
+    }
     let t = identity::tsc(cpu);
     cpu.gpr[reg::RAX] = t & 0xFFFF_FFFF;
     cpu.gpr[reg::RDX] = t >> 32;
@@ -83,6 +138,7 @@ pub fn rdtsc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 
 /// RDMSR.
 pub fn rdmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     let v = identity::rdmsr(cpu, cpu.gpr[reg::RCX] as u32)?;
     cpu.gpr[reg::RAX] = v & 0xFFFF_FFFF;
     cpu.gpr[reg::RDX] = v >> 32;
@@ -91,21 +147,18 @@ pub fn rdmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 
 /// WRMSR.
 pub fn wrmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     let v = (cpu.gpr[reg::RDX] & 0xFFFF_FFFF) << 32 | (cpu.gpr[reg::RAX] & 0xFFFF_FFFF);
     identity::wrmsr(cpu, cpu.gpr[reg::RCX] as u32, v)
 }
 
-/// Loads segment register `s` with `sel`. Real mode: base = sel << 4. Loading SS
+/// Loads segment register `s` with `sel` under the mode's rules. Loading SS
 /// inhibits interrupts for one instruction.
-fn load_seg(cpu: &mut CpuState, s: usize, sel: u16) -> Exec {
+fn load_seg(cpu: &mut CpuState, m: &mut Machine, s: usize, sel: u16) -> Exec {
     if s == sreg::CS {
         return Err(Exception::InvalidOpcode);
     }
-    if cpu.protected() {
-        // Protected-mode segment loads (descriptor checks) come with protected mode.
-        return Err(Exception::GeneralProtection(sel & !3));
-    }
-    cpu.load_seg_real(s, sel);
+    protected::load_seg(cpu, m, s, sel)?;
     if s == sreg::SS {
         cpu.int_shadow = 1;
     }
@@ -118,7 +171,7 @@ pub fn mov_to_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         return Err(Exception::InvalidOpcode);
     };
     let v = read_op(cpu, m, insn, 1, 2)?;
-    load_seg(cpu, s as usize, v as u16)
+    load_seg(cpu, m, s as usize, v as u16)
 }
 
 /// MOV r/m, sreg: a 32-bit register destination gets the zero-extended selector;
@@ -143,7 +196,7 @@ pub fn pop_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     };
     let size = insn.size();
     let v = super::stack::peek(cpu, m, 0, size)?;
-    load_seg(cpu, s as usize, v as u16)?;
+    load_seg(cpu, m, s as usize, v as u16)?;
     super::stack::add_sp(cpu, u64::from(size));
     Ok(())
 }
@@ -171,7 +224,7 @@ pub fn load_far_ptr(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         iced_x86::Mnemonic::Lgs => sreg::GS,
         _ => sreg::SS,
     };
-    load_seg(cpu, seg, sel as u16)?;
+    load_seg(cpu, m, seg, sel as u16)?;
     write_op(cpu, m, insn, 0, size, v)
 }
 
@@ -180,6 +233,7 @@ pub fn load_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &I
     if insn.ops[0] != Opnd::Mem {
         return Err(Exception::InvalidOpcode);
     }
+    require_cpl0(cpu)?;
     let s = insn.mem.seg as usize;
     let off = ea(cpu, &insn.mem);
     let limit = mmu::read(cpu, m, s, off, 2)?;
@@ -234,6 +288,7 @@ pub fn smsw(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 
 /// LMSW: loads PE, MP, EM, TS; cannot clear PE.
 pub fn lmsw(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     let v = read_op(cpu, m, insn, 0, 2)?;
     let keep_pe = cpu.cr0 & cr0::PE;
     cpu.cr0 = (cpu.cr0 & !0xE) | (v & 0xF) | keep_pe;
@@ -242,6 +297,7 @@ pub fn lmsw(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 
 /// CLTS.
 pub fn clts(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     cpu.cr0 &= !cr0::TS;
     Ok(())
 }
@@ -254,32 +310,43 @@ fn cr_index(r: Register) -> Option<usize> {
     }
 }
 
-/// CR4 bits this CPU accepts (none yet: no VME, PSE, PAE, PGE, TSD are
-/// implemented, so setting them raises #GP).
-const CR4_VALID: u64 = 0;
+/// CR4 bits this CPU accepts; any other set bit raises #GP(0).
+const CR4_VALID: u64 = mmu::cr4::TSD | mmu::cr4::DE | mmu::cr4::PSE | mmu::cr4::PAE | mmu::cr4::PGE;
 
-/// MOV CRn, r32 and MOV r32, CRn.
+/// MOV CRn, r32 and MOV r32, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4).
 pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     let (dst, src) = (insn.ins.op0_register(), insn.ins.op1_register());
     if let Some(n) = cr_index(dst) {
         let (idx, _) = super::gpr_slot(src).ok_or(Exception::InvalidOpcode)?;
         let v = cpu.gpr[idx as usize] & 0xFFFF_FFFF;
         match n {
             0 => {
-                // PG without PE, or NW without CD, is #GP(0) (SDM vol. 3A §2.5).
+                // PG without PE, or NW without CD, is #GP(0).
                 if (v & cr0::PG != 0 && v & cr0::PE == 0) || (v & cr0::NW != 0 && v & cr0::CD == 0)
                 {
                     return Err(Exception::GeneralProtection(0));
                 }
+                let changed = cpu.cr0 ^ v;
                 cpu.cr0 = v | cr0::ET;
+                if changed & (cr0::PG | cr0::WP | cr0::PE) != 0 {
+                    cpu.tlb.flush(false);
+                }
             }
             2 => cpu.cr2 = v,
-            3 => cpu.cr3 = v,
+            3 => {
+                cpu.cr3 = v;
+                cpu.tlb.flush(true);
+            }
             4 => {
                 if v & !CR4_VALID != 0 {
                     return Err(Exception::GeneralProtection(0));
                 }
+                let changed = cpu.cr4 ^ v;
                 cpu.cr4 = v;
+                if changed & (mmu::cr4::PGE | mmu::cr4::PAE | mmu::cr4::PSE) != 0 {
+                    cpu.tlb.flush(false);
+                }
             }
             _ => return Err(Exception::InvalidOpcode),
         }
@@ -299,6 +366,7 @@ pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
 
 /// MOV DRn, r32 and MOV r32, DRn (DR4/DR5 alias DR6/DR7 while CR4.DE is clear).
 pub fn mov_dr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    require_cpl0(cpu)?;
     let dr = |r: Register| (r as u32 - Register::DR0 as u32) as usize;
     let (dst, src) = (insn.ins.op0_register(), insn.ins.op1_register());
     let alias = |n: usize| if n == 4 || n == 5 { n + 2 } else { n };
@@ -354,12 +422,19 @@ pub fn fwait(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// Instructions valid only in protected mode: #UD in real mode.
-pub fn protected_only(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
-    Err(Exception::InvalidOpcode)
+/// INVD and WBINVD: there are no caches to act on.
+pub fn cache_op(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    require_cpl0(cpu)
 }
 
-/// INVD, WBINVD, INVLPG: no caches or TLB to act on yet.
-pub fn cache_op(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+/// INVLPG m: drops the TLB entry for the operand's linear address.
+pub fn invlpg(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    if insn.ops[0] != Opnd::Mem {
+        return Err(Exception::InvalidOpcode);
+    }
+    require_cpl0(cpu)?;
+    let off = ea(cpu, &insn.mem);
+    let lin = cpu.seg[insn.mem.seg as usize].base.wrapping_add(off) & 0xFFFF_FFFF;
+    cpu.tlb.flush_page(lin);
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! The legacy PC devices, one struct per file, each behind the [`crate::Device`]
 //! trait. Register constants cite their datasheet.
 
+pub mod acpi_pm;
 pub mod cmos;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod port92;

@@ -1,0 +1,850 @@
+//! The PCI host: configuration mechanism #1 at ports 0xCF8-0xCFF (PCI Local Bus
+//! Specification 3.0, §3.2.2.3.2), the PIIX reset control register at 0xCF9, and the
+//! configuration space of the three chipset functions on bus 0:
+//!
+//! - 00:00.0, the Intel 82441FX (i440FX) host bridge: PAM0-PAM6 (59h-5Fh) drive the
+//!   shadow-RAM map through [`SystemControl::set_pam`]; SMRAM (72h) is stored.
+//! - 00:01.0, the Intel 82371SB (PIIX3) PCI-to-ISA bridge, multi-function; the
+//!   PIRQ route control registers (60h-63h) are stored.
+//! - 00:01.3, the Intel 82371AB (PIIX4) power-management function: PMBA (40h) and
+//!   PMREGMISC (80h) place the ACPI PM I/O block, published through [`PmShared`] to
+//!   [`crate::devices::acpi_pm::AcpiPm`]; DEVACTB (58h) and the SMBus base (90h) and
+//!   host configuration (D2h) are stored.
+//!
+//! Mapped with base 0 over 0xCF8-0xCFF, so offsets are absolute ports.
+//!
+//! Invariants:
+//! - CONFIG_ADDRESS is taken only by a dword write to 0xCF8 and read back only by a
+//!   dword read; bits 30:24 and 1:0 read 0. Byte and word accesses to 0xCF8-0xCFB
+//!   pass through as ordinary I/O cycles, which nothing here claims (reads 0xFF),
+//!   except a byte access to 0xCF9, the PIIX reset control register (RC).
+//! - CONFIG_DATA (0xCFC-0xCFF) reaches configuration space only while
+//!   CONFIG_ADDRESS bit 31 is set; each byte lane `n` addresses register
+//!   `(CONFIG_ADDRESS[7:2] << 2) + n`. A function that does not exist, or any bus
+//!   but 0, reads all ones and drops writes (a master abort).
+//! - Every function's configuration space is a 256-byte image with a per-byte mask of
+//!   writable bits and a per-byte mask of write-1-to-clear bits; registers this
+//!   model does not list read as their reset value (mostly 0) and ignore writes.
+//!   Writes are applied byte by byte, so a dword write spanning several registers
+//!   (SeaBIOS writes PAM as dwords at 58h and 5Ch) has each register's effect.
+//! - All three functions have no BARs: 10h-27h and the expansion-ROM BAR (30h) read 0
+//!   and ignore writes, which firmware sizing reads as "not implemented".
+//! - RC bit 2 (RCPU) going from 0 to 1 while bit 1 (SRST) is set requests a hard
+//!   reset. With SRST clear the PIIX would assert INIT (a soft reset); that is not
+//!   modelled and the write is only stored.
+//!
+//! Deviation: DEVACTB (PIIX4 function 3, 58h) resets with APMC_EN (bit 25) set,
+//! where the datasheet has 0. This machine has no SMM; SeaBIOS skips its SMM setup
+//! when it finds APMC_EN already set, and would otherwise wait forever at port 0xB3
+//! for an SMI handler that never runs.
+//!
+//! Not modelled: the i440FX DRAM row boundaries, error reporting and the rest of its
+//! device-specific registers; PIIX3 functions 1 (IDE) and 2 (USB) and its other
+//! device-specific registers (ISA clock, X-bus, top of memory, motherboard IRQ/DMA,
+//! SMI control); PIIX4 function 3's device monitors, GPIO control and the SMBus I/O
+//! block. PIRQ routing and SMRAM are stored but change no interrupt routing and no
+//! memory map.
+
+use std::any::Any;
+use std::rc::Rc;
+
+use crate::device::{Device, Nanos, SystemControl};
+use crate::devices::acpi_pm::{PmIo, PmShared};
+
+/// CONFIG_ADDRESS (PCI 3.0 §3.2.2.3.2), dword access only.
+const CONFIG_ADDRESS: u16 = 0xCF8;
+/// RC, the PIIX3/PIIX4 reset control register: a byte at 0xCF9, inside the lanes of
+/// CONFIG_ADDRESS, claimed only for byte accesses.
+const RESET_CONTROL: u16 = 0xCF9;
+/// CONFIG_DATA, lane 0; lanes 1-3 follow.
+const CONFIG_DATA: u16 = 0xCFC;
+/// CONFIG_DATA, lane 3.
+const CONFIG_DATA_LAST: u16 = 0xCFF;
+
+/// CONFIG_ADDRESS bit 31: CONFIG_DATA accesses become configuration cycles.
+const ADDRESS_ENABLE: u32 = 1 << 31;
+/// CONFIG_ADDRESS bits that hold a value: 30:24 are reserved and 1:0 are read-only
+/// 0 (PCI 3.0 §3.2.2.3.2).
+const ADDRESS_STORED: u32 = 0x80FF_FFFC;
+
+/// RC bit 1, SRST: 1 selects a hard reset, 0 a soft reset (INIT).
+const RC_SYSTEM_RESET: u8 = 0x02;
+/// RC bit 2, RCPU: a 0-to-1 transition starts the reset SRST selects.
+const RC_RESET_CPU: u8 = 0x04;
+
+// Type 0 configuration header (PCI 3.0 §6.1).
+/// Vendor ID, 16-bit, read-only.
+const VENDOR_ID: usize = 0x00;
+/// Device ID, 16-bit, read-only.
+const DEVICE_ID: usize = 0x02;
+/// Command, 16-bit.
+const COMMAND: usize = 0x04;
+/// Status, 16-bit; the error bits are write-1-to-clear.
+const STATUS: usize = 0x06;
+/// Revision ID, 8-bit, read-only.
+const REVISION_ID: usize = 0x08;
+/// Class code: programming interface, sub-class, base class (24-bit, read-only).
+const CLASS_CODE: usize = 0x09;
+/// Header type, 8-bit, read-only; bit 7 marks a multi-function device.
+const HEADER_TYPE: usize = 0x0E;
+/// Interrupt line, 8-bit, a scratch register for the IRQ firmware routed.
+const INTERRUPT_LINE: usize = 0x3C;
+/// Interrupt pin, 8-bit, read-only: 0 none, 1-4 INTA#-INTD#.
+const INTERRUPT_PIN: usize = 0x3D;
+
+/// Command bits kept: I/O space (0), memory space (1), bus master (2), parity error
+/// response (6), SERR# enable (8). The rest read 0.
+const COMMAND_WRITABLE: u32 = 0x0147;
+/// Status after reset on all three functions: DEVSEL# medium timing (bits 10:9 =
+/// 01) and fast back-to-back capable (bit 7).
+const STATUS_RESET: u32 = 0x0280;
+/// Status error bits, write-1-to-clear (PCI 3.0 §6.2.3): parity (15), SERR# (14),
+/// master abort (13), target abort received (12) and signalled (11), data parity
+/// (8). Nothing here ever sets them.
+const STATUS_WRITE_ONE_CLEAR: u32 = 0xF900;
+
+/// 82441FX PAM0 (59h): bits 5:4 control 0F0000h-0FFFFFh; 3:0 and 7:6 reserved.
+const PAM0: u8 = 0x59;
+/// 82441FX PAM6 (5Fh); PAM1-PAM6 each control two 16 KiB segments of 0C0000h-0EFFFFh.
+const PAM6: u8 = 0x5F;
+/// Writable PAM0 bits.
+const PAM0_WRITABLE: u32 = 0x30;
+/// Writable PAM1-PAM6 bits: 5:4 for the upper segment, 1:0 for the lower.
+const PAM_WRITABLE: u32 = 0x33;
+/// 82441FX SMRAM (72h), the SMM space control register.
+const SMRAM: u8 = 0x72;
+/// SMRAM bit 6, D_OPEN: SMM space visible outside SMM.
+const SMRAM_D_OPEN: u8 = 0x40;
+/// SMRAM bit 5, D_CLS: data accesses in SMM go to the PCI bus.
+const SMRAM_D_CLS: u8 = 0x20;
+/// SMRAM bit 4, D_LCK: locks D_OPEN (forced 0), G_SMRAME and D_LCK until reset.
+const SMRAM_D_LCK: u8 = 0x10;
+/// SMRAM bit 3, G_SMRAME: SMRAM enabled.
+const SMRAM_G_SMRAME: u8 = 0x08;
+/// SMRAM bits 2:0, C_BASE_SEG: hard-wired 010b, SMM space at 0A0000h-0BFFFFh.
+const SMRAM_C_BASE_SEG: u8 = 0x02;
+
+/// PIIX3 PIRQRC[A:D] (60h-63h): bit 7 disables routing, bits 3:0 pick the ISA IRQ.
+const PIRQRC: usize = 0x60;
+/// PIRQRC reset value: routing disabled.
+const PIRQRC_RESET: u32 = 0x80;
+/// PIRQRC bits that exist; 6:4 are reserved.
+const PIRQRC_WRITABLE: u32 = 0x8F;
+
+/// PIIX4 function 3 PMBA (40h): bits 15:6 are the PM I/O base; bit 0 reads 1
+/// (I/O space indicator).
+const PMBA: u8 = 0x40;
+/// PMBA's upper byte of the base.
+const PMBA_HIGH: u8 = 0x41;
+/// PMBA bits that hold the base.
+const PMBA_WRITABLE: u32 = 0x0000_FFC0;
+/// PIIX4 function 3 DEVACTB (58h), device activity B; bit 25 is APMC_EN.
+const DEVACTB: usize = 0x58;
+/// DEVACTB bit 25, APMC_EN: writes to the APM control port 0xB2 raise SMI#.
+const DEVACTB_APMC_EN: u32 = 1 << 25;
+/// PIIX4 function 3 PMREGMISC (80h): bit 0, PMIOSE, enables the PM I/O block.
+const PMREGMISC: u8 = 0x80;
+/// PMREGMISC bit 0.
+const PMIOSE: u8 = 0x01;
+/// PIIX4 function 3 SMBBA (90h): bits 15:4 are the SMBus I/O base; bit 0 reads 1.
+const SMBBA: usize = 0x90;
+/// SMBBA bits that hold the base.
+const SMBBA_WRITABLE: u32 = 0x0000_FFF0;
+/// PIIX4 function 3 SMBHSTCFG (D2h): bit 0 host enable, bits 3:1 interrupt select.
+const SMBHSTCFG: usize = 0xD2;
+/// SMBHSTCFG bits that exist.
+const SMBHSTCFG_WRITABLE: u32 = 0x0F;
+
+/// The functions that answer on bus 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Function {
+    /// 00:00.0, 82441FX.
+    HostBridge,
+    /// 00:01.0, 82371SB function 0.
+    IsaBridge,
+    /// 00:01.3, 82371AB function 3.
+    PowerManagement,
+}
+
+/// The read-only identity of a function.
+struct Identity {
+    vendor: u16,
+    device: u16,
+    revision: u8,
+    class: u32,
+    header_type: u8,
+    command: u16,
+    interrupt_pin: u8,
+}
+
+/// One function's 256-byte configuration space.
+#[derive(Clone)]
+struct ConfigSpace {
+    data: [u8; 256],
+    writable: [u8; 256],
+    write_one_clear: [u8; 256],
+}
+
+impl ConfigSpace {
+    /// A type 0 header with `id`; everything else reads 0 and is read-only.
+    fn new(id: &Identity) -> Self {
+        let mut space = Self {
+            data: [0; 256],
+            writable: [0; 256],
+            write_one_clear: [0; 256],
+        };
+        space.define(VENDOR_ID, 2, id.vendor.into(), 0);
+        space.define(DEVICE_ID, 2, id.device.into(), 0);
+        space.define(COMMAND, 2, id.command.into(), COMMAND_WRITABLE);
+        space.define(STATUS, 2, STATUS_RESET, 0);
+        space.clear_on_one(STATUS, 2, STATUS_WRITE_ONE_CLEAR);
+        space.define(REVISION_ID, 1, id.revision.into(), 0);
+        space.define(CLASS_CODE, 3, id.class, 0);
+        space.define(HEADER_TYPE, 1, id.header_type.into(), 0);
+        space.define(INTERRUPT_LINE, 1, 0, 0xFF);
+        space.define(INTERRUPT_PIN, 1, id.interrupt_pin.into(), 0);
+        space
+    }
+
+    /// Sets `width` bytes at `offset` (a constant inside the space) to `reset`, with
+    /// `writable` bits. Little-endian, like all of configuration space.
+    fn define(&mut self, offset: usize, width: usize, reset: u32, writable: u32) {
+        let bytes = reset.to_le_bytes().into_iter().zip(writable.to_le_bytes());
+        for (i, (value, mask)) in (offset..).zip(bytes).take(width) {
+            if let (Some(d), Some(w)) = (self.data.get_mut(i), self.writable.get_mut(i)) {
+                *d = value;
+                *w = mask;
+            }
+        }
+    }
+
+    /// Marks `bits` of the `width` bytes at `offset` write-1-to-clear.
+    fn clear_on_one(&mut self, offset: usize, width: usize, bits: u32) {
+        for (i, mask) in (offset..).zip(bits.to_le_bytes()).take(width) {
+            if let Some(c) = self.write_one_clear.get_mut(i) {
+                *c = mask;
+            }
+        }
+    }
+
+    fn read(&self, reg: u8) -> u8 {
+        self.data[usize::from(reg)]
+    }
+
+    /// A guest write: writable bits take `value`, write-1-to-clear bits clear where
+    /// `value` has a 1, the rest keep their value.
+    fn write(&mut self, reg: u8, value: u8) {
+        let i = usize::from(reg);
+        let writable = self.writable[i];
+        let merged = (self.data[i] & !writable) | (value & writable);
+        self.data[i] = merged & !(value & self.write_one_clear[i]);
+    }
+
+    /// Sets a register regardless of its masks (for registers with their own rules).
+    fn set(&mut self, reg: u8, value: u8) {
+        self.data[usize::from(reg)] = value;
+    }
+}
+
+/// 00:00.0 after reset (82441FX datasheet, host bridge configuration registers).
+fn host_bridge() -> ConfigSpace {
+    let mut space = ConfigSpace::new(&Identity {
+        vendor: 0x8086,
+        device: 0x1237,
+        revision: 0x02,
+        class: 0x06_00_00,
+        header_type: 0x00,
+        command: 0x0006,
+        interrupt_pin: 0,
+    });
+    space.define(PAM0.into(), 1, 0, PAM0_WRITABLE);
+    for reg in PAM0 + 1..=PAM6 {
+        space.define(reg.into(), 1, 0, PAM_WRITABLE);
+    }
+    space.define(SMRAM.into(), 1, SMRAM_C_BASE_SEG.into(), 0);
+    // Subsystem vendor/device 1af4:1100: the identity of QEMU's `pc` platform,
+    // which this machine models; firmware built for QEMU (SeaBIOS) checks it
+    // before it uses fw_cfg.
+    space.define(0x2C, 2, 0x1AF4, 0);
+    space.define(0x2E, 2, 0x1100, 0);
+    space
+}
+
+/// 00:01.0 after reset (82371SB datasheet, PCI-to-ISA bridge configuration).
+fn isa_bridge() -> ConfigSpace {
+    let mut space = ConfigSpace::new(&Identity {
+        vendor: 0x8086,
+        device: 0x7000,
+        revision: 0x00,
+        class: 0x06_01_00,
+        header_type: 0x80,
+        command: 0x0007,
+        interrupt_pin: 0,
+    });
+    for i in 0..4 {
+        space.define(PIRQRC + i, 1, PIRQRC_RESET, PIRQRC_WRITABLE);
+    }
+    space
+}
+
+/// 00:01.3 after reset (82371AB datasheet, power management function
+/// configuration), with the APMC_EN deviation described in the module docs.
+fn power_management() -> ConfigSpace {
+    let mut space = ConfigSpace::new(&Identity {
+        vendor: 0x8086,
+        device: 0x7113,
+        revision: 0x03,
+        class: 0x06_80_00,
+        header_type: 0x00,
+        command: 0x0000,
+        interrupt_pin: 1,
+    });
+    space.define(PMBA.into(), 4, 0x0000_0001, PMBA_WRITABLE);
+    space.define(DEVACTB, 4, DEVACTB_APMC_EN, u32::MAX);
+    space.define(PMREGMISC.into(), 1, 0, PMIOSE.into());
+    space.define(SMBBA, 4, 0x0000_0001, SMBBA_WRITABLE);
+    space.define(SMBHSTCFG, 1, 0, SMBHSTCFG_WRITABLE);
+    space
+}
+
+/// The PCI host bridge's configuration mechanism and the chipset functions behind
+/// it.
+pub struct PciHost {
+    ctl: Rc<SystemControl>,
+    pm: PmShared,
+    /// CONFIG_ADDRESS, reserved bits already cleared.
+    address: u32,
+    /// RC at 0xCF9, SRST and RCPU as last written.
+    reset_control: u8,
+    host: ConfigSpace,
+    isa: ConfigSpace,
+    power: ConfigSpace,
+}
+
+impl PciHost {
+    /// The host in its power-on state. It drives the PAM registers of `ctl` and the
+    /// PM I/O placement in `pm`, which it sets to their reset values.
+    pub fn new(ctl: Rc<SystemControl>, pm: PmShared) -> Self {
+        let host = Self {
+            ctl,
+            pm,
+            address: 0,
+            reset_control: 0,
+            host: host_bridge(),
+            isa: isa_bridge(),
+            power: power_management(),
+        };
+        host.publish_pam();
+        host.publish_pm();
+        host
+    }
+
+    /// The function CONFIG_ADDRESS selects, if a configuration cycle reaches one.
+    fn selected(&self) -> Option<Function> {
+        if self.address & ADDRESS_ENABLE == 0 {
+            return None;
+        }
+        let bus = (self.address >> 16) & 0xFF;
+        let device = (self.address >> 11) & 0x1F;
+        let function = (self.address >> 8) & 0x7;
+        match (bus, device, function) {
+            (0, 0, 0) => Some(Function::HostBridge),
+            (0, 1, 0) => Some(Function::IsaBridge),
+            (0, 1, 3) => Some(Function::PowerManagement),
+            _ => None,
+        }
+    }
+
+    fn space(&self, function: Function) -> &ConfigSpace {
+        match function {
+            Function::HostBridge => &self.host,
+            Function::IsaBridge => &self.isa,
+            Function::PowerManagement => &self.power,
+        }
+    }
+
+    fn space_mut(&mut self, function: Function) -> &mut ConfigSpace {
+        match function {
+            Function::HostBridge => &mut self.host,
+            Function::IsaBridge => &mut self.isa,
+            Function::PowerManagement => &mut self.power,
+        }
+    }
+
+    /// The register byte lane `lane` (0-3) of CONFIG_DATA addresses.
+    fn register(&self, lane: u16) -> u8 {
+        (self.address.to_le_bytes()[0] & 0xFC) | (lane.to_le_bytes()[0] & 3)
+    }
+
+    fn read_data(&self, offset: u16, data: &mut [u8]) {
+        let Some(function) = self.selected() else {
+            return;
+        };
+        let space = self.space(function);
+        let first = offset.saturating_sub(CONFIG_DATA);
+        for (lane, byte) in (first..4).zip(data.iter_mut()) {
+            *byte = space.read(self.register(lane));
+        }
+    }
+
+    fn write_data(&mut self, offset: u16, data: &[u8]) {
+        let Some(function) = self.selected() else {
+            return;
+        };
+        let first = offset.saturating_sub(CONFIG_DATA);
+        for (lane, &value) in (first..4).zip(data) {
+            self.write_register(function, self.register(lane), value);
+        }
+    }
+
+    /// One byte of a configuration write, with the register's side effects.
+    fn write_register(&mut self, function: Function, reg: u8, value: u8) {
+        match (function, reg) {
+            (Function::HostBridge, SMRAM) => self.write_smram(value),
+            _ => self.space_mut(function).write(reg, value),
+        }
+        match (function, reg) {
+            (Function::HostBridge, PAM0..=PAM6) => {
+                self.ctl
+                    .set_pam(usize::from(reg - PAM0), self.host.read(reg));
+            }
+            (Function::PowerManagement, PMBA | PMBA_HIGH | PMREGMISC) => self.publish_pm(),
+            _ => {}
+        }
+    }
+
+    /// SMRAM's lock rules (82441FX datasheet, SMRAM register, 72h): once D_LCK is
+    /// set, D_OPEN reads 0 and D_OPEN, G_SMRAME and D_LCK are read-only until reset.
+    fn write_smram(&mut self, value: u8) {
+        let old = self.host.read(SMRAM);
+        let new = if old & SMRAM_D_LCK != 0 {
+            (old & !SMRAM_D_CLS) | (value & SMRAM_D_CLS)
+        } else {
+            let kept = value & (SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME);
+            let kept = if kept & SMRAM_D_LCK != 0 {
+                kept & !SMRAM_D_OPEN
+            } else {
+                kept
+            };
+            kept | SMRAM_C_BASE_SEG
+        };
+        self.host.set(SMRAM, new);
+    }
+
+    fn write_reset_control(&mut self, value: u8) {
+        let rising = !self.reset_control & value & RC_RESET_CPU != 0;
+        self.reset_control = value & (RC_SYSTEM_RESET | RC_RESET_CPU);
+        if rising && value & RC_SYSTEM_RESET != 0 {
+            self.ctl.request_reset();
+        }
+    }
+
+    /// Hands all seven PAM registers to the memory map.
+    fn publish_pam(&self) {
+        for (index, reg) in (PAM0..=PAM6).enumerate() {
+            self.ctl.set_pam(index, self.host.read(reg));
+        }
+    }
+
+    /// Hands PMBA and PMIOSE to the PM I/O block.
+    fn publish_pm(&self) {
+        let base = u16::from_le_bytes([self.power.read(PMBA), self.power.read(PMBA_HIGH)]);
+        self.pm.set(PmIo {
+            base: base & 0xFFC0,
+            enabled: self.power.read(PMREGMISC) & PMIOSE != 0,
+        });
+    }
+}
+
+impl Device for PciHost {
+    fn name(&self) -> &'static str {
+        "pci-host"
+    }
+
+    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+        data.fill(0xFF);
+        match (offset, data) {
+            (CONFIG_ADDRESS, data @ [_, _, _, _]) => {
+                data.copy_from_slice(&(self.address & ADDRESS_STORED).to_le_bytes());
+            }
+            (RESET_CONTROL, [byte]) => *byte = self.reset_control,
+            (CONFIG_DATA..=CONFIG_DATA_LAST, data) => self.read_data(offset, data),
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+        match (offset, data) {
+            (CONFIG_ADDRESS, &[a, b, c, d]) => {
+                self.address = u32::from_le_bytes([a, b, c, d]) & ADDRESS_STORED;
+            }
+            (RESET_CONTROL, &[value]) => self.write_reset_control(value),
+            (CONFIG_DATA..=CONFIG_DATA_LAST, data) => self.write_data(offset, data),
+            _ => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        self.address = 0;
+        self.reset_control = 0;
+        self.host = host_bridge();
+        self.isa = isa_bridge();
+        self.power = power_management();
+        self.publish_pam();
+        self.publish_pm();
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rig {
+        ctl: Rc<SystemControl>,
+        pm: PmShared,
+        host: PciHost,
+    }
+
+    fn rig() -> Rig {
+        let ctl = SystemControl::new();
+        let pm = PmShared::new();
+        let host = PciHost::new(Rc::clone(&ctl), pm.clone());
+        Rig { ctl, pm, host }
+    }
+
+    fn address(device: u32, function: u32, reg: u8) -> u32 {
+        ADDRESS_ENABLE | (device << 11) | (function << 8) | u32::from(reg)
+    }
+
+    fn out(host: &mut PciHost, port: u16, size: usize, value: u32) {
+        host.write(port, &value.to_le_bytes()[..size], 0);
+    }
+
+    fn inp(host: &mut PciHost, port: u16, size: usize) -> u32 {
+        let mut buf = [0u8; 4];
+        host.read(port, &mut buf[..size], 0);
+        u32::from_le_bytes(buf)
+    }
+
+    /// A configuration read the way firmware does it: select the dword, then read
+    /// `size` bytes at the lane of `reg`.
+    fn config_read(host: &mut PciHost, device: u32, function: u32, reg: u8, size: usize) -> u32 {
+        out(
+            host,
+            CONFIG_ADDRESS,
+            4,
+            address(device, function, reg & 0xFC),
+        );
+        inp(host, CONFIG_DATA + u16::from(reg & 3), size)
+    }
+
+    fn config_write(
+        host: &mut PciHost,
+        (device, function, reg): (u32, u32, u8),
+        size: usize,
+        value: u32,
+    ) {
+        out(
+            host,
+            CONFIG_ADDRESS,
+            4,
+            address(device, function, reg & 0xFC),
+        );
+        out(host, CONFIG_DATA + u16::from(reg & 3), size, value);
+    }
+
+    #[test]
+    fn pci_host_bridge_vendor_device_read_via_cf8_cfc_is_i440fx() {
+        let mut r = rig();
+
+        let id = config_read(&mut r.host, 0, 0, 0x00, 4);
+        let class_rev = config_read(&mut r.host, 0, 0, 0x08, 4);
+
+        assert_eq!(id, 0x1237_8086);
+        assert_eq!(class_rev, 0x0600_0002);
+    }
+
+    #[test]
+    fn pci_functions_report_datasheet_identity() {
+        let mut r = rig();
+
+        let isa = config_read(&mut r.host, 1, 0, 0x00, 4);
+        let isa_header = config_read(&mut r.host, 1, 0, HEADER_TYPE as u8, 1);
+        let pm = config_read(&mut r.host, 1, 3, 0x00, 4);
+        let pm_class_rev = config_read(&mut r.host, 1, 3, 0x08, 4);
+        let pm_pin = config_read(&mut r.host, 1, 3, INTERRUPT_PIN as u8, 1);
+
+        assert_eq!((isa, isa_header), (0x7000_8086, 0x80));
+        assert_eq!((pm, pm_class_rev, pm_pin), (0x7113_8086, 0x0680_0003, 1));
+    }
+
+    #[test]
+    fn pci_absent_device_reads_all_ones() {
+        let mut r = rig();
+
+        let device2 = config_read(&mut r.host, 2, 0, 0x00, 4);
+        let ide = config_read(&mut r.host, 1, 1, 0x00, 2);
+        out(&mut r.host, CONFIG_ADDRESS, 4, ADDRESS_ENABLE | (1 << 16));
+        let bus1 = inp(&mut r.host, CONFIG_DATA, 4);
+
+        assert_eq!((device2, ide, bus1), (0xFFFF_FFFF, 0xFFFF, 0xFFFF_FFFF));
+    }
+
+    #[test]
+    fn pci_config_data_with_enable_clear_reads_all_ones() {
+        let mut r = rig();
+        out(&mut r.host, CONFIG_ADDRESS, 4, 0x0000_0000);
+
+        assert_eq!(inp(&mut r.host, CONFIG_DATA, 4), 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn pci_config_address_reads_back_without_reserved_bits() {
+        let mut r = rig();
+
+        out(&mut r.host, CONFIG_ADDRESS, 4, 0xFFFF_FFFF);
+
+        assert_eq!(inp(&mut r.host, CONFIG_ADDRESS, 4), 0x80FF_FFFC);
+    }
+
+    #[test]
+    fn pci_config_address_byte_and_word_writes_leave_it_unchanged() {
+        let mut r = rig();
+        out(&mut r.host, CONFIG_ADDRESS, 4, 0x8000_0000);
+
+        out(&mut r.host, CONFIG_ADDRESS, 2, 0x1234);
+        out(&mut r.host, CONFIG_ADDRESS, 1, 0x56);
+        out(&mut r.host, CONFIG_ADDRESS + 2, 2, 0x0012);
+
+        assert_eq!(inp(&mut r.host, CONFIG_ADDRESS, 4), 0x8000_0000);
+        assert_eq!(inp(&mut r.host, CONFIG_ADDRESS, 2), 0xFFFF);
+    }
+
+    #[test]
+    fn pci_config_data_byte_lanes_select_register_bytes() {
+        let mut r = rig();
+        out(&mut r.host, CONFIG_ADDRESS, 4, address(0, 0, 0x00));
+
+        let lane1 = inp(&mut r.host, CONFIG_DATA + 1, 1);
+        let lanes23 = inp(&mut r.host, CONFIG_DATA + 2, 2);
+
+        assert_eq!((lane1, lanes23), (0x80, 0x1237));
+    }
+
+    #[test]
+    fn pci_pam_write_reaches_system_control() {
+        let mut r = rig();
+        r.ctl.take_pam_changed();
+
+        config_write(&mut r.host, (0, 0, 0x5A), 1, 0x33);
+
+        assert!(r.ctl.take_pam_changed());
+        assert_eq!(r.ctl.pam(), [0, 0x33, 0, 0, 0, 0, 0]);
+        assert_eq!(config_read(&mut r.host, 0, 0, 0x5A, 1), 0x33);
+    }
+
+    #[test]
+    fn pci_pam_dword_writes_set_each_register_masked() {
+        let mut r = rig();
+
+        // SeaBIOS's make-writable: PAM0 = 30h, PAM1-6 = 33h, as two dwords.
+        config_write(&mut r.host, (0, 0, 0x58), 4, 0x3333_30FF);
+        config_write(&mut r.host, (0, 0, 0x5C), 4, 0x3333_3333);
+
+        assert_eq!(r.ctl.pam(), [0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]);
+        // 58h (DRAM timing) is not modelled and stays 0.
+        assert_eq!(config_read(&mut r.host, 0, 0, 0x58, 1), 0);
+    }
+
+    #[test]
+    fn pci_pam_reserved_bits_read_zero() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (0, 0, PAM0), 1, 0xFF);
+        config_write(&mut r.host, (0, 0, 0x5B), 1, 0xFF);
+
+        assert_eq!(r.ctl.pam()[..3], [0x30, 0x00, 0x33]);
+    }
+
+    #[test]
+    fn pci_reset_returns_pam_to_rom() {
+        let mut r = rig();
+        config_write(&mut r.host, (0, 0, 0x5C), 4, 0x3333_3333);
+
+        r.host.reset();
+
+        assert_eq!(r.ctl.pam(), [0; 7]);
+        assert_eq!(config_read(&mut r.host, 0, 0, 0x5C, 4), 0);
+    }
+
+    #[test]
+    fn pci_cf9_hard_reset_requests_reset() {
+        let mut r = rig();
+
+        out(&mut r.host, RESET_CONTROL, 1, 0x02);
+        let after_select = r.ctl.take_reset();
+        out(&mut r.host, RESET_CONTROL, 1, 0x06);
+
+        assert!(!after_select);
+        assert!(r.ctl.take_reset());
+        assert_eq!(inp(&mut r.host, RESET_CONTROL, 1), 0x06);
+    }
+
+    #[test]
+    fn pci_cf9_soft_reset_is_not_modelled() {
+        let mut r = rig();
+
+        out(&mut r.host, RESET_CONTROL, 1, 0x04);
+
+        assert!(!r.ctl.take_reset());
+    }
+
+    #[test]
+    fn pci_cf9_rcpu_held_high_does_not_reset_again() {
+        let mut r = rig();
+        out(&mut r.host, RESET_CONTROL, 1, 0x06);
+        r.ctl.take_reset();
+
+        out(&mut r.host, RESET_CONTROL, 1, 0x06);
+
+        assert!(!r.ctl.take_reset());
+    }
+
+    #[test]
+    fn pci_identity_and_bars_ignore_writes() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (0, 0, 0x00), 4, 0xDEAD_BEEF);
+        config_write(&mut r.host, (1, 3, 0x10), 4, 0xFFFF_FFFF);
+        config_write(&mut r.host, (1, 3, 0x30), 4, 0xFFFF_FFFE);
+
+        assert_eq!(config_read(&mut r.host, 0, 0, 0x00, 4), 0x1237_8086);
+        assert_eq!(config_read(&mut r.host, 1, 3, 0x10, 4), 0);
+        assert_eq!(config_read(&mut r.host, 1, 3, 0x30, 4), 0);
+    }
+
+    #[test]
+    fn pci_command_keeps_enables_and_status_is_write_one_clear() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (1, 3, 0x04), 4, 0xFFFF_FFFF);
+
+        assert_eq!(config_read(&mut r.host, 1, 3, 0x04, 4), 0x0280_0147);
+    }
+
+    #[test]
+    fn pci_interrupt_line_is_writable() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (1, 3, INTERRUPT_LINE as u8), 1, 9);
+
+        assert_eq!(
+            config_read(&mut r.host, 1, 3, INTERRUPT_LINE as u8, 2),
+            0x0109
+        );
+    }
+
+    #[test]
+    fn pci_pirq_route_resets_disabled_and_stores_writes() {
+        let mut r = rig();
+        let reset = config_read(&mut r.host, 1, 0, 0x60, 4);
+
+        config_write(&mut r.host, (1, 0, 0x60), 4, 0x0B0B_0A0A);
+
+        assert_eq!(reset, 0x8080_8080);
+        assert_eq!(config_read(&mut r.host, 1, 0, 0x60, 4), 0x0B0B_0A0A);
+    }
+
+    #[test]
+    fn pci_pmba_and_pmregmisc_publish_pm_io() {
+        let mut r = rig();
+
+        // What SeaBIOS writes: PMBA = 600h | 1, then PMREGMISC = 1.
+        config_write(&mut r.host, (1, 3, PMBA), 4, 0x0000_0601);
+        let before_enable = r.pm.get();
+        config_write(&mut r.host, (1, 3, PMREGMISC), 1, 0x01);
+
+        assert_eq!(
+            before_enable,
+            PmIo {
+                base: 0x600,
+                enabled: false
+            }
+        );
+        assert_eq!(
+            r.pm.get(),
+            PmIo {
+                base: 0x600,
+                enabled: true
+            }
+        );
+        assert_eq!(config_read(&mut r.host, 1, 3, PMBA, 4), 0x0000_0601);
+    }
+
+    #[test]
+    fn pci_pmba_low_bits_read_as_io_indicator() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (1, 3, PMBA), 4, 0xFFFF_FFFF);
+
+        assert_eq!(config_read(&mut r.host, 1, 3, PMBA, 4), 0x0000_FFC1);
+        assert_eq!(r.pm.get().base, 0xFFC0);
+    }
+
+    #[test]
+    fn pci_smbus_base_stored_with_io_indicator() {
+        let mut r = rig();
+
+        config_write(&mut r.host, (1, 3, SMBBA as u8), 4, 0x0000_0701);
+
+        assert_eq!(config_read(&mut r.host, 1, 3, SMBBA as u8, 4), 0x0000_0701);
+    }
+
+    #[test]
+    fn pci_devactb_reports_apmc_enabled_so_firmware_skips_smm_setup() {
+        let mut r = rig();
+
+        let devactb = config_read(&mut r.host, 1, 3, DEVACTB as u8, 4);
+
+        assert_eq!(devactb & DEVACTB_APMC_EN, DEVACTB_APMC_EN);
+    }
+
+    #[test]
+    fn pci_smram_stores_and_keeps_base_segment() {
+        let mut r = rig();
+        let reset = config_read(&mut r.host, 0, 0, SMRAM, 1);
+
+        config_write(&mut r.host, (0, 0, SMRAM), 1, 0x48);
+
+        assert_eq!(reset, 0x02);
+        assert_eq!(config_read(&mut r.host, 0, 0, SMRAM, 1), 0x4A);
+    }
+
+    #[test]
+    fn pci_smram_lock_clears_open_and_freezes_until_reset() {
+        let mut r = rig();
+        config_write(&mut r.host, (0, 0, SMRAM), 1, 0x58);
+
+        config_write(&mut r.host, (0, 0, SMRAM), 1, 0x40);
+        let locked = config_read(&mut r.host, 0, 0, SMRAM, 1);
+        r.host.reset();
+
+        assert_eq!(locked, 0x1A);
+        assert_eq!(config_read(&mut r.host, 0, 0, SMRAM, 1), 0x02);
+    }
+
+    #[test]
+    fn pci_reset_disables_pm_io() {
+        let mut r = rig();
+        config_write(&mut r.host, (1, 3, PMBA), 4, 0x0000_0601);
+        config_write(&mut r.host, (1, 3, PMREGMISC), 1, 0x01);
+
+        r.host.reset();
+
+        assert_eq!(r.pm.get(), PmIo::default());
+    }
+}

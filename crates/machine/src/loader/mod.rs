@@ -1,0 +1,94 @@
+//! Image loaders: they place a kernel image (and what it needs to boot) into guest
+//! RAM and say where the CPU should start. They only write memory; setting up the CPU
+//! state the boot protocol asks for is the caller's job.
+//!
+//! Every loader treats the image as untrusted: each offset and size read from it is
+//! bounds-checked, and a bad image is a [`LoaderError`], never a panic.
+
+pub mod multiboot;
+
+use thiserror::Error;
+
+/// What can go wrong while loading a kernel image.
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    /// No valid Multiboot header (magic, flags, checksum) 4-byte aligned in the
+    /// first 8192 bytes of the image.
+    #[error("not a Multiboot kernel: no valid header in the first 8192 bytes")]
+    NotMultiboot,
+    /// The header asks for a feature in bits 0-15 this loader does not know; the
+    /// Multiboot spec (§3.1.2) says the loader must then fail.
+    #[error("Multiboot header requires unsupported features (flags {flags:#010x})")]
+    UnsupportedFlags {
+        /// The header's flags word.
+        flags: u32,
+    },
+    /// The image ends before a structure or segment it describes.
+    #[error("image truncated: {what} needs bytes up to offset {need}, file has {have}")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// The file offset one past the last byte needed.
+        need: u64,
+        /// The file's size.
+        have: usize,
+    },
+    /// Without the a.out kludge the image must be an ELF32 little-endian i386
+    /// executable, and this one is not (or is malformed).
+    #[error("bad ELF image: {reason}")]
+    BadElf {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The Multiboot header's address fields (flag bit 16) are inconsistent.
+    #[error("bad Multiboot address fields: {reason}")]
+    BadAddressFields {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A size in the image is larger than guest RAM, or reaches past 4 GiB.
+    #[error("{what} of {len:#x} bytes at {addr:#x} is larger than guest memory allows")]
+    TooLarge {
+        /// What was being placed.
+        what: &'static str,
+        /// Its guest-physical start.
+        addr: u64,
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// A kernel segment would land on the boot information the loader builds.
+    #[error(
+        "{what} at {addr:#x}..{end:#x} overlaps the boot information at {info_start:#x}..{info_end:#x}"
+    )]
+    OverlapsInfo {
+        /// What was being placed.
+        what: &'static str,
+        /// Its guest-physical start.
+        addr: u64,
+        /// One past its last byte.
+        end: u64,
+        /// Start of the boot information area.
+        info_start: u64,
+        /// One past the last byte of boot information.
+        info_end: u64,
+    },
+    /// Part of a segment, module or the boot information would miss guest RAM.
+    #[error("{what} of {len:#x} bytes at {addr:#x} does not fit in guest RAM")]
+    OutOfRam {
+        /// What was being placed.
+        what: &'static str,
+        /// Its guest-physical start.
+        addr: u64,
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// The command line, module list and memory map do not fit in the low-memory
+    /// area reserved for boot information.
+    #[error("boot information needs {need} bytes, only {room} available")]
+    InfoTooLarge {
+        /// Bytes needed.
+        need: u64,
+        /// Bytes available.
+        room: u64,
+    },
+}
