@@ -19,5 +19,21 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
 fi
 
+# QEMU 10 from bookworm-backports (the image's qemu-utils comes from there, so
+# bookworm's own qemu-system-x86 cannot be installed beside it). The archive URI
+# is taken from the existing Debian source entry, so no host is written here.
+if ! command -v qemu-system-i386 >/dev/null 2>&1 && [ "${X86BT_NO_QEMU:-}" != 1 ]; then
+  list=/etc/apt/sources.list.d/x86bt-backports.sources
+  if [ ! -f "$list" ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources | head -1)
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" \
+      | as_root tee "$list" >/dev/null
+  fi
+  echo "setup: installing qemu-system-x86 from bookworm-backports"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86
+fi
+
 cargo build --release --locked
 echo "setup: built target/release/x86bt"

@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// A Multiboot module (repeatable); `FILE` or `FILE ARGS` as its string.
     #[arg(long = "module", requires = "kernel")]
     pub modules: Vec<PathBuf>,
+    /// Stop (exit status 0) as soon as this text appears on COM1 or the debug console.
+    #[arg(long)]
+    pub until: Option<String>,
     /// On a triple fault, stop with exit status 125 instead of resetting.
     #[arg(long)]
     pub no_reboot: bool,

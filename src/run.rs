@@ -3,11 +3,57 @@
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::vm::{RunOutcome, Vm};
+use std::cell::Cell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 use x86bt_machine::loader::multiboot;
 use x86bt_machine::pc::{self, PcConfig};
+
+/// A writer that passes bytes on and raises `seen` once `needle` has gone by.
+pub struct Watch {
+    inner: Box<dyn Write>,
+    needle: Vec<u8>,
+    matched: usize,
+    seen: Rc<Cell<bool>>,
+}
+
+impl Watch {
+    /// Watches `inner` for `needle`.
+    pub fn new(inner: Box<dyn Write>, needle: &str, seen: Rc<Cell<bool>>) -> Self {
+        Self {
+            inner,
+            needle: needle.as_bytes().to_vec(),
+            matched: 0,
+            seen,
+        }
+    }
+}
+
+impl Write for Watch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if self.needle.is_empty() {
+                break;
+            }
+            // A simple restartable match; needles are short text.
+            if b == self.needle[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(b == self.needle[0]);
+            }
+            if self.matched == self.needle.len() {
+                self.seen.set(true);
+                self.matched = 0;
+            }
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Opens an output named `stdio`, `null` or `file:PATH`.
 pub fn open_sink(spec: &str, what: &str) -> Result<Box<dyn Write>, Error> {
@@ -50,8 +96,13 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     for p in &a.modules {
         modules.push((p.display().to_string(), read_file(p)?));
     }
-    let serial_out = open_sink(&a.serial, "serial")?;
-    let debugcon = open_sink(&a.debugcon, "debugcon")?;
+    let seen = Rc::new(Cell::new(false));
+    let mut serial_out = open_sink(&a.serial, "serial")?;
+    let mut debugcon = open_sink(&a.debugcon, "debugcon")?;
+    if let Some(text) = &a.until {
+        serial_out = Box::new(Watch::new(serial_out, text, Rc::clone(&seen)));
+        debugcon = Box::new(Watch::new(debugcon, text, Rc::clone(&seen)));
+    }
     let post = match &a.post {
         Some(spec) if spec.starts_with("file:") => Some(open_sink(spec, "post")?),
         Some(spec) => return Err(Error::Usage(format!("--post {spec:?}: expected file:PATH"))),
@@ -83,6 +134,9 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     };
     let mut vm = Vm::new(machine);
     vm.no_reboot = a.no_reboot;
+    if a.until.is_some() {
+        vm.stop_flag = Some(Rc::clone(&seen));
+    }
     if let Some(e) = entry {
         crate::boot::enter_multiboot(
             &mut vm.cpu,
@@ -97,6 +151,10 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let _ = std::io::stdout().flush();
     match &outcome {
         RunOutcome::DebugExit(_) => {}
+        RunOutcome::Stopped => eprintln!(
+            "x86bt: --until text seen after {} instructions",
+            vm.cpu.icount
+        ),
         RunOutcome::HaltedForever => eprintln!("x86bt: guest halted with interrupts disabled"),
         RunOutcome::InstructionLimit => eprintln!("x86bt: instruction limit reached"),
         RunOutcome::TripleFault => eprintln!("x86bt: triple fault (CPU shutdown)"),

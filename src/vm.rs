@@ -32,6 +32,8 @@ pub enum RunOutcome {
     TripleFault,
     /// The guest used something not implemented yet.
     Unsupported(String),
+    /// The stop flag was raised (`--until` text seen).
+    Stopped,
 }
 
 impl RunOutcome {
@@ -43,6 +45,7 @@ impl RunOutcome {
             Self::InstructionLimit => 124,
             Self::TripleFault => 125,
             Self::Unsupported(_) => 126,
+            Self::Stopped => 0,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Vm {
     idle_ns: u64,
     /// Stop on a triple fault instead of resetting (`--no-reboot`).
     pub no_reboot: bool,
+    /// When set and raised, the run stops (checked between units).
+    pub stop_flag: Option<std::rc::Rc<std::cell::Cell<bool>>>,
 }
 
 impl Vm {
@@ -70,6 +75,7 @@ impl Vm {
             interp: Interpreter::new(),
             idle_ns: 0,
             no_reboot: false,
+            stop_flag: None,
         }
     }
 
@@ -93,6 +99,17 @@ impl Vm {
             }
             if self.cpu.icount >= max_insns {
                 return RunOutcome::InstructionLimit;
+            }
+            if self.stop_flag.as_ref().is_some_and(|f| f.get()) {
+                return RunOutcome::Stopped;
+            }
+            if self.cpu.nmi_pending != 0 && self.cpu.nmi_blocked == 0 && self.cpu.int_shadow == 0 {
+                // NMI: not maskable by IF, blocked until the next IRET.
+                self.cpu.nmi_pending = 0;
+                self.cpu.nmi_blocked = 1;
+                self.cpu.run_state = RunState::Running;
+                let ret = self.cpu.rip;
+                interrupt::raise_external(&mut self.cpu, &mut self.machine, 2, ret);
             }
             if self.machine.intr() && self.can_take_interrupt() {
                 if let Some(vector) = self.machine.acknowledge_interrupt() {
