@@ -113,10 +113,12 @@ mod tests {
     fn msr_unknown_raises_gp() {
         let mut cpu = CpuState::reset();
         assert_eq!(rdmsr(&cpu, 0x1B), Err(Exception::GeneralProtection(0)));
+        // EFER exists, but LME (bit 8) is not implemented.
         assert_eq!(
-            wrmsr(&mut cpu, 0xC000_0080, 0),
+            wrmsr(&mut cpu, 0xC000_0080, 1 << 8),
             Err(Exception::GeneralProtection(0))
         );
+        assert_eq!(wrmsr(&mut cpu, 0xC000_0080, 1 << 11), Ok(()));
     }
 
     #[test]

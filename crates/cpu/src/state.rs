@@ -238,6 +238,8 @@ pub struct CpuState {
     pub nmi_blocked: u8,
     /// The x87 and SSE state image (FXSAVE layout), kept for later issues.
     pub fx: [u8; 512],
+    /// Data breakpoints hit by the executing instruction (DR6 B0-B3 bits).
+    pub pending_db: u64,
     /// The software TLB (not architectural; flushed as the SDM says a TLB may be).
     pub tlb: crate::mmu::Tlb,
 }
@@ -298,6 +300,7 @@ impl CpuState {
             nmi_pending: 0,
             nmi_blocked: 0,
             fx: [0; 512],
+            pending_db: 0,
             tlb: crate::mmu::Tlb::default(),
         }
     }

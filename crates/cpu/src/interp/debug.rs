@@ -1,5 +1,6 @@
-//! Debug registers: instruction breakpoints from DR0-DR3/DR7, and the DR6 status
-//! bits (SDM vol. 3A §17.2). Data breakpoints are not checked yet.
+//! Debug registers: instruction and data breakpoints from DR0-DR3/DR7, and the
+//! DR6 status bits (SDM vol. 3A §17.2-17.3). Data breakpoints are traps: a hit
+//! is recorded in `CpuState::pending_db` and #DB is raised after the instruction.
 
 use crate::state::CpuState;
 
@@ -21,6 +22,32 @@ pub fn exec_breakpoint(cpu: &CpuState, lin: u64) -> Option<u64> {
     (hit != 0).then_some(hit)
 }
 
+/// Records the data breakpoints that an access of `size` bytes at linear `lin`
+/// hits (RW = 01 for writes, 11 for reads and writes; LEN = 1, 2, 8 or 4 bytes,
+/// the address aligned down to the length).
+pub fn data_access(cpu: &mut CpuState, lin: u64, size: u32, write: bool) {
+    let dr7 = cpu.dr[7];
+    for n in 0..4 {
+        if (dr7 >> (2 * n)) & 3 == 0 {
+            continue;
+        }
+        let rw = (dr7 >> (16 + 4 * n)) & 3;
+        if !(rw == 3 || (rw == 1 && write)) {
+            continue;
+        }
+        let len = match (dr7 >> (18 + 4 * n)) & 3 {
+            0 => 1,
+            1 => 2,
+            2 => 8,
+            _ => 4,
+        };
+        let start = cpu.dr[n] & 0xFFFF_FFFF & !(len - 1);
+        if lin < start + len && start < lin + u64::from(size) {
+            cpu.pending_db |= 1 << n;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +61,18 @@ mod tests {
         assert_eq!(exec_breakpoint(&cpu, 0x1235), None);
         cpu.dr[7] |= 1 << 20; // R/W1 = 01: a write breakpoint, not execute
         assert_eq!(exec_breakpoint(&cpu, 0x1234), None);
+    }
+
+    #[test]
+    fn data_breakpoint_write_hits_overlapping_word() {
+        let mut cpu = CpuState::reset();
+        cpu.dr[0] = 0x2002;
+        cpu.dr[7] = 1 | (0b01 << 16) | (0b01 << 18); // L0, write, 2 bytes
+        data_access(&mut cpu, 0x2000, 2, true);
+        assert_eq!(cpu.pending_db, 0, "0x2000-0x2001 misses 0x2002-0x2003");
+        data_access(&mut cpu, 0x2003, 1, false);
+        assert_eq!(cpu.pending_db, 0, "reads do not hit a write breakpoint");
+        data_access(&mut cpu, 0x2001, 2, true);
+        assert_eq!(cpu.pending_db, 1);
     }
 }

@@ -293,9 +293,14 @@ impl Interpreter {
                     let restart = cpu.next_rip == cpu.rip;
                     cpu.rip = cpu.next_rip;
                     cpu.icount += 1;
-                    if trap {
-                        // Single-step trap after the instruction (SDM vol. 3A §17.3.1.4).
-                        cpu.dr[6] |= debug::DR6_BS;
+                    if trap || cpu.pending_db != 0 {
+                        // Single-step and data-breakpoint traps after the instruction
+                        // (SDM vol. 3A §17.3.1.2, §17.3.1.4).
+                        cpu.dr[6] = (cpu.dr[6] & !0xF) | cpu.pending_db;
+                        if trap {
+                            cpu.dr[6] |= debug::DR6_BS;
+                        }
+                        cpu.pending_db = 0;
                         interrupt::raise(cpu, m, Exception::Debug, cpu.rip);
                         return self.after_fault(cpu);
                     }
@@ -307,6 +312,7 @@ impl Interpreter {
                 }
                 Err(e) => {
                     cpu.icount += 1;
+                    cpu.pending_db = 0;
                     interrupt::raise(cpu, m, e, cpu.rip);
                     return self.after_fault(cpu);
                 }
