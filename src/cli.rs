@@ -28,6 +28,70 @@ pub enum Command {
     Sst(SstArgs),
     /// Measure guest MIPS on built-in compute loops.
     Bench(BenchArgs),
+    /// Run a guest under QEMU and x86bt in lockstep and report the first divergence.
+    Difftest(DifftestArgs),
+}
+
+/// Options of `x86bt difftest`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["bios", "flat", "random"])))]
+pub struct DifftestArgs {
+    /// The QEMU binary (default: qemu-system-i386 on PATH).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// A BIOS image both emulators boot from the reset vector.
+    #[arg(long)]
+    pub bios: Option<PathBuf>,
+    /// A raw binary loaded at --at and entered there in real mode.
+    #[arg(long, requires = "at")]
+    pub flat: Option<PathBuf>,
+    /// Load address of --flat (below 1 MiB).
+    #[arg(long, value_parser = parse_addr)]
+    pub at: Option<u64>,
+    /// Generate random programs instead (see --seed, --count, --mode, --len).
+    #[arg(long)]
+    pub random: bool,
+    /// Seed of the random programs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How many random programs.
+    #[arg(long, default_value_t = 10)]
+    pub count: u64,
+    /// Mode of the random programs: real, prot16 or prot32.
+    #[arg(long, default_value = "real")]
+    pub mode: String,
+    /// Instructions per random program.
+    #[arg(long, default_value_t = 500)]
+    pub len: usize,
+    /// Only this program of the campaign (to reproduce one divergence).
+    #[arg(long)]
+    pub index: Option<u64>,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+    /// Instructions to compare.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_insns: u64,
+    /// Instructions to run first without comparing.
+    #[arg(long, default_value_t = 0)]
+    pub skip: u64,
+    /// Guest RAM in MiB.
+    #[arg(short = 'm', long = "memory", default_value_t = 32)]
+    pub mem_mib: u64,
+    /// Instructions of history shown at a divergence.
+    #[arg(long, default_value_t = 20)]
+    pub history: usize,
+    /// Test only: flip bit 0 of x86bt's EAX after this many instructions.
+    #[arg(long, hide = true)]
+    pub inject_bug: Option<u64>,
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("bad address {s:?}: {e}"))
 }
 
 /// Options of `x86bt run`.

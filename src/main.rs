@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         Command::Run(a) => x86bt::run::run_cmd(&a),
         Command::Sst(a) => sst_cmd(&a),
         Command::Bench(a) => x86bt::bench::bench_cmd(&a),
+        Command::Difftest(a) => x86bt::difftest::cmd::difftest_cmd(&a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -19,11 +19,30 @@ fn have_bios() -> bool {
 
 fn run_seabios(mib: u64) -> (String, std::process::ExitStatus) {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
-        .args(["run", "--bios", BIOS, "--debugcon", "stdio", "--serial", "null", "--no-reboot"])
-        .args(["-m", &mib.to_string(), "--until", "No bootable device", "--max-insns", "200000000"])
+        .args([
+            "run",
+            "--bios",
+            BIOS,
+            "--debugcon",
+            "stdio",
+            "--serial",
+            "null",
+            "--no-reboot",
+        ])
+        .args([
+            "-m",
+            &mib.to_string(),
+            "--until",
+            "No bootable device",
+            "--max-insns",
+            "200000000",
+        ])
         .output()
         .expect("run x86bt");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status)
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status,
+    )
 }
 
 #[test]
@@ -35,7 +54,10 @@ fn seabios_detects_ram_and_reaches_boot_attempts() {
         let (log, status) = run_seabios(mib);
         assert!(status.success(), "-m {mib}: {status}\n{log}");
         // RAM above 1 MiB, as SeaBIOS reads it from fw_cfg's etc/e820.
-        let want = format!("qemu/e820: addr 0x0000000000100000 len 0x{:016x} [RAM]", (mib - 1) << 20);
+        let want = format!(
+            "qemu/e820: addr 0x0000000000100000 len 0x{:016x} [RAM]",
+            (mib - 1) << 20
+        );
         assert!(log.contains(&want), "-m {mib}: no {want:?} in\n{log}");
         assert!(log.contains("Booting from Hard Disk..."), "{log}");
         assert!(log.contains("No bootable device."), "{log}");

@@ -7,9 +7,9 @@
 use crate::exception::Exception;
 use crate::state::CpuState;
 
-/// Family 6, model 3, stepping 3: the signature CPUID leaf 1 returns in EAX and
+/// Family 6, model 6, stepping 3 (the signature QEMU's `qemu32` model reports): the signature CPUID leaf 1 returns in EAX and
 /// RESET leaves in EDX.
-pub const SIGNATURE: u32 = 0x0000_0633;
+pub const SIGNATURE: u32 = 0x0000_0663;
 
 /// CPUID.1:EDX bits we implement (SDM vol. 2A, CPUID, Table 3-11).
 const FEATURES_EDX: u32 = (1 << 2) // DE (CR4.DE, DR4/DR5 behaviour)

@@ -454,6 +454,9 @@ pub fn write_lin_as(
     value: u64,
     user: bool,
 ) -> Result<(), Exception> {
+    if cpu.log_writes {
+        cpu.write_log.push((lin, size));
+    }
     if !paging(cpu) {
         mem_write(m, GuestPhys(lin), size, value);
         return Ok(());
@@ -536,6 +539,9 @@ pub fn read(
     size: u32,
 ) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
+    if cpu.dr[7] & 0xFF != 0 {
+        crate::interp::debug::data_access(cpu, lin, size, false);
+    }
     if !paging(cpu) {
         return Ok(mem_read(m, GuestPhys(lin), size));
     }
@@ -553,7 +559,10 @@ pub fn write(
     value: u64,
 ) -> Result<(), Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Write)?;
-    if !paging(cpu) {
+    if cpu.dr[7] & 0xFF != 0 {
+        crate::interp::debug::data_access(cpu, lin, size, true);
+    }
+    if !paging(cpu) && !cpu.log_writes {
         mem_write(m, GuestPhys(lin), size, value);
         return Ok(());
     }

@@ -238,6 +238,14 @@ pub struct CpuState {
     pub nmi_blocked: u8,
     /// The x87 and SSE state image (FXSAVE layout), kept for later issues.
     pub fx: [u8; 512],
+    /// When set, a repeated string instruction runs one iteration per step, as
+    /// QEMU single-steps them (differential testing).
+    pub rep_single: bool,
+    /// When set, every guest-memory write is appended to `write_log` as (linear
+    /// address, size): the differential tester compares those bytes.
+    pub log_writes: bool,
+    /// The writes logged since the log was last cleared.
+    pub write_log: Vec<(u64, u32)>,
     /// Data breakpoints hit by the executing instruction (DR6 B0-B3 bits).
     pub pending_db: u64,
     /// The software TLB (not architectural; flushed as the SDM says a TLB may be).
@@ -300,6 +308,9 @@ impl CpuState {
             nmi_pending: 0,
             nmi_blocked: 0,
             fx: [0; 512],
+            rep_single: false,
+            log_writes: false,
+            write_log: Vec::new(),
             pending_db: 0,
             tlb: crate::mmu::Tlb::default(),
         }

@@ -71,6 +71,8 @@ pub struct Interpreter {
     scratch: DecodedUnit,
     /// Cache counters.
     pub stats: CacheStats,
+    /// Run one instruction per unit (differential testing, debugging).
+    pub single_step: bool,
 }
 
 impl Default for Interpreter {
@@ -112,6 +114,7 @@ impl Interpreter {
             page_index: HashMap::new(),
             scratch: DecodedUnit::default(),
             stats: CacheStats::default(),
+            single_step: false,
         }
     }
 
@@ -278,7 +281,7 @@ impl Interpreter {
         // with instruction breakpoints armed, only one instruction runs, so the run
         // loop sees the boundary after it.
         let trap = cpu.rflags & TF != 0;
-        let single = cpu.int_shadow != 0 || trap || debug;
+        let single = cpu.int_shadow != 0 || trap || debug || self.single_step;
         let count = if single {
             1
         } else {

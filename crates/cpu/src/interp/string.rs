@@ -144,7 +144,7 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         }
         // Yield after a batch, or when a store hit cached code, resuming at this
         // same instruction.
-        if done >= BATCH || m.mem.code_write_pending {
+        if done >= BATCH || m.mem.code_write_pending || cpu.rep_single {
             cpu.next_rip = cpu.rip;
             break;
         }
@@ -173,7 +173,7 @@ fn bulk(
         mn,
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq
     );
-    if !(movs || stos) || cpu.protected() {
+    if !(movs || stos) || cpu.protected() || cpu.log_writes || cpu.rep_single {
         return false;
     }
     let amask = mask(asz);

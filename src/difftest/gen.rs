@@ -1,0 +1,1967 @@
+//! Seeded random programs for `x86bt difftest --random`.
+//!
+//! [`generate`] turns `(mode, seed, index)` into a 64 KiB BIOS image. The same triple
+//! always gives the same bytes: the only source of randomness is the small splitmix64
+//! generator below, seeded from the triple, and the instruction table is built from
+//! iced's `Code` list in its fixed order.
+//!
+//! # ROM layout (offsets in the image; both emulators map it at 0xF0000 and 0xFFFF0000)
+//! - `0x0000` GDT: null, 16-bit code (base 0xF0000, limit 0xFFFF), 32-bit flat code,
+//!   16-bit data and 32-bit (B=1) data, both based at [`DATA_BASE`] with limit 0xFFFF.
+//!   The accessed bits are preset so no CPU writes to the descriptors in ROM.
+//! - `0x0030` GDTR and `0x0038` IDTR pseudo-descriptors, `0x0040` the exception
+//!   handler (`hlt`), `0x0080` a 32-gate IDT (protected modes only).
+//! - `0x0200` the entry stub (real-mode code), `0x0300` the common stub in the mode's
+//!   code size, then the random stream, then a final `hlt`.
+//! - `0xFFF0` the reset vector: `jmp far F000:0200`.
+//!
+//! # What the stub does
+//! Real mode: an IVT whose vectors 0-31 point at the handler, DS=ES=FS=GS=SS=0x1000.
+//! Protected modes: LGDT/LIDT through CS (16-bit operand size, 24-bit bases), CR0.PE,
+//! a far jump to the 16-bit or 32-bit code segment, and the data selector in every
+//! data segment register. Then, in every mode: ESP=[`STACK_TOP`], a REP STOSD of a
+//! seeded dword over the hot part of the data window, a few seeded dwords, seeded
+//! GPRs (EBX gets the base value), and seeded arithmetic flags and DF through
+//! PUSH/POPFD with IF=TF=0. A fault anywhere ends in the handler's `hlt`.
+//!
+//! # Invariants of the stream
+//! - EBX is the reserved base register. No stream instruction writes EBX, BX, BL or
+//!   BH, except a POPA that restores what its own PUSHA saved a few register-only
+//!   instructions earlier.
+//! - ESP moves only through pushes, pops, ENTER and LEAVE (LEAVE right after
+//!   `mov ebp, esp`); the generator tracks the depth below [`STACK_TOP`] and keeps it
+//!   within `0..=MAX_DEPTH`, so the stack stays inside the data window.
+//! - Every explicit memory operand is built from registers whose values are known at
+//!   that point (EBX, ESP, or a register loaded by a MOV emitted right before), and
+//!   its effective address is checked to lie inside the 64 KiB data window. String
+//!   instructions get SI/DI (and CX under REP, at most 16) from MOVs right before;
+//!   a BT-family bit offset register is loaded with a small value first; ENTER with
+//!   nesting level 2 or more gets EBP in the window first.
+//! - CS overrides appear only on memory operands that are read and never written.
+//! - Every branch (Jcc, JMP, LOOPcc, JCXZ) targets the next instruction, so both
+//!   paths continue; 16-bit-operand branches, which truncate EIP, are left out of
+//!   32-bit code, whose EIP is above 0xFFFF.
+//! - DIV/IDIV get an odd divisor and a zero or sign-extended high half first,
+//!   except one time in sixteen, when a #DE may end the program.
+
+use std::fmt;
+use std::str::FromStr;
+
+use iced_x86::code_asm::{
+    ax, cr0, cs, ds, dword_ptr, eax, ebp, ebx, ecx, edi, edx, es, esi, esp, fs, gs, ptr,
+    ss, CodeAssembler,
+};
+use iced_x86::{
+    Code, CodeSize, CpuidFeature, Encoder, EncodingKind, IcedError, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpCodeOperandKind as K, OpKind, Register,
+    RepPrefixKind,
+};
+
+/// Size of the BIOS image in bytes.
+pub const ROM_SIZE: usize = 0x1_0000;
+/// Physical address of `rom[0]` in the low alias (real mode F000:0000).
+pub const ROM_BASE: u32 = 0xF_0000;
+/// Physical address of offset 0 of every data segment (DS, ES, FS, GS, SS).
+pub const DATA_BASE: u32 = 0x1_0000;
+/// Initial SP/ESP, an offset in the data window.
+pub const STACK_TOP: u32 = 0xFFF0;
+/// Deepest the stream lets the stack grow below [`STACK_TOP`], in bytes.
+pub const MAX_DEPTH: u32 = 0x400;
+
+/// Size of the data window: every data segment has limit 0xFFFF.
+const WINDOW: u32 = 0x1_0000;
+/// The filled part of the window, where base registers and string pointers point.
+const HOT_START: u32 = 0x2000;
+const HOT_LEN: u32 = 0x800;
+/// Seeded dwords stored over the filled pattern.
+const SEEDED_DWORDS: u32 = 8;
+
+const GDT_OFF: usize = 0x00;
+const GDTR_OFF: usize = 0x30;
+const IDTR_OFF: usize = 0x38;
+const HANDLER_OFF: usize = 0x40;
+const IDT_OFF: usize = 0x80;
+const ENTRY_OFF: usize = 0x200;
+const COMMON_OFF: usize = 0x300;
+/// The stream (and its final HLT) must end below this offset.
+const STREAM_END: usize = 0xFF00;
+const RESET_OFF: usize = 0xFFF0;
+const HLT: u8 = 0xF4;
+const VECTORS: usize = 32;
+
+const SEL_CODE16: u16 = 0x08;
+const SEL_CODE32: u16 = 0x10;
+const SEL_DATA16: u16 = 0x18;
+const SEL_DATA32: u16 = 0x20;
+
+/// Operand-building attempts for one table entry, and table picks for one stream slot.
+const ATTEMPTS: usize = 8;
+const PICKS: usize = 32;
+
+const GPR8: [Register; 8] = [
+    Register::AL,
+    Register::CL,
+    Register::DL,
+    Register::BL,
+    Register::AH,
+    Register::CH,
+    Register::DH,
+    Register::BH,
+];
+const GPR16: [Register; 8] = [
+    Register::AX,
+    Register::CX,
+    Register::DX,
+    Register::BX,
+    Register::SP,
+    Register::BP,
+    Register::SI,
+    Register::DI,
+];
+const GPR32: [Register; 8] = [
+    Register::EAX,
+    Register::ECX,
+    Register::EDX,
+    Register::EBX,
+    Register::ESP,
+    Register::EBP,
+    Register::ESI,
+    Register::EDI,
+];
+/// Registers a memory operand may have loaded right before it (not EBX, not ESP).
+const PREPPABLE: [Register; 6] = [
+    Register::EAX,
+    Register::ECX,
+    Register::EDX,
+    Register::EBP,
+    Register::ESI,
+    Register::EDI,
+];
+const SEGS: [Register; 6] = [
+    Register::ES,
+    Register::CS,
+    Register::SS,
+    Register::DS,
+    Register::FS,
+    Register::GS,
+];
+
+/// The CPU mode a random program runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Real mode, 16-bit code, segments at 0x1000.
+    Real,
+    /// Protected mode with a 16-bit code segment.
+    Prot16,
+    /// Protected mode with a flat 32-bit code segment.
+    Prot32,
+}
+
+impl Mode {
+    /// Every mode, in the order `real`, `prot16`, `prot32`.
+    pub const ALL: [Mode; 3] = [Mode::Real, Mode::Prot16, Mode::Prot32];
+
+    /// The code size of the stream: 16 or 32.
+    pub fn bitness(self) -> u32 {
+        match self {
+            Mode::Real | Mode::Prot16 => 16,
+            Mode::Prot32 => 32,
+        }
+    }
+
+    /// IP/EIP of a ROM offset once the stub has reached the stream's code segment.
+    pub fn ip_of(self, rom_offset: u32) -> u32 {
+        match self {
+            Mode::Real | Mode::Prot16 => rom_offset,
+            Mode::Prot32 => ROM_BASE + rom_offset,
+        }
+    }
+
+    fn code_size(self) -> CodeSize {
+        match self {
+            Mode::Real | Mode::Prot16 => CodeSize::Code16,
+            Mode::Prot32 => CodeSize::Code32,
+        }
+    }
+
+    fn tag(self) -> u64 {
+        match self {
+            Mode::Real => 1,
+            Mode::Prot16 => 2,
+            Mode::Prot32 => 3,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Real => "real",
+            Mode::Prot16 => "prot16",
+            Mode::Prot32 => "prot32",
+        })
+    }
+}
+
+/// A mode name other than `real`, `prot16` or `prot32`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode `{0}` (expected real, prot16 or prot32)")]
+pub struct ParseModeError(pub String);
+
+impl FromStr for Mode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "real" => Ok(Mode::Real),
+            "prot16" => Ok(Mode::Prot16),
+            "prot32" => Ok(Mode::Prot32),
+            other => Err(ParseModeError(other.to_string())),
+        }
+    }
+}
+
+/// One generated program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// The 64 KiB BIOS image.
+    pub rom: Vec<u8>,
+    /// Offset in `rom` of the first stream byte. Its linear address is
+    /// `ROM_BASE + stream_start` in every mode; its IP is [`Mode::ip_of`] of it.
+    pub stream_start: u32,
+    /// Length of the stream in bytes: the random instructions and the MOVs that set up
+    /// their operands. The final `hlt` is at `stream_start + stream_len`.
+    pub stream_len: u32,
+    /// Instructions the stub and the stream retire before the final `hlt`, counting
+    /// every REP iteration (REPE/REPNE as if they ran their full count, a count of 0 as
+    /// one). Exact unless a REPE/REPNE stops early or a fault ends the program sooner.
+    pub insns: usize,
+}
+
+impl Program {
+    /// The stream's bytes, without the final `hlt`.
+    pub fn stream(&self) -> &[u8] {
+        let start = self.stream_start as usize;
+        let end = start + self.stream_len as usize;
+        self.rom.get(start..end).unwrap_or(&[])
+    }
+}
+
+/// Builds program `index` of `seed` for `mode`, with `len` random instructions (fewer
+/// if the ROM fills up first; each comes with the MOVs that set up its operands).
+pub fn generate(mode: Mode, seed: u64, index: u64, len: usize) -> Program {
+    generate_with_stats(mode, seed, index, len).0
+}
+
+/// What a generation did, for the tests.
+#[derive(Clone, Debug, Default)]
+struct Stats {
+    /// Table entries placed in the stream, in order.
+    codes: Vec<Code>,
+    /// Instructions iced refused to build or encode (a generator bug if not 0).
+    iced_errors: usize,
+}
+
+fn generate_with_stats(mode: Mode, seed: u64, index: u64, len: usize) -> (Program, Stats) {
+    let mut rng = Rng::new(mode, seed, index);
+    let base = HOT_START + 0x300 + rng.below(0x200) as u32;
+    let mut rom = vec![HLT; ROM_SIZE];
+    write_tables(&mut rom, mode);
+
+    let (entry, entry_insns) = entry_stub(mode);
+    place(&mut rom, ENTRY_OFF, &entry);
+    let (common, common_insns) = common_stub(mode, &mut rng, base);
+    place(&mut rom, COMMON_OFF, &common);
+
+    let stream_start = COMMON_OFF + common.len();
+    let mut gen = Gen::new(mode, rng, base, stream_start);
+    gen.fill(len);
+    place(&mut rom, stream_start, &gen.out);
+    // The final HLT is already there: the image is filled with HLT.
+    let reset = [0xEA, ENTRY_OFF as u8, (ENTRY_OFF >> 8) as u8, 0x00, 0xF0];
+    place(&mut rom, RESET_OFF, &reset);
+
+    let program = Program {
+        rom,
+        stream_start: stream_start as u32,
+        stream_len: gen.out.len() as u32,
+        insns: entry_insns + common_insns + gen.retired,
+    };
+    let stats = Stats {
+        codes: gen.codes,
+        iced_errors: gen.iced_errors,
+    };
+    (program, stats)
+}
+
+/// Copies `bytes` into the image; the layout constants (checked by the tests) keep
+/// every piece inside it.
+fn place(rom: &mut [u8], off: usize, bytes: &[u8]) {
+    debug_assert!(off + bytes.len() <= rom.len(), "ROM piece past the end");
+    if let Some(dst) = rom.get_mut(off..off + bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+/// splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators").
+struct Rng(u64);
+
+impl Rng {
+    fn new(mode: Mode, seed: u64, index: u64) -> Self {
+        let mut r = Rng(seed);
+        let a = r.next();
+        let mut r = Rng(a ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let b = r.next();
+        Rng(b ^ mode.tag().wrapping_mul(0x8CB9_2BA7_2F3D_8DD7))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as u64) as i64
+    }
+
+    fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
+    }
+
+    fn pick<T: Copy, const N: usize>(&mut self, items: &[T; N]) -> T {
+        items[self.below(N as u64) as usize]
+    }
+
+    /// An immediate of `bits` bits, often a boundary value.
+    fn imm(&mut self, bits: u32) -> u32 {
+        let mask = if bits >= 32 { u32::MAX } else { (1 << bits) - 1 };
+        let sign = 1u32 << (bits - 1);
+        let v = match self.below(8) {
+            0 => 0,
+            1 => 1,
+            2 => u32::MAX,
+            3 => sign,
+            4 => sign - 1,
+            5 => self.below(33) as u32,
+            _ => self.next() as u32,
+        };
+        v & mask
+    }
+
+    /// A shift or rotate count: mostly 0..=33 so that every masking case shows up.
+    fn count(&mut self) -> u8 {
+        if self.chance(3, 4) {
+            self.below(34) as u8
+        } else {
+            self.next() as u8
+        }
+    }
+
+    /// An offset in the hot region, `margin` bytes from its ends.
+    fn hot(&mut self, margin: u32) -> u32 {
+        HOT_START + margin + self.below(u64::from(HOT_LEN - 2 * margin)) as u32
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// ROM tables and stubs
+
+/// A code or data segment descriptor (SDM vol. 3A §3.4.5).
+fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> [u8; 8] {
+    [
+        limit as u8,
+        (limit >> 8) as u8,
+        base as u8,
+        (base >> 8) as u8,
+        (base >> 16) as u8,
+        access,
+        (flags << 4) | ((limit >> 16) as u8 & 0x0F),
+        (base >> 24) as u8,
+    ]
+}
+
+/// An interrupt gate (SDM vol. 3A §6.11): 0x86 16-bit, 0x8E 32-bit, DPL 0, present.
+fn gate(offset: u32, selector: u16, type_attr: u8) -> [u8; 8] {
+    [
+        offset as u8,
+        (offset >> 8) as u8,
+        selector as u8,
+        (selector >> 8) as u8,
+        0,
+        type_attr,
+        (offset >> 16) as u8,
+        (offset >> 24) as u8,
+    ]
+}
+
+fn pseudo_descriptor(limit: u16, base: u32) -> [u8; 6] {
+    let l = limit.to_le_bytes();
+    let b = base.to_le_bytes();
+    [l[0], l[1], b[0], b[1], b[2], b[3]]
+}
+
+fn write_tables(rom: &mut [u8], mode: Mode) {
+    // Access 0x9B/0x93: present, DPL 0, code execute/read or data read/write, accessed.
+    let gdt = [
+        [0u8; 8],
+        descriptor(ROM_BASE, 0xFFFF, 0x9B, 0x0),
+        descriptor(0, 0xF_FFFF, 0x9B, 0xC),
+        descriptor(DATA_BASE, 0xFFFF, 0x93, 0x0),
+        descriptor(DATA_BASE, 0xFFFF, 0x93, 0x4),
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        place(rom, GDT_OFF + 8 * i, d);
+    }
+    let gdt_limit = (8 * gdt.len() - 1) as u16;
+    place(
+        rom,
+        GDTR_OFF,
+        &pseudo_descriptor(gdt_limit, ROM_BASE + GDT_OFF as u32),
+    );
+    let idt_limit = (8 * VECTORS - 1) as u16;
+    place(
+        rom,
+        IDTR_OFF,
+        &pseudo_descriptor(idt_limit, ROM_BASE + IDT_OFF as u32),
+    );
+    // hlt; jmp short back to the hlt.
+    place(rom, HANDLER_OFF, &[HLT, 0xEB, 0xFD]);
+    let g = match mode {
+        Mode::Real => return,
+        Mode::Prot16 => gate(HANDLER_OFF as u32, SEL_CODE16, 0x86),
+        Mode::Prot32 => gate(ROM_BASE + HANDLER_OFF as u32, SEL_CODE32, 0x8E),
+    };
+    for v in 0..VECTORS {
+        place(rom, IDT_OFF + 8 * v, &g);
+    }
+}
+
+/// The real-mode code the reset vector jumps to: exception vectors, segments, and the
+/// way to the common stub at `COMMON_OFF`. Returns the bytes and instructions retired.
+fn entry_stub(mode: Mode) -> (Vec<u8>, usize) {
+    const ASM: &str = "fixed entry stub template";
+    let mut a = CodeAssembler::new(16).expect(ASM);
+    a.cli().expect(ASM);
+    let mut extra = 0;
+    match mode {
+        Mode::Real => {
+            a.cld().expect(ASM);
+            a.xor(ax, ax).expect(ASM);
+            a.mov(es, ax).expect(ASM);
+            a.xor(iced_x86::code_asm::di, iced_x86::code_asm::di)
+                .expect(ASM);
+            a.mov(eax, (0xF000u32 << 16) | HANDLER_OFF as u32)
+                .expect(ASM);
+            a.mov(iced_x86::code_asm::cx, VECTORS as i32).expect(ASM);
+            a.rep().stosd().expect(ASM);
+            extra += VECTORS - 1;
+            a.mov(ax, 0x1000).expect(ASM);
+            for s in [ds, es, fs, gs, ss] {
+                a.mov(s, ax).expect(ASM);
+            }
+            a.jmp(COMMON_OFF as u64).expect(ASM);
+        }
+        Mode::Prot16 | Mode::Prot32 => {
+            // 16-bit operand size: 24-bit bases, which reach the ROM at 0xF0000.
+            a.lgdt(ptr(GDTR_OFF as u64).cs()).expect(ASM);
+            a.lidt(ptr(IDTR_OFF as u64).cs()).expect(ASM);
+            a.mov(eax, cr0).expect(ASM);
+            a.or(eax, 1).expect(ASM);
+            a.mov(cr0, eax).expect(ASM);
+            let far = if mode == Mode::Prot16 {
+                Instruction::with_far_branch(Code::Jmp_ptr1616, SEL_CODE16, COMMON_OFF as u32)
+            } else {
+                Instruction::with_far_branch(
+                    Code::Jmp_ptr1632,
+                    SEL_CODE32,
+                    ROM_BASE + COMMON_OFF as u32,
+                )
+            };
+            a.add_instruction(far.expect(ASM)).expect(ASM);
+        }
+    }
+    let n = a.instructions().len() + extra;
+    (a.assemble(ENTRY_OFF as u64).expect(ASM), n)
+}
+
+/// The stub in the stream's code size: data segments (protected modes), stack, data
+/// pattern, seeded GPRs and flags. The stream follows it directly.
+fn common_stub(mode: Mode, rng: &mut Rng, base: u32) -> (Vec<u8>, usize) {
+    const ASM: &str = "fixed common stub template";
+    let mut a = CodeAssembler::new(mode.bitness()).expect(ASM);
+    let data_sel = match mode {
+        Mode::Real => None,
+        Mode::Prot16 => Some(SEL_DATA16),
+        Mode::Prot32 => Some(SEL_DATA32),
+    };
+    if let Some(sel) = data_sel {
+        a.mov(ax, i32::from(sel)).expect(ASM);
+        for s in [ds, es, fs, gs, ss] {
+            a.mov(s, ax).expect(ASM);
+        }
+    }
+    a.mov(esp, STACK_TOP).expect(ASM);
+    a.cld().expect(ASM);
+    a.mov(edi, HOT_START).expect(ASM);
+    a.mov(ecx, HOT_LEN / 4).expect(ASM);
+    a.mov(eax, rng.next() as u32).expect(ASM);
+    a.rep().stosd().expect(ASM);
+    let extra = (HOT_LEN / 4 - 1) as usize;
+    for _ in 0..SEEDED_DWORDS {
+        let off = HOT_START + 4 * rng.below(u64::from(HOT_LEN / 4)) as u32;
+        a.mov(dword_ptr(u64::from(off)), rng.next() as u32 as i32)
+            .expect(ASM);
+    }
+    for r in [eax, ecx, edx, ebp, esi, edi] {
+        a.mov(r, rng.next() as u32).expect(ASM);
+    }
+    a.mov(ebx, base).expect(ASM);
+    // Arithmetic flags and DF seeded; bit 1 reads as 1; IF, TF, IOPL, NT, AC, ID clear.
+    let flags = (rng.next() as u32 & 0x0CD5) | 0x2;
+    let push = Instruction::with1(Code::Pushd_imm32, flags).expect(ASM);
+    a.add_instruction(push).expect(ASM);
+    a.popfd().expect(ASM);
+    let n = a.instructions().len() + extra;
+    let ip = mode.ip_of(COMMON_OFF as u32);
+    (a.assemble(u64::from(ip)).expect(ASM), n)
+}
+
+// ---------------------------------------------------------------------------------
+// The instruction table
+
+/// Every integer mnemonic the stream may use. Each contributes all of its legacy
+/// encodings that are valid in the mode, need at most the CPU features in
+/// [`FEATURES`] and have operands the generator knows how to fill.
+const MNEMONICS: &[Mnemonic] = &[
+    Mnemonic::Add,
+    Mnemonic::Or,
+    Mnemonic::Adc,
+    Mnemonic::Sbb,
+    Mnemonic::And,
+    Mnemonic::Sub,
+    Mnemonic::Xor,
+    Mnemonic::Cmp,
+    Mnemonic::Test,
+    Mnemonic::Inc,
+    Mnemonic::Dec,
+    Mnemonic::Neg,
+    Mnemonic::Not,
+    Mnemonic::Mul,
+    Mnemonic::Imul,
+    Mnemonic::Div,
+    Mnemonic::Idiv,
+    Mnemonic::Rol,
+    Mnemonic::Ror,
+    Mnemonic::Rcl,
+    Mnemonic::Rcr,
+    Mnemonic::Shl,
+    Mnemonic::Sal,
+    Mnemonic::Shr,
+    Mnemonic::Sar,
+    Mnemonic::Shld,
+    Mnemonic::Shrd,
+    Mnemonic::Bt,
+    Mnemonic::Bts,
+    Mnemonic::Btr,
+    Mnemonic::Btc,
+    Mnemonic::Bsf,
+    Mnemonic::Bsr,
+    Mnemonic::Bswap,
+    Mnemonic::Xadd,
+    Mnemonic::Cmpxchg,
+    Mnemonic::Cmpxchg8b,
+    Mnemonic::Mov,
+    Mnemonic::Movzx,
+    Mnemonic::Movsx,
+    Mnemonic::Xchg,
+    Mnemonic::Lea,
+    Mnemonic::Cbw,
+    Mnemonic::Cwd,
+    Mnemonic::Cwde,
+    Mnemonic::Cdq,
+    Mnemonic::Lahf,
+    Mnemonic::Sahf,
+    Mnemonic::Seto,
+    Mnemonic::Setno,
+    Mnemonic::Setb,
+    Mnemonic::Setae,
+    Mnemonic::Sete,
+    Mnemonic::Setne,
+    Mnemonic::Setbe,
+    Mnemonic::Seta,
+    Mnemonic::Sets,
+    Mnemonic::Setns,
+    Mnemonic::Setp,
+    Mnemonic::Setnp,
+    Mnemonic::Setl,
+    Mnemonic::Setge,
+    Mnemonic::Setle,
+    Mnemonic::Setg,
+    Mnemonic::Cmovo,
+    Mnemonic::Cmovno,
+    Mnemonic::Cmovb,
+    Mnemonic::Cmovae,
+    Mnemonic::Cmove,
+    Mnemonic::Cmovne,
+    Mnemonic::Cmovbe,
+    Mnemonic::Cmova,
+    Mnemonic::Cmovs,
+    Mnemonic::Cmovns,
+    Mnemonic::Cmovp,
+    Mnemonic::Cmovnp,
+    Mnemonic::Cmovl,
+    Mnemonic::Cmovge,
+    Mnemonic::Cmovle,
+    Mnemonic::Cmovg,
+    Mnemonic::Clc,
+    Mnemonic::Stc,
+    Mnemonic::Cmc,
+    Mnemonic::Cld,
+    Mnemonic::Std,
+    Mnemonic::Daa,
+    Mnemonic::Das,
+    Mnemonic::Aaa,
+    Mnemonic::Aas,
+    Mnemonic::Aam,
+    Mnemonic::Aad,
+    Mnemonic::Salc,
+    Mnemonic::Xlatb,
+    Mnemonic::Push,
+    Mnemonic::Pop,
+    Mnemonic::Pusha,
+    Mnemonic::Pushad,
+    Mnemonic::Popa,
+    Mnemonic::Popad,
+    Mnemonic::Pushf,
+    Mnemonic::Pushfd,
+    Mnemonic::Enter,
+    Mnemonic::Leave,
+    Mnemonic::Nop,
+    Mnemonic::Movsb,
+    Mnemonic::Movsw,
+    Mnemonic::Movsd,
+    Mnemonic::Cmpsb,
+    Mnemonic::Cmpsw,
+    Mnemonic::Cmpsd,
+    Mnemonic::Scasb,
+    Mnemonic::Scasw,
+    Mnemonic::Scasd,
+    Mnemonic::Lodsb,
+    Mnemonic::Lodsw,
+    Mnemonic::Lodsd,
+    Mnemonic::Stosb,
+    Mnemonic::Stosw,
+    Mnemonic::Stosd,
+    Mnemonic::Jo,
+    Mnemonic::Jno,
+    Mnemonic::Jb,
+    Mnemonic::Jae,
+    Mnemonic::Je,
+    Mnemonic::Jne,
+    Mnemonic::Jbe,
+    Mnemonic::Ja,
+    Mnemonic::Js,
+    Mnemonic::Jns,
+    Mnemonic::Jp,
+    Mnemonic::Jnp,
+    Mnemonic::Jl,
+    Mnemonic::Jge,
+    Mnemonic::Jle,
+    Mnemonic::Jg,
+    Mnemonic::Jmp,
+    Mnemonic::Loop,
+    Mnemonic::Loope,
+    Mnemonic::Loopne,
+    Mnemonic::Jcxz,
+    Mnemonic::Jecxz,
+];
+
+/// What a Pentium Pro-class CPU without x87 offers (x86bt reports CX8 and CMOV).
+const FEATURES: &[CpuidFeature] = &[
+    CpuidFeature::INTEL8086,
+    CpuidFeature::INTEL186,
+    CpuidFeature::INTEL286,
+    CpuidFeature::INTEL386,
+    CpuidFeature::INTEL486,
+    CpuidFeature::CX8,
+    CpuidFeature::CMOV,
+    CpuidFeature::MULTIBYTENOP,
+];
+
+/// The table entries valid in `mode`, in iced's `Code` order.
+fn table(mode: Mode) -> Vec<Code> {
+    Code::values().filter(|&c| admissible(c, mode)).collect()
+}
+
+fn admissible(code: Code, mode: Mode) -> bool {
+    let op = code.op_code();
+    let in_mode = match mode.bitness() {
+        16 => op.mode16(),
+        _ => op.mode32(),
+    };
+    if op.encoding() != EncodingKind::Legacy || !in_mode {
+        return false;
+    }
+    let mnemonic = code.mnemonic();
+    if !MNEMONICS.contains(&mnemonic) {
+        return false;
+    }
+    // BSWAP of a 16-bit register is undefined (SDM vol. 2A, BSWAP).
+    if code == Code::Bswap_r16 {
+        return false;
+    }
+    let mut probe = Instruction::default();
+    probe.set_code(code);
+    if !probe.cpuid_features().iter().all(|f| FEATURES.contains(f)) {
+        return false;
+    }
+    (0..op.op_count()).all(|i| {
+        let k = op.op_kind(i);
+        match k {
+            K::r8_or_mem
+            | K::r16_or_mem
+            | K::r32_or_mem
+            | K::mem
+            | K::mem_offs
+            | K::r8_reg
+            | K::r8_opcode
+            | K::r16_reg
+            | K::r16_rm
+            | K::r16_opcode
+            | K::r32_reg
+            | K::r32_rm
+            | K::r32_opcode
+            | K::al
+            | K::cl
+            | K::ax
+            | K::dx
+            | K::eax
+            | K::imm8
+            | K::imm8_const_1
+            | K::imm8sex16
+            | K::imm8sex32
+            | K::imm16
+            | K::imm32
+            | K::seg_rSI
+            | K::es_rDI
+            | K::seg_rBX_al => mnemonic != Mnemonic::Jmp,
+            // MOV r/m, Sreg reads a segment register; MOV Sreg, r/m is left out.
+            K::seg_reg => i == 1,
+            K::es | K::cs | K::ss | K::ds | K::fs | K::gs => mnemonic == Mnemonic::Push,
+            K::br32_1 | K::br32_4 => true,
+            // A 16-bit operand size truncates EIP, which is above 0xFFFF in 32-bit code.
+            K::br16_1 | K::br16_2 => mode.bitness() == 16,
+            _ => false,
+        }
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    String,
+    Xlat,
+    Enter,
+    Leave,
+    Popa,
+}
+
+fn kind(code: Code) -> Kind {
+    use Mnemonic as M;
+    match code.mnemonic() {
+        M::Movsb | M::Movsw | M::Movsd | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb
+        | M::Scasw | M::Scasd | M::Lodsb | M::Lodsw | M::Lodsd | M::Stosb | M::Stosw
+        | M::Stosd => Kind::String,
+        M::Xlatb => Kind::Xlat,
+        M::Enter => Kind::Enter,
+        M::Leave => Kind::Leave,
+        M::Popa | M::Popad => Kind::Popa,
+        _ => Kind::Plain,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The stream generator
+
+/// Whether a group may touch memory and the stack, or only registers (between a
+/// PUSHA and its POPA).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Free,
+    RegOnly,
+}
+
+/// A table entry with its set-up instructions, ready to encode.
+struct Group {
+    code: Code,
+    insns: Vec<Instruction>,
+    /// Stack depth below `STACK_TOP` after the group.
+    depth: u32,
+    retired: usize,
+}
+
+/// A memory operand and its effective address.
+#[derive(Clone, Copy)]
+struct Mem {
+    base: Register,
+    index: Register,
+    scale: u32,
+    disp: i64,
+    displ_size: u32,
+    seg: Register,
+}
+
+/// Registers an instruction has claimed (bit n = GPR32[n]), so that the MOVs that set
+/// up its operands do not load one register twice.
+type Pins = u8;
+
+fn pin_bit(r: Register) -> Pins {
+    let full = r.full_register32();
+    GPR32
+        .iter()
+        .position(|&g| g == full)
+        .map_or(0, |n| 1 << n)
+}
+
+fn writes(a: OpAccess) -> bool {
+    matches!(
+        a,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+}
+
+struct Gen {
+    mode: Mode,
+    rng: Rng,
+    table: Vec<Code>,
+    info: InstructionInfoFactory,
+    base: u32,
+    out: Vec<u8>,
+    /// IP of the next stream byte.
+    ip: u64,
+    /// Room left for the stream, keeping a byte for the final HLT.
+    room: usize,
+    depth: u32,
+    retired: usize,
+    codes: Vec<Code>,
+    iced_errors: usize,
+}
+
+impl Gen {
+    fn new(mode: Mode, rng: Rng, base: u32, stream_start: usize) -> Self {
+        Gen {
+            mode,
+            rng,
+            table: table(mode),
+            info: InstructionInfoFactory::new(),
+            base,
+            out: Vec::new(),
+            ip: u64::from(mode.ip_of(stream_start as u32)),
+            room: STREAM_END.saturating_sub(stream_start + 1),
+            depth: 0,
+            retired: 0,
+            codes: Vec::new(),
+            iced_errors: 0,
+        }
+    }
+
+    fn fill(&mut self, len: usize) {
+        for _ in 0..len {
+            let Some(mut group) = self.group(Ctx::Free) else {
+                continue;
+            };
+            let Some(bytes) = self.encode(&mut group.insns) else {
+                continue;
+            };
+            if self.out.len() + bytes.len() > self.room {
+                break;
+            }
+            self.ip += bytes.len() as u64;
+            self.out.extend_from_slice(&bytes);
+            self.depth = group.depth;
+            self.retired += group.retired;
+            self.codes.push(group.code);
+        }
+    }
+
+    /// Picks table entries until one gives an acceptable group.
+    fn group(&mut self, ctx: Ctx) -> Option<Group> {
+        for _ in 0..PICKS {
+            let i = self.rng.below(self.table.len() as u64) as usize;
+            let code = *self.table.get(i)?;
+            for _ in 0..ATTEMPTS {
+                match self.build(code, ctx) {
+                    Ok(Some(g)) if self.acceptable(&g) => return Some(g),
+                    Ok(_) => {}
+                    Err(_) => self.iced_errors += 1,
+                }
+            }
+        }
+        None
+    }
+
+    fn build(&mut self, code: Code, ctx: Ctx) -> Result<Option<Group>, IcedError> {
+        match (kind(code), ctx) {
+            (Kind::Plain, _) => self.plain(code, ctx),
+            (_, Ctx::RegOnly) => Ok(None),
+            (Kind::String, Ctx::Free) => self.string(code),
+            (Kind::Xlat, Ctx::Free) => self.xlat(code),
+            (Kind::Enter, Ctx::Free) => self.enter(code),
+            (Kind::Leave, Ctx::Free) => self.leave(code),
+            (Kind::Popa, Ctx::Free) => self.popa(code),
+        }
+    }
+
+    fn new_ins(&self, code: Code) -> Instruction {
+        let mut ins = Instruction::default();
+        ins.set_code(code);
+        ins.set_code_size(self.mode.code_size());
+        ins
+    }
+
+    fn mov_imm32(&self, reg: Register, value: u32) -> Result<Instruction, IcedError> {
+        let mut ins = Instruction::with2(Code::Mov_r32_imm32, reg, value)?;
+        ins.set_code_size(self.mode.code_size());
+        Ok(ins)
+    }
+
+    fn group_of(&self, code: Code, insns: Vec<Instruction>, depth: u32) -> Group {
+        Group {
+            code,
+            retired: insns.len(),
+            insns,
+            depth,
+        }
+    }
+
+    /// Address size of a memory access: the code size, or the other one (a 0x67
+    /// prefix) one time in four.
+    fn addr_size(&mut self) -> u32 {
+        match (self.mode.bitness(), self.rng.chance(1, 4)) {
+            (16, false) | (32, true) => 16,
+            _ => 32,
+        }
+    }
+
+    fn seg_override(&mut self) -> Register {
+        if self.rng.chance(1, 3) {
+            self.rng.pick(&SEGS)
+        } else {
+            Register::None
+        }
+    }
+
+    fn free_preppable(&mut self, pins: Pins) -> Option<Register> {
+        let free: Vec<Register> = PREPPABLE
+            .iter()
+            .copied()
+            .filter(|&r| pin_bit(r) & pins == 0)
+            .collect();
+        free.get(self.rng.below(free.len() as u64) as usize).copied()
+    }
+
+    /// A memory operand of `size` bytes whose effective address, `slack` bytes either
+    /// side, lies in the data window. Loads its registers in `preps` and pins them.
+    fn mem(
+        &mut self,
+        size: u32,
+        slack: u32,
+        allow_esp: bool,
+        pins: &mut Pins,
+        preps: &mut Vec<Instruction>,
+    ) -> Result<Option<Mem>, IcedError> {
+        for _ in 0..ATTEMPTS {
+            let mut p = *pins;
+            let mut loads = Vec::new();
+            let made = if self.addr_size() == 16 {
+                self.mem16(&mut p, &mut loads)
+            } else {
+                self.mem32(allow_esp, &mut p, &mut loads)
+            };
+            let Some((mem, ea)) = made else { continue };
+            if ea >= u64::from(slack) && ea + u64::from(size + slack) <= u64::from(WINDOW) {
+                for (r, v) in loads {
+                    preps.push(self.mov_imm32(r, v)?);
+                }
+                *pins = p;
+                return Ok(Some(mem));
+            }
+        }
+        Ok(None)
+    }
+
+    /// 16-bit addressing: `[bx|bp + si|di + disp]`, `[si|di|bp|bx + disp]` or `[disp16]`.
+    fn mem16(&mut self, pins: &mut Pins, loads: &mut Vec<(Register, u32)>) -> Option<(Mem, u64)> {
+        use Register as R;
+        let (base, index) = match self.rng.below(12) {
+            0..=3 => (R::BX, R::None),
+            4 => (R::BX, R::SI),
+            5 => (R::BX, R::DI),
+            6 => (R::BP, R::SI),
+            7 => (R::BP, R::DI),
+            8 => (R::SI, R::None),
+            9 => (R::DI, R::None),
+            10 => (R::BP, R::None),
+            _ => (R::None, R::None),
+        };
+        let seg = self.seg_override();
+        if base == R::None {
+            let disp = self.rng.hot(0);
+            let mem = Mem {
+                base,
+                index,
+                scale: 1,
+                disp: i64::from(disp),
+                displ_size: 2,
+                seg,
+            };
+            return Some((mem, u64::from(disp)));
+        }
+        let mut ea: i64 = 0;
+        for (r, small) in [(base, false), (index, true)] {
+            if r == R::None {
+                continue;
+            }
+            let v = if r == R::BX {
+                self.base
+            } else {
+                if pin_bit(r) & *pins != 0 {
+                    return None;
+                }
+                *pins |= pin_bit(r);
+                let v = if small {
+                    self.rng.below(0x100) as u32
+                } else {
+                    self.rng.hot(0x100)
+                };
+                loads.push((r.full_register32(), v));
+                v
+            };
+            ea += i64::from(v & 0xFFFF);
+        }
+        let (disp, displ_size) = match self.rng.below(3) {
+            0 => (0, 0),
+            1 => (self.rng.range(-0x80, 0x7F), 1),
+            _ => (self.rng.range(-0x300, 0x300), 2),
+        };
+        let mem = Mem {
+            base,
+            index,
+            scale: 1,
+            disp,
+            displ_size,
+            seg,
+        };
+        Some((mem, ((ea + disp) & 0xFFFF) as u64))
+    }
+
+    /// 32-bit addressing: any base (EBX, ESP, a loaded register or none), an optional
+    /// scaled index (a loaded small value, or EBX), and a displacement.
+    fn mem32(
+        &mut self,
+        allow_esp: bool,
+        pins: &mut Pins,
+        loads: &mut Vec<(Register, u32)>,
+    ) -> Option<(Mem, u64)> {
+        use Register as R;
+        let esp = STACK_TOP - self.depth;
+        let base = match self.rng.below(10) {
+            0..=3 => R::EBX,
+            4..=6 => self.free_preppable(*pins)?,
+            7 if allow_esp => R::ESP,
+            7 => R::EBX,
+            _ => R::None,
+        };
+        let mut ea: i64 = 0;
+        match base {
+            R::None => {}
+            R::EBX => ea += i64::from(self.base),
+            R::ESP => ea += i64::from(esp),
+            r => {
+                *pins |= pin_bit(r);
+                let v = self.rng.hot(0x100);
+                loads.push((r, v));
+                ea += i64::from(v);
+            }
+        }
+        let (index, scale) = if self.rng.chance(1, 2) {
+            (R::None, 1)
+        } else if self.rng.chance(1, 4) {
+            (R::EBX, self.rng.pick(&[1, 2]))
+        } else {
+            (self.free_preppable(*pins)?, self.rng.pick(&[1, 2, 4, 8]))
+        };
+        match index {
+            R::None => {}
+            R::EBX => ea += i64::from(self.base) * i64::from(scale),
+            r => {
+                *pins |= pin_bit(r);
+                let v = self.rng.below(0x80) as u32;
+                loads.push((r, v));
+                ea += i64::from(v) * i64::from(scale);
+            }
+        }
+        let seg = self.seg_override();
+        let (disp, displ_size) = if base == R::None {
+            (i64::from(self.rng.hot(0)) - ea, 4)
+        } else if base == R::ESP {
+            (self.rng.range(-0x80, 0x8), self.rng.pick(&[1, 4]))
+        } else {
+            match self.rng.below(3) {
+                0 => (0, 0),
+                1 => (self.rng.range(-0x80, 0x7F), 1),
+                _ => (self.rng.range(-0x300, 0x300), 4),
+            }
+        };
+        let mem = Mem {
+            base,
+            index,
+            scale,
+            disp,
+            displ_size,
+            seg,
+        };
+        Some((mem, ((ea + disp) as u64) & 0xFFFF_FFFF))
+    }
+
+    fn set_mem(ins: &mut Instruction, i: u32, m: &Mem) -> Result<(), IcedError> {
+        ins.try_set_op_kind(i, OpKind::Memory)?;
+        ins.set_memory_base(m.base);
+        ins.set_memory_index(m.index);
+        ins.set_memory_index_scale(m.scale);
+        ins.set_memory_displacement64(m.disp as u64);
+        ins.set_memory_displ_size(m.displ_size);
+        ins.set_segment_prefix(m.seg);
+        Ok(())
+    }
+
+    fn set_reg(ins: &mut Instruction, i: u32, r: Register) -> Result<(), IcedError> {
+        ins.try_set_op_kind(i, OpKind::Register)?;
+        ins.try_set_op_register(i, r)
+    }
+
+    /// Any entry whose operands come from its op-code kinds: ALU, shifts, bit ops,
+    /// MOVs, PUSH/POP, SETcc/CMOVcc, branches, flag and BCD instructions.
+    fn plain(&mut self, code: Code, ctx: Ctx) -> Result<Option<Group>, IcedError> {
+        use Mnemonic as M;
+        let op = code.op_code();
+        let kinds: Vec<K> = (0..op.op_count()).map(|i| op.op_kind(i)).collect();
+        let mnemonic = code.mnemonic();
+        let forced_mem = kinds.iter().position(|k| matches!(k, K::mem | K::mem_offs));
+        if ctx == Ctx::RegOnly && forced_mem.is_some() {
+            return Ok(None);
+        }
+        let rm = kinds
+            .iter()
+            .position(|k| matches!(k, K::r8_or_mem | K::r16_or_mem | K::r32_or_mem));
+        let mem_slot = forced_mem.or(rm.filter(|_| ctx == Ctx::Free && self.rng.chance(1, 2)));
+
+        let mut preps = Vec::new();
+        let mut pins: Pins = 0;
+        let mut fixed: [Option<Register>; 4] = [None; 4];
+        let mut slack = 0;
+
+        // DIV/IDIV: EAX and EDX are set up right before, so no memory register may be one.
+        let is_div = matches!(mnemonic, M::Div | M::Idiv);
+        let guard_div = is_div && !self.rng.chance(1, 16);
+        if guard_div {
+            pins |= pin_bit(Register::EAX) | pin_bit(Register::EDX);
+        }
+        // BT r/m, reg with memory: the bit offset reaches (offset >> 3) bytes away
+        // (SDM vol. 2A, BT), so it gets a small value and the address some slack.
+        let bt_reg = matches!(mnemonic, M::Bt | M::Bts | M::Btr | M::Btc)
+            && mem_slot == Some(0)
+            && matches!(kinds.get(1), Some(K::r16_reg | K::r32_reg));
+        if bt_reg {
+            let Some(r) = self.free_preppable(pins) else {
+                return Ok(None);
+            };
+            pins |= pin_bit(r);
+            let v = self.rng.range(-0x100, 0xFF) as i32 as u32;
+            preps.push(self.mov_imm32(r, v)?);
+            let sized = if kinds.get(1) == Some(&K::r16_reg) {
+                GPR16[GPR32.iter().position(|&g| g == r).unwrap_or(0)]
+            } else {
+                r
+            };
+            fixed[1] = Some(sized);
+            slack = 0x40;
+        }
+
+        let mem = match mem_slot {
+            Some(slot) => {
+                let size = if kinds[slot] == K::mem_offs {
+                    op.memory_size().size() as u32
+                } else {
+                    op.memory_size().size() as u32
+                };
+                let allow_esp = mnemonic != M::Pop;
+                let made = if kinds[slot] == K::mem_offs {
+                    Some(self.moffs())
+                } else {
+                    self.mem(size, slack, allow_esp, &mut pins, &mut preps)?
+                };
+                let Some(m) = made else { return Ok(None) };
+                Some((slot, m))
+            }
+            None => None,
+        };
+
+        let mut ins = self.new_ins(code);
+        for (i, &k) in kinds.iter().enumerate() {
+            let i = i as u32;
+            if let Some((slot, m)) = mem {
+                if slot as u32 == i {
+                    Self::set_mem(&mut ins, i, &m)?;
+                    continue;
+                }
+            }
+            if let Some(r) = fixed.get(i as usize).copied().flatten() {
+                Self::set_reg(&mut ins, i, r)?;
+                continue;
+            }
+            self.operand(&mut ins, i, k, mnemonic)?;
+        }
+        if let Some((0, _)) = mem {
+            if op.can_use_lock_prefix() && self.rng.chance(1, 4) {
+                ins.set_has_lock_prefix(true);
+            }
+        }
+
+        if guard_div {
+            let Some(guard) = self.div_guard(&ins, kinds[0], mnemonic)? else {
+                return Ok(None);
+            };
+            preps.extend(guard);
+        }
+
+        let inc = ins.stack_pointer_increment();
+        if inc != 0 && ctx == Ctx::RegOnly {
+            return Ok(None);
+        }
+        let depth = i64::from(self.depth) - i64::from(inc);
+        if !(0..=i64::from(MAX_DEPTH)).contains(&depth) {
+            return Ok(None);
+        }
+        preps.push(ins);
+        Ok(Some(self.group_of(code, preps, depth as u32)))
+    }
+
+    /// Fills operand `i` of kind `k` with a random register, immediate or branch.
+    fn operand(
+        &mut self,
+        ins: &mut Instruction,
+        i: u32,
+        k: K,
+        mnemonic: Mnemonic,
+    ) -> Result<(), IcedError> {
+        use Mnemonic as M;
+        let shift = matches!(
+            mnemonic,
+            M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Sal | M::Shr | M::Sar | M::Shld | M::Shrd
+        );
+        match k {
+            K::r8_or_mem | K::r8_reg | K::r8_opcode => {
+                let r = self.rng.pick(&GPR8);
+                Self::set_reg(ins, i, r)
+            }
+            K::r16_or_mem | K::r16_reg | K::r16_rm | K::r16_opcode => {
+                let r = self.rng.pick(&GPR16);
+                Self::set_reg(ins, i, r)
+            }
+            K::r32_or_mem | K::r32_reg | K::r32_rm | K::r32_opcode => {
+                let r = self.rng.pick(&GPR32);
+                Self::set_reg(ins, i, r)
+            }
+            K::seg_reg => {
+                let r = self.rng.pick(&SEGS);
+                Self::set_reg(ins, i, r)
+            }
+            K::al => Self::set_reg(ins, i, Register::AL),
+            K::cl => Self::set_reg(ins, i, Register::CL),
+            K::ax => Self::set_reg(ins, i, Register::AX),
+            K::dx => Self::set_reg(ins, i, Register::DX),
+            K::eax => Self::set_reg(ins, i, Register::EAX),
+            K::es => Self::set_reg(ins, i, Register::ES),
+            K::cs => Self::set_reg(ins, i, Register::CS),
+            K::ss => Self::set_reg(ins, i, Register::SS),
+            K::ds => Self::set_reg(ins, i, Register::DS),
+            K::fs => Self::set_reg(ins, i, Register::FS),
+            K::gs => Self::set_reg(ins, i, Register::GS),
+            K::imm8_const_1 => {
+                ins.try_set_op_kind(i, OpKind::Immediate8)?;
+                ins.set_immediate8(1);
+                Ok(())
+            }
+            K::imm8 => {
+                let v = match mnemonic {
+                    // AAM divides by its immediate: 0 is #DE (SDM vol. 2A, AAM).
+                    M::Aam | M::Aad if self.rng.chance(1, 2) => 10,
+                    M::Aam => self.rng.range(1, 0xFF) as u8,
+                    _ if shift => self.rng.count(),
+                    _ => self.rng.imm(8) as u8,
+                };
+                ins.try_set_op_kind(i, OpKind::Immediate8)?;
+                ins.set_immediate8(v);
+                Ok(())
+            }
+            K::imm8sex16 => {
+                ins.try_set_op_kind(i, OpKind::Immediate8to16)?;
+                ins.set_immediate8to16(i16::from(self.rng.imm(8) as u8 as i8));
+                Ok(())
+            }
+            K::imm8sex32 => {
+                ins.try_set_op_kind(i, OpKind::Immediate8to32)?;
+                ins.set_immediate8to32(i32::from(self.rng.imm(8) as u8 as i8));
+                Ok(())
+            }
+            K::imm16 => {
+                ins.try_set_op_kind(i, OpKind::Immediate16)?;
+                ins.set_immediate16(self.rng.imm(16) as u16);
+                Ok(())
+            }
+            K::imm32 => {
+                ins.try_set_op_kind(i, OpKind::Immediate32)?;
+                ins.set_immediate32(self.rng.imm(32));
+                Ok(())
+            }
+            // The target is fixed to the next instruction when the group is encoded.
+            K::br16_1 | K::br16_2 => ins.try_set_op_kind(i, OpKind::NearBranch16),
+            K::br32_1 | K::br32_4 => ins.try_set_op_kind(i, OpKind::NearBranch32),
+            _ => Err(IcedError::new("operand kind the generator does not fill")),
+        }
+    }
+
+    /// `mov al/ax/eax, [moffs]` and back: an absolute offset in the hot region.
+    fn moffs(&mut self) -> Mem {
+        let displ_size = self.addr_size() / 8;
+        Mem {
+            base: Register::None,
+            index: Register::None,
+            scale: 1,
+            disp: i64::from(self.rng.hot(0)),
+            displ_size,
+            seg: self.seg_override(),
+        }
+    }
+
+    /// Set-up for DIV/IDIV (SDM vol. 2A, DIV and IDIV raise #DE on a zero divisor or a
+    /// quotient too large): OR 1 into the divisor, then zero (DIV) or sign-extend
+    /// (IDIV, via CBW/CWD/CDQ) the high half of the dividend. Only INT_MIN / -1 is left
+    /// to fault. `None` if the divisor is the high half or a known zero.
+    fn div_guard(
+        &mut self,
+        div: &Instruction,
+        k: K,
+        mnemonic: Mnemonic,
+    ) -> Result<Option<Vec<Instruction>>, IcedError> {
+        use Register as R;
+        let bits = match k {
+            K::r8_or_mem => 8,
+            K::r16_or_mem => 16,
+            _ => 32,
+        };
+        let or_code = match bits {
+            8 => Code::Or_rm8_imm8,
+            16 => Code::Or_rm16_imm8,
+            _ => Code::Or_rm32_imm8,
+        };
+        let mut out = Vec::new();
+        if div.op0_kind() == OpKind::Register {
+            let r = div.op0_register();
+            let full = r.full_register32();
+            if r == R::AH || (bits > 8 && full == R::EDX) {
+                return Ok(None);
+            }
+            if full == R::EBX || full == R::ESP {
+                // Reserved registers are not written; their values are known.
+                let known = if full == R::EBX {
+                    self.base
+                } else {
+                    STACK_TOP - self.depth
+                };
+                let v = match r {
+                    R::BL => known & 0xFF,
+                    R::BH => (known >> 8) & 0xFF,
+                    _ => known,
+                };
+                if v == 0 {
+                    return Ok(None);
+                }
+            } else {
+                let mut or = self.new_ins(or_code);
+                Self::set_reg(&mut or, 0, r)?;
+                Self::set_or_one(&mut or, bits)?;
+                out.push(or);
+            }
+        } else {
+            if div.memory_segment() == R::CS {
+                return Ok(None);
+            }
+            let mut or = self.new_ins(or_code);
+            let m = Mem {
+                base: div.memory_base(),
+                index: div.memory_index(),
+                scale: div.memory_index_scale(),
+                disp: div.memory_displacement64() as i64,
+                displ_size: div.memory_displ_size(),
+                seg: div.segment_prefix(),
+            };
+            Self::set_mem(&mut or, 0, &m)?;
+            Self::set_or_one(&mut or, bits)?;
+            out.push(or);
+        }
+        let high = match (mnemonic, bits) {
+            (Mnemonic::Div, 8) => Instruction::with2(Code::Mov_r8_imm8, R::AH, 0u32)?,
+            (Mnemonic::Div, 16) => Instruction::with2(Code::Mov_r16_imm16, R::DX, 0u32)?,
+            (Mnemonic::Div, _) => Instruction::with2(Code::Mov_r32_imm32, R::EDX, 0u32)?,
+            (_, 8) => Instruction::with(Code::Cbw),
+            (_, 16) => Instruction::with(Code::Cwd),
+            _ => Instruction::with(Code::Cdq),
+        };
+        out.push(high);
+        Ok(Some(out))
+    }
+
+    fn set_or_one(or: &mut Instruction, bits: u32) -> Result<(), IcedError> {
+        match bits {
+            8 => {
+                or.try_set_op_kind(1, OpKind::Immediate8)?;
+                or.set_immediate8(1);
+            }
+            16 => {
+                or.try_set_op_kind(1, OpKind::Immediate8to16)?;
+                or.set_immediate8to16(1);
+            }
+            _ => {
+                or.try_set_op_kind(1, OpKind::Immediate8to32)?;
+                or.set_immediate8to32(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// MOVS/CMPS/SCAS/LODS/STOS with or without REP/REPE/REPNE, SI/DI in the hot region
+    /// and CX at most 16, so that the pointers move at most 64 bytes.
+    fn string(&mut self, code: Code) -> Result<Option<Group>, IcedError> {
+        use Code as C;
+        use RepPrefixKind as Rep;
+        let a = self.addr_size();
+        let seg = self.seg_override();
+        let plain_rep = if self.rng.chance(1, 2) {
+            Rep::Repe
+        } else {
+            Rep::None
+        };
+        let cond_rep = self.rng.pick(&[Rep::None, Rep::Repe, Rep::Repne]);
+        let (ins, src, dst, rep) = match code {
+            C::Movsb_m8_m8 => (Instruction::with_movsb(a, seg, plain_rep)?, true, true, plain_rep),
+            C::Movsw_m16_m16 => (Instruction::with_movsw(a, seg, plain_rep)?, true, true, plain_rep),
+            C::Movsd_m32_m32 => (Instruction::with_movsd(a, seg, plain_rep)?, true, true, plain_rep),
+            C::Cmpsb_m8_m8 => (Instruction::with_cmpsb(a, seg, cond_rep)?, true, true, cond_rep),
+            C::Cmpsw_m16_m16 => (Instruction::with_cmpsw(a, seg, cond_rep)?, true, true, cond_rep),
+            C::Cmpsd_m32_m32 => (Instruction::with_cmpsd(a, seg, cond_rep)?, true, true, cond_rep),
+            C::Scasb_AL_m8 => (Instruction::with_scasb(a, cond_rep)?, false, true, cond_rep),
+            C::Scasw_AX_m16 => (Instruction::with_scasw(a, cond_rep)?, false, true, cond_rep),
+            C::Scasd_EAX_m32 => (Instruction::with_scasd(a, cond_rep)?, false, true, cond_rep),
+            C::Lodsb_AL_m8 => (Instruction::with_lodsb(a, seg, plain_rep)?, true, false, plain_rep),
+            C::Lodsw_AX_m16 => (Instruction::with_lodsw(a, seg, plain_rep)?, true, false, plain_rep),
+            C::Lodsd_EAX_m32 => (Instruction::with_lodsd(a, seg, plain_rep)?, true, false, plain_rep),
+            C::Stosb_m8_AL => (Instruction::with_stosb(a, plain_rep)?, false, true, plain_rep),
+            C::Stosw_m16_AX => (Instruction::with_stosw(a, plain_rep)?, false, true, plain_rep),
+            C::Stosd_m32_EAX => (Instruction::with_stosd(a, plain_rep)?, false, true, plain_rep),
+            _ => return Ok(None),
+        };
+        let mut insns = Vec::new();
+        if src {
+            let v = self.rng.hot(0x80);
+            insns.push(self.mov_imm32(Register::ESI, v)?);
+        }
+        if dst {
+            let v = self.rng.hot(0x80);
+            insns.push(self.mov_imm32(Register::EDI, v)?);
+        }
+        let mut iterations = 1;
+        if rep != Rep::None {
+            let count = self.rng.below(17) as u32;
+            insns.push(self.mov_imm32(Register::ECX, count)?);
+            iterations = count.max(1) as usize;
+        }
+        let mut ins = ins;
+        ins.set_code_size(self.mode.code_size());
+        insns.push(ins);
+        let mut g = self.group_of(code, insns, self.depth);
+        g.retired += iterations - 1;
+        Ok(Some(g))
+    }
+
+    /// XLAT: AL = [seg:(E)BX + AL], which stays in the window because EBX does.
+    fn xlat(&mut self, code: Code) -> Result<Option<Group>, IcedError> {
+        let base = if self.addr_size() == 16 {
+            Register::BX
+        } else {
+            Register::EBX
+        };
+        let mut ins = self.new_ins(code);
+        let m = Mem {
+            base,
+            index: Register::AL,
+            scale: 1,
+            disp: 0,
+            displ_size: 0,
+            seg: self.seg_override(),
+        };
+        Self::set_mem(&mut ins, 0, &m)?;
+        Ok(Some(self.group_of(code, vec![ins], self.depth)))
+    }
+
+    /// ENTER size, level: `1 + level` pushes (one for level 0) and `size` bytes
+    /// (SDM vol. 2A, ENTER); levels of 2 or more copy frame pointers from [EBP - n],
+    /// so EBP is loaded with a window offset first.
+    fn enter(&mut self, code: Code) -> Result<Option<Group>, IcedError> {
+        let opsize: u32 = if code == Code::Enterd_imm16_imm8 { 4 } else { 2 };
+        let size = self.rng.below(0x41) as u32;
+        let level = self.rng.pick(&[0u32, 0, 1, 1, 2, 3]);
+        let pushes = if level == 0 { 1 } else { level + 1 };
+        let depth = self.depth + opsize * pushes + size;
+        if depth > MAX_DEPTH {
+            return Ok(None);
+        }
+        let mut insns = Vec::new();
+        if level >= 2 {
+            let v = self.rng.hot(0x40);
+            insns.push(self.mov_imm32(Register::EBP, v)?);
+        }
+        let mut ins = self.new_ins(code);
+        ins.try_set_op_kind(0, OpKind::Immediate16)?;
+        ins.set_immediate16(size as u16);
+        ins.try_set_op_kind(1, OpKind::Immediate8_2nd)?;
+        ins.set_immediate8_2nd(level as u8);
+        insns.push(ins);
+        Ok(Some(self.group_of(code, insns, depth)))
+    }
+
+    /// `mov ebp, esp; leave`: LEAVE sets ESP from EBP, so EBP must be known first.
+    fn leave(&mut self, code: Code) -> Result<Option<Group>, IcedError> {
+        let opsize: u32 = if code == Code::Leaved { 4 } else { 2 };
+        if self.depth < opsize {
+            return Ok(None);
+        }
+        let mut mov = Instruction::with2(Code::Mov_r32_rm32, Register::EBP, Register::ESP)?;
+        mov.set_code_size(self.mode.code_size());
+        let ins = self.new_ins(code);
+        Ok(Some(self.group_of(code, vec![mov, ins], self.depth - opsize)))
+    }
+
+    /// PUSHA, up to two register-only instructions, POPA of the same size. POPA loads
+    /// EBX back from the slot its PUSHA filled, so the base register survives, while
+    /// the other registers show whether POPA restores them from the right slots.
+    fn popa(&mut self, code: Code) -> Result<Option<Group>, IcedError> {
+        let (push, opsize) = if code == Code::Popad {
+            (Code::Pushad, 4)
+        } else {
+            (Code::Pushaw, 2)
+        };
+        if self.depth + 8 * opsize > MAX_DEPTH {
+            return Ok(None);
+        }
+        let mut insns = vec![self.new_ins(push)];
+        let mut retired = 2;
+        for _ in 0..self.rng.below(3) {
+            if let Some(g) = self.group(Ctx::RegOnly) {
+                retired += g.retired;
+                insns.extend(g.insns);
+            }
+        }
+        insns.push(self.new_ins(code));
+        let mut g = self.group_of(code, insns, self.depth);
+        g.retired = retired;
+        Ok(Some(g))
+    }
+
+    /// The stream's rules that hold for every instruction of a group: EBX written only
+    /// by POPA, ESP only by stack instructions (and never as an explicit operand), and
+    /// nothing written through CS.
+    fn acceptable(&mut self, g: &Group) -> bool {
+        for ins in &g.insns {
+            let popa = matches!(ins.code(), Code::Popaw | Code::Popad);
+            let stack = ins.is_stack_instruction();
+            let info = self.info.info(ins);
+            for u in info.used_registers() {
+                if !writes(u.access()) {
+                    continue;
+                }
+                let full = u.register().full_register32();
+                if (full == Register::EBX && !popa) || (full == Register::ESP && !stack) {
+                    return false;
+                }
+            }
+            for m in info.used_memory() {
+                if m.segment() == Register::CS && writes(m.access()) {
+                    return false;
+                }
+            }
+            for i in 0..ins.op_count() {
+                if ins.op_kind(i) == OpKind::Register
+                    && ins.op_register(i).full_register32() == Register::ESP
+                    && info.try_op_access(i).map_or(true, writes)
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Encodes a group at the current IP; branches get the next instruction as target.
+    fn encode(&mut self, insns: &mut [Instruction]) -> Option<Vec<u8>> {
+        match self.try_encode(insns) {
+            Ok(bytes) => Some(bytes),
+            Err(_) => {
+                self.iced_errors += 1;
+                None
+            }
+        }
+    }
+
+    fn try_encode(&self, insns: &mut [Instruction]) -> Result<Vec<u8>, IcedError> {
+        let bitness = self.mode.bitness();
+        let mut enc = Encoder::try_new(bitness)?;
+        let mut ip = self.ip;
+        for ins in insns.iter_mut() {
+            let branch = ins.op0_kind();
+            if matches!(branch, OpKind::NearBranch16 | OpKind::NearBranch32) {
+                // The length does not depend on the target: the rel8/rel16/rel32 form
+                // is fixed by the code and a zero displacement always fits.
+                let mut probe = Encoder::try_new(bitness)?;
+                set_target(ins, ip);
+                let len = probe.encode(ins, ip)?;
+                set_target(ins, ip + len as u64);
+            }
+            ip += enc.encode(ins, ip)? as u64;
+        }
+        Ok(enc.take_buffer())
+    }
+}
+
+fn set_target(ins: &mut Instruction, target: u64) {
+    if ins.op0_kind() == OpKind::NearBranch16 {
+        ins.set_near_branch16(target as u16);
+    } else {
+        ins.set_near_branch32(target as u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+    use std::collections::HashSet;
+
+    fn decode_stream(p: &Program, mode: Mode) -> Vec<Instruction> {
+        let ip = u64::from(mode.ip_of(p.stream_start));
+        let mut d = Decoder::with_ip(mode.bitness(), p.stream(), ip, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while d.can_decode() {
+            out.push(d.decode());
+        }
+        out
+    }
+
+    #[test]
+    fn generate_same_inputs_give_identical_roms() {
+        for mode in Mode::ALL {
+            assert_eq!(generate(mode, 7, 3, 200), generate(mode, 7, 3, 200));
+        }
+    }
+
+    #[test]
+    fn generate_different_indices_seeds_and_modes_differ() {
+        let a = generate(Mode::Real, 7, 3, 50);
+        assert_ne!(a.rom, generate(Mode::Real, 7, 4, 50).rom);
+        assert_ne!(a.rom, generate(Mode::Real, 8, 3, 50).rom);
+        assert_ne!(a.rom, generate(Mode::Prot16, 7, 3, 50).rom);
+    }
+
+    #[test]
+    fn mode_names_round_trip_and_unknown_is_an_error() {
+        for mode in Mode::ALL {
+            assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+        }
+        assert!("long".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn reset_vector_is_a_far_jmp_into_the_entry_stub() {
+        for mode in Mode::ALL {
+            let p = generate(mode, 1, 0, 10);
+            assert_eq!(p.rom.len(), ROM_SIZE);
+            let mut d = Decoder::with_ip(16, &p.rom[RESET_OFF..], 0xFFF0, DecoderOptions::NONE);
+            let j = d.decode();
+            assert_eq!(j.code(), Code::Jmp_ptr1616);
+            assert_eq!(j.far_branch_selector(), 0xF000);
+            assert_eq!(j.far_branch16() as usize, ENTRY_OFF);
+        }
+    }
+
+    #[test]
+    fn stubs_fit_their_slots_and_stream_ends_with_hlt() {
+        for mode in Mode::ALL {
+            let (entry, _) = entry_stub(mode);
+            assert!(ENTRY_OFF + entry.len() <= COMMON_OFF, "{mode}");
+            for len in [0, 1, 300] {
+                let p = generate(mode, 5, len as u64, len);
+                let end = (p.stream_start + p.stream_len) as usize;
+                assert!(end < STREAM_END);
+                assert_eq!(p.rom[end], HLT);
+                assert!(p.insns > len);
+            }
+        }
+    }
+
+    #[test]
+    fn generate_huge_len_stops_when_the_rom_is_full() {
+        let p = generate(Mode::Prot32, 2, 0, 100_000);
+        assert!((p.stream_start + p.stream_len) as usize <= STREAM_END);
+        assert!(p.stream_len > 0xE000);
+        assert_eq!(p.rom[RESET_OFF], 0xEA);
+    }
+
+    #[test]
+    fn generate_stream_places_every_requested_instruction() {
+        for mode in Mode::ALL {
+            for index in 0..20 {
+                let (_, stats) = generate_with_stats(mode, 11, index, 150);
+                assert_eq!(stats.codes.len(), 150, "{mode} {index}");
+                assert_eq!(stats.iced_errors, 0, "{mode} {index}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_instructions_all_decode_in_the_mode_bitness() {
+        for mode in Mode::ALL {
+            for index in 0..30 {
+                let p = generate(mode, 99, index, 200);
+                let insns = decode_stream(&p, mode);
+                assert!(!insns.is_empty());
+                for ins in &insns {
+                    assert_ne!(ins.code(), Code::INVALID, "{mode} {index} at {:#x}", ins.ip());
+                }
+                let last = insns.last().map_or(0, |i| i.next_ip());
+                assert_eq!(last, u64::from(mode.ip_of(p.stream_start + p.stream_len)));
+            }
+        }
+    }
+
+    #[test]
+    fn table_covers_every_mnemonic_and_the_stream_uses_every_entry() {
+        for mode in Mode::ALL {
+            let table = table(mode);
+            let mnemonics: HashSet<Mnemonic> = table.iter().map(|c| c.mnemonic()).collect();
+            for m in MNEMONICS {
+                // JCXZ is the 16-bit-operand form of the CX loop; it stays in 32-bit code
+                // only as Jcxz_rel8_32, so every mnemonic still has an entry.
+                assert!(mnemonics.contains(m), "{mode}: no entry for {m:?}");
+            }
+            let mut used = HashSet::new();
+            for index in 0..300 {
+                let (_, stats) = generate_with_stats(mode, 3, index, 100);
+                used.extend(stats.codes);
+            }
+            let missing: Vec<_> = table.iter().filter(|c| !used.contains(c)).collect();
+            assert!(missing.is_empty(), "{mode}: never generated {missing:?}");
+        }
+    }
+
+    /// Written registers, as iced reports them.
+    fn written(f: &mut InstructionInfoFactory, ins: &Instruction) -> Vec<Register> {
+        f.info(ins)
+            .used_registers()
+            .iter()
+            .filter(|u| writes(u.access()))
+            .map(|u| u.register().full_register32())
+            .collect()
+    }
+
+    #[test]
+    fn no_stream_instruction_writes_the_base_register() {
+        let mut f = InstructionInfoFactory::new();
+        for mode in Mode::ALL {
+            for index in 0..100 {
+                let p = generate(mode, 1234, index, 200);
+                let insns = decode_stream(&p, mode);
+                for (n, ins) in insns.iter().enumerate() {
+                    let w = written(&mut f, ins);
+                    if matches!(ins.code(), Code::Popaw | Code::Popad) {
+                        // Allowed only as the end of PUSHA, register-only work, POPA.
+                        let push = if ins.code() == Code::Popad {
+                            Code::Pushad
+                        } else {
+                            Code::Pushaw
+                        };
+                        let before = insns[..n]
+                            .iter()
+                            .rev()
+                            .find(|i| i.is_stack_instruction() || i.op_kind(0) == OpKind::Memory)
+                            .map(|i| i.code());
+                        assert_eq!(before, Some(push), "{mode} {index}: {ins}");
+                        continue;
+                    }
+                    assert!(!w.contains(&Register::EBX), "{mode} {index}: {ins}");
+                    if w.contains(&Register::ESP) {
+                        assert!(ins.is_stack_instruction(), "{mode} {index}: {ins}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replays the stream with the register values the generator relies on (EBX, ESP,
+    /// and registers loaded by `mov r32, imm32` or `mov ebp, esp`), and checks that
+    /// every memory operand and the stack stay inside the data window.
+    #[test]
+    fn memory_operands_and_stack_stay_in_the_window() {
+        use Register as R;
+        let mut f = InstructionInfoFactory::new();
+        for mode in Mode::ALL {
+            for index in 0..100 {
+                let p = generate(mode, 77, index, 200);
+                let ebx = {
+                    // The stub loads EBX right before PUSH flags; read it back.
+                    let common = &p.rom[COMMON_OFF..p.stream_start as usize];
+                    let ip = u64::from(mode.ip_of(COMMON_OFF as u32));
+                    let mut d = Decoder::with_ip(mode.bitness(), common, ip, DecoderOptions::NONE);
+                    let mut v = None;
+                    while d.can_decode() {
+                        let i = d.decode();
+                        if i.code() == Code::Mov_r32_imm32 && i.op0_register() == R::EBX {
+                            v = Some(i.immediate32());
+                        }
+                    }
+                    v.expect("stub loads EBX")
+                };
+                let mut known: [Option<u32>; 8] = [None; 8];
+                known[3] = Some(ebx);
+                known[4] = Some(STACK_TOP);
+                let slot = |r: Register| GPR32.iter().position(|&g| g == r.full_register32());
+                for ins in decode_stream(&p, mode) {
+                    let val = |known: &[Option<u32>; 8], r: Register| -> Option<u64> {
+                        if r == R::None {
+                            return Some(0);
+                        }
+                        let v = known[slot(r)?]?;
+                        Some(u64::from(match r.size() {
+                            1 if r == R::AL => v & 0xFF,
+                            2 => v & 0xFFFF,
+                            _ => v,
+                        }))
+                    };
+                    let has_mem = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+                    let exempt = matches!(ins.mnemonic(), Mnemonic::Lea | Mnemonic::Nop);
+                    if has_mem && !exempt {
+                        let b = val(&known, ins.memory_base());
+                        let x = if ins.memory_index() == R::AL {
+                            Some(0xFF)
+                        } else {
+                            val(&known, ins.memory_index())
+                        };
+                        let (Some(b), Some(x)) = (b, x) else {
+                            panic!("{mode} {index}: unknown register in {ins}");
+                        };
+                        let mut ea = b
+                            .wrapping_add(x * u64::from(ins.memory_index_scale()))
+                            .wrapping_add(ins.memory_displacement64());
+                        ea &= if ins.memory_base().size() == 2
+                            || ins.memory_index().size() == 2
+                            || ins.memory_displ_size() == 2
+                        {
+                            0xFFFF
+                        } else {
+                            0xFFFF_FFFF
+                        };
+                        let size = ins.memory_size().size() as u64;
+                        assert!(ea + size <= u64::from(WINDOW), "{mode} {index}: {ins} at {ea:#x}");
+                    }
+                    // Update what is known.
+                    let sp = known[4].expect("ESP is always known");
+                    match ins.code() {
+                        Code::Mov_r32_imm32 => {
+                            if let Some(s) = slot(ins.op0_register()) {
+                                known[s] = Some(ins.immediate32());
+                            }
+                            continue;
+                        }
+                        Code::Mov_r32_rm32 | Code::Mov_rm32_r32
+                            if ins.op0_register() == R::EBP && ins.op1_register() == R::ESP =>
+                        {
+                            known[5] = Some(sp);
+                            continue;
+                        }
+                        Code::Leavew | Code::Leaved => {
+                            let bp = known[5].expect("LEAVE after mov ebp, esp");
+                            let opsize = if ins.code() == Code::Leaved { 4 } else { 2 };
+                            known[4] = Some(bp + opsize);
+                            known[5] = None;
+                            continue;
+                        }
+                        Code::Enterw_imm16_imm8 | Code::Enterd_imm16_imm8 => {
+                            let opsize = if ins.code() == Code::Enterd_imm16_imm8 { 4 } else { 2 };
+                            let level = u32::from(ins.immediate8_2nd() & 31);
+                            let pushes = if level == 0 { 1 } else { level + 1 };
+                            known[4] = Some(sp - opsize * pushes - u32::from(ins.immediate16()));
+                            known[5] = None;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let inc = ins.stack_pointer_increment();
+                    for w in written(&mut f, &ins) {
+                        if let Some(s) = slot(w) {
+                            if s != 3 && s != 4 {
+                                known[s] = None;
+                            }
+                        }
+                    }
+                    known[4] = Some((i64::from(sp) + i64::from(inc)) as u32);
+                    let depth = STACK_TOP.checked_sub(known[4].unwrap_or(0));
+                    assert!(
+                        depth.is_some_and(|d| d <= MAX_DEPTH),
+                        "{mode} {index}: stack out of range after {ins}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn branches_target_the_next_instruction() {
+        for mode in Mode::ALL {
+            for index in 0..30 {
+                let p = generate(mode, 5, index, 200);
+                for ins in decode_stream(&p, mode) {
+                    if matches!(ins.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32) {
+                        assert_eq!(ins.near_branch_target(), ins.next_ip(), "{mode}: {ins}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rng_below_stays_in_range_and_varies() {
+        let mut r = Rng::new(Mode::Real, 0, 0);
+        let v: Vec<u64> = (0..1000).map(|_| r.below(7)).collect();
+        assert!(v.iter().all(|&x| x < 7));
+        assert!((0..7).all(|x| v.contains(&x)));
+    }
+}

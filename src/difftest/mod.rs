@@ -1,0 +1,481 @@
+//! `x86bt difftest`: runs the same guest under QEMU (paused, stepped through its
+//! gdbstub) and under x86bt, in lockstep, and compares after every instruction:
+//! GPRs, EIP and EFLAGS (without the flags the SDM leaves undefined after that
+//! instruction), segment selectors, and after any instruction that can change
+//! them, every segment's base, limit and attributes; CR0, CR2, CR3, CR4; and the
+//! bytes of memory the instruction wrote.
+//!
+//! Inputs from the environment are aligned, not compared: the results of IN,
+//! INS, RDTSC, RDMSR and CPUID are taken from QEMU (different CPU models,
+//! different clocks, different device contents). Neither side delivers asynchronous interrupts while stepping (QEMU's
+//! gdbstub masks them; x86bt's run loop is not used), so the compared window has
+//! none. See `docs/difftest.md`.
+
+pub mod allow;
+pub mod campaign;
+pub mod cmd;
+pub mod gdb;
+pub mod qemu;
+
+use crate::error::Error;
+use crate::vm::Vm;
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic};
+use qemu::{QState, Qemu};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use x86bt_cpu::state::{flags, reg, sreg, RunState};
+use x86bt_machine::pc::{self, PcConfig};
+
+/// What to run.
+pub struct DiffSetup {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The BIOS image both sides boot (for QEMU, a file).
+    pub bios: PathBuf,
+    /// Guest RAM in MiB.
+    pub ram_mib: u64,
+    /// Extra QEMU arguments (e.g. a `-device loader` for `--flat`).
+    pub qemu_extra: Vec<String>,
+    /// A raw image x86bt loads at an address (the `--flat` counterpart).
+    pub flat: Option<(Vec<u8>, u64)>,
+    /// Instructions to compare.
+    pub max_insns: u64,
+    /// Instructions to run first without comparing.
+    pub skip: u64,
+    /// Disassembled history shown on divergence.
+    pub history: usize,
+    /// Test-only: after this many instructions, flip bit 0 of x86bt's EAX.
+    pub inject_bug: Option<u64>,
+}
+
+/// One differing field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDiff {
+    /// The field's name.
+    pub name: String,
+    /// x86bt's value.
+    pub ours: u64,
+    /// QEMU's value.
+    pub qemu: u64,
+}
+
+/// How a lockstep run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Everything matched.
+    Agree {
+        /// Instructions compared.
+        compared: u64,
+        /// Whether the guest halted (the end of a test program).
+        halted: bool,
+    },
+    /// A divergence on the allow-list.
+    Allowed {
+        /// Instruction count.
+        at: u64,
+        /// The entry's name.
+        name: &'static str,
+        /// Its reason.
+        reason: &'static str,
+    },
+    /// A real divergence.
+    Diverged {
+        /// Instruction count (1-based: the instruction that just ran).
+        at: u64,
+        /// CS base + EIP of that instruction.
+        addr: u64,
+        /// The last instructions, disassembled.
+        history: Vec<String>,
+        /// What differs.
+        diffs: Vec<FieldDiff>,
+    },
+}
+
+fn qemu_err(e: std::io::Error) -> Error {
+    Error::Usage(format!("qemu: {e}"))
+}
+
+/// Decodes the instruction at CS:EIP for the report and the per-instruction rules.
+fn current_insn(vm: &mut Vm) -> (Instruction, u64, Vec<u8>) {
+    let cpu = &mut vm.cpu;
+    let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+    let mut bytes = Vec::with_capacity(15);
+    let saved = cpu.log_writes;
+    cpu.log_writes = false;
+    for i in 0..15u64 {
+        match x86bt_cpu::mmu::read_lin_as(cpu, &mut vm.machine, (lin + i) & 0xFFFF_FFFF, 1, false) {
+            Ok(b) => bytes.push(b as u8),
+            Err(_) => break,
+        }
+    }
+    cpu.log_writes = saved;
+    let bits = if cpu.seg[sreg::CS].attrs & x86bt_cpu::state::seg_attr::DB != 0 && !cpu.v86() {
+        32
+    } else {
+        16
+    };
+    let ins = Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NONE).decode();
+    (ins, lin, bytes)
+}
+
+fn format(ins: &Instruction) -> String {
+    let mut s = String::new();
+    IntelFormatter::new().format(ins, &mut s);
+    s
+}
+
+/// The EFLAGS bits not compared after `ins`: those the SDM leaves undefined,
+/// plus RF (QEMU does not model it on single-step boundaries).
+fn flag_mask(ins: &Instruction, count: Option<u8>) -> u64 {
+    !(u64::from(undefined_flags(ins, count)) | flags::RF)
+}
+
+/// Flags undefined after `ins` (SDM vol. 2, each instruction's "Flags Affected").
+pub fn undefined_flags(ins: &Instruction, count: Option<u8>) -> u32 {
+    const CF: u32 = 1;
+    const PF: u32 = 4;
+    const AF: u32 = 0x10;
+    const ZF: u32 = 0x40;
+    const SF: u32 = 0x80;
+    const OF: u32 = 0x800;
+    use Mnemonic as M;
+    let c = count.unwrap_or(2);
+    match ins.mnemonic() {
+        M::And | M::Or | M::Xor | M::Test => AF,
+        M::Mul | M::Imul => SF | ZF | AF | PF,
+        M::Div | M::Idiv => CF | OF | SF | ZF | AF | PF,
+        M::Shl | M::Sal | M::Shr | M::Sar => {
+            (if c != 0 { AF } else { 0 }) | (if c > 1 { OF } else { 0 })
+        }
+        M::Shld | M::Shrd => {
+            let bits = ins.op0_register().size().max(ins.memory_size().size()) as u8 * 8;
+            if c > bits {
+                CF | OF | SF | ZF | AF | PF
+            } else {
+                (if c != 0 { AF } else { 0 }) | (if c > 1 { OF } else { 0 })
+            }
+        }
+        M::Rol | M::Ror | M::Rcl | M::Rcr if c > 1 => OF,
+        M::Bt | M::Bts | M::Btr | M::Btc => OF | SF | AF | PF,
+        M::Bsf | M::Bsr => CF | OF | SF | AF | PF,
+        M::Daa | M::Das => OF,
+        M::Aaa | M::Aas => OF | SF | ZF | PF,
+        M::Aam | M::Aad => OF | AF | CF,
+        _ => 0,
+    }
+}
+
+/// The effective count of a shift or rotate about to run (CL or an immediate),
+/// masked as the CPU masks it.
+fn shift_count(ins: &Instruction, cpu: &x86bt_cpu::CpuState) -> Option<u8> {
+    let n = ins.op_count();
+    if n < 2 {
+        return None;
+    }
+    let last = n - 1;
+    let raw = match ins.op_kind(last) {
+        iced_x86::OpKind::Immediate8 => u64::from(ins.immediate8()),
+        iced_x86::OpKind::Register if ins.op_register(last) == iced_x86::Register::CL => {
+            cpu.gpr[reg::RCX] & 0xFF
+        }
+        _ => return None,
+    };
+    Some((raw & 0x1F) as u8)
+}
+
+fn push_diff(d: &mut Vec<FieldDiff>, name: &str, ours: u64, qemu: u64) {
+    if ours != qemu {
+        d.push(FieldDiff {
+            name: name.to_string(),
+            ours,
+            qemu,
+        });
+    }
+}
+
+fn compare_regs(vm: &Vm, q: &QState, fmask: u64) -> Vec<FieldDiff> {
+    let c = &vm.cpu;
+    let mut d = Vec::new();
+    for (i, n) in ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"]
+        .iter()
+        .enumerate()
+    {
+        push_diff(&mut d, n, c.gpr[i] & 0xFFFF_FFFF, u64::from(q.gpr[i]));
+    }
+    push_diff(&mut d, "eip", c.rip & 0xFFFF_FFFF, u64::from(q.eip));
+    push_diff(
+        &mut d,
+        "eflags",
+        c.rflags & fmask & 0xFFFF_FFFF,
+        u64::from(q.eflags) & fmask,
+    );
+    for (i, n) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().enumerate() {
+        push_diff(&mut d, n, u64::from(c.seg[i].selector), u64::from(q.sel[i]));
+    }
+    push_diff(&mut d, "cr0", c.cr0 & 0xFFFF_FFFF, u64::from(q.cr[0]));
+    push_diff(&mut d, "cr2", c.cr2 & 0xFFFF_FFFF, u64::from(q.cr[1]));
+    push_diff(&mut d, "cr3", c.cr3 & 0xFFFF_FFFF, u64::from(q.cr[2]));
+    push_diff(&mut d, "cr4", c.cr4 & 0xFFFF_FFFF, u64::from(q.cr[3]));
+    d
+}
+
+fn compare_segments(vm: &Vm, qsegs: &[qemu::SegCache; 6]) -> Vec<FieldDiff> {
+    let mut d = Vec::new();
+    for (i, n) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().enumerate() {
+        let ours = vm.cpu.seg[i];
+        let q = qsegs[i];
+        // An unusable (null) segment's base and limit are meaningless.
+        if ours.attrs & x86bt_cpu::state::seg_attr::P == 0 && q.attrs & 0x80 == 0 {
+            continue;
+        }
+        push_diff(
+            &mut d,
+            &format!("{n}.base"),
+            ours.base & 0xFFFF_FFFF,
+            q.base,
+        );
+        push_diff(
+            &mut d,
+            &format!("{n}.limit"),
+            u64::from(ours.limit),
+            u64::from(q.limit),
+        );
+        push_diff(
+            &mut d,
+            &format!("{n}.attrs"),
+            u64::from(ours.attrs),
+            u64::from(q.attrs),
+        );
+    }
+    d
+}
+
+/// Aligns environment inputs: the registers IN, RDTSC, RDMSR and CPUID wrote on
+/// QEMU are copied into x86bt.
+fn align_inputs(vm: &mut Vm, ins: &Instruction, q: &QState) {
+    let regs: &[usize] = match ins.mnemonic() {
+        Mnemonic::In => &[reg::RAX],
+        Mnemonic::Rdtsc | Mnemonic::Rdmsr => &[reg::RAX, reg::RDX],
+        Mnemonic::Cpuid => &[reg::RAX, reg::RBX, reg::RCX, reg::RDX],
+        _ => &[],
+    };
+    for &r in regs {
+        vm.cpu.gpr[r] = u64::from(q.gpr[r]);
+    }
+}
+
+/// Runs the lockstep comparison.
+pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
+    let rom = crate::run::read_file(&setup.bios)?;
+    let machine = pc::build(PcConfig {
+        ram_bytes: setup.ram_mib << 20,
+        bios: Some(rom),
+        serial_out: Box::new(std::io::sink()),
+        serial_in: None,
+        debugcon: Box::new(std::io::sink()),
+        post: None,
+        rtc_base_unix: 0,
+    })?;
+    let mut vm = Vm::new(machine);
+    if let Some((image, at)) = &setup.flat {
+        vm.machine.mem.load(x86bt_machine::GuestPhys(*at), image)?;
+    }
+    vm.interp.single_step = true;
+    vm.cpu.rep_single = true;
+    let mut q = Qemu::spawn(&setup.qemu, &setup.bios, setup.ram_mib, &setup.qemu_extra)
+        .map_err(qemu_err)?;
+    // Skip: run both sides without comparing.
+    for _ in 0..setup.skip {
+        let (ins, _, _) = current_insn(&mut vm);
+        vm.interp.run_unit(&mut vm.cpu, &mut vm.machine);
+        vm.interp.invalidate_written(&mut vm.machine);
+        q.step().map_err(qemu_err)?;
+        if matches!(
+            ins.mnemonic(),
+            Mnemonic::In | Mnemonic::Rdtsc | Mnemonic::Rdmsr | Mnemonic::Cpuid
+        ) {
+            let qs = q.state().map_err(qemu_err)?;
+            align_inputs(&mut vm, &ins, &qs);
+        }
+    }
+    let start = Instant::now();
+    let mut history: VecDeque<String> = VecDeque::new();
+    vm.cpu.log_writes = true;
+    let mut compared = 0u64;
+    while compared < setup.max_insns {
+        let (ins, addr, _bytes) = current_insn(&mut vm);
+        let count = shift_count(&ins, &vm.cpu);
+        let real = !vm.cpu.protected();
+        let before_cs = vm.cpu.seg[sreg::CS].selector;
+        vm.cpu.write_log.clear();
+        vm.interp.run_unit(&mut vm.cpu, &mut vm.machine);
+        vm.interp.invalidate_written(&mut vm.machine);
+        compared += 1;
+        if setup.inject_bug == Some(compared) {
+            vm.cpu.gpr[reg::RAX] ^= 1;
+        }
+        q.step().map_err(qemu_err)?;
+        let mut qs = q.state().map_err(qemu_err)?;
+        // QEMU single-steps a REP string instruction one iteration per step and
+        // needs one more step, with the count already 0, to leave it; hardware
+        // (and x86bt) leave it with the last iteration. Take that extra step.
+        let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
+        if rep
+            && u64::from(qs.eip) == addr.wrapping_sub(vm.cpu.seg[sreg::CS].base) & 0xFFFF_FFFF
+            && vm.cpu.rip != u64::from(qs.eip)
+        {
+            q.step().map_err(qemu_err)?;
+            qs = q.state().map_err(qemu_err)?;
+        }
+        align_inputs(&mut vm, &ins, &qs);
+        if matches!(
+            ins.mnemonic(),
+            Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd
+        ) {
+            // INS stores port input: the bytes are an input, taken from QEMU.
+            for &(lin, size) in &vm.cpu.write_log.clone() {
+                let theirs = q.memory(lin, size as usize).map_err(qemu_err)?;
+                vm.cpu.log_writes = false;
+                for (i, b) in theirs.iter().enumerate() {
+                    let a = (lin + i as u64) & 0xFFFF_FFFF;
+                    let _ = x86bt_cpu::mmu::write_lin_as(
+                        &mut vm.cpu,
+                        &mut vm.machine,
+                        a,
+                        1,
+                        u64::from(*b),
+                        false,
+                    );
+                }
+                vm.cpu.log_writes = true;
+            }
+        }
+        history.push_back(format!(
+            "{:>10}  {addr:08x}  {}",
+            vm.cpu.icount,
+            format(&ins)
+        ));
+        if history.len() > setup.history {
+            history.pop_front();
+        }
+        let mut diffs = compare_regs(&vm, &qs, flag_mask(&ins, count));
+        let transfer = x86bt_decoder::sensitive::is_sensitive(&ins)
+            || before_cs != vm.cpu.seg[sreg::CS].selector
+            || ins.flow_control() != iced_x86::FlowControl::Next;
+        if diffs.is_empty() && (transfer || compared == 1) {
+            let segs = q.segments().map_err(qemu_err)?;
+            diffs = compare_segments(&vm, &segs);
+        }
+        if diffs.is_empty() {
+            let log = std::mem::take(&mut vm.cpu.write_log);
+            for &(lin, size) in &log {
+                let theirs = q.memory(lin, size as usize).map_err(qemu_err)?;
+                for (i, t) in theirs.iter().enumerate() {
+                    let a = (lin + i as u64) & 0xFFFF_FFFF;
+                    vm.cpu.log_writes = false;
+                    let ours =
+                        x86bt_cpu::mmu::read_lin_as(&mut vm.cpu, &mut vm.machine, a, 1, false)
+                            .unwrap_or(0);
+                    vm.cpu.log_writes = true;
+                    push_diff(&mut diffs, &format!("mem[{a:08x}]"), ours, u64::from(*t));
+                }
+            }
+        }
+        if !diffs.is_empty() {
+            if let Some(a) = allow::find(&ins, real) {
+                return Ok((
+                    Outcome::Allowed {
+                        at: compared,
+                        name: a.name,
+                        reason: a.reason,
+                    },
+                    start.elapsed().as_secs_f64(),
+                ));
+            }
+            return Ok((
+                Outcome::Diverged {
+                    at: compared,
+                    addr,
+                    history: history.into_iter().collect(),
+                    diffs,
+                },
+                start.elapsed().as_secs_f64(),
+            ));
+        }
+        if vm.cpu.run_state != RunState::Running {
+            return Ok((
+                Outcome::Agree {
+                    compared,
+                    halted: true,
+                },
+                start.elapsed().as_secs_f64(),
+            ));
+        }
+    }
+    Ok((
+        Outcome::Agree {
+            compared,
+            halted: false,
+        },
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Prints an outcome; returns whether it is a failure.
+pub fn report(o: &Outcome, secs: f64, out: &mut dyn std::io::Write) -> bool {
+    match o {
+        Outcome::Agree { compared, halted } => {
+            let _ = writeln!(
+                out,
+                "agree: {compared} instructions compared in {secs:.2} s ({:.0} instructions/s){}",
+                *compared as f64 / secs.max(1e-9),
+                if *halted { ", guest halted" } else { "" }
+            );
+            false
+        }
+        Outcome::Allowed { at, name, reason } => {
+            let _ = writeln!(
+                out,
+                "allowed divergence at instruction {at}: {name}: {reason}"
+            );
+            false
+        }
+        Outcome::Diverged {
+            at,
+            addr,
+            history,
+            diffs,
+        } => {
+            let _ = writeln!(
+                out,
+                "DIVERGENCE after instruction {at} (at linear {addr:#010x})"
+            );
+            let _ = writeln!(out, "last instructions:");
+            for h in history {
+                let _ = writeln!(out, "  {h}");
+            }
+            let _ = writeln!(out, "{:<14} {:>18} {:>18}", "field", "x86bt", "qemu");
+            for d in diffs {
+                let _ = writeln!(out, "{:<14} {:>#18x} {:>#18x}", d.name, d.ours, d.qemu);
+            }
+            true
+        }
+    }
+}
+
+/// Finds QEMU: `--qemu`, else `qemu-system-i386` on PATH.
+pub fn find_qemu(given: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-i386"))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            Error::Usage(
+                "qemu-system-i386 not found (install qemu-system-x86, or pass --qemu PATH)".into(),
+            )
+        })
+}
