@@ -193,12 +193,12 @@ fn segment_faults(k: &mut Kernel) -> AsmResult {
         |k| k.mov(eax, dword_ptr(EXPAND_DOWN_LIMIT - 1).es()),
     )?;
     k.case("seg_expand_down_above_limit_ok", |k, c| {
-        k.mov(dword_ptr(EXPAND_DOWN_LIMIT + 1), 0x0DDB_A11u32)?;
+        k.mov(dword_ptr(EXPAND_DOWN_LIMIT + 1), 0x00DD_BA11u32)?;
         k.mov(ax, u32::from(SEL_EXPAND_DOWN))?;
         k.mov(es, ax)?;
         k.mov(ebx, dword_ptr(EXPAND_DOWN_LIMIT + 1).es())?;
         k.flat_data_segments()?;
-        k.expect_reg(c, ebx, 0x0DDB_A11)
+        k.expect_reg(c, ebx, 0x00DD_BA11)
     })?;
 
     // §5.3: every byte of the access must lie within the limit; outside SS it is
@@ -435,6 +435,23 @@ fn privilege_transitions(k: &mut Kernel) -> AsmResult {
             k.iretd()
         },
     )?;
+
+    // POPF at CPL 3 with IOPL 0 (POPF "Operation"): IOPL and IF keep their values
+    // without a fault; the arithmetic flags change.
+    k.case("priv_popf_ring3_keeps_iopl_and_if", |k, c| {
+        k.arm(c)?;
+        let ring3 = c.label("ring3");
+        k.iret_to_ring3(&ring3)?;
+        k.at(&ring3)?;
+        k.push(eflags::IOPL3 | eflags::IF | eflags::FIXED | eflags::CF)?;
+        k.popfd()?;
+        k.pushfd()?;
+        k.pop(ebx)?;
+        k.int(0x80)?;
+        k.landing(c)?;
+        k.expect32(c, rec::VECTOR, 0x80)?;
+        k.expect32(c, rec::EBX, eflags::FIXED | eflags::CF)
+    })?;
 
     // CLI: CPL > IOPL (and no PVI) is #GP(0). HLT and MOV to CR3 at CPL > 0 are
     // #GP(0) (their "Protected Mode Exceptions").
@@ -712,4 +729,744 @@ fn task_switches(k: &mut Kernel) -> AsmResult {
 #[test]
 fn pm_kernel_task_switches_all_pass() {
     assert_all_pass("task_switches", &build(task_switches));
+}
+
+// ================================================================================
+// Virtual-8086 mode
+// ================================================================================
+
+/// The V86 code is copied here (below 1 MiB) and runs at V86_CS:offset.
+const V86_BASE: u32 = 0x7000;
+const V86_CS: u16 = 0x0700;
+/// The V86 stack: 0800:1000, just below the Multiboot information at 0x9000.
+const V86_SS: u16 = 0x0800;
+const V86_SP: u16 = 0x1000;
+/// Where the image carries the V86 code.
+const V86_IMAGE: u32 = FREE;
+/// The segments the V86 code loads.
+const V86_DS: u16 = 0x1234;
+const V86_ES: u16 = 0x2000;
+const V86_FS: u16 = 0x3000;
+const V86_GS: u16 = 0x4000;
+/// What the V86 code reads at ES:0020 (linear 0x20020).
+const V86_ES_WORD: u16 = 0xCAFE;
+/// What the V86 code writes at DS:0010 (linear 0x12350).
+const V86_DS_WORD: u16 = 0xBEEF;
+/// What the echo handler (INT 0x82 from V86) records: CS, DS, ESP, pushed EFLAGS.
+const ECHO_CS: u32 = SCRATCH;
+const ECHO_DS: u32 = SCRATCH + 4;
+const ECHO_ESP: u32 = SCRATCH + 8;
+const ECHO_EFLAGS: u32 = SCRATCH + 0xC;
+
+/// The 16-bit code run in V86 mode; each entry ends in a UD2 that must not run.
+fn v86_code(b: &mut Blob) -> AsmResult {
+    // Real-mode addressing: linear = selector * 16 + offset, with 16-bit offset
+    // arithmetic (0xFFFF + 0x11 wraps to 0x0010).
+    b.at("arith")?;
+    b.mov(ax, u32::from(V86_DS))?;
+    b.mov(ds, ax)?;
+    b.mov(word_ptr(0x10u32), u32::from(V86_DS_WORD))?;
+    b.mov(bx, 0xFFFFu32)?;
+    b.mov(al, byte_ptr(bx + 0x11))?;
+    b.mov(cx, u32::from(V86_ES))?;
+    b.mov(es, cx)?;
+    b.mov(bx, word_ptr(0x20u32).es())?;
+    b.mov(cx, u32::from(V86_FS))?;
+    b.mov(fs, cx)?;
+    b.mov(cx, u32::from(V86_GS))?;
+    b.mov(gs, cx)?;
+    b.mov(cx, cs)?;
+    b.mov(dx, ss)?;
+    b.mov(si, sp)?;
+    b.at("arith.int")?;
+    b.int(0x30)?;
+    b.ud2()?;
+
+    b.at("io")?;
+    uart_scratch_round_trip_16(b)?;
+    b.mov(dx, u32::from(DENIED_PORT))?;
+    b.at("io.in")?;
+    b.in_(al, dx)?;
+    b.ud2()?;
+
+    b.at("io_word")?;
+    b.mov(dx, u32::from(DENIED_PORT - 1))?;
+    b.at("io_word.in")?;
+    b.in_(ax, dx)?;
+    b.ud2()?;
+
+    b.at("iopl3")?;
+    b.mov(ax, u32::from(V86_DS))?;
+    b.mov(ds, ax)?;
+    b.mov(ax, 0x1111u32)?;
+    b.int(0x82)?;
+    b.mov(bx, ds)?;
+    b.at("iopl3.int")?;
+    b.int(0x81)?;
+    b.ud2()?;
+
+    b.at("cli")?;
+    b.cli()?;
+    b.ud2()
+}
+
+/// [`uart_scratch_round_trip`] in 16-bit code.
+fn uart_scratch_round_trip_16(b: &mut Blob) -> AsmResult {
+    b.mov(dx, 0x3FFu32)?;
+    b.mov(al, 0x5A)?;
+    b.out(dx, al)?;
+    b.mov(al, 0)?;
+    b.in_(al, dx)?;
+    b.mov(bl, al)
+}
+
+/// IRETs from ring 0 into V86 mode at V86_CS:`ip` (SDM vol. 2A IRET,
+/// "RETURN-TO-VIRTUAL-8086-MODE": the frame holds EIP, CS, EFLAGS with VM = 1, ESP,
+/// SS, ES, DS, FS and GS).
+fn iret_to_v86(k: &mut Kernel, ip: u32, extra_flags: u32) -> AsmResult {
+    for _ in 0..4 {
+        k.push(0)?; // GS, FS, DS, ES
+    }
+    k.push(u32::from(V86_SS))?;
+    k.push(u32::from(V86_SP))?;
+    k.push(eflags::VM | eflags::FIXED | extra_flags)?;
+    k.push(u32::from(V86_CS))?;
+    k.push(ip)?;
+    k.iretd()
+}
+
+fn virtual_8086(k: &mut Kernel) -> AsmResult {
+    let (code, at) = assemble_blob(16, 0, v86_code);
+    k.poke(V86_IMAGE, &code);
+    let echo = k.addr("echo");
+    k.idt(0x82, gate(CODE0, echo, desc::INT_GATE, 3, 0));
+    k.cld()?;
+    k.mov(esi, V86_IMAGE)?;
+    k.mov(edi, V86_BASE)?;
+    k.mov(ecx, code.len() as u32)?;
+    k.rep().movsb()?;
+    k.mov(
+        word_ptr(u32::from(V86_ES) * 16 + 0x20),
+        u32::from(V86_ES_WORD),
+    )?;
+
+    // Vol. 3A §20.1.1: in V86 mode linear = selector * 16 + offset.
+    k.case("v86_segment_arithmetic", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["arith"], 0)?;
+        k.landing(c)?;
+        k.expect16(c, u32::from(V86_DS) * 16 + 0x10, V86_DS_WORD)?;
+        k.expect8(c, rec::EAX, V86_DS_WORD as u8)?;
+        k.expect16(c, rec::EBX, V86_ES_WORD)?;
+        k.expect16(c, rec::ECX, V86_CS)?;
+        k.expect16(c, rec::EDX, V86_SS)?;
+        k.expect16(c, rec::ESI, V86_SP)
+    })?;
+
+    // INT n with VM = 1, IOPL < 3 (no VME) is #GP(0) (INT n "Operation"). An
+    // exception from V86 mode (§6.12.1, Figure 6-5; INT n
+    // "INTERRUPT-FROM-VIRTUAL-8086-MODE") switches to SS0:ESP0, pushes GS, FS, DS,
+    // ES, SS, ESP, EFLAGS (VM set), CS, EIP, and enters the handler with DS, ES, FS
+    // and GS NULL.
+    k.case("v86_int_iopl0_gp_frame", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["arith"], 0)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::GP, 0, at["arith.int"])?;
+        k.expect16(c, rec::CS, V86_CS)?;
+        k.expect_bits(c, rec::EFLAGS, eflags::VM | eflags::IOPL3, eflags::VM)?;
+        k.expect32(c, rec::ESP, u32::from(V86_SP))?;
+        k.expect16(c, rec::SS, V86_SS)?;
+        k.expect16(c, rec::V86_ES, V86_ES)?;
+        k.expect16(c, rec::V86_DS, V86_DS)?;
+        k.expect16(c, rec::V86_FS, V86_FS)?;
+        k.expect16(c, rec::V86_GS, V86_GS)?;
+        for entry in [rec::ENTRY_DS, rec::ENTRY_ES, rec::ENTRY_FS, rec::ENTRY_GS] {
+            k.expect16(c, entry, 0)?;
+        }
+        k.expect32(c, rec::FRAME, ESP0_TOP - 36)
+    })?;
+
+    // Vol. 1 §19.5.2 and vol. 3A §20.2.8.1: in V86 mode IN/OUT always consult the
+    // I/O bitmap; a set bit for any byte of the access is #GP(0).
+    k.case("v86_io_allowed_port_works", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["io"], 0)?;
+        k.landing(c)?;
+        k.expect8(c, rec::EBX, 0x5A)
+    })?;
+    k.case("v86_io_denied_port_gp", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["io"], 0)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::GP, 0, at["io.in"])
+    })?;
+    k.case("v86_io_word_straddling_denied_port_gp", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["io_word"], 0)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::GP, 0, at["io_word.in"])
+    })?;
+
+    // CLI with VM = 1 and IOPL < 3 (no VME) is #GP(0).
+    k.case("v86_cli_iopl0_gp", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["cli"], 0)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::GP, 0, at["cli"])?;
+        k.expect16(c, rec::CS, V86_CS)
+    })?;
+
+    // With IOPL 3, INT n goes through the IDT: a DPL-3 gate reaches the ring-0
+    // handler with VM set in the pushed EFLAGS and NULL data segments, and its IRET
+    // returns to V86 mode with the segments restored from the frame; a DPL-0 gate is
+    // #GP(vector * 8 + 2) (INT n "Operation").
+    k.case("v86_iopl3_int_round_trip_and_dpl0_gate_gp", |k, c| {
+        k.arm(c)?;
+        iret_to_v86(k, at["iopl3"], eflags::IOPL3)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::GP, 0x81 * 8 + 2, at["iopl3.int"])?;
+        k.expect16(c, rec::EAX, 0x1112)?;
+        k.expect16(c, rec::EBX, V86_DS)?;
+        k.expect16(c, ECHO_CS, CODE0)?;
+        k.expect16(c, ECHO_DS, 0)?;
+        k.expect32(c, ECHO_ESP, ESP0_TOP - 36)?;
+        let vm3 = eflags::VM | eflags::IOPL3;
+        k.expect_bits(c, ECHO_EFLAGS, vm3, vm3)
+    })?;
+    k.exit()?;
+
+    // INT 0x82 from V86 mode: record, add 1 to EAX, IRET back.
+    k.at("echo")?;
+    k.mov(word_ptr(ECHO_CS).ss(), cs)?;
+    k.mov(word_ptr(ECHO_DS).ss(), ds)?;
+    k.mov(dword_ptr(ECHO_ESP).ss(), esp)?;
+    k.push(ebx)?;
+    k.mov(ebx, dword_ptr(esp + 12))?;
+    k.mov(dword_ptr(ECHO_EFLAGS).ss(), ebx)?;
+    k.pop(ebx)?;
+    k.inc(eax)?;
+    k.iretd()
+}
+
+#[test]
+fn pm_kernel_virtual_8086_all_pass() {
+    assert_all_pass("virtual_8086", &build(virtual_8086));
+}
+
+// ================================================================================
+// Paging
+// ================================================================================
+
+/// 2-level paging: the directory, the identity table for 0-4 MiB, the table for the
+/// test pages at 4 MiB.
+const PD: u32 = 0x12_0000;
+const PT0: u32 = 0x12_1000;
+const PT1: u32 = 0x12_2000;
+/// PAE paging: the PDPT, one directory, one table.
+const PDPT: u32 = 0x12_3000;
+const PAE_PD: u32 = 0x12_4000;
+const PAE_PT: u32 = 0x12_5000;
+/// Physical pages the test pages map: ONE and TWO in their first dwords, a RET in
+/// the NX page's first byte.
+const PAGE_ONE: u32 = FREE;
+const PAGE_TWO: u32 = FREE + 0x1000;
+const NX_PAGE: u32 = FREE + 0x2000;
+const ONE: u32 = 0x1111_1111;
+const TWO: u32 = 0x2222_2222;
+/// 2-level test pages: PT1 entry i maps TEST_BASE + i * 4 KiB.
+const TEST_BASE: u32 = 0x40_0000;
+const NOT_PRESENT: u32 = TEST_BASE;
+const SUPERVISOR: u32 = TEST_BASE + 0x1000;
+const USER_RO: u32 = TEST_BASE + 0x2000;
+const AD_PAGE: u32 = TEST_BASE + 0x3000;
+const GLOBAL: u32 = TEST_BASE + 0x4000;
+const NON_GLOBAL: u32 = TEST_BASE + 0x5000;
+const INVLPG_PAGE: u32 = TEST_BASE + 0x6000;
+const PGE_TOGGLE: u32 = TEST_BASE + 0x7000;
+const SUPERVISOR_RO: u32 = TEST_BASE + 0x8000;
+/// PDE 2: a 4 MiB page mapping linear 8 MiB to physical 0.
+const PSE_BASE: u32 = 0x80_0000;
+/// A page mapped through PD entry 3, which lacks U/S, to USER_RO's table entry.
+const USER_VIA_SUPERVISOR_PDE: u32 = 0xC0_2000;
+/// An instruction at the end of a present code page runs into a not-present one.
+const CODE_PAGE: u32 = FREE + 0x3000;
+const STRADDLE: u32 = TEST_BASE + 0x9FFE;
+const STRADDLE_NEXT: u32 = TEST_BASE + 0xA000;
+/// PAE test pages (PAE_PD entry 2 -> PAE_PT): execute-disabled, a reserved bit set,
+/// plain.
+const NX_LINEAR: u32 = 0x40_0000;
+const RSVD_LINEAR: u32 = 0x40_1000;
+const PAE_DATA: u32 = 0x40_2000;
+/// PAE_PD entry 3 points at PAE_PT with a reserved bit set.
+const RSVD_PDE_LINEAR: u32 = 0x60_2000;
+/// PAE_PD entry 4: a 2 MiB page with reserved bit 13 set.
+const RSVD_BIG_LINEAR: u32 = 0x80_0000;
+/// PAE_PD entry 5: a 2 MiB execute-disabled page mapping physical 0.
+const NX_BIG_LINEAR: u32 = 0xA0_0000;
+/// A reserved bit in every PAE entry: bit 62 lies in "62:M Reserved (must be 0)"
+/// (SDM vol. 3A Tables 4-9 to 4-11) for any MAXPHYADDR M; x86bt reports no CPUID
+/// leaf 0x80000008, so M = 36 (§4.1.4).
+const PAE_RSVD: u64 = 1 << 62;
+
+/// The PT1 entry that maps the 2-level test page `linear`.
+fn pte_of(linear: u32) -> u32 {
+    PT1 + ((linear - TEST_BASE) >> 12) * 4
+}
+
+fn paging_tables(k: &mut Kernel) {
+    use pm::pte::*;
+    identity_paging(k, PD, PT0);
+    k.poke32(PD + 4, PT1 | (P | RW | US) as u32);
+    k.poke32(PD + 8, (PS | P | RW) as u32);
+    k.poke32(PD + 12, PT1 | (P | RW) as u32);
+    let one = u64::from(PAGE_ONE);
+    let pages = [
+        (SUPERVISOR, one | P | RW),
+        (USER_RO, one | P | US),
+        (AD_PAGE, one | P | RW | US),
+        (GLOBAL, one | P | RW | G),
+        (NON_GLOBAL, one | P | RW),
+        (INVLPG_PAGE, one | P | RW),
+        (PGE_TOGGLE, one | P | RW | G),
+        (SUPERVISOR_RO, one | P),
+        (STRADDLE, u64::from(CODE_PAGE) | P | RW),
+    ];
+    for (linear, entry) in pages {
+        k.poke32(pte_of(linear), entry as u32);
+    }
+    k.poke32(PAGE_ONE, ONE);
+    k.poke32(PAGE_TWO, TWO);
+    k.poke(NX_PAGE, &[0xC3]);
+    k.poke(CODE_PAGE + 0xFFE, &[0xB8, 0x01]); // MOV EAX, imm32: 2 of its 5 bytes
+
+    // PDPTEs have only P among the low flags (SDM vol. 3A §4.4.1, Table 4-8).
+    k.poke64(PDPT, u64::from(PAE_PD) | P);
+    k.poke64(PAE_PD, PS | P | RW | US);
+    k.poke64(PAE_PD + 8, 0x20_0000 | PS | P | RW | US);
+    k.poke64(PAE_PD + 16, u64::from(PAE_PT) | P | RW | US);
+    k.poke64(PAE_PD + 24, u64::from(PAE_PT) | P | RW | US | PAE_RSVD);
+    k.poke64(PAE_PD + 32, PS | P | RW | 1 << 13);
+    k.poke64(PAE_PD + 40, PS | P | RW | XD);
+    k.poke64(PAE_PT, u64::from(NX_PAGE) | P | RW | XD);
+    k.poke64(PAE_PT + 8, one | P | RW | PAE_RSVD);
+    k.poke64(PAE_PT + 16, one | P | RW);
+}
+
+/// The privilege level a page-fault case runs its access at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ring {
+    /// Ring 0.
+    Kernel,
+    /// Ring 3, with DS = flat ring-3 data.
+    User,
+}
+
+/// A case expecting #PF with `error` and CR2 = `fault_addr` at the access `access`
+/// emits.
+fn page_fault(
+    k: &mut Kernel,
+    name: &str,
+    ring: Ring,
+    (fault_addr, error): (u32, u32),
+    access: fn(&mut Kernel) -> AsmResult,
+) -> AsmResult {
+    k.case(name, |k, c| {
+        k.arm(c)?;
+        if ring == Ring::User {
+            let r3 = c.label("ring3");
+            k.iret_to_ring3(&r3)?;
+            k.at(&r3)?;
+            k.mov(ax, u32::from(DATA3))?;
+            k.mov(ds, ax)?;
+        }
+        k.mark(c)?;
+        access(k)?;
+        k.landing(c)?;
+        k.expect_fault_at_mark(c, vector::PF, error)?;
+        k.expect32(c, rec::CR2, fault_addr)
+    })
+}
+
+/// A case expecting #PF with `error` and CR2 = `fault_addr` on fetching the
+/// instruction at `target` (CALL ECX into it); the fault's EIP is `target`.
+fn fetch_fault(
+    k: &mut Kernel,
+    name: &str,
+    target: u32,
+    (fault_addr, error): (u32, u32),
+) -> AsmResult {
+    k.case(name, |k, c| {
+        k.arm(c)?;
+        k.mov(ecx, target)?;
+        k.call(ecx)?;
+        k.landing(c)?;
+        k.expect_fault(c, vector::PF, error, target)?;
+        k.expect32(c, rec::CR2, fault_addr)
+    })
+}
+
+/// Switches to PAE paging with EFER.NXE: CR4.PAE changes only with paging off
+/// (§4.1.2); NXE enables the XD bit (§2.2.1). Clobbers EAX, ECX, EDX.
+fn enter_pae(k: &mut Kernel) -> AsmResult {
+    update_cr(k, cr0, 0, ctl::CR0_PG)?;
+    update_cr(k, cr4, ctl::CR4_PAE, ctl::CR4_PSE | ctl::CR4_PGE)?;
+    update_efer(k, ctl::EFER_NXE, 0)?;
+    enable_paging(k, PDPT)
+}
+
+/// CR`n` |= `set`, then &= !`clear` (n = 0 or 4; clobbers EAX).
+fn update_cr(k: &mut Kernel, cr: AsmRegisterCr, set: u32, clear: u32) -> AsmResult {
+    k.mov(eax, cr)?;
+    k.or(eax, set)?;
+    k.and(eax, !clear)?;
+    k.mov(cr, eax)
+}
+
+/// IA32_EFER |= `set`, &= !`clear`.
+fn update_efer(k: &mut Kernel, set: u32, clear: u32) -> AsmResult {
+    k.mov(ecx, ctl::MSR_EFER)?;
+    k.rdmsr()?;
+    k.or(eax, set)?;
+    k.and(eax, !clear)?;
+    k.wrmsr()
+}
+
+/// Remaps the 2-level test page `linear` to PAGE_TWO, keeping `flags`.
+fn remap_to_two(k: &mut Kernel, linear: u32, flags: u64) -> AsmResult {
+    k.mov(dword_ptr(pte_of(linear)), PAGE_TWO | flags as u32)
+}
+
+fn reload_cr3(k: &mut Kernel) -> AsmResult {
+    k.mov(eax, cr3)?;
+    k.mov(cr3, eax)
+}
+
+fn paging(k: &mut Kernel) -> AsmResult {
+    use pm::pte::{G, P, RW};
+    paging_tables(k);
+    enable_paging(k, PD)?;
+
+    // SDM vol. 3A §4.7: error code bit 0 = present (protection violation), bit 1 =
+    // write, bit 2 = user-mode access; CR2 = the faulting linear address.
+    page_fault(
+        k,
+        "pf_not_present_read",
+        Ring::Kernel,
+        (NOT_PRESENT + 0x123, 0),
+        |k| k.mov(eax, dword_ptr(NOT_PRESENT + 0x123)),
+    )?;
+    page_fault(
+        k,
+        "pf_not_present_write",
+        Ring::Kernel,
+        (NOT_PRESENT + 0x456, 2),
+        |k| k.mov(dword_ptr(NOT_PRESENT + 0x456), eax),
+    )?;
+    // §4.7: bit 4 (I/D) is set only with PAE + EFER.NXE (or SMEP), so a fetch from
+    // a not-present page under 2-level paging reports 0.
+    fetch_fault(
+        k,
+        "pf_not_present_fetch_2level",
+        NOT_PRESENT,
+        (NOT_PRESENT, 0),
+    )?;
+    // An instruction whose bytes run into a not-present page faults before it
+    // executes: EIP is its first byte, CR2 the first byte it could not fetch.
+    fetch_fault(
+        k,
+        "pf_fetch_straddling_into_not_present",
+        STRADDLE,
+        (STRADDLE_NEXT, 0),
+    )?;
+    // §4.6.1: user-mode accesses need U/S = 1 in every entry; user writes need R/W.
+    page_fault(
+        k,
+        "pf_user_read_supervisor_page",
+        Ring::User,
+        (SUPERVISOR + 0x10, 5),
+        |k| k.mov(eax, dword_ptr(SUPERVISOR + 0x10)),
+    )?;
+    page_fault(
+        k,
+        "pf_user_write_read_only_page",
+        Ring::User,
+        (USER_RO + 0x20, 7),
+        |k| k.mov(dword_ptr(USER_RO + 0x20), eax),
+    )?;
+    page_fault(
+        k,
+        "pf_user_write_not_present",
+        Ring::User,
+        (NOT_PRESENT + 0x10, 6),
+        |k| k.mov(dword_ptr(NOT_PRESENT + 0x10), eax),
+    )?;
+    page_fault(
+        k,
+        "pf_user_read_through_supervisor_pde",
+        Ring::User,
+        (USER_VIA_SUPERVISOR_PDE + 0x18, 5),
+        |k| k.mov(eax, dword_ptr(USER_VIA_SUPERVISOR_PDE + 0x18)),
+    )?;
+    k.case("pf_user_read_read_only_page_ok", |k, c| {
+        k.arm(c)?;
+        let r3 = c.label("ring3");
+        k.iret_to_ring3(&r3)?;
+        k.at(&r3)?;
+        k.mov(ax, u32::from(DATA3))?;
+        k.mov(ds, ax)?;
+        k.mov(ebx, dword_ptr(USER_RO))?;
+        k.int(0x80)?;
+        k.landing(c)?;
+        k.expect32(c, rec::VECTOR, 0x80)?;
+        k.expect32(c, rec::EBX, ONE)
+    })?;
+
+    // §4.6.1: with CR0.WP = 1 supervisor writes need R/W = 1; with WP = 0 they may
+    // write any supervisor-mode address.
+    update_cr(k, cr0, ctl::CR0_WP, 0)?;
+    page_fault(
+        k,
+        "pf_supervisor_write_read_only_wp1",
+        Ring::Kernel,
+        (SUPERVISOR_RO + 0x30, 3),
+        |k| k.mov(dword_ptr(SUPERVISOR_RO + 0x30), 0x600D_F00Du32),
+    )?;
+    k.case("pf_supervisor_write_read_only_wp0_ok", |k, c| {
+        k.expect32(c, PAGE_ONE + 0x30, 0)?;
+        update_cr(k, cr0, 0, ctl::CR0_WP)?;
+        k.mov(dword_ptr(SUPERVISOR_RO + 0x30), 0x600D_F00Du32)?;
+        k.expect32(c, PAGE_ONE + 0x30, 0x600D_F00D)
+    })?;
+
+    // §4.8: the accessed flag is set on the first access through an entry, the
+    // dirty flag on the first write to the page.
+    k.case("paging_accessed_and_dirty_bits", |k, c| {
+        let (a, d) = (pm::pte::A as u32, pm::pte::D as u32);
+        k.expect_bits(c, pte_of(AD_PAGE), a | d, 0)?;
+        k.mov(ebx, dword_ptr(AD_PAGE))?;
+        k.expect_bits(c, pte_of(AD_PAGE), a | d, a)?;
+        k.mov(dword_ptr(AD_PAGE + 4), ebx)?;
+        k.expect_bits(c, pte_of(AD_PAGE), a | d, a | d)?;
+        k.expect_bits(c, PD + 4, a, a)
+    })?;
+
+    // §4.3: with CR4.PSE = 1 a directory entry with PS = 1 maps a 4 MiB page; its
+    // own A and D flags record the accesses (§4.8).
+    k.case("paging_pse_4mib_page", |k, c| {
+        let (a, d) = (pm::pte::A as u32, pm::pte::D as u32);
+        update_cr(k, cr4, ctl::CR4_PSE, 0)?;
+        k.mov(dword_ptr(SCRATCH + 0x10), 0x0BAD_CAFEu32)?;
+        k.expect32(c, PSE_BASE + SCRATCH + 0x10, 0x0BAD_CAFE)?;
+        k.expect_bits(c, PD + 8, a | d, a)?;
+        k.mov(dword_ptr(PSE_BASE + SCRATCH + 0x14), 0x1234_5678u32)?;
+        k.expect32(c, SCRATCH + 0x14, 0x1234_5678)?;
+        k.expect_bits(c, PD + 8, a | d, a | d)
+    })?;
+
+    // §4.10.4.1: INVLPG invalidates the page's translation (global or not); MOV to
+    // CR3 invalidates all but global translations; changing CR4.PGE invalidates
+    // all. A global translation may therefore stay cached across a CR3 load, and a
+    // TLB that just used it keeps it.
+    k.case("tlb_invlpg_flushes_entry", |k, c| {
+        k.expect32(c, INVLPG_PAGE, ONE)?;
+        remap_to_two(k, INVLPG_PAGE, P | RW)?;
+        k.invlpg(ptr(INVLPG_PAGE))?;
+        k.expect32(c, INVLPG_PAGE, TWO)
+    })?;
+    k.case("tlb_cr3_reload_flushes_non_global", |k, c| {
+        k.expect32(c, NON_GLOBAL, ONE)?;
+        remap_to_two(k, NON_GLOBAL, P | RW)?;
+        reload_cr3(k)?;
+        k.expect32(c, NON_GLOBAL, TWO)
+    })?;
+    k.case("tlb_global_page_survives_cr3_reload", |k, c| {
+        update_cr(k, cr4, ctl::CR4_PGE, 0)?;
+        k.expect32(c, GLOBAL, ONE)?;
+        remap_to_two(k, GLOBAL, P | RW | G)?;
+        reload_cr3(k)?;
+        k.expect32(c, GLOBAL, ONE)
+    })?;
+    k.case("tlb_invlpg_flushes_global_page", |k, c| {
+        k.invlpg(ptr(GLOBAL))?;
+        k.expect32(c, GLOBAL, TWO)
+    })?;
+    k.case("tlb_cr4_pge_toggle_flushes_global", |k, c| {
+        k.expect32(c, PGE_TOGGLE, ONE)?;
+        remap_to_two(k, PGE_TOGGLE, P | RW | G)?;
+        update_cr(k, cr4, 0, ctl::CR4_PGE)?;
+        update_cr(k, cr4, ctl::CR4_PGE, 0)?;
+        k.expect32(c, PGE_TOGGLE, TWO)
+    })?;
+
+    // §4.4: PAE paging.
+    k.case("pae_paging_enabled_with_nxe", |k, c| {
+        enter_pae(k)?;
+        k.expect32(c, PAE_DATA, ONE)
+    })?;
+    // §4.6.2: with NXE, XD = 1 in any entry forbids instruction fetches but not
+    // reads; §4.7: the fault reports P (protection) and I/D (bit 4).
+    k.case("pae_nx_page_readable", |k, c| k.expect8(c, NX_LINEAR, 0xC3))?;
+    fetch_fault(k, "pae_nx_fetch_pf", NX_LINEAR, (NX_LINEAR, 0x11))?;
+    let nx_big = NX_BIG_LINEAR + NX_PAGE;
+    fetch_fault(k, "pae_nx_2mib_page_fetch_pf", nx_big, (nx_big, 0x11))?;
+    // Table 4-11: with EFER.NXE = 0, bit 63 is reserved.
+    k.case("pae_xd_without_nxe_is_reserved_pf", |k, c| {
+        k.arm(c)?;
+        update_efer(k, 0, ctl::EFER_NXE)?;
+        k.invlpg(ptr(NX_LINEAR))?;
+        k.mark(c)?;
+        k.mov(eax, dword_ptr(NX_LINEAR))?;
+        k.landing(c)?;
+        k.expect_fault_at_mark(c, vector::PF, 9)?;
+        k.expect32(c, rec::CR2, NX_LINEAR)
+    })?;
+    k.exit()
+}
+
+#[test]
+fn pm_kernel_paging_all_pass() {
+    assert_all_pass("paging", &build(paging));
+}
+
+/// PAE entries with reserved bits set: SDM vol. 3A §4.7, a reserved bit set in any
+/// paging-structure entry is #PF with P = 1 and RSVD (bit 3), plus W/R and U/S as
+/// for any access.
+fn paging_reserved_bits(k: &mut Kernel) -> AsmResult {
+    paging_tables(k);
+    enter_pae(k)?;
+    page_fault(
+        k,
+        "pae_pte_reserved_bit_read_pf",
+        Ring::Kernel,
+        (RSVD_LINEAR + 0x88, 9),
+        |k| k.mov(eax, dword_ptr(RSVD_LINEAR + 0x88)),
+    )?;
+    page_fault(
+        k,
+        "pae_pte_reserved_bit_write_pf",
+        Ring::Kernel,
+        (RSVD_LINEAR + 0x90, 0xB),
+        |k| k.mov(dword_ptr(RSVD_LINEAR + 0x90), eax),
+    )?;
+    page_fault(
+        k,
+        "pae_pde_reserved_bit_read_pf",
+        Ring::Kernel,
+        (RSVD_PDE_LINEAR + 4, 9),
+        |k| k.mov(eax, dword_ptr(RSVD_PDE_LINEAR + 4)),
+    )?;
+    // Table 4-9: bits 20:13 of a PDE that maps a 2 MiB page are reserved.
+    page_fault(
+        k,
+        "pae_2mib_page_reserved_bit_read_pf",
+        Ring::Kernel,
+        (RSVD_BIG_LINEAR + 8, 9),
+        |k| k.mov(eax, dword_ptr(RSVD_BIG_LINEAR + 8)),
+    )?;
+    k.exit()
+}
+
+#[test]
+fn pm_kernel_paging_reserved_bits_all_pass() {
+    assert_all_pass("paging_reserved_bits", &build(paging_reserved_bits));
+}
+
+// ================================================================================
+// Self-modifying code through a second linear alias
+// ================================================================================
+
+/// The physical page holding the code, mapped at ALIAS_A and ALIAS_B.
+const SMC_PAGE: u32 = FREE;
+const ALIAS_A: u32 = 0x40_0000;
+const ALIAS_B: u32 = 0x40_1000;
+
+/// The code page, assembled for ALIAS_A: `func` returns the imm32 at offset 1;
+/// `self_patch` increments the low byte of its own `MOV EAX, imm32` through
+/// ALIAS_B, then jumps to it (SDM vol. 3A §11.6, option 1: store, then jump).
+fn smc_code(b: &mut Blob) -> AsmResult {
+    b.at("func")?;
+    b.mov(eax, 1u32)?;
+    b.ret()?;
+    b.at("self_patch")?;
+    let imm = b.addr("patched") + 1 - ALIAS_A + ALIAS_B;
+    b.inc(byte_ptr(imm))?;
+    let patched = b.label("patched");
+    b.jmp(patched)?;
+    b.at("patched")?;
+    b.mov(eax, 0x10u32)?;
+    b.ret()
+}
+
+/// EAX = what the code at `linear` returns (clobbers ECX).
+fn call_at(k: &mut Kernel, linear: u32) -> AsmResult {
+    k.mov(ecx, linear)?;
+    k.call(ecx)
+}
+
+fn self_modifying_code(k: &mut Kernel) -> AsmResult {
+    use pm::pte::{P, RW, US};
+    let (code, at) = assemble_blob(32, ALIAS_A, smc_code);
+    identity_paging(k, PD, PT0);
+    k.poke32(PD + 4, PT1 | (P | RW | US) as u32);
+    k.poke32(PT1, SMC_PAGE | (P | RW) as u32);
+    k.poke32(PT1 + 4, SMC_PAGE | (P | RW) as u32);
+    k.poke(SMC_PAGE, &code);
+    enable_paging(k, PD)?;
+    let func_b = at["func"] - ALIAS_A + ALIAS_B;
+
+    // SDM vol. 3A §11.6: a write to a code location invalidates the cached code by
+    // its physical address, so a store through one linear alias followed by a jump
+    // executes the new bytes through the other.
+    k.case("smc_both_aliases_run_the_same_code", |k, c| {
+        call_at(k, at["func"])?;
+        k.expect_eax(c, 1)?;
+        call_at(k, func_b)?;
+        k.expect_eax(c, 1)
+    })?;
+    k.case("smc_patch_via_b_runs_via_a", |k, c| {
+        k.mov(dword_ptr(func_b + 1), 2u32)?;
+        call_at(k, at["func"])?;
+        k.expect_eax(c, 2)
+    })?;
+    k.case("smc_patch_via_a_runs_via_b", |k, c| {
+        call_at(k, func_b)?;
+        k.expect_eax(c, 2)?;
+        k.mov(dword_ptr(at["func"] + 1), 3u32)?;
+        call_at(k, func_b)?;
+        k.expect_eax(c, 3)
+    })?;
+    k.case("smc_patch_after_hot_loop", |k, c| {
+        k.mov(esi, 1000u32)?;
+        k.at(&c.label("loop"))?;
+        call_at(k, at["func"])?;
+        k.dec(esi)?;
+        let top = k.label(&c.label("loop"));
+        k.jnz(top)?;
+        k.expect_eax(c, 3)?;
+        k.mov(dword_ptr(func_b + 1), 4u32)?;
+        call_at(k, at["func"])?;
+        k.expect_eax(c, 4)
+    })?;
+    k.case("smc_store_into_own_code_via_alias", |k, c| {
+        call_at(k, at["self_patch"])?;
+        k.expect_eax(c, 0x11)?;
+        call_at(k, at["self_patch"])?;
+        k.expect_eax(c, 0x12)
+    })?;
+    // New opcodes, not just a new immediate: PUSH 5; POP EAX; RET.
+    k.case("smc_opcode_rewrite_via_alias", |k, c| {
+        k.mov(
+            dword_ptr(func_b),
+            u32::from_le_bytes([0x6A, 0x05, 0x58, 0xC3]),
+        )?;
+        call_at(k, at["func"])?;
+        k.expect_eax(c, 5)
+    })?;
+    k.exit()
+}
+
+#[test]
+fn pm_kernel_self_modifying_code_all_pass() {
+    assert_all_pass("self_modifying_code", &build(self_modifying_code));
 }

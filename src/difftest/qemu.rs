@@ -107,6 +107,9 @@ impl Qemu {
                 "-S",
             ])
             .args(["-gdb", &format!("tcp:127.0.0.1:{port}")])
+            // fw_cfg DMA writes guest memory behind the CPU's back; x86bt's fw_cfg
+            // has no DMA, so QEMU's is turned off to keep memory comparable.
+            .args(["-global", "fw_cfg_io.dma_enabled=off"])
             .args(["-m", &ram_mib.to_string(), "-bios"])
             .arg(bios)
             .args(extra)

@@ -30,8 +30,6 @@
 //! depends on a label is encoded in a fixed-size form (labels lie above 1 MiB, so an
 //! immediate never shrinks to 8 bits), which makes the second pass final.
 
-#![allow(dead_code)]
-
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use std::cell::Cell;
@@ -99,8 +97,7 @@ pub const CODE3: u16 = 0x18 | 3;
 pub const DATA3: u16 = 0x20 | 3;
 /// The main task's TSS.
 pub const TSS_SEL: u16 = 0x28;
-/// The first GDT index a kernel may fill.
-pub const FIRST_FREE_INDEX: u32 = 6;
+// GDT indexes 6 to GDT_ENTRIES - 1 are the kernel's own.
 
 /// EFLAGS bits (SDM vol. 1 §3.4.3).
 pub mod eflags {
@@ -120,8 +117,6 @@ pub mod eflags {
 
 /// Exception vectors (SDM vol. 3A Table 6-1).
 pub mod vector {
-    /// Invalid opcode.
-    pub const UD: u32 = 6;
     /// Segment not present.
     pub const NP: u32 = 11;
     /// Stack-segment fault.
@@ -1026,7 +1021,7 @@ pub fn enable_paging(k: &mut Kernel, root: u32) -> AsmResult {
 /// alias), with named labels.
 pub struct Blob {
     a: CodeAssembler,
-    labels: Vec<(&'static str, CodeLabel)>,
+    labels: HashMap<&'static str, CodeLabel>,
     prev: HashMap<&'static str, u32>,
 }
 
@@ -1044,15 +1039,21 @@ impl DerefMut for Blob {
 }
 
 impl Blob {
+    /// The label called `name`, created on first use.
+    pub fn label(&mut self, name: &'static str) -> CodeLabel {
+        let a = &mut self.a;
+        *self.labels.entry(name).or_insert_with(|| a.create_label())
+    }
+
     /// Places `name` at the next instruction.
     pub fn at(&mut self, name: &'static str) -> AsmResult {
-        let mut l = self.a.create_label();
+        let mut l = self.label(name);
         self.a.set_label(&mut l)?;
-        self.labels.push((name, l));
+        self.labels.insert(name, l);
         Ok(())
     }
 
-    /// The address of `name` from the previous pass (`origin` in the first).
+    /// The address of `name` from the previous pass (0 in the first).
     pub fn addr(&self, name: &str) -> u32 {
         self.prev.get(name).copied().unwrap_or(0)
     }
@@ -1069,7 +1070,7 @@ pub fn assemble_blob(
     for _ in 0..8 {
         let mut b = Blob {
             a: CodeAssembler::new(bitness).expect("assembler"),
-            labels: Vec::new(),
+            labels: HashMap::new(),
             prev: prev.clone(),
         };
         build(&mut b).expect("blob assembles");

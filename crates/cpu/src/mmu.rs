@@ -289,6 +289,12 @@ fn walk(
         if !nxe && pde & NX != 0 {
             return Err(fault(cpu, code | 1 | 8));
         }
+        // Reserved bits (SDM vol. 3A §4.4.2, Tables 4-9 to 4-11): 62:M with
+        // MAXPHYADDR M = 36 (no CPUID leaf 0x80000008), and 20:13 of a 2 MiB PDE.
+        const RSVD_HIGH: u64 = ((1u64 << 63) - 1) & !((1u64 << 36) - 1);
+        if pde & RSVD_HIGH != 0 || (pde & PS != 0 && pde & 0x1F_E000 != 0) {
+            return Err(fault(cpu, code | 1 | 8));
+        }
         levels[n] = (pde_addr, pde);
         n += 1;
         if pde & PS != 0 {
@@ -301,7 +307,7 @@ fn walk(
             if pte & P == 0 {
                 return Err(fault(cpu, code));
             }
-            if !nxe && pte & NX != 0 {
+            if (!nxe && pte & NX != 0) || pte & RSVD_HIGH != 0 {
                 return Err(fault(cpu, code | 1 | 8));
             }
             levels[n] = (pte_addr, pte);

@@ -213,6 +213,9 @@ impl PhysMemory {
                         return Target::Rom(off as usize);
                     }
                 }
+                // Not shadowed and no ROM here: the access goes to PCI, where
+                // nothing answers.
+                return Target::None;
             }
             if addr >= self.rom_base && addr < FOUR_GIB {
                 return Target::Rom((addr - self.rom_base) as usize);
