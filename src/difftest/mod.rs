@@ -15,7 +15,9 @@ pub mod allow;
 pub mod campaign;
 pub mod cmd;
 pub mod gdb;
+pub mod gen;
 pub mod qemu;
+pub mod undefined;
 
 use crate::error::Error;
 use crate::vm::Vm;
@@ -128,42 +130,7 @@ fn format(ins: &Instruction) -> String {
 /// The EFLAGS bits not compared after `ins`: those the SDM leaves undefined,
 /// plus RF (QEMU does not model it on single-step boundaries).
 fn flag_mask(ins: &Instruction, count: Option<u8>) -> u64 {
-    !(u64::from(undefined_flags(ins, count)) | flags::RF)
-}
-
-/// Flags undefined after `ins` (SDM vol. 2, each instruction's "Flags Affected").
-pub fn undefined_flags(ins: &Instruction, count: Option<u8>) -> u32 {
-    const CF: u32 = 1;
-    const PF: u32 = 4;
-    const AF: u32 = 0x10;
-    const ZF: u32 = 0x40;
-    const SF: u32 = 0x80;
-    const OF: u32 = 0x800;
-    use Mnemonic as M;
-    let c = count.unwrap_or(2);
-    match ins.mnemonic() {
-        M::And | M::Or | M::Xor | M::Test => AF,
-        M::Mul | M::Imul => SF | ZF | AF | PF,
-        M::Div | M::Idiv => CF | OF | SF | ZF | AF | PF,
-        M::Shl | M::Sal | M::Shr | M::Sar => {
-            (if c != 0 { AF } else { 0 }) | (if c > 1 { OF } else { 0 })
-        }
-        M::Shld | M::Shrd => {
-            let bits = ins.op0_register().size().max(ins.memory_size().size()) as u8 * 8;
-            if c > bits {
-                CF | OF | SF | ZF | AF | PF
-            } else {
-                (if c != 0 { AF } else { 0 }) | (if c > 1 { OF } else { 0 })
-            }
-        }
-        M::Rol | M::Ror | M::Rcl | M::Rcr if c > 1 => OF,
-        M::Bt | M::Bts | M::Btr | M::Btc => OF | SF | AF | PF,
-        M::Bsf | M::Bsr => CF | OF | SF | AF | PF,
-        M::Daa | M::Das => OF,
-        M::Aaa | M::Aas => OF | SF | ZF | PF,
-        M::Aam | M::Aad => OF | AF | CF,
-        _ => 0,
-    }
+    !(u64::from(undefined::undefined_flags(ins, count)) | flags::RF)
 }
 
 /// The effective count of a shift or rotate about to run (CL or an immediate),
@@ -306,7 +273,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             ));
         }
         let count = shift_count(&ins, &vm.cpu);
-        let real = !vm.cpu.protected();
+        let (pre_eax, pre_fl) = (vm.cpu.gpr[reg::RAX] as u32, vm.cpu.rflags as u32);
         let before_cs = vm.cpu.seg[sreg::CS].selector;
         vm.cpu.write_log.clear();
         vm.interp.run_unit(&mut vm.cpu, &mut vm.machine);
@@ -354,7 +321,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             }
         }
         history.push_back(format!(
-            "{:>10}  {addr:08x}  {}",
+            "{:>10}  {addr:08x}  {:<36} before: eax={pre_eax:08x} eflags={pre_fl:08x}",
             vm.cpu.icount,
             format(&ins)
         ));
@@ -404,7 +371,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             }
         }
         if !diffs.is_empty() {
-            if let Some(a) = allow::find(&ins, real) {
+            if let Some(a) = allow::find(&ins, count) {
                 return Ok((
                     Outcome::Allowed {
                         at: compared,

@@ -48,8 +48,12 @@ pub fn deliver_real(cpu: &mut CpuState, m: &mut Machine, vector: u8, ret_ip: u64
 pub enum Source {
     /// INT n, INT3, INTO: the gate's DPL must be >= CPL.
     Soft,
-    /// An exception raised by an instruction.
+    /// A trap-class exception raised by an instruction.
     Exception,
+    /// A fault-class exception: the EFLAGS image pushed in protected mode has
+    /// RF set, so the restarted instruction does not re-trigger an instruction
+    /// breakpoint (SDM vol. 3A §17.3.1.1).
+    Fault,
     /// A hardware interrupt (or INT1/ICEBP, which behaves like one).
     External,
 }
@@ -131,7 +135,10 @@ fn deliver_pm(
     if target > u64::from(d.limit()) {
         return Err(Exception::GeneralProtection(ext));
     }
-    let image = stack::flags_image(cpu) | (cpu.rflags & VM);
+    let mut image = stack::flags_image(cpu) | (cpu.rflags & VM);
+    if src == Source::Fault {
+        image |= RF;
+    }
     let old_cs = u64::from(cpu.seg[sreg::CS].selector);
     let from_v86 = cpu.v86();
     let (new_cpl, new_ss, mut sp) = if !d.conforming() && d.dpl() < cpl {
@@ -211,14 +218,17 @@ pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
         if let Exception::PageFault { addr, .. } = first {
             cpu.cr2 = addr;
         }
-        let second = match deliver(
-            cpu,
-            m,
-            first.vector(),
-            error_code(cpu, first),
-            ret_ip,
-            Source::Exception,
+        // Every fault but an instruction-breakpoint #DB pushes RF = 1; traps
+        // (#DB single-step and data breakpoints, #BP, #OF) push it as it is.
+        let src = if matches!(
+            first,
+            Exception::Debug | Exception::Breakpoint | Exception::Overflow
         ) {
+            Source::Exception
+        } else {
+            Source::Fault
+        };
+        let second = match deliver(cpu, m, first.vector(), error_code(cpu, first), ret_ip, src) {
             Ok(()) => return,
             Err(second) => second,
         };

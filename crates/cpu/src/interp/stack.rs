@@ -187,7 +187,9 @@ pub fn enter(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         if sp != get_gpr(cpu, RSP, 0, ss) {
             mmu::seg_linear(cpu, sreg::SS, sp, 1, mmu::Access::Write)?;
         }
-        set_gpr(cpu, reg::RBP as u8, 0, size.min(ss).max(2), frame);
+        // EBP gets FrameTemp zero-extended with a 32-bit operand size, BP with 16
+        // (SDM vol. 2A, ENTER: "IF OperandSize = 32 THEN EBP := FrameTemp").
+        set_gpr(cpu, reg::RBP as u8, 0, size, frame);
         set_gpr(cpu, RSP, 0, ss, sp);
         Ok(())
     })();
