@@ -34,7 +34,7 @@ pub enum Command {
 
 /// Options of `x86bt difftest`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["bios", "flat", "random"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["bios", "kernel", "flat", "random"])))]
 pub struct DifftestArgs {
     /// The QEMU binary (default: qemu-system-i386 on PATH).
     #[arg(long)]
@@ -42,6 +42,10 @@ pub struct DifftestArgs {
     /// A BIOS image both emulators boot from the reset vector.
     #[arg(long)]
     pub bios: Option<PathBuf>,
+    /// A Multiboot kernel: QEMU boots it with -kernel, x86bt loads it itself, and
+    /// both are compared from its entry point on, starting from QEMU's state there.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
     /// A raw binary loaded at --at and entered there in real mode.
     #[arg(long, requires = "at")]
     pub flat: Option<PathBuf>,

@@ -2,7 +2,22 @@
 //! its instruction and condition match an entry exactly; each entry says why and
 //! where the hardware behaviour is documented. Everything else is a failure.
 
-use iced_x86::{Code, Instruction, Register};
+use iced_x86::{Code, Instruction, OpKind, Register};
+use x86bt_cpu::mmu::{seg_linear, Access};
+use x86bt_cpu::state::CpuState;
+
+/// What an entry may look at: the instruction, its effective shift count, and
+/// x86bt's state before it ran.
+pub struct Ctx<'a> {
+    /// The instruction.
+    pub ins: &'a Instruction,
+    /// The masked shift/rotate count, for shifts and rotates.
+    pub count: Option<u8>,
+    /// x86bt's CPU state before the instruction.
+    pub before: &'a CpuState,
+    /// What differs.
+    pub diffs: &'a [super::FieldDiff],
+}
 
 /// One allowed deviation.
 pub struct Allowed {
@@ -12,9 +27,8 @@ pub struct Allowed {
     pub reason: &'static str,
     /// Where hardware behaviour is documented.
     pub reference: &'static str,
-    /// Whether the entry covers this instruction, given its effective shift or
-    /// rotate count when it has one.
-    pub applies: fn(&Instruction, count: Option<u8>) -> bool,
+    /// Whether the entry covers this instruction and condition.
+    pub applies: fn(&Ctx) -> bool,
 }
 
 /// The allow-list.
@@ -24,28 +38,123 @@ pub const ALLOWED: &[Allowed] = &[
     reason: "QEMU TCG loads CS on MOV CS, r/m instead of raising #UD",
     reference:
         "Intel SDM vol. 2B, MOV: 'The MOV instruction cannot be used to load the CS register' (#UD)",
-    applies: |ins, _| ins.code() == Code::Mov_Sreg_rm16 && ins.op0_register() == Register::CS,
+    applies: |c| c.ins.code() == Code::Mov_Sreg_rm16 && c.ins.op0_register() == Register::CS,
     },
     Allowed {
         name: "aam-imm8-high",
         reason: "QEMU TCG treats an AAM immediate of 0x80 or more as negative; hardware divides by it unsigned",
         reference: "Intel SDM vol. 2A, AAM (AH := tempAL / imm8); SingleStepTests 80286 D4.MOO.gz: 142 cases with imm8 >= 0x80, AL >= imm8 pass on x86bt",
-        applies: |ins, _| ins.mnemonic() == iced_x86::Mnemonic::Aam && ins.immediate8() >= 0x80,
+        applies: |c| c.ins.mnemonic() == iced_x86::Mnemonic::Aam && c.ins.immediate8() >= 0x80,
     },
     Allowed {
         name: "rcl-rcr-full-turn",
         reason: "QEMU TCG changes CF (and with a memory operand writes a wrong value) for RCL/RCR r/m8 or r/m16 when the masked count is a non-zero multiple of 9 or 17; hardware rotates by count mod 9/17 = 0, changing nothing",
         reference: "Intel SDM vol. 2B, RCL/RCR (tempCOUNT := (COUNT AND 1FH) MOD 9 or 17); SingleStepTests 80286 C0.2/C1.2/C0.3/C1.3: 210 such cases pass on x86bt",
-        applies: |ins, count| {
+        applies: |c| {
+            let (ins, count) = (c.ins, c.count);
             let bits = ins.op0_register().size().max(ins.memory_size().size()) * 8;
             matches!(ins.mnemonic(), iced_x86::Mnemonic::Rcl | iced_x86::Mnemonic::Rcr)
                 && matches!(bits, 8 | 16)
                 && count.is_some_and(|c| c != 0 && u32::from(c) % (bits as u32 + 1) == 0)
         },
     },
+    Allowed {
+        name: "pf-rsvd-p-bit",
+        reason: "QEMU TCG pushes a reserved-bit #PF error code without P; the faulting entry is present, so hardware sets P with RSVD",
+        reference: "Intel SDM vol. 3A §4.7, Figure 4-12 (P = 0 only for a not-present entry; RSVD faults come from present entries); pm_kernels paging_reserved_bits",
+        applies: |c| {
+            !c.diffs.is_empty()
+                && c.diffs.iter().all(|d| d.name.starts_with("mem[") && d.ours & 8 != 0 && d.ours ^ d.qemu == 1)
+        },
+    },
+    Allowed {
+        name: "tlb-global-kept",
+        reason: "x86bt keeps global-page translations across a CR3 reload, QEMU TCG drops them; both are allowed",
+        reference: "Intel SDM vol. 3A §4.10.4.1: MOV to CR3 need not invalidate global translations (CR4.PGE)",
+        applies: through_global_tlb,
+    },
+    Allowed {
+        name: "segment-checks",
+        reason: "QEMU TCG does not check data segment limits and types in protected mode; hardware raises #GP(0)/#SS(0)",
+        reference: "Intel SDM vol. 3A §5.3 (limit checking) and §5.4 (type checking); the project's pm_kernels segment_faults kernel",
+        applies: breaks_segment,
+    },
 ];
 
-/// The entry that forgives a divergence at `ins`, if any.
-pub fn find(ins: &Instruction, count: Option<u8>) -> Option<&'static Allowed> {
-    ALLOWED.iter().find(|a| (a.applies)(ins, count))
+/// The offset of the explicit memory operand of `c.ins`, with its operand index.
+fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
+    let cpu = c.before;
+    let ins = c.ins;
+    let op = (0..ins.op_count()).find(|&i| ins.op_kind(i) == OpKind::Memory)?;
+    let reg = |r: Register, _: usize, _: usize| -> Option<u64> {
+        let full = r.full_register();
+        if full.is_gpr() {
+            let v = cpu.gpr[(full as usize) - (Register::RAX as usize)];
+            return Some(match r.size() {
+                1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+                    (v >> 8) & 0xFF
+                }
+                1 => v & 0xFF,
+                2 => v & 0xFFFF,
+                4 => v & 0xFFFF_FFFF,
+                _ => v,
+            });
+        }
+        // Segment bases are not added: the check below wants the offset.
+        Some(0)
+    };
+    let off = ins.virtual_address(op, 0, reg)?;
+    let addr_mask = if ins.memory_base().is_gpr16() || ins.memory_index().is_gpr16() {
+        0xFFFF
+    } else {
+        0xFFFF_FFFF
+    };
+    Some((op, off & addr_mask))
+}
+
+/// Whether the explicit memory operand reads through a global-page TLB entry
+/// that a CR3 reload kept (the SDM allows, but does not require, keeping it).
+fn through_global_tlb(c: &Ctx) -> bool {
+    let Some((_, off)) = mem_offset(c) else {
+        return false;
+    };
+    let s = (c.ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+    s < 6
+        && c.before
+            .tlb
+            .has_global(c.before.seg[s].base.wrapping_add(off) & 0xFFFF_FFFF)
+}
+
+/// Whether the explicit memory operand of `ins` breaks its segment's limit or
+/// type in protected mode, judged on the state before it ran.
+fn breaks_segment(c: &Ctx) -> bool {
+    let cpu = c.before;
+    if !cpu.protected() || cpu.v86() {
+        return false;
+    }
+    let ins = c.ins;
+    let Some((op, off)) = mem_offset(c) else {
+        return false;
+    };
+    let s = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+    let size = ins.memory_size().size().clamp(1, 8) as u32;
+    let write = op == 0
+        && !matches!(
+            ins.mnemonic(),
+            iced_x86::Mnemonic::Cmp | iced_x86::Mnemonic::Test
+        );
+    s < 6
+        && seg_linear(
+            cpu,
+            s,
+            off,
+            size,
+            if write { Access::Write } else { Access::Read },
+        )
+        .is_err()
+}
+
+/// The entry that forgives a divergence, if any.
+pub fn find(c: &Ctx) -> Option<&'static Allowed> {
+    ALLOWED.iter().find(|a| (a.applies)(c))
 }

@@ -39,6 +39,7 @@ pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
         ram_mib: a.mem_mib,
         qemu_extra: Vec::new(),
         flat: None,
+        kernel: None,
         max_insns: a.max_insns,
         skip: a.skip,
         history: a.history,
@@ -46,6 +47,9 @@ pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
     };
     if let Some(bios) = &a.bios {
         setup.bios = bios.clone();
+    } else if let Some(kernel) = &a.kernel {
+        setup.kernel = Some(kernel.clone());
+        setup.qemu_extra = vec!["-kernel".into(), kernel.display().to_string()];
     } else if let Some(flat) = &a.flat {
         let at = a.at.unwrap_or(0x7C00);
         if at + 16 > 0xA_0000 {

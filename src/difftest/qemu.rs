@@ -93,10 +93,26 @@ fn layout(xml: &str) -> Vec<(String, usize, usize)> {
 }
 
 impl Qemu {
-    /// Starts `qemu` paused at the reset vector with `bios` and `ram_mib` of RAM.
-    pub fn spawn(qemu: &Path, bios: &Path, ram_mib: u64, extra: &[String]) -> io::Result<Self> {
+    /// Starts `qemu` paused at the reset vector with `bios` (QEMU's default when
+    /// None) and `ram_mib` of RAM.
+    pub fn spawn(
+        qemu: &Path,
+        bios: Option<&Path>,
+        ram_mib: u64,
+        extra: &[String],
+    ) -> io::Result<Self> {
         let port = free_port()?;
-        let child = Command::new(qemu)
+        let mut cmd = Command::new(qemu);
+        if let Some(b) = bios {
+            // fw_cfg DMA writes guest memory behind the CPU's back; x86bt's fw_cfg
+            // has no DMA, so QEMU's is turned off to keep memory comparable. (A
+            // Multiboot kernel is loaded by QEMU's DMA option ROM before the
+            // compared window starts, so it keeps DMA.)
+            cmd.arg("-bios")
+                .arg(b)
+                .args(["-global", "fw_cfg_io.dma_enabled=off"]);
+        }
+        let child = cmd
             .args([
                 "-accel",
                 "tcg",
@@ -107,11 +123,7 @@ impl Qemu {
                 "-S",
             ])
             .args(["-gdb", &format!("tcp:127.0.0.1:{port}")])
-            // fw_cfg DMA writes guest memory behind the CPU's back; x86bt's fw_cfg
-            // has no DMA, so QEMU's is turned off to keep memory comparable.
-            .args(["-global", "fw_cfg_io.dma_enabled=off"])
-            .args(["-m", &ram_mib.to_string(), "-bios"])
-            .arg(bios)
+            .args(["-m", &ram_mib.to_string()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -205,9 +217,39 @@ impl Qemu {
         self.gdb.memory(addr, len)
     }
 
-    /// Writes a register by name (used to hand QEMU-side inputs over, and tests).
+    /// Runs a monitor command.
     pub fn monitor(&mut self, cmd: &str) -> io::Result<String> {
         self.gdb.monitor(cmd)
+    }
+
+    /// Runs until execution reaches linear address `addr` (a hardware breakpoint).
+    pub fn run_to(&mut self, addr: u64) -> io::Result<()> {
+        let r = self.gdb.command(&format!("Z1,{addr:x},1"))?;
+        if r != b"OK" {
+            return Err(io::Error::other("gdbstub refused the breakpoint"));
+        }
+        self.gdb.command("c")?;
+        self.gdb.command(&format!("z1,{addr:x},1"))?;
+        Ok(())
+    }
+
+    /// GDTR and IDTR (base, limit) from `info registers`.
+    pub fn tables(&mut self) -> io::Result<[(u64, u32); 2]> {
+        let text = self.gdb.monitor("info registers")?;
+        let mut out = [(0, 0); 2];
+        for (i, name) in ["GDT=", "IDT="].iter().enumerate() {
+            if let Some(line) = text.lines().find(|l| l.starts_with(name)) {
+                let f: Vec<u64> = line[4..]
+                    .split_whitespace()
+                    .take(2)
+                    .filter_map(|t| u64::from_str_radix(t, 16).ok())
+                    .collect();
+                if let [base, limit] = f[..] {
+                    out[i] = (base, limit as u32);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -90,6 +90,13 @@ impl Tlb {
             }
         }
     }
+    /// Whether a global-page translation of `lin` is cached.
+    pub fn has_global(&self, lin: u64) -> bool {
+        let page = lin >> 12;
+        let e = &self.e[(page as usize) & (TLB_SIZE - 1)];
+        e.tag == page + 1 && e.flags & T_GLOBAL != 0
+    }
+
     /// Drops the entry for one linear address (INVLPG), global or not.
     pub fn flush_page(&mut self, lin: u64) {
         let page = lin >> 12;
@@ -460,22 +467,28 @@ pub fn write_lin_as(
     value: u64,
     user: bool,
 ) -> Result<(), Exception> {
-    if cpu.log_writes {
-        cpu.write_log.push((lin, size));
-    }
     if !paging(cpu) {
+        if cpu.log_writes {
+            cpu.write_log.push((lin, size));
+        }
         mem_write(m, GuestPhys(lin), size, value);
         return Ok(());
     }
     let off = lin & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Write, user)?;
+        if cpu.log_writes {
+            cpu.write_log.push((lin, size));
+        }
         mem_write(m, p, size, value);
         return Ok(());
     }
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Write, user)?;
     let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Write, user)?;
+    if cpu.log_writes {
+        cpu.write_log.push((lin, size));
+    }
     for i in 0..u64::from(size) {
         let p = if i < first {
             p1.add(i)
