@@ -93,3 +93,45 @@ fn difftest_reports_injected_bug_at_its_instruction() {
         "history shows the instruction: {out}"
     );
 }
+
+/// The bounded campaign CI runs: 100 programs of 500 random instructions in one
+/// mode, no divergence outside the allow-list.
+fn campaign(mode: &str) {
+    if !have_qemu() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args([
+            "difftest", "--random", "--seed", "2026", "--count", "100", "--len", "500", "--mode",
+            mode,
+        ])
+        .output()
+        .expect("run difftest campaign");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", stdout.lines().last().unwrap_or_default());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("100 programs of 500 instructions") && stdout.contains(" 0 diverged"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn difftest_campaign_real_mode_has_no_divergence() {
+    campaign("real");
+}
+
+#[test]
+fn difftest_campaign_prot16_has_no_divergence() {
+    campaign("prot16");
+}
+
+#[test]
+fn difftest_campaign_prot32_has_no_divergence() {
+    campaign("prot32");
+}

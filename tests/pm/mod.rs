@@ -1115,6 +1115,7 @@ pub fn assert_all_pass(name: &str, built: &Built) {
         .expect("run x86bt");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    difftest_against_qemu(name, &path);
     // X86BT_PM_KEEP=1 keeps the image for running it by hand.
     if std::env::var_os("X86BT_PM_KEEP").is_none() {
         let _ = std::fs::remove_file(&path);
@@ -1131,4 +1132,38 @@ pub fn assert_all_pass(name: &str, built: &Built) {
         Some(1),
         "kernel {name} must exit through the debug-exit port with 0; stderr:\n{stderr}"
     );
+}
+
+/// Runs the kernel through `x86bt difftest --kernel` against QEMU: it must agree
+/// to the end, or stop at a divergence on the allow-list. Without QEMU the step
+/// says so and is skipped; under CI a missing QEMU is a failure.
+fn difftest_against_qemu(name: &str, path: &std::path::Path) {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("qemu-system-i386").exists());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have qemu-system-i386"
+        );
+        eprintln!("SKIPPED difftest of {name}: qemu-system-i386 not found");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["difftest", "--kernel"])
+        .arg(path)
+        .args(["-m", "16", "--max-insns", "2000000"])
+        .output()
+        .expect("run x86bt difftest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "difftest of kernel {name}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("agree:") || stdout.contains("allowed divergence"),
+        "difftest of kernel {name}:\n{stdout}"
+    );
+    eprintln!("difftest {name}: {}", stdout.trim());
 }
