@@ -104,6 +104,7 @@ pub struct SystemControl {
     nmi_masked: Cell<bool>,
     pam: Cell<[u8; 7]>,
     pam_changed: Cell<bool>,
+    smram_open: Cell<bool>,
 }
 
 impl Default for SystemControl {
@@ -115,6 +116,7 @@ impl Default for SystemControl {
             nmi_masked: Cell::new(false),
             pam: Cell::new([0; 7]),
             pam_changed: Cell::new(false),
+            smram_open: Cell::new(false),
         }
     }
 }
@@ -172,7 +174,18 @@ impl SystemControl {
             }
         }
     }
-    /// Returns and clears whether PAM changed since the last call.
+    /// Whether SMRAM (0xA0000-0xBFFFF) is open to ordinary accesses: i440FX SMRAM
+    /// register with G_SMRAME and D_OPEN set.
+    pub fn smram_open(&self) -> bool {
+        self.smram_open.get()
+    }
+    /// Opens or closes SMRAM; the memory map follows at the next sync.
+    pub fn set_smram_open(&self, open: bool) {
+        if self.smram_open.replace(open) != open {
+            self.pam_changed.set(true);
+        }
+    }
+    /// Returns and clears whether PAM or SMRAM changed since the last call.
     pub fn take_pam_changed(&self) -> bool {
         self.pam_changed.replace(false)
     }

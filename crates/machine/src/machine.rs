@@ -99,6 +99,7 @@ impl Machine {
         self.mem.set_a20(self.ctl.a20());
         if self.ctl.take_pam_changed() {
             self.mem.set_pam(self.ctl.pam());
+            self.mem.set_smram_open(self.ctl.smram_open());
         }
         self.intr = self.poll_pic();
     }

@@ -59,6 +59,7 @@ pub struct PhysMemory {
     /// PAM mode per 16 KiB chunk of 0xC0000-0xFFFFF: bit 0 reads RAM, bit 1 writes
     /// RAM (i440FX datasheet §3.2.18, PAM0-PAM6).
     pam: [u8; 16],
+    smram_open: bool,
     flush_all: bool,
 }
 
@@ -97,6 +98,7 @@ impl PhysMemory {
             dirty_code_pages: Vec::new(),
             code_write_pending: false,
             pam: [0; 16],
+            smram_open: false,
             flush_all: false,
         };
         mem.fast_end = match layout {
@@ -174,6 +176,15 @@ impl PhysMemory {
         self.code_write_pending = true;
     }
 
+    /// Opens or closes the RAM under the VGA window (i440FX SMRAM D_OPEN).
+    pub fn set_smram_open(&mut self, open: bool) {
+        if self.smram_open != open {
+            self.smram_open = open;
+            self.flush_all = true;
+            self.code_write_pending = true;
+        }
+    }
+
     /// Returns and clears whether all cached code must be dropped (the memory map
     /// under it changed).
     pub fn take_flush_all(&mut self) -> bool {
@@ -195,7 +206,11 @@ impl PhysMemory {
         if self.layout == MemoryLayout::Pc {
             if addr < ONE_MIB {
                 if addr < OPTROM_START {
-                    return Target::None;
+                    return if self.smram_open && addr < self.low_ram {
+                        Target::Ram(addr as usize)
+                    } else {
+                        Target::None
+                    };
                 }
                 let mode = self.pam[((addr - OPTROM_START) / 0x4000) as usize];
                 let to_ram = if write { mode & 2 != 0 } else { mode & 1 != 0 };

@@ -3,7 +3,8 @@
 //! configuration space of the three chipset functions on bus 0:
 //!
 //! - 00:00.0, the Intel 82441FX (i440FX) host bridge: PAM0-PAM6 (59h-5Fh) drive the
-//!   shadow-RAM map through [`SystemControl::set_pam`]; SMRAM (72h) is stored.
+//!   shadow-RAM map through [`SystemControl::set_pam`]; SMRAM (72h) opens the RAM
+//!   under 0xA0000-0xBFFFF when G_SMRAME and D_OPEN are set.
 //! - 00:01.0, the Intel 82371SB (PIIX3) PCI-to-ISA bridge, multi-function; the
 //!   PIRQ route control registers (60h-63h) are stored.
 //! - 00:01.3, the Intel 82371AB (PIIX4) power-management function: PMBA (40h) and
@@ -429,6 +430,8 @@ impl PciHost {
             kept | SMRAM_C_BASE_SEG
         };
         self.host.set(SMRAM, new);
+        self.ctl
+            .set_smram_open(new & (SMRAM_G_SMRAME | SMRAM_D_OPEN) == SMRAM_G_SMRAME | SMRAM_D_OPEN);
     }
 
     fn write_reset_control(&mut self, value: u8) {
