@@ -3,6 +3,7 @@
 //! instruction's semantics.
 
 pub mod exception;
+pub mod fpu;
 pub mod identity;
 pub mod interp;
 pub mod mmu;

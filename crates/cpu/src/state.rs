@@ -238,6 +238,8 @@ pub struct CpuState {
     pub nmi_blocked: u8,
     /// The x87 and SSE state image (FXSAVE layout), kept for later issues.
     pub fx: [u8; 512],
+    /// The x87 FPU.
+    pub fpu: crate::fpu::Fpu,
     /// When set, a repeated string instruction runs one iteration per step, as
     /// QEMU single-steps them (differential testing).
     pub rep_single: bool,
@@ -308,6 +310,7 @@ impl CpuState {
             nmi_pending: 0,
             nmi_blocked: 0,
             fx: [0; 512],
+            fpu: crate::fpu::Fpu::default(),
             rep_single: false,
             log_writes: false,
             write_log: Vec::new(),

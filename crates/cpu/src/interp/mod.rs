@@ -28,6 +28,7 @@ pub mod stack;
 pub mod string;
 pub mod system;
 pub mod task;
+pub mod x87;
 
 use crate::exception::Exception;
 use crate::state::CpuState;

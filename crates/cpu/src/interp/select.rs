@@ -34,7 +34,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         return alu::undefined;
     }
     if is_x87(ins) {
-        return system::fpu_escape;
+        return super::x87::esc;
     }
     match ins.mnemonic() {
         M::Add => alu::binop::<{ alu::ADD }>,
