@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod boot;
 pub mod cli;
+pub mod console;
 pub mod difftest;
 pub mod error;
 pub mod run;

@@ -3,10 +3,10 @@
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::vm::{RunOutcome, Vm};
-use std::cell::Cell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use x86bt_machine::loader::multiboot;
 use x86bt_machine::pc::{self, PcConfig};
@@ -16,12 +16,12 @@ pub struct Watch {
     inner: Box<dyn Write>,
     needle: Vec<u8>,
     matched: usize,
-    seen: Rc<Cell<bool>>,
+    seen: Arc<AtomicBool>,
 }
 
 impl Watch {
     /// Watches `inner` for `needle`.
-    pub fn new(inner: Box<dyn Write>, needle: &str, seen: Rc<Cell<bool>>) -> Self {
+    pub fn new(inner: Box<dyn Write>, needle: &str, seen: Arc<AtomicBool>) -> Self {
         Self {
             inner,
             needle: needle.as_bytes().to_vec(),
@@ -44,7 +44,7 @@ impl Write for Watch {
                 self.matched = usize::from(b == self.needle[0]);
             }
             if self.matched == self.needle.len() {
-                self.seen.set(true);
+                self.seen.store(true, Ordering::Relaxed);
                 self.matched = 0;
             }
         }
@@ -96,12 +96,16 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     for p in &a.modules {
         modules.push((p.display().to_string(), read_file(p)?));
     }
-    let seen = Rc::new(Cell::new(false));
+    let seen = Arc::new(AtomicBool::new(false));
+    let quit = Arc::new(AtomicBool::new(false));
+    let interactive = a.serial == "stdio" && crate::console::stdin_is_tty();
+    // Under --serial stdio, what is typed (or piped) on stdin reaches COM1.
+    let serial_in = (a.serial == "stdio").then(x86bt_machine::devices::uart::SerialInput::new);
     let mut serial_out = open_sink(&a.serial, "serial")?;
     let mut debugcon = open_sink(&a.debugcon, "debugcon")?;
     if let Some(text) = &a.until {
-        serial_out = Box::new(Watch::new(serial_out, text, Rc::clone(&seen)));
-        debugcon = Box::new(Watch::new(debugcon, text, Rc::clone(&seen)));
+        serial_out = Box::new(Watch::new(serial_out, text, Arc::clone(&seen)));
+        debugcon = Box::new(Watch::new(debugcon, text, Arc::clone(&seen)));
     }
     let post = match &a.post {
         Some(spec) if spec.starts_with("file:") => Some(open_sink(spec, "post")?),
@@ -117,7 +121,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         ram_bytes: a.mem_mib << 20,
         bios,
         serial_out,
-        serial_in: None,
+        serial_in: serial_in.clone(),
         debugcon,
         post,
         rtc_base_unix: 0,
@@ -134,8 +138,12 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     };
     let mut vm = Vm::new(machine);
     vm.no_reboot = a.no_reboot;
-    if a.until.is_some() {
-        vm.stop_flag = Some(Rc::clone(&seen));
+    vm.stop_flag = Some(Arc::clone(&seen));
+    vm.pace_idle = interactive;
+    // Raw mode lasts until this guard drops at the end of the run, on every path.
+    let _raw = interactive.then(crate::console::RawTerminal::enter);
+    if let Some(input) = serial_in {
+        crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
     if let Some(e) = entry {
         crate::boot::enter_multiboot(
@@ -151,6 +159,9 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let _ = std::io::stdout().flush();
     match &outcome {
         RunOutcome::DebugExit(_) => {}
+        RunOutcome::Stopped if quit.load(Ordering::Relaxed) => {
+            eprintln!("\r\nx86bt: quit (Ctrl-A x)")
+        }
         RunOutcome::Stopped => eprintln!(
             "x86bt: --until text seen after {} instructions",
             vm.cpu.icount

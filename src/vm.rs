@@ -63,7 +63,10 @@ pub struct Vm {
     /// Stop on a triple fault instead of resetting (`--no-reboot`).
     pub no_reboot: bool,
     /// When set and raised, the run stops (checked between units).
-    pub stop_flag: Option<std::rc::Rc<std::cell::Cell<bool>>>,
+    pub stop_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Sleep on the host while the guest halts, so an idle interactive guest
+    /// keeps to wall-clock time instead of racing through virtual time.
+    pub pace_idle: bool,
 }
 
 impl Vm {
@@ -76,6 +79,7 @@ impl Vm {
             idle_ns: 0,
             no_reboot: false,
             stop_flag: None,
+            pace_idle: false,
         }
     }
 
@@ -100,7 +104,11 @@ impl Vm {
             if self.cpu.icount >= max_insns {
                 return RunOutcome::InstructionLimit;
             }
-            if self.stop_flag.as_ref().is_some_and(|f| f.get()) {
+            if self
+                .stop_flag
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 return RunOutcome::Stopped;
             }
             if self.cpu.nmi_pending != 0 && self.cpu.nmi_blocked == 0 && self.cpu.int_shadow == 0 {
@@ -161,6 +169,10 @@ impl Vm {
         };
         let now = self.now();
         if deadline > now {
+            if self.pace_idle {
+                let ns = (deadline - now).min(10_000_000);
+                std::thread::sleep(std::time::Duration::from_nanos(ns));
+            }
             self.idle_ns += deadline - now;
         }
         let now = self.now();

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Builds the Debian i386 Linux guest into ./guests/ (git-ignored) from Debian's
+# packages only:
+#   guests/vmlinuz-686              the bzImage of the kernel linux-image-686:i386
+#                                   depends on (guests/vmlinuz-686.version names it)
+#   guests/initramfs-shell.cpio.gz  /init mounts proc, sys and devtmpfs, prints
+#                                   X86BT-GUEST-READY, runs an interactive shell on
+#                                   /dev/ttyS0, and powers off when it exits
+#   guests/initramfs-run.cpio.gz    /init does the same mounts, prints the marker,
+#                                   runs /commands, then `poweroff -f`
+#
+# /commands defaults to `uname -a; cat /proc/cpuinfo; ls /; echo done`; set
+# X86BT_GUEST_COMMANDS to replace it (one shell command list; newlines allowed).
+#
+# Safe to run again: the .deb files are kept in guests/cache/ and only downloaded
+# when missing, and the initramfs images are rebuilt reproducibly (fixed mtimes,
+# sorted cpio list, no gzip timestamp), so an unchanged input gives identical bytes.
+# Runs as root on a bare Debian bookworm machine; as another user it uses sudo for
+# the package steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MARKER=X86BT-GUEST-READY
+DEFAULT_COMMANDS='uname -a; cat /proc/cpuinfo; ls /; echo done'
+COMMANDS=${X86BT_GUEST_COMMANDS:-$DEFAULT_COMMANDS}
+# The fixed timestamp of every file in the initramfs images.
+EPOCH=${SOURCE_DATE_EPOCH:-0}
+
+out=guests
+cache=$out/cache
+work=$out/work
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  echo "build-guests: installing $* from Debian's packages"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# cpio is not in a minimal Debian; gzip is Essential but check anyway.
+need_pkgs=()
+command -v cpio >/dev/null 2>&1 || need_pkgs+=(cpio)
+command -v gzip >/dev/null 2>&1 || need_pkgs+=(gzip)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  apt_install "${need_pkgs[@]}"
+fi
+
+# The i386 package lists: add the architecture once, and fetch the lists when
+# apt does not know the i386 meta-package yet.
+if [ "$(dpkg --print-architecture)" != i386 ] &&
+  ! dpkg --print-foreign-architectures | grep -qx i386; then
+  echo "build-guests: enabling the i386 architecture"
+  as_root dpkg --add-architecture i386
+fi
+# A mirror caught mid-sync fails one index; retry, and carry on with partial lists
+# as long as they hold what is needed.
+if ! apt-cache show linux-image-686:i386 >/dev/null 2>&1; then
+  for try in 1 2 3; do
+    echo "build-guests: apt-get update (for the i386 lists, try $try)"
+    if as_root apt-get update -qq; then break; fi
+    sleep 10
+  done
+  if ! apt-cache show linux-image-686:i386 >/dev/null 2>&1; then
+    echo "build-guests: apt knows no linux-image-686:i386 after apt-get update" >&2
+    exit 1
+  fi
+fi
+
+# The versioned kernel package the meta-package depends on, for example
+# linux-image-6.1.0-37-686.
+kpkg=$(apt-cache depends linux-image-686:i386 |
+  grep -o 'linux-image-[0-9][^ :]*-686\b' | grep -v -- '-unsigned$' | head -1 || true)
+if [ -z "$kpkg" ]; then
+  echo "build-guests: cannot find the kernel package linux-image-686:i386 depends on" >&2
+  exit 1
+fi
+kver=${kpkg#linux-image-}
+echo "build-guests: kernel package $kpkg:i386"
+
+mkdir -p "$cache" "$work"
+# apt-get download as root would otherwise warn that the _apt sandbox user
+# cannot write the cache directory.
+download() {
+  local pkg=$1 pattern=$2
+  if ! compgen -G "$cache/$pattern" >/dev/null; then
+    echo "build-guests: downloading $pkg" >&2
+    (cd "$cache" && apt-get -q -o APT::Sandbox::User="$(id -un)" download "$pkg") >&2
+  fi
+  compgen -G "$cache/$pattern" | sort | tail -1
+}
+kdeb=$(download "$kpkg:i386" "${kpkg}_*_i386.deb")
+bdeb=$(download busybox-static:i386 "busybox-static_*_i386.deb")
+
+# Extract each package into a directory named after the .deb, once.
+extract() {
+  local deb=$1 dir
+  dir=$work/$(basename "$deb" .deb)
+  if [ ! -d "$dir" ]; then
+    dpkg-deb -x "$deb" "$dir.tmp"
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+kdir=$(extract "$kdeb")
+bdir=$(extract "$bdeb")
+
+vmlinuz=$(compgen -G "$kdir/boot/vmlinuz-*" | head -1 || true)
+if [ -z "$vmlinuz" ]; then
+  echo "build-guests: $kdeb holds no boot/vmlinuz-*" >&2
+  exit 1
+fi
+cp "$vmlinuz" "$out/vmlinuz-686"
+echo "${vmlinuz##*/vmlinuz-}" >"$out/vmlinuz-686.version"
+busybox=$bdir/bin/busybox
+[ -x "$busybox" ] || {
+  echo "build-guests: $bdeb holds no bin/busybox" >&2
+  exit 1
+}
+
+# The part of /init both images share. The applet links are made at boot by
+# busybox itself, so the i386 binary never has to run on the build host.
+init_common() {
+  cat <<EOF
+#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /root
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root TERM=vt100
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo $MARKER
+EOF
+}
+
+# setsid gives the shell its own session, so opening /dev/ttyS0 makes the port
+# its controlling terminal (job control and ^C work). When it exits, power off
+# rather than let init die (which would panic the kernel).
+init_shell() {
+  init_common
+  cat <<'EOF'
+setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'
+poweroff -f
+EOF
+}
+
+init_run() {
+  init_common
+  cat <<'EOF'
+sh /commands
+poweroff -f
+EOF
+}
+
+# Builds $1 (an initramfs path) from the /init text on stdin, plus optional
+# extra files given as name=content pairs.
+build_initramfs() {
+  local image=$1 root
+  shift
+  root=$(mktemp -d "$work/root.XXXXXX")
+  mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
+  cp "$busybox" "$root/bin/busybox"
+  cat >"$root/init"
+  chmod 755 "$root/init"
+  local pair
+  for pair in "$@"; do
+    printf '%s\n' "${pair#*=}" >"$root/${pair%%=*}"
+  done
+  # The kernel opens /dev/console for init before devtmpfs is mounted. Debian's
+  # kernel carries a built-in initramfs with that node, but add it when we can.
+  if [ "$(id -u)" -eq 0 ]; then
+    mknod -m 600 "$root/dev/console" c 5 1
+  fi
+  find "$root" -exec touch -h -d "@$EPOCH" {} +
+  (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible | gzip -9 -n) >"$image.tmp"
+  mv "$image.tmp" "$image"
+  rm -rf "$root"
+}
+
+init_shell | build_initramfs "$out/initramfs-shell.cpio.gz"
+init_run | build_initramfs "$out/initramfs-run.cpio.gz" "commands=$COMMANDS"
+
+echo "build-guests: built (kernel $(cat "$out/vmlinuz-686.version")):"
+for f in vmlinuz-686 initramfs-shell.cpio.gz initramfs-run.cpio.gz; do
+  printf '  %-40s %9d bytes\n' "$out/$f" "$(stat -c %s "$out/$f")"
+done
+echo "build-guests: /commands in initramfs-run: $COMMANDS"
