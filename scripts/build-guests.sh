@@ -34,9 +34,20 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# A mirror caught mid-sync fails one index; retry, then carry on with whatever
+# lists apt has (what follows fails clearly if they are not enough).
+update_lists() {
+  local try
+  for try in 1 2 3; do
+    echo "build-guests: apt-get update (try $try)"
+    if as_root apt-get update -qq; then return 0; fi
+    sleep 10
+  done
+}
+
 apt_install() {
   echo "build-guests: installing $* from Debian's packages"
-  as_root apt-get update -qq
+  update_lists
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
@@ -48,51 +59,50 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt_install "${need_pkgs[@]}"
 fi
 
-# The i386 package lists: add the architecture once, and fetch the lists when
-# apt does not know the i386 meta-package yet.
+# Packages come from the i386 lists: add the architecture once.
 if [ "$(dpkg --print-architecture)" != i386 ] &&
   ! dpkg --print-foreign-architectures | grep -qx i386; then
   echo "build-guests: enabling the i386 architecture"
   as_root dpkg --add-architecture i386
 fi
-# A mirror caught mid-sync fails one index; retry, and carry on with partial lists
-# as long as they hold what is needed.
-if ! apt-cache show linux-image-686:i386 >/dev/null 2>&1; then
-  for try in 1 2 3; do
-    echo "build-guests: apt-get update (for the i386 lists, try $try)"
-    if as_root apt-get update -qq; then break; fi
-    sleep 10
-  done
-  if ! apt-cache show linux-image-686:i386 >/dev/null 2>&1; then
-    echo "build-guests: apt knows no linux-image-686:i386 after apt-get update" >&2
-    exit 1
-  fi
-fi
 
 # The versioned kernel package the meta-package depends on, for example
-# linux-image-6.1.0-37-686.
-kpkg=$(apt-cache depends linux-image-686:i386 |
-  grep -o 'linux-image-[0-9][^ :]*-686\b' | grep -v -- '-unsigned$' | head -1 || true)
-if [ -z "$kpkg" ]; then
-  echo "build-guests: cannot find the kernel package linux-image-686:i386 depends on" >&2
-  exit 1
-fi
-kver=${kpkg#linux-image-}
-echo "build-guests: kernel package $kpkg:i386"
+# linux-image-6.1.0-37-686. Empty when apt does not know the i386 lists yet.
+kernel_package() {
+  apt-cache depends linux-image-686:i386 2>/dev/null |
+    grep -oE 'linux-image-[0-9][^ :]*-686(:i386)?$' | head -1 | sed 's/:i386$//' || true
+}
 
-mkdir -p "$cache" "$work"
-# apt-get download as root would otherwise warn that the _apt sandbox user
-# cannot write the cache directory.
+# Prints the cached .deb matching the glob $2, downloading package $1 first when
+# there is none. apt-get runs as the current user, or as root it would warn that
+# the _apt sandbox user cannot write the cache directory.
 download() {
   local pkg=$1 pattern=$2
   if ! compgen -G "$cache/$pattern" >/dev/null; then
     echo "build-guests: downloading $pkg" >&2
-    (cd "$cache" && apt-get -q -o APT::Sandbox::User="$(id -un)" download "$pkg") >&2
+    (cd "$cache" && apt-get -q -o APT::Sandbox::User="$(id -un)" download "$pkg") >&2 || return 1
   fi
   compgen -G "$cache/$pattern" | sort | tail -1
 }
-kdeb=$(download "$kpkg:i386" "${kpkg}_*_i386.deb")
-bdeb=$(download busybox-static:i386 "busybox-static_*_i386.deb")
+
+# Sets kpkg, kdeb and bdeb. Fails when the lists do not know the packages yet,
+# or name files the mirror no longer has (stale lists).
+fetch() {
+  kpkg=$(kernel_package)
+  [ -n "$kpkg" ] || return 1
+  kdeb=$(download "$kpkg:i386" "${kpkg}_*_i386.deb") || return 1
+  bdeb=$(download busybox-static:i386 "busybox-static_*_i386.deb") || return 1
+}
+
+mkdir -p "$cache" "$work"
+if ! fetch; then
+  update_lists
+  if ! fetch; then
+    echo "build-guests: cannot get linux-image-686:i386's kernel and busybox-static:i386" >&2
+    exit 1
+  fi
+fi
+echo "build-guests: kernel package $kpkg:i386 ($(basename "$kdeb"))"
 
 # Extract each package into a directory named after the .deb, once.
 extract() {

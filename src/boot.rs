@@ -41,3 +41,26 @@ pub fn enter_multiboot(cpu: &mut CpuState, entry: u32, magic: u32, info: u32) {
     cpu.gpr[reg::RBX] = u64::from(info);
     cpu.rip = u64::from(entry);
 }
+
+/// The 32-bit entry state of the Linux/x86 boot protocol (boot.rst, "32-bit Boot
+/// Protocol"): protected mode without paging, a GDT with flat __BOOT_CS (0x10)
+/// and __BOOT_DS (0x18), CS/DS/ES/SS loaded from it, interrupts disabled, ESI =
+/// the boot_params ("zero page"), EBP = EDI = EBX = 0.
+pub fn enter_linux(cpu: &mut CpuState, entry: u32, boot_params: u32, gdt_base: u32, gdt_limit: u16) {
+    let icount = cpu.icount;
+    *cpu = CpuState::reset();
+    cpu.icount = icount;
+    cpu.cr0 = cr0::PE | cr0::ET;
+    cpu.gdtr = x86bt_cpu::state::TableReg {
+        base: u64::from(gdt_base),
+        limit: u32::from(gdt_limit),
+    };
+    cpu.seg[sreg::CS] = flat(0x10, true);
+    for s in [sreg::DS, sreg::ES, sreg::SS, sreg::FS, sreg::GS] {
+        cpu.seg[s] = flat(0x18, false);
+    }
+    cpu.rflags = flags::FIXED1;
+    cpu.gpr = [0; 16];
+    cpu.gpr[reg::RSI] = u64::from(boot_params);
+    cpu.rip = u64::from(entry);
+}

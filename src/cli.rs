@@ -85,6 +85,9 @@ pub struct DifftestArgs {
     /// Instructions of history shown at a divergence.
     #[arg(long, default_value_t = 20)]
     pub history: usize,
+    /// On an allowed divergence, take QEMU's values and keep comparing.
+    #[arg(long)]
+    pub continue_allowed: bool,
     /// Test only: flip bit 0 of x86bt's EAX after this many instructions.
     #[arg(long, hide = true)]
     pub inject_bug: Option<u64>,
@@ -105,9 +108,13 @@ pub struct RunArgs {
     /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB.
     #[arg(long)]
     pub bios: Option<PathBuf>,
-    /// A Multiboot v1 kernel (ELF32 or a.out kludge), entered in 32-bit protected mode.
+    /// A kernel: a Linux bzImage (boot protocol 2.06+) or a Multiboot v1 kernel
+    /// (ELF32 or a.out kludge), told apart by their contents.
     #[arg(long, conflicts_with = "bios")]
     pub kernel: Option<PathBuf>,
+    /// An initial ramdisk for a Linux kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
     /// The kernel command line.
     #[arg(long, default_value = "", requires = "kernel")]
     pub append: String,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use x86bt_machine::loader::multiboot;
+use x86bt_machine::loader::{linux, multiboot};
 use x86bt_machine::pc::{self, PcConfig};
 
 /// A writer that passes bytes on and raises `seen` once `needle` has gone by.
@@ -132,8 +132,12 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         )),
         other => Error::Machine(other),
     })?;
+    let initrd = match &a.initrd {
+        Some(p) => Some(read_file(p)?),
+        None => None,
+    };
     let entry = match &kernel {
-        Some((path, image)) => Some(load_kernel(&mut machine, path, image, &a.append, &modules)?),
+        Some((path, image)) => Some(load_kernel(&mut machine, path, image, initrd.as_deref(), &a.append, &modules)?),
         None => None,
     };
     let mut vm = Vm::new(machine);
@@ -145,13 +149,14 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     if let Some(input) = serial_in {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
-    if let Some(e) = entry {
-        crate::boot::enter_multiboot(
-            &mut vm.cpu,
-            e.entry,
-            multiboot::BOOTLOADER_MAGIC,
-            e.info_addr,
-        );
+    match entry {
+        Some(KernelEntry::Multiboot(e)) => {
+            crate::boot::enter_multiboot(&mut vm.cpu, e.entry, multiboot::BOOTLOADER_MAGIC, e.info_addr)
+        }
+        Some(KernelEntry::Linux(e)) => {
+            crate::boot::enter_linux(&mut vm.cpu, e.entry, e.boot_params, e.gdt_base, e.gdt_limit)
+        }
+        None => {}
     }
     let start = Instant::now();
     let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
@@ -177,25 +182,46 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     Ok((outcome.exit_status() & 0xFF) as u8)
 }
 
-/// Loads a `--kernel` image: a Multiboot kernel (a file that is not one gets a
-/// clear error naming what was expected).
+/// How a loaded kernel is entered.
+pub enum KernelEntry {
+    /// A Multiboot kernel.
+    Multiboot(multiboot::MultibootEntry),
+    /// A Linux bzImage.
+    Linux(linux::LinuxEntry),
+}
+
+/// Loads a `--kernel` image, telling a Linux bzImage from a Multiboot kernel by
+/// its contents; anything else gets a clear error naming what was expected.
 fn load_kernel(
     m: &mut x86bt_machine::Machine,
     path: &Path,
     image: &[u8],
+    initrd: Option<&[u8]>,
     cmdline: &str,
     modules: &[(String, Vec<u8>)],
-) -> Result<multiboot::MultibootEntry, Error> {
-    if !multiboot::is_multiboot(image) {
-        return Err(Error::Usage(format!(
-            "{}: not a Multiboot kernel (no Multiboot v1 header in its first 8 KiB)",
-            path.display()
-        )));
-    }
-    multiboot::load(&mut m.mem, image, cmdline, modules).map_err(|source| Error::Loader {
+) -> Result<KernelEntry, Error> {
+    let loader_err = |source| Error::Loader {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    if linux::is_bzimage(image) {
+        if !modules.is_empty() {
+            return Err(Error::Usage("--module is for Multiboot kernels; a Linux kernel takes --initrd".into()));
+        }
+        return linux::load(&mut m.mem, image, initrd, cmdline).map(KernelEntry::Linux).map_err(loader_err);
+    }
+    if multiboot::is_multiboot(image) {
+        if initrd.is_some() {
+            return Err(Error::Usage("--initrd is for Linux kernels; a Multiboot kernel takes --module".into()));
+        }
+        return multiboot::load(&mut m.mem, image, cmdline, modules)
+            .map(KernelEntry::Multiboot)
+            .map_err(loader_err);
+    }
+    Err(Error::Usage(format!(
+        "{}: neither a Linux bzImage (no boot sector with a 'HdrS' setup header) nor a Multiboot kernel (no Multiboot v1 header in its first 8 KiB)",
+        path.display()
+    )))
 }
 
 /// Prints `--stats` to stderr.
@@ -203,6 +229,21 @@ pub fn print_stats(vm: &Vm, secs: f64) {
     let n = vm.cpu.icount;
     let s = &vm.interp.stats;
     eprintln!("instructions retired: {n}");
+    let c = &vm.cpu;
+    eprintln!(
+        "stopped at {:04x}:{:08x} (cr0={:#x}, eflags={:#x}, eax={:#x} ecx={:#x} edx={:#x} ebx={:#x} esp={:#x} esi={:#x} edi={:#x})",
+        c.seg[x86bt_cpu::state::sreg::CS].selector,
+        c.rip,
+        c.cr0,
+        c.rflags,
+        c.gpr[0],
+        c.gpr[1],
+        c.gpr[2],
+        c.gpr[3],
+        c.gpr[4],
+        c.gpr[6],
+        c.gpr[7]
+    );
     eprintln!(
         "wall time: {secs:.3} s, {:.1} MIPS",
         n as f64 / secs.max(1e-9) / 1e6

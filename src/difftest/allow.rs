@@ -17,6 +17,9 @@ pub struct Ctx<'a> {
     pub before: &'a CpuState,
     /// What differs.
     pub diffs: &'a [super::FieldDiff],
+    /// Whether the instruction's memory operand is in no RAM, ROM or device
+    /// (an address where nothing answers on x86bt's bus).
+    pub unassigned: bool,
 }
 
 /// One allowed deviation.
@@ -74,6 +77,12 @@ pub const ALLOWED: &[Allowed] = &[
         applies: through_global_tlb,
     },
     Allowed {
+        name: "unassigned-read",
+        reason: "a read where no memory or device answers returns all ones on x86bt (an idle ISA/PCI bus) and 0 on QEMU",
+        reference: "PCI Local Bus spec 3.0 §6.6 (master abort returns all ones); the guest reads an unpopulated address, e.g. the absent VGA window",
+        applies: |c| c.unassigned,
+    },
+    Allowed {
         name: "segment-checks",
         reason: "QEMU TCG does not check data segment limits and types in protected mode; hardware raises #GP(0)/#SS(0)",
         reference: "Intel SDM vol. 3A §5.3 (limit checking) and §5.4 (type checking); the project's pm_kernels segment_faults kernel",
@@ -110,6 +119,20 @@ fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
         0xFFFF_FFFF
     };
     Some((op, off & addr_mask))
+}
+
+/// The linear address of the explicit memory operand, if any.
+pub fn mem_linear(ins: &Instruction, before: &CpuState) -> Option<u64> {
+    let c = Ctx {
+        ins,
+        count: None,
+        before,
+        diffs: &[],
+        unassigned: false,
+    };
+    let (_, off) = mem_offset(&c)?;
+    let s = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+    (s < 6).then(|| before.seg[s].base.wrapping_add(off) & 0xFFFF_FFFF)
 }
 
 /// Whether the explicit memory operand reads through a global-page TLB entry

@@ -44,6 +44,7 @@ pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
         skip: a.skip,
         history: a.history,
         inject_bug: a.inject_bug,
+        continue_allowed: a.continue_allowed,
     };
     if let Some(bios) = &a.bios {
         setup.bios = bios.clone();

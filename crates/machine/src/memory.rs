@@ -382,6 +382,11 @@ impl PhysMemory {
         true
     }
 
+    /// Whether a read of `addr` reaches RAM or ROM (anything but an open bus).
+    pub fn is_mapped(&self, addr: GuestPhys) -> bool {
+        !matches!(self.decode(addr.0 & self.a20_mask), Target::None)
+    }
+
     /// Whether a write to `addr` reaches RAM (not ROM, not a hole).
     pub fn is_ram(&self, addr: GuestPhys) -> bool {
         matches!(

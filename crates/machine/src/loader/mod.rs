@@ -5,6 +5,7 @@
 //! Every loader treats the image as untrusted: each offset and size read from it is
 //! bounds-checked, and a bad image is a [`LoaderError`], never a panic.
 
+pub mod linux;
 pub mod multiboot;
 
 use thiserror::Error;
@@ -81,6 +82,46 @@ pub enum LoaderError {
         addr: u64,
         /// Its size in bytes.
         len: u64,
+    },
+    /// No bzImage signature: the boot sector lacks 0xAA55 at offset 510 or the
+    /// setup header lacks "HdrS" at offset 0x202 (Linux boot protocol, "The real-mode
+    /// kernel header").
+    #[error("not a Linux bzImage: no boot sector signature or no \"HdrS\" setup header")]
+    NotBzImage,
+    /// The kernel's boot protocol predates 2.06, the oldest this loader speaks
+    /// (it needs the cmdline_size field that 2.06 added).
+    #[error("Linux boot protocol {major}.{minor:02} is too old: 2.06 or later is required")]
+    ProtocolTooOld {
+        /// The protocol's major version.
+        major: u8,
+        /// The protocol's minor version.
+        minor: u8,
+    },
+    /// The Linux setup header is inconsistent.
+    #[error("bad Linux setup header: {reason}")]
+    BadSetupHeader {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The kernel command line is longer than the kernel's cmdline_size (or the
+    /// loader's command line area) allows.
+    #[error("kernel command line of {len} bytes is too long: at most {max} allowed")]
+    CmdlineTooLong {
+        /// The command line's length in bytes, without the terminating NUL.
+        len: usize,
+        /// The longest accepted.
+        max: usize,
+    },
+    /// The initrd does not fit between the end of the kernel's area and the
+    /// highest address the kernel accepts an initrd at (and the top of RAM).
+    #[error("initrd of {len:#x} bytes does not fit in guest RAM between {low:#x} and {high:#x}")]
+    InitrdTooLarge {
+        /// The initrd's size in bytes.
+        len: u64,
+        /// The lowest address it may use (the end of the kernel's area).
+        low: u64,
+        /// One past the highest address it may use.
+        high: u64,
     },
     /// The command line, module list and memory map do not fit in the low-memory
     /// area reserved for boot information.
