@@ -46,7 +46,13 @@ pub fn enter_multiboot(cpu: &mut CpuState, entry: u32, magic: u32, info: u32) {
 /// Protocol"): protected mode without paging, a GDT with flat __BOOT_CS (0x10)
 /// and __BOOT_DS (0x18), CS/DS/ES/SS loaded from it, interrupts disabled, ESI =
 /// the boot_params ("zero page"), EBP = EDI = EBX = 0.
-pub fn enter_linux(cpu: &mut CpuState, entry: u32, boot_params: u32, gdt_base: u32, gdt_limit: u16) {
+pub fn enter_linux(
+    cpu: &mut CpuState,
+    entry: u32,
+    boot_params: u32,
+    gdt_base: u32,
+    gdt_limit: u16,
+) {
     let icount = cpu.icount;
     *cpu = CpuState::reset();
     cpu.icount = icount;

@@ -137,7 +137,14 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         None => None,
     };
     let entry = match &kernel {
-        Some((path, image)) => Some(load_kernel(&mut machine, path, image, initrd.as_deref(), &a.append, &modules)?),
+        Some((path, image)) => Some(load_kernel(
+            &mut machine,
+            path,
+            image,
+            initrd.as_deref(),
+            &a.append,
+            &modules,
+        )?),
         None => None,
     };
     let mut vm = Vm::new(machine);
@@ -150,9 +157,12 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
     match entry {
-        Some(KernelEntry::Multiboot(e)) => {
-            crate::boot::enter_multiboot(&mut vm.cpu, e.entry, multiboot::BOOTLOADER_MAGIC, e.info_addr)
-        }
+        Some(KernelEntry::Multiboot(e)) => crate::boot::enter_multiboot(
+            &mut vm.cpu,
+            e.entry,
+            multiboot::BOOTLOADER_MAGIC,
+            e.info_addr,
+        ),
         Some(KernelEntry::Linux(e)) => {
             crate::boot::enter_linux(&mut vm.cpu, e.entry, e.boot_params, e.gdt_base, e.gdt_limit)
         }
@@ -206,13 +216,19 @@ fn load_kernel(
     };
     if linux::is_bzimage(image) {
         if !modules.is_empty() {
-            return Err(Error::Usage("--module is for Multiboot kernels; a Linux kernel takes --initrd".into()));
+            return Err(Error::Usage(
+                "--module is for Multiboot kernels; a Linux kernel takes --initrd".into(),
+            ));
         }
-        return linux::load(&mut m.mem, image, initrd, cmdline).map(KernelEntry::Linux).map_err(loader_err);
+        return linux::load(&mut m.mem, image, initrd, cmdline)
+            .map(KernelEntry::Linux)
+            .map_err(loader_err);
     }
     if multiboot::is_multiboot(image) {
         if initrd.is_some() {
-            return Err(Error::Usage("--initrd is for Linux kernels; a Multiboot kernel takes --module".into()));
+            return Err(Error::Usage(
+                "--initrd is for Linux kernels; a Multiboot kernel takes --module".into(),
+            ));
         }
         return multiboot::load(&mut m.mem, image, cmdline, modules)
             .map(KernelEntry::Multiboot)

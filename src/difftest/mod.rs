@@ -271,7 +271,8 @@ fn adopt_diffs(vm: &mut Vm, diffs: &[FieldDiff]) {
             if let Ok(a) = u64::from_str_radix(a, 16) {
                 let saved = vm.cpu.log_writes;
                 vm.cpu.log_writes = false;
-                let _ = x86bt_cpu::mmu::write_lin_as(&mut vm.cpu, &mut vm.machine, a, 1, d.qemu, false);
+                let _ =
+                    x86bt_cpu::mmu::write_lin_as(&mut vm.cpu, &mut vm.machine, a, 1, d.qemu, false);
                 vm.cpu.log_writes = saved;
             }
         }
@@ -352,9 +353,17 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 source,
             };
             if x86bt_machine::loader::linux::is_bzimage(&image) {
-                Some(x86bt_machine::loader::linux::load(&mut machine.mem, &image, None, "").map_err(err)?.entry)
+                Some(
+                    x86bt_machine::loader::linux::load(&mut machine.mem, &image, None, "")
+                        .map_err(err)?
+                        .entry,
+                )
             } else {
-                Some(x86bt_machine::loader::multiboot::load(&mut machine.mem, &image, "", &[]).map_err(err)?.entry)
+                Some(
+                    x86bt_machine::loader::multiboot::load(&mut machine.mem, &image, "", &[])
+                        .map_err(err)?
+                        .entry,
+                )
             }
         }
         None => None,
@@ -418,7 +427,9 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         // needs one more step, with the count already 0, to leave it; hardware
         // (and x86bt) leave it with the last iteration. Take that extra step.
         let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
-        let at_insn = |qs: &QState| u64::from(qs.eip) == addr.wrapping_sub(before.seg[sreg::CS].base) & 0xFFFF_FFFF;
+        let at_insn = |qs: &QState| {
+            u64::from(qs.eip) == addr.wrapping_sub(before.seg[sreg::CS].base) & 0xFFFF_FFFF
+        };
         if rep && at_insn(&qs) && vm.cpu.rip != u64::from(qs.eip) {
             q.step().map_err(qemu_err)?;
             qs = q.state().map_err(qemu_err)?;
@@ -525,8 +536,14 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             let unassigned = allow::mem_linear(&ins, &before).is_some_and(|lin| {
                 let mut probe = before.clone();
                 probe.log_writes = false;
-                x86bt_cpu::mmu::translate_as(&mut probe, &mut vm.machine, lin, x86bt_cpu::mmu::Access::Read, false)
-                    .is_ok_and(|p| !vm.machine.mem.is_mapped(p))
+                x86bt_cpu::mmu::translate_as(
+                    &mut probe,
+                    &mut vm.machine,
+                    lin,
+                    x86bt_cpu::mmu::Access::Read,
+                    false,
+                )
+                .is_ok_and(|p| !vm.machine.mem.is_mapped(p))
             });
             if let Some(a) = allow::find(&allow::Ctx {
                 ins: &ins,

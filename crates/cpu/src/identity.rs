@@ -1,7 +1,7 @@
 //! What the CPU says about itself: CPUID leaves and the model-specific registers.
 //!
 //! The feature set is honest: a bit is reported only when the instruction or
-//! register it advertises is implemented. With no x87 yet, FPU is not reported;
+//! register it advertises is implemented: the x87 and FXSAVE/FXRSTOR are; no SSE,
 //! no local APIC, no SYSENTER, no MTRRs, no PAT, no long mode.
 
 use crate::exception::Exception;
@@ -12,14 +12,16 @@ use crate::state::CpuState;
 pub const SIGNATURE: u32 = 0x0000_0663;
 
 /// CPUID.1:EDX bits we implement (SDM vol. 2A, CPUID, Table 3-11).
-const FEATURES_EDX: u32 = (1 << 2) // DE (CR4.DE, DR4/DR5 behaviour)
+const FEATURES_EDX: u32 = 1 // FPU (x87 on chip)
+    | (1 << 2) // DE (CR4.DE, DR4/DR5 behaviour)
     | (1 << 3) // PSE (4 MiB pages)
     | (1 << 4) // TSC
     | (1 << 5) // MSR (RDMSR/WRMSR for the MSRs below)
     | (1 << 6) // PAE (with NX, see leaf 0x80000001)
     | (1 << 8) // CX8 (CMPXCHG8B)
     | (1 << 13) // PGE (global pages)
-    | (1 << 15); // CMOV
+    | (1 << 15) // CMOV
+    | (1 << 24); // FXSR (FXSAVE/FXRSTOR, CR4.OSFXSR)
 
 /// CPUID.80000001h:EDX: NX (EFER.NXE).
 const EXT_FEATURES_EDX: u32 = 1 << 20;
@@ -105,8 +107,11 @@ mod tests {
     }
 
     #[test]
-    fn cpuid_leaf1_does_not_claim_fpu() {
-        assert_eq!(cpuid(1, 0)[3] & 1, 0);
+    fn cpuid_leaf1_claims_fpu_and_fxsr_but_not_sse() {
+        let edx = cpuid(1, 0)[3];
+        assert_eq!(edx & 1, 1);
+        assert_ne!(edx & (1 << 24), 0);
+        assert_eq!(edx & (1 << 25), 0, "no SSE");
     }
 
     #[test]

@@ -311,7 +311,8 @@ fn cr_index(r: Register) -> Option<usize> {
 }
 
 /// CR4 bits this CPU accepts; any other set bit raises #GP(0).
-const CR4_VALID: u64 = mmu::cr4::TSD | mmu::cr4::DE | mmu::cr4::PSE | mmu::cr4::PAE | mmu::cr4::PGE;
+const CR4_VALID: u64 =
+    mmu::cr4::TSD | mmu::cr4::DE | mmu::cr4::PSE | mmu::cr4::PAE | mmu::cr4::PGE | mmu::cr4::OSFXSR;
 
 /// MOV CRn, r32 and MOV r32, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4).
 pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {

@@ -540,10 +540,10 @@ fn fill_memory_bytes(ram: &mut [u8; 128], cfg: CmosConfig) {
         ram[at] = lo;
         ram[at + 1] = hi;
     };
-    // 0x10: no floppy drives. 0x14 (equipment): no floppy, no math coprocessor
-    // (bit 1 stays clear until the CPU has an x87), EGA/VGA display (bits 4-5 = 0).
+    // 0x10: no floppy drives. 0x14 (equipment): no floppy, math coprocessor
+    // present (the CPU's x87), EGA/VGA display (bits 4-5 = 0).
     ram[0x10] = 0;
-    ram[0x14] = 0x00;
+    ram[0x14] = 0x02;
     put16(ram, 0x15, 640);
     let extended_kb = cfg.ram_below_4g.saturating_sub(MIB) / KIB;
     put16(ram, 0x17, extended_kb);
@@ -938,7 +938,7 @@ mod tests {
         let above16 = u16::from_le_bytes([read(0x34), read(0x35)]);
         let above4g = u32::from_le_bytes([read(0x5B), read(0x5C), read(0x5D), 0]);
 
-        assert_eq!((read(0x10), read(0x14)), (0x00, 0x00));
+        assert_eq!((read(0x10), read(0x14)), (0x00, 0x02));
         assert_eq!(base, 640);
         assert_eq!((ext, ext2), (0xFFFF, 0xFFFF));
         // (3 GiB - 16 MiB) / 64 KiB = 49152 - 256.
@@ -971,8 +971,8 @@ mod tests {
             .sum();
         let stored = u16::from_be_bytes([cmos.read_register(0x2E, 0), cmos.read_register(0x2F, 0)]);
 
-        // Base 640 KB (0x0280), extended 127 MiB capped at 0xFFFF KB.
-        assert_eq!(stored, 0x80 + 0x02 + 0xFF + 0xFF);
+        // Equipment 0x02, base 640 KB (0x0280), extended capped at 0xFFFF KB.
+        assert_eq!(stored, 0x02 + 0x80 + 0x02 + 0xFF + 0xFF);
         assert_eq!(stored, sum);
     }
 
