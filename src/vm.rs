@@ -142,8 +142,23 @@ impl Vm {
                 }
                 RunState::Running => {}
             }
-            match self.interp.run_unit(&mut self.cpu, &mut self.machine) {
-                UnitExit::Continue | UnitExit::Halted => {}
+            let mut exit = self.interp.run_unit(&mut self.cpu, &mut self.machine);
+            // Units that touch nothing outside the CPU follow each other without a
+            // trip through this loop, up to the next device deadline (when an
+            // interrupt could next be raised) or the instruction limit.
+            if exit == UnitExit::Continue {
+                let horizon = self
+                    .machine
+                    .next_deadline()
+                    .map_or(u64::MAX, |d| d.saturating_sub(self.idle_ns) / NS_PER_INSN)
+                    .min(max_insns)
+                    .min(self.cpu.icount + 1_000_000);
+                while exit == UnitExit::Continue && self.cpu.icount < horizon {
+                    exit = self.interp.run_unit(&mut self.cpu, &mut self.machine);
+                }
+            }
+            match exit {
+                UnitExit::Continue | UnitExit::Event | UnitExit::Halted => {}
                 UnitExit::Shutdown => continue,
                 UnitExit::Unsupported(what) => return RunOutcome::Unsupported(what.to_string()),
             }

@@ -40,7 +40,7 @@ impl Gdb {
             }
         };
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(300)))?;
         let mut g = Self {
             stream,
             buf: Vec::new(),

@@ -1138,6 +1138,10 @@ pub fn assert_all_pass(name: &str, built: &Built) {
 /// to the end, or stop at a divergence on the allow-list. Without QEMU the step
 /// says so and is skipped; under CI a missing QEMU is a failure.
 fn difftest_against_qemu(name: &str, path: &std::path::Path) {
+    // One QEMU lockstep at a time: the kernels' tests run in parallel, and on a
+    // two-core machine several stepped QEMUs starve each other.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .any(|d| d.join("qemu-system-i386").exists());
     if !found {

@@ -23,8 +23,13 @@ const SLOTS: usize = 1 << 14;
 /// Why [`Interpreter::run_unit`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitExit {
-    /// Instructions ran; carry on.
+    /// Instructions ran and nothing needs the run loop: the next unit may follow
+    /// at once (no device was touched, no mode or interrupt state changed).
     Continue,
+    /// Instructions ran, and the run loop must look before the next unit: a
+    /// sensitive instruction ran, an exception was delivered, or the unit was cut
+    /// short (a store to code, a yielding REP).
+    Event,
     /// The CPU executed HLT.
     Halted,
     /// A triple fault shut the CPU down.
@@ -60,12 +65,17 @@ struct Slot {
     key: u32,
     byte_len: u32,
     count: u8,
-    insns: [Insn; MAX_UNIT_INSNS],
+    /// The unit ends on an ordinary instruction (not sensitive, not #UD).
+    plain_end: bool,
 }
 
 /// The interpreter: the reference engine.
 pub struct Interpreter {
+    /// Slot headers, kept apart from the instructions so a lookup touches one
+    /// small, dense array.
     slots: Vec<Slot>,
+    /// The prepared instructions of each slot.
+    units: Vec<[Insn; MAX_UNIT_INSNS]>,
     /// RAM page -> slots holding units decoded from it.
     page_index: HashMap<u64, Vec<u32>>,
     scratch: DecodedUnit,
@@ -107,10 +117,11 @@ impl Interpreter {
             key: 0,
             byte_len: 0,
             count: 0,
-            insns: [dummy; MAX_UNIT_INSNS],
+            plain_end: false,
         };
         Self {
             slots: vec![slot; SLOTS],
+            units: vec![[dummy; MAX_UNIT_INSNS]; SLOTS],
             page_index: HashMap::new(),
             scratch: DecodedUnit::default(),
             stats: CacheStats::default(),
@@ -190,11 +201,17 @@ impl Interpreter {
             return Err(cut_by);
         }
         let bits = bitness.bits();
-        let slot = &mut self.slots[s];
-        for (dst, ins) in slot.insns.iter_mut().zip(self.scratch.instructions()) {
+        for (dst, ins) in self.units[s].iter_mut().zip(self.scratch.instructions()) {
             *dst = Insn::prepare(ins, bits);
         }
+        let slot = &mut self.slots[s];
         slot.count = self.scratch.count as u8;
+        slot.plain_end = !matches!(self.scratch.end, UnitEnd::Sensitive | UnitEnd::Undecodable)
+            && self
+                .scratch
+                .instructions()
+                .last()
+                .is_some_and(|i| !x86bt_decoder::sensitive::is_sensitive(i));
         slot.byte_len = self.scratch.byte_len as u32;
         slot.phys = phys;
         slot.key = key;
@@ -289,7 +306,7 @@ impl Interpreter {
         };
         cpu.int_shadow = 0;
         let slot = &self.slots[s];
-        for insn in &slot.insns[..count] {
+        for insn in &self.units[s][..count] {
             cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
             match (insn.exec)(cpu, m, insn) {
                 Ok(()) => {
@@ -310,7 +327,7 @@ impl Interpreter {
                     // A repeated string instruction that yielded restarts here: the
                     // rest of the unit must not run before it completes.
                     if restart {
-                        break;
+                        return UnitExit::Event;
                     }
                 }
                 Err(e) => {
@@ -328,17 +345,21 @@ impl Interpreter {
                 };
             }
             if m.mem.code_write_pending {
-                break;
+                return UnitExit::Event;
             }
         }
-        UnitExit::Continue
+        if slot.plain_end && count == slot.count as usize {
+            UnitExit::Continue
+        } else {
+            UnitExit::Event
+        }
     }
 
     fn after_fault(&self, cpu: &CpuState) -> UnitExit {
         if cpu.run_state == RunState::Shutdown {
             UnitExit::Shutdown
         } else {
-            UnitExit::Continue
+            UnitExit::Event
         }
     }
 
