@@ -41,7 +41,8 @@
 //! FYL2XP1 compute through host `f64` (with exact argument scaling where the
 //! exponent range needs it), so they are accurate to about 2^-52 relatively, not
 //! to the last bit of the 64-bit significand; their C1 is always cleared. FPREM's
-//! partial remainder step uses N = 63 (the SDM allows 32..63).
+//! partial remainder step uses N = 32 + (D mod 32), as hardware does (the SDM
+//! allows any N in 32..63).
 
 use rustc_apfloat::ieee::{
     DoubleS, IeeeFloat, Semantics, SingleS, X87DoubleExtended, X87DoubleExtendedS,
@@ -257,6 +258,19 @@ impl F80 {
     /// Whether this is a NaN (quiet or signaling).
     pub fn is_nan(self) -> bool {
         matches!(self.class(), Class::QNaN | Class::SNaN)
+    }
+
+    /// The same value in its canonical encoding: a pseudo-denormal (exponent 0 with
+    /// the J bit set, worth the same as exponent 1) gets exponent 1.
+    pub fn canonical(self) -> Self {
+        if self.exp() == 0 && self.sig >> 63 != 0 {
+            Self {
+                sig: self.sig,
+                se: self.se | 1,
+            }
+        } else {
+            self
+        }
     }
 
     /// A finite non-zero value as `(m, e)` with `m` normalized (bit 63 set) and
@@ -738,12 +752,18 @@ fn round_to<B: Semantics, U: Semantics>(exact: Wide, rc: Round, cw: u16, dest: D
         },
         Dest::Reg => {
             let v = unb.scalbn(adjust);
-            let v = if v.ilogb() > B::MAX_EXP || v.ilogb() < B::MIN_EXP {
-                // Still out of range after the bias: deliver the masked response.
-                widen::<B>(v.convert_r(rc, &mut false).value)
-            } else {
-                v
-            };
+            if v.ilogb() > B::MAX_EXP || v.ilogb() < B::MIN_EXP {
+                // Still out of range after the bias (only FSCALE gets here): a
+                // signed infinity or zero, flagged inexact, whatever RC says (as
+                // measured on hardware).
+                let huge = event == sw::OE;
+                let v = if huge { Wide::INFINITY } else { Wide::ZERO };
+                return Rounded {
+                    value: Some(if exact.is_negative() { -v } else { v }),
+                    flags: event | sw::PE,
+                    c1: huge,
+                };
+            }
             Rounded {
                 value: Some(v),
                 flags: event | inexact,
@@ -817,9 +837,14 @@ fn nan_binary(a: F80, b: F80, cw: u16) -> Option<Outcome> {
         (false, true) => b,
         _ if ca == Class::QNaN && cb == Class::SNaN => a,
         _ if ca == Class::SNaN && cb == Class::QNaN => b,
-        // Two NaNs of one kind: the larger significand; on a tie, the first.
-        _ if (b.sig << 1) > (a.sig << 1) => b,
-        _ => a,
+        // Two NaNs of one kind: the larger significand; on a tie, the positive one
+        // (as measured on hardware; the SDM leaves the tie open).
+        _ => match (a.sig << 1).cmp(&(b.sig << 1)) {
+            Ordering::Less => b,
+            Ordering::Greater => a,
+            Ordering::Equal if a.sign() && !b.sign() => b,
+            Ordering::Equal => a,
+        },
     };
     Some(Outcome::value(v.quiet(), flags))
 }
@@ -1092,21 +1117,24 @@ pub fn remainder(a: F80, b: F80, nearest: bool, cw: u16) -> Remainder {
         }
     };
     if ca == Class::Zero || cb == Class::Infinity {
-        return done(Outcome::value(a, de));
+        return done(Outcome::value(a.canonical(), de));
     }
     let (ma, ea) = a.unpack();
     let (mb, eb) = b.unpack();
     let d = ea - eb;
     let (num, den, scale, partial) = if d >= 64 {
-        // Partial reduction: cut the exponent difference by d - N, N = 63.
-        (u128::from(ma) << 63, u128::from(mb), eb + d - 63, true)
+        // Partial reduction by N quotient bits. The SDM allows any N in 32..63;
+        // hardware takes N = 32 + (d mod 32), leaving a difference that is a
+        // multiple of 32 (as measured on an x86-64 host).
+        let n = 32 + d % 32;
+        (u128::from(ma) << n, u128::from(mb), eb + d - n, true)
     } else if d >= 0 {
         (u128::from(ma) << d, u128::from(mb), eb, false)
     } else if d == -1 {
         (u128::from(ma), u128::from(mb) << 1, ea, false)
     } else {
         // |a| < |b| / 2: the quotient is 0 either way.
-        return done(Outcome::value(a, de));
+        return done(Outcome::value(a.canonical(), de));
     };
     let mut q = num / den;
     let mut r = num % den;
@@ -1613,7 +1641,7 @@ pub fn atan2(y: F80, x: F80, cw: u16) -> Outcome {
     if finite(y) && finite(x) {
         let ey = yw.ilogb();
         let ex = xw.ilogb();
-        if x.sign() == false && ey < ex - 64 {
+        if !x.sign() && ey < ex - 64 {
             // atan(t) = t to far below the last bit: y / x, rounded once.
             let exact = odd(yw.div_r(xw, Round::TowardZero));
             let mut out = round_reg(exact, Prec::P64, cw);
