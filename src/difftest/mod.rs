@@ -430,19 +430,19 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         let at_insn = |qs: &QState| {
             u64::from(qs.eip) == addr.wrapping_sub(before.seg[sreg::CS].base) & 0xFFFF_FFFF
         };
-        if rep && at_insn(&qs) && vm.cpu.rip != u64::from(qs.eip) {
-            q.step().map_err(qemu_err)?;
-            qs = q.state().map_err(qemu_err)?;
-        }
-        // A REP iteration that stores into the code QEMU is running from is
-        // abandoned and restarted by QEMU (its self-modifying-code exit), so the
-        // step makes no progress there; step again until it does.
-        for _ in 0..4 {
-            let no_progress = rep
-                && at_insn(&qs)
+        // QEMU's gdbstub step can return without progress: it leaves a
+        // single-stepped REP only on a further step once the count is 0, restarts
+        // an iteration that stored into the code it runs from, and sometimes stops
+        // for its own events before executing anything. Step again while QEMU
+        // still sits at the instruction x86bt has finished (or, for REP, while
+        // its count has not moved when ours has).
+        for _ in 0..8 {
+            let ours_moved = vm.cpu.rip != before.rip
+                || vm.cpu.seg[sreg::CS].selector != before.seg[sreg::CS].selector;
+            let rep_stalled = rep
                 && u64::from(qs.gpr[1]) == before.gpr[reg::RCX] & 0xFFFF_FFFF
                 && vm.cpu.gpr[reg::RCX] != before.gpr[reg::RCX];
-            if !no_progress {
+            if !(at_insn(&qs) && (ours_moved || rep_stalled)) {
                 break;
             }
             q.step().map_err(qemu_err)?;
