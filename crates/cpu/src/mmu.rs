@@ -560,6 +560,9 @@ pub fn read(
     size: u32,
 ) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
+    if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 {
+        return Ok(mem_read(m, GuestPhys(lin), size));
+    }
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin, size, false);
     }

@@ -250,7 +250,12 @@ impl Interpreter {
             return self.after_fault(cpu);
         }
         let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let phys = match mmu::translate(cpu, m, lin, mmu::Access::Exec) {
+        let translated = if mmu::paging(cpu) {
+            mmu::translate(cpu, m, lin, mmu::Access::Exec)
+        } else {
+            Ok(GuestPhys(lin))
+        };
+        let phys = match translated {
             Ok(p) => p.0 & m.mem.a20_mask(),
             Err(e) => {
                 interrupt::raise(cpu, m, e, cpu.rip);
@@ -265,7 +270,9 @@ impl Interpreter {
                 return self.after_fault(cpu);
             }
         }
-        cpu.rflags &= !RF;
+        if cpu.rflags & RF != 0 {
+            cpu.rflags &= !RF;
+        }
         let s = slot_of(phys, key);
         let hit = {
             let slot = &self.slots[s];
@@ -306,6 +313,40 @@ impl Interpreter {
         };
         cpu.int_shadow = 0;
         let slot = &self.slots[s];
+        if !single {
+            // The common path: no trap to check after each instruction, and the
+            // halt check once at the end (HLT is always a unit's last).
+            for insn in &self.units[s][..count] {
+                cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
+                match (insn.exec)(cpu, m, insn) {
+                    Ok(()) => {
+                        let restart = cpu.next_rip == cpu.rip;
+                        cpu.rip = cpu.next_rip;
+                        cpu.icount += 1;
+                        if restart || m.mem.code_write_pending {
+                            return UnitExit::Event;
+                        }
+                    }
+                    Err(e) => {
+                        cpu.icount += 1;
+                        interrupt::raise(cpu, m, e, cpu.rip);
+                        return self.after_fault(cpu);
+                    }
+                }
+            }
+            if cpu.run_state != RunState::Running {
+                return if cpu.run_state == RunState::Shutdown {
+                    UnitExit::Shutdown
+                } else {
+                    UnitExit::Halted
+                };
+            }
+            return if slot.plain_end {
+                UnitExit::Continue
+            } else {
+                UnitExit::Event
+            };
+        }
         for insn in &self.units[s][..count] {
             cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
             match (insn.exec)(cpu, m, insn) {
