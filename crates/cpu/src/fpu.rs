@@ -39,10 +39,19 @@
 //!
 //! Known approximations: FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1, FYL2X and
 //! FYL2XP1 compute through host `f64` (with exact argument scaling where the
-//! exponent range needs it), so they are accurate to about 2^-52 relatively, not
-//! to the last bit of the 64-bit significand; their C1 is always cleared. FPREM's
-//! partial remainder step uses N = 32 + (D mod 32), as hardware does (the SDM
-//! allows any N in 32..63).
+//! exponent range needs it), so they are accurate to about 2^-51 relatively, not
+//! to the last bit of the 64-bit significand; their C1 is always cleared and
+//! their PE is set for every inexact-looking result. The trigonometric argument is
+//! first reduced exactly by the x87's own 66-bit π (SDM vol. 1 §8.3.8), so that
+//! x86bt follows hardware, which computes sin(x·π/p), over the whole |x| < 2^63.
+//!
+//! Where the SDM leaves a choice, x86bt does what an x86-64 host's x87 was
+//! measured to do (tests/x87.rs compares the two): FPREM's partial remainder step
+//! uses N = 32 + (D mod 32); two NaNs with equal significands give the positive
+//! one; compares write their condition codes even when the exception they raise
+//! is unmasked; FLD m32/m64 loads a denormal even with DE unmasked; an unmasked
+//! overflow or underflow that is still out of range after the 24576 bias (only
+//! FSCALE can get there) gives a signed infinity or zero with PE.
 
 use rustc_apfloat::ieee::{
     DoubleS, IeeeFloat, Semantics, SingleS, X87DoubleExtended, X87DoubleExtendedS,
@@ -1000,30 +1009,29 @@ pub enum Cmp {
 }
 
 /// FCOM/FUCOM/FCOMI/FUCOMI/FTST/FICOM: the relation of `a` to `b` and the
-/// exception flags. `None` when an unmasked exception suppresses the result.
-/// `quiet` (the U forms) raises IE only for SNaNs.
-pub fn compare(a: F80, b: F80, quiet: bool, cw: u16, mem_denormal: bool) -> (Option<Cmp>, u16) {
+/// exception flags. `quiet` (the U forms) raises IE only for SNaNs. The relation is
+/// reported even when the exception it raises is unmasked: hardware writes the
+/// condition codes (or EFLAGS) then too, and only holds back the pop.
+pub fn compare(a: F80, b: F80, quiet: bool, mem_denormal: bool) -> (Cmp, u16) {
     let (ca, cb) = (a.class(), b.class());
     if ca == Class::Unsupported || cb == Class::Unsupported {
-        return ((cw & sw::IE != 0).then_some(Cmp::Unordered), sw::IE);
+        return (Cmp::Unordered, sw::IE);
     }
     if a.is_nan() || b.is_nan() {
         let signaling = ca == Class::SNaN || cb == Class::SNaN || !quiet;
-        if !signaling {
-            return (Some(Cmp::Unordered), 0);
-        }
-        return ((cw & sw::IE != 0).then_some(Cmp::Unordered), sw::IE);
+        return (Cmp::Unordered, if signaling { sw::IE } else { 0 });
     }
-    let de = match denormal_check(is_denormal(a) || is_denormal(b) || mem_denormal, cw) {
-        Ok(f) => f,
-        Err(o) => return (None, o.flags),
+    let de = if is_denormal(a) || is_denormal(b) || mem_denormal {
+        sw::DE
+    } else {
+        0
     };
     let r = match to_wide(a).partial_cmp(&to_wide(b)) {
         Some(Ordering::Less) => Cmp::Less,
         Some(Ordering::Greater) => Cmp::Greater,
         _ => Cmp::Equal,
     };
-    (Some(r), de)
+    (r, de)
 }
 
 /// FXAM's C3, C2, C0 code for a register (`None` = empty), SDM vol. 2A FXAM.
@@ -1560,9 +1568,10 @@ pub enum TrigResult {
 
 /// FSIN, FCOS, FSINCOS, FPTAN of `a`.
 pub fn trig(a: F80, which: Trig, cw: u16) -> TrigResult {
+    // A NaN or invalid result is pushed twice by FSINCOS and by FPTAN (FPTAN does
+    // not push 1.0 then, as measured on hardware).
     let second = |o: &Outcome| match which {
-        Trig::SinCos => o.value,
-        Trig::Tan => o.value.map(|_| F80::ONE),
+        Trig::SinCos | Trig::Tan => o.value,
         _ => None,
     };
     if let Some(o) = nan_unary(a, cw) {
@@ -1607,15 +1616,22 @@ pub fn trig(a: F80, which: Trig, cw: u16) -> TrigResult {
             Trig::Tan => TrigResult::Done(x, Some(F80::ONE)),
         };
     }
-    let x = to_host(a);
+    let (r, q) = reduce_half_pi(to_wide(a));
+    let (s, c) = to_host(wide_to_f80(r)).sin_cos();
+    // x = r + q·π/2: rotate (sin r, cos r) by q quarter turns.
+    let (sin, cos) = match q {
+        0 => (s, c),
+        1 => (c, -s),
+        2 => (-s, -c),
+        _ => (-c, s),
+    };
     match which {
-        Trig::Sin => TrigResult::Done(host_result(x.sin(), de, cw), None),
-        Trig::Cos => TrigResult::Done(host_result(x.cos(), de, cw), None),
-        Trig::Tan => TrigResult::Done(host_result(x.tan(), de, cw), Some(F80::ONE)),
+        Trig::Sin => TrigResult::Done(host_result(sin, de, cw), None),
+        Trig::Cos => TrigResult::Done(host_result(cos, de, cw), None),
+        Trig::Tan => TrigResult::Done(host_result(sin / cos, de, cw), Some(F80::ONE)),
         Trig::SinCos => {
-            let (s, c) = x.sin_cos();
-            let so = host_result(s, de, cw);
-            let co = host_result(c, 0, cw);
+            let so = host_result(sin, de, cw);
+            let co = host_result(cos, 0, cw);
             TrigResult::Done(
                 Outcome {
                     flags: so.flags | co.flags,
@@ -1625,6 +1641,29 @@ pub fn trig(a: F80, which: Trig, cw: u16) -> TrigResult {
             )
         }
     }
+}
+
+/// `x` reduced by the nearest multiple `k` of p/2: `(x - k·p/2, k mod 4)`, where p
+/// is the x87's internal π, 0.C90FDAA2_2168C234_C × 2^2 (66 significant bits, SDM
+/// vol. 1 §8.3.8). Hardware reduces by exactly this p, so FSIN(x) is sin(x·π/p),
+/// which drifts from sin(x) as |x| grows; using the same p keeps x86bt with it.
+///
+/// p/2 is split into a 44-bit head and a 22-bit tail so that `k` (at most 63
+/// bits) times either is exact in the 108-bit working format, and the reduced
+/// argument is accurate far beyond the `f64` evaluation that follows.
+fn reduce_half_pi(x: Wide) -> (Wide, u8) {
+    const HALF_P: u128 = 0xC_90FD_AA22_168C_234C; // × 2^-67
+    const TAIL_BITS: u32 = 24;
+    let rn = Round::NearestTiesToEven;
+    let exact = |v: u128| Wide::from_u128(v).value.scalbn(-67);
+    let head = exact(HALF_P >> TAIL_BITS << TAIL_BITS);
+    let tail = exact(HALF_P & ((1 << TAIL_BITS) - 1));
+    let half_p = exact(HALF_P);
+    let k = x.div_r(half_p, rn).value.round_to_integral(rn).value;
+    let r = x.sub_r(k.mul_r(head, rn).value, rn).value;
+    let r = r.sub_r(k.mul_r(tail, rn).value, rn).value;
+    let q = k.to_i128_r(128, Round::TowardZero, &mut false).value & 3;
+    (r, q as u8)
 }
 
 /// FPATAN: arctan(y / x) with the quadrant from both signs, into ST(1).
@@ -1638,21 +1677,27 @@ pub fn atan2(y: F80, x: F80, cw: u16) -> Outcome {
     };
     let finite = |v: F80| matches!(v.class(), Class::Normal | Class::Denormal);
     let (mut yw, mut xw) = (to_wide(y), to_wide(x));
-    if finite(y) && finite(x) {
-        let ey = yw.ilogb();
-        let ex = xw.ilogb();
-        if !x.sign() && ey < ex - 64 {
-            // atan(t) = t to far below the last bit: y / x, rounded once.
-            let exact = odd(yw.div_r(xw, Round::TowardZero));
-            let mut out = round_reg(exact, Prec::P64, cw);
-            out.flags |= de | sw::PE;
-            out.c1 = false;
-            return out;
+    // Scale by the larger finite exponent so that f64 keeps both operands (a
+    // denormal against a zero must stay non-zero); zeros and infinities stay.
+    let scale = match (finite(y), finite(x)) {
+        (true, true) => {
+            let (ey, ex) = (yw.ilogb(), xw.ilogb());
+            if !x.sign() && ey < ex - 64 {
+                // atan(t) = t to far below the last bit: y / x, rounded once.
+                let exact = odd(yw.div_r(xw, Round::TowardZero));
+                let mut out = round_reg(exact, Prec::P64, cw);
+                out.flags |= de | sw::PE;
+                out.c1 = false;
+                return out;
+            }
+            ey.max(ex)
         }
-        let s = ey.max(ex);
-        yw = yw.scalbn(-s);
-        xw = xw.scalbn(-s);
-    }
+        (true, false) => yw.ilogb(),
+        (false, true) => xw.ilogb(),
+        (false, false) => 0,
+    };
+    yw = yw.scalbn(-scale);
+    xw = xw.scalbn(-scale);
     let yf = to_host(wide_to_f80(yw));
     let xf = to_host(wide_to_f80(xw));
     let r = yf.atan2(xf);
@@ -1721,21 +1766,21 @@ pub fn ylog2x(x: F80, y: F80, cw: u16) -> Outcome {
     if x.sign() && cx != Class::Zero {
         return invalid(cw);
     }
+    let inf = |neg: bool| F80::INFINITY.with_sign(neg);
+    // log2(±0) = -∞: divide-by-zero outranks a denormal y (SDM vol. 1 §4.9.2), so
+    // these come before the DE check.
+    match (cx, cy) {
+        (Class::Zero, Class::Zero) => return invalid(cw),
+        (Class::Zero, Class::Infinity) => return Outcome::value(inf(!y.sign()), 0),
+        (Class::Zero, _) if cw & sw::ZE != 0 => return Outcome::value(inf(!y.sign()), sw::ZE),
+        (Class::Zero, _) => return Outcome::none(sw::ZE),
+        _ => {}
+    }
     let de = match denormal_check(is_denormal(x) || is_denormal(y), cw) {
         Ok(f) => f,
         Err(o) => return o,
     };
-    let inf = |neg: bool| F80::INFINITY.with_sign(neg);
     match (cx, cy) {
-        (Class::Zero, Class::Zero) => return invalid(cw),
-        (Class::Zero, Class::Infinity) => return Outcome::value(inf(!y.sign()), de),
-        (Class::Zero, _) => {
-            return if cw & sw::ZE != 0 {
-                Outcome::value(inf(!y.sign()), sw::ZE | de)
-            } else {
-                Outcome::none(sw::ZE)
-            }
-        }
         (Class::Infinity, Class::Zero) => return invalid(cw),
         (Class::Infinity, _) => return Outcome::value(inf(y.sign()), de),
         _ => {}
@@ -1767,16 +1812,20 @@ pub fn ylog2xp1(x: F80, y: F80, cw: u16) -> Outcome {
         return o;
     }
     let (cx, cy) = (x.class(), y.class());
+    // Invalid operands outrank a denormal one (SDM vol. 1 §4.9.2).
+    match (cx, cy) {
+        (Class::Zero, Class::Infinity) | (Class::Infinity, Class::Zero) => return invalid(cw),
+        (Class::Infinity, _) if x.sign() => return invalid(cw),
+        _ => {}
+    }
     let de = match denormal_check(is_denormal(x) || is_denormal(y), cw) {
         Ok(f) => f,
         Err(o) => return o,
     };
     match (cx, cy) {
-        (Class::Zero, Class::Infinity) | (Class::Infinity, Class::Zero) => return invalid(cw),
         (Class::Zero, _) | (_, Class::Zero) => {
             return Outcome::value(F80::ZERO.with_sign(x.sign() != y.sign()), de)
         }
-        (Class::Infinity, _) if x.sign() => return invalid(cw),
         (Class::Infinity, _) | (_, Class::Infinity) => {
             return Outcome::value(F80::INFINITY.with_sign(x.sign() != y.sign()), de)
         }
@@ -1954,6 +2003,94 @@ mod tests {
         let l = from_f32(1);
         assert!(l.denormal);
         assert_eq!(to_host(l.value), f64::from(f32::from_bits(1)));
+    }
+
+    #[test]
+    fn nan_binary_equal_significands_prefers_positive() {
+        let pos = F80 {
+            sig: 0xC000_0000_0000_0007,
+            se: 0x7FFF,
+        };
+        let r = arith(Arith::Add, pos.negate(), pos, cw::INIT, false);
+        assert_eq!(r.value.unwrap(), pos);
+        let r = arith(Arith::Add, pos, pos.negate(), cw::INIT, false);
+        assert_eq!(r.value.unwrap(), pos);
+    }
+
+    #[test]
+    fn remainder_partial_step_leaves_difference_multiple_of_32() {
+        // D = 80: N = 32 + 80 mod 32 = 48, so the remainder is below 2^32 · b.
+        let a = F80 {
+            sig: u64::MAX,
+            se: 0x3FFF + 80,
+        };
+        let r = remainder(a, F80::ONE, false, cw::INIT);
+        assert!(r.partial);
+        let v = r.out.value.unwrap();
+        assert_eq!(v.exp(), 0x3FFF + 31);
+        assert_eq!(v.sig, 0xFFFE_0000_0000_0000);
+    }
+
+    #[test]
+    fn remainder_pseudo_denormal_dividend_comes_back_canonical() {
+        let a = F80 {
+            sig: 0x8000_0000_0000_0001,
+            se: 0,
+        };
+        let r = remainder(a, F80::ONE, false, cw::INIT);
+        assert_eq!(r.out.value.unwrap(), F80 { sig: a.sig, se: 1 });
+        assert_eq!(r.out.flags, sw::DE);
+    }
+
+    #[test]
+    fn scale_beyond_biased_range_unmasked_gives_signed_infinity_or_zero() {
+        let unmasked = cw::INIT & !(sw::OE | sw::UE) | 0x0400;
+        let r = scale(f(-1.0), f(50000.0), unmasked);
+        assert_eq!(r.value.unwrap(), F80::INFINITY.negate());
+        assert_eq!((r.flags, r.c1), (sw::OE | sw::PE, true));
+        let r = scale(f(1.0), f(-50000.0), unmasked | 0x0800);
+        assert_eq!(r.value.unwrap(), F80::ZERO);
+        assert_eq!((r.flags, r.c1), (sw::UE | sw::PE, false));
+    }
+
+    #[test]
+    fn compare_unmasked_invalid_still_reports_unordered() {
+        assert_eq!(
+            compare(F80::INDEFINITE, F80::ONE, false, false),
+            (Cmp::Unordered, sw::IE)
+        );
+        assert_eq!(
+            compare(F80::INDEFINITE, F80::ONE, true, false),
+            (Cmp::Unordered, 0)
+        );
+    }
+
+    #[test]
+    fn trig_reduces_by_the_x87_pi() {
+        // x = 0xC90F_DAA2_2168_C235 · 2^-63 lies 0.25 · 2^-63 above the x87's p/2
+        // (0xC90F_DAA2_2168_C234.C · 2^-63), so FCOS gives -sin(2^-65) = -2^-65,
+        // although cos(x) with the true π/2 would be about -2^-64.4.
+        let x = F80 {
+            sig: 0xC90F_DAA2_2168_C235,
+            se: 0x3FFF,
+        };
+        let TrigResult::Done(c, None) = trig(x, Trig::Cos, cw::INIT) else {
+            panic!("in range");
+        };
+        let want = -(2f64.powi(-65));
+        let got = to_host(c.value.unwrap());
+        assert!(
+            (got - want).abs() <= want.abs() * 1e-15,
+            "{got:e} vs {want:e}"
+        );
+    }
+
+    #[test]
+    fn ylog2x_of_zero_with_denormal_y_raises_only_ze() {
+        let y = F80 { sig: 1, se: 0 };
+        let r = ylog2x(F80::ZERO, y, cw::INIT);
+        assert_eq!(r.flags, sw::ZE);
+        assert_eq!(r.value.unwrap(), F80::INFINITY.negate());
     }
 
     #[test]

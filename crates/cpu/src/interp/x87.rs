@@ -466,7 +466,9 @@ fn fld(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     }
     f.raise(flags);
     f.sw &= !sw::C1;
-    if f.masked(flags) {
+    // Only an unmasked IE holds the load back: a denormal is loaded even when DE
+    // is unmasked (as measured on hardware; SDM vol. 1 §8.5.2 says TOP stays).
+    if f.masked(flags & sw::IE) {
         f.push(v);
     }
     Ok(())
@@ -658,18 +660,17 @@ fn compare(
         (cpu.fpu.st(1), false)
     };
     let f = &mut cpu.fpu;
-    let result = match (f.st(0), b) {
+    // The codes are written even when the exception is unmasked (as on hardware);
+    // only the pop is held back then.
+    let (r, popping) = match (f.st(0), b) {
         (Some(a), Some(b)) => {
-            let (r, flags) = fpu::compare(a, b, quiet, f.cw, mem_de);
+            let (r, flags) = fpu::compare(a, b, quiet, mem_de);
             f.raise(flags);
-            r
+            (r, f.masked(flags))
         }
-        _ => f.underflow().then_some(Cmp::Unordered),
+        _ => (Cmp::Unordered, f.underflow()),
     };
     f.sw &= !sw::C1;
-    let Some(r) = result else {
-        return Ok(());
-    };
     // C3 C2 C0 (and ZF PF CF): > 000, < 001, = 100, unordered 111.
     let (c3, c2, c0) = match r {
         Cmp::Greater => (false, false, false),
@@ -689,8 +690,10 @@ fn compare(
         f.set_cc(sw::C2, c2);
         f.set_cc(sw::C0, c0);
     }
-    for _ in 0..pops {
-        cpu.fpu.pop();
+    if popping {
+        for _ in 0..pops {
+            cpu.fpu.pop();
+        }
     }
     Ok(())
 }
