@@ -14,7 +14,7 @@ use crate::identity;
 use crate::mmu;
 use crate::state::flags::*;
 use crate::state::{cr0, reg, sreg, CpuState, RunState};
-use iced_x86::{OpKind, Register};
+use iced_x86::Register;
 use x86bt_machine::Machine;
 
 /// #GP(0) unless CPL is 0 (privileged instructions; V86 mode is CPL 3).
@@ -385,40 +385,6 @@ pub fn mov_dr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
             return Err(Exception::InvalidOpcode);
         }
         cpu.gpr[idx as usize] = cpu.dr[n];
-    }
-    Ok(())
-}
-
-/// An x87 escape (D8-DF) on a CPU with no coprocessor: #NM if CR0.EM or CR0.TS,
-/// otherwise the memory operand's segment checks are made and nothing else
-/// happens, as on a system without an FPU.
-pub fn fpu_escape(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
-    if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
-        return Err(Exception::DeviceNotAvailable);
-    }
-    if insn.ins.op_count() > 0
-        && (0..insn.ins.op_count()).any(|i| insn.ins.op_kind(i) == OpKind::Memory)
-    {
-        let size = match insn.ins.memory_size().size() {
-            0 => 1,
-            s => s as u32,
-        };
-        let off = ea(cpu, &insn.mem);
-        mmu::seg_linear(
-            cpu,
-            insn.mem.seg as usize,
-            off,
-            size.min(8),
-            mmu::Access::Read,
-        )?;
-    }
-    Ok(())
-}
-
-/// WAIT/FWAIT: #NM if CR0.MP and CR0.TS are both set.
-pub fn fwait(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
-    if cpu.cr0 & (cr0::MP | cr0::TS) == cr0::MP | cr0::TS {
-        return Err(Exception::DeviceNotAvailable);
     }
     Ok(())
 }
