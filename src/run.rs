@@ -181,6 +181,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
             "x86bt: --until text seen after {} instructions",
             vm.cpu.icount
         ),
+        RunOutcome::PowerOff => eprintln!("x86bt: guest powered off"),
         RunOutcome::HaltedForever => eprintln!("x86bt: guest halted with interrupts disabled"),
         RunOutcome::InstructionLimit => eprintln!("x86bt: instruction limit reached"),
         RunOutcome::TripleFault => eprintln!("x86bt: triple fault (CPU shutdown)"),
@@ -220,9 +221,9 @@ fn load_kernel(
                 "--module is for Multiboot kernels; a Linux kernel takes --initrd".into(),
             ));
         }
-        return linux::load(&mut m.mem, image, initrd, cmdline)
-            .map(KernelEntry::Linux)
-            .map_err(loader_err);
+        let entry = linux::load(&mut m.mem, image, initrd, cmdline).map_err(loader_err)?;
+        x86bt_machine::pc::prepare_direct_boot(m);
+        return Ok(KernelEntry::Linux(entry));
     }
     if multiboot::is_multiboot(image) {
         if initrd.is_some() {

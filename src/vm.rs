@@ -34,6 +34,8 @@ pub enum RunOutcome {
     Unsupported(String),
     /// The stop flag was raised (`--until` text seen).
     Stopped,
+    /// The guest turned the machine off through ACPI (S5).
+    PowerOff,
 }
 
 impl RunOutcome {
@@ -46,6 +48,7 @@ impl RunOutcome {
             Self::TripleFault => 125,
             Self::Unsupported(_) => 126,
             Self::Stopped => 0,
+            Self::PowerOff => 0,
         }
     }
 }
@@ -97,6 +100,9 @@ impl Vm {
         loop {
             if let Some(status) = self.machine.ctl.exit_status() {
                 return RunOutcome::DebugExit(status);
+            }
+            if self.machine.ctl.powered_off() {
+                return RunOutcome::PowerOff;
             }
             if self.machine.ctl.take_reset() {
                 self.reset();

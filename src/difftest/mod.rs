@@ -231,7 +231,7 @@ fn compare_segments(vm: &Vm, qsegs: &[qemu::SegCache; 6]) -> Vec<FieldDiff> {
 fn align_inputs(vm: &mut Vm, ins: &Instruction, q: &QState) {
     let regs: &[usize] = match ins.mnemonic() {
         Mnemonic::In => &[reg::RAX],
-        Mnemonic::Rdtsc | Mnemonic::Rdmsr => &[reg::RAX, reg::RDX],
+        Mnemonic::Rdtsc | Mnemonic::Rdmsr | Mnemonic::Rdpmc => &[reg::RAX, reg::RDX],
         Mnemonic::Cpuid => &[reg::RAX, reg::RBX, reg::RCX, reg::RDX],
         _ => &[],
     };

@@ -43,6 +43,8 @@ pub mod cr4 {
     pub const PAE: u64 = 1 << 5;
     /// Global pages.
     pub const PGE: u64 = 1 << 7;
+    /// RDPMC allowed at any CPL.
+    pub const PCE: u64 = 1 << 8;
     /// The OS uses FXSAVE/FXRSTOR.
     pub const OSFXSR: u64 = 1 << 9;
 }

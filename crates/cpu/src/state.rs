@@ -222,6 +222,8 @@ pub struct CpuState {
     pub tsc_offset: u64,
     /// SYSENTER_CS/ESP/EIP MSRs.
     pub sysenter: [u64; 3],
+    /// The P6 performance counters (see [`crate::identity`]).
+    pub perf: crate::identity::P6Counters,
     /// Instructions retired since reset.
     pub icount: u64,
     /// The instruction pointer after the executing instruction; branch handlers
@@ -303,6 +305,7 @@ impl CpuState {
             dr: [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400],
             tsc_offset: 0,
             sysenter: [0; 3],
+            perf: crate::identity::P6Counters::default(),
             icount: 0,
             next_rip: 0xFFF0,
             int_shadow: 0,

@@ -101,6 +101,7 @@ pub struct SystemControl {
     a20: Cell<bool>,
     reset: Cell<bool>,
     exit: Cell<Option<i32>>,
+    power_off: Cell<bool>,
     nmi_masked: Cell<bool>,
     pam: Cell<[u8; 7]>,
     pam_changed: Cell<bool>,
@@ -113,6 +114,7 @@ impl Default for SystemControl {
             a20: Cell::new(true),
             reset: Cell::new(false),
             exit: Cell::new(None),
+            power_off: Cell::new(false),
             nmi_masked: Cell::new(false),
             pam: Cell::new([0; 7]),
             pam_changed: Cell::new(false),
@@ -149,6 +151,14 @@ impl SystemControl {
     /// The exit status the guest asked for, if any.
     pub fn exit_status(&self) -> Option<i32> {
         self.exit.get()
+    }
+    /// Turns the machine off (ACPI soft-off, S5).
+    pub fn request_power_off(&self) {
+        self.power_off.set(true);
+    }
+    /// Whether the guest turned the machine off.
+    pub fn powered_off(&self) -> bool {
+        self.power_off.get()
     }
     /// Whether NMIs are masked (CMOS index port bit 7).
     pub fn nmi_masked(&self) -> bool {

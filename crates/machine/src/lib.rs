@@ -4,6 +4,7 @@
 //! This crate knows nothing of instruction semantics. The CPU reaches memory and
 //! ports through [`Machine`].
 
+pub mod acpi_tables;
 pub mod addr;
 pub mod bus;
 pub mod device;

@@ -1,6 +1,7 @@
 //! Assembly of the PC platform: memory with the BIOS ROM, and the legacy devices
 //! at their ISA ports and IRQs (see the architecture's platform table).
 
+use crate::addr::GuestPhys;
 use crate::devices::{
     acpi_pm, cmos, debug_exit, debugcon, fw_cfg, i8042, pci, pic, pit, port92, post, uart,
 };
@@ -112,7 +113,9 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     let pm = acpi_pm::PmShared::new();
     let pci = bus.add(Box::new(pci::PciHost::new(Rc::clone(&ctl), pm.clone())));
     bus.map(0xCF8, 0xCFF, 0, pci);
-    let pmio = bus.add(Box::new(acpi_pm::AcpiPm::new(pm)));
+    let pmio = bus.add(Box::new(
+        acpi_pm::AcpiPm::new(pm).with_power_control(Rc::clone(&ctl)),
+    ));
     // The PM block answers only where PMBA points; firmware puts it at 0x600
     // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
     for base in [acpi_pm::PM_IO_PORT, 0xB000] {
@@ -129,4 +132,33 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     m.attach_pic(pic);
     m.advance_devices();
     Ok(m)
+}
+
+/// Leaves the platform the way PC firmware would before it hands over to a
+/// kernel it loaded itself (`--kernel`): nothing has run at the reset vector,
+/// so this does firmware's share of the setup.
+/// - The PIIX4 PM block is placed at [`acpi_pm::PM_IO_PORT`] and decoded, and
+///   its SCI routed to IRQ 9, through PCI configuration space as firmware does
+///   it (function 00:01.3, PMBA at 40h, PMREGMISC at 80h, interrupt line 3Ch).
+/// - SCI_EN is set in PM1_CNT: the tables say the system is always in ACPI mode.
+/// - The ACPI tables of [`crate::acpi_tables`] are written to the EBDA, and the
+///   BIOS data area's EBDA pointer (0x40E) points there, where an OS looks for
+///   the RSDP.
+pub fn prepare_direct_boot(m: &mut Machine) {
+    const PM_FN: u32 = 0x8000_0000 | (1 << 11) | (3 << 8);
+    let cfg_write = |m: &mut Machine, reg: u32, size: usize, value: u32| {
+        m.io_write(0xCF8, 4, PM_FN | (reg & 0xFC));
+        m.io_write(0xCFC + (reg & 3) as u16, size, value);
+    };
+    cfg_write(m, 0x40, 4, u32::from(acpi_pm::PM_IO_PORT) | 1);
+    cfg_write(m, 0x80, 1, 1);
+    cfg_write(m, 0x3C, 1, u32::from(crate::acpi_tables::SCI_IRQ));
+    m.io_write(0xCF8, 4, 0);
+    m.io_write(acpi_pm::PM_IO_PORT + 4, 2, 1);
+
+    let base = crate::acpi_tables::ACPI_AREA;
+    m.mem
+        .write_bytes(GuestPhys(u64::from(base)), &crate::acpi_tables::build(base));
+    let ebda_segment = u16::try_from(base >> 4).unwrap_or(0);
+    m.mem.write(GuestPhys(0x40E), ebda_segment.to_le_bytes());
 }

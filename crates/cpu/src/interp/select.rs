@@ -117,8 +117,10 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Bts => bits::bt::<{ bits::BTS }>,
         M::Btr => bits::bt::<{ bits::BTR }>,
         M::Btc => bits::bt::<{ bits::BTC }>,
-        M::Bsf => bits::bsf_bsr::<false>,
-        M::Bsr => bits::bsf_bsr::<true>,
+        // Without BMI1/LZCNT in CPUID (ours has neither), F3 0F BC/BD are
+        // BSF/BSR with an ignored REP prefix; kernels use TZCNT that way.
+        M::Bsf | M::Tzcnt => bits::bsf_bsr::<false>,
+        M::Bsr | M::Lzcnt => bits::bsf_bsr::<true>,
         M::Push
             if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() =>
         {
@@ -167,6 +169,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Sti => system::sti,
         M::Cpuid => system::cpuid,
         M::Rdtsc => system::rdtsc,
+        M::Rdpmc => system::rdpmc,
         M::Rdmsr => system::rdmsr,
         M::Wrmsr => system::wrmsr,
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => system::load_far_ptr,

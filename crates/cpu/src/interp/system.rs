@@ -136,6 +136,14 @@ pub fn rdtsc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Ok(())
 }
 
+/// RDPMC.
+pub fn rdpmc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let v = identity::rdpmc(cpu, cpu.gpr[reg::RCX] as u32)?;
+    cpu.gpr[reg::RAX] = v & 0xFFFF_FFFF;
+    cpu.gpr[reg::RDX] = v >> 32;
+    Ok(())
+}
+
 /// RDMSR.
 pub fn rdmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     require_cpl0(cpu)?;
@@ -311,8 +319,13 @@ fn cr_index(r: Register) -> Option<usize> {
 }
 
 /// CR4 bits this CPU accepts; any other set bit raises #GP(0).
-const CR4_VALID: u64 =
-    mmu::cr4::TSD | mmu::cr4::DE | mmu::cr4::PSE | mmu::cr4::PAE | mmu::cr4::PGE | mmu::cr4::OSFXSR;
+const CR4_VALID: u64 = mmu::cr4::TSD
+    | mmu::cr4::DE
+    | mmu::cr4::PSE
+    | mmu::cr4::PAE
+    | mmu::cr4::PGE
+    | mmu::cr4::PCE
+    | mmu::cr4::OSFXSR;
 
 /// MOV CRn, r32 and MOV r32, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4).
 pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {

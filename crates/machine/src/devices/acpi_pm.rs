@@ -26,9 +26,11 @@
 //!   the SCI (PCI INTA# of function 3, IRQ 9 as firmware routes it) is never driven
 //!   even when TMROF_EN and TMROF_STS are both set.
 //! - PMCNTRL keeps SCI_EN, BRLD_EN_BM and SUS_TYP (ACPI SLP_TYP). Writing SUS_EN
-//!   (ACPI SLP_EN) requests a suspend or, with SUS_TYP 0 on QEMU's PIIX4 tables,
-//!   soft-off; here it is a write-only bit with no effect, and the machine keeps
-//!   running. GBL_RLS is write-only and raises no SMI.
+//!   (ACPI SLP_EN) with SUS_TYP 0 is soft-off (PIIX4 datasheet, PMCNTRL: 000 =
+//!   soft off; the `\_S5` package of our ACPI tables names that value): it asks
+//!   [`SystemControl`] to power the machine off. Other sleep types (suspend) are
+//!   not modelled: the write has no effect and the machine keeps running.
+//!   GBL_RLS is write-only and raises no SMI.
 //! - Offsets 0Ch-3Fh are stored and read back with no side effect, except that the
 //!   write-1-to-clear GPSTS reads 0 (no general-purpose event exists) and reading
 //!   P_LVL2/P_LVL3 returns 0 without entering a C state. GLBCTL's SMI_EN and the
@@ -38,7 +40,7 @@ use std::any::Any;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos};
+use crate::device::{Device, Nanos, SystemControl};
 
 /// The ACPI power-management timer frequency: 14.31818 MHz / 4 (ACPI spec, Power
 /// Management Timer).
@@ -73,6 +75,10 @@ const PM1_EN_WRITABLE: u16 = 0x0521;
 /// PMCNTRL bits that read back: SCI_EN (0), BRLD_EN_BM (1), SUS_TYP (12:10).
 /// GBL_RLS (2) and SUS_EN (13) are write-only and read 0.
 const PM1_CNT_STORED: u16 = 0x1C03;
+/// PMCNTRL SUS_EN (ACPI SLP_EN).
+const SUS_EN: u16 = 0x2000;
+/// PMCNTRL SUS_TYP (ACPI SLP_TYP), bits 12:10.
+const SUS_TYP: u16 = 0x1C00;
 /// The counter is 24 bits wide.
 const TIMER_MASK: u64 = 0x00FF_FFFF;
 /// `ticks >> TIMER_MSB_SHIFT` changes exactly when bit 23 of the count toggles.
@@ -138,6 +144,8 @@ pub struct AcpiPm {
     timer_epoch: Option<u64>,
     /// Offsets 0Ch-3Fh as last written (the first 0Ch bytes are unused).
     regs: [u8; PM_IO_SIZE as usize],
+    /// Where soft-off is requested; without it SUS_EN does nothing.
+    ctl: Option<Rc<SystemControl>>,
 }
 
 impl AcpiPm {
@@ -149,7 +157,14 @@ impl AcpiPm {
             pm1_cnt: 0,
             timer_epoch: Some(0),
             regs: [0; PM_IO_SIZE as usize],
+            ctl: None,
         }
+    }
+
+    /// The same block, asking `ctl` to power off on a soft-off request.
+    pub fn with_power_control(mut self, ctl: Rc<SystemControl>) -> Self {
+        self.ctl = Some(ctl);
+        self
     }
 
     /// The epoch TMROF_STS compares against, fixed at `ticks` if unknown.
@@ -201,6 +216,11 @@ impl AcpiPm {
             PM1_CNT => {
                 let stored = PM1_CNT_STORED & lane_mask;
                 self.pm1_cnt = (self.pm1_cnt & !stored) | (wide & stored);
+                if wide & SUS_EN != 0 && self.pm1_cnt & SUS_TYP == 0 {
+                    if let Some(ctl) = &self.ctl {
+                        ctl.request_power_off();
+                    }
+                }
             }
             // GPSTS has nothing to clear; P_LVL2/P_LVL3 are read-only.
             PM1_RESERVED | GPE0_STS | P_LVL2 => {}

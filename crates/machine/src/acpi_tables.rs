@@ -1,0 +1,202 @@
+//! Minimal ACPI 1.0 tables for a directly booted kernel, which has no firmware
+//! to build them (ACPI 6.5 §5.2: RSDP, RSDT, FADT, FACS and DSDT).
+//!
+//! They describe what x86bt's PC really has and nothing more:
+//! - the PIIX4 power-management block at [`PM_IO_PORT`]: PM1a event and control
+//!   registers, the 24-bit PM timer and GPE0;
+//! - the SCI on ISA IRQ 9;
+//! - the RTC century register at CMOS 0x32;
+//! - a DSDT whose only object is `\_S5`, soft-off with SLP_TYP 0 (PIIX4's
+//!   "soft off" encoding), so the guest can power the machine off;
+//! - no MADT: the machine has no local APIC or I/O APIC, and CPUID does not claim
+//!   one, so the kernel keeps the 8259 PICs;
+//! - SMI_CMD = 0: the machine has no SMM, and the ACPI spec defines a zero
+//!   SMI_CMD as "the system is always in ACPI mode". PM1_CNT.SCI_EN is set by
+//!   [`crate::pc::prepare_direct_boot`] to match.
+//!
+//! All the tables fit in [`ACPI_AREA_LEN`] bytes at [`ACPI_AREA`], the EBDA, which
+//! the Linux loader's e820 map reserves.
+
+use crate::devices::acpi_pm::PM_IO_PORT;
+
+/// Where the tables go: the EBDA, reserved in the e820 map, and the first KiB
+/// of it is where an ACPI 1.0 OS looks for the RSDP.
+pub const ACPI_AREA: u32 = 0x9_FC00;
+/// Bytes the tables take (less than the 1 KiB EBDA).
+pub const ACPI_AREA_LEN: usize = 0x180;
+
+/// Offsets of each table inside the area. The FACS must be 64-byte aligned and
+/// the RSDP 16-byte aligned.
+const RSDP_OFF: usize = 0x00;
+const FACS_OFF: usize = 0x40;
+const RSDT_OFF: usize = 0x80;
+const FADT_OFF: usize = 0xC0;
+const DSDT_OFF: usize = 0x140;
+
+const OEM_ID: &[u8; 6] = b"X86BT ";
+const OEM_TABLE_ID: &[u8; 8] = b"X86BTPC ";
+
+/// The SCI interrupt (ISA IRQ 9, as PC firmware routes PIIX4's SCI).
+pub const SCI_IRQ: u16 = 9;
+
+/// AML of the DSDT body: `Name (_S5, Package (4) { 0, 0, 0, 0 })`.
+/// NameOp 0x08, NameString "_S5_", PackageOp 0x12, PkgLength 6 (itself, the
+/// element count and four ZeroOps), NumElements 4, then 4 x ZeroOp.
+const DSDT_AML: [u8; 12] = [
+    0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+];
+
+/// The byte that makes `bytes` sum to zero mod 256.
+fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)))
+}
+
+/// A system description table header (ACPI §5.2.6) followed by `body`, with its
+/// checksum filled in.
+fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let len = 36 + body.len();
+    let mut t = Vec::with_capacity(len);
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    t.push(revision);
+    t.push(0); // checksum, below
+    t.extend_from_slice(OEM_ID);
+    t.extend_from_slice(OEM_TABLE_ID);
+    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+    t.extend_from_slice(b"XBT ");
+    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+    t.extend_from_slice(body);
+    t[9] = checksum(&t);
+    t
+}
+
+/// The FADT body after the header, ACPI 1.0 layout (116 bytes in all).
+fn fadt_body(facs: u32, dsdt: u32) -> Vec<u8> {
+    let pm = u32::from(PM_IO_PORT);
+    let mut b = Vec::with_capacity(80);
+    b.extend_from_slice(&facs.to_le_bytes()); // FIRMWARE_CTRL
+    b.extend_from_slice(&dsdt.to_le_bytes()); // DSDT
+    b.push(0); // INT_MODEL (reserved in ACPI 2.0+)
+    b.push(0); // Preferred_PM_Profile: unspecified
+    b.extend_from_slice(&SCI_IRQ.to_le_bytes()); // SCI_INT
+    b.extend_from_slice(&0u32.to_le_bytes()); // SMI_CMD: none, always ACPI mode
+    b.extend_from_slice(&[0, 0, 0, 0]); // ACPI_ENABLE, ACPI_DISABLE, S4BIOS_REQ, PSTATE_CNT
+    b.extend_from_slice(&pm.to_le_bytes()); // PM1a_EVT_BLK
+    b.extend_from_slice(&0u32.to_le_bytes()); // PM1b_EVT_BLK
+    b.extend_from_slice(&(pm + 4).to_le_bytes()); // PM1a_CNT_BLK
+    b.extend_from_slice(&0u32.to_le_bytes()); // PM1b_CNT_BLK
+    b.extend_from_slice(&0u32.to_le_bytes()); // PM2_CNT_BLK
+    b.extend_from_slice(&(pm + 8).to_le_bytes()); // PM_TMR_BLK
+    b.extend_from_slice(&(pm + 0xC).to_le_bytes()); // GPE0_BLK
+    b.extend_from_slice(&0u32.to_le_bytes()); // GPE1_BLK
+                                              // PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN, GPE0_BLK_LEN,
+                                              // GPE1_BLK_LEN, GPE1_BASE, CST_CNT
+    b.extend_from_slice(&[4, 2, 0, 4, 4, 0, 0, 0]);
+    // P_LVL2_LAT > 100 and P_LVL3_LAT > 1000: C2 and C3 not supported.
+    b.extend_from_slice(&101u16.to_le_bytes());
+    b.extend_from_slice(&1001u16.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes()); // FLUSH_SIZE
+    b.extend_from_slice(&0u16.to_le_bytes()); // FLUSH_STRIDE
+    b.extend_from_slice(&[0, 0]); // DUTY_OFFSET, DUTY_WIDTH
+    b.extend_from_slice(&[0, 0, 0x32]); // DAY_ALRM, MON_ALRM, CENTURY (CMOS 0x32)
+    b.extend_from_slice(&0u16.to_le_bytes()); // IAPC_BOOT_ARCH (reserved in 1.0)
+    b.push(0); // reserved
+               // Flags: WBINVD (0), PROC_C1 (2), PWR_BUTTON (4) and SLP_BUTTON (5): no
+               // fixed-feature buttons. TMR_VAL_EXT (8) clear: the timer is 24 bits.
+    b.extend_from_slice(&0x35u32.to_le_bytes());
+    b
+}
+
+/// The tables as one block to be copied to [`ACPI_AREA`]. `base` is where the
+/// block will live (table pointers are physical addresses).
+pub fn build(base: u32) -> Vec<u8> {
+    let at = |off: usize| base + u32::try_from(off).unwrap_or(0);
+    let mut area = vec![0u8; ACPI_AREA_LEN];
+
+    // RSDP, ACPI 1.0 (revision 0, 20 bytes).
+    let mut rsdp = Vec::with_capacity(20);
+    rsdp.extend_from_slice(b"RSD PTR ");
+    rsdp.push(0);
+    rsdp.extend_from_slice(OEM_ID);
+    rsdp.push(0); // revision 0: ACPI 1.0
+    rsdp.extend_from_slice(&at(RSDT_OFF).to_le_bytes());
+    rsdp[8] = checksum(&rsdp);
+
+    // FACS: signature, length 64, hardware signature 0, no waking vector, no
+    // global lock users, no flags.
+    let mut facs = vec![0u8; 64];
+    facs[..4].copy_from_slice(b"FACS");
+    facs[4..8].copy_from_slice(&64u32.to_le_bytes());
+
+    let rsdt = sdt(b"RSDT", 1, &at(FADT_OFF).to_le_bytes());
+    let fadt = sdt(b"FACP", 1, &fadt_body(at(FACS_OFF), at(DSDT_OFF)));
+    let dsdt = sdt(b"DSDT", 1, &DSDT_AML);
+
+    for (off, bytes) in [
+        (RSDP_OFF, &rsdp),
+        (FACS_OFF, &facs),
+        (RSDT_OFF, &rsdt),
+        (FADT_OFF, &fadt),
+        (DSDT_OFF, &dsdt),
+    ] {
+        area[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+    area
+}
+
+/// Guest-physical address of the RSDP inside the block built for `base`.
+pub fn rsdp_addr(base: u32) -> u32 {
+    base + RSDP_OFF as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_at(area: &[u8], off: usize) -> &[u8] {
+        let len = u32::from_le_bytes(area[off + 4..off + 8].try_into().unwrap()) as usize;
+        &area[off..off + len]
+    }
+
+    fn sums_to_zero(bytes: &[u8]) -> bool {
+        bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)) == 0
+    }
+
+    #[test]
+    fn acpi_tables_fit_their_slots_and_checksum_to_zero() {
+        let area = build(ACPI_AREA);
+        assert_eq!(&area[..8], b"RSD PTR ");
+        assert!(sums_to_zero(&area[..20]), "RSDP checksum");
+        let rsdt_addr = u32::from_le_bytes(area[16..20].try_into().unwrap());
+        assert_eq!(rsdt_addr, ACPI_AREA + RSDT_OFF as u32);
+        for (off, sig, len) in [
+            (RSDT_OFF, b"RSDT", 40),
+            (FADT_OFF, b"FACP", 116),
+            (DSDT_OFF, b"DSDT", 48),
+        ] {
+            let t = table_at(&area, off);
+            assert_eq!(&t[..4], sig);
+            assert_eq!(t.len(), len, "{} length", String::from_utf8_lossy(sig));
+            assert!(sums_to_zero(t), "{} checksum", String::from_utf8_lossy(sig));
+        }
+        // Slots do not overlap and stay inside the area.
+        assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
+        assert!(FADT_OFF + 116 <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
+        assert_eq!((ACPI_AREA as usize + FACS_OFF) % 64, 0);
+    }
+
+    #[test]
+    fn fadt_points_at_the_piix4_pm_block_and_irq9() {
+        let area = build(ACPI_AREA);
+        let f = table_at(&area, FADT_OFF);
+        let dw = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap());
+        assert_eq!(dw(36), ACPI_AREA + FACS_OFF as u32, "FIRMWARE_CTRL");
+        assert_eq!(dw(40), ACPI_AREA + DSDT_OFF as u32, "DSDT");
+        assert_eq!(u16::from_le_bytes([f[46], f[47]]), 9, "SCI_INT");
+        assert_eq!(dw(56), 0x600, "PM1a_EVT_BLK");
+        assert_eq!(dw(64), 0x604, "PM1a_CNT_BLK");
+        assert_eq!(dw(76), 0x608, "PM_TMR_BLK");
+        assert_eq!(&f[88..93], &[4, 2, 0, 4, 4], "block lengths");
+        assert_eq!(f[108], 0x32, "CENTURY");
+    }
+}
