@@ -152,6 +152,16 @@ impl Machine {
         self.ports.devices_mut().is_empty()
     }
 
+    /// The CPU asserts FERR# (an unmasked x87 exception with CR0.NE clear): the
+    /// chipset latches IRQ 13 until port 0xF0 is written
+    /// ([`crate::devices::fpu_error`]).
+    pub fn assert_ferr(&mut self) {
+        self.irq
+            .line(crate::devices::fpu_error::FERR_IRQ)
+            .set_level(true);
+        self.after_device_activity();
+    }
+
     /// Whether the guest has asked to end the run (debug exit) or reset.
     pub fn stop_requested(&self) -> bool {
         self.ctl.exit_status().is_some()

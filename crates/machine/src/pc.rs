@@ -3,7 +3,8 @@
 
 use crate::addr::GuestPhys;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, fw_cfg, i8042, pci, pic, pit, port92, post, uart,
+    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, i8042, pci, pic, pit, port92, post,
+    uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -100,6 +101,11 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
 
     let p92 = bus.add(Box::new(port92::Port92::new(Rc::clone(&ctl))));
     bus.map(0x92, 0x92, 0x92, p92);
+
+    let ferr = bus.add(Box::new(fpu_error::FpuError::new(
+        lines.line(fpu_error::FERR_IRQ),
+    )));
+    bus.map(fpu_error::CLEAR_PORT, fpu_error::CLEAR_PORT, 0, ferr);
 
     let exit = bus.add(Box::new(debug_exit::DebugExit::new(Rc::clone(&ctl))));
     bus.map(0xF4, 0xF7, 0xF4, exit);

@@ -131,13 +131,17 @@ fn read_operand(
 }
 
 /// A pending unmasked exception at a waiting instruction: #MF with CR0.NE, else
-/// FERR# (the instruction then proceeds, as with IGNNE# asserted).
-fn pending(cpu: &mut CpuState) -> Exec {
+/// FERR#, which the PC routes to IRQ 13 (the instruction then proceeds, as with
+/// IGNNE# asserted).
+fn pending(cpu: &mut CpuState, m: &mut Machine) -> Exec {
     if cpu.fpu.sw & sw::ES != 0 {
         if cpu.cr0 & cr0::NE != 0 {
             return Err(Exception::FpuError);
         }
-        cpu.fpu.ferr = true;
+        if !cpu.fpu.ferr {
+            cpu.fpu.ferr = true;
+            m.assert_ferr();
+        }
     }
     Ok(())
 }
@@ -149,11 +153,11 @@ fn real_format(cpu: &CpuState) -> bool {
 
 /// WAIT/FWAIT: #NM if CR0.MP and CR0.TS are both set, then the pending-exception
 /// check.
-pub fn fwait(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+pub fn fwait(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     if cpu.cr0 & (cr0::MP | cr0::TS) == cr0::MP | cr0::TS {
         return Err(Exception::DeviceNotAvailable);
     }
-    pending(cpu)
+    pending(cpu, m)
 }
 
 /// Executes an x87 escape instruction (D8-DF).
@@ -184,7 +188,7 @@ pub fn esc(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         M::Fneni | M::Fndisi | M::Fnsetpm => return Ok(()),
         _ => {}
     }
-    pending(cpu)?;
+    pending(cpu, m)?;
     match mn {
         M::Finit => cpu.fpu.init(),
         M::Fclex => cpu.fpu.clear_exceptions(),

@@ -5,6 +5,7 @@ pub mod acpi_pm;
 pub mod cmos;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod fpu_error;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
