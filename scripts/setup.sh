@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what x86bt's guests and tests need on a bare Debian machine, and builds
-# x86bt in release mode. Safe to run again: it only installs what is missing.
+# Installs what x86bt's guests and tests need on a bare Debian machine, builds
+# x86bt in release mode, and builds the Linux guest (scripts/build-guests.sh).
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +38,8 @@ fi
 
 cargo build --release --locked
 echo "setup: built target/release/x86bt"
+
+# The Linux guest (Debian's linux-image-686 and busybox-static, into guests/).
+if [ "${X86BT_NO_GUESTS:-}" != 1 ]; then
+  scripts/build-guests.sh
+fi

@@ -159,7 +159,12 @@ impl Vm {
                     .map_or(u64::MAX, |d| d.saturating_sub(self.idle_ns) / NS_PER_INSN)
                     .min(max_insns)
                     .min(self.cpu.icount + 1_000_000);
-                while exit == UnitExit::Continue && self.cpu.icount < horizon {
+                // An instruction can raise an interrupt line without touching a
+                // device (FERR# -> IRQ 13), so INTR is watched too.
+                while exit == UnitExit::Continue
+                    && self.cpu.icount < horizon
+                    && !(self.machine.intr() && self.can_take_interrupt())
+                {
                     exit = self.interp.run_unit(&mut self.cpu, &mut self.machine);
                 }
             }

@@ -112,8 +112,26 @@ fn asm16(build: impl Fn(&mut CodeAssembler) -> AsmResult) -> Vec<u8> {
 /// A 16 MiB flat machine with `code` at CODE_SEG:0, the HLT stubs and their IVT
 /// entries, and the CPU at the first instruction with the standard segments.
 fn flat_vm(code: &[u8]) -> Vm {
+    vm_on(Machine::flat(16 << 20).expect("flat machine"), code)
+}
+
+/// A VM on the full PC (PICs, the FERR# latch at port 0xF0), no BIOS.
+fn pc_vm(code: &[u8]) -> Vm {
+    let m = x86bt_machine::pc::build(x86bt_machine::pc::PcConfig {
+        ram_bytes: 16 << 20,
+        bios: None,
+        serial_out: Box::new(std::io::sink()),
+        serial_in: None,
+        debugcon: Box::new(std::io::sink()),
+        post: None,
+        rtc_base_unix: 0,
+    })
+    .expect("PC machine");
+    vm_on(m, code)
+}
+
+fn vm_on(mut m: Machine, code: &[u8]) -> Vm {
     assert!(code.len() <= usize::from(STUBS), "code overlaps the stubs");
-    let mut m = Machine::flat(16 << 20).expect("flat machine");
     m.mem
         .load(GuestPhys(phys(CODE_SEG, 0)), code)
         .expect("code fits in RAM");
@@ -812,6 +830,72 @@ fn fdivp_by_zero_unmasked_without_cr0_ne_asserts_ferr_and_continues() {
     assert_eq!(mem16(&vm, DATA_SEG, 0), SW_PENDING_ZE);
     assert!(x86bt_cpu::fpu::ferr(&vm.cpu.fpu));
     assert_eq!(mem16(&vm, DATA_SEG, 2), B | ES | ZE | 5 << 11);
+}
+
+#[test]
+fn ferr_reaches_irq13_and_port_f0_clears_it() {
+    // Arrange: the PC/AT DOS-compatible path (SDM vol. 1 appendix D.2.1): CR0.NE
+    // clear, PICs at 08h/70h with only IRQ 2 and IRQ 13 unmasked, IF set. The
+    // IRQ 13 handler (vector 75h) clears the x87 exception, writes port F0h,
+    // sends EOI to both PICs and counts its runs at DS:6.
+    let (code, [handler]) = assemble(|a, _| {
+        let mut handler = a.create_label();
+        for (port, value) in [
+            (0x20, 0x11),
+            (0xA0, 0x11),
+            (0x21, 0x08),
+            (0xA1, 0x70),
+            (0x21, 0x04),
+            (0xA1, 0x02),
+            (0x21, 0x01),
+            (0xA1, 0x01),
+            (0x21, 0xFB),
+            (0xA1, 0xDF),
+        ] {
+            a.mov(al, value)?;
+            a.out(port, al)?;
+        }
+        a.sti()?;
+        a.fninit()?;
+        a.fldcw(word_ptr(CW_AT))?;
+        a.fld1()?;
+        a.fldz()?;
+        a.fdivp(st1, st0)?;
+        a.fld1()?; // waiting: asserts FERR#
+                   // Interrupts are taken at unit boundaries; the jump ends this unit.
+        let mut next = a.create_label();
+        a.jmp(next)?;
+        a.set_label(&mut next)?;
+        a.nop()?;
+        a.cli()?;
+        a.hlt()?;
+        a.set_label(&mut handler)?;
+        a.fnclex()?;
+        a.mov(al, 0)?;
+        a.out(0xF0, al)?;
+        a.mov(al, 0x20)?;
+        a.out(0xA0, al)?;
+        a.out(0x20, al)?;
+        a.inc(word_ptr(6))?;
+        a.iret()?;
+        Ok([handler])
+    });
+    let mut vm = pc_vm(&code);
+    load(&mut vm, DATA_SEG, CW_AT, &0x037Bu16.to_le_bytes());
+    hook(&mut vm, 0x75, handler);
+
+    // Act
+    run_to_halt(&mut vm);
+
+    // Assert: one IRQ 13, FERR# and the latch cleared, the exception cleared.
+    assert_eq!(mem16(&vm, DATA_SEG, 6), 1, "IRQ 13 handler runs");
+    assert_eq!(
+        vm.machine.irq.levels() & (1 << 13),
+        0,
+        "port F0h lowers IRQ 13"
+    );
+    assert!(!x86bt_cpu::fpu::ferr(&vm.cpu.fpu));
+    assert_eq!(vm.cpu.fpu.status() & ES, 0);
 }
 
 #[test]
