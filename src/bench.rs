@@ -178,9 +178,10 @@ pub fn prepare(w: &Workload) -> Result<Vm, Error> {
     Ok(vm)
 }
 
-/// Runs `w` for `insns` instructions; returns (retired, seconds).
-pub fn measure(w: &Workload, insns: u64) -> Result<(u64, f64), Error> {
+/// Runs `w` for `insns` instructions on `engine`; returns (retired, seconds).
+pub fn measure(w: &Workload, insns: u64, engine: crate::cli::Engine) -> Result<(u64, f64), Error> {
     let mut vm = prepare(w)?;
+    vm.set_engine(engine)?;
     let start = Instant::now();
     vm.run(insns);
     Ok((vm.cpu.icount, start.elapsed().as_secs_f64()))
@@ -195,7 +196,7 @@ pub fn bench_cmd(a: &BenchArgs) -> Result<u8, Error> {
     let mut logs = 0.0;
     let mut n_compute = 0;
     for w in &workloads() {
-        let (n, secs) = measure(w, a.insns)?;
+        let (n, secs) = measure(w, a.insns, a.engine)?;
         let mips = n as f64 / secs / 1e6;
         if w.rep_string {
             println!(

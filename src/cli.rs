@@ -17,6 +17,10 @@ pub struct Cli {
 pub enum Engine {
     /// The reference interpreter.
     Interp,
+    /// The binary translator (x86-64 hosts only).
+    Jit,
+    /// Both, compared after every unit; stops at the first divergence (exit status 123).
+    Lockstep,
 }
 
 /// The subcommands.

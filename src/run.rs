@@ -147,7 +147,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         )?),
         None => None,
     };
-    let mut vm = Vm::new(machine);
+    let mut vm = Vm::with_engine(machine, a.engine)?;
     vm.no_reboot = a.no_reboot;
     vm.stop_flag = Some(Arc::clone(&seen));
     vm.pace_idle = interactive;
@@ -186,6 +186,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         RunOutcome::InstructionLimit => eprintln!("x86bt: instruction limit reached"),
         RunOutcome::TripleFault => eprintln!("x86bt: triple fault (CPU shutdown)"),
         RunOutcome::Unsupported(w) => eprintln!("x86bt: stopped: {w}"),
+        RunOutcome::Divergence(report) => eprint!("x86bt: {report}"),
     }
     if a.stats {
         print_stats(&vm, secs);
@@ -272,4 +273,7 @@ pub fn print_stats(vm: &Vm, secs: f64) {
         s.invalidations,
         s.decoded_insns as f64 / s.misses.max(1) as f64
     );
+    if let Some(engine) = vm.engine_stats() {
+        eprintln!("{engine}");
+    }
 }

@@ -10,11 +10,18 @@
 //! ```
 //! Virtual time is `icount * NS_PER_INSN` plus the time skipped while halted, so
 //! the same guest with the same input always runs the same way.
+//!
+//! The engine (`--engine`) is the interpreter, the binary translator, or both in
+//! lockstep; each has its own cache, and the loop calls the matching invalidation
+//! after a unit that wrote to code.
 
+use crate::cli::Engine;
+use crate::error::Error;
 use x86bt_cpu::interp::interrupt;
 use x86bt_cpu::state::{flags, RunState};
 use x86bt_cpu::{CpuState, Interpreter, UnitExit};
 use x86bt_machine::Machine;
+use x86bt_translator::{Lockstep, Translator};
 
 /// Virtual nanoseconds per retired instruction (a nominal 1000 MIPS CPU).
 pub const NS_PER_INSN: u64 = 1;
@@ -36,6 +43,9 @@ pub enum RunOutcome {
     Stopped,
     /// The guest turned the machine off through ACPI (S5).
     PowerOff,
+    /// `--engine lockstep`: the translator and the interpreter disagreed; the
+    /// report says where and how.
+    Divergence(String),
 }
 
 impl RunOutcome {
@@ -49,6 +59,7 @@ impl RunOutcome {
             Self::Unsupported(_) => 126,
             Self::Stopped => 0,
             Self::PowerOff => 0,
+            Self::Divergence(_) => 123,
         }
     }
 }
@@ -59,8 +70,16 @@ pub struct Vm {
     pub cpu: CpuState,
     /// The platform.
     pub machine: Machine,
-    /// The interpreter engine.
+    /// The interpreter engine (also what `difftest` and `sst` drive directly).
     pub interp: Interpreter,
+    /// The engine `run` uses.
+    engine: Engine,
+    /// The translator, under `--engine jit`.
+    jit: Option<Box<Translator>>,
+    /// Both engines, under `--engine lockstep`.
+    lockstep: Option<Box<Lockstep>>,
+    /// The divergence lockstep found in the last unit.
+    divergence: Option<String>,
     /// Virtual time skipped while halted, in ns.
     idle_ns: u64,
     /// Stop on a triple fault instead of resetting (`--no-reboot`).
@@ -79,10 +98,90 @@ impl Vm {
             cpu: CpuState::reset(),
             machine,
             interp: Interpreter::new(),
+            engine: Engine::Interp,
+            jit: None,
+            lockstep: None,
+            divergence: None,
             idle_ns: 0,
             no_reboot: false,
             stop_flag: None,
             pace_idle: false,
+        }
+    }
+
+    /// A VM around `machine` running on `engine`. Fails when the engine cannot
+    /// run on this host (the translator needs x86-64).
+    pub fn with_engine(machine: Machine, engine: Engine) -> Result<Self, Error> {
+        let mut vm = Self::new(machine);
+        vm.set_engine(engine)?;
+        Ok(vm)
+    }
+
+    /// Switches to `engine` (with empty caches).
+    pub fn set_engine(&mut self, engine: Engine) -> Result<(), Error> {
+        let unusable =
+            |e: x86bt_translator::TranslatorError| Error::Usage(format!("--engine: {e}"));
+        self.jit = None;
+        self.lockstep = None;
+        match engine {
+            Engine::Interp => {}
+            Engine::Jit => self.jit = Some(Box::new(Translator::new().map_err(unusable)?)),
+            Engine::Lockstep => {
+                self.lockstep = Some(Box::new(Lockstep::new().map_err(unusable)?));
+            }
+        }
+        self.engine = engine;
+        self.interp.flush();
+        Ok(())
+    }
+
+    /// The engine `run` uses.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The engine's counters for `--stats` (translator and lockstep), if any.
+    pub fn engine_stats(&self) -> Option<String> {
+        if let Some(t) = &self.jit {
+            return Some(t.stats().to_string());
+        }
+        let l = self.lockstep.as_ref()?;
+        let s = l.stats();
+        Some(format!(
+            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared)",
+            l.jit_stats(),
+            s.units,
+            s.compared,
+            s.io_units
+        ))
+    }
+
+    /// Runs one unit on the chosen engine.
+    fn run_unit(&mut self) -> UnitExit {
+        let (cpu, m) = (&mut self.cpu, &mut self.machine);
+        if let Some(t) = &mut self.jit {
+            return t.run_unit(cpu, m);
+        }
+        if let Some(l) = &mut self.lockstep {
+            return match l.run_unit(cpu, m) {
+                Ok(exit) => exit,
+                Err(d) => {
+                    self.divergence = Some(d.report);
+                    UnitExit::Event
+                }
+            };
+        }
+        self.interp.run_unit(cpu, m)
+    }
+
+    /// Drops what the engine cached from code pages written since the last call.
+    fn invalidate_written(&mut self) {
+        if let Some(t) = &mut self.jit {
+            t.invalidate_written(&mut self.machine);
+        } else if let Some(l) = &mut self.lockstep {
+            l.invalidate_written(&mut self.machine);
+        } else {
+            self.interp.invalidate_written(&mut self.machine);
         }
     }
 
@@ -148,7 +247,7 @@ impl Vm {
                 }
                 RunState::Running => {}
             }
-            let mut exit = self.interp.run_unit(&mut self.cpu, &mut self.machine);
+            let mut exit = self.run_unit();
             // Units that touch nothing outside the CPU follow each other without a
             // trip through this loop, up to the next device deadline (when an
             // interrupt could next be raised) or the instruction limit.
@@ -165,8 +264,11 @@ impl Vm {
                     && self.cpu.icount < horizon
                     && !(self.machine.intr() && self.can_take_interrupt())
                 {
-                    exit = self.interp.run_unit(&mut self.cpu, &mut self.machine);
+                    exit = self.run_unit();
                 }
+            }
+            if let Some(report) = self.divergence.take() {
+                return RunOutcome::Divergence(report);
             }
             match exit {
                 UnitExit::Continue | UnitExit::Event | UnitExit::Halted => {}
@@ -174,7 +276,7 @@ impl Vm {
                 UnitExit::Unsupported(what) => return RunOutcome::Unsupported(what.to_string()),
             }
             if self.machine.mem.code_write_pending {
-                self.interp.invalidate_written(&mut self.machine);
+                self.invalidate_written();
             }
             let now = self.now();
             self.machine.set_time(now);
@@ -222,5 +324,11 @@ impl Vm {
         }
         self.machine.advance_devices();
         self.interp.flush();
+        if let Some(t) = &mut self.jit {
+            t.flush();
+        }
+        if let Some(l) = &mut self.lockstep {
+            l.flush();
+        }
     }
 }

@@ -431,6 +431,31 @@ fn mem_write(m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
     }
 }
 
+/// Logs a write of `size` bytes at `lin` (the first `first` bytes at `p1`, the
+/// rest at `p2`), with the bytes it overwrites when `log_undo` is set.
+fn log_write(
+    cpu: &mut CpuState,
+    m: &Machine,
+    lin: u64,
+    size: u32,
+    p1: GuestPhys,
+    p2: GuestPhys,
+    first: u64,
+) {
+    cpu.write_log.push((lin, size));
+    if cpu.log_undo {
+        for i in 0..u64::from(size) {
+            let p = if i < first {
+                p1.add(i)
+            } else {
+                p2.add(i - first)
+            };
+            let p = GuestPhys(p.0 & m.mem.a20_mask());
+            cpu.undo_log.push((p.0, m.mem.read_u8(p)));
+        }
+    }
+}
+
 /// Reads `size` (1, 2, 4 or 8) bytes at linear `lin` with privilege `user`.
 pub fn read_lin_as(
     cpu: &mut CpuState,
@@ -473,7 +498,15 @@ pub fn write_lin_as(
 ) -> Result<(), Exception> {
     if !paging(cpu) {
         if cpu.log_writes {
-            cpu.write_log.push((lin, size));
+            log_write(
+                cpu,
+                m,
+                lin,
+                size,
+                GuestPhys(lin),
+                GuestPhys(lin),
+                u64::from(size),
+            );
         }
         mem_write(m, GuestPhys(lin), size, value);
         return Ok(());
@@ -482,7 +515,7 @@ pub fn write_lin_as(
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Write, user)?;
         if cpu.log_writes {
-            cpu.write_log.push((lin, size));
+            log_write(cpu, m, lin, size, p, p, u64::from(size));
         }
         mem_write(m, p, size, value);
         return Ok(());
@@ -491,7 +524,7 @@ pub fn write_lin_as(
     let p1 = translate_as(cpu, m, lin, Access::Write, user)?;
     let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Write, user)?;
     if cpu.log_writes {
-        cpu.write_log.push((lin, size));
+        log_write(cpu, m, lin, size, p1, p2, first);
     }
     for i in 0..u64::from(size) {
         let p = if i < first {

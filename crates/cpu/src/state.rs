@@ -254,6 +254,13 @@ pub struct CpuState {
     pub pending_db: u64,
     /// The software TLB (not architectural; flushed as the SDM says a TLB may be).
     pub tlb: crate::mmu::Tlb,
+    /// When set together with `log_writes`, every logged write also appends the
+    /// bytes it overwrites to `undo_log`, so lockstep testing can put memory back
+    /// and run the same unit again on another engine.
+    pub log_undo: bool,
+    /// (guest-physical address, old byte) for each byte written while `log_undo`
+    /// was set, in write order.
+    pub undo_log: Vec<(u64, u8)>,
 }
 
 impl Default for CpuState {
@@ -319,6 +326,8 @@ impl CpuState {
             write_log: Vec::new(),
             pending_db: 0,
             tlb: crate::mmu::Tlb::default(),
+            log_undo: false,
+            undo_log: Vec::new(),
         }
     }
 

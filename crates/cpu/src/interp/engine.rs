@@ -55,7 +55,7 @@ pub struct CacheStats {
 }
 
 /// "The unit does not run onto a second page."
-const NO_PAGE: u64 = u64::MAX;
+pub const NO_PAGE: u64 = u64::MAX;
 
 #[derive(Clone)]
 struct Slot {
@@ -92,12 +92,155 @@ impl Default for Interpreter {
 }
 
 /// The mode key: everything that changes how bytes decode or what a prepared
-/// instruction means. Real mode: code size from CS.D.
-fn mode_key(cpu: &CpuState) -> (u32, Bitness) {
+/// instruction means. Real mode: code size from CS.D. Both engines key their
+/// caches with it.
+pub fn mode_key(cpu: &CpuState) -> (u32, Bitness) {
     let d = cpu.seg[sreg::CS].attrs & crate::state::seg_attr::DB != 0 && !cpu.v86();
     let bitness = if d { Bitness::B32 } else { Bitness::B16 };
     let key = u32::from(d) | (u32::from(cpu.protected()) << 1) | (u32::from(cpu.v86()) << 2);
     (key, bitness)
+}
+
+/// A unit fetched and decoded by [`fetch_unit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The physical page the unit runs onto, or [`NO_PAGE`].
+    pub next_phys: u64,
+    /// The unit ends on an ordinary instruction (not sensitive, not #UD), so the
+    /// run loop need not look before the next unit.
+    pub plain_end: bool,
+}
+
+/// Fetches the bytes at CS:IP (physical `phys`) and decodes one unit into `out`.
+/// Returns the fault the fetch raises if not even the first instruction can be
+/// fetched. Both engines decode through here.
+pub fn fetch_unit(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    phys: u64,
+    bitness: Bitness,
+    out: &mut DecodedUnit,
+) -> Result<Fetched, Exception> {
+    let ip = cpu.rip;
+    let cs = cpu.seg[sreg::CS];
+    let lin = cs.base.wrapping_add(ip) & 0xFFFF_FFFF;
+    let page_room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
+    let limit_room = (u64::from(cs.limit) + 1).saturating_sub(ip) as usize;
+    let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
+    let mut avail = want.min(limit_room);
+    let mut cut_by: Exception = Exception::GeneralProtection(0);
+    let mut buf = [0u8; MAX_UNIT_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
+    let first = avail.min(page_room);
+    for (i, b) in buf.iter_mut().enumerate().take(first) {
+        *b = m.mem.read_u8(GuestPhys(phys + i as u64));
+    }
+    let mut next_phys = NO_PAGE;
+    if avail > page_room {
+        let next_lin = (lin + page_room as u64) & 0xFFFF_FFFF;
+        match mmu::translate(cpu, m, next_lin, mmu::Access::Exec) {
+            Ok(p) => {
+                let p = p.0 & m.mem.a20_mask();
+                next_phys = p;
+                for (i, b) in buf[page_room..avail].iter_mut().enumerate() {
+                    *b = m.mem.read_u8(GuestPhys(p + i as u64));
+                }
+            }
+            Err(e) => {
+                avail = page_room;
+                cut_by = e;
+            }
+        }
+    }
+    decode_unit(bitness, ip, &buf[..avail], page_room, out);
+    if out.end == UnitEnd::FetchFault {
+        return Err(cut_by);
+    }
+    let plain_end = !matches!(out.end, UnitEnd::Sensitive | UnitEnd::Undecodable)
+        && out
+            .instructions()
+            .last()
+            .is_some_and(|i| !x86bt_decoder::sensitive::is_sensitive(i));
+    Ok(Fetched {
+        next_phys: if out.byte_len > page_room {
+            next_phys
+        } else {
+            NO_PAGE
+        },
+        plain_end,
+    })
+}
+
+/// Marks the RAM pages a unit's bytes came from (`phys`'s page and `next_phys`,
+/// unless [`NO_PAGE`]) as holding code, and returns their RAM page numbers (none
+/// for ROM), so a write to them invalidates the unit.
+pub fn mark_code_pages(m: &mut Machine, phys: u64, next_phys: u64) -> [Option<u64>; 2] {
+    let mut out = [None; 2];
+    for (o, p) in out.iter_mut().zip([phys, next_phys]) {
+        if p != NO_PAGE && m.mem.mark_code(GuestPhys(p)) {
+            *o = m.mem.ram_page(GuestPhys(p));
+        }
+    }
+    if out[1] == out[0] {
+        out[1] = None;
+    }
+    out
+}
+
+/// Whether a cached unit of `byte_len` bytes, decoded at physical `phys` and
+/// running onto `next_phys`, may run at the current CS:IP (linear `lin`): it
+/// must fit below the CS limit here, and a unit that runs onto the next page must
+/// find the same physical page there.
+pub fn unit_fits(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    byte_len: u32,
+    next_phys: u64,
+) -> bool {
+    let cs = cpu.seg[sreg::CS];
+    let fits = cpu.rip + u64::from(byte_len) <= u64::from(cs.limit) + 1;
+    fits && (next_phys == NO_PAGE || {
+        let next_lin = (lin | (PAGE_SIZE - 1)) + 1;
+        mmu::translate(cpu, m, next_lin & 0xFFFF_FFFF, mmu::Access::Exec)
+            .is_ok_and(|p| p.0 & m.mem.a20_mask() == next_phys)
+    })
+}
+
+/// What [`exec_one`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The instruction retired; the unit goes on.
+    Next,
+    /// The instruction retired and the unit ends here: it restarts itself (a
+    /// repeated string instruction that yielded) or it wrote to a code page.
+    End,
+    /// The instruction raised this exception. It counts in `icount`, and RIP is
+    /// still at it, for delivery with `interrupt::raise`.
+    Fault(Exception),
+}
+
+/// Runs one prepared instruction with the protocol of a unit's common path:
+/// `next_rip` is set before, RIP and `icount` advance after. The translator's
+/// helper path runs instructions through here too, so both engines share it.
+#[inline(always)]
+pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
+    cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
+    match (insn.exec)(cpu, m, insn) {
+        Ok(()) => {
+            let restart = cpu.next_rip == cpu.rip;
+            cpu.rip = cpu.next_rip;
+            cpu.icount += 1;
+            if restart || m.mem.code_write_pending {
+                Step::End
+            } else {
+                Step::Next
+            }
+        }
+        Err(e) => {
+            cpu.icount += 1;
+            Step::Fault(e)
+        }
+    }
 }
 
 #[inline]
@@ -134,7 +277,15 @@ impl Interpreter {
         if m.mem.take_flush_all() {
             self.flush();
         }
-        for page in m.mem.take_dirty_code_pages() {
+        let pages = m.mem.take_dirty_code_pages();
+        self.invalidate_pages(&pages);
+    }
+
+    /// Drops every unit decoded from the RAM pages `pages` (RAM page numbers, as
+    /// [`x86bt_machine::PhysMemory::take_dirty_code_pages`] returns them), for an
+    /// engine that takes the list itself and shares it.
+    pub fn invalidate_pages(&mut self, pages: &[u64]) {
+        for &page in pages {
             if let Some(list) = self.page_index.remove(&page) {
                 for s in list {
                     let slot = &mut self.slots[s as usize];
@@ -166,76 +317,29 @@ impl Interpreter {
         bitness: Bitness,
         s: usize,
     ) -> Result<(), Exception> {
-        let ip = cpu.rip;
-        let cs = cpu.seg[sreg::CS];
-        let lin = cs.base.wrapping_add(ip) & 0xFFFF_FFFF;
-        let page_room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
-        let limit_room = (u64::from(cs.limit) + 1).saturating_sub(ip) as usize;
-        let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
-        let mut avail = want.min(limit_room);
-        let mut cut_by: Exception = Exception::GeneralProtection(0);
-        let mut buf = [0u8; MAX_UNIT_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
-        let first = avail.min(page_room);
-        for (i, b) in buf.iter_mut().enumerate().take(first) {
-            *b = m.mem.read_u8(GuestPhys(phys + i as u64));
-        }
-        let mut next_phys = NO_PAGE;
-        if avail > page_room {
-            let next_lin = (lin + page_room as u64) & 0xFFFF_FFFF;
-            match mmu::translate(cpu, m, next_lin, mmu::Access::Exec) {
-                Ok(p) => {
-                    let p = p.0 & m.mem.a20_mask();
-                    next_phys = p;
-                    for (i, b) in buf[page_room..avail].iter_mut().enumerate() {
-                        *b = m.mem.read_u8(GuestPhys(p + i as u64));
-                    }
-                }
-                Err(e) => {
-                    avail = page_room;
-                    cut_by = e;
-                }
-            }
-        }
-        decode_unit(bitness, ip, &buf[..avail], page_room, &mut self.scratch);
-        if self.scratch.end == UnitEnd::FetchFault {
-            return Err(cut_by);
-        }
+        let fetched = fetch_unit(cpu, m, phys, bitness, &mut self.scratch)?;
         let bits = bitness.bits();
         for (dst, ins) in self.units[s].iter_mut().zip(self.scratch.instructions()) {
             *dst = Insn::prepare(ins, bits);
         }
         let slot = &mut self.slots[s];
         slot.count = self.scratch.count as u8;
-        slot.plain_end = !matches!(self.scratch.end, UnitEnd::Sensitive | UnitEnd::Undecodable)
-            && self
-                .scratch
-                .instructions()
-                .last()
-                .is_some_and(|i| !x86bt_decoder::sensitive::is_sensitive(i));
+        slot.plain_end = fetched.plain_end;
         slot.byte_len = self.scratch.byte_len as u32;
         slot.phys = phys;
         slot.key = key;
         slot.valid = true;
-        slot.next_phys = if self.scratch.byte_len > page_room {
-            next_phys
-        } else {
-            NO_PAGE
-        };
+        slot.next_phys = fetched.next_phys;
         self.stats.misses += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
-        let mut pages = [GuestPhys(phys), GuestPhys(phys)];
-        if slot.next_phys != NO_PAGE {
-            pages[1] = GuestPhys(slot.next_phys);
-        }
-        for p in pages {
-            if m.mem.mark_code(p) {
-                if let Some(page) = m.mem.ram_page(p) {
-                    let list = self.page_index.entry(page).or_default();
-                    if !list.contains(&(s as u32)) {
-                        list.push(s as u32);
-                    }
-                }
+        for page in mark_code_pages(m, phys, fetched.next_phys)
+            .into_iter()
+            .flatten()
+        {
+            let list = self.page_index.entry(page).or_default();
+            if !list.contains(&(s as u32)) {
+                list.push(s as u32);
             }
         }
         Ok(())
@@ -282,15 +386,8 @@ impl Interpreter {
         if hit {
             // A unit decoded where it fit below the CS limit may not fit at this
             // alias; a unit that runs onto the next page must see the same page.
-            let slot = &self.slots[s];
-            let fits = cpu.rip + u64::from(slot.byte_len) <= u64::from(cs.limit) + 1;
-            let next_ok = slot.next_phys == NO_PAGE || {
-                let next_lin = (lin | (PAGE_SIZE - 1)) + 1;
-                let want = slot.next_phys;
-                mmu::translate(cpu, m, next_lin & 0xFFFF_FFFF, mmu::Access::Exec)
-                    .is_ok_and(|p| p.0 & m.mem.a20_mask() == want)
-            };
-            refill = !fits || !next_ok;
+            let (byte_len, next_phys) = (self.slots[s].byte_len, self.slots[s].next_phys);
+            refill = !unit_fits(cpu, m, lin, byte_len, next_phys);
             if !refill {
                 self.stats.hits += 1;
             }
@@ -317,18 +414,10 @@ impl Interpreter {
             // The common path: no trap to check after each instruction, and the
             // halt check once at the end (HLT is always a unit's last).
             for insn in &self.units[s][..count] {
-                cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
-                match (insn.exec)(cpu, m, insn) {
-                    Ok(()) => {
-                        let restart = cpu.next_rip == cpu.rip;
-                        cpu.rip = cpu.next_rip;
-                        cpu.icount += 1;
-                        if restart || m.mem.code_write_pending {
-                            return UnitExit::Event;
-                        }
-                    }
-                    Err(e) => {
-                        cpu.icount += 1;
+                match exec_one(cpu, m, insn) {
+                    Step::Next => {}
+                    Step::End => return UnitExit::Event,
+                    Step::Fault(e) => {
                         interrupt::raise(cpu, m, e, cpu.rip);
                         return self.after_fault(cpu);
                     }

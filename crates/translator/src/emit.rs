@@ -1,0 +1,386 @@
+//! Code generation: one unit's lowerings become one compiled code fragment (CCF).
+//!
+//! ABI: `extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64`, the exit code
+//! ([`EXIT_END`], [`EXIT_EVENT`], [`EXIT_FAULT`]). Register use inside a CCF:
+//! - R15 holds the `CpuState` pointer and R14 the `JitCtx` pointer for the whole
+//!   fragment (callee-saved, so they survive helper calls);
+//! - guest GPR i is cached in host register [`GUEST_TO_HOST`]`[i]` between its
+//!   first use and the next helper call or exit, and written back if dirty;
+//! - R9 holds captured host flags until they are merged into `CpuState::rflags`;
+//!   R10 and R11 are scratch.
+//!
+//! Invariants:
+//! - Before a helper call and at every exit, `CpuState` is exact: dirty guest
+//!   registers are stored, captured flags merged, RIP and `icount` advanced past
+//!   every inline instruction. A helper that faults therefore sees the state before
+//!   its instruction with every earlier one committed (precise exceptions).
+//! - Host EFLAGS are trusted for a guest flag only while nothing since the
+//!   instruction that produced it has clobbered them (`host_valid`); otherwise a
+//!   reader reloads them from `CpuState::rflags` with POPFQ (arithmetic bits only,
+//!   so the host's TF, DF and AC stay clear).
+//! - Inline instructions never fault; the only inline path that can is the branch
+//!   target's CS-limit check, which hands the branch to the helper instead.
+
+// dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
+#![allow(clippy::useless_conversion)]
+
+use crate::plan::{cond_flags, Branch, FlagSpec, Ident, Lowering, GUEST_TO_HOST};
+use core::mem::{offset_of, size_of};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
+use iced_x86::ConditionCode;
+use x86bt_cpu::state::{flags, sreg, CpuState, Segment};
+
+/// The fragment ran to its end.
+pub const EXIT_END: u64 = 0;
+/// An instruction ended the unit early (it restarts itself or wrote to code).
+pub const EXIT_EVENT: u64 = 1;
+/// A helper returned an exception, stored in the `JitCtx`.
+pub const EXIT_FAULT: u64 = 2;
+
+const GPR: i32 = offset_of!(CpuState, gpr) as i32;
+const RIP: i32 = offset_of!(CpuState, rip) as i32;
+const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
+const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
+const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
+    + sreg::CS * size_of::<Segment>()
+    + offset_of!(Segment, limit)) as i32;
+
+/// An assembler the emitter can write to (the executable one, or a plain
+/// vector for listings).
+pub trait CodeSink: DynasmLabelApi<Relocation = X64Relocation> {
+    /// A fresh label.
+    fn new_label(&mut self) -> DynamicLabel;
+}
+
+impl CodeSink for dynasmrt::Assembler<X64Relocation> {
+    fn new_label(&mut self) -> DynamicLabel {
+        self.new_dynamic_label()
+    }
+}
+
+impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {
+    fn new_label(&mut self) -> DynamicLabel {
+        self.new_dynamic_label()
+    }
+}
+
+/// What a fragment calls and embeds: the helper's address and the address of
+/// each prepared instruction. Named for listings.
+pub struct Externals<'a> {
+    /// `helper_exec`.
+    pub helper: u64,
+    /// The prepared instructions, in unit order.
+    pub insns: &'a [u64],
+}
+
+/// The unit to emit.
+pub struct UnitPlan<'a> {
+    /// Lowering of each instruction.
+    pub lowerings: &'a [Lowering],
+    /// Whether each instruction's flags are captured (see [`crate::plan::captures`]).
+    pub captures: &'a [bool],
+    /// Length in bytes of each instruction.
+    pub lens: &'a [u8],
+    /// Helper kind passed to the helper, per instruction.
+    pub kinds: &'a [u8],
+}
+
+struct Emitter<'a, A: CodeSink> {
+    ops: &'a mut A,
+    ext: &'a Externals<'a>,
+    exit: DynamicLabel,
+    /// Guest registers loaded into their host registers.
+    cached: u8,
+    /// Cached registers written since loaded.
+    dirty: u8,
+    /// Guest flags that host EFLAGS hold right now.
+    host_valid: u64,
+    /// Flags captured in R9 and not yet merged.
+    pending: Option<FlagSpec>,
+    /// RIP and icount advance of inline instructions not yet stored.
+    rip_delta: u64,
+    insn_delta: u64,
+}
+
+/// Emits one fragment; returns its entry offset.
+pub fn emit_unit<A: CodeSink>(
+    ops: &mut A,
+    unit: &UnitPlan<'_>,
+    ext: &Externals<'_>,
+) -> dynasmrt::AssemblyOffset {
+    let entry = ops.offset();
+    let exit = ops.new_label();
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push rbp
+        ; push r12
+        ; push r13
+        ; push r14
+        ; push r15
+        ; sub rsp, 8
+        ; mov r15, rdi
+        ; mov r14, rsi
+    );
+    let mut e = Emitter {
+        ops,
+        ext,
+        exit,
+        cached: 0,
+        dirty: 0,
+        host_valid: 0,
+        pending: None,
+        rip_delta: 0,
+        insn_delta: 0,
+    };
+    let mut ended = false;
+    for (i, l) in unit.lowerings.iter().enumerate() {
+        let len = u64::from(unit.lens[i]);
+        match l {
+            Lowering::Ident(x) => {
+                e.ident(x, unit.captures[i]);
+                e.rip_delta += len;
+                e.insn_delta += 1;
+            }
+            Lowering::Helper(_) => e.helper(i, unit.kinds[i]),
+            Lowering::Branch(b) => {
+                e.branch(i, b, len, unit.kinds[i]);
+                ended = true;
+            }
+        }
+    }
+    if !ended {
+        e.sync();
+        dynasm!(e.ops ; .arch x64 ; xor eax, eax);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; =>exit
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbp
+        ; pop rbx
+        ; ret
+    );
+    entry
+}
+
+fn gpr_off(g: usize) -> i32 {
+    GPR + 8 * g as i32
+}
+
+impl<A: CodeSink> Emitter<'_, A> {
+    fn load_regs(&mut self, mask: u8) {
+        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+            let bit = 1u8 << g;
+            if mask & bit != 0 && self.cached & bit == 0 {
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+                self.cached |= bit;
+            }
+        }
+    }
+
+    fn store_regs(&mut self) {
+        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+            if self.dirty & (1 << g) != 0 {
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
+            }
+        }
+        self.dirty = 0;
+    }
+
+    /// Merges captured flags into `CpuState::rflags` (clobbers host flags).
+    fn settle_flags(&mut self) {
+        let Some(s) = self.pending.take() else {
+            return;
+        };
+        let defined = s.defined as i32;
+        dynasm!(self.ops ; .arch x64 ; and r9d, defined);
+        if s.of_from_sf_cf {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r10d, r9d
+                ; shr r10d, 7
+                ; xor r10d, r9d
+                ; and r10d, 1
+                ; shl r10d, 11
+                ; or r9d, r10d
+            );
+        }
+        let keep = !(s.written as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; and QWORD [r15 + RFLAGS], keep
+            ; or QWORD [r15 + RFLAGS], r9
+        );
+        self.host_valid = 0;
+    }
+
+    /// Loads the guest's arithmetic flags into host EFLAGS.
+    fn load_flags(&mut self) {
+        let arith = flags::ARITH as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r9, QWORD [r15 + RFLAGS]
+            ; and r9d, arith
+            ; push r9
+            ; popfq
+        );
+        self.host_valid = flags::ARITH;
+    }
+
+    /// Stores RIP and icount of the inline instructions so far (clobbers flags).
+    fn store_progress(&mut self) {
+        if self.rip_delta != 0 {
+            let d = self.rip_delta as i32;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + RIP], d);
+        }
+        if self.insn_delta != 0 {
+            let n = self.insn_delta as i32;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], n);
+        }
+        self.rip_delta = 0;
+        self.insn_delta = 0;
+        self.host_valid = 0;
+    }
+
+    /// Makes `CpuState` exact (see the module invariants).
+    fn sync(&mut self) {
+        self.settle_flags();
+        self.store_regs();
+        self.store_progress();
+    }
+
+    fn ident(&mut self, x: &Ident, capture: bool) {
+        let f = x.flags;
+        if f.written != 0 {
+            self.settle_flags();
+        }
+        if f.read & !self.host_valid != 0 {
+            self.settle_flags();
+            self.load_flags();
+        }
+        self.load_regs(x.uses);
+        self.ops.extend(x.bytes.iter().copied());
+        self.dirty |= x.writes;
+        if f.written != 0 {
+            self.host_valid = (self.host_valid & !f.written) | f.defined;
+            if capture {
+                dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+                self.pending = Some(f);
+            }
+        }
+    }
+
+    fn call_helper(&mut self, i: usize, kind: u8) {
+        let insn = self.ext.insns[i] as i64;
+        let helper = self.ext.helper as i64;
+        let kind = i32::from(kind);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r15
+            ; mov rsi, r14
+            ; mov rdx, QWORD insn
+            ; mov ecx, kind
+            ; mov rax, QWORD helper
+            ; call rax
+        );
+        self.host_valid = 0;
+    }
+
+    fn helper(&mut self, i: usize, kind: u8) {
+        self.sync();
+        self.cached = 0;
+        self.call_helper(i, kind);
+        let exit = self.exit;
+        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
+    }
+
+    /// A relative JMP/Jcc ending the unit: RIP = target (masked to the operand
+    /// size) if taken and inside the CS limit; the helper raises #GP otherwise.
+    fn branch(&mut self, i: usize, b: &Branch, len: u64, kind: u8) {
+        self.store_regs();
+        let taken = self.ops.new_label();
+        let exit = self.exit;
+        if let Some(cc) = b.cc {
+            if cond_flags(cc) & !self.host_valid != 0 {
+                self.settle_flags();
+                self.load_flags();
+            }
+            let saved = (self.pending, self.rip_delta, self.insn_delta);
+            jump_if(self.ops, cc, taken);
+            // Not taken: fall through to the next instruction.
+            self.settle_flags();
+            self.rip_delta += len;
+            self.insn_delta += 1;
+            self.store_progress();
+            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
+            (self.pending, self.rip_delta, self.insn_delta) = saved;
+        }
+        dynasm!(self.ops ; .arch x64 ; =>taken);
+        self.settle_flags();
+        let slow = self.ops.new_label();
+        let to_target = self.rip_delta.wrapping_add(len).wrapping_add(b.rel) as i64;
+        let own = self.rip_delta as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r10, QWORD [r15 + RIP]
+            ; mov r11, QWORD to_target
+            ; add r10, r11
+        );
+        if b.size == 2 {
+            dynasm!(self.ops ; .arch x64 ; movzx r10d, r10w);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov r10d, r10d);
+        }
+        let insns = (self.insn_delta + 1) as i32;
+        let event = EXIT_EVENT as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11d, DWORD [r15 + CS_LIMIT]
+            ; cmp r10, r11
+            ; ja =>slow
+            // A branch to itself restarts: the interpreter ends the unit with an event.
+            ; mov r11, QWORD [r15 + RIP]
+            ; add r11, own
+            ; mov QWORD [r15 + RIP], r10
+            ; add QWORD [r15 + ICOUNT], insns
+            ; xor eax, eax
+            ; cmp r10, r11
+            ; jne =>exit
+            ; mov eax, event
+            ; jmp =>exit
+            ; =>slow
+        );
+        self.store_progress();
+        self.call_helper(i, kind);
+    }
+}
+
+/// `jcc label` for a guest condition code (the host tests the same flags).
+fn jump_if<A: CodeSink>(ops: &mut A, cc: ConditionCode, l: DynamicLabel) {
+    use ConditionCode as C;
+    match cc {
+        C::o => dynasm!(ops ; .arch x64 ; jo =>l),
+        C::no => dynasm!(ops ; .arch x64 ; jno =>l),
+        C::b => dynasm!(ops ; .arch x64 ; jb =>l),
+        C::ae => dynasm!(ops ; .arch x64 ; jae =>l),
+        C::e => dynasm!(ops ; .arch x64 ; je =>l),
+        C::ne => dynasm!(ops ; .arch x64 ; jne =>l),
+        C::be => dynasm!(ops ; .arch x64 ; jbe =>l),
+        C::a => dynasm!(ops ; .arch x64 ; ja =>l),
+        C::s => dynasm!(ops ; .arch x64 ; js =>l),
+        C::ns => dynasm!(ops ; .arch x64 ; jns =>l),
+        C::p => dynasm!(ops ; .arch x64 ; jp =>l),
+        C::np => dynasm!(ops ; .arch x64 ; jnp =>l),
+        C::l => dynasm!(ops ; .arch x64 ; jl =>l),
+        C::ge => dynasm!(ops ; .arch x64 ; jge =>l),
+        C::le => dynasm!(ops ; .arch x64 ; jle =>l),
+        C::g => dynasm!(ops ; .arch x64 ; jg =>l),
+        C::None => dynasm!(ops ; .arch x64 ; jmp =>l),
+    }
+}

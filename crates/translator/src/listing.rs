@@ -1,0 +1,106 @@
+//! A unit's host code as text: the guest instructions with how each is lowered,
+//! then the fragment disassembled with iced's Intel formatter. Addresses that
+//! change from run to run (the helper, the prepared instructions) are emitted as
+//! fixed placeholders and printed by name, so the text is stable for golden tests.
+
+use crate::emit::{emit_unit, Externals, UnitPlan};
+use crate::plan::{self, HelperKind, Lowering};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::VecAssembler;
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+use std::fmt::Write;
+use x86bt_cpu::interp::Insn;
+use x86bt_decoder::{decode_unit, Bitness, DecodedUnit};
+
+/// Placeholder address of the helper in listings.
+const FAKE_HELPER: u64 = 0x7E57_0000_0000;
+/// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
+const FAKE_INSN: u64 = 0x7E57_0001_0000;
+
+fn formatter() -> IntelFormatter {
+    let mut f = IntelFormatter::new();
+    let o = f.options_mut();
+    o.set_hex_prefix("0x");
+    o.set_hex_suffix("");
+    o.set_uppercase_hex(false);
+    o.set_space_after_operand_separator(true);
+    f
+}
+
+/// The listing of the unit that `code` (guest bytes at IP 0) decodes to.
+pub fn listing(bitness: Bitness, code: &[u8]) -> String {
+    let mut unit = DecodedUnit::default();
+    decode_unit(bitness, 0, code, code.len(), &mut unit);
+    let bits = bitness.bits();
+    let insns: Vec<Insn> = unit
+        .instructions()
+        .iter()
+        .map(|i| Insn::prepare(i, bits))
+        .collect();
+    render(bits, &insns)
+}
+
+/// The listing of prepared instructions `insns` of a `bits`-bit unit.
+pub fn render(bits: u32, insns: &[Insn]) -> String {
+    let lowerings = plan::plan(insns);
+    let captures = plan::captures(&lowerings);
+    let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
+    let kinds: Vec<u8> = lowerings
+        .iter()
+        .map(|l| match l {
+            Lowering::Helper(k) => *k as u8,
+            _ => HelperKind::Branch as u8,
+        })
+        .collect();
+    let ptrs: Vec<u64> = (0..insns.len() as u64)
+        .map(|i| FAKE_INSN + i * 0x100)
+        .collect();
+    let mut ops = VecAssembler::<X64Relocation>::new(0);
+    emit_unit(
+        &mut ops,
+        &UnitPlan {
+            lowerings: &lowerings,
+            captures: &captures,
+            lens: &lens,
+            kinds: &kinds,
+        },
+        &Externals {
+            helper: FAKE_HELPER,
+            insns: &ptrs,
+        },
+    );
+    let host = match ops.finalize() {
+        Ok(b) => b,
+        Err(e) => return format!("; cannot assemble: {e}\n"),
+    };
+    let mut f = formatter();
+    let mut out = format!("; guest, {bits}-bit\n");
+    let mut text = String::new();
+    for ((insn, l), cap) in insns.iter().zip(&lowerings).zip(&captures) {
+        text.clear();
+        f.format(&insn.ins, &mut text);
+        let how = match l {
+            Lowering::Ident(x) if x.flags.written != 0 && *cap => "ident, flags captured",
+            Lowering::Ident(x) if x.flags.written != 0 => "ident, flags dead",
+            Lowering::Ident(_) => "ident",
+            Lowering::Branch(_) => "inline branch",
+            Lowering::Helper(k) => HelperKind::NAMES[*k as usize],
+        };
+        let _ = writeln!(out, ";   {:04x}  {text:<28} {how}", insn.ins.ip());
+    }
+    let _ = writeln!(out, "; host, {} bytes", host.len());
+    let mut d = Decoder::with_ip(64, &host, 0, DecoderOptions::NONE);
+    for ins in &mut d {
+        text.clear();
+        f.format(&ins, &mut text);
+        let mut line = text.replace(&format!("0x{FAKE_HELPER:x}"), "helper_exec");
+        for i in (0..insns.len() as u64).rev() {
+            line = line.replace(
+                &format!("0x{:x}", FAKE_INSN + i * 0x100),
+                &format!("insn[{i}]"),
+            );
+        }
+        let _ = writeln!(out, "{:04x}  {line}", ins.ip());
+    }
+    out
+}

@@ -1,0 +1,278 @@
+//! Lockstep: every unit runs on the interpreter (on a copy of the CPU state) and
+//! on the translator (on the real state), and the two results must agree.
+//!
+//! Memory is shared, so the interpreter's run logs every byte it overwrites
+//! (`CpuState::log_undo`); its final bytes are recorded, the old bytes are put
+//! back, and the code pages its stores unmarked are marked again, so the
+//! translator starts from the same memory and the same code-page marks. Then the
+//! translator runs, and the comparison covers the unit exit, every field of
+//! `CpuState` (registers, flags, RIP, `icount`, segment caches, control
+//! registers, the x87, the TLB), the sequence of logged writes (linear address,
+//! size) and the final value of every byte either engine wrote.
+//!
+//! A unit with port I/O runs once, on the translator, and is not compared: a
+//! device cannot be asked the same question twice. (The machine has no MMIO; a
+//! store to ROM or to a hole is dropped by both engines alike.) Page-table
+//! accessed/dirty bits set by the first run are not undone; the second run
+//! finds them set and computes the same translation.
+
+use crate::engine::Translator;
+use crate::error::TranslatorError;
+use crate::stats::JitStats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use x86bt_cpu::interp::engine::{fetch_unit, mode_key};
+use x86bt_cpu::interp::Insn;
+use x86bt_cpu::state::sreg;
+use x86bt_cpu::{CpuState, Interpreter, UnitExit};
+use x86bt_decoder::DecodedUnit;
+use x86bt_machine::{GuestPhys, Machine};
+
+/// The first difference between the engines, as a report for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// What differed, where, and the unit that ran.
+    pub report: String,
+}
+
+/// Counters of a lockstep run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockstepStats {
+    /// Units run.
+    pub units: u64,
+    /// Units compared.
+    pub compared: u64,
+    /// Units with port I/O, run once by the translator and not compared.
+    pub io_units: u64,
+}
+
+/// The lockstep engine.
+pub struct Lockstep {
+    reference: Interpreter,
+    jit: Translator,
+    stats: LockstepStats,
+}
+
+/// The guest-physical address of RAM page `page` (a RAM page number, as the
+/// dirty-code list holds them): RAM above the low part is mapped from 4 GiB.
+fn ram_page_phys(m: &Machine, page: u64) -> u64 {
+    let off = page << 12;
+    let low = m.mem.ram_below_4g();
+    if off < low {
+        off
+    } else {
+        (1 << 32) + off - low
+    }
+}
+
+/// Final value of every byte in an undo log.
+fn final_bytes(m: &Machine, undo: &[(u64, u8)]) -> BTreeMap<u64, u8> {
+    undo.iter()
+        .map(|&(p, _)| (p, m.mem.read_u8(GuestPhys(p))))
+        .collect()
+}
+
+impl Lockstep {
+    /// Both engines, with empty caches.
+    pub fn new() -> Result<Self, TranslatorError> {
+        Ok(Self {
+            reference: Interpreter::new(),
+            jit: Translator::new()?,
+            stats: LockstepStats::default(),
+        })
+    }
+
+    /// The translator's counters.
+    pub fn jit_stats(&self) -> JitStats {
+        self.jit.stats()
+    }
+
+    /// The lockstep counters.
+    pub fn stats(&self) -> LockstepStats {
+        self.stats
+    }
+
+    /// Invalidation for both engines.
+    pub fn invalidate_written(&mut self, m: &mut Machine) {
+        if m.mem.take_flush_all() {
+            self.flush();
+        }
+        let pages = m.mem.take_dirty_code_pages();
+        self.jit.invalidate_pages(&pages);
+        self.reference.invalidate_pages(&pages);
+    }
+
+    /// Drops everything cached by both engines.
+    pub fn flush(&mut self) {
+        self.jit.flush();
+        self.reference.flush();
+    }
+
+    /// Runs one unit on both engines and compares them.
+    pub fn run_unit(
+        &mut self,
+        cpu: &mut CpuState,
+        m: &mut Machine,
+    ) -> Result<UnitExit, Divergence> {
+        if m.mem.code_write_pending {
+            self.invalidate_written(m);
+        }
+        self.stats.units += 1;
+        if self.jit.unit_does_io(cpu, m) {
+            self.stats.io_units += 1;
+            return Ok(self.jit.run_unit(cpu, m));
+        }
+        let before = cpu.clone();
+        let saved = (
+            cpu.log_writes,
+            cpu.log_undo,
+            std::mem::take(&mut cpu.write_log),
+            std::mem::take(&mut cpu.undo_log),
+        );
+        let mut ci = cpu.clone();
+        ci.log_writes = true;
+        ci.log_undo = true;
+        let exit_i = self.reference.run_unit(&mut ci, m);
+        let wrote_i = final_bytes(m, &ci.undo_log);
+        for &(p, old) in ci.undo_log.iter().rev() {
+            m.mem.write_u8(GuestPhys(p), old);
+        }
+        // Memory is as before the unit, so every cached unit is still right; the
+        // code pages the stores unmarked are marked again for the second run.
+        m.mem.code_write_pending = false;
+        for page in m.mem.take_dirty_code_pages() {
+            m.mem.mark_code(GuestPhys(ram_page_phys(m, page)));
+        }
+        cpu.log_writes = true;
+        cpu.log_undo = true;
+        let exit_t = self.jit.run_unit(cpu, m);
+        let wrote_t = final_bytes(m, &cpu.undo_log);
+        let log_t = std::mem::take(&mut cpu.write_log);
+        cpu.undo_log.clear();
+        let (lw, lu, mut wl, ul) = saved;
+        if lw {
+            wl.extend_from_slice(&log_t);
+        }
+        (cpu.log_writes, cpu.log_undo, cpu.write_log, cpu.undo_log) = (lw, lu, wl, ul);
+        let log_i = std::mem::take(&mut ci.write_log);
+        ci.undo_log.clear();
+        (ci.log_writes, ci.log_undo) = (cpu.log_writes, cpu.log_undo);
+        ci.write_log.clone_from(&cpu.write_log);
+        ci.undo_log.clone_from(&cpu.undo_log);
+        // Only meaningful while an instruction executes; inline code skips it.
+        ci.next_rip = cpu.next_rip;
+
+        let mut diffs = Vec::new();
+        if exit_i != exit_t {
+            diffs.push(format!("unit exit: interp {exit_i:?}, jit {exit_t:?}"));
+        }
+        state_diffs(&ci, cpu, &mut diffs);
+        if log_i != log_t {
+            diffs.push(format!(
+                "writes (linear address, size): interp {log_i:x?}, jit {log_t:x?}"
+            ));
+        }
+        for (p, v) in &wrote_i {
+            if wrote_t.get(p) != Some(v) {
+                diffs.push(format!(
+                    "memory {p:#x}: interp wrote {v:#04x}, jit {:?}",
+                    wrote_t.get(p).map(|b| format!("{b:#04x}"))
+                ));
+            }
+        }
+        for (p, v) in &wrote_t {
+            if !wrote_i.contains_key(p) {
+                diffs.push(format!("memory {p:#x}: jit wrote {v:#04x}, interp did not"));
+            }
+        }
+        if diffs.is_empty() {
+            self.stats.compared += 1;
+            return Ok(exit_t);
+        }
+        Err(Divergence {
+            report: self.report(&before, m, &diffs),
+        })
+    }
+
+    fn report(&self, before: &CpuState, m: &mut Machine, diffs: &[String]) -> String {
+        let mut out = String::new();
+        let cs = before.seg[sreg::CS];
+        let _ = writeln!(
+            out,
+            "lockstep divergence in unit {} at {:04x}:{:08x} (icount {}):",
+            self.stats.units, cs.selector, before.rip, before.icount
+        );
+        for d in diffs {
+            let _ = writeln!(out, "  {d}");
+        }
+        let mut cpu = before.clone();
+        let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+        let phys = x86bt_cpu::mmu::translate(&mut cpu, m, lin, x86bt_cpu::mmu::Access::Exec);
+        let (_, bitness) = mode_key(&cpu);
+        let mut unit = DecodedUnit::default();
+        match phys {
+            Ok(p)
+                if fetch_unit(&mut cpu, m, p.0 & m.mem.a20_mask(), bitness, &mut unit).is_ok() =>
+            {
+                let bits = bitness.bits();
+                let insns: Vec<Insn> = unit
+                    .instructions()
+                    .iter()
+                    .map(|i| Insn::prepare(i, bits))
+                    .collect();
+                out.push_str("the unit (as memory holds it now) and its translation:\n");
+                out.push_str(&crate::listing::render(bits, &insns));
+            }
+            _ => out.push_str("(the unit cannot be fetched again)\n"),
+        }
+        out
+    }
+}
+
+/// Appends one line per field of `CpuState` that differs.
+fn state_diffs(i: &CpuState, t: &CpuState, out: &mut Vec<String>) {
+    const GPR: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
+    for (n, (a, b)) in i.gpr.iter().zip(&t.gpr).enumerate() {
+        if a != b {
+            let name = GPR.get(n).copied().unwrap_or("r8+");
+            out.push(format!("{name}: interp {a:#x}, jit {b:#x}"));
+        }
+    }
+    macro_rules! field {
+        ($($f:ident),*) => {$(
+            if i.$f != t.$f {
+                out.push(format!(
+                    "{}: interp {:x?}, jit {:x?}",
+                    stringify!($f), i.$f, t.$f
+                ));
+            }
+        )*};
+    }
+    field!(
+        rip,
+        rflags,
+        icount,
+        cr0,
+        cr2,
+        cr3,
+        cr4,
+        efer,
+        int_shadow,
+        nmi_blocked,
+        pending_db
+    );
+    if i.run_state != t.run_state {
+        out.push(format!(
+            "run state: interp {:?}, jit {:?}",
+            i.run_state, t.run_state
+        ));
+    }
+    for (n, (a, b)) in i.seg.iter().zip(&t.seg).enumerate() {
+        if a != b {
+            out.push(format!("segment {n}: interp {a:x?}, jit {b:x?}"));
+        }
+    }
+    if out.is_empty() && i != t {
+        out.push("other CPU state".into());
+    }
+}

@@ -1,0 +1,569 @@
+//! How each instruction of a unit is lowered, decided once at translation time.
+//!
+//! - **IDENT**: a register-only integer instruction from a fixed list is
+//!   re-encoded for the host with iced's encoder, the same operation on host
+//!   registers that hold the guest registers (see [`GUEST_TO_HOST`]). Only the
+//!   register numbering changes (guest SP/ESP lives in R8); the operation, the
+//!   operand size and the immediates are the guest's own.
+//! - **Branch**: a relative JMP or Jcc that ends the unit is lowered inline,
+//!   with the CS-limit check of the interpreter and a fallback to the helper.
+//! - **Helper**: everything else calls the interpreter's prepared `exec`.
+//!
+//! Each IDENT instruction carries a [`FlagSpec`]: which guest flags it reads, which
+//! it writes, which of those the host computes exactly as the interpreter does
+//! (taken from host EFLAGS), and which the interpreter sets to a fixed value where
+//! the SDM leaves them undefined (cleared here; OF of a multi-bit SHL is the
+//! single-step formula SF ^ CF). Instructions whose undefined flags the
+//! interpreter computes some other way stay with the helper, so the result never
+//! depends on the host CPU model.
+
+use iced_x86::{
+    Code, ConditionCode, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, Mnemonic,
+    OpAccess, OpKind, Register,
+};
+use x86bt_cpu::interp::Insn;
+use x86bt_cpu::state::flags::{AF, ARITH, CF, OF, PF, SF, ZF};
+
+/// Host register number (x86 encoding) that holds guest GPR `i` inside a
+/// fragment: the identity for EAX..EBX and EBP..EDI, so the guest's implicit
+/// operands (CWD's EDX, CBW's AX) and its high-byte registers (AH..BH) need no
+/// renaming; guest ESP lives in R8 because the host's RSP is the host stack.
+pub const GUEST_TO_HOST: [u8; 8] = [0, 1, 2, 3, 8, 5, 6, 7];
+
+/// The guest flags an instruction reads and writes (RFLAGS bit positions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlagSpec {
+    /// Flags the instruction reads.
+    pub read: u64,
+    /// Flags the interpreter writes.
+    pub written: u64,
+    /// The written flags the host computes exactly as the interpreter does.
+    pub defined: u64,
+    /// OF = SF ^ CF (a SHL by more than one, where the SDM leaves OF undefined).
+    pub of_from_sf_cf: bool,
+}
+
+impl FlagSpec {
+    const NONE: Self = Self {
+        read: 0,
+        written: 0,
+        defined: 0,
+        of_from_sf_cf: false,
+    };
+
+    const fn writes(written: u64, defined: u64) -> Self {
+        Self {
+            read: 0,
+            written,
+            defined,
+            of_from_sf_cf: false,
+        }
+    }
+}
+
+/// Helper-call classes, for `--stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HelperKind {
+    /// An instruction with an explicit memory operand.
+    Memory = 0,
+    /// PUSH, POP, CALL, RET, ENTER, LEAVE.
+    Stack,
+    /// Branches not lowered inline (LOOP, JCXZ, indirect, far).
+    Branch,
+    /// String instructions.
+    String,
+    /// Entries of the sensitive table.
+    Sensitive,
+    /// MUL, IMUL, DIV, IDIV.
+    MulDiv,
+    /// x87.
+    X87,
+    /// Everything else (register forms outside the IDENT list, #UD).
+    Other,
+}
+
+impl HelperKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 8;
+    /// Names, in discriminant order.
+    pub const NAMES: [&'static str; Self::COUNT] = [
+        "memory",
+        "stack",
+        "branch",
+        "string",
+        "sensitive",
+        "mul/div",
+        "x87",
+        "other",
+    ];
+
+    fn of(ins: &Instruction) -> Self {
+        use Mnemonic as M;
+        if x86bt_decoder::sensitive::is_sensitive(ins) {
+            return Self::Sensitive;
+        }
+        if ins.is_string_instruction() {
+            return Self::String;
+        }
+        match ins.mnemonic() {
+            M::Push
+            | M::Pop
+            | M::Pusha
+            | M::Pushad
+            | M::Popa
+            | M::Popad
+            | M::Call
+            | M::Ret
+            | M::Enter
+            | M::Leave => return Self::Stack,
+            M::Mul | M::Imul | M::Div | M::Idiv => return Self::MulDiv,
+            _ => {}
+        }
+        if ins.flow_control() != iced_x86::FlowControl::Next {
+            return Self::Branch;
+        }
+        if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory) {
+            if ins.cpuid_features().iter().any(|f| {
+                matches!(
+                    f,
+                    iced_x86::CpuidFeature::FPU | iced_x86::CpuidFeature::FPU387
+                )
+            }) {
+                return Self::X87;
+            }
+            return Self::Memory;
+        }
+        Self::Other
+    }
+}
+
+/// A relative JMP or Jcc at the end of a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Branch {
+    /// The condition; `None` for JMP.
+    pub cc: Option<ConditionCode>,
+    /// Target minus the address of the next instruction.
+    pub rel: u64,
+    /// Operand size in bytes (the target is masked to it).
+    pub size: u8,
+}
+
+/// A guest instruction re-encoded for the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ident {
+    /// The host encoding.
+    pub bytes: Vec<u8>,
+    /// Guest GPRs the instruction uses (bit i = GPR i), loaded before it.
+    pub uses: u8,
+    /// Guest GPRs it writes.
+    pub writes: u8,
+    /// Its flags.
+    pub flags: FlagSpec,
+}
+
+/// How one instruction is lowered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lowering {
+    /// Call the interpreter's `exec` through the helper.
+    Helper(HelperKind),
+    /// The same instruction on host registers.
+    Ident(Ident),
+    /// An inline relative branch.
+    Branch(Branch),
+}
+
+impl Lowering {
+    /// The flags this lowering reads before it runs (for liveness): a helper may
+    /// read any flag, or fault and push them all.
+    fn live_in(&self, live_out: u64) -> u64 {
+        match self {
+            Self::Ident(x) => (live_out & !x.flags.written) | x.flags.read,
+            Self::Helper(_) | Self::Branch(_) => ARITH,
+        }
+    }
+}
+
+/// The flags condition `cc` tests.
+pub fn cond_flags(cc: ConditionCode) -> u64 {
+    use ConditionCode as C;
+    match cc {
+        C::o | C::no => OF,
+        C::b | C::ae => CF,
+        C::e | C::ne => ZF,
+        C::be | C::a => CF | ZF,
+        C::s | C::ns => SF,
+        C::p | C::np => PF,
+        C::l | C::ge => SF | OF,
+        C::le | C::g => ZF | SF | OF,
+        C::None => 0,
+    }
+}
+
+/// Lowers every instruction of a unit.
+pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
+    let mut factory = InstructionInfoFactory::new();
+    let last = insns.len().saturating_sub(1);
+    insns
+        .iter()
+        .enumerate()
+        .map(|(i, insn)| lower(insn, i == last, &mut factory))
+        .collect()
+}
+
+/// For each instruction, whether the flags it writes must be captured into
+/// `CpuState::rflags`: some flag it writes is read later in the unit, or is
+/// live when the unit ends or a helper runs (a helper may read any flag or fault).
+pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
+    let mut live = ARITH;
+    let mut out = vec![false; lowerings.len()];
+    for (l, c) in lowerings.iter().zip(out.iter_mut()).rev() {
+        if let Lowering::Ident(x) = l {
+            *c = x.flags.written & live != 0;
+        }
+        live = l.live_in(live);
+    }
+    out
+}
+
+fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
+    let ins = &insn.ins;
+    if ins.is_invalid() {
+        return Lowering::Helper(HelperKind::Other);
+    }
+    if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
+        return Lowering::Branch(Branch {
+            cc: ins.is_jcc_short_or_near().then(|| ins.condition_code()),
+            rel: insn.rel,
+            size: insn.size,
+        });
+    }
+    match ident(insn, factory) {
+        Some(x) => Lowering::Ident(x),
+        None => Lowering::Helper(HelperKind::of(ins)),
+    }
+}
+
+/// The flags of an IDENT candidate, or `None` if it is not on the list.
+fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
+    use Mnemonic as M;
+    let logic = FlagSpec::writes(ARITH, ARITH & !AF);
+    let spec = match ins.mnemonic() {
+        M::Add | M::Sub | M::Cmp | M::Neg => FlagSpec::writes(ARITH, ARITH),
+        M::Adc | M::Sbb => FlagSpec {
+            read: CF,
+            ..FlagSpec::writes(ARITH, ARITH)
+        },
+        M::Inc | M::Dec => FlagSpec::writes(ARITH & !CF, ARITH & !CF),
+        M::And | M::Or | M::Xor | M::Test => logic,
+        M::Not | M::Mov | M::Movzx | M::Movsx | M::Xchg | M::Lea => FlagSpec::NONE,
+        M::Cbw | M::Cwde | M::Cwd | M::Cdq => FlagSpec::NONE,
+        // BSWAP of a 16-bit register is undefined; the interpreter gives zero.
+        M::Bswap if size == 4 => FlagSpec::NONE,
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg
+        | M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => FlagSpec {
+            read: cond_flags(ins.condition_code()),
+            ..FlagSpec::NONE
+        },
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => return shift_spec(ins, size),
+        _ => return None,
+    };
+    Some(spec)
+}
+
+/// Shifts and rotates by an immediate whose masked count is 1 (rotates) or
+/// 1..width-1 (shifts): the counts where the host and the interpreter agree on
+/// every defined flag, and the undefined ones are fixed up.
+fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
+    use Mnemonic as M;
+    if !matches!(ins.op1_kind(), OpKind::Immediate8) {
+        return None;
+    }
+    let count = ins.immediate8() & 0x1F;
+    let width = (size * 8) as u8;
+    if count == 0 || count >= width {
+        return None;
+    }
+    let szpc = CF | SF | ZF | PF;
+    Some(match (ins.mnemonic(), count) {
+        (M::Shl | M::Sal | M::Shr, 1) => FlagSpec::writes(ARITH, ARITH & !AF),
+        (M::Shl | M::Sal, _) => FlagSpec {
+            of_from_sf_cf: true,
+            ..FlagSpec::writes(ARITH, szpc)
+        },
+        (M::Shr | M::Sar, _) => FlagSpec::writes(ARITH, szpc),
+        (M::Rol | M::Ror, 1) => FlagSpec::writes(CF | OF, CF | OF),
+        _ => return None,
+    })
+}
+
+/// The host register for guest register `r` (a GPR of 8, 16 or 32 bits).
+fn host_reg(r: Register) -> Register {
+    match r {
+        Register::SP => Register::R8W,
+        Register::ESP => Register::R8D,
+        other => other,
+    }
+}
+
+/// The host 64-bit register that holds the guest GPR `r` belongs to.
+fn host_reg64(r: Register) -> Register {
+    let idx = r.full_register() as u32 - Register::RAX as u32;
+    let h = GUEST_TO_HOST[(idx & 7) as usize];
+    [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RBX,
+        Register::RSP,
+        Register::RBP,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+    ][h as usize]
+}
+
+fn gpr_bit(r: Register) -> Option<u8> {
+    if !r.is_gpr() || r.size() > 4 {
+        return None;
+    }
+    let idx = r.full_register() as u32 - Register::RAX as u32;
+    (idx < 8).then(|| 1u8 << idx)
+}
+
+fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
+    let ins = &insn.ins;
+    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
+        return None;
+    }
+    let size = u32::from(insn.size);
+    if !matches!(size, 1 | 2 | 4) {
+        return None;
+    }
+    let flags = flag_spec(ins, size)?;
+    let is_lea = ins.mnemonic() == Mnemonic::Lea;
+    for i in 0..ins.op_count() {
+        match ins.op_kind(i) {
+            OpKind::Register => gpr_bit(ins.op_register(i)).map(|_| ())?,
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32 => {}
+            OpKind::Memory if is_lea => {}
+            _ => return None,
+        }
+    }
+    let (mut uses, mut writes) = (0u8, 0u8);
+    for u in factory.info(ins).used_registers() {
+        let r = u.register();
+        if r.is_segment_register() && is_lea {
+            continue;
+        }
+        let bit = gpr_bit(r)?;
+        uses |= bit;
+        if matches!(
+            u.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        ) {
+            writes |= bit;
+        }
+    }
+    let host = if is_lea {
+        host_lea(insn)?
+    } else {
+        host_insn(ins)
+    };
+    let mut enc = Encoder::new(64);
+    enc.encode(&host, 0).ok()?;
+    Some(Ident {
+        bytes: enc.take_buffer(),
+        uses,
+        writes,
+        flags,
+    })
+}
+
+/// The guest instruction with host register numbers, in a form valid in 64-bit
+/// mode (INC/DEC r16/r32 have no one-byte form there).
+fn host_insn(ins: &Instruction) -> Instruction {
+    let mut h = *ins;
+    let code = match h.code() {
+        Code::Inc_r16 => Code::Inc_rm16,
+        Code::Inc_r32 => Code::Inc_rm32,
+        Code::Dec_r16 => Code::Dec_rm16,
+        Code::Dec_r32 => Code::Dec_rm32,
+        c => c,
+    };
+    h.set_code(code);
+    for i in 0..h.op_count() {
+        if h.op_kind(i) == OpKind::Register {
+            h.set_op_register(i, host_reg(h.op_register(i)));
+        }
+    }
+    h
+}
+
+/// LEA with 64-bit host base and index registers. The low `size` bytes of the
+/// 64-bit sum equal the guest's offset truncated to the operand size as long as
+/// the operand is no wider than the address (otherwise the helper runs it).
+fn host_lea(insn: &Insn) -> Option<Instruction> {
+    let ins = &insn.ins;
+    let addr_size = match insn.mem.addr_mask {
+        0xFFFF => 2,
+        0xFFFF_FFFF => 4,
+        _ => return None,
+    };
+    if insn.size > addr_size {
+        return None;
+    }
+    let dst = host_reg(ins.op0_register());
+    // The displacement modulo 2^32 is all the low `size` bytes depend on.
+    let disp = i64::from(ins.memory_displacement64() as u32 as i32);
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    if base == Register::None && index == Register::None {
+        let imm = ins.memory_displacement64() & insn.mem.addr_mask;
+        return if insn.size == 2 {
+            Instruction::with2(Code::Mov_r16_imm16, dst, imm as u32).ok()
+        } else {
+            Instruction::with2(Code::Mov_r32_imm32, dst, imm as u32).ok()
+        };
+    }
+    let hb = if base == Register::None {
+        Register::None
+    } else {
+        host_reg64(base)
+    };
+    let hi = if index == Register::None {
+        Register::None
+    } else {
+        host_reg64(index)
+    };
+    let displ_size = if disp == 0 { 0 } else { 8 };
+    let mem = MemoryOperand::with_base_index_scale_displ_size(
+        hb,
+        hi,
+        ins.memory_index_scale(),
+        disp,
+        displ_size,
+    );
+    let code = if insn.size == 2 {
+        Code::Lea_r16_m
+    } else {
+        Code::Lea_r32_m
+    };
+    Instruction::with2(code, dst, mem).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+    fn prepared(bits: u32, bytes: &[u8]) -> Insn {
+        let mut d = Decoder::new(bits, bytes, DecoderOptions::NONE);
+        Insn::prepare(&d.decode(), bits)
+    }
+
+    fn host_text(l: &Lowering) -> String {
+        let Lowering::Ident(x) = l else {
+            return format!("{l:?}");
+        };
+        let mut d = Decoder::new(64, &x.bytes, DecoderOptions::NONE);
+        let mut s = String::new();
+        IntelFormatter::new().format(&d.decode(), &mut s);
+        s
+    }
+
+    fn lowered(bits: u32, bytes: &[u8]) -> String {
+        let insn = prepared(bits, bytes);
+        host_text(&lower(&insn, false, &mut InstructionInfoFactory::new()))
+    }
+
+    #[test]
+    fn plan_register_alu_keeps_operation_and_size() {
+        assert_eq!(lowered(16, &[0x01, 0xD8]), "add ax,bx");
+        assert_eq!(lowered(32, &[0x01, 0xD8]), "add eax,ebx");
+        assert_eq!(lowered(16, &[0x45]), "inc bp");
+        assert_eq!(lowered(16, &[0x88, 0xE0]), "mov al,ah");
+    }
+
+    #[test]
+    fn plan_guest_esp_lives_in_r8() {
+        assert_eq!(lowered(32, &[0x89, 0xE5]), "mov ebp,r8d");
+        assert_eq!(lowered(16, &[0x83, 0xC4, 0x04]), "add r8w,4");
+    }
+
+    #[test]
+    fn plan_lea_uses_64_bit_host_addressing() {
+        // lea ax, [bx+si-2] (16-bit addressing)
+        assert_eq!(lowered(16, &[0x8D, 0x40, 0xFE]), "lea ax,[rbx+rsi+0FFFEh]");
+        // lea eax, [ebx+ecx*4-8]
+        assert_eq!(
+            lowered(32, &[0x8D, 0x44, 0x8B, 0xF8]),
+            "lea eax,[rbx+rcx*4-8]"
+        );
+        // lea eax, [bx] (address narrower than the operand) stays with the helper
+        assert!(lowered(32, &[0x67, 0x8D, 0x07]).starts_with("Helper"));
+    }
+
+    #[test]
+    fn plan_memory_and_variable_shifts_use_the_helper() {
+        assert!(lowered(16, &[0x01, 0x07]).starts_with("Helper(Memory)"));
+        assert!(lowered(16, &[0xD3, 0xE0]).starts_with("Helper"));
+        // shl ax, 16: count >= width
+        assert!(lowered(16, &[0xC1, 0xE0, 0x10]).starts_with("Helper"));
+        // rol ax, 3: OF undefined, the interpreter computes its own
+        assert!(lowered(16, &[0xC1, 0xC0, 0x03]).starts_with("Helper"));
+    }
+
+    #[test]
+    fn captures_skip_flags_overwritten_before_use() {
+        // add ax,bx; sub cx,dx; jnz (last: branch)
+        let insns = [
+            prepared(16, &[0x01, 0xD8]),
+            prepared(16, &[0x29, 0xD1]),
+            prepared(16, &[0x75, 0xFA]),
+        ];
+        let l = plan(&insns);
+        assert!(matches!(l[2], Lowering::Branch(_)));
+        assert_eq!(captures(&l), vec![false, true, false]);
+    }
+
+    #[test]
+    fn captures_keep_partial_writers_live() {
+        // add ax,bx (CF survives inc); inc cx
+        let insns = [prepared(16, &[0x01, 0xD8]), prepared(16, &[0x41])];
+        assert_eq!(captures(&plan(&insns)), vec![true, true]);
+    }
+}

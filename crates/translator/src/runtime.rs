@@ -1,0 +1,101 @@
+//! The boundary between Rust and translated code: the context a fragment
+//! carries, the helper it calls, and the call into a fragment.
+//!
+//! The helper runs one prepared instruction through the interpreter's
+//! [`exec_one`], the same per-instruction protocol as the interpreter's own loop
+//! (so `next_rip`, RIP, `icount`, restarts and code-write checks agree by
+//! construction), and reports the outcome as an exit code.
+
+use crate::emit::{EXIT_END, EXIT_EVENT, EXIT_FAULT};
+use crate::plan::HelperKind;
+use x86bt_cpu::interp::engine::{exec_one, Step};
+use x86bt_cpu::interp::Insn;
+use x86bt_cpu::{CpuState, Exception};
+use x86bt_machine::Machine;
+
+/// What a running fragment needs besides the CPU state. Lives in a `Box` owned
+/// by the translator, so its address is stable while a fragment runs.
+#[repr(C)]
+pub struct JitCtx {
+    /// The machine, valid while a fragment runs.
+    pub m: *mut Machine,
+    /// The exception a helper returned with [`EXIT_FAULT`].
+    pub exc: Option<Exception>,
+    /// Helper calls by [`HelperKind`].
+    pub helper_calls: [u64; HelperKind::COUNT],
+}
+
+impl Default for JitCtx {
+    fn default() -> Self {
+        Self {
+            m: core::ptr::null_mut(),
+            exc: None,
+            helper_calls: [0; HelperKind::COUNT],
+        }
+    }
+}
+
+/// The signature of a compiled code fragment.
+#[cfg(target_arch = "x86_64")]
+pub type Entry = unsafe extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64;
+
+/// Runs the instruction at `insn` for a fragment.
+///
+/// # Safety
+/// `cpu` and `ctx` are the pointers the fragment was entered with (valid and
+/// not otherwise borrowed while it runs), `ctx.m` points at the machine, and
+/// `insn` points at a prepared instruction owned by the translation cache.
+#[cfg(target_arch = "x86_64")]
+pub unsafe extern "sysv64" fn helper_exec(
+    cpu: *mut CpuState,
+    ctx: *mut JitCtx,
+    insn: *const Insn,
+    kind: u64,
+) -> u64 {
+    // SAFETY: the caller's contract: all three pointers are valid and unaliased
+    // for the duration of this call (the Rust side holds no reference while the
+    // fragment runs).
+    let (cpu, ctx, insn) = unsafe { (&mut *cpu, &mut *ctx, &*insn) };
+    // SAFETY: `ctx.m` was set from a `&mut Machine` just before entering the
+    // fragment and nothing else uses it until the fragment returns.
+    let m = unsafe { &mut *ctx.m };
+    if let Some(n) = ctx.helper_calls.get_mut(kind as usize) {
+        *n += 1;
+    }
+    match exec_one(cpu, m, insn) {
+        Step::Next => EXIT_END,
+        Step::End => EXIT_EVENT,
+        Step::Fault(e) => {
+            ctx.exc = Some(e);
+            EXIT_FAULT
+        }
+    }
+}
+
+/// The helper's address, as fragments embed it.
+pub fn helper_address() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        helper_exec as *const () as usize as u64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Calls the fragment at `code`.
+///
+/// # Safety
+/// `code` is the entry of a fragment emitted by [`crate::emit::emit_unit`] into
+/// executable memory that stays mapped for the call, whose embedded instruction
+/// pointers are alive; `cpu` and `ctx` are valid as [`helper_exec`] requires.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn enter(code: *const u8, cpu: *mut CpuState, ctx: *mut JitCtx) -> u64 {
+    // SAFETY: `code` starts a function with the `Entry` ABI (the caller's
+    // contract); function pointers and code pointers have the same size here.
+    let f: Entry = unsafe { core::mem::transmute::<*const u8, Entry>(code) };
+    // SAFETY: the fragment follows the SysV ABI, saves the callee-saved registers
+    // it uses, and only touches `cpu` and `ctx` and what the helper reaches.
+    unsafe { f(cpu, ctx) }
+}
