@@ -11,6 +11,7 @@ x86bt also reports the guest instructions it executed to each point (its own
 halted can be seen to cost almost nothing.
 
 Usage: scripts/compare_linux.py [--engine interp] [--runs N] [-m MiB]
+(X86BT=path picks another x86bt binary; the default is target/release/x86bt.)
 """
 import argparse, os, re, resource, statistics, subprocess, sys, time
 
@@ -54,7 +55,7 @@ def timed(cmd, timeout):
 
 
 def x86bt_cmd(engine, mib, extra=()):
-    exe = os.path.join(ROOT, "target", "release", "x86bt")
+    exe = os.environ.get("X86BT", os.path.join(ROOT, "target", "release", "x86bt"))
     return [exe, "run", "--engine", engine, "--kernel", KERNEL, "--initrd", INITRD,
             "--append", APPEND, "-m", str(mib), "--serial", "stdio", "--no-reboot",
             "--stats", *extra]

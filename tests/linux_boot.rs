@@ -20,6 +20,8 @@ const MARKER: &str = "X86BT-GUEST-READY";
 /// trouble, and any kernel warning, oops or stack trace.
 const BAD: &[&str] = &[
     "unchecked MSR access",
+    "Broken PMU",
+    "Failed to access perfctr",
     "Marking TSC unstable",
     "TSC unstable",
     "tsc: Fast TSC calibration failed",

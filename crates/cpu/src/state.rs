@@ -238,7 +238,8 @@ pub struct CpuState {
     pub nmi_pending: u8,
     /// NMIs are blocked until the next IRET.
     pub nmi_blocked: u8,
-    /// The x87 and SSE state image (FXSAVE layout), kept for later issues.
+    /// The SSE part of the FXSAVE image (MXCSR at bytes 24-27, the XMM registers
+    /// at 160-415); the x87 part lives in `fpu`.
     pub fx: [u8; 512],
     /// The x87 FPU.
     pub fpu: crate::fpu::Fpu,
@@ -319,7 +320,7 @@ impl CpuState {
             run_state: RunState::Running,
             nmi_pending: 0,
             nmi_blocked: 0,
-            fx: [0; 512],
+            fx: FX_RESET,
             fpu: crate::fpu::Fpu::default(),
             rep_single: false,
             log_writes: false,
@@ -374,3 +375,12 @@ impl CpuState {
         self.rflags as u16
     }
 }
+
+/// The FXSAVE image at power-on and RESET: MXCSR = 1F80h (all SIMD exceptions
+/// masked, round to nearest; SDM vol. 3A Table 9-1), everything else zero.
+const FX_RESET: [u8; 512] = {
+    let mut fx = [0u8; 512];
+    fx[25] = 0x1F;
+    fx[24] = 0x80;
+    fx
+};
