@@ -156,6 +156,14 @@ impl Vm {
         ))
     }
 
+    /// Test hook of `--engine lockstep`: corrupts the translator's result after
+    /// `units` units, so a test can see that the divergence is caught.
+    pub fn inject_lockstep_fault(&mut self, units: u64) {
+        if let Some(l) = &mut self.lockstep {
+            l.inject_fault_after(units);
+        }
+    }
+
     /// Runs one unit on the chosen engine.
     fn run_unit(&mut self) -> UnitExit {
         let (cpu, m) = (&mut self.cpu, &mut self.machine);

@@ -16,12 +16,18 @@
 //! one-byte HLT stubs at 1000:F000+v that IVT entries 0-31 point at, so a fault test
 //! learns which vector was delivered from where the CPU halted, and reads the frame
 //! the CPU pushed at SS:SP.
+//!
+//! Engines: this file runs every guest on the interpreter; `tests/jit.rs` includes
+//! it as a module with its own `TEST_ENGINE` (the translator), so the same guests
+//! and oracles check both engines. `X86BT_TEST_ENGINE=interp|jit|lockstep`
+//! overrides the engine of either binary (e.g. to run them all in lockstep).
 
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Instruction, Register, RepPrefixKind};
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
+use x86bt::cli::Engine;
 use x86bt::{RunOutcome, Vm};
 use x86bt_cpu::state::{reg, sreg, Segment};
 use x86bt_machine::pc::{self, PcConfig};
@@ -30,6 +36,21 @@ use x86bt_machine::{GuestPhys, Machine};
 // ================================================================================
 // Shared helpers
 // ================================================================================
+
+/// The engine these guests run on when this file is the test crate (see the
+/// module comment; `tests/jit.rs` has its own).
+#[allow(dead_code)]
+const TEST_ENGINE: Engine = Engine::Interp;
+
+/// The engine of this test binary, or the one `X86BT_TEST_ENGINE` names.
+fn test_engine() -> Engine {
+    match std::env::var("X86BT_TEST_ENGINE").as_deref() {
+        Ok("interp") => Engine::Interp,
+        Ok("jit") => Engine::Jit,
+        Ok("lockstep") => Engine::Lockstep,
+        _ => crate::TEST_ENGINE,
+    }
+}
 
 const CODE_SEG: u16 = 0x1000;
 const DATA_SEG: u16 = 0x2000;
@@ -116,7 +137,7 @@ fn vm_with(mut m: Machine, code: &[u8]) -> Vm {
         })
         .collect();
     m.mem.load(GuestPhys(0), &ivt).expect("IVT fits in RAM");
-    let mut vm = Vm::new(m);
+    let mut vm = Vm::with_engine(m, test_engine()).expect("engine runs on this host");
     vm.cpu.seg[sreg::CS] = Segment::real(CODE_SEG);
     vm.cpu.seg[sreg::DS] = Segment::real(DATA_SEG);
     vm.cpu.seg[sreg::ES] = Segment::real(EXTRA_SEG);

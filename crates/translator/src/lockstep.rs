@@ -51,6 +51,8 @@ pub struct Lockstep {
     reference: Interpreter,
     jit: Translator,
     stats: LockstepStats,
+    /// Test hook: after this many units, flip bit 0 of the translator's EAX.
+    inject_after: Option<u64>,
 }
 
 /// The guest-physical address of RAM page `page` (a RAM page number, as the
@@ -79,6 +81,7 @@ impl Lockstep {
             reference: Interpreter::new(),
             jit: Translator::new()?,
             stats: LockstepStats::default(),
+            inject_after: None,
         })
     }
 
@@ -90,6 +93,12 @@ impl Lockstep {
     /// The lockstep counters.
     pub fn stats(&self) -> LockstepStats {
         self.stats
+    }
+
+    /// For testing the checker: after `units` units, the translator's result is
+    /// corrupted (bit 0 of EAX flipped), which the comparison must report.
+    pub fn inject_fault_after(&mut self, units: u64) {
+        self.inject_after = Some(units);
     }
 
     /// Invalidation for both engines.
@@ -146,6 +155,9 @@ impl Lockstep {
         cpu.log_writes = true;
         cpu.log_undo = true;
         let exit_t = self.jit.run_unit(cpu, m);
+        if self.inject_after.is_some_and(|n| self.stats.units > n) {
+            cpu.gpr[0] ^= 1;
+        }
         let wrote_t = final_bytes(m, &cpu.undo_log);
         let log_t = std::mem::take(&mut cpu.write_log);
         cpu.undo_log.clear();
