@@ -1093,28 +1093,18 @@ pub fn assemble_blob(
     panic!("blob label addresses did not settle");
 }
 
-/// Runs a built kernel under x86bt and asserts that it printed exactly one `PASS`
-/// line per check, in order, and left through the debug-exit port with 0.
+/// Runs a built kernel under x86bt, once per engine (interpreter, translator,
+/// lockstep), and asserts that each run printed exactly one `PASS` line per
+/// check, in order, and left through the debug-exit port with 0.
 pub fn assert_all_pass(name: &str, built: &Built) {
     let dir = std::env::temp_dir().join(format!("x86bt-pm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{name}.bin"));
     std::fs::write(&path, &built.image).expect("write kernel");
-    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
-        .args(["run", "--kernel"])
-        .arg(&path)
-        .args([
-            "--serial",
-            "stdio",
-            "--no-reboot",
-            "--max-insns",
-            "50000000",
-        ])
-        .args(["-m", "32"])
-        .output()
-        .expect("run x86bt");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let runs: Vec<_> = ["interp", "jit", "lockstep"]
+        .iter()
+        .map(|engine| (*engine, run_kernel(&path, engine)))
+        .collect();
     difftest_against_qemu(name, &path);
     // X86BT_PM_KEEP=1 keeps the image for running it by hand.
     if std::env::var_os("X86BT_PM_KEEP").is_none() {
@@ -1122,16 +1112,39 @@ pub fn assert_all_pass(name: &str, built: &Built) {
         let _ = std::fs::remove_dir(&dir);
     }
     let want: Vec<String> = built.cases.iter().map(|c| format!("PASS {c}")).collect();
-    let got: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        got, want,
-        "kernel {name} output:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "kernel {name} must exit through the debug-exit port with 0; stderr:\n{stderr}"
-    );
+    for (engine, out) in runs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let got: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            got, want,
+            "kernel {name} on {engine}, output:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kernel {name} on {engine} must exit through the debug-exit port with 0; stderr:\n{stderr}"
+        );
+    }
+}
+
+/// One run of the kernel image at `path` on `engine`.
+fn run_kernel(path: &std::path::Path, engine: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["run", "--kernel"])
+        .arg(path)
+        .args([
+            "--serial",
+            "stdio",
+            "--no-reboot",
+            "--max-insns",
+            "50000000",
+            "--engine",
+            engine,
+        ])
+        .args(["-m", "32"])
+        .output()
+        .expect("run x86bt")
 }
 
 /// Runs the kernel through `x86bt difftest --kernel` against QEMU: it must agree
