@@ -33,6 +33,11 @@ const RSDT_OFF: usize = 0x80;
 const FADT_OFF: usize = 0xC0;
 const DSDT_OFF: usize = 0x140;
 
+// Slots do not overlap, stay inside the area, and the FACS is 64-byte aligned.
+const _: () = assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
+const _: () = assert!(FADT_OFF + 116 <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
+const _: () = assert!((ACPI_AREA as usize + FACS_OFF) % 64 == 0);
+
 const OEM_ID: &[u8; 6] = b"X86BT ";
 const OEM_TABLE_ID: &[u8; 8] = b"X86BTPC ";
 
@@ -179,10 +184,6 @@ mod tests {
             assert_eq!(t.len(), len, "{} length", String::from_utf8_lossy(sig));
             assert!(sums_to_zero(t), "{} checksum", String::from_utf8_lossy(sig));
         }
-        // Slots do not overlap and stay inside the area.
-        assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
-        assert!(FADT_OFF + 116 <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
-        assert_eq!((ACPI_AREA as usize + FACS_OFF) % 64, 0);
     }
 
     #[test]
