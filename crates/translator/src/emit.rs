@@ -326,12 +326,15 @@ impl<A: CodeSink> Emitter<'_, A> {
         let slow = self.ops.new_label();
         let to_target = self.rip_delta.wrapping_add(len).wrapping_add(b.rel) as i64;
         let own = self.rip_delta as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r10, QWORD [r15 + RIP]
-            ; mov r11, QWORD to_target
-            ; add r10, r11
-        );
+        dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
+        match i32::try_from(to_target) {
+            Ok(d) => dynasm!(self.ops ; .arch x64 ; add r10, d),
+            Err(_) => dynasm!(self.ops
+                ; .arch x64
+                ; mov r11, QWORD to_target
+                ; add r10, r11
+            ),
+        }
         if b.size == 2 {
             dynasm!(self.ops ; .arch x64 ; movzx r10d, r10w);
         } else {
