@@ -1,14 +1,35 @@
-//! Benchmark workloads and `x86bt bench`: CPU-bound real-mode guest loops, built
-//! with iced's assembler, run for a fixed number of guest instructions. The same
-//! workloads feed the criterion bench in `benches/interp.rs`.
+//! `x86bt bench`: the engines side by side on the same guest binaries.
 //!
-//! Each workload loops forever, so a run is `insns` retired instructions (checked
-//! once per unit, so it may overshoot by a few). A repeated string instruction
-//! retires one instruction per iteration, as QEMU's icount counts them, so the
-//! REP MOVS workload is reported apart from the compute loops' geometric mean: its
-//! "MIPS" are element moves per second.
+//! The default suite runs the Multiboot kernels of [`crate::bench_kernels`] under
+//! x86bt's interpreter, its translator and `qemu-system-i386 -accel tcg`, and
+//! prints one table: guest MIPS for the compute loops, nanoseconds per event for
+//! the sensitive-event nanobenchmarks, and the speedups between engines.
+//!
+//! How each figure is taken (every kernel runs twice, with N and 2N iterations):
+//! - x86bt, compute: the kernel runs in-process and `Vm::run` alone is timed;
+//!   MIPS = guest instructions retired (`cpu.icount`) / seconds, of the 2N run.
+//!   The translator's translation time is inside that figure.
+//! - x86bt, events: ns/event = (t(2N) - t(N)) / (N * 8), which cancels the setup
+//!   and the result check.
+//! - QEMU: a wall-clock time from spawn to exit includes QEMU's start-up and the
+//!   SeaBIOS boot, so only differences are used: the fastest of `--qemu-repeats`
+//!   runs at N and at 2N. QEMU does not report guest instruction counts, but the
+//!   kernels are deterministic, so the guest retires exactly the instructions it
+//!   retires under x86bt: QEMU MIPS = (icount(2N) - icount(N)) / (t(2N) - t(N)),
+//!   with the counts from x86bt's run of the same images. ns/event as for x86bt.
+//!
+//! A kernel checks its own answer before it exits, so a row is only filled when
+//! the engine computed the right result; otherwise the cell says FAIL and a note
+//! under the table says why.
+//!
+//! `--real-mode` runs the older CPU-bound real-mode loops (also used by
+//! `benches/interp.rs` and the translator tests) for a fixed number of guest
+//! instructions. A repeated string instruction retires one instruction per
+//! iteration, as QEMU's icount counts them, so the REP MOVS loop is reported apart
+//! from the compute loops' geometric mean: its "MIPS" are element moves per second.
 
-use crate::cli::BenchArgs;
+use crate::bench_kernels::{self as bk, BenchKernel, Kind, UNROLL};
+use crate::cli::{BenchArgs, Engine};
 use crate::error::Error;
 use crate::vm::Vm;
 use iced_x86::code_asm::*;
@@ -179,7 +200,7 @@ pub fn prepare(w: &Workload) -> Result<Vm, Error> {
 }
 
 /// Runs `w` for `insns` instructions on `engine`; returns (retired, seconds).
-pub fn measure(w: &Workload, insns: u64, engine: crate::cli::Engine) -> Result<(u64, f64), Error> {
+pub fn measure(w: &Workload, insns: u64, engine: Engine) -> Result<(u64, f64), Error> {
     let mut vm = prepare(w)?;
     vm.set_engine(engine)?;
     let start = Instant::now();
@@ -187,8 +208,8 @@ pub fn measure(w: &Workload, insns: u64, engine: crate::cli::Engine) -> Result<(
     Ok((vm.cpu.icount, start.elapsed().as_secs_f64()))
 }
 
-/// `x86bt bench`.
-pub fn bench_cmd(a: &BenchArgs) -> Result<u8, Error> {
+/// `x86bt bench --real-mode`.
+fn real_mode_cmd(a: &BenchArgs) -> Result<u8, Error> {
     println!(
         "engine: {:?}, {} guest instructions per workload",
         a.engine, a.insns
@@ -220,4 +241,424 @@ pub fn bench_cmd(a: &BenchArgs) -> Result<u8, Error> {
         (logs / f64::from(n_compute.max(1))).exp()
     );
     Ok(0)
+}
+
+/// `x86bt bench`.
+pub fn bench_cmd(a: &BenchArgs) -> Result<u8, Error> {
+    if a.real_mode {
+        return real_mode_cmd(a);
+    }
+    suite_cmd(a)
+}
+
+/// A column of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Col {
+    Interp,
+    Jit,
+    Qemu,
+}
+
+impl Col {
+    const ALL: [Col; 3] = [Col::Interp, Col::Jit, Col::Qemu];
+
+    fn name(self) -> &'static str {
+        match self {
+            Col::Interp => "interp",
+            Col::Jit => "jit",
+            Col::Qemu => "qemu",
+        }
+    }
+}
+
+fn parse_engines(list: &[String]) -> Result<Vec<Col>, Error> {
+    let mut cols = Vec::new();
+    for e in list {
+        let c = Col::ALL
+            .into_iter()
+            .find(|c| c.name() == e.trim())
+            .ok_or_else(|| {
+                Error::Usage(format!("--engines: {e:?} is not one of interp, jit, qemu"))
+            })?;
+        if !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    Ok(cols)
+}
+
+fn parse_only(list: &[String]) -> Result<Vec<bk::Workload>, Error> {
+    if list.is_empty() {
+        return Ok(bk::Workload::ALL.to_vec());
+    }
+    list.iter()
+        .map(|name| {
+            bk::Workload::ALL
+                .into_iter()
+                .find(|w| w.name() == name.trim())
+                .ok_or_else(|| {
+                    let all: Vec<_> = bk::Workload::ALL.iter().map(|w| w.name()).collect();
+                    Error::Usage(format!(
+                        "--only: no workload {name:?} (have: {})",
+                        all.join(", ")
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// How long and how often to measure.
+struct Plan {
+    /// t(2N) - t(N) must reach this many seconds, or N grows.
+    min_dt: f64,
+    /// Timed QEMU runs per iteration count (the fastest counts).
+    repeats: u32,
+    /// Divides the default iteration counts (`--quick`).
+    divisor: u32,
+    verbose: bool,
+}
+
+/// The largest N tried (the event counters hold 8N in 32 bits).
+const MAX_ITERS: u32 = 1 << 26;
+/// x86bt's compute runs start from the default N over this (the interpreter is
+/// tens of times slower than QEMU there); N then grows until the runs are long
+/// enough.
+const X86BT_COMPUTE_START: u32 = 16;
+
+/// One engine's two timed runs of a kernel, with N and 2N iterations.
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    n: u32,
+    /// Guest instructions retired (x86bt only).
+    icount: [u64; 2],
+    secs: [f64; 2],
+}
+
+impl Pair {
+    fn dt(&self) -> f64 {
+        self.secs[1] - self.secs[0]
+    }
+
+    /// Guest instructions of one loop iteration, if every iteration retired the
+    /// same number (the kernels are written so they do).
+    fn per_iter(&self) -> Option<u64> {
+        let d = self.icount[1].checked_sub(self.icount[0])?;
+        let n = u64::from(self.n);
+        (d % n == 0).then_some(d / n)
+    }
+}
+
+/// Runs `once` with N and 2N iterations, from `n` up, multiplying N until
+/// t(2N) - t(N) reaches `plan.min_dt`.
+fn timed_pair(
+    n: u32,
+    plan: &Plan,
+    mut once: impl FnMut(u32) -> Result<(u64, f64), String>,
+) -> Result<Pair, String> {
+    let mut n = n.clamp(1, MAX_ITERS / 2);
+    loop {
+        let (i0, t0) = once(n)?;
+        let (i1, t1) = once(2 * n)?;
+        let p = Pair {
+            n,
+            icount: [i0, i1],
+            secs: [t0, t1],
+        };
+        if p.dt() >= plan.min_dt || n >= MAX_ITERS / 2 {
+            return Ok(p);
+        }
+        let factor = if p.dt() <= 0.0 {
+            16.0
+        } else {
+            (1.25 * plan.min_dt / p.dt()).ceil().clamp(2.0, 16.0)
+        };
+        n = (f64::from(n) * factor).min(f64::from(MAX_ITERS / 2)) as u32;
+    }
+}
+
+/// One in-process run to the kernel's exit: (instructions, seconds).
+fn x86bt_once(k: &BenchKernel, iters: u32, engine: Engine) -> Result<(u64, f64), String> {
+    let run = bk::run_x86bt(&k.image(iters), engine).map_err(|e| e.to_string())?;
+    if !run.passed() {
+        let c = &run.vm.cpu;
+        return Err(format!(
+            "{:?} after {} instructions at {:04x}:{:08x}, N = {iters} (result {:#x}, expected {:#x})",
+            run.outcome,
+            c.icount,
+            c.seg[x86bt_cpu::state::sreg::CS].selector,
+            c.rip,
+            run.read32(bk::layout::RESULT),
+            k.workload.expected(iters)
+        ));
+    }
+    Ok((run.vm.cpu.icount, run.secs))
+}
+
+/// The fastest of `repeats` QEMU runs: (0, seconds).
+fn qemu_once(
+    qemu: &std::path::Path,
+    k: &BenchKernel,
+    iters: u32,
+    repeats: u32,
+) -> Result<(u64, f64), String> {
+    let image = k.image(iters);
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let run = bk::run_qemu(qemu, &image).map_err(|e| e.to_string())?;
+        if !run.passed() {
+            return Err(format!(
+                "exit status {:?}, expected {}, N = {iters}{}",
+                run.status,
+                bk::PASS_STATUS,
+                run.stderr
+                    .lines()
+                    .next()
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default()
+            ));
+        }
+        best = best.min(run.secs);
+    }
+    Ok((0, best))
+}
+
+/// The figure of one engine on one kernel: MIPS or ns/event, or why there is none.
+type Cell = Result<f64, String>;
+
+/// ns/event from a pair; an error when t(2N) is not above t(N).
+fn ns_per_event(p: &Pair) -> Cell {
+    if p.dt() <= 0.0 {
+        return Err(format!(
+            "t(2N) = {:.3} s is not above t(N) = {:.3} s",
+            p.secs[1], p.secs[0]
+        ));
+    }
+    Ok(p.dt() / (f64::from(p.n) * f64::from(UNROLL)) * 1e9)
+}
+
+/// How many times faster `a` is than `b`.
+fn speedup(kind: Kind, a: f64, b: f64) -> f64 {
+    match kind {
+        Kind::Compute => a / b,
+        Kind::Event => b / a,
+    }
+}
+
+/// One row of the table being measured.
+struct Row {
+    workload: bk::Workload,
+    cells: Vec<(Col, Cell)>,
+}
+
+impl Row {
+    fn get(&self, c: Col) -> Option<&Cell> {
+        self.cells.iter().find(|(k, _)| *k == c).map(|(_, v)| v)
+    }
+
+    fn value(&self, c: Col) -> Option<f64> {
+        self.get(c).and_then(|v| v.as_ref().ok().copied())
+    }
+
+    fn print(&self) {
+        let kind = self.workload.kind();
+        let unit = match kind {
+            Kind::Compute => "MIPS",
+            Kind::Event => "ns/event",
+        };
+        let mut line = format!("{:<11} {unit:<8}", self.workload.name());
+        for c in Col::ALL {
+            let cell = match self.get(c) {
+                None => "-".into(),
+                Some(Ok(v)) if *v >= 100.0 => format!("{v:.0}"),
+                Some(Ok(v)) => format!("{v:.1}"),
+                Some(Err(_)) => "FAIL".into(),
+            };
+            line += &format!(" {cell:>9}");
+        }
+        for (a, b) in RATIOS {
+            let r = match (self.value(a), self.value(b)) {
+                (Some(x), Some(y)) => format!("{:.2}x", speedup(kind, x, y)),
+                _ => "-".into(),
+            };
+            line += &format!(" {r:>11}");
+        }
+        println!("{line}");
+    }
+}
+
+const RATIOS: [(Col, Col); 3] = [
+    (Col::Jit, Col::Interp),
+    (Col::Jit, Col::Qemu),
+    (Col::Interp, Col::Qemu),
+];
+
+/// Measures one workload on `cols`; failures go to `notes`.
+fn measure_row(
+    w: bk::Workload,
+    cols: &[Col],
+    qemu: Option<&std::path::Path>,
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> Row {
+    let k = BenchKernel::new(w);
+    let kind = w.kind();
+    let n0 = (w.default_iters() / plan.divisor).max(1);
+    let mut row = Row {
+        workload: w,
+        cells: Vec::new(),
+    };
+    let mut per_iter: Option<u64> = None;
+    for (col, engine) in [(Col::Interp, Engine::Interp), (Col::Jit, Engine::Jit)] {
+        if !cols.contains(&col) {
+            continue;
+        }
+        let start = match kind {
+            Kind::Compute => n0 / X86BT_COMPUTE_START,
+            Kind::Event => n0,
+        };
+        let cell = timed_pair(start, plan, |n| x86bt_once(&k, n, engine)).and_then(|p| {
+            if plan.verbose {
+                eprintln!("{} {}: {p:?}", w.name(), col.name());
+            }
+            match (p.per_iter(), per_iter) {
+                (Some(a), Some(b)) if a != b => notes.push(format!(
+                    "{}: {} retired {a} instructions per iteration, interp {b}",
+                    w.name(),
+                    col.name()
+                )),
+                (Some(a), None) => per_iter = Some(a),
+                _ => {}
+            }
+            match kind {
+                Kind::Compute => Ok(p.icount[1] as f64 / p.secs[1] / 1e6),
+                Kind::Event => ns_per_event(&p),
+            }
+        });
+        row.cells.push((col, cell));
+    }
+    if let (true, Some(q)) = (cols.contains(&Col::Qemu), qemu) {
+        if per_iter.is_none() && kind == Kind::Compute {
+            // Only the instruction count is wanted: two short untimed runs.
+            per_iter = timed_pair(
+                1,
+                &Plan {
+                    min_dt: 0.0,
+                    ..*plan
+                },
+                |n| x86bt_once(&k, n, Engine::Interp),
+            )
+            .ok()
+            .and_then(|p| p.per_iter());
+        }
+        let cell = timed_pair(n0, plan, |n| qemu_once(q, &k, n, plan.repeats)).and_then(|p| {
+            if plan.verbose {
+                eprintln!("{} qemu: {p:?}", w.name());
+            }
+            match (kind, per_iter) {
+                (Kind::Event, _) => ns_per_event(&p),
+                (Kind::Compute, Some(i)) => {
+                    // Same instructions per iteration as under x86bt.
+                    ns_per_event(&p)?;
+                    Ok((i * u64::from(p.n)) as f64 / p.dt() / 1e6)
+                }
+                (Kind::Compute, None) => {
+                    Err("no instruction count per iteration from x86bt".into())
+                }
+            }
+        });
+        row.cells.push((Col::Qemu, cell));
+    }
+    for (col, cell) in &row.cells {
+        if let Err(e) = cell {
+            notes.push(format!("{} FAILED on {}: {e}", col.name(), w.name()));
+        }
+    }
+    row
+}
+
+/// The kernel suite.
+fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
+    use std::io::Write;
+    let mut cols = parse_engines(&a.engines)?;
+    let workloads = parse_only(&a.only)?;
+    let qemu = bk::find_qemu(a.qemu.as_deref());
+    if cols.contains(&Col::Qemu) && qemu.is_none() {
+        let what = a.qemu.as_ref().map_or_else(
+            || "qemu-system-i386 is not on PATH".to_string(),
+            |p| format!("{} does not exist", p.display()),
+        );
+        println!("qemu: not installed ({what}), skipped");
+        cols.retain(|c| *c != Col::Qemu);
+    }
+    let plan = Plan {
+        min_dt: if a.quick { 0.05 } else { 0.3 },
+        repeats: if a.quick { 1 } else { a.qemu_repeats },
+        divisor: if a.quick { 8 } else { 1 },
+        verbose: a.verbose,
+    };
+    println!(
+        "x86bt bench: the same Multiboot kernels (32-bit protected mode, paging on) on every engine"
+    );
+    println!(
+        "compute in guest MIPS, events in ns/event (8 per loop iteration); ratios are speedups, >1 = first engine faster"
+    );
+    println!(
+        "{:<11} {:<8} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
+        "workload", "unit", "interp", "jit", "qemu", "jit/interp", "jit/qemu", "interp/qemu"
+    );
+    let _ = std::io::stdout().flush();
+    let mut notes = Vec::new();
+    let mut compute = Vec::new();
+    for w in workloads {
+        let row = measure_row(w, &cols, qemu.as_deref(), &plan, &mut notes);
+        row.print();
+        let _ = std::io::stdout().flush();
+        if w.kind() == Kind::Compute {
+            compute.push(row);
+        }
+    }
+    if !compute.is_empty() {
+        print_geomean(&compute, &cols);
+    }
+    for note in &notes {
+        println!("note: {note}");
+    }
+    println!(
+        "method: x86bt MIPS = icount/t of an in-process run (translation included); qemu MIPS = x86bt's icount per iteration x N / (t(2N)-t(N)), wall time of qemu-system-i386 -accel tcg, fastest of {}; ns/event = (t(2N)-t(N))/(8N) on every engine",
+        plan.repeats
+    );
+    Ok(0)
+}
+
+/// The geometric mean over the compute rows: of each engine's MIPS where it
+/// passed every row, and of each speedup over the rows where both engines passed.
+fn print_geomean(rows: &[Row], cols: &[Col]) {
+    let geo = |v: &[f64]| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp();
+    let mut line = format!("{:<11} {:<8}", "geomean", "MIPS");
+    for c in Col::ALL {
+        let v: Vec<f64> = rows.iter().filter_map(|r| r.value(c)).collect();
+        let cell = if !cols.contains(&c) || v.is_empty() {
+            "-".into()
+        } else if v.len() == rows.len() {
+            format!("{:.1}", geo(&v))
+        } else {
+            format!("({}/{})", v.len(), rows.len())
+        };
+        line += &format!(" {cell:>9}");
+    }
+    for (a, b) in RATIOS {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| Some(r.value(a)? / r.value(b)?))
+            .collect();
+        let cell = if v.is_empty() {
+            "-".into()
+        } else if v.len() < rows.len() {
+            format!("{:.2}x({}/{})", geo(&v), v.len(), rows.len())
+        } else {
+            format!("{:.2}x", geo(&v))
+        };
+        line += &format!(" {cell:>11}");
+    }
+    println!("{line}");
 }

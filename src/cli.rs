@@ -171,10 +171,31 @@ pub struct SstArgs {
 /// Options of `x86bt bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Guest instructions per workload.
+    /// Engines the kernel suite compares, side by side: interp, jit, qemu.
+    #[arg(long, value_delimiter = ',', default_value = "interp,jit,qemu")]
+    pub engines: Vec<String>,
+    /// Workloads of the kernel suite to run, by name (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// An eighth of the iterations: a quicker, noisier look.
+    #[arg(long)]
+    pub quick: bool,
+    /// The QEMU binary (default: qemu-system-i386 on PATH).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// Timed QEMU runs per iteration count; the fastest counts.
+    #[arg(long, default_value_t = 3)]
+    pub qemu_repeats: u32,
+    /// Also print each engine's raw instruction counts and times (to stderr).
+    #[arg(long)]
+    pub verbose: bool,
+    /// Run the old real-mode compute loops instead (see --insns and --engine).
+    #[arg(long)]
+    pub real_mode: bool,
+    /// Guest instructions per real-mode workload.
     #[arg(long, default_value_t = 200_000_000)]
     pub insns: u64,
-    /// Execution engine.
+    /// Execution engine of the real-mode loops.
     #[arg(long, value_enum, default_value_t = Engine::Interp)]
     pub engine: Engine,
 }

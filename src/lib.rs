@@ -4,6 +4,7 @@
 //! SingleStepTests runner, the ROM runner and the benchmarks.
 
 pub mod bench;
+pub mod bench_kernels;
 pub mod boot;
 pub mod cli;
 pub mod console;
