@@ -34,7 +34,10 @@ fn size(k: &BenchKernel) -> (u32, u64) {
 fn engines(c: &mut Criterion) {
     let mut g = c.benchmark_group("engines");
     g.sample_size(10);
-    for w in Workload::ALL.into_iter().filter(|w| w.kind() == Kind::Compute) {
+    for w in Workload::ALL
+        .into_iter()
+        .filter(|w| w.kind() == Kind::Compute)
+    {
         let k = BenchKernel::new(w);
         let (n, insns) = size(&k);
         let image = k.image(n);
