@@ -623,10 +623,14 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
     for note in &notes {
         println!("note: {note}");
     }
-    println!(
-        "method: x86bt MIPS = icount/t of an in-process run (translation included); qemu MIPS = x86bt's icount per iteration x N / (t(2N)-t(N)), wall time of qemu-system-i386 -accel tcg, fastest of {}; ns/event = (t(2N)-t(N))/(8N) on every engine",
-        plan.repeats
-    );
+    println!("method: x86bt MIPS = icount / t of an in-process 2N run (translation included); ns/event = (t(2N) - t(N)) / 8N");
+    if let (true, Some(q)) = (cols.contains(&Col::Qemu), &qemu) {
+        println!(
+            "qemu: {} -accel tcg, wall time from spawn, fastest of {}; MIPS = x86bt's icount per iteration x N / (t(2N) - t(N))",
+            q.display(),
+            plan.repeats
+        );
+    }
     Ok(0)
 }
 
