@@ -5,7 +5,11 @@
 //! prints one table: guest MIPS for the compute loops, nanoseconds per event for
 //! the sensitive-event nanobenchmarks, and the speedups between engines.
 //!
-//! How each figure is taken (every kernel runs twice, with N and 2N iterations):
+//! How each figure is taken. Every engine runs a kernel twice, with N and 2N
+//! iterations, and N grows (from [`bk::Workload::default_iters`], or a sixteenth
+//! of it for x86bt's compute runs) until t(2N) - t(N) is at least 0.3 s (0.05 s
+//! under `--quick`). So engines may run different N; the image is the same but for
+//! the patched iteration count.
 //! - x86bt, compute: the kernel runs in-process and `Vm::run` alone is timed;
 //!   MIPS = guest instructions retired (`cpu.icount`) / seconds, of the 2N run.
 //!   The translator's translation time is inside that figure.
@@ -14,9 +18,11 @@
 //! - QEMU: a wall-clock time from spawn to exit includes QEMU's start-up and the
 //!   SeaBIOS boot, so only differences are used: the fastest of `--qemu-repeats`
 //!   runs at N and at 2N. QEMU does not report guest instruction counts, but the
-//!   kernels are deterministic, so the guest retires exactly the instructions it
-//!   retires under x86bt: QEMU MIPS = (icount(2N) - icount(N)) / (t(2N) - t(N)),
-//!   with the counts from x86bt's run of the same images. ns/event as for x86bt.
+//!   kernels are deterministic and every loop iteration retires the same
+//!   instructions (`tests/bench_kernels.rs` checks it), so the guest retires under
+//!   QEMU exactly what it retires under x86bt: QEMU MIPS = I × N / (t(2N) - t(N)),
+//!   where I = (icount(2N) - icount(N)) / N from x86bt's runs of the same kernel.
+//!   ns/event as for x86bt.
 //!
 //! A kernel checks its own answer before it exits, so a row is only filled when
 //! the engine computed the right result; otherwise the cell says FAIL and a note
