@@ -80,6 +80,8 @@ pub struct Vm {
     lockstep: Option<Box<Lockstep>>,
     /// The divergence lockstep found in the last unit.
     divergence: Option<String>,
+    /// The instruction count up to which the translator may repeat a unit.
+    jit_budget: u64,
     /// Virtual time skipped while halted, in ns.
     idle_ns: u64,
     /// Stop on a triple fault instead of resetting (`--no-reboot`).
@@ -102,6 +104,7 @@ impl Vm {
             jit: None,
             lockstep: None,
             divergence: None,
+            jit_budget: 0,
             idle_ns: 0,
             no_reboot: false,
             stop_flag: None,
@@ -168,6 +171,7 @@ impl Vm {
     fn run_unit(&mut self) -> UnitExit {
         let (cpu, m) = (&mut self.cpu, &mut self.machine);
         if let Some(t) = &mut self.jit {
+            t.set_budget(self.jit_budget);
             return t.run_unit(cpu, m);
         }
         if let Some(l) = &mut self.lockstep {
@@ -255,17 +259,16 @@ impl Vm {
                 }
                 RunState::Running => {}
             }
+            // The translator may repeat a unit that branches back to itself inside
+            // its fragment, as the chain below would, up to the same horizon.
+            self.jit_budget = self.horizon(max_insns);
             let mut exit = self.run_unit();
             // Units that touch nothing outside the CPU follow each other without a
             // trip through this loop, up to the next device deadline (when an
             // interrupt could next be raised) or the instruction limit.
             if exit == UnitExit::Continue {
-                let horizon = self
-                    .machine
-                    .next_deadline()
-                    .map_or(u64::MAX, |d| d.saturating_sub(self.idle_ns) / NS_PER_INSN)
-                    .min(max_insns)
-                    .min(self.cpu.icount + 1_000_000);
+                let horizon = self.horizon(max_insns);
+                self.jit_budget = horizon;
                 // An instruction can raise an interrupt line without touching a
                 // device (FERR# -> IRQ 13), so INTR is watched too.
                 while exit == UnitExit::Continue
@@ -289,6 +292,20 @@ impl Vm {
             let now = self.now();
             self.machine.set_time(now);
         }
+    }
+
+    /// Where a chain of units must stop for the run loop: the next device deadline
+    /// (when an interrupt could next be raised), the instruction limit, or a
+    /// million instructions from now; now, if an interrupt is deliverable.
+    fn horizon(&self, max_insns: u64) -> u64 {
+        if self.machine.intr() && self.can_take_interrupt() {
+            return self.cpu.icount;
+        }
+        self.machine
+            .next_deadline()
+            .map_or(u64::MAX, |d| d.saturating_sub(self.idle_ns) / NS_PER_INSN)
+            .min(max_insns)
+            .min(self.cpu.icount + 1_000_000)
     }
 
     /// Halted: skip virtual time to the next device event. Returns false when

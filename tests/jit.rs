@@ -137,3 +137,107 @@ fn lockstep_bench_workloads_agree() {
         assert_eq!(out, RunOutcome::InstructionLimit, "{}", w.name);
     }
 }
+
+/// A guest that counts in AX in a one-unit loop (`inc ax; jmp`) with the PIT
+/// ticking; the IRQ0 handler records AX at each tick. The translator repeats
+/// that unit inside its fragment up to the run loop's device deadline, so the
+/// ticks must land on exactly the same instruction as on the interpreter.
+fn tick_recorder() -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    const TICKS: u32 = 0x200;
+    let build = |handler_ip: u16| -> Result<(Vec<u8>, u16), IcedError> {
+        let mut a = CodeAssembler::new(16)?;
+        let mut handler = a.create_label();
+        let mut spin = a.create_label();
+        a.cli()?;
+        a.xor(ax, ax)?;
+        a.mov(ds, ax)?;
+        a.mov(word_ptr(0x20), u32::from(handler_ip))?;
+        a.mov(word_ptr(0x22), 0x1000u32)?;
+        a.mov(ax, 0x2000u32)?;
+        a.mov(ds, ax)?;
+        a.mov(ax, 0x9000u32)?;
+        a.mov(ss, ax)?;
+        a.mov(sp, 0xFFFEu32)?;
+        a.xor(si, si)?;
+        for (port, value) in [
+            (0x43, 0x34), // PIT counter 0, LSB/MSB, mode 2
+            (0x40, 0x50),
+            (0x40, 0x00),
+            (0x20, 0x11), // 8259A ICW1-4, vectors 08h-0Fh
+            (0x21, 0x08),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0xFE), // only IRQ0
+        ] {
+            a.mov(al, value)?;
+            a.out(port, al)?;
+        }
+        a.xor(ax, ax)?;
+        a.sti()?;
+        a.set_label(&mut spin)?;
+        a.inc(ax)?;
+        a.jmp(spin)?;
+        a.set_label(&mut handler)?;
+        a.mov(word_ptr(si + TICKS as i32), ax)?;
+        a.add(si, 2)?;
+        a.push(ax)?;
+        a.mov(al, 0x20)?;
+        a.out(0x20, al)?;
+        a.pop(ax)?;
+        a.iret()?;
+        let res = a.assemble_options(
+            0,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )?;
+        let ip = res.label_ip(&handler)? as u16;
+        Ok((res.inner.code_buffer, ip))
+    };
+    let mut ip = 0x100;
+    for _ in 0..4 {
+        let (code, found) = build(ip).expect("tick guest assembles");
+        if found == ip {
+            return code;
+        }
+        ip = found;
+    }
+    panic!("handler address did not settle");
+}
+
+#[test]
+fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
+    let run = |engine| {
+        let mut m = pc::build(PcConfig {
+            ram_bytes: 16 << 20,
+            bios: None,
+            serial_out: Box::new(std::io::sink()),
+            serial_in: None,
+            debugcon: Box::new(std::io::sink()),
+            post: None,
+            rtc_base_unix: 0,
+        })
+        .expect("PC");
+        m.mem
+            .load(GuestPhys(0x1_0000), &tick_recorder())
+            .expect("code fits");
+        let mut vm = Vm::with_engine(m, engine).expect("engine");
+        vm.cpu.seg[1] = x86bt_cpu::state::Segment::real(0x1000);
+        vm.cpu.rip = 0;
+        let out = vm.run(3_000_000);
+        let mut ticks = vec![0u8; 0x400];
+        vm.machine.mem.read_bytes(GuestPhys(0x2_0200), &mut ticks);
+        (out, vm.cpu.gpr, vm.cpu.icount, ticks, vm.engine_stats())
+    };
+    let (out_i, gpr_i, n_i, ticks_i, _) = run(Engine::Interp);
+    let (out_j, gpr_j, n_j, ticks_j, stats) = run(Engine::Jit);
+    assert_eq!(out_i, RunOutcome::InstructionLimit);
+    assert!(ticks_i[..8].iter().any(|&b| b != 0), "the timer ticked");
+    assert_eq!(out_j, out_i);
+    assert_eq!((gpr_j, n_j), (gpr_i, n_i));
+    assert_eq!(ticks_j, ticks_i, "ticks recorded at the same AX");
+    let stats = stats.unwrap_or_default();
+    assert!(
+        !stats.contains(" 0 repeats"),
+        "the loop repeated inside its fragment: {stats}"
+    );
+}

@@ -3,7 +3,7 @@
 //! ABI: `extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64`, the exit code
 //! ([`EXIT_END`], [`EXIT_EVENT`], [`EXIT_FAULT`]). Register use inside a CCF:
 //! - R15 holds the `CpuState` pointer and R14 the `JitCtx` pointer for the whole
-//!   fragment (callee-saved, so they survive helper calls);
+//!   fragment (callee-saved, so they survive helper calls); R13 holds RIP at entry;
 //! - guest GPR i is cached in host register [`GUEST_TO_HOST`]`[i]` between its
 //!   first use and the next helper call or exit, and written back if dirty;
 //! - R9 holds captured host flags until they are merged into `CpuState::rflags`;
@@ -20,11 +20,17 @@
 //!   so the host's TF, DF and AC stay clear).
 //! - Inline instructions never fault; the only inline path that can is the branch
 //!   target's CS-limit check, which hands the branch to the helper instead.
+//! - A unit whose inline branch goes back to its own first instruction (same
+//!   RIP, so the same bytes) may start over inside the fragment, at a point where
+//!   the state is exact, as long as `icount` is below `JitCtx::icount_limit`: the
+//!   run loop would have run the same unit next, and its own chain stops at that
+//!   same limit.
 
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{cond_flags, Branch, FlagSpec, Ident, Lowering, GUEST_TO_HOST};
+use crate::runtime::JitCtx;
 use core::mem::{offset_of, size_of};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
@@ -42,6 +48,8 @@ const GPR: i32 = offset_of!(CpuState, gpr) as i32;
 const RIP: i32 = offset_of!(CpuState, rip) as i32;
 const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
+const ICOUNT_LIMIT: i32 = offset_of!(JitCtx, icount_limit) as i32;
+const SELF_LOOPS: i32 = offset_of!(JitCtx, self_loops) as i32;
 const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
     + sreg::CS * size_of::<Segment>()
     + offset_of!(Segment, limit)) as i32;
@@ -84,12 +92,16 @@ pub struct UnitPlan<'a> {
     pub lens: &'a [u8],
     /// Helper kind passed to the helper, per instruction.
     pub kinds: &'a [u8],
+    /// The unit may start over inside the fragment when it branches to itself.
+    pub self_loop: bool,
 }
 
 struct Emitter<'a, A: CodeSink> {
     ops: &'a mut A,
     ext: &'a Externals<'a>,
     exit: DynamicLabel,
+    /// The first instruction, when the unit may start over.
+    body: Option<DynamicLabel>,
     /// Guest registers loaded into their host registers.
     cached: u8,
     /// Cached registers written since loaded.
@@ -123,10 +135,16 @@ pub fn emit_unit<A: CodeSink>(
         ; mov r15, rdi
         ; mov r14, rsi
     );
+    let body = unit.self_loop.then(|| {
+        let body = ops.new_label();
+        dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP] ; =>body);
+        body
+    });
     let mut e = Emitter {
         ops,
         ext,
         exit,
+        body,
         cached: 0,
         dirty: 0,
         host_valid: 0,
@@ -354,11 +372,26 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; add QWORD [r15 + ICOUNT], insns
             ; xor eax, eax
             ; cmp r10, r11
-            ; jne =>exit
+            ; jne >done
             ; mov eax, event
             ; jmp =>exit
-            ; =>slow
+            ; done:
         );
+        if let Some(body) = self.body {
+            dynasm!(self.ops
+                ; .arch x64
+                ; cmp r10, r13
+                ; jne =>exit
+                ; mov r11, QWORD [r15 + ICOUNT]
+                ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
+                ; jae =>exit
+                ; add QWORD [r14 + SELF_LOOPS], 1
+                ; jmp =>body
+            );
+        } else {
+            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+        }
+        dynasm!(self.ops ; .arch x64 ; =>slow);
         self.store_progress();
         self.call_helper(i, kind);
     }

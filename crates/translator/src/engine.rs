@@ -77,6 +77,11 @@ enum Lookup {
 pub struct Translator {
     asm: Option<Assembler<X64Relocation>>,
     exec: Option<Executor>,
+    /// Start of the executable buffer, derived under the executor's lock after
+    /// the last commit (null without a buffer). Only `translate` commits, never
+    /// while a fragment runs, so the address holds until the next commit: taking
+    /// the lock for every unit would cost two atomic operations per unit.
+    code_base: *const u8,
     slots: Vec<Slot>,
     page_index: HashMap<u64, Vec<u32>>,
     scratch: DecodedUnit,
@@ -104,9 +109,11 @@ impl Translator {
         }
         let asm = new_buffer()?;
         let exec = asm.reader();
+        let code_base = exec.lock().as_ptr();
         Ok(Self {
             asm: Some(asm),
             exec: Some(exec),
+            code_base,
             slots: (0..SLOTS).map(|_| Slot::empty()).collect(),
             page_index: HashMap::new(),
             scratch: DecodedUnit::default(),
@@ -120,7 +127,15 @@ impl Translator {
     pub fn stats(&self) -> JitStats {
         let mut s = self.stats.clone();
         s.helper_calls = self.ctx.helper_calls;
+        s.self_loops = self.ctx.self_loops;
         s
+    }
+
+    /// Lets a fragment that branches back to its own start run again without
+    /// returning while `icount` is below `icount_limit` (the run loop's chain
+    /// horizon). The default, 0, never repeats a unit inside its fragment.
+    pub fn set_budget(&mut self, icount_limit: u64) {
+        self.ctx.icount_limit = icount_limit;
     }
 
     /// Drops every fragment decoded from RAM pages written since the last call
@@ -161,10 +176,13 @@ impl Translator {
         self.flush();
         self.stats.flushes += 1;
         // Drop the old buffer first, so the two never need to be mapped at once.
+        self.code_base = core::ptr::null();
         self.exec = None;
         self.asm = None;
         if let Ok(asm) = new_buffer() {
-            self.exec = Some(asm.reader());
+            let exec = asm.reader();
+            self.code_base = exec.lock().as_ptr();
+            self.exec = Some(exec);
             self.asm = Some(asm);
         }
     }
@@ -232,6 +250,7 @@ impl Translator {
             })
             .collect();
         let ptrs: Vec<u64> = insns.iter().map(|i| i as *const Insn as u64).collect();
+        let self_loop = plan::may_repeat(&lowerings);
         let asm = self.asm.as_mut().ok_or(Delegation::NoBuffer)?;
         let start = asm.offset().0;
         let entry = emit_unit(
@@ -241,6 +260,7 @@ impl Translator {
                 captures: &captures,
                 lens: &lens,
                 kinds: &kinds,
+                self_loop,
             },
             &Externals {
                 helper: runtime::helper_address(),
@@ -248,6 +268,10 @@ impl Translator {
             },
         );
         asm.commit().map_err(|_| Delegation::NoBuffer)?;
+        if let Some(exec) = &self.exec {
+            // A commit may move the buffer: derive its address again.
+            self.code_base = exec.lock().as_ptr();
+        }
         self.stats.code_bytes += (asm.offset().0 - start) as u64;
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
@@ -328,19 +352,20 @@ impl Translator {
     /// Runs the fragment at `entry`.
     #[cfg(target_arch = "x86_64")]
     fn enter(&mut self, entry: AssemblyOffset, cpu: &mut CpuState, m: &mut Machine) -> u64 {
-        let Some(exec) = &self.exec else {
+        if self.code_base.is_null() {
             return EXIT_EVENT;
-        };
+        }
         self.ctx.m = m;
-        let buf = exec.lock();
-        let code = buf.ptr(entry);
         let ctx: *mut JitCtx = &mut *self.ctx;
-        // SAFETY: `entry` is the start of a fragment committed to this buffer,
-        // which the read lock keeps mapped and unmoved; its slot is valid, so the
-        // instructions it embeds are alive. `cpu`, `ctx` and `ctx.m` come from
-        // exclusive references that are not used until the call returns.
+        let code = self.code_base.wrapping_add(entry.0);
+        // SAFETY: `code_base` was derived under the executor's lock after the
+        // last commit, and nothing has committed or dropped the buffer since (only
+        // `translate` and `flush_code` do, and they refresh it), so the buffer is
+        // mapped executable at that address; `entry` is the start of a fragment
+        // committed to it, and its slot is valid, so the instructions it embeds
+        // are alive. `cpu`, `ctx` and `ctx.m` come from exclusive references that
+        // are not used until the call returns.
         let r = unsafe { runtime::enter(code, cpu, ctx) };
-        drop(buf);
         self.ctx.m = core::ptr::null_mut();
         r
     }

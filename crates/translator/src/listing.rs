@@ -63,6 +63,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             captures: &captures,
             lens: &lens,
             kinds: &kinds,
+            self_loop: plan::may_repeat(&lowerings),
         },
         &Externals {
             helper: FAKE_HELPER,

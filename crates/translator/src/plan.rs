@@ -226,6 +226,18 @@ pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
     out
 }
 
+/// Whether a unit may start over inside its fragment when its inline branch goes
+/// back to its own start. That skips the run loop's look between units, which
+/// only matters after an instruction that can raise an interrupt line or change
+/// what the loop checks: a sensitive one (always a unit's last) or the x87
+/// (FERR#).
+pub fn may_repeat(lowerings: &[Lowering]) -> bool {
+    matches!(lowerings.last(), Some(Lowering::Branch(_)))
+        && lowerings
+            .iter()
+            .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
+}
+
 fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
     let ins = &insn.ins;
     if ins.is_invalid() {

@@ -23,6 +23,11 @@ pub struct JitCtx {
     pub exc: Option<Exception>,
     /// Helper calls by [`HelperKind`].
     pub helper_calls: [u64; HelperKind::COUNT],
+    /// A fragment that branches back to its own start runs again, without
+    /// returning, while `CpuState::icount` is below this (the run loop's horizon).
+    pub icount_limit: u64,
+    /// Times fragments ran again that way.
+    pub self_loops: u64,
 }
 
 impl Default for JitCtx {
@@ -31,6 +36,8 @@ impl Default for JitCtx {
             m: core::ptr::null_mut(),
             exc: None,
             helper_calls: [0; HelperKind::COUNT],
+            icount_limit: 0,
+            self_loops: 0,
         }
     }
 }

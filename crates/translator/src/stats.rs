@@ -64,6 +64,8 @@ pub struct JitStats {
     pub delegated: [u64; Delegation::COUNT],
     /// Helper calls by [`HelperKind`].
     pub helper_calls: [u64; HelperKind::COUNT],
+    /// Times a fragment branched back to its own start and ran again inside.
+    pub self_loops: u64,
 }
 
 fn list(names: &[&str], counts: &[u64]) -> String {
@@ -95,8 +97,9 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator exits: {}",
-            list(&ExitKind::NAMES, &self.exits)
+            "translator exits: {}; {} repeats inside a fragment",
+            list(&ExitKind::NAMES, &self.exits),
+            self.self_loops
         )?;
         writeln!(
             f,
