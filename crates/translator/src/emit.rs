@@ -54,17 +54,10 @@ const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
     + sreg::CS * size_of::<Segment>()
     + offset_of!(Segment, limit)) as i32;
 
-/// An assembler the emitter can write to (the executable one, or a plain
-/// vector for listings).
+/// An assembler the emitter can write to.
 pub trait CodeSink: DynasmLabelApi<Relocation = X64Relocation> {
     /// A fresh label.
     fn new_label(&mut self) -> DynamicLabel;
-}
-
-impl CodeSink for dynasmrt::Assembler<X64Relocation> {
-    fn new_label(&mut self) -> DynamicLabel {
-        self.new_dynamic_label()
-    }
 }
 
 impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {

@@ -8,19 +8,21 @@
 //! instructions in a heap box whose address the fragment embeds; a slot's
 //! fragment is only ever entered through the slot, so dropping the box together
 //! with the slot's validity is safe. Code stays in the buffer until the buffer is
-//! full, when everything is flushed and a fresh buffer is mapped.
+//! full, when everything is flushed and a fresh buffer is mapped
+//! ([`CodeBuffer`]).
 //!
 //! Units the interpreter would run one instruction at a time (interrupt shadow,
 //! TF, RF, armed breakpoints) and units whose fetch faults are delegated to an
 //! embedded [`Interpreter`], so those rules keep one implementation.
 
+use crate::codebuf::CodeBuffer;
 use crate::emit::{emit_unit, Externals, UnitPlan, EXIT_END, EXIT_EVENT};
 use crate::error::TranslatorError;
 use crate::plan::{self, HelperKind, Lowering};
 use crate::runtime::{self, JitCtx};
 use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
-use dynasmrt::{Assembler, AssemblyOffset, DynasmApi, Executor};
+use dynasmrt::VecAssembler;
 use std::collections::HashMap;
 use x86bt_cpu::interp::engine::{fetch_unit, mark_code_pages, mode_key, unit_fits, NO_PAGE};
 use x86bt_cpu::interp::{interrupt, Insn};
@@ -32,8 +34,12 @@ use x86bt_decoder::sensitive::{classify, Sensitivity};
 use x86bt_decoder::{Bitness, DecodedUnit};
 use x86bt_machine::Machine;
 
-/// Slots in the direct-mapped translation cache (a power of two).
-const SLOTS: usize = 1 << 14;
+/// Sets of the two-way translation cache (a power of two). A miss costs a
+/// translation, much more than the interpreter's decode, so the cache is larger
+/// than the interpreter's and two-way, against conflict misses.
+const SETS: usize = 1 << 15;
+/// Slots per set.
+const WAYS: usize = 2;
 /// Size of the executable code buffer.
 const CODE_CAPACITY: usize = 32 << 20;
 /// Room kept free for one more fragment (12 instructions of at most a few
@@ -47,7 +53,8 @@ struct Slot {
     key: u32,
     byte_len: u32,
     plain_end: bool,
-    entry: AssemblyOffset,
+    /// Offset of the fragment in the code buffer.
+    entry: usize,
     /// The prepared instructions, owned here because the fragment embeds their
     /// addresses (never read from Rust).
     _insns: Box<[Insn]>,
@@ -62,7 +69,7 @@ impl Slot {
             key: 0,
             byte_len: 0,
             plain_end: false,
-            entry: AssemblyOffset(0),
+            entry: 0,
             _insns: Box::new([]),
         }
     }
@@ -75,14 +82,11 @@ enum Lookup {
 
 /// The binary translator.
 pub struct Translator {
-    asm: Option<Assembler<X64Relocation>>,
-    exec: Option<Executor>,
-    /// Start of the executable buffer, derived under the executor's lock after
-    /// the last commit (null without a buffer). Only `translate` commits, never
-    /// while a fragment runs, so the address holds until the next commit: taking
-    /// the lock for every unit would cost two atomic operations per unit.
-    code_base: *const u8,
+    /// The code buffer; `None` if a fresh one could not be mapped after a flush.
+    code: Option<CodeBuffer>,
     slots: Vec<Slot>,
+    /// Per set, the way used last (the other one is replaced on a miss).
+    recent: Vec<u8>,
     page_index: HashMap<u64, Vec<u32>>,
     scratch: DecodedUnit,
     interp: Interpreter,
@@ -91,13 +95,13 @@ pub struct Translator {
 }
 
 #[inline]
-fn slot_of(phys: u64, key: u32) -> usize {
-    let h = phys ^ (phys >> 14) ^ (u64::from(key) << 7);
-    (h as usize) & (SLOTS - 1)
+fn set_of(phys: u64, key: u32) -> usize {
+    let h = phys ^ (phys >> 15) ^ (u64::from(key) << 7);
+    (h as usize) & (SETS - 1)
 }
 
-fn new_buffer() -> Result<Assembler<X64Relocation>, TranslatorError> {
-    Ok(Assembler::new_with_capacity(CODE_CAPACITY)?)
+fn new_buffer() -> Result<CodeBuffer, TranslatorError> {
+    Ok(CodeBuffer::new(CODE_CAPACITY)?)
 }
 
 impl Translator {
@@ -107,14 +111,10 @@ impl Translator {
         if !cfg!(target_arch = "x86_64") {
             return Err(TranslatorError::UnsupportedHost(std::env::consts::ARCH));
         }
-        let asm = new_buffer()?;
-        let exec = asm.reader();
-        let code_base = exec.lock().as_ptr();
         Ok(Self {
-            asm: Some(asm),
-            exec: Some(exec),
-            code_base,
-            slots: (0..SLOTS).map(|_| Slot::empty()).collect(),
+            code: Some(new_buffer()?),
+            slots: (0..SETS * WAYS).map(|_| Slot::empty()).collect(),
+            recent: vec![0; SETS],
             page_index: HashMap::new(),
             scratch: DecodedUnit::default(),
             interp: Interpreter::new(),
@@ -176,15 +176,8 @@ impl Translator {
         self.flush();
         self.stats.flushes += 1;
         // Drop the old buffer first, so the two never need to be mapped at once.
-        self.code_base = core::ptr::null();
-        self.exec = None;
-        self.asm = None;
-        if let Ok(asm) = new_buffer() {
-            let exec = asm.reader();
-            self.code_base = exec.lock().as_ptr();
-            self.exec = Some(exec);
-            self.asm = Some(asm);
-        }
+        self.code = None;
+        self.code = new_buffer().ok();
     }
 
     /// Finds or makes the fragment for CS:IP, or says why the interpreter must
@@ -197,15 +190,24 @@ impl Translator {
             return Lookup::Delegate(Delegation::Fetch);
         };
         let (key, bitness) = mode_key(cpu);
-        let s = slot_of(phys, key);
-        let slot = &self.slots[s];
-        if slot.valid && slot.phys == phys && slot.key == key {
-            let (byte_len, next_phys) = (slot.byte_len, slot.next_phys);
-            if unit_fits(cpu, m, lin, byte_len, next_phys) {
-                self.stats.hits += 1;
-                return Lookup::Run(s);
+        let set = set_of(phys, key);
+        let mut victim = set * WAYS + 1 - usize::from(self.recent[set]);
+        for way in 0..WAYS {
+            let s = set * WAYS + way;
+            let slot = &self.slots[s];
+            if slot.valid && slot.phys == phys && slot.key == key {
+                let (byte_len, next_phys) = (slot.byte_len, slot.next_phys);
+                if unit_fits(cpu, m, lin, byte_len, next_phys) {
+                    self.stats.hits += 1;
+                    self.recent[set] = way as u8;
+                    return Lookup::Run(s);
+                }
+                // Same bytes, but not valid at this alias: decode again here.
+                victim = s;
             }
         }
+        let s = victim;
+        self.recent[set] = (s - set * WAYS) as u8;
         match self.translate(cpu, m, phys, key, bitness, s) {
             Ok(()) => Lookup::Run(s),
             Err(d) => Lookup::Delegate(d),
@@ -222,11 +224,7 @@ impl Translator {
         bitness: Bitness,
         s: usize,
     ) -> Result<(), Delegation> {
-        if self
-            .asm
-            .as_ref()
-            .is_none_or(|a| a.offset().0 + UNIT_ROOM > CODE_CAPACITY)
-        {
+        if self.code.as_ref().is_none_or(|c| c.free() < UNIT_ROOM) {
             self.flush_code();
         }
         let fetched =
@@ -251,10 +249,10 @@ impl Translator {
             .collect();
         let ptrs: Vec<u64> = insns.iter().map(|i| i as *const Insn as u64).collect();
         let self_loop = plan::may_repeat(&lowerings);
-        let asm = self.asm.as_mut().ok_or(Delegation::NoBuffer)?;
-        let start = asm.offset().0;
-        let entry = emit_unit(
-            asm,
+        let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
+        let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
+        emit_unit(
+            &mut ops,
             &UnitPlan {
                 lowerings: &lowerings,
                 captures: &captures,
@@ -267,12 +265,9 @@ impl Translator {
                 insns: &ptrs,
             },
         );
-        asm.commit().map_err(|_| Delegation::NoBuffer)?;
-        if let Some(exec) = &self.exec {
-            // A commit may move the buffer: derive its address again.
-            self.code_base = exec.lock().as_ptr();
-        }
-        self.stats.code_bytes += (asm.offset().0 - start) as u64;
+        let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;
+        let entry = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
+        self.stats.code_bytes += bytes.len() as u64;
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
         self.stats.inline_insns += lowerings
@@ -349,30 +344,28 @@ impl Translator {
         }
     }
 
-    /// Runs the fragment at `entry`.
+    /// Runs the fragment at offset `entry` of the code buffer.
     #[cfg(target_arch = "x86_64")]
-    fn enter(&mut self, entry: AssemblyOffset, cpu: &mut CpuState, m: &mut Machine) -> u64 {
-        if self.code_base.is_null() {
+    fn enter(&mut self, entry: usize, cpu: &mut CpuState, m: &mut Machine) -> u64 {
+        let Some(code) = &self.code else {
             return EXIT_EVENT;
-        }
+        };
+        let start = code.exec_base().wrapping_add(entry);
         self.ctx.m = m;
         let ctx: *mut JitCtx = &mut *self.ctx;
-        let code = self.code_base.wrapping_add(entry.0);
-        // SAFETY: `code_base` was derived under the executor's lock after the
-        // last commit, and nothing has committed or dropped the buffer since (only
-        // `translate` and `flush_code` do, and they refresh it), so the buffer is
-        // mapped executable at that address; `entry` is the start of a fragment
-        // committed to it, and its slot is valid, so the instructions it embeds
-        // are alive. `cpu`, `ctx` and `ctx.m` come from exclusive references that
-        // are not used until the call returns.
-        let r = unsafe { runtime::enter(code, cpu, ctx) };
+        // SAFETY: `entry` is the offset of a fragment appended to this buffer,
+        // which stays mapped executable and unmoved while `self.code` holds it;
+        // its slot is valid, so the instructions it embeds are alive. `cpu`, `ctx`
+        // and `ctx.m` come from exclusive references that are not used until the
+        // call returns.
+        let r = unsafe { runtime::enter(start, cpu, ctx) };
         self.ctx.m = core::ptr::null_mut();
         r
     }
 
     /// No fragment can run on this host ([`Translator::new`] refuses).
     #[cfg(not(target_arch = "x86_64"))]
-    fn enter(&mut self, _entry: AssemblyOffset, _cpu: &mut CpuState, _m: &mut Machine) -> u64 {
+    fn enter(&mut self, _entry: usize, _cpu: &mut CpuState, _m: &mut Machine) -> u64 {
         EXIT_EVENT
     }
 

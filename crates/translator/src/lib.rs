@@ -4,12 +4,13 @@
 //! - [`plan`] decides how each instruction is lowered (IDENT, inline branch, or
 //!   the helper that calls the interpreter's implementation) and where flags are
 //!   live;
-//! - [`emit`] generates the fragment with dynasm-rs;
+//! - [`emit`] generates the fragment with dynasm-rs, and [`codebuf`] holds it;
 //! - [`runtime`] is the boundary with Rust: the helper and the fragment call;
 //! - [`Translator`] is the engine, with the run contract of the interpreter;
 //! - [`Lockstep`] runs both engines on every unit and reports a divergence;
 //! - [`listing`] formats a unit's host code for the golden tests.
 
+pub mod codebuf;
 pub mod emit;
 pub mod engine;
 pub mod error;
