@@ -208,7 +208,10 @@ impl Translator {
         }
         let s = victim;
         self.recent[set] = (s - set * WAYS) as u8;
-        match self.translate(cpu, m, phys, key, bitness, s) {
+        let started = std::time::Instant::now();
+        let done = self.translate(cpu, m, phys, key, bitness, s);
+        self.stats.translate_ns += started.elapsed().as_nanos() as u64;
+        match done {
             Ok(()) => Lookup::Run(s),
             Err(d) => Lookup::Delegate(d),
         }

@@ -58,6 +58,8 @@ pub struct JitStats {
     pub flushes: u64,
     /// Bytes of host code emitted.
     pub code_bytes: u64,
+    /// Wall time spent translating, in ns.
+    pub translate_ns: u64,
     /// Fragment exits by [`ExitKind`].
     pub exits: [u64; ExitKind::COUNT],
     /// Units run by the embedded interpreter, by [`Delegation`].
@@ -92,8 +94,11 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator: {} invalidations, {} full flushes",
-            self.invalidations, self.flushes
+            "translator: {} invalidations, {} full flushes, {:.1} µs per translation ({:.3} s in all)",
+            self.invalidations,
+            self.flushes,
+            self.translate_ns as f64 / t / 1e3,
+            self.translate_ns as f64 / 1e9
         )?;
         writeln!(
             f,
