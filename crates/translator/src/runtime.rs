@@ -6,12 +6,16 @@
 //! (so `next_rip`, RIP, `icount`, restarts and code-write checks agree by
 //! construction), and reports the outcome as an exit code.
 
-use crate::emit::{EXIT_END, EXIT_EVENT, EXIT_FAULT};
 use crate::plan::HelperKind;
-use x86bt_cpu::interp::engine::{exec_one, Step};
-use x86bt_cpu::interp::Insn;
-use x86bt_cpu::{CpuState, Exception};
+use x86bt_cpu::Exception;
 use x86bt_machine::Machine;
+#[cfg(target_arch = "x86_64")]
+use {
+    crate::emit::{EXIT_END, EXIT_EVENT, EXIT_FAULT},
+    x86bt_cpu::interp::engine::{exec_one, Step},
+    x86bt_cpu::interp::Insn,
+    x86bt_cpu::CpuState,
+};
 
 /// What a running fragment needs besides the CPU state. Lives in a `Box` owned
 /// by the translator, so its address is stable while a fragment runs.
