@@ -241,3 +241,75 @@ fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
         "the loop repeated inside its fragment: {stats}"
     );
 }
+
+/// Two units on one page that chain into each other (A: `add ax,1; jmp B`, B:
+/// `add dx,imm; dec cx; jnz A`), then a store that patches B's immediate from 1
+/// to 5, then the same loop again: the patched code must run. Worked by hand:
+/// AX = 2 * 1000 and DX = 1000 * 1 + 1000 * 5.
+fn chain_then_patch() -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    let build = |b_ip: u16| -> Result<(Vec<u8>, u16), IcedError> {
+        let mut a = CodeAssembler::new(16)?;
+        let mut unit_a = a.create_label();
+        let mut unit_b = a.create_label();
+        let mut done = a.create_label();
+        let mut again = a.create_label();
+        a.xor(ax, ax)?;
+        a.xor(dx, dx)?;
+        a.xor(si, si)?;
+        a.set_label(&mut again)?;
+        a.mov(cx, 1000u32)?;
+        a.set_label(&mut unit_a)?;
+        a.add(ax, 1)?;
+        a.jmp(unit_b)?;
+        a.set_label(&mut unit_b)?;
+        a.add(dx, 1)?;
+        a.dec(cx)?;
+        a.jnz(unit_a)?;
+        a.cmp(si, 0)?;
+        a.jne(done)?;
+        a.inc(si)?;
+        a.mov(byte_ptr(u32::from(b_ip) + 2).cs(), 5)?;
+        a.jmp(again)?;
+        a.set_label(&mut done)?;
+        a.hlt()?;
+        let res = a.assemble_options(
+            0,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )?;
+        let ip = res.label_ip(&unit_b)? as u16;
+        Ok((res.inner.code_buffer, ip))
+    };
+    let mut ip = 0x40;
+    for _ in 0..4 {
+        let (code, found) = build(ip).expect("guest assembles");
+        if found == ip {
+            let at = usize::from(ip);
+            assert_eq!(&code[at..at + 3], &[0x83, 0xC2, 0x01], "add dx, imm8 at B");
+            return code;
+        }
+        ip = found;
+    }
+    panic!("label address did not settle");
+}
+
+#[test]
+fn jit_chained_fragments_follow_code_patched_under_them() {
+    for engine in [Engine::Interp, Engine::Jit] {
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem
+            .load(GuestPhys(0x1_0000), &chain_then_patch())
+            .expect("code fits");
+        let mut vm = Vm::with_engine(m, engine).expect("engine");
+        vm.cpu.seg[1] = x86bt_cpu::state::Segment::real(0x1000);
+        vm.cpu.rip = 0;
+        let out = vm.run(1_000_000);
+        assert_eq!(out, RunOutcome::HaltedForever, "{engine:?}");
+        assert_eq!(vm.cpu.gpr[0] & 0xFFFF, 2000, "{engine:?}: AX");
+        assert_eq!(vm.cpu.gpr[2] & 0xFFFF, 6000, "{engine:?}: DX");
+        if engine == Engine::Jit {
+            let stats = vm.engine_stats().unwrap_or_default();
+            assert!(!stats.contains(" 0 chained entries"), "{stats}");
+        }
+    }
+}

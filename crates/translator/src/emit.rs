@@ -20,11 +20,15 @@
 //!   so the host's TF, DF and AC stay clear).
 //! - Inline instructions never fault; the only inline path that can is the branch
 //!   target's CS-limit check, which hands the branch to the helper instead.
-//! - A unit whose inline branch goes back to its own first instruction (same
-//!   RIP, so the same bytes) may start over inside the fragment, at a point where
-//!   the state is exact, as long as `icount` is below `JitCtx::icount_limit`: the
-//!   run loop would have run the same unit next, and its own chain stops at that
-//!   same limit.
+//! - Chaining: where an inline branch leaves the unit, the state is exact, and as
+//!   long as `icount` is below `JitCtx::icount_limit` (the run loop's own chain
+//!   stops there too) the fragment may go on to the next unit's fragment instead
+//!   of returning: to its own start if the new RIP is its entry RIP (same bytes),
+//!   or through the site's link cell to another fragment on the same linear page
+//!   (so the same physical page as the running one), with room below the CS limit
+//!   for any unit. An empty cell exits with the site's tag in
+//!   `JitCtx::pending_link`, and the engine links the cell to the fragment it runs
+//!   next; it empties the cell when that fragment goes.
 
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
@@ -50,6 +54,13 @@ const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
 const ICOUNT_LIMIT: i32 = offset_of!(JitCtx, icount_limit) as i32;
 const SELF_LOOPS: i32 = offset_of!(JitCtx, self_loops) as i32;
+const CHAINS: i32 = offset_of!(JitCtx, chains) as i32;
+const PENDING_LINK: i32 = offset_of!(JitCtx, pending_link) as i32;
+const CS_BASE: i32 = (offset_of!(CpuState, seg)
+    + sreg::CS * size_of::<Segment>()
+    + offset_of!(Segment, base)) as i32;
+/// The most bytes a unit covers: a chained-to unit must fit below the CS limit.
+const MAX_UNIT_BYTES: i32 = (x86bt_decoder::MAX_UNIT_INSNS * x86bt_decoder::MAX_INSN_LEN) as i32;
 const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
     + sreg::CS * size_of::<Segment>()
     + offset_of!(Segment, limit)) as i32;
@@ -66,13 +77,28 @@ impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {
     }
 }
 
-/// What a fragment calls and embeds: the helper's address and the address of
-/// each prepared instruction. Named for listings.
+/// What a fragment calls and embeds: the helper's address, the address of each
+/// prepared instruction, and its two link cells with their tags. Named for
+/// listings.
 pub struct Externals<'a> {
     /// `helper_exec`.
     pub helper: u64,
     /// The prepared instructions, in unit order.
     pub insns: &'a [u64],
+    /// Addresses of the link cells of the branch taken (0) and not taken (1).
+    pub cells: [u64; 2],
+    /// What an empty cell leaves in `JitCtx::pending_link`, per site.
+    pub link_tags: [u64; 2],
+}
+
+/// Offsets of a fragment's entry, and of the point where a chained fragment
+/// jumps in (after the prologue; R13 must hold RIP there).
+#[derive(Clone, Copy, Debug)]
+pub struct Fragment {
+    /// The entry of the `Entry` ABI.
+    pub entry: usize,
+    /// The chain entry.
+    pub body: usize,
 }
 
 /// The unit to emit.
@@ -85,16 +111,19 @@ pub struct UnitPlan<'a> {
     pub lens: &'a [u8],
     /// Helper kind passed to the helper, per instruction.
     pub kinds: &'a [u8],
-    /// The unit may start over inside the fragment when it branches to itself.
-    pub self_loop: bool,
+    /// The unit may go on to the next fragment without returning (see the module
+    /// comment on chaining).
+    pub chain: bool,
 }
 
 struct Emitter<'a, A: CodeSink> {
     ops: &'a mut A,
     ext: &'a Externals<'a>,
     exit: DynamicLabel,
-    /// The first instruction, when the unit may start over.
-    body: Option<DynamicLabel>,
+    /// The first instruction (R13 set).
+    body: DynamicLabel,
+    /// Chain code is emitted at the branch's exits.
+    chain: bool,
     /// Guest registers loaded into their host registers.
     cached: u8,
     /// Cached registers written since loaded.
@@ -108,13 +137,9 @@ struct Emitter<'a, A: CodeSink> {
     insn_delta: u64,
 }
 
-/// Emits one fragment; returns its entry offset.
-pub fn emit_unit<A: CodeSink>(
-    ops: &mut A,
-    unit: &UnitPlan<'_>,
-    ext: &Externals<'_>,
-) -> dynasmrt::AssemblyOffset {
-    let entry = ops.offset();
+/// Emits one fragment.
+pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<'_>) -> Fragment {
+    let entry = ops.offset().0;
     let exit = ops.new_label();
     dynasm!(ops
         ; .arch x64
@@ -128,16 +153,15 @@ pub fn emit_unit<A: CodeSink>(
         ; mov r15, rdi
         ; mov r14, rsi
     );
-    let body = unit.self_loop.then(|| {
-        let body = ops.new_label();
-        dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP] ; =>body);
-        body
-    });
+    let body = ops.new_label();
+    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP] ; =>body);
+    let body_at = ops.offset().0;
     let mut e = Emitter {
         ops,
         ext,
         exit,
         body,
+        chain: unit.chain,
         cached: 0,
         dirty: 0,
         host_valid: 0,
@@ -177,7 +201,10 @@ pub fn emit_unit<A: CodeSink>(
         ; pop rbx
         ; ret
     );
-    entry
+    Fragment {
+        entry,
+        body: body_at,
+    }
 }
 
 fn gpr_off(g: usize) -> i32 {
@@ -329,7 +356,8 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.rip_delta += len;
             self.insn_delta += 1;
             self.store_progress();
-            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
+            dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP] ; xor eax, eax);
+            self.chain_to(1);
             (self.pending, self.rip_delta, self.insn_delta) = saved;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
@@ -370,23 +398,57 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; jmp =>exit
             ; done:
         );
-        if let Some(body) = self.body {
-            dynasm!(self.ops
-                ; .arch x64
-                ; cmp r10, r13
-                ; jne =>exit
-                ; mov r11, QWORD [r15 + ICOUNT]
-                ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
-                ; jae =>exit
-                ; add QWORD [r14 + SELF_LOOPS], 1
-                ; jmp =>body
-            );
-        } else {
-            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
-        }
+        self.chain_to(0);
         dynasm!(self.ops ; .arch x64 ; =>slow);
         self.store_progress();
         self.call_helper(i, kind);
+    }
+}
+
+impl<A: CodeSink> Emitter<'_, A> {
+    /// Leaves the unit with the state exact, R10 = RIP and EAX = 0 (the module
+    /// comment says where it may go).
+    fn chain_to(&mut self, site: usize) {
+        let exit = self.exit;
+        if !self.chain {
+            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            return;
+        }
+        let body = self.body;
+        let cell = self.ext.cells[site] as i64;
+        let tag = self.ext.link_tags[site] as i64;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11, QWORD [r15 + ICOUNT]
+            ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
+            ; jae =>exit
+            ; cmp r10, r13
+            ; jne >other
+            ; add QWORD [r14 + SELF_LOOPS], 1
+            ; jmp =>body
+            ; other:
+            ; mov r11, QWORD [r15 + CS_BASE]
+            ; lea r9, [r11 + r10]
+            ; add r11, r13
+            ; xor r11, r9
+            ; shr r11, 12
+            ; jnz =>exit
+            ; lea r9, [r10 + MAX_UNIT_BYTES - 1]
+            ; mov r11d, DWORD [r15 + CS_LIMIT]
+            ; cmp r9, r11
+            ; ja =>exit
+            ; mov r11, QWORD cell
+            ; mov r9, QWORD [r11]
+            ; test r9, r9
+            ; jz >unlinked
+            ; add QWORD [r14 + CHAINS], 1
+            ; mov r13, r10
+            ; jmp r9
+            ; unlinked:
+            ; mov r11, QWORD tag
+            ; mov QWORD [r14 + PENDING_LINK], r11
+            ; jmp =>exit
+        );
     }
 }
 

@@ -11,12 +11,21 @@
 //! full, when everything is flushed and a fresh buffer is mapped
 //! ([`CodeBuffer`]).
 //!
+//! Links: a fragment that leaves through an empty link cell (see
+//! [`crate::emit`]) leaves the cell's tag (slot, generation, site); the next
+//! lookup, if nothing ran in between, fills the cell with the chain entry of the
+//! fragment found for the new CS:IP, when that fragment may be chained to, and
+//! records the link on the target. Dropping a slot for any reason (written
+//! code, a conflict, a flush) first empties every cell that points at it, so a
+//! fragment never jumps into code whose instructions are gone; a cell of a slot
+//! dropped since is recognised by its generation.
+//!
 //! Units the interpreter would run one instruction at a time (interrupt shadow,
 //! TF, RF, armed breakpoints) and units whose fetch faults are delegated to an
 //! embedded [`Interpreter`], so those rules keep one implementation.
 
 use crate::codebuf::CodeBuffer;
-use crate::emit::{emit_unit, Externals, UnitPlan, EXIT_END, EXIT_EVENT};
+use crate::emit::{emit_unit, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT};
 use crate::error::TranslatorError;
 use crate::plan::{self, HelperKind, Lowering};
 use crate::runtime::{self, JitCtx};
@@ -53,11 +62,20 @@ struct Slot {
     key: u32,
     byte_len: u32,
     plain_end: bool,
-    /// Offset of the fragment in the code buffer.
-    entry: usize,
+    /// Another fragment may chain into this one.
+    chain_target: bool,
+    /// Tells this slot's occupants apart, for link cells and tags.
+    gen: u64,
+    /// Offsets of the fragment in the code buffer.
+    code: Fragment,
     /// The prepared instructions, owned here because the fragment embeds their
     /// addresses (never read from Rust).
     _insns: Box<[Insn]>,
+    /// The link cells of the fragment's branch (taken, not taken): a chain
+    /// entry address or 0. The fragment embeds their address.
+    cells: Box<[u64; 2]>,
+    /// Cells that point at this fragment: (slot, generation, site).
+    incoming: Vec<(u32, u64, u8)>,
 }
 
 impl Slot {
@@ -69,10 +87,31 @@ impl Slot {
             key: 0,
             byte_len: 0,
             plain_end: false,
-            entry: 0,
+            chain_target: false,
+            gen: 0,
+            code: Fragment { entry: 0, body: 0 },
             _insns: Box::new([]),
+            cells: Box::new([0; 2]),
+            incoming: Vec::new(),
         }
     }
+}
+
+/// Marks a link tag as present (slot and site sit below it, the generation
+/// above).
+const TAG_PRESENT: u64 = 1 << 31;
+
+fn link_tag(slot: usize, gen: u64, site: usize) -> u64 {
+    (gen << 32) | TAG_PRESENT | ((slot as u64) << 1) | site as u64
+}
+
+/// A fragment left through an empty cell: link it to what runs next, if the
+/// next unit starts at this state.
+struct LinkRequest {
+    tag: u64,
+    icount: u64,
+    rip: u64,
+    cs_base: u64,
 }
 
 enum Lookup {
@@ -92,6 +131,10 @@ pub struct Translator {
     interp: Interpreter,
     ctx: Box<JitCtx>,
     stats: JitStats,
+    /// Generation of the next translation.
+    next_gen: u64,
+    /// The link to make at the next lookup.
+    link_request: Option<LinkRequest>,
 }
 
 #[inline]
@@ -120,6 +163,8 @@ impl Translator {
             interp: Interpreter::new(),
             ctx: Box::default(),
             stats: JitStats::default(),
+            next_gen: 1,
+            link_request: None,
         })
     }
 
@@ -128,12 +173,14 @@ impl Translator {
         let mut s = self.stats.clone();
         s.helper_calls = self.ctx.helper_calls;
         s.self_loops = self.ctx.self_loops;
+        s.chains = self.ctx.chains;
         s
     }
 
-    /// Lets a fragment that branches back to its own start run again without
-    /// returning while `icount` is below `icount_limit` (the run loop's chain
-    /// horizon). The default, 0, never repeats a unit inside its fragment.
+    /// Lets fragments go on to the next fragment without returning (chaining, and
+    /// repeating a unit that branches to itself) while `icount` is below
+    /// `icount_limit` (the run loop's chain horizon). The default, 0, returns
+    /// after every unit.
     pub fn set_budget(&mut self, icount_limit: u64) {
         self.ctx.icount_limit = icount_limit;
     }
@@ -152,14 +199,49 @@ impl Translator {
     pub fn invalidate_pages(&mut self, pages: &[u64]) {
         for page in pages {
             for s in self.page_index.remove(page).unwrap_or_default() {
-                let slot = &mut self.slots[s as usize];
-                if slot.valid {
-                    *slot = Slot::empty();
+                if self.slots[s as usize].valid {
+                    self.drop_slot(s as usize);
                     self.stats.invalidations += 1;
                 }
             }
         }
         self.interp.invalidate_pages(pages);
+    }
+
+    /// Empties a slot, and every link cell that points at its fragment.
+    fn drop_slot(&mut self, t: usize) {
+        for (src, gen, site) in std::mem::take(&mut self.slots[t].incoming) {
+            let src = &mut self.slots[src as usize];
+            if src.valid && src.gen == gen {
+                src.cells[usize::from(site)] = 0;
+            }
+        }
+        self.slots[t] = Slot::empty();
+    }
+
+    /// Makes the link a fragment asked for, from its cell to the fragment of slot
+    /// `t`, if both are still there and `t` may be chained to.
+    fn link(&mut self, tag: u64, t: usize) {
+        let (gen, src, site) = (
+            tag >> 32,
+            ((tag & 0xFFFF_FFFF) >> 1) as usize & 0x3FFF_FFFF,
+            (tag & 1) as usize,
+        );
+        let Some(code) = &self.code else {
+            return;
+        };
+        let ok = src < self.slots.len()
+            && src != t
+            && self.slots[src].valid
+            && self.slots[src].gen == gen
+            && self.slots[t].valid
+            && self.slots[t].chain_target;
+        if ok {
+            let target = code.exec_base() as u64 + self.slots[t].code.body as u64;
+            self.slots[src].cells[site] = target;
+            self.slots[t].incoming.push((src as u32, gen, site as u8));
+            self.stats.links += 1;
+        }
     }
 
     /// Drops every fragment (the code stays in the buffer until it is full).
@@ -190,8 +272,12 @@ impl Translator {
             return Lookup::Delegate(Delegation::Fetch);
         };
         let (key, bitness) = mode_key(cpu);
+        let link = self.link_request.take().filter(|r| {
+            r.icount == cpu.icount && r.rip == cpu.rip && r.cs_base == cpu.seg[sreg::CS].base
+        });
         let set = set_of(phys, key);
         let mut victim = set * WAYS + 1 - usize::from(self.recent[set]);
+        let mut found = None;
         for way in 0..WAYS {
             let s = set * WAYS + way;
             let slot = &self.slots[s];
@@ -199,22 +285,30 @@ impl Translator {
                 let (byte_len, next_phys) = (slot.byte_len, slot.next_phys);
                 if unit_fits(cpu, m, lin, byte_len, next_phys) {
                     self.stats.hits += 1;
-                    self.recent[set] = way as u8;
-                    return Lookup::Run(s);
+                    found = Some(s);
+                    break;
                 }
                 // Same bytes, but not valid at this alias: decode again here.
                 victim = s;
             }
         }
-        let s = victim;
+        let s = match found {
+            Some(s) => s,
+            None => {
+                let started = std::time::Instant::now();
+                let done = self.translate(cpu, m, phys, key, bitness, victim);
+                self.stats.translate_ns += started.elapsed().as_nanos() as u64;
+                if let Err(d) = done {
+                    return Lookup::Delegate(d);
+                }
+                victim
+            }
+        };
         self.recent[set] = (s - set * WAYS) as u8;
-        let started = std::time::Instant::now();
-        let done = self.translate(cpu, m, phys, key, bitness, s);
-        self.stats.translate_ns += started.elapsed().as_nanos() as u64;
-        match done {
-            Ok(()) => Lookup::Run(s),
-            Err(d) => Lookup::Delegate(d),
+        if let Some(r) = link {
+            self.link(r.tag, s);
         }
+        Lookup::Run(s)
     }
 
     /// Translates the unit at CS:IP (physical `phys`) into slot `s`.
@@ -251,25 +345,35 @@ impl Translator {
             })
             .collect();
         let ptrs: Vec<u64> = insns.iter().map(|i| i as *const Insn as u64).collect();
-        let self_loop = plan::may_repeat(&lowerings);
+        self.drop_slot(s);
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let cells: Box<[u64; 2]> = Box::new([0; 2]);
+        let cell_addrs = [
+            &cells[0] as *const u64 as u64,
+            &cells[1] as *const u64 as u64,
+        ];
+        let chain = plan::may_chain(&lowerings);
         let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
         let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
-        emit_unit(
+        let frag = emit_unit(
             &mut ops,
             &UnitPlan {
                 lowerings: &lowerings,
                 captures: &captures,
                 lens: &lens,
                 kinds: &kinds,
-                self_loop,
+                chain,
             },
             &Externals {
                 helper: runtime::helper_address(),
                 insns: &ptrs,
+                cells: cell_addrs,
+                link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
             },
         );
         let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;
-        let entry = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
+        let at = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
         self.stats.code_bytes += bytes.len() as u64;
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
@@ -284,8 +388,16 @@ impl Translator {
             key,
             byte_len: self.scratch.byte_len as u32,
             plain_end: fetched.plain_end,
-            entry,
+            chain_target: fetched.next_phys == NO_PAGE
+                && plan::may_be_chained_to(&lowerings, fetched.plain_end),
+            gen,
+            code: Fragment {
+                entry: at + frag.entry,
+                body: at + frag.body,
+            },
             _insns: insns,
+            cells,
+            incoming: Vec::new(),
         };
         for page in mark_code_pages(m, phys, fetched.next_phys)
             .into_iter()
@@ -308,8 +420,18 @@ impl Translator {
                 return self.interp.run_unit(cpu, m);
             }
         };
-        let (entry, plain_end) = (self.slots[s].entry, self.slots[s].plain_end);
-        match self.enter(entry, cpu, m) {
+        let (entry, plain_end) = (self.slots[s].code.entry, self.slots[s].plain_end);
+        self.ctx.pending_link = 0;
+        let exit = self.enter(entry, cpu, m);
+        if self.ctx.pending_link != 0 {
+            self.link_request = Some(LinkRequest {
+                tag: self.ctx.pending_link,
+                icount: cpu.icount,
+                rip: cpu.rip,
+                cs_base: cpu.seg[sreg::CS].base,
+            });
+        }
+        match exit {
             EXIT_END => {
                 if cpu.run_state != RunState::Running {
                     self.stats.exits[ExitKind::Halt as usize] += 1;
@@ -402,4 +524,79 @@ fn code_phys(cpu: &mut CpuState, m: &mut Machine) -> Option<(u64, u64)> {
         lin
     };
     Some((phys & m.mem.a20_mask(), lin))
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use x86bt_cpu::state::Segment;
+    use x86bt_machine::GuestPhys;
+
+    /// Two units on one page that chain into each other: A = `inc ax; jmp B` at
+    /// 0100:0000, B = `inc dx; jmp A` at 0100:0010.
+    fn setup() -> (CpuState, Machine, Translator) {
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem
+            .load(GuestPhys(0x1000), &[0x40, 0xEB, 0x0D])
+            .expect("A");
+        m.mem
+            .load(GuestPhys(0x1010), &[0x42, 0xEB, 0xED])
+            .expect("B");
+        let mut cpu = CpuState::reset();
+        cpu.seg[sreg::CS] = Segment::real(0x0100);
+        cpu.rip = 0;
+        cpu.gpr = [0; 16];
+        (cpu, m, Translator::new().expect("translator"))
+    }
+
+    fn slot_at(t: &Translator, phys: u64) -> usize {
+        t.slots
+            .iter()
+            .position(|s| s.valid && s.phys == phys)
+            .expect("translated")
+    }
+
+    #[test]
+    fn engine_links_same_page_fragments_and_chains_through_them() {
+        let (mut cpu, mut m, mut t) = setup();
+        t.set_budget(1_000);
+        let mut calls = 0;
+        while cpu.icount < 1_000 {
+            assert_eq!(t.run_unit(&mut cpu, &mut m), UnitExit::Continue);
+            calls += 1;
+        }
+        // A asks for a link to B, B for one back to A; from then on one call
+        // runs both back and forth up to the budget.
+        assert!(calls <= 4, "{calls} calls");
+        assert_eq!(cpu.icount, 1_000);
+        let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
+        let base = t.code.as_ref().expect("buffer").exec_base() as u64;
+        assert_eq!(t.slots[a].cells[0], base + t.slots[b].code.body as u64);
+        assert_eq!(t.slots[b].cells[0], base + t.slots[a].code.body as u64);
+        assert_eq!(cpu.gpr[0] + cpu.gpr[2], 500, "one INC per unit of two");
+        assert!(t.stats().chains > 0);
+    }
+
+    #[test]
+    fn engine_dropping_a_fragment_empties_the_cells_that_point_at_it() {
+        let (mut cpu, mut m, mut t) = setup();
+        t.set_budget(1_000);
+        while cpu.icount < 1_000 {
+            t.run_unit(&mut cpu, &mut m);
+        }
+        let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
+        assert_ne!(t.slots[a].cells[0], 0);
+        // As a conflict eviction would.
+        t.drop_slot(b);
+        assert_eq!(t.slots[a].cells[0], 0, "no jump into a dropped fragment");
+        // A leaves through the empty cell, B is translated again and relinked.
+        t.set_budget(2_000);
+        while cpu.icount < 2_000 {
+            t.run_unit(&mut cpu, &mut m);
+        }
+        let b = slot_at(&t, 0x1010);
+        let base = t.code.as_ref().expect("buffer").exec_base() as u64;
+        assert_eq!(t.slots[a].cells[0], base + t.slots[b].code.body as u64);
+        assert_eq!(cpu.gpr[0] + cpu.gpr[2], 1_000);
+    }
 }

@@ -16,6 +16,9 @@ use x86bt_decoder::{decode_unit, Bitness, DecodedUnit};
 const FAKE_HELPER: u64 = 0x7E57_0000_0000;
 /// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
 const FAKE_INSN: u64 = 0x7E57_0001_0000;
+/// Placeholder addresses of the link cells, and their tags.
+const FAKE_CELLS: [u64; 2] = [0x7E57_0002_0000, 0x7E57_0002_0008];
+const FAKE_TAGS: [u64; 2] = [0x7E57_0003_0000, 0x7E57_0003_0001];
 
 fn formatter() -> IntelFormatter {
     let mut f = IntelFormatter::new();
@@ -63,11 +66,13 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             captures: &captures,
             lens: &lens,
             kinds: &kinds,
-            self_loop: plan::may_repeat(&lowerings),
+            chain: plan::may_chain(&lowerings),
         },
         &Externals {
             helper: FAKE_HELPER,
             insns: &ptrs,
+            cells: FAKE_CELLS,
+            link_tags: FAKE_TAGS,
         },
     );
     let host = match ops.finalize() {
@@ -95,6 +100,13 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
         text.clear();
         f.format(&ins, &mut text);
         let mut line = text.replace(&format!("0x{FAKE_HELPER:x}"), "helper_exec");
+        for (site, name) in ["taken", "not_taken"].iter().enumerate() {
+            line = line.replace(
+                &format!("0x{:x}", FAKE_CELLS[site]),
+                &format!("cell_{name}"),
+            );
+            line = line.replace(&format!("0x{:x}", FAKE_TAGS[site]), &format!("tag_{name}"));
+        }
         for i in (0..insns.len() as u64).rev() {
             line = line.replace(
                 &format!("0x{:x}", FAKE_INSN + i * 0x100),

@@ -226,16 +226,26 @@ pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
     out
 }
 
-/// Whether a unit may start over inside its fragment when its inline branch goes
-/// back to its own start. That skips the run loop's look between units, which
-/// only matters after an instruction that can raise an interrupt line or change
-/// what the loop checks: a sensitive one (always a unit's last) or the x87
-/// (FERR#).
-pub fn may_repeat(lowerings: &[Lowering]) -> bool {
-    matches!(lowerings.last(), Some(Lowering::Branch(_)))
-        && lowerings
-            .iter()
-            .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
+/// Whether the run loop need not look after this unit before the next: it
+/// has no instruction that can raise an interrupt line or change what the loop
+/// checks, that is no sensitive one (always a unit's last) and no x87 (FERR#).
+fn quiet(lowerings: &[Lowering]) -> bool {
+    lowerings
+        .iter()
+        .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
+}
+
+/// Whether a unit may go on to the next fragment without returning: it ends
+/// with an inline branch and is [`quiet`].
+pub fn may_chain(lowerings: &[Lowering]) -> bool {
+    matches!(lowerings.last(), Some(Lowering::Branch(_))) && quiet(lowerings)
+}
+
+/// Whether another fragment may chain into this unit's: it is quiet and ends on
+/// an ordinary instruction (`plain_end`), so running it needs no look from the
+/// run loop before or after.
+pub fn may_be_chained_to(lowerings: &[Lowering], plain_end: bool) -> bool {
+    plain_end && quiet(lowerings)
 }
 
 fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {

@@ -32,6 +32,11 @@ pub struct JitCtx {
     pub icount_limit: u64,
     /// Times fragments ran again that way.
     pub self_loops: u64,
+    /// Times a fragment went on to another through a link cell.
+    pub chains: u64,
+    /// Set by a fragment that left through an empty link cell: the cell's tag
+    /// (see `Translator`), or 0.
+    pub pending_link: u64,
 }
 
 impl Default for JitCtx {
@@ -42,6 +47,8 @@ impl Default for JitCtx {
             helper_calls: [0; HelperKind::COUNT],
             icount_limit: 0,
             self_loops: 0,
+            chains: 0,
+            pending_link: 0,
         }
     }
 }

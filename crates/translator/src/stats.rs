@@ -68,6 +68,10 @@ pub struct JitStats {
     pub helper_calls: [u64; HelperKind::COUNT],
     /// Times a fragment branched back to its own start and ran again inside.
     pub self_loops: u64,
+    /// Links made from a fragment's exit to another fragment.
+    pub links: u64,
+    /// Times a fragment went on to another through a link.
+    pub chains: u64,
 }
 
 fn list(names: &[&str], counts: &[u64]) -> String {
@@ -102,9 +106,11 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator exits: {}; {} repeats inside a fragment",
+            "translator exits: {}; {} repeats inside a fragment, {} chained entries over {} links",
             list(&ExitKind::NAMES, &self.exits),
-            self.self_loops
+            self.self_loops,
+            self.chains,
+            self.links
         )?;
         writeln!(
             f,
