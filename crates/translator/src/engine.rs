@@ -25,7 +25,7 @@
 //! embedded [`Interpreter`], so those rules keep one implementation.
 
 use crate::codebuf::CodeBuffer;
-use crate::emit::{emit_unit, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT};
+use crate::emit::{emit_unit, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT};
 use crate::error::TranslatorError;
 use crate::plan::{self, HelperKind, Lowering};
 use crate::runtime::{self, JitCtx};
@@ -33,7 +33,9 @@ use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{fetch_unit, mark_code_pages, mode_key, unit_fits, NO_PAGE};
+use x86bt_cpu::interp::engine::{
+    exec_one, fetch_unit, mark_code_pages, mode_key, unit_fits, Step, NO_PAGE,
+};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
@@ -69,8 +71,12 @@ struct Slot {
     /// Offsets of the fragment in the code buffer.
     code: Fragment,
     /// The prepared instructions, owned here because the fragment embeds their
-    /// addresses (never read from Rust).
-    _insns: Box<[Insn]>,
+    /// addresses.
+    insns: Box<[Insn]>,
+    /// No instruction is lowered inline: the unit runs from Rust, instruction by
+    /// instruction through `exec_one`, without a fragment (entering one would
+    /// only add its prologue and epilogue).
+    direct: bool,
     /// The link cells of the fragment's branch (taken, not taken): a chain
     /// entry address or 0. The fragment embeds their address.
     cells: Box<[u64; 2]>,
@@ -90,7 +96,8 @@ impl Slot {
             chain_target: false,
             gen: 0,
             code: Fragment { entry: 0, body: 0 },
-            _insns: Box::new([]),
+            insns: Box::new([]),
+            direct: false,
             cells: Box::new([0; 2]),
             incoming: Vec::new(),
         }
@@ -354,27 +361,36 @@ impl Translator {
             &cells[1] as *const u64 as u64,
         ];
         let chain = plan::may_chain(&lowerings);
-        let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
-        let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
-        let frag = emit_unit(
-            &mut ops,
-            &UnitPlan {
-                lowerings: &lowerings,
-                captures: &captures,
-                lens: &lens,
-                kinds: &kinds,
-                chain,
-            },
-            &Externals {
-                helper: runtime::helper_address(),
-                insns: &ptrs,
-                cells: cell_addrs,
-                link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
-            },
-        );
-        let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;
-        let at = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
-        self.stats.code_bytes += bytes.len() as u64;
+        let direct = lowerings.iter().all(|l| matches!(l, Lowering::Helper(_)));
+        let frag = if direct {
+            Fragment { entry: 0, body: 0 }
+        } else {
+            let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
+            let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
+            let frag = emit_unit(
+                &mut ops,
+                &UnitPlan {
+                    lowerings: &lowerings,
+                    captures: &captures,
+                    lens: &lens,
+                    kinds: &kinds,
+                    chain,
+                },
+                &Externals {
+                    helper: runtime::helper_address(),
+                    insns: &ptrs,
+                    cells: cell_addrs,
+                    link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
+                },
+            );
+            let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;
+            let at = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
+            self.stats.code_bytes += bytes.len() as u64;
+            Fragment {
+                entry: at + frag.entry,
+                body: at + frag.body,
+            }
+        };
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
         self.stats.inline_insns += lowerings
@@ -388,14 +404,13 @@ impl Translator {
             key,
             byte_len: self.scratch.byte_len as u32,
             plain_end: fetched.plain_end,
-            chain_target: fetched.next_phys == NO_PAGE
+            chain_target: !direct
+                && fetched.next_phys == NO_PAGE
                 && plan::may_be_chained_to(&lowerings, fetched.plain_end),
             gen,
-            code: Fragment {
-                entry: at + frag.entry,
-                body: at + frag.body,
-            },
-            _insns: insns,
+            code: frag,
+            insns,
+            direct,
             cells,
             incoming: Vec::new(),
         };
@@ -422,7 +437,12 @@ impl Translator {
         };
         let (entry, plain_end) = (self.slots[s].code.entry, self.slots[s].plain_end);
         self.ctx.pending_link = 0;
-        let exit = self.enter(entry, cpu, m);
+        let exit = if self.slots[s].direct {
+            self.stats.direct_units += 1;
+            run_direct(&self.slots[s].insns, cpu, m, &mut self.ctx)
+        } else {
+            self.enter(entry, cpu, m)
+        };
         if self.ctx.pending_link != 0 {
             self.link_request = Some(LinkRequest {
                 tag: self.ctx.pending_link,
@@ -508,6 +528,22 @@ impl Translator {
             .iter()
             .any(|i| classify(i) == Some(Sensitivity::Io))
     }
+}
+
+/// Runs a unit without a fragment: each instruction through `exec_one`, with the
+/// fragment's exit codes.
+fn run_direct(insns: &[Insn], cpu: &mut CpuState, m: &mut Machine, ctx: &mut JitCtx) -> u64 {
+    for insn in insns {
+        match exec_one(cpu, m, insn) {
+            Step::Next => {}
+            Step::End => return EXIT_EVENT,
+            Step::Fault(e) => {
+                ctx.exc = Some(e);
+                return EXIT_FAULT;
+            }
+        }
+    }
+    EXIT_END
 }
 
 /// The physical and linear address of CS:IP, or `None` when fetching there

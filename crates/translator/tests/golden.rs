@@ -119,7 +119,7 @@ fn golden_dead_flags_before_helper_return() {
 }
 
 #[test]
-fn golden_sensitive_unit_is_all_helper() {
+fn golden_sensitive_unit_after_inline_move() {
     // CLI is sensitive: a helper call, and the unit ends there (the OUT after it
     // is not part of it).
     let code = assemble(16, |a| {
@@ -128,4 +128,14 @@ fn golden_sensitive_unit_is_all_helper() {
         a.out(0x20, al)
     });
     check("sensitive16", Bitness::B16, &code);
+}
+
+#[test]
+fn golden_helper_only_unit_has_no_fragment() {
+    // Nothing to lower inline: the engine runs it from Rust.
+    let code = assemble(16, |a| {
+        a.push(ax)?;
+        a.pushf()
+    });
+    check("helper_only16", Bitness::B16, &code);
 }
