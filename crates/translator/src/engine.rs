@@ -78,8 +78,9 @@ struct Slot {
     /// only add its prologue and epilogue).
     direct: bool,
     /// The link cells of the fragment's branch (taken, not taken): a chain
-    /// entry address or 0. The fragment embeds their address.
-    cells: Box<[u64; 2]>,
+    /// entry address or 0. The fragment embeds their address. `None` in an empty
+    /// slot (so an empty cache allocates nothing per slot).
+    cells: Option<Box<[u64; 2]>>,
     /// Cells that point at this fragment: (slot, generation, site).
     incoming: Vec<(u32, u64, u8)>,
 }
@@ -98,7 +99,7 @@ impl Slot {
             code: Fragment { entry: 0, body: 0 },
             insns: Box::new([]),
             direct: false,
-            cells: Box::new([0; 2]),
+            cells: None,
             incoming: Vec::new(),
         }
     }
@@ -220,7 +221,9 @@ impl Translator {
         for (src, gen, site) in std::mem::take(&mut self.slots[t].incoming) {
             let src = &mut self.slots[src as usize];
             if src.valid && src.gen == gen {
-                src.cells[usize::from(site)] = 0;
+                if let Some(c) = &mut src.cells {
+                    c[usize::from(site)] = 0;
+                }
             }
         }
         self.slots[t] = Slot::empty();
@@ -245,7 +248,9 @@ impl Translator {
             && self.slots[t].chain_target;
         if ok {
             let target = code.exec_base() as u64 + self.slots[t].code.body as u64;
-            self.slots[src].cells[site] = target;
+            if let Some(c) = &mut self.slots[src].cells {
+                c[site] = target;
+            }
             self.slots[t].incoming.push((src as u32, gen, site as u8));
             self.stats.links += 1;
         }
@@ -411,7 +416,7 @@ impl Translator {
             code: frag,
             insns,
             direct,
-            cells,
+            cells: Some(cells),
             incoming: Vec::new(),
         };
         for page in mark_code_pages(m, phys, fetched.next_phys)
@@ -585,6 +590,10 @@ mod tests {
         (cpu, m, Translator::new().expect("translator"))
     }
 
+    fn cell(t: &Translator, s: usize) -> u64 {
+        t.slots[s].cells.as_ref().map_or(0, |c| c[0])
+    }
+
     fn slot_at(t: &Translator, phys: u64) -> usize {
         t.slots
             .iter()
@@ -607,8 +616,8 @@ mod tests {
         assert_eq!(cpu.icount, 1_000);
         let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
         let base = t.code.as_ref().expect("buffer").exec_base() as u64;
-        assert_eq!(t.slots[a].cells[0], base + t.slots[b].code.body as u64);
-        assert_eq!(t.slots[b].cells[0], base + t.slots[a].code.body as u64);
+        assert_eq!(cell(&t, a), base + t.slots[b].code.body as u64);
+        assert_eq!(cell(&t, b), base + t.slots[a].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 500, "one INC per unit of two");
         assert!(t.stats().chains > 0);
     }
@@ -621,10 +630,10 @@ mod tests {
             t.run_unit(&mut cpu, &mut m);
         }
         let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
-        assert_ne!(t.slots[a].cells[0], 0);
+        assert_ne!(cell(&t, a), 0);
         // As a conflict eviction would.
         t.drop_slot(b);
-        assert_eq!(t.slots[a].cells[0], 0, "no jump into a dropped fragment");
+        assert_eq!(cell(&t, a), 0, "no jump into a dropped fragment");
         // A leaves through the empty cell, B is translated again and relinked.
         t.set_budget(2_000);
         while cpu.icount < 2_000 {
@@ -632,7 +641,7 @@ mod tests {
         }
         let b = slot_at(&t, 0x1010);
         let base = t.code.as_ref().expect("buffer").exec_base() as u64;
-        assert_eq!(t.slots[a].cells[0], base + t.slots[b].code.body as u64);
+        assert_eq!(cell(&t, a), base + t.slots[b].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 1_000);
     }
 }
