@@ -34,7 +34,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
 use x86bt_cpu::interp::engine::{
-    exec_one, fetch_unit, mark_code_pages, mode_key, unit_fits, Step, NO_PAGE,
+    exec_one, fetch_unit, index_code_pages, mode_key, unit_fits, Step, NO_PAGE,
 };
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
@@ -419,15 +419,7 @@ impl Translator {
             cells: Some(cells),
             incoming: Vec::new(),
         };
-        for page in mark_code_pages(m, phys, fetched.next_phys)
-            .into_iter()
-            .flatten()
-        {
-            let list = self.page_index.entry(page).or_default();
-            if !list.contains(&(s as u32)) {
-                list.push(s as u32);
-            }
-        }
+        index_code_pages(m, &mut self.page_index, phys, fetched.next_phys, s as u32);
         Ok(())
     }
 

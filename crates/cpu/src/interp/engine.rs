@@ -171,19 +171,31 @@ pub fn fetch_unit(
 }
 
 /// Marks the RAM pages a unit's bytes came from (`phys`'s page and `next_phys`,
-/// unless [`NO_PAGE`]) as holding code, and returns their RAM page numbers (none
-/// for ROM), so a write to them invalidates the unit.
-pub fn mark_code_pages(m: &mut Machine, phys: u64, next_phys: u64) -> [Option<u64>; 2] {
-    let mut out = [None; 2];
-    for (o, p) in out.iter_mut().zip([phys, next_phys]) {
+/// unless [`NO_PAGE`]) as holding code, and records `slot` under each of them in
+/// `page_index` (ROM pages are not recorded), so a write to them invalidates the
+/// unit. Shared by both engines' caches.
+pub fn index_code_pages(
+    m: &mut Machine,
+    page_index: &mut HashMap<u64, Vec<u32>>,
+    phys: u64,
+    next_phys: u64,
+    slot: u32,
+) {
+    let mut pages = [None; 2];
+    for (o, p) in pages.iter_mut().zip([phys, next_phys]) {
         if p != NO_PAGE && m.mem.mark_code(GuestPhys(p)) {
             *o = m.mem.ram_page(GuestPhys(p));
         }
     }
-    if out[1] == out[0] {
-        out[1] = None;
+    if pages[1] == pages[0] {
+        pages[1] = None;
     }
-    out
+    for page in pages.into_iter().flatten() {
+        let list = page_index.entry(page).or_default();
+        if !list.contains(&slot) {
+            list.push(slot);
+        }
+    }
 }
 
 /// Whether a cached unit of `byte_len` bytes, decoded at physical `phys` and
@@ -333,15 +345,7 @@ impl Interpreter {
         self.stats.misses += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
-        for page in mark_code_pages(m, phys, fetched.next_phys)
-            .into_iter()
-            .flatten()
-        {
-            let list = self.page_index.entry(page).or_default();
-            if !list.contains(&(s as u32)) {
-                list.push(s as u32);
-            }
-        }
+        index_code_pages(m, &mut self.page_index, phys, fetched.next_phys, s as u32);
         Ok(())
     }
 
