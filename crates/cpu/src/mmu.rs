@@ -71,16 +71,103 @@ struct TlbEntry {
     flags: u8,
 }
 
+/// One entry of the fast TLB: the linear page base an access must fall in (its
+/// last byte too) to read or to write without leaving translated code, and what
+/// to add to the linear address to get the host address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastEntry {
+    /// Page base reads may use, or [`FAST_INVALID`].
+    pub read: u32,
+    /// Page base writes may use, or [`FAST_INVALID`].
+    pub write: u32,
+    /// Host address minus linear address.
+    pub addend: u64,
+}
+
+/// A fast-TLB tag no access matches (page bases have bits 11:0 clear).
+pub const FAST_INVALID: u32 = 1;
+/// Entries per privilege in the fast TLB: the main TLB's size and index.
+pub const FAST_TLB_SIZE: usize = TLB_SIZE;
+
+const FAST_EMPTY: FastEntry = FastEntry {
+    read: FAST_INVALID,
+    write: FAST_INVALID,
+    addend: 0,
+};
+
+/// The fast TLB that translated code probes inline: linear page to host page,
+/// per privilege (supervisor, user). It is a cache of the software TLB: with
+/// paging on, an entry exists only while the main TLB holds the same page at the
+/// same index with the same rights (a read entry: the access is allowed; a write
+/// entry: allowed and the dirty bit set), so an access that hits it has exactly
+/// the effects the interpreter's access would have. With paging off it maps
+/// linear = physical. It is dropped with the main TLB, and by the translator when
+/// the memory map or the set of code pages changes ([`x86bt_machine::memory::PhysMemory::host_epoch`]).
+#[derive(Clone, Debug)]
+pub struct FastTlb {
+    /// Entries by privilege (0 supervisor, 1 user), indexed by linear page.
+    pub e: [[FastEntry; FAST_TLB_SIZE]; 2],
+    /// Some write entry may be valid.
+    pub writes: bool,
+}
+
+impl Default for FastTlb {
+    fn default() -> Self {
+        Self {
+            e: [[FAST_EMPTY; FAST_TLB_SIZE]; 2],
+            writes: false,
+        }
+    }
+}
+
+impl FastTlb {
+    /// Drops every entry.
+    pub fn flush(&mut self) {
+        for set in &mut self.e {
+            set.fill(FAST_EMPTY);
+        }
+        self.writes = false;
+    }
+
+    /// Drops every write entry (reads stay).
+    pub fn drop_writes(&mut self) {
+        for set in &mut self.e {
+            for e in set.iter_mut() {
+                e.write = FAST_INVALID;
+            }
+        }
+        self.writes = false;
+    }
+
+    fn drop_index(&mut self, i: usize) {
+        self.e[0][i] = FAST_EMPTY;
+        self.e[1][i] = FAST_EMPTY;
+    }
+}
+
 /// The software TLB.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Tlb {
     e: Box<[TlbEntry; TLB_SIZE]>,
+    /// The fast TLB (see [`FastTlb`]); not part of the architectural state, so
+    /// equality ignores it.
+    pub fast: Box<FastTlb>,
 }
+
+impl PartialEq for Tlb {
+    fn eq(&self, other: &Self) -> bool {
+        self.e == other.e
+    }
+}
+
+impl Eq for Tlb {}
 
 impl Default for Tlb {
     fn default() -> Self {
         Self {
             e: Box::new([TlbEntry::default(); TLB_SIZE]),
+            fast: Box::default(),
         }
     }
 }
@@ -93,6 +180,7 @@ impl Tlb {
                 e.tag = 0;
             }
         }
+        self.fast.flush();
     }
     /// Whether a global-page translation of `lin` is cached.
     pub fn has_global(&self, lin: u64) -> bool {
@@ -104,11 +192,53 @@ impl Tlb {
     /// Drops the entry for one linear address (INVLPG), global or not.
     pub fn flush_page(&mut self, lin: u64) {
         let page = lin >> 12;
-        let e = &mut self.e[(page as usize) & (TLB_SIZE - 1)];
+        let i = (page as usize) & (TLB_SIZE - 1);
+        let e = &mut self.e[i];
         if e.tag == page + 1 {
             e.tag = 0;
         }
+        self.fast.drop_index(i);
     }
+}
+
+/// Installs a fast-TLB entry for an access of `size` bytes at linear `lin` by
+/// the current privilege, after doing what the interpreter's access would do to
+/// translate it (page walk, accessed and dirty bits). Returns false, having
+/// installed nothing, when the access faults, crosses a page, does not reach
+/// plain RAM (or, for a write, reaches a page holding cached code), or is a
+/// write while writes are being logged: the caller then runs the instruction
+/// through the interpreter.
+pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) -> bool {
+    let lin = lin & 0xFFFF_FFFF;
+    if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 {
+        return false;
+    }
+    let user = paging(cpu) && cpu.cpl() == 3;
+    let acc = if write { Access::Write } else { Access::Read };
+    let Ok(phys) = translate_as(cpu, m, lin, acc, user) else {
+        return false;
+    };
+    let Some(host) = m.mem.host_page(phys.0 & !0xFFF, write) else {
+        return false;
+    };
+    let page = lin & 0xFFFF_F000;
+    let addend = (host as u64).wrapping_sub(page);
+    let i = ((lin >> 12) as usize) & (FAST_TLB_SIZE - 1);
+    let e = &mut cpu.tlb.fast.e[usize::from(user)][i];
+    if e.read != page as u32 || e.addend != addend {
+        *e = FastEntry {
+            read: FAST_INVALID,
+            write: FAST_INVALID,
+            addend,
+        };
+    }
+    // A write right implies the read right at the same privilege.
+    e.read = page as u32;
+    if write {
+        e.write = page as u32;
+        cpu.tlb.fast.writes = true;
+    }
+    true
 }
 
 /// The fault a segment violation raises for segment register `s`.
@@ -405,7 +535,9 @@ fn walk(
         f |= T_NX;
     }
     let page = lin >> 12;
-    cpu.tlb.e[(page as usize) & (TLB_SIZE - 1)] = TlbEntry {
+    let i = (page as usize) & (TLB_SIZE - 1);
+    cpu.tlb.fast.drop_index(i);
+    cpu.tlb.e[i] = TlbEntry {
         tag: page + 1,
         phys_page,
         flags: f,

@@ -61,6 +61,11 @@ pub struct PhysMemory {
     pam: [u8; 16],
     smram_open: bool,
     flush_all: bool,
+    /// Counts the events after which a host pointer handed out by
+    /// [`PhysMemory::host_page`] may no longer be used as it was: a page newly
+    /// marked as code (its writes must now be seen), the A20 gate, PAM or SMRAM
+    /// changing the map.
+    host_epoch: u64,
 }
 
 impl PhysMemory {
@@ -100,6 +105,7 @@ impl PhysMemory {
             pam: [0; 16],
             smram_open: false,
             flush_all: false,
+            host_epoch: 0,
         };
         mem.fast_end = match layout {
             MemoryLayout::Pc => low_ram.min(VGA_START),
@@ -143,7 +149,11 @@ impl PhysMemory {
     /// Opens or closes the A20 gate. Closed, address bit 20 reads as zero, so the
     /// second megabyte aliases the first as on an 8086.
     pub fn set_a20(&mut self, enabled: bool) {
-        self.a20_mask = if enabled { u64::MAX } else { !(1u64 << 20) };
+        let mask = if enabled { u64::MAX } else { !(1u64 << 20) };
+        if mask != self.a20_mask {
+            self.a20_mask = mask;
+            self.host_epoch += 1;
+        }
     }
 
     /// The mask that the A20 gate applies to every physical address.
@@ -174,6 +184,7 @@ impl PhysMemory {
         }
         self.flush_all = true;
         self.code_write_pending = true;
+        self.host_epoch += 1;
     }
 
     /// Opens or closes the RAM under the VGA window (i440FX SMRAM D_OPEN).
@@ -182,6 +193,7 @@ impl PhysMemory {
             self.smram_open = open;
             self.flush_all = true;
             self.code_write_pending = true;
+            self.host_epoch += 1;
         }
     }
 
@@ -309,7 +321,7 @@ impl PhysMemory {
     #[inline]
     pub fn read<const N: usize>(&self, addr: GuestPhys) -> [u8; N] {
         let a = addr.0 & self.a20_mask;
-        if a + (N as u64) <= self.fast_end {
+        if a + (N as u64) <= self.fast_end || self.in_high_ram(a, N as u64) {
             let o = a as usize;
             let mut out = [0u8; N];
             out.copy_from_slice(&self.ram[o..o + N]);
@@ -320,11 +332,19 @@ impl PhysMemory {
         out
     }
 
+    /// Whether `[a, a + n)` lies in the RAM between 1 MiB and the end of low RAM,
+    /// where the guest-physical address is the RAM offset (a PC has no holes
+    /// there; the ROM sits above `low_ram`).
+    #[inline]
+    fn in_high_ram(&self, a: u64, n: u64) -> bool {
+        a >= ONE_MIB && a + n <= self.low_ram
+    }
+
     /// Writes a little-endian value of `N` bytes (see [`PhysMemory::read`]).
     #[inline]
     pub fn write<const N: usize>(&mut self, addr: GuestPhys, value: [u8; N]) {
         let a = addr.0 & self.a20_mask;
-        if a + (N as u64) <= self.fast_end {
+        if a + (N as u64) <= self.fast_end || self.in_high_ram(a, N as u64) {
             let o = a as usize;
             self.note_ram_write(o);
             if N > 1 {
@@ -401,11 +421,43 @@ impl PhysMemory {
         match self.decode(addr.0 & self.a20_mask) {
             Target::Ram(o) => {
                 let page = o >> PAGE_SHIFT;
-                self.code_pages[page / 64] |= 1 << (page % 64);
+                let bit = 1 << (page % 64);
+                if self.code_pages[page / 64] & bit == 0 {
+                    self.code_pages[page / 64] |= bit;
+                    self.host_epoch += 1;
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// The host address of the 4 KiB guest-physical page at `page_addr` (page
+    /// aligned, before the A20 gate), for translated code to access directly: RAM
+    /// only, and for `write` only a page that holds no cached code (a store there
+    /// must reach [`PhysMemory::note_code_write`]). The pointer stays valid while
+    /// [`PhysMemory::host_epoch`] is unchanged.
+    pub fn host_page(&mut self, page_addr: u64, write: bool) -> Option<*mut u8> {
+        let a = page_addr & self.a20_mask & !((1 << PAGE_SHIFT) - 1);
+        let Target::Ram(o) = self.decode_for(a, write) else {
+            return None;
+        };
+        // The whole page must be RAM with the same mapping (regions are page
+        // aligned, but check the last byte as well).
+        if !matches!(self.decode_for(a + (1 << PAGE_SHIFT) - 1, write), Target::Ram(e) if e == o + (1 << PAGE_SHIFT) - 1)
+        {
+            return None;
+        }
+        let page = o >> PAGE_SHIFT;
+        if write && self.code_pages[page / 64] & (1 << (page % 64)) != 0 {
+            return None;
+        }
+        Some(self.ram.as_mut_ptr().wrapping_add(o))
+    }
+
+    /// See [`PhysMemory::host_page`].
+    pub fn host_epoch(&self) -> u64 {
+        self.host_epoch
     }
 
     /// Clears the code mark of the RAM page `page` (a RAM page number, as returned in

@@ -33,13 +33,14 @@
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
 
-use crate::plan::{cond_flags, Branch, FlagSpec, Ident, Lowering, GUEST_TO_HOST};
+use crate::plan::{cond_flags, Branch, FlagSpec, Ident, Lowering, MemOp, GUEST_TO_HOST};
 use crate::runtime::JitCtx;
 use core::mem::{offset_of, size_of};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
-use x86bt_cpu::state::{flags, sreg, CpuState, Segment};
+use x86bt_cpu::mmu::{FastEntry, FAST_TLB_SIZE};
+use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
 
 /// The fragment ran to its end.
 pub const EXIT_END: u64 = 0;
@@ -64,6 +65,25 @@ const MAX_UNIT_BYTES: i32 = (x86bt_decoder::MAX_UNIT_INSNS * x86bt_decoder::MAX_
 const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
     + sreg::CS * size_of::<Segment>()
     + offset_of!(Segment, limit)) as i32;
+const TLB_BASE: i32 = offset_of!(JitCtx, tlb_base) as i32;
+const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
+const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
+const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
+/// `(linear >> FAST_SHIFT) & FAST_MASK` is the byte offset of a linear page's
+/// fast-TLB entry.
+const FAST_SHIFT: i8 = (12 - FAST_ENTRY_BYTES.trailing_zeros()) as i8;
+const FAST_ENTRY_BYTES: usize = size_of::<FastEntry>();
+const FAST_MASK: i32 = ((FAST_TLB_SIZE - 1) * FAST_ENTRY_BYTES) as i32;
+const _: () = assert!(FAST_ENTRY_BYTES.is_power_of_two() && FAST_TLB_SIZE.is_power_of_two());
+/// The segment attributes the inline path accepts: a present, expand-up,
+/// writable data segment, which allows any read or write inside the limit in
+/// every mode (anything else takes the helper, which applies the full checks).
+const SEG_MASK: i32 = (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
+const SEG_WANT: i32 = (seg_attr::P | seg_attr::S | seg_attr::RW) as i32;
+
+fn seg_field(s: u8, field: usize) -> i32 {
+    (offset_of!(CpuState, seg) + usize::from(s) * size_of::<Segment>() + field) as i32
+}
 
 /// An assembler the emitter can write to.
 pub trait CodeSink: DynasmLabelApi<Relocation = X64Relocation> {
@@ -83,6 +103,8 @@ impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {
 pub struct Externals<'a> {
     /// `helper_exec`.
     pub helper: u64,
+    /// `helper_fill`.
+    pub fill: u64,
     /// The prepared instructions, in unit order.
     pub insns: &'a [u64],
     /// Addresses of the link cells of the branch taken (0) and not taken (1).
@@ -135,6 +157,35 @@ struct Emitter<'a, A: CodeSink> {
     /// RIP and icount advance of inline instructions not yet stored.
     rip_delta: u64,
     insn_delta: u64,
+    /// Out-of-line paths of memory instructions, emitted after the epilogue.
+    slow: Vec<SlowPath>,
+}
+
+/// What the out-of-line path of an inline memory instruction needs: the
+/// emitter's state at the instruction, so that it can make `CpuState` exact, call
+/// the TLB fill or the helper, and rejoin the inline code in the same state.
+struct SlowPath {
+    /// Entered when the fast TLB misses (R10 = linear address).
+    miss: DynamicLabel,
+    /// Entered when the inline checks fail: the helper runs the instruction.
+    full: DynamicLabel,
+    /// The address computation, to retry after a fill.
+    retry: DynamicLabel,
+    /// After the instruction.
+    after: DynamicLabel,
+    /// Index of the instruction in the unit, and its helper kind and length.
+    i: usize,
+    kind: u8,
+    len: u64,
+    /// Dirty and cached guest registers at the instruction.
+    dirty: u8,
+    cached: u8,
+    rip_delta: u64,
+    insn_delta: u64,
+    /// Bit 0: write; bits 1 up: access size.
+    size_write: u32,
+    /// The instruction reads or writes flags: host EFLAGS must hold them after.
+    flags: bool,
 }
 
 /// Emits one fragment.
@@ -168,6 +219,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         pending: None,
         rip_delta: 0,
         insn_delta: 0,
+        slow: Vec::new(),
     };
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
@@ -175,6 +227,11 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         match l {
             Lowering::Ident(x) => {
                 e.ident(x, unit.captures[i]);
+                e.rip_delta += len;
+                e.insn_delta += 1;
+            }
+            Lowering::Mem(x) => {
+                e.mem(i, x, unit.captures[i], len, unit.kinds[i]);
                 e.rip_delta += len;
                 e.insn_delta += 1;
             }
@@ -201,6 +258,9 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ; pop rbx
         ; ret
     );
+    for p in std::mem::take(&mut e.slow) {
+        e.slow_path(&p);
+    }
     Fragment {
         entry,
         body: body_at,
@@ -312,6 +372,147 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.pending = Some(f);
             }
         }
+    }
+
+    /// An inline memory instruction: offset, segment limit and type, fast-TLB
+    /// probe, then the instruction on the host address in R10. Any check that
+    /// fails goes out of line ([`SlowPath`]).
+    fn mem(&mut self, i: usize, x: &MemOp, capture: bool, len: u64, kind: u8) {
+        let f = x.op.flags;
+        self.settle_flags();
+        self.host_valid = 0;
+        self.load_regs(x.op.uses);
+        let p = SlowPath {
+            miss: self.ops.new_label(),
+            full: self.ops.new_label(),
+            retry: self.ops.new_label(),
+            after: self.ops.new_label(),
+            i,
+            kind,
+            len,
+            dirty: self.dirty,
+            cached: self.cached,
+            rip_delta: self.rip_delta,
+            insn_delta: self.insn_delta,
+            size_write: (u32::from(x.size) << 1) | u32::from(x.write),
+            flags: f.read | f.written != 0,
+        };
+        let (retry, full, miss, after) = (p.retry, p.full, p.miss, p.after);
+        let last = i32::from(x.size) - 1;
+        let limit = seg_field(x.seg, offset_of!(Segment, limit));
+        let attrs = seg_field(x.seg, offset_of!(Segment, attrs));
+        let base = seg_field(x.seg, offset_of!(Segment, base));
+        let tag = if x.write { FAST_WRITE } else { FAST_READ };
+        dynasm!(self.ops ; .arch x64 ; =>retry);
+        self.ops.extend(x.addr.iter().copied());
+        // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64 bits
+        // (a limit below size - 1 admits no offset).
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11d, DWORD [r15 + limit]
+            ; sub r11, last
+            ; cmp r10, r11
+            ; jg =>full
+            ; movzx r11d, WORD [r15 + attrs]
+            ; and r11d, SEG_MASK
+            ; cmp r11d, SEG_WANT
+            ; jne =>full
+            ; add r10, QWORD [r15 + base]
+            ; mov r10d, r10d
+            ; lea r11d, [r10 + last]
+            ; and r11d, -4096
+            ; mov r12d, r10d
+            ; shr r12d, FAST_SHIFT
+            ; and r12d, FAST_MASK
+            ; add r12, QWORD [r14 + TLB_BASE]
+            ; cmp r11d, DWORD [r12 + tag]
+            ; jne =>miss
+            ; add r10, QWORD [r12 + FAST_ADDEND]
+        );
+        if f.read != 0 {
+            self.load_flags();
+        }
+        self.ops.extend(x.op.bytes.iter().copied());
+        self.dirty |= x.op.writes;
+        if f.written != 0 {
+            self.host_valid = (self.host_valid & !f.written) | f.defined;
+            if capture {
+                dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+                self.pending = Some(f);
+            }
+        }
+        dynasm!(self.ops ; .arch x64 ; =>after);
+        self.slow.push(p);
+    }
+
+    fn store_mask(&mut self, mask: u8) {
+        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+            if mask & (1 << g) != 0 {
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
+            }
+        }
+    }
+
+    fn reload_mask(&mut self, mask: u8) {
+        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+            if mask & (1 << g) != 0 {
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+            }
+        }
+    }
+
+    /// The out-of-line half of [`Emitter::mem`].
+    fn slow_path(&mut self, p: &SlowPath) {
+        let (exit, fill) = (self.exit, self.ext.fill as i64);
+        let size_write = p.size_write as i32;
+        // A fast-TLB miss: fill, and retry on success.
+        dynasm!(self.ops ; .arch x64 ; =>p.miss);
+        self.store_mask(p.dirty);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r15
+            ; mov rsi, r14
+            ; mov rdx, r10
+            ; mov ecx, size_write
+            ; mov rax, QWORD fill
+            ; call rax
+            ; test eax, eax
+        );
+        self.reload_mask(p.cached);
+        dynasm!(self.ops ; .arch x64 ; jnz =>p.retry);
+        // The helper runs the instruction on an exact state; the inline code's
+        // RIP and icount bookkeeping is then put back as it expects.
+        dynasm!(self.ops ; .arch x64 ; =>p.full);
+        self.store_mask(p.dirty);
+        if p.rip_delta != 0 {
+            let d = p.rip_delta as i32;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + RIP], d);
+        }
+        if p.insn_delta != 0 {
+            let n = p.insn_delta as i32;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], n);
+        }
+        self.call_helper(p.i, p.kind);
+        let (back, n) = ((p.rip_delta + p.len) as i32, (p.insn_delta + 1) as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; test eax, eax
+            ; jnz =>exit
+            ; sub QWORD [r15 + RIP], back
+            ; sub QWORD [r15 + ICOUNT], n
+        );
+        self.reload_mask(p.cached);
+        if p.flags {
+            let arith = flags::ARITH as i32;
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r9, QWORD [r15 + RFLAGS]
+                ; and r9d, arith
+                ; push r9
+                ; popfq
+            );
+        }
+        dynasm!(self.ops ; .arch x64 ; jmp =>p.after);
     }
 
     fn call_helper(&mut self, i: usize, kind: u8) {

@@ -27,7 +27,7 @@
 use crate::codebuf::CodeBuffer;
 use crate::emit::{emit_unit, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT};
 use crate::error::TranslatorError;
-use crate::plan::{self, HelperKind, Lowering};
+use crate::plan::{self, Lowering};
 use crate::runtime::{self, JitCtx};
 use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
@@ -143,6 +143,8 @@ pub struct Translator {
     next_gen: u64,
     /// The link to make at the next lookup.
     link_request: Option<LinkRequest>,
+    /// `PhysMemory::host_epoch` when the fast TLB was last known good.
+    host_epoch: u64,
 }
 
 #[inline]
@@ -173,6 +175,7 @@ impl Translator {
             stats: JitStats::default(),
             next_gen: 1,
             link_request: None,
+            host_epoch: u64::MAX,
         })
     }
 
@@ -182,6 +185,8 @@ impl Translator {
         s.helper_calls = self.ctx.helper_calls;
         s.self_loops = self.ctx.self_loops;
         s.chains = self.ctx.chains;
+        s.tlb_fills = self.ctx.fills;
+        s.tlb_fills_ok = self.ctx.fills_ok;
         s
     }
 
@@ -348,14 +353,7 @@ impl Translator {
         let lowerings = plan::plan(&insns);
         let captures = plan::captures(&lowerings);
         let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
-        let kinds: Vec<u8> = lowerings
-            .iter()
-            .map(|l| match l {
-                Lowering::Helper(k) => *k as u8,
-                Lowering::Branch(_) => HelperKind::Branch as u8,
-                Lowering::Ident(_) => HelperKind::Other as u8,
-            })
-            .collect();
+        let kinds = plan::helper_kinds(&lowerings);
         let ptrs: Vec<u64> = insns.iter().map(|i| i as *const Insn as u64).collect();
         self.drop_slot(s);
         let gen = self.next_gen;
@@ -383,6 +381,7 @@ impl Translator {
                 },
                 &Externals {
                     helper: runtime::helper_address(),
+                    fill: runtime::fill_address(),
                     insns: &ptrs,
                     cells: cell_addrs,
                     link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
@@ -486,9 +485,27 @@ impl Translator {
         }
     }
 
+    /// Makes the fast TLB safe for the fragment about to run, and points the
+    /// context at the entries of the current privilege: the host pages it maps
+    /// must still be what `PhysMemory` says (no new code page, no map change),
+    /// and no write may bypass the write log while one is kept.
+    fn prepare_fast_tlb(&mut self, cpu: &mut CpuState, m: &Machine) {
+        let epoch = m.mem.host_epoch();
+        if epoch != self.host_epoch {
+            cpu.tlb.fast.flush();
+            self.host_epoch = epoch;
+        }
+        if cpu.log_writes && cpu.tlb.fast.writes {
+            cpu.tlb.fast.drop_writes();
+        }
+        let user = mmu::paging(cpu) && cpu.cpl() == 3;
+        self.ctx.tlb_base = cpu.tlb.fast.e[usize::from(user)].as_mut_ptr() as u64;
+    }
+
     /// Runs the fragment at offset `entry` of the code buffer.
     #[cfg(target_arch = "x86_64")]
     fn enter(&mut self, entry: usize, cpu: &mut CpuState, m: &mut Machine) -> u64 {
+        self.prepare_fast_tlb(cpu, m);
         let Some(code) = &self.code else {
             return EXIT_EVENT;
         };

@@ -14,6 +14,8 @@ use x86bt_decoder::{decode_unit, Bitness, DecodedUnit};
 
 /// Placeholder address of the helper in listings.
 const FAKE_HELPER: u64 = 0x7E57_0000_0000;
+/// Placeholder address of the fast-TLB fill helper in listings.
+const FAKE_FILL: u64 = 0x7E57_0004_0000;
 /// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
 const FAKE_INSN: u64 = 0x7E57_0001_0000;
 /// Placeholder addresses of the link cells, and their tags.
@@ -48,13 +50,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
     let lowerings = plan::plan(insns);
     let captures = plan::captures(&lowerings);
     let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
-    let kinds: Vec<u8> = lowerings
-        .iter()
-        .map(|l| match l {
-            Lowering::Helper(k) => *k as u8,
-            _ => HelperKind::Branch as u8,
-        })
-        .collect();
+    let kinds = plan::helper_kinds(&lowerings);
     let ptrs: Vec<u64> = (0..insns.len() as u64)
         .map(|i| FAKE_INSN + i * 0x100)
         .collect();
@@ -70,6 +66,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
         },
         &Externals {
             helper: FAKE_HELPER,
+            fill: FAKE_FILL,
             insns: &ptrs,
             cells: FAKE_CELLS,
             link_tags: FAKE_TAGS,
@@ -103,6 +100,9 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Ident(x) if x.flags.written != 0 => "ident, flags dead",
             Lowering::Ident(_) => "ident",
             Lowering::Branch(_) => "inline branch",
+            Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
+            Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
+            Lowering::Mem(_) => "memory inline",
             Lowering::Helper(k) => HelperKind::NAMES[*k as usize],
         };
         let _ = writeln!(out, ";   {:04x}  {text:<28} {how}", insn.ins.ip());

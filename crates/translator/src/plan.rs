@@ -162,6 +162,24 @@ pub struct Ident {
     pub flags: FlagSpec,
 }
 
+/// A guest instruction with one explicit memory operand, run inline on the
+/// host address the fast TLB gives for it (see [`crate::emit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemOp {
+    /// The instruction with its memory operand replaced by `[r10]`; `uses`
+    /// includes the address's registers.
+    pub op: Ident,
+    /// Host code leaving the offset (masked to the address size) in R10, without
+    /// touching host flags.
+    pub addr: Vec<u8>,
+    /// The segment ([`x86bt_cpu::state::sreg`] index).
+    pub seg: u8,
+    /// Bytes accessed.
+    pub size: u8,
+    /// The access writes (a store or a read-modify-write).
+    pub write: bool,
+}
+
 /// How one instruction is lowered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lowering {
@@ -169,6 +187,9 @@ pub enum Lowering {
     Helper(HelperKind),
     /// The same instruction on host registers.
     Ident(Ident),
+    /// The same instruction on host registers and a host memory address, with
+    /// the helper when the inline checks fail.
+    Mem(MemOp),
     /// An inline relative branch.
     Branch(Branch),
 }
@@ -179,7 +200,9 @@ impl Lowering {
     fn live_in(&self, live_out: u64) -> u64 {
         match self {
             Self::Ident(x) => (live_out & !x.flags.written) | x.flags.read,
-            Self::Helper(_) | Self::Branch(_) => ARITH,
+            // A memory access may fault, or take the helper: the flags must be
+            // exact in `CpuState` before it.
+            Self::Mem(_) | Self::Helper(_) | Self::Branch(_) => ARITH,
         }
     }
 }
@@ -211,6 +234,19 @@ pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
         .collect()
 }
 
+/// The helper kind each instruction passes to the helper (for `--stats`).
+pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
+    lowerings
+        .iter()
+        .map(|l| match l {
+            Lowering::Helper(k) => *k as u8,
+            Lowering::Mem(_) => HelperKind::Memory as u8,
+            Lowering::Branch(_) => HelperKind::Branch as u8,
+            Lowering::Ident(_) => HelperKind::Other as u8,
+        })
+        .collect()
+}
+
 /// For each instruction, whether the flags it writes must be captured into
 /// `CpuState::rflags`: some flag it writes is read later in the unit, or is
 /// live when the unit ends or a helper runs (a helper may read any flag or fault).
@@ -218,7 +254,7 @@ pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
     let mut live = ARITH;
     let mut out = vec![false; lowerings.len()];
     for (l, c) in lowerings.iter().zip(out.iter_mut()).rev() {
-        if let Lowering::Ident(x) = l {
+        if let Lowering::Ident(x) | Lowering::Mem(MemOp { op: x, .. }) = l {
             *c = x.flags.written & live != 0;
         }
         live = l.live_in(live);
@@ -260,10 +296,143 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
             size: insn.size,
         });
     }
-    match ident(insn, factory) {
-        Some(x) => Lowering::Ident(x),
+    if let Some(x) = ident(insn, factory) {
+        return Lowering::Ident(x);
+    }
+    match mem_op(insn, factory) {
+        Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
+}
+
+/// An instruction of the IDENT list with one memory operand (not LEA), its
+/// other operands registers or immediates.
+fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
+    let ins = &insn.ins;
+    if ins.has_rep_prefix() || ins.has_repne_prefix() || ins.mnemonic() == Mnemonic::Lea {
+        return None;
+    }
+    let size = u32::from(insn.size);
+    if !matches!(size, 1 | 2 | 4) || !matches!(insn.mem.addr_mask, 0xFFFF | 0xFFFF_FFFF) {
+        return None;
+    }
+    let flags = flag_spec(ins, size)?;
+    let mut mems = 0;
+    for i in 0..ins.op_count() {
+        match ins.op_kind(i) {
+            OpKind::Register => gpr_bit(ins.op_register(i)).map(|_| ())?,
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32 => {}
+            OpKind::Memory => mems += 1,
+            _ => return None,
+        }
+    }
+    let access_size = ins.memory_size().size();
+    if mems != 1 || !matches!(access_size, 1 | 2 | 4) || insn.mem.seg > 5 {
+        return None;
+    }
+    let info = factory.info(ins);
+    let write = match info.used_memory() {
+        [m] => match m.access() {
+            OpAccess::Read | OpAccess::CondRead => false,
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => {
+                true
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let (mut uses, mut writes) = (0u8, 0u8);
+    for u in info.used_registers() {
+        let r = u.register();
+        if r.is_segment_register() {
+            continue;
+        }
+        let bit = gpr_bit(r)?;
+        uses |= bit;
+        if matches!(
+            u.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        ) {
+            writes |= bit;
+        }
+    }
+    let mut host = host_insn(ins);
+    let code = match host.code() {
+        Code::Mov_AL_moffs8 => Code::Mov_r8_rm8,
+        Code::Mov_AX_moffs16 => Code::Mov_r16_rm16,
+        Code::Mov_EAX_moffs32 => Code::Mov_r32_rm32,
+        Code::Mov_moffs8_AL => Code::Mov_rm8_r8,
+        Code::Mov_moffs16_AX => Code::Mov_rm16_r16,
+        Code::Mov_moffs32_EAX => Code::Mov_rm32_r32,
+        c => c,
+    };
+    host.set_code(code);
+    host.set_memory_base(Register::R10);
+    host.set_memory_index(Register::None);
+    host.set_memory_index_scale(1);
+    host.set_memory_displacement64(0);
+    host.set_memory_displ_size(0);
+    host.set_segment_prefix(Register::None);
+    let mut enc = Encoder::new(64);
+    enc.encode(&host, 0).ok()?;
+    let bytes = enc.take_buffer();
+    Some(MemOp {
+        op: Ident {
+            bytes,
+            uses,
+            writes,
+            flags,
+        },
+        addr: offset_code(insn)?,
+        seg: insn.mem.seg,
+        size: access_size as u8,
+        write,
+    })
+}
+
+/// Host code computing a memory operand's offset into R10 (LEA or MOV, so host
+/// flags survive), masked to the address size.
+fn offset_code(insn: &Insn) -> Option<Vec<u8>> {
+    let ins = &insn.ins;
+    let wide = insn.mem.addr_mask == 0xFFFF_FFFF;
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    let mut out = Vec::new();
+    let mut enc = Encoder::new(64);
+    if base == Register::None && index == Register::None {
+        let imm = (ins.memory_displacement64() & insn.mem.addr_mask) as u32;
+        let mov = Instruction::with2(Code::Mov_r32_imm32, Register::R10D, imm).ok()?;
+        enc.encode(&mov, 0).ok()?;
+        out.extend(enc.take_buffer());
+        return Some(out);
+    }
+    let disp = i64::from(ins.memory_displacement64() as u32 as i32);
+    let reg = |r: Register| {
+        if r == Register::None {
+            Register::None
+        } else {
+            host_reg64(r)
+        }
+    };
+    let mem = MemoryOperand::with_base_index_scale_displ_size(
+        reg(base),
+        reg(index),
+        ins.memory_index_scale(),
+        disp,
+        if disp == 0 { 0 } else { 8 },
+    );
+    let lea = Instruction::with2(Code::Lea_r32_m, Register::R10D, mem).ok()?;
+    enc.encode(&lea, 0).ok()?;
+    out.extend(enc.take_buffer());
+    if !wide {
+        let zx = Instruction::with2(Code::Movzx_r32_rm16, Register::R10D, Register::R10W).ok()?;
+        enc.encode(&zx, 0).ok()?;
+        out.extend(enc.take_buffer());
+    }
+    Some(out)
 }
 
 /// The flags of an IDENT candidate, or `None` if it is not on the list.
@@ -518,7 +687,7 @@ mod tests {
     }
 
     fn host_text(l: &Lowering) -> String {
-        let Lowering::Ident(x) = l else {
+        let (Lowering::Ident(x) | Lowering::Mem(MemOp { op: x, .. })) = l else {
             return format!("{l:?}");
         };
         let mut d = Decoder::new(64, &x.bytes, DecoderOptions::NONE);
@@ -560,8 +729,32 @@ mod tests {
     }
 
     #[test]
-    fn plan_memory_and_variable_shifts_use_the_helper() {
-        assert!(lowered(16, &[0x01, 0x07]).starts_with("Helper(Memory)"));
+    fn plan_memory_operands_go_to_r10() {
+        assert_eq!(lowered(16, &[0x01, 0x07]), "add [r10],ax");
+        // mov eax, [moffs32] becomes the ModRM form
+        assert_eq!(lowered(32, &[0xA1, 0x78, 0x56, 0x34, 0x12]), "mov eax,[r10]");
+        // mov byte [esp+4], 1
+        assert_eq!(lowered(32, &[0xC6, 0x44, 0x24, 0x04, 0x01]), "mov byte ptr [r10],1");
+        let insn = prepared(16, &[0x8B, 0x40, 0xFE]); // mov ax, [bx+si-2]
+        let Lowering::Mem(m) = lower(&insn, false, &mut InstructionInfoFactory::new()) else {
+            panic!("not inline");
+        };
+        assert_eq!((m.seg, m.size, m.write), (3, 2, false));
+        let mut d = Decoder::new(64, &m.addr, DecoderOptions::NONE);
+        let mut text = Vec::new();
+        for i in d.iter() {
+            let mut t = String::new();
+            IntelFormatter::new().format(&i, &mut t);
+            text.push(t);
+        }
+        assert_eq!(text, ["lea r10d,[rbx+rsi+0FFFEh]", "movzx r10d,r10w"]);
+        // mov ah, [bx]: AH cannot be encoded next to R10
+        assert!(lowered(16, &[0x8A, 0x27]).starts_with("Helper(Memory)"));
+    }
+
+    #[test]
+    fn plan_string_and_variable_shifts_use_the_helper() {
+        assert!(lowered(16, &[0xA4]).starts_with("Helper(String)"));
         assert!(lowered(16, &[0xD3, 0xE0]).starts_with("Helper"));
         // shl ax, 16: count >= width
         assert!(lowered(16, &[0xC1, 0xE0, 0x10]).starts_with("Helper"));

@@ -37,6 +37,13 @@ pub struct JitCtx {
     /// Set by a fragment that left through an empty link cell: the cell's tag
     /// (see `Translator`), or 0.
     pub pending_link: u64,
+    /// The fast-TLB entries of the current privilege
+    /// (`CpuState::tlb.fast.e[user]`), set before each entry.
+    pub tlb_base: u64,
+    /// Fast-TLB fills asked for by fragments, and how many installed an entry.
+    pub fills: u64,
+    /// See `fills`.
+    pub fills_ok: u64,
 }
 
 impl Default for JitCtx {
@@ -49,6 +56,9 @@ impl Default for JitCtx {
             self_loops: 0,
             chains: 0,
             pending_link: 0,
+            tlb_base: 0,
+            fills: 0,
+            fills_ok: 0,
         }
     }
 }
@@ -87,6 +97,42 @@ pub unsafe extern "sysv64" fn helper_exec(
             ctx.exc = Some(e);
             EXIT_FAULT
         }
+    }
+}
+
+/// Fills the fast TLB for an access at linear `lin` by a fragment
+/// ([`x86bt_cpu::mmu::fast_fill`]); `size_write` is the access size shifted
+/// left by one, with bit 0 set for a write. Returns 1 if the access may now
+/// go inline.
+///
+/// # Safety
+/// As [`helper_exec`], for `cpu` and `ctx`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe extern "sysv64" fn helper_fill(
+    cpu: *mut CpuState,
+    ctx: *mut JitCtx,
+    lin: u64,
+    size_write: u64,
+) -> u64 {
+    // SAFETY: the caller's contract, as in `helper_exec`.
+    let (cpu, ctx) = unsafe { (&mut *cpu, &mut *ctx) };
+    // SAFETY: as in `helper_exec`.
+    let m = unsafe { &mut *ctx.m };
+    ctx.fills += 1;
+    let ok = x86bt_cpu::mmu::fast_fill(cpu, m, lin, (size_write >> 1) as u32, size_write & 1 != 0);
+    ctx.fills_ok += u64::from(ok);
+    u64::from(ok)
+}
+
+/// The fill helper's address, as fragments embed it.
+pub fn fill_address() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        helper_fill as *const () as usize as u64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
     }
 }
 

@@ -74,6 +74,10 @@ pub struct JitStats {
     pub links: u64,
     /// Times a fragment went on to another through a link.
     pub chains: u64,
+    /// Fast-TLB fills asked for by inline memory accesses that missed.
+    pub tlb_fills: u64,
+    /// Fills that installed an entry (the rest ran through the helper).
+    pub tlb_fills_ok: u64,
 }
 
 fn list(names: &[&str], counts: &[u64]) -> String {
@@ -116,8 +120,10 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator helper calls: {}",
-            list(&HelperKind::NAMES, &self.helper_calls)
+            "translator helper calls: {}; fast-TLB fills {} ({} installed)",
+            list(&HelperKind::NAMES, &self.helper_calls),
+            self.tlb_fills,
+            self.tlb_fills_ok
         )?;
         write!(
             f,
