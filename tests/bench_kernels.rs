@@ -216,3 +216,25 @@ fn sieve_qemu_wrong_expected_answer_fails() {
     let run = bk::run_qemu(&q, &wrong_answer_image()).expect("qemu runs");
     assert_eq!(run.status, Some((bk::FAIL_MISMATCH << 1 | 1) as i32));
 }
+
+/// Every kernel under the translator, with chaining and repeats inside
+/// fragments as `x86bt bench` runs them: the kernel's own answer check passes,
+/// and it retires exactly the interpreter's instruction count with the same
+/// result word.
+#[test]
+fn kernels_jit_answer_right_and_retire_the_interpreters_count() {
+    for w in Workload::ALL {
+        let n = test_iters(w) + 1;
+        let k = BenchKernel::new(w);
+        let jit = bk::run_x86bt(&k.image(n), Engine::Jit).expect("kernel loads");
+        assert_passed(w, &jit);
+        let interp = run_interp(w, n);
+        assert_eq!(jit.vm.cpu.icount, interp.vm.cpu.icount, "{}", w.name());
+        assert_eq!(
+            jit.read32(layout::RESULT),
+            interp.read32(layout::RESULT),
+            "{}",
+            w.name()
+        );
+    }
+}

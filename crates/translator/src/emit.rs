@@ -157,9 +157,18 @@ struct Emitter<'a, A: CodeSink> {
     /// RIP and icount advance of inline instructions not yet stored.
     rip_delta: u64,
     insn_delta: u64,
+    /// Offset of the current instruction from the unit's start.
+    unit_off: u64,
+    /// `CpuState::rip` was advanced inside the unit (it no longer equals R13).
+    rip_moved: bool,
     /// Out-of-line paths of memory instructions, emitted after the epilogue.
     slow: Vec<SlowPath>,
+    /// Where the unit's branch goes when its target is outside the CS limit.
+    branch_slow: DynamicLabel,
 }
+
+/// Every guest GPR (bit i = GPR i).
+const ALL_REGS: u8 = 0xFF;
 
 /// What the out-of-line path of an inline memory instruction needs: the
 /// emitter's state at the instruction, so that it can make `CpuState` exact, call
@@ -205,7 +214,11 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ; mov r14, rsi
     );
     let body = ops.new_label();
-    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP] ; =>body);
+    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP]);
+    for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+    }
+    dynasm!(ops ; .arch x64 ; =>body);
     let body_at = ops.offset().0;
     let mut e = Emitter {
         ops,
@@ -213,17 +226,21 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         exit,
         body,
         chain: unit.chain,
-        cached: 0,
-        dirty: 0,
+        cached: ALL_REGS,
+        dirty: ALL_REGS,
         host_valid: 0,
         pending: None,
         rip_delta: 0,
         insn_delta: 0,
+        unit_off: 0,
+        rip_moved: false,
         slow: Vec::new(),
+        branch_slow: exit,
     };
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
         let len = u64::from(unit.lens[i]);
+        e.unit_off = unit.lens[..i].iter().map(|&l| u64::from(l)).sum();
         match l {
             Lowering::Ident(x) => {
                 e.ident(x, unit.captures[i]);
@@ -336,6 +353,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         if self.rip_delta != 0 {
             let d = self.rip_delta as i32;
             dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + RIP], d);
+            self.rip_moved = true;
         }
         if self.insn_delta != 0 {
             let n = self.insn_delta as i32;
@@ -534,6 +552,8 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn helper(&mut self, i: usize, kind: u8) {
         self.sync();
         self.cached = 0;
+        // The helper moves RIP past its instruction.
+        self.rip_moved = true;
         self.call_helper(i, kind);
         let exit = self.exit;
         dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
@@ -541,29 +561,92 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     /// A relative JMP/Jcc ending the unit: RIP = target (masked to the operand
     /// size) if taken and inside the CS limit; the helper raises #GP otherwise.
+    ///
+    /// Every guest register is brought into its host register first, as a
+    /// chained fragment expects; the dirty ones are stored only on the ways out
+    /// to the run loop (`out_end`, `out_event`) and before the helper.
     fn branch(&mut self, i: usize, b: &Branch, len: u64, kind: u8) {
-        self.store_regs();
+        self.load_regs(ALL_REGS);
+        let dirty = self.dirty;
+        let out_end = self.ops.new_label();
+        let out_event = self.ops.new_label();
         let taken = self.ops.new_label();
-        let exit = self.exit;
         if let Some(cc) = b.cc {
             if cond_flags(cc) & !self.host_valid != 0 {
                 self.settle_flags();
                 self.load_flags();
             }
-            let saved = (self.pending, self.rip_delta, self.insn_delta);
+            let saved = (self.pending, self.rip_delta, self.insn_delta, self.rip_moved);
             jump_if(self.ops, cc, taken);
             // Not taken: fall through to the next instruction.
             self.settle_flags();
             self.rip_delta += len;
             self.insn_delta += 1;
             self.store_progress();
-            dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP] ; xor eax, eax);
-            self.chain_to(1);
-            (self.pending, self.rip_delta, self.insn_delta) = saved;
+            dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
+            self.chain_to(1, out_end);
+            (self.pending, self.rip_delta, self.insn_delta, self.rip_moved) = saved;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();
+        let mask = if b.size == 2 { 0xFFFF } else { 0xFFFF_FFFF };
+        let from_start = self.unit_off.wrapping_add(len).wrapping_add(b.rel) & mask;
+        if from_start == 0 && self.unit_off != 0 {
+            // Back to the unit's own start, which was fetched inside the CS limit.
+            self.self_loop(out_end);
+        } else {
+            self.taken_branch(b, len, out_end, out_event);
+        }
+        // The ways out to the run loop.
+        let event = EXIT_EVENT as i32;
+        let exit = self.exit;
+        dynasm!(self.ops ; .arch x64 ; =>out_end);
+        self.store_mask(dirty);
+        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit ; =>out_event);
+        self.store_mask(dirty);
+        dynasm!(self.ops ; .arch x64 ; mov eax, event ; jmp =>exit);
+        // Outside the CS limit: the helper raises #GP.
+        dynasm!(self.ops ; .arch x64 ; =>self.branch_slow);
+        self.store_mask(dirty);
+        self.store_progress();
+        self.call_helper(i, kind);
+    }
+
+    /// The taken side of a branch to the unit's own start: RIP is the entry RIP
+    /// (R13) again, and the unit runs again inside while the budget allows.
+    fn self_loop(&mut self, out_end: DynamicLabel) {
+        let insns = (self.insn_delta + 1) as i32;
+        dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], insns);
+        if self.rip_moved {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + RIP], r13);
+        }
+        self.branch_slow = self.ops.new_label();
+        if !self.chain {
+            dynasm!(self.ops ; .arch x64 ; jmp =>out_end);
+            return;
+        }
+        let body = self.body;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11, QWORD [r15 + ICOUNT]
+            ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
+            ; jae =>out_end
+            ; add QWORD [r14 + SELF_LOOPS], 1
+            ; jmp =>body
+        );
+    }
+
+    /// The taken side of any other branch: the target is computed, checked
+    /// against the CS limit (`branch_slow` if outside) and stored as RIP.
+    fn taken_branch(
+        &mut self,
+        b: &Branch,
+        len: u64,
+        out_end: DynamicLabel,
+        out_event: DynamicLabel,
+    ) {
         let slow = self.ops.new_label();
+        self.branch_slow = slow;
         let to_target = self.rip_delta.wrapping_add(len).wrapping_add(b.rel) as i64;
         let own = self.rip_delta as i32;
         dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
@@ -581,7 +664,6 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops ; .arch x64 ; mov r10d, r10d);
         }
         let insns = (self.insn_delta + 1) as i32;
-        let event = EXIT_EVENT as i32;
         dynasm!(self.ops
             ; .arch x64
             ; mov r11d, DWORD [r15 + CS_LIMIT]
@@ -592,27 +674,21 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; add r11, own
             ; mov QWORD [r15 + RIP], r10
             ; add QWORD [r15 + ICOUNT], insns
-            ; xor eax, eax
             ; cmp r10, r11
-            ; jne >done
-            ; mov eax, event
-            ; jmp =>exit
-            ; done:
+            ; je =>out_event
         );
-        self.chain_to(0);
-        dynasm!(self.ops ; .arch x64 ; =>slow);
-        self.store_progress();
-        self.call_helper(i, kind);
+        self.chain_to(0, out_end);
     }
 }
 
 impl<A: CodeSink> Emitter<'_, A> {
-    /// Leaves the unit with the state exact, R10 = RIP and EAX = 0 (the module
-    /// comment says where it may go).
-    fn chain_to(&mut self, site: usize) {
-        let exit = self.exit;
+    /// Leaves the unit with the state exact but for the guest registers, all in
+    /// their host registers, and R10 = RIP: on to another fragment, or to
+    /// `out` (which stores the registers and returns EXIT_END). The module
+    /// comment says where it may go.
+    fn chain_to(&mut self, site: usize, out: DynamicLabel) {
         if !self.chain {
-            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            dynasm!(self.ops ; .arch x64 ; jmp =>out);
             return;
         }
         let body = self.body;
@@ -622,7 +698,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; .arch x64
             ; mov r11, QWORD [r15 + ICOUNT]
             ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
-            ; jae =>exit
+            ; jae =>out
             ; cmp r10, r13
             ; jne >other
             ; add QWORD [r14 + SELF_LOOPS], 1
@@ -633,11 +709,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; add r11, r13
             ; xor r11, r9
             ; shr r11, 12
-            ; jnz =>exit
+            ; jnz =>out
             ; lea r9, [r10 + MAX_UNIT_BYTES - 1]
             ; mov r11d, DWORD [r15 + CS_LIMIT]
             ; cmp r9, r11
-            ; ja =>exit
+            ; ja =>out
             ; mov r11, QWORD cell
             ; mov r9, QWORD [r11]
             ; test r9, r9
@@ -648,7 +724,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; unlinked:
             ; mov r11, QWORD tag
             ; mov QWORD [r14 + PENDING_LINK], r11
-            ; jmp =>exit
+            ; jmp =>out
         );
     }
 }
