@@ -284,6 +284,14 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     }
 }
 
+/// The host register number and width of an 8-, 16- or 32-bit register.
+/// AH..BH are not expected here (a product's low half is AL, AX, EAX or the
+/// destination of IMUL, which has no byte form).
+fn gpr_of(r: iced_x86::Register) -> (u8, u32) {
+    let full = r.full_register() as u32 - iced_x86::Register::RAX as u32;
+    (full as u8, r.size() as u32 * 8)
+}
+
 fn gpr_off(g: usize) -> i32 {
     GPR + 8 * g as i32
 }
@@ -383,13 +391,44 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.load_regs(x.uses);
         self.ops.extend(x.bytes.iter().copied());
         self.dirty |= x.writes;
-        if f.written != 0 {
-            self.host_valid = (self.host_valid & !f.written) | f.defined;
-            if capture {
-                dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
-                self.pending = Some(f);
-            }
+        self.after_flags(f, capture);
+    }
+
+    /// Flag bookkeeping after an inline instruction that ran with flags `f`.
+    fn after_flags(&mut self, f: FlagSpec, capture: bool) {
+        if f.written == 0 {
+            return;
         }
+        self.host_valid = (self.host_valid & !f.written) | f.defined;
+        if !capture {
+            return;
+        }
+        dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+        let mut spec = f;
+        if let Some(lo) = f.szp_from {
+            // CF and OF from the multiply, SF, ZF and PF from TEST of the low half.
+            let cf_of = (flags::CF | flags::OF) as i32;
+            let szp = (flags::SF | flags::ZF | flags::PF) as i32;
+            let (r, bits) = gpr_of(lo);
+            match bits {
+                8 => dynasm!(self.ops ; .arch x64 ; test Rb(r), Rb(r)),
+                16 => dynasm!(self.ops ; .arch x64 ; test Rw(r), Rw(r)),
+                _ => dynasm!(self.ops ; .arch x64 ; test Rd(r), Rd(r)),
+            }
+            dynasm!(self.ops
+                ; .arch x64
+                ; pushfq
+                ; pop r11
+                ; and r9d, cf_of
+                ; and r11d, szp
+                ; or r9d, r11d
+            );
+            spec.defined = f.written;
+            spec.szp_from = None;
+            // Host EFLAGS hold TEST's flags now; trust none of them.
+            self.host_valid = 0;
+        }
+        self.pending = Some(spec);
     }
 
     /// An inline memory instruction: offset, segment limit and type, fast-TLB
@@ -452,13 +491,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         self.ops.extend(x.op.bytes.iter().copied());
         self.dirty |= x.op.writes;
-        if f.written != 0 {
-            self.host_valid = (self.host_valid & !f.written) | f.defined;
-            if capture {
-                dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
-                self.pending = Some(f);
-            }
-        }
+        self.after_flags(f, capture);
         dynasm!(self.ops ; .arch x64 ; =>after);
         self.slow.push(p);
     }

@@ -41,6 +41,9 @@ pub struct FlagSpec {
     pub defined: u64,
     /// OF = SF ^ CF (a SHL by more than one, where the SDM leaves OF undefined).
     pub of_from_sf_cf: bool,
+    /// MUL and IMUL: SF, ZF and PF are those of this host register (the low
+    /// half of the product) and AF is clear, as the interpreter defines them.
+    pub szp_from: Option<Register>,
 }
 
 impl FlagSpec {
@@ -49,6 +52,7 @@ impl FlagSpec {
         written: 0,
         defined: 0,
         of_from_sf_cf: false,
+        szp_from: None,
     };
 
     const fn writes(written: u64, defined: u64) -> Self {
@@ -57,6 +61,7 @@ impl FlagSpec {
             written,
             defined,
             of_from_sf_cf: false,
+            szp_from: None,
         }
     }
 }
@@ -194,19 +199,6 @@ pub enum Lowering {
     Branch(Branch),
 }
 
-impl Lowering {
-    /// The flags this lowering reads before it runs (for liveness): a helper may
-    /// read any flag, or fault and push them all.
-    fn live_in(&self, live_out: u64) -> u64 {
-        match self {
-            Self::Ident(x) => (live_out & !x.flags.written) | x.flags.read,
-            // A memory access may fault, or take the helper: the flags must be
-            // exact in `CpuState` before it.
-            Self::Mem(_) | Self::Helper(_) | Self::Branch(_) => ARITH,
-        }
-    }
-}
-
 /// The flags condition `cc` tests.
 pub fn cond_flags(cc: ConditionCode) -> u64 {
     use ConditionCode as C;
@@ -248,16 +240,98 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
 }
 
 /// For each instruction, whether the flags it writes must be captured into
-/// `CpuState::rflags`: some flag it writes is read later in the unit, or is
-/// live when the unit ends or a helper runs (a helper may read any flag or fault).
+/// `CpuState::rflags`: some flag it writes must be exact there later, that is
+/// when the unit ends, a helper runs or a memory access is made (any of which may
+/// read any flag or fault), or when the emitter has to reload host EFLAGS from
+/// `CpuState` for a reader.
+///
+/// A reader finds its flags in host EFLAGS when nothing since their writers has
+/// clobbered them; that needs no capture. Which readers must reload depends on
+/// the captures (merging a capture clobbers host EFLAGS), so the two are found
+/// together: [`flag_reloads`] replays the emitter's bookkeeping, and every reload
+/// it finds becomes a demand for exact flags, until nothing changes.
 pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
+    let mut demand = vec![0u64; lowerings.len()];
+    loop {
+        let caps = captures_for(lowerings, &demand);
+        let mut changed = false;
+        for (i, f) in flag_reloads(lowerings, &caps) {
+            if demand[i] & f != f {
+                demand[i] |= f;
+                changed = true;
+            }
+        }
+        if !changed {
+            return caps;
+        }
+    }
+}
+
+/// Backward liveness of exact flags, with `demand[i]` the flags instruction `i`
+/// needs exact in `CpuState` besides what its kind implies.
+fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
     let mut live = ARITH;
     let mut out = vec![false; lowerings.len()];
-    for (l, c) in lowerings.iter().zip(out.iter_mut()).rev() {
-        if let Lowering::Ident(x) | Lowering::Mem(MemOp { op: x, .. }) = l {
-            *c = x.flags.written & live != 0;
+    for (i, l) in lowerings.iter().enumerate().rev() {
+        live = match l {
+            Lowering::Ident(x) => {
+                out[i] = x.flags.written & live != 0;
+                (live & !x.flags.written) | demand[i]
+            }
+            Lowering::Mem(m) => {
+                out[i] = m.op.flags.written & live != 0;
+                ARITH
+            }
+            Lowering::Helper(_) | Lowering::Branch(_) => ARITH,
+        };
+    }
+    out
+}
+
+/// The instructions at which the emitter reloads host EFLAGS from `CpuState`,
+/// with the flags the reload is for, given the captures `caps`. This mirrors
+/// `emit::Emitter`'s flag bookkeeping (`host_valid`, `pending`).
+fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
+    let (mut valid, mut pending) = (0u64, false);
+    let mut out = Vec::new();
+    for (i, l) in lowerings.iter().enumerate() {
+        let f = match l {
+            Lowering::Ident(x) => {
+                let f = x.flags;
+                if f.written != 0 && pending {
+                    valid = 0;
+                    pending = false;
+                }
+                if f.read & !valid != 0 {
+                    out.push((i, f.read));
+                    pending = false;
+                    valid = ARITH;
+                }
+                f
+            }
+            Lowering::Mem(m) => {
+                pending = false;
+                valid = if m.op.flags.read != 0 { ARITH } else { 0 };
+                m.op.flags
+            }
+            Lowering::Helper(_) => {
+                valid = 0;
+                pending = false;
+                continue;
+            }
+            Lowering::Branch(b) => {
+                if let Some(cc) = b.cc {
+                    if cond_flags(cc) & !valid != 0 {
+                        out.push((i, cond_flags(cc)));
+                    }
+                }
+                continue;
+            }
+        };
+        if f.written != 0 {
+            valid = (valid & !f.written) | f.defined;
+            pending = caps[i];
         }
-        live = l.live_in(live);
     }
     out
 }
@@ -487,6 +561,21 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
             ..FlagSpec::NONE
         },
         M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => return shift_spec(ins, size),
+        M::Mul | M::Imul => {
+            let lo = if ins.op_count() == 1 {
+                match size {
+                    1 => Register::AL,
+                    2 => Register::AX,
+                    _ => Register::EAX,
+                }
+            } else {
+                host_reg(ins.op0_register())
+            };
+            FlagSpec {
+                szp_from: Some(lo),
+                ..FlagSpec::writes(ARITH, CF | OF)
+            }
+        }
         _ => return None,
     };
     Some(spec)
@@ -773,6 +862,29 @@ mod tests {
         let l = plan(&insns);
         assert!(matches!(l[2], Lowering::Branch(_)));
         assert_eq!(captures(&l), vec![false, true, false]);
+    }
+
+    #[test]
+    fn captures_skip_flags_a_reader_finds_in_host_eflags() {
+        // add ax,bx; inc cx; adc dx,0: ADC finds ADD's CF in host EFLAGS (INC
+        // keeps CF), and ADC overwrites every flag, so nothing is captured but
+        // ADC's own flags, live at the end.
+        let insns = [
+            prepared(16, &[0x01, 0xD8]),
+            prepared(16, &[0x41]),
+            prepared(16, &[0x83, 0xD2, 0x00]),
+        ];
+        assert_eq!(captures(&plan(&insns)), vec![false, false, true]);
+        // add ax,bx; mov [si],ax; adc dx,0: the memory access needs exact flags,
+        // so ADD's are captured, and ADC reloads them.
+        let insns = [
+            prepared(16, &[0x01, 0xD8]),
+            prepared(16, &[0x89, 0x04]),
+            prepared(16, &[0x83, 0xD2, 0x00]),
+        ];
+        let l = plan(&insns);
+        assert_eq!(captures(&l), vec![true, false, true]);
+        assert_eq!(flag_reloads(&l, &captures(&l)), vec![(2, CF)]);
     }
 
     #[test]
