@@ -388,7 +388,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.settle_flags();
             self.load_flags();
         }
-        self.load_regs(x.uses);
+        self.load_regs(x.uses | x.writes);
         self.ops.extend(x.bytes.iter().copied());
         self.dirty |= x.writes;
         self.after_flags(f, capture);
@@ -438,7 +438,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         let f = x.op.flags;
         self.settle_flags();
         self.host_valid = 0;
-        self.load_regs(x.op.uses);
+        self.load_regs(x.op.uses | x.op.writes);
         let p = SlowPath {
             miss: self.ops.new_label(),
             full: self.ops.new_label(),
@@ -460,6 +460,9 @@ impl<A: CodeSink> Emitter<'_, A> {
         let attrs = seg_field(x.seg, offset_of!(Segment, attrs));
         let base = seg_field(x.seg, offset_of!(Segment, base));
         let tag = if x.write { FAST_WRITE } else { FAST_READ };
+        // PUSH and POP need a 32-bit stack (SS.B).
+        let db = if x.esp_delta != 0 { i32::from(seg_attr::DB) } else { 0 };
+        let (seg_mask, seg_want) = (SEG_MASK | db, SEG_WANT | db);
         dynasm!(self.ops ; .arch x64 ; =>retry);
         self.ops.extend(x.addr.iter().copied());
         // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64 bits
@@ -471,8 +474,8 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; cmp r10, r11
             ; jg =>full
             ; movzx r11d, WORD [r15 + attrs]
-            ; and r11d, SEG_MASK
-            ; cmp r11d, SEG_WANT
+            ; and r11d, seg_mask
+            ; cmp r11d, seg_want
             ; jne =>full
             ; add r10, QWORD [r15 + base]
             ; mov r10d, r10d
@@ -489,7 +492,14 @@ impl<A: CodeSink> Emitter<'_, A> {
         if f.read != 0 {
             self.load_flags();
         }
+        let delta = i32::from(x.esp_delta);
+        if delta > 0 {
+            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+        }
         self.ops.extend(x.op.bytes.iter().copied());
+        if delta < 0 {
+            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+        }
         self.dirty |= x.op.writes;
         self.after_flags(f, capture);
         dynasm!(self.ops ; .arch x64 ; =>after);

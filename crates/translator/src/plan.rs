@@ -183,6 +183,10 @@ pub struct MemOp {
     pub size: u8,
     /// The access writes (a store or a read-modify-write).
     pub write: bool,
+    /// PUSH and POP: what ESP moves by (after the store of a PUSH; before the
+    /// load of a POP, so that POP ESP keeps the value loaded). They need a
+    /// 32-bit stack (SS.B set); 0 for other instructions.
+    pub esp_delta: i8,
 }
 
 /// How one instruction is lowered.
@@ -373,10 +377,93 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
-    match mem_op(insn, factory) {
+    match stack_op(insn).or_else(|| mem_op(insn, factory)) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
+}
+
+/// Guest ESP, as a [`Ident::uses`] bit.
+const ESP_BIT: u8 = 1 << 4;
+
+/// PUSH of a register or an immediate, POP into a register, with a 32-bit
+/// stack: a store to `[ESP - size]` then ESP -= size, or a load from `[ESP]`
+/// then ESP += size. Flags are untouched.
+fn stack_op(insn: &Insn) -> Option<MemOp> {
+    let ins = &insn.ins;
+    let size = u32::from(insn.size);
+    if !matches!(size, 2 | 4) {
+        return None;
+    }
+    let wide = size == 4;
+    let at_r10 = MemoryOperand::with_base(Register::R10);
+    let reg_of = |ins: &Instruction| {
+        (ins.op0_kind() == OpKind::Register)
+            .then(|| ins.op0_register())
+            .filter(|r| gpr_bit(*r).is_some())
+    };
+    let (host, uses, writes, delta) = match ins.code() {
+        Code::Push_r16 | Code::Push_r32 | Code::Push_rm16 | Code::Push_rm32 => {
+            let r = reg_of(ins)?;
+            let code = if wide {
+                Code::Mov_rm32_r32
+            } else {
+                Code::Mov_rm16_r16
+            };
+            let host = Instruction::with2(code, at_r10, host_reg(r)).ok()?;
+            (host, gpr_bit(r)? | ESP_BIT, ESP_BIT, -(size as i8))
+        }
+        Code::Pushd_imm32 | Code::Pushd_imm8 | Code::Push_imm16 | Code::Pushw_imm8 => {
+            let v = ins.immediate(0);
+            let host = if wide {
+                Instruction::with2(Code::Mov_rm32_imm32, at_r10, v as u32).ok()?
+            } else {
+                Instruction::with2(Code::Mov_rm16_imm16, at_r10, u32::from(v as u16)).ok()?
+            };
+            (host, ESP_BIT, ESP_BIT, -(size as i8))
+        }
+        Code::Pop_r16 | Code::Pop_r32 | Code::Pop_rm16 | Code::Pop_rm32 => {
+            let r = reg_of(ins)?;
+            let code = if wide {
+                Code::Mov_r32_rm32
+            } else {
+                Code::Mov_r16_rm16
+            };
+            let host = Instruction::with2(code, host_reg(r), at_r10).ok()?;
+            // The destination counts as used: a 16-bit load keeps its upper half,
+            // and the emitter only writes back registers it has loaded.
+            let bit = gpr_bit(r)?;
+            (host, bit | ESP_BIT, bit | ESP_BIT, size as i8)
+        }
+        _ => return None,
+    };
+    let mut enc = Encoder::new(64);
+    enc.encode(&host, 0).ok()?;
+    let bytes = enc.take_buffer();
+    let offset = if delta < 0 {
+        Instruction::with2(
+            Code::Lea_r32_m,
+            Register::R10D,
+            MemoryOperand::with_base_displ(Register::R8, i64::from(delta)),
+        )
+    } else {
+        Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D)
+    }
+    .ok()?;
+    enc.encode(&offset, 0).ok()?;
+    Some(MemOp {
+        op: Ident {
+            bytes,
+            uses,
+            writes,
+            flags: FlagSpec::NONE,
+        },
+        addr: enc.take_buffer(),
+        seg: 2,
+        size: size as u8,
+        write: delta < 0,
+        esp_delta: delta,
+    })
 }
 
 /// An instruction of the IDENT list with one memory operand (not LEA), its
@@ -465,6 +552,7 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         seg: insn.mem.seg,
         size: access_size as u8,
         write,
+        esp_delta: 0,
     })
 }
 
