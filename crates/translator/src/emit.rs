@@ -259,7 +259,9 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
             }
         }
     }
-    if !ended {
+    if !ended && unit.chain {
+        e.fall_through();
+    } else if !ended {
         e.sync();
         dynasm!(e.ops ; .arch x64 ; xor eax, eax);
     }
@@ -653,6 +655,23 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.store_mask(dirty);
         self.store_progress();
         self.call_helper(i, kind);
+    }
+
+    /// The end of a unit that runs on into the next instruction (its last one
+    /// is not a branch): chained like the not-taken side of a branch, through
+    /// link cell 0, as the next RIP is fixed.
+    fn fall_through(&mut self) {
+        self.load_regs(ALL_REGS);
+        let dirty = self.dirty;
+        let out_end = self.ops.new_label();
+        let exit = self.exit;
+        self.settle_flags();
+        self.store_progress();
+        dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
+        self.chain_to(0, out_end);
+        dynasm!(self.ops ; .arch x64 ; =>out_end);
+        self.store_mask(dirty);
+        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
     }
 
     /// The taken side of a branch to the unit's own start: RIP is the entry RIP

@@ -363,7 +363,10 @@ impl Translator {
             &cells[0] as *const u64 as u64,
             &cells[1] as *const u64 as u64,
         ];
-        let chain = plan::may_chain(&lowerings);
+        let chain = plan::may_chain(&lowerings)
+            || insns
+                .last()
+                .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end));
         let direct = lowerings.iter().all(|l| matches!(l, Lowering::Helper(_)));
         let frag = if direct {
             Fragment { entry: 0, body: 0 }

@@ -355,6 +355,17 @@ pub fn may_chain(lowerings: &[Lowering]) -> bool {
     matches!(lowerings.last(), Some(Lowering::Branch(_))) && quiet(lowerings)
 }
 
+/// Whether a unit that does not end with an inline branch may go on to the
+/// next fragment without returning: it is quiet, ends on an ordinary
+/// instruction (`plain_end`), and that instruction (`last`) does not branch, so
+/// the next RIP is always the address after the unit.
+pub fn may_fall_through(lowerings: &[Lowering], last: &Instruction, plain_end: bool) -> bool {
+    !matches!(lowerings.last(), Some(Lowering::Branch(_)))
+        && plain_end
+        && last.flow_control() == iced_x86::FlowControl::Next
+        && quiet(lowerings)
+}
+
 /// Whether another fragment may chain into this unit's: it is quiet and ends on
 /// an ordinary instruction (`plain_end`), so running it needs no look from the
 /// run loop before or after.
