@@ -24,7 +24,7 @@ fn main() -> ExitCode {
 fn sst_cmd(a: &x86bt::cli::SstArgs) -> Result<u8, x86bt::Error> {
     let files = x86bt::sst::collect_files(&a.paths)?;
     let mut out = std::io::stdout().lock();
-    let t = x86bt::sst::run_files(&files, a.show, &mut out)?;
+    let t = x86bt::sst::run_files(&files, a.engine, a.show, &mut out)?;
     for (reason, n) in &t.skipped {
         println!("skipped {n}: {}", reason.describe());
     }

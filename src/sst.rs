@@ -16,6 +16,7 @@
 //! are masked too: they are not flags, a 386 and later keep them 0, and the
 //! 80286's divide microcode leaves bit 3 set in the FLAGS image it pushes for #DE.
 
+use crate::cli::Engine;
 use crate::error::Error;
 use crate::vm::Vm;
 use flate2::read::GzDecoder;
@@ -316,7 +317,7 @@ const CASE_BUDGET: u64 = 200_000;
 impl SstRunner {
     /// A runner with a flat 16 MiB machine, for the data set in `dir` (metadata and
     /// revocation list are read from there when present).
-    pub fn new(dir: &Path) -> Result<Self, Error> {
+    pub fn new(dir: &Path, engine: Engine) -> Result<Self, Error> {
         let machine = Machine::flat(16 << 20)?;
         let meta = Metadata::load(&dir.join("metadata.json"))?;
         let revoked = std::fs::read_to_string(dir.join("revocation_list.txt"))
@@ -329,7 +330,7 @@ impl SstRunner {
             })
             .unwrap_or_default();
         Ok(Self {
-            vm: Vm::new(machine),
+            vm: Vm::with_engine(machine, engine)?,
             revoked,
             meta,
         })
@@ -341,7 +342,7 @@ impl SstRunner {
         for &(a, v) in &t.init.ram {
             vm.machine.mem.write_u8(GuestPhys(u64::from(a)), v);
         }
-        vm.interp.invalidate_written(&mut vm.machine);
+        vm.invalidate_written();
         let icount = vm.cpu.icount;
         vm.cpu = CpuState::reset();
         vm.cpu.icount = icount;
@@ -395,15 +396,12 @@ impl SstRunner {
         let start = self.vm.cpu.icount;
         let limit = start + CASE_BUDGET;
         while self.vm.cpu.run_state == RunState::Running && self.vm.cpu.icount < limit {
-            let exit = self
-                .vm
-                .interp
-                .run_unit(&mut self.vm.cpu, &mut self.vm.machine);
-            if self.vm.machine.mem.code_write_pending {
-                self.vm.interp.invalidate_written(&mut self.vm.machine);
-            }
+            let exit = self.vm.step_unit();
             if let x86bt_cpu::UnitExit::Unsupported(w) = exit {
                 return CaseResult::Fail(format!("unsupported: {w}"));
+            }
+            if let Some(d) = self.vm.take_divergence() {
+                return CaseResult::Fail(format!("lockstep: {d}"));
             }
         }
         if self.vm.cpu.run_state != RunState::Halted {
@@ -518,6 +516,7 @@ pub fn stem(path: &Path) -> String {
 /// returns the totals.
 pub fn run_files(
     files: &[PathBuf],
+    engine: Engine,
     show_failures: usize,
     out: &mut dyn std::io::Write,
 ) -> Result<Totals, Error> {
@@ -526,7 +525,7 @@ pub fn run_files(
     for f in files {
         let dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
         if runner.as_ref().is_none_or(|(d, _)| *d != dir) {
-            runner = Some((dir.clone(), SstRunner::new(&dir)?));
+            runner = Some((dir.clone(), SstRunner::new(&dir, engine)?));
         }
         let Some((_, r)) = runner.as_mut() else {
             continue;

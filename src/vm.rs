@@ -186,8 +186,24 @@ impl Vm {
         self.interp.run_unit(cpu, m)
     }
 
+    /// Runs one unit on the chosen engine after dropping what it cached from
+    /// code written since (for harnesses that drive the VM unit by unit, such
+    /// as `x86bt sst`; no devices, no interrupts).
+    pub fn step_unit(&mut self) -> UnitExit {
+        if self.machine.mem.code_write_pending {
+            self.invalidate_written();
+        }
+        self.run_unit()
+    }
+
+    /// Takes the lockstep divergence report, if the lockstep engine found one
+    /// since the last call.
+    pub fn take_divergence(&mut self) -> Option<String> {
+        self.divergence.take()
+    }
+
     /// Drops what the engine cached from code pages written since the last call.
-    fn invalidate_written(&mut self) {
+    pub fn invalidate_written(&mut self) {
         if let Some(t) = &mut self.jit {
             t.invalidate_written(&mut self.machine);
         } else if let Some(l) = &mut self.lockstep {

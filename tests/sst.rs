@@ -104,3 +104,44 @@ fn sst_corrupt_file_is_one_clear_error() {
         "{err}"
     );
 }
+
+/// The same set through the translator and through lockstep (translator checked
+/// against the interpreter after every unit): every file's line, and every
+/// failing case shown, is the interpreter's, so the translator passes and fails
+/// exactly the same hardware cases; lockstep reports no divergence.
+#[test]
+fn sst_80286_set_same_results_under_jit_and_lockstep() {
+    let dir = data_dir();
+    if !dir.join("00.MOO.gz").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {}",
+            dir.display()
+        );
+        eprintln!(
+            "SKIPPED sst_80286_set_same_results_under_jit_and_lockstep: no data at {}",
+            dir.display()
+        );
+        return;
+    }
+    let run = |engine: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+            .args(["sst", "--show", "100000", "--engine", engine])
+            .arg(&dir)
+            .output()
+            .expect("run x86bt sst");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let interp = run("interp");
+    assert!(interp.lines().count() > 100, "{interp}");
+    for engine in ["jit", "lockstep"] {
+        let other = run(engine);
+        assert!(
+            !other.contains("lockstep:"),
+            "{engine}: divergence reported"
+        );
+        let first = interp.lines().zip(other.lines()).find(|(a, b)| a != b);
+        assert!(first.is_none(), "{engine} differs from interp: {first:?}");
+        assert_eq!(interp.lines().count(), other.lines().count(), "{engine}");
+    }
+}

@@ -78,7 +78,8 @@ const _: () = assert!(FAST_ENTRY_BYTES.is_power_of_two() && FAST_TLB_SIZE.is_pow
 /// The segment attributes the inline path accepts: a present, expand-up,
 /// writable data segment, which allows any read or write inside the limit in
 /// every mode (anything else takes the helper, which applies the full checks).
-const SEG_MASK: i32 = (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
+const SEG_MASK: i32 =
+    (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
 const SEG_WANT: i32 = (seg_attr::P | seg_attr::S | seg_attr::RW) as i32;
 
 fn seg_field(s: u8, field: usize) -> i32 {
@@ -463,7 +464,11 @@ impl<A: CodeSink> Emitter<'_, A> {
         let base = seg_field(x.seg, offset_of!(Segment, base));
         let tag = if x.write { FAST_WRITE } else { FAST_READ };
         // PUSH and POP need a 32-bit stack (SS.B).
-        let db = if x.esp_delta != 0 { i32::from(seg_attr::DB) } else { 0 };
+        let db = if x.esp_delta != 0 {
+            i32::from(seg_attr::DB)
+        } else {
+            0
+        };
         let (seg_mask, seg_want) = (SEG_MASK | db, SEG_WANT | db);
         dynasm!(self.ops ; .arch x64 ; =>retry);
         self.ops.extend(x.addr.iter().copied());
@@ -621,7 +626,12 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.settle_flags();
                 self.load_flags();
             }
-            let saved = (self.pending, self.rip_delta, self.insn_delta, self.rip_moved);
+            let saved = (
+                self.pending,
+                self.rip_delta,
+                self.insn_delta,
+                self.rip_moved,
+            );
             jump_if(self.ops, cc, taken);
             // Not taken: fall through to the next instruction.
             self.settle_flags();
@@ -630,7 +640,12 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.store_progress();
             dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
             self.chain_to(1, out_end);
-            (self.pending, self.rip_delta, self.insn_delta, self.rip_moved) = saved;
+            (
+                self.pending,
+                self.rip_delta,
+                self.insn_delta,
+                self.rip_moved,
+            ) = saved;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();

@@ -510,9 +510,10 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
     let write = match info.used_memory() {
         [m] => match m.access() {
             OpAccess::Read | OpAccess::CondRead => false,
-            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => {
-                true
-            }
+            OpAccess::Write
+            | OpAccess::CondWrite
+            | OpAccess::ReadWrite
+            | OpAccess::ReadCondWrite => true,
             _ => return None,
         },
         _ => return None,
@@ -920,9 +921,15 @@ mod tests {
     fn plan_memory_operands_go_to_r10() {
         assert_eq!(lowered(16, &[0x01, 0x07]), "add [r10],ax");
         // mov eax, [moffs32] becomes the ModRM form
-        assert_eq!(lowered(32, &[0xA1, 0x78, 0x56, 0x34, 0x12]), "mov eax,[r10]");
+        assert_eq!(
+            lowered(32, &[0xA1, 0x78, 0x56, 0x34, 0x12]),
+            "mov eax,[r10]"
+        );
         // mov byte [esp+4], 1
-        assert_eq!(lowered(32, &[0xC6, 0x44, 0x24, 0x04, 0x01]), "mov byte ptr [r10],1");
+        assert_eq!(
+            lowered(32, &[0xC6, 0x44, 0x24, 0x04, 0x01]),
+            "mov byte ptr [r10],1"
+        );
         let insn = prepared(16, &[0x8B, 0x40, 0xFE]); // mov ax, [bx+si-2]
         let Lowering::Mem(m) = lower(&insn, false, &mut InstructionInfoFactory::new()) else {
             panic!("not inline");
