@@ -2,6 +2,8 @@
 //! through `x86bt run --kernel`: it must reach the marker, run
 //! `uname -a; cat /proc/cpuinfo; ls /; echo done`, power off through ACPI with
 //! exit status 0, and its console log must hold no warning the emulator caused.
+//! It boots twice, on the interpreter and on the translator, with the same
+//! checks; both must retire the same number of instructions.
 //!
 //! The guest comes from `scripts/build-guests.sh`, which the README's setup
 //! runs; without it the test says so and skips, and under CI it is a failure.
@@ -74,16 +76,29 @@ fn linux_686_boots_runs_commands_and_powers_off() {
     if !have_guest() {
         return;
     }
+    let interp = boot_and_check("interp");
+    let jit = boot_and_check("jit");
+    // Both engines are deterministic and define each instruction once: the boot
+    // retires the same number of instructions on both.
+    assert_eq!(interp, jit, "instructions retired: interp vs jit");
+}
+
+/// Boots under `engine`, checks the console, and returns the instructions
+/// retired (from `--stats`).
+fn boot_and_check(engine: &str) -> u64 {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args(["run", "--kernel", KERNEL, "--initrd", INITRD])
         .args(["--append", "console=ttyS0 panic=-1", "-m", "256"])
-        .args(["--serial", "stdio", "--no-reboot", "--engine", "interp"])
-        .args(["--max-insns", "40000000000"])
+        .args(["--serial", "stdio", "--no-reboot", "--engine", engine])
+        .args(["--max-insns", "40000000000", "--stats"])
         .output()
         .expect("run x86bt");
     let log = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    let ctx = format!("status {}\nstderr:\n{err}\nconsole:\n{log}", out.status);
+    let ctx = format!(
+        "engine {engine}, status {}\nstderr:\n{err}\nconsole:\n{log}",
+        out.status
+    );
 
     // A clean exit: the guest powered the machine off (ACPI S5).
     assert!(out.status.success(), "{ctx}");
@@ -120,4 +135,8 @@ fn linux_686_boots_runs_commands_and_powers_off() {
         .filter(|l| !EXPLAINED.iter().any(|e| l.contains(e)))
         .collect();
     assert!(bad.is_empty(), "warnings in the boot log: {bad:#?}\n{ctx}");
+    err.lines()
+        .find_map(|l| l.strip_prefix("instructions retired: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count\n{ctx}"))
 }
