@@ -518,21 +518,7 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         },
         _ => return None,
     };
-    let (mut uses, mut writes) = (0u8, 0u8);
-    for u in info.used_registers() {
-        let r = u.register();
-        if r.is_segment_register() {
-            continue;
-        }
-        let bit = gpr_bit(r)?;
-        uses |= bit;
-        if matches!(
-            u.access(),
-            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        ) {
-            writes |= bit;
-        }
-    }
+    let (uses, writes) = gpr_usage(info.used_registers(), true)?;
     let mut host = host_insn(ins);
     let code = match host.code() {
         Code::Mov_AL_moffs8 => Code::Mov_r8_rm8,
@@ -741,6 +727,28 @@ fn gpr_bit(r: Register) -> Option<u8> {
     (idx < 8).then(|| 1u8 << idx)
 }
 
+/// The guest GPRs an instruction uses and writes (bit i = GPR i), or `None` if
+/// it uses any other register (segment registers are skipped when
+/// `skip_segments`: an address's segment is applied separately).
+fn gpr_usage(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8, u8)> {
+    let (mut uses, mut writes) = (0u8, 0u8);
+    for u in used {
+        let r = u.register();
+        if r.is_segment_register() && skip_segments {
+            continue;
+        }
+        let bit = gpr_bit(r)?;
+        uses |= bit;
+        if matches!(
+            u.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        ) {
+            writes |= bit;
+        }
+    }
+    Some((uses, writes))
+}
+
 fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
     let ins = &insn.ins;
     if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
@@ -764,21 +772,7 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
             _ => return None,
         }
     }
-    let (mut uses, mut writes) = (0u8, 0u8);
-    for u in factory.info(ins).used_registers() {
-        let r = u.register();
-        if r.is_segment_register() && is_lea {
-            continue;
-        }
-        let bit = gpr_bit(r)?;
-        uses |= bit;
-        if matches!(
-            u.access(),
-            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        ) {
-            writes |= bit;
-        }
-    }
+    let (uses, writes) = gpr_usage(factory.info(ins).used_registers(), is_lea)?;
     let host = if is_lea {
         host_lea(insn)?
     } else {
