@@ -1,34 +1,52 @@
 //! Code generation: one unit's lowerings become one compiled code fragment (CCF).
 //!
 //! ABI: `extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64`, the exit code
-//! ([`EXIT_END`], [`EXIT_EVENT`], [`EXIT_FAULT`]). Register use inside a CCF:
-//! - R15 holds the `CpuState` pointer and R14 the `JitCtx` pointer for the whole
-//!   fragment (callee-saved, so they survive helper calls); R13 holds RIP at entry;
+//! ([`EXIT_END`], [`EXIT_EVENT`], [`EXIT_FAULT`]). A fragment is made for one
+//! CS:IP: its entry RIP, CS base and CS limit are constants in its code (the
+//! translation cache matches all three), so RIP values, branch targets and the
+//! checks on them are worked out at translation time. The `JitCtx` address is a
+//! constant too (the context lives in a box as long as the translator).
+//!
+//! Register use inside a CCF, for the whole fragment and across chained ones:
+//! - R15 holds the `CpuState` pointer;
+//! - R13 holds `CpuState::icount` as of the last point the emitter advanced it
+//!   (inline instructions since are added in batches, with LEA);
+//! - R14 holds the guest's arithmetic flags (`ARITH` bits of RFLAGS, nothing
+//!   else), newer than `CpuState::rflags`, which is brought up to date only before
+//!   a helper call and at an exit;
+//! - R9 holds host flags captured after an instruction (PUSHFQ) until they are
+//!   merged into R14;
 //! - guest GPR i is cached in host register [`GUEST_TO_HOST`]`[i]` between its
 //!   first use and the next helper call or exit, and written back if dirty;
-//! - R9 holds captured host flags until they are merged into `CpuState::rflags`;
-//!   R10 and R11 are scratch.
+//! - R10, R11 and R12 are scratch (the memory probe uses all three).
+//!
+//! All of R12..R15 are callee-saved, so they survive helper calls; the helpers
+//! see the state through `CpuState` only.
 //!
 //! Invariants:
 //! - Before a helper call and at every exit, `CpuState` is exact: dirty guest
-//!   registers are stored, captured flags merged, RIP and `icount` advanced past
-//!   every inline instruction. A helper that faults therefore sees the state before
-//!   its instruction with every earlier one committed (precise exceptions).
+//!   registers stored, flags merged, RIP and `icount` those of the instruction
+//!   the helper runs (or of the exit). A helper that faults therefore sees the
+//!   state before its instruction with every earlier one committed (precise
+//!   exceptions).
 //! - Host EFLAGS are trusted for a guest flag only while nothing since the
 //!   instruction that produced it has clobbered them (`host_valid`); otherwise a
-//!   reader reloads them from `CpuState::rflags` with POPFQ (arithmetic bits only,
-//!   so the host's TF, DF and AC stay clear).
-//! - Inline instructions never fault; the only inline path that can is the branch
-//!   target's CS-limit check, which hands the branch to the helper instead.
-//! - Chaining: where an inline branch leaves the unit, the state is exact, and as
-//!   long as `icount` is below `JitCtx::icount_limit` (the run loop's own chain
-//!   stops there too) the fragment may go on to the next unit's fragment instead
-//!   of returning: to its own start if the new RIP is its entry RIP (same bytes),
-//!   or through the site's link cell to another fragment on the same linear page
-//!   (so the same physical page as the running one), with room below the CS limit
-//!   for any unit. An empty cell exits with the site's tag in
-//!   `JitCtx::pending_link`, and the engine links the cell to the fragment it runs
-//!   next; it empties the cell when that fragment goes.
+//!   reader reloads them from R14 with POPFQ (arithmetic bits only, so the host's
+//!   TF, DF and AC stay clear).
+//! - Inline instructions never fault; memory operands whose checks fail, and a
+//!   branch whose target is outside the CS limit, run through the helper instead.
+//! - Chaining: where an inline branch leaves the unit, and while R13 (icount) is
+//!   below `JitCtx::icount_limit` (the run loop's own chain stops there too), the
+//!   fragment may go on to the next unit's fragment instead of returning, with
+//!   every guest register in its host register, R13 and R14 exact and
+//!   `CpuState::rip` left stale: to its own start if the target is its entry RIP,
+//!   or through the site's link cell if the target is on the same linear page as
+//!   the entry (so on the same physical page as the running fragment) and inside
+//!   the CS limit. A cell holds the chain entry of the fragment linked to it, or
+//!   the address of the site's own stub, which leaves the cell's tag in
+//!   `JitCtx::pending_link` and exits; the engine then links the cell to the
+//!   fragment it runs next (made for the same CS base and limit), and resets it
+//!   to the stub when that fragment goes.
 
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
@@ -40,7 +58,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
 use x86bt_cpu::mmu::{FastEntry, FAST_TLB_SIZE};
-use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
+use x86bt_cpu::state::{flags, seg_attr, CpuState, Segment};
 
 /// The fragment ran to its end.
 pub const EXIT_END: u64 = 0;
@@ -53,19 +71,6 @@ const GPR: i32 = offset_of!(CpuState, gpr) as i32;
 const RIP: i32 = offset_of!(CpuState, rip) as i32;
 const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
-const ICOUNT_LIMIT: i32 = offset_of!(JitCtx, icount_limit) as i32;
-const SELF_LOOPS: i32 = offset_of!(JitCtx, self_loops) as i32;
-const CHAINS: i32 = offset_of!(JitCtx, chains) as i32;
-const PENDING_LINK: i32 = offset_of!(JitCtx, pending_link) as i32;
-const CS_BASE: i32 = (offset_of!(CpuState, seg)
-    + sreg::CS * size_of::<Segment>()
-    + offset_of!(Segment, base)) as i32;
-/// The most bytes a unit covers: a chained-to unit must fit below the CS limit.
-const MAX_UNIT_BYTES: i32 = (x86bt_decoder::MAX_UNIT_INSNS * x86bt_decoder::MAX_INSN_LEN) as i32;
-const CS_LIMIT: i32 = (offset_of!(CpuState, seg)
-    + sreg::CS * size_of::<Segment>()
-    + offset_of!(Segment, limit)) as i32;
-const TLB_BASE: i32 = offset_of!(JitCtx, tlb_base) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
 const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
 const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
@@ -81,6 +86,7 @@ const _: () = assert!(FAST_ENTRY_BYTES.is_power_of_two() && FAST_TLB_SIZE.is_pow
 const SEG_MASK: i32 =
     (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
 const SEG_WANT: i32 = (seg_attr::P | seg_attr::S | seg_attr::RW) as i32;
+const ARITH: i32 = flags::ARITH as i32;
 
 fn seg_field(s: u8, field: usize) -> i32 {
     (offset_of!(CpuState, seg) + usize::from(s) * size_of::<Segment>() + field) as i32
@@ -98,14 +104,16 @@ impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {
     }
 }
 
-/// What a fragment calls and embeds: the helper's address, the address of each
-/// prepared instruction, and its two link cells with their tags. Named for
-/// listings.
+/// What a fragment calls and embeds: the helpers' addresses, the context, the
+/// address of each prepared instruction, and its two link cells with their
+/// tags. Named for listings.
 pub struct Externals<'a> {
     /// `helper_exec`.
     pub helper: u64,
     /// `helper_fill`.
     pub fill: u64,
+    /// The `JitCtx` the fragment will be entered with.
+    pub ctx: u64,
     /// The prepared instructions, in unit order.
     pub insns: &'a [u64],
     /// Addresses of the link cells of the branch taken (0) and not taken (1).
@@ -114,14 +122,17 @@ pub struct Externals<'a> {
     pub link_tags: [u64; 2],
 }
 
-/// Offsets of a fragment's entry, and of the point where a chained fragment
-/// jumps in (after the prologue; R13 must hold RIP there).
+/// Offsets of a fragment's entry, of the point where a chained fragment
+/// jumps in (after the prologue), and of each link site's stub.
 #[derive(Clone, Copy, Debug)]
 pub struct Fragment {
     /// The entry of the `Entry` ABI.
     pub entry: usize,
     /// The chain entry.
     pub body: usize,
+    /// Per link site (taken, not taken), the stub an empty cell holds, if the
+    /// site goes through its cell.
+    pub stubs: [Option<usize>; 2],
 }
 
 /// The unit to emit.
@@ -137,35 +148,45 @@ pub struct UnitPlan<'a> {
     /// The unit may go on to the next fragment without returning (see the module
     /// comment on chaining).
     pub chain: bool,
+    /// The RIP of the unit's first instruction.
+    pub rip: u64,
+    /// CS base and limit the fragment is made for.
+    pub cs_base: u64,
+    /// See `cs_base`.
+    pub cs_limit: u32,
 }
 
 struct Emitter<'a, A: CodeSink> {
     ops: &'a mut A,
     ext: &'a Externals<'a>,
     exit: DynamicLabel,
-    /// The first instruction (R13 set).
+    /// The first instruction (the chain entry).
     body: DynamicLabel,
     /// Chain code is emitted at the branch's exits.
     chain: bool,
+    /// Entry RIP, CS base and CS limit of the fragment.
+    rip: u64,
+    cs_base: u64,
+    cs_limit: u32,
     /// Guest registers loaded into their host registers.
     cached: u8,
     /// Cached registers written since loaded.
     dirty: u8,
     /// Guest flags that host EFLAGS hold right now.
     host_valid: u64,
-    /// Flags captured in R9 and not yet merged.
+    /// Flags captured in R9 and not yet merged into R14.
     pending: Option<FlagSpec>,
-    /// RIP and icount advance of inline instructions not yet stored.
-    rip_delta: u64,
+    /// Inline instructions retired since R13 was last advanced.
     insn_delta: u64,
     /// Offset of the current instruction from the unit's start.
     unit_off: u64,
-    /// `CpuState::rip` was advanced inside the unit (it no longer equals R13).
-    rip_moved: bool,
+    /// The unit offset whose address `CpuState::rip` holds, where known (after
+    /// a helper that went on).
+    rip_mem: Option<u64>,
     /// Out-of-line paths of memory instructions, emitted after the epilogue.
     slow: Vec<SlowPath>,
-    /// Where the unit's branch goes when its target is outside the CS limit.
-    branch_slow: DynamicLabel,
+    /// Offsets of the link sites' stubs.
+    stubs: [Option<usize>; 2],
 }
 
 /// Every guest GPR (bit i = GPR i).
@@ -183,14 +204,14 @@ struct SlowPath {
     retry: DynamicLabel,
     /// After the instruction.
     after: DynamicLabel,
-    /// Index of the instruction in the unit, and its helper kind and length.
+    /// Index of the instruction in the unit, and its helper kind.
     i: usize,
     kind: u8,
-    len: u64,
     /// Dirty and cached guest registers at the instruction.
     dirty: u8,
     cached: u8,
-    rip_delta: u64,
+    /// Unit offset of the instruction, and inline instructions not yet in R13.
+    unit_off: u64,
     insn_delta: u64,
     /// Bit 0: write; bits 1 up: access size.
     size_write: u32,
@@ -212,10 +233,11 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ; push r15
         ; sub rsp, 8
         ; mov r15, rdi
-        ; mov r14, rsi
+        ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r14, QWORD [r15 + RFLAGS]
+        ; and r14d, ARITH
     );
     let body = ops.new_label();
-    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + RIP]);
     for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
         dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
     }
@@ -227,16 +249,18 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         exit,
         body,
         chain: unit.chain,
+        rip: unit.rip,
+        cs_base: unit.cs_base,
+        cs_limit: unit.cs_limit,
         cached: ALL_REGS,
         dirty: ALL_REGS,
         host_valid: 0,
         pending: None,
-        rip_delta: 0,
         insn_delta: 0,
         unit_off: 0,
-        rip_moved: false,
+        rip_mem: None,
         slow: Vec::new(),
-        branch_slow: exit,
+        stubs: [None; 2],
     };
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
@@ -245,24 +269,24 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         match l {
             Lowering::Ident(x) => {
                 e.ident(x, unit.captures[i]);
-                e.rip_delta += len;
                 e.insn_delta += 1;
             }
             Lowering::Mem(x) => {
-                e.mem(i, x, unit.captures[i], len, unit.kinds[i]);
-                e.rip_delta += len;
+                e.mem(i, x, unit.captures[i], unit.kinds[i]);
                 e.insn_delta += 1;
             }
-            Lowering::Helper(_) => e.helper(i, unit.kinds[i]),
+            Lowering::Helper(_) => e.helper(i, unit.kinds[i], len),
             Lowering::Branch(b) => {
                 e.branch(i, b, len, unit.kinds[i]);
                 ended = true;
             }
         }
     }
+    let end_off: u64 = unit.lens.iter().map(|&l| u64::from(l)).sum();
     if !ended && unit.chain {
-        e.fall_through();
+        e.fall_through(end_off);
     } else if !ended {
+        e.unit_off = end_off;
         e.sync();
         dynasm!(e.ops ; .arch x64 ; xor eax, eax);
     }
@@ -284,6 +308,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     Fragment {
         entry,
         body: body_at,
+        stubs: e.stubs,
     }
 }
 
@@ -300,6 +325,11 @@ fn gpr_off(g: usize) -> i32 {
 }
 
 impl<A: CodeSink> Emitter<'_, A> {
+    /// The absolute address of a `JitCtx` field.
+    fn ctx_field(&self, off: usize) -> i64 {
+        (self.ext.ctx + off as u64) as i64
+    }
+
     fn load_regs(&mut self, mask: u8) {
         for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
             let bit = 1u8 << g;
@@ -310,16 +340,23 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
     }
 
-    fn store_regs(&mut self) {
+    fn store_mask(&mut self, mask: u8) {
         for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            if self.dirty & (1 << g) != 0 {
+            if mask & (1 << g) != 0 {
                 dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
             }
         }
-        self.dirty = 0;
     }
 
-    /// Merges captured flags into `CpuState::rflags` (clobbers host flags).
+    fn reload_mask(&mut self, mask: u8) {
+        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+            if mask & (1 << g) != 0 {
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+            }
+        }
+    }
+
+    /// Merges the flags captured in R9 into R14 (clobbers host flags).
     fn settle_flags(&mut self) {
         let Some(s) = self.pending.take() else {
             return;
@@ -340,52 +377,93 @@ impl<A: CodeSink> Emitter<'_, A> {
         let keep = !(s.written as i32);
         dynasm!(self.ops
             ; .arch x64
-            ; and QWORD [r15 + RFLAGS], keep
-            ; or QWORD [r15 + RFLAGS], r9
+            ; and r14d, keep
+            ; or r14d, r9d
         );
         self.host_valid = 0;
     }
 
-    /// Loads the guest's arithmetic flags into host EFLAGS.
+    /// Loads the guest's arithmetic flags (R14) into host EFLAGS.
     fn load_flags(&mut self) {
-        let arith = flags::ARITH as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r9, QWORD [r15 + RFLAGS]
-            ; and r9d, arith
-            ; push r9
-            ; popfq
-        );
+        dynasm!(self.ops ; .arch x64 ; push r14 ; popfq);
         self.host_valid = flags::ARITH;
     }
 
-    /// Stores RIP and icount of the inline instructions so far (clobbers flags).
-    fn store_progress(&mut self) {
-        if self.rip_delta != 0 {
-            let d = self.rip_delta as i32;
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + RIP], d);
-            self.rip_moved = true;
-        }
-        if self.insn_delta != 0 {
-            let n = self.insn_delta as i32;
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], n);
-        }
-        self.rip_delta = 0;
-        self.insn_delta = 0;
+    /// Writes R14 into `CpuState::rflags` (clobbers host flags).
+    fn flags_to_mem(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; and QWORD [r15 + RFLAGS], !ARITH
+            ; or QWORD [r15 + RFLAGS], r14
+        );
         self.host_valid = 0;
     }
 
-    /// Makes `CpuState` exact (see the module invariants).
+    /// Reloads R14 from `CpuState::rflags` (after a helper).
+    fn flags_from_mem(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r14, QWORD [r15 + RFLAGS]
+            ; and r14d, ARITH
+        );
+        self.host_valid = 0;
+    }
+
+    /// Adds the inline instructions retired so far to R13 (keeps host flags).
+    fn advance_icount(&mut self) {
+        if self.insn_delta != 0 {
+            let n = self.insn_delta as i32;
+            dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
+            self.insn_delta = 0;
+        }
+    }
+
+    /// `CpuState::rip = value` (a guest RIP, below 2^32).
+    fn store_rip(&mut self, value: u64) {
+        let v = value as u32 as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11d, DWORD v
+            ; mov QWORD [r15 + RIP], r11
+        );
+    }
+
+    /// Makes `CpuState` exact at the current instruction (see the module
+    /// invariants).
     fn sync(&mut self) {
         self.settle_flags();
-        self.store_regs();
-        self.store_progress();
+        self.advance_icount();
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + ICOUNT], r13);
+        self.flags_to_mem();
+        let dirty = self.dirty;
+        self.store_mask(dirty);
+        self.dirty = 0;
+        if self.rip_mem != Some(self.unit_off) {
+            self.store_rip(self.rip.wrapping_add(self.unit_off));
+            self.rip_mem = Some(self.unit_off);
+        }
+    }
+
+    /// Leaves the fragment with exit code `code`: stores the registers in
+    /// `dirty`, icount (R13, already advanced), the flags (R14, settled) and RIP.
+    fn leave(&mut self, dirty: u8, rip: u64, code: u64) {
+        self.store_mask(dirty);
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + ICOUNT], r13);
+        self.flags_to_mem();
+        self.store_rip(rip);
+        let exit = self.exit;
+        if code == 0 {
+            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
+        } else {
+            let c = code as i32;
+            dynasm!(self.ops ; .arch x64 ; mov eax, c ; jmp =>exit);
+        }
     }
 
     fn ident(&mut self, x: &Ident, capture: bool) {
         let f = x.flags;
         if f.written != 0 {
-            self.settle_flags();
+            self.drop_or_settle(f.written);
         }
         if f.read & !self.host_valid != 0 {
             self.settle_flags();
@@ -395,6 +473,17 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.ops.extend(x.bytes.iter().copied());
         self.dirty |= x.writes;
         self.after_flags(f, capture);
+    }
+
+    /// Before an instruction that writes flags `written` (its capture would
+    /// overwrite R9): a pending capture it overwrites entirely is dropped
+    /// (nothing can observe it any more), any other is merged.
+    fn drop_or_settle(&mut self, written: u64) {
+        match self.pending {
+            Some(p) if p.written & !written == 0 => self.pending = None,
+            Some(_) => self.settle_flags(),
+            None => {}
+        }
     }
 
     /// Flag bookkeeping after an inline instruction that ran with flags `f`.
@@ -437,7 +526,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// An inline memory instruction: offset, segment limit and type, fast-TLB
     /// probe, then the instruction on the host address in R10. Any check that
     /// fails goes out of line ([`SlowPath`]).
-    fn mem(&mut self, i: usize, x: &MemOp, capture: bool, len: u64, kind: u8) {
+    fn mem(&mut self, i: usize, x: &MemOp, capture: bool, kind: u8) {
         let f = x.op.flags;
         self.settle_flags();
         self.host_valid = 0;
@@ -449,10 +538,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             after: self.ops.new_label(),
             i,
             kind,
-            len,
             dirty: self.dirty,
             cached: self.cached,
-            rip_delta: self.rip_delta,
+            unit_off: self.unit_off,
             insn_delta: self.insn_delta,
             size_write: (u32::from(x.size) << 1) | u32::from(x.write),
             flags: f.read | f.written != 0,
@@ -463,6 +551,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         let attrs = seg_field(x.seg, offset_of!(Segment, attrs));
         let base = seg_field(x.seg, offset_of!(Segment, base));
         let tag = if x.write { FAST_WRITE } else { FAST_READ };
+        let tlb_base = self.ctx_field(offset_of!(JitCtx, tlb_base));
         // PUSH and POP need a 32-bit stack (SS.B).
         let db = if x.esp_delta != 0 {
             i32::from(seg_attr::DB)
@@ -486,12 +575,13 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; jne =>full
             ; add r10, QWORD [r15 + base]
             ; mov r10d, r10d
-            ; lea r11d, [r10 + last]
-            ; and r11d, -4096
+            ; mov r11, QWORD tlb_base
             ; mov r12d, r10d
             ; shr r12d, FAST_SHIFT
             ; and r12d, FAST_MASK
-            ; add r12, QWORD [r14 + TLB_BASE]
+            ; add r12, QWORD [r11]
+            ; lea r11d, [r10 + last]
+            ; and r11d, -4096
             ; cmp r11d, DWORD [r12 + tag]
             ; jne =>miss
             ; add r10, QWORD [r12 + FAST_ADDEND]
@@ -510,36 +600,24 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.dirty |= x.op.writes;
         self.after_flags(f, capture);
         dynasm!(self.ops ; .arch x64 ; =>after);
+        // The out-of-line path leaves CpuState::rip past this instruction.
+        self.rip_mem = None;
         self.slow.push(p);
-    }
-
-    fn store_mask(&mut self, mask: u8) {
-        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            if mask & (1 << g) != 0 {
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
-            }
-        }
-    }
-
-    fn reload_mask(&mut self, mask: u8) {
-        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            if mask & (1 << g) != 0 {
-                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
-            }
-        }
     }
 
     /// The out-of-line half of [`Emitter::mem`].
     fn slow_path(&mut self, p: &SlowPath) {
         let (exit, fill) = (self.exit, self.ext.fill as i64);
+        let ctx = self.ext.ctx as i64;
         let size_write = p.size_write as i32;
-        // A fast-TLB miss: fill, and retry on success.
+        // A fast-TLB miss: fill, and retry on success. R13, R14 and the pending
+        // flags (none: settled before the probe) survive the call.
         dynasm!(self.ops ; .arch x64 ; =>p.miss);
         self.store_mask(p.dirty);
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r15
-            ; mov rsi, r14
+            ; mov rsi, QWORD ctx
             ; mov rdx, r10
             ; mov ecx, size_write
             ; mov rax, QWORD fill
@@ -548,37 +626,26 @@ impl<A: CodeSink> Emitter<'_, A> {
         );
         self.reload_mask(p.cached);
         dynasm!(self.ops ; .arch x64 ; jnz =>p.retry);
-        // The helper runs the instruction on an exact state; the inline code's
-        // RIP and icount bookkeeping is then put back as it expects.
+        // The helper runs the instruction on an exact state, then the inline
+        // code goes on from the state the helper left (R13 stays: the helper
+        // retires exactly this one instruction).
         dynasm!(self.ops ; .arch x64 ; =>p.full);
         self.store_mask(p.dirty);
-        if p.rip_delta != 0 {
-            let d = p.rip_delta as i32;
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + RIP], d);
-        }
-        if p.insn_delta != 0 {
-            let n = p.insn_delta as i32;
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], n);
-        }
-        self.call_helper(p.i, p.kind);
-        let (back, n) = ((p.rip_delta + p.len) as i32, (p.insn_delta + 1) as i32);
+        let n = p.insn_delta as i32;
         dynasm!(self.ops
             ; .arch x64
-            ; test eax, eax
-            ; jnz =>exit
-            ; sub QWORD [r15 + RIP], back
-            ; sub QWORD [r15 + ICOUNT], n
+            ; lea r11, [r13 + n]
+            ; mov QWORD [r15 + ICOUNT], r11
         );
+        self.flags_to_mem();
+        self.store_rip(self.rip.wrapping_add(p.unit_off));
+        self.call_helper(p.i, p.kind);
+        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
         self.reload_mask(p.cached);
+        self.flags_from_mem();
         if p.flags {
-            let arith = flags::ARITH as i32;
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov r9, QWORD [r15 + RFLAGS]
-                ; and r9d, arith
-                ; push r9
-                ; popfq
-            );
+            // Host EFLAGS and a capture in R9 both as the inline path leaves them.
+            dynasm!(self.ops ; .arch x64 ; push r14 ; popfq ; mov r9, r14);
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>p.after);
     }
@@ -586,11 +653,12 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn call_helper(&mut self, i: usize, kind: u8) {
         let insn = self.ext.insns[i] as i64;
         let helper = self.ext.helper as i64;
+        let ctx = self.ext.ctx as i64;
         let kind = i32::from(kind);
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r15
-            ; mov rsi, r14
+            ; mov rsi, QWORD ctx
             ; mov rdx, QWORD insn
             ; mov ecx, kind
             ; mov rax, QWORD helper
@@ -599,210 +667,120 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.host_valid = 0;
     }
 
-    fn helper(&mut self, i: usize, kind: u8) {
+    fn helper(&mut self, i: usize, kind: u8, len: u64) {
         self.sync();
-        self.cached = 0;
-        // The helper moves RIP past its instruction.
-        self.rip_moved = true;
         self.call_helper(i, kind);
         let exit = self.exit;
-        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
+        dynasm!(self.ops
+            ; .arch x64
+            ; test eax, eax
+            ; jnz =>exit
+            ; mov r13, QWORD [r15 + ICOUNT]
+        );
+        self.flags_from_mem();
+        self.cached = 0;
+        // The helper moved RIP past its instruction.
+        self.rip_mem = Some(self.unit_off + len);
     }
 
     /// A relative JMP/Jcc ending the unit: RIP = target (masked to the operand
-    /// size) if taken and inside the CS limit; the helper raises #GP otherwise.
+    /// size) if taken, known at translation time; a target outside the CS limit
+    /// goes to the helper, which raises #GP.
     ///
     /// Every guest register is brought into its host register first, as a
     /// chained fragment expects; the dirty ones are stored only on the ways out
-    /// to the run loop (`out_end`, `out_event`) and before the helper.
+    /// to the run loop and before the helper.
     fn branch(&mut self, i: usize, b: &Branch, len: u64, kind: u8) {
         self.load_regs(ALL_REGS);
         let dirty = self.dirty;
-        let out_end = self.ops.new_label();
-        let out_event = self.ops.new_label();
+        let n = self.insn_delta + 1;
+        let here = self.rip.wrapping_add(self.unit_off);
         let taken = self.ops.new_label();
         if let Some(cc) = b.cc {
             if cond_flags(cc) & !self.host_valid != 0 {
                 self.settle_flags();
                 self.load_flags();
             }
-            let saved = (
-                self.pending,
-                self.rip_delta,
-                self.insn_delta,
-                self.rip_moved,
-            );
+            let pending = self.pending;
             jump_if(self.ops, cc, taken);
-            // Not taken: fall through to the next instruction.
+            // Not taken: on to the next instruction.
             self.settle_flags();
-            self.rip_delta += len;
-            self.insn_delta += 1;
-            self.store_progress();
-            dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
-            self.chain_to(1, out_end);
-            (
-                self.pending,
-                self.rip_delta,
-                self.insn_delta,
-                self.rip_moved,
-            ) = saved;
+            self.side(here.wrapping_add(len), n, dirty, 1);
+            self.pending = pending;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();
         let mask = if b.size == 2 { 0xFFFF } else { 0xFFFF_FFFF };
-        let from_start = self.unit_off.wrapping_add(len).wrapping_add(b.rel) & mask;
-        if from_start == 0 && self.unit_off != 0 {
-            // Back to the unit's own start, which was fetched inside the CS limit.
-            self.self_loop(out_end);
+        let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
+        if target > u64::from(self.cs_limit) {
+            // Outside the CS limit: the helper raises #GP (falls into the exit).
+            self.sync();
+            self.call_helper(i, kind);
+        } else if target == here {
+            // A branch to itself restarts: the interpreter ends the unit with an
+            // event.
+            let n = n as i32;
+            dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
+            self.leave(dirty, target, EXIT_EVENT);
         } else {
-            self.taken_branch(b, len, out_end, out_event);
+            self.side(target, n, dirty, 0);
         }
-        // The ways out to the run loop.
-        let event = EXIT_EVENT as i32;
-        let exit = self.exit;
-        dynasm!(self.ops ; .arch x64 ; =>out_end);
-        self.store_mask(dirty);
-        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit ; =>out_event);
-        self.store_mask(dirty);
-        dynasm!(self.ops ; .arch x64 ; mov eax, event ; jmp =>exit);
-        // Outside the CS limit: the helper raises #GP.
-        dynasm!(self.ops ; .arch x64 ; =>self.branch_slow);
-        self.store_mask(dirty);
-        self.store_progress();
-        self.call_helper(i, kind);
     }
 
     /// The end of a unit that runs on into the next instruction (its last one
     /// is not a branch): chained like the not-taken side of a branch, through
-    /// link cell 0, as the next RIP is fixed.
-    fn fall_through(&mut self) {
+    /// link cell 0.
+    fn fall_through(&mut self, end_off: u64) {
         self.load_regs(ALL_REGS);
         let dirty = self.dirty;
-        let out_end = self.ops.new_label();
-        let exit = self.exit;
         self.settle_flags();
-        self.store_progress();
-        dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
-        self.chain_to(0, out_end);
-        dynasm!(self.ops ; .arch x64 ; =>out_end);
-        self.store_mask(dirty);
-        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
+        let n = self.insn_delta;
+        self.side(self.rip.wrapping_add(end_off), n, dirty, 0);
     }
 
-    /// The taken side of a branch to the unit's own start: RIP is the entry RIP
-    /// (R13) again, and the unit runs again inside while the budget allows.
-    fn self_loop(&mut self, out_end: DynamicLabel) {
-        let insns = (self.insn_delta + 1) as i32;
-        dynasm!(self.ops ; .arch x64 ; add QWORD [r15 + ICOUNT], insns);
-        if self.rip_moved {
-            dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + RIP], r13);
+    /// One way out of the unit, to `target`, after `n` more instructions, with
+    /// the flags settled and every guest register in its host register (`dirty`
+    /// of them not stored): on to a fragment where the module comment allows,
+    /// else back to the run loop.
+    fn side(&mut self, target: u64, n: u64, dirty: u8, site: usize) {
+        if n != 0 {
+            let n = n as i32;
+            dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
         }
-        self.branch_slow = self.ops.new_label();
-        if !self.chain {
-            dynasm!(self.ops ; .arch x64 ; jmp =>out_end);
-            return;
-        }
-        let body = self.body;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r11, QWORD [r15 + ICOUNT]
-            ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
-            ; jae =>out_end
-            ; add QWORD [r14 + SELF_LOOPS], 1
-            ; jmp =>body
-        );
-    }
-
-    /// The taken side of any other branch: the target is computed, checked
-    /// against the CS limit (`branch_slow` if outside) and stored as RIP.
-    fn taken_branch(
-        &mut self,
-        b: &Branch,
-        len: u64,
-        out_end: DynamicLabel,
-        out_event: DynamicLabel,
-    ) {
-        let slow = self.ops.new_label();
-        self.branch_slow = slow;
-        let to_target = self.rip_delta.wrapping_add(len).wrapping_add(b.rel) as i64;
-        let own = self.rip_delta as i32;
-        dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r15 + RIP]);
-        match i32::try_from(to_target) {
-            Ok(d) => dynasm!(self.ops ; .arch x64 ; add r10, d),
-            Err(_) => dynasm!(self.ops
+        let lin = |a: u64| (self.cs_base.wrapping_add(a) & 0xFFFF_FFFF) >> 12;
+        let same_page = lin(target) == lin(self.rip) && target <= u64::from(self.cs_limit);
+        if self.chain && (target == self.rip || same_page) {
+            let out = self.ops.new_label();
+            let limit = self.ctx_field(offset_of!(JitCtx, icount_limit));
+            dynasm!(self.ops
                 ; .arch x64
-                ; mov r11, QWORD to_target
-                ; add r10, r11
-            ),
+                ; mov r11, QWORD limit
+                ; cmp r13, QWORD [r11]
+                ; jae =>out
+            );
+            if target == self.rip {
+                let body = self.body;
+                dynasm!(self.ops ; .arch x64 ; jmp =>body);
+            } else {
+                let cell = self.ext.cells[site] as i64;
+                let tag = self.ext.link_tags[site] as i64;
+                let pending = self.ctx_field(offset_of!(JitCtx, pending_link));
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r11, QWORD cell
+                    ; jmp QWORD [r11]
+                );
+                self.stubs[site] = Some(self.ops.offset().0);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r11, QWORD tag
+                    ; mov r10, QWORD pending
+                    ; mov QWORD [r10], r11
+                );
+            }
+            dynasm!(self.ops ; .arch x64 ; =>out);
         }
-        if b.size == 2 {
-            dynasm!(self.ops ; .arch x64 ; movzx r10d, r10w);
-        } else {
-            dynasm!(self.ops ; .arch x64 ; mov r10d, r10d);
-        }
-        let insns = (self.insn_delta + 1) as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r11d, DWORD [r15 + CS_LIMIT]
-            ; cmp r10, r11
-            ; ja =>slow
-            // A branch to itself restarts: the interpreter ends the unit with an event.
-            ; mov r11, QWORD [r15 + RIP]
-            ; add r11, own
-            ; mov QWORD [r15 + RIP], r10
-            ; add QWORD [r15 + ICOUNT], insns
-            ; cmp r10, r11
-            ; je =>out_event
-        );
-        self.chain_to(0, out_end);
-    }
-}
-
-impl<A: CodeSink> Emitter<'_, A> {
-    /// Leaves the unit with the state exact but for the guest registers, all in
-    /// their host registers, and R10 = RIP: on to another fragment, or to
-    /// `out` (which stores the registers and returns EXIT_END). The module
-    /// comment says where it may go.
-    fn chain_to(&mut self, site: usize, out: DynamicLabel) {
-        if !self.chain {
-            dynasm!(self.ops ; .arch x64 ; jmp =>out);
-            return;
-        }
-        let body = self.body;
-        let cell = self.ext.cells[site] as i64;
-        let tag = self.ext.link_tags[site] as i64;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r11, QWORD [r15 + ICOUNT]
-            ; cmp r11, QWORD [r14 + ICOUNT_LIMIT]
-            ; jae =>out
-            ; cmp r10, r13
-            ; jne >other
-            ; add QWORD [r14 + SELF_LOOPS], 1
-            ; jmp =>body
-            ; other:
-            ; mov r11, QWORD [r15 + CS_BASE]
-            ; lea r9, [r11 + r10]
-            ; add r11, r13
-            ; xor r11, r9
-            ; shr r11, 12
-            ; jnz =>out
-            ; lea r9, [r10 + MAX_UNIT_BYTES - 1]
-            ; mov r11d, DWORD [r15 + CS_LIMIT]
-            ; cmp r9, r11
-            ; ja =>out
-            ; mov r11, QWORD cell
-            ; mov r9, QWORD [r11]
-            ; test r9, r9
-            ; jz >unlinked
-            ; add QWORD [r14 + CHAINS], 1
-            ; mov r13, r10
-            ; jmp r9
-            ; unlinked:
-            ; mov r11, QWORD tag
-            ; mov QWORD [r14 + PENDING_LINK], r11
-            ; jmp =>out
-        );
+        self.leave(dirty, target, EXIT_END);
     }
 }
 

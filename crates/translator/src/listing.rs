@@ -5,6 +5,7 @@
 
 use crate::emit::{emit_unit, Externals, UnitPlan};
 use crate::plan::{self, HelperKind, Lowering};
+use crate::runtime::JitCtx;
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
@@ -21,6 +22,8 @@ const FAKE_INSN: u64 = 0x7E57_0001_0000;
 /// Placeholder addresses of the link cells, and their tags.
 const FAKE_CELLS: [u64; 2] = [0x7E57_0002_0000, 0x7E57_0002_0008];
 const FAKE_TAGS: [u64; 2] = [0x7E57_0003_0000, 0x7E57_0003_0001];
+/// Placeholder address of the `JitCtx`.
+const FAKE_CTX: u64 = 0x7E57_0005_0000;
 
 fn formatter() -> IntelFormatter {
     let mut f = IntelFormatter::new();
@@ -63,10 +66,14 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             lens: &lens,
             kinds: &kinds,
             chain: plan::may_chain(&lowerings),
+            rip: 0,
+            cs_base: 0,
+            cs_limit: if bits == 16 { 0xFFFF } else { u32::MAX },
         },
         &Externals {
             helper: FAKE_HELPER,
             fill: FAKE_FILL,
+            ctx: FAKE_CTX,
             insns: &ptrs,
             cells: FAKE_CELLS,
             link_tags: FAKE_TAGS,
@@ -113,6 +120,21 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
         text.clear();
         f.format(&ins, &mut text);
         let mut line = text.replace(&format!("0x{FAKE_HELPER:x}"), "helper_exec");
+        line = line.replace(&format!("0x{FAKE_FILL:x}"), "helper_fill");
+        for (name, off) in [
+            (
+                "ctx.icount_limit",
+                core::mem::offset_of!(JitCtx, icount_limit),
+            ),
+            ("ctx.tlb_base", core::mem::offset_of!(JitCtx, tlb_base)),
+            (
+                "ctx.pending_link",
+                core::mem::offset_of!(JitCtx, pending_link),
+            ),
+        ] {
+            line = line.replace(&format!("0x{:x}", FAKE_CTX + off as u64), name);
+        }
+        line = line.replace(&format!("0x{FAKE_CTX:x}"), "ctx");
         for (site, name) in ["taken", "not_taken"].iter().enumerate() {
             line = line.replace(
                 &format!("0x{:x}", FAKE_CELLS[site]),

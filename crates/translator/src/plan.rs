@@ -296,31 +296,36 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
 /// with the flags the reload is for, given the captures `caps`. This mirrors
 /// `emit::Emitter`'s flag bookkeeping (`host_valid`, `pending`).
 fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
-    let (mut valid, mut pending) = (0u64, false);
+    // `pending`: the flags written by a capture not yet merged, if any.
+    let (mut valid, mut pending) = (0u64, None::<u64>);
     let mut out = Vec::new();
     for (i, l) in lowerings.iter().enumerate() {
         let f = match l {
             Lowering::Ident(x) => {
                 let f = x.flags;
-                if f.written != 0 && pending {
-                    valid = 0;
-                    pending = false;
+                if f.written != 0 {
+                    // A capture the instruction overwrites entirely is dropped,
+                    // any other merged (which clobbers host flags).
+                    if pending.is_some_and(|p| p & !f.written != 0) {
+                        valid = 0;
+                    }
+                    pending = None;
                 }
                 if f.read & !valid != 0 {
                     out.push((i, f.read));
-                    pending = false;
+                    pending = None;
                     valid = ARITH;
                 }
                 f
             }
             Lowering::Mem(m) => {
-                pending = false;
+                pending = None;
                 valid = if m.op.flags.read != 0 { ARITH } else { 0 };
                 m.op.flags
             }
             Lowering::Helper(_) => {
                 valid = 0;
-                pending = false;
+                pending = None;
                 continue;
             }
             Lowering::Branch(b) => {
@@ -334,7 +339,13 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
         };
         if f.written != 0 {
             valid = (valid & !f.written) | f.defined;
-            pending = caps[i];
+            if caps[i] {
+                pending = Some(f.written);
+                if f.szp_from.is_some() {
+                    // The capture's TEST leaves host EFLAGS untrusted.
+                    valid = 0;
+                }
+            }
         }
     }
     out

@@ -27,13 +27,9 @@ pub struct JitCtx {
     pub exc: Option<Exception>,
     /// Helper calls by [`HelperKind`].
     pub helper_calls: [u64; HelperKind::COUNT],
-    /// A fragment that branches back to its own start runs again, without
-    /// returning, while `CpuState::icount` is below this (the run loop's horizon).
+    /// Fragments go on to the next fragment (or their own start) without
+    /// returning while `CpuState::icount` is below this (the run loop's horizon).
     pub icount_limit: u64,
-    /// Times fragments ran again that way.
-    pub self_loops: u64,
-    /// Times a fragment went on to another through a link cell.
-    pub chains: u64,
     /// Set by a fragment that left through an empty link cell: the cell's tag
     /// (see `Translator`), or 0.
     pub pending_link: u64,
@@ -53,8 +49,6 @@ impl Default for JitCtx {
             exc: None,
             helper_calls: [0; HelperKind::COUNT],
             icount_limit: 0,
-            self_loops: 0,
-            chains: 0,
             pending_link: 0,
             tlb_base: 0,
             fills: 0,

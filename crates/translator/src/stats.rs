@@ -68,12 +68,8 @@ pub struct JitStats {
     pub delegated: [u64; Delegation::COUNT],
     /// Helper calls by [`HelperKind`].
     pub helper_calls: [u64; HelperKind::COUNT],
-    /// Times a fragment branched back to its own start and ran again inside.
-    pub self_loops: u64,
     /// Links made from a fragment's exit to another fragment.
     pub links: u64,
-    /// Times a fragment went on to another through a link.
-    pub chains: u64,
     /// Fast-TLB fills asked for by inline memory accesses that missed.
     pub tlb_fills: u64,
     /// Fills that installed an entry (the rest ran through the helper).
@@ -112,10 +108,8 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator exits: {}; {} repeats inside a fragment, {} chained entries over {} links",
+            "translator exits: {}; {} links made (chained entries are not counted: a counter would cost each one a memory round trip)",
             list(&ExitKind::NAMES, &self.exits),
-            self.self_loops,
-            self.chains,
             self.links
         )?;
         writeln!(
