@@ -58,7 +58,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
 use x86bt_cpu::mmu::{FastEntry, FAST_TLB_SIZE};
-use x86bt_cpu::state::{flags, seg_attr, CpuState, Segment};
+use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
 
 /// The fragment ran to its end.
 pub const EXIT_END: u64 = 0;
@@ -87,6 +87,23 @@ const SEG_MASK: i32 =
     (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
 const SEG_WANT: i32 = (seg_attr::P | seg_attr::S | seg_attr::RW) as i32;
 const ARITH: i32 = flags::ARITH as i32;
+
+/// The segment registers a fragment may treat as flat (bit i = segment
+/// register i): base 0, limit 4 GiB - 1, and attributes the inline path accepts
+/// (for SS also a 32-bit stack). A fragment's accesses through them skip the
+/// limit and type checks and the base; the translation cache matches this set
+/// like the CS:IP (see [`UnitPlan::flat`]).
+pub fn flat_segments(cpu: &CpuState) -> u8 {
+    let mut out = 0;
+    for (i, s) in cpu.seg.iter().enumerate().take(6) {
+        let db = if i == sreg::SS { seg_attr::DB } else { 0 };
+        let ok = s.base == 0
+            && s.limit == u32::MAX
+            && s.attrs & (SEG_MASK as u16 | db) == SEG_WANT as u16 | db;
+        out |= u8::from(ok) << i;
+    }
+    out
+}
 
 fn seg_field(s: u8, field: usize) -> i32 {
     (offset_of!(CpuState, seg) + usize::from(s) * size_of::<Segment>() + field) as i32
@@ -154,6 +171,12 @@ pub struct UnitPlan<'a> {
     pub cs_base: u64,
     /// See `cs_base`.
     pub cs_limit: u32,
+    /// The flat segments ([`flat_segments`]) at entry. The set holds up to the
+    /// first instruction that may load a segment register (`seg_writes`), after
+    /// which every access is checked in full.
+    pub flat: u8,
+    /// Per instruction, whether it may load a segment register.
+    pub seg_writes: &'a [bool],
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -168,6 +191,8 @@ struct Emitter<'a, A: CodeSink> {
     rip: u64,
     cs_base: u64,
     cs_limit: u32,
+    /// Segments known flat here.
+    flat: u8,
     /// Guest registers loaded into their host registers.
     cached: u8,
     /// Cached registers written since loaded.
@@ -252,6 +277,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         rip: unit.rip,
         cs_base: unit.cs_base,
         cs_limit: unit.cs_limit,
+        flat: unit.flat,
         cached: ALL_REGS,
         dirty: ALL_REGS,
         host_valid: 0,
@@ -275,7 +301,12 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
                 e.mem(i, x, unit.captures[i], unit.kinds[i]);
                 e.insn_delta += 1;
             }
-            Lowering::Helper(_) => e.helper(i, unit.kinds[i], len),
+            Lowering::Helper(_) => {
+                e.helper(i, unit.kinds[i], len);
+                if unit.seg_writes[i] {
+                    e.flat = 0;
+                }
+            }
             Lowering::Branch(b) => {
                 e.branch(i, b, len, unit.kinds[i]);
                 ended = true;
@@ -561,20 +592,27 @@ impl<A: CodeSink> Emitter<'_, A> {
         let (seg_mask, seg_want) = (SEG_MASK | db, SEG_WANT | db);
         dynasm!(self.ops ; .arch x64 ; =>retry);
         self.ops.extend(x.addr.iter().copied());
-        // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64 bits
-        // (a limit below size - 1 admits no offset).
+        if self.flat & (1 << x.seg) == 0 || (x.esp_delta != 0 && self.flat & (1 << sreg::SS) == 0) {
+            // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64
+            // bits (a limit below size - 1 admits no offset).
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11d, DWORD [r15 + limit]
+                ; sub r11, last
+                ; cmp r10, r11
+                ; jg =>full
+                ; movzx r11d, WORD [r15 + attrs]
+                ; and r11d, seg_mask
+                ; cmp r11d, seg_want
+                ; jne =>full
+                ; add r10, QWORD [r15 + base]
+                ; mov r10d, r10d
+            );
+        }
+        // A flat segment: the linear address is the offset, which LEA left
+        // zero-extended in R10 (a page-crossing or wrapping access misses below).
         dynasm!(self.ops
             ; .arch x64
-            ; mov r11d, DWORD [r15 + limit]
-            ; sub r11, last
-            ; cmp r10, r11
-            ; jg =>full
-            ; movzx r11d, WORD [r15 + attrs]
-            ; and r11d, seg_mask
-            ; cmp r11d, seg_want
-            ; jne =>full
-            ; add r10, QWORD [r15 + base]
-            ; mov r10d, r10d
             ; mov r11, QWORD tlb_base
             ; mov r12d, r10d
             ; shr r12d, FAST_SHIFT

@@ -25,7 +25,9 @@
 //! embedded [`Interpreter`], so those rules keep one implementation.
 
 use crate::codebuf::CodeBuffer;
-use crate::emit::{emit_unit, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT};
+use crate::emit::{
+    emit_unit, flat_segments, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT,
+};
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
 use crate::runtime::{self, JitCtx};
@@ -66,6 +68,8 @@ struct Slot {
     rip: u64,
     cs_base: u64,
     cs_limit: u32,
+    /// The flat segments the fragment is made for ([`flat_segments`]).
+    flat: u8,
     byte_len: u32,
     plain_end: bool,
     /// Another fragment may chain into this one.
@@ -103,6 +107,7 @@ impl Slot {
             rip: 0,
             cs_base: 0,
             cs_limit: 0,
+            flat: 0,
             byte_len: 0,
             plain_end: false,
             chain_target: false,
@@ -268,7 +273,8 @@ impl Translator {
             && self.slots[t].valid
             && self.slots[t].chain_target
             && self.slots[t].cs_base == self.slots[src].cs_base
-            && self.slots[t].cs_limit == self.slots[src].cs_limit;
+            && self.slots[t].cs_limit == self.slots[src].cs_limit
+            && self.slots[t].flat == self.slots[src].flat;
         if ok {
             let target = code.exec_base() as u64 + self.slots[t].code.body as u64;
             if let Some(c) = &mut self.slots[src].cells {
@@ -307,6 +313,7 @@ impl Translator {
             return Lookup::Delegate(Delegation::Fetch);
         };
         let (key, bitness) = mode_key(cpu);
+        let flat = flat_segments(cpu);
         let link = self.link_request.take().filter(|r| {
             r.icount == cpu.icount && r.rip == cpu.rip && r.cs_base == cpu.seg[sreg::CS].base
         });
@@ -322,6 +329,7 @@ impl Translator {
                 && slot.rip == cpu.rip
                 && slot.cs_base == cpu.seg[sreg::CS].base
                 && slot.cs_limit == cpu.seg[sreg::CS].limit
+                && slot.flat == flat
             {
                 let (byte_len, next_phys) = (slot.byte_len, slot.next_phys);
                 if unit_fits(cpu, m, lin, byte_len, next_phys) {
@@ -338,7 +346,7 @@ impl Translator {
             Some(s) => s,
             None => {
                 let started = std::time::Instant::now();
-                let done = self.translate(cpu, m, phys, key, bitness, victim);
+                let done = self.translate(cpu, m, phys, key, flat, bitness, victim);
                 self.stats.translate_ns += started.elapsed().as_nanos() as u64;
                 if let Err(d) = done {
                     return Lookup::Delegate(d);
@@ -360,6 +368,7 @@ impl Translator {
         m: &mut Machine,
         phys: u64,
         key: u32,
+        flat: u8,
         bitness: Bitness,
         s: usize,
     ) -> Result<(), Delegation> {
@@ -388,10 +397,14 @@ impl Translator {
             &cells[0] as *const u64 as u64,
             &cells[1] as *const u64 as u64,
         ];
-        let chain = plan::may_chain(&lowerings)
+        let seg_writes = plan::seg_writes(&insns);
+        // A unit that loads a segment register may leave with other flat
+        // segments than it was entered with, so it returns to the run loop.
+        let chain = (plan::may_chain(&lowerings)
             || insns
                 .last()
-                .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end));
+                .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end)))
+            && !seg_writes.contains(&true);
         let direct = lowerings.iter().all(|l| matches!(l, Lowering::Helper(_)));
         let cs = cpu.seg[sreg::CS];
         let mut stubs = [0u64; 2];
@@ -415,6 +428,8 @@ impl Translator {
                     rip: cpu.rip,
                     cs_base: cs.base,
                     cs_limit: cs.limit,
+                    flat,
+                    seg_writes: &seg_writes,
                 },
                 &Externals {
                     helper: runtime::helper_address(),
@@ -454,6 +469,7 @@ impl Translator {
             rip: cpu.rip,
             cs_base: cs.base,
             cs_limit: cs.limit,
+            flat,
             byte_len: self.scratch.byte_len as u32,
             plain_end: fetched.plain_end,
             chain_target: !direct

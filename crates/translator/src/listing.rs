@@ -65,10 +65,14 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             captures: &captures,
             lens: &lens,
             kinds: &kinds,
-            chain: plan::may_chain(&lowerings),
+            chain: plan::may_chain(&lowerings) && !plan::seg_writes(insns).contains(&true),
             rip: 0,
             cs_base: 0,
             cs_limit: if bits == 16 { 0xFFFF } else { u32::MAX },
+            // 16-bit units show the checked access path (real-mode segments),
+            // 32-bit ones the flat model's.
+            flat: if bits == 16 { 0 } else { 0x3F },
+            seg_writes: &plan::seg_writes(insns),
         },
         &Externals {
             helper: FAKE_HELPER,

@@ -351,6 +351,25 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
     out
 }
 
+/// Per instruction, whether it may load a segment register without ending the
+/// unit (MOV and POP to a segment register, LDS..LGS, LSS). Far transfers and
+/// other segment loaders end their unit.
+pub fn seg_writes(insns: &[Insn]) -> Vec<bool> {
+    insns
+        .iter()
+        .map(|i| {
+            let ins = &i.ins;
+            (ins.op_count() > 0
+                && ins.op0_kind() == OpKind::Register
+                && ins.op0_register().is_segment_register())
+                || matches!(
+                    ins.mnemonic(),
+                    Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss
+                )
+        })
+        .collect()
+}
+
 /// Whether the run loop need not look after this unit before the next: it
 /// has no instruction that can raise an interrupt line or change what the loop
 /// checks, that is no sensitive one (always a unit's last) and no x87 (FERR#).
