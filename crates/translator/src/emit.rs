@@ -11,11 +11,15 @@
 //! - R15 holds the `CpuState` pointer;
 //! - R13 holds `CpuState::icount` as of the last point the emitter advanced it
 //!   (inline instructions since are added in batches, with LEA);
-//! - R14 holds the guest's arithmetic flags (`ARITH` bits of RFLAGS, nothing
-//!   else), newer than `CpuState::rflags`, which is brought up to date only before
-//!   a helper call and at an exit;
-//! - R9 holds host flags captured after an instruction (PUSHFQ) until they are
-//!   merged into R14;
+//! - R14 holds the guest's arithmetic flags, newer than `CpuState::rflags`,
+//!   which is brought up to date only before a helper call and at an exit. They
+//!   are kept in *LAHF layout*: bits 8..15 are what LAHF puts in AH (SF, ZF, AF,
+//!   PF, CF at their RFLAGS positions plus 8) and bit 0 is OF, as SETO leaves
+//!   it ([`lahf_layout`]). LAHF + SETO capture the host flags in a few cheap
+//!   instructions and `ADD AL, 0x7F` + SAHF restore them, where PUSHFQ and
+//!   POPFQ are microcoded and slow;
+//! - R9 holds host flags captured after an instruction, in LAHF layout, until
+//!   they are merged into R14;
 //! - guest GPR i is cached in host register [`GUEST_TO_HOST`]`[i]` between its
 //!   first use and the next helper call or exit, and written back if dirty;
 //! - R10, R11 and R12 are scratch (the memory probe uses all three).
@@ -31,8 +35,9 @@
 //!   exceptions).
 //! - Host EFLAGS are trusted for a guest flag only while nothing since the
 //!   instruction that produced it has clobbered them (`host_valid`); otherwise a
-//!   reader reloads them from R14 with POPFQ (arithmetic bits only, so the host's
-//!   TF, DF and AC stay clear).
+//!   reader reloads them from R14 with SAHF (only arithmetic flags change, so
+//!   the host's TF, DF and AC stay clear). LAHF and SAHF go through AH, so
+//!   guest RAX is parked in R11 around them.
 //! - Inline instructions never fault; memory operands whose checks fail, and a
 //!   branch whose target is outside the CS limit, run through the helper instead.
 //! - Chaining: where an inline branch leaves the unit, and while R13 (icount) is
@@ -87,6 +92,12 @@ const SEG_MASK: i32 =
     (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::DC) as i32;
 const SEG_WANT: i32 = (seg_attr::P | seg_attr::S | seg_attr::RW) as i32;
 const ARITH: i32 = flags::ARITH as i32;
+
+/// RFLAGS arithmetic bits `m` in the LAHF layout of R14 and R9 (see the module
+/// comment): the low byte's flags moved up by 8, OF to bit 0.
+pub const fn lahf_layout(m: u64) -> u32 {
+    (((m & 0xD5) << 8) | ((m >> 11) & 1)) as u32
+}
 
 /// The segment registers a fragment may treat as flat (bit i = segment
 /// register i): base 0, limit 4 GiB - 1, and attributes the inline path accepts
@@ -259,8 +270,14 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ; sub rsp, 8
         ; mov r15, rdi
         ; mov r13, QWORD [r15 + ICOUNT]
-        ; mov r14, QWORD [r15 + RFLAGS]
-        ; and r14d, ARITH
+        // R14 from CpuState::rflags, as `flags_from_mem`.
+        ; mov r10, QWORD [r15 + RFLAGS]
+        ; mov r14d, r10d
+        ; and r14d, 0xD5
+        ; shl r14d, 8
+        ; shr r10d, 11
+        ; and r10d, 1
+        ; or r14d, r10d
     );
     let body = ops.new_label();
     for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
@@ -392,20 +409,21 @@ impl<A: CodeSink> Emitter<'_, A> {
         let Some(s) = self.pending.take() else {
             return;
         };
-        let defined = s.defined as i32;
+        let defined = lahf_layout(s.defined) as i32;
         dynasm!(self.ops ; .arch x64 ; and r9d, defined);
         if s.of_from_sf_cf {
+            // OF (bit 0) = SF (bit 15) ^ CF (bit 8).
             dynasm!(self.ops
                 ; .arch x64
                 ; mov r10d, r9d
                 ; shr r10d, 7
                 ; xor r10d, r9d
+                ; shr r10d, 8
                 ; and r10d, 1
-                ; shl r10d, 11
                 ; or r9d, r10d
             );
         }
-        let keep = !(s.written as i32);
+        let keep = !(lahf_layout(s.written) as i32);
         dynasm!(self.ops
             ; .arch x64
             ; and r14d, keep
@@ -414,18 +432,43 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.host_valid = 0;
     }
 
-    /// Loads the guest's arithmetic flags (R14) into host EFLAGS.
+    /// Loads the guest's arithmetic flags (R14) into host EFLAGS: OF by an
+    /// addition that overflows exactly when bit 0 is set, the rest by SAHF.
     fn load_flags(&mut self) {
-        dynasm!(self.ops ; .arch x64 ; push r14 ; popfq);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11, rax
+            ; mov eax, r14d
+            ; add al, 0x7F
+            ; sahf
+            ; mov rax, r11
+        );
         self.host_valid = flags::ARITH;
+    }
+
+    /// Host flags into R9, in LAHF layout (keeps host flags and guest RAX).
+    fn capture_flags(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r9, rax
+            ; lahf
+            ; seto al
+            ; xchg rax, r9
+        );
     }
 
     /// Writes R14 into `CpuState::rflags` (clobbers host flags).
     fn flags_to_mem(&mut self) {
         dynasm!(self.ops
             ; .arch x64
+            ; mov r10d, r14d
+            ; shr r10d, 8
+            ; mov r11d, r14d
+            ; and r11d, 1
+            ; shl r11d, 11
+            ; or r10d, r11d
             ; and QWORD [r15 + RFLAGS], !ARITH
-            ; or QWORD [r15 + RFLAGS], r14
+            ; or QWORD [r15 + RFLAGS], r10
         );
         self.host_valid = 0;
     }
@@ -434,8 +477,13 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn flags_from_mem(&mut self) {
         dynasm!(self.ops
             ; .arch x64
-            ; mov r14, QWORD [r15 + RFLAGS]
-            ; and r14d, ARITH
+            ; mov r10, QWORD [r15 + RFLAGS]
+            ; mov r14d, r10d
+            ; and r14d, 0xD5
+            ; shl r14d, 8
+            ; shr r10d, 11
+            ; and r10d, 1
+            ; or r14d, r10d
         );
         self.host_valid = 0;
     }
@@ -526,12 +574,12 @@ impl<A: CodeSink> Emitter<'_, A> {
         if !capture {
             return;
         }
-        dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+        self.capture_flags();
         let mut spec = f;
         if let Some(lo) = f.szp_from {
             // CF and OF from the multiply, SF, ZF and PF from TEST of the low half.
-            let cf_of = (flags::CF | flags::OF) as i32;
-            let szp = (flags::SF | flags::ZF | flags::PF) as i32;
+            let cf_of = lahf_layout(flags::CF | flags::OF) as i32;
+            let szp = lahf_layout(flags::SF | flags::ZF | flags::PF) as i32;
             let (r, bits) = gpr_of(lo);
             match bits {
                 8 => dynasm!(self.ops ; .arch x64 ; test Rb(r), Rb(r)),
@@ -540,8 +588,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             dynasm!(self.ops
                 ; .arch x64
-                ; pushfq
-                ; pop r11
+                ; mov r11, rax
+                ; lahf
+                ; xchg rax, r11
                 ; and r9d, cf_of
                 ; and r11d, szp
                 ; or r9d, r11d
@@ -683,7 +732,8 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.flags_from_mem();
         if p.flags {
             // Host EFLAGS and a capture in R9 both as the inline path leaves them.
-            dynasm!(self.ops ; .arch x64 ; push r14 ; popfq ; mov r9, r14);
+            self.load_flags();
+            dynasm!(self.ops ; .arch x64 ; mov r9, r14);
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>p.after);
     }

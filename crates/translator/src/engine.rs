@@ -185,6 +185,9 @@ impl Translator {
         if !cfg!(target_arch = "x86_64") {
             return Err(TranslatorError::UnsupportedHost(std::env::consts::ARCH));
         }
+        if !host_has_lahf_sahf() {
+            return Err(TranslatorError::NoLahfSahf);
+        }
         Ok(Self {
             code: Some(new_buffer()?),
             slots: (0..SETS * WAYS).map(|_| Slot::empty()).collect(),
@@ -606,6 +609,22 @@ impl Translator {
             .instructions()
             .iter()
             .any(|i| classify(i) == Some(Sensitivity::Io))
+    }
+}
+
+/// Whether the host CPU has LAHF/SAHF in 64-bit mode (CPUID 8000_0001h ECX
+/// bit 0), which the emitter uses for flags.
+fn host_has_lahf_sahf() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID is safe on every x86-64 CPU; leaf 8000_0000h says whether leaf
+        // 8000_0001h exists.
+        let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+        max >= 0x8000_0001 && core::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
