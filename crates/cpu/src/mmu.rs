@@ -110,6 +110,10 @@ pub struct FastTlb {
     pub e: [[FastEntry; FAST_TLB_SIZE]; 2],
     /// Some write entry may be valid.
     pub writes: bool,
+    /// Counts flushes of this TLB, whole or one page (INVLPG), so
+    /// that caches of linear-address translations kept elsewhere (the
+    /// translator's jump cache) know when to drop theirs.
+    pub generation: u64,
 }
 
 impl Default for FastTlb {
@@ -117,6 +121,7 @@ impl Default for FastTlb {
         Self {
             e: [[FAST_EMPTY; FAST_TLB_SIZE]; 2],
             writes: false,
+            generation: 0,
         }
     }
 }
@@ -128,6 +133,7 @@ impl FastTlb {
             set.fill(FAST_EMPTY);
         }
         self.writes = false;
+        self.generation += 1;
     }
 
     /// Drops every write entry (reads stay).
@@ -198,6 +204,7 @@ impl Tlb {
             e.tag = 0;
         }
         self.fast.drop_index(i);
+        self.fast.generation += 1;
     }
 }
 

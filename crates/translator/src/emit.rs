@@ -56,14 +56,21 @@
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
 
-use crate::plan::{cond_flags, Branch, FlagSpec, Ident, Lowering, MemOp, GUEST_TO_HOST};
-use crate::runtime::JitCtx;
+use crate::plan::{
+    cond_flags, Branch, FlagSpec, Ident, Lowering, MemOp, Xfer, XferTarget, GUEST_TO_HOST,
+};
+use crate::runtime::{JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
 use x86bt_cpu::mmu::{FastEntry, FAST_TLB_SIZE};
 use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
+
+/// What a fragment leaves in `JitCtx::pending_link` when the jump cache has
+/// no entry for its next RIP: this bit, or-ed with its spec id (below 2^30).
+/// Link-cell tags have bit 31 set instead.
+pub const JC_REQUEST: u64 = 1 << 30;
 
 /// The fragment ran to its end.
 pub const EXIT_END: u64 = 0;
@@ -188,6 +195,9 @@ pub struct UnitPlan<'a> {
     pub flat: u8,
     /// Per instruction, whether it may load a segment register.
     pub seg_writes: &'a [bool],
+    /// The translator's number for this fragment's spec (mode key, CS base
+    /// and limit, flat segments), for the jump cache.
+    pub spec: u32,
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -204,6 +214,8 @@ struct Emitter<'a, A: CodeSink> {
     cs_limit: u32,
     /// Segments known flat here.
     flat: u8,
+    /// See [`UnitPlan::spec`].
+    spec: u32,
     /// Guest registers loaded into their host registers.
     cached: u8,
     /// Cached registers written since loaded.
@@ -232,14 +244,15 @@ const ALL_REGS: u8 = 0xFF;
 /// emitter's state at the instruction, so that it can make `CpuState` exact, call
 /// the TLB fill or the helper, and rejoin the inline code in the same state.
 struct SlowPath {
-    /// Entered when the fast TLB misses (R10 = linear address).
-    miss: DynamicLabel,
+    /// Entered when the fast TLB misses (R10 = linear address), for an access.
+    miss: Option<DynamicLabel>,
     /// Entered when the inline checks fail: the helper runs the instruction.
     full: DynamicLabel,
     /// The address computation, to retry after a fill.
     retry: DynamicLabel,
-    /// After the instruction.
-    after: DynamicLabel,
+    /// After the instruction, where the helper path rejoins; `None`: the
+    /// fragment ends after the helper (a transfer).
+    after: Option<DynamicLabel>,
     /// Index of the instruction in the unit, and its helper kind.
     i: usize,
     kind: u8,
@@ -295,6 +308,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         cs_base: unit.cs_base,
         cs_limit: unit.cs_limit,
         flat: unit.flat,
+        spec: unit.spec,
         cached: ALL_REGS,
         dirty: ALL_REGS,
         host_valid: 0,
@@ -326,6 +340,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
             }
             Lowering::Branch(b) => {
                 e.branch(i, b, len, unit.kinds[i]);
+                ended = true;
+            }
+            Lowering::Xfer(x) => {
+                e.xfer(i, x, len, unit.kinds[i]);
                 ended = true;
             }
         }
@@ -611,21 +629,56 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.settle_flags();
         self.host_valid = 0;
         self.load_regs(x.op.uses | x.op.writes);
-        let p = SlowPath {
-            miss: self.ops.new_label(),
+        let mut p = self.slow_path_here(i, kind, true, f.read | f.written != 0);
+        self.probe(x, &mut p);
+        if f.read != 0 {
+            self.load_flags();
+        }
+        let delta = i32::from(x.esp_delta);
+        if delta > 0 {
+            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+        }
+        self.ops.extend(x.op.bytes.iter().copied());
+        if delta < 0 {
+            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+        }
+        self.dirty |= x.op.writes;
+        self.after_flags(f, capture);
+        if let Some(after) = p.after {
+            dynasm!(self.ops ; .arch x64 ; =>after);
+        }
+        // The out-of-line path leaves CpuState::rip past this instruction.
+        self.rip_mem = None;
+        self.slow.push(p);
+    }
+
+    /// The out-of-line path of instruction `i` in the emitter's state now:
+    /// after the helper, back to the inline code (`rejoin`) or out of the
+    /// fragment.
+    fn slow_path_here(&mut self, i: usize, kind: u8, rejoin: bool, flags: bool) -> SlowPath {
+        SlowPath {
+            miss: None,
             full: self.ops.new_label(),
             retry: self.ops.new_label(),
-            after: self.ops.new_label(),
+            after: rejoin.then(|| self.ops.new_label()),
             i,
             kind,
             dirty: self.dirty,
             cached: self.cached,
             unit_off: self.unit_off,
             insn_delta: self.insn_delta,
-            size_write: (u32::from(x.size) << 1) | u32::from(x.write),
-            flags: f.read | f.written != 0,
-        };
-        let (retry, full, miss, after) = (p.retry, p.full, p.miss, p.after);
+            size_write: 0,
+            flags,
+        }
+    }
+
+    /// The address, checks and fast-TLB probe of access `x`, leaving the host
+    /// address in R10; failures go to `p`'s paths.
+    fn probe(&mut self, x: &MemOp, p: &mut SlowPath) {
+        let miss = self.ops.new_label();
+        p.miss = Some(miss);
+        p.size_write = (u32::from(x.size) << 1) | u32::from(x.write);
+        let (retry, full) = (p.retry, p.full);
         let last = i32::from(x.size) - 1;
         let limit = seg_field(x.seg, offset_of!(Segment, limit));
         let attrs = seg_field(x.seg, offset_of!(Segment, attrs));
@@ -641,7 +694,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         let (seg_mask, seg_want) = (SEG_MASK | db, SEG_WANT | db);
         dynasm!(self.ops ; .arch x64 ; =>retry);
         self.ops.extend(x.addr.iter().copied());
-        if self.flat & (1 << x.seg) == 0 || (x.esp_delta != 0 && self.flat & (1 << sreg::SS) == 0) {
+        if self.flat & (1 << x.seg) == 0 {
             // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64
             // bits (a limit below size - 1 admits no offset).
             dynasm!(self.ops
@@ -673,49 +726,35 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; jne =>miss
             ; add r10, QWORD [r12 + FAST_ADDEND]
         );
-        if f.read != 0 {
-            self.load_flags();
-        }
-        let delta = i32::from(x.esp_delta);
-        if delta > 0 {
-            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
-        }
-        self.ops.extend(x.op.bytes.iter().copied());
-        if delta < 0 {
-            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
-        }
-        self.dirty |= x.op.writes;
-        self.after_flags(f, capture);
-        dynasm!(self.ops ; .arch x64 ; =>after);
-        // The out-of-line path leaves CpuState::rip past this instruction.
-        self.rip_mem = None;
-        self.slow.push(p);
     }
 
-    /// The out-of-line half of [`Emitter::mem`].
+    /// The out-of-line paths of an inline memory access or transfer.
     fn slow_path(&mut self, p: &SlowPath) {
         let (exit, fill) = (self.exit, self.ext.fill as i64);
         let ctx = self.ext.ctx as i64;
         let size_write = p.size_write as i32;
-        // A fast-TLB miss: fill, and retry on success. R13, R14 and the pending
-        // flags (none: settled before the probe) survive the call.
-        dynasm!(self.ops ; .arch x64 ; =>p.miss);
-        self.store_mask(p.dirty);
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rdi, r15
-            ; mov rsi, QWORD ctx
-            ; mov rdx, r10
-            ; mov ecx, size_write
-            ; mov rax, QWORD fill
-            ; call rax
-            ; test eax, eax
-        );
-        self.reload_mask(p.cached);
-        dynasm!(self.ops ; .arch x64 ; jnz =>p.retry);
-        // The helper runs the instruction on an exact state, then the inline
-        // code goes on from the state the helper left (R13 stays: the helper
-        // retires exactly this one instruction).
+        if let Some(miss) = p.miss {
+            // A fast-TLB miss: fill, and retry on success. R13, R14 and the
+            // pending flags (none: settled before the probe) survive the call.
+            dynasm!(self.ops ; .arch x64 ; =>miss);
+            self.store_mask(p.dirty);
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rdi, r15
+                ; mov rsi, QWORD ctx
+                ; mov rdx, r10
+                ; mov ecx, size_write
+                ; mov rax, QWORD fill
+                ; call rax
+                ; test eax, eax
+            );
+            self.reload_mask(p.cached);
+            dynasm!(self.ops ; .arch x64 ; jnz =>p.retry);
+        }
+        // The helper runs the instruction on an exact state. Then either the
+        // fragment ends (the state is the helper's), or the inline code goes on
+        // from the state the helper left (R13 stays: the helper retires exactly
+        // this one instruction).
         dynasm!(self.ops ; .arch x64 ; =>p.full);
         self.store_mask(p.dirty);
         let n = p.insn_delta as i32;
@@ -727,6 +766,10 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.flags_to_mem();
         self.store_rip(self.rip.wrapping_add(p.unit_off));
         self.call_helper(p.i, p.kind);
+        let Some(after) = p.after else {
+            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            return;
+        };
         dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
         self.reload_mask(p.cached);
         self.flags_from_mem();
@@ -735,7 +778,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.load_flags();
             dynasm!(self.ops ; .arch x64 ; mov r9, r14);
         }
-        dynasm!(self.ops ; .arch x64 ; jmp =>p.after);
+        dynasm!(self.ops ; .arch x64 ; jmp =>after);
     }
 
     fn call_helper(&mut self, i: usize, kind: u8) {
@@ -836,20 +879,14 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
         }
         let lin = |a: u64| (self.cs_base.wrapping_add(a) & 0xFFFF_FFFF) >> 12;
-        let same_page = lin(target) == lin(self.rip) && target <= u64::from(self.cs_limit);
-        if self.chain && (target == self.rip || same_page) {
+        let same_page = lin(target) == lin(self.rip);
+        if self.chain && target <= u64::from(self.cs_limit) {
             let out = self.ops.new_label();
-            let limit = self.ctx_field(offset_of!(JitCtx, icount_limit));
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov r11, QWORD limit
-                ; cmp r13, QWORD [r11]
-                ; jae =>out
-            );
+            self.budget_check(out);
             if target == self.rip {
                 let body = self.body;
                 dynasm!(self.ops ; .arch x64 ; jmp =>body);
-            } else {
+            } else if same_page {
                 let cell = self.ext.cells[site] as i64;
                 let tag = self.ext.link_tags[site] as i64;
                 let pending = self.ctx_field(offset_of!(JitCtx, pending_link));
@@ -865,10 +902,164 @@ impl<A: CodeSink> Emitter<'_, A> {
                     ; mov r10, QWORD pending
                     ; mov QWORD [r10], r11
                 );
+            } else {
+                // Another page: through the jump cache, at a fixed entry.
+                let idx = (target as usize) & (JC_SIZE - 1);
+                let entry = self.ctx_field(offset_of!(JitCtx, jc) + idx * size_of::<JcEntry>());
+                let tag = (target | u64::from(self.spec) << 32) as i64;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r12, QWORD entry
+                    ; mov r11, QWORD tag
+                    ; cmp r11, QWORD [r12]
+                    ; jne >miss
+                    ; jmp QWORD [r12 + 8]
+                    ; miss:
+                );
+                self.jc_request();
             }
             dynasm!(self.ops ; .arch x64 ; =>out);
         }
         self.leave(dirty, target, EXIT_END);
+    }
+
+    /// Exits to `out` unless R13 is below `JitCtx::icount_limit`.
+    fn budget_check(&mut self, out: DynamicLabel) {
+        let limit = self.ctx_field(offset_of!(JitCtx, icount_limit));
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11, QWORD limit
+            ; cmp r13, QWORD [r11]
+            ; jae =>out
+        );
+    }
+
+    /// Asks the engine to fill the jump-cache entry of the next RIP.
+    fn jc_request(&mut self) {
+        let req = (JC_REQUEST | u64::from(self.spec)) as i64;
+        let pending = self.ctx_field(offset_of!(JitCtx, pending_link));
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r11, QWORD req
+            ; mov r12, QWORD pending
+            ; mov QWORD [r12], r11
+        );
+    }
+
+    /// An inline near CALL, RET or JMP through a register ([`Xfer`]): the
+    /// stack access probed, the target read and checked against the CS limit,
+    /// and only then the side effects (the push, ESP), so that a fault leaves
+    /// the state for the helper, which runs the instruction and ends the
+    /// fragment. The transfer then goes on as a branch's would: to a static
+    /// target like [`Emitter::side`], to a dynamic one through the jump cache.
+    fn xfer(&mut self, i: usize, x: &Xfer, len: u64, kind: u8) {
+        self.load_regs(ALL_REGS);
+        self.settle_flags();
+        self.host_valid = 0;
+        let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len);
+        let limit = self.cs_limit;
+        let exit = self.exit;
+        let target = match x.target {
+            XferTarget::Rel(rel) => Some(next.wrapping_add(rel) & 0xFFFF_FFFF),
+            _ => None,
+        };
+        if target.is_some_and(|t| t > u64::from(limit)) {
+            // Outside the CS limit: the helper raises #GP.
+            self.sync();
+            self.call_helper(i, kind);
+            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            return;
+        }
+        let mut p = self.slow_path_here(i, kind, false, false);
+        let full = p.full;
+        if let Some(m) = &x.stack {
+            self.probe(m, &mut p);
+        }
+        // A dynamic target goes to R9 (free: no capture is pending) and is
+        // checked against the CS limit before any side effect.
+        match x.target {
+            XferTarget::Reg(g) => {
+                let h = GUEST_TO_HOST[usize::from(g)];
+                dynasm!(self.ops ; .arch x64 ; mov r9d, Rd(h));
+            }
+            XferTarget::Ret(_) => dynasm!(self.ops ; .arch x64 ; mov r9d, DWORD [r10]),
+            XferTarget::Rel(_) => {}
+        }
+        if target.is_none() && limit != u32::MAX {
+            let l = limit as i32;
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11d, DWORD l
+                ; cmp r9, r11
+                ; ja =>full
+            );
+        }
+        match x.target {
+            XferTarget::Ret(release) => {
+                let d = 4 + i32::from(release);
+                dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + d]);
+            }
+            _ if x.stack.is_some() => {
+                let ret = next as u32 as i32;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov DWORD [r10], ret
+                    ; lea r8d, [r8 - 4]
+                );
+            }
+            _ => {}
+        }
+        if x.stack.is_some() {
+            self.dirty |= 1 << 4;
+        }
+        let dirty = self.dirty;
+        let n = self.insn_delta + 1;
+        self.slow.push(p);
+        match target {
+            Some(t) => self.side(t, n, dirty, 0),
+            None => self.side_dynamic(n, dirty),
+        }
+    }
+
+    /// A way out of the unit to the RIP in R9 (32 bits), after `n` more
+    /// instructions, otherwise as [`Emitter::side`]: on through the jump cache,
+    /// or back to the run loop.
+    fn side_dynamic(&mut self, n: u64, dirty: u8) {
+        let n = n as i32;
+        dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
+        let out = self.ops.new_label();
+        if self.chain {
+            self.budget_check(out);
+            let base = self.ctx_field(offset_of!(JitCtx, jc));
+            let spec = (u64::from(self.spec) << 32) as i64;
+            let mask = (JC_SIZE - 1) as i32;
+            let shift = size_of::<JcEntry>().trailing_zeros() as i8;
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11d, r9d
+                ; and r11d, mask
+                ; shl r11d, shift
+                ; mov r12, QWORD base
+                ; add r12, r11
+                ; mov r11, QWORD spec
+                ; or r11, r9
+                ; cmp r11, QWORD [r12]
+                ; jne >miss
+                ; jmp QWORD [r12 + 8]
+                ; miss:
+            );
+            self.jc_request();
+        }
+        dynasm!(self.ops ; .arch x64 ; =>out);
+        self.store_mask(dirty);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov QWORD [r15 + RIP], r9
+            ; mov QWORD [r15 + ICOUNT], r13
+        );
+        self.flags_to_mem();
+        let exit = self.exit;
+        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
     }
 }
 

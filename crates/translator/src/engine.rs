@@ -27,10 +27,11 @@
 use crate::codebuf::CodeBuffer;
 use crate::emit::{
     emit_unit, flat_segments, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT,
+    JC_REQUEST,
 };
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
-use crate::runtime::{self, JitCtx};
+use crate::runtime::{self, JcEntry, JitCtx, JC_EMPTY, JC_SIZE};
 use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
@@ -70,6 +71,10 @@ struct Slot {
     cs_limit: u32,
     /// The flat segments the fragment is made for ([`flat_segments`]).
     flat: u8,
+    /// The translator's number for (key, CS base, CS limit, flat).
+    spec: u32,
+    /// Jump-cache entries that may point at this fragment.
+    jc_refs: Vec<u32>,
     byte_len: u32,
     plain_end: bool,
     /// Another fragment may chain into this one.
@@ -108,6 +113,8 @@ impl Slot {
             cs_base: 0,
             cs_limit: 0,
             flat: 0,
+            spec: 0,
+            jc_refs: Vec::new(),
             byte_len: 0,
             plain_end: false,
             chain_target: false,
@@ -166,6 +173,12 @@ pub struct Translator {
     link_request: Option<LinkRequest>,
     /// `PhysMemory::host_epoch` when the fast TLB was last known good.
     host_epoch: u64,
+    /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
+    specs: HashMap<(u32, u64, u32, u8), u32>,
+    /// `FastTlb::generation` when the jump cache was last known good.
+    jc_generation: u64,
+    /// Some jump-cache entry may be filled.
+    jc_used: bool,
 }
 
 #[inline]
@@ -200,6 +213,9 @@ impl Translator {
             next_gen: 1,
             link_request: None,
             host_epoch: u64::MAX,
+            specs: HashMap::new(),
+            jc_generation: u64::MAX,
+            jc_used: false,
         })
     }
 
@@ -243,8 +259,21 @@ impl Translator {
         self.interp.invalidate_pages(pages);
     }
 
-    /// Empties a slot, and every link cell that points at its fragment.
+    /// Empties a slot, and every link cell and jump-cache entry that points at
+    /// its fragment.
     fn drop_slot(&mut self, t: usize) {
+        if let Some(code) = &self.code {
+            let body = code.exec_base() as u64 + self.slots[t].code.body as u64;
+            for idx in std::mem::take(&mut self.slots[t].jc_refs) {
+                let e = &mut self.ctx.jc[idx as usize];
+                if e.addr == body {
+                    *e = JcEntry {
+                        tag: JC_EMPTY,
+                        addr: 0,
+                    };
+                }
+            }
+        }
         for (src, gen, site) in std::mem::take(&mut self.slots[t].incoming) {
             let src = &mut self.slots[src as usize];
             if src.valid && src.gen == gen {
@@ -259,7 +288,11 @@ impl Translator {
 
     /// Makes the link a fragment asked for, from its cell to the fragment of slot
     /// `t`, if both are still there and `t` may be chained to.
-    fn link(&mut self, tag: u64, t: usize) {
+    fn link(&mut self, tag: u64, t: usize, rip: u64) {
+        if tag & TAG_PRESENT == 0 {
+            self.fill_jc(tag, t, rip);
+            return;
+        }
         let (gen, src, site) = (
             tag >> 32,
             ((tag & 0xFFFF_FFFF) >> 1) as usize & 0x3FFF_FFFF,
@@ -288,8 +321,56 @@ impl Translator {
         }
     }
 
+    /// Fills the jump-cache entry of `rip` with slot `t`'s fragment, for the
+    /// fragment that asked with `tag` (`JC_REQUEST | spec`), if `t` may be
+    /// chained to and was made for the same spec.
+    fn fill_jc(&mut self, tag: u64, t: usize, rip: u64) {
+        let spec = tag & (JC_REQUEST - 1);
+        let Some(code) = &self.code else {
+            return;
+        };
+        let slot = &mut self.slots[t];
+        if tag & JC_REQUEST == 0
+            || !slot.valid
+            || !slot.chain_target
+            || u64::from(slot.spec) != spec
+        {
+            return;
+        }
+        let idx = (rip as usize) & (JC_SIZE - 1);
+        self.ctx.jc[idx] = JcEntry {
+            tag: rip | spec << 32,
+            addr: code.exec_base() as u64 + slot.code.body as u64,
+        };
+        slot.jc_refs.push(idx as u32);
+        self.jc_used = true;
+        self.stats.jc_fills += 1;
+    }
+
+    /// Empties the jump cache.
+    fn clear_jc(&mut self) {
+        if self.jc_used {
+            self.ctx.jc.fill(JcEntry {
+                tag: JC_EMPTY,
+                addr: 0,
+            });
+            self.jc_used = false;
+            self.stats.jc_clears += 1;
+        }
+    }
+
+    /// The spec id of (key, CS base, CS limit, flat).
+    fn spec_of(&mut self, key: u32, cs_base: u64, cs_limit: u32, flat: u8) -> u32 {
+        let n = self.specs.len() as u32;
+        *self
+            .specs
+            .entry((key, cs_base, cs_limit, flat))
+            .or_insert(n)
+    }
+
     /// Drops every fragment (the code stays in the buffer until it is full).
     pub fn flush(&mut self) {
+        self.clear_jc();
         for s in &mut self.slots {
             *s = Slot::empty();
         }
@@ -359,7 +440,7 @@ impl Translator {
         };
         self.recent[set] = (s - set * WAYS) as u8;
         if let Some(r) = link {
-            self.link(r.tag, s);
+            self.link(r.tag, s, cpu.rip);
         }
         Lookup::Run(s)
     }
@@ -410,6 +491,7 @@ impl Translator {
             && !seg_writes.contains(&true);
         let direct = lowerings.iter().all(|l| matches!(l, Lowering::Helper(_)));
         let cs = cpu.seg[sreg::CS];
+        let spec = self.spec_of(key, cs.base, cs.limit, flat);
         let mut stubs = [0u64; 2];
         let frag = if direct {
             Fragment {
@@ -433,6 +515,7 @@ impl Translator {
                     cs_limit: cs.limit,
                     flat,
                     seg_writes: &seg_writes,
+                    spec,
                 },
                 &Externals {
                     helper: runtime::helper_address(),
@@ -473,6 +556,8 @@ impl Translator {
             cs_base: cs.base,
             cs_limit: cs.limit,
             flat,
+            spec,
+            jc_refs: Vec::new(),
             byte_len: self.scratch.byte_len as u32,
             plain_end: fetched.plain_end,
             chain_target: !direct
@@ -562,6 +647,12 @@ impl Translator {
         if epoch != self.host_epoch {
             cpu.tlb.fast.flush();
             self.host_epoch = epoch;
+        }
+        // The jump cache maps linear addresses: it goes with every TLB flush
+        // (and with the memory map, whose change flushed the fast TLB above).
+        if cpu.tlb.fast.generation != self.jc_generation {
+            self.clear_jc();
+            self.jc_generation = cpu.tlb.fast.generation;
         }
         if cpu.log_writes && cpu.tlb.fast.writes {
             cpu.tlb.fast.drop_writes();

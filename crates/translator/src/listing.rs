@@ -73,6 +73,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             // 32-bit ones the flat model's.
             flat: if bits == 16 { 0 } else { 0x3F },
             seg_writes: &plan::seg_writes(insns),
+            spec: 0,
         },
         &Externals {
             helper: FAKE_HELPER,
@@ -111,6 +112,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Ident(x) if x.flags.written != 0 => "ident, flags dead",
             Lowering::Ident(_) => "ident",
             Lowering::Branch(_) => "inline branch",
+            Lowering::Xfer(_) => "inline transfer",
             Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
             Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
             Lowering::Mem(_) => "memory inline",
@@ -139,6 +141,13 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             line = line.replace(&format!("0x{:x}", FAKE_CTX + off as u64), name);
         }
         line = line.replace(&format!("0x{FAKE_CTX:x}"), "ctx");
+        let jc = FAKE_CTX + core::mem::offset_of!(JitCtx, jc) as u64;
+        for i in (0..crate::runtime::JC_SIZE as u64).rev() {
+            let at = format!("0x{:x}", jc + i * 16);
+            if line.contains(&at) {
+                line = line.replace(&at, &format!("ctx.jc[{i}]"));
+            }
+        }
         for (site, name) in ["taken", "not_taken"].iter().enumerate() {
             line = line.replace(
                 &format!("0x{:x}", FAKE_CELLS[site]),

@@ -201,6 +201,34 @@ pub enum Lowering {
     Mem(MemOp),
     /// An inline relative branch.
     Branch(Branch),
+    /// An inline near CALL, RET or register-indirect JMP (32-bit operand size)
+    /// ending the unit.
+    Xfer(Xfer),
+}
+
+/// Where an inline transfer ([`Xfer`]) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XferTarget {
+    /// CALL rel32: the next instruction's address plus this.
+    Rel(u64),
+    /// JMP or CALL through guest GPR `n` (not ESP).
+    Reg(u8),
+    /// RET: the return address on the stack, then ESP += 4 + this (RET imm16).
+    Ret(u16),
+}
+
+/// A near CALL rel32 / CALL r32, RET / RET imm16 or JMP r32, with a 32-bit
+/// operand size: the stack access goes inline as PUSH's and POP's do (a 32-bit
+/// stack), the transfer as a branch's. The target must be inside the CS limit
+/// (checked before the push, as the interpreter does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Xfer {
+    /// The target.
+    pub target: XferTarget,
+    /// The stack access: CALL's store of the return address to `[ESP - 4]`, or
+    /// RET's load from `[ESP]` (`addr` leaves the offset in R10; `op` is empty,
+    /// the emitter supplies the access).
+    pub stack: Option<MemOp>,
 }
 
 /// The flags condition `cc` tests.
@@ -238,6 +266,8 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Helper(k) => *k as u8,
             Lowering::Mem(_) => HelperKind::Memory as u8,
             Lowering::Branch(_) => HelperKind::Branch as u8,
+            Lowering::Xfer(x) if x.stack.is_some() => HelperKind::Stack as u8,
+            Lowering::Xfer(_) => HelperKind::Branch as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
         })
         .collect()
@@ -286,7 +316,7 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
                 out[i] = m.op.flags.written & live != 0;
                 ARITH
             }
-            Lowering::Helper(_) | Lowering::Branch(_) => ARITH,
+            Lowering::Helper(_) | Lowering::Branch(_) | Lowering::Xfer(_) => ARITH,
         };
     }
     out
@@ -336,6 +366,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 }
                 continue;
             }
+            Lowering::Xfer(_) => continue,
         };
         if f.written != 0 {
             valid = (valid & !f.written) | f.defined;
@@ -382,7 +413,10 @@ fn quiet(lowerings: &[Lowering]) -> bool {
 /// Whether a unit may go on to the next fragment without returning: it ends
 /// with an inline branch and is [`quiet`].
 pub fn may_chain(lowerings: &[Lowering]) -> bool {
-    matches!(lowerings.last(), Some(Lowering::Branch(_))) && quiet(lowerings)
+    matches!(
+        lowerings.last(),
+        Some(Lowering::Branch(_) | Lowering::Xfer(_))
+    ) && quiet(lowerings)
 }
 
 /// Whether a unit that does not end with an inline branch may go on to the
@@ -390,8 +424,10 @@ pub fn may_chain(lowerings: &[Lowering]) -> bool {
 /// instruction (`plain_end`), and that instruction (`last`) does not branch, so
 /// the next RIP is always the address after the unit.
 pub fn may_fall_through(lowerings: &[Lowering], last: &Instruction, plain_end: bool) -> bool {
-    !matches!(lowerings.last(), Some(Lowering::Branch(_)))
-        && plain_end
+    !matches!(
+        lowerings.last(),
+        Some(Lowering::Branch(_) | Lowering::Xfer(_))
+    ) && plain_end
         && last.flow_control() == iced_x86::FlowControl::Next
         && quiet(lowerings)
 }
@@ -415,6 +451,11 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
             size: insn.size,
         });
     }
+    if is_last {
+        if let Some(x) = xfer(insn) {
+            return Lowering::Xfer(x);
+        }
+    }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
@@ -426,6 +467,58 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
 
 /// Guest ESP, as a [`Ident::uses`] bit.
 const ESP_BIT: u8 = 1 << 4;
+
+/// The inline form of a near CALL/RET/JMP, if it has one (see [`Xfer`]).
+fn xfer(insn: &Insn) -> Option<Xfer> {
+    let ins = &insn.ins;
+    if insn.size != 4 {
+        return None;
+    }
+    let reg = || {
+        let r = ins.op0_register();
+        gpr_bit(r)
+            .filter(|&b| b != ESP_BIT && r.size() == 4)
+            .map(|b| b.trailing_zeros() as u8)
+    };
+    let stack = |write: bool| {
+        let addr = if write {
+            Instruction::with2(
+                Code::Lea_r32_m,
+                Register::R10D,
+                MemoryOperand::with_base_displ(Register::R8, -4),
+            )
+        } else {
+            Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D)
+        }
+        .ok()?;
+        let mut enc = Encoder::new(64);
+        enc.encode(&addr, 0).ok()?;
+        Some(MemOp {
+            op: Ident {
+                bytes: Vec::new(),
+                uses: ESP_BIT,
+                writes: ESP_BIT,
+                flags: FlagSpec::NONE,
+            },
+            addr: enc.take_buffer(),
+            seg: 2,
+            size: 4,
+            write,
+            esp_delta: if write { -4 } else { 4 },
+        })
+    };
+    let (target, stack) = match ins.code() {
+        Code::Call_rel32_32 => (XferTarget::Rel(insn.rel), Some(stack(true)?)),
+        Code::Call_rm32 if ins.op0_kind() == OpKind::Register => {
+            (XferTarget::Reg(reg()?), Some(stack(true)?))
+        }
+        Code::Jmp_rm32 if ins.op0_kind() == OpKind::Register => (XferTarget::Reg(reg()?), None),
+        Code::Retnd => (XferTarget::Ret(0), Some(stack(false)?)),
+        Code::Retnd_imm16 => (XferTarget::Ret(ins.immediate16()), Some(stack(false)?)),
+        _ => return None,
+    };
+    Some(Xfer { target, stack })
+}
 
 /// PUSH of a register or an immediate, POP into a register, with a 32-bit
 /// stack: a store to `[ESP - size]` then ESP -= size, or a load from `[ESP]`

@@ -17,6 +17,22 @@ use {
     x86bt_cpu::CpuState,
 };
 
+/// Entries of the jump cache (a power of two).
+pub const JC_SIZE: usize = 1024;
+/// The tag of an empty jump-cache entry (no RIP and spec id make it).
+pub const JC_EMPTY: u64 = u64::MAX;
+
+/// One jump-cache entry: a guest RIP under one spec (see `JitCtx::jc`) and the
+/// chain entry of its fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct JcEntry {
+    /// `rip | spec << 32`, or [`JC_EMPTY`].
+    pub tag: u64,
+    /// The chain entry (absolute address) of the fragment.
+    pub addr: u64,
+}
+
 /// What a running fragment needs besides the CPU state. Lives in a `Box` owned
 /// by the translator, so its address is stable while a fragment runs.
 #[repr(C)]
@@ -40,6 +56,15 @@ pub struct JitCtx {
     pub fills: u64,
     /// See `fills`.
     pub fills_ok: u64,
+    /// The jump cache: where a fragment whose next RIP is known only at run
+    /// time (RET, JMP/CALL through a register) or lies on another page goes on
+    /// without returning. Indexed by the low bits of the guest RIP; an entry
+    /// holds the fragment made for that RIP under one *spec* (mode key, CS
+    /// base and limit, flat segments; the translator numbers them), so a
+    /// fragment only takes entries made for its own spec. It maps linear
+    /// addresses, so the translator empties it whenever the TLB is flushed or
+    /// the memory map changes, and removes an entry when its fragment goes.
+    pub jc: [JcEntry; JC_SIZE],
 }
 
 impl Default for JitCtx {
@@ -53,6 +78,10 @@ impl Default for JitCtx {
             tlb_base: 0,
             fills: 0,
             fills_ok: 0,
+            jc: [JcEntry {
+                tag: JC_EMPTY,
+                addr: 0,
+            }; JC_SIZE],
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct JitStats {
     pub helper_calls: [u64; HelperKind::COUNT],
     /// Links made from a fragment's exit to another fragment.
     pub links: u64,
+    /// Jump-cache entries made.
+    pub jc_fills: u64,
+    /// Times the jump cache was emptied (TLB flushes, memory map changes).
+    pub jc_clears: u64,
     /// Fast-TLB fills asked for by inline memory accesses that missed.
     pub tlb_fills: u64,
     /// Fills that installed an entry (the rest ran through the helper).
@@ -108,9 +112,11 @@ impl fmt::Display for JitStats {
         )?;
         writeln!(
             f,
-            "translator exits: {}; {} links made (chained entries are not counted: a counter would cost each one a memory round trip)",
+            "translator exits: {}; {} links made, {} jump-cache entries made, jump cache emptied {} times (chained entries are not counted: a counter would cost each one a memory round trip)",
             list(&ExitKind::NAMES, &self.exits),
-            self.links
+            self.links,
+            self.jc_fills,
+            self.jc_clears
         )?;
         writeln!(
             f,
