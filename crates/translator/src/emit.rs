@@ -83,6 +83,8 @@ const GPR: i32 = offset_of!(CpuState, gpr) as i32;
 const RIP: i32 = offset_of!(CpuState, rip) as i32;
 const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
+const CR4: i32 = offset_of!(CpuState, cr4) as i32;
+const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
 const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
 const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
@@ -345,6 +347,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
             Lowering::Xfer(x) => {
                 e.xfer(i, x, len, unit.kinds[i]);
                 ended = true;
+            }
+            Lowering::Rdtsc => {
+                e.rdtsc(i, unit.kinds[i]);
+                e.insn_delta += 1;
             }
         }
     }
@@ -648,6 +654,37 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops ; .arch x64 ; =>after);
         }
         // The out-of-line path leaves CpuState::rip past this instruction.
+        self.rip_mem = None;
+        self.slow.push(p);
+    }
+
+    /// RDTSC: EDX:EAX = icount before it + `CpuState::tsc_offset`, as the
+    /// interpreter computes it, unless CR4.TSD is set (then the helper runs it,
+    /// which checks the privilege).
+    fn rdtsc(&mut self, i: usize, kind: u8) {
+        self.settle_flags();
+        self.host_valid = 0;
+        // EAX and EDX cached first, so the helper path reloads the values it
+        // leaves.
+        self.load_regs(0b101);
+        let p = self.slow_path_here(i, kind, true, false);
+        let tsd = x86bt_cpu::mmu::cr4::TSD as i32;
+        let n = self.insn_delta as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; test DWORD [r15 + CR4], tsd
+            ; jnz =>p.full
+            ; lea rax, [r13 + n]
+            ; add rax, QWORD [r15 + TSC_OFFSET]
+            ; mov rdx, rax
+            ; shr rdx, 32
+            ; mov eax, eax
+        );
+        self.dirty |= 0b101;
+        self.host_valid = 0;
+        if let Some(after) = p.after {
+            dynasm!(self.ops ; .arch x64 ; =>after);
+        }
         self.rip_mem = None;
         self.slow.push(p);
     }

@@ -55,7 +55,7 @@ const SETS: usize = 1 << 15;
 /// Slots per set.
 const WAYS: usize = 2;
 /// Size of the executable code buffer.
-const CODE_CAPACITY: usize = 32 << 20;
+const CODE_CAPACITY: usize = 128 << 20;
 /// Room kept free for one more fragment (12 instructions of at most a few
 /// hundred bytes each).
 const UNIT_ROOM: usize = 16 << 10;
@@ -179,6 +179,10 @@ pub struct Translator {
     jc_generation: u64,
     /// Some jump-cache entry may be filled.
     jc_used: bool,
+    /// `/tmp/perf-PID.map`, when `X86BT_PERF_MAP` is set: one line per
+    /// fragment (host address, size, guest CS:IP), the format `perf report`
+    /// reads to name JIT code.
+    perf_map: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 #[inline]
@@ -216,6 +220,12 @@ impl Translator {
             specs: HashMap::new(),
             jc_generation: u64::MAX,
             jc_used: false,
+            perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
+                let path = format!("/tmp/perf-{}.map", std::process::id());
+                std::fs::File::create(path)
+                    .ok()
+                    .map(std::io::BufWriter::new)
+            }),
         })
     }
 
@@ -528,6 +538,28 @@ impl Translator {
             );
             let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;
             let at = code.append(&bytes).ok_or(Delegation::NoBuffer)?;
+            if let Some(f) = &mut self.perf_map {
+                use iced_x86::Formatter;
+                use std::io::Write;
+                let mut text = String::new();
+                let mut fmt = iced_x86::IntelFormatter::new();
+                for i in insns.iter() {
+                    if !text.is_empty() {
+                        text.push_str("; ");
+                    }
+                    fmt.format(&i.ins, &mut text);
+                }
+                let _ = writeln!(
+                    f,
+                    "{:x} {:x} guest {:04x}:{:08x} phys {:x}: {text}",
+                    code.exec_base() as usize + at,
+                    bytes.len(),
+                    cs.selector,
+                    cpu.rip,
+                    phys,
+                );
+                let _ = f.flush();
+            }
             self.stats.code_bytes += bytes.len() as u64;
             let base = code.exec_base() as u64;
             for (stub, off) in stubs.iter_mut().zip(frag.stubs) {

@@ -113,6 +113,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Ident(_) => "ident",
             Lowering::Branch(_) => "inline branch",
             Lowering::Xfer(_) => "inline transfer",
+            Lowering::Rdtsc => "inline RDTSC",
             Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
             Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
             Lowering::Mem(_) => "memory inline",

@@ -204,6 +204,9 @@ pub enum Lowering {
     /// An inline near CALL, RET or register-indirect JMP (32-bit operand size)
     /// ending the unit.
     Xfer(Xfer),
+    /// RDTSC: EDX:EAX = icount + `CpuState::tsc_offset`, inline while CR4.TSD
+    /// is clear (the helper otherwise, which checks the privilege).
+    Rdtsc,
 }
 
 /// Where an inline transfer ([`Xfer`]) goes.
@@ -268,6 +271,7 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Branch(_) => HelperKind::Branch as u8,
             Lowering::Xfer(x) if x.stack.is_some() => HelperKind::Stack as u8,
             Lowering::Xfer(_) => HelperKind::Branch as u8,
+            Lowering::Rdtsc => HelperKind::Sensitive as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
         })
         .collect()
@@ -316,7 +320,9 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
                 out[i] = m.op.flags.written & live != 0;
                 ARITH
             }
-            Lowering::Helper(_) | Lowering::Branch(_) | Lowering::Xfer(_) => ARITH,
+            Lowering::Helper(_) | Lowering::Branch(_) | Lowering::Xfer(_) | Lowering::Rdtsc => {
+                ARITH
+            }
         };
     }
     out
@@ -367,6 +373,11 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 continue;
             }
             Lowering::Xfer(_) => continue,
+            Lowering::Rdtsc => {
+                valid = 0;
+                pending = None;
+                continue;
+            }
         };
         if f.written != 0 {
             valid = (valid & !f.written) | f.defined;
@@ -455,6 +466,9 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
         if let Some(x) = xfer(insn) {
             return Lowering::Xfer(x);
         }
+    }
+    if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
+        return Lowering::Rdtsc;
     }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
@@ -874,7 +888,20 @@ fn gpr_usage(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8
 
 fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
     let ins = &insn.ins;
-    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
+    if ins.has_lock_prefix() {
+        return None;
+    }
+    // PAUSE is F3 90, so this comes before the REP check.
+    if matches!(ins.mnemonic(), Mnemonic::Nop | Mnemonic::Pause) {
+        // No operation (NOP r/m does not access its operand): nothing to emit.
+        return Some(Ident {
+            bytes: Vec::new(),
+            uses: 0,
+            writes: 0,
+            flags: FlagSpec::NONE,
+        });
+    }
+    if ins.has_rep_prefix() || ins.has_repne_prefix() {
         return None;
     }
     let size = u32::from(insn.size);

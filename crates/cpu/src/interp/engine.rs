@@ -155,11 +155,12 @@ pub fn fetch_unit(
     if out.end == UnitEnd::FetchFault {
         return Err(cut_by);
     }
-    let plain_end = !matches!(out.end, UnitEnd::Sensitive | UnitEnd::Undecodable)
-        && out
-            .instructions()
-            .last()
-            .is_some_and(|i| !x86bt_decoder::sensitive::is_sensitive(i));
+    // RDTSC is in the sensitive table, but reads only CPU state (the TSC counts
+    // retired instructions), so the run loop need not look after it either.
+    let plain_end = out.end != UnitEnd::Undecodable
+        && out.instructions().last().is_some_and(|i| {
+            !x86bt_decoder::sensitive::is_sensitive(i) || i.mnemonic() == iced_x86::Mnemonic::Rdtsc
+        });
     Ok(Fetched {
         next_phys: if out.byte_len > page_room {
             next_phys
