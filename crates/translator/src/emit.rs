@@ -1,57 +1,62 @@
 //! Code generation: one unit's lowerings become one compiled code fragment (CCF).
 //!
-//! ABI: `extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64`, the exit code
-//! ([`EXIT_END`], [`EXIT_EVENT`], [`EXIT_FAULT`]). A fragment is made for one
-//! CS:IP: its entry RIP, CS base and CS limit are constants in its code (the
-//! translation cache matches all three), so RIP values, branch targets and the
-//! checks on them are worked out at translation time. The `JitCtx` address is a
-//! constant too (the context lives in a box as long as the translator).
+//! A fragment is made for one CS:IP: its entry RIP, CS base and CS limit are
+//! constants in its code (the translation cache matches all three, and the flat
+//! segments), so RIP values, branch targets and the checks on them are worked
+//! out at translation time. The `JitCtx` address is a constant too (the context
+//! lives in a box as long as the translator).
 //!
-//! Register use inside a CCF, for the whole fragment and across chained ones:
+//! **Shared stubs.** What every fragment needs around its body is emitted once
+//! per code buffer ([`emit_stubs`]) and reached by relative CALL/JMP: *enter*
+//! (the `Entry` ABI: saves the host's callee-saved registers, loads the guest
+//! state and jumps to a fragment's body), *leave* (stores the guest state and
+//! returns to the host with an exit code), *helper* (makes `CpuState` exact,
+//! runs one instruction through `helper_exec`, and reloads the state, or leaves
+//! if the instruction ended the unit) and *fill* (a fast-TLB fill that keeps
+//! every guest register). A fragment is then only its body and its cold paths.
+//!
+//! Register use inside fragments, across chained ones:
 //! - R15 holds the `CpuState` pointer;
+//! - every guest GPR i lives in host register [`GUEST_TO_HOST`]`[i]`, loaded on
+//!   entry and after every helper, stored on every exit and before every helper;
 //! - R13 holds `CpuState::icount` as of the last point the emitter advanced it
 //!   (inline instructions since are added in batches, with LEA);
 //! - R14 holds the guest's arithmetic flags, newer than `CpuState::rflags`,
-//!   which is brought up to date only before a helper call and at an exit. They
-//!   are kept in *LAHF layout*: bits 8..15 are what LAHF puts in AH (SF, ZF, AF,
-//!   PF, CF at their RFLAGS positions plus 8) and bit 0 is OF, as SETO leaves
-//!   it ([`lahf_layout`]). LAHF + SETO capture the host flags in a few cheap
+//!   which is brought up to date only in the stubs. They are kept in *LAHF
+//!   layout*: bits 8..15 are what LAHF puts in AH (SF, ZF, AF, PF, CF at their
+//!   RFLAGS positions plus 8) and bit 0 is OF, as SETO leaves it
+//!   ([`lahf_layout`]). LAHF + SETO capture the host flags in a few cheap
 //!   instructions and `ADD AL, 0x7F` + SAHF restore them, where PUSHFQ and
 //!   POPFQ are microcoded and slow;
 //! - R9 holds host flags captured after an instruction, in LAHF layout, until
-//!   they are merged into R14;
-//! - guest GPR i is cached in host register [`GUEST_TO_HOST`]`[i]` between its
-//!   first use and the next helper call or exit, and written back if dirty;
+//!   they are merged into R14, and carries values into the stubs;
 //! - R10, R11 and R12 are scratch (the memory probe uses all three).
 //!
-//! All of R12..R15 are callee-saved, so they survive helper calls; the helpers
-//! see the state through `CpuState` only.
-//!
 //! Invariants:
-//! - Before a helper call and at every exit, `CpuState` is exact: dirty guest
-//!   registers stored, flags merged, RIP and `icount` those of the instruction
-//!   the helper runs (or of the exit). A helper that faults therefore sees the
-//!   state before its instruction with every earlier one committed (precise
-//!   exceptions).
+//! - When a helper runs and at every exit, `CpuState` is exact: guest registers
+//!   stored, flags merged, RIP and `icount` those of the instruction the helper
+//!   runs (or of the exit). A helper that faults therefore sees the state before
+//!   its instruction with every earlier one committed (precise exceptions).
 //! - Host EFLAGS are trusted for a guest flag only while nothing since the
 //!   instruction that produced it has clobbered them (`host_valid`); otherwise a
 //!   reader reloads them from R14 with SAHF (only arithmetic flags change, so
 //!   the host's TF, DF and AC stay clear). LAHF and SAHF go through AH, so
-//!   guest RAX is parked in R11 around them.
+//!   guest RAX is parked in R11 or R9 around them.
 //! - Inline instructions never fault; memory operands whose checks fail, and a
 //!   branch whose target is outside the CS limit, run through the helper instead.
 //! - Chaining: where an inline branch leaves the unit, and while R13 (icount) is
 //!   below `JitCtx::icount_limit` (the run loop's own chain stops there too), the
 //!   fragment may go on to the next unit's fragment instead of returning, with
-//!   every guest register in its host register, R13 and R14 exact and
-//!   `CpuState::rip` left stale: to its own start if the target is its entry RIP,
-//!   or through the site's link cell if the target is on the same linear page as
+//!   the guest registers in their host registers, R13 and R14 exact and
+//!   `CpuState::rip` left stale: to its own start if the target is its entry RIP;
+//!   through the site's link cell if the target is on the same linear page as
 //!   the entry (so on the same physical page as the running fragment) and inside
-//!   the CS limit. A cell holds the chain entry of the fragment linked to it, or
-//!   the address of the site's own stub, which leaves the cell's tag in
-//!   `JitCtx::pending_link` and exits; the engine then links the cell to the
-//!   fragment it runs next (made for the same CS base and limit), and resets it
-//!   to the stub when that fragment goes.
+//!   the CS limit; through the jump cache (`JitCtx::jc`) for a target on another
+//!   page or known only at run time. A cell holds the chain entry of the fragment
+//!   linked to it, or the address of the site's own stub, which leaves the
+//!   cell's tag in `JitCtx::pending_link` and exits; the engine then links the
+//!   cell to the fragment it runs next (made for the same CS base and limit),
+//!   and resets it to the stub when that fragment goes.
 
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
@@ -141,14 +146,45 @@ impl CodeSink for dynasmrt::VecAssembler<X64Relocation> {
     }
 }
 
-/// What a fragment calls and embeds: the helpers' addresses, the context, the
-/// address of each prepared instruction, and its two link cells with their
-/// tags. Named for listings.
-pub struct Externals<'a> {
-    /// `helper_exec`.
+/// Absolute addresses of the shared stubs ([`emit_stubs`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stubs {
+    /// `extern "sysv64" fn(*mut CpuState, body: u64) -> u64`: enters the
+    /// fragment body at `body`.
+    pub enter: u64,
+    /// Jumped to with R9 = RIP, R12 = exit code: stores the guest state, returns.
+    pub leave: u64,
+    /// Jumped to with RAX = exit code, the state already in `CpuState`: returns.
+    pub ret: u64,
+    /// Called with R9 = icount, R10 = RIP, R11 = the `Insn`, R12 = helper kind:
+    /// runs the instruction; returns only if the unit goes on.
     pub helper: u64,
-    /// `helper_fill`.
+    /// Called with R10 = linear address, R11 = size and write bit: a fast-TLB
+    /// fill; R11 = 1 if the access may now go inline.
     pub fill: u64,
+}
+
+/// Offsets of the stubs in the code [`emit_stubs`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct StubOffsets {
+    /// See [`Stubs`].
+    pub enter: usize,
+    /// See [`Stubs`].
+    pub leave: usize,
+    /// See [`Stubs`].
+    pub ret: usize,
+    /// See [`Stubs`].
+    pub helper: usize,
+    /// See [`Stubs`].
+    pub fill: usize,
+}
+
+/// What a fragment calls and embeds: the stubs, the context, the address of
+/// each prepared instruction, and its two link cells with their tags. Named
+/// for listings.
+pub struct Externals<'a> {
+    /// The shared stubs of the code buffer.
+    pub stubs: Stubs,
     /// The `JitCtx` the fragment will be entered with.
     pub ctx: u64,
     /// The prepared instructions, in unit order.
@@ -159,13 +195,11 @@ pub struct Externals<'a> {
     pub link_tags: [u64; 2],
 }
 
-/// Offsets of a fragment's entry, of the point where a chained fragment
-/// jumps in (after the prologue), and of each link site's stub.
+/// Offsets of a fragment's body (where the enter stub and chained fragments
+/// jump in) and of each link site's stub.
 #[derive(Clone, Copy, Debug)]
 pub struct Fragment {
-    /// The entry of the `Entry` ABI.
-    pub entry: usize,
-    /// The chain entry.
+    /// The body.
     pub body: usize,
     /// Per link site (taken, not taken), the stub an empty cell holds, if the
     /// site goes through its cell.
@@ -205,7 +239,6 @@ pub struct UnitPlan<'a> {
 struct Emitter<'a, A: CodeSink> {
     ops: &'a mut A,
     ext: &'a Externals<'a>,
-    exit: DynamicLabel,
     /// The first instruction (the chain entry).
     body: DynamicLabel,
     /// Chain code is emitted at the branch's exits.
@@ -218,10 +251,6 @@ struct Emitter<'a, A: CodeSink> {
     flat: u8,
     /// See [`UnitPlan::spec`].
     spec: u32,
-    /// Guest registers loaded into their host registers.
-    cached: u8,
-    /// Cached registers written since loaded.
-    dirty: u8,
     /// Guest flags that host EFLAGS hold right now.
     host_valid: u64,
     /// Flags captured in R9 and not yet merged into R14.
@@ -230,21 +259,18 @@ struct Emitter<'a, A: CodeSink> {
     insn_delta: u64,
     /// Offset of the current instruction from the unit's start.
     unit_off: u64,
-    /// The unit offset whose address `CpuState::rip` holds, where known (after
+    /// `CpuState` is exact and holds what the host registers hold (right after
     /// a helper that went on).
-    rip_mem: Option<u64>,
-    /// Out-of-line paths of memory instructions, emitted after the epilogue.
+    exact: bool,
+    /// Out-of-line paths, emitted after the body.
     slow: Vec<SlowPath>,
     /// Offsets of the link sites' stubs.
     stubs: [Option<usize>; 2],
 }
 
-/// Every guest GPR (bit i = GPR i).
-const ALL_REGS: u8 = 0xFF;
-
-/// What the out-of-line path of an inline memory instruction needs: the
-/// emitter's state at the instruction, so that it can make `CpuState` exact, call
-/// the TLB fill or the helper, and rejoin the inline code in the same state.
+/// The out-of-line paths of an inline memory access, transfer or RDTSC: the
+/// emitter's state at the instruction, so that it can call the TLB fill or the
+/// helper and rejoin the inline code in the same state.
 struct SlowPath {
     /// Entered when the fast TLB misses (R10 = linear address), for an access.
     miss: Option<DynamicLabel>,
@@ -258,9 +284,6 @@ struct SlowPath {
     /// Index of the instruction in the unit, and its helper kind.
     i: usize,
     kind: u8,
-    /// Dirty and cached guest registers at the instruction.
-    dirty: u8,
-    cached: u8,
     /// Unit offset of the instruction, and inline instructions not yet in R13.
     unit_off: u64,
     insn_delta: u64,
@@ -270,10 +293,57 @@ struct SlowPath {
     flags: bool,
 }
 
-/// Emits one fragment.
-pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<'_>) -> Fragment {
-    let entry = ops.offset().0;
-    let exit = ops.new_label();
+/// Stores every guest register into `CpuState`.
+fn store_all<A: CodeSink>(ops: &mut A) {
+    for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
+    }
+}
+
+/// Loads every guest register from `CpuState`.
+fn load_all<A: CodeSink>(ops: &mut A) {
+    for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+    }
+}
+
+/// R14 into `CpuState::rflags` (clobbers R10, R11 and host flags).
+fn flags_to_mem<A: CodeSink>(ops: &mut A) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov r10d, r14d
+        ; shr r10d, 8
+        ; mov r11d, r14d
+        ; and r11d, 1
+        ; shl r11d, 11
+        ; or r10d, r11d
+        ; and QWORD [r15 + RFLAGS], !ARITH
+        ; or QWORD [r15 + RFLAGS], r10
+    );
+}
+
+/// R14 from `CpuState::rflags` (clobbers R10 and host flags).
+fn flags_from_mem<A: CodeSink>(ops: &mut A) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov r10, QWORD [r15 + RFLAGS]
+        ; mov r14d, r10d
+        ; and r14d, 0xD5
+        ; shl r14d, 8
+        ; shr r10d, 11
+        ; and r10d, 1
+        ; or r14d, r10d
+    );
+}
+
+/// Emits the shared stubs (see the module comment) for fragments entered with
+/// the context at `ctx`, calling `helper_exec` at `helper` and `helper_fill` at
+/// `fill`.
+pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) -> StubOffsets {
+    let (ctx, helper, fill) = (ctx as i64, helper as i64, fill as i64);
+    // enter(cpu = RDI, body = RSI). After the pushes and the SUB the stack is
+    // 16-byte aligned, as every CALL from a fragment expects.
+    let enter = ops.offset().0;
     dynasm!(ops
         ; .arch x64
         ; push rbx
@@ -284,26 +354,116 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ; push r15
         ; sub rsp, 8
         ; mov r15, rdi
+        ; mov r12, rsi
         ; mov r13, QWORD [r15 + ICOUNT]
-        // R14 from CpuState::rflags, as `flags_from_mem`.
-        ; mov r10, QWORD [r15 + RFLAGS]
-        ; mov r14d, r10d
-        ; and r14d, 0xD5
-        ; shl r14d, 8
-        ; shr r10d, 11
-        ; and r10d, 1
-        ; or r14d, r10d
     );
-    let body = ops.new_label();
-    for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-        dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
+    flags_from_mem(ops);
+    load_all(ops);
+    dynasm!(ops ; .arch x64 ; jmp r12);
+    // leave: R9 = RIP, R12 = exit code.
+    let leave = ops.offset().0;
+    store_all(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; mov QWORD [r15 + RIP], r9
+        ; mov QWORD [r15 + ICOUNT], r13
+    );
+    flags_to_mem(ops);
+    dynasm!(ops ; .arch x64 ; mov rax, r12);
+    // ret: RAX = exit code.
+    let ret = ops.offset().0;
+    let ret_label = ops.new_label();
+    dynasm!(ops
+        ; .arch x64
+        ; =>ret_label
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbp
+        ; pop rbx
+        ; ret
+    );
+    // helper: R9 = icount, R10 = RIP, R11 = the Insn, R12 = kind. The return
+    // address makes the stack 8 mod 16, so one more slot before the call.
+    let helper_at = ops.offset().0;
+    store_all(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; mov QWORD [r15 + ICOUNT], r9
+        ; mov QWORD [r15 + RIP], r10
+        ; mov rdx, r11
+        ; mov rcx, r12
+    );
+    flags_to_mem(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r15
+        ; mov rsi, QWORD ctx
+        ; mov rax, QWORD helper
+        ; sub rsp, 8
+        ; call rax
+        ; add rsp, 8
+        ; test rax, rax
+        ; jnz >out
+    );
+    load_all(ops);
+    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + ICOUNT]);
+    flags_from_mem(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; ret
+        // The unit ends here: drop the return address and return to the host.
+        ; out:
+        ; add rsp, 8
+        ; jmp =>ret_label
+    );
+    // fill: R10 = linear address, R11 = size << 1 | write; R11 = result. Seven
+    // pushes after the return address keep the stack aligned for the call.
+    let fill_at = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; push rax
+        ; push rcx
+        ; push rdx
+        ; push rsi
+        ; push rdi
+        ; push r8
+        ; push r9
+        ; mov rdi, r15
+        ; mov rsi, QWORD ctx
+        ; mov rdx, r10
+        ; mov rcx, r11
+        ; mov rax, QWORD fill
+        ; call rax
+        ; mov r11, rax
+        ; pop r9
+        ; pop r8
+        ; pop rdi
+        ; pop rsi
+        ; pop rdx
+        ; pop rcx
+        ; pop rax
+        ; ret
+    );
+    StubOffsets {
+        enter,
+        leave,
+        ret,
+        helper: helper_at,
+        fill: fill_at,
     }
+}
+
+/// Emits one fragment.
+pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<'_>) -> Fragment {
+    let body = ops.new_label();
     dynasm!(ops ; .arch x64 ; =>body);
     let body_at = ops.offset().0;
     let mut e = Emitter {
         ops,
         ext,
-        exit,
         body,
         chain: unit.chain,
         rip: unit.rip,
@@ -311,13 +471,11 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         cs_limit: unit.cs_limit,
         flat: unit.flat,
         spec: unit.spec,
-        cached: ALL_REGS,
-        dirty: ALL_REGS,
         host_valid: 0,
         pending: None,
         insn_delta: 0,
         unit_off: 0,
-        rip_mem: None,
+        exact: false,
         slow: Vec::new(),
         stubs: [None; 2],
     };
@@ -325,6 +483,9 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     for (i, l) in unit.lowerings.iter().enumerate() {
         let len = u64::from(unit.lens[i]);
         e.unit_off = unit.lens[..i].iter().map(|&l| u64::from(l)).sum();
+        if !matches!(l, Lowering::Helper(_)) {
+            e.exact = false;
+        }
         match l {
             Lowering::Ident(x) => {
                 e.ident(x, unit.captures[i]);
@@ -335,7 +496,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
                 e.insn_delta += 1;
             }
             Lowering::Helper(_) => {
-                e.helper(i, unit.kinds[i], len);
+                e.helper(i, unit.kinds[i]);
                 if unit.seg_writes[i] {
                     e.flat = 0;
                 }
@@ -357,28 +518,21 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     let end_off: u64 = unit.lens.iter().map(|&l| u64::from(l)).sum();
     if !ended && unit.chain {
         e.fall_through(end_off);
+    } else if !ended && e.exact {
+        // The last instruction ran in the helper, which left the state (and
+        // RIP, perhaps a branch target) in CpuState.
+        let ret = e.ext.stubs.ret;
+        dynasm!(e.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
     } else if !ended {
-        e.unit_off = end_off;
-        e.sync();
-        dynasm!(e.ops ; .arch x64 ; xor eax, eax);
+        e.settle_flags();
+        let n = e.insn_delta;
+        e.advance(n);
+        e.leave(e.rip.wrapping_add(end_off), EXIT_END);
     }
-    dynasm!(e.ops
-        ; .arch x64
-        ; =>exit
-        ; add rsp, 8
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbp
-        ; pop rbx
-        ; ret
-    );
     for p in std::mem::take(&mut e.slow) {
         e.slow_path(&p);
     }
     Fragment {
-        entry,
         body: body_at,
         stubs: e.stubs,
     }
@@ -400,32 +554,6 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// The absolute address of a `JitCtx` field.
     fn ctx_field(&self, off: usize) -> i64 {
         (self.ext.ctx + off as u64) as i64
-    }
-
-    fn load_regs(&mut self, mask: u8) {
-        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            let bit = 1u8 << g;
-            if mask & bit != 0 && self.cached & bit == 0 {
-                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
-                self.cached |= bit;
-            }
-        }
-    }
-
-    fn store_mask(&mut self, mask: u8) {
-        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            if mask & (1 << g) != 0 {
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + gpr_off(g)], Rq(h));
-            }
-        }
-    }
-
-    fn reload_mask(&mut self, mask: u8) {
-        for (g, &h) in GUEST_TO_HOST.iter().enumerate() {
-            if mask & (1 << g) != 0 {
-                dynasm!(self.ops ; .arch x64 ; mov Rq(h), QWORD [r15 + gpr_off(g)]);
-            }
-        }
     }
 
     /// Merges the flags captured in R9 into R14 (clobbers host flags).
@@ -481,86 +609,56 @@ impl<A: CodeSink> Emitter<'_, A> {
         );
     }
 
-    /// Writes R14 into `CpuState::rflags` (clobbers host flags).
-    fn flags_to_mem(&mut self) {
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r10d, r14d
-            ; shr r10d, 8
-            ; mov r11d, r14d
-            ; and r11d, 1
-            ; shl r11d, 11
-            ; or r10d, r11d
-            ; and QWORD [r15 + RFLAGS], !ARITH
-            ; or QWORD [r15 + RFLAGS], r10
-        );
-        self.host_valid = 0;
-    }
-
-    /// Reloads R14 from `CpuState::rflags` (after a helper).
-    fn flags_from_mem(&mut self) {
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r10, QWORD [r15 + RFLAGS]
-            ; mov r14d, r10d
-            ; and r14d, 0xD5
-            ; shl r14d, 8
-            ; shr r10d, 11
-            ; and r10d, 1
-            ; or r14d, r10d
-        );
-        self.host_valid = 0;
-    }
-
-    /// Adds the inline instructions retired so far to R13 (keeps host flags).
-    fn advance_icount(&mut self) {
-        if self.insn_delta != 0 {
-            let n = self.insn_delta as i32;
+    /// Adds `n` retired instructions to R13 (keeps host flags).
+    fn advance(&mut self, n: u64) {
+        if n != 0 {
+            let n = n as i32;
             dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
-            self.insn_delta = 0;
         }
+        self.insn_delta = 0;
     }
 
-    /// `CpuState::rip = value` (a guest RIP, below 2^32).
-    fn store_rip(&mut self, value: u64) {
-        let v = value as u32 as i32;
+    /// Leaves the fragment with exit code `code` and RIP = `rip`, R13 advanced
+    /// and the flags settled.
+    fn leave(&mut self, rip: u64, code: u64) {
+        let (v, c) = (rip as u32 as i32, code as i32);
+        let leave = self.ext.stubs.leave;
         dynasm!(self.ops
             ; .arch x64
-            ; mov r11d, DWORD v
-            ; mov QWORD [r15 + RIP], r11
+            ; mov r9d, v
+            ; mov r12d, c
+            ; jmp extern leave as usize
         );
     }
 
-    /// Makes `CpuState` exact at the current instruction (see the module
-    /// invariants).
-    fn sync(&mut self) {
-        self.settle_flags();
-        self.advance_icount();
-        dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + ICOUNT], r13);
-        self.flags_to_mem();
-        let dirty = self.dirty;
-        self.store_mask(dirty);
-        self.dirty = 0;
-        if self.rip_mem != Some(self.unit_off) {
-            self.store_rip(self.rip.wrapping_add(self.unit_off));
-            self.rip_mem = Some(self.unit_off);
-        }
+    /// Calls the helper stub for instruction `i` at unit offset `unit_off`,
+    /// with `delta` inline instructions not yet in R13 (flags settled). On
+    /// return R13 counts the instruction and every register is reloaded.
+    fn call_helper(&mut self, i: usize, kind: u8, unit_off: u64, delta: u64) {
+        let insn = self.ext.insns[i] as i64;
+        let helper = self.ext.stubs.helper;
+        let (n, at, kind) = (
+            delta as i32,
+            self.rip.wrapping_add(unit_off) as u32 as i32,
+            i32::from(kind),
+        );
+        dynasm!(self.ops
+            ; .arch x64
+            ; lea r9, [r13 + n]
+            ; mov r10d, at
+            ; mov r11, QWORD insn
+            ; mov r12d, kind
+            ; call extern helper as usize
+        );
+        self.host_valid = 0;
     }
 
-    /// Leaves the fragment with exit code `code`: stores the registers in
-    /// `dirty`, icount (R13, already advanced), the flags (R14, settled) and RIP.
-    fn leave(&mut self, dirty: u8, rip: u64, code: u64) {
-        self.store_mask(dirty);
-        dynasm!(self.ops ; .arch x64 ; mov QWORD [r15 + ICOUNT], r13);
-        self.flags_to_mem();
-        self.store_rip(rip);
-        let exit = self.exit;
-        if code == 0 {
-            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
-        } else {
-            let c = code as i32;
-            dynasm!(self.ops ; .arch x64 ; mov eax, c ; jmp =>exit);
-        }
+    fn helper(&mut self, i: usize, kind: u8) {
+        self.settle_flags();
+        let (off, n) = (self.unit_off, self.insn_delta);
+        self.call_helper(i, kind, off, n);
+        self.insn_delta = 0;
+        self.exact = true;
     }
 
     fn ident(&mut self, x: &Ident, capture: bool) {
@@ -572,9 +670,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.settle_flags();
             self.load_flags();
         }
-        self.load_regs(x.uses | x.writes);
         self.ops.extend(x.bytes.iter().copied());
-        self.dirty |= x.writes;
         self.after_flags(f, capture);
     }
 
@@ -634,7 +730,6 @@ impl<A: CodeSink> Emitter<'_, A> {
         let f = x.op.flags;
         self.settle_flags();
         self.host_valid = 0;
-        self.load_regs(x.op.uses | x.op.writes);
         let mut p = self.slow_path_here(i, kind, true, f.read | f.written != 0);
         self.probe(x, &mut p);
         if f.read != 0 {
@@ -648,13 +743,10 @@ impl<A: CodeSink> Emitter<'_, A> {
         if delta < 0 {
             dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
         }
-        self.dirty |= x.op.writes;
         self.after_flags(f, capture);
         if let Some(after) = p.after {
             dynasm!(self.ops ; .arch x64 ; =>after);
         }
-        // The out-of-line path leaves CpuState::rip past this instruction.
-        self.rip_mem = None;
         self.slow.push(p);
     }
 
@@ -664,9 +756,6 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn rdtsc(&mut self, i: usize, kind: u8) {
         self.settle_flags();
         self.host_valid = 0;
-        // EAX and EDX cached first, so the helper path reloads the values it
-        // leaves.
-        self.load_regs(0b101);
         let p = self.slow_path_here(i, kind, true, false);
         let tsd = x86bt_cpu::mmu::cr4::TSD as i32;
         let n = self.insn_delta as i32;
@@ -680,12 +769,10 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; shr rdx, 32
             ; mov eax, eax
         );
-        self.dirty |= 0b101;
         self.host_valid = 0;
         if let Some(after) = p.after {
             dynasm!(self.ops ; .arch x64 ; =>after);
         }
-        self.rip_mem = None;
         self.slow.push(p);
     }
 
@@ -700,8 +787,6 @@ impl<A: CodeSink> Emitter<'_, A> {
             after: rejoin.then(|| self.ops.new_label()),
             i,
             kind,
-            dirty: self.dirty,
-            cached: self.cached,
             unit_off: self.unit_off,
             insn_delta: self.insn_delta,
             size_write: 0,
@@ -765,51 +850,35 @@ impl<A: CodeSink> Emitter<'_, A> {
         );
     }
 
-    /// The out-of-line paths of an inline memory access or transfer.
+    /// The out-of-line paths of an inline memory access, transfer or RDTSC.
     fn slow_path(&mut self, p: &SlowPath) {
-        let (exit, fill) = (self.exit, self.ext.fill as i64);
-        let ctx = self.ext.ctx as i64;
+        let fill = self.ext.stubs.fill;
         let size_write = p.size_write as i32;
         if let Some(miss) = p.miss {
-            // A fast-TLB miss: fill, and retry on success. R13, R14 and the
-            // pending flags (none: settled before the probe) survive the call.
-            dynasm!(self.ops ; .arch x64 ; =>miss);
-            self.store_mask(p.dirty);
+            // A fast-TLB miss: fill, and retry on success (the stub keeps every
+            // guest register; R13 and R14 are callee-saved, and no capture is
+            // pending: flags are settled before the probe).
             dynasm!(self.ops
                 ; .arch x64
-                ; mov rdi, r15
-                ; mov rsi, QWORD ctx
-                ; mov rdx, r10
-                ; mov ecx, size_write
-                ; mov rax, QWORD fill
-                ; call rax
-                ; test eax, eax
+                ; =>miss
+                ; mov r11d, size_write
+                ; call extern fill as usize
+                ; test r11d, r11d
+                ; jnz =>p.retry
             );
-            self.reload_mask(p.cached);
-            dynasm!(self.ops ; .arch x64 ; jnz =>p.retry);
         }
         // The helper runs the instruction on an exact state. Then either the
-        // fragment ends (the state is the helper's), or the inline code goes on
-        // from the state the helper left (R13 stays: the helper retires exactly
-        // this one instruction).
+        // fragment ends, or the inline code goes on from the state the helper
+        // left, with R13 put back as the inline code counts.
         dynasm!(self.ops ; .arch x64 ; =>p.full);
-        self.store_mask(p.dirty);
-        let n = p.insn_delta as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; lea r11, [r13 + n]
-            ; mov QWORD [r15 + ICOUNT], r11
-        );
-        self.flags_to_mem();
-        self.store_rip(self.rip.wrapping_add(p.unit_off));
-        self.call_helper(p.i, p.kind);
+        self.call_helper(p.i, p.kind, p.unit_off, p.insn_delta);
         let Some(after) = p.after else {
-            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            let ret = self.ext.stubs.ret;
+            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
             return;
         };
-        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>exit);
-        self.reload_mask(p.cached);
-        self.flags_from_mem();
+        let back = -((p.insn_delta + 1) as i32);
+        dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + back]);
         if p.flags {
             // Host EFLAGS and a capture in R9 both as the inline path leaves them.
             self.load_flags();
@@ -818,49 +887,10 @@ impl<A: CodeSink> Emitter<'_, A> {
         dynasm!(self.ops ; .arch x64 ; jmp =>after);
     }
 
-    fn call_helper(&mut self, i: usize, kind: u8) {
-        let insn = self.ext.insns[i] as i64;
-        let helper = self.ext.helper as i64;
-        let ctx = self.ext.ctx as i64;
-        let kind = i32::from(kind);
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rdi, r15
-            ; mov rsi, QWORD ctx
-            ; mov rdx, QWORD insn
-            ; mov ecx, kind
-            ; mov rax, QWORD helper
-            ; call rax
-        );
-        self.host_valid = 0;
-    }
-
-    fn helper(&mut self, i: usize, kind: u8, len: u64) {
-        self.sync();
-        self.call_helper(i, kind);
-        let exit = self.exit;
-        dynasm!(self.ops
-            ; .arch x64
-            ; test eax, eax
-            ; jnz =>exit
-            ; mov r13, QWORD [r15 + ICOUNT]
-        );
-        self.flags_from_mem();
-        self.cached = 0;
-        // The helper moved RIP past its instruction.
-        self.rip_mem = Some(self.unit_off + len);
-    }
-
     /// A relative JMP/Jcc ending the unit: RIP = target (masked to the operand
     /// size) if taken, known at translation time; a target outside the CS limit
     /// goes to the helper, which raises #GP.
-    ///
-    /// Every guest register is brought into its host register first, as a
-    /// chained fragment expects; the dirty ones are stored only on the ways out
-    /// to the run loop and before the helper.
     fn branch(&mut self, i: usize, b: &Branch, len: u64, kind: u8) {
-        self.load_regs(ALL_REGS);
-        let dirty = self.dirty;
         let n = self.insn_delta + 1;
         let here = self.rip.wrapping_add(self.unit_off);
         let taken = self.ops.new_label();
@@ -873,7 +903,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             jump_if(self.ops, cc, taken);
             // Not taken: on to the next instruction.
             self.settle_flags();
-            self.side(here.wrapping_add(len), n, dirty, 1);
+            self.side(here.wrapping_add(len), n, 1);
             self.pending = pending;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
@@ -881,40 +911,41 @@ impl<A: CodeSink> Emitter<'_, A> {
         let mask = if b.size == 2 { 0xFFFF } else { 0xFFFF_FFFF };
         let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
         if target > u64::from(self.cs_limit) {
-            // Outside the CS limit: the helper raises #GP (falls into the exit).
-            self.sync();
-            self.call_helper(i, kind);
+            // Outside the CS limit: the helper raises #GP.
+            self.helper_ends_unit(i, kind);
         } else if target == here {
             // A branch to itself restarts: the interpreter ends the unit with an
             // event.
-            let n = n as i32;
-            dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
-            self.leave(dirty, target, EXIT_EVENT);
+            self.advance(n);
+            self.leave(target, EXIT_EVENT);
         } else {
-            self.side(target, n, dirty, 0);
+            self.side(target, n, 0);
         }
+    }
+
+    /// Runs instruction `i` (the unit's last) through the helper, which ends
+    /// the unit.
+    fn helper_ends_unit(&mut self, i: usize, kind: u8) {
+        let (off, n) = (self.unit_off, self.insn_delta);
+        self.call_helper(i, kind, off, n);
+        let ret = self.ext.stubs.ret;
+        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
     }
 
     /// The end of a unit that runs on into the next instruction (its last one
     /// is not a branch): chained like the not-taken side of a branch, through
     /// link cell 0.
     fn fall_through(&mut self, end_off: u64) {
-        self.load_regs(ALL_REGS);
-        let dirty = self.dirty;
         self.settle_flags();
         let n = self.insn_delta;
-        self.side(self.rip.wrapping_add(end_off), n, dirty, 0);
+        self.side(self.rip.wrapping_add(end_off), n, 0);
     }
 
     /// One way out of the unit, to `target`, after `n` more instructions, with
-    /// the flags settled and every guest register in its host register (`dirty`
-    /// of them not stored): on to a fragment where the module comment allows,
+    /// the flags settled: on to a fragment where the module comment allows,
     /// else back to the run loop.
-    fn side(&mut self, target: u64, n: u64, dirty: u8, site: usize) {
-        if n != 0 {
-            let n = n as i32;
-            dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
-        }
+    fn side(&mut self, target: u64, n: u64, site: usize) {
+        self.advance(n);
         let lin = |a: u64| (self.cs_base.wrapping_add(a) & 0xFFFF_FFFF) >> 12;
         let same_page = lin(target) == lin(self.rip);
         if self.chain && target <= u64::from(self.cs_limit) {
@@ -957,7 +988,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             dynasm!(self.ops ; .arch x64 ; =>out);
         }
-        self.leave(dirty, target, EXIT_END);
+        self.leave(target, EXIT_END);
     }
 
     /// Exits to `out` unless R13 is below `JitCtx::icount_limit`.
@@ -990,21 +1021,17 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// fragment. The transfer then goes on as a branch's would: to a static
     /// target like [`Emitter::side`], to a dynamic one through the jump cache.
     fn xfer(&mut self, i: usize, x: &Xfer, len: u64, kind: u8) {
-        self.load_regs(ALL_REGS);
         self.settle_flags();
         self.host_valid = 0;
         let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len);
         let limit = self.cs_limit;
-        let exit = self.exit;
         let target = match x.target {
             XferTarget::Rel(rel) => Some(next.wrapping_add(rel) & 0xFFFF_FFFF),
             _ => None,
         };
         if target.is_some_and(|t| t > u64::from(limit)) {
             // Outside the CS limit: the helper raises #GP.
-            self.sync();
-            self.call_helper(i, kind);
-            dynasm!(self.ops ; .arch x64 ; jmp =>exit);
+            self.helper_ends_unit(i, kind);
             return;
         }
         let mut p = self.slow_path_here(i, kind, false, false);
@@ -1046,24 +1073,19 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             _ => {}
         }
-        if x.stack.is_some() {
-            self.dirty |= 1 << 4;
-        }
-        let dirty = self.dirty;
         let n = self.insn_delta + 1;
         self.slow.push(p);
         match target {
-            Some(t) => self.side(t, n, dirty, 0),
-            None => self.side_dynamic(n, dirty),
+            Some(t) => self.side(t, n, 0),
+            None => self.side_dynamic(n),
         }
     }
 
     /// A way out of the unit to the RIP in R9 (32 bits), after `n` more
     /// instructions, otherwise as [`Emitter::side`]: on through the jump cache,
     /// or back to the run loop.
-    fn side_dynamic(&mut self, n: u64, dirty: u8) {
-        let n = n as i32;
-        dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + n]);
+    fn side_dynamic(&mut self, n: u64) {
+        self.advance(n);
         let out = self.ops.new_label();
         if self.chain {
             self.budget_check(out);
@@ -1087,16 +1109,13 @@ impl<A: CodeSink> Emitter<'_, A> {
             );
             self.jc_request();
         }
-        dynasm!(self.ops ; .arch x64 ; =>out);
-        self.store_mask(dirty);
+        let leave = self.ext.stubs.leave;
         dynasm!(self.ops
             ; .arch x64
-            ; mov QWORD [r15 + RIP], r9
-            ; mov QWORD [r15 + ICOUNT], r13
+            ; =>out
+            ; xor r12d, r12d
+            ; jmp extern leave as usize
         );
-        self.flags_to_mem();
-        let exit = self.exit;
-        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp =>exit);
     }
 }
 

@@ -26,8 +26,8 @@
 
 use crate::codebuf::CodeBuffer;
 use crate::emit::{
-    emit_unit, flat_segments, Externals, Fragment, UnitPlan, EXIT_END, EXIT_EVENT, EXIT_FAULT,
-    JC_REQUEST,
+    emit_stubs, emit_unit, flat_segments, Externals, Fragment, Stubs, UnitPlan, EXIT_END,
+    EXIT_EVENT, EXIT_FAULT, JC_REQUEST,
 };
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
@@ -120,7 +120,6 @@ impl Slot {
             chain_target: false,
             gen: 0,
             code: Fragment {
-                entry: 0,
                 body: 0,
                 stubs: [None; 2],
             },
@@ -179,6 +178,8 @@ pub struct Translator {
     jc_generation: u64,
     /// Some jump-cache entry may be filled.
     jc_used: bool,
+    /// The shared stubs of the current code buffer.
+    stubs: Stubs,
     /// `/tmp/perf-PID.map`, when `X86BT_PERF_MAP` is set: one line per
     /// fragment (host address, size, guest CS:IP), the format `perf report`
     /// reads to name JIT code.
@@ -205,7 +206,7 @@ impl Translator {
         if !host_has_lahf_sahf() {
             return Err(TranslatorError::NoLahfSahf);
         }
-        Ok(Self {
+        let mut t = Self {
             code: Some(new_buffer()?),
             slots: (0..SETS * WAYS).map(|_| Slot::empty()).collect(),
             recent: vec![0; SETS],
@@ -220,13 +221,21 @@ impl Translator {
             specs: HashMap::new(),
             jc_generation: u64::MAX,
             jc_used: false,
+            stubs: Stubs::default(),
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
                 let path = format!("/tmp/perf-{}.map", std::process::id());
                 std::fs::File::create(path)
                     .ok()
                     .map(std::io::BufWriter::new)
             }),
-        })
+        };
+        t.install_stubs();
+        if t.code.is_none() {
+            return Err(TranslatorError::CodeBuffer(std::io::Error::other(
+                "the translator's stubs do not assemble",
+            )));
+        }
+        Ok(t)
     }
 
     /// The counters so far.
@@ -395,6 +404,35 @@ impl Translator {
         // Drop the old buffer first, so the two never need to be mapped at once.
         self.code = None;
         self.code = new_buffer().ok();
+        self.install_stubs();
+    }
+
+    /// Emits the shared stubs at the start of a fresh code buffer (or drops
+    /// the buffer if they cannot be emitted).
+    fn install_stubs(&mut self) {
+        let Some(code) = self.code.as_mut() else {
+            return;
+        };
+        let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
+        let off = emit_stubs(
+            &mut ops,
+            &*self.ctx as *const JitCtx as u64,
+            runtime::helper_address(),
+            runtime::fill_address(),
+        );
+        let placed = ops.finalize().ok().and_then(|bytes| code.append(&bytes));
+        let Some(at) = placed else {
+            self.code = None;
+            return;
+        };
+        let base = code.exec_base() as u64 + at as u64;
+        self.stubs = Stubs {
+            enter: base + off.enter as u64,
+            leave: base + off.leave as u64,
+            ret: base + off.ret as u64,
+            helper: base + off.helper as u64,
+            fill: base + off.fill as u64,
+        };
     }
 
     /// Finds or makes the fragment for CS:IP, or says why the interpreter must
@@ -440,7 +478,7 @@ impl Translator {
             Some(s) => s,
             None => {
                 let started = std::time::Instant::now();
-                let done = self.translate(cpu, m, phys, key, flat, bitness, victim);
+                let done = self.translate(cpu, m, phys, key, bitness, victim);
                 self.stats.translate_ns += started.elapsed().as_nanos() as u64;
                 if let Err(d) = done {
                     return Lookup::Delegate(d);
@@ -462,10 +500,10 @@ impl Translator {
         m: &mut Machine,
         phys: u64,
         key: u32,
-        flat: u8,
         bitness: Bitness,
         s: usize,
     ) -> Result<(), Delegation> {
+        let flat = flat_segments(cpu);
         if self.code.as_ref().is_none_or(|c| c.free() < UNIT_ROOM) {
             self.flush_code();
         }
@@ -505,7 +543,6 @@ impl Translator {
         let mut stubs = [0u64; 2];
         let frag = if direct {
             Fragment {
-                entry: 0,
                 body: 0,
                 stubs: [None; 2],
             }
@@ -528,8 +565,7 @@ impl Translator {
                     spec,
                 },
                 &Externals {
-                    helper: runtime::helper_address(),
-                    fill: runtime::fill_address(),
+                    stubs: self.stubs,
                     ctx: &*self.ctx as *const JitCtx as u64,
                     insns: &ptrs,
                     cells: cell_addrs,
@@ -566,7 +602,6 @@ impl Translator {
                 *stub = off.map_or(0, |o| base + (at + o) as u64);
             }
             Fragment {
-                entry: at + frag.entry,
                 body: at + frag.body,
                 stubs: frag.stubs,
             }
@@ -616,7 +651,7 @@ impl Translator {
                 return self.interp.run_unit(cpu, m);
             }
         };
-        let (entry, plain_end) = (self.slots[s].code.entry, self.slots[s].plain_end);
+        let (entry, plain_end) = (self.slots[s].code.body, self.slots[s].plain_end);
         self.ctx.pending_link = 0;
         let exit = if self.slots[s].direct {
             self.stats.direct_units += 1;
@@ -693,22 +728,23 @@ impl Translator {
         self.ctx.tlb_base = cpu.tlb.fast.e[usize::from(user)].as_mut_ptr() as u64;
     }
 
-    /// Runs the fragment at offset `entry` of the code buffer.
+    /// Runs the fragment whose body is at offset `entry` of the code buffer.
     #[cfg(target_arch = "x86_64")]
     fn enter(&mut self, entry: usize, cpu: &mut CpuState, m: &mut Machine) -> u64 {
         self.prepare_fast_tlb(cpu, m);
         let Some(code) = &self.code else {
             return EXIT_EVENT;
         };
-        let start = code.exec_base().wrapping_add(entry);
+        let body = code.exec_base() as u64 + entry as u64;
+        let stub = self.stubs.enter as *const u8;
         self.ctx.m = m;
-        let ctx: *mut JitCtx = &mut *self.ctx;
-        // SAFETY: `entry` is the offset of a fragment appended to this buffer,
-        // which stays mapped executable and unmoved while `self.code` holds it;
-        // its slot is valid, so the instructions it embeds are alive. `cpu`, `ctx`
-        // and `ctx.m` come from exclusive references that are not used until the
-        // call returns.
-        let r = unsafe { runtime::enter(start, cpu, ctx) };
+        // SAFETY: `body` is a fragment appended to this buffer and `stub` the
+        // buffer's enter stub; the buffer stays mapped executable and unmoved
+        // while `self.code` holds it; the slot is valid, so the instructions the
+        // fragment embeds are alive. `cpu` and `ctx.m` come from exclusive
+        // references that are not used until the call returns, and nothing
+        // borrows the boxed context (whose address the code embeds) meanwhile.
+        let r = unsafe { runtime::enter(stub, cpu, body) };
         self.ctx.m = core::ptr::null_mut();
         r
     }

@@ -3,7 +3,7 @@
 //! change from run to run (the helper, the prepared instructions) are emitted as
 //! fixed placeholders and printed by name, so the text is stable for golden tests.
 
-use crate::emit::{emit_unit, Externals, UnitPlan};
+use crate::emit::{emit_unit, Externals, Stubs, UnitPlan};
 use crate::plan::{self, HelperKind, Lowering};
 use crate::runtime::JitCtx;
 use dynasmrt::x64::X64Relocation;
@@ -13,10 +13,15 @@ use std::fmt::Write;
 use x86bt_cpu::interp::Insn;
 use x86bt_decoder::{decode_unit, Bitness, DecodedUnit};
 
-/// Placeholder address of the helper in listings.
-const FAKE_HELPER: u64 = 0x7E57_0000_0000;
-/// Placeholder address of the fast-TLB fill helper in listings.
-const FAKE_FILL: u64 = 0x7E57_0004_0000;
+/// Placeholder addresses of the shared stubs in listings (within reach of a
+/// relative CALL from a listing's code at address 0).
+const FAKE_STUBS: Stubs = Stubs {
+    enter: 0x7E00_0000,
+    leave: 0x7E00_0100,
+    ret: 0x7E00_0200,
+    helper: 0x7E00_0300,
+    fill: 0x7E00_0400,
+};
 /// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
 const FAKE_INSN: u64 = 0x7E57_0001_0000;
 /// Placeholder addresses of the link cells, and their tags.
@@ -76,8 +81,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             spec: 0,
         },
         &Externals {
-            helper: FAKE_HELPER,
-            fill: FAKE_FILL,
+            stubs: FAKE_STUBS,
             ctx: FAKE_CTX,
             insns: &ptrs,
             cells: FAKE_CELLS,
@@ -126,8 +130,16 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
     for ins in &mut d {
         text.clear();
         f.format(&ins, &mut text);
-        let mut line = text.replace(&format!("0x{FAKE_HELPER:x}"), "helper_exec");
-        line = line.replace(&format!("0x{FAKE_FILL:x}"), "helper_fill");
+        let mut line = text.clone();
+        for (name, at) in [
+            ("stub_leave", FAKE_STUBS.leave),
+            ("stub_ret", FAKE_STUBS.ret),
+            ("stub_helper", FAKE_STUBS.helper),
+            ("stub_fill", FAKE_STUBS.fill),
+        ] {
+            line = line.replace(&format!("0x{at:016x}"), name);
+            line = line.replace(&format!("0x{at:x}"), name);
+        }
         for (name, off) in [
             (
                 "ctx.icount_limit",

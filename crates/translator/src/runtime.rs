@@ -88,7 +88,8 @@ impl Default for JitCtx {
 
 /// The signature of a compiled code fragment.
 #[cfg(target_arch = "x86_64")]
-pub type Entry = unsafe extern "sysv64" fn(*mut CpuState, *mut JitCtx) -> u64;
+/// The enter stub's signature: the CPU state and the fragment body to run.
+pub type Entry = unsafe extern "sysv64" fn(*mut CpuState, u64) -> u64;
 
 /// Runs the instruction at `insn` for a fragment.
 ///
@@ -171,18 +172,21 @@ pub fn helper_address() -> u64 {
     }
 }
 
-/// Calls the fragment at `code`.
+/// Runs the fragment body at `body` through the enter stub at `stub`.
 ///
 /// # Safety
-/// `code` is the entry of a fragment emitted by [`crate::emit::emit_unit`] into
-/// executable memory that stays mapped for the call, whose embedded instruction
-/// pointers are alive; `cpu` and `ctx` are valid as [`helper_exec`] requires.
+/// `stub` is the enter stub of a code buffer made by
+/// [`crate::emit::emit_stubs`] and `body` the body of a fragment emitted into
+/// the same buffer, which stays mapped for the call, whose embedded instruction
+/// pointers and context are alive; `cpu` is valid as [`helper_exec`] requires,
+/// and the context the code embeds is not borrowed while it runs.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn enter(code: *const u8, cpu: *mut CpuState, ctx: *mut JitCtx) -> u64 {
-    // SAFETY: `code` starts a function with the `Entry` ABI (the caller's
+pub unsafe fn enter(stub: *const u8, cpu: *mut CpuState, body: u64) -> u64 {
+    // SAFETY: `stub` starts a function with the `Entry` ABI (the caller's
     // contract); function pointers and code pointers have the same size here.
-    let f: Entry = unsafe { core::mem::transmute::<*const u8, Entry>(code) };
-    // SAFETY: the fragment follows the SysV ABI, saves the callee-saved registers
-    // it uses, and only touches `cpu` and `ctx` and what the helper reaches.
-    unsafe { f(cpu, ctx) }
+    let f: Entry = unsafe { core::mem::transmute::<*const u8, Entry>(stub) };
+    // SAFETY: the stub follows the SysV ABI, saves the callee-saved registers
+    // the fragments use, and only touches `cpu`, the context and what the
+    // helpers reach.
+    unsafe { f(cpu, body) }
 }
