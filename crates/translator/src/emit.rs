@@ -663,7 +663,9 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     fn ident(&mut self, x: &Ident, capture: bool) {
         let f = x.flags;
-        if f.written != 0 {
+        if f.only_if_dead {
+            self.settle_flags();
+        } else if f.written != 0 {
             self.drop_or_settle(f.written);
         }
         if f.read & !self.host_valid != 0 {

@@ -44,6 +44,11 @@ pub struct FlagSpec {
     /// MUL and IMUL: SF, ZF and PF are those of this host register (the low
     /// half of the product) and AF is clear, as the interpreter defines them.
     pub szp_from: Option<Register>,
+    /// The flags it writes depend on a count known only at run time, or are
+    /// ones the host may compute otherwise than the interpreter (a shift by CL,
+    /// a rotate by more than one): the instruction stays inline only where
+    /// nothing can observe them ([`plan`] demotes it to the helper otherwise).
+    pub only_if_dead: bool,
 }
 
 impl FlagSpec {
@@ -53,6 +58,7 @@ impl FlagSpec {
         defined: 0,
         of_from_sf_cf: false,
         szp_from: None,
+        only_if_dead: false,
     };
 
     const fn writes(written: u64, defined: u64) -> Self {
@@ -62,6 +68,7 @@ impl FlagSpec {
             defined,
             of_from_sf_cf: false,
             szp_from: None,
+            only_if_dead: false,
         }
     }
 }
@@ -254,11 +261,51 @@ pub fn cond_flags(cc: ConditionCode) -> u64 {
 pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
     let mut factory = InstructionInfoFactory::new();
     let last = insns.len().saturating_sub(1);
-    insns
+    let mut lowerings: Vec<Lowering> = insns
         .iter()
         .enumerate()
         .map(|(i, insn)| lower(insn, i == last, &mut factory))
-        .collect()
+        .collect();
+    // Instructions whose flags must not be observed go to the helper where
+    // they would be; each demotion can make an earlier flag live, so repeat.
+    loop {
+        let caps = captures(&lowerings);
+        let bad = observed_dead_only(&lowerings, &caps);
+        if bad.is_empty() {
+            return lowerings;
+        }
+        for i in bad {
+            lowerings[i] = Lowering::Helper(HelperKind::of(&insns[i].ins));
+        }
+    }
+}
+
+/// The `only_if_dead` instructions some of whose flags can be observed: read
+/// by a later instruction before being written again, or needed exact in
+/// `CpuState` (captured).
+fn observed_dead_only(lowerings: &[Lowering], caps: &[bool]) -> Vec<usize> {
+    let mut read_later = 0u64;
+    let mut out = Vec::new();
+    for (i, l) in lowerings.iter().enumerate().rev() {
+        let f = match l {
+            Lowering::Ident(x) => x.flags,
+            Lowering::Mem(m) => m.op.flags,
+            Lowering::Branch(b) => {
+                read_later = b.cc.map_or(0, cond_flags);
+                continue;
+            }
+            Lowering::Helper(_) => {
+                read_later = ARITH;
+                continue;
+            }
+            Lowering::Xfer(_) | Lowering::Rdtsc => continue,
+        };
+        if f.only_if_dead && (caps[i] || f.written & read_later != 0) {
+            out.push(i);
+        }
+        read_later = (read_later & !f.written) | f.read;
+    }
+    out
 }
 
 /// The helper kind each instruction passes to the helper (for `--stats`).
@@ -342,7 +389,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 if f.written != 0 {
                     // A capture the instruction overwrites entirely is dropped,
                     // any other merged (which clobbers host flags).
-                    if pending.is_some_and(|p| p & !f.written != 0) {
+                    if pending.is_some_and(|p| p & !f.written != 0 || f.only_if_dead) {
                         valid = 0;
                     }
                     pending = None;
@@ -809,13 +856,26 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
 /// every defined flag, and the undefined ones are fixed up.
 fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     use Mnemonic as M;
+    let rotate = matches!(ins.mnemonic(), M::Rol | M::Ror);
+    let dead_only = |written| FlagSpec {
+        only_if_dead: true,
+        ..FlagSpec::writes(written, 0)
+    };
+    if ins.op1_kind() == OpKind::Register && ins.op1_register() == Register::CL {
+        // By CL: a count of 0 writes no flags, so none may be observed.
+        return Some(dead_only(if rotate { CF | OF } else { ARITH }));
+    }
     if !matches!(ins.op1_kind(), OpKind::Immediate8) {
         return None;
     }
     let count = ins.immediate8() & 0x1F;
     let width = (size * 8) as u8;
-    if count == 0 || count >= width {
+    if count == 0 || (count >= width && !rotate) {
         return None;
+    }
+    if rotate && count > 1 {
+        // OF is undefined past one bit.
+        return Some(dead_only(CF | OF));
     }
     let szpc = CF | SF | ZF | PF;
     Some(match (ins.mnemonic(), count) {
@@ -1092,13 +1152,46 @@ mod tests {
     }
 
     #[test]
-    fn plan_string_and_variable_shifts_use_the_helper() {
+    fn plan_string_and_out_of_range_shifts_use_the_helper() {
         assert!(lowered(16, &[0xA4]).starts_with("Helper(String)"));
-        assert!(lowered(16, &[0xD3, 0xE0]).starts_with("Helper"));
         // shl ax, 16: count >= width
         assert!(lowered(16, &[0xC1, 0xE0, 0x10]).starts_with("Helper"));
-        // rol ax, 3: OF undefined, the interpreter computes its own
-        assert!(lowered(16, &[0xC1, 0xC0, 0x03]).starts_with("Helper"));
+    }
+
+    #[test]
+    fn plan_shift_by_cl_and_wide_rotate_stay_inline_only_where_flags_are_dead() {
+        let is_ident = |l: &Lowering| matches!(l, Lowering::Ident(_));
+        // shl ax,cl; add ax,bx; jnz: ADD overwrites every flag before anything
+        // looks, so the shift stays inline.
+        let insns = [
+            prepared(16, &[0xD3, 0xE0]),
+            prepared(16, &[0x01, 0xD8]),
+            prepared(16, &[0x75, 0xFA]),
+        ];
+        assert!(is_ident(&plan(&insns)[0]));
+        // shl ax,cl; jz: the branch reads ZF, which a count of 0 leaves alone.
+        let insns = [prepared(16, &[0xD3, 0xE0]), prepared(16, &[0x74, 0xFA])];
+        assert!(matches!(plan(&insns)[0], Lowering::Helper(_)));
+        // rol ax,3 at the end of a unit: its flags must be exact in CpuState,
+        // and OF is undefined past one bit, so the interpreter computes them.
+        assert!(matches!(
+            plan(&[prepared(16, &[0xC1, 0xC0, 0x03])])[0],
+            Lowering::Helper(_)
+        ));
+        // rol ax,3; inc cx; adc dx,0: ADC reads ROL's CF.
+        let insns = [
+            prepared(16, &[0xC1, 0xC0, 0x03]),
+            prepared(16, &[0x41]),
+            prepared(16, &[0x83, 0xD2, 0x00]),
+        ];
+        assert!(matches!(plan(&insns)[0], Lowering::Helper(_)));
+        // rol ax,3; sub ax,bx; jnz: dead.
+        let insns = [
+            prepared(16, &[0xC1, 0xC0, 0x03]),
+            prepared(16, &[0x29, 0xD8]),
+            prepared(16, &[0x75, 0xFA]),
+        ];
+        assert!(is_ident(&plan(&insns)[0]));
     }
 
     #[test]
