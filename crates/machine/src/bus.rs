@@ -23,6 +23,10 @@ struct Mapping {
 pub struct PortBus {
     map: BTreeMap<u16, Mapping>,
     devices: Vec<Box<dyn Device>>,
+    /// Per port, 1 + the index of its mapping in `mappings`, or 0: an O(1)
+    /// lookup for every IN and OUT (empty until the first mapping).
+    table: Vec<u16>,
+    mappings: Vec<Mapping>,
 }
 
 impl PortBus {
@@ -49,27 +53,39 @@ impl PortBus {
             .next_back()
             .is_some_and(|(&start, m)| start <= last && m.last >= first);
         assert!(!overlaps, "port range {first:#x}..={last:#x} overlaps");
-        self.map.insert(first, Mapping { last, base, dev });
+        let m = Mapping { last, base, dev };
+        self.map.insert(first, m);
+        self.mappings.push(m);
+        if self.table.is_empty() {
+            self.table = vec![0; 1 << 16];
+        }
+        let tag = u16::try_from(self.mappings.len()).expect("fewer than 65536 port ranges");
+        self.table[usize::from(first)..=usize::from(last)].fill(tag);
     }
 
     #[inline]
     fn find(&self, port: u16) -> Option<Mapping> {
-        self.map
-            .range(..=port)
-            .next_back()
-            .filter(|(_, m)| port <= m.last)
-            .map(|(_, m)| *m)
+        match self.table.get(usize::from(port)) {
+            Some(&i) if i != 0 => Some(self.mappings[usize::from(i) - 1]),
+            _ => None,
+        }
     }
 
     /// Reads `size` (1, 2 or 4) bytes from `port`, little-endian.
     pub fn read(&mut self, port: u16, size: usize, now: Nanos) -> u32 {
+        self.read_from(port, size, now).0
+    }
+
+    /// As [`PortBus::read`], also saying which device answered, if any.
+    pub fn read_from(&mut self, port: u16, size: usize, now: Nanos) -> (u32, Option<DeviceId>) {
         let mut buf = [0xFFu8; 4];
         let size = size.min(4);
-        if let Some(m) = self.find(port) {
+        let m = self.find(port);
+        if let Some(m) = m {
             let dev = &mut self.devices[m.dev];
             dev.read(port.wrapping_sub(m.base), &mut buf[..size], now);
         }
-        u32::from_le_bytes(buf) & size_mask(size)
+        (u32::from_le_bytes(buf) & size_mask(size), m.map(|m| m.dev))
     }
 
     /// Writes `size` (1, 2 or 4) bytes of `value` to `port`. Returns the device that

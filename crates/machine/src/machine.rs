@@ -25,6 +25,9 @@ pub struct Machine {
     pic: Option<DeviceId>,
     now: Nanos,
     deadline: Nanos,
+    /// Each device's own next deadline, as last computed (`Nanos::MAX`: none).
+    /// A port access can only move the deadline of the device accessed.
+    deadlines: Vec<Nanos>,
     intr: bool,
 }
 
@@ -40,6 +43,7 @@ impl Machine {
             pic: None,
             now: 0,
             deadline: Nanos::MAX,
+            deadlines: Vec::new(),
             intr: false,
         }
     }
@@ -89,13 +93,33 @@ impl Machine {
 
     fn after_device_activity(&mut self) {
         let now = self.now;
-        self.deadline = self
-            .ports
-            .devices_mut()
-            .iter()
-            .filter_map(|d| d.next_deadline(now))
-            .min()
-            .unwrap_or(Nanos::MAX);
+        self.deadlines.clear();
+        self.deadlines.extend(
+            self.ports
+                .devices_mut()
+                .iter()
+                .map(|d| d.next_deadline(now).unwrap_or(Nanos::MAX)),
+        );
+        self.deadline = self.deadlines.iter().copied().min().unwrap_or(Nanos::MAX);
+        self.after_signals();
+    }
+
+    /// After an access to device `id` alone: its deadline, then the signals.
+    fn after_access(&mut self, id: DeviceId) {
+        let now = self.now;
+        let n = self.ports.devices_mut().len();
+        match (self.deadlines.len() == n, self.ports.device_mut(id)) {
+            (true, Some(dev)) => {
+                self.deadlines[id] = dev.next_deadline(now).unwrap_or(Nanos::MAX);
+                self.deadline = self.deadlines.iter().copied().min().unwrap_or(Nanos::MAX);
+                self.after_signals();
+            }
+            _ => self.after_device_activity(),
+        }
+    }
+
+    /// A20, PAM and SMRAM, and the interrupt line, after device activity.
+    fn after_signals(&mut self) {
         self.mem.set_a20(self.ctl.a20());
         if self.ctl.take_pam_changed() {
             self.mem.set_pam(self.ctl.pam());
@@ -134,22 +158,18 @@ impl Machine {
 
     /// An IN of `size` bytes.
     pub fn io_read(&mut self, port: u16, size: usize) -> u32 {
-        let v = self.ports.read(port, size, self.now);
-        if !self.ports_is_empty() {
-            self.after_device_activity();
+        let (v, dev) = self.ports.read_from(port, size, self.now);
+        if let Some(id) = dev {
+            self.after_access(id);
         }
         v
     }
 
     /// An OUT of `size` bytes.
     pub fn io_write(&mut self, port: u16, size: usize, value: u32) {
-        if self.ports.write(port, size, value, self.now).is_some() {
-            self.after_device_activity();
+        if let Some(id) = self.ports.write(port, size, value, self.now) {
+            self.after_access(id);
         }
-    }
-
-    fn ports_is_empty(&mut self) -> bool {
-        self.ports.devices_mut().is_empty()
     }
 
     /// The CPU asserts FERR# (an unmasked x87 exception with CR0.NE clear): the
