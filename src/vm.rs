@@ -196,6 +196,18 @@ impl Vm {
         self.run_unit()
     }
 
+    /// Makes every unit one instruction long on the chosen engine, so that
+    /// [`Vm::step_unit`] runs exactly one (`x86bt difftest`).
+    pub fn set_single_step(&mut self, on: bool) {
+        self.interp.single_step = on;
+        if let Some(t) = &mut self.jit {
+            t.set_single_step(on);
+        }
+        if let Some(l) = &mut self.lockstep {
+            l.set_single_step(on);
+        }
+    }
+
     /// Takes the lockstep divergence report, if the lockstep engine found one
     /// since the last call.
     pub fn take_divergence(&mut self) -> Option<String> {

@@ -95,15 +95,16 @@ fn difftest_reports_injected_bug_at_its_instruction() {
 }
 
 /// The bounded campaign CI runs: 100 programs of 500 random instructions in one
-/// mode, no divergence outside the allow-list.
-fn campaign(mode: &str) {
+/// mode, on one engine (one instruction per unit), no divergence outside the
+/// allow-list.
+fn campaign(mode: &str, engine: &str) {
     if !have_qemu() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args([
             "difftest", "--random", "--seed", "2026", "--count", "100", "--len", "500", "--mode",
-            mode,
+            mode, "--engine", engine,
         ])
         .output()
         .expect("run difftest campaign");
@@ -123,15 +124,30 @@ fn campaign(mode: &str) {
 
 #[test]
 fn difftest_campaign_real_mode_has_no_divergence() {
-    campaign("real");
+    campaign("real", "interp");
 }
 
 #[test]
 fn difftest_campaign_prot16_has_no_divergence() {
-    campaign("prot16");
+    campaign("prot16", "interp");
 }
 
 #[test]
 fn difftest_campaign_prot32_has_no_divergence() {
-    campaign("prot32");
+    campaign("prot32", "interp");
+}
+
+#[test]
+fn difftest_campaign_real_mode_under_jit_has_no_divergence() {
+    campaign("real", "jit");
+}
+
+#[test]
+fn difftest_campaign_prot16_under_jit_has_no_divergence() {
+    campaign("prot16", "jit");
+}
+
+#[test]
+fn difftest_campaign_prot32_under_jit_has_no_divergence() {
+    campaign("prot32", "jit");
 }

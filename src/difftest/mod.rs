@@ -53,6 +53,8 @@ pub struct DiffSetup {
     pub inject_bug: Option<u64>,
     /// On an allowed divergence, take QEMU's values and go on comparing.
     pub continue_allowed: bool,
+    /// The engine x86bt runs each instruction on (one instruction per unit).
+    pub engine: crate::cli::Engine,
 }
 
 /// One differing field.
@@ -326,7 +328,7 @@ fn adopt_state(vm: &mut Vm, q: &mut Qemu) -> std::io::Result<()> {
             .mem
             .write_bytes(x86bt_machine::GuestPhys(addr), chunk);
     }
-    vm.interp.invalidate_written(&mut vm.machine);
+    vm.invalidate_written();
     Ok(())
 }
 
@@ -368,11 +370,11 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         }
         None => None,
     };
-    let mut vm = Vm::new(machine);
+    let mut vm = Vm::with_engine(machine, setup.engine)?;
     if let Some((image, at)) = &setup.flat {
         vm.machine.mem.load(x86bt_machine::GuestPhys(*at), image)?;
     }
-    vm.interp.single_step = true;
+    vm.set_single_step(true);
     vm.cpu.rep_single = true;
     let bios = setup.kernel.is_none().then_some(setup.bios.as_path());
     let mut q =
@@ -413,8 +415,13 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         let before = vm.cpu.clone();
         let before_cs = vm.cpu.seg[sreg::CS].selector;
         vm.cpu.write_log.clear();
-        vm.interp.run_unit(&mut vm.cpu, &mut vm.machine);
-        vm.interp.invalidate_written(&mut vm.machine);
+        vm.step_unit();
+        if let Some(report) = vm.take_divergence() {
+            return Err(Error::Usage(format!(
+                "the lockstep engine diverged from the interpreter: {report}"
+            )));
+        }
+        vm.invalidate_written();
         if !skipping {
             compared += 1;
         }

@@ -180,6 +180,9 @@ pub struct Translator {
     jc_used: bool,
     /// The shared stubs of the current code buffer.
     stubs: Stubs,
+    /// Every unit is cut to its first instruction (for harnesses that compare
+    /// after every instruction, such as `x86bt difftest`).
+    single_step: bool,
     /// `/tmp/perf-PID.map`, when `X86BT_PERF_MAP` is set: one line per
     /// fragment (host address, size, guest CS:IP), the format `perf report`
     /// reads to name JIT code.
@@ -222,6 +225,7 @@ impl Translator {
             jc_generation: u64::MAX,
             jc_used: false,
             stubs: Stubs::default(),
+            single_step: false,
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
                 let path = format!("/tmp/perf-{}.map", std::process::id());
                 std::fs::File::create(path)
@@ -387,6 +391,16 @@ impl Translator {
             .or_insert(n)
     }
 
+    /// Cuts every unit to one instruction from now on (or not): each one then
+    /// runs through its own fragment, and the caller sees every boundary.
+    pub fn set_single_step(&mut self, on: bool) {
+        if on != self.single_step {
+            self.flush();
+            self.single_step = on;
+        }
+        self.interp.single_step = on;
+    }
+
     /// Drops every fragment (the code stays in the buffer until it is full).
     pub fn flush(&mut self) {
         self.clear_jc();
@@ -507,8 +521,20 @@ impl Translator {
         if self.code.as_ref().is_none_or(|c| c.free() < UNIT_ROOM) {
             self.flush_code();
         }
-        let fetched =
+        let mut fetched =
             fetch_unit(cpu, m, phys, bitness, &mut self.scratch).map_err(|_| Delegation::Fetch)?;
+        if self.single_step && self.scratch.count > 1 {
+            let first = self.scratch.insns[0];
+            self.scratch.count = 1;
+            self.scratch.byte_len = first.len();
+            // A cut unit ends with an event, as the interpreter's single step
+            // of a longer unit does.
+            fetched.plain_end = false;
+            let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFF;
+            if lin + first.len() as u64 <= 0x1000 {
+                fetched.next_phys = NO_PAGE;
+            }
+        }
         let bits = bitness.bits();
         let insns: Box<[Insn]> = self
             .scratch

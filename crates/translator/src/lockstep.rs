@@ -111,6 +111,13 @@ impl Lockstep {
         self.reference.invalidate_pages(&pages);
     }
 
+    /// Runs one instruction per unit on both engines (see
+    /// [`Translator::set_single_step`]).
+    pub fn set_single_step(&mut self, on: bool) {
+        self.reference.single_step = on;
+        self.jit.set_single_step(on);
+    }
+
     /// Drops everything cached by both engines.
     pub fn flush(&mut self) {
         self.jit.flush();
