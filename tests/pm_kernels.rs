@@ -1470,3 +1470,137 @@ fn self_modifying_code(k: &mut Kernel) -> AsmResult {
 fn pm_kernel_self_modifying_code_all_pass() {
     assert_all_pass("self_modifying_code", &build(self_modifying_code));
 }
+
+// ---------------------------------------------------------------------------
+// Instructions the translator lowers inline (CLI, STI, PUSHFD, POPFD, CALL,
+// RET, RET imm16, JMP/CALL through a register, shifts by CL, rotates by more
+// than one bit). Expected values follow from the SDM's definitions of each
+// instruction; every engine (and QEMU) must produce them.
+
+fn translator_inline(k: &mut Kernel) -> AsmResult {
+    // Mask both 8259As so STI cannot let an interrupt in (OCW1).
+    k.mov(al, 0xFFu32)?;
+    k.out(0x21u32, al)?;
+    k.out(0xA1u32, al)?;
+
+    // 0x7FFFFFFF + 1 = 0x80000000: OF, SF, AF (carry out of bit 3) and PF (low
+    // byte 0) set; CF and ZF clear.
+    k.case("inline_pushfd_image_has_arithmetic_flags", |k, c| {
+        k.mov(eax, 0x7FFF_FFFFu32)?;
+        k.add(eax, 1)?;
+        k.pushfd()?;
+        k.pop(dword_ptr(SCRATCH))?;
+        k.expect_bits(c, SCRATCH, 0x8D5, 0x894)
+    })?;
+    k.case("inline_popfd_loads_arithmetic_flags", |k, c| {
+        k.push(0xC3u32)?; // SF, ZF, CF and the fixed bit 1
+        k.popfd()?;
+        k.pushfd()?;
+        k.pop(dword_ptr(SCRATCH))?;
+        k.expect_bits(c, SCRATCH, 0x8D5, 0xC1)?;
+        // The flags POPFD loaded steer a branch.
+        k.push(0x2u32)?;
+        k.popfd()?;
+        k.mov(ebx, 1u32)?;
+        let skip = k.label(&c.label("nz"));
+        k.jnz(skip)?;
+        k.mov(ebx, 2u32)?;
+        k.at(&c.label("nz"))?;
+        k.expect_reg(c, ebx, 1)
+    })?;
+    k.case("inline_cli_sti_toggle_if", |k, c| {
+        k.cli()?;
+        k.pushfd()?;
+        k.pop(dword_ptr(SCRATCH))?;
+        k.expect_bits(c, SCRATCH, eflags::IF, 0)?;
+        k.sti()?;
+        k.pushfd()?;
+        k.cli()?;
+        k.pop(dword_ptr(SCRATCH))?;
+        k.expect_bits(c, SCRATCH, eflags::IF, eflags::IF)?;
+        // POPFD at CPL 0 may set IF too.
+        k.push(eflags::FIXED | eflags::IF)?;
+        k.popfd()?;
+        k.pushfd()?;
+        k.cli()?;
+        k.pop(dword_ptr(SCRATCH))?;
+        k.expect_bits(c, SCRATCH, eflags::IF, eflags::IF)
+    })?;
+    k.case("inline_call_register_and_ret_imm16", |k, c| {
+        let func = c.label("func");
+        let after = c.label("after");
+        k.mov(dword_ptr(SCRATCH), esp)?;
+        k.mov(ebx, 0u32)?;
+        k.push(11u32)?;
+        k.push(22u32)?;
+        let at = k.addr(&func);
+        k.mov(eax, at)?;
+        k.call(eax)?;
+        k.jmp_to(&after)?;
+        k.at(&func)?;
+        // [esp] = return address, [esp + 4] = 22, [esp + 8] = 11.
+        k.mov(ebx, dword_ptr(esp + 4))?;
+        k.add(ebx, dword_ptr(esp + 8))?;
+        k.ret_1(8)?;
+        k.at(&after)?;
+        k.expect_reg(c, ebx, 33)?;
+        k.mov(eax, esp)?;
+        k.sub(eax, dword_ptr(SCRATCH))?;
+        k.expect_eax(c, 0)
+    })?;
+    k.case("inline_jmp_register", |k, c| {
+        let target = c.label("target");
+        k.mov(ebx, 0u32)?;
+        let at = k.addr(&target);
+        k.mov(eax, at)?;
+        k.jmp(eax)?;
+        k.mov(ebx, 1u32)?;
+        k.at(&target)?;
+        k.expect_reg(c, ebx, 0)
+    })?;
+    k.case("inline_call_ret_loop_counts", |k, c| {
+        let func = c.label("func");
+        let top = c.label("top");
+        let finish = c.label("finish");
+        k.mov(edi, 0u32)?;
+        k.mov(esi, 1000u32)?;
+        k.at(&top)?;
+        k.call_to(&func)?;
+        k.dec(esi)?;
+        k.jne_to(&top)?;
+        k.jmp_to(&finish)?;
+        k.at(&func)?;
+        k.add(edi, 3)?;
+        k.ret()?;
+        k.at(&finish)?;
+        k.expect_reg(c, edi, 3000)
+    })?;
+    // A count of 0 leaves every flag alone (SHL "Flags Affected").
+    k.case("inline_shift_by_cl_zero_keeps_cf", |k, c| {
+        k.mov(eax, 5u32)?;
+        k.mov(ecx, 0u32)?;
+        k.stc()?;
+        k.shl(eax, cl)?;
+        k.setc(bl)?;
+        k.movzx(ebx, bl)?;
+        k.expect_reg(c, ebx, 1)?;
+        k.mov(eax, 5u32)?;
+        k.mov(ecx, 4u32)?;
+        k.shl(eax, cl)?;
+        k.add(eax, 1)?;
+        k.expect_eax(c, 0x51)
+    })?;
+    k.case("inline_rotate_by_four", |k, c| {
+        k.mov(eax, 0x8000_0001u32)?;
+        k.rol(eax, 4)?;
+        k.ror(eax, 8)?;
+        k.add(eax, 0)?;
+        k.expect_eax(c, 0x1800_0000)
+    })?;
+    k.exit()
+}
+
+#[test]
+fn pm_kernel_translator_inline_all_pass() {
+    assert_all_pass("translator_inline", &build(translator_inline));
+}

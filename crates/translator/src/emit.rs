@@ -62,7 +62,7 @@
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{
-    cond_flags, Branch, FlagSpec, Ident, Lowering, MemOp, Xfer, XferTarget, GUEST_TO_HOST,
+    cond_flags, Branch, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Xfer, XferTarget, GUEST_TO_HOST,
 };
 use crate::runtime::{JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
@@ -90,6 +90,7 @@ const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
 const CR4: i32 = offset_of!(CpuState, cr4) as i32;
 const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
+const INT_SHADOW: i32 = offset_of!(CpuState, int_shadow) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
 const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
 const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
@@ -234,6 +235,10 @@ pub struct UnitPlan<'a> {
     /// The translator's number for this fragment's spec (mode key, CS base
     /// and limit, flat segments), for the jump cache.
     pub spec: u32,
+    /// Protected mode (CR0.PE), and V86 mode, which the mode key fixes.
+    pub protected: bool,
+    /// See `protected`.
+    pub v86: bool,
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -251,6 +256,9 @@ struct Emitter<'a, A: CodeSink> {
     flat: u8,
     /// See [`UnitPlan::spec`].
     spec: u32,
+    /// See [`UnitPlan::protected`].
+    protected: bool,
+    v86: bool,
     /// Guest flags that host EFLAGS hold right now.
     host_valid: u64,
     /// Flags captured in R9 and not yet merged into R14.
@@ -471,6 +479,8 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         cs_limit: unit.cs_limit,
         flat: unit.flat,
         spec: unit.spec,
+        protected: unit.protected,
+        v86: unit.v86,
         host_valid: 0,
         pending: None,
         insn_delta: 0,
@@ -511,6 +521,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
             }
             Lowering::Rdtsc => {
                 e.rdtsc(i, unit.kinds[i]);
+                e.insn_delta += 1;
+            }
+            Lowering::Flags(op) => {
+                e.flags_insn(i, op, unit.kinds[i]);
                 e.insn_delta += 1;
             }
         }
@@ -771,6 +785,114 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; shr rdx, 32
             ; mov eax, eax
         );
+        self.host_valid = 0;
+        if let Some(after) = p.after {
+            dynasm!(self.ops ; .arch x64 ; =>after);
+        }
+        self.slow.push(p);
+    }
+
+    /// CLI, STI, PUSHF or POPF ([`FlagsOp`]): the interpreter's semantics for
+    /// the cases the run-time checks admit, the helper for the rest (which
+    /// raises what the instruction raises).
+    fn flags_insn(&mut self, i: usize, op: &FlagsOp, kind: u8) {
+        use flags::{AC, ID, IF, RF, VM};
+        self.settle_flags();
+        self.host_valid = 0;
+        let mut p = self.slow_path_here(i, kind, true, false);
+        let full = p.full;
+        let ss_attrs = seg_field(sreg::SS as u8, offset_of!(Segment, attrs));
+        if self.v86 {
+            // IOPL-sensitive, VME: always the helper.
+            dynasm!(self.ops ; .arch x64 ; jmp =>full);
+        } else {
+            match op {
+                FlagsOp::Cli | FlagsOp::Sti => {
+                    if self.protected {
+                        // CPL (SS.DPL) <= IOPL, or #GP from the helper.
+                        dynasm!(self.ops
+                            ; .arch x64
+                            ; movzx r10d, WORD [r15 + ss_attrs]
+                            ; shr r10d, 5
+                            ; and r10d, 3
+                            ; mov r11, QWORD [r15 + RFLAGS]
+                            ; shr r11d, 12
+                            ; and r11d, 3
+                            ; cmp r10d, r11d
+                            ; ja =>full
+                        );
+                    }
+                    let if_ = IF as i32;
+                    if *op == FlagsOp::Cli {
+                        dynasm!(self.ops ; .arch x64 ; and QWORD [r15 + RFLAGS], !if_);
+                    } else {
+                        dynasm!(self.ops
+                            ; .arch x64
+                            ; test DWORD [r15 + RFLAGS], if_
+                            ; jnz >on
+                            ; mov BYTE [r15 + INT_SHADOW], 1
+                            ; on:
+                            ; or QWORD [r15 + RFLAGS], if_
+                        );
+                    }
+                }
+                FlagsOp::Pushf(m) => {
+                    // The image: RFLAGS without VM and RF, arithmetic flags from
+                    // R14, in R9 (which the probe and the fill keep).
+                    let keep = !((flags::ARITH | VM | RF) as i32);
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov r9, QWORD [r15 + RFLAGS]
+                        ; and r9d, keep
+                        ; mov r10d, r14d
+                        ; shr r10d, 8
+                        ; and r10d, 0xD5
+                        ; or r9d, r10d
+                        ; mov r10d, r14d
+                        ; and r10d, 1
+                        ; shl r10d, 11
+                        ; or r9d, r10d
+                    );
+                    self.probe(m, &mut p);
+                    if m.size == 2 {
+                        dynasm!(self.ops ; .arch x64 ; mov WORD [r10], r9w ; lea r8d, [r8 - 2]);
+                    } else {
+                        dynasm!(self.ops ; .arch x64 ; mov DWORD [r10], r9d ; lea r8d, [r8 - 4]);
+                    }
+                }
+                FlagsOp::Popf(m) => {
+                    if self.protected {
+                        // CPL 0, where IF and IOPL are writable too.
+                        dynasm!(self.ops
+                            ; .arch x64
+                            ; test BYTE [r15 + ss_attrs], 0x60
+                            ; jnz =>full
+                        );
+                    }
+                    self.probe(m, &mut p);
+                    let mut writable = 0x7FD5u64;
+                    if m.size == 4 {
+                        writable |= AC | ID;
+                        dynasm!(self.ops ; .arch x64 ; mov r9d, DWORD [r10]);
+                    } else {
+                        dynasm!(self.ops ; .arch x64 ; movzx r9d, WORD [r10]);
+                    }
+                    let (w, keep) = (writable as i32, !((writable | RF) as i32));
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; and r9d, w
+                        ; mov r11, QWORD [r15 + RFLAGS]
+                        ; and r11, keep
+                        ; or r11, r9
+                        ; or r11, 2
+                        ; mov QWORD [r15 + RFLAGS], r11
+                    );
+                    flags_from_mem(self.ops);
+                    let d = i32::from(m.size);
+                    dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + d]);
+                }
+            }
+        }
         self.host_valid = 0;
         if let Some(after) = p.after {
             dynasm!(self.ops ; .arch x64 ; =>after);

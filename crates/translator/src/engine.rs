@@ -589,6 +589,8 @@ impl Translator {
                     flat,
                     seg_writes: &seg_writes,
                     spec,
+                    protected: key & 2 != 0,
+                    v86: key & 4 != 0,
                 },
                 &Externals {
                     stubs: self.stubs,

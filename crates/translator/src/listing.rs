@@ -79,6 +79,9 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             flat: if bits == 16 { 0 } else { 0x3F },
             seg_writes: &plan::seg_writes(insns),
             spec: 0,
+            // 16-bit units as in real mode, 32-bit ones in protected mode.
+            protected: bits == 32,
+            v86: false,
         },
         &Externals {
             stubs: FAKE_STUBS,
@@ -118,6 +121,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Branch(_) => "inline branch",
             Lowering::Xfer(_) => "inline transfer",
             Lowering::Rdtsc => "inline RDTSC",
+            Lowering::Flags(_) => "inline flags instruction",
             Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
             Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
             Lowering::Mem(_) => "memory inline",

@@ -214,6 +214,25 @@ pub enum Lowering {
     /// RDTSC: EDX:EAX = icount + `CpuState::tsc_offset`, inline while CR4.TSD
     /// is clear (the helper otherwise, which checks the privilege).
     Rdtsc,
+    /// CLI, STI, PUSHF or POPF, inline where the privilege allows it.
+    Flags(FlagsOp),
+}
+
+/// The sensitive flag instructions lowered inline ([`Lowering::Flags`]). Each
+/// checks at run time what decides its legality (CPL against IOPL for CLI and
+/// STI, CPL 0 for POPF, a 32-bit stack for PUSHF and POPF) and takes the
+/// helper otherwise; none runs inline in V86 mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlagsOp {
+    /// CLI: IF = 0.
+    Cli,
+    /// STI: IF = 1, with the interrupt shadow if IF was 0.
+    Sti,
+    /// PUSHF/PUSHFD: the FLAGS image (VM and RF read as 0) to the stack.
+    Pushf(MemOp),
+    /// POPF/POPFD at CPL 0 (or in real mode), where every flag it can change
+    /// is writable.
+    Popf(MemOp),
 }
 
 /// Where an inline transfer ([`Xfer`]) goes.
@@ -299,6 +318,10 @@ fn observed_dead_only(lowerings: &[Lowering], caps: &[bool]) -> Vec<usize> {
                 continue;
             }
             Lowering::Xfer(_) | Lowering::Rdtsc => continue,
+            Lowering::Flags(_) => {
+                read_later = ARITH;
+                continue;
+            }
         };
         if f.only_if_dead && (caps[i] || f.written & read_later != 0) {
             out.push(i);
@@ -318,7 +341,7 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Branch(_) => HelperKind::Branch as u8,
             Lowering::Xfer(x) if x.stack.is_some() => HelperKind::Stack as u8,
             Lowering::Xfer(_) => HelperKind::Branch as u8,
-            Lowering::Rdtsc => HelperKind::Sensitive as u8,
+            Lowering::Rdtsc | Lowering::Flags(_) => HelperKind::Sensitive as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
         })
         .collect()
@@ -367,9 +390,11 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
                 out[i] = m.op.flags.written & live != 0;
                 ARITH
             }
-            Lowering::Helper(_) | Lowering::Branch(_) | Lowering::Xfer(_) | Lowering::Rdtsc => {
-                ARITH
-            }
+            Lowering::Helper(_)
+            | Lowering::Branch(_)
+            | Lowering::Xfer(_)
+            | Lowering::Rdtsc
+            | Lowering::Flags(_) => ARITH,
         };
     }
     out
@@ -420,7 +445,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 continue;
             }
             Lowering::Xfer(_) => continue,
-            Lowering::Rdtsc => {
+            Lowering::Rdtsc | Lowering::Flags(_) => {
                 valid = 0;
                 pending = None;
                 continue;
@@ -517,6 +542,9 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
         return Lowering::Rdtsc;
     }
+    if let Some(f) = flags_op(insn) {
+        return Lowering::Flags(f);
+    }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
@@ -528,6 +556,56 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
 
 /// Guest ESP, as a [`Ident::uses`] bit.
 const ESP_BIT: u8 = 1 << 4;
+
+/// A stack access of `size` bytes the emitter completes: at `[ESP - size]`
+/// for a store, `[ESP]` for a load (a 32-bit stack).
+fn stack_access(write: bool, size: u8) -> Option<MemOp> {
+    let addr = if write {
+        Instruction::with2(
+            Code::Lea_r32_m,
+            Register::R10D,
+            MemoryOperand::with_base_displ(Register::R8, -i64::from(size)),
+        )
+    } else {
+        Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D)
+    }
+    .ok()?;
+    let mut enc = Encoder::new(64);
+    enc.encode(&addr, 0).ok()?;
+    Some(MemOp {
+        op: Ident {
+            bytes: Vec::new(),
+            uses: ESP_BIT,
+            writes: ESP_BIT,
+            flags: FlagSpec::NONE,
+        },
+        addr: enc.take_buffer(),
+        seg: 2,
+        size,
+        write,
+        esp_delta: if write { -(size as i8) } else { size as i8 },
+    })
+}
+
+/// The inline form of CLI, STI, PUSHF or POPF (see [`FlagsOp`]).
+fn flags_op(insn: &Insn) -> Option<FlagsOp> {
+    let ins = &insn.ins;
+    if ins.has_lock_prefix() {
+        return None;
+    }
+    let size = insn.size;
+    Some(match ins.mnemonic() {
+        Mnemonic::Cli => FlagsOp::Cli,
+        Mnemonic::Sti => FlagsOp::Sti,
+        Mnemonic::Pushf | Mnemonic::Pushfd if matches!(size, 2 | 4) => {
+            FlagsOp::Pushf(stack_access(true, size)?)
+        }
+        Mnemonic::Popf | Mnemonic::Popfd if matches!(size, 2 | 4) => {
+            FlagsOp::Popf(stack_access(false, size)?)
+        }
+        _ => return None,
+    })
+}
 
 /// The inline form of a near CALL/RET/JMP, if it has one (see [`Xfer`]).
 fn xfer(insn: &Insn) -> Option<Xfer> {
@@ -541,33 +619,7 @@ fn xfer(insn: &Insn) -> Option<Xfer> {
             .filter(|&b| b != ESP_BIT && r.size() == 4)
             .map(|b| b.trailing_zeros() as u8)
     };
-    let stack = |write: bool| {
-        let addr = if write {
-            Instruction::with2(
-                Code::Lea_r32_m,
-                Register::R10D,
-                MemoryOperand::with_base_displ(Register::R8, -4),
-            )
-        } else {
-            Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D)
-        }
-        .ok()?;
-        let mut enc = Encoder::new(64);
-        enc.encode(&addr, 0).ok()?;
-        Some(MemOp {
-            op: Ident {
-                bytes: Vec::new(),
-                uses: ESP_BIT,
-                writes: ESP_BIT,
-                flags: FlagSpec::NONE,
-            },
-            addr: enc.take_buffer(),
-            seg: 2,
-            size: 4,
-            write,
-            esp_delta: if write { -4 } else { 4 },
-        })
-    };
+    let stack = |write: bool| stack_access(write, 4);
     let (target, stack) = match ins.code() {
         Code::Call_rel32_32 => (XferTarget::Rel(insn.rel), Some(stack(true)?)),
         Code::Call_rm32 if ins.op0_kind() == OpKind::Register => {

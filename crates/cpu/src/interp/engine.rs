@@ -155,11 +155,14 @@ pub fn fetch_unit(
     if out.end == UnitEnd::FetchFault {
         return Err(cut_by);
     }
-    // RDTSC is in the sensitive table, but reads only CPU state (the TSC counts
-    // retired instructions), so the run loop need not look after it either.
+    // RDTSC, CLI and PUSHF are in the sensitive table, but none can make an
+    // interrupt deliverable or change what the run loop checks (the TSC counts
+    // retired instructions), so the run loop need not look after them either.
     let plain_end = out.end != UnitEnd::Undecodable
         && out.instructions().last().is_some_and(|i| {
-            !x86bt_decoder::sensitive::is_sensitive(i) || i.mnemonic() == iced_x86::Mnemonic::Rdtsc
+            use iced_x86::Mnemonic as M;
+            !x86bt_decoder::sensitive::is_sensitive(i)
+                || matches!(i.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
         });
     Ok(Fetched {
         next_phys: if out.byte_len > page_room {
