@@ -239,6 +239,10 @@ pub struct UnitPlan<'a> {
     pub protected: bool,
     /// See `protected`.
     pub v86: bool,
+    /// The unit ends with an event (its last instruction is sensitive, or it
+    /// can raise an interrupt line): its ends report [`EXIT_EVENT`], so the run
+    /// loop looks before the next unit even when this one was chained into.
+    pub event_end: bool,
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -259,6 +263,8 @@ struct Emitter<'a, A: CodeSink> {
     /// See [`UnitPlan::protected`].
     protected: bool,
     v86: bool,
+    /// The exit code of the unit's ends ([`UnitPlan::event_end`]).
+    end_code: u64,
     /// Guest flags that host EFLAGS hold right now.
     host_valid: u64,
     /// Flags captured in R9 and not yet merged into R14.
@@ -481,6 +487,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         spec: unit.spec,
         protected: unit.protected,
         v86: unit.v86,
+        end_code: if unit.event_end { EXIT_EVENT } else { EXIT_END },
         host_valid: 0,
         pending: None,
         insn_delta: 0,
@@ -535,13 +542,14 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     } else if !ended && e.exact {
         // The last instruction ran in the helper, which left the state (and
         // RIP, perhaps a branch target) in CpuState.
-        let ret = e.ext.stubs.ret;
-        dynasm!(e.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
+        let (ret, code) = (e.ext.stubs.ret, e.end_code as i32);
+        dynasm!(e.ops ; .arch x64 ; mov eax, code ; jmp extern ret as usize);
     } else if !ended {
         e.settle_flags();
         let n = e.insn_delta;
         e.advance(n);
-        e.leave(e.rip.wrapping_add(end_off), EXIT_END);
+        let code = e.end_code;
+        e.leave(e.rip.wrapping_add(end_off), code);
     }
     for p in std::mem::take(&mut e.slow) {
         e.slow_path(&p);
@@ -997,8 +1005,8 @@ impl<A: CodeSink> Emitter<'_, A> {
         dynasm!(self.ops ; .arch x64 ; =>p.full);
         self.call_helper(p.i, p.kind, p.unit_off, p.insn_delta);
         let Some(after) = p.after else {
-            let ret = self.ext.stubs.ret;
-            dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
+            let (ret, code) = (self.ext.stubs.ret, self.end_code as i32);
+            dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp extern ret as usize);
             return;
         };
         let back = -((p.insn_delta + 1) as i32);
@@ -1052,8 +1060,8 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn helper_ends_unit(&mut self, i: usize, kind: u8) {
         let (off, n) = (self.unit_off, self.insn_delta);
         self.call_helper(i, kind, off, n);
-        let ret = self.ext.stubs.ret;
-        dynasm!(self.ops ; .arch x64 ; xor eax, eax ; jmp extern ret as usize);
+        let (ret, code) = (self.ext.stubs.ret, self.end_code as i32);
+        dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp extern ret as usize);
     }
 
     /// The end of a unit that runs on into the next instruction (its last one
@@ -1112,7 +1120,8 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             dynasm!(self.ops ; .arch x64 ; =>out);
         }
-        self.leave(target, EXIT_END);
+        let code = self.end_code;
+        self.leave(target, code);
     }
 
     /// Exits to `out` unless R13 is below `JitCtx::icount_limit`.
@@ -1233,11 +1242,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             );
             self.jc_request();
         }
-        let leave = self.ext.stubs.leave;
+        let (leave, code) = (self.ext.stubs.leave, self.end_code as i32);
         dynasm!(self.ops
             ; .arch x64
             ; =>out
-            ; xor r12d, r12d
+            ; mov r12d, code
             ; jmp extern leave as usize
         );
     }

@@ -27,7 +27,7 @@
 use crate::codebuf::CodeBuffer;
 use crate::emit::{
     emit_stubs, emit_unit, flat_segments, Externals, Fragment, Stubs, UnitPlan, EXIT_END,
-    EXIT_EVENT, EXIT_FAULT, JC_REQUEST,
+    EXIT_EVENT, JC_REQUEST,
 };
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
@@ -36,9 +36,7 @@ use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{
-    exec_one, fetch_unit, index_code_pages, mode_key, unit_fits, Step, NO_PAGE,
-};
+use x86bt_cpu::interp::engine::{fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
@@ -76,7 +74,6 @@ struct Slot {
     /// Jump-cache entries that may point at this fragment.
     jc_refs: Vec<u32>,
     byte_len: u32,
-    plain_end: bool,
     /// Another fragment may chain into this one.
     chain_target: bool,
     /// Tells this slot's occupants apart, for link cells and tags.
@@ -84,12 +81,9 @@ struct Slot {
     /// Offsets of the fragment in the code buffer.
     code: Fragment,
     /// The prepared instructions, owned here because the fragment embeds their
-    /// addresses.
+    /// addresses (never read from Rust).
+    #[allow(dead_code)]
     insns: Box<[Insn]>,
-    /// No instruction is lowered inline: the unit runs from Rust, instruction by
-    /// instruction through `exec_one`, without a fragment (entering one would
-    /// only add its prologue and epilogue).
-    direct: bool,
     /// The link cells of the fragment's branch (taken, not taken): a chain
     /// entry address, or the site's stub (see `stubs`). The fragment embeds their
     /// address. `None` in an empty slot (so an empty cache allocates nothing per
@@ -116,7 +110,6 @@ impl Slot {
             spec: 0,
             jc_refs: Vec::new(),
             byte_len: 0,
-            plain_end: false,
             chain_target: false,
             gen: 0,
             code: Fragment {
@@ -124,7 +117,6 @@ impl Slot {
                 stubs: [None; 2],
             },
             insns: Box::new([]),
-            direct: false,
             cells: None,
             stubs: [0; 2],
             incoming: Vec::new(),
@@ -563,16 +555,14 @@ impl Translator {
                 .last()
                 .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end)))
             && !seg_writes.contains(&true);
-        let direct = lowerings.iter().all(|l| matches!(l, Lowering::Helper(_)));
+        // A unit that ends on a sensitive instruction, or holds one that can
+        // raise an interrupt line (x87), ends with an event: the run loop looks
+        // before the next unit, however the unit was entered.
+        let event_end = !fetched.plain_end || !plan::quiet(&lowerings);
         let cs = cpu.seg[sreg::CS];
         let spec = self.spec_of(key, cs.base, cs.limit, flat);
         let mut stubs = [0u64; 2];
-        let frag = if direct {
-            Fragment {
-                body: 0,
-                stubs: [None; 2],
-            }
-        } else {
+        let frag = {
             let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
             let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
             let frag = emit_unit(
@@ -591,6 +581,7 @@ impl Translator {
                     spec,
                     protected: key & 2 != 0,
                     v86: key & 4 != 0,
+                    event_end,
                 },
                 &Externals {
                     stubs: self.stubs,
@@ -654,14 +645,11 @@ impl Translator {
             spec,
             jc_refs: Vec::new(),
             byte_len: self.scratch.byte_len as u32,
-            plain_end: fetched.plain_end,
-            chain_target: !direct
-                && fetched.next_phys == NO_PAGE
-                && plan::may_be_chained_to(&lowerings, fetched.plain_end),
+            // Any unit on one page: one that ends with an event says so itself.
+            chain_target: fetched.next_phys == NO_PAGE,
             gen,
             code: frag,
             insns,
-            direct,
             cells: Some(cells),
             stubs,
             incoming: Vec::new(),
@@ -679,14 +667,9 @@ impl Translator {
                 return self.interp.run_unit(cpu, m);
             }
         };
-        let (entry, plain_end) = (self.slots[s].code.body, self.slots[s].plain_end);
+        let entry = self.slots[s].code.body;
         self.ctx.pending_link = 0;
-        let exit = if self.slots[s].direct {
-            self.stats.direct_units += 1;
-            run_direct(&self.slots[s].insns, cpu, m, &mut self.ctx)
-        } else {
-            self.enter(entry, cpu, m)
-        };
+        let exit = self.enter(entry, cpu, m);
         if self.ctx.pending_link != 0 {
             self.link_request = Some(LinkRequest {
                 tag: self.ctx.pending_link,
@@ -696,7 +679,7 @@ impl Translator {
             });
         }
         match exit {
-            EXIT_END => {
+            EXIT_END | EXIT_EVENT => {
                 if cpu.run_state != RunState::Running {
                     self.stats.exits[ExitKind::Halt as usize] += 1;
                     return if cpu.run_state == RunState::Shutdown {
@@ -705,16 +688,13 @@ impl Translator {
                         UnitExit::Halted
                     };
                 }
-                self.stats.exits[ExitKind::End as usize] += 1;
-                if plain_end {
+                if exit == EXIT_END {
+                    self.stats.exits[ExitKind::End as usize] += 1;
                     UnitExit::Continue
                 } else {
+                    self.stats.exits[ExitKind::Event as usize] += 1;
                     UnitExit::Event
                 }
-            }
-            EXIT_EVENT => {
-                self.stats.exits[ExitKind::Event as usize] += 1;
-                UnitExit::Event
             }
             _ => {
                 self.stats.exits[ExitKind::Fault as usize] += 1;
@@ -813,22 +793,6 @@ fn host_has_lahf_sahf() -> bool {
     {
         false
     }
-}
-
-/// Runs a unit without a fragment: each instruction through `exec_one`, with the
-/// fragment's exit codes.
-fn run_direct(insns: &[Insn], cpu: &mut CpuState, m: &mut Machine, ctx: &mut JitCtx) -> u64 {
-    for insn in insns {
-        match exec_one(cpu, m, insn) {
-            Step::Next => {}
-            Step::End => return EXIT_EVENT,
-            Step::Fault(e) => {
-                ctx.exc = Some(e);
-                return EXIT_FAULT;
-            }
-        }
-    }
-    EXIT_END
 }
 
 /// The physical and linear address of CS:IP, or `None` when fetching there

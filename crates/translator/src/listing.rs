@@ -82,6 +82,12 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             // 16-bit units as in real mode, 32-bit ones in protected mode.
             protected: bits == 32,
             v86: false,
+            event_end: !plan::quiet(&lowerings)
+                || insns.last().is_some_and(|i| {
+                    use iced_x86::Mnemonic as M;
+                    x86bt_decoder::sensitive::is_sensitive(&i.ins)
+                        && !matches!(i.ins.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
+                }),
         },
         &Externals {
             stubs: FAKE_STUBS,
@@ -91,19 +97,6 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             link_tags: FAKE_TAGS,
         },
     );
-    if lowerings.iter().all(|l| matches!(l, Lowering::Helper(_))) {
-        // The engine runs such a unit from Rust, without a fragment.
-        let mut f = formatter();
-        let mut out = format!("; guest, {bits}-bit\n");
-        let mut text = String::new();
-        for insn in insns {
-            text.clear();
-            f.format(&insn.ins, &mut text);
-            let _ = writeln!(out, ";   {:04x}  {text}", insn.ins.ip());
-        }
-        out.push_str("; nothing inline: run from Rust through exec_one, no fragment\n");
-        return out;
-    }
     let host = match ops.finalize() {
         Ok(b) => b,
         Err(e) => return format!("; cannot assemble: {e}\n"),

@@ -487,7 +487,7 @@ pub fn seg_writes(insns: &[Insn]) -> Vec<bool> {
 /// Whether the run loop need not look after this unit before the next: it
 /// has no instruction that can raise an interrupt line or change what the loop
 /// checks, that is no sensitive one (always a unit's last) and no x87 (FERR#).
-fn quiet(lowerings: &[Lowering]) -> bool {
+pub fn quiet(lowerings: &[Lowering]) -> bool {
     lowerings
         .iter()
         .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
@@ -513,13 +513,6 @@ pub fn may_fall_through(lowerings: &[Lowering], last: &Instruction, plain_end: b
     ) && plain_end
         && last.flow_control() == iced_x86::FlowControl::Next
         && quiet(lowerings)
-}
-
-/// Whether another fragment may chain into this unit's: it is quiet and ends on
-/// an ordinary instruction (`plain_end`), so running it needs no look from the
-/// run loop before or after.
-pub fn may_be_chained_to(lowerings: &[Lowering], plain_end: bool) -> bool {
-    plain_end && quiet(lowerings)
 }
 
 fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {

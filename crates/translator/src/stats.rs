@@ -52,8 +52,6 @@ pub struct JitStats {
     pub inline_insns: u64,
     /// Units found in the translation cache.
     pub hits: u64,
-    /// Units run without a fragment (nothing inline), from Rust.
-    pub direct_units: u64,
     /// Translations dropped because their code was written.
     pub invalidations: u64,
     /// Full flushes of the code buffer.
@@ -127,9 +125,8 @@ impl fmt::Display for JitStats {
         )?;
         write!(
             f,
-            "translator delegated units: {}; {} units run without a fragment (nothing inline)",
-            list(&Delegation::NAMES, &self.delegated),
-            self.direct_units
+            "translator delegated units: {}",
+            list(&Delegation::NAMES, &self.delegated)
         )
     }
 }

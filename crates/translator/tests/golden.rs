@@ -131,11 +131,11 @@ fn golden_sensitive_unit_after_inline_move() {
 }
 
 #[test]
-fn golden_helper_only_unit_has_no_fragment() {
-    // Nothing to lower inline: the engine runs it from Rust.
+fn golden_helper_only_unit_calls_the_helper_stub() {
+    // Nothing to lower inline: every instruction goes through the helper stub.
     let code = assemble(16, |a| {
-        a.push(ax)?;
-        a.pushf()
+        a.daa()?;
+        a.das()
     });
     check("helper_only16", Bitness::B16, &code);
 }
