@@ -110,11 +110,17 @@ pub struct FastTlb {
     pub e: [[FastEntry; FAST_TLB_SIZE]; 2],
     /// Some write entry may be valid.
     pub writes: bool,
-    /// Counts flushes of this TLB, whole or one page (INVLPG), so
-    /// that caches of linear-address translations kept elsewhere (the
-    /// translator's jump cache) know when to drop theirs.
+    /// Counts whole flushes of this TLB, so that caches of linear-address
+    /// translations kept elsewhere (the translator's jump cache) know when to
+    /// drop theirs.
     pub generation: u64,
+    /// Linear page numbers flushed one by one (INVLPG) since the keeper of such
+    /// a cache last took them; more than [`PAGE_NOTES`] count as a whole flush.
+    pub page_notes: Vec<u64>,
 }
+
+/// How many single-page flushes [`FastTlb::page_notes`] keeps.
+pub const PAGE_NOTES: usize = 64;
 
 impl Default for FastTlb {
     fn default() -> Self {
@@ -122,6 +128,7 @@ impl Default for FastTlb {
             e: [[FAST_EMPTY; FAST_TLB_SIZE]; 2],
             writes: false,
             generation: 0,
+            page_notes: Vec::new(),
         }
     }
 }
@@ -134,6 +141,7 @@ impl FastTlb {
         }
         self.writes = false;
         self.generation += 1;
+        self.page_notes.clear();
     }
 
     /// Drops every write entry (reads stay).
@@ -204,7 +212,12 @@ impl Tlb {
             e.tag = 0;
         }
         self.fast.drop_index(i);
-        self.fast.generation += 1;
+        if self.fast.page_notes.len() < PAGE_NOTES {
+            self.fast.page_notes.push(page);
+        } else {
+            self.fast.generation += 1;
+            self.fast.page_notes.clear();
+        }
     }
 }
 

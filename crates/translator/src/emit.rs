@@ -64,7 +64,7 @@
 use crate::plan::{
     cond_flags, Branch, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Xfer, XferTarget, GUEST_TO_HOST,
 };
-use crate::runtime::{JcEntry, JitCtx, JC_SIZE};
+use crate::runtime::{jc_index, JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
@@ -1104,7 +1104,7 @@ impl<A: CodeSink> Emitter<'_, A> {
                 );
             } else {
                 // Another page: through the jump cache, at a fixed entry.
-                let idx = (target as usize) & (JC_SIZE - 1);
+                let idx = jc_index(target);
                 let entry = self.ctx_field(offset_of!(JitCtx, jc) + idx * size_of::<JcEntry>());
                 let tag = (target | u64::from(self.spec) << 32) as i64;
                 dynasm!(self.ops
@@ -1229,6 +1229,8 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops
                 ; .arch x64
                 ; mov r11d, r9d
+                ; shr r11d, 12
+                ; xor r11d, r9d
                 ; and r11d, mask
                 ; shl r11d, shift
                 ; mov r12, QWORD base

@@ -31,7 +31,7 @@ use crate::emit::{
 };
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
-use crate::runtime::{self, JcEntry, JitCtx, JC_EMPTY, JC_SIZE};
+use crate::runtime::{self, jc_index, JcEntry, JitCtx, JC_EMPTY, JC_SIZE};
 use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
@@ -170,6 +170,8 @@ pub struct Translator {
     jc_generation: u64,
     /// Some jump-cache entry may be filled.
     jc_used: bool,
+    /// Per jump-cache entry, the linear page number of its target (for INVLPG).
+    jc_pages: Vec<u64>,
     /// The shared stubs of the current code buffer.
     stubs: Stubs,
     /// Every unit is cut to its first instruction (for harnesses that compare
@@ -216,6 +218,7 @@ impl Translator {
             specs: HashMap::new(),
             jc_generation: u64::MAX,
             jc_used: false,
+            jc_pages: vec![u64::MAX; JC_SIZE],
             stubs: Stubs::default(),
             single_step: false,
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
@@ -352,11 +355,12 @@ impl Translator {
         {
             return;
         }
-        let idx = (rip as usize) & (JC_SIZE - 1);
+        let idx = jc_index(rip);
         self.ctx.jc[idx] = JcEntry {
             tag: rip | spec << 32,
             addr: code.exec_base() as u64 + slot.code.body as u64,
         };
+        self.jc_pages[idx] = (slot.cs_base.wrapping_add(rip) & 0xFFFF_FFFF) >> 12;
         slot.jc_refs.push(idx as u32);
         self.jc_used = true;
         self.stats.jc_fills += 1;
@@ -369,6 +373,7 @@ impl Translator {
                 tag: JC_EMPTY,
                 addr: 0,
             });
+            self.jc_pages.fill(u64::MAX);
             self.jc_used = false;
             self.stats.jc_clears += 1;
         }
@@ -724,10 +729,26 @@ impl Translator {
             self.host_epoch = epoch;
         }
         // The jump cache maps linear addresses: it goes with every TLB flush
-        // (and with the memory map, whose change flushed the fast TLB above).
+        // (and with the memory map, whose change flushed the fast TLB above),
+        // and loses the entries of each page INVLPG flushed.
         if cpu.tlb.fast.generation != self.jc_generation {
             self.clear_jc();
             self.jc_generation = cpu.tlb.fast.generation;
+            cpu.tlb.fast.page_notes.clear();
+        } else if !cpu.tlb.fast.page_notes.is_empty() {
+            for page in std::mem::take(&mut cpu.tlb.fast.page_notes) {
+                if self.jc_used {
+                    for (idx, p) in self.jc_pages.iter_mut().enumerate() {
+                        if *p == page {
+                            *p = u64::MAX;
+                            self.ctx.jc[idx] = JcEntry {
+                                tag: JC_EMPTY,
+                                addr: 0,
+                            };
+                        }
+                    }
+                }
+            }
         }
         if cpu.log_writes && cpu.tlb.fast.writes {
             cpu.tlb.fast.drop_writes();

@@ -18,7 +18,13 @@ use {
 };
 
 /// Entries of the jump cache (a power of two).
-pub const JC_SIZE: usize = 1024;
+pub const JC_SIZE: usize = 4096;
+
+/// The jump-cache entry of guest RIP `rip`: the low bits, folded with the page
+/// number so that page-aligned targets spread (the emitter computes the same).
+pub const fn jc_index(rip: u64) -> usize {
+    ((rip ^ (rip >> 12)) as usize) & (JC_SIZE - 1)
+}
 /// The tag of an empty jump-cache entry (no RIP and spec id make it).
 pub const JC_EMPTY: u64 = u64::MAX;
 
@@ -58,12 +64,13 @@ pub struct JitCtx {
     pub fills_ok: u64,
     /// The jump cache: where a fragment whose next RIP is known only at run
     /// time (RET, JMP/CALL through a register) or lies on another page goes on
-    /// without returning. Indexed by the low bits of the guest RIP; an entry
+    /// without returning. Indexed by [`jc_index`] of the guest RIP; an entry
     /// holds the fragment made for that RIP under one *spec* (mode key, CS
     /// base and limit, flat segments; the translator numbers them), so a
     /// fragment only takes entries made for its own spec. It maps linear
     /// addresses, so the translator empties it whenever the TLB is flushed or
-    /// the memory map changes, and removes an entry when its fragment goes.
+    /// the memory map changes, drops the entries of a page INVLPG flushes, and
+    /// removes an entry when its fragment goes.
     pub jc: [JcEntry; JC_SIZE],
 }
 
