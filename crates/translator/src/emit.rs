@@ -28,9 +28,13 @@
 //!   ([`lahf_layout`]). LAHF + SETO capture the host flags in a few cheap
 //!   instructions and `ADD AL, 0x7F` + SAHF restore them, where PUSHFQ and
 //!   POPFQ are microcoded and slow;
+//! - R12 holds `JitCtx::tlb_base`, the fast-TLB entries of the current
+//!   privilege (set by the enter stub, restored by the helper stub), so the
+//!   memory probe indexes them directly;
 //! - R9 holds host flags captured after an instruction, in LAHF layout, until
-//!   they are merged into R14, and carries values into the stubs;
-//! - R10, R11 and R12 are scratch (the memory probe uses all three).
+//!   they are merged into R14, and carries values into the stubs; the memory
+//!   probe uses it for the entry offset (no capture is pending there);
+//! - R10 and R11 are scratch.
 //!
 //! Invariants:
 //! - When a helper runs and at every exit, `CpuState` is exact: guest registers
@@ -239,9 +243,9 @@ pub struct UnitPlan<'a> {
     pub protected: bool,
     /// See `protected`.
     pub v86: bool,
-    /// The unit ends with an event (its last instruction is sensitive, or it
-    /// can raise an interrupt line): its ends report [`EXIT_EVENT`], so the run
-    /// loop looks before the next unit even when this one was chained into.
+    /// The unit ends with an event (its last instruction is sensitive): its
+    /// ends report [`EXIT_EVENT`], so the run loop looks before the next unit
+    /// even when this one was chained into.
     pub event_end: bool,
 }
 
@@ -354,6 +358,7 @@ fn flags_from_mem<A: CodeSink>(ops: &mut A) {
 /// the context at `ctx`, calling `helper_exec` at `helper` and `helper_fill` at
 /// `fill`.
 pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) -> StubOffsets {
+    let tlb_base = (ctx + offset_of!(JitCtx, tlb_base) as u64) as i64;
     let (ctx, helper, fill) = (ctx as i64, helper as i64, fill as i64);
     // enter(cpu = RDI, body = RSI). After the pushes and the SUB the stack is
     // 16-byte aligned, as every CALL from a fragment expects.
@@ -368,12 +373,14 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; push r15
         ; sub rsp, 8
         ; mov r15, rdi
-        ; mov r12, rsi
+        ; mov r12, QWORD tlb_base
+        ; mov r12, QWORD [r12]
         ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r11, rsi
     );
     flags_from_mem(ops);
     load_all(ops);
-    dynasm!(ops ; .arch x64 ; jmp r12);
+    dynasm!(ops ; .arch x64 ; jmp r11);
     // leave: R9 = RIP, R12 = exit code.
     let leave = ops.offset().0;
     store_all(ops);
@@ -423,7 +430,12 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; jnz >out
     );
     load_all(ops);
-    dynasm!(ops ; .arch x64 ; mov r13, QWORD [r15 + ICOUNT]);
+    dynasm!(ops
+        ; .arch x64
+        ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r12, QWORD tlb_base
+        ; mov r12, QWORD [r12]
+    );
     flags_from_mem(ops);
     dynasm!(ops
         ; .arch x64
@@ -846,22 +858,23 @@ impl<A: CodeSink> Emitter<'_, A> {
                 }
                 FlagsOp::Pushf(m) => {
                     // The image: RFLAGS without VM and RF, arithmetic flags from
-                    // R14, in R9 (which the probe and the fill keep).
+                    // R14, in R9 (after the probe, which uses R9; R10 holds the
+                    // host address).
                     let keep = !((flags::ARITH | VM | RF) as i32);
+                    self.probe(m, &mut p);
                     dynasm!(self.ops
                         ; .arch x64
                         ; mov r9, QWORD [r15 + RFLAGS]
                         ; and r9d, keep
-                        ; mov r10d, r14d
-                        ; shr r10d, 8
-                        ; and r10d, 0xD5
-                        ; or r9d, r10d
-                        ; mov r10d, r14d
-                        ; and r10d, 1
-                        ; shl r10d, 11
-                        ; or r9d, r10d
+                        ; mov r11d, r14d
+                        ; shr r11d, 8
+                        ; and r11d, 0xD5
+                        ; or r9d, r11d
+                        ; mov r11d, r14d
+                        ; and r11d, 1
+                        ; shl r11d, 11
+                        ; or r9d, r11d
                     );
-                    self.probe(m, &mut p);
                     if m.size == 2 {
                         dynasm!(self.ops ; .arch x64 ; mov WORD [r10], r9w ; lea r8d, [r8 - 2]);
                     } else {
@@ -938,7 +951,6 @@ impl<A: CodeSink> Emitter<'_, A> {
         let attrs = seg_field(x.seg, offset_of!(Segment, attrs));
         let base = seg_field(x.seg, offset_of!(Segment, base));
         let tag = if x.write { FAST_WRITE } else { FAST_READ };
-        let tlb_base = self.ctx_field(offset_of!(JitCtx, tlb_base));
         // PUSH and POP need a 32-bit stack (SS.B).
         let db = if x.esp_delta != 0 {
             i32::from(seg_attr::DB)
@@ -967,18 +979,17 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         // A flat segment: the linear address is the offset, which LEA left
         // zero-extended in R10 (a page-crossing or wrapping access misses below).
+        // R12 holds the fast-TLB array; R9 (no capture pending) the entry offset.
         dynasm!(self.ops
             ; .arch x64
-            ; mov r11, QWORD tlb_base
-            ; mov r12d, r10d
-            ; shr r12d, FAST_SHIFT
-            ; and r12d, FAST_MASK
-            ; add r12, QWORD [r11]
+            ; mov r9d, r10d
+            ; shr r9d, FAST_SHIFT
+            ; and r9d, FAST_MASK
             ; lea r11d, [r10 + last]
             ; and r11d, -4096
-            ; cmp r11d, DWORD [r12 + tag]
+            ; cmp r11d, DWORD [r12 + r9 + tag]
             ; jne =>miss
-            ; add r10, QWORD [r12 + FAST_ADDEND]
+            ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
         );
     }
 
@@ -1109,11 +1120,11 @@ impl<A: CodeSink> Emitter<'_, A> {
                 let tag = (target | u64::from(self.spec) << 32) as i64;
                 dynasm!(self.ops
                     ; .arch x64
-                    ; mov r12, QWORD entry
+                    ; mov r10, QWORD entry
                     ; mov r11, QWORD tag
-                    ; cmp r11, QWORD [r12]
+                    ; cmp r11, QWORD [r10]
                     ; jne >miss
-                    ; jmp QWORD [r12 + 8]
+                    ; jmp QWORD [r10 + 8]
                     ; miss:
                 );
                 self.jc_request();
@@ -1142,8 +1153,8 @@ impl<A: CodeSink> Emitter<'_, A> {
         dynasm!(self.ops
             ; .arch x64
             ; mov r11, QWORD req
-            ; mov r12, QWORD pending
-            ; mov QWORD [r12], r11
+            ; mov r10, QWORD pending
+            ; mov QWORD [r10], r11
         );
     }
 
@@ -1233,13 +1244,13 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; xor r11d, r9d
                 ; and r11d, mask
                 ; shl r11d, shift
-                ; mov r12, QWORD base
-                ; add r12, r11
+                ; mov r10, QWORD base
+                ; add r10, r11
                 ; mov r11, QWORD spec
                 ; or r11, r9
-                ; cmp r11, QWORD [r12]
+                ; cmp r11, QWORD [r10]
                 ; jne >miss
-                ; jmp QWORD [r12 + 8]
+                ; jmp QWORD [r10 + 8]
                 ; miss:
             );
             self.jc_request();

@@ -560,10 +560,12 @@ impl Translator {
                 .last()
                 .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end)))
             && !seg_writes.contains(&true);
-        // A unit that ends on a sensitive instruction, or holds one that can
-        // raise an interrupt line (x87), ends with an event: the run loop looks
-        // before the next unit, however the unit was entered.
-        let event_end = !fetched.plain_end || !plan::quiet(&lowerings);
+        // A unit that ends on a sensitive instruction ends with an event, as
+        // the interpreter's does: the run loop looks before the next unit,
+        // however the unit was entered. (One holding x87, which can raise
+        // FERR#, ends plainly; it never chains on, and the run loop watches
+        // INTR between plain units.)
+        let event_end = !fetched.plain_end;
         let cs = cpu.seg[sreg::CS];
         let spec = self.spec_of(key, cs.base, cs.limit, flat);
         let mut stubs = [0u64; 2];

@@ -487,7 +487,7 @@ pub fn seg_writes(insns: &[Insn]) -> Vec<bool> {
 /// Whether the run loop need not look after this unit before the next: it
 /// has no instruction that can raise an interrupt line or change what the loop
 /// checks, that is no sensitive one (always a unit's last) and no x87 (FERR#).
-pub fn quiet(lowerings: &[Lowering]) -> bool {
+fn quiet(lowerings: &[Lowering]) -> bool {
     lowerings
         .iter()
         .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
