@@ -172,6 +172,11 @@ pub struct Translator {
     jc_used: bool,
     /// Per jump-cache entry, the linear page number of its target (for INVLPG).
     jc_pages: Vec<u64>,
+    /// The jump-cache entries made per linear page (some may have moved on
+    /// since; `jc_pages` decides).
+    jc_by_page: HashMap<u64, Vec<u32>>,
+    /// Jump-cache fills since it was last emptied.
+    jc_fills_since_clear: usize,
     /// The shared stubs of the current code buffer.
     stubs: Stubs,
     /// Every unit is cut to its first instruction (for harnesses that compare
@@ -219,6 +224,8 @@ impl Translator {
             jc_generation: u64::MAX,
             jc_used: false,
             jc_pages: vec![u64::MAX; JC_SIZE],
+            jc_by_page: HashMap::new(),
+            jc_fills_since_clear: 0,
             stubs: Stubs::default(),
             single_step: false,
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
@@ -344,10 +351,7 @@ impl Translator {
     /// chained to and was made for the same spec.
     fn fill_jc(&mut self, tag: u64, t: usize, rip: u64) {
         let spec = tag & (JC_REQUEST - 1);
-        let Some(code) = &self.code else {
-            return;
-        };
-        let slot = &mut self.slots[t];
+        let slot = &self.slots[t];
         if tag & JC_REQUEST == 0
             || !slot.valid
             || !slot.chain_target
@@ -355,12 +359,23 @@ impl Translator {
         {
             return;
         }
+        if self.jc_fills_since_clear >= 16 * JC_SIZE {
+            // Bound the per-page lists, which keep entries since overwritten.
+            self.clear_jc();
+        }
+        self.jc_fills_since_clear += 1;
+        let Some(code) = &self.code else {
+            return;
+        };
+        let slot = &mut self.slots[t];
         let idx = jc_index(rip);
         self.ctx.jc[idx] = JcEntry {
             tag: rip | spec << 32,
             addr: code.exec_base() as u64 + slot.code.body as u64,
         };
-        self.jc_pages[idx] = (slot.cs_base.wrapping_add(rip) & 0xFFFF_FFFF) >> 12;
+        let page = (slot.cs_base.wrapping_add(rip) & 0xFFFF_FFFF) >> 12;
+        self.jc_pages[idx] = page;
+        self.jc_by_page.entry(page).or_default().push(idx as u32);
         slot.jc_refs.push(idx as u32);
         self.jc_used = true;
         self.stats.jc_fills += 1;
@@ -374,6 +389,8 @@ impl Translator {
                 addr: 0,
             });
             self.jc_pages.fill(u64::MAX);
+            self.jc_by_page.clear();
+            self.jc_fills_since_clear = 0;
             self.jc_used = false;
             self.stats.jc_clears += 1;
         }
@@ -739,15 +756,14 @@ impl Translator {
             cpu.tlb.fast.page_notes.clear();
         } else if !cpu.tlb.fast.page_notes.is_empty() {
             for page in std::mem::take(&mut cpu.tlb.fast.page_notes) {
-                if self.jc_used {
-                    for (idx, p) in self.jc_pages.iter_mut().enumerate() {
-                        if *p == page {
-                            *p = u64::MAX;
-                            self.ctx.jc[idx] = JcEntry {
-                                tag: JC_EMPTY,
-                                addr: 0,
-                            };
-                        }
+                for idx in self.jc_by_page.remove(&page).unwrap_or_default() {
+                    let idx = idx as usize;
+                    if self.jc_pages[idx] == page {
+                        self.jc_pages[idx] = u64::MAX;
+                        self.ctx.jc[idx] = JcEntry {
+                            tag: JC_EMPTY,
+                            addr: 0,
+                        };
                     }
                 }
             }
