@@ -19,8 +19,11 @@
 //! - R15 holds the `CpuState` pointer;
 //! - every guest GPR i lives in host register [`GUEST_TO_HOST`]`[i]`, loaded on
 //!   entry and after every helper, stored on every exit and before every helper;
-//! - R13 holds `CpuState::icount` as of the last point the emitter advanced it
-//!   (inline instructions since are added in batches, with LEA);
+//! - R13 holds `CpuState::icount - JitCtx::icount_limit` as of the last point
+//!   the emitter advanced it (inline instructions since are added in batches):
+//!   negative while a chain may go on, so the budget check at a chain point is
+//!   one ADD and one branch on the sign; the stubs convert to and from
+//!   `CpuState::icount`;
 //! - R14 holds the guest's arithmetic flags, newer than `CpuState::rflags`,
 //!   which is brought up to date only in the stubs. They are kept in *LAHF
 //!   layout*: bits 8..15 are what LAHF puts in AH (SF, ZF, AF, PF, CF at their
@@ -359,6 +362,7 @@ fn flags_from_mem<A: CodeSink>(ops: &mut A) {
 /// `fill`.
 pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) -> StubOffsets {
     let tlb_base = (ctx + offset_of!(JitCtx, tlb_base) as u64) as i64;
+    let limit = (ctx + offset_of!(JitCtx, icount_limit) as u64) as i64;
     let (ctx, helper, fill) = (ctx as i64, helper as i64, fill as i64);
     // enter(cpu = RDI, body = RSI). After the pushes and the SUB the stack is
     // 16-byte aligned, as every CALL from a fragment expects.
@@ -376,6 +380,8 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov r12, QWORD tlb_base
         ; mov r12, QWORD [r12]
         ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r11, QWORD limit
+        ; sub r13, QWORD [r11]
         ; mov r11, rsi
     );
     flags_from_mem(ops);
@@ -387,6 +393,8 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
     dynasm!(ops
         ; .arch x64
         ; mov QWORD [r15 + RIP], r9
+        ; mov r11, QWORD limit
+        ; add r13, QWORD [r11]
         ; mov QWORD [r15 + ICOUNT], r13
     );
     flags_to_mem(ops);
@@ -412,10 +420,12 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
     store_all(ops);
     dynasm!(ops
         ; .arch x64
-        ; mov QWORD [r15 + ICOUNT], r9
         ; mov QWORD [r15 + RIP], r10
         ; mov rdx, r11
         ; mov rcx, r12
+        ; mov r11, QWORD limit
+        ; add r9, QWORD [r11]
+        ; mov QWORD [r15 + ICOUNT], r9
     );
     flags_to_mem(ops);
     dynasm!(ops
@@ -433,6 +443,8 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
     dynasm!(ops
         ; .arch x64
         ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r11, QWORD limit
+        ; sub r13, QWORD [r11]
         ; mov r12, QWORD tlb_base
         ; mov r12, QWORD [r12]
     );
@@ -609,12 +621,17 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; or r9d, r10d
             );
         }
-        let keep = !(lahf_layout(s.written) as i32);
-        dynasm!(self.ops
-            ; .arch x64
-            ; and r14d, keep
-            ; or r14d, r9d
-        );
+        if s.written == flags::ARITH {
+            // Every flag replaced: no dependence on the old R14.
+            dynasm!(self.ops ; .arch x64 ; mov r14d, r9d);
+        } else {
+            let keep = !(lahf_layout(s.written) as i32);
+            dynasm!(self.ops
+                ; .arch x64
+                ; and r14d, keep
+                ; or r14d, r9d
+            );
+        }
         self.host_valid = 0;
     }
 
@@ -795,12 +812,15 @@ impl<A: CodeSink> Emitter<'_, A> {
         let p = self.slow_path_here(i, kind, true, false);
         let tsd = x86bt_cpu::mmu::cr4::TSD as i32;
         let n = self.insn_delta as i32;
+        let limit = self.ctx_field(offset_of!(JitCtx, icount_limit));
         dynasm!(self.ops
             ; .arch x64
             ; test DWORD [r15 + CR4], tsd
             ; jnz =>p.full
             ; lea rax, [r13 + n]
             ; add rax, QWORD [r15 + TSC_OFFSET]
+            ; mov r11, QWORD limit
+            ; add rax, QWORD [r11]
             ; mov rdx, rax
             ; shr rdx, 32
             ; mov eax, eax
@@ -1088,12 +1108,11 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// the flags settled: on to a fragment where the module comment allows,
     /// else back to the run loop.
     fn side(&mut self, target: u64, n: u64, site: usize) {
-        self.advance(n);
         let lin = |a: u64| (self.cs_base.wrapping_add(a) & 0xFFFF_FFFF) >> 12;
         let same_page = lin(target) == lin(self.rip);
         if self.chain && target <= u64::from(self.cs_limit) {
             let out = self.ops.new_label();
-            self.budget_check(out);
+            self.advance_and_check(n, out);
             if target == self.rip {
                 let body = self.body;
                 dynasm!(self.ops ; .arch x64 ; jmp =>body);
@@ -1130,20 +1149,24 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.jc_request();
             }
             dynasm!(self.ops ; .arch x64 ; =>out);
+        } else {
+            self.advance(n);
         }
         let code = self.end_code;
         self.leave(target, code);
     }
 
-    /// Exits to `out` unless R13 is below `JitCtx::icount_limit`.
-    fn budget_check(&mut self, out: DynamicLabel) {
-        let limit = self.ctx_field(offset_of!(JitCtx, icount_limit));
+    /// Adds `n` retired instructions to R13 and goes to `out` unless icount is
+    /// still below `JitCtx::icount_limit` (R13 counts from it, so that is its
+    /// sign; clobbers host flags).
+    fn advance_and_check(&mut self, n: u64, out: DynamicLabel) {
+        let n = n as i32;
         dynasm!(self.ops
             ; .arch x64
-            ; mov r11, QWORD limit
-            ; cmp r13, QWORD [r11]
-            ; jae =>out
+            ; add r13, n
+            ; jns =>out
         );
+        self.insn_delta = 0;
     }
 
     /// Asks the engine to fill the jump-cache entry of the next RIP.
@@ -1229,10 +1252,11 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// instructions, otherwise as [`Emitter::side`]: on through the jump cache,
     /// or back to the run loop.
     fn side_dynamic(&mut self, n: u64) {
-        self.advance(n);
         let out = self.ops.new_label();
-        if self.chain {
-            self.budget_check(out);
+        if !self.chain {
+            self.advance(n);
+        } else {
+            self.advance_and_check(n, out);
             let base = self.ctx_field(offset_of!(JitCtx, jc));
             let spec = (u64::from(self.spec) << 32) as i64;
             let mask = (JC_SIZE - 1) as i32;
