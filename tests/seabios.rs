@@ -17,7 +17,7 @@ fn have_bios() -> bool {
     false
 }
 
-fn run_seabios(mib: u64) -> (String, std::process::ExitStatus) {
+fn run_seabios(mib: u64, engine: &str) -> (String, std::process::ExitStatus) {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args([
             "run",
@@ -28,6 +28,8 @@ fn run_seabios(mib: u64) -> (String, std::process::ExitStatus) {
             "--serial",
             "null",
             "--no-reboot",
+            "--engine",
+            engine,
         ])
         .args([
             "-m",
@@ -45,21 +47,41 @@ fn run_seabios(mib: u64) -> (String, std::process::ExitStatus) {
     )
 }
 
-#[test]
-fn seabios_detects_ram_and_reaches_boot_attempts() {
+/// The checks, on one engine.
+fn detects_ram_and_reaches_boot_attempts(engine: &str) {
     if !have_bios() {
         return;
     }
     for mib in [64u64, 256] {
-        let (log, status) = run_seabios(mib);
-        assert!(status.success(), "-m {mib}: {status}\n{log}");
+        let (log, status) = run_seabios(mib, engine);
+        assert!(status.success(), "{engine}, -m {mib}: {status}\n{log}");
         // RAM above 1 MiB, as SeaBIOS reads it from fw_cfg's etc/e820.
         let want = format!(
             "qemu/e820: addr 0x0000000000100000 len 0x{:016x} [RAM]",
             (mib - 1) << 20
         );
-        assert!(log.contains(&want), "-m {mib}: no {want:?} in\n{log}");
-        assert!(log.contains("Booting from Hard Disk..."), "{log}");
-        assert!(log.contains("No bootable device."), "{log}");
+        assert!(
+            log.contains(&want),
+            "{engine}, -m {mib}: no {want:?} in\n{log}"
+        );
+        assert!(log.contains("Booting from Hard Disk..."), "{engine}: {log}");
+        assert!(log.contains("No bootable device."), "{engine}: {log}");
     }
+}
+
+#[test]
+fn seabios_detects_ram_and_reaches_boot_attempts() {
+    detects_ram_and_reaches_boot_attempts("interp");
+}
+
+#[test]
+fn seabios_under_jit_detects_ram_and_reaches_boot_attempts() {
+    detects_ram_and_reaches_boot_attempts("jit");
+}
+
+/// Lockstep compares the translator with the interpreter after every unit of
+/// the whole firmware run; a divergence is exit status 123.
+#[test]
+fn seabios_under_lockstep_reaches_boot_attempts_without_divergence() {
+    detects_ram_and_reaches_boot_attempts("lockstep");
 }
