@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use x86bt_cpu::interp::engine::{fetch_unit, mode_key};
 use x86bt_cpu::interp::Insn;
-use x86bt_cpu::state::sreg;
+use x86bt_cpu::state::{sreg, Segment};
 use x86bt_cpu::{CpuState, Interpreter, UnitExit};
 use x86bt_decoder::DecodedUnit;
 use x86bt_machine::{GuestPhys, Machine};
@@ -53,6 +53,8 @@ pub struct Lockstep {
     stats: LockstepStats,
     /// Test hook: after this many units, flip bit 0 of the translator's EAX.
     inject_after: Option<u64>,
+    /// Whether the unit at (physical address, mode key, RIP) does port I/O.
+    io_units: std::collections::HashMap<(u64, u32, u64), bool>,
 }
 
 /// The guest-physical address of RAM page `page` (a RAM page number, as the
@@ -82,6 +84,7 @@ impl Lockstep {
             jit: Translator::new()?,
             stats: LockstepStats::default(),
             inject_after: None,
+            io_units: std::collections::HashMap::new(),
         })
     }
 
@@ -107,6 +110,9 @@ impl Lockstep {
             self.flush();
         }
         let pages = m.mem.take_dirty_code_pages();
+        if !pages.is_empty() {
+            self.io_units.clear();
+        }
         self.jit.invalidate_pages(&pages);
         self.reference.invalidate_pages(&pages);
     }
@@ -120,8 +126,30 @@ impl Lockstep {
 
     /// Drops everything cached by both engines.
     pub fn flush(&mut self) {
+        self.io_units.clear();
         self.jit.flush();
         self.reference.flush();
+    }
+
+    /// Whether the unit at CS:IP does port I/O, remembered per (physical
+    /// address, mode key) until code is written.
+    fn unit_does_io(&mut self, cpu: &mut CpuState, m: &mut Machine) -> bool {
+        let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+        let phys = if x86bt_cpu::mmu::paging(cpu) {
+            match x86bt_cpu::mmu::translate(cpu, m, lin, x86bt_cpu::mmu::Access::Exec) {
+                Ok(p) => p.0,
+                Err(_) => return self.jit.unit_does_io(cpu, m),
+            }
+        } else {
+            lin
+        };
+        let key = (phys & m.mem.a20_mask(), mode_key(cpu).0, cpu.rip);
+        if let Some(&io) = self.io_units.get(&key) {
+            return io;
+        }
+        let io = self.jit.unit_does_io(cpu, m);
+        self.io_units.insert(key, io);
+        io
     }
 
     /// Runs one unit on both engines and compares them.
@@ -134,11 +162,13 @@ impl Lockstep {
             self.invalidate_written(m);
         }
         self.stats.units += 1;
-        if self.jit.unit_does_io(cpu, m) {
+        if self.unit_does_io(cpu, m) {
             self.stats.io_units += 1;
             return Ok(self.jit.run_unit(cpu, m));
         }
-        let before = cpu.clone();
+        // Where the unit starts, for a report (the whole state is not cloned
+        // twice per unit: that was most of lockstep's time).
+        let before = (cpu.seg[sreg::CS], cpu.rip, cpu.icount);
         let saved = (
             cpu.log_writes,
             cpu.log_undo,
@@ -209,22 +239,32 @@ impl Lockstep {
             return Ok(exit_t);
         }
         Err(Divergence {
-            report: self.report(&before, m, &diffs),
+            report: self.report(before, cpu, m, &diffs),
         })
     }
 
-    fn report(&self, before: &CpuState, m: &mut Machine, diffs: &[String]) -> String {
+    fn report(
+        &self,
+        before: (Segment, u64, u64),
+        after: &CpuState,
+        m: &mut Machine,
+        diffs: &[String],
+    ) -> String {
         let mut out = String::new();
-        let cs = before.seg[sreg::CS];
+        let (cs, rip, icount) = before;
         let _ = writeln!(
             out,
             "lockstep divergence in unit {} at {:04x}:{:08x} (icount {}):",
-            self.stats.units, cs.selector, before.rip, before.icount
+            self.stats.units, cs.selector, rip, icount
         );
         for d in diffs {
             let _ = writeln!(out, "  {d}");
         }
-        let mut cpu = before.clone();
+        // The translation of CS:IP as it starts the unit (with the paging state
+        // after it: a unit that changes paging ends there).
+        let mut cpu = after.clone();
+        cpu.seg[sreg::CS] = cs;
+        cpu.rip = rip;
         let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
         let phys = x86bt_cpu::mmu::translate(&mut cpu, m, lin, x86bt_cpu::mmu::Access::Exec);
         let (_, bitness) = mode_key(&cpu);
