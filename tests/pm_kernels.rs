@@ -1590,6 +1590,49 @@ fn translator_inline(k: &mut Kernel) -> AsmResult {
         k.add(eax, 1)?;
         k.expect_eax(c, 0x51)
     })?;
+    // DIV (SDM "DIV"): quotient to EAX/AX, remainder to EDX/DX; #DE (vector 0,
+    // no error code) for a zero divisor or a quotient too wide, before any
+    // register changes.
+    k.case("inline_div_r32_and_r16", |k, c| {
+        k.mov(edx, 0u32)?;
+        k.mov(eax, 100u32)?;
+        k.mov(ecx, 7u32)?;
+        k.div(ecx)?;
+        k.add(esi, 0)?;
+        k.mov(dword_ptr(SCRATCH), eax)?;
+        k.mov(dword_ptr(SCRATCH + 4), edx)?;
+        k.expect32(c, SCRATCH, 14)?;
+        k.expect32(c, SCRATCH + 4, 2)?;
+        k.mov(edx, 1u32)?;
+        k.mov(eax, 2u32)?;
+        k.mov(ecx, 3u32)?;
+        k.div(cx)?;
+        k.add(esi, 0)?;
+        k.mov(dword_ptr(SCRATCH), eax)?;
+        k.mov(dword_ptr(SCRATCH + 4), edx)?;
+        k.expect32(c, SCRATCH, 0x5556)?;
+        k.expect32(c, SCRATCH + 4, 0)
+    })?;
+    k.case("inline_div_by_zero_raises_de", |k, c| {
+        k.arm(c)?;
+        k.mov(edx, 0u32)?;
+        k.mov(eax, 5u32)?;
+        k.mov(ecx, 0u32)?;
+        k.mark(c)?;
+        k.div(ecx)?;
+        k.landing(c)?;
+        k.expect_fault_at_mark(c, 0, 0)
+    })?;
+    k.case("inline_div_quotient_overflow_raises_de", |k, c| {
+        k.arm(c)?;
+        k.mov(edx, 5u32)?;
+        k.mov(eax, 0u32)?;
+        k.mov(ecx, 3u32)?;
+        k.mark(c)?;
+        k.div(ecx)?;
+        k.landing(c)?;
+        k.expect_fault_at_mark(c, 0, 0)
+    })?;
     k.case("inline_rotate_by_four", |k, c| {
         k.mov(eax, 0x8000_0001u32)?;
         k.rol(eax, 4)?;

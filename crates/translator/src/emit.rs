@@ -558,6 +558,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
                 e.flags_insn(i, op, unit.kinds[i]);
                 e.insn_delta += 1;
             }
+            Lowering::Div(x) => {
+                e.div(i, x, unit.kinds[i]);
+                e.insn_delta += 1;
+            }
         }
     }
     let end_off: u64 = unit.lens.iter().map(|&l| u64::from(l)).sum();
@@ -934,6 +938,43 @@ impl<A: CodeSink> Emitter<'_, A> {
                 }
             }
         }
+        self.host_valid = 0;
+        if let Some(after) = p.after {
+            dynasm!(self.ops ; .arch x64 ; =>after);
+        }
+        self.slow.push(p);
+    }
+
+    /// DIV r32/r16: the checks that make the host's DIV unable to fault (a
+    /// non-zero divisor above the dividend's high half, so the quotient fits),
+    /// then DIV itself; the helper runs the rest (and raises #DE).
+    fn div(&mut self, i: usize, x: &Ident, kind: u8) {
+        self.settle_flags();
+        self.host_valid = 0;
+        let p = self.slow_path_here(i, kind, true, false);
+        let full = p.full;
+        // The divisor register, from the host encoding's ModRM (mod = 11).
+        let rex_b = x.bytes.iter().any(|&b| b & 0xF1 == 0x41);
+        let modrm = x.bytes[x.bytes.len() - 1];
+        let h = (modrm & 7) | if rex_b { 8 } else { 0 };
+        if x.bytes.first() == Some(&0x66) {
+            dynasm!(self.ops
+                ; .arch x64
+                ; test Rw(h), Rw(h)
+                ; jz =>full
+                ; cmp dx, Rw(h)
+                ; jae =>full
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; test Rd(h), Rd(h)
+                ; jz =>full
+                ; cmp edx, Rd(h)
+                ; jae =>full
+            );
+        }
+        self.ops.extend(x.bytes.iter().copied());
         self.host_valid = 0;
         if let Some(after) = p.after {
             dynasm!(self.ops ; .arch x64 ; =>after);

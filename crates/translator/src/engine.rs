@@ -1,24 +1,26 @@
 //! The translator engine: the translation cache and the run of one unit.
 //!
-//! The cache mirrors the interpreter's unit cache: direct-mapped slots keyed by
-//! the guest-physical address of a unit's first byte and the mode key, a per-page
-//! index so a write to a code page drops exactly the fragments decoded from it,
-//! and the same alias checks (a unit must fit below the CS limit at the current
-//! CS:IP, and find the same second page). Each slot owns its prepared
-//! instructions in a heap box whose address the fragment embeds; a slot's
-//! fragment is only ever entered through the slot, so dropping the box together
-//! with the slot's validity is safe. Code stays in the buffer until the buffer is
-//! full, when everything is flushed and a fresh buffer is mapped
-//! ([`CodeBuffer`]).
+//! The cache is two-way set-associative, keyed by the guest-physical address of
+//! a unit's first byte and the mode key, and matched on the CS:IP (RIP, CS base,
+//! CS limit) and the flat-segment set each fragment was made for. A per-page
+//! index lets a write to a code page drop exactly the fragments decoded from it,
+//! and a hit passes the interpreter's alias check (the unit finds the same second
+//! page). Each slot owns its prepared instructions in a heap box whose address
+//! the fragment embeds; a slot's fragment is only ever entered through the slot,
+//! a link cell or the jump cache, and dropping the slot resets those first, so
+//! dropping the box together with the slot's validity is safe. Code stays in the
+//! buffer until the buffer is full, when everything is flushed and a fresh
+//! buffer (with fresh stubs) is mapped ([`CodeBuffer`]).
 //!
-//! Links: a fragment that leaves through an empty link cell (see
-//! [`crate::emit`]) leaves the cell's tag (slot, generation, site); the next
-//! lookup, if nothing ran in between, fills the cell with the chain entry of the
-//! fragment found for the new CS:IP, when that fragment may be chained to, and
-//! records the link on the target. Dropping a slot for any reason (written
-//! code, a conflict, a flush) first empties every cell that points at it, so a
-//! fragment never jumps into code whose instructions are gone; a cell of a slot
-//! dropped since is recognised by its generation.
+//! Links: a fragment that leaves through an unlinked cell (see [`crate::emit`])
+//! leaves the cell's tag (slot, generation, site); the next lookup, if nothing
+//! ran in between, points the cell at the chain entry of the fragment found for
+//! the new CS:IP, when that fragment may be chained to, and records the link on
+//! the target. A jump-cache miss leaves `JC_REQUEST | spec` instead, and the
+//! next lookup fills the entry of the new RIP the same way. Dropping a slot for
+//! any reason (written code, a conflict, a flush) first resets every cell that
+//! points at it to the cell's stub and empties its jump-cache entries; a cell of
+//! a slot dropped since is recognised by its generation.
 //!
 //! Units the interpreter would run one instruction at a time (interrupt shadow,
 //! TF, RF, armed breakpoints) and units whose fetch faults are delegated to an

@@ -114,6 +114,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Xfer(_) => "inline transfer",
             Lowering::Rdtsc => "inline RDTSC",
             Lowering::Flags(_) => "inline flags instruction",
+            Lowering::Div(_) => "inline DIV",
             Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
             Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
             Lowering::Mem(_) => "memory inline",

@@ -216,6 +216,11 @@ pub enum Lowering {
     Rdtsc,
     /// CLI, STI, PUSHF or POPF, inline where the privilege allows it.
     Flags(FlagsOp),
+    /// DIV r32 or DIV r16: the host's DIV after inline checks that it cannot
+    /// raise #DE (a zero divisor, a quotient too wide go to the helper). `op`
+    /// is the host instruction; its flags are `only_if_dead` (the interpreter
+    /// leaves them alone, the host's are undefined).
+    Div(Ident),
 }
 
 /// The sensitive flag instructions lowered inline ([`Lowering::Flags`]). Each
@@ -307,7 +312,7 @@ fn observed_dead_only(lowerings: &[Lowering], caps: &[bool]) -> Vec<usize> {
     let mut out = Vec::new();
     for (i, l) in lowerings.iter().enumerate().rev() {
         let f = match l {
-            Lowering::Ident(x) => x.flags,
+            Lowering::Ident(x) | Lowering::Div(x) => x.flags,
             Lowering::Mem(m) => m.op.flags,
             Lowering::Branch(b) => {
                 read_later = b.cc.map_or(0, cond_flags);
@@ -343,6 +348,7 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Xfer(_) => HelperKind::Branch as u8,
             Lowering::Rdtsc | Lowering::Flags(_) => HelperKind::Sensitive as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
+            Lowering::Div(_) => HelperKind::MulDiv as u8,
         })
         .collect()
 }
@@ -382,7 +388,7 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
     let mut out = vec![false; lowerings.len()];
     for (i, l) in lowerings.iter().enumerate().rev() {
         live = match l {
-            Lowering::Ident(x) => {
+            Lowering::Ident(x) | Lowering::Div(x) => {
                 out[i] = x.flags.written & live != 0;
                 (live & !x.flags.written) | demand[i]
             }
@@ -409,7 +415,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
     let mut out = Vec::new();
     for (i, l) in lowerings.iter().enumerate() {
         let f = match l {
-            Lowering::Ident(x) => {
+            Lowering::Ident(x) | Lowering::Div(x) => {
                 let f = x.flags;
                 if f.written != 0 {
                     // A capture the instruction overwrites entirely is dropped,
@@ -538,6 +544,9 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if let Some(f) = flags_op(insn) {
         return Lowering::Flags(f);
     }
+    if let Some(d) = div_op(insn) {
+        return Lowering::Div(d);
+    }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
@@ -577,6 +586,31 @@ fn stack_access(write: bool, size: u8) -> Option<MemOp> {
         size,
         write,
         esp_delta: if write { -(size as i8) } else { size as i8 },
+    })
+}
+
+/// DIV r32 or DIV r16 (not ESP/SP, which the emitter's checks do not name),
+/// for [`Lowering::Div`].
+fn div_op(insn: &Insn) -> Option<Ident> {
+    let ins = &insn.ins;
+    if ins.has_lock_prefix()
+        || !matches!(ins.code(), Code::Div_rm32 | Code::Div_rm16)
+        || ins.op0_kind() != OpKind::Register
+    {
+        return None;
+    }
+    let r = ins.op0_register();
+    let bit = gpr_bit(r).filter(|&b| b != ESP_BIT)?;
+    let mut enc = Encoder::new(64);
+    enc.encode(ins, 0).ok()?;
+    Some(Ident {
+        bytes: enc.take_buffer(),
+        uses: bit | 0b101,
+        writes: 0b101,
+        flags: FlagSpec {
+            only_if_dead: true,
+            ..FlagSpec::writes(ARITH, 0)
+        },
     })
 }
 
@@ -1237,6 +1271,27 @@ mod tests {
             prepared(16, &[0x75, 0xFA]),
         ];
         assert!(is_ident(&plan(&insns)[0]));
+    }
+
+    #[test]
+    fn plan_div_inline_only_where_flags_are_dead() {
+        // div ecx; add esi,0: ADD replaces the flags DIV leaves undefined.
+        let insns = [
+            prepared(32, &[0xF7, 0xF1]),
+            prepared(32, &[0x83, 0xC6, 0x00]),
+        ];
+        assert!(matches!(plan(&insns)[0], Lowering::Div(_)));
+        // div ecx; jz: the interpreter keeps ZF across DIV, the host may not.
+        let insns = [prepared(32, &[0xF7, 0xF1]), prepared(32, &[0x74, 0xFA])];
+        assert!(matches!(plan(&insns)[0], Lowering::Helper(_)));
+        // div esp: not lowered.
+        assert!(matches!(
+            plan(&[
+                prepared(32, &[0xF7, 0xF4]),
+                prepared(32, &[0x83, 0xC6, 0x00])
+            ])[0],
+            Lowering::Helper(_)
+        ));
     }
 
     #[test]
