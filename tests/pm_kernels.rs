@@ -1633,6 +1633,41 @@ fn translator_inline(k: &mut Kernel) -> AsmResult {
         k.landing(c)?;
         k.expect_fault_at_mark(c, 0, 0)
     })?;
+    // LODS, STOS, SCAS (SDM): the access at DS:ESI or ES:EDI, then the index
+    // moves by the element size, forward with DF clear and back with DF set.
+    k.case("inline_stos_lods_scas_both_directions", |k, c| {
+        k.cld()?;
+        k.mov(dword_ptr(SCRATCH + 8), 0u32)?;
+        k.mov(edi, SCRATCH)?;
+        k.mov(eax, 0x4142_4344u32)?;
+        k.stosd()?;
+        k.mov(dword_ptr(SCRATCH + 16), edi)?;
+        k.mov(esi, SCRATCH)?;
+        k.mov(eax, 0u32)?;
+        k.lodsb()?;
+        k.mov(dword_ptr(SCRATCH + 20), eax)?;
+        k.mov(dword_ptr(SCRATCH + 24), esi)?;
+        k.mov(edi, SCRATCH + 1)?;
+        k.mov(al, 0x43u32)?;
+        k.scasb()?;
+        k.setz(bl)?;
+        k.movzx(ebx, bl)?;
+        k.mov(dword_ptr(SCRATCH + 28), ebx)?;
+        k.mov(dword_ptr(SCRATCH + 32), edi)?;
+        k.std()?;
+        k.mov(edi, SCRATCH + 8)?;
+        k.stosb()?;
+        k.cld()?;
+        k.mov(dword_ptr(SCRATCH + 36), edi)?;
+        k.expect32(c, SCRATCH, 0x4142_4344)?;
+        k.expect32(c, SCRATCH + 16, SCRATCH + 4)?;
+        k.expect32(c, SCRATCH + 20, 0x44)?;
+        k.expect32(c, SCRATCH + 24, SCRATCH + 1)?;
+        k.expect32(c, SCRATCH + 28, 1)?;
+        k.expect32(c, SCRATCH + 32, SCRATCH + 2)?;
+        k.expect32(c, SCRATCH + 8, 0x43)?;
+        k.expect32(c, SCRATCH + 36, SCRATCH + 7)
+    })?;
     k.case("inline_rotate_by_four", |k, c| {
         k.mov(eax, 0x8000_0001u32)?;
         k.rol(eax, 4)?;

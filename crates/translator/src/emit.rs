@@ -788,6 +788,14 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.settle_flags();
         self.host_valid = 0;
         let mut p = self.slow_path_here(i, kind, true, f.read | f.written != 0);
+        if x.df_clear {
+            let df = flags::DF as i32;
+            dynasm!(self.ops
+                ; .arch x64
+                ; test DWORD [r15 + RFLAGS], df
+                ; jnz =>p.full
+            );
+        }
         self.probe(x, &mut p);
         if f.read != 0 {
             self.load_flags();

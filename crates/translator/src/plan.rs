@@ -194,6 +194,9 @@ pub struct MemOp {
     /// load of a POP, so that POP ESP keeps the value loaded). They need a
     /// 32-bit stack (SS.B set); 0 for other instructions.
     pub esp_delta: i8,
+    /// A string instruction: inline only while DF is clear (the helper runs
+    /// it otherwise).
+    pub df_clear: bool,
 }
 
 /// How one instruction is lowered.
@@ -550,7 +553,10 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
-    match stack_op(insn).or_else(|| mem_op(insn, factory)) {
+    match stack_op(insn)
+        .or_else(|| string_op(insn))
+        .or_else(|| mem_op(insn, factory))
+    {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
@@ -586,6 +592,7 @@ fn stack_access(write: bool, size: u8) -> Option<MemOp> {
         size,
         write,
         esp_delta: if write { -(size as i8) } else { size as i8 },
+        df_clear: false,
     })
 }
 
@@ -611,6 +618,130 @@ fn div_op(insn: &Insn) -> Option<Ident> {
             only_if_dead: true,
             ..FlagSpec::writes(ARITH, 0)
         },
+    })
+}
+
+/// LODS, STOS and SCAS without a repeat prefix: one access at DS:(E)SI (or its
+/// override) or ES:(E)DI, then the index register moves forward by the element
+/// size with LEA (so SCAS's flags, those of CMP, survive); inline only while DF
+/// is clear.
+fn string_op(insn: &Insn) -> Option<MemOp> {
+    use Mnemonic as M;
+    let ins = &insn.ins;
+    if ins.has_rep_prefix() || ins.has_repne_prefix() || ins.has_lock_prefix() {
+        return None;
+    }
+    let (acc, size) = match ins.memory_size().size() {
+        1 => (Register::AL, 1u8),
+        2 => (Register::AX, 2),
+        4 => (Register::EAX, 4),
+        _ => return None,
+    };
+    // String operands are their own operand kinds (no base register).
+    let index = (0..ins.op_count()).find_map(|i| match ins.op_kind(i) {
+        OpKind::MemorySegESI => Some(Register::ESI),
+        OpKind::MemorySegSI => Some(Register::SI),
+        OpKind::MemoryESEDI => Some(Register::EDI),
+        OpKind::MemoryESDI => Some(Register::DI),
+        _ => None,
+    })?;
+    let wide = matches!(index, Register::ESI | Register::EDI);
+    let at_r10 = MemoryOperand::with_base(Register::R10);
+    let (op, write, flags) = match ins.mnemonic() {
+        M::Lodsb | M::Lodsw | M::Lodsd => {
+            let code = match size {
+                1 => Code::Mov_r8_rm8,
+                2 => Code::Mov_r16_rm16,
+                _ => Code::Mov_r32_rm32,
+            };
+            (
+                Instruction::with2(code, acc, at_r10).ok()?,
+                false,
+                FlagSpec::NONE,
+            )
+        }
+        M::Stosb | M::Stosw | M::Stosd => {
+            let code = match size {
+                1 => Code::Mov_rm8_r8,
+                2 => Code::Mov_rm16_r16,
+                _ => Code::Mov_rm32_r32,
+            };
+            (
+                Instruction::with2(code, at_r10, acc).ok()?,
+                true,
+                FlagSpec::NONE,
+            )
+        }
+        M::Scasb | M::Scasw | M::Scasd => {
+            let code = match size {
+                1 => Code::Cmp_r8_rm8,
+                2 => Code::Cmp_r16_rm16,
+                _ => Code::Cmp_r32_rm32,
+            };
+            (
+                Instruction::with2(code, acc, at_r10).ok()?,
+                false,
+                FlagSpec::writes(ARITH, ARITH),
+            )
+        }
+        _ => return None,
+    };
+    let mut enc = Encoder::new(64);
+    enc.encode(&op, 0).ok()?;
+    let (full, reg) = if index == Register::ESI || index == Register::SI {
+        (
+            Register::RSI,
+            if wide { Register::ESI } else { Register::SI },
+        )
+    } else {
+        (
+            Register::RDI,
+            if wide { Register::EDI } else { Register::DI },
+        )
+    };
+    let step = Instruction::with2(
+        if wide {
+            Code::Lea_r32_m
+        } else {
+            Code::Lea_r16_m
+        },
+        reg,
+        MemoryOperand::with_base_displ(full, i64::from(size)),
+    )
+    .ok()?;
+    enc.encode(&step, 0).ok()?;
+    let bytes = enc.take_buffer();
+    let addr = if wide {
+        Instruction::with2(Code::Mov_r32_rm32, Register::R10D, reg)
+    } else {
+        Instruction::with2(Code::Movzx_r32_rm16, Register::R10D, reg)
+    }
+    .ok()?;
+    enc.encode(&addr, 0).ok()?;
+    // ES:(E)DI cannot be overridden (iced's `memory_segment` names DS there);
+    // DS:(E)SI can.
+    let seg = if matches!(index, Register::EDI | Register::DI) {
+        0
+    } else {
+        (ins.memory_segment() as u32).wrapping_sub(Register::ES as u32)
+    };
+    if seg > 5 {
+        return None;
+    }
+    let idx_bit = gpr_bit(reg)?;
+    Some(MemOp {
+        op: Ident {
+            bytes,
+            uses: idx_bit | 1,
+            writes: idx_bit | if write || flags.written != 0 { 0 } else { 1 },
+            flags,
+        },
+        addr: enc.take_buffer(),
+        seg: seg as u8,
+        size,
+        write,
+        esp_delta: 0,
+        df_clear: true,
     })
 }
 
@@ -737,6 +868,7 @@ fn stack_op(insn: &Insn) -> Option<MemOp> {
         size: size as u8,
         write: delta < 0,
         esp_delta: delta,
+        df_clear: false,
     })
 }
 
@@ -814,6 +946,7 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         size: access_size as u8,
         write,
         esp_delta: 0,
+        df_clear: false,
     })
 }
 
@@ -1292,6 +1425,23 @@ mod tests {
             ])[0],
             Lowering::Helper(_)
         ));
+    }
+
+    #[test]
+    fn plan_lods_stos_scas_go_inline_without_rep() {
+        // lodsb, stosd, scasw (32-bit code): inline, DF checked at run time.
+        for bytes in [&[0xAC][..], &[0xAB], &[0x66, 0xAF]] {
+            match lower(
+                &prepared(32, bytes),
+                false,
+                &mut InstructionInfoFactory::new(),
+            ) {
+                Lowering::Mem(m) => assert!(m.df_clear, "{bytes:02x?}"),
+                other => panic!("{bytes:02x?}: {other:?}"),
+            }
+        }
+        // rep stosd: the helper.
+        assert!(lowered(32, &[0xF3, 0xAB]).starts_with("Helper(String)"));
     }
 
     #[test]
