@@ -809,10 +809,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
         }
         self.after_flags(f, capture);
-        if let Some(after) = p.after {
-            dynasm!(self.ops ; .arch x64 ; =>after);
-        }
-        self.slow.push(p);
+        self.rejoin_here(p);
     }
 
     /// RDTSC: EDX:EAX = icount before it + `CpuState::tsc_offset`, as the
@@ -838,10 +835,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; mov eax, eax
         );
         self.host_valid = 0;
-        if let Some(after) = p.after {
-            dynasm!(self.ops ; .arch x64 ; =>after);
-        }
-        self.slow.push(p);
+        self.rejoin_here(p);
     }
 
     /// CLI, STI, PUSHF or POPF ([`FlagsOp`]): the interpreter's semantics for
@@ -947,10 +941,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
         }
         self.host_valid = 0;
-        if let Some(after) = p.after {
-            dynasm!(self.ops ; .arch x64 ; =>after);
-        }
-        self.slow.push(p);
+        self.rejoin_here(p);
     }
 
     /// DIV r32/r16: the checks that make the host's DIV unable to fault (a
@@ -984,6 +975,11 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         self.ops.extend(x.bytes.iter().copied());
         self.host_valid = 0;
+        self.rejoin_here(p);
+    }
+
+    /// Places `p`'s rejoin point here and queues its out-of-line code.
+    fn rejoin_here(&mut self, p: SlowPath) {
         if let Some(after) = p.after {
             dynasm!(self.ops ; .arch x64 ; =>after);
         }

@@ -82,11 +82,9 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             // 16-bit units as in real mode, 32-bit ones in protected mode.
             protected: bits == 32,
             v86: false,
-            event_end: insns.last().is_some_and(|i| {
-                use iced_x86::Mnemonic as M;
-                x86bt_decoder::sensitive::is_sensitive(&i.ins)
-                    && !matches!(i.ins.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
-            }),
+            event_end: insns
+                .last()
+                .is_some_and(|i| !x86bt_cpu::interp::engine::ends_plainly(&i.ins)),
         },
         &Externals {
             stubs: FAKE_STUBS,

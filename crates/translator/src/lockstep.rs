@@ -318,7 +318,16 @@ fn state_diffs(i: &CpuState, t: &CpuState, out: &mut Vec<String>) {
         efer,
         int_shadow,
         nmi_blocked,
-        pending_db
+        pending_db,
+        ldtr,
+        tr,
+        gdtr,
+        idtr,
+        cr8,
+        dr,
+        tsc_offset,
+        sysenter,
+        nmi_pending
     );
     if i.run_state != t.run_state {
         out.push(format!(
@@ -331,27 +340,6 @@ fn state_diffs(i: &CpuState, t: &CpuState, out: &mut Vec<String>) {
             out.push(format!("segment {n}: interp {a:x?}, jit {b:x?}"));
         }
     }
-    macro_rules! named {
-        ($($f:ident),*) => {$(
-            if i.$f != t.$f {
-                out.push(format!(
-                    "{}: interp {:x?}, jit {:x?}",
-                    stringify!($f), i.$f, t.$f
-                ));
-            }
-        )*};
-    }
-    named!(
-        ldtr,
-        tr,
-        gdtr,
-        idtr,
-        cr8,
-        dr,
-        tsc_offset,
-        sysenter,
-        nmi_pending
-    );
     if i.perf != t.perf {
         out.push("performance-counter state differs".into());
     }

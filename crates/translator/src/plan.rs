@@ -647,45 +647,32 @@ fn string_op(insn: &Insn) -> Option<MemOp> {
     })?;
     let wide = matches!(index, Register::ESI | Register::EDI);
     let at_r10 = MemoryOperand::with_base(Register::R10);
-    let (op, write, flags) = match ins.mnemonic() {
-        M::Lodsb | M::Lodsw | M::Lodsd => {
-            let code = match size {
-                1 => Code::Mov_r8_rm8,
-                2 => Code::Mov_r16_rm16,
-                _ => Code::Mov_r32_rm32,
-            };
-            (
-                Instruction::with2(code, acc, at_r10).ok()?,
-                false,
-                FlagSpec::NONE,
-            )
-        }
-        M::Stosb | M::Stosw | M::Stosd => {
-            let code = match size {
-                1 => Code::Mov_rm8_r8,
-                2 => Code::Mov_rm16_r16,
-                _ => Code::Mov_rm32_r32,
-            };
-            (
-                Instruction::with2(code, at_r10, acc).ok()?,
-                true,
-                FlagSpec::NONE,
-            )
-        }
-        M::Scasb | M::Scasw | M::Scasd => {
-            let code = match size {
-                1 => Code::Cmp_r8_rm8,
-                2 => Code::Cmp_r16_rm16,
-                _ => Code::Cmp_r32_rm32,
-            };
-            (
-                Instruction::with2(code, acc, at_r10).ok()?,
-                false,
-                FlagSpec::writes(ARITH, ARITH),
-            )
-        }
+    // Per element size (1, 2, 4): the host form, whether it stores, its flags.
+    let (codes, write, flags) = match ins.mnemonic() {
+        M::Lodsb | M::Lodsw | M::Lodsd => (
+            [Code::Mov_r8_rm8, Code::Mov_r16_rm16, Code::Mov_r32_rm32],
+            false,
+            FlagSpec::NONE,
+        ),
+        M::Stosb | M::Stosw | M::Stosd => (
+            [Code::Mov_rm8_r8, Code::Mov_rm16_r16, Code::Mov_rm32_r32],
+            true,
+            FlagSpec::NONE,
+        ),
+        M::Scasb | M::Scasw | M::Scasd => (
+            [Code::Cmp_r8_rm8, Code::Cmp_r16_rm16, Code::Cmp_r32_rm32],
+            false,
+            FlagSpec::writes(ARITH, ARITH),
+        ),
         _ => return None,
     };
+    let code = codes[usize::from(size).trailing_zeros() as usize];
+    let op = if write {
+        Instruction::with2(code, at_r10, acc)
+    } else {
+        Instruction::with2(code, acc, at_r10)
+    }
+    .ok()?;
     let mut enc = Encoder::new(64);
     enc.encode(&op, 0).ok()?;
     let (full, reg) = if index == Register::ESI || index == Register::SI {

@@ -111,6 +111,16 @@ pub struct Fetched {
     pub plain_end: bool,
 }
 
+/// Whether a unit whose last instruction is `last` needs no look from the run
+/// loop after it: `last` is not sensitive, or it is RDTSC, CLI or PUSHF, which
+/// are in the sensitive table but can neither make an interrupt deliverable nor
+/// change what the run loop checks (the TSC counts retired instructions).
+pub fn ends_plainly(last: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    !x86bt_decoder::sensitive::is_sensitive(last)
+        || matches!(last.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
+}
+
 /// Fetches the bytes at CS:IP (physical `phys`) and decodes one unit into `out`.
 /// Returns the fault the fetch raises if not even the first instruction can be
 /// fetched. Both engines decode through here.
@@ -155,15 +165,8 @@ pub fn fetch_unit(
     if out.end == UnitEnd::FetchFault {
         return Err(cut_by);
     }
-    // RDTSC, CLI and PUSHF are in the sensitive table, but none can make an
-    // interrupt deliverable or change what the run loop checks (the TSC counts
-    // retired instructions), so the run loop need not look after them either.
-    let plain_end = out.end != UnitEnd::Undecodable
-        && out.instructions().last().is_some_and(|i| {
-            use iced_x86::Mnemonic as M;
-            !x86bt_decoder::sensitive::is_sensitive(i)
-                || matches!(i.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
-        });
+    let plain_end =
+        out.end != UnitEnd::Undecodable && out.instructions().last().is_some_and(ends_plainly);
     Ok(Fetched {
         next_phys: if out.byte_len > page_room {
             next_phys
