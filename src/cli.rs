@@ -19,14 +19,15 @@ pub enum Engine {
     Interp,
     /// The binary translator (x86-64 hosts only).
     Jit,
-    /// Both, compared after every unit; stops at the first divergence (exit status 123).
+    /// Both, compared after every unit; stops at the first divergence (exit status 116).
     Lockstep,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a PC from a BIOS ROM image at the reset vector.
+    /// Boot a PC: from a BIOS image at the reset vector (--bios), or straight
+    /// into a Linux bzImage or a Multiboot kernel (--kernel), as a boot loader would.
     Run(RunArgs),
     /// Run SingleStepTests MOO files (.MOO.gz), or folders of them.
     Sst(SstArgs),
@@ -108,29 +109,52 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 /// Options of `x86bt run`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("boot").required(true).args(["bios", "kernel"])))]
+#[command(
+    after_help = "Exit status: 0 powered off (or --until seen, or Ctrl-A x); \
+(v << 1) | 1 the guest wrote v to the debug-exit port 0xF4; 2 bad input or host error; \
+100 internal error; 116 lockstep divergence; 118 triple fault (--no-reboot); \
+120 halted with interrupts disabled; 122 reset requested (--no-reboot); \
+124 --max-insns reached; 126 unsupported guest operation."
+)]
 pub struct RunArgs {
-    /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB.
+    /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB; the CPU starts
+    /// at its reset vector.
     #[arg(long)]
     pub bios: Option<PathBuf>,
-    /// A kernel: a Linux bzImage (boot protocol 2.06+) or a Multiboot v1 kernel
-    /// (ELF32 or a.out kludge), told apart by their contents.
+    /// A kernel to boot directly, without firmware: a Linux bzImage (boot
+    /// protocol 2.06+) or a Multiboot v1 kernel (ELF32 or a.out kludge), told
+    /// apart by their contents.
     #[arg(long, conflicts_with = "bios")]
     pub kernel: Option<PathBuf>,
-    /// An initial ramdisk for a Linux kernel.
+    /// An initial ramdisk for a Linux --kernel.
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// The kernel command line.
-    #[arg(long, default_value = "", requires = "kernel")]
-    pub append: String,
-    /// A Multiboot module (repeatable); `FILE` or `FILE ARGS` as its string.
+    /// The --kernel's command line.
+    #[arg(long, requires = "kernel")]
+    pub append: Option<String>,
+    /// A Multiboot module for a Multiboot --kernel (repeatable): "FILE" or
+    /// "FILE ARGS"; the whole string is the module's string, FILE its contents.
     #[arg(long = "module", requires = "kernel")]
-    pub modules: Vec<PathBuf>,
+    pub modules: Vec<String>,
     /// Stop (exit status 0) as soon as this text appears on COM1 or the debug console.
     #[arg(long)]
     pub until: Option<String>,
-    /// On a triple fault, stop with exit status 125 instead of resetting.
+    /// Exit instead of resetting: on a reset request (keyboard controller, port
+    /// 0x92, port 0xCF9, the ACPI reset register) with status 122, on a triple
+    /// fault with status 118.
     #[arg(long)]
     pub no_reboot: bool,
+    /// Where the RTC starts: base=utc (the host's date, the default),
+    /// base=localtime, or base=YYYY-MM-DD[THH:MM:SS]; clock=vm (the only clock:
+    /// the RTC runs on virtual time). Give a fixed base for bit-identical runs.
+    #[arg(long, default_value = "base=utc")]
+    pub rtc: String,
+    /// Virtual time while the guest idles: sleep=on follows the host's wall
+    /// clock (a `sleep 2` in the guest takes 2 s), sleep=off jumps straight to
+    /// the next timer event (runs stay bit-identical and fast). Default: on when
+    /// the console is interactive (--serial stdio on a terminal), off otherwise.
+    #[arg(long)]
+    pub icount: Option<String>,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub mem_mib: u64,

@@ -1,7 +1,8 @@
 //! The interactive serial console (`--serial stdio` on a terminal): the host
 //! terminal goes into raw mode, a reader thread feeds typed bytes to COM1, and
 //! Ctrl-A x quits, as in QEMU. The terminal is restored when the guard drops,
-//! which every exit path of `x86bt run` passes through, and on SIGINT/SIGTERM.
+//! which every exit path of `x86bt run` passes through; SIGTERM, SIGHUP and
+//! SIGINT stop the run so that it does (`run::watch_signals`).
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,19 @@ use x86bt_machine::devices::uart::SerialInput;
 /// Raw mode on stdin, undone on drop.
 pub struct RawTerminal {
     saved: Option<libc::termios>,
+}
+
+/// The terminal settings from before raw mode, for a thread that must restore
+/// them itself (the signal watcher, when the run does not stop in time).
+#[derive(Clone, Copy)]
+pub struct SavedTerminal(libc::termios);
+
+impl SavedTerminal {
+    /// Puts the settings back on stdin.
+    pub fn restore(&self) {
+        // SAFETY: restores settings read from the same descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0) };
+    }
 }
 
 /// Whether stdin is a terminal.
@@ -39,6 +53,13 @@ impl RawTerminal {
         // SAFETY: `t` is a valid termios derived from the current settings.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
         Self { saved: Some(saved) }
+    }
+}
+
+impl RawTerminal {
+    /// The settings to restore, if raw mode was entered.
+    pub fn saved(&self) -> Option<SavedTerminal> {
+        self.saved.map(SavedTerminal)
     }
 }
 

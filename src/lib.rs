@@ -10,6 +10,7 @@ pub mod cli;
 pub mod console;
 pub mod difftest;
 pub mod error;
+pub mod rtc;
 pub mod run;
 pub mod sst;
 pub mod vm;

@@ -6,11 +6,20 @@ use x86bt::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let r = match cli.command {
+    // A panic is a bug in x86bt, never the guest's doing: the default hook has
+    // printed it; exit with the documented internal-error status rather than
+    // Rust's 101, which a guest's debug exit could also produce.
+    let r = std::panic::catch_unwind(|| match cli.command {
         Command::Run(a) => x86bt::run::run_cmd(&a),
         Command::Sst(a) => sst_cmd(&a),
         Command::Bench(a) => x86bt::bench::bench_cmd(&a),
         Command::Difftest(a) => x86bt::difftest::cmd::difftest_cmd(&a),
+    });
+    let Ok(r) = r else {
+        eprintln!(
+            "x86bt: internal error (a bug in x86bt; please report it with the message above)"
+        );
+        return ExitCode::from(x86bt::vm::status::INTERNAL_ERROR as u8);
     };
     match r {
         Ok(code) => ExitCode::from(code),

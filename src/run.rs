@@ -55,6 +55,38 @@ impl Write for Watch {
     }
 }
 
+/// An output that remembers its first write error, so the run can stop and
+/// report it instead of dropping the guest's output silently.
+pub struct Checked {
+    inner: Box<dyn Write>,
+    what: &'static str,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Checked {
+    fn note<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            if let Ok(mut slot) = self.failed.lock() {
+                slot.get_or_insert_with(|| format!("writing the {} output failed: {e}", self.what));
+            }
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl Write for Checked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
+}
+
 /// Opens an output named `stdio`, `null` or `file:PATH`.
 pub fn open_sink(spec: &str, what: &str) -> Result<Box<dyn Write>, Error> {
     match spec {
@@ -82,8 +114,86 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// `--icount sleep=on|off` (QEMU's spelling; `shift=0`, x86bt's only rate of
+/// one virtual nanosecond per instruction, is accepted too). `None` when the
+/// option leaves sleeping to the default.
+pub fn parse_icount(spec: &str) -> Result<Option<bool>, Error> {
+    let bad = || {
+        Error::Usage(format!(
+            "--icount {spec:?}: expected sleep=on|off (and optionally shift=0)"
+        ))
+    };
+    let mut sleep = None;
+    for part in spec.split(',') {
+        match part.split_once('=').ok_or_else(bad)? {
+            ("sleep", "on") => sleep = Some(true),
+            ("sleep", "off") => sleep = Some(false),
+            ("shift", "0") => {}
+            ("shift", _) => {
+                return Err(Error::Usage(format!(
+                    "--icount {spec:?}: only shift=0 is supported (1 ns of virtual time per instruction)"
+                )))
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(sleep)
+}
+
+/// A Multiboot `--module` argument: "FILE" or "FILE ARGS". The file is the text
+/// up to the first space; the whole text is the module's string.
+pub fn split_module(arg: &str) -> (PathBuf, String) {
+    let arg = arg.trim();
+    let file = arg.split_once(char::is_whitespace).map_or(arg, |(f, _)| f);
+    (PathBuf::from(file), arg.to_string())
+}
+
+/// Signals that end a run: they stop the guest and let the normal exit path
+/// restore the terminal. If the run does not stop within two seconds, the
+/// terminal is restored here and the process exits.
+fn watch_signals(
+    stop: Arc<AtomicBool>,
+    got: Arc<std::sync::atomic::AtomicI32>,
+    terminal: Option<crate::console::SavedTerminal>,
+) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT])
+        .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            got.store(sig, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            if let Some(t) = terminal {
+                t.restore();
+            }
+            eprintln!(
+                "\r\nx86bt: {} (the run did not stop in time)",
+                signal_name(sig)
+            );
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "terminated by SIGTERM",
+        libc::SIGHUP => "hung up (SIGHUP)",
+        libc::SIGINT => "interrupted (SIGINT)",
+        _ => "stopped by a signal",
+    }
+}
+
 /// `x86bt run`.
 pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
+    if a.kernel.is_none() && (a.initrd.is_some() || a.append.is_some() || !a.modules.is_empty()) {
+        return Err(Error::Usage(
+            "--initrd, --append and --module go with --kernel (a BIOS boots from its own devices)"
+                .into(),
+        ));
+    }
     let bios = match &a.bios {
         Some(p) => Some(read_file(p)?),
         None => None,
@@ -93,22 +203,34 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         None => None,
     };
     let mut modules = Vec::new();
-    for p in &a.modules {
-        modules.push((p.display().to_string(), read_file(p)?));
+    for arg in &a.modules {
+        let (path, string) = split_module(arg);
+        modules.push((string, read_file(&path)?));
     }
+    let rtc_base_unix = crate::rtc::parse_base(&a.rtc)?;
+    let sleep = a.icount.as_deref().map(parse_icount).transpose()?.flatten();
     let seen = Arc::new(AtomicBool::new(false));
     let quit = Arc::new(AtomicBool::new(false));
+    let output_error = Arc::new(std::sync::Mutex::new(None));
     let interactive = a.serial == "stdio" && crate::console::stdin_is_tty();
     // Under --serial stdio, what is typed (or piped) on stdin reaches COM1.
     let serial_in = (a.serial == "stdio").then(x86bt_machine::devices::uart::SerialInput::new);
-    let mut serial_out = open_sink(&a.serial, "serial")?;
-    let mut debugcon = open_sink(&a.debugcon, "debugcon")?;
+    let checked = |inner: Box<dyn Write>, what: &'static str| -> Box<dyn Write> {
+        Box::new(Checked {
+            inner,
+            what,
+            failed: Arc::clone(&output_error),
+            stop: Arc::clone(&seen),
+        })
+    };
+    let mut serial_out = checked(open_sink(&a.serial, "serial")?, "serial");
+    let mut debugcon = checked(open_sink(&a.debugcon, "debugcon")?, "debug console");
     if let Some(text) = &a.until {
         serial_out = Box::new(Watch::new(serial_out, text, Arc::clone(&seen)));
         debugcon = Box::new(Watch::new(debugcon, text, Arc::clone(&seen)));
     }
     let post = match &a.post {
-        Some(spec) if spec.starts_with("file:") => Some(open_sink(spec, "post")?),
+        Some(spec) if spec.starts_with("file:") => Some(checked(open_sink(spec, "post")?, "POST")),
         Some(spec) => return Err(Error::Usage(format!("--post {spec:?}: expected file:PATH"))),
         None => None,
     };
@@ -124,7 +246,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         serial_in: serial_in.clone(),
         debugcon,
         post,
-        rtc_base_unix: 0,
+        rtc_base_unix,
     })
     .map_err(|e| match e {
         x86bt_machine::MachineError::RomSize { len } => Error::Usage(format!(
@@ -142,7 +264,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
             path,
             image,
             initrd.as_deref(),
-            &a.append,
+            a.append.as_deref().unwrap_or(""),
             &modules,
         )?),
         None => None,
@@ -150,9 +272,15 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let mut vm = Vm::with_engine(machine, a.engine)?;
     vm.no_reboot = a.no_reboot;
     vm.stop_flag = Some(Arc::clone(&seen));
-    vm.pace_idle = interactive;
+    vm.pace_idle = sleep.unwrap_or(interactive);
     // Raw mode lasts until this guard drops at the end of the run, on every path.
-    let _raw = interactive.then(crate::console::RawTerminal::enter);
+    let raw = interactive.then(crate::console::RawTerminal::enter);
+    let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    watch_signals(
+        Arc::clone(&seen),
+        Arc::clone(&signal),
+        raw.as_ref().and_then(|r| r.saved()),
+    )?;
     if let Some(input) = serial_in {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
@@ -172,26 +300,45 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();
-    match &outcome {
+    drop(raw);
+    if a.stats {
+        print_stats(&vm, secs);
+    }
+    if let Some(msg) = output_error.lock().ok().and_then(|mut m| m.take()) {
+        return Err(Error::Usage(msg));
+    }
+    let sig = signal.load(Ordering::SeqCst);
+    if sig != 0 {
+        eprintln!("\r\nx86bt: {}", signal_name(sig));
+        return Ok((128 + sig) as u8);
+    }
+    report_outcome(&outcome, &vm, quit.load(Ordering::Relaxed));
+    Ok((outcome.exit_status() & 0xFF) as u8)
+}
+
+/// The one line on stderr that says how the run ended.
+fn report_outcome(outcome: &RunOutcome, vm: &Vm, quit: bool) {
+    match outcome {
         RunOutcome::DebugExit(_) => {}
-        RunOutcome::Stopped if quit.load(Ordering::Relaxed) => {
-            eprintln!("\r\nx86bt: quit (Ctrl-A x)")
-        }
+        RunOutcome::Stopped if quit => eprintln!("\r\nx86bt: quit (Ctrl-A x)"),
         RunOutcome::Stopped => eprintln!(
             "x86bt: --until text seen after {} instructions",
             vm.cpu.icount
         ),
         RunOutcome::PowerOff => eprintln!("x86bt: guest powered off"),
-        RunOutcome::HaltedForever => eprintln!("x86bt: guest halted with interrupts disabled"),
+        RunOutcome::HaltedForever => eprintln!(
+            "x86bt: guest halted with interrupts disabled at {:04x}:{:08x} (nothing can wake it)",
+            vm.cpu.seg[x86bt_cpu::state::sreg::CS].selector,
+            vm.cpu.rip
+        ),
         RunOutcome::InstructionLimit => eprintln!("x86bt: instruction limit reached"),
-        RunOutcome::TripleFault => eprintln!("x86bt: triple fault (CPU shutdown)"),
+        RunOutcome::TripleFault => eprintln!("x86bt: triple fault (CPU shutdown); --no-reboot"),
+        RunOutcome::ResetRequested(source) => {
+            eprintln!("x86bt: guest requested a reset through the {source}; --no-reboot")
+        }
         RunOutcome::Unsupported(w) => eprintln!("x86bt: stopped: {w}"),
         RunOutcome::Divergence(report) => eprint!("x86bt: {report}"),
     }
-    if a.stats {
-        print_stats(&vm, secs);
-    }
-    Ok((outcome.exit_status() & 0xFF) as u8)
 }
 
 /// How a loaded kernel is entered.

@@ -487,6 +487,12 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                     n.ends_with(".MOO.gz") || n.ends_with(".MOO")
                 })
                 .collect();
+            if v.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: no SingleStepTests files (*.MOO.gz or *.MOO) in this folder",
+                    p.display()
+                )));
+            }
             v.sort();
             out.extend(v);
         } else if p.exists() {

@@ -9,7 +9,12 @@
 //! }
 //! ```
 //! Virtual time is `icount * NS_PER_INSN` plus the time skipped while halted, so
-//! the same guest with the same input always runs the same way.
+//! the same guest with the same input always runs the same way. Every clock the
+//! guest can read runs on it: the devices get it through `Machine::set_time`, and
+//! the TSC counts it too (the time skipped while halted is added to
+//! `CpuState::tsc_offset`, so RDTSC in either engine sees it). With
+//! [`Vm::pace_idle`], time skipped while halted follows the host's wall clock
+//! (an interactive console); without it, it jumps to the next device deadline.
 //!
 //! The engine (`--engine`) is the interpreter, the binary translator, or both in
 //! lockstep; each has its own cache, and the loop calls the matching invalidation
@@ -26,6 +31,31 @@ use x86bt_translator::{Lockstep, Translator};
 /// Virtual nanoseconds per retired instruction (a nominal 1000 MIPS CPU).
 pub const NS_PER_INSN: u64 = 1;
 
+/// The process exit statuses of `x86bt run` (the README's table). Every status
+/// x86bt chooses itself is even, so none can be mistaken for a debug-exit status,
+/// which is always odd (`(v << 1) | 1`).
+pub mod status {
+    /// A clean end: ACPI power-off, the `--until` text, or Ctrl-A x.
+    pub const OK: i32 = 0;
+    /// Bad input or a host-side failure (one error line on stderr).
+    pub const HOST_ERROR: i32 = 2;
+    /// An internal error: x86bt itself failed (a bug; a Rust panic would be 101).
+    pub const INTERNAL_ERROR: i32 = 100;
+    /// `--engine lockstep`: the translator and the interpreter disagreed.
+    pub const DIVERGENCE: i32 = 116;
+    /// A triple fault shut the CPU down, under `--no-reboot`.
+    pub const TRIPLE_FAULT: i32 = 118;
+    /// HLT with interrupts disabled: nothing can wake the CPU.
+    pub const HALTED: i32 = 120;
+    /// The guest asked for a reset (keyboard controller, port 0x92, port 0xCF9,
+    /// the ACPI reset register), under `--no-reboot`.
+    pub const RESET: i32 = 122;
+    /// The `--max-insns` limit was reached.
+    pub const INSTRUCTION_LIMIT: i32 = 124;
+    /// The guest used something x86bt does not implement yet (named on stderr).
+    pub const UNSUPPORTED: i32 = 126;
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -35,8 +65,11 @@ pub enum RunOutcome {
     HaltedForever,
     /// The instruction limit was reached.
     InstructionLimit,
-    /// A triple fault shut the CPU down.
+    /// A triple fault shut the CPU down (under `--no-reboot`).
     TripleFault,
+    /// The guest asked for a system reset (under `--no-reboot`); the string names
+    /// the path (keyboard controller, port 0x92, ...).
+    ResetRequested(&'static str),
     /// The guest used something not implemented yet.
     Unsupported(String),
     /// The stop flag was raised (`--until` text seen).
@@ -53,13 +86,14 @@ impl RunOutcome {
     pub fn exit_status(&self) -> i32 {
         match self {
             Self::DebugExit(s) => *s,
-            Self::HaltedForever => 0,
-            Self::InstructionLimit => 124,
-            Self::TripleFault => 125,
-            Self::Unsupported(_) => 126,
-            Self::Stopped => 0,
-            Self::PowerOff => 0,
-            Self::Divergence(_) => 123,
+            Self::HaltedForever => status::HALTED,
+            Self::InstructionLimit => status::INSTRUCTION_LIMIT,
+            Self::TripleFault => status::TRIPLE_FAULT,
+            Self::ResetRequested(_) => status::RESET,
+            Self::Unsupported(_) => status::UNSUPPORTED,
+            Self::Stopped => status::OK,
+            Self::PowerOff => status::OK,
+            Self::Divergence(_) => status::DIVERGENCE,
         }
     }
 }
@@ -84,7 +118,11 @@ pub struct Vm {
     jit_budget: u64,
     /// Virtual time skipped while halted, in ns.
     idle_ns: u64,
-    /// Stop on a triple fault instead of resetting (`--no-reboot`).
+    /// Wall time slept past what paced idle time could use (ns), carried into
+    /// the next idle period so virtual time keeps to the wall clock on average.
+    pace_credit_ns: u64,
+    /// Stop on a reset request or a triple fault instead of resetting
+    /// (`--no-reboot`).
     pub no_reboot: bool,
     /// When set and raised, the run stops (checked between units).
     pub stop_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -106,6 +144,7 @@ impl Vm {
             divergence: None,
             jit_budget: 0,
             idle_ns: 0,
+            pace_credit_ns: 0,
             no_reboot: false,
             stop_flag: None,
             pace_idle: false,
@@ -243,7 +282,10 @@ impl Vm {
             if self.machine.ctl.powered_off() {
                 return RunOutcome::PowerOff;
             }
-            if self.machine.ctl.take_reset() {
+            if let Some(source) = self.machine.ctl.take_reset() {
+                if self.no_reboot {
+                    return RunOutcome::ResetRequested(source);
+                }
                 self.reset();
             }
             if self.cpu.icount >= max_insns {
@@ -350,15 +392,37 @@ impl Vm {
         };
         let now = self.now();
         if deadline > now {
-            if self.pace_idle {
-                let ns = (deadline - now).min(10_000_000);
-                std::thread::sleep(std::time::Duration::from_nanos(ns));
-            }
-            self.idle_ns += deadline - now;
+            let skip = if self.pace_idle {
+                self.paced_skip(deadline - now)
+            } else {
+                deadline - now
+            };
+            self.idle_ns += skip;
+            // The TSC runs on virtual time too, idle time included.
+            self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(skip);
         }
         let now = self.now();
         self.machine.set_time(now);
         true
+    }
+
+    /// Paced idling: sleeps on the host toward a device deadline `gap` ns away
+    /// (at most 10 ms at a time, so typed input is seen promptly) and returns how
+    /// far virtual time may move: the wall time that passed, never past the
+    /// deadline. Oversleep is kept as credit for the next idle period, so over
+    /// many short idle periods virtual time keeps to the wall clock.
+    fn paced_skip(&mut self, gap: u64) -> u64 {
+        const SLICE_NS: u64 = 10_000_000;
+        let want = gap.saturating_sub(self.pace_credit_ns).min(SLICE_NS);
+        let start = std::time::Instant::now();
+        if want > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(want));
+        }
+        let slept = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let available = slept.saturating_add(self.pace_credit_ns);
+        let skip = available.min(gap);
+        self.pace_credit_ns = (available - skip).min(SLICE_NS);
+        skip
     }
 
     /// A system reset: the CPU and devices return to their reset state; RAM is

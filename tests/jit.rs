@@ -122,7 +122,7 @@ fn lockstep_injected_fault_is_reported() {
         RunOutcome::Divergence(r) => {
             assert!(r.contains("eax: interp"), "{r}");
             assert!(r.contains("; host,"), "the report lists the unit: {r}");
-            assert_eq!(RunOutcome::Divergence(r).exit_status(), 123);
+            assert_eq!(RunOutcome::Divergence(r).exit_status(), 116);
         }
         other => panic!("the corrupted result went unnoticed: {other:?}"),
     }

@@ -80,7 +80,7 @@ fn seabios_under_jit_detects_ram_and_reaches_boot_attempts() {
 }
 
 /// Lockstep compares the translator with the interpreter after every unit of
-/// the whole firmware run; a divergence is exit status 123.
+/// the whole firmware run; a divergence is exit status 116.
 #[test]
 fn seabios_under_lockstep_reaches_boot_attempts_without_divergence() {
     detects_ram_and_reaches_boot_attempts("lockstep");

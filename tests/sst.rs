@@ -87,6 +87,22 @@ fn sst_missing_path_is_one_clear_error() {
 }
 
 #[test]
+fn sst_folder_without_test_files_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("x86bt-sst-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("README.txt"), "not a test").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .arg("sst")
+        .arg(&dir)
+        .output()
+        .expect("run x86bt sst");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no SingleStepTests files"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("0 passed"));
+}
+
+#[test]
 fn sst_corrupt_file_is_one_clear_error() {
     let dir = std::env::temp_dir().join(format!("x86bt-sst-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

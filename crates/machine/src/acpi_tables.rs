@@ -1,11 +1,14 @@
-//! Minimal ACPI 1.0 tables for a directly booted kernel, which has no firmware
-//! to build them (ACPI 6.5 §5.2: RSDP, RSDT, FADT, FACS and DSDT).
+//! Minimal ACPI tables for a directly booted kernel, which has no firmware to
+//! build them (ACPI 6.5 §5.2: RSDP, RSDT, FADT, FACS and DSDT).
 //!
 //! They describe what x86bt's PC really has and nothing more:
 //! - the PIIX4 power-management block at [`PM_IO_PORT`]: PM1a event and control
 //!   registers, the 24-bit PM timer and GPE0;
 //! - the SCI on ISA IRQ 9;
 //! - the RTC century register at CMOS 0x32;
+//! - the reset register (FADT revision 2, ACPI 2.0 §5.2.8): PIIX3's reset control
+//!   register at port 0xCF9, value 0x06 (SYS_RST | RST_CPU), as PC firmware
+//!   describes it, so a guest that resets through ACPI reaches the same reset;
 //! - a DSDT whose only object is `\_S5`, soft-off with SLP_TYP 0 (PIIX4's
 //!   "soft off" encoding), so the guest can power the machine off;
 //! - no MADT: the machine has no local APIC or I/O APIC, and CPUID does not claim
@@ -31,11 +34,14 @@ const RSDP_OFF: usize = 0x00;
 const FACS_OFF: usize = 0x40;
 const RSDT_OFF: usize = 0x80;
 const FADT_OFF: usize = 0xC0;
-const DSDT_OFF: usize = 0x140;
+const DSDT_OFF: usize = 0x150;
+/// The FADT's length: the ACPI 1.0 layout (116 bytes) plus RESET_REG,
+/// RESET_VALUE, IAPC_BOOT_ARCH's successor bytes and FADT minor version (to 132).
+const FADT_LEN: usize = 132;
 
 // Slots do not overlap, stay inside the area, and the FACS is 64-byte aligned.
 const _: () = assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
-const _: () = assert!(FADT_OFF + 116 <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
+const _: () = assert!(FADT_OFF + FADT_LEN <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
 const _: () = assert!((ACPI_AREA as usize + FACS_OFF) % 64 == 0);
 
 const OEM_ID: &[u8; 6] = b"X86BT ";
@@ -75,7 +81,13 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
-/// The FADT body after the header, ACPI 1.0 layout (116 bytes in all).
+/// The port of the reset register the FADT names (PIIX3 reset control).
+pub const RESET_REG_PORT: u16 = 0xCF9;
+/// The value written there to reset (SYS_RST | RST_CPU: a hard reset).
+pub const RESET_VALUE: u8 = 0x06;
+
+/// The FADT body after the header: the ACPI 1.0 layout, then the reset register
+/// of FADT revision 2 ([`FADT_LEN`] bytes in all).
 fn fadt_body(facs: u32, dsdt: u32) -> Vec<u8> {
     let pm = u32::from(PM_IO_PORT);
     let mut b = Vec::with_capacity(80);
@@ -108,7 +120,16 @@ fn fadt_body(facs: u32, dsdt: u32) -> Vec<u8> {
     b.push(0); // reserved
                // Flags: WBINVD (0), PROC_C1 (2), PWR_BUTTON (4) and SLP_BUTTON (5): no
                // fixed-feature buttons. TMR_VAL_EXT (8) clear: the timer is 24 bits.
-    b.extend_from_slice(&0x35u32.to_le_bytes());
+               // RESET_REG_SUP (10): the reset register below is supported.
+    b.extend_from_slice(&(0x35u32 | 1 << 10).to_le_bytes());
+    // RESET_REG, a Generic Address Structure (ACPI §5.2.3.2): system I/O space,
+    // 8 bits wide at offset 0, byte access, at the PIIX3 reset control port.
+    b.extend_from_slice(&[1, 8, 0, 1]);
+    b.extend_from_slice(&u64::from(RESET_REG_PORT).to_le_bytes());
+    b.push(RESET_VALUE);
+    b.extend_from_slice(&[0, 0]); // ARM_BOOT_ARCH
+    b.push(0); // FADT minor version
+    debug_assert_eq!(36 + b.len(), FADT_LEN);
     b
 }
 
@@ -134,7 +155,9 @@ pub fn build(base: u32) -> Vec<u8> {
     facs[4..8].copy_from_slice(&64u32.to_le_bytes());
 
     let rsdt = sdt(b"RSDT", 1, &at(FADT_OFF).to_le_bytes());
-    let fadt = sdt(b"FACP", 1, &fadt_body(at(FACS_OFF), at(DSDT_OFF)));
+    // Revision 2: the first with RESET_REG (operating systems ignore the reset
+    // register of a revision 1 FADT).
+    let fadt = sdt(b"FACP", 2, &fadt_body(at(FACS_OFF), at(DSDT_OFF)));
     let dsdt = sdt(b"DSDT", 1, &DSDT_AML);
 
     for (off, bytes) in [
@@ -176,7 +199,7 @@ mod tests {
         assert_eq!(rsdt_addr, ACPI_AREA + RSDT_OFF as u32);
         for (off, sig, len) in [
             (RSDT_OFF, b"RSDT", 40),
-            (FADT_OFF, b"FACP", 116),
+            (FADT_OFF, b"FACP", FADT_LEN),
             (DSDT_OFF, b"DSDT", 48),
         ] {
             let t = table_at(&area, off);
@@ -199,5 +222,23 @@ mod tests {
         assert_eq!(dw(76), 0x608, "PM_TMR_BLK");
         assert_eq!(&f[88..93], &[4, 2, 0, 4, 4], "block lengths");
         assert_eq!(f[108], 0x32, "CENTURY");
+    }
+
+    #[test]
+    fn fadt_reset_register_is_piix_reset_control_in_io_space() {
+        // ACPI 2.0 §5.2.8: RESET_REG at offset 116 (GAS), RESET_VALUE at 128,
+        // and RESET_REG_SUP (flags bit 10) set, in a FADT of revision 2 or more.
+        let area = build(ACPI_AREA);
+        let f = table_at(&area, FADT_OFF);
+        assert!(f[8] >= 2, "FADT revision");
+        let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
+        assert_ne!(flags & 1 << 10, 0, "RESET_REG_SUP");
+        assert_eq!(
+            &f[116..120],
+            &[1, 8, 0, 1],
+            "GAS: system I/O, 8 bits, byte access"
+        );
+        assert_eq!(u64::from_le_bytes(f[120..128].try_into().unwrap()), 0xCF9);
+        assert_eq!(f[128], 0x06, "RESET_VALUE: SYS_RST | RST_CPU");
     }
 }

@@ -99,7 +99,7 @@ impl IrqLine {
 #[derive(Debug)]
 pub struct SystemControl {
     a20: Cell<bool>,
-    reset: Cell<bool>,
+    reset: Cell<Option<&'static str>>,
     exit: Cell<Option<i32>>,
     power_off: Cell<bool>,
     nmi_masked: Cell<bool>,
@@ -112,7 +112,7 @@ impl Default for SystemControl {
     fn default() -> Self {
         Self {
             a20: Cell::new(true),
-            reset: Cell::new(false),
+            reset: Cell::new(None),
             exit: Cell::new(None),
             power_off: Cell::new(false),
             nmi_masked: Cell::new(false),
@@ -136,13 +136,14 @@ impl SystemControl {
     pub fn set_a20(&self, on: bool) {
         self.a20.set(on);
     }
-    /// Asks for a system reset (keyboard controller pulse, port 0x92 bit 0).
-    pub fn request_reset(&self) {
-        self.reset.set(true);
+    /// Asks for a system reset; `source` names the path for the user
+    /// ("keyboard controller", "port 0x92", ...).
+    pub fn request_reset(&self, source: &'static str) {
+        self.reset.set(Some(source));
     }
-    /// Returns and clears a pending reset request.
-    pub fn take_reset(&self) -> bool {
-        self.reset.replace(false)
+    /// Returns and clears a pending reset request, with its source.
+    pub fn take_reset(&self) -> Option<&'static str> {
+        self.reset.replace(None)
     }
     /// Ends the run with `status` (the debug-exit device).
     pub fn request_exit(&self, status: i32) {

@@ -413,7 +413,8 @@ impl I8042 {
         self.output_port = value;
         self.ctl.set_a20(value & OUT_A20 != 0);
         if value & OUT_RESET_N == 0 {
-            self.ctl.request_reset();
+            self.ctl
+                .request_reset("keyboard controller (i8042 reset pulse)");
         }
     }
 
@@ -440,7 +441,9 @@ impl I8042 {
             CMD_READ_OUTPUT_PORT => self.reply(Output::keyboard(self.output_port_value())),
             CMD_A20_OFF => self.ctl.set_a20(false),
             CMD_A20_ON => self.ctl.set_a20(true),
-            CMD_PULSE_FIRST..=0xFF if command & OUT_RESET_N == 0 => self.ctl.request_reset(),
+            CMD_PULSE_FIRST..=0xFF if command & OUT_RESET_N == 0 => self
+                .ctl
+                .request_reset("keyboard controller (i8042 reset pulse)"),
             // The other pulses touch no line modelled here, and controller firmware
             // ignores commands it does not know.
             _ => {}
@@ -805,7 +808,7 @@ mod tests {
 
         assert!(!off);
         assert!(r.ctl.a20());
-        assert!(!r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_none());
     }
 
     #[test]
@@ -815,7 +818,7 @@ mod tests {
         command(&mut r.kbc, 0xD1);
         data(&mut r.kbc, 0x02);
 
-        assert!(r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_some());
     }
 
     #[test]
@@ -836,7 +839,7 @@ mod tests {
 
         command(&mut r.kbc, 0xFE);
 
-        assert!(r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_some());
     }
 
     #[test]
@@ -846,7 +849,7 @@ mod tests {
         command(&mut r.kbc, 0xFF);
         command(&mut r.kbc, 0xFD);
 
-        assert!(!r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_none());
     }
 
     #[test]
@@ -855,7 +858,7 @@ mod tests {
 
         command(&mut r.kbc, 0xF0);
 
-        assert!(r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_some());
     }
 
     #[test]

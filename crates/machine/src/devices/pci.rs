@@ -437,8 +437,15 @@ impl PciHost {
     fn write_reset_control(&mut self, value: u8) {
         let rising = !self.reset_control & value & RC_RESET_CPU != 0;
         self.reset_control = value & (RC_SYSTEM_RESET | RC_RESET_CPU);
-        if rising && value & RC_SYSTEM_RESET != 0 {
-            self.ctl.request_reset();
+        // SYS_RST selects a hard reset, its absence a soft one (INIT to the CPU
+        // only, PIIX3 datasheet §4.1.17). x86bt resets the whole machine either
+        // way: a soft reset that leaves devices alone is not modelled.
+        if rising {
+            self.ctl.request_reset(if value & RC_SYSTEM_RESET != 0 {
+                "port 0xCF9 (hard reset)"
+            } else {
+                "port 0xCF9 (soft reset)"
+            });
         }
     }
 
@@ -689,21 +696,21 @@ mod tests {
         let mut r = rig();
 
         out(&mut r.host, RESET_CONTROL, 1, 0x02);
-        let after_select = r.ctl.take_reset();
+        let after_select = r.ctl.take_reset().is_some();
         out(&mut r.host, RESET_CONTROL, 1, 0x06);
 
         assert!(!after_select);
-        assert!(r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_some());
         assert_eq!(inp(&mut r.host, RESET_CONTROL, 1), 0x06);
     }
 
     #[test]
-    fn pci_cf9_soft_reset_is_not_modelled() {
+    fn pci_cf9_soft_reset_requests_reset() {
         let mut r = rig();
 
         out(&mut r.host, RESET_CONTROL, 1, 0x04);
 
-        assert!(!r.ctl.take_reset());
+        assert_eq!(r.ctl.take_reset(), Some("port 0xCF9 (soft reset)"));
     }
 
     #[test]
@@ -714,7 +721,7 @@ mod tests {
 
         out(&mut r.host, RESET_CONTROL, 1, 0x06);
 
-        assert!(!r.ctl.take_reset());
+        assert!(r.ctl.take_reset().is_none());
     }
 
     #[test]

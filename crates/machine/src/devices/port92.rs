@@ -45,7 +45,7 @@ impl Port92 {
         self.value = value;
         self.ctl.set_a20(value & A20_ENABLE != 0);
         if rising {
-            self.ctl.request_reset();
+            self.ctl.request_reset("port 0x92 (fast reset)");
         }
     }
 }
@@ -116,7 +116,7 @@ mod tests {
 
         assert!(!after_clear);
         assert!(ctl.a20());
-        assert!(!ctl.take_reset());
+        assert!(ctl.take_reset().is_none());
     }
 
     #[test]
@@ -126,7 +126,7 @@ mod tests {
 
         write(&mut port, 0x03);
 
-        assert!(ctl.take_reset());
+        assert!(ctl.take_reset().is_some());
     }
 
     #[test]
@@ -138,7 +138,7 @@ mod tests {
 
         write(&mut port, 0x03);
 
-        assert!(!ctl.take_reset());
+        assert!(ctl.take_reset().is_none());
     }
 
     #[test]
@@ -161,7 +161,7 @@ mod tests {
         port.reset();
         write(&mut port, 0x03);
 
-        assert!(ctl.take_reset());
+        assert!(ctl.take_reset().is_some());
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! How `x86bt run` ends: every outcome has its own exit status and one line on
+//! stderr (README, "Exit status"), every reset path obeys `--no-reboot` as in
+//! QEMU, misused options are one clear error, a failing output is reported, and
+//! the terminal is restored when a signal ends the run.
+//!
+//! The guests are tiny ROMs assembled here. The oracle for the reset paths is
+//! the PC itself: a reset restarts the ROM at the reset vector with RAM kept,
+//! which the ROM sees through a boot counter it keeps in RAM.
+
+use iced_x86::code_asm::*;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn exe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_x86bt"))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("x86bt-outcomes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// A 64 KiB ROM whose code (real mode, at F000:0000) `body` emits; the reset
+/// vector jumps there. `data` is placed at F000:0200.
+fn rom(name: &str, body: impl FnOnce(&mut CodeAssembler), data: &[u8]) -> PathBuf {
+    let mut a = CodeAssembler::new(16).expect("asm");
+    body(&mut a);
+    let code = a.assemble(0).expect("assemble");
+    assert!(code.len() <= 0x200);
+    let mut image = vec![0xFFu8; 0x1_0000];
+    image[..code.len()].copy_from_slice(&code);
+    image[0x200..0x200 + data.len()].copy_from_slice(data);
+    // Reset vector at F000:FFF0: jmp far F000:0000.
+    image[0xFFF0..0xFFF5].copy_from_slice(&[0xEA, 0x00, 0x00, 0x00, 0xF0]);
+    let path = temp(name);
+    std::fs::write(&path, image).expect("write rom");
+    path
+}
+
+/// A guest that counts its boots in RAM at 0000:0500 (RAM survives a reset).
+/// On its second boot it writes 0x21 to the debug-exit port (status 0x43); on
+/// its first it runs `reset` and then spins, so an ignored reset ends with
+/// the instruction limit instead.
+fn reset_guest(name: &str, reset: impl FnOnce(&mut CodeAssembler), data: &[u8]) -> PathBuf {
+    rom(
+        name,
+        |a| {
+            let mut second = a.create_label();
+            let mut spin = a.create_label();
+            a.xor(ax, ax).unwrap();
+            a.mov(ds, ax).unwrap();
+            a.inc(byte_ptr(0x500)).unwrap();
+            a.cmp(byte_ptr(0x500), 2).unwrap();
+            a.je(second).unwrap();
+            reset(a);
+            a.set_label(&mut spin).unwrap();
+            a.jmp(spin).unwrap();
+            a.set_label(&mut second).unwrap();
+            a.mov(al, 0x21).unwrap();
+            a.out(0xF4, al).unwrap();
+            a.hlt().unwrap();
+        },
+        data,
+    )
+}
+
+fn run(path: &PathBuf, extra: &[&str]) -> Output {
+    exe()
+        .args([
+            "run",
+            "--max-insns",
+            "2000000",
+            "--serial",
+            "null",
+            "--bios",
+        ])
+        .arg(path)
+        .args(extra)
+        .output()
+        .expect("run x86bt")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Each reset path: (name, code that asks for the reset, the ROM's data,
+/// the words that name the path on stderr).
+type ResetPath = (
+    &'static str,
+    fn(&mut CodeAssembler),
+    &'static [u8],
+    &'static str,
+);
+
+const RESET_PATHS: &[ResetPath] = &[
+    (
+        // i8042 command 0xFE: pulse output-port bit 0 (CPU reset) low.
+        "kbc",
+        |a| {
+            a.mov(al, 0xFE).unwrap();
+            a.out(0x64, al).unwrap();
+        },
+        &[],
+        "keyboard controller",
+    ),
+    (
+        // Port 0x92 (PS/2 system control port A) bit 0: fast reset on 0 -> 1.
+        "port92",
+        |a| {
+            a.in_(al, 0x92).unwrap();
+            a.or(al, 1).unwrap();
+            a.out(0x92, al).unwrap();
+        },
+        &[],
+        "port 0x92",
+    ),
+    (
+        // PIIX3 reset control register: SYS_RST | RST_CPU (PIIX3 datasheet 4.1.17).
+        "cf9",
+        |a| {
+            a.mov(dx, 0xCF9).unwrap();
+            a.mov(al, 0x06).unwrap();
+            a.out(dx, al).unwrap();
+        },
+        &[],
+        "port 0xCF9",
+    ),
+    (
+        // The reset register the FADT names (what an ACPI OS writes): its port
+        // and value come from the tables x86bt gives a directly booted kernel.
+        "acpi",
+        |a| {
+            a.mov(dx, x86bt_machine::acpi_tables::RESET_REG_PORT as u32)
+                .unwrap();
+            a.mov(al, x86bt_machine::acpi_tables::RESET_VALUE as u32)
+                .unwrap();
+            a.out(dx, al).unwrap();
+        },
+        &[],
+        "port 0xCF9",
+    ),
+    (
+        // An IDT of limit 0: INT 3 faults (#GP), so does the #GP, and then the
+        // #DF: a triple fault (SDM vol. 3A 6.15, interrupt 8).
+        "triple",
+        |a| {
+            a.lidt(ptr(0x200).cs()).unwrap();
+            a.int3().unwrap();
+        },
+        &[0, 0, 0, 0, 0, 0],
+        "triple fault",
+    ),
+];
+
+#[test]
+fn run_reset_paths_without_no_reboot_restart_the_machine() {
+    for (name, reset, data, _) in RESET_PATHS {
+        let path = reset_guest(&format!("reset-{name}.rom"), *reset, data);
+        let out = run(&path, &[]);
+        // Second boot reached: the reset restarted the ROM with RAM kept.
+        assert_eq!(out.status.code(), Some(0x43), "{name}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn run_reset_paths_with_no_reboot_end_the_run_with_their_status() {
+    for (name, reset, data, words) in RESET_PATHS {
+        let path = reset_guest(&format!("noreboot-{name}.rom"), *reset, data);
+        let out = run(&path, &["--no-reboot"]);
+        let err = stderr(&out);
+        let want = if *name == "triple" { 118 } else { 122 };
+        assert_eq!(out.status.code(), Some(want), "{name}: {err}");
+        assert!(err.contains(words), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+    }
+}
+
+#[test]
+fn run_debug_exit_statuses_are_odd_and_ours_even() {
+    // Every debug-exit value gives an odd status, so none is one of x86bt's
+    // own (all even): 50, 61 and 62 gave 101, 123 and 125, once x86bt's.
+    for v in [0u8, 50, 61, 62, 127] {
+        let path = rom(
+            &format!("exit-{v}.rom"),
+            |a| {
+                a.mov(al, u32::from(v)).unwrap();
+                a.out(0xF4, al).unwrap();
+                a.hlt().unwrap();
+            },
+            &[],
+        );
+        let out = run(&path, &[]);
+        assert_eq!(out.status.code(), Some(i32::from(v) << 1 | 1));
+    }
+    for ours in [2, 100, 116, 118, 120, 122, 124, 126] {
+        assert_eq!(ours % 2, 0, "x86bt's status {ours} must be even");
+    }
+}
+
+#[test]
+fn run_hlt_with_interrupts_off_is_not_success() {
+    let path = rom(
+        "cli-hlt.rom",
+        |a| {
+            a.cli().unwrap();
+            a.hlt().unwrap();
+        },
+        &[],
+    );
+    let out = run(&path, &[]);
+    assert_eq!(out.status.code(), Some(120), "{}", stderr(&out));
+    assert!(stderr(&out).contains("halted with interrupts disabled"));
+}
+
+fn one_error_line(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "must not panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn run_kernel_options_without_kernel_are_one_clear_error() {
+    let path = rom("plain.rom", |a| a.hlt().unwrap(), &[]);
+    for opt in [
+        ["--append", "console=ttyS0"],
+        ["--initrd", "/etc/hostname"],
+        ["--module", "/etc/hostname"],
+    ] {
+        let out = exe()
+            .args(["run", "--bios"])
+            .arg(&path)
+            .args(opt)
+            .output()
+            .expect("run");
+        let err = one_error_line(&out);
+        assert!(err.contains("--kernel"), "{opt:?}: {err}");
+    }
+}
+
+#[test]
+fn run_serial_to_full_disk_is_reported() {
+    let path = rom(
+        "print.rom",
+        |a| {
+            let mut again = a.create_label();
+            a.mov(dx, 0x3F8).unwrap();
+            a.set_label(&mut again).unwrap();
+            a.mov(al, b'x' as u32).unwrap();
+            a.out(dx, al).unwrap();
+            a.mov(al, b'\n' as u32).unwrap();
+            a.out(dx, al).unwrap();
+            a.jmp(again).unwrap();
+        },
+        &[],
+    );
+    let out = exe()
+        .args(["run", "--serial", "file:/dev/full", "--bios"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let err = one_error_line(&out);
+    assert!(err.contains("serial output failed"), "{err}");
+}
+
+#[test]
+fn run_bad_rtc_and_icount_options_are_one_clear_error() {
+    let path = rom("rtc.rom", |a| a.hlt().unwrap(), &[]);
+    for opt in [
+        ["--rtc", "base=yesterday"],
+        ["--rtc", "base=utc,clock=host"],
+        ["--icount", "sleep=maybe"],
+        ["--icount", "shift=3"],
+    ] {
+        let out = exe()
+            .args(["run", "--bios"])
+            .arg(&path)
+            .args(opt)
+            .output()
+            .expect("run");
+        let err = one_error_line(&out);
+        assert!(err.contains(opt[0]), "{opt:?}: {err}");
+    }
+}
+
+#[test]
+fn run_help_describes_kernel_booting_and_statuses() {
+    let out = exe().args(["run", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Linux bzImage") && help.contains("Multiboot"),
+        "{help}"
+    );
+    assert!(help.contains("122") && help.contains("120"), "{help}");
+}
