@@ -296,3 +296,157 @@ fn run_help_describes_kernel_booting_and_statuses() {
     );
     assert!(help.contains("122") && help.contains("120"), "{help}");
 }
+
+/// A Multiboot kernel (a.out kludge: header address fields, loaded at 1 MiB)
+/// that prints its first module's string, a newline and the module's bytes on
+/// COM1, then leaves through the debug-exit port with 0x10.
+fn module_echo_kernel() -> Vec<u8> {
+    const LOAD: u32 = 0x10_0000;
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = 1 << 16; // the address fields below are valid
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut puts = a.create_label();
+    let mut bytes = a.create_label();
+    let mut bytes_done = a.create_label();
+    let mut puts_done = a.create_label();
+    a.mov(esi, dword_ptr(ebx + 24)).unwrap(); // mods_addr (Multiboot 3.3)
+    a.mov(edi, esi).unwrap();
+    a.mov(esi, dword_ptr(edi + 8)).unwrap(); // the module's string
+    a.mov(dx, 0x3F8).unwrap();
+    a.set_label(&mut puts).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jz(puts_done).unwrap();
+    a.out(dx, al).unwrap();
+    a.jmp(puts).unwrap();
+    a.set_label(&mut puts_done).unwrap();
+    a.mov(al, b'\n' as u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.mov(esi, dword_ptr(edi)).unwrap(); // mod_start
+    a.mov(ecx, dword_ptr(edi + 4)).unwrap(); // mod_end
+    a.set_label(&mut bytes).unwrap();
+    a.cmp(esi, ecx).unwrap();
+    a.jae(bytes_done).unwrap();
+    a.lodsb().unwrap();
+    a.out(dx, al).unwrap();
+    a.jmp(bytes).unwrap();
+    a.set_label(&mut bytes_done).unwrap();
+    a.mov(al, 0x10).unwrap();
+    a.out(0xF4, al).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(u64::from(LOAD + 32)).expect("assemble");
+    let mut image = Vec::new();
+    for field in [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
+        LOAD,      // header_addr
+        LOAD,      // load_addr
+        0,         // load_end_addr: the whole file
+        0,         // bss_end_addr: no bss
+        LOAD + 32, // entry_addr
+    ] {
+        image.extend_from_slice(&field.to_le_bytes());
+    }
+    image.extend_from_slice(&code);
+    image
+}
+
+#[test]
+fn run_module_with_arguments_passes_the_whole_string() {
+    let kernel = temp("echo.mb");
+    std::fs::write(&kernel, module_echo_kernel()).expect("write kernel");
+    let module = temp("module.bin");
+    std::fs::write(&module, "HELLO-MODULE").expect("write module");
+    let arg = format!("{} a=1 b=2", module.display());
+    let out = exe()
+        .args([
+            "run",
+            "--serial",
+            "stdio",
+            "--max-insns",
+            "100000",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .args(["--module", &arg])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0x21), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{arg}\nHELLO-MODULE")
+    );
+}
+
+/// The terminal settings of the pty's slave side.
+fn termios_of(fd: i32) -> libc::termios {
+    // SAFETY: termios is plain old data, filled by tcgetattr for a valid fd.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is the open slave side of a pty and `t` is valid to write.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t
+}
+
+#[test]
+fn run_signal_while_raw_restores_the_terminal() {
+    use std::os::fd::FromRawFd;
+    let path = rom(
+        "spin.rom",
+        |a| {
+            let mut spin = a.create_label();
+            a.set_label(&mut spin).unwrap();
+            a.jmp(spin).unwrap();
+        },
+        &[],
+    );
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+    ] {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two descriptors; the other arguments may be null.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty");
+        let before = termios_of(slave);
+        assert_ne!(before.c_lflag & libc::ICANON, 0, "a new pty is canonical");
+        // SAFETY: dup of a valid descriptor; the child's stdin owns the copy.
+        let stdin = unsafe { std::process::Stdio::from_raw_fd(libc::dup(slave)) };
+        let child = exe()
+            .args(["run", "--serial", "stdio", "--bios"])
+            .arg(&path)
+            .stdin(stdin)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Wait until x86bt has put the terminal in raw mode.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while termios_of(slave).c_lflag & libc::ICANON != 0 {
+            assert!(std::time::Instant::now() < deadline, "{name}: never raw");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: signals the child we spawned, which is still running.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().expect("wait");
+        let after = termios_of(slave);
+        // SAFETY: closes the two descriptors openpty gave us.
+        unsafe {
+            libc::close(master);
+            libc::close(slave);
+        }
+        assert_eq!(out.status.code(), Some(128 + sig), "{name}");
+        assert_eq!(after.c_lflag, before.c_lflag, "{name}: lflag restored");
+        assert_eq!(after.c_iflag, before.c_iflag, "{name}: iflag restored");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(name));
+    }
+}
