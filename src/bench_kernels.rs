@@ -82,6 +82,8 @@ pub mod layout {
     pub const COUNTER: u32 = 0x11_010C;
     /// Iterations left.
     pub const LEFT: u32 = 0x11_0110;
+    /// The variable of the `store` event (a data page).
+    pub const STORE_VAR: u32 = 0x11_0118;
     /// Where the ring-3 exit gate (vector 0x81) resumes in ring 0.
     pub const RESUME: u32 = 0x11_0114;
     /// The main TSS (104 bytes, no I/O bitmap).
@@ -196,11 +198,16 @@ pub enum Workload {
     /// `MOV CR3, EAX` with the current page directory (a full non-global TLB
     /// flush).
     Cr3Write,
+    /// `ADD [var], 1` with `var` in a data page: the baseline of [`Workload::StoreCodePage`].
+    Store,
+    /// `ADD [var], 1` with `var` in the loop's own code page (data kept beside
+    /// code, as old code does): the stores must not invalidate the loop.
+    StoreCodePage,
 }
 
 impl Workload {
     /// Every workload, compute first.
-    pub const ALL: [Workload; 12] = [
+    pub const ALL: [Workload; 14] = [
         Workload::Sieve,
         Workload::Crc32,
         Workload::Memcpy,
@@ -213,6 +220,8 @@ impl Workload {
         Workload::CallRet,
         Workload::PageFault,
         Workload::Cr3Write,
+        Workload::Store,
+        Workload::StoreCodePage,
     ];
 
     /// Short name.
@@ -230,6 +239,8 @@ impl Workload {
             Workload::CallRet => "call-ret",
             Workload::PageFault => "page-fault",
             Workload::Cr3Write => "cr3-write",
+            Workload::Store => "store",
+            Workload::StoreCodePage => "store-code-page",
         }
     }
 
@@ -262,6 +273,7 @@ impl Workload {
             Workload::CallRet => 4_000_000,
             Workload::PageFault => 25_000,
             Workload::Cr3Write => 16_000,
+            Workload::Store | Workload::StoreCodePage => 1_000_000,
         }
     }
 
@@ -313,6 +325,17 @@ impl Workload {
             Workload::Cr3Write => {
                 k.mov(ebx, PD)?;
                 counted_events(k, |k| k.mov(cr3, ebx))
+            }
+            Workload::Store => counted_events(k, |k| k.add(dword_ptr(STORE_VAR), 1)),
+            Workload::StoreCodePage => {
+                // The variable sits between a jump and the loop, so it is in the
+                // loop's page but in no unit.
+                k.jmp_to("store.body")?;
+                k.at("store.var")?;
+                k.dd(&[0])?;
+                k.at("store.body")?;
+                let var = k.addr("store.var");
+                counted_events(k, |k| k.add(dword_ptr(var), 1))
             }
         }
     }

@@ -238,3 +238,25 @@ fn kernels_jit_answer_right_and_retire_the_interpreters_count() {
         );
     }
 }
+
+/// A loop that stores into a variable in its own code page keeps its units:
+/// the stores touch no byte a unit was decoded from, so neither engine drops
+/// or re-decodes anything (before code-byte tracking, every store dropped the
+/// page's units, 8 per iteration).
+#[test]
+fn store_code_page_loop_is_not_invalidated_under_either_engine() {
+    let w = Workload::StoreCodePage;
+    let iters = 100;
+    let image = BenchKernel::new(w).image(iters);
+    let interp = bk::run_x86bt(&image, Engine::Interp).expect("kernel loads");
+    assert_passed(w, &interp);
+    assert_eq!(interp.vm.interp.stats.invalidations, 0, "interp");
+    let jit = bk::run_x86bt(&image, Engine::Jit).expect("kernel loads");
+    assert_passed(w, &jit);
+    let stats = jit.vm.engine_stats().expect("translator stats");
+    let invalidations: u64 = stats
+        .split(|c: char| c == ',' || c == '\n' || c == ':')
+        .find_map(|part| part.trim().strip_suffix(" invalidations")?.parse().ok())
+        .unwrap_or_else(|| panic!("no invalidation count in {stats}"));
+    assert_eq!(invalidations, 0, "jit: {stats}");
+}

@@ -313,3 +313,74 @@ fn jit_chained_fragments_follow_code_patched_under_them() {
         }
     }
 }
+
+/// A loop that stores into a variable on its own code page (1000 times: the
+/// translator's fast TLB gets a write entry for a page holding code), then
+/// points the same store at the immediate of its own `add dx, 1` and writes 5
+/// there. The first patched iteration still adds 1 (the store comes after the
+/// add), the other 999 add 5 (SDM vol. 3A §11.6: a write to code is seen by
+/// the next fetch of it). Worked by hand: DX = 1000 + 1 + 999 * 5 = 5996.
+fn store_beside_then_into_code() -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    let build = |imm_at: u16, var_at: u16| -> Result<(Vec<u8>, u16, u16), IcedError> {
+        let mut a = CodeAssembler::new(16)?;
+        let mut top = a.create_label();
+        let mut again = a.create_label();
+        let mut done = a.create_label();
+        let mut var = a.create_label();
+        a.xor(dx, dx)?;
+        a.xor(si, si)?;
+        a.mov(bx, u32::from(var_at))?;
+        a.set_label(&mut again)?;
+        a.mov(cx, 1000u32)?;
+        a.set_label(&mut top)?;
+        a.add(dx, 1)?;
+        a.mov(byte_ptr(bx), 5)?;
+        a.dec(cx)?;
+        a.jnz(top)?;
+        a.cmp(si, 0)?;
+        a.jne(done)?;
+        a.inc(si)?;
+        a.mov(bx, u32::from(imm_at))?;
+        a.jmp(again)?;
+        a.set_label(&mut done)?;
+        a.hlt()?;
+        a.set_label(&mut var)?;
+        a.db(&[0])?;
+        let res = a.assemble_options(
+            0,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )?;
+        let top_ip = res.label_ip(&top)? as u16;
+        let var_ip = res.label_ip(&var)? as u16;
+        Ok((res.inner.code_buffer, top_ip + 2, var_ip))
+    };
+    let (mut imm, mut var) = (0x40, 0x80);
+    for _ in 0..4 {
+        let (code, i, v) = build(imm, var).expect("guest assembles");
+        if (i, v) == (imm, var) {
+            let at = usize::from(imm) - 2;
+            assert_eq!(&code[at..at + 3], &[0x83, 0xC2, 0x01], "add dx, imm8");
+            return code;
+        }
+        (imm, var) = (i, v);
+    }
+    panic!("label addresses did not settle");
+}
+
+#[test]
+fn jit_store_beside_code_then_into_it_runs_the_patched_code() {
+    for engine in [Engine::Interp, Engine::Jit, Engine::Lockstep] {
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem
+            .load(GuestPhys(0x1_0000), &store_beside_then_into_code())
+            .expect("code fits");
+        let mut vm = Vm::with_engine(m, engine).expect("engine");
+        vm.cpu.seg[1] = x86bt_cpu::state::Segment::real(0x1000);
+        vm.cpu.seg[3] = x86bt_cpu::state::Segment::real(0x1000);
+        vm.cpu.rip = 0;
+        let out = vm.run(1_000_000);
+        assert_eq!(out, RunOutcome::HaltedForever, "{engine:?}");
+        assert_eq!(vm.cpu.gpr[2] & 0xFFFF, 5996, "{engine:?}: DX");
+    }
+}

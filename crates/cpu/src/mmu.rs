@@ -83,7 +83,19 @@ pub struct FastEntry {
     pub write: u32,
     /// Host address minus linear address.
     pub addend: u64,
+    /// For a write entry tagged with [`FAST_CODE_TAG`] (a page holding cached
+    /// code): the address of the page's code-byte map
+    /// ([`x86bt_machine::memory::PhysMemory::code_map`]). A write whose bytes
+    /// are all clear there may go inline; the others run through the
+    /// interpreter, which invalidates what they hit.
+    pub code: u64,
+    /// Keeps the entry a power of two in size.
+    pub pad: u64,
 }
+
+/// Added to a write tag for a page holding cached code: the inline probe's
+/// compare misses, and the cold path checks [`FastEntry::code`] instead.
+pub const FAST_CODE_TAG: u32 = 2;
 
 /// A fast-TLB tag no access matches (page bases have bits 11:0 clear).
 pub const FAST_INVALID: u32 = 1;
@@ -94,6 +106,8 @@ const FAST_EMPTY: FastEntry = FastEntry {
     read: FAST_INVALID,
     write: FAST_INVALID,
     addend: 0,
+    code: 0,
+    pad: 0,
 };
 
 /// The fast TLB that translated code probes inline: linear page to host page,
@@ -142,6 +156,18 @@ impl FastTlb {
         self.writes = false;
         self.generation += 1;
         self.page_notes.clear();
+    }
+
+    /// Drops the write entries of pages holding code (their code-byte maps may
+    /// have been freed).
+    pub fn drop_code_writes(&mut self) {
+        for set in &mut self.e {
+            for e in set.iter_mut() {
+                if e.write & FAST_CODE_TAG != 0 {
+                    e.write = FAST_INVALID;
+                }
+            }
+        }
     }
 
     /// Drops every write entry (reads stay).
@@ -225,9 +251,11 @@ impl Tlb {
 /// the current privilege, after doing what the interpreter's access would do to
 /// translate it (page walk, accessed and dirty bits). Returns false, having
 /// installed nothing, when the access faults, crosses a page, does not reach
-/// plain RAM (or, for a write, reaches a page holding cached code), or is a
-/// write while writes are being logged: the caller then runs the instruction
-/// through the interpreter.
+/// plain RAM, or is a write while writes are being logged: the caller then runs
+/// the instruction through the interpreter. A write to a page holding cached
+/// code installs a write entry tagged [`FAST_CODE_TAG`] with the page's code
+/// chunks, and returns false too: this access runs through the interpreter, and
+/// later ones that miss every code chunk go inline from the cold path.
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) -> bool {
     let lin = lin & 0xFFFF_FFFF;
     if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 {
@@ -238,9 +266,18 @@ pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write
     let Ok(phys) = translate_as(cpu, m, lin, acc, user) else {
         return false;
     };
-    let Some(host) = m.mem.host_page(phys.0 & !0xFFF, write) else {
+    let Some(host) = m.mem.host_page(phys.0 & !0xFFF, false) else {
         return false;
     };
+    let code = if write {
+        m.mem.code_map(phys.0 & !0xFFF)
+    } else {
+        None
+    };
+    if write && code.is_none() && m.mem.host_page(phys.0 & !0xFFF, true).is_none() {
+        // Code without a map: every write goes through the interpreter.
+        return false;
+    }
     let page = lin & 0xFFFF_F000;
     let addend = (host as u64).wrapping_sub(page);
     let i = ((lin >> 12) as usize) & (FAST_TLB_SIZE - 1);
@@ -250,13 +287,20 @@ pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write
             read: FAST_INVALID,
             write: FAST_INVALID,
             addend,
+            code: 0,
+            pad: 0,
         };
     }
     // A write right implies the read right at the same privilege.
     e.read = page as u32;
     if write {
-        e.write = page as u32;
         cpu.tlb.fast.writes = true;
+        if let Some(map) = code {
+            e.write = page as u32 | FAST_CODE_TAG;
+            e.code = map as u64;
+            return false;
+        }
+        e.write = page as u32;
     }
     true
 }

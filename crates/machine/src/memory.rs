@@ -2,10 +2,14 @@
 //! the top of 4 GiB with its PC alias below 1 MiB, the legacy holes, and the A20 gate.
 //!
 //! Invariants:
-//! - Every write to a page whose code bit is set (CPU store, loader, DMA) goes through
+//! - Every write to a page whose code bit is set (CPU store, loader, DMA) is
+//!   checked against the page's code-byte map: the bytes cached units were
+//!   decoded from. A write that touches one goes through
 //!   [`PhysMemory::note_code_write`]: the page joins the dirty list and
 //!   `code_write_pending` is raised, so the engines drop their cached units for it
-//!   before running anything decoded from it again.
+//!   before running anything decoded from it again. A write to other bytes of the
+//!   page (data kept beside code) changes no cached unit and invalidates nothing,
+//!   so a loop that stores into its own page keeps its units.
 //! - Reads of unmapped space return all ones; writes to ROM or unmapped space are
 //!   dropped, as on a PC bus.
 //! - `fast_end` bounds a prefix of the address space that is plain RAM, so the CPU's
@@ -14,6 +18,35 @@
 use crate::addr::{GuestPhys, PAGE_SHIFT};
 use crate::error::MachineError;
 use memmap2::MmapMut;
+use std::collections::HashMap;
+
+/// A bit per byte of a 4 KiB page, and a word of zeros after it, so that a
+/// 16-bit read at any byte of the map stays inside it (translated code reads
+/// the map that way, [`PhysMemory::code_map`]).
+type CodeBytes = [u64; 65];
+
+/// A hasher for RAM page numbers: one multiply (Fibonacci hashing). The keys
+/// are small dense integers the guest cannot choose freely, and the map is
+/// looked up on every store to a page holding code, where SipHash would cost
+/// more than the rest of the check.
+#[derive(Default, Clone, Copy)]
+struct PageHasher(u64);
+
+impl std::hash::Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
 
 /// Start of the legacy VGA window (unmapped here until a VGA device exists).
 const VGA_START: u64 = 0xA_0000;
@@ -52,7 +85,13 @@ pub struct PhysMemory {
     a20_mask: u64,
     fast_end: u64,
     code_pages: Vec<u64>,
+    /// Per RAM page with its code bit set: which of its 4096 bytes cached units
+    /// were decoded from (a bit per byte). A page without an entry counts as
+    /// all code.
+    code_bytes: PageMap<Box<CodeBytes>>,
     dirty_code_pages: Vec<u64>,
+    /// Raised when a code-byte map is freed (see [`PhysMemory::code_map`]).
+    code_maps_freed: bool,
     /// Raised when a page holding cached code was written; the run loop clears it
     /// after invalidating.
     pub code_write_pending: bool,
@@ -100,7 +139,9 @@ impl PhysMemory {
             a20_mask: u64::MAX,
             fast_end: 0,
             code_pages: vec![0; pages.div_ceil(64) as usize],
+            code_bytes: PageMap::default(),
             dirty_code_pages: Vec::new(),
+            code_maps_freed: false,
             code_write_pending: false,
             pam: [0; 16],
             smram_open: false,
@@ -277,7 +318,7 @@ impl PhysMemory {
     pub fn write_u8(&mut self, addr: GuestPhys, value: u8) {
         let a = addr.0 & self.a20_mask;
         if let Target::Ram(o) = self.decode_for(a, true) {
-            self.note_ram_write(o);
+            self.note_ram_write(o, 1);
             self.ram[o] = value;
         }
     }
@@ -346,10 +387,7 @@ impl PhysMemory {
         let a = addr.0 & self.a20_mask;
         if a + (N as u64) <= self.fast_end || self.in_high_ram(a, N as u64) {
             let o = a as usize;
-            self.note_ram_write(o);
-            if N > 1 {
-                self.note_ram_write(o + N - 1);
-            }
+            self.note_ram_write(o, N);
             self.ram[o..o + N].copy_from_slice(&value);
             return;
         }
@@ -364,10 +402,8 @@ impl PhysMemory {
     }
 
     fn note_range_write(&mut self, start: u64, len: u64) {
-        let first = start >> PAGE_SHIFT;
-        let last = (start + len.max(1) - 1) >> PAGE_SHIFT;
-        for page in first..=last {
-            self.note_ram_write((page << PAGE_SHIFT) as usize);
+        if len > 0 {
+            self.note_ram_write(start as usize, len as usize);
         }
     }
 
@@ -415,9 +451,10 @@ impl PhysMemory {
         )
     }
 
-    /// Marks the page holding `addr` as holding decoded code. Returns false for
+    /// Marks the `len` bytes at `addr` (clipped to its page) as bytes a cached
+    /// unit was decoded from, and their page as holding code. Returns false for
     /// addresses outside RAM (ROM code needs no write tracking).
-    pub fn mark_code(&mut self, addr: GuestPhys) -> bool {
+    pub fn mark_code(&mut self, addr: GuestPhys, len: u64) -> bool {
         match self.decode(addr.0 & self.a20_mask) {
             Target::Ram(o) => {
                 let page = o >> PAGE_SHIFT;
@@ -425,6 +462,15 @@ impl PhysMemory {
                 if self.code_pages[page / 64] & bit == 0 {
                     self.code_pages[page / 64] |= bit;
                     self.host_epoch += 1;
+                }
+                let start = o & ((1 << PAGE_SHIFT) - 1);
+                let end = (start + len.max(1) as usize).min(1 << PAGE_SHIFT);
+                let map = self
+                    .code_bytes
+                    .entry(page as u64)
+                    .or_insert_with(|| Box::new([0; 65]));
+                for b in start..end {
+                    map[b / 64] |= 1 << (b % 64);
                 }
                 true
             }
@@ -455,6 +501,31 @@ impl PhysMemory {
         Some(self.ram.as_mut_ptr().wrapping_add(o))
     }
 
+    /// For the RAM page at guest-physical `page_addr` (page aligned, before the
+    /// A20 gate), if it holds cached code: its code-byte map, a bit per byte
+    /// (LSB first) that a cached unit was decoded from, followed by a zero word.
+    /// A write that touches no set bit changes no cached unit. The map lives at
+    /// this address, and is kept up to date, until
+    /// [`PhysMemory::take_code_maps_freed`] says maps were freed.
+    pub fn code_map(&self, page_addr: u64) -> Option<*const u8> {
+        let Target::Ram(o) = self.decode_for(page_addr & self.a20_mask, true) else {
+            return None;
+        };
+        let page = o >> PAGE_SHIFT;
+        if self.code_pages[page / 64] & (1 << (page % 64)) == 0 {
+            return None;
+        }
+        self.code_bytes
+            .get(&(page as u64))
+            .map(|map| map.as_ptr().cast::<u8>())
+    }
+
+    /// Returns and clears whether code-byte maps were freed since the last call
+    /// (pointers from [`PhysMemory::code_map`] may dangle).
+    pub fn take_code_maps_freed(&mut self) -> bool {
+        std::mem::take(&mut self.code_maps_freed)
+    }
+
     /// See [`PhysMemory::host_page`].
     pub fn host_epoch(&self) -> u64 {
         self.host_epoch
@@ -476,26 +547,72 @@ impl PhysMemory {
         }
     }
 
+    /// A write of `len` bytes at RAM offset `o`: if it touches bytes cached
+    /// units were decoded from, their pages are queued for invalidation.
     #[inline]
-    fn note_ram_write(&mut self, ram_offset: usize) {
-        let page = ram_offset >> PAGE_SHIFT;
-        if self.code_pages[page / 64] & (1 << (page % 64)) != 0 {
+    fn note_ram_write(&mut self, o: usize, len: usize) {
+        let first = o >> PAGE_SHIFT;
+        let last = (o + len.max(1) - 1) >> PAGE_SHIFT;
+        for page in first..=last {
+            if self.code_pages[page / 64] & (1 << (page % 64)) != 0 {
+                self.code_page_write(page, o, len);
+            }
+        }
+    }
+
+    /// The part of [`PhysMemory::note_ram_write`] for a page with code.
+    #[cold]
+    fn code_page_write(&mut self, page: usize, o: usize, len: usize) {
+        let base = page << PAGE_SHIFT;
+        let start = o.max(base) - base;
+        let end = (o + len).min(base + (1 << PAGE_SHIFT)) - base;
+        let hits = self
+            .code_bytes
+            .get(&(page as u64))
+            .is_none_or(|map| (start..end).any(|b| map[b / 64] & (1 << (b % 64)) != 0));
+        if hits {
             self.note_code_write(page as u64);
         }
     }
 
-    /// Records a write to a RAM page that holds code: the page's code mark is
-    /// cleared and the page is queued for invalidation.
+    /// Records a write to code bytes of a RAM page: the page's code mark is
+    /// cleared and the page is queued for invalidation. Its code-byte map stays
+    /// until the engines take the page ([`PhysMemory::take_dirty_code_pages`]),
+    /// so [`PhysMemory::keep_code_marks`] can put the mark back.
     pub fn note_code_write(&mut self, page: u64) {
         self.unmark_code_page(page);
         self.dirty_code_pages.push(page);
         self.code_write_pending = true;
     }
 
-    /// Takes the list of written code pages (RAM page numbers).
+    /// Undoes the code writes noted since the last take: for a caller that
+    /// restored the written bytes itself (lockstep, which runs the interpreter
+    /// on a copy of the state and then puts memory back), so every cached unit
+    /// is still right and its pages are code again.
+    pub fn keep_code_marks(&mut self) {
+        for page in std::mem::take(&mut self.dirty_code_pages) {
+            if let Some(w) = self.code_pages.get_mut((page / 64) as usize) {
+                *w |= 1 << (page % 64);
+            }
+        }
+        self.code_write_pending = false;
+    }
+
+    /// Takes the list of written code pages (RAM page numbers). The caller drops
+    /// every unit decoded from them, so their code-byte maps start afresh.
     pub fn take_dirty_code_pages(&mut self) -> Vec<u64> {
         self.code_write_pending = false;
-        std::mem::take(&mut self.dirty_code_pages)
+        let pages = std::mem::take(&mut self.dirty_code_pages);
+        for page in &pages {
+            // A page marked again since (a unit decoded after the write) keeps
+            // its map: that unit is dropped too, and re-marks on its refill.
+            if self.code_pages[(*page / 64) as usize] & (1 << (page % 64)) == 0
+                && self.code_bytes.remove(page).is_some()
+            {
+                self.code_maps_freed = true;
+            }
+        }
+        pages
     }
 }
 
@@ -569,15 +686,58 @@ mod tests {
     }
 
     #[test]
-    fn memory_write_to_code_page_queues_invalidation() {
+    fn memory_write_to_code_bytes_queues_invalidation() {
         let mut m = pc(16);
-        assert!(m.mark_code(GuestPhys(0x7C00)));
-        m.write::<2>(GuestPhys(0x7FFE), [1, 2]);
+        assert!(m.mark_code(GuestPhys(0x7C00), 16));
+        m.write::<2>(GuestPhys(0x7C0F), [1, 2]);
         assert!(m.code_write_pending);
         assert_eq!(m.take_dirty_code_pages(), vec![7]);
         assert!(!m.code_write_pending);
-        m.write::<1>(GuestPhys(0x7FFE), [3]);
+        m.write::<1>(GuestPhys(0x7C00), [3]);
         assert!(!m.code_write_pending, "the mark is cleared after one write");
+    }
+
+    #[test]
+    fn memory_write_beside_code_in_its_page_invalidates_nothing() {
+        let mut m = pc(16);
+        assert!(m.mark_code(GuestPhys(0x7C00), 16));
+        m.write::<4>(GuestPhys(0x7BFC), [1, 2, 3, 4]);
+        m.write::<4>(GuestPhys(0x7C10), [1, 2, 3, 4]);
+        m.write_u8(GuestPhys(0x7FFF), 9);
+        assert!(m.fill_fast(GuestPhys(0x7E00), &[0xAA], 0x100));
+        assert!(!m.code_write_pending);
+        assert!(
+            m.host_page(0x7000, true).is_none(),
+            "the page still holds code"
+        );
+        let map = m.code_map(0x7000).expect("a code page has a map");
+        // SAFETY: the map is 65 words and stays allocated while the page is code.
+        let bytes = unsafe { std::slice::from_raw_parts(map, 65 * 8) };
+        assert_eq!(bytes[0xC00 / 8..0xC00 / 8 + 3], [0xFF, 0xFF, 0]);
+        assert!(bytes[..0xC00 / 8].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn memory_bulk_write_over_code_bytes_queues_their_page() {
+        let mut m = pc(16);
+        assert!(m.mark_code(GuestPhys(0x8FF0), 0x40));
+        assert!(m.fill_fast(GuestPhys(0x8000), &[0], 0xFF1));
+        assert_eq!(m.take_dirty_code_pages(), vec![8]);
+    }
+
+    #[test]
+    fn memory_kept_code_marks_survive_an_undone_write() {
+        let mut m = pc(16);
+        assert!(m.mark_code(GuestPhys(0x7C00), 4));
+        m.write_u8(GuestPhys(0x7C01), 0x90);
+        m.keep_code_marks();
+        assert!(!m.code_write_pending);
+        m.write_u8(GuestPhys(0x7C02), 0x90);
+        assert_eq!(
+            m.take_dirty_code_pages(),
+            vec![7],
+            "still code after the undo"
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ use core::mem::{offset_of, size_of};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
-use x86bt_cpu::mmu::{FastEntry, FAST_TLB_SIZE};
+use x86bt_cpu::mmu::{FastEntry, FAST_CODE_TAG, FAST_TLB_SIZE};
 use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
 
 /// What a fragment leaves in `JitCtx::pending_link` when the jump cache has
@@ -101,6 +101,7 @@ const INT_SHADOW: i32 = offset_of!(CpuState, int_shadow) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
 const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
 const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
+const FAST_CODE: i32 = offset_of!(FastEntry, code) as i32;
 /// `(linear >> FAST_SHIFT) & FAST_MASK` is the byte offset of a linear page's
 /// fast-TLB entry.
 const FAST_SHIFT: i8 = (12 - FAST_ENTRY_BYTES.trailing_zeros()) as i8;
@@ -295,6 +296,9 @@ struct Emitter<'a, A: CodeSink> {
 struct SlowPath {
     /// Entered when the fast TLB misses (R10 = linear address), for an access.
     miss: Option<DynamicLabel>,
+    /// Where the probe leaves the host address in R10, for a write to a page
+    /// holding code that misses its code chunks.
+    hit: Option<DynamicLabel>,
     /// Entered when the inline checks fail: the helper runs the instruction.
     full: DynamicLabel,
     /// The address computation, to retry after a fill.
@@ -992,6 +996,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn slow_path_here(&mut self, i: usize, kind: u8, rejoin: bool, flags: bool) -> SlowPath {
         SlowPath {
             miss: None,
+            hit: None,
             full: self.ops.new_label(),
             retry: self.ops.new_label(),
             after: rejoin.then(|| self.ops.new_label()),
@@ -1056,6 +1061,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; jne =>miss
             ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
         );
+        if x.write {
+            let hit = self.ops.new_label();
+            dynasm!(self.ops ; .arch x64 ; =>hit);
+            p.hit = Some(hit);
+        }
     }
 
     /// The out-of-line paths of an inline memory access, transfer or RDTSC.
@@ -1063,12 +1073,52 @@ impl<A: CodeSink> Emitter<'_, A> {
         let fill = self.ext.stubs.fill;
         let size_write = p.size_write as i32;
         if let Some(miss) = p.miss {
+            dynasm!(self.ops ; .arch x64 ; =>miss);
+            let size = p.size_write >> 1;
+            if let Some(hit) = p.hit.filter(|_| size <= 8) {
+                // A write to a page holding cached code (R11 = the page of its
+                // last byte, R9 = the entry): inline after all if none of its
+                // bytes is a code byte. The 16 bits of the page's code-byte map
+                // from byte `off / 8` on cover bits `off % 8` up to
+                // `off % 8 + size - 1 <= 14` (no access crosses the page here).
+                let (fill, busy) = (self.ops.new_label(), self.ops.new_label());
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; or r11d, FAST_CODE_TAG as i32
+                    ; cmp r11d, DWORD [r12 + r9 + FAST_WRITE]
+                    ; jne =>fill
+                    ; mov r11, QWORD [r12 + r9 + FAST_CODE]
+                    ; push r10
+                    ; and r10d, 0xFFF
+                    ; mov r9d, r10d
+                    ; shr r9d, 3
+                    ; movzx r11d, WORD [r11 + r9]
+                    ; and r10d, 7
+                );
+                for k in 0..size {
+                    if k > 0 {
+                        dynasm!(self.ops ; .arch x64 ; inc r10d);
+                    }
+                    dynasm!(self.ops ; .arch x64 ; bt r11d, r10d ; jc =>busy);
+                }
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; pop r10
+                    ; mov r9d, r10d
+                    ; shr r9d, FAST_SHIFT
+                    ; and r9d, FAST_MASK
+                    ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
+                    ; jmp =>hit
+                    ; =>busy
+                    ; pop r10
+                    ; =>fill
+                );
+            }
             // A fast-TLB miss: fill, and retry on success (the stub keeps every
             // guest register; R13 and R14 are callee-saved, and no capture is
             // pending: flags are settled before the probe).
             dynasm!(self.ops
                 ; .arch x64
-                ; =>miss
                 ; mov r11d, size_write
                 ; call extern fill as usize
                 ; test r11d, r11d

@@ -38,7 +38,9 @@ use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE};
+use x86bt_cpu::interp::engine::{
+    code_bytes, fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE,
+};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
@@ -680,7 +682,14 @@ impl Translator {
             stubs,
             incoming: Vec::new(),
         };
-        index_code_pages(m, &mut self.page_index, phys, fetched.next_phys, s as u32);
+        let code_len = code_bytes(&self.scratch);
+        index_code_pages(
+            m,
+            &mut self.page_index,
+            (phys, fetched.next_phys),
+            code_len,
+            s as u32,
+        );
         Ok(())
     }
 
@@ -743,11 +752,14 @@ impl Translator {
     /// context at the entries of the current privilege: the host pages it maps
     /// must still be what `PhysMemory` says (no new code page, no map change),
     /// and no write may bypass the write log while one is kept.
-    fn prepare_fast_tlb(&mut self, cpu: &mut CpuState, m: &Machine) {
+    fn prepare_fast_tlb(&mut self, cpu: &mut CpuState, m: &mut Machine) {
         let epoch = m.mem.host_epoch();
         if epoch != self.host_epoch {
             cpu.tlb.fast.flush();
             self.host_epoch = epoch;
+        }
+        if m.mem.take_code_maps_freed() {
+            cpu.tlb.fast.drop_code_writes();
         }
         // The jump cache maps linear addresses: it goes with every TLB flush
         // (and with the memory map, whose change flushed the fast TLB above),

@@ -57,18 +57,6 @@ pub struct Lockstep {
     io_units: std::collections::HashMap<(u64, u32, u64), bool>,
 }
 
-/// The guest-physical address of RAM page `page` (a RAM page number, as the
-/// dirty-code list holds them): RAM above the low part is mapped from 4 GiB.
-fn ram_page_phys(m: &Machine, page: u64) -> u64 {
-    let off = page << 12;
-    let low = m.mem.ram_below_4g();
-    if off < low {
-        off
-    } else {
-        (1 << 32) + off - low
-    }
-}
-
 /// Final value of every byte in an undo log.
 fn final_bytes(m: &Machine, undo: &[(u64, u8)]) -> BTreeMap<u64, u8> {
     undo.iter()
@@ -185,10 +173,7 @@ impl Lockstep {
         }
         // Memory is as before the unit, so every cached unit is still right; the
         // code pages the stores unmarked are marked again for the second run.
-        m.mem.code_write_pending = false;
-        for page in m.mem.take_dirty_code_pages() {
-            m.mem.mark_code(GuestPhys(ram_page_phys(m, page)));
-        }
+        m.mem.keep_code_marks();
         cpu.log_writes = true;
         cpu.log_undo = true;
         let exit_t = self.jit.run_unit(cpu, m);

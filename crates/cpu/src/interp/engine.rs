@@ -177,20 +177,25 @@ pub fn fetch_unit(
     })
 }
 
-/// Marks the RAM pages a unit's bytes came from (`phys`'s page and `next_phys`,
-/// unless [`NO_PAGE`]) as holding code, and records `slot` under each of them in
-/// `page_index` (ROM pages are not recorded), so a write to them invalidates the
-/// unit. Shared by both engines' caches.
+/// Marks the bytes a unit was decoded from (`code_len` bytes from `phys`, the
+/// part past its page at `next_phys`, unless [`NO_PAGE`]) as code, and records
+/// `slot` under each of their RAM pages in `page_index` (ROM pages are not
+/// recorded), so a write to those bytes invalidates the unit. Shared by both
+/// engines' caches.
 pub fn index_code_pages(
     m: &mut Machine,
     page_index: &mut HashMap<u64, Vec<u32>>,
-    phys: u64,
-    next_phys: u64,
+    (phys, next_phys): (u64, u64),
+    code_len: u64,
     slot: u32,
 ) {
+    let first = code_len.min(PAGE_SIZE - (phys & (PAGE_SIZE - 1)));
     let mut pages = [None; 2];
-    for (o, p) in pages.iter_mut().zip([phys, next_phys]) {
-        if p != NO_PAGE && m.mem.mark_code(GuestPhys(p)) {
+    for (o, (p, len)) in pages
+        .iter_mut()
+        .zip([(phys, first), (next_phys, code_len - first)])
+    {
+        if p != NO_PAGE && len > 0 && m.mem.mark_code(GuestPhys(p), len) {
             *o = m.mem.ram_page(GuestPhys(p));
         }
     }
@@ -203,6 +208,18 @@ pub fn index_code_pages(
             list.push(slot);
         }
     }
+}
+
+/// The bytes a decoded unit depends on: its own, and for a unit that ends on an
+/// undecodable instruction the longest instruction's worth (15 bytes, SDM vol. 2A
+/// §2.3.11), since a write there could make it decodable.
+pub fn code_bytes(unit: &DecodedUnit) -> u64 {
+    let extra = if unit.end == UnitEnd::Undecodable {
+        MAX_INSN_LEN as u64
+    } else {
+        0
+    };
+    unit.byte_len as u64 + extra
 }
 
 /// Whether a cached unit of `byte_len` bytes, decoded at physical `phys` and
@@ -352,7 +369,14 @@ impl Interpreter {
         self.stats.misses += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
-        index_code_pages(m, &mut self.page_index, phys, fetched.next_phys, s as u32);
+        let code_len = code_bytes(&self.scratch);
+        index_code_pages(
+            m,
+            &mut self.page_index,
+            (phys, fetched.next_phys),
+            code_len,
+            s as u32,
+        );
         Ok(())
     }
 
