@@ -255,7 +255,7 @@ fn store_code_page_loop_is_not_invalidated_under_either_engine() {
     assert_passed(w, &jit);
     let stats = jit.vm.engine_stats().expect("translator stats");
     let invalidations: u64 = stats
-        .split(|c: char| c == ',' || c == '\n' || c == ':')
+        .split([',', '\n', ':'])
         .find_map(|part| part.trim().strip_suffix(" invalidations")?.parse().ok())
         .unwrap_or_else(|| panic!("no invalidation count in {stats}"));
     assert_eq!(invalidations, 0, "jit: {stats}");
