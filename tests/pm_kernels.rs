@@ -4,9 +4,10 @@
 //! runtime, memory map and GDT).
 //!
 //! One kernel per area: segment-load faults, privilege transitions through gates,
-//! task switches, virtual-8086 mode, paging faults and TLB semantics, and
-//! self-modifying code through a second linear alias. Every expected value comes
-//! from the Intel SDM (cited per check), never from running x86bt.
+//! task switches, virtual-8086 mode, paging faults and TLB semantics,
+//! self-modifying code through a second linear alias, mixed-size stacks (POP SS,
+//! ENTER, LEAVE), and precise ENTER faults with a 16-bit TSS. Every expected value
+//! comes from the Intel SDM (cited per check), never from running x86bt.
 
 mod pm;
 
