@@ -113,6 +113,8 @@ pub mod eflags {
     pub const NT: u32 = 1 << 14;
     /// Virtual-8086 mode.
     pub const VM: u32 = 1 << 17;
+    /// Alignment check.
+    pub const AC: u32 = 1 << 18;
 }
 
 /// Exception vectors (SDM vol. 3A Table 6-1).
@@ -149,6 +151,8 @@ pub mod desc {
     pub const LDT: u8 = 0x2;
     /// System: available 32-bit TSS.
     pub const TSS32: u8 = 0x9;
+    /// System: available 16-bit TSS.
+    pub const TSS16: u8 = 0x1;
     /// System: busy 32-bit TSS.
     pub const TSS32_BUSY: u8 = 0xB;
     /// System: task gate.
@@ -236,6 +240,8 @@ pub mod rec {
     pub const EDI: u32 = VARS;
     /// ESI at the fault.
     pub const ESI: u32 = VARS + 0x04;
+    /// EBP at the fault.
+    pub const EBP: u32 = VARS + 0x08;
     /// EBX at the fault.
     pub const EBX: u32 = VARS + 0x10;
     /// EDX at the fault.
@@ -1095,8 +1101,19 @@ pub fn assemble_blob(
 
 /// Runs a built kernel under x86bt, once per engine (interpreter, translator,
 /// lockstep), and asserts that each run printed exactly one `PASS` line per
-/// check, in order, and left through the debug-exit port with 0.
+/// check, in order, and left through the debug-exit port with 0; then compares
+/// it with QEMU instruction by instruction.
 pub fn assert_all_pass(name: &str, built: &Built) {
+    assert_all_pass_on(name, built, true);
+}
+
+/// [`assert_all_pass`] without the QEMU comparison, for a kernel whose checks pin
+/// a behaviour where QEMU is known to differ from the SDM (the caller names each).
+pub fn assert_all_pass_without_qemu(name: &str, built: &Built) {
+    assert_all_pass_on(name, built, false);
+}
+
+fn assert_all_pass_on(name: &str, built: &Built, qemu: bool) {
     let dir = std::env::temp_dir().join(format!("x86bt-pm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{name}.bin"));
@@ -1105,7 +1122,9 @@ pub fn assert_all_pass(name: &str, built: &Built) {
         .iter()
         .map(|engine| (*engine, run_kernel(&path, engine)))
         .collect();
-    difftest_against_qemu(name, &path);
+    if qemu {
+        difftest_against_qemu(name, &path);
+    }
     // X86BT_PM_KEEP=1 keeps the image for running it by hand.
     if std::env::var_os("X86BT_PM_KEEP").is_none() {
         let _ = std::fs::remove_file(&path);

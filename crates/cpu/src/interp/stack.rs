@@ -163,41 +163,58 @@ pub fn popf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// ENTER imm16, imm8 (SDM vol. 2A, ENTER).
+/// ENTER imm16, imm8 (SDM vol. 2A, ENTER, "Operation").
+///
+/// The stack pointer moves at the stack size (SS.B); values, the frame pointer
+/// written and FrameTemp take the operand size: with a 32-bit operand size
+/// FrameTemp is the whole ESP after the first push, even on a 16-bit stack, and
+/// with a 16-bit one only BP changes. The display copies read `[(E)BP - size * i]`
+/// at the stack size.
+///
+/// The instruction is precise: the write at the final stack pointer (which the
+/// SDM says faults whenever a write there would), then every read and push, are
+/// checked before anything is written, so a #SS or #PF leaves registers and
+/// memory as they were.
 pub fn enter(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let size = insn.size();
-    let alloc = insn.ins.immediate16() as u64;
-    let level = u64::from(insn.ins.immediate8_2nd() & 31);
+    let step = u64::from(size);
+    let alloc = u64::from(insn.ins.immediate16());
+    let level = usize::from(insn.ins.immediate8_2nd() & 31);
     let ss = stack_size(cpu);
-    let (saved_sp, saved_bp) = (cpu.gpr[reg::RSP], cpu.gpr[reg::RBP]);
-    let r = (|| {
-        push(cpu, m, cpu.gpr[reg::RBP], size)?;
-        let frame = get_gpr(cpu, RSP, 0, ss);
-        if level > 0 {
-            let mut bp = get_gpr(cpu, reg::RBP as u8, 0, ss);
-            for _ in 1..level {
-                bp = bp.wrapping_sub(u64::from(size)) & mask(ss);
-                let v = mmu::read(cpu, m, sreg::SS, bp, size)?;
-                push(cpu, m, v, size)?;
-            }
-            push(cpu, m, frame, size)?;
+    // Push(EBP or BP): the stack pointer after it, and FrameTemp, which is ESP
+    // (operand size 32) or SP (16) as the register reads after that push.
+    let first = get_gpr(cpu, RSP, 0, ss).wrapping_sub(step) & mask(ss);
+    let after_first = if ss == 4 {
+        first
+    } else {
+        (cpu.gpr[reg::RSP] & !0xFFFF) | first
+    };
+    let frame = after_first & mask(size);
+    // BP, then level - 1 display copies and FrameTemp when the level is not 0.
+    let count = if level > 0 { 1 + level } else { 1 };
+    let at = |i: usize| first.wrapping_sub(i as u64 * step) & mask(ss);
+    let last = at(count - 1);
+    let final_sp = last.wrapping_sub(alloc) & mask(ss);
+    mmu::probe_write(cpu, m, sreg::SS, final_sp, size)?;
+    let mut values = [0u64; 33];
+    values[0] = get_gpr(cpu, reg::RBP as u8, 0, size);
+    if level > 0 {
+        let mut bp = get_gpr(cpu, reg::RBP as u8, 0, ss);
+        for v in values.iter_mut().take(level).skip(1) {
+            bp = bp.wrapping_sub(step) & mask(ss);
+            *v = mmu::read(cpu, m, sreg::SS, bp, size)?;
         }
-        let sp = get_gpr(cpu, RSP, 0, ss).wrapping_sub(alloc) & mask(ss);
-        // The final stack pointer must be inside the stack segment.
-        if sp != get_gpr(cpu, RSP, 0, ss) {
-            mmu::seg_linear(cpu, sreg::SS, sp, 1, mmu::Access::Write)?;
-        }
-        // EBP gets FrameTemp zero-extended with a 32-bit operand size, BP with 16
-        // (SDM vol. 2A, ENTER: "IF OperandSize = 32 THEN EBP := FrameTemp").
-        set_gpr(cpu, reg::RBP as u8, 0, size, frame);
-        set_gpr(cpu, RSP, 0, ss, sp);
-        Ok(())
-    })();
-    if r.is_err() {
-        cpu.gpr[reg::RSP] = saved_sp;
-        cpu.gpr[reg::RBP] = saved_bp;
+        values[level] = frame;
     }
-    r
+    for i in 0..count {
+        mmu::probe_write(cpu, m, sreg::SS, at(i), size)?;
+    }
+    for (i, v) in values[..count].iter().enumerate() {
+        mmu::write(cpu, m, sreg::SS, at(i), size, *v)?;
+    }
+    set_gpr(cpu, reg::RBP as u8, 0, size, frame);
+    set_gpr(cpu, RSP, 0, ss, final_sp);
+    Ok(())
 }
 
 /// LEAVE: SP = BP, then pop BP.

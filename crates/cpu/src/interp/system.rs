@@ -197,15 +197,20 @@ pub fn mov_from_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     write_op(cpu, m, insn, 0, size, v)
 }
 
-/// POP sreg.
+/// POP sreg. The pop happens on the stack as it was before the load, so the
+/// old SS.B decides whether SP or ESP moves, even for POP SS into a stack of the
+/// other size (SDM vol. 2B, POP: the stack-address size is that of the current
+/// stack; the increment follows the load so a fault leaves SP alone).
 pub fn pop_seg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let Opnd::Seg(s) = insn.ops[0] else {
         return Err(Exception::InvalidOpcode);
     };
     let size = insn.size();
+    let old_ss = cpu.seg[sreg::SS];
     let v = super::stack::peek(cpu, m, 0, size)?;
     load_seg(cpu, m, s as usize, v as u16)?;
-    super::stack::add_sp(cpu, u64::from(size));
+    let sp = cpu.gpr[reg::RSP].wrapping_add(u64::from(size));
+    protected::set_sp(cpu, &old_ss, sp);
     Ok(())
 }
 

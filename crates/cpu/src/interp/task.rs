@@ -156,8 +156,10 @@ fn switch(
         cr3 = None;
         eip = r(cpu, m, 0x0E, 2)?;
         eflags = r(cpu, m, 0x10, 2)? | (cpu.rflags & !0xFFFF & !VM);
+        // A 16-bit TSS holds only the low words; the SDM leaves the upper halves
+        // undefined. They read as all ones, as QEMU and Bochs leave them.
         for (i, g) in gpr.iter_mut().enumerate() {
-            *g = r(cpu, m, 0x12 + 2 * i as u64, 2)? | (cpu.gpr[i] & !0xFFFF);
+            *g = r(cpu, m, 0x12 + 2 * i as u64, 2)? | 0xFFFF_0000;
         }
         for (s, v) in sels.iter_mut().enumerate().take(4) {
             *v = r(cpu, m, 0x22 + 2 * s as u64, 2)? as u16;
