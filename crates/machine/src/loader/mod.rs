@@ -10,6 +10,82 @@ pub mod multiboot;
 
 use thiserror::Error;
 
+/// A CPU feature a kernel image can need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuFeature {
+    /// Long mode (Intel 64 / AMD64): CPUID 8000_0001h EDX bit 29 (LM).
+    LongMode,
+}
+
+impl CpuFeature {
+    /// Whether the CPU whose CPUID is `cpuid(leaf, subleaf) -> [EAX, EBX, ECX,
+    /// EDX]` has the feature. An extended leaf counts only when CPUID 8000_0000h
+    /// reports it (Intel SDM Vol. 2A, CPUID: "Extended Function CPUID
+    /// Information").
+    pub fn present(self, cpuid: impl Fn(u32, u32) -> [u32; 4]) -> bool {
+        match self {
+            CpuFeature::LongMode => {
+                cpuid(0x8000_0000, 0)[0] >= 0x8000_0001 && cpuid(0x8000_0001, 0)[3] & (1 << 29) != 0
+            }
+        }
+    }
+
+    /// What the feature is called, and the CPUID bit that reports it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CpuFeature::LongMode => "long mode (CPUID 8000_0001h EDX.LM)",
+        }
+    }
+}
+
+/// A CPU feature an image needs, and the header field that says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuRequirement {
+    /// The feature.
+    pub feature: CpuFeature,
+    /// What the image is, with the evidence: "a 64-bit kernel (bzImage
+    /// xloadflags XLF_KERNEL_64)".
+    pub kind: &'static str,
+}
+
+/// The CPU features a kernel image's headers say it needs: a Linux bzImage's
+/// ([`linux::cpu_requirements`]) or a Multiboot kernel's
+/// ([`multiboot::cpu_requirements`]); none for anything else.
+pub fn cpu_requirements(image: &[u8]) -> Vec<CpuRequirement> {
+    if linux::is_bzimage(image) {
+        linux::cpu_requirements(image)
+    } else if multiboot::is_multiboot(image) {
+        multiboot::cpu_requirements(image)
+    } else {
+        Vec::new()
+    }
+}
+
+/// The requirements of `image` that the CPU answering `cpuid` does not meet.
+pub fn missing_cpu_features(
+    image: &[u8],
+    cpuid: impl Fn(u32, u32) -> [u32; 4] + Copy,
+) -> Vec<CpuRequirement> {
+    cpu_requirements(image)
+        .into_iter()
+        .filter(|r| !r.feature.present(cpuid))
+        .collect()
+}
+
+/// One line telling that `file` needs what this CPU lacks, without a prefix:
+/// "FILE is a 64-bit kernel (bzImage xloadflags XLF_KERNEL_64) and this CPU has
+/// no long mode (CPUID 8000_0001h EDX.LM); it will stop early". `None` when
+/// nothing is missing.
+pub fn missing_features_line(file: &str, missing: &[CpuRequirement]) -> Option<String> {
+    let first = missing.first()?;
+    let lacks: Vec<&str> = missing.iter().map(|r| r.feature.describe()).collect();
+    Some(format!(
+        "{file} is {} and this CPU has no {}; it will stop early",
+        first.kind,
+        lacks.join(", no ")
+    ))
+}
+
 /// What can go wrong while loading a kernel image.
 #[derive(Debug, Error)]
 pub enum LoaderError {

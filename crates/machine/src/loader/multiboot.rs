@@ -27,7 +27,7 @@
 //! Everything read from the image is bounds-checked; a bad image is a
 //! [`LoaderError`], never a panic. All checks run before the first byte is written.
 
-use super::LoaderError;
+use super::{CpuFeature, CpuRequirement, LoaderError};
 use crate::addr::{GuestPhys, PAGE_SIZE};
 use crate::memory::PhysMemory;
 
@@ -101,12 +101,12 @@ const FOUR_GIB: u64 = 1 << 32;
 /// ELF constants (System V ABI, "ELF Header", "Program Header").
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS32: u8 = 1;
+const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
 const ET_EXEC: u16 = 2;
 const EM_386: u16 = 3;
+const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
-const ELF32_EHDR_LEN: usize = 52;
-const ELF32_PHDR_LEN: usize = 32;
 
 /// Where the CPU starts after a Multiboot load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +211,14 @@ fn le32(bytes: &[u8], off: usize) -> u32 {
         .map_or(0, u32::from_le_bytes)
 }
 
+/// Reads a little-endian u64 at `off` (see [`le32`]).
+fn le64(bytes: &[u8], off: usize) -> u64 {
+    bytes
+        .get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 /// Reads a little-endian u16 at `off` (see [`le32`]).
 fn le16(bytes: &[u8], off: usize) -> u16 {
     bytes
@@ -290,48 +298,56 @@ fn aout_plan(image: &[u8], header_offset: usize) -> Result<KernelPlan<'_>, Loade
     })
 }
 
-/// An ELF32 little-endian i386 executable: every `PT_LOAD` segment at its physical
-/// address. The entry point is `e_entry`, moved from virtual to physical when it
-/// falls inside a segment whose `p_vaddr` differs from its `p_paddr` (higher-half
-/// kernels; the CPU starts with paging off).
+/// An ELF little-endian executable, ELF32 for i386 or ELF64 for x86-64 (as GRUB
+/// loads both for Multiboot v1): every `PT_LOAD` segment at its physical address.
+/// The entry point is `e_entry`, moved from virtual to physical when it falls
+/// inside a segment whose `p_vaddr` differs from its `p_paddr` (higher-half
+/// kernels; the CPU starts with paging off). Segments and the entry point must
+/// lie below 4 GiB.
 fn elf_plan(image: &[u8]) -> Result<KernelPlan<'_>, LoaderError> {
     let bad = |reason| LoaderError::BadElf { reason };
-    let ehdr = image.get(..ELF32_EHDR_LEN).ok_or(LoaderError::Truncated {
-        what: "ELF header",
-        need: ELF32_EHDR_LEN as u64,
-        have: image.len(),
-    })?;
-    if ehdr.get(..4) != Some(ELF_MAGIC.as_slice()) {
+    if image.get(..4) != Some(ELF_MAGIC.as_slice()) {
         return Err(bad(
             "no ELF magic, and the Multiboot header has no address fields",
         ));
     }
-    if ehdr.get(4) != Some(&ELFCLASS32) {
-        return Err(bad("not a 32-bit ELF file"));
-    }
+    let layout = match image.get(4) {
+        Some(&ELFCLASS32) => &ELF32,
+        Some(&ELFCLASS64) => &ELF64,
+        _ => return Err(bad("neither a 32-bit nor a 64-bit ELF file")),
+    };
+    let ehdr = image.get(..layout.ehdr_len).ok_or(LoaderError::Truncated {
+        what: "ELF header",
+        need: layout.ehdr_len as u64,
+        have: image.len(),
+    })?;
     if ehdr.get(5) != Some(&ELFDATA2LSB) {
         return Err(bad("not a little-endian ELF file"));
     }
     if le16(ehdr, 16) != ET_EXEC {
         return Err(bad("not an executable (ET_EXEC)"));
     }
-    if le16(ehdr, 18) != EM_386 {
-        return Err(bad("not an i386 (EM_386) file"));
+    if le16(ehdr, 18) != layout.machine {
+        return Err(bad(layout.wrong_machine));
     }
-    let e_entry = le32(ehdr, 24);
-    let phoff = le32(ehdr, 28) as usize;
-    let phentsize = usize::from(le16(ehdr, 42));
-    let phnum = usize::from(le16(ehdr, 44));
-    if phentsize < ELF32_PHDR_LEN {
-        return Err(bad("program header entries are smaller than 32 bytes"));
+    let word = |bytes: &[u8], off: usize| layout.word(bytes, off);
+    let e_entry = word(ehdr, 24);
+    let phoff = word(ehdr, layout.e_phoff);
+    let phentsize = usize::from(le16(ehdr, layout.e_phentsize));
+    let phnum = usize::from(le16(ehdr, layout.e_phentsize + 2));
+    if phentsize < layout.phdr_len {
+        return Err(bad(
+            "program header entries are smaller than the ELF class's",
+        ));
     }
-    let table_end = phoff as u64 + (phnum * phentsize) as u64;
-    let table = image
-        .get(phoff..)
-        .and_then(|t| t.get(..phnum * phentsize))
+    let table_len = phnum * phentsize;
+    let table = usize::try_from(phoff)
+        .ok()
+        .and_then(|off| image.get(off..))
+        .and_then(|t| t.get(..table_len))
         .ok_or(LoaderError::Truncated {
             what: "ELF program headers",
-            need: table_end,
+            need: phoff.saturating_add(table_len as u64),
             have: image.len(),
         })?;
 
@@ -341,33 +357,106 @@ fn elf_plan(image: &[u8]) -> Result<KernelPlan<'_>, LoaderError> {
         if le32(ph, 0) != PT_LOAD {
             continue;
         }
-        let (offset, vaddr, paddr) = (le32(ph, 4), le32(ph, 8), le32(ph, 12));
-        let (filesz, memsz) = (le32(ph, 16), le32(ph, 20));
+        let field = |i: usize| word(ph, layout.p_fields[i]);
+        let (offset, vaddr, paddr, filesz, memsz) =
+            (field(0), field(1), field(2), field(3), field(4));
         if filesz > memsz {
             return Err(bad("a segment's file size exceeds its memory size"));
         }
-        let start = offset as usize;
-        let data = image
-            .get(start..)
-            .and_then(|d| d.get(..filesz as usize))
+        if paddr.checked_add(memsz).is_none_or(|end| end > FOUR_GIB) {
+            return Err(LoaderError::TooLarge {
+                what: "ELF segment",
+                addr: paddr,
+                len: memsz,
+            });
+        }
+        let data = usize::try_from(offset)
+            .ok()
+            .and_then(|start| image.get(start..))
+            .and_then(|d| d.get(..usize::try_from(filesz).ok()?))
             .ok_or(LoaderError::Truncated {
                 what: "ELF segment",
-                need: u64::from(offset) + u64::from(filesz),
+                need: offset.saturating_add(filesz),
                 have: image.len(),
             })?;
         if e_entry.wrapping_sub(vaddr) < memsz {
             entry = paddr.wrapping_add(e_entry.wrapping_sub(vaddr));
         }
         segments.push(Segment {
-            addr: u64::from(paddr),
+            addr: paddr,
             data,
-            mem_len: u64::from(memsz),
+            mem_len: memsz,
         });
     }
     if segments.is_empty() {
         return Err(bad("no loadable (PT_LOAD) segment"));
     }
+    let entry = u32::try_from(entry).map_err(|_| bad("the entry point lies above 4 GiB"))?;
     Ok(KernelPlan { segments, entry })
+}
+
+/// Where an ELF class keeps the fields the loader reads (System V ABI, "ELF
+/// Header" and "Program Header"; ELF-64 Object File Format for class 64).
+struct ElfLayout {
+    /// Bytes of an address or offset: 4 or 8.
+    word_len: usize,
+    ehdr_len: usize,
+    phdr_len: usize,
+    /// The e_machine this loader takes for the class.
+    machine: u16,
+    wrong_machine: &'static str,
+    e_phoff: usize,
+    /// e_phentsize; e_phnum follows it.
+    e_phentsize: usize,
+    /// p_offset, p_vaddr, p_paddr, p_filesz, p_memsz.
+    p_fields: [usize; 5],
+}
+
+impl ElfLayout {
+    /// The little-endian address or offset at `off`, widened to u64.
+    fn word(&self, bytes: &[u8], off: usize) -> u64 {
+        if self.word_len == 8 {
+            le64(bytes, off)
+        } else {
+            u64::from(le32(bytes, off))
+        }
+    }
+}
+
+const ELF32: ElfLayout = ElfLayout {
+    word_len: 4,
+    ehdr_len: 52,
+    phdr_len: 32,
+    machine: EM_386,
+    wrong_machine: "a 32-bit ELF file that is not for i386 (EM_386)",
+    e_phoff: 28,
+    e_phentsize: 42,
+    p_fields: [4, 8, 12, 16, 20],
+};
+
+const ELF64: ElfLayout = ElfLayout {
+    word_len: 8,
+    ehdr_len: 64,
+    phdr_len: 56,
+    machine: EM_X86_64,
+    wrong_machine: "a 64-bit ELF file that is not for x86-64 (EM_X86_64)",
+    e_phoff: 32,
+    e_phentsize: 54,
+    p_fields: [8, 16, 24, 32, 40],
+};
+
+/// The CPU features the image says it needs: long mode for an ELF64 file (its
+/// class, whether it is loaded from its program headers or by the a.out kludge),
+/// since its code runs in 64-bit mode once it has set it up.
+pub fn cpu_requirements(image: &[u8]) -> Vec<CpuRequirement> {
+    if image.get(..4) == Some(ELF_MAGIC.as_slice()) && image.get(4) == Some(&ELFCLASS64) {
+        vec![CpuRequirement {
+            feature: CpuFeature::LongMode,
+            kind: "a 64-bit ELF kernel (ELF class ELFCLASS64)",
+        }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Rejects a range larger than guest RAM or reaching past 4 GiB, before anything
