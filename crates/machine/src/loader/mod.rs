@@ -133,22 +133,6 @@ pub enum LoaderError {
         /// Its size in bytes.
         len: u64,
     },
-    /// A kernel segment would land on the boot information the loader builds.
-    #[error(
-        "{what} at {addr:#x}..{end:#x} overlaps the boot information at {info_start:#x}..{info_end:#x}"
-    )]
-    OverlapsInfo {
-        /// What was being placed.
-        what: &'static str,
-        /// Its guest-physical start.
-        addr: u64,
-        /// One past its last byte.
-        end: u64,
-        /// Start of the boot information area.
-        info_start: u64,
-        /// One past the last byte of boot information.
-        info_end: u64,
-    },
     /// Part of a segment, module or the boot information would miss guest RAM.
     #[error("{what} of {len:#x} bytes at {addr:#x} does not fit in guest RAM")]
     OutOfRam {
@@ -199,9 +183,9 @@ pub enum LoaderError {
         /// One past the highest address it may use.
         high: u64,
     },
-    /// The command line, module list and memory map do not fit in the low-memory
-    /// area reserved for boot information.
-    #[error("boot information needs {need} bytes, only {room} available")]
+    /// The boot information (with the command line, module strings and memory
+    /// map) fits in no free RAM next to what the kernel and modules load.
+    #[error("boot information needs {need} bytes, only {room} free where it may go")]
     InfoTooLarge {
         /// Bytes needed.
         need: u64,
