@@ -193,3 +193,63 @@ pub enum LoaderError {
         room: u64,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CPUID whose extended leaves go up to `max_ext` and whose 8000_0001h
+    /// EDX is `edx`.
+    fn cpuid(max_ext: u32, edx: u32) -> impl Fn(u32, u32) -> [u32; 4] + Copy {
+        move |leaf, _| match leaf {
+            0x8000_0000 => [max_ext, 0, 0, 0],
+            0x8000_0001 => [0, 0, 0, edx],
+            _ => [0; 4],
+        }
+    }
+
+    #[test]
+    fn long_mode_is_present_only_with_lm_in_a_reported_leaf() {
+        let lm = 1 << 29;
+        assert!(CpuFeature::LongMode.present(cpuid(0x8000_0008, lm)));
+        assert!(!CpuFeature::LongMode.present(cpuid(0x8000_0008, 1 << 20)));
+        // Leaf 8000_0001h beyond the reported maximum does not count.
+        assert!(!CpuFeature::LongMode.present(cpuid(0x8000_0000, lm)));
+    }
+
+    #[test]
+    fn missing_features_line_names_file_evidence_and_cpuid_bit() {
+        let missing = [CpuRequirement {
+            feature: CpuFeature::LongMode,
+            kind: "a 64-bit kernel (bzImage xloadflags XLF_KERNEL_64)",
+        }];
+
+        let line = missing_features_line("k.bin", &missing);
+
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                "k.bin is a 64-bit kernel (bzImage xloadflags XLF_KERNEL_64) and this CPU has \
+                 no long mode (CPUID 8000_0001h EDX.LM); it will stop early"
+            )
+        );
+        assert_eq!(missing_features_line("k.bin", &[]), None);
+    }
+
+    #[test]
+    fn missing_cpu_features_is_empty_when_the_cpu_has_them() {
+        let mut img = vec![0u8; 64];
+        img[..4].copy_from_slice(b"\x7fELF");
+        img[4] = 2;
+        // A Multiboot header (magic, flags 0, checksum) so the image is one.
+        img[16..20].copy_from_slice(&0x1BAD_B002u32.to_le_bytes());
+        img[24..28].copy_from_slice(&0u32.wrapping_sub(0x1BAD_B002).to_le_bytes());
+
+        assert_eq!(
+            missing_cpu_features(&img, cpuid(0x8000_0001, 1 << 29)),
+            vec![]
+        );
+        assert_eq!(missing_cpu_features(&img, cpuid(0x8000_0001, 0)).len(), 1);
+        assert!(missing_cpu_features(&[0u8; 64], cpuid(0x8000_0001, 0)).is_empty());
+    }
+}
