@@ -110,8 +110,8 @@ pub enum LoaderError {
         /// The file's size.
         have: usize,
     },
-    /// Without the a.out kludge the image must be an ELF32 little-endian i386
-    /// executable, and this one is not (or is malformed).
+    /// Without the a.out kludge the image must be a little-endian ELF32 i386 or
+    /// ELF64 x86-64 executable, and this one is not (or is malformed).
     #[error("bad ELF image: {reason}")]
     BadElf {
         /// What is wrong.

@@ -3,7 +3,8 @@
 //!
 //! The loader finds the Multiboot header (§3.1.1), loads the kernel either from the
 //! header's address fields (the "a.out kludge", flag bit 16, §3.1.3) or from an ELF32
-//! executable's `PT_LOAD` segments, places the boot modules, and builds the Multiboot
+//! (i386) or ELF64 (x86-64) executable's `PT_LOAD` segments, places the boot
+//! modules, and builds the Multiboot
 //! information structure (§3.3). The caller then sets up the machine state of §3.2:
 //! EAX = [`BOOTLOADER_MAGIC`], EBX = [`MultibootEntry::info_addr`], flat 32-bit
 //! code and data segments, CR0.PE = 1, paging off, IF = 0, and jumps to
