@@ -8,6 +8,8 @@
 #                                   /dev/ttyS0, and powers off when it exits
 #   guests/initramfs-run.cpio.gz    /init does the same mounts, prints the marker,
 #                                   runs /commands, then `poweroff -f`
+# and installs Debian's memtest86+ package, whose /boot/memtest86+ia32.bin and
+# /boot/memtest86+x64.bin tests/memtest.rs boots.
 #
 # /commands defaults to `uname -a; cat /proc/cpuinfo; ls /; echo done`; set
 # X86BT_GUEST_COMMANDS to replace it (one shell command list; newlines allowed).
@@ -51,10 +53,12 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# cpio is not in a minimal Debian; gzip is Essential but check anyway.
+# cpio is not in a minimal Debian; gzip is Essential but check anyway. The
+# memtest86+ images are used as installed (the package's amd64 build ships both).
 need_pkgs=()
 command -v cpio >/dev/null 2>&1 || need_pkgs+=(cpio)
 command -v gzip >/dev/null 2>&1 || need_pkgs+=(gzip)
+[ -f /boot/memtest86+ia32.bin ] || need_pkgs+=(memtest86+)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt_install "${need_pkgs[@]}"
 fi
@@ -198,3 +202,6 @@ for f in vmlinuz-686 initramfs-shell.cpio.gz initramfs-run.cpio.gz; do
   printf '  %-40s %9d bytes\n' "$out/$f" "$(stat -c %s "$out/$f")"
 done
 echo "build-guests: /commands in initramfs-run: $COMMANDS"
+for f in /boot/memtest86+ia32.bin /boot/memtest86+x64.bin; do
+  printf '  %-40s %9d bytes\n' "$f" "$(stat -c %s "$f")"
+done

@@ -351,6 +351,8 @@ pub enum KernelEntry {
 
 /// Loads a `--kernel` image, telling a Linux bzImage from a Multiboot kernel by
 /// its contents; anything else gets a clear error naming what was expected.
+/// Once loaded, a kernel whose headers ask for a CPU feature this CPU lacks
+/// (long mode) gets one warning line on stderr, since it will stop early.
 fn load_kernel(
     m: &mut x86bt_machine::Machine,
     path: &Path,
@@ -363,6 +365,13 @@ fn load_kernel(
         path: path.to_path_buf(),
         source,
     };
+    let warn_missing_features = || {
+        use x86bt_machine::loader::{missing_cpu_features, missing_features_line};
+        let missing = missing_cpu_features(image, x86bt_cpu::identity::cpuid);
+        if let Some(line) = missing_features_line(&path.display().to_string(), &missing) {
+            eprintln!("x86bt: warning: {line}");
+        }
+    };
     if linux::is_bzimage(image) {
         if !modules.is_empty() {
             return Err(Error::Usage(
@@ -371,6 +380,7 @@ fn load_kernel(
         }
         let entry = linux::load(&mut m.mem, image, initrd, cmdline).map_err(loader_err)?;
         x86bt_machine::pc::prepare_direct_boot(m);
+        warn_missing_features();
         return Ok(KernelEntry::Linux(entry));
     }
     if multiboot::is_multiboot(image) {
@@ -379,9 +389,9 @@ fn load_kernel(
                 "--initrd is for Linux kernels; a Multiboot kernel takes --module".into(),
             ));
         }
-        return multiboot::load(&mut m.mem, image, cmdline, modules)
-            .map(KernelEntry::Multiboot)
-            .map_err(loader_err);
+        let entry = multiboot::load(&mut m.mem, image, cmdline, modules).map_err(loader_err)?;
+        warn_missing_features();
+        return Ok(KernelEntry::Multiboot(entry));
     }
     Err(Error::Usage(format!(
         "{}: neither a Linux bzImage (no boot sector with a 'HdrS' setup header) nor a Multiboot kernel (no Multiboot v1 header in its first 8 KiB)",

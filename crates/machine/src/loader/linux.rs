@@ -39,7 +39,7 @@
 //! Everything read from the image is bounds-checked; a bad image is a
 //! [`LoaderError`], never a panic. All checks run before the first byte is written.
 
-use super::LoaderError;
+use super::{CpuFeature, CpuRequirement, LoaderError};
 use crate::addr::{GuestPhys, PAGE_SIZE};
 use crate::memory::PhysMemory;
 
@@ -67,10 +67,17 @@ const BOOT_PARAMS_LEN: usize = 4096;
 const CMDLINE_AREA: usize = 0x1_0000;
 /// The oldest protocol accepted: 2.06 added `cmdline_size`.
 const MIN_PROTOCOL: u16 = 0x0206;
+/// Protocol 2.12 added `xloadflags`.
+const PROTOCOL_2_12: u16 = 0x020C;
+/// `xloadflags` bit 0: the kernel has the 64-bit entry point at 0x200, which
+/// only a 64-bit (CONFIG_X86_64) kernel sets.
+const XLF_KERNEL_64: u16 = 1 << 0;
 /// Protocol 2.10 added `pref_address` and `init_size`.
 const PROTOCOL_2_10: u16 = 0x020A;
 /// Sector size of the boot sector and setup code.
 const SECTOR: usize = 512;
+/// `syssize` counts 16-byte units.
+const SYSSIZE_UNIT: u64 = 16;
 /// `setup_sects` of 0 means 4 (boot.rst, "Details of header fields").
 const DEFAULT_SETUP_SECTS: usize = 4;
 
@@ -93,6 +100,7 @@ const HDR_CMD_LINE_PTR: usize = 0x228;
 const HDR_INITRD_ADDR_MAX: usize = 0x22C;
 const HDR_KERNEL_ALIGNMENT: usize = 0x230;
 const HDR_RELOCATABLE_KERNEL: usize = 0x234;
+const HDR_XLOADFLAGS: usize = 0x236;
 const HDR_CMDLINE_SIZE: usize = 0x238;
 const HDR_SETUP_DATA: usize = 0x250;
 const HDR_PREF_ADDRESS: usize = 0x258;
@@ -170,6 +178,8 @@ struct SetupHeader<'a> {
     /// `pref_address` and `init_size`, from protocol 2.10 on.
     pref_address: Option<u64>,
     init_size: u32,
+    /// The protected-mode kernel's size `syssize` declares, in bytes.
+    sys_len: u64,
 }
 
 /// Whether `image` looks like a bzImage: the boot sector signature 0xAA55 at
@@ -177,6 +187,28 @@ struct SetupHeader<'a> {
 pub fn is_bzimage(image: &[u8]) -> bool {
     image.get(HDR_BOOT_FLAG..HDR_BOOT_FLAG + 2) == Some(BOOT_FLAG.to_le_bytes().as_slice())
         && image.get(HDR_MAGIC..HDR_MAGIC + 4) == Some(HEADER_MAGIC.as_slice())
+}
+
+/// The CPU features the setup header says the kernel needs: long mode when
+/// protocol 2.12's `xloadflags` has XLF_KERNEL_64. A 64-bit kernel's 32-bit entry
+/// checks for long mode and halts without it. Older protocols carry no such
+/// field, and other required features sit in the setup code's data, not the
+/// header, so they are not reported.
+pub fn cpu_requirements(image: &[u8]) -> Vec<CpuRequirement> {
+    let version = le16(image, HDR_VERSION);
+    let hdr_end = HDR_MAGIC + usize::from(image.get(HDR_JUMP_OFFSET).copied().unwrap_or(0));
+    let has_xloadflags = is_bzimage(image)
+        && version >= PROTOCOL_2_12
+        && hdr_end >= HDR_XLOADFLAGS + 2
+        && image.len() >= HDR_XLOADFLAGS + 2;
+    if has_xloadflags && le16(image, HDR_XLOADFLAGS) & XLF_KERNEL_64 != 0 {
+        vec![CpuRequirement {
+            feature: CpuFeature::LongMode,
+            kind: "a 64-bit kernel (bzImage xloadflags XLF_KERNEL_64)",
+        }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Loads a bzImage, its optional `initrd` and `cmdline` into `mem` and builds the
@@ -195,7 +227,10 @@ pub fn load(
             max: max_cmdline,
         });
     }
-    let kernel_end = kernel_area_end(&hdr, kernel.len() as u64);
+    // A file ending inside the last paragraph leaves up to 15 bytes of the
+    // declared size (parse checked that); they are zeroed.
+    let tail = hdr.sys_len.saturating_sub(kernel.len() as u64) as usize;
+    let kernel_end = kernel_area_end(&hdr, (kernel.len() + tail) as u64);
     if kernel_end > mem.ram_below_4g() {
         return Err(LoaderError::OutOfRam {
             what: "kernel and its decompression area (init_size)",
@@ -219,6 +254,10 @@ pub fn load(
     load_bytes(mem, "boot_params", u64::from(BOOT_PARAMS_ADDR), &params)?;
     load_bytes(mem, "command line", u64::from(CMDLINE_ADDR), &cmdline_bytes)?;
     load_bytes(mem, "protected-mode kernel", u64::from(KERNEL_ADDR), kernel)?;
+    let tail_addr = u64::from(KERNEL_ADDR) + kernel.len() as u64;
+    if tail != 0 {
+        load_bytes(mem, "protected-mode kernel", tail_addr, &vec![0; tail])?;
+    }
     if let Some(data) = initrd {
         load_bytes(mem, "initrd", initrd_addr, data)?;
     }
@@ -293,11 +332,14 @@ fn parse(image: &[u8]) -> Result<(SetupHeader<'_>, &[u8]), LoaderError> {
             "LOADED_HIGH is clear: a zImage (loaded at 0x10000) is not supported",
         ));
     }
+    // syssize counts 16-byte paragraphs, rounded up, so the last one may be
+    // partial: the file may end up to 15 bytes before syssize * 16.
     let sys_len = u64::from(le32(image, HDR_SYSSIZE)) * 16;
-    if kernel.is_empty() || sys_len > kernel.len() as u64 {
+    let sys_min = sys_len.saturating_sub(SYSSIZE_UNIT - 1).max(1);
+    if (kernel.len() as u64) < sys_min {
         return Err(LoaderError::Truncated {
             what: "protected-mode kernel (syssize)",
-            need: setup_len as u64 + sys_len.max(1),
+            need: setup_len as u64 + sys_min,
             have: image.len(),
         });
     }
@@ -316,6 +358,7 @@ fn parse(image: &[u8]) -> Result<(SetupHeader<'_>, &[u8]), LoaderError> {
         } else {
             0
         },
+        sys_len,
     };
     Ok((hdr, kernel))
 }
@@ -838,5 +881,133 @@ mod tests {
         let result = load(&mut mem, &img, None, "");
 
         assert!(matches!(result, Err(LoaderError::BadSetupHeader { .. })));
+    }
+
+    #[test]
+    fn linux_last_paragraph_short_by_15_loads_and_zero_fills() {
+        // syssize rounds up: 0x2FF1 bytes are 0x300 paragraphs, the last one
+        // holding a single byte.
+        let data: Vec<u8> = payload()[..0x2FF1].to_vec();
+        let mut img = bzimage(0x020F, 2, &data);
+        put32(&mut img, HDR_SYSSIZE, 0x300);
+        let mut mem = memory(64 * MIB);
+        let tail = u64::from(KERNEL_ADDR) + 0x2FF1;
+        mem.write_bytes(GuestPhys(tail), &[0xEE; 32]);
+
+        load(&mut mem, &img, None, "").expect("load");
+
+        let mut loaded = vec![0u8; data.len()];
+        mem.read_bytes(GuestPhys(u64::from(KERNEL_ADDR)), &mut loaded);
+        assert_eq!(loaded, data);
+        let mut rest = [0xFFu8; 15];
+        mem.read_bytes(GuestPhys(tail), &mut rest);
+        assert_eq!(rest, [0; 15], "the declared size's missing bytes are zero");
+        assert_eq!(
+            r8(&mem, tail + 15),
+            0xEE,
+            "nothing past syssize * 16 written"
+        );
+    }
+
+    #[test]
+    fn linux_file_short_by_16_is_truncated() {
+        let data: Vec<u8> = payload()[..0x2FF0].to_vec();
+        let mut img = bzimage(0x020F, 2, &data);
+        put32(&mut img, HDR_SYSSIZE, 0x300);
+        let mut mem = memory(64 * MIB);
+
+        let result = load(&mut mem, &img, None, "");
+
+        // The least a 0x300-paragraph kernel can hold is 0x2FF1 bytes after the
+        // three sectors of boot sector and setup code.
+        assert!(
+            matches!(
+                result,
+                Err(LoaderError::Truncated {
+                    what: "protected-mode kernel (syssize)",
+                    need,
+                    have,
+                }) if need == 3 * 512 + 0x2FF1 && have == 3 * 512 + 0x2FF0
+            ),
+            "{result:?}"
+        );
+    }
+
+    /// A 2.12+ header with `xloadflags`.
+    fn with_xloadflags(version: u16, xloadflags: u16) -> Vec<u8> {
+        let mut img = bzimage(version, 1, &payload());
+        put16(&mut img, HDR_XLOADFLAGS, xloadflags);
+        img
+    }
+
+    #[test]
+    fn linux_xlf_kernel_64_requires_long_mode() {
+        let img = with_xloadflags(0x020F, XLF_KERNEL_64 | 0x2);
+
+        let reqs = cpu_requirements(&img);
+
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].feature, CpuFeature::LongMode);
+        assert!(reqs[0].kind.contains("XLF_KERNEL_64"), "{:?}", reqs[0]);
+    }
+
+    #[test]
+    fn linux_32bit_xloadflags_require_nothing() {
+        // XLF_EFI_HANDOVER_32 alone: what a 32-bit kernel (and memtest86+'s
+        // ia32 image) sets.
+        assert!(cpu_requirements(&with_xloadflags(0x020F, 1 << 2)).is_empty());
+        assert!(cpu_requirements(&with_xloadflags(0x020C, 0)).is_empty());
+    }
+
+    #[test]
+    fn linux_xloadflags_before_2_12_are_ignored() {
+        // Before 2.12 the bytes at 0x236 were padding, whatever they hold.
+        assert!(cpu_requirements(&with_xloadflags(0x020B, XLF_KERNEL_64)).is_empty());
+        assert!(cpu_requirements(&[0u8; 0x300]).is_empty());
+        assert!(cpu_requirements(&[]).is_empty());
+    }
+
+    /// A real image for the requirement tests, or `None` (and a visible skip).
+    fn real_image(path: &str) -> Option<Vec<u8>> {
+        match std::fs::read(path) {
+            Ok(data) => Some(data),
+            Err(e) => {
+                eprintln!("skipped: {path}: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn linux_memtest_images_requirements_match_their_class() {
+        // Debian's memtest86+ package: x64 sets xloadflags 0x9 (XLF_KERNEL_64 |
+        // XLF_EFI_HANDOVER_64), ia32 sets 0x4 (XLF_EFI_HANDOVER_32).
+        if let Some(x64) = real_image("/boot/memtest86+x64.bin") {
+            let reqs = cpu_requirements(&x64);
+            assert_eq!(reqs.len(), 1);
+            assert_eq!(reqs[0].feature, CpuFeature::LongMode);
+        }
+        if let Some(ia32) = real_image("/boot/memtest86+ia32.bin") {
+            assert!(cpu_requirements(&ia32).is_empty());
+            // And it loads as installed, its last paragraph short by 8 bytes.
+            let mut mem = memory(64 * MIB);
+            load(&mut mem, &ia32, None, "").expect("load memtest86+ia32.bin");
+        }
+    }
+
+    #[test]
+    fn linux_debian_amd64_kernel_requires_long_mode() {
+        // Debian's linux-image-*-amd64 bzImage, from X86BT_AMD64_KERNEL or
+        // guests/vmlinuz-amd64 (docs/design.md, "Boot").
+        let path = std::env::var("X86BT_AMD64_KERNEL").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../guests/vmlinuz-amd64").to_string()
+        });
+        let Some(image) = real_image(&path) else {
+            return;
+        };
+        assert!(is_bzimage(&image));
+        let reqs = cpu_requirements(&image);
+        assert_eq!(reqs.len(), 1, "{path}");
+        assert_eq!(reqs[0].feature, CpuFeature::LongMode);
     }
 }

@@ -3,20 +3,24 @@
 //!
 //! The loader finds the Multiboot header (§3.1.1), loads the kernel either from the
 //! header's address fields (the "a.out kludge", flag bit 16, §3.1.3) or from an ELF32
-//! executable's `PT_LOAD` segments, places the boot modules, and builds the Multiboot
+//! (i386) or ELF64 (x86-64) executable's `PT_LOAD` segments, places the boot
+//! modules, and builds the Multiboot
 //! information structure (§3.3). The caller then sets up the machine state of §3.2:
 //! EAX = [`BOOTLOADER_MAGIC`], EBX = [`MultibootEntry::info_addr`], flat 32-bit
 //! code and data segments, CR0.PE = 1, paging off, IF = 0, and jumps to
 //! [`MultibootEntry::entry`].
 //!
 //! Memory layout chosen here:
-//! - The information structure sits at [`INFO_ADDR`] (0x9000), followed by the
-//!   command line, the boot loader name, the module name strings, the module list
-//!   and the memory map, all below 0x9FC00 (the start of the EBDA on a PC). A kernel
-//!   segment that overlaps the bytes actually used there is rejected.
 //! - Modules go page-aligned after the highest kernel byte, and never below 1 MiB.
 //!   They are always page-aligned, which satisfies header flag bit 0 and costs
 //!   nothing when the kernel did not ask.
+//! - The information structure is followed by the command line, the boot loader
+//!   name, the module strings, the module list and the memory map, in one block.
+//!   The block goes at [`INFO_ADDR`] (0x9000) when it fits there below 0x9FC00
+//!   (the start of the EBDA on a PC) without touching a kernel segment or
+//!   module; otherwise at the first page after a segment or module where it fits
+//!   in RAM overlapping nothing, as boot loaders place it (a kernel linked at
+//!   0x9000 gets it after its own end).
 //!
 //! Header flags (§3.1.2): bits 0 (page-aligned modules) and 1 (memory information)
 //! are honoured, memory information being always provided; bit 2 (video mode) is
@@ -27,13 +31,14 @@
 //! Everything read from the image is bounds-checked; a bad image is a
 //! [`LoaderError`], never a panic. All checks run before the first byte is written.
 
-use super::LoaderError;
+use super::{CpuFeature, CpuRequirement, LoaderError};
 use crate::addr::{GuestPhys, PAGE_SIZE};
 use crate::memory::PhysMemory;
 
 /// The value the kernel finds in EAX at entry (§3.2).
 pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
-/// Guest-physical address of the Multiboot information structure.
+/// Where the Multiboot information structure goes when nothing the kernel or
+/// its modules load is there (see the module docs for the fallback).
 pub const INFO_ADDR: u32 = 0x9000;
 
 /// The header's magic field (§3.1.2).
@@ -82,8 +87,6 @@ const INFO_MODS_ADDR: usize = 24;
 const INFO_MMAP_LENGTH: usize = 44;
 const INFO_MMAP_ADDR: usize = 48;
 const INFO_LOADER_NAME_ADDR: usize = 64;
-/// The end of the area the boot information may use.
-const INFO_LIMIT: u64 = 0x9_FC00;
 /// The name reported in boot_loader_name.
 const LOADER_NAME: &str = "x86bt";
 
@@ -101,12 +104,12 @@ const FOUR_GIB: u64 = 1 << 32;
 /// ELF constants (System V ABI, "ELF Header", "Program Header").
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS32: u8 = 1;
+const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
 const ET_EXEC: u16 = 2;
 const EM_386: u16 = 3;
+const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
-const ELF32_EHDR_LEN: usize = 52;
-const ELF32_PHDR_LEN: usize = 32;
 
 /// Where the CPU starts after a Multiboot load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +153,11 @@ pub fn is_multiboot(image: &[u8]) -> bool {
     find_header(image).is_some()
 }
 
-/// Loads a Multiboot kernel, its `modules` (name, contents) and the boot
-/// information with `cmdline` into `mem`. See the module docs for the layout.
+/// Loads a Multiboot kernel, its `modules` and the boot information with
+/// `cmdline` into `mem`. Each module is (string, contents): the string is what
+/// the module list's `string` field points at, given apart from the data, so a
+/// caller passes "FILE ARGS" for `--module "FILE ARGS"`. See the module docs for
+/// the layout.
 pub fn load(
     mem: &mut PhysMemory,
     image: &[u8],
@@ -175,19 +181,19 @@ pub fn load(
     }
     let kernel_end = plan.segments.iter().map(Segment::end).max().unwrap_or(0);
     let placed = place_modules(mem, kernel_end, modules)?;
-    let info = build_info(mem, cmdline, &placed)?;
-    let info_end = u64::from(INFO_ADDR) + info.len() as u64;
-    for seg in &plan.segments {
-        if seg.mem_len != 0 && seg.addr < info_end && u64::from(INFO_ADDR) < seg.end() {
-            return Err(LoaderError::OverlapsInfo {
-                what: "kernel segment",
-                addr: seg.addr,
-                end: seg.end(),
-                info_start: u64::from(INFO_ADDR),
-                info_end,
-            });
-        }
-    }
+    // The block's size does not depend on where it goes: build it once to
+    // measure, once at its place.
+    let info_len = build_info(mem, 0, cmdline, &placed).len() as u64;
+    let mut occupied: Vec<(u64, u64)> = plan
+        .segments
+        .iter()
+        .map(|seg| (seg.addr, seg.end()))
+        .chain(placed.iter().map(|m| (m.start, m.end())))
+        .filter(|&(start, end)| end > start)
+        .collect();
+    occupied.sort_unstable();
+    let info_addr = place_info(mem, info_len, &occupied)?;
+    let info = build_info(mem, info_addr, cmdline, &placed);
 
     for seg in &plan.segments {
         write_segment(mem, seg)?;
@@ -195,10 +201,11 @@ pub fn load(
     for module in &placed {
         load_bytes(mem, "module", module.start, module.data)?;
     }
-    load_bytes(mem, "boot information", u64::from(INFO_ADDR), &info)?;
+    load_bytes(mem, "boot information", info_addr, &info)?;
     Ok(MultibootEntry {
         entry: plan.entry,
-        info_addr: INFO_ADDR,
+        // place_info keeps the block below 4 GiB.
+        info_addr: info_addr as u32,
     })
 }
 
@@ -209,6 +216,14 @@ fn le32(bytes: &[u8], off: usize) -> u32 {
         .get(off..off + 4)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u32::from_le_bytes)
+}
+
+/// Reads a little-endian u64 at `off` (see [`le32`]).
+fn le64(bytes: &[u8], off: usize) -> u64 {
+    bytes
+        .get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Reads a little-endian u16 at `off` (see [`le32`]).
@@ -290,48 +305,56 @@ fn aout_plan(image: &[u8], header_offset: usize) -> Result<KernelPlan<'_>, Loade
     })
 }
 
-/// An ELF32 little-endian i386 executable: every `PT_LOAD` segment at its physical
-/// address. The entry point is `e_entry`, moved from virtual to physical when it
-/// falls inside a segment whose `p_vaddr` differs from its `p_paddr` (higher-half
-/// kernels; the CPU starts with paging off).
+/// An ELF little-endian executable, ELF32 for i386 or ELF64 for x86-64 (as GRUB
+/// loads both for Multiboot v1): every `PT_LOAD` segment at its physical address.
+/// The entry point is `e_entry`, moved from virtual to physical when it falls
+/// inside a segment whose `p_vaddr` differs from its `p_paddr` (higher-half
+/// kernels; the CPU starts with paging off). Segments and the entry point must
+/// lie below 4 GiB.
 fn elf_plan(image: &[u8]) -> Result<KernelPlan<'_>, LoaderError> {
     let bad = |reason| LoaderError::BadElf { reason };
-    let ehdr = image.get(..ELF32_EHDR_LEN).ok_or(LoaderError::Truncated {
-        what: "ELF header",
-        need: ELF32_EHDR_LEN as u64,
-        have: image.len(),
-    })?;
-    if ehdr.get(..4) != Some(ELF_MAGIC.as_slice()) {
+    if image.get(..4) != Some(ELF_MAGIC.as_slice()) {
         return Err(bad(
             "no ELF magic, and the Multiboot header has no address fields",
         ));
     }
-    if ehdr.get(4) != Some(&ELFCLASS32) {
-        return Err(bad("not a 32-bit ELF file"));
-    }
+    let layout = match image.get(4) {
+        Some(&ELFCLASS32) => &ELF32,
+        Some(&ELFCLASS64) => &ELF64,
+        _ => return Err(bad("neither a 32-bit nor a 64-bit ELF file")),
+    };
+    let ehdr = image.get(..layout.ehdr_len).ok_or(LoaderError::Truncated {
+        what: "ELF header",
+        need: layout.ehdr_len as u64,
+        have: image.len(),
+    })?;
     if ehdr.get(5) != Some(&ELFDATA2LSB) {
         return Err(bad("not a little-endian ELF file"));
     }
     if le16(ehdr, 16) != ET_EXEC {
         return Err(bad("not an executable (ET_EXEC)"));
     }
-    if le16(ehdr, 18) != EM_386 {
-        return Err(bad("not an i386 (EM_386) file"));
+    if le16(ehdr, 18) != layout.machine {
+        return Err(bad(layout.wrong_machine));
     }
-    let e_entry = le32(ehdr, 24);
-    let phoff = le32(ehdr, 28) as usize;
-    let phentsize = usize::from(le16(ehdr, 42));
-    let phnum = usize::from(le16(ehdr, 44));
-    if phentsize < ELF32_PHDR_LEN {
-        return Err(bad("program header entries are smaller than 32 bytes"));
+    let word = |bytes: &[u8], off: usize| layout.word(bytes, off);
+    let e_entry = word(ehdr, 24);
+    let phoff = word(ehdr, layout.e_phoff);
+    let phentsize = usize::from(le16(ehdr, layout.e_phentsize));
+    let phnum = usize::from(le16(ehdr, layout.e_phentsize + 2));
+    if phentsize < layout.phdr_len {
+        return Err(bad(
+            "program header entries are smaller than the ELF class's",
+        ));
     }
-    let table_end = phoff as u64 + (phnum * phentsize) as u64;
-    let table = image
-        .get(phoff..)
-        .and_then(|t| t.get(..phnum * phentsize))
+    let table_len = phnum * phentsize;
+    let table = usize::try_from(phoff)
+        .ok()
+        .and_then(|off| image.get(off..))
+        .and_then(|t| t.get(..table_len))
         .ok_or(LoaderError::Truncated {
             what: "ELF program headers",
-            need: table_end,
+            need: phoff.saturating_add(table_len as u64),
             have: image.len(),
         })?;
 
@@ -341,33 +364,106 @@ fn elf_plan(image: &[u8]) -> Result<KernelPlan<'_>, LoaderError> {
         if le32(ph, 0) != PT_LOAD {
             continue;
         }
-        let (offset, vaddr, paddr) = (le32(ph, 4), le32(ph, 8), le32(ph, 12));
-        let (filesz, memsz) = (le32(ph, 16), le32(ph, 20));
+        let field = |i: usize| word(ph, layout.p_fields[i]);
+        let (offset, vaddr, paddr, filesz, memsz) =
+            (field(0), field(1), field(2), field(3), field(4));
         if filesz > memsz {
             return Err(bad("a segment's file size exceeds its memory size"));
         }
-        let start = offset as usize;
-        let data = image
-            .get(start..)
-            .and_then(|d| d.get(..filesz as usize))
+        if paddr.checked_add(memsz).is_none_or(|end| end > FOUR_GIB) {
+            return Err(LoaderError::TooLarge {
+                what: "ELF segment",
+                addr: paddr,
+                len: memsz,
+            });
+        }
+        let data = usize::try_from(offset)
+            .ok()
+            .and_then(|start| image.get(start..))
+            .and_then(|d| d.get(..usize::try_from(filesz).ok()?))
             .ok_or(LoaderError::Truncated {
                 what: "ELF segment",
-                need: u64::from(offset) + u64::from(filesz),
+                need: offset.saturating_add(filesz),
                 have: image.len(),
             })?;
         if e_entry.wrapping_sub(vaddr) < memsz {
             entry = paddr.wrapping_add(e_entry.wrapping_sub(vaddr));
         }
         segments.push(Segment {
-            addr: u64::from(paddr),
+            addr: paddr,
             data,
-            mem_len: u64::from(memsz),
+            mem_len: memsz,
         });
     }
     if segments.is_empty() {
         return Err(bad("no loadable (PT_LOAD) segment"));
     }
+    let entry = u32::try_from(entry).map_err(|_| bad("the entry point lies above 4 GiB"))?;
     Ok(KernelPlan { segments, entry })
+}
+
+/// Where an ELF class keeps the fields the loader reads (System V ABI, "ELF
+/// Header" and "Program Header"; ELF-64 Object File Format for class 64).
+struct ElfLayout {
+    /// Bytes of an address or offset: 4 or 8.
+    word_len: usize,
+    ehdr_len: usize,
+    phdr_len: usize,
+    /// The e_machine this loader takes for the class.
+    machine: u16,
+    wrong_machine: &'static str,
+    e_phoff: usize,
+    /// e_phentsize; e_phnum follows it.
+    e_phentsize: usize,
+    /// p_offset, p_vaddr, p_paddr, p_filesz, p_memsz.
+    p_fields: [usize; 5],
+}
+
+impl ElfLayout {
+    /// The little-endian address or offset at `off`, widened to u64.
+    fn word(&self, bytes: &[u8], off: usize) -> u64 {
+        if self.word_len == 8 {
+            le64(bytes, off)
+        } else {
+            u64::from(le32(bytes, off))
+        }
+    }
+}
+
+const ELF32: ElfLayout = ElfLayout {
+    word_len: 4,
+    ehdr_len: 52,
+    phdr_len: 32,
+    machine: EM_386,
+    wrong_machine: "a 32-bit ELF file that is not for i386 (EM_386)",
+    e_phoff: 28,
+    e_phentsize: 42,
+    p_fields: [4, 8, 12, 16, 20],
+};
+
+const ELF64: ElfLayout = ElfLayout {
+    word_len: 8,
+    ehdr_len: 64,
+    phdr_len: 56,
+    machine: EM_X86_64,
+    wrong_machine: "a 64-bit ELF file that is not for x86-64 (EM_X86_64)",
+    e_phoff: 32,
+    e_phentsize: 54,
+    p_fields: [8, 16, 24, 32, 40],
+};
+
+/// The CPU features the image says it needs: long mode for an ELF64 file (its
+/// class, whether it is loaded from its program headers or by the a.out kludge),
+/// since its code runs in 64-bit mode once it has set it up.
+pub fn cpu_requirements(image: &[u8]) -> Vec<CpuRequirement> {
+    if image.get(..4) == Some(ELF_MAGIC.as_slice()) && image.get(4) == Some(&ELFCLASS64) {
+        vec![CpuRequirement {
+            feature: CpuFeature::LongMode,
+            kind: "a 64-bit ELF kernel (ELF class ELFCLASS64)",
+        }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Rejects a range larger than guest RAM or reaching past 4 GiB, before anything
@@ -418,23 +514,54 @@ fn place_modules<'a>(
     Ok(placed)
 }
 
-/// The boot information block as it will sit at [`INFO_ADDR`]: the structure, then
-/// the strings, the module list and the memory map.
-fn build_info(
-    mem: &PhysMemory,
-    cmdline: &str,
-    modules: &[PlacedModule<'_>],
-) -> Result<Vec<u8>, LoaderError> {
+/// The first place for `len` bytes of boot information that overlaps no range
+/// in `occupied` (sorted, non-empty `[start, end)` ranges: kernel segments and
+/// modules) and lies in one RAM range of the memory map below 4 GiB. The
+/// candidates are [`INFO_ADDR`], then the page after each occupied range in
+/// address order, so the block stays at 0x9000 unless something is loaded there.
+fn place_info(mem: &PhysMemory, len: u64, occupied: &[(u64, u64)]) -> Result<u64, LoaderError> {
+    let ram: Vec<(u64, u64)> = ram_ranges(mem)
+        .into_iter()
+        .map(|(base, size)| (base, (base + size).min(FOUR_GIB)))
+        .collect();
+    let after = occupied
+        .iter()
+        .map(|&(_, end)| end.next_multiple_of(PAGE_SIZE));
+    let mut room = 0;
+    for start in std::iter::once(u64::from(INFO_ADDR)).chain(after) {
+        let Some(&(_, ram_end)) = ram.iter().find(|&&(b, e)| b <= start && start < e) else {
+            continue;
+        };
+        if occupied.iter().any(|&(s, e)| s <= start && start < e) {
+            continue;
+        }
+        let limit = occupied
+            .iter()
+            .map(|&(s, _)| s)
+            .filter(|&s| s > start)
+            .fold(ram_end, u64::min);
+        if limit - start >= len {
+            return Ok(start);
+        }
+        room = room.max(limit - start);
+    }
+    Err(LoaderError::InfoTooLarge { need: len, room })
+}
+
+/// The boot information block as it will sit at `base`: the structure, then the
+/// strings, the module list and the memory map. [`place_info`] keeps it below
+/// 4 GiB, so every address in it fits in a u32.
+fn build_info(mem: &PhysMemory, base: u64, cmdline: &str, modules: &[PlacedModule<'_>]) -> Vec<u8> {
     let mut info = vec![0u8; INFO_STRUCT_LEN];
-    let cmdline_addr = push_cstr(&mut info, cmdline);
-    let name_addr = push_cstr(&mut info, LOADER_NAME);
+    let cmdline_addr = push_cstr(&mut info, base, cmdline);
+    let name_addr = push_cstr(&mut info, base, LOADER_NAME);
     let module_strings: Vec<u64> = modules
         .iter()
-        .map(|m| push_cstr(&mut info, m.name))
+        .map(|m| push_cstr(&mut info, base, m.name))
         .collect();
 
     align4(&mut info);
-    let mods_addr = info_addr_of(&info);
+    let mods_addr = base + info.len() as u64;
     for (module, string) in modules.iter().zip(&module_strings) {
         // mod_start, mod_end (one past the last byte, as GRUB reports it), string,
         // reserved (§3.3, "Boot modules").
@@ -444,23 +571,15 @@ fn build_info(
         push32(&mut info, 0);
     }
 
-    let mmap_addr = info_addr_of(&info);
+    let mmap_addr = base + info.len() as u64;
     for (base, len) in ram_ranges(mem) {
         push32(&mut info, u64::from(MMAP_ENTRY_SIZE));
         info.extend_from_slice(&base.to_le_bytes());
         info.extend_from_slice(&len.to_le_bytes());
         push32(&mut info, u64::from(MMAP_AVAILABLE));
     }
-    let mmap_len = info_addr_of(&info) - mmap_addr;
+    let mmap_len = base + info.len() as u64 - mmap_addr;
 
-    let room = INFO_LIMIT - u64::from(INFO_ADDR);
-    if info.len() as u64 > room {
-        return Err(LoaderError::InfoTooLarge {
-            need: info.len() as u64,
-            room,
-        });
-    }
-    // From here every address above is below INFO_LIMIT, so fits in a u32.
     let below_4g = mem.ram_below_4g();
     let mem_lower = below_4g.min(LOW_RAM_END) / 1024;
     let mem_upper = (below_4g.saturating_sub(ONE_MIB) / 1024).min(u64::from(u32::MAX));
@@ -481,7 +600,7 @@ fn build_info(
             field.copy_from_slice(&(value as u32).to_le_bytes());
         }
     }
-    Ok(info)
+    info
 }
 
 /// The RAM ranges for the memory map: conventional memory below the EBDA, RAM from
@@ -496,14 +615,10 @@ fn ram_ranges(mem: &PhysMemory) -> Vec<(u64, u64)> {
     ranges.into_iter().filter(|&(_, len)| len != 0).collect()
 }
 
-/// The guest address the next byte pushed onto `info` will get.
-fn info_addr_of(info: &[u8]) -> u64 {
-    u64::from(INFO_ADDR) + info.len() as u64
-}
-
-/// Appends a NUL-terminated string and returns its guest address.
-fn push_cstr(info: &mut Vec<u8>, s: &str) -> u64 {
-    let addr = info_addr_of(info);
+/// Appends a NUL-terminated string to `info` (which sits at `base`) and returns
+/// its guest address.
+fn push_cstr(info: &mut Vec<u8>, base: u64, s: &str) -> u64 {
+    let addr = base + info.len() as u64;
     info.extend_from_slice(s.as_bytes());
     info.push(0);
     addr
@@ -607,6 +722,27 @@ mod tests {
         put_header(&mut img, 84, FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO);
         img.extend_from_slice(&CODE);
         img
+    }
+
+    /// Appends a second `PT_LOAD` segment to an [`elf`] image: 8 bytes of 0x99
+    /// at `paddr` (also its virtual address) with `memsz` bytes of memory.
+    fn add_segment(img: &mut Vec<u8>, paddr: u32, memsz: u32) {
+        // The program header table moves to the end of the file.
+        let phoff = img.len();
+        let data_off = phoff + 64;
+        let mut table = img[52..84].to_vec();
+        let mut second = vec![0u8; 32];
+        put32(&mut second, 0, PT_LOAD);
+        put32(&mut second, 4, data_off as u32);
+        put32(&mut second, 8, paddr);
+        put32(&mut second, 12, paddr);
+        put32(&mut second, 16, 8);
+        put32(&mut second, 20, memsz);
+        table.extend_from_slice(&second);
+        img.extend_from_slice(&table);
+        img.extend_from_slice(&[0x99; 8]);
+        put32(img, 28, phoff as u32);
+        put16(img, 44, 2);
     }
 
     /// An a.out-kludge image: the header at offset 0 loaded at `KERNEL_ADDR`, then
@@ -841,14 +977,205 @@ mod tests {
         assert!(matches!(result, Err(LoaderError::OutOfRam { .. })));
     }
 
+    /// The byte ranges the boot information uses, read back from guest memory
+    /// as a kernel would find them: the structure, the command line, the loader
+    /// name, the module list with each module's string, and the memory map.
+    fn info_ranges(mem: &PhysMemory, info: u32) -> Vec<(u64, u64)> {
+        let field = |off: usize| r32(mem, u64::from(info) + off as u64);
+        let string = |addr: u32| {
+            let len = cstr(mem, addr).len() as u64 + 1;
+            (u64::from(addr), u64::from(addr) + len)
+        };
+        let mut ranges = vec![
+            (u64::from(info), u64::from(info) + 116),
+            string(field(INFO_CMDLINE_ADDR)),
+            string(field(INFO_LOADER_NAME_ADDR)),
+        ];
+        let mods = field(INFO_MODS_ADDR);
+        let count = field(INFO_MODS_COUNT);
+        ranges.push((u64::from(mods), u64::from(mods) + 16 * u64::from(count)));
+        for i in 0..count {
+            ranges.push(string(r32(mem, u64::from(mods + 16 * i + 8))));
+        }
+        let mmap = field(INFO_MMAP_ADDR);
+        ranges.push((
+            u64::from(mmap),
+            u64::from(mmap) + u64::from(field(INFO_MMAP_LENGTH)),
+        ));
+        ranges
+    }
+
+    fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+        a.0 < b.1 && b.0 < a.1
+    }
+
     #[test]
-    fn multiboot_segment_over_info_is_rejected() {
-        let img = elf(0x8000, 0x8000, 0x1800, 0x8000);
+    fn multiboot_kernel_at_0x9000_gets_info_after_its_end() {
+        // Code at 0x9000, bss to 0xB800: the info block goes to the next page.
+        let img = elf(0x9000, 0x9000, 0x2800, 0x9000);
+        let modules = vec![("mod.bin a=1 b".to_string(), vec![0x5A; 300])];
+        let mut mem = memory();
+        mem.write_bytes(GuestPhys(0x9008), &[0xAA; 0x2800]);
+
+        let entry = load(&mut mem, &img, "root=x", &modules).expect("load");
+
+        assert_eq!(entry.info_addr, 0xC000);
+        assert_eq!(entry.entry, 0x9000);
+        assert_eq!(mem.read::<8>(GuestPhys(0x9000)), CODE, "kernel intact");
+        let mut bss = vec![0xFFu8; 0x2800 - 8];
+        mem.read_bytes(GuestPhys(0x9008), &mut bss);
+        assert!(bss.iter().all(|&b| b == 0), "bss zeroed, not info");
+        let info = u64::from(entry.info_addr);
+        assert_eq!(r32(&mem, info), 0x24D);
+        assert_eq!(
+            cstr(&mem, r32(&mem, info + INFO_CMDLINE_ADDR as u64)),
+            "root=x"
+        );
+        let list = u64::from(r32(&mem, info + INFO_MODS_ADDR as u64));
+        assert_eq!(cstr(&mem, r32(&mem, list + 8)), "mod.bin a=1 b");
+        // The module sits at 1 MiB (never lower); nothing of the block
+        // touches the kernel or the module.
+        assert_eq!(r32(&mem, list), 0x10_0000);
+        for range in info_ranges(&mem, entry.info_addr) {
+            assert!(
+                !overlaps(range, (0x9000, 0xB800)),
+                "{range:x?} on the kernel"
+            );
+            assert!(
+                !overlaps(range, (0x10_0000, 0x10_0000 + 300)),
+                "{range:x?} on the module"
+            );
+            assert!(range.1 <= 0x9_FC00, "{range:x?} past low RAM");
+        }
+    }
+
+    #[test]
+    fn multiboot_kernel_at_one_mib_keeps_info_at_0x9000() {
+        let img = elf(KERNEL_ADDR, KERNEL_ADDR, 0x3000, KERNEL_ADDR);
+        let modules = vec![
+            ("first".to_string(), vec![1; 10]),
+            ("second with args".to_string(), vec![2; 20]),
+        ];
+        let mut mem = memory();
+
+        let entry = load(&mut mem, &img, "console=ttyS0", &modules).expect("load");
+
+        assert_eq!(entry.info_addr, 0x9000);
+        let kernel = (u64::from(KERNEL_ADDR), u64::from(KERNEL_ADDR) + 0x3000);
+        let mods = [(0x10_3000, 0x10_3000 + 10), (0x10_4000, 0x10_4000 + 20)];
+        for range in info_ranges(&mem, entry.info_addr) {
+            assert!(range.0 >= 0x9000 && range.1 <= 0x9_FC00, "{range:x?}");
+            assert!(!overlaps(range, kernel), "{range:x?} on the kernel");
+            for m in mods {
+                assert!(!overlaps(range, m), "{range:x?} on a module");
+            }
+        }
+    }
+
+    #[test]
+    fn multiboot_kernel_filling_low_ram_gets_info_above_its_modules() {
+        // The kernel covers 0x1000-0x9FC00 and 1 MiB-2 MiB, the module follows:
+        // the first free room is the page after the module.
+        let mut img = elf(0x1000, 0x1000, 0x9_EC00, 0x1000);
+        add_segment(&mut img, 0x10_0000, 0x10_0000);
+        let modules = vec![("m".to_string(), vec![7; 0x1800])];
+        let mut mem = memory();
+
+        let entry = load(&mut mem, &img, "", &modules).expect("load");
+
+        assert_eq!(entry.info_addr, 0x20_2000);
+        assert_eq!(r32(&mem, 0x20_2000), 0x24D);
+        assert_eq!(mem.read_u8(GuestPhys(0x20_17FF)), 7, "module intact");
+    }
+
+    #[test]
+    fn multiboot_info_larger_than_free_ram_is_rejected() {
+        let img = elf(KERNEL_ADDR, KERNEL_ADDR, 0x1000, KERNEL_ADDR);
+        let cmdline = "x".repeat(16 << 20);
+        let mut mem = memory();
+
+        let result = load(&mut mem, &img, &cmdline, &[]);
+
+        // The largest free room is 1 MiB + 4 KiB up to the top of 16 MiB.
+        assert!(
+            matches!(
+                result,
+                Err(LoaderError::InfoTooLarge { room, .. }) if room == (15 << 20) - 0x1000
+            ),
+            "{result:?}"
+        );
+    }
+
+    /// An ELF64 x86-64 executable: header, one program header at 64, the
+    /// Multiboot header at 120, `CODE` at file offset 0x100 loaded at `paddr`
+    /// (virtual `vaddr`) with `memsz` bytes of memory.
+    fn elf64(vaddr: u64, paddr: u64, memsz: u64, entry: u64) -> Vec<u8> {
+        let put64 = |buf: &mut [u8], off: usize, value: u64| {
+            buf[off..off + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        let mut img = vec![0u8; 0x100];
+        img[..4].copy_from_slice(ELF_MAGIC);
+        img[4] = ELFCLASS64;
+        img[5] = ELFDATA2LSB;
+        img[6] = 1;
+        put16(&mut img, 16, ET_EXEC);
+        put16(&mut img, 18, EM_X86_64);
+        put32(&mut img, 20, 1);
+        put64(&mut img, 24, entry);
+        put64(&mut img, 32, 64);
+        put16(&mut img, 52, 64);
+        put16(&mut img, 54, 56);
+        put16(&mut img, 56, 1);
+        put32(&mut img, 64, PT_LOAD);
+        put64(&mut img, 72, 0x100);
+        put64(&mut img, 80, vaddr);
+        put64(&mut img, 88, paddr);
+        put64(&mut img, 96, CODE.len() as u64);
+        put64(&mut img, 104, memsz);
+        put_header(&mut img, 120, FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO);
+        img.extend_from_slice(&CODE);
+        img
+    }
+
+    #[test]
+    fn multiboot_elf64_loads_at_paddr_and_requires_long_mode() {
+        let img = elf64(
+            0xFFFF_FFFF_8010_0000,
+            0x10_0000,
+            0x2000,
+            0xFFFF_FFFF_8010_0004,
+        );
+        let mut mem = memory();
+
+        let entry = load(&mut mem, &img, "", &[]).expect("load");
+
+        assert_eq!(entry.entry, 0x10_0004);
+        assert_eq!(mem.read::<8>(GuestPhys(0x10_0000)), CODE);
+        let reqs = cpu_requirements(&img);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].feature, CpuFeature::LongMode);
+        assert!(reqs[0].kind.contains("ELFCLASS64"));
+    }
+
+    #[test]
+    fn multiboot_elf32_requires_nothing() {
+        let img = elf(KERNEL_ADDR, KERNEL_ADDR, 0x1000, KERNEL_ADDR);
+
+        assert!(cpu_requirements(&img).is_empty());
+        assert!(cpu_requirements(&aout(0, 0)).is_empty());
+    }
+
+    #[test]
+    fn multiboot_elf64_above_4g_is_rejected() {
+        let img = elf64(0x1_0000_0000, 0x1_0000_0000, 0x1000, 0x1_0000_0000);
         let mut mem = memory();
 
         let result = load(&mut mem, &img, "", &[]);
 
-        assert!(matches!(result, Err(LoaderError::OverlapsInfo { .. })));
+        assert!(
+            matches!(result, Err(LoaderError::TooLarge { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -873,13 +1200,17 @@ mod tests {
     }
 
     #[test]
-    fn multiboot_huge_cmdline_is_rejected() {
+    fn multiboot_cmdline_too_big_for_low_ram_goes_after_kernel() {
         let img = elf(KERNEL_ADDR, KERNEL_ADDR, 0x1000, KERNEL_ADDR);
         let cmdline = "x".repeat(0x10_0000);
         let mut mem = memory();
 
-        let result = load(&mut mem, &img, &cmdline, &[]);
+        let entry = load(&mut mem, &img, &cmdline, &[]).expect("load");
 
-        assert!(matches!(result, Err(LoaderError::InfoTooLarge { .. })));
+        assert_eq!(entry.info_addr, KERNEL_ADDR + 0x1000);
+        let at = r32(&mem, u64::from(entry.info_addr) + INFO_CMDLINE_ADDR as u64);
+        let mut tail = [0u8; 2];
+        mem.read_bytes(GuestPhys(u64::from(at) + 0x10_0000 - 1), &mut tail);
+        assert_eq!(tail, [b'x', 0]);
     }
 }

@@ -1,0 +1,134 @@
+//! memtest86+ (Debian's package `memtest86+`, version 6) booted through
+//! `x86bt run --kernel` on the translator, from the files the package installs,
+//! unpadded: the 32-bit image must complete a full pass of its default tests
+//! with no error, and the 64-bit image must be refused with a warning naming the
+//! missing long mode before it stops.
+//!
+//! The oracle is memtest86+ itself: it writes patterns to every byte of RAM it
+//! is given and reads them back, and its serial status lines say which tests ran,
+//! how much memory it saw, which pass it is on and how many errors it found.
+//! `scripts/build-guests.sh` installs the package; without it the tests say so
+//! and skip, and under CI that is a failure.
+
+use std::path::Path;
+use std::process::Command;
+
+const IA32: &str = "/boot/memtest86+ia32.bin";
+const X64: &str = "/boot/memtest86+x64.bin";
+/// The command line Debian's package documents for a serial console; `nopause`
+/// starts testing without waiting for a key.
+const APPEND: &str = "console=ttyS0,115200 nopause";
+/// The status line once pass 0 is over with no error. memtest86+ redraws the
+/// status rows (2-9) over the serial line, not the scrolling notice area where
+/// "** Pass completed, no errors **" goes, so the pass counter and the error
+/// count on row 9 are the signal. An error in pass 0 would show a non-zero
+/// count here.
+const PASS_DONE: &str = "Pass:  1        Errors: 0";
+
+fn have(image: &str) -> bool {
+    if Path::new(image).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {image} (scripts/build-guests.sh installs memtest86+)"
+    );
+    eprintln!(
+        "skipped: {image} is absent (apt-get install memtest86+, or scripts/build-guests.sh)"
+    );
+    false
+}
+
+/// Runs `image` on the translator with `mib` MiB of RAM until `until` shows on
+/// COM1 or `max_insns` retire; returns (exit status, stdout, stderr).
+fn run(image: &str, mib: &str, until: &str, max_insns: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["run", "--engine", "jit", "--kernel", image])
+        .args(["--append", APPEND, "-m", mib, "--serial", "stdio"])
+        .args(["--no-reboot", "--until", until, "--max-insns", max_insns])
+        .output()
+        .expect("run x86bt");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn memtest_ia32_unpadded_full_pass_has_no_errors() {
+    if !have(IA32) {
+        return;
+    }
+    // The package's image ends inside its last 16-byte paragraph of syssize.
+    let len = std::fs::metadata(IA32).expect("stat").len();
+    eprintln!("{IA32}: {len} bytes, loaded as installed");
+
+    // 8 MiB keeps a full pass near 36e9 instructions; the limit is a bound, not
+    // a target.
+    let (status, log, err) = run(IA32, "8", PASS_DONE, "150000000000");
+    let ctx = format!(
+        "status {status:?}\nstderr:\n{err}\nconsole tail:\n{}",
+        tail(&log)
+    );
+
+    assert_eq!(status, Some(0), "{ctx}");
+    assert!(err.contains("--until text seen"), "{ctx}");
+    assert!(
+        !err.contains("warning"),
+        "the 32-bit image needs nothing missing\n{ctx}"
+    );
+    assert!(log.contains(PASS_DONE), "{ctx}");
+    assert!(log.contains("Status: Pass"), "{ctx}");
+    // No error count other than 0 was ever drawn.
+    for (i, _) in log.match_indices("Errors: ") {
+        let count = log[i + 8..].split(' ').next().unwrap_or("");
+        assert_eq!(count, "0", "memtest86+ reported errors\n{ctx}");
+    }
+    // The pass went from the first test to the last. The serial redraws are
+    // periodic, so a short test may run between two of them; these three are
+    // long enough to be caught: #0 starts the pass, #10 ends it (two 80-second
+    // fades of guest time).
+    for test in [
+        "#0  [Address test, walking ones, no cache]",
+        "#5  [Moving inversions, random pattern]",
+        "#10 [Bit fade test, 2 patterns]",
+    ] {
+        assert!(log.contains(test), "{test} never showed\n{ctx}");
+    }
+    // It tested the RAM the e820 map gives: 639 KiB below the EBDA and 7 MiB
+    // above 1 MiB, 7807 KiB = 7.62 MiB.
+    assert!(log.contains("of 7.62MB]"), "{ctx}");
+}
+
+#[test]
+fn memtest_x64_without_long_mode_is_warned_about() {
+    if !have(X64) {
+        return;
+    }
+    let (status, _log, err) = run(X64, "8", "never printed", "100000000");
+
+    let warning = format!(
+        "x86bt: warning: {X64} is a 64-bit kernel (bzImage xloadflags XLF_KERNEL_64) and this \
+         CPU has no long mode (CPUID 8000_0001h EDX.LM); it will stop early"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("warning"))
+            .collect::<Vec<_>>(),
+        vec![warning.as_str()],
+        "status {status:?}\nstderr:\n{err}"
+    );
+    // The warning comes before whatever ends the run.
+    let first = err.lines().next().unwrap_or("");
+    assert_eq!(first, warning, "stderr:\n{err}");
+}
+
+/// The last 2000 characters of the console, for failure messages.
+fn tail(log: &str) -> &str {
+    let mut start = log.len().saturating_sub(2000);
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
+}
