@@ -258,7 +258,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Some(p) => Some(read_file(p)?),
         None => None,
     };
-    let entry = match &kernel {
+    let loaded = match &kernel {
         Some((path, image)) => Some(load_kernel(
             &mut machine,
             path,
@@ -269,8 +269,27 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         )?),
         None => None,
     };
+    let (entry, missing_features) = match loaded {
+        Some((e, missing)) => (Some(e), missing),
+        None => (None, None),
+    };
+    if let Some(line) = &missing_features {
+        eprintln!("x86bt: warning: {line}");
+    }
     let mut vm = Vm::with_engine(machine, a.engine)?;
     vm.no_reboot = a.no_reboot;
+    if let Some((path, image)) = kernel {
+        // After a reset the kernel boots again, as it would from firmware and a
+        // boot loader (QEMU's -kernel does the same).
+        let cmdline = a.append.clone().unwrap_or_default();
+        vm.reboot = Some(Box::new(move |cpu, m| {
+            if let Ok((entry, _)) =
+                load_kernel(m, &path, &image, initrd.as_deref(), &cmdline, &modules)
+            {
+                enter_kernel(cpu, entry);
+            }
+        }));
+    }
     vm.stop_flag = Some(Arc::clone(&seen));
     vm.pace_idle = sleep.unwrap_or(interactive);
     // Raw mode lasts until this guard drops at the end of the run, on every path.
@@ -284,17 +303,8 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     if let Some(input) = serial_in {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
-    match entry {
-        Some(KernelEntry::Multiboot(e)) => crate::boot::enter_multiboot(
-            &mut vm.cpu,
-            e.entry,
-            multiboot::BOOTLOADER_MAGIC,
-            e.info_addr,
-        ),
-        Some(KernelEntry::Linux(e)) => {
-            crate::boot::enter_linux(&mut vm.cpu, e.entry, e.boot_params, e.gdt_base, e.gdt_limit)
-        }
-        None => {}
+    if let Some(entry) = entry {
+        enter_kernel(&mut vm.cpu, entry);
     }
     let start = Instant::now();
     let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
@@ -313,6 +323,17 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         return Ok((128 + sig) as u8);
     }
     report_outcome(&outcome, &vm, quit.load(Ordering::Relaxed));
+    let stopped_early = matches!(
+        outcome,
+        RunOutcome::HaltedForever
+            | RunOutcome::TripleFault
+            | RunOutcome::ResetRequested(_)
+            | RunOutcome::InstructionLimit
+            | RunOutcome::Unsupported(_)
+    );
+    if let (true, Some(line)) = (stopped_early, missing_features) {
+        eprintln!("x86bt: the likely cause: {line}");
+    }
     Ok((outcome.exit_status() & 0xFF) as u8)
 }
 
@@ -341,6 +362,19 @@ fn report_outcome(outcome: &RunOutcome, vm: &Vm, quit: bool) {
     }
 }
 
+/// Puts the CPU at a loaded kernel's entry, in the state its boot protocol
+/// asks for.
+fn enter_kernel(cpu: &mut x86bt_cpu::CpuState, entry: KernelEntry) {
+    match entry {
+        KernelEntry::Multiboot(e) => {
+            crate::boot::enter_multiboot(cpu, e.entry, multiboot::BOOTLOADER_MAGIC, e.info_addr)
+        }
+        KernelEntry::Linux(e) => {
+            crate::boot::enter_linux(cpu, e.entry, e.boot_params, e.gdt_base, e.gdt_limit)
+        }
+    }
+}
+
 /// How a loaded kernel is entered.
 pub enum KernelEntry {
     /// A Multiboot kernel.
@@ -351,8 +385,8 @@ pub enum KernelEntry {
 
 /// Loads a `--kernel` image, telling a Linux bzImage from a Multiboot kernel by
 /// its contents; anything else gets a clear error naming what was expected.
-/// Once loaded, a kernel whose headers ask for a CPU feature this CPU lacks
-/// (long mode) gets one warning line on stderr, since it will stop early.
+/// With the entry comes, for a kernel whose headers ask for a CPU feature this
+/// CPU lacks (long mode), the line that says so.
 fn load_kernel(
     m: &mut x86bt_machine::Machine,
     path: &Path,
@@ -360,17 +394,15 @@ fn load_kernel(
     initrd: Option<&[u8]>,
     cmdline: &str,
     modules: &[(String, Vec<u8>)],
-) -> Result<KernelEntry, Error> {
+) -> Result<(KernelEntry, Option<String>), Error> {
     let loader_err = |source| Error::Loader {
         path: path.to_path_buf(),
         source,
     };
-    let warn_missing_features = || {
+    let missing_features = || {
         use x86bt_machine::loader::{missing_cpu_features, missing_features_line};
         let missing = missing_cpu_features(image, x86bt_cpu::identity::cpuid);
-        if let Some(line) = missing_features_line(&path.display().to_string(), &missing) {
-            eprintln!("x86bt: warning: {line}");
-        }
+        missing_features_line(&path.display().to_string(), &missing)
     };
     if linux::is_bzimage(image) {
         if !modules.is_empty() {
@@ -380,8 +412,7 @@ fn load_kernel(
         }
         let entry = linux::load(&mut m.mem, image, initrd, cmdline).map_err(loader_err)?;
         x86bt_machine::pc::prepare_direct_boot(m);
-        warn_missing_features();
-        return Ok(KernelEntry::Linux(entry));
+        return Ok((KernelEntry::Linux(entry), missing_features()));
     }
     if multiboot::is_multiboot(image) {
         if initrd.is_some() {
@@ -390,8 +421,7 @@ fn load_kernel(
             ));
         }
         let entry = multiboot::load(&mut m.mem, image, cmdline, modules).map_err(loader_err)?;
-        warn_missing_features();
-        return Ok(KernelEntry::Multiboot(entry));
+        return Ok((KernelEntry::Multiboot(entry), missing_features()));
     }
     Err(Error::Usage(format!(
         "{}: neither a Linux bzImage (no boot sector with a 'HdrS' setup header) nor a Multiboot kernel (no Multiboot v1 header in its first 8 KiB)",

@@ -98,6 +98,9 @@ impl RunOutcome {
     }
 }
 
+/// Reloads and enters a directly booted kernel after a reset.
+pub type RebootFn = dyn FnMut(&mut CpuState, &mut Machine);
+
 /// One virtual machine.
 pub struct Vm {
     /// The CPU state.
@@ -126,6 +129,10 @@ pub struct Vm {
     pub no_reboot: bool,
     /// When set and raised, the run stops (checked between units).
     pub stop_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// What a reset runs after the machine's own reset, for a directly booted
+    /// kernel (no firmware would load it again): loads it and enters it anew, as
+    /// a boot loader after the firmware would.
+    pub reboot: Option<Box<RebootFn>>,
     /// Sleep on the host while the guest halts, so an idle interactive guest
     /// keeps to wall-clock time instead of racing through virtual time.
     pub pace_idle: bool,
@@ -147,6 +154,7 @@ impl Vm {
             pace_credit_ns: 0,
             no_reboot: false,
             stop_flag: None,
+            reboot: None,
             pace_idle: false,
         }
     }
@@ -426,7 +434,8 @@ impl Vm {
     }
 
     /// A system reset: the CPU and devices return to their reset state; RAM is
-    /// kept, the BIOS window reads ROM again.
+    /// kept, the BIOS window reads ROM again; a directly booted kernel is
+    /// loaded and entered again ([`Vm::reboot`]).
     pub fn reset(&mut self) {
         let icount = self.cpu.icount;
         self.cpu = CpuState::reset();
@@ -440,6 +449,11 @@ impl Vm {
             self.machine.ctl.set_pam(i, 0);
         }
         self.machine.advance_devices();
+        if let Some(mut boot) = self.reboot.take() {
+            boot(&mut self.cpu, &mut self.machine);
+            self.reboot = Some(boot);
+        }
+        self.machine.mem.take_dirty_code_pages();
         self.interp.flush();
         if let Some(t) = &mut self.jit {
             t.flush();

@@ -450,3 +450,79 @@ fn run_signal_while_raw_restores_the_terminal() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(name));
     }
 }
+
+/// A Multiboot kernel (loaded at 1 MiB) that counts its boots at 0x500 (RAM
+/// outside its image) and asks the keyboard controller for a reset on its
+/// first boot; on its second it leaves with 0x21 (status 0x43).
+fn reboot_counting_kernel() -> Vec<u8> {
+    const LOAD: u32 = 0x10_0000;
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = 1 << 16;
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut second = a.create_label();
+    let mut spin = a.create_label();
+    a.inc(byte_ptr(0x500)).unwrap();
+    a.cmp(byte_ptr(0x500), 2).unwrap();
+    a.je(second).unwrap();
+    a.mov(al, 0xFE).unwrap();
+    a.out(0x64, al).unwrap();
+    a.set_label(&mut spin).unwrap();
+    a.jmp(spin).unwrap();
+    a.set_label(&mut second).unwrap();
+    a.mov(al, 0x21).unwrap();
+    a.out(0xF4, al).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(u64::from(LOAD + 32)).expect("assemble");
+    let mut image = Vec::new();
+    for field in [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
+        LOAD,
+        LOAD,
+        0,
+        0,
+        LOAD + 32,
+    ] {
+        image.extend_from_slice(&field.to_le_bytes());
+    }
+    image.extend_from_slice(&code);
+    image
+}
+
+#[test]
+fn run_reset_of_a_directly_booted_kernel_boots_it_again() {
+    let kernel = temp("reboot.mb");
+    std::fs::write(&kernel, reboot_counting_kernel()).expect("write kernel");
+    for engine in ["interp", "jit"] {
+        let out = exe()
+            .args([
+                "run",
+                "--serial",
+                "null",
+                "--max-insns",
+                "100000",
+                "--engine",
+                engine,
+            ])
+            .arg("--kernel")
+            .arg(&kernel)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0x43), "{engine}: {}", stderr(&out));
+        let out = exe()
+            .args([
+                "run",
+                "--serial",
+                "null",
+                "--max-insns",
+                "100000",
+                "--no-reboot",
+            ])
+            .arg("--kernel")
+            .arg(&kernel)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(122), "{engine}: {}", stderr(&out));
+    }
+}
