@@ -11,6 +11,9 @@ use x86bt_cpu::state::CpuState;
 pub struct Ctx<'a> {
     /// The instruction.
     pub ins: &'a Instruction,
+    /// The same bytes decoded without iced's check for encodings the SDM calls
+    /// invalid: `ins` is `Code::INVALID` for MOV CS, r/m, this is the MOV.
+    pub lenient: &'a Instruction,
     /// The masked shift/rotate count, for shifts and rotates.
     pub count: Option<u8>,
     /// x86bt's CPU state before the instruction.
@@ -37,11 +40,10 @@ pub struct Allowed {
 /// The allow-list.
 pub const ALLOWED: &[Allowed] = &[
     Allowed {
-    name: "mov-cs",
-    reason: "QEMU TCG loads CS on MOV CS, r/m instead of raising #UD",
-    reference:
-        "Intel SDM vol. 2B, MOV: 'The MOV instruction cannot be used to load the CS register' (#UD)",
-    applies: |c| c.ins.code() == Code::Mov_Sreg_rm16 && c.ins.op0_register() == Register::CS,
+        name: "mov-cs",
+        reason: "QEMU TCG loads CS from MOV CS, r/m (8E /1) and goes on at the next IP; hardware (and x86bt) raise #UD",
+        reference: "Intel SDM vol. 2B, MOV: 'The MOV instruction cannot be used to load the CS register', #UD 'If attempt is made to load the CS register'",
+        applies: mov_cs,
     },
     Allowed {
         name: "aam-imm8-high",
@@ -90,6 +92,23 @@ pub const ALLOWED: &[Allowed] = &[
     },
 ];
 
+/// MOV CS, r/m: iced calls it invalid (so does x86bt, which raises #UD); QEMU
+/// runs it as a MOV. Only the fields such a difference can touch may differ: the
+/// instruction pointer, CS, the stack and flags of x86bt's #UD frame, and that
+/// frame in memory.
+fn mov_cs(c: &Ctx) -> bool {
+    c.ins.code() == Code::INVALID
+        && matches!(
+            c.lenient.code(),
+            Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16
+        )
+        && c.lenient.op0_register() == Register::CS
+        && c.diffs.iter().any(|d| d.name == "eip")
+        && c.diffs.iter().all(|d| {
+            matches!(d.name.as_str(), "eip" | "esp" | "eflags" | "cs") || d.name.starts_with("mem[")
+        })
+}
+
 /// The offset of the explicit memory operand of `c.ins`, with its operand index.
 fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
     let cpu = c.before;
@@ -125,6 +144,7 @@ fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
 pub fn mem_linear(ins: &Instruction, before: &CpuState) -> Option<u64> {
     let c = Ctx {
         ins,
+        lenient: ins,
         count: None,
         before,
         diffs: &[],

@@ -104,8 +104,10 @@ fn qemu_err(e: std::io::Error) -> Error {
     Error::Usage(format!("qemu: {e}"))
 }
 
-/// Decodes the instruction at CS:EIP for the report and the per-instruction rules.
-fn current_insn(vm: &mut Vm) -> (Instruction, u64, Vec<u8>) {
+/// Decodes the instruction at CS:EIP for the report and the per-instruction rules,
+/// with its linear address, and again without iced's check for encodings the SDM
+/// calls invalid (MOV CS, r/m decodes as MOV then; see the mov-cs allow entry).
+fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
     let cpu = &mut vm.cpu;
     let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
     let mut bytes = Vec::with_capacity(15);
@@ -124,7 +126,9 @@ fn current_insn(vm: &mut Vm) -> (Instruction, u64, Vec<u8>) {
         16
     };
     let ins = Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NONE).decode();
-    (ins, lin, bytes)
+    let lenient =
+        Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NO_INVALID_CHECK).decode();
+    (ins, lin, lenient)
 }
 
 fn format(ins: &Instruction) -> String {
@@ -394,12 +398,15 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
     while compared < setup.max_insns {
         done += 1;
         let skipping = done <= setup.skip;
-        let (ins, addr, _bytes) = current_insn(&mut vm);
+        let (ins, addr, lenient) = current_insn(&mut vm);
         let exits = ins.mnemonic() == Mnemonic::Out
             && (ins.op0_kind() == iced_x86::OpKind::Immediate8 && ins.immediate8() == 0xF4
                 || ins.op0_kind() == iced_x86::OpKind::Register
                     && vm.cpu.gpr[reg::RDX] as u16 == 0xF4);
-        if ins.mnemonic() == Mnemonic::Hlt || exits {
+        // HLT at CPL > 0 (and in virtual-8086 mode, CPL 3) is #GP(0) (SDM vol.
+        // 2A, HLT): it is stepped and compared like any other instruction.
+        let halts = ins.mnemonic() == Mnemonic::Hlt && vm.cpu.cpl() == 0;
+        if halts || exits {
             // QEMU's gdbstub steps with interrupts masked, so a stepped HLT never
             // completes there: the guest's end is reached.
             return Ok((
@@ -554,6 +561,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             });
             if let Some(a) = allow::find(&allow::Ctx {
                 ins: &ins,
+                lenient: &lenient,
                 count,
                 before: &before,
                 diffs: &diffs,
