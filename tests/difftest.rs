@@ -106,6 +106,38 @@ fn write_image(name: &str, bytes: &[u8]) -> std::path::PathBuf {
     p
 }
 
+/// Real mode at 07C0:0000: every exception vector goes to a `hlt` at 07C0:5000;
+/// DS, ES and SS are 0x1000, SP is 0x8000, the byte at 1000:FFFF is 0x33, at
+/// 1000:0000 0x55 and at 2000:0000 (the linear byte after 1000:FFFF) 0x44; then
+/// `body` and a final `hlt`.
+fn real_mode_program(name: &str, body: impl FnOnce(&mut CodeAssembler)) -> std::path::PathBuf {
+    let mut a = CodeAssembler::new(16).expect("asm");
+    a.cli().unwrap();
+    a.cld().unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(es, ax).unwrap();
+    a.xor(di, di).unwrap();
+    a.mov(eax, 0x07C0_5000u32).unwrap();
+    a.mov(cx, 32u32).unwrap();
+    a.rep().stosd().unwrap();
+    a.mov(ax, 0x2000u32).unwrap();
+    a.mov(es, ax).unwrap();
+    a.mov(byte_ptr(0).es(), 0x44u32).unwrap();
+    a.mov(ax, 0x1000u32).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(es, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x8000u32).unwrap();
+    a.mov(byte_ptr(0xFFFF), 0x33u32).unwrap();
+    a.mov(byte_ptr(0), 0x55u32).unwrap();
+    body(&mut a);
+    a.hlt().unwrap();
+    let mut code = a.assemble(0).expect("assemble");
+    code.resize(0x5000, 0xF4);
+    code.push(0xF4);
+    write_image(name, &code)
+}
+
 /// Real mode at 07C0:0000: vector 6 (#UD) points at a handler that loads BX and
 /// halts, AX gets 0x1234, then `mov cs, ax` (8E C8).
 fn mov_cs_program() -> std::path::PathBuf {
@@ -139,6 +171,86 @@ fn difftest_mov_cs_real_mode_stops_at_the_mov_cs_entry() {
         out.contains("allowed divergence at instruction 8: mov-cs:"),
         "{out}"
     );
+}
+
+#[test]
+fn difftest_real_mode_access_past_ffff_stops_at_real_wrap_fault() {
+    if !have_qemu() {
+        return;
+    }
+    // A 386 faults where the access runs past offset 0xFFFF (SDM vol. 3B,
+    // "Segment Wraparound"): #GP through DS, #SS through SS. QEMU reads on past
+    // the segment. Instruction 51 is the first after the set-up.
+    type Body = fn(&mut CodeAssembler);
+    let cases: [(&str, usize, Body); 4] = [
+        ("ds-word", 51, |a| a.mov(ax, word_ptr(0xFFFF)).unwrap()),
+        ("ss-pop", 52, |a| {
+            a.mov(sp, 0xFFFFu32).unwrap();
+            a.pop(ax).unwrap();
+        }),
+        ("ss-bp-dword", 52, |a| {
+            a.mov(bp, 0xFFFDu32).unwrap();
+            a.mov(eax, dword_ptr(bp)).unwrap();
+        }),
+        ("lodsw", 52, |a| {
+            a.mov(si, 0xFFFFu32).unwrap();
+            a.lodsw().unwrap();
+        }),
+    ];
+    for (name, at, body) in cases {
+        let (out, code) = difftest_flat(&real_mode_program(&format!("{name}.bin"), body), &[]);
+        assert_eq!(code, Some(0), "{name}: {out}");
+        assert!(
+            out.contains(&format!(
+                "allowed divergence at instruction {at}: real-wrap-fault:"
+            )),
+            "{name}: {out}"
+        );
+    }
+}
+
+#[test]
+fn difftest_real_mode_push_with_sp_1_stops_at_real_wrap_stack_shutdown() {
+    if !have_qemu() {
+        return;
+    }
+    // PUSH with SP = 1 wraps the stack: hardware shuts down (SDM vol. 3B,
+    // "Segment Wraparound"), QEMU writes at 0xFFFF.
+    let p = real_mode_program("push-sp1.bin", |a| {
+        a.mov(sp, 1u32).unwrap();
+        a.push(ax).unwrap();
+    });
+    let (out, code) = difftest_flat(&p, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("allowed divergence at instruction 52: real-wrap-stack-shutdown:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn difftest_real_mode_in_limit_accesses_agree_and_bugs_there_are_not_allowed() {
+    if !have_qemu() {
+        return;
+    }
+    // A word at 0xFFFE and a [BX+SI] whose 16-bit sum wraps to offset 0 stay in
+    // the segment: both emulators agree, and an injected bug on the first of
+    // them (instruction 51) is a divergence, not a real-wrap entry.
+    let p = real_mode_program("in-limit.bin", |a| {
+        a.mov(ax, word_ptr(0xFFFE)).unwrap();
+        a.mov(bx, 0xFFF0u32).unwrap();
+        a.mov(si, 0x0010u32).unwrap();
+        a.mov(cx, word_ptr(bx + si)).unwrap();
+    });
+    let (out, code) = difftest_flat(&p, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("agree: 54 instructions compared") && out.contains("guest halted"),
+        "{out}"
+    );
+    let (out, code) = difftest_flat(&p, &["--inject-bug", "51"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DIVERGENCE after instruction 51"), "{out}");
 }
 
 /// Protected mode, flat: ring 0 loads a TSS and returns to ring 3, which runs

@@ -262,6 +262,36 @@ fn accessed_bit_only(before: &x86bt_cpu::CpuState, addr: u64, ours: u64, qemu: u
     .any(|&(base, limit)| addr >= base && addr <= base + limit && (addr - base) % 8 == 5)
 }
 
+/// Real mode: whether x86bt has just delivered a fault for the instruction that
+/// started in `before`: SP went down by exactly the FLAGS, CS, IP frame, and the
+/// frame's CS:IP is the instruction's own (a fault, SDM vol. 3A §20.1.4, pushes
+/// the address of the faulting instruction).
+fn real_fault_frame(vm: &mut Vm, before: &x86bt_cpu::CpuState) -> bool {
+    if before.protected() || vm.cpu.protected() {
+        return false;
+    }
+    let sp = vm.cpu.gpr[reg::RSP] & 0xFFFF;
+    if sp != before.gpr[reg::RSP].wrapping_sub(6) & 0xFFFF {
+        return false;
+    }
+    let ss = vm.cpu.seg[sreg::SS].base;
+    let saved = vm.cpu.log_writes;
+    vm.cpu.log_writes = false;
+    let mut word = |off: u64| {
+        x86bt_cpu::mmu::read_lin_as(
+            &mut vm.cpu,
+            &mut vm.machine,
+            ss.wrapping_add(off & 0xFFFF) & 0xFFFF_FFFF,
+            2,
+            false,
+        )
+    };
+    let (ip, cs) = (word(sp), word(sp + 2));
+    vm.cpu.log_writes = saved;
+    ip.is_ok_and(|ip| ip == before.rip & 0xFFFF)
+        && cs.is_ok_and(|cs| cs == u64::from(before.seg[sreg::CS].selector))
+}
+
 /// Takes QEMU's values for the fields of an allowed divergence (registers and
 /// memory bytes), so the comparison can go on past it.
 fn adopt_diffs(vm: &mut Vm, diffs: &[FieldDiff]) {
@@ -559,11 +589,14 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 )
                 .is_ok_and(|p| !vm.machine.mem.is_mapped(p))
             });
+            let real_fault = real_fault_frame(&mut vm, &before);
             if let Some(a) = allow::find(&allow::Ctx {
                 ins: &ins,
                 lenient: &lenient,
                 count,
                 before: &before,
+                after: &vm.cpu,
+                real_fault,
                 diffs: &diffs,
                 unassigned,
             }) {
