@@ -379,12 +379,17 @@ fn difftest_hlt_at_cpl3_injected_bug_after_it_is_reported() {
 /// mode, on one engine (one instruction per unit), no divergence outside the
 /// allow-list.
 fn campaign(mode: &str, engine: &str) {
+    campaign_of(mode, engine, "2026", 100, 500);
+}
+
+fn campaign_of(mode: &str, engine: &str, seed: &str, count: u32, len: u32) {
     if !have_qemu() {
         return;
     }
+    let (count, len) = (count.to_string(), len.to_string());
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args([
-            "difftest", "--random", "--seed", "2026", "--count", "100", "--len", "500", "--mode",
+            "difftest", "--random", "--seed", seed, "--count", &count, "--len", &len, "--mode",
             mode, "--engine", engine,
         ])
         .output()
@@ -398,9 +403,24 @@ fn campaign(mode: &str, engine: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("100 programs of 500 instructions") && stdout.contains(" 0 diverged"),
+        stdout.contains(&format!("{count} programs of {len} instructions"))
+            && stdout.contains(" 0 diverged"),
         "{stdout}"
     );
+}
+
+/// The mixed-size stack campaign, bounded for CI: 20 programs of 150 instructions,
+/// each with about 12 stack switch groups (SS between B=0 and B=1 by MOV SS, POP
+/// SS, LSS and a POP SS at the segment's top) and the table's PUSH/POP/ENTER/
+/// LEAVE of both operand sizes on both stack sizes.
+#[test]
+fn difftest_campaign_mixed_stacks_prot16_has_no_divergence() {
+    campaign_of("prot16", "interp", "77", 20, 150);
+}
+
+#[test]
+fn difftest_campaign_mixed_stacks_prot32_has_no_divergence() {
+    campaign_of("prot32", "interp", "77", 20, 150);
 }
 
 #[test]
