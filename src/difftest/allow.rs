@@ -2,7 +2,7 @@
 //! its instruction and condition match an entry exactly; each entry says why and
 //! where the hardware behaviour is documented. Everything else is a failure.
 
-use iced_x86::{Code, Instruction, OpKind, Register};
+use iced_x86::{Code, Instruction, InstructionInfoFactory, OpKind, Register};
 use x86bt_cpu::mmu::{seg_linear, Access};
 use x86bt_cpu::state::CpuState;
 
@@ -11,10 +11,18 @@ use x86bt_cpu::state::CpuState;
 pub struct Ctx<'a> {
     /// The instruction.
     pub ins: &'a Instruction,
+    /// The same bytes decoded without iced's check for encodings the SDM calls
+    /// invalid: `ins` is `Code::INVALID` for MOV CS, r/m, this is the MOV.
+    pub lenient: &'a Instruction,
     /// The masked shift/rotate count, for shifts and rotates.
     pub count: Option<u8>,
     /// x86bt's CPU state before the instruction.
     pub before: &'a CpuState,
+    /// x86bt's CPU state after it.
+    pub after: &'a CpuState,
+    /// Real mode only: x86bt delivered a fault for this instruction (SP went down
+    /// by the three-word frame, whose IP and CS are the instruction's own).
+    pub real_fault: bool,
     /// What differs.
     pub diffs: &'a [super::FieldDiff],
     /// Whether the instruction's memory operand is in no RAM, ROM or device
@@ -37,11 +45,26 @@ pub struct Allowed {
 /// The allow-list.
 pub const ALLOWED: &[Allowed] = &[
     Allowed {
-    name: "mov-cs",
-    reason: "QEMU TCG loads CS on MOV CS, r/m instead of raising #UD",
-    reference:
-        "Intel SDM vol. 2B, MOV: 'The MOV instruction cannot be used to load the CS register' (#UD)",
-    applies: |c| c.ins.code() == Code::Mov_Sreg_rm16 && c.ins.op0_register() == Register::CS,
+        name: "mov-cs",
+        reason: "QEMU TCG loads CS from MOV CS, r/m (8E /1) and goes on at the next IP; hardware (and x86bt) raise #UD",
+        reference: "Intel SDM vol. 2B, MOV: 'The MOV instruction cannot be used to load the CS register', #UD 'If attempt is made to load the CS register'",
+        applies: mov_cs,
+    },
+    Allowed {
+        name: "real-wrap-fault",
+        reason: "QEMU TCG does not check real-mode segment limits: an access that runs past offset 0xFFFF (a word at 0xFFFF, a 32-bit offset above it) reads or writes the bytes after the segment; a 386 and later, and x86bt, raise #GP(0), or #SS(0) through SS",
+        reference: "Intel SDM vol. 3B, Architecture Compatibility, 'Segment Wraparound' (§22.33.1; 19.33.1 in older editions) and 8086 Emulation §20.1.1 (pseudo-protection faults 12 and 13 for offsets past 0FFFFH)",
+        applies: |c| c.real_fault && real_overrun(c),
+    },
+    Allowed {
+        name: "real-wrap-stack-shutdown",
+        reason: "QEMU TCG wraps a real-mode stack push past offset 0 (e.g. PUSH with SP = 1) to the top of the segment; hardware cannot deliver the #SS onto that stack, and shuts down, as x86bt does",
+        reference: "Intel SDM vol. 3B, Architecture Compatibility, 'Segment Wraparound' (§22.33.1: 'If a stack operation wraps around the address limit, shutdown occurs'); SDM vol. 2B PUSH (real-address mode, SP = 1)",
+        applies: |c| {
+            c.after.run_state == x86bt_cpu::state::RunState::Shutdown
+                && c.ins.is_stack_instruction()
+                && real_overrun(c)
+        },
     },
     Allowed {
         name: "aam-imm8-high",
@@ -90,28 +113,78 @@ pub const ALLOWED: &[Allowed] = &[
     },
 ];
 
+/// MOV CS, r/m: iced calls it invalid (so does x86bt, which raises #UD); QEMU
+/// runs it as a MOV. Only the fields such a difference can touch may differ: the
+/// instruction pointer, CS, the stack and flags of x86bt's #UD frame, and that
+/// frame in memory.
+fn mov_cs(c: &Ctx) -> bool {
+    c.ins.code() == Code::INVALID
+        && matches!(
+            c.lenient.code(),
+            Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16
+        )
+        && c.lenient.op0_register() == Register::CS
+        && c.diffs.iter().any(|d| d.name == "eip")
+        && c.diffs.iter().all(|d| {
+            matches!(d.name.as_str(), "eip" | "esp" | "eflags" | "cs") || d.name.starts_with("mem[")
+        })
+}
+
+/// The value of a register before the instruction, at its size; 0 for segment
+/// registers (offsets are wanted, not linear addresses).
+fn reg_value(cpu: &CpuState, r: Register) -> u64 {
+    let full = r.full_register();
+    if !full.is_gpr() {
+        return 0;
+    }
+    let v = cpu.gpr[(full as usize) - (Register::RAX as usize)];
+    match r.size() {
+        1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+            (v >> 8) & 0xFF
+        }
+        1 => v & 0xFF,
+        2 => v & 0xFFFF,
+        4 => v & 0xFFFF_FFFF,
+        _ => v,
+    }
+}
+
+/// Real mode (not virtual-8086): whether any memory access of the instruction,
+/// explicit operand, string operand or stack slot as iced lists them, runs past
+/// its segment's limit once its offset is formed at the address size (so a 16-bit
+/// offset that wraps inside the segment does not count, a word at 0xFFFF does).
+fn real_overrun(c: &Ctx) -> bool {
+    let cpu = c.before;
+    if cpu.protected() {
+        return false;
+    }
+    let mut f = InstructionInfoFactory::new();
+    let info = f.info(c.ins);
+    info.used_memory().iter().any(|m| {
+        let s = (m.segment() as usize).wrapping_sub(Register::ES as usize);
+        let size = m.memory_size().size() as u64;
+        if s >= 6 || size == 0 {
+            return false;
+        }
+        let mask = match m.address_size() {
+            iced_x86::CodeSize::Code16 => 0xFFFF,
+            _ => 0xFFFF_FFFF,
+        };
+        let off = reg_value(cpu, m.base())
+            .wrapping_add(reg_value(cpu, m.index()).wrapping_mul(u64::from(m.scale())))
+            .wrapping_add(m.displacement())
+            & mask;
+        off + size - 1 > u64::from(cpu.seg[s].limit)
+    })
+}
+
 /// The offset of the explicit memory operand of `c.ins`, with its operand index.
 fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
     let cpu = c.before;
     let ins = c.ins;
     let op = (0..ins.op_count()).find(|&i| ins.op_kind(i) == OpKind::Memory)?;
-    let reg = |r: Register, _: usize, _: usize| -> Option<u64> {
-        let full = r.full_register();
-        if full.is_gpr() {
-            let v = cpu.gpr[(full as usize) - (Register::RAX as usize)];
-            return Some(match r.size() {
-                1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
-                    (v >> 8) & 0xFF
-                }
-                1 => v & 0xFF,
-                2 => v & 0xFFFF,
-                4 => v & 0xFFFF_FFFF,
-                _ => v,
-            });
-        }
-        // Segment bases are not added: the check below wants the offset.
-        Some(0)
-    };
+    // Segment bases are not added: the check below wants the offset.
+    let reg = |r: Register, _: usize, _: usize| -> Option<u64> { Some(reg_value(cpu, r)) };
     let off = ins.virtual_address(op, 0, reg)?;
     let addr_mask = if ins.memory_base().is_gpr16() || ins.memory_index().is_gpr16() {
         0xFFFF
@@ -125,8 +198,11 @@ fn mem_offset(c: &Ctx) -> Option<(u32, u64)> {
 pub fn mem_linear(ins: &Instruction, before: &CpuState) -> Option<u64> {
     let c = Ctx {
         ins,
+        lenient: ins,
         count: None,
         before,
+        after: before,
+        real_fault: false,
         diffs: &[],
         unassigned: false,
     };

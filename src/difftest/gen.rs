@@ -7,7 +7,9 @@
 //!
 //! # ROM layout (offsets in the image; both emulators map it at 0xF0000 and 0xFFFF0000)
 //! - `0x0000` GDT: null, 16-bit code (base 0xF0000, limit 0xFFFF), 32-bit flat code,
-//!   16-bit data and 32-bit (B=1) data, both based at [`DATA_BASE`] with limit 0xFFFF.
+//!   16-bit data and 32-bit (B=1) data, both based at [`DATA_BASE`] with limit 0xFFFF;
+//!   the two data descriptors are also the 16-bit and 32-bit stacks of the stack
+//!   switches, so a switch changes the stack's size and not its bytes.
 //!   The accessed bits are preset so no CPU writes to the descriptors in ROM.
 //! - `0x0030` GDTR and `0x0038` IDTR pseudo-descriptors, `0x0040` the exception
 //!   handler (`hlt`), `0x0080` a 32-gate IDT (protected modes only).
@@ -37,8 +39,19 @@
 //! a random segment override one time in three; lockable read-modify-write forms
 //! get LOCK one time in four.
 //!
-//! Left out: CALL/RET/far transfers/INT/INTO/IRET/BOUND (control flow), segment
-//! register loads (MOV Sreg, POP Sreg, LDS...), HLT, I/O, POPF/STI/CLI, system
+//! In the protected modes, one stream slot in [`SWITCH_ODDS`] is a stack switch
+//! group instead (`Gen::stack_switch`): SS moves between the 16-bit (B=0, SP) and
+//! the 32-bit (B=1, ESP) data descriptors, both over the data window, by MOV SS,
+//! PUSH imm + POP SS (each of 16 or 32 bits), LSS SP or LSS ESP (which may also
+//! move the stack anywhere in its range, and on a 16-bit stack may put garbage in
+//! ESP's upper half, which such a stack ignores), or a POP SS at the very top of
+//! the segment, whose ESP increment is sized by the old SS: from a 32-bit stack ESP
+//! ends at 0x10000, from a 16-bit one SP wraps to 0 (an LSS puts the stack back
+//! right after). The table's pushes, pops, PUSHA/POPA, ENTER and LEAVE of either
+//! operand size then run on either stack size.
+//!
+//! Left out: CALL/RET/far transfers/INT/INTO/IRET/BOUND (control flow), other
+//! segment register loads (MOV/POP DS..GS, LDS...), HLT, I/O, POPF/STI/CLI, system
 //! instructions (descriptor tables, CRs/DRs, LAR/LSL/VERR/VERW/ARPL, CPUID, RDTSC,
 //! RDMSR, INVD...), x87/MMX/SSE, UD0/UD1/UD2, the reserved NOPs (0F 0D, 0F 18-1E),
 //! BSWAP r16, whose result is undefined, and TEST F6 /1 and F7 /1, which QEMU
@@ -48,7 +61,8 @@
 //! - EBX is the reserved base register. No stream instruction writes EBX, BX, BL or
 //!   BH, except a POPA that restores what its own PUSHA saved a few register-only
 //!   instructions earlier.
-//! - ESP moves only through pushes, pops, ENTER and LEAVE (LEAVE right after
+//! - ESP moves only through pushes, pops, ENTER, LEAVE and the LSS of stack
+//!   switches (LEAVE right after
 //!   `mov ebp, esp`); the generator tracks the depth below [`STACK_TOP`] and keeps it
 //!   within `0..=MAX_DEPTH`, so the stack stays inside the data window.
 //! - Every explicit memory operand is built from registers whose values are known at
@@ -113,6 +127,9 @@ const SEL_CODE16: u16 = 0x08;
 const SEL_CODE32: u16 = 0x10;
 const SEL_DATA16: u16 = 0x18;
 const SEL_DATA32: u16 = 0x20;
+
+/// One stream slot in this many (protected modes) is a stack switch group.
+const SWITCH_ODDS: u64 = 12;
 
 /// Operand-building attempts for one table entry, and table picks for one stream slot.
 const ATTEMPTS: usize = 8;
@@ -855,6 +872,8 @@ struct Group {
     insns: Vec<Instruction>,
     /// Stack depth below `STACK_TOP` after the group.
     depth: u32,
+    /// After a stack switch: whether SS is 32-bit, and the upper half of ESP.
+    stack: Option<(bool, u32)>,
     retired: usize,
 }
 
@@ -897,9 +916,23 @@ struct Gen {
     /// Room left for the stream, keeping a byte for the final HLT.
     room: usize,
     depth: u32,
+    /// Whether SS is the 32-bit (B=1) stack descriptor.
+    ss32: bool,
+    /// The upper half of ESP: 0 on a 32-bit stack; on a 16-bit one, which uses
+    /// only SP, whatever the last LSS ESP put there.
+    esp_high: u32,
     retired: usize,
     codes: Vec<Code>,
     errors: usize,
+}
+
+/// The ways a stack switch group loads SS (see [`Gen::stack_switch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Switch {
+    MovSs,
+    PopSs,
+    Lss,
+    PopSsAtTop,
 }
 
 impl Gen {
@@ -914,6 +947,8 @@ impl Gen {
             ip: u64::from(mode.ip_of(stream_start as u32)),
             room: STREAM_END.saturating_sub(stream_start + 1),
             depth: 0,
+            ss32: mode == Mode::Prot32,
+            esp_high: 0,
             retired: 0,
             codes: Vec::new(),
             errors: 0,
@@ -922,7 +957,17 @@ impl Gen {
 
     fn fill(&mut self, len: usize) {
         for _ in 0..len {
-            let Some(mut group) = self.group(Ctx::Free) else {
+            let switch = self.mode != Mode::Real && self.rng.chance(1, SWITCH_ODDS);
+            let made = if switch {
+                self.stack_switch().unwrap_or_else(|_| {
+                    self.errors += 1;
+                    None
+                })
+            } else {
+                None
+            };
+            let made = made.or_else(|| self.group(Ctx::Free));
+            let Some(mut group) = made else {
                 continue;
             };
             let Some(bytes) = self.encode(&mut group.insns) else {
@@ -934,6 +979,10 @@ impl Gen {
             self.ip += bytes.len() as u64;
             self.out.extend_from_slice(&bytes);
             self.depth = group.depth;
+            if let Some((ss32, high)) = group.stack {
+                self.ss32 = ss32;
+                self.esp_high = high;
+            }
             self.retired += group.retired;
             self.codes.push(group.code);
         }
@@ -986,6 +1035,7 @@ impl Gen {
             retired: insns.len(),
             insns,
             depth,
+            stack: None,
         }
     }
 
@@ -1120,6 +1170,8 @@ impl Gen {
         loads: &mut Vec<(Register, u32)>,
     ) -> Option<(Mem, u64)> {
         use Register as R;
+        // On a 16-bit stack ESP's upper half may be anything: no [ESP] then.
+        let allow_esp = allow_esp && self.esp_high == 0;
         let esp = STACK_TOP - self.depth;
         let base = match self.rng.below(10) {
             0..=3 => R::EBX,
@@ -1478,7 +1530,7 @@ impl Gen {
                 let known = if full == R::EBX {
                     self.base
                 } else {
-                    STACK_TOP - self.depth
+                    (self.esp_high << 16) | (STACK_TOP - self.depth)
                 };
                 let v = match r {
                     R::BL => known & 0xFF,
@@ -1742,10 +1794,214 @@ impl Gen {
                 insns.extend(g.insns);
             }
         }
-        insns.push(self.new_ins(code));
+        insns.push(self.pop_ss(code)?);
         let mut g = self.group_of(code, insns, self.depth);
         g.retired = retired;
         Ok(Some(g))
+    }
+
+    /// A group that loads SS with the 16-bit (B=0) or the 32-bit (B=1) stack
+    /// descriptor, both over the data window (SDM vol. 3A §3.4.5: B sizes the
+    /// stack pointer, SP or ESP, of implicit stack accesses):
+    /// - MOV SS, r16/r32 from a loaded register;
+    /// - PUSH imm (16 or 32 bits) of the selector, then POP SS (16 or 32 bits),
+    ///   whose ESP increment is sized by the old SS (SDM vol. 2B, POP);
+    /// - LSS SP/ESP from a far pointer stored in the hot region, which may also
+    ///   move the stack pointer anywhere in `0..=MAX_DEPTH` below [`STACK_TOP`];
+    /// - POP SS at the top of the segment: LSS puts the stack pointer at
+    ///   0x10000 minus the POP's size, the POP SS there ends at 0x10000 from a
+    ///   32-bit old stack and wraps SP to 0 from a 16-bit one, and an LSS ESP
+    ///   right after brings the stack back to its depth.
+    fn stack_switch(&mut self) -> Result<Option<Group>, IcedError> {
+        let sel = |b: bool| u32::from(if b { SEL_DATA32 } else { SEL_DATA16 });
+        let new32 = self.rng.chance(1, 2);
+        let kind = self.rng.pick(&[
+            Switch::MovSs,
+            Switch::MovSs,
+            Switch::PopSs,
+            Switch::PopSs,
+            Switch::Lss,
+            Switch::Lss,
+            Switch::Lss,
+            Switch::PopSsAtTop,
+        ]);
+        // A 32-bit stack needs a clean ESP: with garbage in its upper half, only
+        // an LSS ESP (which replaces it) may switch to one.
+        let keeps_high = matches!(kind, Switch::MovSs | Switch::PopSs);
+        let new32 = new32 && !(keeps_high && self.esp_high != 0);
+        let mut high = self.esp_high;
+        let mut insns = Vec::new();
+        let mut depth = self.depth;
+        let code = match kind {
+            Switch::MovSs => {
+                let Some(r) = self.free_preppable(0) else {
+                    return Ok(None);
+                };
+                insns.push(self.mov_imm32(r, sel(new32))?);
+                let i = GPR32.iter().position(|&g| g == r).unwrap_or(0);
+                let (code, src) = if self.rng.chance(1, 2) {
+                    (Code::Mov_Sreg_rm16, GPR16[i])
+                } else {
+                    (Code::Mov_Sreg_r32m16, r)
+                };
+                let mut mov = Instruction::with2(code, Register::SS, src)?;
+                mov.set_code_size(self.mode.code_size());
+                insns.push(mov);
+                code
+            }
+            Switch::PopSs => {
+                let push32 = self.rng.chance(1, 2);
+                let pop32 = self.rng.chance(1, 2);
+                let (pushed, popped) = (if push32 { 4 } else { 2 }, if pop32 { 4 } else { 2 });
+                if depth + pushed > MAX_DEPTH || depth + pushed < popped {
+                    return Ok(None);
+                }
+                let push = if push32 {
+                    Code::Pushd_imm32
+                } else {
+                    Code::Push_imm16
+                };
+                let mut push = Instruction::with1(push, sel(new32))?;
+                push.set_code_size(self.mode.code_size());
+                insns.push(push);
+                let code = if pop32 { Code::Popd_SS } else { Code::Popw_SS };
+                insns.push(self.pop_ss(code)?);
+                depth = depth + pushed - popped;
+                code
+            }
+            Switch::Lss => {
+                // LSS SP (m16:16) keeps ESP's upper half, so only LSS ESP may
+                // switch to a 32-bit stack while it is not clean.
+                let lss32 = self.rng.chance(1, 2) || (new32 && self.esp_high != 0);
+                depth = 2 * self.rng.below(u64::from(MAX_DEPTH / 2) + 1) as u32;
+                let offset = if lss32 {
+                    high = self.esp_garbage(new32);
+                    (high << 16) | (STACK_TOP - depth)
+                } else {
+                    STACK_TOP - depth
+                };
+                self.lss(&mut insns, lss32, offset, sel(new32))?
+            }
+            Switch::PopSsAtTop => {
+                let pop32 = self.rng.chance(1, 2);
+                let size = if pop32 { 4 } else { 2 };
+                let top = WINDOW - size;
+                // The new selector at the top of the window, through DS (same base).
+                let (code, disp_size) = match (pop32, self.mode.bitness()) {
+                    (true, 16) => (Code::Mov_rm32_imm32, 2),
+                    (true, _) => (Code::Mov_rm32_imm32, 4),
+                    (false, 16) => (Code::Mov_rm16_imm16, 2),
+                    (false, _) => (Code::Mov_rm16_imm16, 4),
+                };
+                let mut store = self.new_ins(code);
+                let m = Mem {
+                    base: Register::None,
+                    index: Register::None,
+                    scale: 1,
+                    disp: i64::from(top),
+                    displ_size: disp_size,
+                    seg: Register::None,
+                };
+                Self::set_mem(&mut store, 0, &m)?;
+                if pop32 {
+                    store.try_set_op_kind(1, OpKind::Immediate32)?;
+                    store.set_immediate32(sel(new32));
+                } else {
+                    store.try_set_op_kind(1, OpKind::Immediate16)?;
+                    store.set_immediate16(sel(new32) as u16);
+                }
+                insns.push(store);
+                let old32 = self.rng.chance(1, 2);
+                self.lss(&mut insns, true, top, sel(old32))?;
+                let code = if pop32 { Code::Popd_SS } else { Code::Popw_SS };
+                insns.push(self.pop_ss(code)?);
+                let back32 = self.rng.chance(1, 2);
+                let high = self.esp_garbage(back32);
+                self.lss(
+                    &mut insns,
+                    true,
+                    (high << 16) | (STACK_TOP - depth),
+                    sel(back32),
+                )?;
+                let mut g = self.group_of(code, insns, depth);
+                g.stack = Some((back32, high));
+                return Ok(Some(g));
+            }
+        };
+        let mut g = self.group_of(code, insns, depth);
+        g.stack = Some((new32, high));
+        Ok(Some(g))
+    }
+
+    /// The upper half of ESP that an LSS ESP loads: 0 for a 32-bit stack; for a
+    /// 16-bit one, which ignores it, a random value half of the time.
+    fn esp_garbage(&mut self, ss32: bool) -> u32 {
+        if ss32 || self.rng.chance(1, 2) {
+            0
+        } else {
+            self.rng.imm(16)
+        }
+    }
+
+    /// POP SS of 16 or 32 bits.
+    fn pop_ss(&self, code: Code) -> Result<Instruction, IcedError> {
+        let mut pop = Instruction::with1(code, Register::SS)?;
+        pop.set_code_size(self.mode.code_size());
+        Ok(pop)
+    }
+
+    /// Stores the far pointer `selector:offset` at [EBX + disp] in the hot region
+    /// and loads it with LSS (m16:32 when `wide`, else m16:16, which loads SP and
+    /// keeps the upper half of ESP). Returns the LSS code.
+    fn lss(
+        &mut self,
+        insns: &mut Vec<Instruction>,
+        wide: bool,
+        offset: u32,
+        selector: u32,
+    ) -> Result<Code, IcedError> {
+        let disp = self.rng.range(-0x100, 0x100);
+        let at = |d: i64| Mem {
+            base: Register::EBX,
+            index: Register::None,
+            scale: 1,
+            disp: d,
+            displ_size: 4,
+            seg: Register::None,
+        };
+        let (off_code, off_kind, width, lss) = if wide {
+            (
+                Code::Mov_rm32_imm32,
+                OpKind::Immediate32,
+                4,
+                Code::Lss_r32_m1632,
+            )
+        } else {
+            (
+                Code::Mov_rm16_imm16,
+                OpKind::Immediate16,
+                2,
+                Code::Lss_r16_m1616,
+            )
+        };
+        let mut off = self.new_ins(off_code);
+        Self::set_mem(&mut off, 0, &at(disp))?;
+        off.try_set_op_kind(1, off_kind)?;
+        if wide {
+            off.set_immediate32(offset);
+        } else {
+            off.set_immediate16(offset as u16);
+        }
+        let mut sel = self.new_ins(Code::Mov_rm16_imm16);
+        Self::set_mem(&mut sel, 0, &at(disp + width))?;
+        sel.try_set_op_kind(1, OpKind::Immediate16)?;
+        sel.set_immediate16(selector as u16);
+        let mut load = self.new_ins(lss);
+        let sp = if wide { Register::ESP } else { Register::SP };
+        Self::set_reg(&mut load, 0, sp)?;
+        Self::set_mem(&mut load, 1, &at(disp))?;
+        insns.extend([off, sel, load]);
+        Ok(lss)
     }
 
     /// The stream's rules that hold for every instruction of a group: EBX written only
@@ -1984,7 +2240,10 @@ mod tests {
                     }
                     assert!(!w.contains(&Register::EBX), "{mode} {index}: {ins}");
                     if w.contains(&Register::ESP) {
-                        assert!(ins.is_stack_instruction(), "{mode} {index}: {ins}");
+                        assert!(
+                            ins.is_stack_instruction() || ins.mnemonic() == Mnemonic::Lss,
+                            "{mode} {index}: {ins}"
+                        );
                     }
                 }
             }
@@ -2018,6 +2277,11 @@ mod tests {
                 let mut known: [Option<u32>; 8] = [None; 8];
                 known[3] = Some(ebx);
                 known[4] = Some(STACK_TOP);
+                // Immediates stored at known addresses (the far pointers of LSS).
+                let mut stored = std::collections::HashMap::<u64, u32>::new();
+                // Between the LSS that puts the stack at the top of the window and
+                // the LSS that brings it back (see `Gen::stack_switch`).
+                let mut at_top = false;
                 let slot = |r: Register| GPR32.iter().position(|&g| g == r.full_register32());
                 for ins in decode_stream(&p, mode) {
                     let val = |known: &[Option<u32>; 8], r: Register| -> Option<u64> {
@@ -2055,6 +2319,56 @@ mod tests {
                             ea + size <= u64::from(WINDOW),
                             "{mode} {index}: {ins} at {ea:#x}"
                         );
+                        match ins.code() {
+                            Code::Mov_rm32_imm32 => {
+                                stored.insert(ea, ins.immediate32());
+                            }
+                            Code::Mov_rm16_imm16 => {
+                                stored.insert(ea, u32::from(ins.immediate16()));
+                            }
+                            Code::Lss_r32_m1632 | Code::Lss_r16_m1616 => {
+                                let wide = ins.code() == Code::Lss_r32_m1632;
+                                let off = *stored.get(&ea).expect("LSS pointer stored");
+                                let width = if wide { 4 } else { 2 };
+                                let sel = *stored.get(&(ea + width)).expect("LSS selector");
+                                assert!(
+                                    sel == u32::from(SEL_DATA16) || sel == u32::from(SEL_DATA32),
+                                    "{mode} {index}: {ins} loads {sel:#x}"
+                                );
+                                let sp = known[4].expect("ESP is always known");
+                                let esp = if wide { off } else { (sp & !0xFFFF) | off };
+                                known[4] = Some(esp);
+                                at_top = esp & 0xFFFF > STACK_TOP;
+                                if !at_top {
+                                    let depth = STACK_TOP - (esp & 0xFFFF);
+                                    assert!(depth <= MAX_DEPTH, "{mode} {index}: {ins}");
+                                    if sel == u32::from(SEL_DATA32) {
+                                        assert_eq!(esp >> 16, 0, "{mode} {index}: {ins}");
+                                    }
+                                }
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if at_top {
+                        // Only the POP SS at the top runs on that stack.
+                        assert!(
+                            matches!(
+                                ins.code(),
+                                Code::Popw_SS
+                                    | Code::Popd_SS
+                                    | Code::Mov_rm32_imm32
+                                    | Code::Mov_rm16_imm16
+                            ),
+                            "{mode} {index}: {ins} on the stack at the top"
+                        );
+                        if matches!(ins.code(), Code::Popw_SS | Code::Popd_SS) {
+                            let size = if ins.code() == Code::Popd_SS { 4 } else { 2 };
+                            let sp = known[4].expect("ESP is always known");
+                            assert_eq!(sp, WINDOW - size, "{mode} {index}: {ins}");
+                        }
+                        continue;
                     }
                     // Update what is known.
                     let sp = known[4].expect("ESP is always known");
@@ -2100,8 +2414,10 @@ mod tests {
                             }
                         }
                     }
-                    known[4] = Some((i64::from(sp) + i64::from(inc)) as u32);
-                    let depth = STACK_TOP.checked_sub(known[4].unwrap_or(0));
+                    // A 16-bit stack moves SP only; ESP's upper half stays.
+                    let low = (i64::from(sp & 0xFFFF) + i64::from(inc)) as u32;
+                    known[4] = Some((sp & !0xFFFF) | (low & 0xFFFF));
+                    let depth = STACK_TOP.checked_sub(low);
                     assert!(
                         depth.is_some_and(|d| d <= MAX_DEPTH),
                         "{mode} {index}: stack out of range after {ins}"
@@ -2188,6 +2504,115 @@ mod tests {
             }
         }
         assert!(seen > 100, "only {seen} RCL/RCR of 8 or 16 bits");
+    }
+
+    /// Follows SS through the stream (the selector of each stack switch group is
+    /// the last selector immediate before its SS load) and counts what runs on
+    /// which stack size.
+    #[test]
+    fn stack_switches_cover_every_load_both_sizes_and_mixed_stack_use() {
+        use std::collections::HashMap;
+        let sels = [u32::from(SEL_DATA16), u32::from(SEL_DATA32)];
+        for mode in [Mode::Prot16, Mode::Prot32] {
+            let mut seen: HashMap<(String, bool), usize> = HashMap::new();
+            let mut count = |what: &str, ss32: bool| {
+                *seen.entry((what.to_string(), ss32)).or_default() += 1;
+            };
+            for index in 0..100 {
+                let p = generate(mode, 31, index, 300);
+                let insns = decode_stream(&p, mode);
+                let mut ss32 = mode == Mode::Prot32;
+                let mut cand = None;
+                for (n, ins) in insns.iter().enumerate() {
+                    let imm = match ins.code() {
+                        Code::Push_imm16 | Code::Mov_rm16_imm16 => {
+                            Some(u32::from(ins.immediate16()))
+                        }
+                        Code::Pushd_imm32 | Code::Mov_r32_imm32 => Some(ins.immediate32()),
+                        _ => None,
+                    };
+                    if let Some(v) = imm.filter(|v| sels.contains(v)) {
+                        cand = Some(v);
+                    }
+                    let loads_ss = match ins.code() {
+                        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 => {
+                            ins.op0_register() == Register::SS
+                        }
+                        Code::Popw_SS
+                        | Code::Popd_SS
+                        | Code::Lss_r16_m1616
+                        | Code::Lss_r32_m1632 => true,
+                        _ => false,
+                    };
+                    if loads_ss {
+                        let new32 = cand.expect("a selector before each SS load") == sels[1];
+                        let top = n > 0
+                            && insns[n - 1].mnemonic() == Mnemonic::Lss
+                            && matches!(ins.code(), Code::Popw_SS | Code::Popd_SS);
+                        let what = if top {
+                            format!("{:?} at top", ins.code())
+                        } else {
+                            format!("{:?}", ins.code())
+                        };
+                        count(&format!("{what} from"), ss32);
+                        count(&format!("{:?} to", ins.code()), new32);
+                        ss32 = new32;
+                        continue;
+                    }
+                    if ins.is_stack_instruction() {
+                        count(&format!("{:?}", ins.code()), ss32);
+                    }
+                }
+            }
+            let need = [
+                "Mov_Sreg_rm16 to",
+                "Mov_Sreg_r32m16 to",
+                "Popw_SS to",
+                "Popd_SS to",
+                "Lss_r16_m1616 to",
+                "Lss_r32_m1632 to",
+                "Popw_SS from",
+                "Popd_SS from",
+                "Popw_SS at top from",
+                "Popd_SS at top from",
+                "Enterw_imm16_imm8",
+                "Enterd_imm16_imm8",
+                "Leavew",
+                "Leaved",
+                "Push_r16",
+                "Push_r32",
+                "Pop_r16",
+                "Pop_r32",
+                "Pushaw",
+                "Pushad",
+            ];
+            for what in need {
+                for ss32 in [false, true] {
+                    let n = seen.get(&(what.to_string(), ss32)).copied().unwrap_or(0);
+                    assert!(
+                        n > 0,
+                        "{mode}: {what} on a {}-bit stack never generated",
+                        if ss32 { 32 } else { 16 }
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn real_mode_stream_has_no_stack_switch() {
+        for index in 0..50 {
+            let p = generate(Mode::Real, 31, index, 300);
+            for ins in decode_stream(&p, Mode::Real) {
+                assert!(
+                    !(matches!(
+                        ins.code(),
+                        Code::Popw_SS | Code::Popd_SS | Code::Lss_r16_m1616 | Code::Lss_r32_m1632
+                    ) || ins.mnemonic() == Mnemonic::Mov && ins.op0_register() == Register::SS),
+                    "{index}: {ins}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -104,8 +104,10 @@ fn qemu_err(e: std::io::Error) -> Error {
     Error::Usage(format!("qemu: {e}"))
 }
 
-/// Decodes the instruction at CS:EIP for the report and the per-instruction rules.
-fn current_insn(vm: &mut Vm) -> (Instruction, u64, Vec<u8>) {
+/// Decodes the instruction at CS:EIP for the report and the per-instruction rules,
+/// with its linear address, and again without iced's check for encodings the SDM
+/// calls invalid (MOV CS, r/m decodes as MOV then; see the mov-cs allow entry).
+fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
     let cpu = &mut vm.cpu;
     let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
     let mut bytes = Vec::with_capacity(15);
@@ -124,7 +126,9 @@ fn current_insn(vm: &mut Vm) -> (Instruction, u64, Vec<u8>) {
         16
     };
     let ins = Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NONE).decode();
-    (ins, lin, bytes)
+    let lenient =
+        Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NO_INVALID_CHECK).decode();
+    (ins, lin, lenient)
 }
 
 fn format(ins: &Instruction) -> String {
@@ -256,6 +260,36 @@ fn accessed_bit_only(before: &x86bt_cpu::CpuState, addr: u64, ours: u64, qemu: u
     ]
     .iter()
     .any(|&(base, limit)| addr >= base && addr <= base + limit && (addr - base) % 8 == 5)
+}
+
+/// Real mode: whether x86bt has just delivered a fault for the instruction that
+/// started in `before`: SP went down by exactly the FLAGS, CS, IP frame, and the
+/// frame's CS:IP is the instruction's own (a fault, SDM vol. 3A §20.1.4, pushes
+/// the address of the faulting instruction).
+fn real_fault_frame(vm: &mut Vm, before: &x86bt_cpu::CpuState) -> bool {
+    if before.protected() || vm.cpu.protected() {
+        return false;
+    }
+    let sp = vm.cpu.gpr[reg::RSP] & 0xFFFF;
+    if sp != before.gpr[reg::RSP].wrapping_sub(6) & 0xFFFF {
+        return false;
+    }
+    let ss = vm.cpu.seg[sreg::SS].base;
+    let saved = vm.cpu.log_writes;
+    vm.cpu.log_writes = false;
+    let mut word = |off: u64| {
+        x86bt_cpu::mmu::read_lin_as(
+            &mut vm.cpu,
+            &mut vm.machine,
+            ss.wrapping_add(off & 0xFFFF) & 0xFFFF_FFFF,
+            2,
+            false,
+        )
+    };
+    let (ip, cs) = (word(sp), word(sp + 2));
+    vm.cpu.log_writes = saved;
+    ip.is_ok_and(|ip| ip == before.rip & 0xFFFF)
+        && cs.is_ok_and(|cs| cs == u64::from(before.seg[sreg::CS].selector))
 }
 
 /// Takes QEMU's values for the fields of an allowed divergence (registers and
@@ -394,12 +428,15 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
     while compared < setup.max_insns {
         done += 1;
         let skipping = done <= setup.skip;
-        let (ins, addr, _bytes) = current_insn(&mut vm);
+        let (ins, addr, lenient) = current_insn(&mut vm);
         let exits = ins.mnemonic() == Mnemonic::Out
             && (ins.op0_kind() == iced_x86::OpKind::Immediate8 && ins.immediate8() == 0xF4
                 || ins.op0_kind() == iced_x86::OpKind::Register
                     && vm.cpu.gpr[reg::RDX] as u16 == 0xF4);
-        if ins.mnemonic() == Mnemonic::Hlt || exits {
+        // HLT at CPL > 0 (and in virtual-8086 mode, CPL 3) is #GP(0) (SDM vol.
+        // 2A, HLT): it is stepped and compared like any other instruction.
+        let halts = ins.mnemonic() == Mnemonic::Hlt && vm.cpu.cpl() == 0;
+        if halts || exits {
             // QEMU's gdbstub steps with interrupts masked, so a stepped HLT never
             // completes there: the guest's end is reached.
             return Ok((
@@ -552,10 +589,14 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 )
                 .is_ok_and(|p| !vm.machine.mem.is_mapped(p))
             });
+            let real_fault = real_fault_frame(&mut vm, &before);
             if let Some(a) = allow::find(&allow::Ctx {
                 ins: &ins,
+                lenient: &lenient,
                 count,
                 before: &before,
+                after: &vm.cpu,
+                real_fault,
                 diffs: &diffs,
                 unassigned,
             }) {
