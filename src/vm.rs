@@ -198,12 +198,22 @@ impl Vm {
         let l = self.lockstep.as_ref()?;
         let s = l.stats();
         Some(format!(
-            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared)",
+            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} run on to the other engine's boundary",
             l.jit_stats(),
             s.units,
             s.compared,
-            s.io_units
+            s.io_units,
+            s.caught_up
         ))
+    }
+
+    /// Test hook of `--engine lockstep`: the interpreter runs one instruction
+    /// per unit while the translator runs whole units.
+    #[doc(hidden)]
+    pub fn lockstep_reference_single_step(&mut self, on: bool) {
+        if let Some(l) = &mut self.lockstep {
+            l.set_reference_single_step(on);
+        }
     }
 
     /// Test hook of `--engine lockstep`: corrupts the translator's result after

@@ -384,3 +384,25 @@ fn jit_store_beside_code_then_into_it_runs_the_patched_code() {
         assert_eq!(vm.cpu.gpr[2] & 0xFFFF, 5996, "{engine:?}: DX");
     }
 }
+
+/// Lockstep compares the engines at one instruction boundary even when their
+/// units end at different instructions: with the interpreter cut to one
+/// instruction per unit, every longer translator unit is reached by running
+/// the interpreter on, and nothing diverges (before, each such unit was
+/// reported as a divergence of RIP and icount).
+#[test]
+fn lockstep_units_of_different_lengths_are_compared_at_one_boundary() {
+    for w in x86bt::bench::workloads() {
+        let mut vm = x86bt::bench::prepare(&w).expect("workload");
+        vm.set_engine(Engine::Lockstep).expect("lockstep");
+        vm.lockstep_reference_single_step(true);
+        let out = vm.run(200_000);
+        assert_eq!(out, RunOutcome::InstructionLimit, "{}", w.name);
+        let stats = vm.engine_stats().unwrap_or_default();
+        assert!(
+            !stats.contains(" 0 run on to the other engine's boundary"),
+            "{}: {stats}",
+            w.name
+        );
+    }
+}

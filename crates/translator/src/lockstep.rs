@@ -1,14 +1,19 @@
-//! Lockstep: every unit runs on the interpreter (on a copy of the CPU state) and
-//! on the translator (on the real state), and the two results must agree.
+//! Lockstep: every unit runs on the translator (on a copy of the CPU state) and
+//! on the interpreter (on the real state, so the run goes on from the
+//! reference semantics), and the two results must agree.
 //!
-//! Memory is shared, so the interpreter's run logs every byte it overwrites
+//! Memory is shared, so the translator's run logs every byte it overwrites
 //! (`CpuState::log_undo`); its final bytes are recorded, the old bytes are put
 //! back, and the code pages its stores unmarked are marked again, so the
-//! translator starts from the same memory and the same code-page marks. Then the
-//! translator runs, and the comparison covers the unit exit, every field of
-//! `CpuState` (registers, flags, RIP, `icount`, segment caches, control
-//! registers, the x87, the TLB), the sequence of logged writes (linear address,
-//! size) and the final value of every byte either engine wrote.
+//! interpreter starts from the same memory and the same code-page marks. Then
+//! the interpreter runs. The two may end their units at different
+//! instructions (the interpreter ends one after a store into code, for one);
+//! the engine behind then runs on, unit by unit, to the other's boundary, so
+//! they are always compared at the same instruction. The comparison covers the
+//! unit exit, every field of `CpuState` (registers, flags, RIP, `icount`,
+//! segment caches, control registers, the x87), the sequence of logged writes
+//! (linear address, size) and the final value of every byte either engine
+//! wrote.
 //!
 //! A unit with port I/O runs once, on the translator, and is not compared: a
 //! device cannot be asked the same question twice. (The machine has no MMIO; a
@@ -44,6 +49,8 @@ pub struct LockstepStats {
     pub compared: u64,
     /// Units with port I/O, run once by the translator and not compared.
     pub io_units: u64,
+    /// Units one engine ran on to reach the other's instruction boundary.
+    pub caught_up: u64,
 }
 
 /// The lockstep engine.
@@ -55,6 +62,29 @@ pub struct Lockstep {
     inject_after: Option<u64>,
     /// Whether the unit at (physical address, mode key, RIP) does port I/O.
     io_units: std::collections::HashMap<(u64, u32, u64), bool>,
+}
+
+/// How many more units the engine that ended its unit first may run to reach
+/// the other's instruction boundary.
+const CATCH_UP_UNITS: u32 = 16;
+
+/// Moves what `c` wrote since its logs were last emptied into `wrote` (final
+/// bytes) and `log` (linear address, size), and puts memory back as it was
+/// before those writes, with the code marks the writes removed.
+fn take_writes(
+    c: &mut CpuState,
+    m: &mut Machine,
+    wrote: &mut BTreeMap<u64, u8>,
+    log: &mut Vec<(u64, u32)>,
+) {
+    wrote.extend(final_bytes(m, &c.undo_log));
+    log.append(&mut c.write_log);
+    for &(p, old) in c.undo_log.iter().rev() {
+        m.mem.write_u8(GuestPhys(p), old);
+    }
+    c.undo_log.clear();
+    // Memory is as before, so every cached unit is still right.
+    m.mem.keep_code_marks();
 }
 
 /// Final value of every byte in an undo log.
@@ -112,6 +142,14 @@ impl Lockstep {
         self.jit.set_single_step(on);
     }
 
+    /// Test hook: the interpreter alone cuts its units to one instruction, so
+    /// every unit of the translator ends later than the interpreter's, and the
+    /// comparison must still find both at one boundary.
+    #[doc(hidden)]
+    pub fn set_reference_single_step(&mut self, on: bool) {
+        self.reference.single_step = on;
+    }
+
     /// Drops everything cached by both engines.
     pub fn flush(&mut self) {
         self.io_units.clear();
@@ -163,44 +201,63 @@ impl Lockstep {
             std::mem::take(&mut cpu.write_log),
             std::mem::take(&mut cpu.undo_log),
         );
-        let mut ci = cpu.clone();
-        ci.log_writes = true;
-        ci.log_undo = true;
-        let exit_i = self.reference.run_unit(&mut ci, m);
-        let wrote_i = final_bytes(m, &ci.undo_log);
-        for &(p, old) in ci.undo_log.iter().rev() {
-            m.mem.write_u8(GuestPhys(p), old);
+        // The translator first, on a copy; its writes are recorded and undone.
+        let mut cj = cpu.clone();
+        cj.log_writes = true;
+        cj.log_undo = true;
+        let mut exit_t = self.jit.run_unit(&mut cj, m);
+        if self.inject_after.is_some_and(|n| self.stats.units > n) {
+            cj.gpr[0] ^= 1;
         }
-        // Memory is as before the unit, so every cached unit is still right; the
-        // code pages the stores unmarked are marked again for the second run.
-        m.mem.keep_code_marks();
+        let (mut wrote_t, mut log_t) = (BTreeMap::new(), Vec::new());
+        take_writes(&mut cj, m, &mut wrote_t, &mut log_t);
+        // Then the interpreter, the reference, on the real state.
         cpu.log_writes = true;
         cpu.log_undo = true;
-        let exit_t = self.jit.run_unit(cpu, m);
-        if self.inject_after.is_some_and(|n| self.stats.units > n) {
-            cpu.gpr[0] ^= 1;
+        let mut exit_i = self.reference.run_unit(cpu, m);
+        // The two may end their units at different instructions (one cuts a
+        // unit short where the other goes on): the one behind runs on, unit by
+        // unit, to the other's boundary, and they are compared there.
+        let mut rounds = 0;
+        while cpu.icount != cj.icount && rounds < CATCH_UP_UNITS {
+            rounds += 1;
+            let goes_on = |e: &UnitExit| matches!(e, UnitExit::Continue | UnitExit::Event);
+            if cpu.icount < cj.icount && goes_on(&exit_i) {
+                if m.mem.code_write_pending {
+                    self.invalidate_written(m);
+                }
+                exit_i = self.reference.run_unit(cpu, m);
+            } else if cj.icount < cpu.icount && goes_on(&exit_t) {
+                // Memory holds the interpreter's writes, which the translator
+                // would have made too if they agree so far.
+                exit_t = self.jit.run_unit(&mut cj, m);
+                take_writes(&mut cj, m, &mut wrote_t, &mut log_t);
+            } else {
+                break;
+            }
+            self.stats.caught_up += 1;
         }
-        let wrote_t = final_bytes(m, &cpu.undo_log);
-        let log_t = std::mem::take(&mut cpu.write_log);
+        let wrote_i = final_bytes(m, &cpu.undo_log);
+        let log_i = std::mem::take(&mut cpu.write_log);
         cpu.undo_log.clear();
         let (lw, lu, mut wl, ul) = saved;
         if lw {
-            wl.extend_from_slice(&log_t);
+            wl.extend_from_slice(&log_i);
         }
         (cpu.log_writes, cpu.log_undo, cpu.write_log, cpu.undo_log) = (lw, lu, wl, ul);
-        let log_i = std::mem::take(&mut ci.write_log);
-        ci.undo_log.clear();
-        (ci.log_writes, ci.log_undo) = (cpu.log_writes, cpu.log_undo);
-        ci.write_log.clone_from(&cpu.write_log);
-        ci.undo_log.clone_from(&cpu.undo_log);
+        (cj.log_writes, cj.log_undo) = (cpu.log_writes, cpu.log_undo);
+        cj.write_log.clone_from(&cpu.write_log);
+        cj.undo_log.clone_from(&cpu.undo_log);
         // Only meaningful while an instruction executes; inline code skips it.
-        ci.next_rip = cpu.next_rip;
+        cj.next_rip = cpu.next_rip;
+        let ci: &CpuState = cpu;
+        let cpu = &cj;
 
         let mut diffs = Vec::new();
         if exit_i != exit_t {
             diffs.push(format!("unit exit: interp {exit_i:?}, jit {exit_t:?}"));
         }
-        state_diffs(&ci, cpu, &mut diffs);
+        state_diffs(ci, cpu, &mut diffs);
         if log_i != log_t {
             diffs.push(format!(
                 "writes (linear address, size): interp {log_i:x?}, jit {log_t:x?}"
@@ -221,10 +278,10 @@ impl Lockstep {
         }
         if diffs.is_empty() {
             self.stats.compared += 1;
-            return Ok(exit_t);
+            return Ok(exit_i);
         }
         Err(Divergence {
-            report: self.report(before, cpu, m, &diffs),
+            report: self.report(before, ci, m, &diffs),
         })
     }
 
