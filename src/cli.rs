@@ -122,7 +122,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub bios: Option<PathBuf>,
     /// A kernel to boot directly, without firmware: a Linux bzImage (boot
-    /// protocol 2.06+) or a Multiboot v1 kernel (ELF32 or a.out kludge), told
+    /// protocol 2.06+) or a Multiboot v1 kernel (ELF32, ELF64 or a.out kludge), told
     /// apart by their contents.
     #[arg(long, conflicts_with = "bios")]
     pub kernel: Option<PathBuf>,
