@@ -6,6 +6,7 @@
 #   guests/initramfs-shell.cpio.gz  /init mounts proc, sys and devtmpfs, prints
 #                                   X86BT-GUEST-READY, runs an interactive shell on
 #                                   /dev/ttyS0, and powers off when it exits
+#   guests/vmlinuz-amd64            the bzImage of linux-image-amd64's kernel
 #   guests/initramfs-run.cpio.gz    /init does the same mounts, prints the marker,
 #                                   runs /commands, then `poweroff -f`
 # and installs Debian's memtest86+ package, whose /boot/memtest86+ia32.bin and
@@ -128,6 +129,33 @@ if [ -z "$vmlinuz" ]; then
 fi
 cp "$vmlinuz" "$out/vmlinuz-686"
 echo "${vmlinuz##*/vmlinuz-}" >"$out/vmlinuz-686.version"
+
+# Debian's amd64 kernel (guests/vmlinuz-amd64), the version linux-image-amd64
+# depends on: the loader's tests read its header (a 64-bit kernel needs long
+# mode), and it is the x86-64 guest.
+amd64_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null |
+    grep -oE 'linux-image-[0-9][^ :]*-amd64$' | head -1 || true
+}
+apkg=$(amd64_package)
+if [ -z "$apkg" ]; then
+  update_lists
+  apkg=$(amd64_package)
+fi
+adeb=""
+[ -z "$apkg" ] || adeb=$(download "$apkg" "${apkg}_*_amd64.deb") || adeb=""
+if [ -z "$adeb" ]; then
+  echo "build-guests: cannot get linux-image-amd64's kernel" >&2
+  exit 1
+fi
+adir=$(extract "$adeb")
+avmlinuz=$(compgen -G "$adir/boot/vmlinuz-*" | head -1 || true)
+[ -n "$avmlinuz" ] || {
+  echo "build-guests: $adeb holds no boot/vmlinuz-*" >&2
+  exit 1
+}
+cp "$avmlinuz" "$out/vmlinuz-amd64"
+echo "build-guests: amd64 kernel ${avmlinuz##*/vmlinuz-} in $out/vmlinuz-amd64"
 busybox=$bdir/bin/busybox
 [ -x "$busybox" ] || {
   echo "build-guests: $bdeb holds no bin/busybox" >&2
