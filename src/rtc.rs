@@ -10,6 +10,7 @@
 //! bit-identical to another gives a fixed `base`: the host's date is an input.
 
 use crate::error::Error;
+use x86bt_machine::devices::cmos::{days_in_month, unix_from_civil, Civil};
 
 /// The RTC's start, in seconds since 1970-01-01 00:00:00 as the guest will read
 /// it (local time already folded in for `base=localtime`).
@@ -79,43 +80,25 @@ pub fn parse_date(s: &str) -> Option<i64> {
     if d.next().is_some() || !(1..=12).contains(&m) || day < 1 || day > days_in_month(y, m) {
         return None;
     }
-    let secs = match time {
-        None => 0,
+    let (hour, minute, second) = match time {
+        None => (0, 0, 0),
         Some(t) => {
             let mut f = t.split(':');
             let (h, mi, se) = (num(f.next()?, 2)?, num(f.next()?, 2)?, num(f.next()?, 2)?);
             if f.next().is_some() || h > 23 || mi > 59 || se > 59 {
                 return None;
             }
-            h * 3600 + mi * 60 + se
+            (h, mi, se)
         }
     };
-    Some(days_from_civil(y, m, day) * 86_400 + secs)
-}
-
-fn is_leap(y: i64) -> bool {
-    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the proleptic Gregorian date y-m-d: whole years in
-/// 400-year eras of 146,097 days, counted from March so the leap day is last.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(unix_from_civil(Civil {
+        year: y,
+        month: m,
+        day,
+        hour,
+        minute,
+        second,
+    }))
 }
 
 #[cfg(test)]

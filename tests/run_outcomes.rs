@@ -297,13 +297,36 @@ fn run_help_describes_kernel_booting_and_statuses() {
     assert!(help.contains("122") && help.contains("120"), "{help}");
 }
 
-/// A Multiboot kernel (a.out kludge: header address fields, loaded at 1 MiB)
-/// that prints its first module's string, a newline and the module's bytes on
-/// COM1, then leaves through the debug-exit port with 0x10.
-fn module_echo_kernel() -> Vec<u8> {
-    const LOAD: u32 = 0x10_0000;
+/// Where the test kernels load (1 MiB) and enter (after the header).
+const KERNEL_LOAD: u32 = 0x10_0000;
+
+/// A Multiboot v1 image in the a.out-kludge form (Multiboot §3.1.1: header
+/// address fields, loaded at [`KERNEL_LOAD`] as a whole, entered after the
+/// 32-byte header) around 32-bit code assembled for that entry.
+fn multiboot_image(a: &mut CodeAssembler) -> Vec<u8> {
     const MAGIC: u32 = 0x1BAD_B002;
     const FLAGS: u32 = 1 << 16; // the address fields below are valid
+    let code = a.assemble(u64::from(KERNEL_LOAD + 32)).expect("assemble");
+    let mut image = Vec::new();
+    for field in [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
+        KERNEL_LOAD,      // header_addr
+        KERNEL_LOAD,      // load_addr
+        0,                // load_end_addr: the whole file
+        0,                // bss_end_addr: no bss
+        KERNEL_LOAD + 32, // entry_addr
+    ] {
+        image.extend_from_slice(&field.to_le_bytes());
+    }
+    image.extend_from_slice(&code);
+    image
+}
+
+/// A Multiboot kernel that prints its first module's string, a newline and the module's bytes on
+/// COM1, then leaves through the debug-exit port with 0x10.
+fn module_echo_kernel() -> Vec<u8> {
     let mut a = CodeAssembler::new(32).expect("asm");
     let mut puts = a.create_label();
     let mut bytes = a.create_label();
@@ -334,22 +357,7 @@ fn module_echo_kernel() -> Vec<u8> {
     a.mov(al, 0x10).unwrap();
     a.out(0xF4, al).unwrap();
     a.hlt().unwrap();
-    let code = a.assemble(u64::from(LOAD + 32)).expect("assemble");
-    let mut image = Vec::new();
-    for field in [
-        MAGIC,
-        FLAGS,
-        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
-        LOAD,      // header_addr
-        LOAD,      // load_addr
-        0,         // load_end_addr: the whole file
-        0,         // bss_end_addr: no bss
-        LOAD + 32, // entry_addr
-    ] {
-        image.extend_from_slice(&field.to_le_bytes());
-    }
-    image.extend_from_slice(&code);
-    image
+    multiboot_image(&mut a)
 }
 
 #[test]
@@ -455,9 +463,6 @@ fn run_signal_while_raw_restores_the_terminal() {
 /// outside its image) and asks the keyboard controller for a reset on its
 /// first boot; on its second it leaves with 0x21 (status 0x43).
 fn reboot_counting_kernel() -> Vec<u8> {
-    const LOAD: u32 = 0x10_0000;
-    const MAGIC: u32 = 0x1BAD_B002;
-    const FLAGS: u32 = 1 << 16;
     let mut a = CodeAssembler::new(32).expect("asm");
     let mut second = a.create_label();
     let mut spin = a.create_label();
@@ -472,22 +477,7 @@ fn reboot_counting_kernel() -> Vec<u8> {
     a.mov(al, 0x21).unwrap();
     a.out(0xF4, al).unwrap();
     a.hlt().unwrap();
-    let code = a.assemble(u64::from(LOAD + 32)).expect("assemble");
-    let mut image = Vec::new();
-    for field in [
-        MAGIC,
-        FLAGS,
-        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
-        LOAD,
-        LOAD,
-        0,
-        0,
-        LOAD + 32,
-    ] {
-        image.extend_from_slice(&field.to_le_bytes());
-    }
-    image.extend_from_slice(&code);
-    image
+    multiboot_image(&mut a)
 }
 
 #[test]

@@ -123,13 +123,19 @@ pub struct CmosConfig {
 
 /// A broken-down UTC time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Civil {
-    year: i64,
-    month: i64,
-    day: i64,
-    hour: i64,
-    minute: i64,
-    second: i64,
+pub struct Civil {
+    /// The year (proleptic Gregorian).
+    pub year: i64,
+    /// 1 to 12.
+    pub month: i64,
+    /// 1 to 31.
+    pub day: i64,
+    /// 0 to 23.
+    pub hour: i64,
+    /// 0 to 59.
+    pub minute: i64,
+    /// 0 to 59.
+    pub second: i64,
 }
 
 fn is_leap(year: i64) -> bool {
@@ -144,7 +150,8 @@ fn days_in_year(year: i64) -> i64 {
     }
 }
 
-fn days_in_month(year: i64, month: i64) -> i64 {
+/// Days in `month` (1 to 12) of `year`.
+pub fn days_in_month(year: i64, month: i64) -> i64 {
     match month {
         2 if is_leap(year) => 29,
         2 => 28,
@@ -163,7 +170,7 @@ fn days_to_year(year: i64) -> i64 {
 }
 
 /// Unix seconds for a civil time; out-of-range fields carry into the next field.
-fn unix_from_civil(c: Civil) -> i64 {
+pub fn unix_from_civil(c: Civil) -> i64 {
     let year = c.year + (c.month - 1).div_euclid(12);
     let month = (c.month - 1).rem_euclid(12) + 1;
     let days_before_month: i64 = (1..month).map(|m| days_in_month(year, m)).sum();
