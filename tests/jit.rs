@@ -406,3 +406,43 @@ fn lockstep_units_of_different_lengths_are_compared_at_one_boundary() {
         );
     }
 }
+
+/// The instruction pointer is as wide as the code (SDM vol. 1 §3.5): after
+/// `inc` at the last offset, 32-bit code goes on at EIP 0 and 16-bit code at
+/// IP 0, which the CS limit allows. Two one-byte INCs end at the top of the
+/// offset space and a HLT waits at offset 0; each engine must retire all three
+/// (before, EIP became 0x100000000 and the next fetch faulted).
+#[test]
+fn instruction_pointer_wraps_at_the_code_size() {
+    use x86bt_cpu::state::{sreg, Segment};
+    for engine in [Engine::Interp, Engine::Jit, Engine::Lockstep] {
+        for bits32 in [false, true] {
+            let mut m = Machine::flat(1 << 20).expect("machine");
+            // CS base 0x10000: offset 0 is linear 0x10000, the last offset
+            // (0xFFFF or 0xFFFFFFFF) is linear 0x1FFFF or 0xFFFF (mod 2^32).
+            let top = if bits32 { 0xFFFEu64 } else { 0x1_FFFE };
+            m.mem.load(GuestPhys(top), &[0x40, 0x40]).expect("incs fit");
+            m.mem.load(GuestPhys(0x1_0000), &[0xF4]).expect("hlt fits");
+            let mut vm = Vm::with_engine(m, engine).expect("engine");
+            if bits32 {
+                vm.cpu.cr0 |= 1;
+                vm.cpu.seg[sreg::CS] = Segment {
+                    selector: 8,
+                    attrs: 0xC09B,
+                    limit: u32::MAX,
+                    base: 0x1_0000,
+                };
+                vm.cpu.rip = 0xFFFF_FFFE;
+            } else {
+                vm.cpu.seg[sreg::CS] = Segment::real(0x1000);
+                vm.cpu.rip = 0xFFFE;
+            }
+            let out = vm.run(1000);
+            let what = format!("{engine:?}, {}-bit", if bits32 { 32 } else { 16 });
+            assert_eq!(out, RunOutcome::HaltedForever, "{what}");
+            assert_eq!(vm.cpu.gpr[0] & 0xFFFF, 2, "{what}: the two INCs ran");
+            assert_eq!(vm.cpu.rip, 1, "{what}: after the HLT at offset 0");
+            assert_eq!(vm.cpu.icount, 3, "{what}");
+        }
+    }
+}

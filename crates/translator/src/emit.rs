@@ -230,6 +230,9 @@ pub struct UnitPlan<'a> {
     pub chain: bool,
     /// The RIP of the unit's first instruction.
     pub rip: u64,
+    /// Where IP wraps in this code: 0xFFFF for 16-bit code, 0xFFFF_FFFF for
+    /// 32-bit code (the address after the unit is masked with it).
+    pub ip_mask: u64,
     /// CS base and limit the fragment is made for.
     pub cs_base: u64,
     /// See `cs_base`.
@@ -264,6 +267,8 @@ struct Emitter<'a, A: CodeSink> {
     rip: u64,
     cs_base: u64,
     cs_limit: u32,
+    /// See [`UnitPlan::ip_mask`].
+    ip_mask: u64,
     /// Segments known flat here.
     flat: u8,
     /// See [`UnitPlan::spec`].
@@ -511,6 +516,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         rip: unit.rip,
         cs_base: unit.cs_base,
         cs_limit: unit.cs_limit,
+        ip_mask: unit.ip_mask,
         flat: unit.flat,
         spec: unit.spec,
         protected: unit.protected,
@@ -581,7 +587,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         let n = e.insn_delta;
         e.advance(n);
         let code = e.end_code;
-        e.leave(e.rip.wrapping_add(end_off), code);
+        e.leave(e.rip.wrapping_add(end_off) & e.ip_mask, code);
     }
     for p in std::mem::take(&mut e.slow) {
         e.slow_path(&p);
@@ -1196,7 +1202,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn fall_through(&mut self, end_off: u64) {
         self.settle_flags();
         let n = self.insn_delta;
-        self.side(self.rip.wrapping_add(end_off), n, 0);
+        self.side(self.rip.wrapping_add(end_off) & self.ip_mask, n, 0);
     }
 
     /// One way out of the unit, to `target`, after `n` more instructions, with

@@ -602,6 +602,7 @@ impl Translator {
                     kinds: &kinds,
                     chain,
                     rip: cpu.rip,
+                    ip_mask: if key & 1 != 0 { 0xFFFF_FFFF } else { 0xFFFF },
                     cs_base: cs.base,
                     cs_limit: cs.limit,
                     flat,

@@ -72,6 +72,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             kinds: &kinds,
             chain: plan::may_chain(&lowerings) && !plan::seg_writes(insns).contains(&true),
             rip: 0,
+            ip_mask: if bits == 16 { 0xFFFF } else { 0xFFFF_FFFF },
             cs_base: 0,
             cs_limit: if bits == 16 { 0xFFFF } else { u32::MAX },
             // 16-bit units show the checked access path (real-mode segments),

@@ -242,6 +242,21 @@ pub fn unit_fits(
     })
 }
 
+/// The address of the instruction after `insn`, which starts at `rip`: IP wraps
+/// at 16 bits in 16-bit code and EIP at 32 bits in 32-bit code (SDM vol. 1
+/// §3.5: the instruction pointer is as wide as the code), so an instruction
+/// that ends at the top of the address space is followed by offset 0, which
+/// the CS limit then allows or not.
+#[inline(always)]
+pub fn next_ip(rip: u64, insn: &Insn) -> u64 {
+    let next = rip.wrapping_add(u64::from(insn.len));
+    match insn.ins.code_size() {
+        iced_x86::CodeSize::Code16 => next & 0xFFFF,
+        iced_x86::CodeSize::Code32 => next & 0xFFFF_FFFF,
+        _ => next,
+    }
+}
+
 /// What [`exec_one`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -260,7 +275,7 @@ pub enum Step {
 /// helper path runs instructions through here too, so both engines share it.
 #[inline(always)]
 pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
-    cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
+    cpu.next_rip = next_ip(cpu.rip, insn);
     match (insn.exec)(cpu, m, insn) {
         Ok(()) => {
             let restart = cpu.next_rip == cpu.rip;
@@ -472,7 +487,7 @@ impl Interpreter {
             };
         }
         for insn in &self.units[s][..count] {
-            cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len));
+            cpu.next_rip = next_ip(cpu.rip, insn);
             match (insn.exec)(cpu, m, insn) {
                 Ok(()) => {
                     let restart = cpu.next_rip == cpu.rip;
