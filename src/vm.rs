@@ -198,7 +198,7 @@ impl Vm {
         let l = self.lockstep.as_ref()?;
         let s = l.stats();
         Some(format!(
-            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} run on to the other engine's boundary",
+            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} run on to the translator's boundary",
             l.jit_stats(),
             s.units,
             s.compared,

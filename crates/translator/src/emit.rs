@@ -1167,7 +1167,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             jump_if(self.ops, cc, taken);
             // Not taken: on to the next instruction.
             self.settle_flags();
-            self.side(here.wrapping_add(len), n, 1);
+            self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
             self.pending = pending;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
@@ -1291,7 +1291,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn xfer(&mut self, i: usize, x: &Xfer, len: u64, kind: u8) {
         self.settle_flags();
         self.host_valid = 0;
-        let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len);
+        let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len) & self.ip_mask;
         let limit = self.cs_limit;
         let target = match x.target {
             XferTarget::Rel(rel) => Some(next.wrapping_add(rel) & 0xFFFF_FFFF),

@@ -7,9 +7,10 @@
 //! back, and the code pages its stores unmarked are marked again, so the
 //! interpreter starts from the same memory and the same code-page marks. Then
 //! the interpreter runs. The two may end their units at different
-//! instructions (the interpreter ends one after a store into code, for one);
-//! the engine behind then runs on, unit by unit, to the other's boundary, so
-//! they are always compared at the same instruction. The comparison covers the
+//! instructions (the interpreter ends one after a store into code, for one):
+//! the interpreter runs on, unit by unit and one instruction at a time near
+//! the end, to the translator's boundary, so they are always compared at the
+//! same instruction. The comparison covers the
 //! unit exit, every field of `CpuState` (registers, flags, RIP, `icount`,
 //! segment caches, control registers, the x87), the sequence of logged writes
 //! (linear address, size) and the final value of every byte either engine
@@ -30,7 +31,7 @@ use x86bt_cpu::interp::engine::{fetch_unit, mode_key};
 use x86bt_cpu::interp::Insn;
 use x86bt_cpu::state::{sreg, Segment};
 use x86bt_cpu::{CpuState, Interpreter, UnitExit};
-use x86bt_decoder::DecodedUnit;
+use x86bt_decoder::{DecodedUnit, MAX_UNIT_INSNS};
 use x86bt_machine::{GuestPhys, Machine};
 
 /// The first difference between the engines, as a report for the user.
@@ -64,9 +65,9 @@ pub struct Lockstep {
     io_units: std::collections::HashMap<(u64, u32, u64), bool>,
 }
 
-/// How many more units the engine that ended its unit first may run to reach
-/// the other's instruction boundary.
-const CATCH_UP_UNITS: u32 = 16;
+/// How many more units the interpreter may run to reach the translator's
+/// instruction boundary.
+const CATCH_UP_UNITS: u32 = 4096;
 
 /// Moves what `c` wrote since its logs were last emptied into `wrote` (final
 /// bytes) and `log` (linear address, size), and puts memory back as it was
@@ -205,38 +206,38 @@ impl Lockstep {
         let mut cj = cpu.clone();
         cj.log_writes = true;
         cj.log_undo = true;
-        let mut exit_t = self.jit.run_unit(&mut cj, m);
+        let exit_t = self.jit.run_unit(&mut cj, m);
         if self.inject_after.is_some_and(|n| self.stats.units > n) {
             cj.gpr[0] ^= 1;
         }
         let (mut wrote_t, mut log_t) = (BTreeMap::new(), Vec::new());
         take_writes(&mut cj, m, &mut wrote_t, &mut log_t);
-        // Then the interpreter, the reference, on the real state.
+        // Then the interpreter, the reference, on the real state, to the
+        // translator's instruction boundary: the translator may have run on
+        // where the interpreter ends a unit (after a store into code, for one),
+        // so the interpreter runs unit after unit, and one instruction at a
+        // time when the boundary is closer than a whole unit, so that it never
+        // runs past it (memory then holds exactly its writes up to there).
         cpu.log_writes = true;
         cpu.log_undo = true;
-        let mut exit_i = self.reference.run_unit(cpu, m);
-        // The two may end their units at different instructions (one cuts a
-        // unit short where the other goes on): the one behind runs on, unit by
-        // unit, to the other's boundary, and they are compared there.
+        let target = cj.icount;
+        let keep_single = self.reference.single_step;
         let mut rounds = 0;
-        while cpu.icount != cj.icount && rounds < CATCH_UP_UNITS {
+        let exit_i = loop {
+            let near = target.saturating_sub(cpu.icount) < MAX_UNIT_INSNS as u64;
+            self.reference.single_step = keep_single || near;
+            let exit = self.reference.run_unit(cpu, m);
+            self.reference.single_step = keep_single;
             rounds += 1;
-            let goes_on = |e: &UnitExit| matches!(e, UnitExit::Continue | UnitExit::Event);
-            if cpu.icount < cj.icount && goes_on(&exit_i) {
-                if m.mem.code_write_pending {
-                    self.invalidate_written(m);
-                }
-                exit_i = self.reference.run_unit(cpu, m);
-            } else if cj.icount < cpu.icount && goes_on(&exit_t) {
-                // Memory holds the interpreter's writes, which the translator
-                // would have made too if they agree so far.
-                exit_t = self.jit.run_unit(&mut cj, m);
-                take_writes(&mut cj, m, &mut wrote_t, &mut log_t);
-            } else {
-                break;
+            let goes_on = matches!(exit, UnitExit::Continue | UnitExit::Event);
+            if cpu.icount >= target || !goes_on || rounds > CATCH_UP_UNITS {
+                break exit;
+            }
+            if m.mem.code_write_pending {
+                self.invalidate_written(m);
             }
             self.stats.caught_up += 1;
-        }
+        };
         let wrote_i = final_bytes(m, &cpu.undo_log);
         let log_i = std::mem::take(&mut cpu.write_log);
         cpu.undo_log.clear();
@@ -254,9 +255,18 @@ impl Lockstep {
         let cpu = &cj;
 
         let mut diffs = Vec::new();
-        if exit_i != exit_t {
+        // Continue and Event say where a unit ended, not what the guest did:
+        // once the interpreter ran more than one unit they may differ; the
+        // run loop then looks (Event). Any other exit must be the same.
+        let plain = |e: &UnitExit| matches!(e, UnitExit::Continue | UnitExit::Event);
+        let exit = if exit_i == exit_t {
+            exit_i
+        } else if rounds > 1 && plain(&exit_i) && plain(&exit_t) {
+            UnitExit::Event
+        } else {
             diffs.push(format!("unit exit: interp {exit_i:?}, jit {exit_t:?}"));
-        }
+            exit_i
+        };
         state_diffs(ci, cpu, &mut diffs);
         if log_i != log_t {
             diffs.push(format!(
@@ -278,7 +288,7 @@ impl Lockstep {
         }
         if diffs.is_empty() {
             self.stats.compared += 1;
-            return Ok(exit_i);
+            return Ok(exit);
         }
         Err(Divergence {
             report: self.report(before, ci, m, &diffs),
