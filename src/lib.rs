@@ -1,4 +1,4 @@
-//! x86bt: a full-system x86 PC emulator with an interpreter and (later) a binary
+//! x86bt: a full-system x86 PC emulator with an interpreter and a binary
 //! translator. This library holds what the `x86bt` binary is made of, so that tests
 //! and benchmarks drive exactly the code users run: the VM and its run loop, the
 //! SingleStepTests runner, the ROM runner and the benchmarks.
