@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("x86bt: {e}");
-            ExitCode::from(2)
+            ExitCode::from(x86bt::vm::status::HOST_ERROR as u8)
         }
     }
 }

@@ -222,6 +222,16 @@ fn one_error_line(out: &Output) -> String {
     err
 }
 
+/// `x86bt run --bios ROM` with the options `opt`.
+fn run_bios_with(rom: &PathBuf, opt: &[&str]) -> Output {
+    exe()
+        .args(["run", "--bios"])
+        .arg(rom)
+        .args(opt)
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn run_kernel_options_without_kernel_are_one_clear_error() {
     let path = rom("plain.rom", |a| a.hlt().unwrap(), &[]);
@@ -230,13 +240,7 @@ fn run_kernel_options_without_kernel_are_one_clear_error() {
         ["--initrd", "/etc/hostname"],
         ["--module", "/etc/hostname"],
     ] {
-        let out = exe()
-            .args(["run", "--bios"])
-            .arg(&path)
-            .args(opt)
-            .output()
-            .expect("run");
-        let err = one_error_line(&out);
+        let err = one_error_line(&run_bios_with(&path, &opt));
         assert!(err.contains("--kernel"), "{opt:?}: {err}");
     }
 }
@@ -275,13 +279,7 @@ fn run_bad_rtc_and_icount_options_are_one_clear_error() {
         ["--icount", "sleep=maybe"],
         ["--icount", "shift=3"],
     ] {
-        let out = exe()
-            .args(["run", "--bios"])
-            .arg(&path)
-            .args(opt)
-            .output()
-            .expect("run");
-        let err = one_error_line(&out);
+        let err = one_error_line(&run_bios_with(&path, &opt));
         assert!(err.contains(opt[0]), "{opt:?}: {err}");
     }
 }

@@ -253,9 +253,10 @@ impl Tlb {
 /// installed nothing, when the access faults, crosses a page, does not reach
 /// plain RAM, or is a write while writes are being logged: the caller then runs
 /// the instruction through the interpreter. A write to a page holding cached
-/// code installs a write entry tagged [`FAST_CODE_TAG`] with the page's code
-/// chunks, and returns false too: this access runs through the interpreter, and
-/// later ones that miss every code chunk go inline from the cold path.
+/// code installs a write entry tagged [`FAST_CODE_TAG`] with the page's
+/// code-byte map, and returns false too: this access runs through the
+/// interpreter, and later ones that touch no code byte go inline from the cold
+/// path.
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) -> bool {
     let lin = lin & 0xFFFF_FFFF;
     if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 {
@@ -266,18 +267,16 @@ pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write
     let Ok(phys) = translate_as(cpu, m, lin, acc, user) else {
         return false;
     };
-    let Some(host) = m.mem.host_page(phys.0 & !0xFFF, false) else {
-        return false;
-    };
+    // A write to a page with a code-byte map takes the host page as a read
+    // would; any other write needs a page without cached code.
     let code = if write {
         m.mem.code_map(phys.0 & !0xFFF)
     } else {
         None
     };
-    if write && code.is_none() && m.mem.host_page(phys.0 & !0xFFF, true).is_none() {
-        // Code without a map: every write goes through the interpreter.
+    let Some(host) = m.mem.host_page(phys.0 & !0xFFF, write && code.is_none()) else {
         return false;
-    }
+    };
     let page = lin & 0xFFFF_F000;
     let addend = (host as u64).wrapping_sub(page);
     let i = ((lin >> 12) as usize) & (FAST_TLB_SIZE - 1);

@@ -38,9 +38,7 @@ use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{
-    code_bytes, fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE,
-};
+use x86bt_cpu::interp::engine::{fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
@@ -683,12 +681,12 @@ impl Translator {
             stubs,
             incoming: Vec::new(),
         };
-        let code_len = code_bytes(&self.scratch);
+        let unit = &self.scratch;
         index_code_pages(
             m,
             &mut self.page_index,
             (phys, fetched.next_phys),
-            code_len,
+            unit,
             s as u32,
         );
         Ok(())

@@ -50,7 +50,8 @@ pub struct LockstepStats {
     pub compared: u64,
     /// Units with port I/O, run once by the translator and not compared.
     pub io_units: u64,
-    /// Units one engine ran on to reach the other's instruction boundary.
+    /// Units the interpreter ran on to reach the translator's instruction
+    /// boundary.
     pub caught_up: u64,
 }
 
@@ -251,8 +252,7 @@ impl Lockstep {
         cj.undo_log.clone_from(&cpu.undo_log);
         // Only meaningful while an instruction executes; inline code skips it.
         cj.next_rip = cpu.next_rip;
-        let ci: &CpuState = cpu;
-        let cpu = &cj;
+        let interp: &CpuState = cpu;
 
         let mut diffs = Vec::new();
         // Continue and Event say where a unit ended, not what the guest did:
@@ -267,7 +267,7 @@ impl Lockstep {
             diffs.push(format!("unit exit: interp {exit_i:?}, jit {exit_t:?}"));
             exit_i
         };
-        state_diffs(ci, cpu, &mut diffs);
+        state_diffs(interp, &cj, &mut diffs);
         if log_i != log_t {
             diffs.push(format!(
                 "writes (linear address, size): interp {log_i:x?}, jit {log_t:x?}"
@@ -291,7 +291,7 @@ impl Lockstep {
             return Ok(exit);
         }
         Err(Divergence {
-            report: self.report(before, ci, m, &diffs),
+            report: self.report(before, interp, m, &diffs),
         })
     }
 

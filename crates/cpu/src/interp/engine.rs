@@ -177,8 +177,8 @@ pub fn fetch_unit(
     })
 }
 
-/// Marks the bytes a unit was decoded from (`code_len` bytes from `phys`, the
-/// part past its page at `next_phys`, unless [`NO_PAGE`]) as code, and records
+/// Marks the bytes `unit` was decoded from ([`code_bytes`] of them from `phys`,
+/// the part past its page at `next_phys`, unless [`NO_PAGE`]) as code, and records
 /// `slot` under each of their RAM pages in `page_index` (ROM pages are not
 /// recorded), so a write to those bytes invalidates the unit. Shared by both
 /// engines' caches.
@@ -186,9 +186,10 @@ pub fn index_code_pages(
     m: &mut Machine,
     page_index: &mut HashMap<u64, Vec<u32>>,
     (phys, next_phys): (u64, u64),
-    code_len: u64,
+    unit: &DecodedUnit,
     slot: u32,
 ) {
+    let code_len = code_bytes(unit);
     let first = code_len.min(PAGE_SIZE - (phys & (PAGE_SIZE - 1)));
     let mut pages = [None; 2];
     for (o, (p, len)) in pages
@@ -213,7 +214,7 @@ pub fn index_code_pages(
 /// The bytes a decoded unit depends on: its own, and for a unit that ends on an
 /// undecodable instruction the longest instruction's worth (15 bytes, SDM vol. 2A
 /// §2.3.11), since a write there could make it decodable.
-pub fn code_bytes(unit: &DecodedUnit) -> u64 {
+fn code_bytes(unit: &DecodedUnit) -> u64 {
     let extra = if unit.end == UnitEnd::Undecodable {
         MAX_INSN_LEN as u64
     } else {
@@ -384,12 +385,12 @@ impl Interpreter {
         self.stats.misses += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
-        let code_len = code_bytes(&self.scratch);
+        let unit = &self.scratch;
         index_code_pages(
             m,
             &mut self.page_index,
             (phys, fetched.next_phys),
-            code_len,
+            unit,
             s as u32,
         );
         Ok(())
