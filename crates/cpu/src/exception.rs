@@ -41,6 +41,9 @@ pub enum Exception {
     FpuError,
     /// #AC, vector 17.
     AlignmentCheck,
+    /// #XM, vector 19: an unmasked SIMD floating-point exception (CR4.OSXMMEXCPT
+    /// set; with it clear the same condition raises #UD).
+    SimdFloat,
 }
 
 impl Exception {
@@ -62,6 +65,7 @@ impl Exception {
             Self::PageFault { .. } => 14,
             Self::FpuError => 16,
             Self::AlignmentCheck => 17,
+            Self::SimdFloat => 19,
         }
     }
 
@@ -110,7 +114,8 @@ impl Exception {
                     12 => "#SS",
                     13 => "#GP",
                     16 => "#MF",
-                    _ => "#AC",
+                    17 => "#AC",
+                    _ => "#XM",
                 };
                 match other.error_code() {
                     Some(c) => format!("{name}({c:#x})"),

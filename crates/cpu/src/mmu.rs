@@ -45,8 +45,13 @@ pub mod cr4 {
     pub const PGE: u64 = 1 << 7;
     /// RDPMC allowed at any CPL.
     pub const PCE: u64 = 1 << 8;
-    /// The OS uses FXSAVE/FXRSTOR.
+    /// The OS uses FXSAVE/FXRSTOR (SSE instructions are enabled).
     pub const OSFXSR: u64 = 1 << 9;
+    /// The OS handles #XM (unmasked SIMD floating-point exceptions raise #XM,
+    /// not #UD).
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    /// The OS uses XSAVE and XCR0.
+    pub const OSXSAVE: u64 = 1 << 18;
 }
 
 /// EFER bits.

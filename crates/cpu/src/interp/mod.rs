@@ -24,6 +24,7 @@ pub mod ops;
 pub mod protected;
 pub mod select;
 pub mod shift;
+pub mod sse;
 pub mod stack;
 pub mod string;
 pub mod system;

@@ -36,6 +36,9 @@ pub fn handler(ins: &Instruction) -> Handler {
     if is_x87(ins) {
         return super::x87::esc;
     }
+    if let Some(h) = super::sse::handler(ins) {
+        return h;
+    }
     match ins.mnemonic() {
         M::Add => alu::binop::<{ alu::ADD }>,
         M::Or => alu::binop::<{ alu::OR }>,

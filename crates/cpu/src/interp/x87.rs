@@ -28,13 +28,13 @@ use x86bt_machine::Machine;
 
 /// The memory operand of an instruction: segment, offset, address-size mask.
 #[derive(Clone, Copy)]
-struct MemOp {
-    seg: usize,
-    off: u64,
-    mask: u64,
+pub(crate) struct MemOp {
+    pub(crate) seg: usize,
+    pub(crate) off: u64,
+    pub(crate) mask: u64,
 }
 
-fn memop(cpu: &CpuState, insn: &Insn) -> MemOp {
+pub(crate) fn memop(cpu: &CpuState, insn: &Insn) -> MemOp {
     MemOp {
         seg: usize::from(insn.mem.seg),
         off: ea(cpu, &insn.mem),
@@ -47,7 +47,7 @@ fn has_mem(insn: &Insn) -> bool {
 }
 
 /// Reads `buf.len()` bytes at the operand (the offset wraps at the address size).
-fn read_block(cpu: &mut CpuState, m: &mut Machine, mo: MemOp, buf: &mut [u8]) -> Exec {
+pub(crate) fn read_block(cpu: &mut CpuState, m: &mut Machine, mo: MemOp, buf: &mut [u8]) -> Exec {
     let mut k = 0;
     while k < buf.len() {
         let n = chunk(buf.len() - k);
@@ -60,7 +60,7 @@ fn read_block(cpu: &mut CpuState, m: &mut Machine, mo: MemOp, buf: &mut [u8]) ->
 }
 
 /// Writes `bytes` at the operand, after checking that all of them can be written.
-fn write_block(cpu: &mut CpuState, m: &mut Machine, mo: MemOp, bytes: &[u8]) -> Exec {
+pub(crate) fn write_block(cpu: &mut CpuState, m: &mut Machine, mo: MemOp, bytes: &[u8]) -> Exec {
     mmu::probe_write(cpu, m, mo.seg, mo.off, bytes.len() as u32)?;
     let mut k = 0;
     while k < bytes.len() {
