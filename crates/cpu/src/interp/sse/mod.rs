@@ -177,6 +177,7 @@ pub fn raise_simd(cpu: &mut CpuState, flags: u32) -> Exec {
 
 /// The memory operand of `insn`.
 #[inline]
+#[allow(dead_code)]
 pub(crate) fn mem(cpu: &CpuState, insn: &Insn) -> MemOp {
     memop(cpu, insn)
 }
