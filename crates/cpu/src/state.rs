@@ -243,6 +243,8 @@ pub struct CpuState {
     pub fx: [u8; 512],
     /// The x87 FPU.
     pub fpu: crate::fpu::Fpu,
+    /// XCR0, the XSAVE feature mask (bit 0, x87, always set; bit 1, SSE).
+    pub xcr0: u64,
     /// When set, a repeated string instruction runs one iteration per step, as
     /// QEMU single-steps them (differential testing).
     pub rep_single: bool,
@@ -322,6 +324,7 @@ impl CpuState {
             nmi_blocked: 0,
             fx: FX_RESET,
             fpu: crate::fpu::Fpu::default(),
+            xcr0: 1,
             rep_single: false,
             log_writes: false,
             write_log: Vec::new(),

@@ -330,7 +330,8 @@ const CR4_VALID: u64 = mmu::cr4::TSD
     | mmu::cr4::PAE
     | mmu::cr4::PGE
     | mmu::cr4::PCE
-    | mmu::cr4::OSFXSR;
+    | mmu::cr4::OSFXSR
+    | mmu::cr4::OSXMMEXCPT;
 
 /// MOV CRn, r32 and MOV r32, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4).
 pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
