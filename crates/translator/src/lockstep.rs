@@ -437,6 +437,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         nmi_blocked,
         fx,
         fpu,
+        xcr0,
         rep_single,
         log_writes,
         write_log,
@@ -471,6 +472,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         && *nmi_blocked == t.nmi_blocked
         && *fx == t.fx
         && *fpu == t.fpu
+        && *xcr0 == t.xcr0
         && *rep_single == t.rep_single
         && *log_writes == t.log_writes
         && *write_log == t.write_log
