@@ -1,5 +1,5 @@
-//! SSE2/SSSE3/SSE4.1/SSE4.2 integer instructions, their MMX forms, the data
-//! moves and shuffles, POPCNT, and the SIMD state instructions.
+//! MMX, SSE2, SSSE3 and SSE4.1 integer arithmetic, compares, packs, unpacks
+//! and shifts.
 
 use super::super::Handler;
 use iced_x86::Instruction;

@@ -17,6 +17,7 @@
 //!
 //! The families are one file each; [`handler`] asks each in turn.
 
+pub mod data;
 pub mod float;
 pub mod int;
 
@@ -31,7 +32,9 @@ use x86bt_machine::Machine;
 /// The handler for an SSE, MMX or POPCNT instruction, or `None` when `ins` is
 /// none of them (the caller goes on with its own table).
 pub fn handler(ins: &Instruction) -> Option<Handler> {
-    int::handler(ins).or_else(|| float::handler(ins))
+    int::handler(ins)
+        .or_else(|| data::handler(ins))
+        .or_else(|| float::handler(ins))
 }
 
 /// MXCSR bits (SDM vol. 1 §10.2.3).
