@@ -401,7 +401,10 @@ fn load_kernel(
     };
     let missing_features = || {
         use x86bt_machine::loader::{missing_cpu_features, missing_features_line};
-        let missing = missing_cpu_features(image, x86bt_cpu::identity::cpuid);
+        let reset = x86bt_cpu::CpuState::reset();
+        let missing = missing_cpu_features(image, |leaf, sub| {
+            x86bt_cpu::identity::cpuid(&reset, leaf, sub)
+        });
         missing_features_line(&path.display().to_string(), &missing)
     };
     if linux::is_bzimage(image) {

@@ -219,9 +219,9 @@ fn through_global_tlb(c: &Ctx) -> bool {
     };
     let s = (c.ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
     s < 6
-        && c.before
-            .tlb
-            .has_global(c.before.seg[s].base.wrapping_add(off) & 0xFFFF_FFFF)
+        && c.before.tlb.has_global(x86bt_machine::Linear(
+            c.before.seg[s].base.wrapping_add(off) & 0xFFFF_FFFF,
+        ))
 }
 
 /// Whether the explicit memory operand of `ins` breaks its segment's limit or

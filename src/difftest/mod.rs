@@ -114,7 +114,13 @@ fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
     let saved = cpu.log_writes;
     cpu.log_writes = false;
     for i in 0..15u64 {
-        match x86bt_cpu::mmu::read_lin_as(cpu, &mut vm.machine, (lin + i) & 0xFFFF_FFFF, 1, false) {
+        match x86bt_cpu::mmu::read_lin_as(
+            cpu,
+            &mut vm.machine,
+            x86bt_machine::Linear((lin + i) & 0xFFFF_FFFF),
+            1,
+            false,
+        ) {
             Ok(b) => bytes.push(b as u8),
             Err(_) => break,
         }
@@ -281,7 +287,7 @@ fn real_fault_frame(vm: &mut Vm, before: &x86bt_cpu::CpuState) -> bool {
         x86bt_cpu::mmu::read_lin_as(
             &mut vm.cpu,
             &mut vm.machine,
-            ss.wrapping_add(off & 0xFFFF) & 0xFFFF_FFFF,
+            x86bt_machine::Linear(ss.wrapping_add(off & 0xFFFF) & 0xFFFF_FFFF),
             2,
             false,
         )
@@ -307,8 +313,14 @@ fn adopt_diffs(vm: &mut Vm, diffs: &[FieldDiff]) {
             if let Ok(a) = u64::from_str_radix(a, 16) {
                 let saved = vm.cpu.log_writes;
                 vm.cpu.log_writes = false;
-                let _ =
-                    x86bt_cpu::mmu::write_lin_as(&mut vm.cpu, &mut vm.machine, a, 1, d.qemu, false);
+                let _ = x86bt_cpu::mmu::write_lin_as(
+                    &mut vm.cpu,
+                    &mut vm.machine,
+                    x86bt_machine::Linear(a),
+                    1,
+                    d.qemu,
+                    false,
+                );
                 vm.cpu.log_writes = saved;
             }
         }
@@ -506,7 +518,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                     let _ = x86bt_cpu::mmu::write_lin_as(
                         &mut vm.cpu,
                         &mut vm.machine,
-                        a,
+                        x86bt_machine::Linear(a),
                         1,
                         u64::from(*b),
                         false,
@@ -565,9 +577,14 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 for (i, t) in theirs.iter().enumerate() {
                     let a = (lin + i as u64) & 0xFFFF_FFFF;
                     vm.cpu.log_writes = false;
-                    let ours =
-                        x86bt_cpu::mmu::read_lin_as(&mut vm.cpu, &mut vm.machine, a, 1, false)
-                            .unwrap_or(0);
+                    let ours = x86bt_cpu::mmu::read_lin_as(
+                        &mut vm.cpu,
+                        &mut vm.machine,
+                        x86bt_machine::Linear(a),
+                        1,
+                        false,
+                    )
+                    .unwrap_or(0);
                     vm.cpu.log_writes = true;
                     if accessed_bit_only(&before, a, ours, u64::from(*t)) {
                         continue;
@@ -583,7 +600,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 x86bt_cpu::mmu::translate_as(
                     &mut probe,
                     &mut vm.machine,
-                    lin,
+                    x86bt_machine::Linear(lin),
                     x86bt_cpu::mmu::Access::Read,
                     false,
                 )

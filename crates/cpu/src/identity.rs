@@ -30,15 +30,44 @@ const FEATURES_EDX: u32 = 1 // FPU (x87 on chip)
     | (1 << 5) // MSR (RDMSR/WRMSR for the MSRs below)
     | (1 << 6) // PAE (with NX, see leaf 0x80000001)
     | (1 << 8) // CX8 (CMPXCHG8B)
+    | (1 << 12) // MTRR (the MTRR MSRs hold what is written; no effect on memory)
     | (1 << 13) // PGE (global pages)
     | (1 << 15) // CMOV
+    | (1 << 16) // PAT (IA32_PAT holds what is written; no effect on memory)
     | (1 << 24); // FXSR (FXSAVE/FXRSTOR, CR4.OSFXSR)
 
-/// CPUID.80000001h:EDX: NX (EFER.NXE).
-const EXT_FEATURES_EDX: u32 = 1 << 20;
+/// CPUID.1:EDX bits of the SIMD instruction sets: MMX (23), SSE (25), SSE2 (26)
+/// and CLFSH (19).
+const SIMD_EDX: u32 = (1 << 19) | (1 << 23) | (1 << 25) | (1 << 26);
+/// CPUID.1:ECX: SSE3 (0), SSSE3 (9), SSE4.1 (19), SSE4.2 (20), POPCNT (23),
+/// XSAVE (26).
+const SIMD_ECX: u32 = 1 | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 23) | (1 << 26);
+/// Whether the SIMD instruction sets are reported (they are while being
+/// brought up in the interpreter, family by family).
+const CLAIM_SIMD: bool = false;
+/// CPUID.1:ECX: CX16 (CMPXCHG16B).
+const FEATURES_ECX: u32 = 1 << 13;
+/// CPUID.1:ECX bit 27, OSXSAVE: a copy of CR4.OSXSAVE.
+const OSXSAVE: u32 = 1 << 27;
 
-/// The largest basic leaf.
-const MAX_LEAF: u32 = 1;
+/// CPUID.80000001h:EDX: SYSCALL (11), NX (20), RDTSCP (27), LM (29).
+const EXT_FEATURES_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29);
+/// CPUID.80000001h:ECX: LAHF/SAHF in 64-bit mode (0).
+const EXT_FEATURES_ECX: u32 = 1;
+
+/// The largest basic leaf: 0xD (XSAVE).
+const MAX_LEAF: u32 = 0xD;
+/// The largest extended leaf: 0x80000008 (address sizes).
+const MAX_EXT_LEAF: u32 = 0x8000_0008;
+/// The brand string of leaves 0x80000002-4 (48 bytes, NUL-padded).
+const BRAND: &[u8; 48] =
+    b"x86bt virtual x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// XCR0 bits this CPU supports: x87 (0) and SSE (1).
+pub const XCR0_SUPPORTED: u64 = 3;
+/// The size of the XSAVE area for the x87 and SSE components: the 512-byte
+/// legacy region and the 64-byte header.
+pub const XSAVE_SIZE: u32 = 576;
 
 /// IA32_TIME_STAMP_COUNTER.
 pub const MSR_TSC: u32 = 0x10;
@@ -46,22 +75,135 @@ pub const MSR_TSC: u32 = 0x10;
 pub const MSR_SYSENTER_CS: u32 = 0x174;
 /// IA32_EFER.
 pub const MSR_EFER: u32 = 0xC000_0080;
-/// The EFER bits this CPU implements: NXE only (no long mode, no SYSCALL).
-const EFER_VALID: u64 = crate::mmu::efer::NXE;
+/// STAR, LSTAR, CSTAR, FMASK (SYSCALL/SYSRET).
+pub const MSR_STAR: u32 = 0xC000_0081;
+/// LSTAR.
+pub const MSR_LSTAR: u32 = 0xC000_0082;
+/// CSTAR.
+pub const MSR_CSTAR: u32 = 0xC000_0083;
+/// FMASK.
+pub const MSR_FMASK: u32 = 0xC000_0084;
+/// FS.base.
+pub const MSR_FS_BASE: u32 = 0xC000_0100;
+/// GS.base.
+pub const MSR_GS_BASE: u32 = 0xC000_0101;
+/// KernelGSbase (SWAPGS).
+pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
+/// TSC_AUX (RDTSCP).
+pub const MSR_TSC_AUX: u32 = 0xC000_0103;
+/// IA32_PAT.
+pub const MSR_PAT: u32 = 0x277;
+/// IA32_MISC_ENABLE.
+pub const MSR_MISC_ENABLE: u32 = 0x1A0;
+/// IA32_MTRRCAP.
+const MSR_MTRRCAP: u32 = 0xFE;
+/// IA32_MTRR_DEF_TYPE.
+const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
+/// The fixed-range MTRRs, in the order they are kept.
+const MTRR_FIXED: [u32; 11] = [
+    0x250, 0x258, 0x259, 0x268, 0x269, 0x26A, 0x26B, 0x26C, 0x26D, 0x26E, 0x26F,
+];
+/// The EFER bits this CPU implements: SCE, LME, LMA (read-only) and NXE.
+const EFER_VALID: u64 = crate::mmu::efer::SCE | crate::mmu::efer::LME | crate::mmu::efer::NXE;
 
-/// Executes CPUID for leaf `eax` (sub-leaf `ecx`): returns EAX, EBX, ECX, EDX.
-pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
+/// The MSRs of long mode and the memory-type registers: plain storage, with
+/// the checks WRMSR makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msrs {
+    /// STAR, LSTAR, CSTAR, FMASK.
+    pub star: u64,
+    /// LSTAR: the 64-bit SYSCALL entry.
+    pub lstar: u64,
+    /// CSTAR: the compatibility-mode SYSCALL entry.
+    pub cstar: u64,
+    /// FMASK: RFLAGS bits SYSCALL clears.
+    pub fmask: u64,
+    /// The GS base SWAPGS exchanges with GS's.
+    pub kernel_gs_base: u64,
+    /// TSC_AUX, which RDTSCP returns in ECX.
+    pub tsc_aux: u64,
+    /// IA32_PAT.
+    pub pat: u64,
+    /// IA32_MISC_ENABLE.
+    pub misc_enable: u64,
+    /// IA32_MTRR_DEF_TYPE.
+    pub mtrr_def_type: u64,
+    /// The fixed-range MTRRs ([`MTRR_FIXED`] order).
+    pub mtrr_fixed: [u64; 11],
+    /// The variable-range MTRRs: PHYSBASE0, PHYSMASK0, ... PHYSMASK7.
+    pub mtrr_var: [u64; 16],
+}
+
+impl Default for Msrs {
+    /// The values at RESET (SDM vol. 3A Table 9-1 and §11.12.4 for the PAT).
+    fn default() -> Self {
+        Self {
+            star: 0,
+            lstar: 0,
+            cstar: 0,
+            fmask: 0,
+            kernel_gs_base: 0,
+            tsc_aux: 0,
+            pat: 0x0007_0406_0007_0406,
+            // Fast strings enabled, as firmware leaves it.
+            misc_enable: 1,
+            mtrr_def_type: 0,
+            mtrr_fixed: [0; 11],
+            mtrr_var: [0; 16],
+        }
+    }
+}
+
+/// Executes CPUID for leaf `eax` (sub-leaf `ecx`) on `cpu`: returns EAX, EBX,
+/// ECX, EDX.
+pub fn cpuid(cpu: &CpuState, leaf: u32, subleaf: u32) -> [u32; 4] {
+    let osxsave = if cpu.cr4 & crate::mmu::cr4::OSXSAVE != 0 {
+        OSXSAVE
+    } else {
+        0
+    };
+    let (simd_ecx, simd_edx) = if CLAIM_SIMD {
+        (SIMD_ECX | osxsave, SIMD_EDX)
+    } else {
+        (0, 0)
+    };
+    let basic1 = [
+        SIGNATURE,
+        // CLFLUSH line size 8 (x 8 bytes = 64), one logical processor.
+        (8 << 8) | (1 << 16),
+        FEATURES_ECX | simd_ecx,
+        FEATURES_EDX | simd_edx,
+    ];
     match leaf {
         0 => {
             let v = b"GenuineIntel";
             let word = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
             [MAX_LEAF, word(0), word(8), word(4)]
         }
-        1 => [SIGNATURE, 0, 0, FEATURES_EDX],
+        1 => basic1,
+        0xD if !CLAIM_SIMD => [0; 4],
+        0xD => match subleaf {
+            // Supported XCR0 bits, the size for the enabled ones, the size for all.
+            0 => [XCR0_SUPPORTED as u32, XSAVE_SIZE, XSAVE_SIZE, 0],
+            // XSAVEOPT (bit 0).
+            1 => [1, 0, 0, 0],
+            _ => [0; 4],
+        },
+        l if l <= MAX_LEAF => [0; 4],
         // Intel: leaves above the maximum return the highest basic leaf's data.
-        l if l < 0x8000_0000 => [SIGNATURE, 0, 0, FEATURES_EDX],
-        0x8000_0000 => [0x8000_0001, 0, 0, 0],
-        0x8000_0001 => [0, 0, 0, EXT_FEATURES_EDX],
+        l if l < 0x8000_0000 => [0; 4],
+        0x8000_0000 => [MAX_EXT_LEAF, 0, 0, 0],
+        0x8000_0001 => [0, 0, EXT_FEATURES_ECX, EXT_FEATURES_EDX],
+        0x8000_0002..=0x8000_0004 => {
+            let at = 16 * (leaf - 0x8000_0002) as usize;
+            let w = |i: usize| {
+                let b = &BRAND[at + 4 * i..at + 4 * i + 4];
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            };
+            [w(0), w(1), w(2), w(3)]
+        }
+        // Physical address bits 40, linear 48.
+        0x8000_0008 => [(48 << 8) | crate::mmu::MAXPHYADDR, 0, 0, 0],
         _ => [0; 4],
     }
 }
@@ -136,6 +278,21 @@ pub fn rdmsr(cpu: &CpuState, msr: u32) -> Result<u64, Exception> {
         MSR_TSC => Ok(tsc(cpu)),
         0x174..=0x176 => Ok(cpu.sysenter[(msr - MSR_SYSENTER_CS) as usize]),
         MSR_EFER => Ok(cpu.efer),
+        MSR_STAR => Ok(cpu.msr.star),
+        MSR_LSTAR => Ok(cpu.msr.lstar),
+        MSR_CSTAR => Ok(cpu.msr.cstar),
+        MSR_FMASK => Ok(cpu.msr.fmask),
+        MSR_FS_BASE => Ok(cpu.seg[crate::state::sreg::FS].base),
+        MSR_GS_BASE => Ok(cpu.seg[crate::state::sreg::GS].base),
+        MSR_KERNEL_GS_BASE => Ok(cpu.msr.kernel_gs_base),
+        MSR_TSC_AUX => Ok(cpu.msr.tsc_aux),
+        MSR_PAT => Ok(cpu.msr.pat),
+        MSR_MISC_ENABLE => Ok(cpu.msr.misc_enable),
+        // Eight variable ranges, fixed ranges, write-combining; no SMRR.
+        MSR_MTRRCAP => Ok(8 | (1 << 8) | (1 << 10)),
+        MSR_MTRR_DEF_TYPE => Ok(cpu.msr.mtrr_def_type),
+        0x200..=0x20F => Ok(cpu.msr.mtrr_var[(msr - 0x200) as usize]),
+        m if MTRR_FIXED.contains(&m) => Ok(cpu.msr.mtrr_fixed[fixed_index(m)]),
         // IA32_BIOS_SIGN_ID: the microcode revision sits in the high half
         // after a CPUID(1); ours is revision 0, and the low half reads 0.
         MSR_BIOS_SIGN_ID => Ok(0),
@@ -172,15 +329,104 @@ pub fn wrmsr(cpu: &mut CpuState, msr: u32, value: u64) -> Result<(), Exception> 
             cpu.perf.evtsel[(msr - MSR_EVNTSEL0) as usize] = value;
             Ok(())
         }
-        MSR_EFER if value & !EFER_VALID == 0 => {
-            if (cpu.efer ^ value) & crate::mmu::efer::NXE != 0 {
+        MSR_EFER if value & !(EFER_VALID | crate::mmu::efer::LMA) == 0 => {
+            use crate::mmu::efer;
+            // LME cannot change while paging is on (SDM vol. 3A §9.8.5); LMA
+            // is read-only.
+            if (cpu.efer ^ value) & efer::LME != 0 && cpu.cr0 & crate::state::cr0::PG != 0 {
+                return Err(Exception::GeneralProtection(0));
+            }
+            let value = (value & EFER_VALID) | (cpu.efer & efer::LMA);
+            if (cpu.efer ^ value) & efer::NXE != 0 {
                 cpu.tlb.flush(false);
             }
             cpu.efer = value;
             Ok(())
         }
+        MSR_STAR => {
+            cpu.msr.star = value;
+            Ok(())
+        }
+        MSR_LSTAR | MSR_CSTAR | MSR_FS_BASE | MSR_GS_BASE | MSR_KERNEL_GS_BASE
+            if !crate::mmu::canonical(value) =>
+        {
+            Err(Exception::GeneralProtection(0))
+        }
+        MSR_LSTAR => {
+            cpu.msr.lstar = value;
+            Ok(())
+        }
+        MSR_CSTAR => {
+            cpu.msr.cstar = value;
+            Ok(())
+        }
+        MSR_FMASK => {
+            cpu.msr.fmask = value & 0xFFFF_FFFF;
+            Ok(())
+        }
+        MSR_FS_BASE => {
+            cpu.seg[crate::state::sreg::FS].base = value;
+            Ok(())
+        }
+        MSR_GS_BASE => {
+            cpu.seg[crate::state::sreg::GS].base = value;
+            Ok(())
+        }
+        MSR_KERNEL_GS_BASE => {
+            cpu.msr.kernel_gs_base = value;
+            Ok(())
+        }
+        MSR_TSC_AUX if value >> 32 == 0 => {
+            cpu.msr.tsc_aux = value;
+            Ok(())
+        }
+        // Each PAT entry must be a defined memory type (0, 1, 4, 5, 6, 7).
+        MSR_PAT if (0..8).all(|i| matches!((value >> (8 * i)) & 0xFF, 0 | 1 | 4..=7)) => {
+            cpu.msr.pat = value;
+            Ok(())
+        }
+        // Writable: fast strings (0), and the bits kernels toggle (limit CPUID
+        // maxval 22, XD disable 34 must stay clear as NX is reported).
+        MSR_MISC_ENABLE if (value ^ cpu.msr.misc_enable) & !((1 << 0) | (1 << 22)) == 0 => {
+            cpu.msr.misc_enable = value;
+            Ok(())
+        }
+        MSR_MTRR_DEF_TYPE if value & !0xCFF == 0 && mtrr_type_ok(value & 0xFF) => {
+            cpu.msr.mtrr_def_type = value;
+            Ok(())
+        }
+        0x200..=0x20F if mtrr_var_ok(msr, value) => {
+            cpu.msr.mtrr_var[(msr - 0x200) as usize] = value;
+            Ok(())
+        }
+        m if MTRR_FIXED.contains(&m) && (0..8).all(|i| mtrr_type_ok((value >> (8 * i)) & 0xFF)) => {
+            cpu.msr.mtrr_fixed[fixed_index(m)] = value;
+            Ok(())
+        }
         _ => Err(Exception::GeneralProtection(0)),
     }
+}
+
+fn fixed_index(msr: u32) -> usize {
+    MTRR_FIXED.iter().position(|&m| m == msr).unwrap_or(0)
+}
+
+/// A defined MTRR memory type: UC, WC, WT, WP, WB (SDM vol. 3A Table 11-8).
+fn mtrr_type_ok(t: u64) -> bool {
+    matches!(t, 0 | 1 | 4 | 5 | 6)
+}
+
+/// A variable-range MTRR value: PHYSBASE has a type in bits 7:0 and bits
+/// 11:8 reserved; PHYSMASK has V in bit 11 and bits 10:0 reserved; both have
+/// bits above MAXPHYADDR reserved.
+fn mtrr_var_ok(msr: u32, value: u64) -> bool {
+    let high = value >> crate::mmu::MAXPHYADDR != 0;
+    let ok = if msr & 1 == 0 {
+        value & 0xF00 == 0 && mtrr_type_ok(value & 0xFF)
+    } else {
+        value & 0x7FF == 0
+    };
+    ok && !high
 }
 
 /// RDPMC: counter `ecx` (0 or 1), or #GP(0) for another index or when CR4.PCE
@@ -233,7 +479,7 @@ mod tests {
 
     #[test]
     fn cpuid_leaf0_reports_vendor_in_ebx_edx_ecx_order() {
-        let [_, b, c, d] = cpuid(0, 0);
+        let [_, b, c, d] = cpuid(&CpuState::reset(), 0, 0);
         let mut s = Vec::new();
         for w in [b, d, c] {
             s.extend_from_slice(&w.to_le_bytes());
@@ -243,7 +489,7 @@ mod tests {
 
     #[test]
     fn cpuid_leaf1_claims_fpu_and_fxsr_but_not_sse() {
-        let edx = cpuid(1, 0)[3];
+        let edx = cpuid(&CpuState::reset(), 1, 0)[3];
         assert_eq!(edx & 1, 1);
         assert_ne!(edx & (1 << 24), 0);
         assert_eq!(edx & (1 << 25), 0, "no SSE");
@@ -253,12 +499,18 @@ mod tests {
     fn msr_unknown_raises_gp() {
         let mut cpu = CpuState::reset();
         assert_eq!(rdmsr(&cpu, 0x1B), Err(Exception::GeneralProtection(0)));
-        // EFER exists, but LME (bit 8) is not implemented.
+        // EFER exists; bit 1 is reserved (SDM vol. 3A Table 2-1 IA32_EFER).
         assert_eq!(
-            wrmsr(&mut cpu, 0xC000_0080, 1 << 8),
+            wrmsr(&mut cpu, 0xC000_0080, 1 << 1),
             Err(Exception::GeneralProtection(0))
         );
         assert_eq!(wrmsr(&mut cpu, 0xC000_0080, 1 << 11), Ok(()));
+        // LME may not change while paging is on (SDM vol. 3A §9.8.5).
+        cpu.cr0 |= crate::state::cr0::PE | crate::state::cr0::PG;
+        assert_eq!(
+            wrmsr(&mut cpu, 0xC000_0080, (1 << 11) | (1 << 8)),
+            Err(Exception::GeneralProtection(0))
+        );
     }
 
     #[test]

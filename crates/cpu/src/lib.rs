@@ -7,8 +7,10 @@ pub mod fpu;
 pub mod identity;
 pub mod interp;
 pub mod mmu;
+pub mod mode;
 pub mod state;
 
 pub use exception::Exception;
 pub use interp::engine::{Interpreter, UnitExit};
+pub use mode::CpuMode;
 pub use state::CpuState;

@@ -1,6 +1,9 @@
 //! Segmentation and paging: offset -> linear (limit and type checks, with the
-//! hidden descriptor cache) -> physical (2-level, PSE and PAE paging with NX, the
-//! software TLB) -> machine memory.
+//! hidden descriptor cache; in 64-bit mode only the FS/GS bases and the
+//! canonical check) -> physical (2-level, PSE, PAE and 4-level paging with NX and
+//! 2 MiB/1 GiB pages, the software TLB) -> machine memory. Linear addresses are
+//! [`Linear`] values: only segmentation (or a descriptor-table base, for the
+//! CPU's own accesses) makes one, so a bare offset cannot be paged by mistake.
 //!
 //! Real mode performs the limit check too, as a 386 does: a word at offset 0xFFFF
 //! of a 64 KiB segment raises #GP(0), or #SS(0) when the segment is SS (SDM vol. 3A
@@ -13,8 +16,9 @@
 //! #PF with CR2 and the error code (SDM vol. 3A §4.7).
 
 use crate::exception::Exception;
+use crate::mode::EFER_LMA;
 use crate::state::{cr0, flags, seg_attr, sreg, CpuState};
-use x86bt_machine::{GuestPhys, Machine};
+use x86bt_machine::{GuestPhys, Linear, Machine};
 
 /// The kind of access, for segment type checks and paging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +60,41 @@ pub mod cr4 {
 
 /// EFER bits.
 pub mod efer {
+    /// SYSCALL/SYSRET enable.
+    pub const SCE: u64 = 1 << 0;
+    /// Long mode enable.
+    pub const LME: u64 = 1 << 8;
+    /// Long mode active (read-only: set by enabling paging with LME).
+    pub const LMA: u64 = crate::mode::EFER_LMA;
     /// No-execute enable.
     pub const NXE: u64 = 1 << 11;
+}
+
+/// The physical-address width (CPUID 0x80000008 EAX[7:0]), which fixes the
+/// reserved bits of PAE and 4-level paging entries.
+pub const MAXPHYADDR: u32 = 40;
+
+/// Whether `a` is canonical: bits 63:47 all equal (48-bit linear addresses,
+/// SDM vol. 1 §3.3.7.1).
+#[inline(always)]
+pub const fn canonical(a: u64) -> bool {
+    (((a << 16) as i64) >> 16) as u64 == a
+}
+
+/// Whether the CPU is in 64-bit mode (IA-32e with CS.L).
+#[inline(always)]
+pub fn in_64bit(cpu: &CpuState) -> bool {
+    cpu.efer & EFER_LMA != 0 && cpu.seg[sreg::CS].attrs & seg_attr::L != 0
+}
+
+/// The mask linear addresses wrap at: 32 bits outside 64-bit mode.
+#[inline(always)]
+pub fn lin_mask(cpu: &CpuState) -> u64 {
+    if in_64bit(cpu) {
+        u64::MAX
+    } else {
+        0xFFFF_FFFF
+    }
 }
 
 const TLB_SIZE: usize = 256;
@@ -83,9 +120,9 @@ struct TlbEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastEntry {
     /// Page base reads may use, or [`FAST_INVALID`].
-    pub read: u32,
+    pub read: u64,
     /// Page base writes may use, or [`FAST_INVALID`].
-    pub write: u32,
+    pub write: u64,
     /// Host address minus linear address.
     pub addend: u64,
     /// For a write entry tagged with [`FAST_CODE_TAG`] (a page holding cached
@@ -94,16 +131,14 @@ pub struct FastEntry {
     /// are all clear there may go inline; the others run through the
     /// interpreter, which invalidates what they hit.
     pub code: u64,
-    /// Keeps the entry a power of two in size.
-    pub pad: u64,
 }
 
 /// Added to a write tag for a page holding cached code: the inline probe's
 /// compare misses, and the cold path checks [`FastEntry::code`] instead.
-pub const FAST_CODE_TAG: u32 = 2;
+pub const FAST_CODE_TAG: u64 = 2;
 
 /// A fast-TLB tag no access matches (page bases have bits 11:0 clear).
-pub const FAST_INVALID: u32 = 1;
+pub const FAST_INVALID: u64 = 1;
 /// Entries per privilege in the fast TLB: the main TLB's size and index.
 pub const FAST_TLB_SIZE: usize = TLB_SIZE;
 
@@ -112,7 +147,6 @@ const FAST_EMPTY: FastEntry = FastEntry {
     write: FAST_INVALID,
     addend: 0,
     code: 0,
-    pad: 0,
 };
 
 /// The fast TLB that translated code probes inline: linear page to host page,
@@ -228,15 +262,15 @@ impl Tlb {
         self.fast.flush();
     }
     /// Whether a global-page translation of `lin` is cached.
-    pub fn has_global(&self, lin: u64) -> bool {
-        let page = lin >> 12;
+    pub fn has_global(&self, lin: Linear) -> bool {
+        let page = lin.page();
         let e = &self.e[(page as usize) & (TLB_SIZE - 1)];
         e.tag == page + 1 && e.flags & T_GLOBAL != 0
     }
 
     /// Drops the entry for one linear address (INVLPG), global or not.
-    pub fn flush_page(&mut self, lin: u64) {
-        let page = lin >> 12;
+    pub fn flush_page(&mut self, lin: Linear) {
+        let page = lin.page();
         let i = (page as usize) & (TLB_SIZE - 1);
         let e = &mut self.e[i];
         if e.tag == page + 1 {
@@ -262,14 +296,14 @@ impl Tlb {
 /// code-byte map, and returns false too: this access runs through the
 /// interpreter, and later ones that touch no code byte go inline from the cold
 /// path.
-pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) -> bool {
-    let lin = lin & 0xFFFF_FFFF;
+pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, write: bool) -> bool {
+    let lin = lin.0;
     if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 {
         return false;
     }
     let user = paging(cpu) && cpu.cpl() == 3;
     let acc = if write { Access::Write } else { Access::Read };
-    let Ok(phys) = translate_as(cpu, m, lin, acc, user) else {
+    let Ok(phys) = translate_as(cpu, m, Linear(lin), acc, user) else {
         return false;
     };
     // A write to a page with a code-byte map takes the host page as a read
@@ -282,29 +316,28 @@ pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write
     let Some(host) = m.mem.host_page(phys.0 & !0xFFF, write && code.is_none()) else {
         return false;
     };
-    let page = lin & 0xFFFF_F000;
+    let page = lin & !0xFFF;
     let addend = (host as u64).wrapping_sub(page);
     let i = ((lin >> 12) as usize) & (FAST_TLB_SIZE - 1);
     let e = &mut cpu.tlb.fast.e[usize::from(user)][i];
-    if e.read != page as u32 || e.addend != addend {
+    if e.read != page || e.addend != addend {
         *e = FastEntry {
             read: FAST_INVALID,
             write: FAST_INVALID,
             addend,
             code: 0,
-            pad: 0,
         };
     }
     // A write right implies the read right at the same privilege.
-    e.read = page as u32;
+    e.read = page;
     if write {
         cpu.tlb.fast.writes = true;
         if let Some(map) = code {
-            e.write = page as u32 | FAST_CODE_TAG;
+            e.write = page | FAST_CODE_TAG;
             e.code = map as u64;
             return false;
         }
-        e.write = page as u32;
+        e.write = page;
     }
     true
 }
@@ -320,7 +353,10 @@ pub fn seg_fault(s: usize) -> Exception {
 }
 
 /// Checks an access of `size` bytes at `off` in segment `s` and returns its linear
-/// address.
+/// address. In 64-bit mode there are no limit or type checks: the base is 0
+/// except for FS and GS, and the address (its first and last byte) must be
+/// canonical, or #SS(0) for a stack access and #GP(0) otherwise (SDM vol. 3A
+/// §3.4.4, §5.3.1).
 #[inline]
 pub fn seg_linear(
     cpu: &CpuState,
@@ -328,7 +364,10 @@ pub fn seg_linear(
     off: u64,
     size: u32,
     acc: Access,
-) -> Result<u64, Exception> {
+) -> Result<Linear, Exception> {
+    if cpu.efer & EFER_LMA != 0 && cpu.seg[sreg::CS].attrs & seg_attr::L != 0 {
+        return seg_linear_64(cpu, s, off, size);
+    }
     let seg = &cpu.seg[s];
     let last = off.wrapping_add(u64::from(size) - 1);
     let attrs = seg.attrs;
@@ -348,7 +387,19 @@ pub fn seg_linear(
     if cpu.cr0 & cr0::PE != 0 && cpu.rflags & flags::VM == 0 {
         check_type(attrs, s, acc)?;
     }
-    Ok(seg.base.wrapping_add(off) & 0xFFFF_FFFF)
+    Ok(Linear(seg.base.wrapping_add(off) & 0xFFFF_FFFF))
+}
+
+/// [`seg_linear`] in 64-bit mode.
+#[cold]
+fn seg_linear_64(cpu: &CpuState, s: usize, off: u64, size: u32) -> Result<Linear, Exception> {
+    let base = if s >= sreg::FS { cpu.seg[s].base } else { 0 };
+    let lin = base.wrapping_add(off);
+    let last = lin.wrapping_add(u64::from(size) - 1);
+    if !canonical(lin) || !canonical(last) {
+        return Err(seg_fault(s));
+    }
+    Ok(Linear(lin))
 }
 
 #[inline]
@@ -387,11 +438,11 @@ pub fn paging(cpu: &CpuState) -> bool {
 pub fn translate(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     acc: Access,
 ) -> Result<GuestPhys, Exception> {
     if !paging(cpu) {
-        return Ok(GuestPhys(lin));
+        return Ok(GuestPhys(lin.0));
     }
     let user = cpu.cpl() == 3;
     translate_as(cpu, m, lin, acc, user)
@@ -403,14 +454,14 @@ pub fn translate(
 pub fn translate_as(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     acc: Access,
     user: bool,
 ) -> Result<GuestPhys, Exception> {
     if !paging(cpu) {
-        return Ok(GuestPhys(lin));
+        return Ok(GuestPhys(lin.0));
     }
-    let page = lin >> 12;
+    let page = lin.page();
     let e = cpu.tlb.e[(page as usize) & (TLB_SIZE - 1)];
     if e.tag == page + 1 {
         let ok = match acc {
@@ -426,10 +477,10 @@ pub fn translate_as(
             }
         };
         if ok {
-            return Ok(GuestPhys((e.phys_page << 12) | (lin & 0xFFF)));
+            return Ok(GuestPhys((e.phys_page << 12) | (lin.0 & 0xFFF)));
         }
     }
-    walk(cpu, m, lin, acc, user)
+    walk(cpu, m, lin.0, acc, user)
 }
 
 fn read_pte(m: &Machine, addr: u64, wide: bool) -> u64 {
@@ -448,7 +499,7 @@ fn write_pte(m: &mut Machine, addr: u64, v: u64, wide: bool) {
     }
 }
 
-/// The page walk (SDM vol. 3A §4.3 and §4.4).
+/// The page walk (SDM vol. 3A §4.3 32-bit, §4.4 PAE, §4.5 4-level paging).
 #[cold]
 fn walk(
     cpu: &mut CpuState,
@@ -466,91 +517,93 @@ fn walk(
     const G: u64 = 1 << 8;
     const NX: u64 = 1 << 63;
     let pae = cpu.cr4 & cr4::PAE != 0;
+    let long = cpu.efer & EFER_LMA != 0;
     let nxe = pae && cpu.efer & efer::NXE != 0;
     let write = acc == Access::Write;
     let mut code = (u32::from(write) << 1) | (u32::from(user) << 2);
     if nxe && acc == Access::Exec {
         code |= 1 << 4;
     }
-    let fault = |cpu: &mut CpuState, code: u32| {
-        let _ = cpu;
-        Exception::PageFault { addr: lin, code }
+    let fault = |code: u32| Exception::PageFault { addr: lin, code };
+    let rsvd = |code: u32| Exception::PageFault {
+        addr: lin,
+        code: code | 1 | 8,
     };
-    let addr_mask: u64 = 0x000F_FFFF_FFFF_F000;
+    // Address bits of an entry: 51:12 within MAXPHYADDR.
+    let addr_mask: u64 = ((1u64 << MAXPHYADDR) - 1) & !0xFFF;
+    // Reserved bits 51:MAXPHYADDR (SDM vol. 3A Tables 4-9 to 4-11, 4-14 to 4-19),
+    // and bit 63 without NXE.
+    let rsvd_high: u64 =
+        (((1u64 << 52) - 1) & !((1u64 << MAXPHYADDR) - 1)) | if nxe { 0 } else { NX };
     // Levels: (entry address, entry) from the top down.
-    let mut levels: [(u64, u64); 3] = [(0, 0); 3];
+    let mut levels: [(u64, u64); 4] = [(0, 0); 4];
     let mut n = 0;
-    let (phys_page, leaf, big_mask);
-    if pae {
+    // (table base, index shift) of the next level to read, and the size in
+    // bits of the page a PS bit at that level maps (0: PS is reserved there).
+    let (mut table, mut shift) = if long {
+        (cpu.cr3 & addr_mask, 39)
+    } else if pae {
         let pdpte_addr = (cpu.cr3 & 0xFFFF_FFE0) + ((lin >> 30) & 3) * 8;
         let pdpte = read_pte(m, pdpte_addr, true);
         if pdpte & P == 0 {
-            return Err(fault(cpu, code));
+            return Err(fault(code));
         }
-        if pdpte & 0x1E6 != 0 {
-            return Err(fault(cpu, code | 1 | 8));
+        // PAE PDPTEs: bits 2:1, 8:5 and 63 are reserved too (Table 4-8).
+        if pdpte & 0x1E6 != 0 || pdpte & (rsvd_high | NX) != 0 {
+            return Err(rsvd(code));
         }
-        let pde_addr = (pdpte & addr_mask) + ((lin >> 21) & 0x1FF) * 8;
-        let pde = read_pte(m, pde_addr, true);
-        if pde & P == 0 {
-            return Err(fault(cpu, code));
-        }
-        if !nxe && pde & NX != 0 {
-            return Err(fault(cpu, code | 1 | 8));
-        }
-        // Reserved bits (SDM vol. 3A §4.4.2, Tables 4-9 to 4-11): 62:M with
-        // MAXPHYADDR M = 36 (no CPUID leaf 0x80000008), and 20:13 of a 2 MiB PDE.
-        const RSVD_HIGH: u64 = ((1u64 << 63) - 1) & !((1u64 << 36) - 1);
-        if pde & RSVD_HIGH != 0 || (pde & PS != 0 && pde & 0x1F_E000 != 0) {
-            return Err(fault(cpu, code | 1 | 8));
-        }
-        levels[n] = (pde_addr, pde);
-        n += 1;
-        if pde & PS != 0 {
-            phys_page = ((pde & 0x000F_FFFF_FFE0_0000) | (lin & 0x1F_F000)) >> 12;
-            leaf = pde;
-            big_mask = true;
-        } else {
-            let pte_addr = (pde & addr_mask) + ((lin >> 12) & 0x1FF) * 8;
-            let pte = read_pte(m, pte_addr, true);
-            if pte & P == 0 {
-                return Err(fault(cpu, code));
-            }
-            if (!nxe && pte & NX != 0) || pte & RSVD_HIGH != 0 {
-                return Err(fault(cpu, code | 1 | 8));
-            }
-            levels[n] = (pte_addr, pte);
-            n += 1;
-            phys_page = (pte & addr_mask) >> 12;
-            leaf = pte;
-            big_mask = false;
-        }
+        (pdpte & addr_mask, 21)
     } else {
-        let pde_addr = (cpu.cr3 & 0xFFFF_F000) + ((lin >> 22) & 0x3FF) * 4;
-        let pde = read_pte(m, pde_addr, false);
-        if pde & P == 0 {
-            return Err(fault(cpu, code));
+        (cpu.cr3 & 0xFFFF_F000, 22)
+    };
+    let wide = pae;
+    let (phys_page, leaf) = loop {
+        let (idx_bits, width) = if wide { (0x1FF, 8) } else { (0x3FF, 4) };
+        let e_addr = table + ((lin >> shift) & idx_bits) * width;
+        let e = read_pte(m, e_addr, wide);
+        if e & P == 0 {
+            return Err(fault(code));
         }
-        levels[n] = (pde_addr, pde);
+        if wide && e & rsvd_high != 0 {
+            return Err(rsvd(code));
+        }
+        levels[n] = (e_addr, e);
         n += 1;
-        if pde & PS != 0 && cpu.cr4 & cr4::PSE != 0 {
-            phys_page = ((pde & 0xFFC0_0000) | (lin & 0x3F_F000)) >> 12;
-            leaf = pde;
-            big_mask = true;
-        } else {
-            let pte_addr = (pde & 0xFFFF_F000) + ((lin >> 12) & 0x3FF) * 4;
-            let pte = read_pte(m, pte_addr, false);
-            if pte & P == 0 {
-                return Err(fault(cpu, code));
-            }
-            levels[n] = (pte_addr, pte);
-            n += 1;
-            phys_page = (pte & 0xFFFF_F000) >> 12;
-            leaf = pte;
-            big_mask = false;
+        if shift == 12 {
+            let page = if wide { e & addr_mask } else { e & 0xFFFF_F000 };
+            break (page >> 12, e);
         }
-    }
-    let _ = big_mask;
+        if e & PS != 0 {
+            match (wide, shift) {
+                // 4 MiB pages need CR4.PSE; without it PS is ignored.
+                (false, 22) if cpu.cr4 & cr4::PSE != 0 => {
+                    break (((e & 0xFFC0_0000) | (lin & 0x3F_F000)) >> 12, e);
+                }
+                (false, _) => {}
+                // 2 MiB pages: bits 20:13 reserved.
+                (true, 21) => {
+                    if e & 0x1F_E000 != 0 {
+                        return Err(rsvd(code));
+                    }
+                    break (((e & addr_mask & !0x1F_FFFF) | (lin & 0x1F_F000)) >> 12, e);
+                }
+                // 1 GiB pages: bits 29:13 reserved.
+                (true, 30) => {
+                    if e & 0x3FFF_E000 != 0 {
+                        return Err(rsvd(code));
+                    }
+                    break (
+                        ((e & addr_mask & !0x3FFF_FFFF) | (lin & 0x3FFF_F000)) >> 12,
+                        e,
+                    );
+                }
+                // PS in a PML4E is reserved.
+                _ => return Err(rsvd(code)),
+            }
+        }
+        table = if wide { e & addr_mask } else { e & 0xFFFF_F000 };
+        shift -= if wide { 9 } else { 10 };
+    };
     let all = |bit: u64| levels[..n].iter().all(|(_, e)| e & bit != 0);
     let user_ok = all(US);
     let rw_all = all(RW);
@@ -569,10 +622,10 @@ fn walk(
         }
     };
     if !allowed {
-        return Err(fault(cpu, code | 1));
+        return Err(fault(code | 1));
     }
     // Set accessed bits on every level, and dirty on the leaf for a write.
-    let pae_wide = pae;
+    let pae_wide = wide;
     for (i, (addr, e)) in levels[..n].iter().enumerate() {
         let mut v = *e | A;
         if write && i == n - 1 {
@@ -656,25 +709,32 @@ fn log_write(
     }
 }
 
+/// The linear address `first` bytes after `lin`, wrapping as the mode's linear
+/// addresses do.
+#[inline]
+fn lin_after(cpu: &CpuState, lin: Linear, first: u64) -> Linear {
+    Linear(lin.0.wrapping_add(first) & lin_mask(cpu))
+}
+
 /// Reads `size` (1, 2, 4 or 8) bytes at linear `lin` with privilege `user`.
 pub fn read_lin_as(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
     user: bool,
 ) -> Result<u64, Exception> {
     if !paging(cpu) {
-        return Ok(mem_read(m, GuestPhys(lin), size));
+        return Ok(mem_read(m, GuestPhys(lin.0), size));
     }
-    let off = lin & 0xFFF;
+    let off = lin.0 & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Read, user)?;
         return Ok(mem_read(m, p, size));
     }
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Read, user)?;
-    let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Read, user)?;
+    let p2 = translate_as(cpu, m, lin_after(cpu, lin, first), Access::Read, user)?;
     let mut v = 0u64;
     for i in 0..u64::from(size) {
         let p = if i < first {
@@ -691,7 +751,7 @@ pub fn read_lin_as(
 pub fn write_lin_as(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
     value: u64,
     user: bool,
@@ -701,30 +761,30 @@ pub fn write_lin_as(
             log_write(
                 cpu,
                 m,
-                lin,
+                lin.0,
                 size,
-                GuestPhys(lin),
-                GuestPhys(lin),
+                GuestPhys(lin.0),
+                GuestPhys(lin.0),
                 u64::from(size),
             );
         }
-        mem_write(m, GuestPhys(lin), size, value);
+        mem_write(m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
-    let off = lin & 0xFFF;
+    let off = lin.0 & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Write, user)?;
         if cpu.log_writes {
-            log_write(cpu, m, lin, size, p, p, u64::from(size));
+            log_write(cpu, m, lin.0, size, p, p, u64::from(size));
         }
         mem_write(m, p, size, value);
         return Ok(());
     }
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Write, user)?;
-    let p2 = translate_as(cpu, m, (lin + first) & 0xFFFF_FFFF, Access::Write, user)?;
+    let p2 = translate_as(cpu, m, lin_after(cpu, lin, first), Access::Write, user)?;
     if cpu.log_writes {
-        log_write(cpu, m, lin, size, p1, p2, first);
+        log_write(cpu, m, lin.0, size, p1, p2, first);
     }
     for i in 0..u64::from(size) {
         let p = if i < first {
@@ -742,7 +802,7 @@ pub fn write_lin_as(
 pub fn read_lin(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
 ) -> Result<u64, Exception> {
     let user = paging(cpu) && cpu.cpl() == 3;
@@ -754,7 +814,7 @@ pub fn read_lin(
 pub fn write_lin(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
     value: u64,
 ) -> Result<(), Exception> {
@@ -767,7 +827,7 @@ pub fn write_lin(
 pub fn read_sys(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
 ) -> Result<u64, Exception> {
     read_lin_as(cpu, m, lin, size, false)
@@ -778,11 +838,23 @@ pub fn read_sys(
 pub fn write_sys(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    lin: Linear,
     size: u32,
     value: u64,
 ) -> Result<(), Exception> {
     write_lin_as(cpu, m, lin, size, value, false)
+}
+
+/// The linear address of byte `off` of a system table at linear `base` (a
+/// descriptor table, the IDT, the TSS): 32-bit wrap outside IA-32e mode.
+#[inline]
+pub fn table_linear(cpu: &CpuState, base: u64, off: u64) -> Linear {
+    let sum = base.wrapping_add(off);
+    Linear(if cpu.efer & EFER_LMA != 0 {
+        sum
+    } else {
+        sum & 0xFFFF_FFFF
+    })
 }
 
 /// Reads `size` bytes at `s:off`.
@@ -796,13 +868,13 @@ pub fn read(
 ) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
     if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 {
-        return Ok(mem_read(m, GuestPhys(lin), size));
+        return Ok(mem_read(m, GuestPhys(lin.0), size));
     }
     if cpu.dr[7] & 0xFF != 0 {
-        crate::interp::debug::data_access(cpu, lin, size, false);
+        crate::interp::debug::data_access(cpu, lin.0, size, false);
     }
     if !paging(cpu) {
-        return Ok(mem_read(m, GuestPhys(lin), size));
+        return Ok(mem_read(m, GuestPhys(lin.0), size));
     }
     read_lin(cpu, m, lin, size)
 }
@@ -819,10 +891,10 @@ pub fn write(
 ) -> Result<(), Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Write)?;
     if cpu.dr[7] & 0xFF != 0 {
-        crate::interp::debug::data_access(cpu, lin, size, true);
+        crate::interp::debug::data_access(cpu, lin.0, size, true);
     }
     if !paging(cpu) && !cpu.log_writes {
-        mem_write(m, GuestPhys(lin), size, value);
+        mem_write(m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
     write_lin(cpu, m, lin, size, value)
@@ -839,8 +911,8 @@ pub fn probe_write(
     let lin = seg_linear(cpu, s, off, size, Access::Write)?;
     if paging(cpu) {
         translate(cpu, m, lin, Access::Write)?;
-        let last = lin.wrapping_add(u64::from(size) - 1) & 0xFFFF_FFFF;
-        if last >> 12 != lin >> 12 {
+        let last = lin_after(cpu, lin, u64::from(size) - 1);
+        if last.page() != lin.page() {
             translate(cpu, m, last, Access::Write)?;
         }
     }
@@ -861,7 +933,7 @@ mod tests {
         );
         assert_eq!(
             seg_linear(&cpu, sreg::DS, 0xFFFE, 2, Access::Read),
-            Ok(0xFFFE)
+            Ok(Linear(0xFFFE))
         );
     }
 
@@ -883,7 +955,7 @@ mod tests {
         };
         assert_eq!(
             seg_linear(&cpu, sreg::DS, 0x10_0000, 4, Access::Read),
-            Ok(0x10_0000)
+            Ok(Linear(0x10_0000))
         );
     }
 
@@ -898,7 +970,7 @@ mod tests {
         assert!(seg_linear(&cpu, sreg::DS, 0x0FFF, 1, Access::Read).is_err());
         assert_eq!(
             seg_linear(&cpu, sreg::DS, 0x1000, 1, Access::Read),
-            Ok(0x1000)
+            Ok(Linear(0x1000))
         );
         assert!(seg_linear(&cpu, sreg::DS, 0xFFFF, 2, Access::Read).is_err());
     }
@@ -920,7 +992,8 @@ mod tests {
     #[test]
     fn paging_maps_and_sets_accessed_bits() {
         let (mut cpu, mut m) = paged();
-        let p = translate_as(&mut cpu, &mut m, 0x40_0123, Access::Read, false).expect("mapped");
+        let p =
+            translate_as(&mut cpu, &mut m, Linear(0x40_0123), Access::Read, false).expect("mapped");
         assert_eq!(p, GuestPhys(0x5123));
         let pte = u32::from_le_bytes(m.mem.read::<4>(GuestPhys(0x2000)));
         assert_eq!(pte & 0x20, 0x20, "A set");
@@ -929,7 +1002,7 @@ mod tests {
     #[test]
     fn paging_not_present_faults_with_error_code() {
         let (mut cpu, mut m) = paged();
-        let e = translate_as(&mut cpu, &mut m, 0x40_1000, Access::Write, true);
+        let e = translate_as(&mut cpu, &mut m, Linear(0x40_1000), Access::Write, true);
         assert_eq!(
             e,
             Err(Exception::PageFault {
@@ -942,18 +1015,18 @@ mod tests {
     #[test]
     fn paging_write_to_read_only_respects_wp() {
         let (mut cpu, mut m) = paged();
-        assert!(translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, false).is_ok());
+        assert!(translate_as(&mut cpu, &mut m, Linear(0x40_0000), Access::Write, false).is_ok());
         cpu.tlb.flush(false);
         cpu.cr0 |= cr0::WP;
         assert_eq!(
-            translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, false),
+            translate_as(&mut cpu, &mut m, Linear(0x40_0000), Access::Write, false),
             Err(Exception::PageFault {
                 addr: 0x40_0000,
                 code: 0b011
             })
         );
         assert_eq!(
-            translate_as(&mut cpu, &mut m, 0x40_0000, Access::Write, true),
+            translate_as(&mut cpu, &mut m, Linear(0x40_0000), Access::Write, true),
             Err(Exception::PageFault {
                 addr: 0x40_0000,
                 code: 0b111

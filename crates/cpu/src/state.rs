@@ -245,6 +245,8 @@ pub struct CpuState {
     pub fpu: crate::fpu::Fpu,
     /// XCR0, the XSAVE feature mask (bit 0, x87, always set; bit 1, SSE).
     pub xcr0: u64,
+    /// The long-mode and memory-type MSRs.
+    pub msr: crate::identity::Msrs,
     /// When set, a repeated string instruction runs one iteration per step, as
     /// QEMU single-steps them (differential testing).
     pub rep_single: bool,
@@ -325,6 +327,7 @@ impl CpuState {
             fx: FX_RESET,
             fpu: crate::fpu::Fpu::default(),
             xcr0: 1,
+            msr: crate::identity::Msrs::default(),
             rep_single: false,
             log_writes: false,
             write_log: Vec::new(),

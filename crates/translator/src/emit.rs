@@ -99,6 +99,9 @@ const CR4: i32 = offset_of!(CpuState, cr4) as i32;
 const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
 const INT_SHADOW: i32 = offset_of!(CpuState, int_shadow) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
+const JC_RIP: i32 = offset_of!(JcEntry, rip) as i32;
+const JC_SPEC: i32 = offset_of!(JcEntry, spec) as i32;
+const JC_ADDR: i32 = offset_of!(JcEntry, addr) as i32;
 const FAST_WRITE: i32 = offset_of!(FastEntry, write) as i32;
 const FAST_ADDEND: i32 = offset_of!(FastEntry, addend) as i32;
 const FAST_CODE: i32 = offset_of!(FastEntry, code) as i32;
@@ -1061,9 +1064,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; mov r9d, r10d
             ; shr r9d, FAST_SHIFT
             ; and r9d, FAST_MASK
-            ; lea r11d, [r10 + last]
-            ; and r11d, -4096
-            ; cmp r11d, DWORD [r12 + r9 + tag]
+            ; lea r11, [r10 + last]
+            ; and r11, -4096
+            ; cmp r11, QWORD [r12 + r9 + tag]
             ; jne =>miss
             ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
         );
@@ -1090,8 +1093,8 @@ impl<A: CodeSink> Emitter<'_, A> {
                 let (fill, busy) = (self.ops.new_label(), self.ops.new_label());
                 dynasm!(self.ops
                     ; .arch x64
-                    ; or r11d, FAST_CODE_TAG as i32
-                    ; cmp r11d, DWORD [r12 + r9 + FAST_WRITE]
+                    ; or r11, FAST_CODE_TAG as i32
+                    ; cmp r11, QWORD [r12 + r9 + FAST_WRITE]
                     ; jne =>fill
                     ; mov r11, QWORD [r12 + r9 + FAST_CODE]
                     ; push r10
@@ -1237,14 +1240,16 @@ impl<A: CodeSink> Emitter<'_, A> {
                 // Another page: through the jump cache, at a fixed entry.
                 let idx = jc_index(target);
                 let entry = self.ctx_field(offset_of!(JitCtx, jc) + idx * size_of::<JcEntry>());
-                let tag = (target | u64::from(self.spec) << 32) as i64;
+                let (want, spec) = (target as i64, self.spec as i32);
                 dynasm!(self.ops
                     ; .arch x64
                     ; mov r10, QWORD entry
-                    ; mov r11, QWORD tag
-                    ; cmp r11, QWORD [r10]
+                    ; mov r11, QWORD want
+                    ; cmp r11, QWORD [r10 + JC_RIP]
                     ; jne >miss
-                    ; jmp QWORD [r10 + 8]
+                    ; cmp QWORD [r10 + JC_SPEC], spec
+                    ; jne >miss
+                    ; jmp QWORD [r10 + JC_ADDR]
                     ; miss:
                 );
                 self.jc_request();
@@ -1359,11 +1364,12 @@ impl<A: CodeSink> Emitter<'_, A> {
         } else {
             self.advance_and_check(n, out);
             let base = self.ctx_field(offset_of!(JitCtx, jc));
-            let spec = (u64::from(self.spec) << 32) as i64;
+            let spec = self.spec as i32;
             let mask = (JC_SIZE - 1) as i32;
             let shift = size_of::<JcEntry>().trailing_zeros() as i8;
             dynasm!(self.ops
                 ; .arch x64
+                ; mov r9d, r9d
                 ; mov r11d, r9d
                 ; shr r11d, 12
                 ; xor r11d, r9d
@@ -1371,11 +1377,11 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; shl r11d, shift
                 ; mov r10, QWORD base
                 ; add r10, r11
-                ; mov r11, QWORD spec
-                ; or r11, r9
-                ; cmp r11, QWORD [r10]
+                ; cmp r9, QWORD [r10 + JC_RIP]
                 ; jne >miss
-                ; jmp QWORD [r10 + 8]
+                ; cmp QWORD [r10 + JC_SPEC], spec
+                ; jne >miss
+                ; jmp QWORD [r10 + JC_ADDR]
                 ; miss:
             );
             self.jc_request();

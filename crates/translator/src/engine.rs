@@ -33,19 +33,19 @@ use crate::emit::{
 };
 use crate::error::TranslatorError;
 use crate::plan::{self, Lowering};
-use crate::runtime::{self, jc_index, JcEntry, JitCtx, JC_EMPTY, JC_SIZE};
+use crate::runtime::{self, jc_index, JcEntry, JitCtx, JC_SIZE};
 use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{fetch_unit, index_code_pages, mode_key, unit_fits, NO_PAGE};
+use x86bt_cpu::interp::engine::{code_address, fetch_unit, index_code_pages, unit_fits, NO_PAGE};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
 use x86bt_cpu::state::{sreg, RunState};
-use x86bt_cpu::{CpuState, Exception, Interpreter, UnitExit};
+use x86bt_cpu::{CpuMode, CpuState, Exception, Interpreter, UnitExit};
 use x86bt_decoder::sensitive::{classify, Sensitivity};
-use x86bt_decoder::{Bitness, DecodedUnit};
+use x86bt_decoder::DecodedUnit;
 use x86bt_machine::Machine;
 
 /// Sets of the two-way translation cache (a power of two). A miss costs a
@@ -64,7 +64,7 @@ struct Slot {
     valid: bool,
     phys: u64,
     next_phys: u64,
-    key: u32,
+    key: CpuMode,
     /// The CS:IP the fragment is made for (its code embeds all three).
     rip: u64,
     cs_base: u64,
@@ -104,7 +104,7 @@ impl Slot {
             valid: false,
             phys: 0,
             next_phys: NO_PAGE,
-            key: 0,
+            key: CpuMode::Real,
             rip: 0,
             cs_base: 0,
             cs_limit: 0,
@@ -167,7 +167,7 @@ pub struct Translator {
     /// `PhysMemory::host_epoch` when the fast TLB was last known good.
     host_epoch: u64,
     /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
-    specs: HashMap<(u32, u64, u32, u8), u32>,
+    specs: HashMap<(CpuMode, u64, u32, u8), u32>,
     /// `FastTlb::generation` when the jump cache was last known good.
     jc_generation: u64,
     /// Some jump-cache entry may be filled.
@@ -191,8 +191,8 @@ pub struct Translator {
 }
 
 #[inline]
-fn set_of(phys: u64, key: u32) -> usize {
-    let h = phys ^ (phys >> 15) ^ (u64::from(key) << 7);
+fn set_of(phys: u64, key: CpuMode) -> usize {
+    let h = phys ^ (phys >> 15) ^ (u64::from(key.key()) << 7);
     (h as usize) & (SETS - 1)
 }
 
@@ -294,10 +294,7 @@ impl Translator {
             for idx in std::mem::take(&mut self.slots[t].jc_refs) {
                 let e = &mut self.ctx.jc[idx as usize];
                 if e.addr == body {
-                    *e = JcEntry {
-                        tag: JC_EMPTY,
-                        addr: 0,
-                    };
+                    *e = JcEntry::EMPTY;
                 }
             }
         }
@@ -372,10 +369,12 @@ impl Translator {
         let slot = &mut self.slots[t];
         let idx = jc_index(rip);
         self.ctx.jc[idx] = JcEntry {
-            tag: rip | spec << 32,
+            rip,
+            spec,
             addr: code.exec_base() as u64 + slot.code.body as u64,
+            pad: 0,
         };
-        let page = (slot.cs_base.wrapping_add(rip) & 0xFFFF_FFFF) >> 12;
+        let page = (slot.cs_base.wrapping_add(rip) & slot.key.linear_mask()) >> 12;
         self.jc_pages[idx] = page;
         self.jc_by_page.entry(page).or_default().push(idx as u32);
         slot.jc_refs.push(idx as u32);
@@ -386,10 +385,7 @@ impl Translator {
     /// Empties the jump cache.
     fn clear_jc(&mut self) {
         if self.jc_used {
-            self.ctx.jc.fill(JcEntry {
-                tag: JC_EMPTY,
-                addr: 0,
-            });
+            self.ctx.jc.fill(JcEntry::EMPTY);
             self.jc_pages.fill(u64::MAX);
             self.jc_by_page.clear();
             self.jc_fills_since_clear = 0;
@@ -399,7 +395,7 @@ impl Translator {
     }
 
     /// The spec id of (key, CS base, CS limit, flat).
-    fn spec_of(&mut self, key: u32, cs_base: u64, cs_limit: u32, flat: u8) -> u32 {
+    fn spec_of(&mut self, key: CpuMode, cs_base: u64, cs_limit: u32, flat: u8) -> u32 {
         let n = self.specs.len() as u32;
         *self
             .specs
@@ -471,10 +467,13 @@ impl Translator {
         if cpu.int_shadow != 0 || cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 {
             return Lookup::Delegate(Delegation::SingleStep);
         }
-        let Some((phys, lin)) = code_phys(cpu, m) else {
+        let key = CpuMode::of(cpu);
+        if key == CpuMode::Long64 {
+            return Lookup::Delegate(Delegation::Long64);
+        }
+        let Ok((lin, phys)) = code_address(cpu, m, key) else {
             return Lookup::Delegate(Delegation::Fetch);
         };
-        let (key, bitness) = mode_key(cpu);
         let flat = flat_segments(cpu);
         let link = self.link_request.take().filter(|r| {
             r.icount == cpu.icount && r.rip == cpu.rip && r.cs_base == cpu.seg[sreg::CS].base
@@ -494,7 +493,7 @@ impl Translator {
                 && slot.flat == flat
             {
                 let (byte_len, next_phys) = (slot.byte_len, slot.next_phys);
-                if unit_fits(cpu, m, lin, byte_len, next_phys) {
+                if unit_fits(cpu, m, key, lin, byte_len, next_phys) {
                     self.stats.hits += 1;
                     found = Some(s);
                     break;
@@ -508,7 +507,7 @@ impl Translator {
             Some(s) => s,
             None => {
                 let started = std::time::Instant::now();
-                let done = self.translate(cpu, m, phys, key, bitness, victim);
+                let done = self.translate(cpu, m, phys, key, victim);
                 self.stats.translate_ns += started.elapsed().as_nanos() as u64;
                 if let Err(d) = done {
                     return Lookup::Delegate(d);
@@ -529,8 +528,7 @@ impl Translator {
         cpu: &mut CpuState,
         m: &mut Machine,
         phys: u64,
-        key: u32,
-        bitness: Bitness,
+        key: CpuMode,
         s: usize,
     ) -> Result<(), Delegation> {
         let flat = flat_segments(cpu);
@@ -538,7 +536,7 @@ impl Translator {
             self.flush_code();
         }
         let mut fetched =
-            fetch_unit(cpu, m, phys, bitness, &mut self.scratch).map_err(|_| Delegation::Fetch)?;
+            fetch_unit(cpu, m, phys, key, &mut self.scratch).map_err(|_| Delegation::Fetch)?;
         if self.single_step && self.scratch.count > 1 {
             let first = self.scratch.insns[0];
             self.scratch.count = 1;
@@ -551,7 +549,7 @@ impl Translator {
                 fetched.next_phys = NO_PAGE;
             }
         }
-        let bits = bitness.bits();
+        let bits = key.bits();
         let insns: Box<[Insn]> = self
             .scratch
             .instructions()
@@ -600,14 +598,14 @@ impl Translator {
                     kinds: &kinds,
                     chain,
                     rip: cpu.rip,
-                    ip_mask: if key & 1 != 0 { 0xFFFF_FFFF } else { 0xFFFF },
+                    ip_mask: key.ip_mask(),
                     cs_base: cs.base,
                     cs_limit: cs.limit,
                     flat,
                     seg_writes: &seg_writes,
                     spec,
-                    protected: key & 2 != 0,
-                    v86: key & 4 != 0,
+                    protected: key.protected(),
+                    v86: key == CpuMode::V86,
                     event_end,
                 },
                 &Externals {
@@ -773,10 +771,7 @@ impl Translator {
                     let idx = idx as usize;
                     if self.jc_pages[idx] == page {
                         self.jc_pages[idx] = u64::MAX;
-                        self.ctx.jc[idx] = JcEntry {
-                            tag: JC_EMPTY,
-                            addr: 0,
-                        };
+                        self.ctx.jc[idx] = JcEntry::EMPTY;
                     }
                 }
             }
@@ -817,11 +812,11 @@ impl Translator {
 
     /// Whether the unit at CS:IP does port I/O (lockstep runs those only once).
     pub fn unit_does_io(&mut self, cpu: &mut CpuState, m: &mut Machine) -> bool {
-        let Some((phys, _)) = code_phys(cpu, m) else {
+        let mode = CpuMode::of(cpu);
+        let Ok((_, phys)) = code_address(cpu, m, mode) else {
             return false;
         };
-        let (_, bitness) = mode_key(cpu);
-        if fetch_unit(cpu, m, phys, bitness, &mut self.scratch).is_err() {
+        if fetch_unit(cpu, m, phys, mode, &mut self.scratch).is_err() {
             return false;
         }
         self.scratch
@@ -845,22 +840,6 @@ fn host_has_lahf_sahf() -> bool {
     {
         false
     }
-}
-
-/// The physical and linear address of CS:IP, or `None` when fetching there
-/// faults (the interpreter then raises the fault).
-fn code_phys(cpu: &mut CpuState, m: &mut Machine) -> Option<(u64, u64)> {
-    let cs = cpu.seg[sreg::CS];
-    if cpu.rip > u64::from(cs.limit) {
-        return None;
-    }
-    let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-    let phys = if mmu::paging(cpu) {
-        mmu::translate(cpu, m, lin, mmu::Access::Exec).ok()?.0
-    } else {
-        lin
-    };
-    Some((phys & m.mem.a20_mask(), lin))
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

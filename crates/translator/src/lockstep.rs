@@ -27,7 +27,7 @@ use crate::error::TranslatorError;
 use crate::stats::JitStats;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use x86bt_cpu::interp::engine::{fetch_unit, mode_key};
+use x86bt_cpu::interp::engine::{code_address, fetch_unit};
 use x86bt_cpu::interp::Insn;
 use x86bt_cpu::state::{sreg, Segment};
 use x86bt_cpu::{CpuState, Interpreter, UnitExit};
@@ -63,7 +63,7 @@ pub struct Lockstep {
     /// Test hook: after this many units, flip bit 0 of the translator's EAX.
     inject_after: Option<u64>,
     /// Whether the unit at (physical address, mode key, RIP) does port I/O.
-    io_units: std::collections::HashMap<(u64, u32, u64), bool>,
+    io_units: std::collections::HashMap<(u64, x86bt_cpu::CpuMode, u64), bool>,
 }
 
 /// How many more units the interpreter may run to reach the translator's
@@ -162,16 +162,12 @@ impl Lockstep {
     /// Whether the unit at CS:IP does port I/O, remembered per (physical
     /// address, mode key) until code is written.
     fn unit_does_io(&mut self, cpu: &mut CpuState, m: &mut Machine) -> bool {
-        let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let phys = if x86bt_cpu::mmu::paging(cpu) {
-            match x86bt_cpu::mmu::translate(cpu, m, lin, x86bt_cpu::mmu::Access::Exec) {
-                Ok(p) => p.0,
-                Err(_) => return self.jit.unit_does_io(cpu, m),
-            }
-        } else {
-            lin
+        let mode = x86bt_cpu::CpuMode::of(cpu);
+        let phys = match code_address(cpu, m, mode) {
+            Ok((_, p)) => p,
+            Err(_) => return self.jit.unit_does_io(cpu, m),
         };
-        let key = (phys & m.mem.a20_mask(), mode_key(cpu).0, cpu.rip);
+        let key = (phys, mode, cpu.rip);
         if let Some(&io) = self.io_units.get(&key) {
             return io;
         }
@@ -317,15 +313,12 @@ impl Lockstep {
         let mut cpu = after.clone();
         cpu.seg[sreg::CS] = cs;
         cpu.rip = rip;
-        let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let phys = x86bt_cpu::mmu::translate(&mut cpu, m, lin, x86bt_cpu::mmu::Access::Exec);
-        let (_, bitness) = mode_key(&cpu);
+        let mode = x86bt_cpu::CpuMode::of(&cpu);
+        let phys = code_address(&mut cpu, m, mode);
         let mut unit = DecodedUnit::default();
         match phys {
-            Ok(p)
-                if fetch_unit(&mut cpu, m, p.0 & m.mem.a20_mask(), bitness, &mut unit).is_ok() =>
-            {
-                let bits = bitness.bits();
+            Ok((_, p)) if fetch_unit(&mut cpu, m, p, mode, &mut unit).is_ok() => {
+                let bits = mode.bits();
                 let insns: Vec<Insn> = unit
                     .instructions()
                     .iter()
@@ -438,6 +431,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         fx,
         fpu,
         xcr0,
+        msr,
         rep_single,
         log_writes,
         write_log,
@@ -473,6 +467,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         && *fx == t.fx
         && *fpu == t.fpu
         && *xcr0 == t.xcr0
+        && *msr == t.msr
         && *rep_single == t.rep_single
         && *log_writes == t.log_writes
         && *write_log == t.write_log

@@ -25,7 +25,7 @@ pub const JC_SIZE: usize = 4096;
 pub const fn jc_index(rip: u64) -> usize {
     ((rip ^ (rip >> 12)) as usize) & (JC_SIZE - 1)
 }
-/// The tag of an empty jump-cache entry (no RIP and spec id make it).
+/// The RIP of an empty jump-cache entry (not canonical, so no RIP makes it).
 pub const JC_EMPTY: u64 = u64::MAX;
 
 /// One jump-cache entry: a guest RIP under one spec (see `JitCtx::jc`) and the
@@ -33,10 +33,24 @@ pub const JC_EMPTY: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct JcEntry {
-    /// `rip | spec << 32`, or [`JC_EMPTY`].
-    pub tag: u64,
+    /// The guest RIP (all 64 bits), or [`JC_EMPTY`].
+    pub rip: u64,
+    /// The spec id the fragment was made for.
+    pub spec: u64,
     /// The chain entry (absolute address) of the fragment.
     pub addr: u64,
+    /// Keeps the entry a power of two in size.
+    pub pad: u64,
+}
+
+impl JcEntry {
+    /// An empty entry.
+    pub const EMPTY: Self = Self {
+        rip: JC_EMPTY,
+        spec: 0,
+        addr: 0,
+        pad: 0,
+    };
 }
 
 /// What a running fragment needs besides the CPU state. Lives in a `Box` owned
@@ -85,10 +99,7 @@ impl Default for JitCtx {
             tlb_base: 0,
             fills: 0,
             fills_ok: 0,
-            jc: [JcEntry {
-                tag: JC_EMPTY,
-                addr: 0,
-            }; JC_SIZE],
+            jc: [JcEntry::EMPTY; JC_SIZE],
         }
     }
 }
@@ -150,7 +161,13 @@ pub unsafe extern "sysv64" fn helper_fill(
     // SAFETY: as in `helper_exec`.
     let m = unsafe { &mut *ctx.m };
     ctx.fills += 1;
-    let ok = x86bt_cpu::mmu::fast_fill(cpu, m, lin, (size_write >> 1) as u32, size_write & 1 != 0);
+    let ok = x86bt_cpu::mmu::fast_fill(
+        cpu,
+        m,
+        x86bt_machine::Linear(lin),
+        (size_write >> 1) as u32,
+        size_write & 1 != 0,
+    );
     ctx.fills_ok += u64::from(ok);
     u64::from(ok)
 }

@@ -33,12 +33,15 @@ pub enum Delegation {
     Fetch,
     /// The code buffer could not be (re)allocated.
     NoBuffer,
+    /// 64-bit code: the translator does not lower it yet, the interpreter runs
+    /// it (through the same unit cache rules).
+    Long64,
 }
 
 impl Delegation {
     /// Number of reasons.
-    pub const COUNT: usize = 3;
-    const NAMES: [&'static str; Self::COUNT] = ["single-step", "fetch", "no-buffer"];
+    pub const COUNT: usize = 4;
+    const NAMES: [&'static str; Self::COUNT] = ["single-step", "fetch", "no-buffer", "long64"];
 }
 
 /// Translator counters.

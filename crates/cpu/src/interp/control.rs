@@ -14,11 +14,17 @@ use crate::state::{reg, sreg, CpuState};
 use iced_x86::Code;
 use x86bt_machine::Machine;
 
-/// Sets the next IP to `target` masked to the operand size, after the limit check.
+/// Sets the next IP to `target` masked to the operand size, after the limit
+/// check, or in 64-bit mode the canonical check (#GP(0) at the branch, as Intel
+/// CPUs raise it; SDM vol. 2A, JMP, 64-bit mode exceptions).
 #[inline(always)]
 fn go(cpu: &mut CpuState, target: u64, size: u32) -> Exec {
     let t = target & mask(size);
-    if t > u64::from(cpu.seg[sreg::CS].limit) {
+    if crate::mmu::in_64bit(cpu) {
+        if !crate::mmu::canonical(t) {
+            return Err(Exception::GeneralProtection(0));
+        }
+    } else if t > u64::from(cpu.seg[sreg::CS].limit) {
         return Err(Exception::GeneralProtection(0));
     }
     cpu.next_rip = t;

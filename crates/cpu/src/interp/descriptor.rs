@@ -57,16 +57,31 @@ pub fn ltr(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     if sel & 4 != 0 {
         return Err(Exception::GeneralProtection(sel_err(sel)));
     }
-    let (d, addr) = fetch(cpu, m, sel)?;
-    if d.is_segment() || !matches!(d.typ(), 0x1 | 0x9) {
+    let long = super::long::ia32e(cpu);
+    // IA-32e mode: a 16-byte descriptor, available 64-bit TSS (type 9) only.
+    let (d, base, addr) = if long {
+        let (d16, addr) = super::long::fetch16(cpu, m, sel)?;
+        (d16.low, d16.base(), addr)
+    } else {
+        let (d, addr) = fetch(cpu, m, sel)?;
+        (d, d.base(), addr)
+    };
+    let ok_type = if long {
+        d.typ() == 0x9
+    } else {
+        matches!(d.typ(), 0x1 | 0x9)
+    };
+    if d.is_segment() || !ok_type {
         return Err(Exception::GeneralProtection(sel_err(sel)));
     }
     if !d.present() {
         return Err(Exception::SegmentNotPresent(sel_err(sel)));
     }
     let busy = d.hi | (1 << 9);
-    mmu::write_sys(cpu, m, (addr + 4) & 0xFFFF_FFFF, 4, u64::from(busy))?;
+    let lin = mmu::table_linear(cpu, addr, 4);
+    mmu::write_sys(cpu, m, lin, 4, u64::from(busy))?;
     cpu.tr = Desc { lo: d.lo, hi: busy }.segment(sel);
+    cpu.tr.base = base;
     Ok(())
 }
 

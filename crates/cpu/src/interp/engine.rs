@@ -1,7 +1,7 @@
 //! The interpreter engine: the unit cache and the loop that runs one unit.
 //!
-//! Units are keyed by the guest-physical address of their first byte and a mode
-//! key (code size and the mode bits that change decoding). The cache is a
+//! Units are keyed by the guest-physical address of their first byte and the
+//! [`CpuMode`] (code size and the mode bits that change decoding). The cache is a
 //! direct-mapped table of prepared units plus a per-page index, so a write to a
 //! page that holds code invalidates exactly the units decoded from it. A unit is
 //! position-independent in CS:IP (relative branches are kept as displacements), so
@@ -12,10 +12,11 @@ use super::interrupt;
 use super::Insn;
 use crate::exception::Exception;
 use crate::mmu;
+use crate::mode::CpuMode;
 use crate::state::{sreg, CpuState, RunState};
 use std::collections::HashMap;
-use x86bt_decoder::{decode_unit, Bitness, DecodedUnit, UnitEnd, MAX_INSN_LEN, MAX_UNIT_INSNS};
-use x86bt_machine::{GuestPhys, Machine, PAGE_SIZE};
+use x86bt_decoder::{decode_unit, DecodedUnit, UnitEnd, MAX_INSN_LEN, MAX_UNIT_INSNS};
+use x86bt_machine::{GuestPhys, Linear, Machine, PAGE_SIZE};
 
 /// Number of slots in the direct-mapped unit cache (a power of two).
 const SLOTS: usize = 1 << 14;
@@ -62,7 +63,7 @@ struct Slot {
     valid: bool,
     phys: u64,
     next_phys: u64,
-    key: u32,
+    key: CpuMode,
     byte_len: u32,
     count: u8,
     /// The unit ends on an ordinary instruction (not sensitive, not #UD).
@@ -91,14 +92,10 @@ impl Default for Interpreter {
     }
 }
 
-/// The mode key: everything that changes how bytes decode or what a prepared
-/// instruction means. Real mode: code size from CS.D. Both engines key their
-/// caches with it.
-pub fn mode_key(cpu: &CpuState) -> (u32, Bitness) {
-    let d = cpu.seg[sreg::CS].attrs & crate::state::seg_attr::DB != 0 && !cpu.v86();
-    let bitness = if d { Bitness::B32 } else { Bitness::B16 };
-    let key = u32::from(d) | (u32::from(cpu.protected()) << 1) | (u32::from(cpu.v86()) << 2);
-    (key, bitness)
+/// The linear address of CS:IP, and where IP wraps (see [`CpuMode`]).
+#[inline]
+pub fn code_linear(cpu: &CpuState, mode: CpuMode) -> Linear {
+    Linear(cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & mode.linear_mask())
 }
 
 /// A unit fetched and decoded by [`fetch_unit`].
@@ -128,14 +125,20 @@ pub fn fetch_unit(
     cpu: &mut CpuState,
     m: &mut Machine,
     phys: u64,
-    bitness: Bitness,
+    mode: CpuMode,
     out: &mut DecodedUnit,
 ) -> Result<Fetched, Exception> {
     let ip = cpu.rip;
     let cs = cpu.seg[sreg::CS];
-    let lin = cs.base.wrapping_add(ip) & 0xFFFF_FFFF;
-    let page_room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
-    let limit_room = (u64::from(cs.limit) + 1).saturating_sub(ip) as usize;
+    let lin = code_linear(cpu, mode);
+    let page_room = (PAGE_SIZE - (lin.0 & (PAGE_SIZE - 1))) as usize;
+    // 64-bit code has no CS limit; the next page's linear address must be
+    // canonical instead (the translation below faults otherwise).
+    let limit_room = if mode.is_64() {
+        usize::MAX
+    } else {
+        (u64::from(cs.limit) + 1).saturating_sub(ip) as usize
+    };
     let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
     let mut avail = want.min(limit_room);
     let mut cut_by: Exception = Exception::GeneralProtection(0);
@@ -146,8 +149,13 @@ pub fn fetch_unit(
     }
     let mut next_phys = NO_PAGE;
     if avail > page_room {
-        let next_lin = (lin + page_room as u64) & 0xFFFF_FFFF;
-        match mmu::translate(cpu, m, next_lin, mmu::Access::Exec) {
+        let next_lin = lin.0.wrapping_add(page_room as u64) & mode.linear_mask();
+        let next = if mmu::canonical(next_lin) {
+            mmu::translate(cpu, m, Linear(next_lin), mmu::Access::Exec)
+        } else {
+            Err(Exception::GeneralProtection(0))
+        };
+        match next {
             Ok(p) => {
                 let p = p.0 & m.mem.a20_mask();
                 next_phys = p;
@@ -161,7 +169,7 @@ pub fn fetch_unit(
             }
         }
     }
-    decode_unit(bitness, ip, &buf[..avail], page_room, out);
+    decode_unit(mode.bitness(), ip, &buf[..avail], page_room, out);
     if out.end == UnitEnd::FetchFault {
         return Err(cut_by);
     }
@@ -230,17 +238,41 @@ fn code_bytes(unit: &DecodedUnit) -> u64 {
 pub fn unit_fits(
     cpu: &mut CpuState,
     m: &mut Machine,
-    lin: u64,
+    mode: CpuMode,
+    lin: Linear,
     byte_len: u32,
     next_phys: u64,
 ) -> bool {
     let cs = cpu.seg[sreg::CS];
-    let fits = cpu.rip + u64::from(byte_len) <= u64::from(cs.limit) + 1;
+    let fits = mode.is_64() || cpu.rip + u64::from(byte_len) <= u64::from(cs.limit) + 1;
     fits && (next_phys == NO_PAGE || {
-        let next_lin = (lin | (PAGE_SIZE - 1)) + 1;
-        mmu::translate(cpu, m, next_lin & 0xFFFF_FFFF, mmu::Access::Exec)
-            .is_ok_and(|p| p.0 & m.mem.a20_mask() == next_phys)
+        let next_lin = (lin.0 | (PAGE_SIZE - 1)).wrapping_add(1) & mode.linear_mask();
+        mmu::canonical(next_lin)
+            && mmu::translate(cpu, m, Linear(next_lin), mmu::Access::Exec)
+                .is_ok_and(|p| p.0 & m.mem.a20_mask() == next_phys)
     })
+}
+
+/// The linear and physical address of CS:IP for an instruction fetch: #GP(0)
+/// when IP is beyond the CS limit (outside 64-bit mode) or RIP is not
+/// canonical (in it), else the page walk's fault if any. Both engines start
+/// every unit here.
+#[inline]
+pub fn code_address(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    mode: CpuMode,
+) -> Result<(Linear, u64), Exception> {
+    if mode.is_64() {
+        if !mmu::canonical(cpu.rip) {
+            return Err(Exception::GeneralProtection(0));
+        }
+    } else if cpu.rip > u64::from(cpu.seg[sreg::CS].limit) {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let lin = code_linear(cpu, mode);
+    let phys = mmu::translate(cpu, m, lin, mmu::Access::Exec)?;
+    Ok((lin, phys.0 & m.mem.a20_mask()))
 }
 
 /// The address of the instruction after `insn`, which starts at `rip`: IP wraps
@@ -296,8 +328,8 @@ pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
 }
 
 #[inline]
-fn slot_of(phys: u64, key: u32) -> usize {
-    let h = phys ^ (phys >> 14) ^ (u64::from(key) << 7);
+fn slot_of(phys: u64, key: CpuMode) -> usize {
+    let h = phys ^ (phys >> 14) ^ (u64::from(key.key()) << 7);
     (h as usize) & (SLOTS - 1)
 }
 
@@ -309,7 +341,7 @@ impl Interpreter {
             valid: false,
             phys: 0,
             next_phys: NO_PAGE,
-            key: 0,
+            key: CpuMode::Real,
             byte_len: 0,
             count: 0,
             plain_end: false,
@@ -365,12 +397,11 @@ impl Interpreter {
         cpu: &mut CpuState,
         m: &mut Machine,
         phys: u64,
-        key: u32,
-        bitness: Bitness,
+        key: CpuMode,
         s: usize,
     ) -> Result<(), Exception> {
-        let fetched = fetch_unit(cpu, m, phys, bitness, &mut self.scratch)?;
-        let bits = bitness.bits();
+        let fetched = fetch_unit(cpu, m, phys, key, &mut self.scratch)?;
+        let bits = key.bits();
         for (dst, ins) in self.units[s].iter_mut().zip(self.scratch.instructions()) {
             *dst = Insn::prepare(ins, bits);
         }
@@ -398,20 +429,9 @@ impl Interpreter {
 
     /// Runs one unit at CS:IP. Exceptions are delivered to the guest here.
     pub fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
-        let (key, bitness) = mode_key(cpu);
-        let cs = cpu.seg[sreg::CS];
-        if cpu.rip > u64::from(cs.limit) {
-            interrupt::raise(cpu, m, Exception::GeneralProtection(0), cpu.rip);
-            return self.after_fault(cpu);
-        }
-        let lin = cs.base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let translated = if mmu::paging(cpu) {
-            mmu::translate(cpu, m, lin, mmu::Access::Exec)
-        } else {
-            Ok(GuestPhys(lin))
-        };
-        let phys = match translated {
-            Ok(p) => p.0 & m.mem.a20_mask(),
+        let key = CpuMode::of(cpu);
+        let (lin, phys) = match code_address(cpu, m, key) {
+            Ok(a) => a,
             Err(e) => {
                 interrupt::raise(cpu, m, e, cpu.rip);
                 return self.after_fault(cpu);
@@ -419,7 +439,7 @@ impl Interpreter {
         };
         let debug = cpu.dr[7] & 0xFF != 0;
         if debug && cpu.rflags & RF == 0 {
-            if let Some(hit) = debug::exec_breakpoint(cpu, lin) {
+            if let Some(hit) = debug::exec_breakpoint(cpu, lin.0) {
                 cpu.dr[6] = (cpu.dr[6] & !0xF) | hit;
                 interrupt::raise(cpu, m, Exception::Debug, cpu.rip);
                 return self.after_fault(cpu);
@@ -438,13 +458,13 @@ impl Interpreter {
             // A unit decoded where it fit below the CS limit may not fit at this
             // alias; a unit that runs onto the next page must see the same page.
             let (byte_len, next_phys) = (self.slots[s].byte_len, self.slots[s].next_phys);
-            refill = !unit_fits(cpu, m, lin, byte_len, next_phys);
+            refill = !unit_fits(cpu, m, key, lin, byte_len, next_phys);
             if !refill {
                 self.stats.hits += 1;
             }
         }
         if refill {
-            if let Err(e) = self.fill(cpu, m, phys, key, bitness, s) {
+            if let Err(e) = self.fill(cpu, m, phys, key, s) {
                 interrupt::raise(cpu, m, e, cpu.rip);
                 return self.after_fault(cpu);
             }
@@ -547,9 +567,8 @@ impl Interpreter {
     /// Whether a unit for CS:IP is cached (for tests of the cache itself).
     pub fn is_cached(&self, cpu: &CpuState, m: &Machine) -> bool {
         // Real-mode aliasing only (tests): linear equals physical.
-        let (key, _) = mode_key(cpu);
-        let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
-        let phys = lin & m.mem.a20_mask();
+        let key = CpuMode::of(cpu);
+        let phys = code_linear(cpu, key).0 & m.mem.a20_mask();
         let slot = &self.slots[slot_of(phys, key)];
         slot.valid && slot.phys == phys && slot.key == key
     }

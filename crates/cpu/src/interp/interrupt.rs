@@ -23,9 +23,9 @@ pub fn deliver_real(cpu: &mut CpuState, m: &mut Machine, vector: u8, ret_ip: u64
     if off + 3 > u64::from(cpu.idtr.limit) {
         return Err(Exception::GeneralProtection(u16::from(vector) * 8 + 2));
     }
-    let entry = cpu.idtr.base.wrapping_add(off);
+    let entry = mmu::table_linear(cpu, cpu.idtr.base, off);
     let ip = mmu::read_lin(cpu, m, entry, 2)?;
-    let cs = mmu::read_lin(cpu, m, entry.wrapping_add(2), 2)?;
+    let cs = mmu::read_lin(cpu, m, entry.add(2), 2)?;
     let saved_sp = cpu.gpr[reg::RSP];
     let image = super::stack::flags_image(cpu);
     let pushed = push(cpu, m, image, 2)
@@ -70,6 +70,9 @@ pub fn deliver(
     if !cpu.protected() {
         return deliver_real(cpu, m, vector, ret_ip);
     }
+    if super::long::ia32e(cpu) {
+        return super::long::deliver(cpu, m, vector, error, ret_ip, src);
+    }
     deliver_pm(cpu, m, vector, error, ret_ip, src)
 }
 
@@ -92,9 +95,10 @@ fn deliver_pm(
     if off + 7 > u64::from(cpu.idtr.limit) {
         return Err(Exception::GeneralProtection(idt_err));
     }
-    let base = cpu.idtr.base.wrapping_add(off) & 0xFFFF_FFFF;
+    let base = mmu::table_linear(cpu, cpu.idtr.base, off);
+    let hi_at = mmu::table_linear(cpu, cpu.idtr.base, off + 4);
     let lo = mmu::read_sys(cpu, m, base, 4)? as u32;
-    let hi = mmu::read_sys(cpu, m, (base + 4) & 0xFFFF_FFFF, 4)? as u32;
+    let hi = mmu::read_sys(cpu, m, hi_at, 4)? as u32;
     let gate = Desc { lo, hi };
     let typ = gate.typ();
     if gate.is_segment() || !matches!(typ, 0x5 | 0x6 | 0x7 | 0xE | 0xF) {
@@ -287,6 +291,9 @@ pub fn into(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
 /// IRET/IRETD.
 pub fn iret(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let size = insn.size();
+    if super::long::ia32e(cpu) {
+        return super::long::iret(cpu, m, size);
+    }
     if cpu.v86() {
         return protected::iret_v86(cpu, m, size);
     }

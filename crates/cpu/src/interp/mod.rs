@@ -19,6 +19,7 @@ pub mod descriptor;
 pub mod engine;
 pub mod flags;
 pub mod interrupt;
+pub mod long;
 pub mod muldiv;
 pub mod ops;
 pub mod protected;
@@ -44,6 +45,10 @@ pub type Handler = fn(&mut CpuState, &mut Machine, &Insn) -> Exec;
 
 /// "No register" in a [`MemRef`].
 pub const NO_REG: u8 = 0xFF;
+/// The base of a RIP-relative [`MemRef`]: the address of the next instruction
+/// (`CpuState::next_rip`), so the displacement is kept relative to it, as
+/// [`Insn::rel`] is, and a unit stays valid at every alias of its bytes.
+pub const RIP_BASE: u8 = 16;
 
 /// A prepared operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,18 +73,19 @@ pub enum Opnd {
     Other,
 }
 
-/// A prepared memory operand: `seg:(base + index << scale + disp) & addr_mask`.
+/// A prepared memory operand: `seg:(base + index << scale + disp) & addr_mask`,
+/// where the base may be [`RIP_BASE`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemRef {
     /// Effective segment (override or default).
     pub seg: u8,
-    /// Base GPR slot or [`NO_REG`].
+    /// Base GPR slot, [`RIP_BASE`] or [`NO_REG`].
     pub base: u8,
     /// Index GPR slot or [`NO_REG`].
     pub index: u8,
     /// log2 of the index scale.
     pub scale: u8,
-    /// Displacement.
+    /// Displacement (from the next instruction, for [`RIP_BASE`]).
     pub disp: u64,
     /// 0xFFFF, 0xFFFF_FFFF or all ones, by address size.
     pub addr_mask: u64,
@@ -178,12 +184,19 @@ fn prepare_mem(ins: &Instruction, bitness: u32) -> MemRef {
             },
         }
     };
+    let rip_relative = matches!(base, Register::RIP | Register::EIP);
     MemRef {
         seg: seg_index(ins.memory_segment()),
-        base: slot(base),
+        base: if rip_relative { RIP_BASE } else { slot(base) },
         index: slot(index),
         scale: ins.memory_index_scale().trailing_zeros() as u8,
-        disp: ins.memory_displacement64(),
+        // iced gives a RIP-relative operand's absolute address; keep it
+        // relative to the next instruction.
+        disp: if rip_relative {
+            ins.memory_displacement64().wrapping_sub(ins.next_ip())
+        } else {
+            ins.memory_displacement64()
+        },
         addr_mask,
     }
 }

@@ -2,7 +2,7 @@
 //! of the memory operand, and locations that a read-modify-write reads and writes
 //! through one address computation.
 
-use super::{Exec, Insn, MemRef, Opnd, NO_REG};
+use super::{Exec, Insn, MemRef, Opnd, NO_REG, RIP_BASE};
 use crate::exception::Exception;
 use crate::mmu;
 use crate::state::CpuState;
@@ -56,7 +56,12 @@ pub fn set_gpr(cpu: &mut CpuState, idx: u8, shift: u8, size: u32, v: u64) {
 pub fn ea(cpu: &CpuState, m: &MemRef) -> u64 {
     let mut a = m.disp;
     if m.base != NO_REG {
-        a = a.wrapping_add(cpu.gpr[m.base as usize]);
+        let base = if m.base == RIP_BASE {
+            cpu.next_rip
+        } else {
+            cpu.gpr[usize::from(m.base & 15)]
+        };
+        a = a.wrapping_add(base);
     }
     if m.index != NO_REG {
         a = a.wrapping_add(cpu.gpr[m.index as usize] << m.scale);
@@ -151,11 +156,14 @@ pub fn write_op(
     }
 }
 
-/// The stack-pointer width in bytes: SS.B selects ESP over SP (64-bit mode: RSP).
+/// The stack-pointer width in bytes: SS.B selects ESP over SP; 64-bit mode
+/// always uses RSP.
 #[inline(always)]
 pub fn stack_size(cpu: &CpuState) -> u32 {
     if cpu.seg[crate::state::sreg::SS].attrs & crate::state::seg_attr::DB != 0 {
         4
+    } else if crate::mmu::in_64bit(cpu) {
+        8
     } else {
         2
     }

@@ -107,22 +107,18 @@ pub fn fetch(cpu: &mut CpuState, m: &mut Machine, sel: u16) -> Result<(Desc, u64
     if off + 7 > limit {
         return Err(Exception::GeneralProtection(sel_err(sel)));
     }
-    let addr = (base + off) & 0xFFFF_FFFF;
+    let addr = mmu::table_linear(cpu, base, off);
+    let hi_at = mmu::table_linear(cpu, base, off + 4);
     let lo = mmu::read_sys(cpu, m, addr, 4)? as u32;
-    let hi = mmu::read_sys(cpu, m, (addr + 4) & 0xFFFF_FFFF, 4)? as u32;
-    Ok((Desc { lo, hi }, addr))
+    let hi = mmu::read_sys(cpu, m, hi_at, 4)? as u32;
+    Ok((Desc { lo, hi }, addr.0))
 }
 
 /// Sets the accessed bit of a code/data descriptor in memory.
 pub fn set_accessed(cpu: &mut CpuState, m: &mut Machine, d: Desc, addr: u64) -> Exec {
     if d.is_segment() && d.hi & (1 << 8) == 0 {
-        mmu::write_sys(
-            cpu,
-            m,
-            (addr + 5) & 0xFFFF_FFFF,
-            1,
-            u64::from((d.hi >> 8) as u8 | 1),
-        )?;
+        let lin = mmu::table_linear(cpu, addr, 5);
+        mmu::write_sys(cpu, m, lin, 1, u64::from((d.hi >> 8) as u8 | 1))?;
     }
     Ok(())
 }
@@ -173,6 +169,20 @@ pub fn load_seg_pm(cpu: &mut CpuState, m: &mut Machine, s: usize, sel: u16, ts: 
     };
     if sel & 0xFFFC == 0 {
         if s == sreg::SS {
+            // 64-bit mode allows a null SS below CPL 3 with RPL = CPL.
+            if mmu::in_64bit(cpu) && cpl < 3 && (sel & 3) as u8 == cpl {
+                cpu.seg[s] = Segment {
+                    selector: sel,
+                    attrs: seg_attr::P
+                        | seg_attr::S
+                        | seg_attr::RW
+                        | seg_attr::ACCESSED
+                        | (u16::from(cpl) << 5),
+                    limit: 0xFFFF_FFFF,
+                    base: 0,
+                };
+                return Ok(());
+            }
             return Err(gp(0));
         }
         cpu.seg[s] = null_segment(sel);
@@ -249,7 +259,17 @@ fn enter_code(
     off: u64,
     cpl: u8,
 ) -> Exec {
-    if off > u64::from(d.limit()) {
+    let attrs = d.attrs();
+    if cpu.efer & mmu::efer::LMA != 0 && attrs & seg_attr::L != 0 {
+        // A 64-bit code segment: L with D is reserved; no limit, the target
+        // must be canonical.
+        if attrs & seg_attr::DB != 0 {
+            return Err(Exception::GeneralProtection(sel_err(sel)));
+        }
+        if !mmu::canonical(off) {
+            return Err(Exception::GeneralProtection(0));
+        }
+    } else if off > u64::from(d.limit()) {
         return Err(Exception::GeneralProtection(0));
     }
     set_accessed(cpu, m, d, addr)?;
@@ -338,7 +358,7 @@ pub fn far_jump(cpu: &mut CpuState, m: &mut Machine, sel: u16, off: u64, size: u
             }
             enter_code(cpu, m, t.sel, t.desc, t.addr, t.off, cpl)
         }
-        0x5 | 0x1 | 0x9 => {
+        0x5 | 0x1 | 0x9 if cpu.efer & mmu::efer::LMA == 0 => {
             let rpl = (sel & 3) as u8;
             if d.dpl() < cpl || d.dpl() < rpl {
                 return Err(Exception::GeneralProtection(sel_err(sel)));
@@ -382,7 +402,7 @@ pub fn push_to(
             },
         ));
     }
-    let lin = (ss.base + nsp) & 0xFFFF_FFFF;
+    let lin = mmu::table_linear(cpu, ss.base, nsp);
     let user = mmu::paging(cpu) && cpl == 3;
     mmu::write_lin_as(cpu, m, lin, size, v, user)?;
     *sp = nsp;
@@ -401,8 +421,12 @@ pub fn tss_stack(cpu: &mut CpuState, m: &mut Machine, dpl: u8) -> Result<(u16, u
     if ss_off + 1 > u64::from(tr.limit) {
         return Err(Exception::InvalidTss(sel_err(tr.selector)));
     }
-    let sp = mmu::read_sys(cpu, m, (tr.base + sp_off) & 0xFFFF_FFFF, sp_size)?;
-    let ss = mmu::read_sys(cpu, m, (tr.base + ss_off) & 0xFFFF_FFFF, 2)? as u16;
+    let (sp_at, ss_at) = (
+        mmu::table_linear(cpu, tr.base, sp_off),
+        mmu::table_linear(cpu, tr.base, ss_off),
+    );
+    let sp = mmu::read_sys(cpu, m, sp_at, sp_size)?;
+    let ss = mmu::read_sys(cpu, m, ss_at, 2)? as u16;
     Ok((ss, sp))
 }
 
@@ -504,7 +528,7 @@ pub fn far_call(cpu: &mut CpuState, m: &mut Machine, sel: u16, off: u64, size: u
                 Ok(())
             }
         }
-        0x5 | 0x1 | 0x9 => {
+        0x5 | 0x1 | 0x9 if cpu.efer & mmu::efer::LMA == 0 => {
             let rpl = (sel & 3) as u8;
             if d.dpl() < cpl || d.dpl() < rpl {
                 return Err(Exception::GeneralProtection(sel_err(sel)));
@@ -518,9 +542,12 @@ pub fn far_call(cpu: &mut CpuState, m: &mut Machine, sel: u16, off: u64, size: u
     }
 }
 
-/// Sets SP or ESP per the stack segment's B bit.
+/// Sets SP or ESP per the stack segment's B bit, or RSP in 64-bit mode (after
+/// the transfer has loaded CS).
 pub fn set_sp(cpu: &mut CpuState, ss: &Segment, sp: u64) {
-    if ss.attrs & seg_attr::DB != 0 {
+    if mmu::in_64bit(cpu) {
+        cpu.gpr[reg::RSP] = sp;
+    } else if ss.attrs & seg_attr::DB != 0 {
         cpu.gpr[reg::RSP] = sp & 0xFFFF_FFFF;
     } else {
         cpu.gpr[reg::RSP] = (cpu.gpr[reg::RSP] & !0xFFFF) | (sp & 0xFFFF);
@@ -529,7 +556,7 @@ pub fn set_sp(cpu: &mut CpuState, ss: &Segment, sp: u64) {
 
 /// After a return to an outer level: data segments the new CPL may not use are
 /// nulled (SDM vol. 2B, RET, "RETURN-TO-OUTER-PRIVILEGE-LEVEL").
-fn scrub_data_segments(cpu: &mut CpuState) {
+pub(crate) fn scrub_data_segments(cpu: &mut CpuState) {
     let cpl = cpu.cpl();
     for s in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
         let seg = cpu.seg[s];
@@ -584,10 +611,24 @@ pub fn far_return(cpu: &mut CpuState, m: &mut Machine, size: u32, imm: u64) -> E
     let depth = 2 * u64::from(size) + imm;
     let new_sp = peek(cpu, m, depth, size)?;
     let new_ss_sel = peek(cpu, m, depth + u64::from(size), size)? as u16;
-    if ip > u64::from(d.limit()) {
+    let to_64 = cpu.efer & mmu::efer::LMA != 0 && d.attrs() & seg_attr::L != 0;
+    if !to_64 && ip > u64::from(d.limit()) {
         return Err(Exception::GeneralProtection(0));
     }
-    let new_ss = check_return_ss(cpu, m, new_ss_sel, rpl)?;
+    let new_ss = if to_64 && new_ss_sel & 0xFFFC == 0 && rpl < 3 {
+        Segment {
+            selector: new_ss_sel,
+            attrs: seg_attr::P
+                | seg_attr::S
+                | seg_attr::RW
+                | seg_attr::ACCESSED
+                | (u16::from(rpl) << 5),
+            limit: 0xFFFF_FFFF,
+            base: 0,
+        }
+    } else {
+        check_return_ss(cpu, m, new_ss_sel, rpl)?
+    };
     enter_code(cpu, m, sel, d, addr, ip, rpl)?;
     cpu.seg[sreg::SS] = new_ss;
     set_sp(cpu, &new_ss, new_sp.wrapping_add(imm));
@@ -641,7 +682,8 @@ fn iret_flags(cpu: &mut CpuState, v: u64, size: u32, old_cpl: u8) {
 pub fn iret_pm(cpu: &mut CpuState, m: &mut Machine, size: u32) -> Exec {
     if cpu.rflags & NT != 0 {
         let tr_base = cpu.tr.base;
-        let back = mmu::read_sys(cpu, m, tr_base & 0xFFFF_FFFF, 2)? as u16;
+        let lin = mmu::table_linear(cpu, tr_base, 0);
+        let back = mmu::read_sys(cpu, m, lin, 2)? as u16;
         return task::switch_back(cpu, m, back);
     }
     let ip = peek(cpu, m, 0, size)?;

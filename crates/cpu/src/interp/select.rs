@@ -155,7 +155,13 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Int3 => interrupt::int3,
         M::Int1 => interrupt::int1,
         M::Into => interrupt::into,
-        M::Iret | M::Iretd => interrupt::iret,
+        M::Iret | M::Iretd | M::Iretq => interrupt::iret,
+        M::Syscall => super::long::syscall,
+        M::Sysret | M::Sysretq => super::long::sysret,
+        M::Swapgs => super::long::swapgs,
+        M::Rdtscp => super::long::rdtscp,
+        M::Cmpxchg16b => super::long::cmpxchg16b,
+        M::Movsxd => super::long::movsxd,
         M::Movsb | M::Movsw | M::Movsd
             if ins.op_count() == 2 && ins.op0_kind() != OpKind::Register =>
         {

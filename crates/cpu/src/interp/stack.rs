@@ -135,7 +135,7 @@ pub fn stack_flags_load(cpu: &mut CpuState, v: u64, size: u32) {
         return;
     }
     let mut writable = CF | PF | AF | ZF | SF | TF | DF | OF | NT;
-    if size == 4 {
+    if size >= 4 {
         writable |= AC | ID;
     }
     let cpl = cpu.cpl();
@@ -184,7 +184,7 @@ pub fn enter(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     // Push(EBP or BP): the stack pointer after it, and FrameTemp, which is ESP
     // (operand size 32) or SP (16) as the register reads after that push.
     let first = get_gpr(cpu, RSP, 0, ss).wrapping_sub(step) & mask(ss);
-    let after_first = if ss == 4 {
+    let after_first = if ss >= 4 {
         first
     } else {
         (cpu.gpr[reg::RSP] & !0xFFFF) | first

@@ -186,7 +186,9 @@ fn bulk(
         if off + bytes - 1 > amask {
             return None;
         }
-        mmu::seg_linear(cpu, s, off, bytes as u32, acc).ok()
+        mmu::seg_linear(cpu, s, off, bytes as u32, acc)
+            .ok()
+            .map(|l| l.0)
     };
     let di = get_gpr(cpu, RDI, 0, asz);
     let Some(dst) = range(cpu, sreg::ES, di, mmu::Access::Write) else {

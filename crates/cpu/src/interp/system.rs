@@ -13,7 +13,7 @@ use crate::exception::Exception;
 use crate::identity;
 use crate::mmu;
 use crate::state::flags::*;
-use crate::state::{cr0, reg, sreg, CpuState, RunState};
+use crate::state::{cr0, reg, seg_attr, sreg, CpuState, RunState};
 use iced_x86::Register;
 use x86bt_machine::Machine;
 
@@ -39,12 +39,14 @@ pub fn check_io(cpu: &mut CpuState, m: &mut Machine, port: u16, size: u32) -> Ex
     if tr.attrs & 0x8 == 0 || tr.limit < 0x67 {
         return Err(Exception::GeneralProtection(0));
     }
-    let map = mmu::read_sys(cpu, m, (tr.base + 0x66) & 0xFFFF_FFFF, 2)?;
+    let lin = mmu::table_linear(cpu, tr.base, 0x66);
+    let map = mmu::read_sys(cpu, m, lin, 2)?;
     let byte = map + u64::from(port / 8);
     if byte + 1 > u64::from(tr.limit) {
         return Err(Exception::GeneralProtection(0));
     }
-    let bits = mmu::read_sys(cpu, m, (tr.base + byte) & 0xFFFF_FFFF, 2)?;
+    let lin = mmu::table_linear(cpu, tr.base, byte);
+    let bits = mmu::read_sys(cpu, m, lin, 2)?;
     let want = ((1u64 << size) - 1) << (port % 8);
     if bits & want != 0 {
         return Err(Exception::GeneralProtection(0));
@@ -118,7 +120,7 @@ pub fn sti(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 
 /// CPUID.
 pub fn cpuid(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
-    let r = identity::cpuid(cpu.gpr[reg::RAX] as u32, cpu.gpr[reg::RCX] as u32);
+    let r = identity::cpuid(cpu, cpu.gpr[reg::RAX] as u32, cpu.gpr[reg::RCX] as u32);
     for (slot, v) in [reg::RAX, reg::RBX, reg::RCX, reg::RDX].into_iter().zip(r) {
         cpu.gpr[slot] = u64::from(v);
     }
@@ -250,8 +252,20 @@ pub fn load_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &I
     let s = insn.mem.seg as usize;
     let off = ea(cpu, &insn.mem);
     let limit = mmu::read(cpu, m, s, off, 2)?;
-    let base = mmu::read(cpu, m, s, off.wrapping_add(2) & insn.mem.addr_mask, 4)?;
-    let base = if insn.ins.code().op_code().operand_size() == 16 {
+    // 64-bit mode: an 8-byte base, which must be canonical.
+    let wide = mmu::in_64bit(cpu);
+    let base_size = if wide { 8 } else { 4 };
+    let base = mmu::read(
+        cpu,
+        m,
+        s,
+        off.wrapping_add(2) & insn.mem.addr_mask,
+        base_size,
+    )?;
+    if wide && !mmu::canonical(base) {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let base = if !wide && insn.ins.code().op_code().operand_size() == 16 {
         base & 0x00FF_FFFF
     } else {
         base
@@ -271,10 +285,16 @@ pub fn store_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &
     let t = if IDT { cpu.idtr } else { cpu.gdtr };
     let s = insn.mem.seg as usize;
     let off = ea(cpu, &insn.mem);
+    // 64-bit mode stores an 8-byte base.
+    let (base_size, base) = if mmu::in_64bit(cpu) {
+        (8, t.base)
+    } else {
+        (4, t.base & 0xFFFF_FFFF)
+    };
     mmu::seg_linear(
         cpu,
         s,
-        off.wrapping_add(5) & insn.mem.addr_mask,
+        off.wrapping_add(1 + u64::from(base_size)) & insn.mem.addr_mask,
         1,
         mmu::Access::Write,
     )?;
@@ -284,8 +304,8 @@ pub fn store_table<const IDT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &
         m,
         s,
         off.wrapping_add(2) & insn.mem.addr_mask,
-        4,
-        t.base & 0xFFFF_FFFF,
+        base_size,
+        base,
     )
 }
 
@@ -331,30 +351,27 @@ const CR4_VALID: u64 = mmu::cr4::TSD
     | mmu::cr4::PGE
     | mmu::cr4::PCE
     | mmu::cr4::OSFXSR
-    | mmu::cr4::OSXMMEXCPT;
+    | mmu::cr4::OSXMMEXCPT
+    | mmu::cr4::OSXSAVE;
 
-/// MOV CRn, r32 and MOV r32, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4).
+/// MOV CRn, r and MOV r, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4; long-mode
+/// activation and deactivation §9.8.5). In 64-bit mode the operands are 64
+/// bits and CR8 (the task priority) exists.
 pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     require_cpl0(cpu)?;
+    let wide = mmu::in_64bit(cpu);
+    let width = if wide { u64::MAX } else { 0xFFFF_FFFF };
     let (dst, src) = (insn.ins.op0_register(), insn.ins.op1_register());
     if let Some(n) = cr_index(dst) {
         let (idx, _) = super::gpr_slot(src).ok_or(Exception::InvalidOpcode)?;
-        let v = cpu.gpr[idx as usize] & 0xFFFF_FFFF;
+        let v = cpu.gpr[idx as usize] & width;
         match n {
-            0 => {
-                // PG without PE, or NW without CD, is #GP(0).
-                if (v & cr0::PG != 0 && v & cr0::PE == 0) || (v & cr0::NW != 0 && v & cr0::CD == 0)
-                {
-                    return Err(Exception::GeneralProtection(0));
-                }
-                let changed = cpu.cr0 ^ v;
-                cpu.cr0 = v | cr0::ET;
-                if changed & (cr0::PG | cr0::WP | cr0::PE) != 0 {
-                    cpu.tlb.flush(false);
-                }
-            }
+            0 => set_cr0(cpu, v)?,
             2 => cpu.cr2 = v,
             3 => {
+                if v >> mmu::MAXPHYADDR != 0 {
+                    return Err(Exception::GeneralProtection(0));
+                }
                 cpu.cr3 = v;
                 cpu.tlb.flush(true);
             }
@@ -362,11 +379,21 @@ pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
                 if v & !CR4_VALID != 0 {
                     return Err(Exception::GeneralProtection(0));
                 }
+                // PAE cannot be cleared while long mode is active.
+                if cpu.efer & mmu::efer::LMA != 0 && v & mmu::cr4::PAE == 0 {
+                    return Err(Exception::GeneralProtection(0));
+                }
                 let changed = cpu.cr4 ^ v;
                 cpu.cr4 = v;
                 if changed & (mmu::cr4::PGE | mmu::cr4::PAE | mmu::cr4::PSE) != 0 {
                     cpu.tlb.flush(false);
                 }
+            }
+            8 if wide => {
+                if v & !0xF != 0 {
+                    return Err(Exception::GeneralProtection(0));
+                }
+                cpu.cr8 = v;
             }
             _ => return Err(Exception::InvalidOpcode),
         }
@@ -377,9 +404,45 @@ pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
             2 => cpu.cr2,
             3 => cpu.cr3,
             4 => cpu.cr4,
+            8 if wide => cpu.cr8,
             _ => return Err(Exception::InvalidOpcode),
         };
-        cpu.gpr[idx as usize] = v & 0xFFFF_FFFF;
+        cpu.gpr[idx as usize] = v & width;
+    }
+    Ok(())
+}
+
+/// Writes CR0, with the checks of protected and long mode: PG without PE or NW
+/// without CD is #GP(0), bits 63:32 set is #GP(0); enabling paging with
+/// EFER.LME needs CR4.PAE and a CS without L, and activates long mode (LMA);
+/// disabling paging in IA-32e mode is legal only outside 64-bit mode, and
+/// leaves it.
+pub fn set_cr0(cpu: &mut CpuState, v: u64) -> Exec {
+    use mmu::efer::{LMA, LME};
+    if v >> 32 != 0
+        || (v & cr0::PG != 0 && v & cr0::PE == 0)
+        || (v & cr0::NW != 0 && v & cr0::CD == 0)
+    {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let pg_on = v & cr0::PG != 0 && cpu.cr0 & cr0::PG == 0;
+    let pg_off = v & cr0::PG == 0 && cpu.cr0 & cr0::PG != 0;
+    if pg_on && cpu.efer & LME != 0 {
+        if cpu.cr4 & mmu::cr4::PAE == 0 || cpu.seg[sreg::CS].attrs & seg_attr::L != 0 {
+            return Err(Exception::GeneralProtection(0));
+        }
+        cpu.efer |= LMA;
+    }
+    if pg_off && cpu.efer & LMA != 0 {
+        if mmu::in_64bit(cpu) {
+            return Err(Exception::GeneralProtection(0));
+        }
+        cpu.efer &= !LMA;
+    }
+    let changed = cpu.cr0 ^ v;
+    cpu.cr0 = v | cr0::ET;
+    if changed & (cr0::PG | cr0::WP | cr0::PE) != 0 {
+        cpu.tlb.flush(false);
     }
     Ok(())
 }
@@ -396,7 +459,12 @@ pub fn mov_dr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
         if n > 7 {
             return Err(Exception::InvalidOpcode);
         }
-        cpu.dr[n] = cpu.gpr[idx as usize] & 0xFFFF_FFFF;
+        let width = if mmu::in_64bit(cpu) {
+            u64::MAX
+        } else {
+            0xFFFF_FFFF
+        };
+        cpu.dr[n] = cpu.gpr[idx as usize] & width;
     } else {
         let (idx, _) = super::gpr_slot(dst).ok_or(Exception::InvalidOpcode)?;
         let n = alias(dr(src));
@@ -420,7 +488,15 @@ pub fn invlpg(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     }
     require_cpl0(cpu)?;
     let off = ea(cpu, &insn.mem);
-    let lin = cpu.seg[insn.mem.seg as usize].base.wrapping_add(off) & 0xFFFF_FFFF;
+    // INVLPG takes the linear address without checks (64-bit mode: with the
+    // FS/GS base, and no fault for a non-canonical one).
+    let s = insn.mem.seg as usize;
+    let base = if mmu::in_64bit(cpu) && s < sreg::FS {
+        0
+    } else {
+        cpu.seg[s].base
+    };
+    let lin = x86bt_machine::Linear(base.wrapping_add(off) & mmu::lin_mask(cpu));
     cpu.tlb.flush_page(lin);
     Ok(())
 }

@@ -32,7 +32,8 @@ const BUSY: u32 = 1 << 9;
 fn set_busy(cpu: &mut CpuState, m: &mut Machine, sel: u16, busy: bool) -> Exec {
     let (d, addr) = fetch(cpu, m, sel)?;
     let hi = if busy { d.hi | BUSY } else { d.hi & !BUSY };
-    mmu::write_sys(cpu, m, (addr + 4) & 0xFFFF_FFFF, 4, u64::from(hi))
+    let lin = mmu::table_linear(cpu, addr, 4);
+    mmu::write_sys(cpu, m, lin, 4, u64::from(hi))
 }
 
 /// Switches to the task whose TSS descriptor `d` selector `sel` names (reached
@@ -101,7 +102,8 @@ fn switch(
         flags_out &= !NT;
     }
     let w = |cpu: &mut CpuState, m: &mut Machine, off: u64, size: u32, v: u64| {
-        mmu::write_sys(cpu, m, (old.base + off) & 0xFFFF_FFFF, size, v)
+        let lin = mmu::table_linear(cpu, old.base, off);
+        mmu::write_sys(cpu, m, lin, size, v)
     };
     if old32 {
         w(cpu, m, 0x20, 4, cpu.next_rip)?;
@@ -136,7 +138,8 @@ fn switch(
     }
     // Read the incoming task.
     let r = |cpu: &mut CpuState, m: &mut Machine, off: u64, size: u32| {
-        mmu::read_sys(cpu, m, (new_base + off) & 0xFFFF_FFFF, size)
+        let lin = mmu::table_linear(cpu, new_base, off);
+        mmu::read_sys(cpu, m, lin, size)
     };
     let mut gpr = [0u64; 8];
     let mut sels = [0u16; 6];
@@ -171,7 +174,8 @@ fn switch(
         set_busy(cpu, m, old.selector, false)?;
     }
     if matches!(reason, Reason::Call | Reason::Int) {
-        mmu::write_sys(cpu, m, new_base & 0xFFFF_FFFF, 2, u64::from(old.selector))?;
+        let lin = mmu::table_linear(cpu, new_base, 0);
+        mmu::write_sys(cpu, m, lin, 2, u64::from(old.selector))?;
         eflags |= NT;
     }
     if reason != Reason::Iret {
@@ -261,7 +265,13 @@ pub fn load_ldt(cpu: &mut CpuState, m: &mut Machine, sel: u16, ts: bool) -> Exec
     if sel & 4 != 0 {
         return Err(err(sel));
     }
-    let (d, _) = fetch(cpu, m, sel).map_err(|_| err(sel))?;
+    let (d, base) = if super::long::ia32e(cpu) {
+        let (d16, _) = super::long::fetch16(cpu, m, sel).map_err(|_| err(sel))?;
+        (d16.low, d16.base())
+    } else {
+        let (d, _) = fetch(cpu, m, sel).map_err(|_| err(sel))?;
+        (d, d.base())
+    };
     if d.is_segment() || d.typ() != 0x2 {
         return Err(err(sel));
     }
@@ -273,5 +283,6 @@ pub fn load_ldt(cpu: &mut CpuState, m: &mut Machine, sel: u16, ts: bool) -> Exec
         });
     }
     cpu.ldtr = d.segment(sel);
+    cpu.ldtr.base = base;
     Ok(())
 }
