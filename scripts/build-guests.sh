@@ -9,6 +9,9 @@
 #   guests/vmlinuz-amd64            the bzImage of linux-image-amd64's kernel
 #   guests/initramfs-run.cpio.gz    /init does the same mounts, prints the marker,
 #                                   runs /commands, then `poweroff -f`
+#   guests/initramfs-{shell,run}-amd64.cpio.gz
+#                                   the same two images with busybox-static:amd64,
+#                                   for the amd64 kernel
 # and installs Debian's memtest86+ package, whose /boot/memtest86+ia32.bin and
 # /boot/memtest86+x64.bin tests/memtest.rs boots.
 #
@@ -155,7 +158,16 @@ avmlinuz=$(compgen -G "$adir/boot/vmlinuz-*" | head -1 || true)
   exit 1
 }
 cp "$avmlinuz" "$out/vmlinuz-amd64"
+echo "${avmlinuz##*/vmlinuz-}" >"$out/vmlinuz-amd64.version"
 echo "build-guests: amd64 kernel ${avmlinuz##*/vmlinuz-} in $out/vmlinuz-amd64"
+abdeb=$(download busybox-static:amd64 "busybox-static_*_amd64.deb") || {
+  update_lists
+  abdeb=$(download busybox-static:amd64 "busybox-static_*_amd64.deb")
+} || {
+  echo "build-guests: cannot get busybox-static:amd64" >&2
+  exit 1
+}
+abdir=$(extract "$abdeb")
 busybox=$bdir/bin/busybox
 [ -x "$busybox" ] || {
   echo "build-guests: $bdeb holds no bin/busybox" >&2
@@ -196,14 +208,14 @@ poweroff -f
 EOF
 }
 
-# Builds $1 (an initramfs path) from the /init text on stdin, plus optional
-# extra files given as name=content pairs.
+# Builds $1 (an initramfs path) with the busybox binary $2 from the /init text
+# on stdin, plus optional extra files given as name=content pairs.
 build_initramfs() {
-  local image=$1 root
-  shift
+  local image=$1 bb=$2 root
+  shift 2
   root=$(mktemp -d "$work/root.XXXXXX")
   mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
-  cp "$busybox" "$root/bin/busybox"
+  cp "$bb" "$root/bin/busybox"
   cat >"$root/init"
   chmod 755 "$root/init"
   local pair
@@ -222,11 +234,19 @@ build_initramfs() {
   rm -rf "$root"
 }
 
-init_shell | build_initramfs "$out/initramfs-shell.cpio.gz"
-init_run | build_initramfs "$out/initramfs-run.cpio.gz" "commands=$COMMANDS"
+init_shell | build_initramfs "$out/initramfs-shell.cpio.gz" "$busybox"
+init_run | build_initramfs "$out/initramfs-run.cpio.gz" "$busybox" "commands=$COMMANDS"
+abusybox=$abdir/bin/busybox
+[ -x "$abusybox" ] || {
+  echo "build-guests: $abdeb holds no bin/busybox" >&2
+  exit 1
+}
+init_shell | build_initramfs "$out/initramfs-shell-amd64.cpio.gz" "$abusybox"
+init_run | build_initramfs "$out/initramfs-run-amd64.cpio.gz" "$abusybox" "commands=$COMMANDS"
 
 echo "build-guests: built (kernel $(cat "$out/vmlinuz-686.version")):"
-for f in vmlinuz-686 initramfs-shell.cpio.gz initramfs-run.cpio.gz; do
+for f in vmlinuz-686 initramfs-shell.cpio.gz initramfs-run.cpio.gz vmlinuz-amd64 \
+  initramfs-shell-amd64.cpio.gz initramfs-run-amd64.cpio.gz; do
   printf '  %-40s %9d bytes\n' "$out/$f" "$(stat -c %s "$out/$f")"
 done
 echo "build-guests: /commands in initramfs-run: $COMMANDS"
