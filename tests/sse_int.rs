@@ -584,3 +584,137 @@ fn int_narrow_memory_forms_misaligned_match_host() {
         }
     }
 }
+
+/// The x87 side effects of MMX instructions, on the CPU state itself (the
+/// host image holds neither TOP nor the tags): one instruction, assembled
+/// for 16-bit code, runs in real mode from reset with DS:BX as its memory
+/// operand, after `setup`.
+mod x87_effects {
+    use iced_x86::code_asm::*;
+    use x86bt_cpu::interp::engine::{exec_one, Step};
+    use x86bt_cpu::interp::Insn;
+    use x86bt_cpu::{CpuState, Exception};
+    use x86bt_machine::{GuestPhys, Machine};
+
+    /// Runs the one instruction `emit` assembles; returns the fault, if any,
+    /// and the CPU state after it.
+    fn run(
+        emit: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+        setup: impl FnOnce(&mut CpuState),
+    ) -> (Option<Exception>, CpuState, Machine) {
+        let mut a = CodeAssembler::new(16).expect("16-bit assembler");
+        emit(&mut a).expect("assembles");
+        let code = a.assemble(0x1000).expect("encodes");
+        let ins =
+            iced_x86::Decoder::with_ip(16, &code, 0x1000, iced_x86::DecoderOptions::NONE).decode();
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem.load(GuestPhys(0x1000), &code).expect("code");
+        let mut cpu = CpuState::reset();
+        for s in 0..6 {
+            cpu.seg[s].base = 0;
+            cpu.seg[s].selector = 0;
+        }
+        cpu.rip = 0x1000;
+        cpu.gpr[3] = 0x2000;
+        setup(&mut cpu);
+        let insn = Insn::prepare(&ins, 16);
+        let fault = match exec_one(&mut cpu, &mut m, &insn) {
+            Step::Fault(e) => Some(e),
+            _ => None,
+        };
+        (fault, cpu, m)
+    }
+
+    /// TOP 5, every register empty, MM1 = 1, MM2 = 2 (exponent fields zero).
+    fn x87_busy(cpu: &mut CpuState) {
+        cpu.fpu.top = 5;
+        cpu.fpu.tw = 0xFFFF;
+        for (i, r) in cpu.fpu.regs.iter_mut().enumerate() {
+            r.sig = i as u64;
+            r.se = 0;
+        }
+    }
+
+    #[test]
+    fn mmx_arithmetic_any_registers_sets_top0_tags_valid_exponent_ones() {
+        // SDM vol. 1 Table 9-2: TOP = 0, all tags 00B; §9.5.1: a written MMX
+        // register has bits 79-64 all ones; the others are left as they were.
+        let (fault, cpu, _) = run(|a| a.paddb(mm1, mm2), x87_busy);
+        assert_eq!(fault, None);
+        assert_eq!(cpu.fpu.top, 0);
+        assert_eq!(cpu.fpu.tw, 0);
+        assert_eq!((cpu.fpu.regs[1].sig, cpu.fpu.regs[1].se), (3, 0xFFFF));
+        assert_eq!((cpu.fpu.regs[2].sig, cpu.fpu.regs[2].se), (2, 0));
+    }
+
+    #[test]
+    fn mmx_store_to_gpr_sets_top0_tags_valid() {
+        // MOVD r32, mm writes no MMX register but is an MMX instruction.
+        let (fault, cpu, _) = run(|a| a.movd(eax, mm2), x87_busy);
+        assert_eq!(fault, None);
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (0, 0));
+        assert_eq!(cpu.gpr[0], 2);
+    }
+
+    #[test]
+    fn emms_any_state_tags_all_empty_top_kept() {
+        // SDM vol. 2A EMMS: x87FPUTagWord <- FFFFH; nothing else changes.
+        let (fault, cpu, _) = run(
+            |a| a.emms(),
+            |cpu| {
+                cpu.fpu.top = 3;
+                cpu.fpu.tw = 0;
+            },
+        );
+        assert_eq!(fault, None);
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (3, 0xFFFF));
+    }
+
+    #[test]
+    fn mmx_load_past_segment_limit_faults_x87_state_kept() {
+        // An 8-byte read at DS:FFFD crosses the real-mode limit: #GP(0)
+        // (SDM vol. 3A §21.1.3 / vol. 2A class 22-7 "Real-Address Mode"),
+        // raised before the MMX side effects.
+        let (fault, cpu, _) = run(
+            |a| a.paddb(mm1, qword_ptr(bx)),
+            |cpu| {
+                x87_busy(cpu);
+                cpu.gpr[3] = 0xFFFD;
+            },
+        );
+        assert_eq!(fault, Some(Exception::GeneralProtection(0)));
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (5, 0xFFFF));
+        assert_eq!((cpu.fpu.regs[1].sig, cpu.fpu.regs[1].se), (1, 0));
+    }
+
+    #[test]
+    fn mmx_store_past_segment_limit_faults_x87_state_and_memory_kept() {
+        let (fault, cpu, m) = run(
+            |a| a.movq(qword_ptr(bx), mm7),
+            |cpu| {
+                x87_busy(cpu);
+                cpu.gpr[3] = 0xFFFC;
+            },
+        );
+        assert_eq!(fault, Some(Exception::GeneralProtection(0)));
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (5, 0xFFFF));
+        for a in 0xFFFC..0x1_0000 {
+            assert_eq!(m.mem.read_u8(GuestPhys(a)), 0, "byte {a:#x} written");
+        }
+    }
+
+    #[test]
+    fn mmx_movd_load_r32_zero_extends_to_64_bits() {
+        // SDM vol. 2B MOVD: MM[63:32] <- 0.
+        let (fault, cpu, _) = run(
+            |a| a.movd(mm3, ecx),
+            |cpu| {
+                x87_busy(cpu);
+                cpu.fpu.regs[3].sig = u64::MAX;
+                cpu.gpr[1] = 0x8765_4321;
+            },
+        );
+        assert_eq!(fault, None);
+        assert_eq!(cpu.fpu.regs[3].sig, 0x8765_4321);
+    }
+}
