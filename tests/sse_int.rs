@@ -718,3 +718,115 @@ mod x87_effects {
         assert_eq!(cpu.fpu.regs[3].sig, 0x8765_4321);
     }
 }
+
+/// The forms 64-bit code adds: XMM8-XMM15 (REX.R/REX.B) and the MOVQ forms
+/// with a 64-bit GPR. The guest runs the instruction decoded and prepared as
+/// 64-bit code (register forms only: no memory, so no segmentation is
+/// involved); the oracle is the host running the same form on XMM0-XMM7
+/// with the same values.
+#[cfg(target_arch = "x86_64")]
+mod long_forms {
+    use super::host;
+    use super::simd::*;
+    use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, InstructionBlock, Register};
+    use x86bt_cpu::interp::engine::{exec_one, Step};
+    use x86bt_cpu::interp::sse::{set_xmm, xmm};
+    use x86bt_cpu::interp::Insn;
+    use x86bt_cpu::CpuState;
+    use x86bt_machine::{GuestPhys, Machine};
+
+    /// Runs `ins` (64-bit code) on a CPU whose XMM`i + 8` hold `img.xmm[i]`
+    /// (and XMM0-7 `img.xmm` too), MMn `img.mm[n]`, RAX/RCX/RDX `img.gpr`.
+    fn run64(ins: &iced_x86::Instruction, img: &Image) -> CpuState {
+        let block = InstructionBlock::new(std::slice::from_ref(ins), 0x1000);
+        let code = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
+            .expect("encodes")
+            .code_buffer;
+        let dec =
+            iced_x86::Decoder::with_ip(64, &code, 0x1000, iced_x86::DecoderOptions::NONE).decode();
+        assert_eq!(dec.code(), ins.code(), "{ins} decodes back");
+        let mut m = Machine::flat(1 << 20).expect("machine");
+        m.mem.load(GuestPhys(0x1000), &code).expect("code");
+        let mut cpu = CpuState::reset();
+        cpu.cr4 |= x86bt_cpu::mmu::cr4::OSFXSR;
+        cpu.rip = 0x1000;
+        for i in 0..8 {
+            set_xmm(&mut cpu, i, img.xmm[i]);
+            set_xmm(&mut cpu, i + 8, img.xmm[i]);
+            cpu.fpu.regs[i].sig = img.mm[i];
+        }
+        cpu.gpr[..3].copy_from_slice(&img.gpr);
+        let insn = Insn::prepare(&dec, 64);
+        match exec_one(&mut cpu, &mut m, &insn) {
+            Step::Fault(e) => panic!("{ins}: {e:?}"),
+            _ => cpu,
+        }
+    }
+
+    #[test]
+    fn int_xmm_forms_upper_registers_match_host_on_lower() {
+        let mut rng = Rng(0x64);
+        let mut n = 0;
+        for code in host::forms().into_iter().filter(|&c| !host::is_mmx(c)) {
+            for _ in 0..20 {
+                let img = host::image(&mut rng);
+                let ops = host::operands(code, false, &mut rng);
+                let low = host::build(code, &ops, &mut rng);
+                let want = host_run(&low, &img);
+                // Every XMM operand moved up by 8, or only the first, or
+                // only the second (REX.R and REX.B separately).
+                let which = rng.next() % 3;
+                let mut high = low;
+                let mut dst = None;
+                for i in 0..high.op_count() {
+                    let r = high.op_register(i);
+                    if high.op_kind(i) == iced_x86::OpKind::Register && r.is_xmm() {
+                        let up = which == 0 || (which == 1) == (i == 0);
+                        if up {
+                            high.set_op_register(i, r + 8);
+                        }
+                        if i == 0 {
+                            dst = Some((r.number() + if up { 8 } else { 0 }, r.number()));
+                        }
+                    }
+                }
+                let cpu = run64(&high, &img);
+                if code == Code::Ptest_xmm_xmmm128 {
+                    assert_eq!(cpu.rflags & ARITH_FLAGS, want.flags, "{high}");
+                } else if let Some((g, h)) = dst {
+                    assert_eq!(xmm(&cpu, g), want.xmm[h], "{high} on {img:x?}");
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 1000);
+    }
+
+    #[test]
+    fn mmx_movq_r64_forms_full_width_match_host() {
+        let mut rng = Rng(0x65);
+        for _ in 0..200 {
+            let img = host::image(&mut rng);
+            let mm = (rng.next() % 8) as u8;
+            let gpr = [Register::RAX, Register::RCX, Register::RDX][(rng.next() % 3) as usize];
+            let load = ins(Code::Movq_mm_rm64, &[Op::Mm(mm), Op::R(gpr)]);
+            let want = host_run(&load, &img);
+            let cpu = run64(&load, &img);
+            assert_eq!(
+                cpu.fpu.regs[usize::from(mm)].sig,
+                want.mm[usize::from(mm)],
+                "{load}"
+            );
+            let store = ins(Code::Movq_rm64_mm, &[Op::R(gpr), Op::Mm(mm)]);
+            let want = host_run(&store, &img);
+            let cpu = run64(&store, &img);
+            assert_eq!(cpu.gpr[..3], want.gpr, "{store}");
+            // MOVD r32, mm in 64-bit code zero-extends into the 64-bit GPR.
+            let gpr32 = [Register::EAX, Register::ECX, Register::EDX][(rng.next() % 3) as usize];
+            let movd = ins(Code::Movd_rm32_mm, &[Op::R(gpr32), Op::Mm(mm)]);
+            let want = host_run(&movd, &img);
+            let cpu = run64(&movd, &img);
+            assert_eq!(cpu.gpr[..3], want.gpr, "{movd}");
+        }
+    }
+}
