@@ -349,6 +349,76 @@ fn int_every_form_random_operands_match_host() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+fn int_every_form_lane_edges_match_host() {
+    // Operand 0 is register 0, operand 1 register 1 or memory; at each lane
+    // width, lane 0 of the two takes every pair of the edge values (and the
+    // other lanes other pairs), so each saturation, sign, rounding and
+    // tie case is met with both operand orders.
+    use simd::*;
+    const EDGES: usize = 9;
+    // Edge e of a `bits`-wide lane: 0, 1, 2, the signed maximum and one
+    // below, the signed minimum and one above, -1 and -2.
+    let edge = |bits: usize, e: usize| -> u64 {
+        let all = u64::MAX >> (64 - bits);
+        let min = 1u64 << (bits - 1);
+        [
+            0,
+            1,
+            2,
+            all >> 1,
+            (all >> 1) - 1,
+            min,
+            min | 1,
+            all,
+            all - 1,
+        ][e]
+    };
+    let pattern = |w: usize, k: usize| -> u128 {
+        let bits = 8 * w;
+        (0..16 / w).fold(0u128, |v, i| {
+            v | u128::from(edge(bits, (i + k) % EDGES)) << (i * bits)
+        })
+    };
+    let mut rng = Rng(0xED6E);
+    for code in host::forms() {
+        for mem in [false, true] {
+            if mem && !host::has_mem(code) {
+                continue;
+            }
+            let mut n = 0;
+            let ops: Vec<Op> = host::operands(code, mem, &mut rng)
+                .into_iter()
+                .map(|o| {
+                    n += 1;
+                    match o {
+                        Op::X(_) => Op::X(n - 1),
+                        Op::Mm(_) => Op::Mm(n - 1),
+                        Op::R(_) => Op::R(iced_x86::Register::EAX),
+                        o => o,
+                    }
+                })
+                .collect();
+            for w in [1, 2, 4, 8] {
+                for k in 0..EDGES {
+                    for j in 0..EDGES {
+                        let (a, b) = (pattern(w, k), pattern(w, j));
+                        let mut img = host::image(&mut rng);
+                        img.xmm[0] = a;
+                        img.xmm[1] = b;
+                        img.mm[0] = a as u64;
+                        img.mm[1] = b as u64;
+                        img.mem = b.to_le_bytes();
+                        img.gpr[0] = b as u64;
+                        check_against_host(&host::build(code, &ops, &mut rng), &img);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
 fn int_shift_counts_every_value_match_host() {
     use simd::*;
     // Every immediate count 0..=255 and every register count 0..=130 plus the
