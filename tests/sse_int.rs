@@ -900,3 +900,24 @@ mod long_forms {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn int_vex_forms_raise_ud() {
+    // The VEX encodings (AVX, AVX2) are not this CPU's: CPUID reports no AVX,
+    // so they are undefined opcodes (SDM vol. 2A §2.4, "#UD if CPUID.AVX = 0"
+    // in the exception class of every VEX form).
+    use iced_x86::Code;
+    use simd::*;
+    let img = Image::default();
+    for code in [
+        Code::VEX_Vpaddb_xmm_xmm_xmmm128,
+        Code::VEX_Vpmaddwd_xmm_xmm_xmmm128,
+        Code::VEX_Vpshufb_xmm_xmm_xmmm128,
+    ] {
+        let v = ins(code, &[Op::X(0), Op::X(1), Op::X(2)]);
+        host::assert_fault(&v, &img, |_| {}, x86bt_cpu::Exception::InvalidOpcode);
+    }
+    let v = ins(Code::VEX_Vptest_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+    host::assert_fault(&v, &img, |_| {}, x86bt_cpu::Exception::InvalidOpcode);
+}

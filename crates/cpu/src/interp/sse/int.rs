@@ -11,7 +11,14 @@
 //! (#GP(0)); the PMOVSX/PMOVZX forms read only 2, 4 or 8 bytes and have no
 //! alignment requirement; MMX forms read 8 bytes unaligned. Sources are read
 //! (and may fault) before anything is written, including the x87 tag and TOP
-//! changes of an MMX instruction.
+//! changes of an MMX instruction, so a faulting MMX instruction leaves TOP and
+//! the tags as they were (the restart repeats them).
+//!
+//! Only legacy encodings are claimed: the VEX and EVEX forms (VPADDB, ...)
+//! stay #UD. The MMX register forms of MOVQ2DQ, MOVDQ2Q, PSHUFW, PEXTRW,
+//! PINSRW, PMOVMSKB, MASKMOVQ and MOVNTQ are data moves and not claimed here.
+//! In 64-bit code the same handlers serve XMM8-XMM15 (through `xmm_index`) and
+//! MOVQ between an MMX register and a 64-bit GPR.
 
 mod lanes;
 

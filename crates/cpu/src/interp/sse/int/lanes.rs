@@ -81,6 +81,7 @@ pub mod op {
     pub const PABSW: u8 = 72;
     pub const PABSD: u8 = 73;
     pub const PALIGNR: u8 = 74;
+    // From here on SSE4.1/4.2 operations, which have no MMX forms.
     pub const PMOVSXBW: u8 = 75;
     pub const PMOVSXBD: u8 = 76;
     pub const PMOVSXBQ: u8 = 77;
