@@ -325,7 +325,7 @@ mod host {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn int_forms_cover_the_family() {
+fn int_form_walk_over_iced_table_finds_every_named_form() {
     // The walk finds the forms the brief names: MMX and XMM forms of the
     // MMX-era instructions, XMM forms of SSE4, the MMX moves and EMMS is
     // checked on its own. A broken filter would find too few.
