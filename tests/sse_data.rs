@@ -482,4 +482,431 @@ mod host {
             );
         }
     }
+
+    /// MASKMOVDQU xmm1, xmm2 (`N` = 16) or MASKMOVQ mm1, mm2 (8) on the host,
+    /// storing through RDI = `mem`.
+    fn host_maskmov<const N: usize>(data: u128, sel: u128, mem: &mut [u8; 16]) {
+        let (d, k) = (data.to_le_bytes(), sel.to_le_bytes());
+        if N == 16 {
+            // SAFETY: loads 16 bytes from each local array into XMM1/XMM2 (named
+            // as clobbered) and stores the selected bytes into `mem`'s 16 bytes
+            // through RDI; nothing else is touched.
+            unsafe {
+                std::arch::asm!(
+                    "movdqu xmm1, [{d}]",
+                    "movdqu xmm2, [{k}]",
+                    "maskmovdqu xmm1, xmm2",
+                    d = in(reg) d.as_ptr(),
+                    k = in(reg) k.as_ptr(),
+                    in("rdi") mem.as_mut_ptr(),
+                    out("xmm1") _,
+                    out("xmm2") _,
+                    options(nostack),
+                );
+            }
+        } else {
+            // SAFETY: as above with MM1/MM2 (clobbered) and 8 bytes; EMMS
+            // leaves the x87 tags empty as the ABI requires.
+            unsafe {
+                std::arch::asm!(
+                    "movq mm1, [{d}]",
+                    "movq mm2, [{k}]",
+                    "maskmovq mm1, mm2",
+                    "emms",
+                    d = in(reg) d.as_ptr(),
+                    k = in(reg) k.as_ptr(),
+                    in("rdi") mem.as_mut_ptr(),
+                    out("mm1") _,
+                    out("mm2") _,
+                    options(nostack),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn maskmov_selected_bytes_match_host() {
+        let mut rng = Rng(0x5EED_0900);
+        for n in [8usize, 16] {
+            for _ in 0..200 {
+                let img = random_image(&mut rng);
+                let (data, sel, i) = if n == 16 {
+                    let i = Instruction::with_maskmovdqu(
+                        32,
+                        Register::XMM1,
+                        Register::XMM2,
+                        Register::None,
+                    )
+                    .expect("maskmovdqu");
+                    (img.xmm[1], img.xmm[2], i)
+                } else {
+                    let i = Instruction::with_maskmovq(
+                        32,
+                        Register::MM1,
+                        Register::MM2,
+                        Register::None,
+                    )
+                    .expect("maskmovq");
+                    (u128::from(img.mm[1]), u128::from(img.mm[2]), i)
+                };
+                let mut want = img.mem;
+                if n == 16 {
+                    host_maskmov::<16>(data, sel, &mut want);
+                } else {
+                    host_maskmov::<8>(data, sel, &mut want);
+                }
+                // The guest's EDI points at the image's memory bytes.
+                let got = guest_run_with(&i, &img, |c| c.gpr[7] += MEM as u64)
+                    .unwrap_or_else(|e| panic!("{i}: {e:?}"));
+                assert_eq!(got.mem, want, "{i} data {data:x} mask {sel:x}");
+                assert_eq!(got.xmm, img.xmm);
+            }
+        }
+    }
+
+    /// A 64-byte-aligned buffer for XSAVE areas and FXSAVE images.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Area([u8; 1024]);
+
+    /// FXSAVE the host's state to a scratch area, FXRSTOR `base`, run `op`
+    /// (XSAVE, XSAVEOPT or XRSTOR with EDX:EAX = `rfbm`) on `area`, FXSAVE to
+    /// `out`, FXRSTOR the scratch area: the host's own state is as before.
+    fn host_xop(op: &str, base: &Area, area: &mut Area, out: &mut Area, rfbm: u64) {
+        let mut scratch = Area([0; 1024]);
+        let (s, b, a, o) = (
+            scratch.0.as_mut_ptr(),
+            base.0.as_ptr(),
+            area.0.as_mut_ptr(),
+            out.0.as_mut_ptr(),
+        );
+        let (eax, edx) = (rfbm as u32, (rfbm >> 32) as u32);
+        // SAFETY: every pointer is a live 64-byte-aligned 1024-byte buffer;
+        // the x87/SSE state the block changes is saved first and restored
+        // last from `scratch` (FXRSTOR restores x87, MXCSR and XMM0-15), and
+        // the images loaded from `base` and `area` keep reserved MXCSR bits
+        // clear, so no instruction faults.
+        unsafe {
+            match op {
+                "xsave" => std::arch::asm!(
+                    "fxsave [{s}]", "fxrstor [{b}]", "xsave [{a}]", "fxsave [{o}]", "fxrstor [{s}]",
+                    s = in(reg) s, b = in(reg) b, a = in(reg) a, o = in(reg) o,
+                    in("eax") eax, in("edx") edx, options(nostack),
+                ),
+                "xsaveopt" => std::arch::asm!(
+                    "fxsave [{s}]", "fxrstor [{b}]", "xsaveopt [{a}]", "fxsave [{o}]", "fxrstor [{s}]",
+                    s = in(reg) s, b = in(reg) b, a = in(reg) a, o = in(reg) o,
+                    in("eax") eax, in("edx") edx, options(nostack),
+                ),
+                _ => std::arch::asm!(
+                    "fxsave [{s}]", "fxrstor [{b}]", "xrstor [{a}]", "fxsave [{o}]", "fxrstor [{s}]",
+                    s = in(reg) s, b = in(reg) b, a = in(reg) a, o = in(reg) o,
+                    in("eax") eax, in("edx") edx, options(nostack),
+                ),
+            }
+        }
+    }
+
+    /// Guest addresses of the three areas.
+    const G_BASE: u64 = 0x4000;
+    const G_AREA: u64 = 0x5000;
+    const G_OUT: u64 = 0x6000;
+
+    /// A flat 32-bit protected-mode guest with CR4.OSFXSR and OSXSAVE and
+    /// XCR0 = 3.
+    fn guest() -> (CpuState, x86bt_machine::Machine) {
+        use x86bt_cpu::state::{seg_attr, sreg, Segment};
+        let m = x86bt_machine::Machine::flat(1 << 20).expect("machine");
+        let mut cpu = CpuState::reset();
+        cpu.cr0 = cr0::PE | cr0::ET | cr0::NE | cr0::MP;
+        cpu.cr4 = cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::OSXSAVE;
+        cpu.xcr0 = 3;
+        let flat = |code: bool| Segment {
+            selector: if code { 8 } else { 16 },
+            attrs: seg_attr::P
+                | seg_attr::S
+                | seg_attr::RW
+                | seg_attr::ACCESSED
+                | seg_attr::DB
+                | seg_attr::G
+                | if code { seg_attr::CODE } else { 0 },
+            limit: 0xFFFF_FFFF,
+            base: 0,
+        };
+        for s in 0..6 {
+            cpu.seg[s] = flat(false);
+        }
+        cpu.seg[sreg::CS] = flat(true);
+        cpu.rip = 0x1000;
+        (cpu, m)
+    }
+
+    /// Runs one 32-bit instruction given as bytes.
+    fn gexec(
+        cpu: &mut CpuState,
+        m: &mut x86bt_machine::Machine,
+        bytes: &[u8],
+    ) -> Result<(), Exception> {
+        use x86bt_cpu::interp::engine::{exec_one, Step};
+        let d =
+            iced_x86::Decoder::with_ip(32, bytes, cpu.rip, iced_x86::DecoderOptions::NONE).decode();
+        assert!(!d.is_invalid(), "{bytes:x?}");
+        let insn = x86bt_cpu::interp::Insn::prepare(&d, 32);
+        match exec_one(cpu, m, &insn) {
+            Step::Fault(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `0F AE /r` with a disp32 memory operand at `addr`.
+    fn op0fae(reg: u8, addr: u64) -> Vec<u8> {
+        let mut v = vec![0x0F, 0xAE, (reg << 3) | 5];
+        v.extend_from_slice(&(addr as u32).to_le_bytes());
+        v
+    }
+    const FXSAVE: u8 = 0;
+    const FXRSTOR: u8 = 1;
+    const XSAVE: u8 = 4;
+    const XRSTOR: u8 = 5;
+    const XSAVEOPT: u8 = 6;
+
+    /// The same run in the guest: FXRSTOR base, the operation, FXSAVE out.
+    fn guest_xop(reg: u8, base: &Area, area: &Area, out: &Area, rfbm: u64) -> (Area, Area) {
+        let (mut cpu, mut m) = guest();
+        use x86bt_machine::GuestPhys;
+        m.mem.load(GuestPhys(G_BASE), &base.0).expect("base");
+        m.mem.load(GuestPhys(G_AREA), &area.0).expect("area");
+        m.mem.load(GuestPhys(G_OUT), &out.0).expect("out");
+        gexec(&mut cpu, &mut m, &op0fae(FXRSTOR, G_BASE)).expect("fxrstor");
+        cpu.gpr[0] = rfbm & 0xFFFF_FFFF;
+        cpu.gpr[2] = rfbm >> 32;
+        gexec(&mut cpu, &mut m, &op0fae(reg, G_AREA)).expect("xsave family");
+        gexec(&mut cpu, &mut m, &op0fae(FXSAVE, G_OUT)).expect("fxsave");
+        let mut a = Area([0; 1024]);
+        let mut o = Area([0; 1024]);
+        m.mem.read_bytes(GuestPhys(G_AREA), &mut a.0);
+        m.mem.read_bytes(GuestPhys(G_OUT), &mut o.0);
+        (a, o)
+    }
+
+    /// A random FXSAVE image FXRSTOR accepts: random x87 control, status,
+    /// tags, pointers and registers, a valid MXCSR, random XMM registers and
+    /// software bytes; the reserved bytes of each register slot zero.
+    fn random_fx(rng: &mut Rng) -> Area {
+        let mut a = Area([0; 1024]);
+        for b in a.0.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let b = &mut a.0;
+        b[5] = 0;
+        b[6..8].copy_from_slice(&((rng.next() as u16) & 0x7FF).to_le_bytes());
+        b[14..16].fill(0);
+        b[22..24].fill(0);
+        b[24..28].copy_from_slice(&((rng.next() as u32) & 0xFFFF).to_le_bytes());
+        b[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes());
+        for i in 0..8 {
+            b[32 + 16 * i + 10..32 + 16 * (i + 1)].fill(0);
+        }
+        a
+    }
+
+    /// Whether the host drops FCS and FDS (CPUID.(EAX=7,ECX=0):EBX[13]): it
+    /// then saves them as zero, an implementation choice the SDM allows.
+    fn host_drops_fcs_fds() -> bool {
+        let r = std::arch::x86_64::__cpuid_count(7, 0);
+        r.ebx & (1 << 13) != 0
+    }
+
+    /// Compares two FXSAVE-format images byte by byte, except FCS (12-13) and
+    /// FDS (20-21) when the host drops them.
+    fn assert_legacy_eq(got: &[u8], want: &[u8], what: &str) {
+        let skip = host_drops_fcs_fds();
+        for k in 0..512 {
+            if skip && matches!(k, 12 | 13 | 20 | 21) {
+                continue;
+            }
+            assert_eq!(got[k], want[k], "{what}: byte {k}");
+        }
+    }
+
+    #[test]
+    fn xsave_and_xsaveopt_images_match_host() {
+        let mut rng = Rng(0x5EED_0A00);
+        for round in 0..60 {
+            let base = random_fx(&mut rng);
+            let mut area = Area([0; 1024]);
+            for b in area.0.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            // XSTATE_BV bits beyond x87/SSE stay as they were (bits 0-1 of
+            // the initial value random).
+            let opt = round % 3 == 2;
+            for rfbm in [1u64, 2, 3] {
+                let mut want = area;
+                let mut scratch_out = Area([0; 1024]);
+                host_xop(
+                    if opt { "xsaveopt" } else { "xsave" },
+                    &base,
+                    &mut want,
+                    &mut scratch_out,
+                    rfbm,
+                );
+                let reg = if opt { XSAVEOPT } else { XSAVE };
+                let (got, _) = guest_xop(reg, &base, &area, &Area([0; 1024]), rfbm);
+                let what = format!("{} rfbm {rfbm}", if opt { "xsaveopt" } else { "xsave" });
+                assert_legacy_eq(&got.0, &want.0, &what);
+                // XSTATE_BV: bits outside RFBM kept; x86bt sets every RFBM bit
+                // (XINUSE taken as all ones), which the host's bit, when set,
+                // must agree with.
+                let bv = |a: &Area| u64::from_le_bytes(a.0[512..520].try_into().expect("8"));
+                let (g, w) = (bv(&got), bv(&want));
+                assert_eq!(g & !rfbm, w & !rfbm, "{what}: XSTATE_BV");
+                assert_eq!(g & rfbm, rfbm, "{what}: XSTATE_BV");
+                assert_eq!(w & rfbm & !g, 0, "{what}: XSTATE_BV");
+                assert_eq!(&got.0[520..], &want.0[520..], "{what}: after the header");
+            }
+        }
+    }
+
+    #[test]
+    fn xrstor_loads_or_inits_each_component_as_host() {
+        let mut rng = Rng(0x5EED_0B00);
+        for _ in 0..60 {
+            let base = random_fx(&mut rng);
+            let mut area = random_fx(&mut rng);
+            area.0[512..1024].fill(0);
+            for xstate_bv in 0..4u64 {
+                area.0[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+                for rfbm in [1u64, 2, 3] {
+                    let mut a = area;
+                    let mut want = Area([0; 1024]);
+                    host_xop("xrstor", &base, &mut a, &mut want, rfbm);
+                    let (_, got) = guest_xop(XRSTOR, &base, &area, &Area([0; 1024]), rfbm);
+                    // FXSAVE writes 0-415 only; the rest stays zero in both.
+                    assert_legacy_eq(
+                        &got.0,
+                        &want.0,
+                        &format!("xrstor xstate_bv {xstate_bv} rfbm {rfbm}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The guest's result of one XSAVE-family instruction on a valid area at
+    /// `addr`, after `setup`.
+    fn xfault(
+        reg: u8,
+        addr: u64,
+        setup: impl FnOnce(&mut CpuState, &mut [u8]),
+    ) -> Option<Exception> {
+        let (mut cpu, mut m) = guest();
+        let mut area = random_fx(&mut Rng(0x5EED_0C00));
+        area.0[512..1024].fill(0);
+        area.0[512] = 3;
+        cpu.gpr[0] = 3;
+        setup(&mut cpu, &mut area.0);
+        m.mem
+            .load(x86bt_machine::GuestPhys(addr), &area.0)
+            .expect("area");
+        let before = cpu.fx;
+        let f = gexec(&mut cpu, &mut m, &op0fae(reg, addr)).err();
+        if f.is_some() {
+            assert_eq!(cpu.fx, before, "a faulting XRSTOR loads nothing");
+        }
+        f
+    }
+
+    #[test]
+    fn xsave_family_faults_follow_the_sdm() {
+        for reg in [XSAVE, XSAVEOPT, XRSTOR] {
+            assert_eq!(xfault(reg, G_AREA, |_, _| {}), None);
+            assert_eq!(
+                xfault(reg, G_AREA + 16, |_, _| {}),
+                Some(Exception::GeneralProtection(0)),
+                "not 64-byte aligned"
+            );
+            assert_eq!(
+                xfault(reg, G_AREA, |c, _| c.cr4 &= !cr4::OSXSAVE),
+                Some(Exception::InvalidOpcode)
+            );
+            assert_eq!(
+                xfault(reg, G_AREA, |c, _| c.cr0 |= cr0::TS),
+                Some(Exception::DeviceNotAvailable)
+            );
+        }
+        let bad_headers: [fn(&mut [u8]); 5] = [
+            |a| a[512] = 4,    // XSTATE_BV bit 2, not in XCR0
+            |a| a[527] = 0x80, // XCOMP_BV[63]: compacted form
+            |a| a[520] = 1,    // XCOMP_BV nonzero
+            |a| a[530] = 1,    // header bytes 16-23 nonzero
+            |a| a[26] = 1,     // MXCSR bit 16: reserved
+        ];
+        for (k, bad) in bad_headers.iter().enumerate() {
+            assert_eq!(
+                xfault(XRSTOR, G_AREA, |_, a| bad(a)),
+                Some(Exception::GeneralProtection(0)),
+                "bad header {k}"
+            );
+        }
+        // XSTATE_BV bit 1 with XCR0 = 1: #GP.
+        assert_eq!(
+            xfault(XRSTOR, G_AREA, |c, _| c.xcr0 = 1),
+            Some(Exception::GeneralProtection(0))
+        );
+        // Header bytes 24-63 are not checked.
+        assert_eq!(xfault(XRSTOR, G_AREA, |_, a| a[540] = 1), None);
+    }
+
+    /// Runs XGETBV (`0F 01 D0`) or XSETBV (`0F 01 D1`) after `setup`.
+    fn xcr(setbv: bool, setup: impl FnOnce(&mut CpuState)) -> (Result<(), Exception>, CpuState) {
+        let (mut cpu, mut m) = guest();
+        cpu.xcr0 = 1;
+        setup(&mut cpu);
+        let r = gexec(&mut cpu, &mut m, &[0x0F, 0x01, 0xD0 | u8::from(setbv)]);
+        (r, cpu)
+    }
+
+    #[test]
+    fn xgetbv_xsetbv_follow_the_sdm() {
+        let (r, c) = xcr(false, |c| c.gpr = [!0; 16].map(|_| 0xFFFF_FFFF_0000_0000));
+        assert_eq!(r, Ok(()));
+        assert_eq!((c.gpr[0], c.gpr[2]), (1, 0), "XCR0 reset value 1");
+        let (r, c) = xcr(true, |c| {
+            c.gpr[0] = 3;
+            c.gpr[1] = 0;
+            c.gpr[2] = 0;
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(c.xcr0, 3);
+        let gp = Err(Exception::GeneralProtection(0));
+        for (eax, ecx, edx) in [
+            (2u64, 0u64, 0u64),
+            (7, 0, 0),
+            (3, 1, 0),
+            (3, 0, 1),
+            (0, 0, 0),
+        ] {
+            let (r, c) = xcr(true, |c| {
+                c.gpr[0] = eax;
+                c.gpr[1] = ecx;
+                c.gpr[2] = edx;
+            });
+            assert_eq!(r, gp, "xsetbv eax {eax} ecx {ecx} edx {edx}");
+            assert_eq!(c.xcr0, 1);
+        }
+        let (r, _) = xcr(false, |c| c.gpr[1] = 1);
+        assert_eq!(r, gp, "xgetbv ecx 1");
+        // CPL 3: #GP.
+        let (r, _) = xcr(true, |c| {
+            c.gpr[0] = 3;
+            c.gpr[1] = 0;
+            c.seg[x86bt_cpu::state::sreg::SS].attrs |= 3 << 5;
+        });
+        assert_eq!(r, gp);
+        for setbv in [false, true] {
+            let (r, _) = xcr(setbv, |c| c.cr4 &= !cr4::OSXSAVE);
+            assert_eq!(r, Err(Exception::InvalidOpcode));
+        }
+    }
 }
