@@ -909,4 +909,53 @@ mod host {
             assert_eq!(r, Err(Exception::InvalidOpcode));
         }
     }
+
+    #[test]
+    fn mmx_form_with_faulting_memory_keeps_x87_top_and_tags() {
+        use x86bt_cpu::state::sreg;
+        let (mut cpu, mut m) = guest();
+        cpu.seg[sreg::DS].limit = 0xFFFF;
+        cpu.fpu.top = 3;
+        cpu.fpu.tw = 0xFFFF;
+        // PSHUFW mm1, [0x10000], 1Bh: beyond the DS limit.
+        let r = gexec(&mut cpu, &mut m, &[0x0F, 0x70, 0x0D, 0, 0, 1, 0, 0x1B]);
+        assert_eq!(r, Err(Exception::GeneralProtection(0)));
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (3, 0xFFFF));
+        // Within the limit it runs, and the MMX transition happens (SDM vol. 1
+        // Table 9-2: TOP 0, all tags valid).
+        let r = gexec(&mut cpu, &mut m, &[0x0F, 0x70, 0x0D, 0, 0xF0, 0, 0, 0x1B]);
+        assert_eq!(r, Ok(()));
+        assert_eq!((cpu.fpu.top, cpu.fpu.tw), (0, 0));
+    }
+
+    #[test]
+    fn pcmpistri_misaligned_memory_runs_on_host_and_guest() {
+        // The SDM exempts the SSE4.2 string compares from the 16-byte
+        // alignment check; the host confirms it on a misaligned operand.
+        #[repr(C, align(16))]
+        struct Buf([u8; 32]);
+        let buf = Buf([0x41; 32]);
+        let ecx: u64;
+        // SAFETY: reads 16 bytes at buf+1, inside the 32-byte buffer; XMM1
+        // is named as clobbered; ECX is an output; flags are clobbered by
+        // default in Rust inline assembly.
+        unsafe {
+            std::arch::asm!(
+                "pxor xmm1, xmm1",
+                "pcmpistri xmm1, [{p}], 0",
+                p = in(reg) buf.0.as_ptr().add(1),
+                out("rcx") ecx,
+                out("xmm1") _,
+                options(nostack, readonly),
+            );
+        }
+        assert_eq!(ecx, 16, "empty set: no match, index 16");
+        let i = ins(Code::Pcmpistri_xmm_xmmm128_imm8, &[X(1), M, Imm(0)]);
+        let img = Image {
+            mem: [0x41; 16],
+            ..Image::default()
+        };
+        let got = guest_run_with(&i, &img, |c| c.gpr[7] += 1).expect("no #GP");
+        assert_eq!(got.gpr[1], 16);
+    }
 }
