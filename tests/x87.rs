@@ -628,9 +628,10 @@ fn fxsave_x87_area_matches_table_3_53() {
     assert_eq!(w(12), CODE_SEG, "FCS");
     assert_eq!(d(16), u32::from(INF_AT), "FDP");
     assert_eq!(w(20), DATA_SEG, "FDS");
-    // MXCSR at power-on is 1F80h (SDM vol. 3A Table 9-1); MXCSR_MASK FFBFh.
+    // MXCSR at power-on is 1F80h (SDM vol. 3A Table 9-1); MXCSR_MASK FFFFh,
+    // the value of a processor with DAZ (SDM vol. 1 §11.6.6).
     assert_eq!(d(24), 0x1F80, "MXCSR");
-    assert_eq!(d(28), 0xFFBF, "MXCSR_MASK");
+    assert_eq!(d(28), 0xFFFF, "MXCSR_MASK");
     assert_eq!(&area[32..42], &INF, "ST(0)");
     assert_eq!(&area[48..58], &[0; 10], "ST(1)");
     assert_eq!(&area[64..74], &ONE, "ST(2)");

@@ -1027,8 +1027,9 @@ fn frstor(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// MXCSR bits FXRSTOR accepts (MXCSR_MASK of a processor without DAZ).
-const MXCSR_MASK: u32 = 0x0000_FFBF;
+/// MXCSR bits FXRSTOR accepts, reported at bytes 28-31 of the image: every bit
+/// of MXCSR's low word, DAZ included.
+pub(crate) const MXCSR_MASK: u32 = super::sse::mxcsr::WRITABLE;
 
 /// #NM and the 16-byte alignment check of FXSAVE/FXRSTOR.
 fn fx_checks(cpu: &CpuState, mo: MemOp) -> Exec {
@@ -1042,28 +1043,71 @@ fn fx_checks(cpu: &CpuState, mo: MemOp) -> Exec {
     Ok(())
 }
 
+/// The x87 fields of an FXSAVE image (SDM vol. 2A Table 3-53, non-64-bit
+/// format): bytes 0-23 (control, status, abridged tags, opcode, pointers) and
+/// 32-159 (ST0-ST7). With `wide`, the REX.W format: 64-bit FIP at 8 and FDP at
+/// 16, no selectors. Other bytes of `b` are left as they are.
+pub(crate) fn put_x87_image(cpu: &CpuState, b: &mut [u8], wide: bool) {
+    let f = &cpu.fpu;
+    put16(b, 0, f.cw);
+    put16(b, 2, f.status());
+    b[4] = f.abridged_tags();
+    b[5] = 0;
+    put16(b, 6, f.fop & 0x7FF);
+    put32(b, 8, f.fip);
+    if wide {
+        put32(b, 12, 0);
+        put32(b, 16, f.fdp);
+        put32(b, 20, 0);
+    } else {
+        put16(b, 12, f.fcs);
+        put16(b, 14, 0);
+        put32(b, 16, f.fdp);
+        put16(b, 20, f.fds);
+        put16(b, 22, 0);
+    }
+    for i in 0..8 {
+        let at = 32 + 16 * i;
+        b[at..at + 10].copy_from_slice(&f.regs[f.phys(i)].to_bytes());
+        b[at + 10..at + 16].fill(0);
+    }
+}
+
+/// Loads the x87 fields of an FXSAVE image (the inverse of [`put_x87_image`]).
+pub(crate) fn load_x87_image(cpu: &mut CpuState, b: &[u8], wide: bool) {
+    let top = usize::from((get16(b, 2) >> 11) & 7);
+    let f = &mut cpu.fpu;
+    for i in 0..8 {
+        let at = 32 + 16 * i;
+        let mut r = [0u8; 10];
+        r.copy_from_slice(&b[at..at + 10]);
+        f.regs[(top + i) & 7] = F80::from_bytes(r);
+    }
+    f.cw = (get16(b, 0) & fpu::cw::WRITABLE) | fpu::cw::ONE;
+    f.set_status(get16(b, 2));
+    f.load_abridged_tags(b[4]);
+    f.fop = get16(b, 6) & 0x7FF;
+    f.fip = get32(b, 8);
+    f.fdp = get32(b, 16);
+    if wide {
+        f.fcs = 0;
+        f.fds = 0;
+    } else {
+        f.fcs = get16(b, 12);
+        f.fds = get16(b, 20);
+    }
+}
+
 /// FXSAVE m512 (SDM vol. 2A FXSAVE, Table 3-53, non-64-bit format): the x87 state
 /// with the abridged tag byte, then MXCSR and the XMM registers kept in
 /// `CpuState::fx`. Bytes 416-511 are not written. No pending-exception check.
 pub fn fxsave(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let mo = memop(cpu, insn);
     fx_checks(cpu, mo)?;
-    let f = &cpu.fpu;
     let mut b = [0u8; 416];
-    put16(&mut b, 0, f.cw);
-    put16(&mut b, 2, f.status());
-    b[4] = f.abridged_tags();
-    put16(&mut b, 6, f.fop & 0x7FF);
-    put32(&mut b, 8, f.fip);
-    put16(&mut b, 12, f.fcs);
-    put32(&mut b, 16, f.fdp);
-    put16(&mut b, 20, f.fds);
+    put_x87_image(cpu, &mut b, false);
     b[24..28].copy_from_slice(&cpu.fx[24..28]);
     put32(&mut b, 28, MXCSR_MASK);
-    for i in 0..8 {
-        let at = 32 + 16 * i;
-        b[at..at + 10].copy_from_slice(&f.regs[f.phys(i)].to_bytes());
-    }
     b[160..416].copy_from_slice(&cpu.fx[160..416]);
     write_block(cpu, m, mo, &b)
 }
@@ -1077,22 +1121,7 @@ pub fn fxrstor(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     if get32(&b, 24) & !MXCSR_MASK != 0 {
         return Err(Exception::GeneralProtection(0));
     }
-    let top = usize::from((get16(&b, 2) >> 11) & 7);
-    let f = &mut cpu.fpu;
-    for i in 0..8 {
-        let at = 32 + 16 * i;
-        let mut r = [0u8; 10];
-        r.copy_from_slice(&b[at..at + 10]);
-        f.regs[(top + i) & 7] = F80::from_bytes(r);
-    }
-    f.cw = (get16(&b, 0) & fpu::cw::WRITABLE) | fpu::cw::ONE;
-    f.set_status(get16(&b, 2));
-    f.load_abridged_tags(b[4]);
-    f.fop = get16(&b, 6) & 0x7FF;
-    f.fip = get32(&b, 8);
-    f.fcs = get16(&b, 12);
-    f.fdp = get32(&b, 16);
-    f.fds = get16(&b, 20);
+    load_x87_image(cpu, &b, false);
     cpu.fx[24..28].copy_from_slice(&b[24..28]);
     cpu.fx[160..416].copy_from_slice(&b[160..416]);
     Ok(())
