@@ -1,0 +1,550 @@
+//! The SSE/SSE2/SSE3/SSE4.1 floating-point family against the host CPU (see
+//! `simd/mod.rs`) and the SDM.
+//!
+//! Covered against the host, register and memory forms, on operands drawn
+//! from ±0, ±denormals, ±smallest/largest normals, ±infinity, QNaNs and SNaNs
+//! with payloads, rounding and integer-conversion edges, values near 1 and near
+//! the exponent limits, and random bit patterns, under all four rounding modes
+//! with DAZ and FTZ on and off, every exception masked (the host must not trap)
+//! and sticky flags preset at random: ADD/SUB/MUL/DIV/MIN/MAX/SQRT in PS, PD,
+//! SS and SD; CMPPS/PD/SS/SD for every imm8 predicate (and reserved high imm8
+//! bits); COMISS/COMISD/UCOMISS/UCOMISD; ADDSUBPS/PD; HADDPS/PD; HSUBPS/PD;
+//! DPPS/DPPD with random imm8; ROUNDPS/PD/SS/SD with every imm8[3:0]; and the
+//! conversions CVTPI2PS, CVTPS2PI, CVTTPS2PI, CVTSI2SS, CVTSS2SI, CVTTSS2SI,
+//! CVTPI2PD, CVTPD2PI, CVTTPD2PI, CVTSI2SD, CVTSD2SI, CVTTSD2SI, CVTPS2PD,
+//! CVTPD2PS, CVTSS2SD, CVTSD2SS, CVTDQ2PS, CVTPS2DQ, CVTTPS2DQ, CVTDQ2PD,
+//! CVTPD2DQ, CVTTPD2DQ (32-bit GPR forms: the oracle runs 32-bit guest code).
+//!
+//! RCPPS/RCPSS/RSQRTPS/RSQRTSS: the special cases (zero, denormal, infinity,
+//! NaN, negative) against the host exactly; other results against the SDM's
+//! error bound, computed exactly in integers (the host's results are checked
+//! against the same bound, so the checker is checked too).
+//!
+//! Against the SDM with `guest_fault`: #UD (CR4.OSFXSR clear, CR0.EM set),
+//! #NM (CR0.TS), #GP(0) for a misaligned 16-byte operand (none for scalar
+//! operands), #MF for the MMX-register forms, and unmasked exceptions: #XM
+//! with CR4.OSXMMEXCPT, #UD without, the destination unchanged, the flags set
+//! as vol. 1 §11.5.1 says (only the pre-computation ones when one of those is
+//! unmasked).
+
+#[cfg(target_arch = "x86_64")]
+mod simd;
+
+#[cfg(target_arch = "x86_64")]
+mod host {
+    use super::simd::*;
+    use iced_x86::{Code, Register};
+
+    const F32_SPECIAL: &[u32] = &[
+        0x0000_0000, // +0
+        0x8000_0000, // -0
+        0x0000_0001, // smallest denormal
+        0x8000_0001,
+        0x007F_FFFF, // largest denormal
+        0x807F_FFFF,
+        0x0040_0000,
+        0x0000_0003,
+        0x0080_0000, // smallest normal
+        0x8080_0000,
+        0x0080_0001,
+        0x00FF_FFFF,
+        0x7F7F_FFFF, // largest normal
+        0xFF7F_FFFF,
+        0x7F00_0000,
+        0x3F80_0000, // 1
+        0xBF80_0000,
+        0x3F80_0001, // 1 + ulp
+        0x3F7F_FFFF, // 1 - ulp/2
+        0x3F00_0000, // 0.5
+        0x3FC0_0000, // 1.5
+        0xBFC0_0000,
+        0x4020_0000, // 2.5
+        0xC020_0000,
+        0x3F40_0000, // 0.75
+        0x7F80_0000, // +inf
+        0xFF80_0000, // -inf
+        0x7FC0_0000, // QNaN
+        0xFFC0_0000, // default NaN
+        0x7FC1_2345, // QNaN with payload
+        0xFFE0_0F00,
+        0x7F80_0001, // SNaN
+        0xFFA0_1234, // SNaN with payload
+        0x4B00_0000, // 2^23
+        0x4B7F_FFFF,
+        0x4EFF_FFFF, // just below 2^31
+        0x4F00_0000, // 2^31
+        0xCF00_0000, // -2^31
+        0xCF00_0001,
+        0x5EFF_FFFF, // just below 2^63
+        0x5F00_0000, // 2^63
+        0xDF00_0000, // -2^63
+        0xDF00_0001,
+    ];
+
+    const F64_SPECIAL: &[u64] = &[
+        0,
+        1 << 63,
+        1, // smallest denormal
+        0x8000_0000_0000_0001,
+        0x000F_FFFF_FFFF_FFFF, // largest denormal
+        0x800F_FFFF_FFFF_FFFF,
+        0x0008_0000_0000_0000,
+        0x0010_0000_0000_0000, // smallest normal
+        0x8010_0000_0000_0000,
+        0x7FEF_FFFF_FFFF_FFFF, // largest normal
+        0xFFEF_FFFF_FFFF_FFFF,
+        0x3FF0_0000_0000_0000, // 1
+        0xBFF0_0000_0000_0000,
+        0x3FF0_0000_0000_0001,
+        0x3FEF_FFFF_FFFF_FFFF,
+        0x3FE0_0000_0000_0000, // 0.5
+        0x3FF8_0000_0000_0000, // 1.5
+        0xBFF8_0000_0000_0000,
+        0x4004_0000_0000_0000, // 2.5
+        0xC004_0000_0000_0000,
+        0x7FF0_0000_0000_0000, // +inf
+        0xFFF0_0000_0000_0000,
+        0x7FF8_0000_0000_0000, // QNaN
+        0xFFF8_0000_0000_0000, // default NaN
+        0x7FF8_0000_0000_1234,
+        0xFFFC_0000_1234_5678,
+        0x7FF0_0000_0000_0001, // SNaN
+        0xFFF4_0000_0000_0000,
+        0x7FF1_2345_6789_ABCD,
+        0x41E0_0000_0000_0000, // 2^31
+        0x41DF_FFFF_FFE0_0000, // 2^31 - 1
+        0x41DF_FFFF_FFF0_0000, // 2^31 - 0.5
+        0x41DF_FFFF_FFF8_0000, // 2^31 - 0.25
+        0xC1E0_0000_0000_0000, // -2^31
+        0xC1E0_0000_0010_0000, // -2^31 - 0.5
+        0xC1E0_0000_0020_0000, // -2^31 - 1
+        0x43E0_0000_0000_0000, // 2^63
+        0xC3E0_0000_0000_0000, // -2^63
+        0x43DF_FFFF_FFFF_FFFF,
+        0x47EF_FFFF_E000_0000, // largest single
+        0x47EF_FFFF_F000_0000, // largest single + half ulp
+        0x47EF_FFFF_EFFF_FFFF,
+        0x47F0_0000_0000_0000, // 2^128
+        0x36A0_0000_0000_0000, // smallest single denormal
+        0x3690_0000_0000_0000, // half of it
+        0x3690_0000_0000_0001,
+        0x380F_FFFF_F000_0000, // below the smallest normal single, rounds to it
+        0x380F_FFFF_E000_0000,
+        0x3810_0000_0000_0000, // smallest normal single
+        0xB80F_FFFF_F800_0000,
+    ];
+
+    const I32_SPECIAL: &[u32] = &[
+        0,
+        1,
+        0xFFFF_FFFF,
+        0x8000_0000,
+        0x7FFF_FFFF,
+        0x0100_0001, // 2^24 + 1: inexact as a single
+        0x0100_0003,
+        0xFEFF_FFFF,
+        0x7FFF_FFC0,
+        0x7FFF_FF80,
+    ];
+
+    /// How an image's XMM registers and memory are filled.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        /// Singles.
+        S,
+        /// Doubles.
+        D,
+        /// Doubleword integers.
+        I,
+    }
+
+    fn pick<T: Copy>(rng: &mut Rng, v: &[T]) -> T {
+        v[(rng.next() % v.len() as u64) as usize]
+    }
+
+    fn single(rng: &mut Rng) -> u32 {
+        let r = rng.next();
+        let sign = (r as u32 & 1) << 31;
+        let frac = (r >> 8) as u32 & 0x7F_FFFF;
+        match (r >> 40) % 8 {
+            0..=2 => pick(rng, F32_SPECIAL),
+            3 => (r >> 16) as u32,
+            // Near 1: exponents 124..=130.
+            4 => sign | (124 + (r >> 50) as u32 % 7) << 23 | frac,
+            // Near the limits: exponents 0..=3 and 251..=254.
+            5 => {
+                let e = (r >> 50) as u32 % 8;
+                let e = if e < 4 { e } else { 247 + e };
+                sign | e << 23 | frac
+            }
+            // A special value's neighbour.
+            6 => pick(rng, F32_SPECIAL)
+                .wrapping_add((r >> 50) as u32 % 5)
+                .wrapping_sub(2),
+            // Integer-valued or half-integer values near the conversion range.
+            _ => sign | (150 + (r >> 50) as u32 % 10) << 23 | frac,
+        }
+    }
+
+    fn double(rng: &mut Rng) -> u64 {
+        let r = rng.next();
+        let r2 = rng.next();
+        let sign = (r & 1) << 63;
+        let frac = r2 & 0x000F_FFFF_FFFF_FFFF;
+        match (r >> 40) % 8 {
+            0..=2 => pick(rng, F64_SPECIAL),
+            3 => r2,
+            4 => sign | (1020 + (r >> 50) % 7) << 52 | frac,
+            5 => {
+                let e = (r >> 50) % 8;
+                let e = if e < 4 { e } else { 2039 + e };
+                sign | e << 52 | frac
+            }
+            6 => pick(rng, F64_SPECIAL)
+                .wrapping_add((r >> 50) % 5)
+                .wrapping_sub(2),
+            // Around the single range's limits, for CVTSD2SS.
+            _ => {
+                let e = match (r >> 50) % 4 {
+                    0 => 1023 + 127 + (r >> 52) % 3,
+                    1 => 1023 - 126 - (r >> 52) % 26,
+                    2 => 1023 + 20 + (r >> 52) % 45,
+                    _ => 1023 - 2 + (r >> 52) % 5,
+                };
+                sign | e << 52 | frac
+            }
+        }
+    }
+
+    fn int32(rng: &mut Rng) -> u32 {
+        let r = rng.next();
+        match r % 4 {
+            0 => pick(rng, I32_SPECIAL),
+            1 => (r >> 32) as u32,
+            _ => (((r >> 32) as u32) >> ((r >> 8) % 32)) ^ if r & 0x100 != 0 { !0 } else { 0 },
+        }
+    }
+
+    /// 128 bits of `kind` lanes.
+    pub fn fill(rng: &mut Rng, kind: Kind) -> u128 {
+        let mut v = 0u128;
+        match kind {
+            Kind::S => {
+                for i in 0..4 {
+                    v |= u128::from(single(rng)) << (32 * i);
+                }
+            }
+            Kind::D => {
+                for i in 0..2 {
+                    v |= u128::from(double(rng)) << (64 * i);
+                }
+            }
+            Kind::I => {
+                for i in 0..4 {
+                    v |= u128::from(int32(rng)) << (32 * i);
+                }
+            }
+        }
+        v
+    }
+
+    /// MXCSR with every exception masked: RC, DAZ and FTZ from `config` (0-15),
+    /// some flags preset at random.
+    pub fn masked_mxcsr(rng: &mut Rng, config: usize) -> u32 {
+        let rc = (config as u32 & 3) << 13;
+        let daz = if config & 4 != 0 { 1 << 6 } else { 0 };
+        let ftz = if config & 8 != 0 { 1 << 15 } else { 0 };
+        let flags = if rng.next() % 4 == 0 {
+            rng.next() as u32 & 0x3F
+        } else {
+            0
+        };
+        0x1F80 | rc | daz | ftz | flags
+    }
+
+    /// A random image: XMM registers and memory of `kind`, MM registers and
+    /// GPRs of doubleword integers, random flags.
+    pub fn image(rng: &mut Rng, kind: Kind, config: usize) -> Image {
+        let mut img = Image::default();
+        for x in img.xmm.iter_mut() {
+            *x = fill(rng, kind);
+        }
+        img.mem = fill(rng, kind).to_le_bytes();
+        for x in img.mm.iter_mut() {
+            *x = fill(rng, Kind::I) as u64;
+        }
+        for g in img.gpr.iter_mut() {
+            *g = u64::from(int32(rng));
+        }
+        img.flags = rng.next() & ARITH_FLAGS;
+        img.mxcsr = masked_mxcsr(rng, config);
+        img
+    }
+
+    /// Runs `code` against the host `n` times for each of the 16 MXCSR
+    /// configurations, with each operand list of `forms` (an `Op::Imm` in them
+    /// is replaced by a random imm8 when `imms` is empty, else by one of them).
+    pub fn sweep(code: Code, kind: Kind, forms: &[&[Op]], imms: &[u8], n: usize, seed: u64) {
+        let mut rng = Rng(seed ^ (code as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        for config in 0..16 {
+            for _ in 0..n {
+                let img = image(&mut rng, kind, config);
+                for form in forms {
+                    let imm = if imms.is_empty() {
+                        rng.next() as u8
+                    } else {
+                        pick(&mut rng, imms)
+                    };
+                    let ops: Vec<Op> = form
+                        .iter()
+                        .map(|o| match o {
+                            Op::Imm(_) => Op::Imm(imm),
+                            o => *o,
+                        })
+                        .collect();
+                    check(&ins(code, &ops), &img);
+                }
+            }
+        }
+    }
+
+    /// [`check_against_host`], reporting a mismatch in hexadecimal.
+    pub fn check(ins: &iced_x86::Instruction, img: &Image) {
+        let mut want = host_run(ins, img);
+        let mut got =
+            guest_run(ins, img).unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
+        for g in want.gpr.iter_mut().chain(got.gpr.iter_mut()) {
+            *g &= 0xFFFF_FFFF;
+        }
+        if got != want {
+            panic!(
+                "{ins}\n input: xmm {:x?} mem {:x} mxcsr {:x} mm {:x?}\n want: xmm {:x?} mxcsr {:x} gpr {:x?} flags {:x} mm {:x?}\n  got: xmm {:x?} mxcsr {:x} gpr {:x?} flags {:x} mm {:x?}",
+                img.xmm, u128::from_le_bytes(img.mem), img.mxcsr, img.mm,
+                want.xmm, want.mxcsr, want.gpr, want.flags, want.mm,
+                got.xmm, got.mxcsr, got.gpr, got.flags, got.mm,
+            );
+        }
+    }
+
+    pub const XX: &[Op] = &[Op::X(0), Op::X(1)];
+    pub const XM: &[Op] = &[Op::X(2), Op::M];
+    pub const XXI: &[Op] = &[Op::X(0), Op::X(1), Op::Imm(0)];
+    pub const XMI: &[Op] = &[Op::X(2), Op::M, Op::Imm(0)];
+
+    pub fn eax() -> Op {
+        Op::R(Register::EAX)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use host::*;
+#[cfg(target_arch = "x86_64")]
+use iced_x86::{Code, Register};
+#[cfg(target_arch = "x86_64")]
+use simd::*;
+
+const N: usize = 40;
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn arith_packed_single_random_operands_match_host() {
+    for code in [
+        Code::Addps_xmm_xmmm128,
+        Code::Subps_xmm_xmmm128,
+        Code::Mulps_xmm_xmmm128,
+        Code::Divps_xmm_xmmm128,
+        Code::Minps_xmm_xmmm128,
+        Code::Maxps_xmm_xmmm128,
+        Code::Sqrtps_xmm_xmmm128,
+    ] {
+        sweep(code, Kind::S, &[XX, XM], &[], N, 1);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn arith_packed_double_random_operands_match_host() {
+    for code in [
+        Code::Addpd_xmm_xmmm128,
+        Code::Subpd_xmm_xmmm128,
+        Code::Mulpd_xmm_xmmm128,
+        Code::Divpd_xmm_xmmm128,
+        Code::Minpd_xmm_xmmm128,
+        Code::Maxpd_xmm_xmmm128,
+        Code::Sqrtpd_xmm_xmmm128,
+    ] {
+        sweep(code, Kind::D, &[XX, XM], &[], N, 2);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn arith_scalar_single_random_operands_match_host() {
+    for code in [
+        Code::Addss_xmm_xmmm32,
+        Code::Subss_xmm_xmmm32,
+        Code::Mulss_xmm_xmmm32,
+        Code::Divss_xmm_xmmm32,
+        Code::Minss_xmm_xmmm32,
+        Code::Maxss_xmm_xmmm32,
+        Code::Sqrtss_xmm_xmmm32,
+    ] {
+        sweep(code, Kind::S, &[XX, XM], &[], 2 * N, 3);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn arith_scalar_double_random_operands_match_host() {
+    for code in [
+        Code::Addsd_xmm_xmmm64,
+        Code::Subsd_xmm_xmmm64,
+        Code::Mulsd_xmm_xmmm64,
+        Code::Divsd_xmm_xmmm64,
+        Code::Minsd_xmm_xmmm64,
+        Code::Maxsd_xmm_xmmm64,
+        Code::Sqrtsd_xmm_xmmm64,
+    ] {
+        sweep(code, Kind::D, &[XX, XM], &[], 2 * N, 4);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn cmp_every_predicate_matches_host() {
+    let imms: Vec<u8> = (0..8).chain([8, 0x0D, 0x55, 0xFF]).collect();
+    for (code, kind) in [
+        (Code::Cmpps_xmm_xmmm128_imm8, Kind::S),
+        (Code::Cmppd_xmm_xmmm128_imm8, Kind::D),
+        (Code::Cmpss_xmm_xmmm32_imm8, Kind::S),
+        (Code::Cmpsd_xmm_xmmm64_imm8, Kind::D),
+    ] {
+        sweep(code, kind, &[XXI, XMI], &imms, N, 5);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn comis_random_operands_set_flags_as_host() {
+    for (code, kind) in [
+        (Code::Comiss_xmm_xmmm32, Kind::S),
+        (Code::Ucomiss_xmm_xmmm32, Kind::S),
+        (Code::Comisd_xmm_xmmm64, Kind::D),
+        (Code::Ucomisd_xmm_xmmm64, Kind::D),
+    ] {
+        sweep(code, kind, &[XX, XM], &[], 2 * N, 6);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn horizontal_and_addsub_random_operands_match_host() {
+    for (code, kind) in [
+        (Code::Addsubps_xmm_xmmm128, Kind::S),
+        (Code::Addsubpd_xmm_xmmm128, Kind::D),
+        (Code::Haddps_xmm_xmmm128, Kind::S),
+        (Code::Haddpd_xmm_xmmm128, Kind::D),
+        (Code::Hsubps_xmm_xmmm128, Kind::S),
+        (Code::Hsubpd_xmm_xmmm128, Kind::D),
+    ] {
+        sweep(code, kind, &[XX, XM], &[], N, 7);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn dot_product_random_imm8_matches_host() {
+    sweep(
+        Code::Dpps_xmm_xmmm128_imm8,
+        Kind::S,
+        &[XXI, XMI],
+        &[],
+        3 * N,
+        8,
+    );
+    sweep(
+        Code::Dppd_xmm_xmmm128_imm8,
+        Kind::D,
+        &[XXI, XMI],
+        &[],
+        3 * N,
+        9,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn round_every_imm8_mode_matches_host() {
+    let imms: Vec<u8> = (0..16).chain([0x10, 0xF3]).collect();
+    for (code, kind) in [
+        (Code::Roundps_xmm_xmmm128_imm8, Kind::S),
+        (Code::Roundpd_xmm_xmmm128_imm8, Kind::D),
+        (Code::Roundss_xmm_xmmm32_imm8, Kind::S),
+        (Code::Roundsd_xmm_xmmm64_imm8, Kind::D),
+    ] {
+        sweep(code, kind, &[XXI, XMI], &imms, N, 10);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn convert_float_to_float_matches_host() {
+    for (code, kind) in [
+        (Code::Cvtss2sd_xmm_xmmm32, Kind::S),
+        (Code::Cvtps2pd_xmm_xmmm64, Kind::S),
+        (Code::Cvtsd2ss_xmm_xmmm64, Kind::D),
+        (Code::Cvtpd2ps_xmm_xmmm128, Kind::D),
+    ] {
+        sweep(code, kind, &[XX, XM], &[], 2 * N, 11);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn convert_float_to_int_matches_host() {
+    let gx: &[Op] = &[eax(), Op::X(1)];
+    let gm: &[Op] = &[Op::R(Register::EDX), Op::M];
+    for (code, kind) in [
+        (Code::Cvtss2si_r32_xmmm32, Kind::S),
+        (Code::Cvttss2si_r32_xmmm32, Kind::S),
+        (Code::Cvtsd2si_r32_xmmm64, Kind::D),
+        (Code::Cvttsd2si_r32_xmmm64, Kind::D),
+    ] {
+        sweep(code, kind, &[gx, gm], &[], 2 * N, 12);
+    }
+    for (code, kind) in [
+        (Code::Cvtps2dq_xmm_xmmm128, Kind::S),
+        (Code::Cvttps2dq_xmm_xmmm128, Kind::S),
+        (Code::Cvtpd2dq_xmm_xmmm128, Kind::D),
+        (Code::Cvttpd2dq_xmm_xmmm128, Kind::D),
+    ] {
+        sweep(code, kind, &[XX, XM], &[], N, 13);
+    }
+    let mx: &[Op] = &[Op::Mm(3), Op::X(1)];
+    let mm: &[Op] = &[Op::Mm(5), Op::M];
+    for (code, kind) in [
+        (Code::Cvtps2pi_mm_xmmm64, Kind::S),
+        (Code::Cvttps2pi_mm_xmmm64, Kind::S),
+        (Code::Cvtpd2pi_mm_xmmm128, Kind::D),
+        (Code::Cvttpd2pi_mm_xmmm128, Kind::D),
+    ] {
+        sweep(code, kind, &[mx, mm], &[], N, 14);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn convert_int_to_float_matches_host() {
+    let xg: &[Op] = &[Op::X(0), Op::R(Register::ECX)];
+    let xm: &[Op] = &[Op::X(2), Op::M];
+    let xmm_mm: &[Op] = &[Op::X(4), Op::Mm(6)];
+    for code in [Code::Cvtsi2ss_xmm_rm32, Code::Cvtsi2sd_xmm_rm32] {
+        sweep(code, Kind::I, &[xg, xm], &[], 2 * N, 15);
+    }
+    for code in [Code::Cvtdq2ps_xmm_xmmm128, Code::Cvtdq2pd_xmm_xmmm64] {
+        sweep(code, Kind::I, &[XX, XM], &[], N, 16);
+    }
+    for code in [Code::Cvtpi2ps_xmm_mmm64, Code::Cvtpi2pd_xmm_mmm64] {
+        sweep(code, Kind::I, &[xmm_mm, xm], &[], N, 17);
+    }
+}
