@@ -548,3 +548,574 @@ fn convert_int_to_float_matches_host() {
         sweep(code, Kind::I, &[xmm_mm, xm], &[], N, 17);
     }
 }
+
+// ---------------------------------------------------------------------------
+// RCPPS/RSQRTPS: special cases against the host, the rest against the SDM's
+// error bound.
+// ---------------------------------------------------------------------------
+
+/// Operands whose RCP/RSQRT result the SDM fixes: zeros, denormals,
+/// infinities, NaNs, and (for RSQRT) negative numbers.
+#[cfg(target_arch = "x86_64")]
+const APPROX_SPECIAL: &[u32] = &[
+    0x0000_0000,
+    0x8000_0000,
+    0x0000_0001,
+    0x8000_0001,
+    0x007F_FFFF,
+    0x807F_FFFF,
+    0x0012_3456,
+    0x7F80_0000,
+    0xFF80_0000,
+    0x7FC0_0000,
+    0xFFC0_0000,
+    0x7FC1_2345,
+    0x7F80_0001,
+    0xFFA0_1234,
+];
+
+#[cfg(target_arch = "x86_64")]
+const NEGATIVE: &[u32] = &[0xBF80_0000, 0xC2F6_E979, 0xFF7F_FFFF, 0x8080_0000];
+
+#[cfg(target_arch = "x86_64")]
+fn special_image(rng: &mut Rng, pool: &[u32]) -> Image {
+    let mut lanes = || {
+        let mut v = 0u128;
+        for i in 0..4 {
+            v |= u128::from(pool[(rng.next() % pool.len() as u64) as usize]) << (32 * i);
+        }
+        v
+    };
+    let mut img = Image::default();
+    for x in img.xmm.iter_mut() {
+        *x = lanes();
+    }
+    img.mem = lanes().to_le_bytes();
+    img.mxcsr = 0x1F80 | (rng.next() as u32 & 0x3F) | ((rng.next() as u32 & 0x23) << 13 >> 7);
+    img
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rcp_special_operands_match_host() {
+    let mut rng = Rng(0x5EC1A1);
+    for _ in 0..300 {
+        let img = special_image(&mut rng, APPROX_SPECIAL);
+        for code in [Code::Rcpps_xmm_xmmm128, Code::Rcpss_xmm_xmmm32] {
+            check(&ins(code, XX), &img);
+            check(&ins(code, XM), &img);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rsqrt_special_and_negative_operands_match_host() {
+    let pool: Vec<u32> = APPROX_SPECIAL.iter().chain(NEGATIVE).copied().collect();
+    let mut rng = Rng(0x5EC1A2);
+    for _ in 0..300 {
+        let img = special_image(&mut rng, &pool);
+        for code in [Code::Rsqrtps_xmm_xmmm128, Code::Rsqrtss_xmm_xmmm32] {
+            check(&ins(code, XX), &img);
+            check(&ins(code, XM), &img);
+        }
+    }
+}
+
+/// A positive normal single as m * 2^e (m with its integer bit).
+#[cfg(target_arch = "x86_64")]
+fn parts(x: u32) -> (u128, i32) {
+    let e = ((x >> 23) & 0xFF) as i32;
+    assert!(e != 0 && e != 0xFF, "{x:#x} is normal");
+    (u128::from(x & 0x7F_FFFF | 1 << 23), e - 127 - 23)
+}
+
+/// `a <= b * 2^k` for non-negative integers, exactly (the callers' values
+/// stay far below 2^128 after the shift).
+#[cfg(target_arch = "x86_64")]
+fn le_scaled(a: u128, b: u128, k: i32) -> bool {
+    if k >= 0 {
+        a <= b << k
+    } else {
+        a << -k <= b
+    }
+}
+
+/// |x * y - 1| <= 1.5 * 2^-12 (SDM RCPPS), exactly: with x * y = P * 2^k,
+/// 2^13 - 3 <= P * 2^(k + 13) <= 2^13 + 3.
+#[cfg(target_arch = "x86_64")]
+fn rcp_within_bound(x: u32, y: u32) -> bool {
+    if y & 0x8000_0000 != x & 0x8000_0000 {
+        return false;
+    }
+    let (mx, ex) = parts(x & 0x7FFF_FFFF);
+    let (my, ey) = parts(y & 0x7FFF_FFFF);
+    let p = mx * my;
+    let k = ex + ey + 13;
+    le_scaled((1 << 13) - 3, p, k) && le_scaled(p, (1 << 13) + 3, -k)
+}
+
+/// |y * sqrt(x) - 1| <= 1.5 * 2^-12, exactly: (2^13 - 3)^2 * 2^-26 <= y^2 * x
+/// <= (2^13 + 3)^2 * 2^-26.
+#[cfg(target_arch = "x86_64")]
+fn rsqrt_within_bound(x: u32, y: u32) -> bool {
+    if y & 0x8000_0000 != 0 {
+        return false;
+    }
+    let (mx, ex) = parts(x);
+    let (my, ey) = parts(y);
+    let q = my * my * mx;
+    let k = 2 * ey + ex + 26;
+    let lo = ((1u128 << 13) - 3).pow(2);
+    let hi = ((1u128 << 13) + 3).pow(2);
+    le_scaled(lo, q, k) && le_scaled(q, hi, -k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rcp_normal_operands_within_sdm_error_bound() {
+    let mut rng = Rng(0xB0D);
+    let mut inputs: Vec<u32> = vec![0x3F80_0000, 0x3FFF_FFFF, 0x3F80_0001, 0x0080_0000];
+    // The largest input the SDM guarantees not to give a tiny result.
+    inputs.push(0x7E7F_E800);
+    for _ in 0..4000 {
+        let r = rng.next();
+        // Exponents 1..=252: the result is a normal.
+        let e = 1 + (r >> 40) as u32 % 252;
+        inputs.push((r as u32 & 0x807F_FFFF) | e << 23);
+    }
+    for chunk in inputs.chunks(4) {
+        let mut v = 0u128;
+        for (i, x) in chunk.iter().enumerate() {
+            v |= u128::from(*x) << (32 * i);
+        }
+        let img = Image {
+            xmm: [0, v, 0, 0, 0, 0, 0, 0],
+            ..Image::default()
+        };
+        let i = ins(Code::Rcpps_xmm_xmmm128, XX);
+        let got = guest_run(&i, &img).expect("no fault");
+        let host = host_run(&i, &img);
+        assert_eq!(got.mxcsr, img.mxcsr, "RCPPS leaves MXCSR alone");
+        for (l, x) in chunk.iter().enumerate() {
+            let y = (got.xmm[0] >> (32 * l)) as u32;
+            let h = (host.xmm[0] >> (32 * l)) as u32;
+            assert!(rcp_within_bound(*x, y), "rcp({x:#x}) = {y:#x}");
+            assert!(rcp_within_bound(*x, h), "host rcp({x:#x}) = {h:#x}");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rcp_huge_operands_flush_to_signed_zero() {
+    // SDM RCPPS: inputs of magnitude >= 1.00000000000110000000001B * 2^126
+    // give tiny results, flushed to zero of the operand's sign.
+    let xs = [0x7E80_C001u32, 0xFE80_C001, 0x7F7F_FFFF, 0xFF00_0000];
+    let mut v = 0u128;
+    for (i, x) in xs.iter().enumerate() {
+        v |= u128::from(*x) << (32 * i);
+    }
+    let img = Image {
+        xmm: [0, v, 0, 0, 0, 0, 0, 0],
+        ..Image::default()
+    };
+    let got = guest_run(&ins(Code::Rcpps_xmm_xmmm128, XX), &img).expect("no fault");
+    assert_eq!(got.xmm[0], 0x8000_0000_0000_0000_8000_0000_0000_0000);
+    check(&ins(Code::Rcpps_xmm_xmmm128, XX), &img);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rsqrt_positive_operands_within_sdm_error_bound() {
+    let mut rng = Rng(0x5C47);
+    let mut inputs: Vec<u32> = vec![
+        0x3F80_0000,
+        0x4080_0000,
+        0x4000_0000,
+        0x0080_0000,
+        0x7F7F_FFFF,
+    ];
+    for _ in 0..4000 {
+        let r = rng.next();
+        let e = 1 + (r >> 40) as u32 % 254;
+        inputs.push((r as u32 & 0x007F_FFFF) | e << 23);
+    }
+    inputs.truncate(inputs.len() / 4 * 4);
+    for chunk in inputs.chunks(4) {
+        let mut v = 0u128;
+        for (i, x) in chunk.iter().enumerate() {
+            v |= u128::from(*x) << (32 * i);
+        }
+        let img = Image {
+            mem: v.to_le_bytes(),
+            ..Image::default()
+        };
+        let i = ins(Code::Rsqrtps_xmm_xmmm128, &[Op::X(3), Op::M]);
+        let got = guest_run(&i, &img).expect("no fault");
+        let host = host_run(&i, &img);
+        for (l, x) in chunk.iter().enumerate() {
+            let y = (got.xmm[3] >> (32 * l)) as u32;
+            let h = (host.xmm[3] >> (32 * l)) as u32;
+            assert!(rsqrt_within_bound(*x, y), "rsqrt({x:#x}) = {y:#x}");
+            assert!(rsqrt_within_bound(*x, h), "host rsqrt({x:#x}) = {h:#x}");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn approx_bound_checker_rejects_a_result_one_percent_off() {
+    // 1/1 = 1 and 1/sqrt(1) = 1; 1.01 (0x3F8147AE) is far outside the bound,
+    // 1 + 2^-12 (0x3F800800) inside it, 1 + 2^-11 (0x3F801000) outside.
+    assert!(rcp_within_bound(0x3F80_0000, 0x3F80_0000));
+    assert!(rcp_within_bound(0x3F80_0000, 0x3F80_0800));
+    assert!(!rcp_within_bound(0x3F80_0000, 0x3F80_1000));
+    assert!(!rcp_within_bound(0x3F80_0000, 0x3F81_47AE));
+    assert!(!rcp_within_bound(0x3F80_0000, 0xBF80_0000));
+    assert!(rsqrt_within_bound(0x4080_0000, 0x3F00_0000));
+    assert!(!rsqrt_within_bound(0x4080_0000, 0x3F00_1000));
+    assert!(rsqrt_within_bound(0x4080_0000, 0x3F00_0400));
+}
+
+// ---------------------------------------------------------------------------
+// Faults and unmasked exceptions, against the SDM.
+// ---------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod faults {
+    use super::simd::*;
+    use iced_x86::{Code, Instruction};
+    use x86bt_cpu::mmu::cr4;
+    use x86bt_cpu::state::{cr0, CpuState};
+    use x86bt_cpu::Exception;
+
+    const IE: u32 = 1;
+    const DE: u32 = 2;
+    const ZE: u32 = 4;
+    const OE: u32 = 8;
+    const UE: u32 = 16;
+    const PE: u32 = 32;
+
+    /// MXCSR with every exception masked except `unmask` (flags' bit
+    /// positions).
+    fn csr(unmask: u32) -> u32 {
+        0x1F80 & !(unmask << 7)
+    }
+
+    fn img(x0: u128, x1: u128, mxcsr: u32) -> Image {
+        Image {
+            xmm: [x0, x1, 0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666],
+            mem: x1.to_le_bytes(),
+            mxcsr,
+            flags: 0x8D5,
+            gpr: [0xAAAA_AAAA, 0xBBBB_BBBB, 0xCCCC_CCCC],
+            ..Image::default()
+        }
+    }
+
+    /// Runs `i` expecting `want`, and checks that only MXCSR changed, to
+    /// `mxcsr_after`.
+    fn expect_fault(i: &Instruction, image: &Image, want: Exception, mxcsr_after: u32) {
+        expect_fault_with(i, image, want, mxcsr_after, |_| {});
+    }
+
+    fn expect_fault_with(
+        i: &Instruction,
+        image: &Image,
+        want: Exception,
+        mxcsr_after: u32,
+        setup: impl FnOnce(&mut CpuState),
+    ) {
+        let (fault, after) = guest_fault(i, image, setup);
+        assert_eq!(fault, Some(want), "{i}");
+        let mut expected = *image;
+        expected.mxcsr = mxcsr_after;
+        assert_eq!(after, expected, "{i}: only MXCSR may change");
+    }
+
+    const ONES_PS: u128 = 0x3F80_0000_3F80_0000_3F80_0000_3F80_0000;
+
+    #[test]
+    fn addps_osfxsr_clear_raises_ud() {
+        let i = ins(Code::Addps_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+        let im = img(ONES_PS, ONES_PS, 0x1F80);
+        expect_fault_with(&i, &im, Exception::InvalidOpcode, 0x1F80, |c| {
+            c.cr4 &= !cr4::OSFXSR
+        });
+    }
+
+    #[test]
+    fn sqrtsd_cr0_em_raises_ud() {
+        let i = ins(Code::Sqrtsd_xmm_xmmm64, &[Op::X(0), Op::X(1)]);
+        let im = img(ONES_PS, ONES_PS, 0x1F80);
+        expect_fault_with(&i, &im, Exception::InvalidOpcode, 0x1F80, |c| {
+            c.cr0 |= cr0::EM
+        });
+    }
+
+    #[test]
+    fn cvtsi2sd_cr0_ts_raises_nm() {
+        let i = ins(
+            Code::Cvtsi2sd_xmm_rm32,
+            &[Op::X(0), Op::R(iced_x86::Register::EAX)],
+        );
+        let im = img(ONES_PS, ONES_PS, 0x1F80);
+        expect_fault_with(&i, &im, Exception::DeviceNotAvailable, 0x1F80, |c| {
+            c.cr0 |= cr0::TS
+        });
+    }
+
+    #[test]
+    fn packed_misaligned_m128_raises_gp() {
+        for code in [
+            Code::Mulpd_xmm_xmmm128,
+            Code::Cmpps_xmm_xmmm128_imm8,
+            Code::Haddps_xmm_xmmm128,
+            Code::Dppd_xmm_xmmm128_imm8,
+            Code::Roundps_xmm_xmmm128_imm8,
+            Code::Cvtpd2ps_xmm_xmmm128,
+            Code::Cvttpd2dq_xmm_xmmm128,
+            Code::Cvtdq2ps_xmm_xmmm128,
+            Code::Sqrtps_xmm_xmmm128,
+            Code::Rcpps_xmm_xmmm128,
+        ] {
+            let i = ins(code, &[Op::X(0), Op::M, Op::Imm(0)]);
+            let im = img(ONES_PS, ONES_PS, 0x1F80);
+            expect_fault_with(&i, &im, Exception::GeneralProtection(0), 0x1F80, |c| {
+                c.gpr[7] += 8
+            });
+        }
+        let i = ins(Code::Cvtpd2pi_mm_xmmm128, &[Op::Mm(0), Op::M]);
+        let im = img(ONES_PS, ONES_PS, 0x1F80);
+        expect_fault_with(&i, &im, Exception::GeneralProtection(0), 0x1F80, |c| {
+            c.gpr[7] += 4
+        });
+    }
+
+    #[test]
+    fn scalar_and_m64_misaligned_operands_do_not_fault() {
+        for code in [
+            Code::Addss_xmm_xmmm32,
+            Code::Divsd_xmm_xmmm64,
+            Code::Comisd_xmm_xmmm64,
+            Code::Cvtps2pd_xmm_xmmm64,
+            Code::Cvtdq2pd_xmm_xmmm64,
+            Code::Roundsd_xmm_xmmm64_imm8,
+        ] {
+            let i = ins(code, &[Op::X(0), Op::M, Op::Imm(4)]);
+            let im = img(ONES_PS, ONES_PS, 0x1F80);
+            let (fault, _) = guest_fault(&i, &im, |c| c.gpr[7] += 3);
+            assert_eq!(fault, None, "{i}");
+        }
+    }
+
+    #[test]
+    fn cvtpi2ps_mm_source_with_pending_x87_exception_raises_mf() {
+        let i = ins(Code::Cvtpi2ps_xmm_mmm64, &[Op::X(0), Op::Mm(1)]);
+        let im = img(ONES_PS, ONES_PS, 0x1F80);
+        let pending = |c: &mut CpuState| c.fpu.sw |= x86bt_cpu::fpu::sw::ES;
+        expect_fault_with(&i, &im, Exception::FpuError, 0x1F80, pending);
+        // The memory form does not touch the x87 state (SDM CVTPI2PS).
+        let i = ins(Code::Cvtpi2ps_xmm_mmm64, &[Op::X(0), Op::M]);
+        let (fault, _) = guest_fault(&i, &im, pending);
+        assert_eq!(fault, None);
+        let i = ins(Code::Cvtps2pi_mm_xmmm64, &[Op::Mm(0), Op::X(1)]);
+        expect_fault_with(&i, &im, Exception::FpuError, 0x1F80, pending);
+    }
+
+    #[test]
+    fn addps_unmasked_invalid_on_snan_raises_xm_and_keeps_destination() {
+        // Lane 2 of the source is an SNaN; IE unmasked.
+        let src = ONES_PS & !(0xFFFF_FFFFu128 << 64) | 0x7F80_0001u128 << 64;
+        let i = ins(Code::Addps_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+        let im = img(ONES_PS, src, csr(IE));
+        expect_fault(&i, &im, Exception::SimdFloat, csr(IE) | IE);
+        // Without CR4.OSXMMEXCPT the same exception is #UD (SDM vol. 3A
+        // §13.1 / ADDPS "SIMD Floating-Point Exceptions").
+        expect_fault_with(&i, &im, Exception::InvalidOpcode, csr(IE) | IE, |c| {
+            c.cr4 &= !cr4::OSXMMEXCPT
+        });
+        // Masked, the lane is the quieted SNaN and the rest 2.0.
+        let done = guest_run(&i, &img(ONES_PS, src, 0x1F80)).expect("masked");
+        assert_eq!(done.xmm[0], 0x4000_0000_7FC0_0001_4000_0000_4000_0000);
+        assert_eq!(done.mxcsr, 0x1F80 | IE);
+    }
+
+    #[test]
+    fn divps_unmasked_invalid_sets_only_precomputation_flags() {
+        // Lane 0: 0/0 (invalid, unmasked); lane 1: 2^127 / 2^-126 overflows
+        // (masked); lane 2: 1/0 (divide by zero, masked); lane 3: 1/3
+        // (inexact). The computation stops at the pre-computation step: IE
+        // and ZE are set, OE and PE are not (SDM vol. 1 §11.5.1).
+        let a = 0x3F80_0000_3F80_0000_7F00_0000_0000_0000u128;
+        let b = 0x4040_0000_0000_0000_0080_0000_0000_0000u128;
+        let i = ins(Code::Divps_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+        expect_fault(
+            &i,
+            &img(a, b, csr(IE)),
+            Exception::SimdFloat,
+            csr(IE) | IE | ZE,
+        );
+        // With everything masked all four flags are set and the results
+        // written: default NaN, +inf (overflow, nearest), +inf, 1/3.
+        let done = guest_run(&i, &img(a, b, 0x1F80)).expect("masked");
+        assert_eq!(done.xmm[0], 0x3EAA_AAAB_7F80_0000_7F80_0000_FFC0_0000);
+        assert_eq!(done.mxcsr, 0x1F80 | IE | ZE | OE | PE);
+    }
+
+    #[test]
+    fn mulps_unmasked_overflow_raises_xm_with_oe_and_pe() {
+        // Lane 1: 2^127 * 3 = 1.5 * 2^128: exact with an unbounded exponent,
+        // so OE alone; lane 2: (2 - 2^-23) * 2^127 * (1 + 2^-23): inexact, PE
+        // too (SDM: PE only for a loss of accuracy with unbounded exponent).
+        let a = 0x7F7F_FFFF_7F00_0000_0000_0000u128;
+        let b = 0x3F80_0001_4040_0000_0000_0000u128;
+        let i = ins(Code::Mulps_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+        expect_fault(
+            &i,
+            &img(a, b, csr(OE)),
+            Exception::SimdFloat,
+            csr(OE) | OE | PE,
+        );
+        let a1 = a & !(0xFFFF_FFFFu128 << 64);
+        expect_fault(&i, &img(a1, b, csr(OE)), Exception::SimdFloat, csr(OE) | OE);
+    }
+
+    #[test]
+    fn mulss_unmasked_underflow_on_exact_tiny_result_raises_xm() {
+        // 2^-100 * 2^-30 = 2^-130: tiny and exact. Masked: a denormal, no
+        // flag at all (underflow needs inexactness when masked); unmasked:
+        // UE and #XM (SDM vol. 1 §11.5.2.5).
+        let a = 0x0D80_0000u128; // 2^-100
+        let b = 0x3080_0000u128; // 2^-30
+        let i = ins(Code::Mulss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+        let done = guest_run(&i, &img(a, b, 0x1F80)).expect("masked");
+        assert_eq!(done.xmm[0], 0x0008_0000);
+        assert_eq!(done.mxcsr, 0x1F80);
+        expect_fault(&i, &img(a, b, csr(UE)), Exception::SimdFloat, csr(UE) | UE);
+        // FTZ with UE masked: zero, UE and PE.
+        let done = guest_run(&i, &img(a, b, 0x9F80)).expect("ftz");
+        assert_eq!(done.xmm[0], 0);
+        assert_eq!(done.mxcsr, 0x9F80 | UE | PE);
+        // FTZ does not apply when UE is unmasked.
+        expect_fault(
+            &i,
+            &img(a, b, csr(UE) | 0x8000),
+            Exception::SimdFloat,
+            csr(UE) | 0x8000 | UE,
+        );
+    }
+
+    #[test]
+    fn addsd_unmasked_precision_raises_xm_and_keeps_destination() {
+        // 1 + 2^-60 is inexact.
+        let a = 0x3FF0_0000_0000_0000u128;
+        let b = 0x3C30_0000_0000_0000u128;
+        let i = ins(Code::Addsd_xmm_xmmm64, &[Op::X(0), Op::X(1)]);
+        expect_fault(&i, &img(a, b, csr(PE)), Exception::SimdFloat, csr(PE) | PE);
+    }
+
+    #[test]
+    fn addss_unmasked_denormal_raises_xm_unless_daz() {
+        let a = 0x3F80_0000u128;
+        let b = 0x0000_0001u128;
+        let i = ins(Code::Addss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+        // DE is a pre-computation exception: the (inexact) sum never happens,
+        // so PE stays clear.
+        expect_fault(&i, &img(a, b, csr(DE)), Exception::SimdFloat, csr(DE) | DE);
+        // DAZ reads the denormal as zero: no DE, the exact sum 1.0.
+        let done = guest_run(&i, &img(a, b, csr(DE) | 0x40)).expect("daz");
+        assert_eq!(done.xmm[0], 0x3F80_0000);
+        assert_eq!(done.mxcsr, csr(DE) | 0x40);
+    }
+
+    #[test]
+    fn divss_unmasked_divide_by_zero_raises_xm() {
+        let i = ins(Code::Divss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+        expect_fault(
+            &i,
+            &img(0x3F80_0000, 0x8000_0000, csr(ZE)),
+            Exception::SimdFloat,
+            csr(ZE) | ZE,
+        );
+    }
+
+    #[test]
+    fn comiss_unmasked_invalid_on_qnan_keeps_eflags() {
+        // COMISS signals IE on a QNaN, UCOMISS only on an SNaN.
+        let i = ins(Code::Comiss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+        expect_fault(
+            &i,
+            &img(0x7FC0_0000, 0x3F80_0000, csr(IE)),
+            Exception::SimdFloat,
+            csr(IE) | IE,
+        );
+        let u = ins(Code::Ucomiss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+        let done = guest_run(&u, &img(0x7FC0_0000, 0x3F80_0000, csr(IE))).expect("quiet");
+        // Unordered: ZF, PF, CF set; OF, SF, AF clear.
+        assert_eq!(done.flags, 0x45);
+        assert_eq!(done.mxcsr, csr(IE));
+        expect_fault(
+            &u,
+            &img(0x7F80_0001, 0x3F80_0000, csr(IE)),
+            Exception::SimdFloat,
+            csr(IE) | IE,
+        );
+    }
+
+    #[test]
+    fn cvtsd2si_unmasked_invalid_keeps_destination_register() {
+        // 2^31 does not fit: IE; masked it gives the integer indefinite.
+        let i = ins(
+            Code::Cvtsd2si_r32_xmmm64,
+            &[Op::R(iced_x86::Register::EAX), Op::X(1)],
+        );
+        let big = 0x41E0_0000_0000_0000u128;
+        expect_fault(
+            &i,
+            &img(0, big, csr(IE)),
+            Exception::SimdFloat,
+            csr(IE) | IE,
+        );
+        let done = guest_run(&i, &img(0, big, 0x1F80)).expect("masked");
+        assert_eq!(done.gpr[0], 0x8000_0000);
+        assert_eq!(done.mxcsr, 0x1F80 | IE);
+    }
+
+    #[test]
+    fn cvtpd2ps_unmasked_overflow_keeps_destination() {
+        // 2^200 overflows a single.
+        let i = ins(Code::Cvtpd2ps_xmm_xmmm128, &[Op::X(0), Op::X(1)]);
+        let v = 0x4C70_0000_0000_0000u128;
+        expect_fault(
+            &i,
+            &img(ONES_PS, v, csr(OE)),
+            Exception::SimdFloat,
+            csr(OE) | OE,
+        );
+    }
+
+    #[test]
+    fn roundss_precision_suppressed_by_imm8_bit3() {
+        // 1.5 rounded to nearest even is 2.0, inexact: with imm8[3] no PE and
+        // so no #XM even with PE unmasked.
+        let i = ins(
+            Code::Roundss_xmm_xmmm32_imm8,
+            &[Op::X(0), Op::X(1), Op::Imm(8)],
+        );
+        let done = guest_run(&i, &img(0, 0x3FC0_0000, csr(PE))).expect("suppressed");
+        assert_eq!(done.xmm[0], 0x4000_0000);
+        assert_eq!(done.mxcsr, csr(PE));
+        let i = ins(
+            Code::Roundss_xmm_xmmm32_imm8,
+            &[Op::X(0), Op::X(1), Op::Imm(0)],
+        );
+        expect_fault(
+            &i,
+            &img(0, 0x3FC0_0000, csr(PE)),
+            Exception::SimdFloat,
+            csr(PE) | PE,
+        );
+    }
+}
