@@ -130,6 +130,8 @@ mod host {
         0x3690_0000_0000_0001,
         0x380F_FFFF_F000_0000, // below the smallest normal single, rounds to it
         0x380F_FFFF_E000_0000,
+        0x380F_FFFF_F400_0000, // tiny after rounding to 24 bits (unbounded)
+        0x380F_FFFF_FC00_0000, // rounds to the smallest normal: not tiny
         0x3810_0000_0000_0000, // smallest normal single
         0xB80F_FFFF_F800_0000,
     ];
@@ -343,7 +345,7 @@ use iced_x86::{Code, Register};
 #[cfg(target_arch = "x86_64")]
 use simd::*;
 
-const N: usize = 40;
+const N: usize = 60;
 
 #[cfg(target_arch = "x86_64")]
 #[test]
@@ -1118,4 +1120,110 @@ mod faults {
             csr(PE) | PE,
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The 64-bit GPR conversions. The oracle's guest runs 32-bit code, where
+// their REX.W forms do not exist, so the numeric core they share with the
+// 32-bit forms (`soft::to_int` / `soft::from_int` at 64 bits) is compared
+// with the host running the 64-bit instruction.
+// ---------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn convert_64bit_integer_forms_match_host() {
+    use x86bt_cpu::interp::sse::float::soft::{self, Ctx, F32, F64};
+    let mut rng = Rng(0x6464);
+    let rax = Op::R(Register::RAX);
+    for n in 0..4000 {
+        let mut img = image(&mut rng, if n % 2 == 0 { Kind::S } else { Kind::D }, n % 16);
+        // Float to int64.
+        let (code, x, single) = match n % 4 {
+            0 => (
+                Code::Cvtss2si_r64_xmmm32,
+                img.xmm[1] as u64 & 0xFFFF_FFFF,
+                true,
+            ),
+            1 => (Code::Cvttsd2si_r64_xmmm64, img.xmm[1] as u64, false),
+            2 => (
+                Code::Cvttss2si_r64_xmmm32,
+                img.xmm[1] as u64 & 0xFFFF_FFFF,
+                true,
+            ),
+            _ => (Code::Cvtsd2si_r64_xmmm64, img.xmm[1] as u64, false),
+        };
+        let truncate = matches!(n % 4, 1 | 2);
+        let host = host_run(&ins(code, &[rax, Op::X(1)]), &img);
+        let mut c = Ctx::new(img.mxcsr);
+        let got = if single {
+            soft::to_int::<F32>(&mut c, x, 64, truncate)
+        } else {
+            soft::to_int::<F64>(&mut c, x, 64, truncate)
+        };
+        assert_eq!(
+            (got, img.mxcsr | c.flags),
+            (host.gpr[0], host.mxcsr),
+            "{code:?} {x:#x} mxcsr {:#x}",
+            img.mxcsr
+        );
+        // Int64 to float.
+        let r = rng.next();
+        let v = match r % 5 {
+            0 => [i64::MIN, i64::MAX, (1 << 53) + 1, -(1 << 24) - 1, 0, -1][(r >> 8) as usize % 6],
+            _ => (rng.next() as i64) >> ((r >> 8) % 64),
+        };
+        img.gpr[0] = v as u64;
+        for (code, single) in [
+            (Code::Cvtsi2ss_xmm_rm64, true),
+            (Code::Cvtsi2sd_xmm_rm64, false),
+        ] {
+            let host = host_run(&ins(code, &[Op::X(0), rax]), &img);
+            let mut c = Ctx::new(img.mxcsr);
+            let (got, mask) = if single {
+                (soft::from_int::<F32>(&mut c, v), 0xFFFF_FFFFu128)
+            } else {
+                (soft::from_int::<F64>(&mut c, v), u128::from(u64::MAX))
+            };
+            assert_eq!(
+                (u128::from(got), img.mxcsr | c.flags),
+                (host.xmm[0] & mask, host.mxcsr),
+                "{code:?} {v:#x} mxcsr {:#x}",
+                img.mxcsr
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mulss_tiny_result_rounding_to_smallest_normal_flags_underflow_as_host() {
+    // (1 - 2^-24) * 2^-126 is tiny with an unbounded exponent (tininess after
+    // rounding, SDM vol. 1 §4.9.1.5) although rounding it to the denormal
+    // format gives 2^-126 under round-to-nearest; (1 + 2^-23) * (1 - 2^-24)
+    // * 2^-126 is not tiny. Every rounding mode, with and without FTZ.
+    let i = ins(Code::Mulss_xmm_xmmm32, &[Op::X(0), Op::X(1)]);
+    for (a, b) in [
+        (0x3F7F_FFFFu128, 0x0080_0000u128),
+        (0x3F7F_FFFF, 0x0080_0001),
+        (0x3F7F_FFFE, 0x0080_0001),
+        (0xBF7F_FFFF, 0x0080_0000),
+    ] {
+        for config in 0..16 {
+            let mut rng = Rng(1);
+            let mut img = image(&mut rng, Kind::S, config);
+            img.mxcsr &= !0x3F;
+            img.xmm[0] = a;
+            img.xmm[1] = b;
+            check(&i, &img);
+        }
+    }
+    // The first case on the host, round to nearest, no FTZ: the denormal
+    // rounding reaches 2^-126, and UE and PE are set all the same.
+    let img = Image {
+        xmm: [0x3F7F_FFFF, 0x0080_0000, 0, 0, 0, 0, 0, 0],
+        ..Image::default()
+    };
+    let host = host_run(&i, &img);
+    assert_eq!(host.xmm[0], 0x0080_0000);
+    assert_eq!(host.mxcsr, 0x1F80 | 0x30);
 }

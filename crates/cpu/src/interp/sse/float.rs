@@ -19,7 +19,7 @@
 //! CVTPI2PS/PD with a memory source do neither (SDM CVTPI2PS "Operation").
 
 mod approx;
-mod soft;
+pub mod soft;
 
 use self::soft::{Ctx, Fmt, Op, F32, F64};
 use super::super::{Exec, Handler, Insn};
