@@ -19,6 +19,8 @@
 //! CVTPI2PS/PD with a memory source do neither (SDM CVTPI2PS "Operation").
 
 mod approx;
+/// Public so that the tests can compare the 64-bit GPR conversions, which the
+/// 32-bit oracle cannot run, with the host.
 pub mod soft;
 
 use self::soft::{Ctx, Fmt, Op, F32, F64};
