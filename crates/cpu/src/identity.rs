@@ -1,8 +1,11 @@
 //! What the CPU says about itself: CPUID leaves and the model-specific registers.
 //!
 //! The feature set is honest: a bit is reported only when the instruction or
-//! register it advertises is implemented: the x87 and FXSAVE/FXRSTOR are; no SSE,
-//! no local APIC, no SYSENTER, no MTRRs, no PAT, no long mode.
+//! register it advertises is implemented. This is an x86-64-v2 CPU: long mode
+//! with NX, SYSCALL, RDTSCP, LAHF/SAHF and CMPXCHG16B; the x87, MMX, SSE through
+//! SSE4.2, POPCNT, FXSAVE and XSAVE (x87 and SSE state); PAE, PSE, PGE; the PAT
+//! and MTRR MSRs (they hold what is written and change no memory type). Not
+//! reported: a local APIC, SYSENTER, AVX and later, PCID, FSGSBASE, MCE/MCA.
 //!
 //! A family-6 CPU has the P6 performance-monitoring MSRs whatever CPUID says
 //! (SDM Vol. 3B §21.6.8 in the current numbering, "Performance Monitoring (P6
@@ -42,9 +45,6 @@ const SIMD_EDX: u32 = (1 << 19) | (1 << 23) | (1 << 25) | (1 << 26);
 /// CPUID.1:ECX: SSE3 (0), SSSE3 (9), SSE4.1 (19), SSE4.2 (20), POPCNT (23),
 /// XSAVE (26).
 const SIMD_ECX: u32 = 1 | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 23) | (1 << 26);
-/// Whether the SIMD instruction sets are reported (they are while being
-/// brought up in the interpreter, family by family).
-const CLAIM_SIMD: bool = false;
 /// CPUID.1:ECX: CX16 (CMPXCHG16B).
 const FEATURES_ECX: u32 = 1 << 13;
 /// CPUID.1:ECX bit 27, OSXSAVE: a copy of CR4.OSXSAVE.
@@ -162,11 +162,7 @@ pub fn cpuid(cpu: &CpuState, leaf: u32, subleaf: u32) -> [u32; 4] {
     } else {
         0
     };
-    let (simd_ecx, simd_edx) = if CLAIM_SIMD {
-        (SIMD_ECX | osxsave, SIMD_EDX)
-    } else {
-        (0, 0)
-    };
+    let (simd_ecx, simd_edx) = (SIMD_ECX | osxsave, SIMD_EDX);
     let basic1 = [
         SIGNATURE,
         // CLFLUSH line size 8 (x 8 bytes = 64), one logical processor.
@@ -181,7 +177,6 @@ pub fn cpuid(cpu: &CpuState, leaf: u32, subleaf: u32) -> [u32; 4] {
             [MAX_LEAF, word(0), word(8), word(4)]
         }
         1 => basic1,
-        0xD if !CLAIM_SIMD => [0; 4],
         0xD => match subleaf {
             // Supported XCR0 bits, the size for the enabled ones, the size for all.
             0 => [XCR0_SUPPORTED as u32, XSAVE_SIZE, XSAVE_SIZE, 0],
@@ -488,11 +483,21 @@ mod tests {
     }
 
     #[test]
-    fn cpuid_leaf1_claims_fpu_and_fxsr_but_not_sse() {
-        let edx = cpuid(&CpuState::reset(), 1, 0)[3];
-        assert_eq!(edx & 1, 1);
-        assert_ne!(edx & (1 << 24), 0);
-        assert_eq!(edx & (1 << 25), 0, "no SSE");
+    fn cpuid_leaf1_claims_x86_64_v2_and_no_apic() {
+        let [_, _, ecx, edx] = cpuid(&CpuState::reset(), 1, 0);
+        // FPU, CX8, CMOV, MMX, FXSR, SSE, SSE2 (SDM vol. 2A Table 3-11).
+        for bit in [0, 8, 15, 23, 24, 25, 26] {
+            assert_ne!(edx & (1 << bit), 0, "EDX bit {bit}");
+        }
+        assert_eq!(edx & (1 << 9), 0, "no APIC");
+        // SSE3, SSSE3, CX16, SSE4.1, SSE4.2, POPCNT (Table 3-10); no AVX (28).
+        for bit in [0, 9, 13, 19, 20, 23] {
+            assert_ne!(ecx & (1 << bit), 0, "ECX bit {bit}");
+        }
+        assert_eq!(ecx & (1 << 28), 0, "no AVX");
+        let ext = cpuid(&CpuState::reset(), 0x8000_0001, 0);
+        assert_ne!(ext[3] & (1 << 29), 0, "long mode");
+        assert_ne!(ext[2] & 1, 0, "LAHF in 64-bit mode");
     }
 
     #[test]

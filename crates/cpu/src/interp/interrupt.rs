@@ -217,6 +217,28 @@ fn deliver_pm(
 /// exception while delivering #DF shuts the CPU down (a triple fault). Other
 /// combinations deliver the second exception.
 pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
+    if trace_exceptions() {
+        let mode = crate::mode::CpuMode::of(cpu);
+        let mut bytes = String::new();
+        if let Ok((_, phys)) = super::engine::code_address(cpu, m, mode) {
+            for i in 0..12 {
+                let b = m.mem.read_u8(x86bt_machine::GuestPhys(phys + i));
+                bytes.push_str(&format!("{b:02x} "));
+            }
+        }
+        eprintln!(
+            "x86bt: trace: {} at {:04x}:{:x} [{bytes}] {mode:?} (icount {}, cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} rsp={:#x})",
+            e.describe(),
+            cpu.seg[sreg::CS].selector,
+            cpu.rip,
+            cpu.icount,
+            cpu.cr0,
+            cpu.cr3,
+            cpu.cr4,
+            cpu.efer,
+            cpu.gpr[reg::RSP]
+        );
+    }
     let mut first = e;
     for _ in 0..4 {
         if let Exception::PageFault { addr, .. } = first {
@@ -249,6 +271,13 @@ pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
         };
     }
     cpu.run_state = RunState::Shutdown;
+}
+
+/// Whether `X86BT_TRACE=exceptions` asks for every exception on stderr (a
+/// debugging aid for guests that fault early; read once).
+fn trace_exceptions() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("X86BT_TRACE").is_ok_and(|v| v.contains("exceptions")))
 }
 
 /// The error code an exception pushes: none in real mode.

@@ -160,10 +160,10 @@ pub fn write_op(
 /// always uses RSP.
 #[inline(always)]
 pub fn stack_size(cpu: &CpuState) -> u32 {
-    if cpu.seg[crate::state::sreg::SS].attrs & crate::state::seg_attr::DB != 0 {
-        4
-    } else if crate::mmu::in_64bit(cpu) {
+    if crate::mmu::in_64bit(cpu) {
         8
+    } else if cpu.seg[crate::state::sreg::SS].attrs & crate::state::seg_attr::DB != 0 {
+        4
     } else {
         2
     }

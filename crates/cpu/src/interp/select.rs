@@ -96,6 +96,11 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Cld => alu::flag_op::<3>,
         M::Std => alu::flag_op::<4>,
         M::Nop | M::Pause => alu::nop,
+        // The hint-NOP space 0F 18-0F 1F: on a CPU without CET these encodings
+        // (ENDBR32/64, RDSSPD/Q) are NOPs (SDM vol. 1 §18.3.1, "legacy
+        // compatibility"), as are the reserved NOPs.
+        M::Endbr32 | M::Endbr64 | M::Rdsspd | M::Rdsspq => alu::nop,
+        M::Reservednop => alu::nop,
         M::Rol => shift::shift::<{ shift::ROL }>,
         M::Ror => shift::shift::<{ shift::ROR }>,
         M::Rcl => shift::shift::<{ shift::RCL }>,
@@ -162,14 +167,19 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Rdtscp => super::long::rdtscp,
         M::Cmpxchg16b => super::long::cmpxchg16b,
         M::Movsxd => super::long::movsxd,
-        M::Movsb | M::Movsw | M::Movsd
+        M::Movsb | M::Movsw | M::Movsd | M::Movsq
             if ins.op_count() == 2 && ins.op0_kind() != OpKind::Register =>
         {
             string::string_op
         }
-        M::Cmpsb | M::Cmpsw | M::Cmpsd if ins.op0_kind() != OpKind::Register => string::string_op,
-        M::Scasb | M::Scasw | M::Scasd | M::Lodsb | M::Lodsw | M::Lodsd => string::string_op,
-        M::Stosb | M::Stosw | M::Stosd | M::Insb | M::Insw | M::Insd => string::string_op,
+        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq if ins.op0_kind() != OpKind::Register => {
+            string::string_op
+        }
+        M::Scasb | M::Scasw | M::Scasd | M::Scasq => string::string_op,
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => string::string_op,
+        M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Insb | M::Insw | M::Insd => {
+            string::string_op
+        }
         M::Outsb | M::Outsw | M::Outsd => string::string_op,
         M::In => system::in_,
         M::Out => system::out,
@@ -192,8 +202,10 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Invd | M::Wbinvd => system::cache_op,
         M::Invlpg => system::invlpg,
         M::Wait => super::x87::fwait,
-        M::Fxsave => super::x87::fxsave,
-        M::Fxrstor => super::x87::fxrstor,
+        M::Fxsave => super::x87::fxsave::<false>,
+        M::Fxrstor => super::x87::fxrstor::<false>,
+        M::Fxsave64 => super::x87::fxsave::<true>,
+        M::Fxrstor64 => super::x87::fxrstor::<true>,
         M::Lar => descriptor::lar,
         M::Lsl => descriptor::lsl,
         M::Verr => descriptor::verr_verw::<false>,

@@ -1098,32 +1098,47 @@ pub(crate) fn load_x87_image(cpu: &mut CpuState, b: &[u8], wide: bool) {
     }
 }
 
-/// FXSAVE m512 (SDM vol. 2A FXSAVE, Table 3-53, non-64-bit format): the x87 state
-/// with the abridged tag byte, then MXCSR and the XMM registers kept in
-/// `CpuState::fx`. Bytes 416-511 are not written. No pending-exception check.
-pub fn fxsave(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let mo = memop(cpu, insn);
-    fx_checks(cpu, mo)?;
-    let mut b = [0u8; 416];
-    put_x87_image(cpu, &mut b, false);
-    b[24..28].copy_from_slice(&cpu.fx[24..28]);
-    put32(&mut b, 28, MXCSR_MASK);
-    b[160..416].copy_from_slice(&cpu.fx[160..416]);
-    write_block(cpu, m, mo, &b)
+/// The end of the XMM registers FXSAVE/FXRSTOR move: XMM0-15 in 64-bit mode,
+/// XMM0-7 elsewhere (SDM vol. 2A FXSAVE: bytes 288-415 are not touched outside
+/// 64-bit mode).
+fn xmm_end(cpu: &CpuState) -> usize {
+    if crate::mmu::in_64bit(cpu) {
+        416
+    } else {
+        288
+    }
 }
 
-/// FXRSTOR m512: the inverse of [`fxsave`]; #GP(0) for reserved MXCSR bits.
-pub fn fxrstor(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+/// FXSAVE m512 (SDM vol. 2A FXSAVE, Table 3-53; with REX.W, `FXSAVE64`, the
+/// 64-bit format of Table 3-56): the x87 state with the abridged tag byte, then
+/// MXCSR and the XMM registers kept in `CpuState::fx`. Bytes 416-511 are not
+/// written. No pending-exception check.
+pub fn fxsave<const WIDE: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let mo = memop(cpu, insn);
     fx_checks(cpu, mo)?;
+    let end = xmm_end(cpu);
     let mut b = [0u8; 416];
-    read_block(cpu, m, mo, &mut b)?;
+    put_x87_image(cpu, &mut b, WIDE);
+    b[24..28].copy_from_slice(&cpu.fx[24..28]);
+    put32(&mut b, 28, MXCSR_MASK);
+    b[160..end].copy_from_slice(&cpu.fx[160..end]);
+    write_block(cpu, m, mo, &b[..end])
+}
+
+/// FXRSTOR m512 (and `FXRSTOR64`): the inverse of [`fxsave`]; #GP(0) for
+/// reserved MXCSR bits.
+pub fn fxrstor<const WIDE: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let mo = memop(cpu, insn);
+    fx_checks(cpu, mo)?;
+    let end = xmm_end(cpu);
+    let mut b = [0u8; 416];
+    read_block(cpu, m, mo, &mut b[..end])?;
     if get32(&b, 24) & !MXCSR_MASK != 0 {
         return Err(Exception::GeneralProtection(0));
     }
-    load_x87_image(cpu, &b, false);
+    load_x87_image(cpu, &b, WIDE);
     cpu.fx[24..28].copy_from_slice(&b[24..28]);
-    cpu.fx[160..416].copy_from_slice(&b[160..416]);
+    cpu.fx[160..end].copy_from_slice(&b[160..end]);
     Ok(())
 }
 

@@ -186,11 +186,13 @@ fn xsave<const WIDE: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> 
         write_block(cpu, m, at(mo, 32), &b[32..160])?;
     }
     if rfbm & 2 != 0 {
+        // XMM8-15 exist in 64-bit mode only (SDM vol. 1 §13.5.2).
+        let end = if mmu::in_64bit(cpu) { 416 } else { 288 };
         b[24..28].copy_from_slice(&cpu.fx[24..28]);
         b[28..32].copy_from_slice(&MXCSR_MASK.to_le_bytes());
-        b[160..416].copy_from_slice(&cpu.fx[160..416]);
+        b[160..end].copy_from_slice(&cpu.fx[160..end]);
         write_block(cpu, m, at(mo, 24), &b[24..32])?;
-        write_block(cpu, m, at(mo, 160), &b[160..416])?;
+        write_block(cpu, m, at(mo, 160), &b[160..end])?;
     }
     let bv = u64::from_le_bytes(bv) | rfbm;
     write_block(cpu, m, hdr, &bv.to_le_bytes())
@@ -232,10 +234,11 @@ fn xrstor<const WIDE: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) ->
         }
     }
     if rfbm & 2 != 0 {
+        let end = if mmu::in_64bit(cpu) { 416 } else { 288 };
         if xstate_bv & 2 != 0 {
-            cpu.fx[160..416].copy_from_slice(&b[160..416]);
+            cpu.fx[160..end].copy_from_slice(&b[160..end]);
         } else {
-            cpu.fx[160..416].fill(0);
+            cpu.fx[160..end].fill(0);
         }
         set_mxcsr(cpu, csr);
     }
