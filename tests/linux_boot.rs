@@ -1,9 +1,11 @@
-//! Debian's i386 kernel (linux-image-686) with a busybox initramfs, booted
-//! through `x86bt run --kernel`: it must reach the marker, run
-//! `uname -a; cat /proc/cpuinfo; ls /; echo done`, power off through ACPI with
-//! exit status 0, and its console log must hold no warning the emulator caused.
-//! It boots twice, on the interpreter and on the translator, with the same
-//! checks; both must retire the same number of instructions.
+//! Debian's i386 kernel (linux-image-686) and amd64 kernel (linux-image-amd64),
+//! each with a busybox initramfs of its architecture, booted through `x86bt run
+//! --kernel`: each must reach the marker, run `uname -a; cat /proc/cpuinfo; ls /;
+//! echo done`, power off through ACPI with exit status 0, and its console log
+//! must hold no warning the emulator caused. Each boots twice, on the
+//! interpreter and on the translator, with the same checks; both must retire
+//! the same number of instructions. The kernel's /proc/cpuinfo flags must hold
+//! every feature the CPU model reports (the kernel's own reading of CPUID).
 //!
 //! The guest comes from `scripts/build-guests.sh`, which the README's setup
 //! runs; without it the test says so and skips, and under CI it is a failure.
@@ -13,9 +15,37 @@
 use std::path::Path;
 use std::process::Command;
 
-const KERNEL: &str = "guests/vmlinuz-686";
-const INITRD: &str = "guests/initramfs-run.cpio.gz";
 const MARKER: &str = "X86BT-GUEST-READY";
+
+/// One guest: its files, what `uname -m` says, and the /proc/cpuinfo flags
+/// the kernel must find (what x86bt's CPUID reports and this kernel shows).
+struct Guest {
+    kernel: &'static str,
+    initrd: &'static str,
+    machine: &'static str,
+    flags: &'static [&'static str],
+}
+
+const I686: Guest = Guest {
+    kernel: "guests/vmlinuz-686",
+    initrd: "guests/initramfs-run.cpio.gz",
+    machine: " i686 GNU/Linux",
+    flags: &[
+        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "pge", "cmov", "clflush", "mmx", "fxsr",
+        "sse", "sse2", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "xsave",
+    ],
+};
+
+const AMD64: Guest = Guest {
+    kernel: "guests/vmlinuz-amd64",
+    initrd: "guests/initramfs-run-amd64.cpio.gz",
+    machine: " x86_64 GNU/Linux",
+    flags: &[
+        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "pge", "cmov", "clflush", "mmx", "fxsr",
+        "sse", "sse2", "syscall", "nx", "rdtscp", "lm", "pni", "ssse3", "cx16", "sse4_1", "sse4_2",
+        "popcnt", "xsave", "lahf_lm",
+    ],
+};
 
 /// Lines that would mean x86bt gave the kernel something wrong: unchecked MSR
 /// accesses, TSC or clocksource complaints, lost or spurious interrupts, FPU
@@ -59,35 +89,45 @@ const EXPLAINED: &[&str] = &[
     "mce: Unable to init MCE device",
 ];
 
-fn have_guest() -> bool {
-    if Path::new(KERNEL).exists() && Path::new(INITRD).exists() {
+fn have_guest(g: &Guest) -> bool {
+    let (kernel, initrd) = (g.kernel, g.initrd);
+    if Path::new(kernel).exists() && Path::new(initrd).exists() {
         return true;
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "CI must have {KERNEL} and {INITRD} (scripts/build-guests.sh)"
+        "CI must have {kernel} and {initrd} (scripts/build-guests.sh)"
     );
-    eprintln!("SKIPPED: {KERNEL} or {INITRD} is absent (run scripts/build-guests.sh)");
+    eprintln!("SKIPPED: {kernel} or {initrd} is absent (run scripts/build-guests.sh)");
     false
 }
 
 #[test]
 fn linux_686_boots_runs_commands_and_powers_off() {
-    if !have_guest() {
+    boot_both_engines(&I686);
+}
+
+#[test]
+fn linux_amd64_boots_runs_commands_and_powers_off() {
+    boot_both_engines(&AMD64);
+}
+
+fn boot_both_engines(g: &Guest) {
+    if !have_guest(g) {
         return;
     }
-    let interp = boot_and_check("interp");
-    let jit = boot_and_check("jit");
+    let interp = boot_and_check(g, "interp");
+    let jit = boot_and_check(g, "jit");
     // Both engines are deterministic and define each instruction once: the boot
     // retires the same number of instructions on both.
     assert_eq!(interp, jit, "instructions retired: interp vs jit");
 }
 
-/// Boots under `engine`, checks the console, and returns the instructions
+/// Boots `g` under `engine`, checks the console, and returns the instructions
 /// retired (from `--stats`).
-fn boot_and_check(engine: &str) -> u64 {
+fn boot_and_check(g: &Guest, engine: &str) -> u64 {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
-        .args(["run", "--kernel", KERNEL, "--initrd", INITRD])
+        .args(["run", "--kernel", g.kernel, "--initrd", g.initrd])
         .args(["--append", "console=ttyS0 panic=-1", "-m", "256"])
         .args(["--serial", "stdio", "--no-reboot", "--engine", engine])
         .args(["--max-insns", "40000000000", "--stats"])
@@ -117,12 +157,20 @@ fn boot_and_check(engine: &str) -> u64 {
     };
     let mut at = after(MARKER, 0);
     at = after("Linux (none) 6.1.0-", at);
-    at = after(" i686 GNU/Linux", at);
+    at = after(g.machine, at);
     at = after("vendor_id\t: GenuineIntel", at);
     at = after("cpu family\t: 6", at);
     at = after("fpu\t\t: yes", at);
     at = after("fpu_exception\t: yes", at);
-    at = after("flags\t\t: fpu de pse tsc msr pae cx8 pge cmov fxsr", at);
+    at = after("flags\t\t: ", at);
+    let flags: Vec<&str> = log[at..].lines().next().unwrap_or("").split(' ').collect();
+    for f in g.flags {
+        assert!(
+            flags.contains(f),
+            "/proc/cpuinfo flags lack {f}: {flags:?}\n{ctx}"
+        );
+    }
+    assert!(!flags.contains(&"apic"), "no local APIC is reported\n{ctx}");
     for entry in ["bin", "dev", "init", "proc", "sys"] {
         assert!(log[at..].contains(entry), "ls / lacks {entry}\n{ctx}");
     }
