@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Side by side, in one run: the Linux 686 guest booted by x86bt and by
-qemu-system-i386 -accel tcg, on the same kernel, initramfs and command line.
+"""Side by side, in one run: the Linux 686 guest (or, with --arch amd64, the
+amd64 guest) booted by x86bt and by qemu-system-i386 (qemu-system-x86_64)
+-accel tcg, on the same kernel, initramfs and command line.
 
 For each emulator it reports the wall time until the guest prints the marker
 (X86BT-GUEST-READY) and until the guest powers off after running its commands,
@@ -10,15 +11,22 @@ x86bt also reports the guest instructions it executed to each point (its own
 --until) and the host CPU time of the whole run, so that time the guest spends
 halted can be seen to cost almost nothing.
 
-Usage: scripts/compare_linux.py [--engine interp] [--runs N] [-m MiB]
+With several engines (--engine interp,jit) the runs interleave: each round
+runs every x86bt engine and QEMU once, and medians are taken per column.
+
+Usage: scripts/compare_linux.py [--arch 686|amd64] [--engine interp[,jit]]
+                                [--runs N] [-m MiB]
 (X86BT=path picks another x86bt binary; the default is target/release/x86bt.)
 """
 import argparse, os, re, resource, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = b"X86BT-GUEST-READY"
-KERNEL = os.path.join(ROOT, "guests", "vmlinuz-686")
-INITRD = os.path.join(ROOT, "guests", "initramfs-run.cpio.gz")
+GUESTS = {
+    "686": ("vmlinuz-686", "initramfs-run.cpio.gz", "qemu-system-i386"),
+    "amd64": ("vmlinuz-amd64", "initramfs-run-amd64.cpio.gz", "qemu-system-x86_64"),
+}
+KERNEL = INITRD = QEMU = None
 APPEND = "console=ttyS0 panic=-1"
 
 
@@ -72,44 +80,54 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("-m", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--arch", default="686", choices=sorted(GUESTS))
     a = ap.parse_args()
+    global KERNEL, INITRD, QEMU
+    k, i, QEMU = GUESTS[a.arch]
+    KERNEL = os.path.join(ROOT, "guests", k)
+    INITRD = os.path.join(ROOT, "guests", i)
+    engines = a.engine.split(",")
     for f in (KERNEL, INITRD):
         if not os.path.exists(f):
             sys.exit(f"{f} is missing: run scripts/build-guests.sh")
 
     # x86bt: instructions to the marker (a run that stops there).
-    p = subprocess.run(x86bt_cmd(a.engine, a.m, ["--until", MARKER.decode()]),
+    p = subprocess.run(x86bt_cmd(engines[0], a.m, ["--until", MARKER.decode()]),
                        capture_output=True, text=True, timeout=a.timeout)
     to_marker = insns(p.stderr)
 
-    rows = {"x86bt": [], "qemu": []}
+    cols = [f"x86bt {e}" for e in engines] + ["qemu"]
+    rows = {c: [] for c in cols}
     for _ in range(a.runs):
-        mk, end, _, err, cpu = timed(x86bt_cmd(a.engine, a.m), a.timeout)
-        rows["x86bt"].append((mk, end, cpu, insns(err)))
-        q = ["qemu-system-i386", "-accel", "tcg", "-nodefaults", "-display", "none",
+        for e in engines:
+            mk, end, _, err, cpu = timed(x86bt_cmd(e, a.m), a.timeout)
+            rows[f"x86bt {e}"].append((mk, end, cpu, insns(err)))
+        q = [QEMU, "-accel", "tcg", "-nodefaults", "-display", "none",
              "-no-reboot", "-m", str(a.m), "-kernel", KERNEL, "-initrd", INITRD,
              "-append", APPEND, "-serial", "stdio", "-monitor", "none"]
         mk, end, _, _, cpu = timed(q, a.timeout)
         rows["qemu"].append((mk, end, cpu, None))
 
     med = lambda xs: statistics.median(xs)
-    print(f"Linux 686 boot, {a.runs} run(s) each, median; -m {a.m}, x86bt --engine {a.engine}")
-    print(f"{'':8} {'to marker':>10} {'to power-off':>13} {'host CPU':>9}  guest instructions")
+    print(f"Linux {a.arch} boot, {a.runs} run(s) each, interleaved, median; -m {a.m}")
+    print(f"{'':12} {'to marker':>10} {'to power-off':>13} {'host CPU':>9}  guest instructions")
     for name, r in rows.items():
         mk = med([x[0] for x in r])
         end = med([x[1] for x in r])
         cpu = med([x[2] for x in r])
-        if name == "x86bt":
+        if name.startswith("x86bt"):
             total = r[0][3]
             extra = f"{to_marker:,} to marker, {total:,} to power-off"
         else:
             extra = "(not counted)"
-        print(f"{name:8} {mk:9.2f}s {end:12.2f}s {cpu:8.2f}s  {extra}")
-    xm = med([x[0] for x in rows["x86bt"]])
+        print(f"{name:12} {mk:9.2f}s {end:12.2f}s {cpu:8.2f}s  {extra}")
     qm = med([x[0] for x in rows["qemu"]])
-    xe = med([x[1] for x in rows["x86bt"]])
     qe = med([x[1] for x in rows["qemu"]])
-    print(f"x86bt/QEMU wall time: {xm / qm:.2f}x to marker, {xe / qe:.2f}x to power-off")
+    for e in engines:
+        r = rows[f"x86bt {e}"]
+        xm = med([x[0] for x in r])
+        xe = med([x[1] for x in r])
+        print(f"x86bt {e}/QEMU wall time: {xm / qm:.2f}x to marker, {xe / qe:.2f}x to power-off")
 
 
 if __name__ == "__main__":
