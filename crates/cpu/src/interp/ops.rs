@@ -156,14 +156,15 @@ pub fn write_op(
     }
 }
 
-/// The stack-pointer width in bytes: SS.B selects ESP over SP; 64-bit mode
-/// always uses RSP.
+/// The stack-pointer width in bytes: 64-bit mode always uses RSP, whatever
+/// SS.B says (SDM vol. 1 §6.2.3; a 64-bit kernel's SS usually has B = 1);
+/// otherwise SS.B selects ESP over SP.
 #[inline(always)]
 pub fn stack_size(cpu: &CpuState) -> u32 {
-    if cpu.seg[crate::state::sreg::SS].attrs & crate::state::seg_attr::DB != 0 {
-        4
-    } else if crate::mmu::in_64bit(cpu) {
+    if crate::mmu::in_64bit(cpu) {
         8
+    } else if cpu.seg[crate::state::sreg::SS].attrs & crate::state::seg_attr::DB != 0 {
+        4
     } else {
         2
     }
