@@ -271,6 +271,12 @@ pub mod rec {
     use super::VARS;
     /// R15 at the fault; R14 to R8 follow.
     pub const R15: u32 = VARS;
+    /// R14 at the fault.
+    pub const R14: u32 = VARS + 8;
+    /// R13 at the fault.
+    pub const R13: u32 = VARS + 2 * 8;
+    /// R12 at the fault.
+    pub const R12: u32 = VARS + 3 * 8;
     /// R11 at the fault.
     pub const R11: u32 = VARS + 4 * 8;
     /// R8 at the fault.
