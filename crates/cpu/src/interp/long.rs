@@ -485,3 +485,128 @@ pub fn movsxd(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let _ = get_gpr;
     Ok(())
 }
+
+/// Where a 64-bit call gate leads (SDM vol. 3A §5.8.3.1).
+struct GateTarget {
+    sel: u16,
+    desc: Desc,
+    addr: u64,
+    off: u64,
+}
+
+/// Checks the 64-bit call gate `gate_sel` and its target, in the order of the
+/// SDM's CALL and JMP pseudo-code ("IA-32e mode" call gate branches): gate DPL
+/// against CPL and RPL, presence, the upper type field (in [`fetch16`]), then the
+/// code segment: null, not code or DPL > CPL, not 64-bit, not present, and a
+/// non-canonical offset.
+fn call_gate_target(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    gate_sel: u16,
+) -> Result<GateTarget, Exception> {
+    let (gate, _) = fetch16(cpu, m, gate_sel)?;
+    let cpl = cpu.cpl();
+    let rpl = (gate_sel & 3) as u8;
+    if gate.low.dpl() < cpl || gate.low.dpl() < rpl {
+        return Err(Exception::GeneralProtection(sel_err(gate_sel)));
+    }
+    if !gate.low.present() {
+        return Err(Exception::SegmentNotPresent(sel_err(gate_sel)));
+    }
+    let sel = gate.low.gate_selector();
+    if sel & 0xFFFC == 0 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let (desc, addr) = fetch(cpu, m, sel)?;
+    if !desc.is_code() || desc.dpl() > cpl {
+        return Err(Exception::GeneralProtection(sel_err(sel)));
+    }
+    let long_code = desc.attrs() & seg_attr::L != 0 && desc.attrs() & seg_attr::DB == 0;
+    if !long_code {
+        return Err(Exception::GeneralProtection(sel_err(sel)));
+    }
+    if !desc.present() {
+        return Err(Exception::SegmentNotPresent(sel_err(sel)));
+    }
+    let off = gate.offset();
+    if !mmu::canonical(off) {
+        return Err(Exception::GeneralProtection(0));
+    }
+    Ok(GateTarget {
+        sel,
+        desc,
+        addr,
+        off,
+    })
+}
+
+/// Loads CS from a checked gate target at privilege `cpl` and goes to its
+/// offset.
+fn enter_gate_target(cpu: &mut CpuState, m: &mut Machine, t: &GateTarget, cpl: u8) -> Exec {
+    super::protected::set_accessed(cpu, m, t.desc, t.addr)?;
+    let mut cs = t.desc.segment((t.sel & !3) | u16::from(cpl));
+    cs.attrs |= seg_attr::ACCESSED;
+    cpu.seg[sreg::CS] = cs;
+    cpu.next_rip = t.off;
+    Ok(())
+}
+
+/// JMP through a 64-bit call gate (SDM vol. 2A JMP, "IA-32e mode" call gate):
+/// no stack change; a non-conforming target must have DPL = CPL.
+pub fn jump_through_gate(cpu: &mut CpuState, m: &mut Machine, gate_sel: u16) -> Exec {
+    let t = call_gate_target(cpu, m, gate_sel)?;
+    let cpl = cpu.cpl();
+    if !t.desc.conforming() && t.desc.dpl() != cpl {
+        return Err(Exception::GeneralProtection(sel_err(t.sel)));
+    }
+    enter_gate_target(cpu, m, &t, cpl)
+}
+
+/// CALL through a 64-bit call gate (SDM vol. 2A CALL, vol. 3A §5.8.5 and
+/// Figure 5-13): to a more privileged non-conforming segment, RSP comes from
+/// RSPn of the 64-bit TSS (#SS(0) unless canonical), SS becomes a null selector
+/// with RPL = the new CPL, and the old SS, old RSP, CS and RIP are pushed as
+/// qwords on the new stack (no parameters are copied); otherwise CS and RIP are
+/// pushed as qwords on the current stack. Everything is checked and written
+/// before anything is committed.
+pub fn call_through_gate(cpu: &mut CpuState, m: &mut Machine, gate_sel: u16) -> Exec {
+    let t = call_gate_target(cpu, m, gate_sel)?;
+    let cpl = cpu.cpl();
+    let ret_cs = u64::from(cpu.seg[sreg::CS].selector);
+    let ret_ip = cpu.next_rip;
+    let inner = !t.desc.conforming() && t.desc.dpl() < cpl;
+    let new_cpl = if inner { t.desc.dpl() } else { cpl };
+    let (rsp, frame): (u64, &[u64]) = if inner {
+        let rsp = tss64_stack(cpu, m, 4 + 8 * u64::from(new_cpl))?;
+        if !mmu::canonical(rsp) {
+            return Err(Exception::StackFault(0));
+        }
+        (
+            rsp,
+            &[
+                u64::from(cpu.seg[sreg::SS].selector),
+                cpu.gpr[reg::RSP],
+                ret_cs,
+                ret_ip,
+            ],
+        )
+    } else {
+        (cpu.gpr[reg::RSP], &[ret_cs, ret_ip])
+    };
+    let bottom = rsp.wrapping_sub(8 * frame.len() as u64);
+    if !mmu::canonical(bottom) || !mmu::canonical(rsp.wrapping_sub(1)) {
+        return Err(Exception::StackFault(0));
+    }
+    let user = mmu::paging(cpu) && new_cpl == 3;
+    for (i, v) in frame.iter().enumerate() {
+        let at = Linear(rsp.wrapping_sub(8 * (i as u64 + 1)));
+        mmu::write_lin_as(cpu, m, at, 8, *v, user)?;
+    }
+    // Commit.
+    enter_gate_target(cpu, m, &t, new_cpl)?;
+    if inner {
+        cpu.seg[sreg::SS] = null_stack(new_cpl);
+    }
+    cpu.gpr[reg::RSP] = bottom;
+    Ok(())
+}

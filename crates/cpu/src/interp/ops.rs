@@ -156,8 +156,9 @@ pub fn write_op(
     }
 }
 
-/// The stack-pointer width in bytes: SS.B selects ESP over SP; 64-bit mode
-/// always uses RSP.
+/// The stack-pointer width in bytes: 64-bit mode always uses RSP, whatever
+/// SS.B says (SDM vol. 1 §6.2.3; a 64-bit kernel's SS usually has B = 1);
+/// otherwise SS.B selects ESP over SP.
 #[inline(always)]
 pub fn stack_size(cpu: &CpuState) -> u32 {
     if crate::mmu::in_64bit(cpu) {

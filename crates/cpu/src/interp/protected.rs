@@ -14,7 +14,7 @@ use crate::exception::Exception;
 use crate::mmu;
 use crate::state::flags::*;
 use crate::state::{cr0, reg, seg_attr, sreg, CpuState, Segment};
-use x86bt_machine::Machine;
+use x86bt_machine::{Linear, Machine};
 
 /// A raw 8-byte descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -345,6 +345,14 @@ pub fn far_jump(cpu: &mut CpuState, m: &mut Machine, sel: u16, off: u64, size: u
         check_direct_code(cpu, sel, d)?;
         return enter_code(cpu, m, sel, d, addr, off & mask(size), cpl);
     }
+    if super::long::ia32e(cpu) {
+        // IA-32e mode: only 64-bit call gates (type 0xC, 16 bytes); 16-bit
+        // gates and task gates are #GP(selector) (SDM vol. 3A §5.8.3.1).
+        return match d.typ() {
+            0xC => super::long::jump_through_gate(cpu, m, sel),
+            _ => Err(Exception::GeneralProtection(sel_err(sel))),
+        };
+    }
     match d.typ() {
         0x4 | 0xC => {
             let t = through_call_gate(cpu, m, sel, d)?;
@@ -384,6 +392,18 @@ pub fn push_to(
     size: u32,
     cpl: u8,
 ) -> Exec {
+    if mmu::in_64bit(cpu) {
+        // 64-bit mode: RSP whatever SS.B says, no limit; a non-canonical
+        // stack address is #SS(0).
+        let nsp = sp.wrapping_sub(u64::from(size));
+        if !mmu::canonical(nsp) || !mmu::canonical(nsp + u64::from(size) - 1) {
+            return Err(Exception::StackFault(0));
+        }
+        let user = mmu::paging(cpu) && cpl == 3;
+        mmu::write_lin_as(cpu, m, Linear(nsp), size, v, user)?;
+        *sp = nsp;
+        return Ok(());
+    }
     let stack32 = ss.attrs & seg_attr::DB != 0;
     let smask = if stack32 { 0xFFFF_FFFF } else { 0xFFFF };
     let nsp = sp.wrapping_sub(u64::from(size)) & smask;
@@ -481,6 +501,12 @@ pub fn far_call(cpu: &mut CpuState, m: &mut Machine, sel: u16, off: u64, size: u
         enter_code(cpu, m, sel, d, addr, off, cpl)?;
         set_sp(cpu, &ss, sp);
         return Ok(());
+    }
+    if super::long::ia32e(cpu) {
+        return match d.typ() {
+            0xC => super::long::call_through_gate(cpu, m, sel),
+            _ => Err(Exception::GeneralProtection(sel_err(sel))),
+        };
     }
     match d.typ() {
         0x4 | 0xC => {
