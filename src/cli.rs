@@ -66,9 +66,16 @@ pub struct DifftestArgs {
     /// How many random programs.
     #[arg(long, default_value_t = 10)]
     pub count: u64,
-    /// Mode of the random programs: real, prot16 or prot32.
+    /// Mode of the random programs: real, prot16, prot32 or long (64-bit code,
+    /// compared against qemu-system-x86_64).
     #[arg(long, default_value = "real")]
     pub mode: String,
+    /// Random programs: enable SSE in the stub (CR4.OSFXSR|OSXMMEXCPT, CR0.EM
+    /// clear, seeded XMM registers and MXCSR) and mix SSE..SSE4.2 instructions
+    /// into the stream, with NaN, denormal and infinite operands and MXCSR
+    /// rounding modes; QEMU runs with those CPUID features.
+    #[arg(long)]
+    pub sse: bool,
     /// Instructions per random program.
     #[arg(long, default_value_t = 500)]
     pub len: usize,

@@ -452,3 +452,63 @@ fn difftest_campaign_prot16_under_jit_has_no_divergence() {
 fn difftest_campaign_prot32_under_jit_has_no_divergence() {
     campaign("prot32", "jit");
 }
+
+/// Runs a small campaign and returns (exit status, instructions compared).
+fn campaign_compared(args: &[&str]) -> Option<(Option<i32>, u64)> {
+    if !have_qemu() {
+        return None;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["difftest", "--random"])
+        .args(args)
+        .output()
+        .expect("run difftest campaign");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    eprintln!("{last}");
+    let compared = last
+        .split("; ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Some((out.status.code(), compared))
+}
+
+/// Long mode, bounded for CI: 3 programs of 100 instructions. The stub alone
+/// (real mode, protected mode, the paging/EFER step, the 64-bit data set-up with
+/// its 512-iteration REP STOSD) retires about 580 instructions, all compared
+/// against qemu-system-x86_64; more than that per program means the comparison
+/// went on in 64-bit code. Divergences are not failed here: x86bt has open
+/// 64-bit bugs the campaign finds (docs/difftest.md), see the strict test below.
+#[test]
+fn difftest_long_mode_campaign_compares_past_the_64_bit_entry() {
+    let Some((status, compared)) = campaign_compared(&[
+        "--mode", "long", "--seed", "2026", "--count", "3", "--len", "100",
+    ]) else {
+        return;
+    };
+    assert!(matches!(status, Some(0 | 1)), "{status:?}");
+    assert!(compared > 3 * 600, "{compared}");
+}
+
+/// The SSE mix in 32-bit protected mode, bounded for CI, as above.
+#[test]
+fn difftest_sse_campaign_compares_past_the_sse_stub() {
+    let Some((status, compared)) = campaign_compared(&[
+        "--mode", "prot32", "--sse", "--seed", "2026", "--count", "3", "--len", "60",
+    ]) else {
+        return;
+    };
+    assert!(matches!(status, Some(0 | 1)), "{status:?}");
+    assert!(compared > 3 * 700, "{compared}");
+}
+
+/// The strict long-mode campaign: no divergence outside the allow-list. Ignored
+/// until x86bt's 64-bit SHLD/SHRD, zero-count 32-bit shifts and CMPXCHG r32
+/// agree with QEMU (docs/difftest.md, "Long mode").
+#[test]
+#[ignore = "open x86bt 64-bit divergences, see docs/difftest.md"]
+fn difftest_campaign_long_mode_has_no_divergence() {
+    campaign_of("long", "interp", "2026", 20, 200);
+}

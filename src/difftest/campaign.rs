@@ -15,7 +15,7 @@ use std::time::Instant;
 pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
     let mode: Mode = a.mode.parse().map_err(|_| {
         Error::Usage(format!(
-            "--mode {:?}: expected real, prot16 or prot32",
+            "--mode {:?}: expected real, prot16, prot32 or long",
             a.mode
         ))
     })?;
@@ -28,12 +28,27 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
         Some(i) => i..i + 1,
         None => 0..a.count,
     };
+    // QEMU's default CPU models (qemu32, qemu64) stop at SSE3 (qemu64) or SSE2;
+    // its TCG raises #UD for a feature the model lacks, so the SSE runs (and long
+    // mode, whose stub always turns SSE on) get the features x86bt reports.
+    if a.sse || mode == Mode::Long {
+        let base = if mode == Mode::Long {
+            "qemu64"
+        } else {
+            "qemu32"
+        };
+        setup.qemu_extra.extend([
+            "-cpu".to_string(),
+            format!("{base},+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt"),
+        ]);
+    }
+    let sse = if a.sse { " --sse" } else { "" };
     let mut out = std::io::stdout().lock();
     let (mut agree, mut allowed, mut diverged, mut compared) = (0u64, 0u64, 0u64, 0u64);
     let mut allowed_names = std::collections::BTreeMap::<&str, u64>::new();
     let start = Instant::now();
     for index in indices {
-        let p = gen::generate(mode, a.seed, index, a.len);
+        let p = gen::generate_with(mode, a.seed, index, a.len, a.sse);
         let rom = dir.join(format!("{mode}-{}-{index}.rom", a.seed));
         std::fs::write(&rom, &p.rom).map_err(|source| Error::Create {
             path: rom.clone(),
@@ -42,7 +57,9 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
         setup.bios = rom.clone();
         setup.max_insns = a.max_insns;
         let (o, secs) = lockstep(&setup)?;
-        let _ = std::fs::remove_file(&rom);
+        if std::env::var_os("X86BT_KEEP_ROM").is_none() {
+            let _ = std::fs::remove_file(&rom);
+        }
         match &o {
             Outcome::Agree { compared: n, .. } => {
                 agree += 1;
@@ -58,7 +75,7 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
                 compared += at;
                 let _ = writeln!(
                     out,
-                    "program: --seed {} --mode {mode} --index {index} --len {}",
+                    "program: --seed {} --mode {mode}{sse} --index {index} --len {}",
                     a.seed, a.len
                 );
                 report(&o, secs, &mut out);
@@ -71,7 +88,7 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
     }
     let _ = writeln!(
         out,
-        "mode {mode}, seed {}: {} programs of {} instructions: {agree} agree, {allowed} allowed, {diverged} diverged; {compared} instructions compared in {secs:.1} s ({:.0}/s)",
+        "mode {mode}{sse}, seed {}: {} programs of {} instructions: {agree} agree, {allowed} allowed, {diverged} diverged; {compared} instructions compared in {secs:.1} s ({:.0}/s)",
         a.seed,
         agree + allowed + diverged,
         a.len,

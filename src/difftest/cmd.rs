@@ -32,7 +32,7 @@ pub fn jump_rom(at: u64) -> Vec<u8> {
 
 /// `x86bt difftest`.
 pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
-    let qemu = find_qemu(a.qemu.as_deref())?;
+    let qemu = find_qemu(a.qemu.as_deref(), a.random && a.mode == "long")?;
     let mut setup = DiffSetup {
         qemu,
         bios: PathBuf::new(),

@@ -26,6 +26,8 @@ use qemu::{QState, Qemu};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use x86bt_cpu::mmu::cr4;
+use x86bt_cpu::mode::CpuMode;
 use x86bt_cpu::state::{flags, reg, sreg, RunState};
 use x86bt_machine::pc::{self, PcConfig};
 
@@ -109,7 +111,8 @@ fn qemu_err(e: std::io::Error) -> Error {
 /// calls invalid (MOV CS, r/m decodes as MOV then; see the mov-cs allow entry).
 fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
     let cpu = &mut vm.cpu;
-    let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & 0xFFFF_FFFF;
+    let lmask = lin_mask(cpu);
+    let lin = cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & lmask;
     let mut bytes = Vec::with_capacity(15);
     let saved = cpu.log_writes;
     cpu.log_writes = false;
@@ -117,7 +120,7 @@ fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
         match x86bt_cpu::mmu::read_lin_as(
             cpu,
             &mut vm.machine,
-            x86bt_machine::Linear((lin + i) & 0xFFFF_FFFF),
+            x86bt_machine::Linear(lin.wrapping_add(i) & lmask),
             1,
             false,
         ) {
@@ -126,11 +129,7 @@ fn current_insn(vm: &mut Vm) -> (Instruction, u64, Instruction) {
         }
     }
     cpu.log_writes = saved;
-    let bits = if cpu.seg[sreg::CS].attrs & x86bt_cpu::state::seg_attr::DB != 0 && !cpu.v86() {
-        32
-    } else {
-        16
-    };
+    let bits = CpuMode::of(cpu).bits();
     let ins = Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NONE).decode();
     let lenient =
         Decoder::with_ip(bits, &bytes, cpu.rip, DecoderOptions::NO_INVALID_CHECK).decode();
@@ -164,7 +163,10 @@ fn shift_count(ins: &Instruction, cpu: &x86bt_cpu::CpuState) -> Option<u8> {
         }
         _ => return None,
     };
-    Some((raw & 0x1F) as u8)
+    // 64-bit operands mask the count to 6 bits (SDM vol. 2B, SAL/SAR/SHL/SHR).
+    let is64 = ins.op0_kind() == iced_x86::OpKind::Register && ins.op0_register().size() == 8
+        || ins.op0_kind() == iced_x86::OpKind::Memory && ins.memory_size().size() == 8;
+    Some((raw & if is64 { 0x3F } else { 0x1F }) as u8)
 }
 
 fn push_diff(d: &mut Vec<FieldDiff>, name: &str, ours: u64, qemu: u64) {
@@ -177,16 +179,58 @@ fn push_diff(d: &mut Vec<FieldDiff>, name: &str, ours: u64, qemu: u64) {
     }
 }
 
+/// Linear addresses wrap at 4 GiB outside 64-bit mode.
+fn lin_mask(cpu: &x86bt_cpu::CpuState) -> u64 {
+    if CpuMode::of(cpu).is_64() {
+        u64::MAX
+    } else {
+        0xFFFF_FFFF
+    }
+}
+
+/// GPR names in x86bt's order: the 64-bit names in 64-bit mode, where all 64 bits
+/// are compared, the 32-bit ones elsewhere.
+const GPR64_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+const GPR32_NAMES: [&str; 16] = [
+    "eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d", "r12d",
+    "r13d", "r14d", "r15d",
+];
+
+/// The MXCSR and XMM registers of x86bt's FXSAVE image (`CpuState::fx`: MXCSR at
+/// bytes 24..28, XMMi at 160 + 16i).
+fn our_mxcsr(c: &x86bt_cpu::CpuState) -> u32 {
+    u32::from_le_bytes([c.fx[24], c.fx[25], c.fx[26], c.fx[27]])
+}
+
+fn our_xmm(c: &x86bt_cpu::CpuState, i: usize) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&c.fx[160 + 16 * i..176 + 16 * i]);
+    u128::from_le_bytes(b)
+}
+
 fn compare_regs(vm: &Vm, q: &QState, fmask: u64) -> Vec<FieldDiff> {
     let c = &vm.cpu;
     let mut d = Vec::new();
-    for (i, n) in ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"]
-        .iter()
-        .enumerate()
-    {
-        push_diff(&mut d, n, c.gpr[i] & 0xFFFF_FFFF, u64::from(q.gpr[i]));
+    // Outside 64-bit mode only the low halves are architectural (QEMU's x86_64
+    // gdbstub masks the rest there too).
+    let long = CpuMode::of(c).is_64();
+    let (mask, names) = if long {
+        (u64::MAX, &GPR64_NAMES)
+    } else {
+        (0xFFFF_FFFF, &GPR32_NAMES)
+    };
+    for (i, n) in names.iter().enumerate().take(q.ngpr) {
+        push_diff(&mut d, n, c.gpr[i] & mask, q.gpr[i] & mask);
     }
-    push_diff(&mut d, "eip", c.rip & 0xFFFF_FFFF, u64::from(q.eip));
+    push_diff(
+        &mut d,
+        if long { "rip" } else { "eip" },
+        c.rip & mask,
+        q.rip & mask,
+    );
     push_diff(
         &mut d,
         "eflags",
@@ -196,10 +240,28 @@ fn compare_regs(vm: &Vm, q: &QState, fmask: u64) -> Vec<FieldDiff> {
     for (i, n) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().enumerate() {
         push_diff(&mut d, n, u64::from(c.seg[i].selector), u64::from(q.sel[i]));
     }
-    push_diff(&mut d, "cr0", c.cr0 & 0xFFFF_FFFF, u64::from(q.cr[0]));
-    push_diff(&mut d, "cr2", c.cr2 & 0xFFFF_FFFF, u64::from(q.cr[1]));
-    push_diff(&mut d, "cr3", c.cr3 & 0xFFFF_FFFF, u64::from(q.cr[2]));
-    push_diff(&mut d, "cr4", c.cr4 & 0xFFFF_FFFF, u64::from(q.cr[3]));
+    let crmask = if q.wide { u64::MAX } else { 0xFFFF_FFFF };
+    push_diff(&mut d, "cr0", c.cr0 & crmask, q.cr[0]);
+    push_diff(&mut d, "cr2", c.cr2 & crmask, q.cr[1]);
+    push_diff(&mut d, "cr3", c.cr3 & crmask, q.cr[2]);
+    push_diff(&mut d, "cr4", c.cr4 & crmask, q.cr[3]);
+    push_diff(&mut d, "efer", c.efer & crmask, q.efer);
+    push_diff(&mut d, "fs.base", c.seg[sreg::FS].base & crmask, q.fs_base);
+    push_diff(&mut d, "gs.base", c.seg[sreg::GS].base & crmask, q.gs_base);
+    // With CR4.OSFXSR the SSE state is live: XMM registers and MXCSR.
+    if c.cr4 & cr4::OSFXSR != 0 {
+        push_diff(&mut d, "mxcsr", u64::from(our_mxcsr(c)), u64::from(q.mxcsr));
+        for i in 0..q.nxmm {
+            let (ours, theirs) = (our_xmm(c, i), q.xmm[i]);
+            push_diff(&mut d, &format!("xmm{i}.lo"), ours as u64, theirs as u64);
+            push_diff(
+                &mut d,
+                &format!("xmm{i}.hi"),
+                (ours >> 64) as u64,
+                (theirs >> 64) as u64,
+            );
+        }
+    }
     d
 }
 
@@ -215,7 +277,7 @@ fn compare_segments(vm: &Vm, qsegs: &[qemu::SegCache; 6]) -> Vec<FieldDiff> {
         push_diff(
             &mut d,
             &format!("{n}.base"),
-            ours.base & 0xFFFF_FFFF,
+            ours.base & lin_mask(&vm.cpu),
             q.base,
         );
         push_diff(
@@ -248,7 +310,7 @@ fn align_inputs(vm: &mut Vm, ins: &Instruction, q: &QState) {
         _ => &[],
     };
     for &r in regs {
-        vm.cpu.gpr[r] = u64::from(q.gpr[r]);
+        vm.cpu.gpr[r] = q.gpr[r];
     }
 }
 
@@ -301,11 +363,12 @@ fn real_fault_frame(vm: &mut Vm, before: &x86bt_cpu::CpuState) -> bool {
 /// Takes QEMU's values for the fields of an allowed divergence (registers and
 /// memory bytes), so the comparison can go on past it.
 fn adopt_diffs(vm: &mut Vm, diffs: &[FieldDiff]) {
-    const GPRS: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
     for d in diffs {
-        if let Some(i) = GPRS.iter().position(|g| *g == d.name) {
+        if let Some(i) = GPR32_NAMES.iter().position(|g| *g == d.name) {
             vm.cpu.gpr[i] = d.qemu;
-        } else if d.name == "eip" {
+        } else if let Some(i) = GPR64_NAMES.iter().position(|g| *g == d.name) {
+            vm.cpu.gpr[i] = d.qemu;
+        } else if d.name == "eip" || d.name == "rip" {
             vm.cpu.rip = d.qemu;
         } else if d.name == "eflags" {
             vm.cpu.rflags = (vm.cpu.rflags & !0xFFFF_FFFF) | d.qemu;
@@ -333,10 +396,8 @@ fn adopt_state(vm: &mut Vm, q: &mut Qemu) -> std::io::Result<()> {
     let segs = q.segments()?;
     let [gdt, idt] = q.tables()?;
     let c = &mut vm.cpu;
-    for i in 0..8 {
-        c.gpr[i] = u64::from(st.gpr[i]);
-    }
-    c.rip = u64::from(st.eip);
+    c.gpr[..st.ngpr].copy_from_slice(&st.gpr[..st.ngpr]);
+    c.rip = st.rip;
     c.rflags = u64::from(st.eflags);
     for (i, s) in segs.iter().enumerate() {
         c.seg[i] = x86bt_cpu::state::Segment {
@@ -346,10 +407,10 @@ fn adopt_state(vm: &mut Vm, q: &mut Qemu) -> std::io::Result<()> {
             base: s.base,
         };
     }
-    c.cr0 = u64::from(st.cr[0]);
-    c.cr2 = u64::from(st.cr[1]);
-    c.cr3 = u64::from(st.cr[2]);
-    c.cr4 = u64::from(st.cr[3]);
+    c.cr0 = st.cr[0];
+    c.cr2 = st.cr[1];
+    c.cr3 = st.cr[2];
+    c.cr4 = st.cr[3];
     c.gdtr = x86bt_cpu::state::TableReg {
         base: gdt.0,
         limit: gdt.1,
@@ -432,6 +493,12 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         q.run_to(u64::from(entry)).map_err(qemu_err)?;
         adopt_state(&mut vm, &mut q).map_err(qemu_err)?;
     }
+    if setup.kernel.is_none() {
+        // EDX at reset holds the CPU signature (SDM vol. 3A §10.1.4), an input
+        // like CPUID's results: the QEMU CPU model's is taken.
+        let st = q.state().map_err(qemu_err)?;
+        vm.cpu.gpr[reg::RDX] = st.gpr[reg::RDX];
+    }
     let start = Instant::now();
     let mut history: VecDeque<String> = VecDeque::new();
     vm.cpu.log_writes = true;
@@ -483,9 +550,9 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         // needs one more step, with the count already 0, to leave it; hardware
         // (and x86bt) leave it with the last iteration. Take that extra step.
         let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
-        let at_insn = |qs: &QState| {
-            u64::from(qs.eip) == addr.wrapping_sub(before.seg[sreg::CS].base) & 0xFFFF_FFFF
-        };
+        let ipmask = lin_mask(&before);
+        let at_insn =
+            |qs: &QState| qs.rip & ipmask == addr.wrapping_sub(before.seg[sreg::CS].base) & ipmask;
         // QEMU's gdbstub step can return without progress: it leaves a
         // single-stepped REP only on a further step once the count is 0, restarts
         // an iteration that stored into the code it runs from, and sometimes stops
@@ -496,7 +563,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             let ours_moved = vm.cpu.rip != before.rip
                 || vm.cpu.seg[sreg::CS].selector != before.seg[sreg::CS].selector;
             let rep_stalled = rep
-                && u64::from(qs.gpr[1]) == before.gpr[reg::RCX] & 0xFFFF_FFFF
+                && qs.gpr[1] & ipmask == before.gpr[reg::RCX] & ipmask
                 && vm.cpu.gpr[reg::RCX] != before.gpr[reg::RCX];
             if !(at_insn(&qs) && (ours_moved || rep_stalled)) {
                 break;
@@ -514,7 +581,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 let theirs = q.memory(lin, size as usize).map_err(qemu_err)?;
                 vm.cpu.log_writes = false;
                 for (i, b) in theirs.iter().enumerate() {
-                    let a = (lin + i as u64) & 0xFFFF_FFFF;
+                    let a = lin.wrapping_add(i as u64) & lin_mask(&before);
                     let _ = x86bt_cpu::mmu::write_lin_as(
                         &mut vm.cpu,
                         &mut vm.machine,
@@ -575,7 +642,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                     continue;
                 };
                 for (i, t) in theirs.iter().enumerate() {
-                    let a = (lin + i as u64) & 0xFFFF_FFFF;
+                    let a = lin.wrapping_add(i as u64) & lin_mask(&before);
                     vm.cpu.log_writes = false;
                     let ours = x86bt_cpu::mmu::read_lin_as(
                         &mut vm.cpu,
@@ -702,18 +769,24 @@ pub fn report(o: &Outcome, secs: f64, out: &mut dyn std::io::Write) -> bool {
     }
 }
 
-/// Finds QEMU: `--qemu`, else `qemu-system-i386` on PATH.
-pub fn find_qemu(given: Option<&Path>) -> Result<PathBuf, Error> {
+/// Finds QEMU: `--qemu`, else `qemu-system-i386` on PATH, or `qemu-system-x86_64`
+/// when `long` (a guest that enters long mode).
+pub fn find_qemu(given: Option<&Path>, long: bool) -> Result<PathBuf, Error> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
+    let name = if long {
+        "qemu-system-x86_64"
+    } else {
+        "qemu-system-i386"
+    };
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-i386"))
+        .map(|d| d.join(name))
         .find(|p| p.exists())
         .ok_or_else(|| {
-            Error::Usage(
-                "qemu-system-i386 not found (install qemu-system-x86, or pass --qemu PATH)".into(),
-            )
+            Error::Usage(format!(
+                "{name} not found (install qemu-system-x86, or pass --qemu PATH)"
+            ))
         })
 }

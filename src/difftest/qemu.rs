@@ -31,17 +31,41 @@ pub struct SegCache {
 /// QEMU's architectural state at a step.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QState {
-    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI.
-    pub gpr: [u32; 8],
-    /// EIP (the offset in CS).
-    pub eip: u32,
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15 (x86bt's order); an i386
+    /// target has the first 8, 32 bits each.
+    pub gpr: [u64; 16],
+    /// GPRs the target reports: 8 (i386) or 16 (x86_64).
+    pub ngpr: usize,
+    /// Whether the target's registers are 64 bits wide (x86_64).
+    pub wide: bool,
+    /// RIP/EIP (the offset in CS).
+    pub rip: u64,
     /// EFLAGS.
     pub eflags: u32,
     /// ES, CS, SS, DS, FS, GS selectors.
     pub sel: [u16; 6],
     /// CR0, CR2, CR3, CR4.
-    pub cr: [u32; 4],
+    pub cr: [u64; 4],
+    /// IA32_EFER.
+    pub efer: u64,
+    /// FS and GS bases.
+    pub fs_base: u64,
+    /// See `fs_base`.
+    pub gs_base: u64,
+    /// XMM0..XMM15 (the target reports `nxmm` of them).
+    pub xmm: [u128; 16],
+    /// XMM registers the target reports: 8 (i386) or 16 (x86_64).
+    pub nxmm: usize,
+    /// MXCSR.
+    pub mxcsr: u32,
 }
+
+/// GPR names in x86bt's order, as the x86_64 and i386 target descriptions name them.
+const GPR64: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+const GPR32: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
 
 /// A running QEMU under gdbstub control.
 pub struct Qemu {
@@ -148,34 +172,59 @@ impl Qemu {
         })
     }
 
-    fn reg(&self, raw: &[u8], name: &str) -> u32 {
+    fn field(&self, raw: &[u8], name: &str) -> Option<u128> {
         self.offsets
             .iter()
             .find(|(n, _, _)| n == name)
-            .and_then(|&(_, off, size)| raw.get(off..off + size.min(4)))
-            .map_or(0, |b| {
-                b.iter().rev().fold(0u32, |a, &x| (a << 8) | u32::from(x))
-            })
+            .and_then(|&(_, off, size)| raw.get(off..off + size.min(16)))
+            .map(|b| b.iter().rev().fold(0u128, |a, &x| (a << 8) | u128::from(x)))
     }
 
-    /// GPRs, EIP, EFLAGS, selectors and control registers.
+    fn reg(&self, raw: &[u8], name: &str) -> u64 {
+        self.field(raw, name).map_or(0, |v| v as u64)
+    }
+
+    /// GPRs, RIP, EFLAGS, selectors, control registers, EFER, FS/GS bases, XMM
+    /// registers and MXCSR.
     pub fn state(&mut self) -> io::Result<QState> {
         let raw = self.gdb.registers()?;
-        let mut s = QState::default();
-        for (i, n) in ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"]
-            .iter()
-            .enumerate()
-        {
-            s.gpr[i] = self.reg(&raw, n);
+        let mut s = QState {
+            wide: self.offsets.iter().any(|(n, _, _)| n == "rax"),
+            ..QState::default()
+        };
+        if s.wide {
+            s.ngpr = 16;
+            for (i, n) in GPR64.iter().enumerate() {
+                s.gpr[i] = self.reg(&raw, n);
+            }
+            s.rip = self.reg(&raw, "rip");
+        } else {
+            s.ngpr = 8;
+            for (i, n) in GPR32.iter().enumerate() {
+                s.gpr[i] = self.reg(&raw, n);
+            }
+            s.rip = self.reg(&raw, "eip");
         }
-        s.eip = self.reg(&raw, "eip");
-        s.eflags = self.reg(&raw, "eflags");
+        s.eflags = self.reg(&raw, "eflags") as u32;
         for (i, n) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().enumerate() {
             s.sel[i] = self.reg(&raw, n) as u16;
         }
         for (i, n) in ["cr0", "cr2", "cr3", "cr4"].iter().enumerate() {
             s.cr[i] = self.reg(&raw, n);
         }
+        s.efer = self.reg(&raw, "efer");
+        s.fs_base = self.reg(&raw, "fs_base");
+        s.gs_base = self.reg(&raw, "gs_base");
+        for i in 0..16 {
+            match self.field(&raw, &format!("xmm{i}")) {
+                Some(v) => {
+                    s.xmm[i] = v;
+                    s.nxmm = i + 1;
+                }
+                None => break,
+            }
+        }
+        s.mxcsr = self.reg(&raw, "mxcsr") as u32;
         Ok(s)
     }
 
