@@ -31,8 +31,8 @@ const I686: Guest = Guest {
     initrd: "guests/initramfs-run.cpio.gz",
     machine: " i686 GNU/Linux",
     flags: &[
-        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "pge", "cmov", "clflush", "mmx", "fxsr",
-        "sse", "sse2", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "xsave",
+        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "sep", "pge", "cmov", "clflush", "mmx",
+        "fxsr", "sse", "sse2", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "xsave",
     ],
 };
 
@@ -41,9 +41,9 @@ const AMD64: Guest = Guest {
     initrd: "guests/initramfs-run-amd64.cpio.gz",
     machine: " x86_64 GNU/Linux",
     flags: &[
-        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "pge", "cmov", "clflush", "mmx", "fxsr",
-        "sse", "sse2", "syscall", "nx", "rdtscp", "lm", "pni", "ssse3", "cx16", "sse4_1", "sse4_2",
-        "popcnt", "xsave", "lahf_lm",
+        "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "sep", "pge", "cmov", "clflush", "mmx",
+        "fxsr", "sse", "sse2", "syscall", "nx", "pdpe1gb", "rdtscp", "lm", "pni", "ssse3", "cx16",
+        "sse4_1", "sse4_2", "popcnt", "xsave", "lahf_lm",
     ],
 };
 

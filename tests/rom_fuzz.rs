@@ -14,7 +14,7 @@
 //! in tests/jit.rs.
 
 use iced_x86::code_asm::*;
-use x86bt::vm::Engine;
+use x86bt::cli::Engine;
 use x86bt::{RunOutcome, Vm};
 use x86bt_cpu::state::{cr0, seg_attr, sreg, Segment};
 use x86bt_machine::pc::{self, PcConfig};
@@ -139,14 +139,24 @@ fn machine_with(seed: u64, long: bool) -> Vm {
     let cpu = &mut vm.cpu;
     let data = Segment {
         selector: 0x10,
-        attrs: seg_attr::P | seg_attr::S | seg_attr::RW | seg_attr::ACCESSED | seg_attr::DB | seg_attr::G,
+        attrs: seg_attr::P
+            | seg_attr::S
+            | seg_attr::RW
+            | seg_attr::ACCESSED
+            | seg_attr::DB
+            | seg_attr::G,
         limit: 0xFFFF_FFFF,
         base: 0,
     };
     for s in 0..6 {
         cpu.seg[s] = data;
     }
-    let code_attrs = seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::ACCESSED | seg_attr::G;
+    let code_attrs = seg_attr::P
+        | seg_attr::S
+        | seg_attr::CODE
+        | seg_attr::RW
+        | seg_attr::ACCESSED
+        | seg_attr::G;
     cpu.seg[sreg::CS] = Segment {
         selector: code_sel as u16,
         attrs: code_attrs | if long { seg_attr::L } else { seg_attr::DB },

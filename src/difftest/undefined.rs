@@ -62,14 +62,16 @@ pub fn undefined_flags(ins: &Instruction, count: Option<u8>) -> u32 {
 }
 
 /// The count given by the caller, else an immediate count in the last operand, masked
-/// to 5 bits; `None` for a CL count the caller did not supply.
+/// to 5 bits (6 for a 64-bit operand); `None` for a CL count the caller did not
+/// supply.
 fn masked_count(ins: &Instruction, count: Option<u8>) -> Option<u8> {
     let last = ins.op_count().checked_sub(1)?;
     let imm = match ins.op_kind(last) {
         OpKind::Immediate8 => Some(ins.immediate8()),
         _ => None,
     };
-    count.or(imm).map(|c| c & 0x1F)
+    let mask = if operand_bits(ins) == 64 { 0x3F } else { 0x1F };
+    count.or(imm).map(|c| c & mask)
 }
 
 /// Width in bits of the destination (operand 0).

@@ -5,7 +5,7 @@
 //! with NX, SYSCALL, RDTSCP, LAHF/SAHF and CMPXCHG16B; the x87, MMX, SSE through
 //! SSE4.2, POPCNT, FXSAVE and XSAVE (x87 and SSE state); PAE, PSE, PGE; the PAT
 //! and MTRR MSRs (they hold what is written and change no memory type). Not
-//! reported: a local APIC, SYSENTER, AVX and later, PCID, FSGSBASE, MCE/MCA.
+//! reported: a local APIC, AVX and later, PCID, FSGSBASE, MCE/MCA.
 //!
 //! A family-6 CPU has the P6 performance-monitoring MSRs whatever CPUID says
 //! (SDM Vol. 3B §21.6.8 in the current numbering, "Performance Monitoring (P6
@@ -33,6 +33,7 @@ const FEATURES_EDX: u32 = 1 // FPU (x87 on chip)
     | (1 << 5) // MSR (RDMSR/WRMSR for the MSRs below)
     | (1 << 6) // PAE (with NX, see leaf 0x80000001)
     | (1 << 8) // CX8 (CMPXCHG8B)
+    | (1 << 11) // SEP (SYSENTER/SYSEXIT and their MSRs)
     | (1 << 12) // MTRR (the MTRR MSRs hold what is written; no effect on memory)
     | (1 << 13) // PGE (global pages)
     | (1 << 15) // CMOV
@@ -50,8 +51,9 @@ const FEATURES_ECX: u32 = 1 << 13;
 /// CPUID.1:ECX bit 27, OSXSAVE: a copy of CR4.OSXSAVE.
 const OSXSAVE: u32 = 1 << 27;
 
-/// CPUID.80000001h:EDX: SYSCALL (11), NX (20), RDTSCP (27), LM (29).
-const EXT_FEATURES_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29);
+/// CPUID.80000001h:EDX: SYSCALL (11), NX (20), 1 GiB pages (26), RDTSCP (27),
+/// LM (29).
+const EXT_FEATURES_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
 /// CPUID.80000001h:ECX: LAHF/SAHF in 64-bit mode (0).
 const EXT_FEATURES_ECX: u32 = 1;
 

@@ -219,9 +219,13 @@ pub fn cmpxchg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     if acc == dv {
         store(cpu, m, d, size, src)
     } else {
-        // The destination is written back with its own value (SDM: the processor
-        // never produces a locked read without a locked write).
-        store(cpu, m, d, size, dv)?;
+        // A memory destination is written back with its own value (SDM: the
+        // processor never produces a locked read without a locked write); a
+        // register destination is not written at all, so a 32-bit one keeps
+        // its upper half in 64-bit mode (as hardware and QEMU do).
+        if let Loc::Mem(..) = d {
+            store(cpu, m, d, size, dv)?;
+        }
         set_gpr(cpu, reg::RAX as u8, 0, size, dv);
         Ok(())
     }

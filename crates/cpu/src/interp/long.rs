@@ -610,3 +610,78 @@ pub fn call_through_gate(cpu: &mut CpuState, m: &mut Machine, gate_sel: u16) -> 
     cpu.gpr[reg::RSP] = bottom;
     Ok(())
 }
+
+/// SYSENTER (SDM vol. 2B): #GP(0) in real mode or with IA32_SYSENTER_CS = 0;
+/// enters CPL 0 with flat CS = SYSENTER_CS (64-bit code in IA-32e mode, else
+/// 32-bit) and SS = SYSENTER_CS + 8, RSP = SYSENTER_ESP and RIP = SYSENTER_EIP
+/// (their low 32 bits outside IA-32e mode), and clears VM, IF and RF.
+pub fn sysenter(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    let cs = (cpu.sysenter[0] & 0xFFFC) as u16;
+    if !cpu.protected() || cs == 0 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let long = ia32e(cpu);
+    cpu.rflags &= !(VM | IF | RF);
+    cpu.seg[sreg::CS] = flat_code(cs, 0, long);
+    cpu.seg[sreg::SS] = flat_data(cs.wrapping_add(8), 0);
+    let width = if long { u64::MAX } else { 0xFFFF_FFFF };
+    cpu.gpr[reg::RSP] = cpu.sysenter[1] & width;
+    cpu.next_rip = cpu.sysenter[2] & width;
+    Ok(())
+}
+
+/// SYSEXIT (SDM vol. 2B): #GP(0) in real mode, above CPL 0 or with
+/// IA32_SYSENTER_CS = 0; returns to CPL 3 with CS = SYSENTER_CS + 16 (32-bit
+/// code) or, with REX.W, + 32 (64-bit code), SS = CS + 8, RSP = (E/R)CX and
+/// RIP = (E/R)DX; a non-canonical target with REX.W is #GP(0).
+pub fn sysexit(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    let base = (cpu.sysenter[0] & 0xFFFC) as u16;
+    if !cpu.protected() || cpu.v86() || cpu.cpl() != 0 || base == 0 {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let wide = insn.size() == 8;
+    let (rip, rsp) = (cpu.gpr[reg::RDX], cpu.gpr[reg::RCX]);
+    if wide && (!mmu::canonical(rip) || !mmu::canonical(rsp)) {
+        return Err(Exception::GeneralProtection(0));
+    }
+    let cs = base.wrapping_add(if wide { 32 } else { 16 }) | 3;
+    cpu.seg[sreg::CS] = flat_code(cs, 3, wide);
+    cpu.seg[sreg::SS] = flat_data(cs.wrapping_add(8), 3);
+    let width = if wide { u64::MAX } else { 0xFFFF_FFFF };
+    cpu.gpr[reg::RSP] = rsp & width;
+    cpu.next_rip = rip & width;
+    Ok(())
+}
+
+/// The flat code segment SYSENTER/SYSEXIT load: 64-bit (L) or 32-bit (D).
+fn flat_code(selector: u16, dpl: u16, long: bool) -> Segment {
+    Segment {
+        selector,
+        attrs: seg_attr::P
+            | seg_attr::S
+            | seg_attr::CODE
+            | seg_attr::RW
+            | seg_attr::ACCESSED
+            | seg_attr::G
+            | (dpl << 5)
+            | if long { seg_attr::L } else { seg_attr::DB },
+        limit: 0xFFFF_FFFF,
+        base: 0,
+    }
+}
+
+/// The flat stack segment SYSENTER/SYSEXIT load.
+fn flat_data(selector: u16, dpl: u16) -> Segment {
+    Segment {
+        selector,
+        attrs: seg_attr::P
+            | seg_attr::S
+            | seg_attr::RW
+            | seg_attr::ACCESSED
+            | seg_attr::DB
+            | seg_attr::G
+            | (dpl << 5),
+        limit: 0xFFFF_FFFF,
+        base: 0,
+    }
+}

@@ -164,6 +164,8 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Syscall => super::long::syscall,
         M::Sysret | M::Sysretq => super::long::sysret,
         M::Swapgs => super::long::swapgs,
+        M::Sysenter => super::long::sysenter,
+        M::Sysexit | M::Sysexitq => super::long::sysexit,
         M::Rdtscp => super::long::rdtscp,
         M::Cmpxchg16b => super::long::cmpxchg16b,
         M::Movsxd => super::long::movsxd,

@@ -1,8 +1,10 @@
 //! Shifts and rotates, including SHLD/SHRD.
 //!
 //! The count is masked to 5 bits (6 for 64-bit operands) as on every 386 and later
-//! part (SDM vol. 2B, SAL/SAR/SHL/SHR). A masked count of zero changes nothing,
-//! flags included. Where the SDM leaves OF undefined (count > 1), the value is the
+//! part (SDM vol. 2B, SAL/SAR/SHL/SHR). A masked count of zero changes no flag;
+//! the destination is still written, so a 32-bit register destination has its
+//! upper half cleared in 64-bit mode, as every 32-bit register write does (and
+//! as QEMU does). Where the SDM leaves OF undefined (count > 1), the value is the
 //! one the last single-bit step would produce, which is what iterative hardware
 //! gives; AF is left cleared.
 
@@ -43,7 +45,7 @@ pub fn shift<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> 
     let count_mask = if size == 8 { 0x3F } else { 0x1F };
     let cnt = read_op(cpu, m, insn, 1, 1)? & count_mask;
     if cnt == 0 {
-        return Ok(());
+        return zero_count(cpu, d, size, a);
     }
     let mk = mask(size);
     let cf_in = cpu.rflags & CF;
@@ -133,12 +135,22 @@ pub fn shxd<const LEFT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) 
     let count_mask = if size == 8 { 0x3F } else { 0x1F };
     let cnt = read_op(cpu, m, insn, 2, 1)? & count_mask;
     if cnt == 0 {
-        return Ok(());
+        return zero_count(cpu, d, size, a);
     }
     let mk = mask(size);
-    // Treat dst:src (SHLD) or src:dst (SHRD) as one wide value; for 16-bit operands
-    // with counts above 16 (undefined) the source pattern repeats, as on Intel parts.
-    let (r, cf) = if LEFT {
+    // 32- and 64-bit operands: the count is below the width.
+    // 16-bit operands: treat dst:src (SHLD) or src:dst (SHRD) as one wide value;
+    // for counts above 16 (undefined) the source pattern repeats, as on Intel
+    // parts.
+    let (r, cf) = if size >= 4 {
+        if LEFT {
+            let r = ((a << cnt) | (src >> (bits - cnt))) & mk;
+            (r, (a >> (bits - cnt)) & 1)
+        } else {
+            let r = ((a >> cnt) | (src << (bits - cnt))) & mk;
+            (r, (a >> (cnt - 1)) & 1)
+        }
+    } else if LEFT {
         let wide = (u128::from(a) << (2 * bits)) | (u128::from(src) << bits) | u128::from(a);
         let r = ((wide << cnt) >> (2 * bits)) as u64 & mk;
         let cf = ((wide << (cnt - 1)) >> (3 * bits - 1)) as u64 & 1;
@@ -153,4 +165,13 @@ pub fn shxd<const LEFT: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) 
     let f = szp(r, size) | (cf * CF) | (of * OF);
     crate::interp::flags::set(cpu, ARITH, f);
     store(cpu, m, d, size, r)
+}
+
+/// A masked count of zero: no flag changes, and a 32-bit register destination
+/// is written back (zero-extended); memory is left alone.
+fn zero_count(cpu: &mut CpuState, d: Loc, size: u32, a: u64) -> Exec {
+    if let (Loc::Reg(idx, shift), 4) = (d, size) {
+        set_gpr(cpu, idx, shift, 4, a);
+    }
+    Ok(())
 }
