@@ -504,11 +504,10 @@ fn difftest_sse_campaign_compares_past_the_sse_stub() {
     assert!(compared > 3 * 700, "{compared}");
 }
 
-/// The strict long-mode campaign: no divergence outside the allow-list. Ignored
-/// until x86bt's 64-bit SHLD/SHRD, zero-count 32-bit shifts and CMPXCHG r32
-/// agree with QEMU (docs/difftest.md, "Long mode").
+/// The strict long-mode campaign: no divergence outside the allow-list (it
+/// found x86bt's 64-bit SHLD/SHRD, zero-count 32-bit shift and CMPXCHG r32
+/// bugs, since fixed; docs/difftest.md, "Long mode").
 #[test]
-#[ignore = "open x86bt 64-bit divergences, see docs/difftest.md"]
 fn difftest_campaign_long_mode_has_no_divergence() {
     campaign_of("long", "interp", "2026", 20, 200);
 }

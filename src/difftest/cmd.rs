@@ -69,6 +69,12 @@ pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
     } else {
         return super::campaign::run(a, setup);
     }
+    // QEMU's default qemu32 model lacks NX, so it would ignore the EFER.NXE
+    // a kernel sets (x86bt reports NX; EFER is compared).
+    setup.qemu_extra.extend([
+        "-cpu".to_string(),
+        "qemu32,+nx,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt".to_string(),
+    ]);
     let (outcome, secs) = lockstep(&setup)?;
     let mut out = std::io::stdout().lock();
     Ok(u8::from(report(&outcome, secs, &mut out)))

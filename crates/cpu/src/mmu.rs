@@ -531,10 +531,12 @@ fn walk(
     };
     // Address bits of an entry: 51:12 within MAXPHYADDR.
     let addr_mask: u64 = ((1u64 << MAXPHYADDR) - 1) & !0xFFF;
-    // Reserved bits 51:MAXPHYADDR (SDM vol. 3A Tables 4-9 to 4-11, 4-14 to 4-19),
-    // and bit 63 without NXE.
+    // Reserved above MAXPHYADDR: bits 62:M in PAE paging (SDM vol. 3A Tables
+    // 4-8 to 4-11), bits 51:M in 4-level paging, where 62:52 are ignored
+    // (Tables 4-14 to 4-19); and bit 63 without NXE.
+    let top = if long { 52 } else { 63 };
     let rsvd_high: u64 =
-        (((1u64 << 52) - 1) & !((1u64 << MAXPHYADDR) - 1)) | if nxe { 0 } else { NX };
+        (((1u64 << top) - 1) & !((1u64 << MAXPHYADDR) - 1)) | if nxe { 0 } else { NX };
     // Levels: (entry address, entry) from the top down.
     let mut levels: [(u64, u64); 4] = [(0, 0); 4];
     let mut n = 0;
