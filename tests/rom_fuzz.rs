@@ -186,7 +186,12 @@ fn machine_with(seed: u64, long: bool) -> Vm {
 /// the runs ended, by kind.
 fn fuzz(long: bool, n: u64) -> std::collections::BTreeMap<String, u64> {
     let mut ends = std::collections::BTreeMap::new();
-    for seed in 0..n {
+    // X86BT_ROM_FIRST=s starts at seed s (to run one program again).
+    let first: u64 = std::env::var("X86BT_ROM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for seed in first..first + n {
         let mut vm = machine_with(seed, long);
         let out = vm.run(BUDGET);
         assert!(
