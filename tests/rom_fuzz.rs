@@ -185,12 +185,17 @@ fn machine_with(seed: u64, long: bool) -> Vm {
 /// Runs `n` random programs in one mode; panics on a divergence. Returns how
 /// the runs ended, by kind.
 fn fuzz(long: bool, n: u64) -> std::collections::BTreeMap<String, u64> {
-    let mut ends = std::collections::BTreeMap::new();
     // X86BT_ROM_FIRST=s starts at seed s (to run one program again).
     let first: u64 = std::env::var("X86BT_ROM_FIRST")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    fuzz_from(long, first, n)
+}
+
+/// Runs the programs of seeds `first..first + n`.
+fn fuzz_from(long: bool, first: u64, n: u64) -> std::collections::BTreeMap<String, u64> {
+    let mut ends = std::collections::BTreeMap::new();
     for seed in first..first + n {
         let mut vm = machine_with(seed, long);
         let out = vm.run(BUDGET);
@@ -225,4 +230,21 @@ fn lockstep_random_64bit_code_finds_no_divergence() {
     let n = programs();
     let ends = fuzz(true, n);
     eprintln!("{n} random 64-bit programs agree; ends: {ends:?}");
+}
+
+/// Regression (64-bit seed 449): the random code moves its stack onto its own
+/// page directory and pops an entry the page walk of a later access in the same
+/// unit marks accessed. Lockstep must undo the first run's accessed/dirty
+/// writes with its other writes, or the second run pops the marked entry.
+#[test]
+fn lockstep_undoes_page_walk_accessed_bits_between_runs() {
+    fuzz_from(true, 449, 1);
+}
+
+/// Regression (32-bit seed 9170): `ret 0xffff` at linear 0 returning to
+/// itself; the interpreter ends such a unit with an event (its restart check),
+/// the translator with a plain end, and the states agree.
+#[test]
+fn lockstep_accepts_either_exit_for_a_unit_that_branches_to_itself() {
+    fuzz_from(false, 9170, 1);
 }

@@ -74,6 +74,12 @@ pub mod efer {
 /// reserved bits of PAE and 4-level paging entries.
 pub const MAXPHYADDR: u32 = 40;
 
+/// Set in the address of an `undo_log` entry that a page walk's accessed or
+/// dirty write made: it is undone with the rest, but it is the CPU's own
+/// bookkeeping, not a write of the instruction, so lockstep does not compare
+/// it (one engine's TLB may hit where the other walks).
+pub const UNDO_WALK: u64 = 1 << 63;
+
 /// Whether `a` is canonical: bits 63:47 all equal (48-bit linear addresses,
 /// SDM vol. 1 §3.3.7.1).
 #[inline(always)]
@@ -634,6 +640,16 @@ fn walk(
             v |= D;
         }
         if v != *e {
+            // Lockstep puts memory back after the first engine's run: the
+            // walk's accessed/dirty writes must be undone with the rest, or
+            // the second run sees entries the first one marked.
+            if cpu.log_undo {
+                let width = if pae_wide { 8 } else { 4 };
+                for i in 0..width {
+                    let p = GuestPhys(addr + i);
+                    cpu.undo_log.push((p.0 | UNDO_WALK, m.mem.read_u8(p)));
+                }
+            }
             write_pte(m, *addr, v, pae_wide);
         }
     }

@@ -82,16 +82,19 @@ fn take_writes(
     wrote.extend(final_bytes(m, &c.undo_log));
     log.append(&mut c.write_log);
     for &(p, old) in c.undo_log.iter().rev() {
-        m.mem.write_u8(GuestPhys(p), old);
+        m.mem
+            .write_u8(GuestPhys(p & !x86bt_cpu::mmu::UNDO_WALK), old);
     }
     c.undo_log.clear();
     // Memory is as before, so every cached unit is still right.
     m.mem.keep_code_marks();
 }
 
-/// Final value of every byte in an undo log.
+/// Final value of every byte an instruction wrote, from an undo log (the page
+/// walks' accessed/dirty entries, marked `UNDO_WALK`, left out).
 fn final_bytes(m: &Machine, undo: &[(u64, u8)]) -> BTreeMap<u64, u8> {
     undo.iter()
+        .filter(|&&(p, _)| p & x86bt_cpu::mmu::UNDO_WALK == 0)
         .map(|&(p, _)| (p, m.mem.read_u8(GuestPhys(p))))
         .collect()
 }
@@ -199,6 +202,7 @@ impl Lockstep {
             std::mem::take(&mut cpu.write_log),
             std::mem::take(&mut cpu.undo_log),
         );
+        let start_rip = cpu.rip;
         // The translator first, on a copy; its writes are recorded and undone.
         let mut cj = cpu.clone();
         cj.log_writes = true;
@@ -252,12 +256,16 @@ impl Lockstep {
 
         let mut diffs = Vec::new();
         // Continue and Event say where a unit ended, not what the guest did:
-        // once the interpreter ran more than one unit they may differ; the
-        // run loop then looks (Event). Any other exit must be the same.
+        // once the interpreter ran more than one unit they may differ, and so
+        // they may for a unit that ends by branching to its own start (the
+        // interpreter takes an instruction whose next RIP is its own as a
+        // restarting REP and ends with an event); the run loop then looks
+        // (Event). Any other exit must be the same.
         let plain = |e: &UnitExit| matches!(e, UnitExit::Continue | UnitExit::Event);
+        let same_place = cpu.rip == start_rip && cj.rip == start_rip;
         let exit = if exit_i == exit_t {
             exit_i
-        } else if rounds > 1 && plain(&exit_i) && plain(&exit_t) {
+        } else if (rounds > 1 || same_place) && plain(&exit_i) && plain(&exit_t) {
             UnitExit::Event
         } else {
             diffs.push(format!("unit exit: interp {exit_i:?}, jit {exit_t:?}"));
