@@ -77,7 +77,7 @@ fn tss64_stack(cpu: &mut CpuState, m: &mut Machine, off: u64) -> Result<u64, Exc
 
 /// The SS a privilege change in IA-32e mode loads: a null selector whose RPL
 /// is the new CPL, usable as a flat stack (its DPL gives the CPL).
-fn null_stack(cpl: u8) -> Segment {
+pub(crate) fn null_stack(cpl: u8) -> Segment {
     Segment {
         selector: u16::from(cpl),
         attrs: seg_attr::P
@@ -339,29 +339,8 @@ pub fn syscall(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     cpu.gpr[11] = cpu.rflags & !RF;
     cpu.rflags &= !(cpu.msr.fmask | RF);
     cpu.rflags |= FIXED1;
-    cpu.seg[sreg::CS] = Segment {
-        selector: sel,
-        attrs: seg_attr::P
-            | seg_attr::S
-            | seg_attr::CODE
-            | seg_attr::RW
-            | seg_attr::ACCESSED
-            | seg_attr::L
-            | seg_attr::G,
-        limit: 0xFFFF_FFFF,
-        base: 0,
-    };
-    cpu.seg[sreg::SS] = Segment {
-        selector: sel.wrapping_add(8),
-        attrs: seg_attr::P
-            | seg_attr::S
-            | seg_attr::RW
-            | seg_attr::ACCESSED
-            | seg_attr::DB
-            | seg_attr::G,
-        limit: 0xFFFF_FFFF,
-        base: 0,
-    };
+    cpu.seg[sreg::CS] = flat_code(sel, 0, true);
+    cpu.seg[sreg::SS] = flat_data(sel.wrapping_add(8), 0);
     cpu.next_rip = if from_64 {
         cpu.msr.lstar
     } else {
@@ -388,25 +367,8 @@ pub fn sysret(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     }
     let base = ((cpu.msr.star >> 48) & 0xFFFF) as u16;
     let cs_sel = if to_64 { base.wrapping_add(16) } else { base } | 3;
-    let code = seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW | seg_attr::ACCESSED;
-    cpu.seg[sreg::CS] = Segment {
-        selector: cs_sel,
-        attrs: code | (3 << 5) | seg_attr::G | if to_64 { seg_attr::L } else { seg_attr::DB },
-        limit: 0xFFFF_FFFF,
-        base: 0,
-    };
-    cpu.seg[sreg::SS] = Segment {
-        selector: base.wrapping_add(8) | 3,
-        attrs: seg_attr::P
-            | seg_attr::S
-            | seg_attr::RW
-            | seg_attr::ACCESSED
-            | seg_attr::DB
-            | seg_attr::G
-            | (3 << 5),
-        limit: 0xFFFF_FFFF,
-        base: 0,
-    };
+    cpu.seg[sreg::CS] = flat_code(cs_sel, 3, to_64);
+    cpu.seg[sreg::SS] = flat_data(base.wrapping_add(8) | 3, 3);
     cpu.rflags = (cpu.gpr[11] & 0x3C_7FD7) | FIXED1;
     cpu.next_rip = if to_64 { rcx } else { rcx & 0xFFFF_FFFF };
     Ok(())
@@ -653,7 +615,8 @@ pub fn sysexit(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// The flat code segment SYSENTER/SYSEXIT load: 64-bit (L) or 32-bit (D).
+/// The flat code segment SYSCALL/SYSRET and SYSENTER/SYSEXIT load: 64-bit
+/// (L) or 32-bit (D).
 fn flat_code(selector: u16, dpl: u16, long: bool) -> Segment {
     Segment {
         selector,
@@ -670,7 +633,7 @@ fn flat_code(selector: u16, dpl: u16, long: bool) -> Segment {
     }
 }
 
-/// The flat stack segment SYSENTER/SYSEXIT load.
+/// The flat stack segment SYSCALL/SYSRET and SYSENTER/SYSEXIT load.
 fn flat_data(selector: u16, dpl: u16) -> Segment {
     Segment {
         selector,

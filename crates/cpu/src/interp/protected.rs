@@ -173,13 +173,7 @@ pub fn load_seg_pm(cpu: &mut CpuState, m: &mut Machine, s: usize, sel: u16, ts: 
             if mmu::in_64bit(cpu) && cpl < 3 && (sel & 3) as u8 == cpl {
                 cpu.seg[s] = Segment {
                     selector: sel,
-                    attrs: seg_attr::P
-                        | seg_attr::S
-                        | seg_attr::RW
-                        | seg_attr::ACCESSED
-                        | (u16::from(cpl) << 5),
-                    limit: 0xFFFF_FFFF,
-                    base: 0,
+                    ..super::long::null_stack(cpl)
                 };
                 return Ok(());
             }
@@ -644,13 +638,7 @@ pub fn far_return(cpu: &mut CpuState, m: &mut Machine, size: u32, imm: u64) -> E
     let new_ss = if to_64 && new_ss_sel & 0xFFFC == 0 && rpl < 3 {
         Segment {
             selector: new_ss_sel,
-            attrs: seg_attr::P
-                | seg_attr::S
-                | seg_attr::RW
-                | seg_attr::ACCESSED
-                | (u16::from(rpl) << 5),
-            limit: 0xFFFF_FFFF,
-            base: 0,
+            ..super::long::null_stack(rpl)
         }
     } else {
         check_return_ss(cpu, m, new_ss_sel, rpl)?
