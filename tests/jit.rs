@@ -452,15 +452,19 @@ fn instruction_pointer_wraps_at_the_code_size() {
 /// for CI): no divergence, panic or hang. Such ROMs found two classes, both
 /// fixed: units of different lengths compared at different instructions (code
 /// that writes into the zeroed RAM it runs from), and IP that did not wrap at
-/// 0xFFFF. `X86BT_ROM_FUZZ=n` runs more ROMs.
+/// 0xFFFF. `X86BT_ROM_FUZZ=n` runs more ROMs, `X86BT_ROM_FIRST=s` from seed s.
 #[test]
 fn lockstep_random_rom_fuzz_finds_no_divergence() {
-    let roms: u64 = std::env::var("X86BT_ROM_FUZZ")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let roms = env("X86BT_ROM_FUZZ", 24);
+    let first = env("X86BT_ROM_FIRST", 0);
     let mut caught_up = 0u64;
-    for seed in 0..roms {
+    for seed in first..first + roms {
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let rom: Vec<u8> = (0..0x1_0000)
             .map(|_| {
@@ -487,5 +491,8 @@ fn lockstep_random_rom_fuzz_finds_no_divergence() {
             })
             .unwrap_or(0);
     }
-    eprintln!("{roms} random ROMs agree; {caught_up} units run on to a boundary");
+    eprintln!(
+        "{roms} random ROMs (seeds {first}..{}) agree; {caught_up} units run on to a boundary",
+        first + roms
+    );
 }
