@@ -12,7 +12,8 @@
 //! XRSTOR against the host through their own small host runs (their memory is
 //! outside the harness's image). Faults (#UD, #NM, #GP, #MF) are checked
 //! against the SDM's exception lists. The 64-bit-only forms (REX.W: MOVQ r64,
-//! PEXTRQ, PINSRQ, CRC32 r64, POPCNT r64, XSAVE64...) wait for 64-bit mode.
+//! PEXTRQ, PINSRQ, CRC32 r64, POPCNT r64, PCMPESTRx64, CVT* r64...) are in
+//! tests/sse_long.rs, with the guest in 64-bit mode.
 
 #[cfg(target_arch = "x86_64")]
 mod simd;

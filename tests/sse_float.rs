@@ -1123,10 +1123,10 @@ mod faults {
 }
 
 // ---------------------------------------------------------------------------
-// The 64-bit GPR conversions. The oracle's guest runs 32-bit code, where
-// their REX.W forms do not exist, so the numeric core they share with the
-// 32-bit forms (`soft::to_int` / `soft::from_int` at 64 bits) is compared
-// with the host running the 64-bit instruction.
+// The 64-bit GPR conversions' numeric core (`soft::to_int` /
+// `soft::from_int` at 64 bits, shared with the 32-bit forms), compared with
+// the host running the 64-bit instruction under the 16 MXCSR modes. The whole
+// instructions run in a 64-bit guest in tests/sse_long.rs.
 // ---------------------------------------------------------------------------
 
 #[cfg(target_arch = "x86_64")]

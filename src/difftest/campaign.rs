@@ -46,6 +46,10 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
     let mut out = std::io::stdout().lock();
     let (mut agree, mut allowed, mut diverged, mut compared) = (0u64, 0u64, 0u64, 0u64);
     let mut allowed_names = std::collections::BTreeMap::<&str, u64>::new();
+    // With --continue-allowed, programs run on past allowed divergences:
+    // those are counted per entry here, not printed one by one.
+    let mut continued_names = std::collections::BTreeMap::<&str, u64>::new();
+    setup.quiet_continue = true;
     let start = Instant::now();
     for index in indices {
         let p = gen::generate_with(mode, a.seed, index, a.len, a.sse);
@@ -57,6 +61,11 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
         setup.bios = rom.clone();
         setup.max_insns = a.max_insns;
         let (o, secs) = lockstep(&setup)?;
+        if let Outcome::Agree { continued, .. } | Outcome::Diverged { continued, .. } = &o {
+            for name in continued {
+                *continued_names.entry(name).or_default() += 1;
+            }
+        }
         if std::env::var_os("X86BT_KEEP_ROM").is_none() {
             let _ = std::fs::remove_file(&rom);
         }
@@ -85,6 +94,9 @@ pub fn run(a: &DifftestArgs, mut setup: DiffSetup) -> Result<u8, Error> {
     let secs = start.elapsed().as_secs_f64();
     for (name, n) in &allowed_names {
         let _ = writeln!(out, "allowed {n}: {name}");
+    }
+    for (name, n) in &continued_names {
+        let _ = writeln!(out, "continued past {n}: {name}");
     }
     let _ = writeln!(
         out,

@@ -45,6 +45,7 @@ pub fn difftest_cmd(a: &DifftestArgs) -> Result<u8, Error> {
         history: a.history,
         inject_bug: a.inject_bug,
         continue_allowed: a.continue_allowed,
+        quiet_continue: false,
         engine: a.engine,
     };
     if let Some(bios) = &a.bios {

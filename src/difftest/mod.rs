@@ -55,6 +55,9 @@ pub struct DiffSetup {
     pub inject_bug: Option<u64>,
     /// On an allowed divergence, take QEMU's values and go on comparing.
     pub continue_allowed: bool,
+    /// Whether a continued allowed divergence goes unreported on stderr (a
+    /// campaign counts them instead).
+    pub quiet_continue: bool,
     /// The engine x86bt runs each instruction on (one instruction per unit).
     pub engine: crate::cli::Engine,
 }
@@ -79,6 +82,9 @@ pub enum Outcome {
         compared: u64,
         /// Whether the guest halted (the end of a test program).
         halted: bool,
+        /// With `--continue-allowed`: the allow-list entries passed on the
+        /// way, one per forgiven instruction.
+        continued: Vec<&'static str>,
     },
     /// A divergence on the allow-list.
     Allowed {
@@ -99,6 +105,11 @@ pub enum Outcome {
         history: Vec<String>,
         /// What differs.
         diffs: Vec<FieldDiff>,
+        /// What the instruction read, on x86bt before it ran (registers,
+        /// MXCSR and the memory operand), to judge the divergence by.
+        inputs: Vec<String>,
+        /// With `--continue-allowed`: the allow-list entries passed before it.
+        continued: Vec<&'static str>,
     },
 }
 
@@ -372,6 +383,20 @@ fn adopt_diffs(vm: &mut Vm, diffs: &[FieldDiff]) {
             vm.cpu.rip = d.qemu;
         } else if d.name == "eflags" {
             vm.cpu.rflags = (vm.cpu.rflags & !0xFFFF_FFFF) | d.qemu;
+        } else if d.name == "mxcsr" {
+            x86bt_cpu::interp::sse::set_mxcsr(&mut vm.cpu, d.qemu as u32);
+        } else if let Some((i, half)) = d
+            .name
+            .strip_prefix("xmm")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, h)| Some((i.parse::<usize>().ok()?, h)))
+        {
+            let v = x86bt_cpu::interp::sse::xmm(&vm.cpu, i);
+            let v = match half {
+                "lo" => (v & !u128::from(u64::MAX)) | u128::from(d.qemu),
+                _ => (v & u128::from(u64::MAX)) | (u128::from(d.qemu) << 64),
+            };
+            x86bt_cpu::interp::sse::set_xmm(&mut vm.cpu, i, v);
         } else if let Some(a) = d.name.strip_prefix("mem[").and_then(|r| r.get(..8)) {
             if let Ok(a) = u64::from_str_radix(a, 16) {
                 let saved = vm.cpu.log_writes;
@@ -504,6 +529,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
     vm.cpu.log_writes = true;
     let mut compared = 0u64;
     let mut done = 0u64;
+    let mut continued = Vec::new();
     while compared < setup.max_insns {
         done += 1;
         let skipping = done <= setup.skip;
@@ -522,6 +548,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 Outcome::Agree {
                     compared,
                     halted: true,
+                    continued: std::mem::take(&mut continued),
                 },
                 start.elapsed().as_secs_f64(),
             ));
@@ -610,6 +637,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                     Outcome::Agree {
                         compared,
                         halted: true,
+                        continued,
                     },
                     start.elapsed().as_secs_f64(),
                 ));
@@ -630,35 +658,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
             diffs = compare_segments(&vm, &segs);
         }
         if diffs.is_empty() {
-            let log = std::mem::take(&mut vm.cpu.write_log);
-            for &(lin, size) in &log {
-                let Ok(theirs) = q.memory(lin, size as usize) else {
-                    push_diff(
-                        &mut diffs,
-                        &format!("mem[{lin:08x}] (unreadable in qemu)"),
-                        0,
-                        u64::MAX,
-                    );
-                    continue;
-                };
-                for (i, t) in theirs.iter().enumerate() {
-                    let a = lin.wrapping_add(i as u64) & lin_mask(&before);
-                    vm.cpu.log_writes = false;
-                    let ours = x86bt_cpu::mmu::read_lin_as(
-                        &mut vm.cpu,
-                        &mut vm.machine,
-                        x86bt_machine::Linear(a),
-                        1,
-                        false,
-                    )
-                    .unwrap_or(0);
-                    vm.cpu.log_writes = true;
-                    if accessed_bit_only(&before, a, ours, u64::from(*t)) {
-                        continue;
-                    }
-                    push_diff(&mut diffs, &format!("mem[{a:08x}]"), ours, u64::from(*t));
-                }
-            }
+            diffs = memory_diffs(&mut vm, &mut q, &before);
         }
         if !diffs.is_empty() {
             let unassigned = allow::mem_linear(&ins, &before).is_some_and(|lin| {
@@ -685,8 +685,15 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 unassigned,
             }) {
                 if setup.continue_allowed {
-                    eprintln!("allowed divergence at instruction {compared}: {}; continuing with QEMU's values", a.name);
+                    if !setup.quiet_continue {
+                        eprintln!("allowed divergence at instruction {compared}: {}; continuing with QEMU's values", a.name);
+                    }
+                    continued.push(a.name);
+                    // The bytes x86bt wrote (an exception frame QEMU did not
+                    // push, say) take QEMU's values too.
+                    let mem = memory_diffs(&mut vm, &mut q, &before);
                     adopt_diffs(&mut vm, &diffs);
+                    adopt_diffs(&mut vm, &mem);
                     continue;
                 }
                 return Ok((
@@ -698,12 +705,15 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                     start.elapsed().as_secs_f64(),
                 ));
             }
+            let inputs = inputs_of(&mut vm, &before, &ins);
             return Ok((
                 Outcome::Diverged {
                     at: compared,
                     addr,
                     history: history.into_iter().collect(),
                     diffs,
+                    inputs,
+                    continued,
                 },
                 start.elapsed().as_secs_f64(),
             ));
@@ -713,6 +723,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
                 Outcome::Agree {
                     compared,
                     halted: true,
+                    continued: std::mem::take(&mut continued),
                 },
                 start.elapsed().as_secs_f64(),
             ));
@@ -722,15 +733,122 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         Outcome::Agree {
             compared,
             halted: false,
+            continued,
         },
         start.elapsed().as_secs_f64(),
     ))
 }
 
+/// The bytes x86bt's instruction wrote (its write log, which this consumes)
+/// that differ from QEMU's memory there, byte by byte; the accessed bit of a
+/// descriptor is not counted (see [`accessed_bit_only`]).
+fn memory_diffs(vm: &mut Vm, q: &mut Qemu, before: &x86bt_cpu::CpuState) -> Vec<FieldDiff> {
+    let mut diffs = Vec::new();
+    let log = std::mem::take(&mut vm.cpu.write_log);
+    for &(lin, size) in &log {
+        let Ok(theirs) = q.memory(lin, size as usize) else {
+            push_diff(
+                &mut diffs,
+                &format!("mem[{lin:08x}] (unreadable in qemu)"),
+                0,
+                u64::MAX,
+            );
+            continue;
+        };
+        for (i, t) in theirs.iter().enumerate() {
+            let a = lin.wrapping_add(i as u64) & lin_mask(before);
+            vm.cpu.log_writes = false;
+            let ours = x86bt_cpu::mmu::read_lin_as(
+                &mut vm.cpu,
+                &mut vm.machine,
+                x86bt_machine::Linear(a),
+                1,
+                false,
+            )
+            .unwrap_or(0);
+            vm.cpu.log_writes = true;
+            if accessed_bit_only(before, a, ours, u64::from(*t)) {
+                continue;
+            }
+            push_diff(&mut diffs, &format!("mem[{a:08x}]"), ours, u64::from(*t));
+        }
+    }
+    diffs
+}
+
+/// The values `ins` read, as x86bt held them before it ran (`before`): the
+/// registers it reads (general-purpose at their size, XMM as 128 bits), MXCSR
+/// for SSE instructions, and the bytes of its explicit memory operand.
+fn inputs_of(vm: &mut Vm, before: &x86bt_cpu::CpuState, ins: &Instruction) -> Vec<String> {
+    use iced_x86::{InstructionInfoFactory, OpAccess, Register};
+    let mut out = Vec::new();
+    let mut f = InstructionInfoFactory::new();
+    let info = f.info(ins);
+    let mut sse = false;
+    for u in info.used_registers() {
+        if !matches!(
+            u.access(),
+            OpAccess::Read | OpAccess::ReadWrite | OpAccess::CondRead | OpAccess::ReadCondWrite
+        ) {
+            continue;
+        }
+        let r = u.register();
+        if r.is_xmm() {
+            sse = true;
+            let i = r as usize - Register::XMM0 as usize;
+            out.push(
+                format!("{r:?}={:#034x}", x86bt_cpu::interp::sse::xmm(before, i)).to_lowercase(),
+            );
+        } else if r.is_gpr() {
+            let full = r.full_register() as usize - Register::RAX as usize;
+            let v = before.gpr[full];
+            let v = match r.size() {
+                1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+                    (v >> 8) & 0xFF
+                }
+                n if n < 8 => v & ((1u64 << (8 * n)) - 1),
+                _ => v,
+            };
+            out.push(format!("{r:?}={v:#x}").to_lowercase());
+        }
+    }
+    if sse {
+        out.push(format!(
+            "mxcsr={:#x}",
+            x86bt_cpu::interp::sse::mxcsr(before)
+        ));
+    }
+    let size = ins.memory_size().size().min(16) as u64;
+    if let Some(lin) = allow::mem_linear(ins, before).filter(|_| size > 0) {
+        let mut probe = before.clone();
+        probe.log_writes = false;
+        let bytes: Option<Vec<u8>> = (0..size)
+            .map(|i| {
+                x86bt_cpu::mmu::read_lin_as(
+                    &mut probe,
+                    &mut vm.machine,
+                    x86bt_machine::Linear(lin.wrapping_add(i) & lin_mask(before)),
+                    1,
+                    false,
+                )
+                .ok()
+                .map(|b| b as u8)
+            })
+            .collect();
+        if let Some(b) = bytes {
+            let le: String = b.iter().rev().map(|x| format!("{x:02x}")).collect();
+            out.push(format!("mem[{lin:#x}]=0x{le}"));
+        }
+    }
+    out
+}
+
 /// Prints an outcome; returns whether it is a failure.
 pub fn report(o: &Outcome, secs: f64, out: &mut dyn std::io::Write) -> bool {
     match o {
-        Outcome::Agree { compared, halted } => {
+        Outcome::Agree {
+            compared, halted, ..
+        } => {
             let _ = writeln!(
                 out,
                 "agree: {compared} instructions compared in {secs:.2} s ({:.0} instructions/s){}",
@@ -751,6 +869,8 @@ pub fn report(o: &Outcome, secs: f64, out: &mut dyn std::io::Write) -> bool {
             addr,
             history,
             diffs,
+            inputs,
+            ..
         } => {
             let _ = writeln!(
                 out,
@@ -763,6 +883,9 @@ pub fn report(o: &Outcome, secs: f64, out: &mut dyn std::io::Write) -> bool {
             let _ = writeln!(out, "{:<14} {:>18} {:>18}", "field", "x86bt", "qemu");
             for d in diffs {
                 let _ = writeln!(out, "{:<14} {:>#18x} {:>#18x}", d.name, d.ours, d.qemu);
+            }
+            if !inputs.is_empty() {
+                let _ = writeln!(out, "inputs: {}", inputs.join(" "));
             }
             true
         }

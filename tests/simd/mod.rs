@@ -42,6 +42,9 @@ const BLOCK: usize = 256;
 const GUEST_BLOCK: u64 = 0x2_0000;
 /// Where the guest's instruction is.
 const GUEST_CODE: u64 = 0x1_0000;
+/// The 64-bit guest's page tables: a PML4, a PDPT and a PD that maps the
+/// first 2 MiB with one large page, identity.
+const GUEST_PML4: u64 = 0x3_0000;
 
 /// The state one instruction reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,10 +196,14 @@ pub fn host_run(ins: &Instruction, img: &Image) -> Image {
     out
 }
 
-/// `ins` (built for the host: 64-bit registers, `[rdi+MEM]`) as 32-bit guest
-/// code: the memory base becomes EDI.
-fn guest_instruction(ins: &Instruction) -> Instruction {
+/// `ins` (built for the host: 64-bit registers, `[rdi+MEM]`) as guest code:
+/// unchanged for the 64-bit guest; for the 32-bit one, the memory base
+/// becomes EDI.
+fn guest_instruction(ins: &Instruction, long: bool) -> Instruction {
     let mut g = *ins;
+    if long {
+        return g;
+    }
     for i in 0..g.op_count() {
         if g.op_kind(i) == OpKind::Memory {
             g.set_memory_base(Register::EDI);
@@ -219,7 +226,7 @@ pub fn guest_run_with(
     img: &Image,
     setup: impl FnOnce(&mut CpuState),
 ) -> Result<Image, Fault> {
-    let (mut cpu, mut m, insn) = guest_setup(ins, img, setup);
+    let (mut cpu, mut m, insn) = guest_setup(ins, img, false, setup);
     match exec_one(&mut cpu, &mut m, &insn) {
         Step::Fault(e) => Err(e),
         Step::Next | Step::End => Ok(guest_state(&cpu, &m)),
@@ -238,7 +245,7 @@ pub fn guest_fault(
     img: &Image,
     setup: impl FnOnce(&mut CpuState),
 ) -> (Option<Fault>, Image) {
-    let (mut cpu, mut m, insn) = guest_setup(ins, img, setup);
+    let (mut cpu, mut m, insn) = guest_setup(ins, img, false, setup);
     let fault = match exec_one(&mut cpu, &mut m, &insn) {
         Step::Fault(e) => Some(e),
         _ => None,
@@ -246,21 +253,34 @@ pub fn guest_fault(
     (fault, guest_state(&cpu, &m))
 }
 
+/// Runs `ins` in x86bt's interpreter in 64-bit mode (flat, identity paged),
+/// where REX.W forms and 64-bit general-purpose operands exist.
+pub fn guest_run64(ins: &Instruction, img: &Image) -> Result<Image, Fault> {
+    let (mut cpu, mut m, insn) = guest_setup(ins, img, true, |_| {});
+    match exec_one(&mut cpu, &mut m, &insn) {
+        Step::Fault(e) => Err(e),
+        Step::Next | Step::End => Ok(guest_state(&cpu, &m)),
+    }
+}
+
 fn guest_setup(
     ins: &Instruction,
     img: &Image,
+    long: bool,
     setup: impl FnOnce(&mut CpuState),
 ) -> (CpuState, Machine, Insn) {
-    let g = guest_instruction(ins);
+    let g = guest_instruction(ins, long);
+    let bits = if long { 64 } else { 32 };
     let bytes = {
         let block = InstructionBlock::new(std::slice::from_ref(&g), GUEST_CODE);
-        BlockEncoder::encode(32, block, BlockEncoderOptions::NONE)
+        BlockEncoder::encode(bits, block, BlockEncoderOptions::NONE)
             .expect("guest instruction encodes")
             .code_buffer
     };
     let decoded =
-        iced_x86::Decoder::with_ip(32, &bytes, GUEST_CODE, iced_x86::DecoderOptions::NONE).decode();
-    assert!(!decoded.is_invalid(), "{g} decodes in 32-bit code");
+        iced_x86::Decoder::with_ip(bits, &bytes, GUEST_CODE, iced_x86::DecoderOptions::NONE)
+            .decode();
+    assert!(!decoded.is_invalid(), "{g} decodes in {bits}-bit code");
     let mut m = Machine::flat(1 << 20).expect("machine");
     m.mem.load(GuestPhys(GUEST_CODE), &bytes).expect("code");
     m.mem
@@ -285,11 +305,34 @@ fn guest_setup(
         cpu.seg[s] = flat(false);
     }
     cpu.seg[sreg::CS] = flat(true);
+    let gpr_mask = if long {
+        use x86bt_cpu::mmu::efer;
+        // PML4[0] -> PDPT[0] -> PD[0]: a 2 MiB page at 0.
+        let pdpt = GUEST_PML4 + 0x1000;
+        let pd = GUEST_PML4 + 0x2000;
+        m.mem
+            .load(GuestPhys(GUEST_PML4), &(pdpt | 3).to_le_bytes())
+            .expect("pml4");
+        m.mem
+            .load(GuestPhys(pdpt), &(pd | 3).to_le_bytes())
+            .expect("pdpt");
+        m.mem
+            .load(GuestPhys(pd), &0x83u64.to_le_bytes())
+            .expect("pd");
+        cpu.cr3 = GUEST_PML4;
+        cpu.cr4 |= x86bt_cpu::mmu::cr4::PAE;
+        cpu.efer = efer::LME | efer::LMA;
+        cpu.cr0 |= cr0::PG;
+        cpu.seg[sreg::CS].attrs = (cpu.seg[sreg::CS].attrs & !seg_attr::DB) | seg_attr::L;
+        u64::MAX
+    } else {
+        0xFFFF_FFFF
+    };
     cpu.rip = GUEST_CODE;
     cpu.gpr[7] = GUEST_BLOCK;
-    cpu.gpr[0] = img.gpr[0] & 0xFFFF_FFFF;
-    cpu.gpr[1] = img.gpr[1] & 0xFFFF_FFFF;
-    cpu.gpr[2] = img.gpr[2] & 0xFFFF_FFFF;
+    cpu.gpr[0] = img.gpr[0] & gpr_mask;
+    cpu.gpr[1] = img.gpr[1] & gpr_mask;
+    cpu.gpr[2] = img.gpr[2] & gpr_mask;
     cpu.rflags = 2 | (img.flags & ARITH_FLAGS);
     for (i, x) in img.xmm.iter().enumerate() {
         x86bt_cpu::interp::sse::set_xmm(&mut cpu, i, *x);
@@ -300,7 +343,7 @@ fn guest_setup(
     }
     x86bt_cpu::interp::sse::set_mxcsr(&mut cpu, img.mxcsr);
     setup(&mut cpu);
-    let insn = Insn::prepare(&decoded, 32);
+    let insn = Insn::prepare(&decoded, bits);
     (cpu, m, insn)
 }
 
@@ -360,6 +403,15 @@ pub fn check_against_host(ins: &Instruction, img: &Image) {
         *g &= 0xFFFF_FFFF;
     }
     assert_eq!(got32, want32, "{ins} on {img:x?}");
+}
+
+/// Checks `ins` against the host in 64-bit mode: the guest must not fault and
+/// must leave the same image, all 64 bits of RAX/RCX/RDX included.
+pub fn check_against_host64(ins: &Instruction, img: &Image) {
+    let want = host_run(ins, img);
+    let got =
+        guest_run64(ins, img).unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
+    assert_eq!(got, want, "{ins} (64-bit mode) on {img:x?}");
 }
 
 /// Builds `code` with operands, for tests: `ins(Code::Addps_xmm_xmmm128, &[X(0), X(1)])`.
