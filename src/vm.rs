@@ -309,6 +309,7 @@ impl Vm {
             if self.cpu.icount >= max_insns {
                 return RunOutcome::InstructionLimit;
             }
+            self.report_guest_errors();
             if self
                 .stop_flag
                 .as_ref()
@@ -443,6 +444,24 @@ impl Vm {
         skip
     }
 
+    /// Prints the guest errors the machine recorded (a BAR programmed onto
+    /// another range, an MSI nobody takes) with `X86BT_TRACE=guest_errors`,
+    /// QEMU's `-d guest_errors`; drops them otherwise.
+    fn report_guest_errors(&mut self) {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let errors = self.machine.take_guest_errors();
+        if errors.is_empty()
+            || !*ON.get_or_init(|| {
+                std::env::var("X86BT_TRACE").is_ok_and(|v| v.contains("guest_errors"))
+            })
+        {
+            return;
+        }
+        for e in errors {
+            eprintln!("x86bt: guest error at instruction {}: {e}", self.cpu.icount);
+        }
+    }
+
     /// A system reset: the CPU and devices return to their reset state; RAM is
     /// kept, the BIOS window reads ROM again; a directly booted kernel is
     /// loaded and entered again ([`Vm::reboot`]).
@@ -450,9 +469,7 @@ impl Vm {
         let icount = self.cpu.icount;
         self.cpu = CpuState::reset();
         self.cpu.icount = icount;
-        for d in self.machine.ports.devices_mut() {
-            d.reset();
-        }
+        self.machine.reset_devices();
         self.machine.ctl.set_a20(true);
         self.machine.mem.set_a20(true);
         for i in 0..7 {

@@ -684,22 +684,17 @@ fn walk(
     Ok(GuestPhys((phys_page << 12) | (lin & 0xFFF)))
 }
 
-fn mem_read(m: &Machine, p: GuestPhys, size: u32) -> u64 {
-    match size {
-        1 => u64::from(m.mem.read_u8(p)),
-        2 => u64::from(u16::from_le_bytes(m.mem.read::<2>(p))),
-        4 => u64::from(u32::from_le_bytes(m.mem.read::<4>(p))),
-        _ => u64::from_le_bytes(m.mem.read::<8>(p)),
-    }
+/// A data read of guest-physical memory: RAM, ROM or memory-mapped I/O
+/// ([`Machine::read_phys`]).
+#[inline]
+fn mem_read(m: &mut Machine, p: GuestPhys, size: u32) -> u64 {
+    m.read_phys(p, size as usize)
 }
 
+/// A data write of guest-physical memory ([`Machine::write_phys`]).
+#[inline]
 fn mem_write(m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
-    match size {
-        1 => m.mem.write_u8(p, value as u8),
-        2 => m.mem.write::<2>(p, (value as u16).to_le_bytes()),
-        4 => m.mem.write::<4>(p, (value as u32).to_le_bytes()),
-        _ => m.mem.write::<8>(p, value.to_le_bytes()),
-    }
+    m.write_phys(p, size as usize, value);
 }
 
 /// Logs a write of `size` bytes at `lin` (the first `first` bytes at `p1`, the
@@ -760,7 +755,7 @@ pub fn read_lin_as(
         } else {
             p2.add(i - first)
         };
-        v |= u64::from(m.mem.read_u8(p)) << (8 * i);
+        v |= mem_read(m, p, 1) << (8 * i);
     }
     Ok(v)
 }
@@ -810,7 +805,7 @@ pub fn write_lin_as(
         } else {
             p2.add(i - first)
         };
-        m.mem.write_u8(p, (value >> (8 * i)) as u8);
+        mem_write(m, p, 1, value >> (8 * i));
     }
     Ok(())
 }

@@ -1,170 +1,280 @@
-//! The I/O port bus: a map from port ranges to devices.
+//! One bus type for both address spaces: [`Bus<u16>`] for I/O ports and
+//! [`Bus<u64>`] for memory-mapped I/O.
 //!
-//! Each mapping has a `base`; a device sees `port - base` as its offset. Devices
-//! that answer at scattered ports (the PIC pair, the keyboard controller) are mapped
-//! with base 0 and see absolute port numbers. Ports nobody claims read as all ones
-//! and drop writes, as on an ISA bus.
+//! A mapping routes `first..=last` to an [`Owner`] (a device of the machine's
+//! list, or one of the interrupt controllers the machine holds as typed fields)
+//! with a `base` and a `region`: the owner sees `addr - base` as its offset and
+//! the region tells it which of its ranges was hit (a PCI function's BARs).
+//! Devices that answer at scattered ports (the PIC pair, the keyboard
+//! controller) are mapped with base 0 and see absolute port numbers.
+//!
+//! Two mappings never overlap: [`Bus::map`] refuses one that would, with an
+//! error, so a guest that programs two BARs onto each other gets the second
+//! left unmapped (and a logged guest error from the caller), never a host
+//! panic. Addresses nobody claims read as all ones and drop writes, as on an
+//! ISA or PCI bus (master abort).
 
-use crate::device::{Device, Nanos};
 use std::collections::BTreeMap;
+use thiserror::Error;
 
-/// An index into the bus's device list.
+/// An index into the machine's device list.
 pub type DeviceId = usize;
 
-#[derive(Clone, Copy, Debug)]
-struct Mapping {
-    last: u16,
-    base: u16,
-    dev: DeviceId,
+/// Who answers a mapped range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A device of the machine's list.
+    Device(DeviceId),
+    /// The 8259 pair, a typed field of the machine.
+    Pic,
 }
 
-/// The I/O port address space.
-#[derive(Default)]
-pub struct PortBus {
-    map: BTreeMap<u16, Mapping>,
-    devices: Vec<Box<dyn Device>>,
-    /// Per port, 1 + the index of its mapping in `mappings`, or 0: an O(1)
-    /// lookup for every IN and OUT (empty until the first mapping).
+/// One routed range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub first: u64,
+    /// Last address (inclusive).
+    pub last: u64,
+    /// Subtracted from the address to form the owner's offset.
+    pub base: u64,
+    /// Who answers.
+    pub owner: Owner,
+    /// Which of the owner's ranges this is.
+    pub region: u8,
+}
+
+/// A mapping the bus refused.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The range overlaps one already mapped.
+    #[error("range {first:#x}..={last:#x} overlaps {other_first:#x}..={other_last:#x}")]
+    Overlap {
+        /// The new range's first address.
+        first: u64,
+        /// Its last address.
+        last: u64,
+        /// The existing range's first address.
+        other_first: u64,
+        /// Its last address.
+        other_last: u64,
+    },
+    /// `last` is below `first`.
+    #[error("empty range {first:#x}..={last:#x}")]
+    Empty {
+        /// The range's first address.
+        first: u64,
+        /// Its last address.
+        last: u64,
+    },
+}
+
+/// An address type a bus can be keyed by.
+pub trait BusAddr: Copy + Into<u64> {
+    /// Whether lookups go through a dense table (one entry per address: the
+    /// 64 Ki I/O ports), rather than an ordered map.
+    const DENSE: bool;
+}
+
+impl BusAddr for u16 {
+    const DENSE: bool = true;
+}
+
+impl BusAddr for u64 {
+    const DENSE: bool = false;
+}
+
+/// An address space of mapped ranges.
+pub struct Bus<A: BusAddr> {
+    /// Mappings by first address.
+    map: BTreeMap<u64, Mapping>,
+    /// Dense buses only: per address, 1 + the index into `slots`, or 0; an
+    /// O(1) lookup for every IN and OUT (empty until the first mapping).
     table: Vec<u16>,
-    mappings: Vec<Mapping>,
+    slots: Vec<Mapping>,
+    _addr: std::marker::PhantomData<A>,
 }
 
-impl PortBus {
+impl<A: BusAddr> Default for Bus<A> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            table: Vec::new(),
+            slots: Vec::new(),
+            _addr: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A: BusAddr> Bus<A> {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a device; map its ports with [`PortBus::map`].
-    pub fn add(&mut self, dev: Box<dyn Device>) -> DeviceId {
-        self.devices.push(dev);
-        self.devices.len() - 1
-    }
-
-    /// Routes ports `first..=last` to `dev`, which sees `port - base`.
-    ///
-    /// # Panics
-    /// If the range overlaps an existing mapping: that is a wiring bug in the
-    /// platform code, never something a guest or a user can cause.
-    pub fn map(&mut self, first: u16, last: u16, base: u16, dev: DeviceId) {
-        let overlaps = self
-            .map
-            .range(..=last)
-            .next_back()
-            .is_some_and(|(&start, m)| start <= last && m.last >= first);
-        assert!(!overlaps, "port range {first:#x}..={last:#x} overlaps");
-        let m = Mapping { last, base, dev };
-        self.map.insert(first, m);
-        self.mappings.push(m);
-        if self.table.is_empty() {
-            self.table = vec![0; 1 << 16];
+    /// Routes `first..=last` to `owner`'s `region`, which sees `addr - base`.
+    /// Refuses a range that overlaps an existing one (the bus is unchanged).
+    pub fn map(
+        &mut self,
+        first: A,
+        last: A,
+        base: A,
+        owner: Owner,
+        region: u8,
+    ) -> Result<(), BusError> {
+        let (first, last, base) = (first.into(), last.into(), base.into());
+        if last < first {
+            return Err(BusError::Empty { first, last });
         }
-        let tag = u16::try_from(self.mappings.len()).expect("fewer than 65536 port ranges");
-        self.table[usize::from(first)..=usize::from(last)].fill(tag);
+        if let Some((_, m)) = self.map.range(..=last).next_back() {
+            if m.last >= first {
+                return Err(BusError::Overlap {
+                    first,
+                    last,
+                    other_first: m.first,
+                    other_last: m.last,
+                });
+            }
+        }
+        self.map.insert(
+            first,
+            Mapping {
+                first,
+                last,
+                base,
+                owner,
+                region,
+            },
+        );
+        self.rebuild();
+        Ok(())
     }
 
+    /// Removes every mapping of `owner`'s `region`; returns how many there
+    /// were.
+    pub fn unmap(&mut self, owner: Owner, region: u8) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|_, m| !(m.owner == owner && m.region == region));
+        let removed = before - self.map.len();
+        if removed > 0 {
+            self.rebuild();
+        }
+        removed
+    }
+
+    /// Moves `owner`'s `region` to `first..=last` (offsets from `first`): the
+    /// old mappings of the region go, and the new one is refused, leaving the
+    /// region unmapped, if it would overlap another owner's range.
+    pub fn remap(&mut self, owner: Owner, region: u8, first: A, last: A) -> Result<(), BusError> {
+        self.unmap(owner, region);
+        self.map(first, last, first, owner, region)
+    }
+
+    /// The mapping that holds `addr`, if any.
     #[inline]
-    fn find(&self, port: u16) -> Option<Mapping> {
-        match self.table.get(usize::from(port)) {
-            Some(&i) if i != 0 => Some(self.mappings[usize::from(i) - 1]),
-            _ => None,
+    pub fn find(&self, addr: A) -> Option<Mapping> {
+        let addr: u64 = addr.into();
+        if A::DENSE {
+            return match self.table.get(addr as usize) {
+                Some(&i) if i != 0 => Some(self.slots[usize::from(i) - 1]),
+                _ => None,
+            };
         }
+        self.map
+            .range(..=addr)
+            .next_back()
+            .map(|(_, m)| *m)
+            .filter(|m| m.last >= addr)
     }
 
-    /// Reads `size` (1, 2 or 4) bytes from `port`, little-endian.
-    pub fn read(&mut self, port: u16, size: usize, now: Nanos) -> u32 {
-        self.read_from(port, size, now).0
+    /// Every mapping, in address order.
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.map.values()
     }
 
-    /// As [`PortBus::read`], also saying which device answered, if any.
-    pub fn read_from(&mut self, port: u16, size: usize, now: Nanos) -> (u32, Option<DeviceId>) {
-        let mut buf = [0xFFu8; 4];
-        let size = size.min(4);
-        let m = self.find(port);
-        if let Some(m) = m {
-            let dev = &mut self.devices[m.dev];
-            dev.read(port.wrapping_sub(m.base), &mut buf[..size], now);
+    fn rebuild(&mut self) {
+        if !A::DENSE {
+            return;
         }
-        (u32::from_le_bytes(buf) & size_mask(size), m.map(|m| m.dev))
-    }
-
-    /// Writes `size` (1, 2 or 4) bytes of `value` to `port`. Returns the device that
-    /// took the write, if any.
-    pub fn write(&mut self, port: u16, size: usize, value: u32, now: Nanos) -> Option<DeviceId> {
-        let size = size.min(4);
-        let m = self.find(port)?;
-        let bytes = value.to_le_bytes();
-        self.devices[m.dev].write(port.wrapping_sub(m.base), &bytes[..size], now);
-        Some(m.dev)
-    }
-
-    /// The devices, for time advance and deadlines.
-    pub fn devices_mut(&mut self) -> &mut [Box<dyn Device>] {
-        &mut self.devices
-    }
-
-    /// One device.
-    pub fn device_mut(&mut self, id: DeviceId) -> Option<&mut (dyn Device + 'static)> {
-        self.devices.get_mut(id).map(|d| d.as_mut())
+        self.slots = self.map.values().copied().collect();
+        self.table.clear();
+        self.table.resize(1 << 16, 0);
+        for (i, m) in self.slots.iter().enumerate() {
+            let tag = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            self.table[m.first as usize..=m.last as usize].fill(tag);
+        }
     }
 }
 
-fn size_mask(size: usize) -> u32 {
+/// The mask of a `size`-byte little-endian value.
+pub fn size_mask(size: usize) -> u64 {
     match size {
         1 => 0xFF,
         2 => 0xFFFF,
-        _ => u32::MAX,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::any::Any;
 
-    struct Echo {
-        last: Vec<(u16, Vec<u8>)>,
+    const DEV: Owner = Owner::Device(0);
+
+    #[test]
+    fn bus_finds_the_mapping_and_its_offset_base() {
+        let mut bus = Bus::<u16>::new();
+        bus.map(0x3F8, 0x3FF, 0x3F8, DEV, 0).expect("map");
+        let m = bus.find(0x3FD).expect("mapped");
+        assert_eq!((m.base, m.owner, m.region), (0x3F8, DEV, 0));
+        assert_eq!(bus.find(0x3F7), None);
+        assert_eq!(bus.find(0x400), None);
     }
-    impl Device for Echo {
-        fn name(&self) -> &'static str {
-            "echo"
-        }
-        fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
-            data.fill(offset as u8);
-        }
-        fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
-            self.last.push((offset, data.to_vec()));
-        }
-        fn as_any_mut(&mut self) -> &mut dyn Any {
-            self
+
+    #[test]
+    fn bus_refuses_overlap_and_keeps_the_first() {
+        for dense in [true, false] {
+            let (a, b) = if dense {
+                let mut bus = Bus::<u16>::new();
+                bus.map(0x60, 0x64, 0, DEV, 0).expect("map");
+                (bus.map(0x62, 0x62, 0, Owner::Pic, 0), bus.find(0x62))
+            } else {
+                let mut bus = Bus::<u64>::new();
+                bus.map(0xFEC0_0000, 0xFEC0_0FFF, 0xFEC0_0000, DEV, 0)
+                    .expect("map");
+                (
+                    bus.map(0xFEBF_F000, 0xFEC0_0000, 0, Owner::Pic, 1),
+                    bus.find(0xFEC0_0000),
+                )
+            };
+            assert!(matches!(a, Err(BusError::Overlap { .. })), "{a:?}");
+            assert_eq!(b.map(|m| m.owner), Some(DEV));
         }
     }
 
     #[test]
-    fn bus_unclaimed_port_reads_all_ones() {
-        let mut bus = PortBus::new();
-        assert_eq!(bus.read(0x1234, 2, 0), 0xFFFF);
-        assert_eq!(bus.write(0x1234, 1, 0, 0), None);
+    fn bus_remap_moves_a_region_and_refuses_a_collision() {
+        let mut bus = Bus::<u64>::new();
+        bus.map(0x1000, 0x1FFF, 0x1000, DEV, 0).expect("bar 0");
+        bus.map(0x8000, 0x8FFF, 0x8000, Owner::Device(1), 0)
+            .expect("other device");
+        bus.remap(DEV, 0, 0x4000, 0x4FFF).expect("free");
+        assert_eq!(bus.find(0x1000), None);
+        assert_eq!(bus.find(0x4010).map(|m| m.base), Some(0x4000));
+        // Onto the other device: refused, and the region is left unmapped.
+        assert!(bus.remap(DEV, 0, 0x8000, 0x8FFF).is_err());
+        assert_eq!(bus.find(0x4010), None);
+        assert_eq!(bus.find(0x8000).map(|m| m.owner), Some(Owner::Device(1)));
     }
 
     #[test]
-    fn bus_device_sees_offset_from_base() {
-        let mut bus = PortBus::new();
-        let id = bus.add(Box::new(Echo { last: vec![] }));
-        bus.map(0x3F8, 0x3FF, 0x3F8, id);
-        assert_eq!(bus.read(0x3FD, 1, 0), 5);
-        assert_eq!(bus.write(0x3F9, 2, 0xBEEF, 0), Some(id));
-        let dev = bus.device_mut(id).expect("dev");
-        let echo = dev.as_any_mut().downcast_mut::<Echo>().expect("echo");
-        assert_eq!(echo.last, vec![(1, vec![0xEF, 0xBE])]);
-    }
-
-    #[test]
-    #[should_panic(expected = "overlaps")]
-    fn bus_overlapping_map_panics() {
-        let mut bus = PortBus::new();
-        let id = bus.add(Box::new(Echo { last: vec![] }));
-        bus.map(0x60, 0x64, 0, id);
-        bus.map(0x62, 0x62, 0, id);
+    fn bus_refuses_an_empty_range() {
+        let mut bus = Bus::<u16>::new();
+        assert!(matches!(
+            bus.map(5, 4, 0, DEV, 0),
+            Err(BusError::Empty { .. })
+        ));
     }
 }

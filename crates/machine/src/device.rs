@@ -1,28 +1,32 @@
-//! The device model: one trait every port-mapped device implements, the shared IRQ
-//! lines devices raise, and the platform control signals (A20, reset, debug exit)
-//! that some devices drive.
+//! The device model: one trait every device implements, whether it answers on
+//! I/O ports, in memory-mapped I/O, or both; the context every device call
+//! gets (virtual time, DMA to guest memory, an MSI sender, requests to move
+//! its own mappings); the shared IRQ lines devices raise, and the platform
+//! control signals (A20, reset, debug exit) that some devices drive.
 //!
 //! Everything runs on the emulation thread; shared state uses `Cell`, not locks.
 //! Time is virtual: every call carries `now`, in nanoseconds of guest time.
 
-use std::any::Any;
+use crate::addr::GuestPhys;
+use crate::memory::{MemoryLayout, PhysMemory};
 use std::cell::Cell;
 use std::rc::Rc;
 
 /// Virtual guest time in nanoseconds since power-on.
 pub type Nanos = u64;
 
-/// A port-mapped device. `offset` is relative to the start of the range the device
-/// was mapped at; `data` is 1, 2 or 4 bytes wide, little-endian.
+/// A device. `region` says which of the device's mapped ranges an access hit
+/// (the index it was mapped with); `offset` is the address minus that
+/// mapping's base; `data` is 1, 2, 4 or 8 bytes wide, little-endian.
 pub trait Device {
     /// A short name for diagnostics.
     fn name(&self) -> &'static str;
     /// Reads a register. Bytes the device does not drive are left as `0xFF`.
-    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos);
+    fn read(&mut self, ctx: &mut DevCtx, region: u8, offset: u64, data: &mut [u8]);
     /// Writes a register.
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos);
-    /// Brings the device's own state (timers) up to `now`.
-    fn advance(&mut self, _now: Nanos) {}
+    fn write(&mut self, ctx: &mut DevCtx, region: u8, offset: u64, data: &[u8]);
+    /// Brings the device's own state (timers, transfers) up to `ctx.now()`.
+    fn advance(&mut self, _ctx: &mut DevCtx) {}
     /// The next time at which [`Device::advance`] must be called for the device to
     /// change an output by itself (a timer expiry), if any.
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {
@@ -30,8 +34,137 @@ pub trait Device {
     }
     /// Returns the device to its power-on state (a system reset).
     fn reset(&mut self) {}
-    /// For the platform to reach a concrete device (the PIC for acknowledge).
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A message-signalled interrupt: the address and data a device writes (PCI
+/// MSI/MSI-X, HPET FSB delivery), delivered by the machine to the local APICs
+/// its address names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msi {
+    /// The message address (0xFEEx_xxxx for an APIC).
+    pub addr: u64,
+    /// The message data.
+    pub data: u32,
+}
+
+/// A change to the calling device's own mappings, asked for from inside a
+/// device call (a PCI BAR or the PM base moved) and applied by the machine
+/// when the call returns. A request that would overlap another owner's range
+/// leaves the region unmapped and is logged as a guest error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapRequest {
+    /// Map `region` at ports `first..=last` (offsets from `first`), in place
+    /// of wherever it was.
+    Ports {
+        /// The region.
+        region: u8,
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
+    },
+    /// Map `region` at memory `first..=last` (offsets from `first`).
+    Mmio {
+        /// The region.
+        region: u8,
+        /// First address.
+        first: u64,
+        /// Last address.
+        last: u64,
+    },
+    /// Unmap `region` from the port space.
+    UnmapPorts(u8),
+    /// Unmap `region` from the memory space.
+    UnmapMmio(u8),
+}
+
+/// What a device call may reach besides the device itself.
+pub struct DevCtx<'a> {
+    now: Nanos,
+    mem: &'a mut PhysMemory,
+    msi: &'a mut Vec<Msi>,
+    requests: &'a mut Vec<MapRequest>,
+}
+
+impl<'a> DevCtx<'a> {
+    /// A context at time `now` over `mem`, collecting MSIs and map requests.
+    pub fn new(
+        now: Nanos,
+        mem: &'a mut PhysMemory,
+        msi: &'a mut Vec<Msi>,
+        requests: &'a mut Vec<MapRequest>,
+    ) -> Self {
+        Self {
+            now,
+            mem,
+            msi,
+            requests,
+        }
+    }
+
+    /// Virtual time.
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    /// DMA: reads guest-physical memory. Bytes outside RAM and ROM read as
+    /// all ones (a master abort).
+    pub fn dma_read(&self, addr: GuestPhys, buf: &mut [u8]) {
+        self.mem.read_bytes(addr, buf);
+    }
+
+    /// DMA: writes guest-physical memory through the same path as CPU stores,
+    /// so a write onto cached code invalidates it in both engines. Bytes
+    /// outside RAM are dropped (a master abort).
+    pub fn dma_write(&mut self, addr: GuestPhys, data: &[u8]) {
+        self.mem.write_bytes(addr, data);
+    }
+
+    /// Sends a message-signalled interrupt.
+    pub fn send_msi(&mut self, msi: Msi) {
+        self.msi.push(msi);
+    }
+
+    /// Asks for a change of this device's mappings (applied after the call).
+    pub fn request(&mut self, r: MapRequest) {
+        self.requests.push(r);
+    }
+}
+
+/// A stand-alone environment for device calls outside a machine (unit tests,
+/// fuzzing): 64 KiB of flat RAM and the queues a [`DevCtx`] fills.
+pub struct DevEnv {
+    /// The RAM DMA reaches.
+    pub mem: PhysMemory,
+    /// MSIs sent.
+    pub msi: Vec<Msi>,
+    /// Map requests made.
+    pub requests: Vec<MapRequest>,
+}
+
+impl DevEnv {
+    /// A new environment.
+    ///
+    /// # Panics
+    /// If the host cannot map 64 KiB.
+    pub fn new() -> Self {
+        Self {
+            mem: PhysMemory::new(1 << 16, MemoryLayout::Flat).expect("64 KiB of RAM"),
+            msi: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+
+    /// A context at time `now`.
+    pub fn at(&mut self, now: Nanos) -> DevCtx<'_> {
+        DevCtx::new(now, &mut self.mem, &mut self.msi, &mut self.requests)
+    }
+}
+
+impl Default for DevEnv {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The 16 ISA interrupt request lines, shared by the devices that drive them and the

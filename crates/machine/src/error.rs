@@ -38,4 +38,8 @@ pub enum MachineError {
         /// Its size.
         len: usize,
     },
+    /// Two of the platform's own ranges collide (a bug in the platform's
+    /// wiring, reported rather than panicking).
+    #[error("platform wiring: {0}")]
+    Wiring(#[from] crate::bus::BusError),
 }

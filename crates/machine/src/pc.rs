@@ -2,6 +2,7 @@
 //! at their ISA ports and IRQs (see the architecture's platform table).
 
 use crate::addr::GuestPhys;
+use crate::bus::Owner;
 use crate::devices::{
     acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, i8042, pci, pic, pit, port92, post,
     uart,
@@ -62,80 +63,115 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     let ctl = Rc::clone(&m.ctl);
     let below = m.mem.ram_below_4g();
     let above = m.mem.ram_above_4g();
-    let bus = &mut m.ports;
 
-    let pic = bus.add(Box::new(pic::Pic::new(Rc::clone(&lines))));
-    bus.map(0x20, 0x21, 0, pic);
-    bus.map(0xA0, 0xA1, 0, pic);
-    bus.map(0x4D0, 0x4D1, 0, pic);
-
-    let pit = bus.add(Box::new(pit::Pit::new(lines.line(0))));
-    bus.map(0x40, 0x43, 0, pit);
-    bus.map(0x61, 0x61, 0, pit);
-
-    let rtc = bus.add(Box::new(cmos::Cmos::new(
-        lines.line(8),
-        Rc::clone(&ctl),
-        cmos::CmosConfig {
-            ram_below_4g: below,
-            ram_above_4g: above,
-            rtc_base_unix: cfg.rtc_base_unix,
-        },
-    )));
-    bus.map(0x70, 0x71, 0, rtc);
-
-    let com1 = bus.add(Box::new(uart::Uart::new(
-        lines.line(4),
-        cfg.serial_out,
-        cfg.serial_in,
-    )));
-    bus.map(0x3F8, 0x3FF, 0x3F8, com1);
-
-    let kbc = bus.add(Box::new(i8042::I8042::new(
-        lines.line(1),
-        lines.line(12),
-        Rc::clone(&ctl),
-    )));
-    bus.map(0x60, 0x60, 0, kbc);
-    bus.map(0x64, 0x64, 0, kbc);
-
-    let p92 = bus.add(Box::new(port92::Port92::new(Rc::clone(&ctl))));
-    bus.map(0x92, 0x92, 0x92, p92);
-
-    let ferr = bus.add(Box::new(fpu_error::FpuError::new(
-        lines.line(fpu_error::FERR_IRQ),
-    )));
-    bus.map(fpu_error::CLEAR_PORT, fpu_error::CLEAR_PORT, 0, ferr);
-
-    let exit = bus.add(Box::new(debug_exit::DebugExit::new(Rc::clone(&ctl))));
-    bus.map(0xF4, 0xF7, 0xF4, exit);
-
-    let dbg = SharedWriter::new(cfg.debugcon);
-    let e9 = bus.add(Box::new(debugcon::DebugCon::new(Box::new(dbg.clone()))));
-    bus.map(0xE9, 0xE9, 0xE9, e9);
-    let seabios = bus.add(Box::new(debugcon::DebugCon::new(Box::new(dbg))));
-    bus.map(0x402, 0x402, 0x402, seabios);
-
-    let pm = acpi_pm::PmShared::new();
-    let pci = bus.add(Box::new(pci::PciHost::new(Rc::clone(&ctl), pm.clone())));
-    bus.map(0xCF8, 0xCFF, 0, pci);
-    let pmio = bus.add(Box::new(
-        acpi_pm::AcpiPm::new(pm).with_power_control(Rc::clone(&ctl)),
-    ));
-    // The PM block answers only where PMBA points; firmware puts it at 0x600
-    // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
-    for base in [acpi_pm::PM_IO_PORT, 0xB000] {
-        bus.map(base, base + acpi_pm::PM_IO_SIZE - 1, 0, pmio);
+    m.pic = Some(pic::Pic::new(Rc::clone(&lines)));
+    for (first, last) in [(0x20, 0x21), (0xA0, 0xA1), (0x4D0, 0x4D1)] {
+        m.map_ports(first, last, 0, Owner::Pic, 0)?;
     }
 
-    let fw = bus.add(Box::new(fw_cfg::FwCfg::for_pc(below, above, 1)));
-    bus.map(0x510, 0x51B, 0x510, fw);
+    // Each device with its port ranges and each range's offset base.
+    type Ranges<'a> = &'a [(u16, u16, u16)];
+    let add = |m: &mut Machine, dev: Box<dyn crate::Device>, ranges: Ranges| {
+        let id = m.add_device(dev);
+        ranges.iter().try_for_each(|&(first, last, base)| {
+            m.map_ports(first, last, base, Owner::Device(id), 0)
+        })
+    };
 
-    let postc = bus.add(Box::new(post::PostCodes::new(cfg.post)));
-    bus.map(0x80, 0x80, 0, postc);
-    bus.map(0x190, 0x190, 0, postc);
+    add(
+        &mut m,
+        Box::new(pit::Pit::new(lines.line(0))),
+        &[(0x40, 0x43, 0), (0x61, 0x61, 0)],
+    )?;
+    add(
+        &mut m,
+        Box::new(cmos::Cmos::new(
+            lines.line(8),
+            Rc::clone(&ctl),
+            cmos::CmosConfig {
+                ram_below_4g: below,
+                ram_above_4g: above,
+                rtc_base_unix: cfg.rtc_base_unix,
+            },
+        )),
+        &[(0x70, 0x71, 0)],
+    )?;
+    add(
+        &mut m,
+        Box::new(uart::Uart::new(
+            lines.line(4),
+            cfg.serial_out,
+            cfg.serial_in,
+        )),
+        &[(0x3F8, 0x3FF, 0x3F8)],
+    )?;
+    add(
+        &mut m,
+        Box::new(i8042::I8042::new(
+            lines.line(1),
+            lines.line(12),
+            Rc::clone(&ctl),
+        )),
+        &[(0x60, 0x60, 0), (0x64, 0x64, 0)],
+    )?;
+    add(
+        &mut m,
+        Box::new(port92::Port92::new(Rc::clone(&ctl))),
+        &[(0x92, 0x92, 0x92)],
+    )?;
+    let ferr = fpu_error::CLEAR_PORT;
+    add(
+        &mut m,
+        Box::new(fpu_error::FpuError::new(lines.line(fpu_error::FERR_IRQ))),
+        &[(ferr, ferr, 0)],
+    )?;
+    add(
+        &mut m,
+        Box::new(debug_exit::DebugExit::new(Rc::clone(&ctl))),
+        &[(0xF4, 0xF7, 0xF4)],
+    )?;
 
-    m.attach_pic(pic);
+    let dbg = SharedWriter::new(cfg.debugcon);
+    add(
+        &mut m,
+        Box::new(debugcon::DebugCon::new(Box::new(dbg.clone()))),
+        &[(0xE9, 0xE9, 0xE9)],
+    )?;
+    add(
+        &mut m,
+        Box::new(debugcon::DebugCon::new(Box::new(dbg))),
+        &[(0x402, 0x402, 0x402)],
+    )?;
+
+    let pm = acpi_pm::PmShared::new();
+    add(
+        &mut m,
+        Box::new(pci::PciHost::new(Rc::clone(&ctl), pm.clone())),
+        &[(0xCF8, 0xCFF, 0)],
+    )?;
+    // The PM block answers only where PMBA points; firmware puts it at 0x600
+    // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
+    let pm_last = |base: u16| base + acpi_pm::PM_IO_SIZE - 1;
+    add(
+        &mut m,
+        Box::new(acpi_pm::AcpiPm::new(pm).with_power_control(Rc::clone(&ctl))),
+        &[
+            (acpi_pm::PM_IO_PORT, pm_last(acpi_pm::PM_IO_PORT), 0),
+            (0xB000, pm_last(0xB000), 0),
+        ],
+    )?;
+
+    add(
+        &mut m,
+        Box::new(fw_cfg::FwCfg::for_pc(below, above, 1)),
+        &[(0x510, 0x51B, 0x510)],
+    )?;
+    add(
+        &mut m,
+        Box::new(post::PostCodes::new(cfg.post)),
+        &[(0x80, 0x80, 0), (0x190, 0x190, 0)],
+    )?;
+
     m.advance_devices();
     Ok(m)
 }

@@ -36,11 +36,10 @@
 //!   P_LVL2/P_LVL3 returns 0 without entering a C state. GLBCTL's SMI_EN and the
 //!   other SMI plumbing do nothing: the machine has no SMM.
 
-use std::any::Any;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, Nanos, SystemControl};
 
 /// The ACPI power-management timer frequency: 14.31818 MHz / 4 (ACPI spec, Power
 /// Management Timer).
@@ -233,13 +232,9 @@ impl AcpiPm {
     }
 }
 
-impl Device for AcpiPm {
-    fn name(&self) -> &'static str {
-        "acpi-pm"
-    }
-
+impl AcpiPm {
     /// Each byte is decoded on its own: bytes outside the enabled block read 0xFF.
-    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
         let ticks = timer_ticks(now);
         self.epoch(ticks);
         let mut port = offset;
@@ -252,7 +247,8 @@ impl Device for AcpiPm {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+    /// Writes the register at port offset `offset` (the trait's `write`).
+    pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
         let ticks = timer_ticks(now);
         self.epoch(ticks);
         let mut port = offset;
@@ -263,16 +259,26 @@ impl Device for AcpiPm {
             port = port.wrapping_add(1);
         }
     }
+}
+
+impl Device for AcpiPm {
+    fn name(&self) -> &'static str {
+        "acpi-pm"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
 
     fn reset(&mut self) {
         self.pm1_en = 0;
         self.pm1_cnt = 0;
         self.timer_epoch = None;
         self.regs = [0; PM_IO_SIZE as usize];
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -289,12 +295,12 @@ mod tests {
 
     fn read(pm: &mut AcpiPm, port: u16, size: usize, now: Nanos) -> u32 {
         let mut buf = [0u8; 4];
-        pm.read(port, &mut buf[..size], now);
+        pm.port_read(port, &mut buf[..size], now);
         u32::from_le_bytes(buf)
     }
 
     fn write(pm: &mut AcpiPm, port: u16, size: usize, value: u32, now: Nanos) {
-        pm.write(port, &value.to_le_bytes()[..size], now);
+        pm.port_write(port, &value.to_le_bytes()[..size], now);
     }
 
     fn enabled_at(base: u16) -> AcpiPm {
@@ -309,8 +315,8 @@ mod tests {
     /// Writes a dword to PCI function 00:01.3 register `reg` through CF8/CFC.
     fn pm_config_write(host: &mut PciHost, reg: u8, value: u32) {
         let address = 0x8000_0000 | (1 << 11) | (3 << 8) | u32::from(reg);
-        host.write(0xCF8, &address.to_le_bytes(), 0);
-        host.write(0xCFC, &value.to_le_bytes(), 0);
+        host.port_write(0xCF8, &address.to_le_bytes(), 0);
+        host.port_write(0xCFC, &value.to_le_bytes(), 0);
     }
 
     #[test]

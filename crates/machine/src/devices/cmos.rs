@@ -27,10 +27,9 @@
 //!   Changing DM or 24/12 re-encodes the time at once, where the chip would need the
 //!   time rewritten. Reads of port 0x70 return 0xFF (the index is write-only).
 
-use std::any::Any;
 use std::rc::Rc;
 
-use crate::device::{Device, IrqLine, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, IrqLine, Nanos, SystemControl};
 
 /// Index port: bits 6-0 select the register, bit 7 masks NMI.
 const INDEX_PORT: u16 = 0x70;
@@ -566,13 +565,9 @@ fn fill_memory_bytes(ram: &mut [u8; 128], cfg: CmosConfig) {
     ram[0x2E..=0x2F].copy_from_slice(&sum.to_be_bytes());
 }
 
-impl Device for Cmos {
-    fn name(&self) -> &'static str {
-        "cmos"
-    }
-
+impl Cmos {
     /// Each byte of a wider access reads the next port up.
-    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
         for (port, byte) in (offset..=u16::MAX).zip(data.iter_mut()) {
             *byte = match port {
                 DATA_PORT => self.read_register(self.index, now),
@@ -582,7 +577,7 @@ impl Device for Cmos {
     }
 
     /// Each byte of a wider access writes the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
         for (port, &value) in (offset..=u16::MAX).zip(data.iter()) {
             match port {
                 INDEX_PORT => {
@@ -595,8 +590,27 @@ impl Device for Cmos {
         }
     }
 
-    fn advance(&mut self, now: Nanos) {
+    /// Brings timers up to `now` (the trait's `advance`).
+    pub fn advance_to(&mut self, now: Nanos) {
         self.sync(to_i64(now));
+    }
+}
+
+impl Device for Cmos {
+    fn name(&self) -> &'static str {
+        "cmos"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
+
+    fn advance(&mut self, ctx: &mut DevCtx) {
+        self.advance_to(ctx.now());
     }
 
     /// Counted from the last sync, so an event not yet delivered is due at once.
@@ -627,10 +641,6 @@ impl Device for Cmos {
         self.flags = 0;
         self.irq8.set_level(false);
     }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 #[cfg(test)]
@@ -659,8 +669,8 @@ mod tests {
     }
 
     fn write(cmos: &mut Cmos, index: u8, value: u8, now: Nanos) {
-        cmos.write(INDEX_PORT, &[index], now);
-        cmos.write(DATA_PORT, &[value], now);
+        cmos.port_write(INDEX_PORT, &[index], now);
+        cmos.port_write(DATA_PORT, &[value], now);
     }
 
     fn time(cmos: &mut Cmos, now: Nanos) -> [u8; 7] {
@@ -840,7 +850,7 @@ mod tests {
 
         // 1 s / 1024 = 976562.5 ns.
         let deadline = cmos.next_deadline(0);
-        cmos.advance(976_563);
+        cmos.advance_to(976_563);
 
         assert_eq!(deadline, Some(976_563));
         assert_eq!(lines.take_rising(), 1 << 8);
@@ -865,7 +875,7 @@ mod tests {
     fn cmos_register_c_read_clears_flags_and_lowers_irq8() {
         let (lines, mut cmos) = setup(0);
         write(&mut cmos, REG_B, B_UIE | B_24_HOUR, 0);
-        cmos.advance(SEC);
+        cmos.advance_to(SEC);
         let raised = lines.line(8).is_high();
 
         let first = cmos.read_register(REG_C, SEC);
@@ -882,7 +892,7 @@ mod tests {
     fn cmos_flags_set_without_enables_but_irq8_stays_low() {
         let (lines, mut cmos) = setup(0);
 
-        cmos.advance(SEC);
+        cmos.advance_to(SEC);
 
         assert!(!lines.line(8).is_high());
         assert_eq!(cmos.next_deadline(SEC), None);
@@ -898,9 +908,9 @@ mod tests {
         write(&mut cmos, REG_B, 0x20 | B_24_HOUR, 0);
 
         let deadline = cmos.next_deadline(0);
-        cmos.advance(29 * SEC);
+        cmos.advance_to(29 * SEC);
         let early = cmos.read_register(REG_C, 29 * SEC);
-        cmos.advance(30 * SEC);
+        cmos.advance_to(30 * SEC);
 
         assert_eq!(deadline, Some(30 * SEC));
         assert_eq!(early & C_AF, 0);
@@ -991,9 +1001,9 @@ mod tests {
             rtc_base_unix: 0,
         });
 
-        cmos.write(INDEX_PORT, &[0x8F], 0);
+        cmos.port_write(INDEX_PORT, &[0x8F], 0);
         let masked = ctl.nmi_masked();
-        cmos.write(INDEX_PORT, &[0x0F], 0);
+        cmos.port_write(INDEX_PORT, &[0x0F], 0);
 
         assert!(masked);
         assert!(!ctl.nmi_masked());
@@ -1005,7 +1015,7 @@ mod tests {
         write(&mut cmos, 0x40, 0xA5, 0);
 
         let mut data = [0u8; 2];
-        cmos.read(DATA_PORT, &mut data, 0);
+        cmos.port_read(DATA_PORT, &mut data, 0);
 
         assert_eq!(data, [0xA5, 0xFF]);
     }
@@ -1014,7 +1024,7 @@ mod tests {
     fn cmos_reset_clears_enables_and_flags_but_keeps_time() {
         let (lines, mut cmos) = setup(LEAP_DAY);
         write(&mut cmos, REG_B, 0x7A, 0);
-        cmos.advance(SEC);
+        cmos.advance_to(SEC);
 
         cmos.reset();
 

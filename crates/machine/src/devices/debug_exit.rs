@@ -10,10 +10,9 @@
 //!   bit 31 set loses that bit (the host OS keeps only the low 8 bits anyway).
 //! - The device only records the request in [`SystemControl`]; the run loop stops.
 
-use std::any::Any;
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, Nanos, SystemControl};
 
 /// Size of the port window (QEMU's `iosize`).
 const IOSIZE: u16 = 4;
@@ -30,17 +29,14 @@ impl DebugExit {
     }
 }
 
-impl Device for DebugExit {
-    fn name(&self) -> &'static str {
-        "isa-debug-exit"
-    }
-
+impl DebugExit {
     /// Nothing is driven: all bytes read 0xFF.
-    fn read(&mut self, _offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, _offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    /// Writes the register at port offset `offset` (the trait's `write`).
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         if offset >= IOSIZE || data.is_empty() {
             return;
         }
@@ -53,9 +49,19 @@ impl Device for DebugExit {
         let status = ((value << 1) | 1) as i32;
         self.ctl.request_exit(status);
     }
+}
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+impl Device for DebugExit {
+    fn name(&self) -> &'static str {
+        "isa-debug-exit"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
     }
 }
 
@@ -72,7 +78,7 @@ mod tests {
     fn debug_exit_byte_write_requests_twice_value_plus_one() {
         let (mut dev, ctl) = rig();
 
-        dev.write(0, &[0x10], 0);
+        dev.port_write(0, &[0x10], 0);
 
         assert_eq!(ctl.exit_status(), Some(0x21));
     }
@@ -81,7 +87,7 @@ mod tests {
     fn debug_exit_zero_write_requests_status_one() {
         let (mut dev, ctl) = rig();
 
-        dev.write(0, &[0x00], 0);
+        dev.port_write(0, &[0x00], 0);
 
         assert_eq!(ctl.exit_status(), Some(1));
     }
@@ -90,7 +96,7 @@ mod tests {
     fn debug_exit_word_write_uses_little_endian_value() {
         let (mut dev, ctl) = rig();
 
-        dev.write(0, &[0x34, 0x12], 0);
+        dev.port_write(0, &[0x34, 0x12], 0);
 
         assert_eq!(ctl.exit_status(), Some(0x2469));
     }
@@ -99,7 +105,7 @@ mod tests {
     fn debug_exit_dword_write_uses_little_endian_value() {
         let (mut dev, ctl) = rig();
 
-        dev.write(0, &[0x78, 0x56, 0x34, 0x12], 0);
+        dev.port_write(0, &[0x78, 0x56, 0x34, 0x12], 0);
 
         assert_eq!(ctl.exit_status(), Some(0x2468_ACF1));
     }
@@ -108,7 +114,7 @@ mod tests {
     fn debug_exit_dword_with_bit31_set_truncates_to_i32() {
         let (mut dev, ctl) = rig();
 
-        dev.write(0, &[0x00, 0x00, 0x00, 0x80], 0);
+        dev.port_write(0, &[0x00, 0x00, 0x00, 0x80], 0);
 
         assert_eq!(ctl.exit_status(), Some(1));
     }
@@ -118,7 +124,7 @@ mod tests {
         let (mut dev, ctl) = rig();
         let mut data = [0u8; 4];
 
-        dev.read(0, &mut data, 0);
+        dev.port_read(0, &mut data, 0);
 
         assert_eq!(data, [0xFF; 4]);
         assert_eq!(ctl.exit_status(), None);

@@ -10,10 +10,9 @@
 //! - A failed write to the sink is counted and the line discarded; it never panics.
 //! - Reads return 0xE9, the value guests read back to detect the port.
 
-use std::any::Any;
 use std::io::Write;
 
-use crate::device::{Device, Nanos};
+use crate::device::{DevCtx, Device, Nanos};
 
 /// The data register.
 const DATA: u16 = 0;
@@ -76,13 +75,9 @@ impl DebugCon {
     }
 }
 
-impl Device for DebugCon {
-    fn name(&self) -> &'static str {
-        "debugcon"
-    }
-
+impl DebugCon {
     /// Only the byte at offset 0 is driven; any wider part reads 0xFF.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         if let (DATA, Some(first)) = (offset, data.first_mut()) {
             *first = READBACK;
@@ -90,16 +85,35 @@ impl Device for DebugCon {
     }
 
     /// Only the first byte is taken; the rest would belong to the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
         if let (DATA, Some(&byte)) = (offset, data.first()) {
             self.put(byte, now);
         }
     }
 
-    fn advance(&mut self, now: Nanos) {
+    /// Brings timers up to `now` (the trait's `advance`).
+    pub fn advance_to(&mut self, now: Nanos) {
         if self.flush_deadline.is_some_and(|deadline| now >= deadline) {
             self.flush_line();
         }
+    }
+}
+
+impl Device for DebugCon {
+    fn name(&self) -> &'static str {
+        "debugcon"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
+
+    fn advance(&mut self, ctx: &mut DevCtx) {
+        self.advance_to(ctx.now());
     }
 
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {
@@ -109,10 +123,6 @@ impl Device for DebugCon {
     /// Flushes what the guest wrote before the reset; the port has no other state.
     fn reset(&mut self) {
         self.flush_line();
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -135,7 +145,7 @@ mod tests {
 
     fn put_str(con: &mut DebugCon, text: &[u8]) {
         for &byte in text {
-            con.write(DATA, &[byte], 0);
+            con.port_write(DATA, &[byte], 0);
         }
     }
 
@@ -163,7 +173,7 @@ mod tests {
         put_str(&mut con, b"> ");
         let deadline = con.next_deadline(0);
 
-        con.advance(FLUSH_DELAY_NS);
+        con.advance_to(FLUSH_DELAY_NS);
 
         assert_eq!(deadline, Some(FLUSH_DELAY_NS));
         assert_eq!(*out.0.borrow(), b"> ");
@@ -185,7 +195,7 @@ mod tests {
         let (mut con, _out) = rig();
         let mut data = [0u8];
 
-        con.read(DATA, &mut data, 0);
+        con.port_read(DATA, &mut data, 0);
 
         assert_eq!(data, [0xE9]);
     }
@@ -194,7 +204,7 @@ mod tests {
     fn debugcon_word_write_outputs_only_low_byte() {
         let (mut con, out) = rig();
 
-        con.write(DATA, b"\nx", 0);
+        con.port_write(DATA, b"\nx", 0);
 
         assert_eq!(*out.0.borrow(), b"\n");
     }

@@ -17,9 +17,7 @@
 //!   so IRQ 13 is delivered after that instruction instead of before it (at the
 //!   end of its translation unit, like every interrupt in x86bt).
 
-use std::any::Any;
-
-use crate::device::{Device, IrqLine, Nanos};
+use crate::device::{DevCtx, Device, IrqLine, Nanos};
 
 /// The IRQ line FERR# drives.
 pub const FERR_IRQ: u8 = 13;
@@ -38,25 +36,33 @@ impl FpuError {
     }
 }
 
+impl FpuError {
+    /// Reads the register at port offset `offset` (the trait's `read`).
+    pub fn port_read(&mut self, _offset: u16, data: &mut [u8], _now: Nanos) {
+        data.fill(0xFF);
+    }
+
+    /// Writes the register at port offset `offset` (the trait's `write`).
+    pub fn port_write(&mut self, _offset: u16, _data: &[u8], _now: Nanos) {
+        self.irq13.set_level(false);
+    }
+}
+
 impl Device for FpuError {
     fn name(&self) -> &'static str {
         "fpu-error"
     }
 
-    fn read(&mut self, _offset: u16, data: &mut [u8], _now: Nanos) {
-        data.fill(0xFF);
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
     }
 
-    fn write(&mut self, _offset: u16, _data: &[u8], _now: Nanos) {
-        self.irq13.set_level(false);
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
     }
 
     fn reset(&mut self) {
         self.irq13.set_level(false);
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -73,10 +79,10 @@ mod tests {
         line.set_level(true);
         assert_eq!(lines.take_rising(), 1 << 13);
         let mut b = [0u8];
-        dev.read(0, &mut b, 0);
+        dev.port_read(0, &mut b, 0);
         assert_eq!(b, [0xFF]);
         assert!(line.is_high(), "a read leaves the latch set");
-        dev.write(0, &[0], 0);
+        dev.port_write(0, &[0], 0);
         assert!(!line.is_high());
     }
 }

@@ -26,10 +26,9 @@
 //!   by name and is rebuilt on every [`FwCfg::add_file`].
 //! - A system reset rewinds the selector to 0; the items are platform data and stay.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 
-use crate::device::{Device, Nanos};
+use crate::device::{DevCtx, Device, Nanos};
 
 /// Offset of the 16-bit selector register (port 0x510).
 const SELECTOR: u16 = 0;
@@ -227,14 +226,10 @@ fn e820_table(ram_below_4g: u64, ram_above_4g: u64) -> Vec<u8> {
     table
 }
 
-impl Device for FwCfg {
-    fn name(&self) -> &'static str {
-        "fw_cfg"
-    }
-
+impl FwCfg {
     /// Offset 1 yields one data byte per byte of the access; everything else
     /// (the write-only selector, the unused ports, the DMA register) reads all ones.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         if offset == DATA {
             for b in data.iter_mut() {
@@ -246,18 +241,28 @@ impl Device for FwCfg {
     /// A 16-bit (or wider) write at offset 0 selects an item by its low 16 bits.
     /// A byte write there is dropped, the register being 16 bits wide; data and
     /// DMA writes are dropped (no writable items, no DMA).
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         if let (SELECTOR, [lo, hi, ..]) = (offset, data) {
             self.select(u16::from_le_bytes([*lo, *hi]));
         }
     }
+}
+
+impl Device for FwCfg {
+    fn name(&self) -> &'static str {
+        "fw_cfg"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
 
     fn reset(&mut self) {
         self.select(0);
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -266,14 +271,14 @@ mod tests {
     use super::*;
 
     fn select(cfg: &mut FwCfg, key: u16) {
-        cfg.write(SELECTOR, &key.to_le_bytes(), 0);
+        cfg.port_write(SELECTOR, &key.to_le_bytes(), 0);
     }
 
     fn read_bytes(cfg: &mut FwCfg, n: usize) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 let mut b = [0u8];
-                cfg.read(DATA, &mut b, 0);
+                cfg.port_read(DATA, &mut b, 0);
                 b[0]
             })
             .collect()
@@ -335,7 +340,7 @@ mod tests {
         select(&mut cfg, FW_CFG_SIGNATURE);
         let mut word = [0u8; 2];
 
-        cfg.read(DATA, &mut word, 0);
+        cfg.port_read(DATA, &mut word, 0);
 
         assert_eq!(&word, b"QE");
         assert_eq!(read_bytes(&mut cfg, 1), b"M");
@@ -347,8 +352,8 @@ mod tests {
         let mut sel = [0u8; 2];
         let mut dma = [0u8; 4];
 
-        cfg.read(SELECTOR, &mut sel, 0);
-        cfg.read(4, &mut dma, 0);
+        cfg.port_read(SELECTOR, &mut sel, 0);
+        cfg.port_read(4, &mut dma, 0);
 
         assert_eq!(sel, [0xFF, 0xFF]);
         assert_eq!(dma, [0xFF; 4]);
@@ -424,7 +429,7 @@ mod tests {
         let mut cfg = FwCfg::new();
         select(&mut cfg, FW_CFG_SIGNATURE);
 
-        cfg.write(DATA, &[0x55], 0);
+        cfg.port_write(DATA, &[0x55], 0);
 
         assert_eq!(read_bytes(&mut cfg, 4), b"QEMU");
     }

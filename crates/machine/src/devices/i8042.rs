@@ -26,11 +26,10 @@
 //!   and [`I8042::key_bytes`] callers supply the codes the guest expects.
 //! - Both internal queues are bounded, so a guest that never reads cannot grow them.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::device::{Device, IrqLine, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, IrqLine, Nanos, SystemControl};
 
 /// Data port: output buffer on read, input buffer (data) on write.
 const DATA_PORT: u16 = 0x60;
@@ -479,13 +478,9 @@ impl I8042 {
     }
 }
 
-impl Device for I8042 {
-    fn name(&self) -> &'static str {
-        "i8042"
-    }
-
+impl I8042 {
     /// Only the byte at port 0x60 or 0x64 is driven; any wider part reads 0xFF.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         if let Some(first) = data.first_mut() {
             *first = match offset {
@@ -498,7 +493,7 @@ impl Device for I8042 {
     }
 
     /// Only the first byte is taken; the rest would belong to the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         let Some(&value) = data.first() else {
             return;
         };
@@ -509,6 +504,20 @@ impl Device for I8042 {
         }
         self.refill();
         self.update_irqs();
+    }
+}
+
+impl Device for I8042 {
+    fn name(&self) -> &'static str {
+        "i8042"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
     }
 
     /// Power-on state of the controller and keyboard. A20 and the reset line live in
@@ -524,10 +533,6 @@ impl Device for I8042 {
         self.replies.clear();
         self.kbd = Keyboard::new();
         self.update_irqs();
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -551,22 +556,22 @@ mod tests {
 
     fn status(kbc: &mut I8042) -> u8 {
         let mut data = [0u8];
-        kbc.read(STATUS_COMMAND_PORT, &mut data, 0);
+        kbc.port_read(STATUS_COMMAND_PORT, &mut data, 0);
         data[0]
     }
 
     fn read_data(kbc: &mut I8042) -> u8 {
         let mut data = [0u8];
-        kbc.read(DATA_PORT, &mut data, 0);
+        kbc.port_read(DATA_PORT, &mut data, 0);
         data[0]
     }
 
     fn command(kbc: &mut I8042, value: u8) {
-        kbc.write(STATUS_COMMAND_PORT, &[value], 0);
+        kbc.port_write(STATUS_COMMAND_PORT, &[value], 0);
     }
 
     fn data(kbc: &mut I8042, value: u8) {
-        kbc.write(DATA_PORT, &[value], 0);
+        kbc.port_write(DATA_PORT, &[value], 0);
     }
 
     /// Reads every byte the output buffer offers.

@@ -46,10 +46,9 @@
 //! block. PIRQ routing and SMRAM are stored but change no interrupt routing and no
 //! memory map.
 
-use std::any::Any;
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, Nanos, SystemControl};
 use crate::devices::acpi_pm::{PmIo, PmShared};
 
 /// CONFIG_ADDRESS (PCI 3.0 §3.2.2.3.2), dword access only.
@@ -466,12 +465,9 @@ impl PciHost {
     }
 }
 
-impl Device for PciHost {
-    fn name(&self) -> &'static str {
-        "pci-host"
-    }
-
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+impl PciHost {
+    /// Reads the register at port offset `offset` (the trait's `read`).
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         match (offset, data) {
             (CONFIG_ADDRESS, data @ [_, _, _, _]) => {
@@ -483,7 +479,8 @@ impl Device for PciHost {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    /// Writes the register at port offset `offset` (the trait's `write`).
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         match (offset, data) {
             (CONFIG_ADDRESS, &[a, b, c, d]) => {
                 self.address = u32::from_le_bytes([a, b, c, d]) & ADDRESS_STORED;
@@ -492,6 +489,20 @@ impl Device for PciHost {
             (CONFIG_DATA..=CONFIG_DATA_LAST, data) => self.write_data(offset, data),
             _ => {}
         }
+    }
+}
+
+impl Device for PciHost {
+    fn name(&self) -> &'static str {
+        "pci-host"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
     }
 
     fn reset(&mut self) {
@@ -502,10 +513,6 @@ impl Device for PciHost {
         self.power = power_management();
         self.publish_pam();
         self.publish_pm();
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -531,12 +538,12 @@ mod tests {
     }
 
     fn out(host: &mut PciHost, port: u16, size: usize, value: u32) {
-        host.write(port, &value.to_le_bytes()[..size], 0);
+        host.port_write(port, &value.to_le_bytes()[..size], 0);
     }
 
     fn inp(host: &mut PciHost, port: u16, size: usize) -> u32 {
         let mut buf = [0u8; 4];
-        host.read(port, &mut buf[..size], 0);
+        host.port_read(port, &mut buf[..size], 0);
         u32::from_le_bytes(buf)
     }
 

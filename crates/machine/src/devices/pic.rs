@@ -24,10 +24,9 @@
 //!   stored but not modelled: INTA always returns one 8086-style vector byte, and
 //!   only master IR2 cascades to the slave.
 
-use std::any::Any;
 use std::rc::Rc;
 
-use crate::device::{Device, IrqLines, Nanos};
+use crate::device::IrqLines;
 
 /// Master command port (A0 = 0): ICW1, OCW2, OCW3 on write; IRR/ISR/poll on read.
 const MASTER_CMD: u16 = 0x20;
@@ -457,34 +456,31 @@ impl Pic {
     }
 }
 
-impl Device for Pic {
-    fn name(&self) -> &'static str {
-        "pic"
-    }
-
-    /// Each byte of a wider access reads the next port up.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
-        for (port, byte) in (offset..=u16::MAX).zip(data.iter_mut()) {
+/// The PIC is a typed field of the machine, not a [`crate::Device`]: the
+/// machine routes its ports to these and asks it for INTR and the vector.
+impl Pic {
+    /// Reads ports from `port` on; each byte of a wider access reads the next
+    /// port up.
+    pub fn port_read(&mut self, port: u16, data: &mut [u8]) {
+        for (port, byte) in (port..=u16::MAX).zip(data.iter_mut()) {
             *byte = self.read_byte(port).unwrap_or(0xFF);
         }
     }
 
-    /// Each byte of a wider access writes the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
-        for (port, &value) in (offset..=u16::MAX).zip(data.iter()) {
+    /// Writes ports from `port` on; each byte of a wider access writes the
+    /// next port up.
+    pub fn port_write(&mut self, port: u16, data: &[u8]) {
+        for (port, &value) in (port..=u16::MAX).zip(data.iter()) {
             self.write_byte(port, value);
         }
     }
 
-    fn reset(&mut self) {
+    /// A system reset.
+    pub fn reset(&mut self) {
         // Edges latched before the reset must not survive it.
         self.lines.take_rising();
         self.chips = [Chip::power_on(0x08, CASCADE_BIT), Chip::power_on(0x70, 2)];
         self.elcr = [0; 2];
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -499,12 +495,12 @@ mod tests {
     }
 
     fn out(pic: &mut Pic, port: u16, value: u8) {
-        pic.write(port, &[value], 0);
+        pic.port_write(port, &[value]);
     }
 
     fn inb(pic: &mut Pic, port: u16) -> u8 {
         let mut data = [0u8];
-        pic.read(port, &mut data, 0);
+        pic.port_read(port, &mut data);
         data[0]
     }
 
@@ -878,13 +874,13 @@ mod tests {
     #[test]
     fn pic_wide_access_covers_consecutive_ports() {
         let (_lines, mut pic) = setup();
-        pic.write(0x4D0, &[0x28, 0x0E], 0);
+        pic.port_write(0x4D0, &[0x28, 0x0E]);
         out(&mut pic, 0x21, 0x5A);
 
         let mut elcr = [0u8; 2];
-        pic.read(0x4D0, &mut elcr, 0);
+        pic.port_read(0x4D0, &mut elcr);
         let mut cmd_data = [0u8; 2];
-        pic.read(0x20, &mut cmd_data, 0);
+        pic.port_read(0x20, &mut cmd_data);
 
         assert_eq!(elcr, [0x28, 0x0E]);
         assert_eq!(cmd_data, [0x00, 0x5A]);

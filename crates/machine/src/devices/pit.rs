@@ -27,9 +27,7 @@
 //!   datasheet, behaves as 2. The power-on state, undefined in the datasheet, is
 //!   mode 0 with no count and OUT low, so IRQ0 starts low like the idle line.
 
-use std::any::Any;
-
-use crate::device::{Device, IrqLine, Nanos};
+use crate::device::{DevCtx, Device, IrqLine, Nanos};
 
 /// The 8254's input clock on a PC: 14.31818 MHz / 12.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -590,13 +588,9 @@ impl Pit {
     }
 }
 
-impl Device for Pit {
-    fn name(&self) -> &'static str {
-        "pit"
-    }
-
+impl Pit {
     /// Each byte of a wider access reads the next port up.
-    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
         for (port, byte) in (offset..=u16::MAX).zip(data.iter_mut()) {
             *byte = self.read_byte(port, now).unwrap_or(0xFF);
         }
@@ -604,8 +598,8 @@ impl Device for Pit {
 
     /// Each byte of a wider access writes the next port up. Channel 0's output is
     /// brought up to `now` first, so edges under the old programming are kept.
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos) {
-        self.advance(now);
+    pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+        self.advance_to(now);
         let t = self.last_tick;
         for (port, &value) in (offset..=u16::MAX).zip(data.iter()) {
             self.write_byte(port, value, t);
@@ -613,7 +607,8 @@ impl Device for Pit {
         self.irq0.set_level(self.channels[0].out_at(t));
     }
 
-    fn advance(&mut self, now: Nanos) {
+    /// Brings timers up to `now` (the trait's `advance`).
+    pub fn advance_to(&mut self, now: Nanos) {
         let t = tick_at(now);
         if t > self.last_tick {
             if self.channels[0].rose_between(self.last_tick, t) {
@@ -628,6 +623,24 @@ impl Device for Pit {
         }
         self.irq0.set_level(self.channels[0].out_at(self.last_tick));
     }
+}
+
+impl Device for Pit {
+    fn name(&self) -> &'static str {
+        "pit"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
+
+    fn advance(&mut self, ctx: &mut DevCtx) {
+        self.advance_to(ctx.now());
+    }
 
     /// Counted from the last advance, so an edge not yet delivered is due at once.
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {
@@ -640,10 +653,6 @@ impl Device for Pit {
         self.channels = Self::power_on_channels();
         self.port_b = 0;
         self.irq0.set_level(false);
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -660,12 +669,12 @@ mod tests {
     }
 
     fn out(pit: &mut Pit, port: u16, value: u8, now: Nanos) {
-        pit.write(port, &[value], now);
+        pit.port_write(port, &[value], now);
     }
 
     fn inb(pit: &mut Pit, port: u16, now: Nanos) -> u8 {
         let mut data = [0u8];
-        pit.read(port, &mut data, now);
+        pit.port_read(port, &mut data, now);
         data[0]
     }
 
@@ -708,7 +717,7 @@ mod tests {
 
         let before = pit.out(0, at(100));
         let deadline = pit.next_deadline(0);
-        pit.advance(at(101));
+        pit.advance_to(at(101));
 
         assert!(!before);
         assert_eq!(deadline, Some(at(101)));
@@ -777,7 +786,7 @@ mod tests {
             if now > at(1 + 5 * 1193) {
                 break;
             }
-            pit.advance(now);
+            pit.advance_to(now);
             edges += lines.take_rising().count_ones();
         }
 
@@ -790,7 +799,7 @@ mod tests {
         program(&mut pit, 0, 2, 100, 0);
         lines.take_rising();
 
-        pit.advance(at(1 + 350));
+        pit.advance_to(at(1 + 350));
 
         assert_eq!(lines.take_rising(), 1);
         assert!(lines.line(0).is_high());
@@ -870,7 +879,7 @@ mod tests {
 
         let levels: Vec<bool> = (10..=12).map(|n| pit.out(0, at(n))).collect();
 
-        pit.advance(at(12));
+        pit.advance_to(at(12));
 
         assert_eq!(levels, [true, false, true]);
         assert_eq!(pit.next_deadline(at(12)), None);

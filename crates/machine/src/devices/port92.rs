@@ -10,10 +10,9 @@
 //! - Bits 2-7 (the disk-activity LED, CMOS lock and watchdog status on real machines)
 //!   are stored and read back but drive nothing.
 
-use std::any::Any;
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, Nanos, SystemControl};
 
 /// The only register, at port 0x92.
 const PORT_A: u16 = 0;
@@ -50,13 +49,9 @@ impl Port92 {
     }
 }
 
-impl Device for Port92 {
-    fn name(&self) -> &'static str {
-        "port92"
-    }
-
+impl Port92 {
     /// Only the byte at offset 0 is driven; any wider part reads 0xFF.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         if let (PORT_A, Some(first)) = (offset, data.first_mut()) {
             *first = self.read_port_a();
@@ -64,18 +59,28 @@ impl Device for Port92 {
     }
 
     /// Only the first byte is taken; the rest would belong to the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         if let (PORT_A, Some(&value)) = (offset, data.first()) {
             self.write_port_a(value);
         }
     }
+}
+
+impl Device for Port92 {
+    fn name(&self) -> &'static str {
+        "port92"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
 
     fn reset(&mut self) {
         self.value = 0;
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -85,12 +90,12 @@ mod tests {
 
     fn read(port: &mut Port92) -> u8 {
         let mut data = [0u8];
-        port.read(PORT_A, &mut data, 0);
+        port.port_read(PORT_A, &mut data, 0);
         data[0]
     }
 
     fn write(port: &mut Port92, value: u8) {
-        port.write(PORT_A, &[value], 0);
+        port.port_write(PORT_A, &[value], 0);
     }
 
     #[test]
@@ -170,7 +175,7 @@ mod tests {
         let mut port = Port92::new(ctl);
         let mut data = [0u8; 2];
 
-        port.read(PORT_A, &mut data, 0);
+        port.port_read(PORT_A, &mut data, 0);
 
         assert_eq!(data, [0x02, 0xFF]);
     }

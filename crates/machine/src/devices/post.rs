@@ -11,10 +11,9 @@
 //! - Like a POST card's display, the record survives a system reset.
 //! - A failed write to the sink is counted, never a panic.
 
-use std::any::Any;
 use std::io::Write;
 
-use crate::device::{Device, Nanos};
+use crate::device::{DevCtx, Device, Nanos};
 
 /// The classic POST code port.
 const POST_PORT: u16 = 0x80;
@@ -68,13 +67,9 @@ impl PostCodes {
     }
 }
 
-impl Device for PostCodes {
-    fn name(&self) -> &'static str {
-        "post"
-    }
-
+impl PostCodes {
     /// Only the byte at a POST port is driven; any wider part reads 0xFF.
-    fn read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
         if let (POST_PORT, Some(first)) = (offset, data.first_mut()) {
             *first = self.last.unwrap_or(0xFF);
@@ -82,7 +77,7 @@ impl Device for PostCodes {
     }
 
     /// Only the first byte is taken; the rest would belong to the next port up.
-    fn write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
+    pub fn port_write(&mut self, offset: u16, data: &[u8], _now: Nanos) {
         let Some(&code) = data.first() else {
             return;
         };
@@ -90,9 +85,19 @@ impl Device for PostCodes {
             self.record(offset, code);
         }
     }
+}
 
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+impl Device for PostCodes {
+    fn name(&self) -> &'static str {
+        "post"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
     }
 }
 
@@ -104,7 +109,7 @@ mod tests {
 
     fn read(post: &mut PostCodes, port: u16) -> u8 {
         let mut data = [0u8];
-        post.read(port, &mut data, 0);
+        post.port_read(port, &mut data, 0);
         data[0]
     }
 
@@ -119,8 +124,8 @@ mod tests {
     fn post_writes_to_both_ports_record_last_and_count() {
         let mut post = PostCodes::new(None);
 
-        post.write(POST_PORT, &[0x1F], 0);
-        post.write(POST_PORT_ALT, &[0x02], 0);
+        post.port_write(POST_PORT, &[0x1F], 0);
+        post.port_write(POST_PORT_ALT, &[0x02], 0);
 
         assert_eq!((post.last(), post.count()), (Some(0x02), 2));
     }
@@ -130,8 +135,8 @@ mod tests {
         let out = SharedBuf::default();
         let mut post = PostCodes::new(Some(Box::new(out.clone())));
 
-        post.write(POST_PORT, &[0x1F], 0);
-        post.write(POST_PORT_ALT, &[0x02], 0);
+        post.port_write(POST_PORT, &[0x1F], 0);
+        post.port_write(POST_PORT_ALT, &[0x02], 0);
 
         assert_eq!(*out.0.borrow(), b"post 0x80: 0x1f\npost 0x190: 0x02\n");
     }
@@ -141,7 +146,7 @@ mod tests {
         let mut post = PostCodes::new(None);
         let before = read(&mut post, POST_PORT);
 
-        post.write(POST_PORT, &[0x55], 0);
+        post.port_write(POST_PORT, &[0x55], 0);
 
         assert_eq!(before, 0xFF);
         assert_eq!(read(&mut post, POST_PORT), 0x55);
@@ -150,7 +155,7 @@ mod tests {
     #[test]
     fn post_read_0x190_returns_ff() {
         let mut post = PostCodes::new(None);
-        post.write(POST_PORT_ALT, &[0x55], 0);
+        post.port_write(POST_PORT_ALT, &[0x55], 0);
 
         assert_eq!(read(&mut post, POST_PORT_ALT), 0xFF);
     }
@@ -159,7 +164,7 @@ mod tests {
     fn post_word_write_records_only_low_byte() {
         let mut post = PostCodes::new(None);
 
-        post.write(POST_PORT, &[0x12, 0x34], 0);
+        post.port_write(POST_PORT, &[0x12, 0x34], 0);
 
         assert_eq!((post.last(), post.count()), (Some(0x12), 1));
     }
@@ -168,7 +173,7 @@ mod tests {
     fn post_failing_sink_still_records_code() {
         let mut post = PostCodes::new(Some(Box::new(BrokenSink)));
 
-        post.write(POST_PORT, &[0x01], 0);
+        post.port_write(POST_PORT, &[0x01], 0);
 
         assert_eq!((post.last(), post.output_errors()), (Some(0x01), 1));
     }

@@ -22,12 +22,11 @@
 //!   [`Uart::receive`] model characters arriving on the wire and can overrun.
 //! - Nothing a guest writes can panic the device; output errors are counted.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::device::{Device, IrqLine, Nanos};
+use crate::device::{DevCtx, Device, IrqLine, Nanos};
 
 /// RBR (read) / THR (write) with DLAB clear; divisor latch LSB with DLAB set.
 const RBR_THR_DLL: u16 = 0;
@@ -496,14 +495,10 @@ impl Uart {
     }
 }
 
-impl Device for Uart {
-    fn name(&self) -> &'static str {
-        "uart16550a"
-    }
-
+impl Uart {
     /// An access wider than a byte is split into byte accesses at consecutive
     /// offsets, as the ISA bus does for an 8-bit device.
-    fn read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
+    pub fn port_read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
         self.now = self.now.max(now);
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = self.read_byte(offset.wrapping_add(i as u16));
@@ -511,7 +506,8 @@ impl Device for Uart {
         self.update_irq();
     }
 
-    fn write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+    /// Writes the register at port offset `offset` (the trait's `write`).
+    pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
         self.now = self.now.max(now);
         for (i, &byte) in data.iter().enumerate() {
             self.write_byte(offset.wrapping_add(i as u16), byte);
@@ -519,7 +515,8 @@ impl Device for Uart {
         self.update_irq();
     }
 
-    fn advance(&mut self, now: Nanos) {
+    /// Brings timers up to `now` (the trait's `advance`).
+    pub fn advance_to(&mut self, now: Nanos) {
         self.now = self.now.max(now);
         self.pull_input();
         if let Some(deadline) = self.timeout_deadline {
@@ -529,6 +526,24 @@ impl Device for Uart {
             }
         }
         self.update_irq();
+    }
+}
+
+impl Device for Uart {
+    fn name(&self) -> &'static str {
+        "uart16550a"
+    }
+
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.port_write(offset as u16, data, ctx.now());
+    }
+
+    fn advance(&mut self, ctx: &mut DevCtx) {
+        self.advance_to(ctx.now());
     }
 
     /// The armed character timeout, or the next host-input poll (every virtual
@@ -557,10 +572,6 @@ impl Device for Uart {
         self.msr_deltas = 0;
         self.thre_pending = false;
         self.update_irq();
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -591,12 +602,12 @@ mod tests {
 
     fn rd(uart: &mut Uart, offset: u16) -> u8 {
         let mut data = [0u8];
-        uart.read(offset, &mut data, 0);
+        uart.port_read(offset, &mut data, 0);
         data[0]
     }
 
     fn wr(uart: &mut Uart, offset: u16, value: u8) {
-        uart.write(offset, &[value], 0);
+        uart.port_write(offset, &[value], 0);
     }
 
     fn irq4_high(lines: &IrqLines) -> bool {
@@ -806,7 +817,7 @@ mod tests {
         r.uart.receive(b"a");
         let deadline = r.uart.next_deadline(0);
 
-        r.uart.advance(10_000_000);
+        r.uart.advance_to(10_000_000);
 
         // 9600 baud 5N1 (LCR 0): 7 bits * 12 * 16 / 1.8432 MHz = 729166 ns per char.
         assert_eq!(deadline, Some(4 * 729_166));
@@ -822,7 +833,7 @@ mod tests {
         wr(&mut r.uart, IER_DLM, IER_ERBFI);
         r.uart.receive(b"a");
 
-        r.uart.advance(1_000);
+        r.uart.advance_to(1_000);
 
         assert_eq!(rd(&mut r.uart, IIR_FCR), 0xC1);
     }
@@ -959,7 +970,7 @@ mod tests {
         wr(&mut r.uart, IIR_FCR, FCR_FIFO_ENABLE);
         input.push(b"hi");
 
-        r.uart.advance(1_000_000);
+        r.uart.advance_to(1_000_000);
 
         assert_eq!(rd(&mut r.uart, RBR_THR_DLL), b'h');
         assert_eq!(rd(&mut r.uart, RBR_THR_DLL), b'i');
@@ -972,10 +983,10 @@ mod tests {
         let mut r = rig_with_input(Some(input.clone()));
         input.push(b"ab");
 
-        r.uart.advance(1_000_000);
-        r.uart.advance(2_000_000);
+        r.uart.advance_to(1_000_000);
+        r.uart.advance_to(2_000_000);
         let first = rd(&mut r.uart, RBR_THR_DLL);
-        r.uart.advance(3_000_000);
+        r.uart.advance_to(3_000_000);
         let second = rd(&mut r.uart, RBR_THR_DLL);
 
         assert_eq!((first, second), (b'a', b'b'));
@@ -989,7 +1000,7 @@ mod tests {
         wr(&mut r.uart, MCR, MCR_LOOP);
         input.push(b"a");
 
-        r.uart.advance(1_000_000);
+        r.uart.advance_to(1_000_000);
 
         assert_eq!(rd(&mut r.uart, LSR) & LSR_DR, 0);
     }
@@ -1011,7 +1022,7 @@ mod tests {
         wr(&mut r.uart, SCR, 0x42);
 
         let mut data = [0u8; 2];
-        r.uart.read(MSR, &mut data, 0);
+        r.uart.port_read(MSR, &mut data, 0);
 
         assert_eq!(data, [0xB0, 0x42]);
     }
