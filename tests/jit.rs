@@ -447,6 +447,19 @@ fn instruction_pointer_wraps_at_the_code_size() {
     }
 }
 
+/// The random 64 KiB ROM of `seed` (xorshift64*, Vigna, one byte per step).
+fn random_rom(seed: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..0x1_0000)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
 /// Random bytes as a 64 KiB BIOS image, run from the reset vector in real
 /// mode under lockstep (the random-ROM fuzz of `docs/translator.md`, bounded
 /// for CI): no divergence, panic or hang. Such ROMs found two classes, both
@@ -465,16 +478,7 @@ fn lockstep_random_rom_fuzz_finds_no_divergence() {
     let first = env("X86BT_ROM_FIRST", 0);
     let mut caught_up = 0u64;
     for seed in first..first + roms {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let rom: Vec<u8> = (0..0x1_0000)
-            .map(|_| {
-                // xorshift64* (Vigna), one byte per step.
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect();
+        let rom = random_rom(seed);
         let mut vm = Vm::with_engine(pc_with_rom(rom), Engine::Lockstep).expect("lockstep");
         let out = vm.run(300_000);
         assert!(
@@ -494,5 +498,24 @@ fn lockstep_random_rom_fuzz_finds_no_divergence() {
     eprintln!(
         "{roms} random ROMs (seeds {first}..{}) agree; {caught_up} units run on to a boundary",
         first + roms
+    );
+}
+
+/// Random ROM seed 1774 (real mode): a unit with port I/O runs once, on the
+/// translator with the real CPU state, whose fast TLB still held a write entry
+/// for a page that had become code while lockstep's copies ran (they, not it,
+/// saw the memory's epoch move). Its inline store into the code bytes at
+/// 0xEC00 bypassed invalidation, and a stale unit ran later. The TLB now keeps
+/// the epochs it was checked against itself.
+#[test]
+fn lockstep_io_unit_sees_pages_that_became_code_under_a_copy() {
+    let seed = 1774u64;
+    let rom = random_rom(seed);
+    let mut vm = Vm::with_engine(pc_with_rom(rom), Engine::Lockstep).expect("lockstep");
+    let out = vm.run(300_000);
+    assert!(!matches!(out, RunOutcome::Divergence(_)), "{out:?}");
+    assert!(
+        vm.cpu.icount > 252_247,
+        "ran past the unit that diverged: {out:?}"
     );
 }

@@ -169,6 +169,21 @@ pub const ALLOWED: &[Allowed] = &[
         applies: nan_select,
     },
     Allowed {
+        name: "crc32-16bit-code",
+        reason: "CRC32 r32, r/m16/32 in a 16-bit code segment: the source size is the operand-size attribute (16 without 0x66, 32 with it), as x86bt and the Intel host (scripts/host-checks/crc32_16bit.c, a 16-bit LDT code segment) size it; QEMU TCG sizes it by the presence of 0x66 alone, which is right only in 32- and 64-bit code",
+        reference: "Intel SDM vol. 2A, CRC32 (F2 0F 38 F1 /r: r/m16 or r/m32 by operand size) and vol. 1 §3.6 (operand-size attribute); host check in docs/notes.md (issue 12)",
+        applies: |c| {
+            matches!(
+                c.ins.code(),
+                Code::Crc32_r32_rm16 | Code::Crc32_r32_rm32
+            ) && x86bt_cpu::mode::CpuMode::of(c.before).bits() == 16
+                && c.diffs
+                    .iter()
+                    .all(|d| c.ins.op0_register().full_register() == reg_name(&d.name)
+                        || c.ins.op0_register() == reg32_name(&d.name))
+        },
+    },
+    Allowed {
         name: "pcmpestr-rex-w",
         reason: "PCMPESTRI/PCMPESTRM with REX.W: the lengths are RAX and RDX read as signed 64-bit values, as the Intel host reads them; QEMU TCG reads EAX and EDX, so an upper half changes the lengths on x86bt and the host and not on QEMU",
         reference: "Intel SDM vol. 2B, PCMPESTRI/PCMPESTRM ('the length of the first operand is the absolute value of RAX (64-bit mode with REX.W)'); tests/sse_long.rs pcmpestr_rex_w_lengths_match_host",
@@ -288,6 +303,27 @@ fn pcmpestr_rex_w(c: &Ctx) -> bool {
         && c.diffs
             .iter()
             .all(|d| matches!(d.name.as_str(), "rcx" | "eflags") || d.name.starts_with("xmm0"))
+}
+
+/// The 32-bit register a compared field names outside 64-bit mode
+/// (`eax`..`edi`), or `Register::None`.
+fn reg32_name(name: &str) -> Register {
+    use Register as R;
+    const GPRS: [Register; 8] = [
+        R::EAX,
+        R::ECX,
+        R::EDX,
+        R::EBX,
+        R::ESP,
+        R::EBP,
+        R::ESI,
+        R::EDI,
+    ];
+    const NAMES: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
+    NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map_or(R::None, |i| GPRS[i])
 }
 
 /// MOV CS, r/m: iced calls it invalid (so does x86bt, which raises #UD); QEMU

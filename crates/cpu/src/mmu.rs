@@ -176,6 +176,13 @@ pub struct FastTlb {
     /// Linear page numbers flushed one by one (INVLPG) since the keeper of such
     /// a cache last took them; more than [`PAGE_NOTES`] count as a whole flush.
     pub page_notes: Vec<u64>,
+    /// `PhysMemory::host_epoch` when this TLB's host pointers were last known
+    /// good, and `PhysMemory::code_maps_epoch` when its code-map pointers
+    /// were: kept with the TLB itself, so that every CPU state (each vCPU,
+    /// lockstep's copies) is checked, not only the one that ran last.
+    pub host_epoch: u64,
+    /// See [`FastTlb::host_epoch`].
+    pub maps_epoch: u64,
 }
 
 /// How many single-page flushes [`FastTlb::page_notes`] keeps.
@@ -188,6 +195,8 @@ impl Default for FastTlb {
             writes: false,
             generation: 0,
             page_notes: Vec::new(),
+            host_epoch: u64::MAX,
+            maps_epoch: u64::MAX,
         }
     }
 }

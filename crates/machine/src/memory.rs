@@ -91,7 +91,7 @@ pub struct PhysMemory {
     code_bytes: PageMap<Box<CodeBytes>>,
     dirty_code_pages: Vec<u64>,
     /// Raised when a code-byte map is freed (see [`PhysMemory::code_map`]).
-    code_maps_freed: bool,
+    code_maps_epoch: u64,
     /// Raised when a page holding cached code was written; the run loop clears it
     /// after invalidating.
     pub code_write_pending: bool,
@@ -141,7 +141,7 @@ impl PhysMemory {
             code_pages: vec![0; pages.div_ceil(64) as usize],
             code_bytes: PageMap::default(),
             dirty_code_pages: Vec::new(),
-            code_maps_freed: false,
+            code_maps_epoch: 0,
             code_write_pending: false,
             pam: [0; 16],
             smram_open: false,
@@ -506,7 +506,7 @@ impl PhysMemory {
     /// (LSB first) that a cached unit was decoded from, followed by a zero word.
     /// A write that touches no set bit changes no cached unit. The map lives at
     /// this address, and is kept up to date, until
-    /// [`PhysMemory::take_code_maps_freed`] says maps were freed.
+    /// [`PhysMemory::code_maps_epoch`] moves.
     pub fn code_map(&self, page_addr: u64) -> Option<*const u8> {
         let Target::Ram(o) = self.decode_for(page_addr & self.a20_mask, true) else {
             return None;
@@ -520,10 +520,12 @@ impl PhysMemory {
             .map(|map| map.as_ptr().cast::<u8>())
     }
 
-    /// Returns and clears whether code-byte maps were freed since the last call
-    /// (pointers from [`PhysMemory::code_map`] may dangle).
-    pub fn take_code_maps_freed(&mut self) -> bool {
-        std::mem::take(&mut self.code_maps_freed)
+    /// Counts the frees of code-byte maps: a holder of pointers from
+    /// [`PhysMemory::code_map`] (a CPU's fast TLB) drops them when this has
+    /// moved since it took them. A counter, not a flag, so that every holder
+    /// (each vCPU, lockstep's copies) sees the change, not the first one only.
+    pub fn code_maps_epoch(&self) -> u64 {
+        self.code_maps_epoch
     }
 
     /// See [`PhysMemory::host_page`].
@@ -609,7 +611,7 @@ impl PhysMemory {
             if self.code_pages[(*page / 64) as usize] & (1 << (page % 64)) == 0
                 && self.code_bytes.remove(page).is_some()
             {
-                self.code_maps_freed = true;
+                self.code_maps_epoch += 1;
             }
         }
         pages

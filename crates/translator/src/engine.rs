@@ -164,8 +164,6 @@ pub struct Translator {
     next_gen: u64,
     /// The link to make at the next lookup.
     link_request: Option<LinkRequest>,
-    /// `PhysMemory::host_epoch` when the fast TLB was last known good.
-    host_epoch: u64,
     /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
     specs: HashMap<(CpuMode, u64, u32, u8), u32>,
     /// `FastTlb::generation` when the jump cache was last known good.
@@ -221,7 +219,6 @@ impl Translator {
             stats: JitStats::default(),
             next_gen: 1,
             link_request: None,
-            host_epoch: u64::MAX,
             specs: HashMap::new(),
             jc_generation: u64::MAX,
             jc_used: false,
@@ -751,12 +748,14 @@ impl Translator {
     /// and no write may bypass the write log while one is kept.
     fn prepare_fast_tlb(&mut self, cpu: &mut CpuState, m: &mut Machine) {
         let epoch = m.mem.host_epoch();
-        if epoch != self.host_epoch {
+        if epoch != cpu.tlb.fast.host_epoch {
             cpu.tlb.fast.flush();
-            self.host_epoch = epoch;
+            cpu.tlb.fast.host_epoch = epoch;
         }
-        if m.mem.take_code_maps_freed() {
+        let maps = m.mem.code_maps_epoch();
+        if maps != cpu.tlb.fast.maps_epoch {
             cpu.tlb.fast.drop_code_writes();
+            cpu.tlb.fast.maps_epoch = maps;
         }
         // The jump cache maps linear addresses: it goes with every TLB flush
         // (and with the memory map, whose change flushed the fast TLB above),
