@@ -198,11 +198,12 @@ impl Vm {
         let l = self.lockstep.as_ref()?;
         let s = l.stats();
         Some(format!(
-            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} run on to the translator's boundary",
+            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} with memory-mapped I/O run once (not compared), {} run on to the translator's boundary",
             l.jit_stats(),
             s.units,
             s.compared,
             s.io_units,
+            s.mmio_units,
             s.caught_up
         ))
     }
@@ -316,6 +317,9 @@ impl Vm {
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
             {
                 return RunOutcome::Stopped;
+            }
+            if self.machine.take_apic_nmi() {
+                self.cpu.nmi_pending = 1;
             }
             if self.cpu.nmi_pending != 0 && self.cpu.nmi_blocked == 0 && self.cpu.int_shadow == 0 {
                 // NMI: not maskable by IF, blocked until the next IRET.

@@ -205,6 +205,28 @@ pub fn cpuid(cpu: &CpuState, leaf: u32, subleaf: u32) -> [u32; 4] {
     }
 }
 
+/// CPUID as a CPU with a local APIC reports it (`apic`: its APIC ID and
+/// whether IA32_APIC_BASE enables it): leaf 1 adds the initial APIC ID in
+/// EBX[31:24], APIC (EDX bit 9, clear while the APIC is globally disabled, as
+/// Intel CPUs report it), x2APIC (ECX bit 21) and TSC-deadline (ECX bit 24).
+/// Without an APIC, [`cpuid`].
+pub fn cpuid_with_apic(
+    cpu: &CpuState,
+    leaf: u32,
+    subleaf: u32,
+    apic: Option<(u32, bool)>,
+) -> [u32; 4] {
+    let mut r = cpuid(cpu, leaf, subleaf);
+    if let (1, Some((id, enabled))) = (leaf, apic) {
+        r[1] |= id << 24;
+        r[2] |= (1 << 21) | (1 << 24);
+        if enabled {
+            r[3] |= 1 << 9;
+        }
+    }
+    r
+}
+
 /// The current time-stamp counter.
 pub fn tsc(cpu: &CpuState) -> u64 {
     cpu.icount.wrapping_add(cpu.tsc_offset)

@@ -11,8 +11,13 @@
 //!   describes it, so a guest that resets through ACPI reaches the same reset;
 //! - a DSDT whose only object is `\_S5`, soft-off with SLP_TYP 0 (PIIX4's
 //!   "soft off" encoding), so the guest can power the machine off;
-//! - no MADT: the machine has no local APIC or I/O APIC, and CPUID does not claim
-//!   one, so the kernel keeps the 8259 PICs;
+//! - a MADT (ACPI 6.5 §5.2.12): the local APIC address (0xFEE00000), the
+//!   PC-AT-compatible flag (the 8259 pair is there), one Processor Local APIC
+//!   entry per CPU (UID = APIC ID = the CPU's index) and LINT1 as NMI on every
+//!   processor, as PC firmware wires it; the I/O APIC (its ID the first after
+//!   the CPUs', at 0xFEC00000, GSIs 0-23), and the
+//!   interrupt source overrides a PC has: ISA IRQ0 (the PIT) on GSI 2, and the
+//!   SCI (IRQ 9) level-triggered, active high;
 //! - SMI_CMD = 0: the machine has no SMM, and the ACPI spec defines a zero
 //!   SMI_CMD as "the system is always in ACPI mode". PM1_CNT.SCI_EN is set by
 //!   [`crate::pc::prepare_direct_boot`] to match.
@@ -26,7 +31,7 @@ use crate::devices::acpi_pm::PM_IO_PORT;
 /// of it is where an ACPI 1.0 OS looks for the RSDP.
 pub const ACPI_AREA: u32 = 0x9_FC00;
 /// Bytes the tables take (less than the 1 KiB EBDA).
-pub const ACPI_AREA_LEN: usize = 0x180;
+pub const ACPI_AREA_LEN: usize = 0x300;
 
 /// Offsets of each table inside the area. The FACS must be 64-byte aligned and
 /// the RSDP 16-byte aligned.
@@ -35,13 +40,20 @@ const FACS_OFF: usize = 0x40;
 const RSDT_OFF: usize = 0x80;
 const FADT_OFF: usize = 0xC0;
 const DSDT_OFF: usize = 0x150;
+const MADT_OFF: usize = 0x180;
+/// The most CPUs the MADT slot holds (8 bytes per Processor Local APIC entry).
+pub const MAX_CPUS: u32 = 32;
+/// The local APIC's physical address, as the MADT gives it.
+const LAPIC_ADDR: u32 = 0xFEE0_0000;
 /// The FADT's length: the ACPI 1.0 layout (116 bytes) plus RESET_REG,
 /// RESET_VALUE, IAPC_BOOT_ARCH's successor bytes and FADT minor version (to 132).
 const FADT_LEN: usize = 132;
 
 // Slots do not overlap, stay inside the area, and the FACS is 64-byte aligned.
 const _: () = assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
-const _: () = assert!(FADT_OFF + FADT_LEN <= DSDT_OFF && DSDT_OFF + 48 <= ACPI_AREA_LEN);
+const _: () = assert!(FADT_OFF + FADT_LEN <= DSDT_OFF && DSDT_OFF + 48 <= MADT_OFF);
+const _: () = assert!(MADT_OFF + madt_len(MAX_CPUS) <= ACPI_AREA_LEN);
+const _: () = assert!(RSDT_OFF + 44 <= FADT_OFF);
 const _: () = assert!((ACPI_AREA as usize + FACS_OFF) % 64 == 0);
 
 const OEM_ID: &[u8; 6] = b"X86BT ";
@@ -133,9 +145,49 @@ fn fadt_body(facs: u32, dsdt: u32) -> Vec<u8> {
     b
 }
 
-/// The tables as one block to be copied to [`ACPI_AREA`]. `base` is where the
-/// block will live (table pointers are physical addresses).
-pub fn build(base: u32) -> Vec<u8> {
+/// The MADT's length for `cpus` processors: the header, the local APIC
+/// address and flags, a Processor Local APIC entry (8 bytes) per CPU and one
+/// Local APIC NMI entry (6 bytes).
+const fn madt_len(cpus: u32) -> usize {
+    36 + 8 + 8 * cpus as usize + 12 + 2 * 10 + 6
+}
+
+/// The MADT body for `cpus` processors.
+fn madt_body(cpus: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(madt_len(cpus) - 36);
+    b.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259 present
+    for cpu in 0..cpus {
+        // Processor Local APIC: type 0, length 8, UID, APIC ID, flags
+        // (bit 0: enabled).
+        b.extend_from_slice(&[0, 8, cpu as u8, cpu as u8]);
+        b.extend_from_slice(&1u32.to_le_bytes());
+    }
+    // I/O APIC: type 1, length 12, ID, reserved, address, GSI base 0.
+    b.extend_from_slice(&[1, 12, cpus as u8, 0]);
+    b.extend_from_slice(&0xFEC0_0000u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    // Interrupt source overrides: type 2, length 10, bus 0 (ISA), source,
+    // GSI, flags (bits 1:0 polarity, 3:2 trigger; 0 = as the bus says).
+    for (irq, gsi, flags) in [
+        (0u8, 2u32, 0u16),
+        (SCI_IRQ as u8, u32::from(SCI_IRQ), 0x000D),
+    ] {
+        b.extend_from_slice(&[2, 10, 0, irq]);
+        b.extend_from_slice(&gsi.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+    }
+    // Local APIC NMI: type 4, length 6, every processor (UID 0xFF), flags 0
+    // (conforming polarity and trigger), LINT1.
+    b.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+    b
+}
+
+/// The tables as one block to be copied to [`ACPI_AREA`], for a machine with
+/// `cpus` processors (1 to [`MAX_CPUS`]). `base` is where the block will live
+/// (table pointers are physical addresses).
+pub fn build(base: u32, cpus: u32) -> Vec<u8> {
+    let cpus = cpus.clamp(1, MAX_CPUS);
     let at = |off: usize| base + u32::try_from(off).unwrap_or(0);
     let mut area = vec![0u8; ACPI_AREA_LEN];
 
@@ -154,7 +206,11 @@ pub fn build(base: u32) -> Vec<u8> {
     facs[..4].copy_from_slice(b"FACS");
     facs[4..8].copy_from_slice(&64u32.to_le_bytes());
 
-    let rsdt = sdt(b"RSDT", 1, &at(FADT_OFF).to_le_bytes());
+    let mut entries = at(FADT_OFF).to_le_bytes().to_vec();
+    entries.extend_from_slice(&at(MADT_OFF).to_le_bytes());
+    let rsdt = sdt(b"RSDT", 1, &entries);
+    // Revision 1 (ACPI 1.0b's layout, which is all it uses).
+    let madt = sdt(b"APIC", 1, &madt_body(cpus));
     // Revision 2: the first with RESET_REG (operating systems ignore the reset
     // register of a revision 1 FADT).
     let fadt = sdt(b"FACP", 2, &fadt_body(at(FACS_OFF), at(DSDT_OFF)));
@@ -166,6 +222,7 @@ pub fn build(base: u32) -> Vec<u8> {
         (RSDT_OFF, &rsdt),
         (FADT_OFF, &fadt),
         (DSDT_OFF, &dsdt),
+        (MADT_OFF, &madt),
     ] {
         area[off..off + bytes.len()].copy_from_slice(bytes);
     }
@@ -192,13 +249,14 @@ mod tests {
 
     #[test]
     fn acpi_tables_fit_their_slots_and_checksum_to_zero() {
-        let area = build(ACPI_AREA);
+        let area = build(ACPI_AREA, 1);
         assert_eq!(&area[..8], b"RSD PTR ");
         assert!(sums_to_zero(&area[..20]), "RSDP checksum");
         let rsdt_addr = u32::from_le_bytes(area[16..20].try_into().unwrap());
         assert_eq!(rsdt_addr, ACPI_AREA + RSDT_OFF as u32);
         for (off, sig, len) in [
-            (RSDT_OFF, b"RSDT", 40),
+            (RSDT_OFF, b"RSDT", 44),
+            (MADT_OFF, b"APIC", madt_len(1)),
             (FADT_OFF, b"FACP", FADT_LEN),
             (DSDT_OFF, b"DSDT", 48),
         ] {
@@ -210,8 +268,48 @@ mod tests {
     }
 
     #[test]
+    fn madt_lists_each_cpu_and_the_lapic_address() {
+        let area = build(ACPI_AREA, 4);
+        let rsdt = table_at(&area, RSDT_OFF);
+        let madt_ptr = u32::from_le_bytes(rsdt[40..44].try_into().unwrap());
+        assert_eq!(madt_ptr, ACPI_AREA + MADT_OFF as u32, "RSDT's second entry");
+        let m = table_at(&area, MADT_OFF);
+        assert!(sums_to_zero(m));
+        assert_eq!(m.len(), madt_len(4));
+        assert_eq!(
+            u32::from_le_bytes(m[36..40].try_into().unwrap()),
+            0xFEE0_0000
+        );
+        assert_eq!(
+            u32::from_le_bytes(m[40..44].try_into().unwrap()),
+            1,
+            "PCAT_COMPAT"
+        );
+        for cpu in 0..4u8 {
+            let e = &m[44 + 8 * cpu as usize..52 + 8 * cpu as usize];
+            assert_eq!(e, &[0, 8, cpu, cpu, 1, 0, 0, 0], "CPU {cpu}");
+        }
+        assert_eq!(&m[76..80], &[1, 12, 4, 0], "I/O APIC, ID 4");
+        assert_eq!(
+            u32::from_le_bytes(m[80..84].try_into().unwrap()),
+            0xFEC0_0000
+        );
+        assert_eq!(
+            &m[88..98],
+            &[2, 10, 0, 0, 2, 0, 0, 0, 0, 0],
+            "IRQ0 -> GSI 2"
+        );
+        assert_eq!(
+            &m[98..108],
+            &[2, 10, 0, 9, 9, 0, 0, 0, 0x0D, 0],
+            "SCI level high"
+        );
+        assert_eq!(&m[108..114], &[4, 6, 0xFF, 0, 0, 1], "LINT1 NMI");
+    }
+
+    #[test]
     fn fadt_points_at_the_piix4_pm_block_and_irq9() {
-        let area = build(ACPI_AREA);
+        let area = build(ACPI_AREA, 1);
         let f = table_at(&area, FADT_OFF);
         let dw = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap());
         assert_eq!(dw(36), ACPI_AREA + FACS_OFF as u32, "FIRMWARE_CTRL");
@@ -228,7 +326,7 @@ mod tests {
     fn fadt_reset_register_is_piix_reset_control_in_io_space() {
         // ACPI 2.0 §5.2.8: RESET_REG at offset 116 (GAS), RESET_VALUE at 128,
         // and RESET_REG_SUP (flags bit 10) set, in a FADT of revision 2 or more.
-        let area = build(ACPI_AREA);
+        let area = build(ACPI_AREA, 1);
         let f = table_at(&area, FADT_OFF);
         assert!(f[8] >= 2, "FADT revision");
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());

@@ -173,6 +173,9 @@ impl Default for DevEnv {
 pub struct IrqLines {
     level: Cell<u16>,
     rising: Cell<u16>,
+    /// The rising edges the I/O APIC has not taken yet (the PIC takes its
+    /// own from `rising`: each controller sees every edge).
+    rising_apic: Cell<u16>,
 }
 
 impl IrqLines {
@@ -187,6 +190,10 @@ impl IrqLines {
     /// Returns and clears the lines that saw a rising edge since the last call.
     pub fn take_rising(&self) -> u16 {
         self.rising.replace(0)
+    }
+    /// As [`IrqLines::take_rising`], for the I/O APIC's own latch.
+    pub fn take_rising_apic(&self) -> u16 {
+        self.rising_apic.replace(0)
     }
     /// A handle that drives line `irq`.
     pub fn line(self: &Rc<Self>, irq: u8) -> IrqLine {
@@ -211,6 +218,9 @@ impl IrqLine {
         if high {
             if level & self.mask == 0 {
                 self.lines.rising.set(self.lines.rising.get() | self.mask);
+                self.lines
+                    .rising_apic
+                    .set(self.lines.rising_apic.get() | self.mask);
             }
             self.lines.level.set(level | self.mask);
         } else {

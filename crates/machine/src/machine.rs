@@ -15,6 +15,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::{size_mask, Bus, BusError, DeviceId, Mapping, Owner};
 use crate::device::{DevCtx, Device, IrqLines, MapRequest, Msi, Nanos, SystemControl};
+use crate::devices::ioapic::{self, IoApic};
+use crate::devices::lapic::{self, Ipi, Lapic, Pending};
 use crate::devices::pic::Pic;
 use crate::error::MachineError;
 use crate::memory::{MemoryLayout, PhysMemory};
@@ -35,6 +37,18 @@ pub struct Machine {
     devices: Vec<Box<dyn Device>>,
     /// The 8259 pair, if the platform has one.
     pub pic: Option<Pic>,
+    /// The local APICs, one per CPU (none on a machine without APICs).
+    pub lapics: Vec<Lapic>,
+    /// The I/O APIC, at [`ioapic::DEFAULT_BASE`], fed by the ISA IRQ lines
+    /// (IRQ0 on pin 2, the others on their own pins, as the MADT's source
+    /// overrides say).
+    pub ioapic: Option<IoApic>,
+    /// The CPU whose accesses the machine serves now (its local APIC answers
+    /// the APIC page and the APIC MSRs).
+    pub cur_cpu: usize,
+    /// Memory-mapped I/O accesses so far (devices and APIC pages): lockstep
+    /// runs a unit that made one only once.
+    pub mmio_accesses: u64,
     /// A20, reset, debug exit.
     pub ctl: Rc<SystemControl>,
     /// The 16 ISA IRQ lines.
@@ -65,6 +79,10 @@ impl Machine {
             mmio: Bus::new(),
             devices: Vec::new(),
             pic: None,
+            lapics: Vec::new(),
+            ioapic: None,
+            cur_cpu: 0,
+            mmio_accesses: 0,
             ctl: SystemControl::new(),
             irq: IrqLines::new(),
             msi: Vec::new(),
@@ -146,6 +164,9 @@ impl Machine {
     /// Advances every device to the current time and recomputes deadlines and the
     /// interrupt line.
     pub fn advance_devices(&mut self) {
+        for l in &mut self.lapics {
+            l.advance(self.now);
+        }
         for id in 0..self.devices.len() {
             let mut ctx = DevCtx::new(self.now, &mut self.mem, &mut self.msi, &mut self.requests);
             self.devices[id].advance(&mut ctx);
@@ -163,6 +184,12 @@ impl Machine {
         if let Some(pic) = &mut self.pic {
             pic.reset();
         }
+        for l in &mut self.lapics {
+            l.reset();
+        }
+        if let Some(io) = &mut self.ioapic {
+            io.reset();
+        }
         self.msi.clear();
     }
 
@@ -174,8 +201,20 @@ impl Machine {
                 .iter()
                 .map(|d| d.next_deadline(now).unwrap_or(Nanos::MAX)),
         );
-        self.deadline = self.deadlines.iter().copied().min().unwrap_or(Nanos::MAX);
+        self.recompute_deadline();
         self.after_signals();
+    }
+
+    /// The earliest of the devices' and the APIC timers' deadlines.
+    fn recompute_deadline(&mut self) {
+        let devices = self.deadlines.iter().copied().min().unwrap_or(Nanos::MAX);
+        let apics = self
+            .lapics
+            .iter()
+            .filter_map(Lapic::next_deadline)
+            .min()
+            .unwrap_or(Nanos::MAX);
+        self.deadline = devices.min(apics);
     }
 
     /// After an access to device `id` alone: its deadline, then the signals.
@@ -187,7 +226,7 @@ impl Machine {
         ) {
             (true, Some(dev)) => {
                 self.deadlines[id] = dev.next_deadline(now).unwrap_or(Nanos::MAX);
-                self.deadline = self.deadlines.iter().copied().min().unwrap_or(Nanos::MAX);
+                self.recompute_deadline();
                 self.after_signals();
             }
             _ => self.after_device_activity(),
@@ -202,14 +241,273 @@ impl Machine {
             self.mem.set_smram_open(self.ctl.smram_open());
         }
         for m in std::mem::take(&mut self.msi) {
-            // No local APIC takes messages on this platform yet: the write
-            // goes nowhere, as a memory write nobody claims does.
+            self.deliver_msi(m);
+        }
+        self.update_ioapic();
+        self.update_intr();
+    }
+
+    /// ISA IRQ `irq`'s I/O APIC pin: IRQ0 (the PIT) is wired to pin 2, the
+    /// others to their own.
+    fn ioapic_pins(isa: u16) -> u32 {
+        let isa = u32::from(isa);
+        let irq0 = isa & 1;
+        (isa & !0b101) | (irq0 << 2)
+    }
+
+    /// The I/O APIC samples its pins; what it sends is delivered.
+    fn update_ioapic(&mut self) {
+        let Some(io) = &mut self.ioapic else {
+            return;
+        };
+        let levels = Self::ioapic_pins(self.irq.levels());
+        let rising = Self::ioapic_pins(self.irq.take_rising_apic());
+        let msgs = io.update(levels, rising);
+        self.deliver_ioapic(msgs);
+    }
+
+    fn deliver_ioapic(&mut self, msgs: Vec<ioapic::Message>) {
+        for m in msgs {
+            let ipi = Ipi {
+                dest: m.dest,
+                logical: m.logical,
+                shorthand: 0,
+                mode: m.mode,
+                vector: m.vector,
+                assert: true,
+                level: m.level,
+            };
+            self.deliver_ipi(None, ipi);
+        }
+    }
+
+    /// INTR as the current CPU sees it: its local APIC's deliverable
+    /// interrupt or ExtINT from the 8259, or the 8259 alone without an APIC.
+    fn update_intr(&mut self) {
+        let pic = self.pic.as_mut().is_some_and(Pic::intr);
+        self.intr = match self.lapics.get(self.cur_cpu) {
+            Some(l) => l.pending(pic).is_some(),
+            None => pic,
+        };
+    }
+
+    /// An MSI (SDM vol. 3A §11.11): address 0xFEEx_xxxx with the destination
+    /// in bits 19:12 and the destination mode in bit 2; data with the vector,
+    /// delivery mode and trigger mode. Anything else, or no APIC, is a write
+    /// nobody takes: a guest error.
+    fn deliver_msi(&mut self, m: Msi) {
+        if m.addr >> 20 != 0xFEE || self.lapics.is_empty() {
             self.guest_error(format!(
-                "MSI to {:#x} (data {:#x}) with no APIC to take it",
+                "MSI to {:#x} (data {:#x}): no APIC takes it",
+                m.addr, m.data
+            ));
+            return;
+        }
+        let ipi = Ipi {
+            dest: ((m.addr >> 12) & 0xFF) as u32,
+            logical: m.addr & 4 != 0,
+            shorthand: 0,
+            mode: ((m.data >> 8) & 7) as u8,
+            vector: m.data as u8,
+            assert: true,
+            level: m.data & (1 << 15) != 0,
+        };
+        if self.deliver_ipi(None, ipi) == 0 {
+            self.guest_error(format!(
+                "MSI to {:#x} (data {:#x}): no CPU with that destination",
                 m.addr, m.data
             ));
         }
-        self.intr = self.pic.as_mut().is_some_and(Pic::intr);
+    }
+
+    /// Delivers an interrupt message to the local APICs it names (`from`:
+    /// the sending CPU, for the shorthands). Returns how many took it.
+    fn deliver_ipi(&mut self, from: Option<usize>, ipi: Ipi) -> usize {
+        let n = self.lapics.len();
+        let mut targets: Vec<usize> = match (ipi.shorthand, from) {
+            (1, Some(f)) => vec![f],
+            (2, _) => (0..n).collect(),
+            (3, Some(f)) => (0..n).filter(|&i| i != f).collect(),
+            _ => (0..n)
+                .filter(|&i| self.lapics[i].is_destination(ipi.dest, ipi.logical))
+                .collect(),
+        };
+        if ipi.mode == lapic::mode::LOWEST && targets.len() > 1 {
+            // Lowest priority: the target with the lowest TPR, the lowest
+            // index among equals (deterministic).
+            let best = targets
+                .iter()
+                .copied()
+                .min_by_key(|&i| (self.lapics[i].tpr(), i));
+            targets = best.into_iter().collect();
+        }
+        for &i in &targets {
+            let l = &mut self.lapics[i];
+            match ipi.mode {
+                lapic::mode::FIXED | lapic::mode::LOWEST => l.accept(ipi.vector, ipi.level),
+                lapic::mode::NMI => l.accept_nmi(),
+                // An INIT level de-assert does nothing on current CPUs.
+                lapic::mode::INIT if ipi.level && !ipi.assert => {}
+                lapic::mode::INIT => l.accept_init(),
+                lapic::mode::STARTUP => l.accept_sipi(ipi.vector),
+                other => {
+                    let what = format!("interrupt message with delivery mode {other} dropped");
+                    self.guest_error(what);
+                }
+            }
+        }
+        targets.len()
+    }
+
+    /// After the current CPU's APIC changed: its IPIs go out, its timer's
+    /// deadline and INTR are recomputed.
+    fn after_apic(&mut self) {
+        let from = self.cur_cpu;
+        if let Some(l) = self.lapics.get_mut(from) {
+            for ipi in l.take_ipis() {
+                self.deliver_ipi(Some(from), ipi);
+            }
+        }
+        self.recompute_deadline();
+        self.update_intr();
+    }
+
+    /// An EOI on the current CPU's APIC; a level-triggered vector's EOI goes
+    /// on to the I/O APIC (the EOI broadcast).
+    fn apic_eoi(&mut self) {
+        let Some(v) = self.lapics.get_mut(self.cur_cpu).and_then(Lapic::eoi) else {
+            return;
+        };
+        if let Some(io) = &mut self.ioapic {
+            let msgs = io.eoi(v);
+            self.deliver_ioapic(msgs);
+        }
+    }
+
+    /// Whether `p` is in the I/O APIC's window.
+    #[inline]
+    fn in_ioapic_window(&self, p: u64) -> bool {
+        self.ioapic.is_some() && p & !0xFFF == ioapic::DEFAULT_BASE
+    }
+
+    fn ioapic_read(&mut self, p: u64, size: usize) -> u64 {
+        self.mmio_accesses += 1;
+        let mut buf = [0u8; 8];
+        if let Some(io) = &self.ioapic {
+            io.mmio_read(p & 0xFFF, &mut buf[..size.clamp(1, 8)]);
+        }
+        u64::from_le_bytes(buf)
+    }
+
+    fn ioapic_write(&mut self, p: u64, size: usize, value: u64) {
+        self.mmio_accesses += 1;
+        let bytes = value.to_le_bytes();
+        let msgs = match &mut self.ioapic {
+            Some(io) => io.mmio_write(p & 0xFFF, &bytes[..size.clamp(1, 8)]),
+            None => Vec::new(),
+        };
+        self.deliver_ioapic(msgs);
+        self.update_intr();
+    }
+
+    /// Whether `p` is in the current CPU's xAPIC page.
+    #[inline]
+    fn in_apic_page(&self, p: u64) -> bool {
+        self.lapics
+            .get(self.cur_cpu)
+            .and_then(Lapic::mmio_base)
+            .is_some_and(|base| p & !0xFFF == base)
+    }
+
+    fn apic_read(&mut self, p: u64, size: usize) -> u64 {
+        self.mmio_accesses += 1;
+        let mut buf = [0u8; 8];
+        let now = self.now;
+        let size = size.clamp(1, 8);
+        self.lapics[self.cur_cpu].mmio_read(p & 0xFFF, &mut buf[..size], now);
+        self.after_apic();
+        u64::from_le_bytes(buf)
+    }
+
+    fn apic_write(&mut self, p: u64, size: usize, value: u64) {
+        self.mmio_accesses += 1;
+        let now = self.now;
+        let bytes = value.to_le_bytes();
+        let size = size.clamp(1, 8);
+        if self.lapics[self.cur_cpu].mmio_write(p & 0xFFF, &bytes[..size], now) {
+            self.apic_eoi();
+        }
+        self.after_apic();
+    }
+
+    /// RDMSR of an APIC MSR by the current CPU: IA32_APIC_BASE (0x1B),
+    /// IA32_TSC_DEADLINE (0x6E0) and the x2APIC range (0x800-0x8FF).
+    /// `None`: not an APIC MSR (or no APIC); `Some(None)`: #GP(0).
+    pub fn apic_rdmsr(&mut self, msr: u32) -> Option<Option<u64>> {
+        let now = self.now;
+        let l = self.lapics.get(self.cur_cpu)?;
+        match msr {
+            0x1B => Some(Some(l.base_msr())),
+            0x6E0 => Some(Some(l.tsc_deadline())),
+            0x800..=0x8FF => Some(l.msr_read(msr, now)),
+            _ => None,
+        }
+    }
+
+    /// WRMSR of an APIC MSR; `tsc` is the CPU's time-stamp counter now (for
+    /// IA32_TSC_DEADLINE). `None`: not an APIC MSR; `Some(false)`: #GP(0).
+    pub fn apic_wrmsr(&mut self, msr: u32, value: u64, tsc: u64) -> Option<bool> {
+        let now = self.now;
+        let cur = self.cur_cpu;
+        let l = self.lapics.get_mut(cur)?;
+        let ok = match msr {
+            0x1B => l.set_base_msr(value),
+            0x6E0 => {
+                l.set_tsc_deadline(value, tsc, now);
+                true
+            }
+            0x80B => {
+                let ok = l.msr_write(msr, value, now);
+                if ok {
+                    self.apic_eoi();
+                }
+                ok
+            }
+            0x800..=0x8FF => l.msr_write(msr, value, now),
+            _ => return None,
+        };
+        self.mmio_accesses += 1;
+        self.after_apic();
+        Some(ok)
+    }
+
+    /// The current CPU's task priority, if it has an APIC (CR8 reads it).
+    pub fn apic_tpr(&self) -> Option<u8> {
+        self.lapics.get(self.cur_cpu).map(Lapic::tpr)
+    }
+
+    /// Sets the current CPU's task priority (MOV to CR8); false without an
+    /// APIC.
+    pub fn set_apic_tpr(&mut self, tpr: u8) -> bool {
+        let Some(l) = self.lapics.get_mut(self.cur_cpu) else {
+            return false;
+        };
+        l.set_tpr(tpr);
+        self.update_intr();
+        true
+    }
+
+    /// The current CPU's APIC ID and whether its APIC is globally enabled
+    /// (CPUID reports both), if it has one.
+    pub fn apic_identity(&self) -> Option<(u32, bool)> {
+        self.lapics.get(self.cur_cpu).map(|l| (l.id(), l.enabled()))
+    }
+
+    /// Takes an NMI the current CPU's APIC received (an NMI IPI or message).
+    pub fn take_apic_nmi(&mut self) -> bool {
+        self.lapics
+            .get_mut(self.cur_cpu)
+            .is_some_and(Lapic::take_nmi)
     }
 
     /// The calling device's map requests, applied; a refused one is a guest
@@ -266,12 +564,21 @@ impl Machine {
         self.intr
     }
 
-    /// The INTA cycle: the vector of the interrupt being delivered.
+    /// The INTA cycle: the vector of the interrupt being delivered, from the
+    /// current CPU's APIC or, through ExtINT (or without an APIC), the 8259.
     pub fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        let pic = self.pic.as_mut()?;
-        let vector = pic.acknowledge();
-        self.intr = pic.intr();
-        Some(vector)
+        let pic_intr = self.pic.as_mut().is_some_and(Pic::intr);
+        let cur = self.cur_cpu;
+        let vector = match self.lapics.get(cur).map(|l| l.pending(pic_intr)) {
+            Some(Some(Pending::Vector(v))) => {
+                self.lapics[cur].acknowledge(v);
+                Some(v)
+            }
+            Some(None) => None,
+            Some(Some(Pending::ExtInt)) | None => self.pic.as_mut().map(Pic::acknowledge),
+        };
+        self.update_intr();
+        vector
     }
 
     /// A read of `size` bytes (1, 2, 4 or 8) through `m` at `addr`.
@@ -284,7 +591,7 @@ impl Machine {
                 if let Some(pic) = &mut self.pic {
                     pic.port_read(off as u16, &mut buf[..size]);
                 }
-                self.intr = self.pic.as_mut().is_some_and(Pic::intr);
+                self.update_intr();
             }
             Owner::Device(id) => {
                 let mut ctx =
@@ -307,7 +614,7 @@ impl Machine {
                 if let Some(pic) = &mut self.pic {
                     pic.port_write(off as u16, &bytes[..size]);
                 }
-                self.intr = self.pic.as_mut().is_some_and(Pic::intr);
+                self.update_intr();
             }
             Owner::Device(id) => {
                 let mut ctx =
@@ -338,6 +645,12 @@ impl Machine {
     /// A read of guest-physical memory by the CPU (1, 2, 4 or 8 bytes, within
     /// one page): RAM or ROM, else the device mapped there, else all ones.
     pub fn read_phys(&mut self, p: GuestPhys, size: usize) -> u64 {
+        if self.in_apic_page(p.0) {
+            return self.apic_read(p.0, size);
+        }
+        if self.in_ioapic_window(p.0) {
+            return self.ioapic_read(p.0, size);
+        }
         if self.mem.is_mapped(p) {
             return match size {
                 1 => u64::from(self.mem.read_u8(p)),
@@ -347,7 +660,10 @@ impl Machine {
             };
         }
         match self.mmio.find(p.0) {
-            Some(m) => self.bus_read(m, p.0, size),
+            Some(m) => {
+                self.mmio_accesses += 1;
+                self.bus_read(m, p.0, size)
+            }
             None => size_mask(size),
         }
     }
@@ -355,6 +671,14 @@ impl Machine {
     /// A write of guest-physical memory by the CPU: RAM (ROM drops it), else
     /// the device mapped there, else nowhere.
     pub fn write_phys(&mut self, p: GuestPhys, size: usize, value: u64) {
+        if self.in_apic_page(p.0) {
+            self.apic_write(p.0, size, value);
+            return;
+        }
+        if self.in_ioapic_window(p.0) {
+            self.ioapic_write(p.0, size, value);
+            return;
+        }
         if self.mem.is_mapped(p) {
             match size {
                 1 => self.mem.write_u8(p, value as u8),
@@ -365,6 +689,7 @@ impl Machine {
             return;
         }
         if let Some(m) = self.mmio.find(p.0) {
+            self.mmio_accesses += 1;
             self.bus_write(m, p.0, size, value);
         }
     }
@@ -498,5 +823,103 @@ mod tests {
         assert!(m.mem.code_write_pending);
         assert_eq!(m.mem.take_dirty_code_pages(), vec![0]);
         assert_eq!(m.mem.read_u8(GuestPhys(4)), 0x90);
+    }
+
+    fn with_apic() -> Machine {
+        let mut m = Machine::flat(1 << 16).expect("machine");
+        m.lapics.push(Lapic::new(0, true));
+        // Software-enable it (SVR bit 8, spurious vector 0xFF).
+        m.write_phys(GuestPhys(0xFEE0_00F0), 4, 0x1FF);
+        m
+    }
+
+    #[test]
+    fn the_apic_page_answers_for_the_current_cpu_and_moves_with_its_msr() {
+        let mut m = with_apic();
+        assert_eq!(m.read_phys(GuestPhys(0xFEE0_0030), 4), 0x0005_0014);
+        assert_eq!(
+            m.apic_rdmsr(0x1B),
+            Some(Some(0xFEE0_0000 | (1 << 11) | (1 << 8)))
+        );
+        assert_eq!(m.apic_wrmsr(0x1B, 0xFED0_0000 | (1 << 11), 0), Some(true));
+        assert_eq!(m.read_phys(GuestPhys(0xFED0_0030), 4), 0x0005_0014);
+        assert_eq!(
+            m.read_phys(GuestPhys(0xFEE0_0030), 4),
+            0xFFFF_FFFF,
+            "old page"
+        );
+        assert_eq!(
+            m.apic_wrmsr(0x1B, 1 << 63, 0),
+            Some(false),
+            "reserved bit: #GP"
+        );
+        assert_eq!(m.apic_rdmsr(0x10), None, "not an APIC MSR");
+        let mut bare = Machine::flat(1 << 16).expect("machine");
+        assert_eq!(bare.apic_rdmsr(0x1B), None, "no APIC: the CPU's own #GP");
+    }
+
+    #[test]
+    fn the_apic_timer_interrupts_through_the_machine_and_eoi_retires_it() {
+        let mut m = with_apic();
+        m.write_phys(GuestPhys(0xFEE0_03E0), 4, 0xB); // divide by 1
+        m.write_phys(GuestPhys(0xFEE0_0320), 4, 0x40); // one-shot, vector 0x40
+        m.write_phys(GuestPhys(0xFEE0_0380), 4, 1000);
+        assert_eq!(m.next_deadline(), Some(1000));
+        m.set_time(999);
+        assert!(!m.intr());
+        m.set_time(1000);
+        assert!(m.intr());
+        assert_eq!(m.acknowledge_interrupt(), Some(0x40));
+        assert!(!m.intr(), "in service now");
+        assert_eq!(
+            m.read_phys(GuestPhys(0xFEE0_0100 + 0x20), 4),
+            1,
+            "ISR bit 0x40"
+        );
+        m.write_phys(GuestPhys(0xFEE0_00B0), 4, 0);
+        assert_eq!(m.read_phys(GuestPhys(0xFEE0_0120), 4), 0, "EOI retired it");
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_self_ipi_and_an_msi_reach_the_cpu_and_cr8_masks_by_class() {
+        let mut m = with_apic();
+        // ICR: fixed, vector 0x51, shorthand self.
+        m.write_phys(GuestPhys(0xFEE0_0300), 4, (1 << 18) | 0x51);
+        assert!(m.intr());
+        assert!(m.set_apic_tpr(0x50), "CR8 = 5");
+        assert!(!m.intr(), "class 5 is not above the TPR's class");
+        assert!(m.set_apic_tpr(0));
+        assert_eq!(m.acknowledge_interrupt(), Some(0x51));
+        m.write_phys(GuestPhys(0xFEE0_00B0), 4, 0);
+        // A device's MSI to APIC ID 0, vector 0x62; one to a missing APIC.
+        let id = m.add_device(Box::new(MsiSender));
+        m.map_ports(0x200, 0x200, 0x200, Owner::Device(id), 0)
+            .expect("port");
+        m.io_write(0x200, 1, 0x62);
+        assert_eq!(m.acknowledge_interrupt(), Some(0x62));
+        m.io_write(0x200, 1, 0x80 | 0x63);
+        let errors = m.take_guest_errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("no CPU"), "{errors:?}");
+        assert!(!m.intr());
+    }
+
+    /// Sends an MSI with the written byte's low 7 bits as vector, to APIC ID
+    /// 0, or to APIC ID 5 (absent) when bit 7 is set.
+    struct MsiSender;
+
+    impl Device for MsiSender {
+        fn name(&self) -> &'static str {
+            "msi-sender"
+        }
+        fn read(&mut self, _ctx: &mut DevCtx, _region: u8, _offset: u64, _data: &mut [u8]) {}
+        fn write(&mut self, ctx: &mut DevCtx, _region: u8, _offset: u64, data: &[u8]) {
+            let dest = if data[0] & 0x80 != 0 { 5 } else { 0 };
+            ctx.send_msi(Msi {
+                addr: 0xFEE0_0000 | (dest << 12),
+                data: u32::from(data[0] & 0x7F),
+            });
+        }
     }
 }

@@ -4,8 +4,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, i8042, pci, pic, pit, port92, post,
-    uart,
+    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, i8042, ioapic, lapic, pci, pic, pit,
+    port92, post, uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -65,6 +65,10 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     let above = m.mem.ram_above_4g();
 
     m.pic = Some(pic::Pic::new(Rc::clone(&lines)));
+    // The bootstrap processor's local APIC (at IA32_APIC_BASE, 0xFEE00000).
+    m.lapics.push(lapic::Lapic::new(0, true));
+    // The I/O APIC (at 0xFEC00000), its ID the first after the CPUs'.
+    m.ioapic = Some(ioapic::IoApic::new(m.lapics.len() as u8));
     for (first, last) in [(0x20, 0x21), (0xA0, 0xA1), (0x4D0, 0x4D1)] {
         m.map_ports(first, last, 0, Owner::Pic, 0)?;
     }
@@ -199,8 +203,11 @@ pub fn prepare_direct_boot(m: &mut Machine) {
     m.io_write(acpi_pm::PM_IO_PORT + 4, 2, 1);
 
     let base = crate::acpi_tables::ACPI_AREA;
-    m.mem
-        .write_bytes(GuestPhys(u64::from(base)), &crate::acpi_tables::build(base));
+    let cpus = u32::try_from(m.lapics.len()).unwrap_or(1);
+    m.mem.write_bytes(
+        GuestPhys(u64::from(base)),
+        &crate::acpi_tables::build(base, cpus),
+    );
     let ebda_segment = u16::try_from(base >> 4).unwrap_or(0);
     m.mem.write(GuestPhys(0x40E), ebda_segment.to_le_bytes());
 }

@@ -50,6 +50,9 @@ pub struct LockstepStats {
     pub compared: u64,
     /// Units with port I/O, run once by the translator and not compared.
     pub io_units: u64,
+    /// Units that reached memory-mapped I/O, run once by the translator and
+    /// not compared.
+    pub mmio_units: u64,
     /// Units the interpreter ran on to reach the translator's instruction
     /// boundary.
     pub caught_up: u64,
@@ -207,7 +210,23 @@ impl Lockstep {
         let mut cj = cpu.clone();
         cj.log_writes = true;
         cj.log_undo = true;
+        let mmio_before = m.mmio_accesses;
         let exit_t = self.jit.run_unit(&mut cj, m);
+        if m.mmio_accesses != mmio_before {
+            // The unit reached a device through memory-mapped I/O (the local
+            // APIC, say): the access had its effect and cannot be made twice,
+            // so the translator's run stands, writes and all, and is not
+            // compared (as units with port I/O, which are known beforehand).
+            self.stats.mmio_units += 1;
+            let (lw, lu, mut wl, ul) = saved;
+            if lw {
+                wl.append(&mut cj.write_log);
+            }
+            cj.undo_log.clear();
+            (cj.log_writes, cj.log_undo, cj.write_log, cj.undo_log) = (lw, lu, wl, ul);
+            *cpu = cj;
+            return Ok(exit_t);
+        }
         if self.inject_after.is_some_and(|n| self.stats.units > n) {
             cj.gpr[0] ^= 1;
         }

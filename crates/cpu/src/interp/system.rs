@@ -119,8 +119,13 @@ pub fn sti(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 }
 
 /// CPUID.
-pub fn cpuid(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
-    let r = identity::cpuid(cpu, cpu.gpr[reg::RAX] as u32, cpu.gpr[reg::RCX] as u32);
+pub fn cpuid(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
+    let r = identity::cpuid_with_apic(
+        cpu,
+        cpu.gpr[reg::RAX] as u32,
+        cpu.gpr[reg::RCX] as u32,
+        m.apic_identity(),
+    );
     for (slot, v) in [reg::RAX, reg::RBX, reg::RCX, reg::RDX].into_iter().zip(r) {
         cpu.gpr[slot] = u64::from(v);
     }
@@ -147,19 +152,28 @@ pub fn rdpmc(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 }
 
 /// RDMSR.
-pub fn rdmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+pub fn rdmsr(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     require_cpl0(cpu)?;
-    let v = identity::rdmsr(cpu, cpu.gpr[reg::RCX] as u32)?;
+    let msr = cpu.gpr[reg::RCX] as u32;
+    let v = match m.apic_rdmsr(msr) {
+        Some(v) => v.ok_or(Exception::GeneralProtection(0))?,
+        None => identity::rdmsr(cpu, msr)?,
+    };
     cpu.gpr[reg::RAX] = v & 0xFFFF_FFFF;
     cpu.gpr[reg::RDX] = v >> 32;
     Ok(())
 }
 
 /// WRMSR.
-pub fn wrmsr(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+pub fn wrmsr(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     require_cpl0(cpu)?;
     let v = (cpu.gpr[reg::RDX] & 0xFFFF_FFFF) << 32 | (cpu.gpr[reg::RAX] & 0xFFFF_FFFF);
-    identity::wrmsr(cpu, cpu.gpr[reg::RCX] as u32, v)
+    let msr = cpu.gpr[reg::RCX] as u32;
+    match m.apic_wrmsr(msr, v, identity::tsc(cpu)) {
+        Some(true) => Ok(()),
+        Some(false) => Err(Exception::GeneralProtection(0)),
+        None => identity::wrmsr(cpu, msr, v),
+    }
 }
 
 /// Loads segment register `s` with `sel` under the mode's rules. Loading SS
@@ -357,7 +371,7 @@ const CR4_VALID: u64 = mmu::cr4::TSD
 /// MOV CRn, r and MOV r, CRn (SDM vol. 3A §2.5; TLB effects §4.10.4; long-mode
 /// activation and deactivation §9.8.5). In 64-bit mode the operands are 64
 /// bits and CR8 (the task priority) exists.
-pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+pub fn mov_cr(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     require_cpl0(cpu)?;
     let wide = mmu::in_64bit(cpu);
     let width = if wide { u64::MAX } else { 0xFFFF_FFFF };
@@ -393,7 +407,11 @@ pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
                 if v & !0xF != 0 {
                     return Err(Exception::GeneralProtection(0));
                 }
-                cpu.cr8 = v;
+                // CR8 is the APIC's TPR[7:4] where there is an APIC (SDM
+                // vol. 3A §11.8.6); writing it clears TPR[3:0].
+                if !m.set_apic_tpr((v as u8) << 4) {
+                    cpu.cr8 = v;
+                }
             }
             _ => return Err(Exception::InvalidOpcode),
         }
@@ -404,7 +422,7 @@ pub fn mov_cr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
             2 => cpu.cr2,
             3 => cpu.cr3,
             4 => cpu.cr4,
-            8 if wide => cpu.cr8,
+            8 if wide => m.apic_tpr().map_or(cpu.cr8, |t| u64::from(t >> 4)),
             _ => return Err(Exception::InvalidOpcode),
         };
         cpu.gpr[idx as usize] = v & width;

@@ -8,6 +8,8 @@ pub mod debugcon;
 pub mod fpu_error;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ioapic;
+pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
