@@ -36,6 +36,42 @@ pub trait Device {
     fn reset(&mut self) {}
 }
 
+/// The [`Device`] methods of a device that answers on I/O ports only, by its
+/// inherent `port_read(offset, data, now)` and `port_write(offset, data,
+/// now)` (and `advance_to(now)` with `advance`): used inside the device's
+/// `impl Device` block.
+#[macro_export]
+macro_rules! port_device_methods {
+    () => {
+        fn read(
+            &mut self,
+            ctx: &mut $crate::device::DevCtx,
+            _region: u8,
+            offset: u64,
+            data: &mut [u8],
+        ) {
+            self.port_read(offset as u16, data, ctx.now());
+        }
+
+        fn write(
+            &mut self,
+            ctx: &mut $crate::device::DevCtx,
+            _region: u8,
+            offset: u64,
+            data: &[u8],
+        ) {
+            self.port_write(offset as u16, data, ctx.now());
+        }
+    };
+    (advance) => {
+        $crate::port_device_methods!();
+
+        fn advance(&mut self, ctx: &mut $crate::device::DevCtx) {
+            self.advance_to(ctx.now());
+        }
+    };
+}
+
 /// A message-signalled interrupt: the address and data a device writes (PCI
 /// MSI/MSI-X, HPET FSB delivery), delivered by the machine to the local APICs
 /// its address names.

@@ -39,7 +39,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, Nanos, SystemControl};
+use crate::device::{Device, Nanos, SystemControl};
 
 /// The ACPI power-management timer frequency: 14.31818 MHz / 4 (ACPI spec, Power
 /// Management Timer).
@@ -266,13 +266,7 @@ impl Device for AcpiPm {
         "acpi-pm"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     fn reset(&mut self) {
         self.pm1_en = 0;

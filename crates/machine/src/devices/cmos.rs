@@ -29,7 +29,7 @@
 
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, IrqLine, Nanos, SystemControl};
+use crate::device::{Device, IrqLine, Nanos, SystemControl};
 
 /// Index port: bits 6-0 select the register, bit 7 masks NMI.
 const INDEX_PORT: u16 = 0x70;
@@ -601,17 +601,7 @@ impl Device for Cmos {
         "cmos"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
-
-    fn advance(&mut self, ctx: &mut DevCtx) {
-        self.advance_to(ctx.now());
-    }
+    crate::port_device_methods!(advance);
 
     /// Counted from the last sync, so an event not yet delivered is due at once.
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {

@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, Nanos, SystemControl};
+use crate::device::{Device, Nanos, SystemControl};
 
 /// Size of the port window (QEMU's `iosize`).
 const IOSIZE: u16 = 4;
@@ -56,13 +56,7 @@ impl Device for DebugExit {
         "isa-debug-exit"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::io::Write;
 
-use crate::device::{DevCtx, Device, Nanos};
+use crate::device::{Device, Nanos};
 
 /// The data register.
 const DATA: u16 = 0;
@@ -104,17 +104,7 @@ impl Device for DebugCon {
         "debugcon"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
-
-    fn advance(&mut self, ctx: &mut DevCtx) {
-        self.advance_to(ctx.now());
-    }
+    crate::port_device_methods!(advance);
 
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {
         self.flush_deadline

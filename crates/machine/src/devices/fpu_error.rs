@@ -17,7 +17,7 @@
 //!   so IRQ 13 is delivered after that instruction instead of before it (at the
 //!   end of its translation unit, like every interrupt in x86bt).
 
-use crate::device::{DevCtx, Device, IrqLine, Nanos};
+use crate::device::{Device, IrqLine, Nanos};
 
 /// The IRQ line FERR# drives.
 pub const FERR_IRQ: u8 = 13;
@@ -53,13 +53,7 @@ impl Device for FpuError {
         "fpu-error"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     fn reset(&mut self) {
         self.irq13.set_level(false);

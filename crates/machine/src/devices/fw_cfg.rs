@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::device::{DevCtx, Device, Nanos};
+use crate::device::{Device, Nanos};
 
 /// Offset of the 16-bit selector register (port 0x510).
 const SELECTOR: u16 = 0;
@@ -253,13 +253,7 @@ impl Device for FwCfg {
         "fw_cfg"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     fn reset(&mut self) {
         self.select(0);

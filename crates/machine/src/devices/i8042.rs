@@ -29,7 +29,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, IrqLine, Nanos, SystemControl};
+use crate::device::{Device, IrqLine, Nanos, SystemControl};
 
 /// Data port: output buffer on read, input buffer (data) on write.
 const DATA_PORT: u16 = 0x60;
@@ -512,13 +512,7 @@ impl Device for I8042 {
         "i8042"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     /// Power-on state of the controller and keyboard. A20 and the reset line live in
     /// [`SystemControl`], which the platform resets itself.

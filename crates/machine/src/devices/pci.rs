@@ -48,7 +48,7 @@
 
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, Nanos, SystemControl};
+use crate::device::{Device, Nanos, SystemControl};
 use crate::devices::acpi_pm::{PmIo, PmShared};
 
 /// CONFIG_ADDRESS (PCI 3.0 §3.2.2.3.2), dword access only.
@@ -497,13 +497,7 @@ impl Device for PciHost {
         "pci-host"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     fn reset(&mut self) {
         self.address = 0;

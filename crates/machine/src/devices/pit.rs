@@ -27,7 +27,7 @@
 //!   datasheet, behaves as 2. The power-on state, undefined in the datasheet, is
 //!   mode 0 with no count and OUT low, so IRQ0 starts low like the idle line.
 
-use crate::device::{DevCtx, Device, IrqLine, Nanos};
+use crate::device::{Device, IrqLine, Nanos};
 
 /// The 8254's input clock on a PC: 14.31818 MHz / 12.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -630,17 +630,7 @@ impl Device for Pit {
         "pit"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
-
-    fn advance(&mut self, ctx: &mut DevCtx) {
-        self.advance_to(ctx.now());
-    }
+    crate::port_device_methods!(advance);
 
     /// Counted from the last advance, so an edge not yet delivered is due at once.
     fn next_deadline(&self, _now: Nanos) -> Option<Nanos> {

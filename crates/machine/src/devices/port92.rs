@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use crate::device::{DevCtx, Device, Nanos, SystemControl};
+use crate::device::{Device, Nanos, SystemControl};
 
 /// The only register, at port 0x92.
 const PORT_A: u16 = 0;
@@ -71,13 +71,7 @@ impl Device for Port92 {
         "port92"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 
     fn reset(&mut self) {
         self.value = 0;

@@ -13,7 +13,7 @@
 
 use std::io::Write;
 
-use crate::device::{DevCtx, Device, Nanos};
+use crate::device::{Device, Nanos};
 
 /// The classic POST code port.
 const POST_PORT: u16 = 0x80;
@@ -92,13 +92,7 @@ impl Device for PostCodes {
         "post"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
+    crate::port_device_methods!();
 }
 
 #[cfg(test)]

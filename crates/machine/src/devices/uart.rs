@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::device::{DevCtx, Device, IrqLine, Nanos};
+use crate::device::{Device, IrqLine, Nanos};
 
 /// RBR (read) / THR (write) with DLAB clear; divisor latch LSB with DLAB set.
 const RBR_THR_DLL: u16 = 0;
@@ -534,17 +534,7 @@ impl Device for Uart {
         "uart16550a"
     }
 
-    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
-        self.port_read(offset as u16, data, ctx.now());
-    }
-
-    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
-        self.port_write(offset as u16, data, ctx.now());
-    }
-
-    fn advance(&mut self, ctx: &mut DevCtx) {
-        self.advance_to(ctx.now());
-    }
+    crate::port_device_methods!(advance);
 
     /// The armed character timeout, or the next host-input poll (every virtual
     /// millisecond while an input queue is attached), whichever is sooner.
