@@ -519,3 +519,16 @@ fn lockstep_io_unit_sees_pages_that_became_code_under_a_copy() {
         "ran past the unit that diverged: {out:?}"
     );
 }
+
+/// Random ROM seed 1860 (real mode): at 0063:F9CD the translator ran a unit
+/// of one instruction and ended plainly, and lockstep cut the interpreter's
+/// two-instruction unit at that boundary, which ends it with an event; equal
+/// states, so not a divergence.
+#[test]
+fn lockstep_accepts_an_event_from_a_unit_cut_at_the_translators_boundary() {
+    let mut vm =
+        Vm::with_engine(pc_with_rom(random_rom(1860)), Engine::Lockstep).expect("lockstep");
+    let out = vm.run(300_000);
+    assert!(!matches!(out, RunOutcome::Divergence(_)), "{out:?}");
+    assert!(vm.cpu.icount > 195_795, "ran past the unit: {out:?}");
+}
