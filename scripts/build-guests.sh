@@ -15,7 +15,8 @@
 # and installs Debian's memtest86+ package, whose /boot/memtest86+ia32.bin and
 # /boot/memtest86+x64.bin tests/memtest.rs boots.
 #
-# /commands defaults to `uname -a; cat /proc/cpuinfo; ls /; echo done`; set
+# /commands defaults to `uname -a; cat /proc/cpuinfo; ls /; echo nproc=$(nproc);
+# cat /proc/interrupts; echo done`; set
 # X86BT_GUEST_COMMANDS to replace it (one shell command list; newlines allowed).
 #
 # Safe to run again: the .deb files are kept in guests/cache/ and only downloaded
@@ -27,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MARKER=X86BT-GUEST-READY
-DEFAULT_COMMANDS='uname -a; cat /proc/cpuinfo; ls /; echo done'
+DEFAULT_COMMANDS='uname -a; cat /proc/cpuinfo; ls /; echo nproc=$(nproc); cat /proc/interrupts; echo done'
 COMMANDS=${X86BT_GUEST_COMMANDS:-$DEFAULT_COMMANDS}
 # The fixed timestamp of every file in the initramfs images.
 EPOCH=${SOURCE_DATE_EPOCH:-0}

@@ -994,6 +994,7 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })?;
     let entry =
         multiboot::load(&mut machine.mem, image, "", &[]).map_err(|source| Error::Loader {

@@ -91,6 +91,11 @@ pub struct DifftestArgs {
     /// Instructions to run first without comparing.
     #[arg(long, default_value_t = 0)]
     pub skip: u64,
+    /// vCPUs, as QEMU's `-smp`: N or cpus=N (1 to 15), optionally with
+    /// sockets=1, cores=N, threads=1, maxcpus=N (one package of N cores). The
+    /// vCPUs take turns on one host thread, so runs stay deterministic.
+    #[arg(long, default_value = "1", value_parser = parse_smp)]
+    pub smp: u32,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 32)]
     pub mem_mib: u64,
@@ -162,6 +167,11 @@ pub struct RunArgs {
     /// the console is interactive (--serial stdio on a terminal), off otherwise.
     #[arg(long)]
     pub icount: Option<String>,
+    /// vCPUs, as QEMU's `-smp`: N or cpus=N (1 to 15), optionally with
+    /// sockets=1, cores=N, threads=1, maxcpus=N (one package of N cores). The
+    /// vCPUs take turns on one host thread, so runs stay deterministic.
+    #[arg(long, default_value = "1", value_parser = parse_smp)]
+    pub smp: u32,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub mem_mib: u64,
@@ -229,4 +239,116 @@ pub struct BenchArgs {
     /// Execution engine of the real-mode loops.
     #[arg(long, value_enum, default_value_t = Engine::Interp)]
     pub engine: Engine,
+}
+
+/// The most vCPUs `-smp` takes: the I/O APIC's ID (4 bits) follows the CPUs'.
+pub const MAX_CPUS: u32 = 15;
+
+/// Parses QEMU's `-smp` value: `N` or `cpus=N`, with the topology keys
+/// accepted where they describe one package of N single-threaded cores.
+pub fn parse_smp(v: &str) -> Result<u32, String> {
+    let mut cpus = None;
+    let mut topo: Vec<(&str, u32)> = Vec::new();
+    for (i, part) in v.split(',').enumerate() {
+        let (key, val) = match part.split_once('=') {
+            Some((k, val)) => (k, val),
+            None if i == 0 => ("cpus", part),
+            None => return Err(format!("'{part}' is not key=value")),
+        };
+        let n: u32 = val
+            .parse()
+            .map_err(|_| format!("{key}={val}: not a number"))?;
+        match key {
+            "cpus" => cpus = Some(n),
+            "sockets" | "cores" | "threads" | "maxcpus" | "dies" | "clusters" => {
+                topo.push((key, n))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown key '{key}' (cpus, sockets, cores, threads, maxcpus)"
+                ))
+            }
+        }
+    }
+    let cores = topo.iter().find(|(k, _)| *k == "cores").map(|&(_, n)| n);
+    let n = cpus.or(cores).ok_or("no CPU count")?;
+    if !(1..=MAX_CPUS).contains(&n) {
+        return Err(format!("{n} CPUs: 1 to {MAX_CPUS} are supported"));
+    }
+    for (key, val) in topo {
+        let want = match key {
+            "cores" | "maxcpus" => n,
+            _ => 1,
+        };
+        if val != want {
+            return Err(format!(
+                "{key}={val}: x86bt models one package of {n} cores with one thread each ({key}={want})"
+            ));
+        }
+    }
+    Ok(n)
+}
+
+/// QEMU's single-dash long options, as a QEMU user types them (`-smp 2`,
+/// `-kernel F`), become clap's double-dash ones. A value that follows an
+/// option is never rewritten.
+pub fn qemu_style_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    const QEMU_OPTIONS: &[&str] = &[
+        "smp",
+        "bios",
+        "kernel",
+        "initrd",
+        "append",
+        "serial",
+        "debugcon",
+        "icount",
+        "rtc",
+        "no-reboot",
+    ];
+    const TAKES_VALUE: &[&str] = &[
+        "smp",
+        "bios",
+        "kernel",
+        "initrd",
+        "append",
+        "serial",
+        "debugcon",
+        "icount",
+        "rtc",
+        "until",
+        "module",
+        "memory",
+        "max-insns",
+        "engine",
+        "post",
+    ];
+    let mut out = Vec::new();
+    let mut value_next = false;
+    for a in args {
+        if std::mem::take(&mut value_next) {
+            out.push(a);
+            continue;
+        }
+        let Some(s) = a.to_str() else {
+            out.push(a);
+            continue;
+        };
+        let name = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).to_string();
+        if let Some(rest) = s.strip_prefix('-').filter(|r| !r.starts_with('-')) {
+            if QEMU_OPTIONS.contains(&name(rest).as_str()) {
+                value_next = !rest.contains('=') && TAKES_VALUE.contains(&rest);
+                out.push(format!("--{rest}").into());
+                continue;
+            }
+        }
+        if let Some(rest) = s.strip_prefix("--") {
+            value_next = !rest.contains('=') && TAKES_VALUE.contains(&rest);
+        } else if s == "-m" {
+            value_next = true;
+        }
+        out.push(a);
+    }
+    out
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use x86bt::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(x86bt::cli::qemu_style_args(std::env::args_os()));
     // A panic is a bug in x86bt, never the guest's doing: the default hook has
     // printed it; exit with the documented internal-error status rather than
     // Rust's 101, which a guest's debug exit could also produce.

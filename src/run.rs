@@ -247,6 +247,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         debugcon,
         post,
         rtc_base_unix,
+        cpus: a.smp,
     })
     .map_err(|e| match e {
         x86bt_machine::MachineError::RomSize { len } => Error::Usage(format!(
@@ -344,7 +345,7 @@ fn report_outcome(outcome: &RunOutcome, vm: &Vm, quit: bool) {
         RunOutcome::Stopped if quit => eprintln!("\r\nx86bt: quit (Ctrl-A x)"),
         RunOutcome::Stopped => eprintln!(
             "x86bt: --until text seen after {} instructions",
-            vm.cpu.icount
+            vm.icount()
         ),
         RunOutcome::PowerOff => eprintln!("x86bt: guest powered off"),
         RunOutcome::HaltedForever => eprintln!(
@@ -434,7 +435,7 @@ fn load_kernel(
 
 /// Prints `--stats` to stderr.
 pub fn print_stats(vm: &Vm, secs: f64) {
-    let n = vm.cpu.icount;
+    let n = vm.icount();
     let s = &vm.interp.stats;
     eprintln!("instructions retired: {n}");
     let c = &vm.cpu;

@@ -344,7 +344,7 @@ impl SstRunner {
         }
         vm.invalidate_written();
         let icount = vm.cpu.icount;
-        vm.cpu = CpuState::reset();
+        *vm.cpu = CpuState::reset();
         vm.cpu.icount = icount;
         let r = |i: usize| u64::from(t.init.regs[i].unwrap_or(0));
         let gpr = [

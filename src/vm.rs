@@ -101,10 +101,27 @@ impl RunOutcome {
 /// Reloads and enters a directly booted kernel after a reset.
 pub type RebootFn = dyn FnMut(&mut CpuState, &mut Machine);
 
+/// Instructions a vCPU runs before the next one takes its turn (`-smp` > 1).
+pub const QUANTUM: u64 = 10_000;
+
 /// One virtual machine.
 pub struct Vm {
-    /// The CPU state.
-    pub cpu: CpuState,
+    /// The state of the vCPU that runs now (the only one without `-smp`).
+    pub cpu: Box<CpuState>,
+    /// Every vCPU's state by index, except the running one's: its slot holds
+    /// a spare, swapped in when another vCPU runs. Boxed so that a switch
+    /// swaps two pointers, not two states of several KiB.
+    #[allow(clippy::vec_box)]
+    parked: Vec<Box<CpuState>>,
+    /// The running vCPU's index.
+    cur: usize,
+    /// Instructions retired by the vCPUs that are not running.
+    others_icount: u64,
+    /// Per vCPU, the virtual time it last stopped running (its TSC catches up
+    /// by the gap when it runs again).
+    left_at: Vec<u64>,
+    /// The running vCPU's `icount` at which its turn ends.
+    quantum_end: u64,
     /// The platform.
     pub machine: Machine,
     /// The interpreter engine (also what `difftest` and `sst` drive directly).
@@ -141,8 +158,14 @@ pub struct Vm {
 impl Vm {
     /// A VM around `machine`, with the CPU at its reset state.
     pub fn new(machine: Machine) -> Self {
+        let n = machine.cpu_count();
         Self {
-            cpu: CpuState::reset(),
+            cpu: Box::new(CpuState::reset()),
+            parked: (0..n).map(|i| Box::new(Self::power_on_state(i))).collect(),
+            cur: 0,
+            others_icount: 0,
+            left_at: vec![0; n],
+            quantum_end: if n > 1 { QUANTUM } else { u64::MAX },
             machine,
             interp: Interpreter::new(),
             engine: Engine::Interp,
@@ -167,6 +190,126 @@ impl Vm {
         Ok(vm)
     }
 
+    /// vCPU `i`'s state at power-on: the bootstrap processor runs from the
+    /// reset vector; the others wait for a start-up IPI.
+    fn power_on_state(i: usize) -> CpuState {
+        let mut c = CpuState::reset();
+        if i != 0 {
+            c.run_state = RunState::WaitForSipi;
+        }
+        c
+    }
+
+    /// How many vCPUs the machine has (`-smp`).
+    pub fn cpu_count(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The index of the vCPU that runs now.
+    pub fn current_cpu(&self) -> usize {
+        self.cur
+    }
+
+    /// vCPU `i`'s state.
+    pub fn cpu_state(&self, i: usize) -> &CpuState {
+        if i == self.cur {
+            &self.cpu
+        } else {
+            &self.parked[i]
+        }
+    }
+
+    /// Instructions retired by every vCPU together.
+    pub fn icount(&self) -> u64 {
+        self.cpu.icount + self.others_icount
+    }
+
+    /// Makes vCPU `k` the running one: its state becomes `self.cpu`, the
+    /// machine's APIC accesses and the engine's per-vCPU state become its
+    /// own, and its TSC catches up with the virtual time that passed while
+    /// it did not run (every TSC counts the one virtual time).
+    fn switch_to(&mut self, k: usize) {
+        if k == self.cur {
+            return;
+        }
+        let now = self.now();
+        self.left_at[self.cur] = now;
+        self.others_icount = self.others_icount + self.cpu.icount - self.parked[k].icount;
+        std::mem::swap(&mut self.cpu, &mut self.parked[self.cur]);
+        std::mem::swap(&mut self.cpu, &mut self.parked[k]);
+        self.cur = k;
+        let gap = now - self.left_at[k];
+        self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(gap);
+        self.machine.select_cpu(k);
+        if let Some(t) = &mut self.jit {
+            t.select_vcpu(k);
+        }
+        if let Some(l) = &mut self.lockstep {
+            l.select_vcpu(k);
+        }
+    }
+
+    /// Whether vCPU `k` could run now: running, or halted with an event that
+    /// wakes it, or waiting for SIPI with an INIT or SIPI pending.
+    fn runnable(&mut self, k: usize) -> bool {
+        let c = self.cpu_state(k);
+        let (state, if_set) = (c.run_state, c.rflags & flags::IF != 0);
+        match state {
+            RunState::Running => true,
+            RunState::Shutdown => true,
+            RunState::Halted => self.machine.cpu_wakes(k, if_set, false),
+            RunState::WaitForSipi => self.machine.cpu_wakes(k, false, true),
+        }
+    }
+
+    /// Round robin: the next vCPU after the running one that can run gets a
+    /// quantum. False when none can (all halted or waiting for SIPI).
+    fn schedule(&mut self) -> bool {
+        let n = self.cpu_count();
+        for i in 1..=n {
+            let k = (self.cur + i) % n;
+            if self.runnable(k) {
+                self.switch_to(k);
+                self.quantum_end = self.cpu.icount + QUANTUM;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The running vCPU's INIT and start-up IPIs (SDM vol. 3A §9.4.4): INIT
+    /// puts it in its INIT state (an application processor then waits for
+    /// SIPI; the TSC, the MSRs and the x87/SSE state are kept); a SIPI starts
+    /// a waiting processor in real mode at vector * 4096.
+    fn take_cpu_events(&mut self) {
+        if self.machine.take_apic_init() {
+            let keep = (*self.cpu).clone();
+            let mut c = Self::power_on_state(self.cur);
+            c.icount = keep.icount;
+            c.tsc_offset = keep.tsc_offset;
+            c.msr = keep.msr;
+            c.sysenter = keep.sysenter;
+            c.fpu = keep.fpu;
+            c.fx = keep.fx;
+            *self.cpu = c;
+            if let Some(t) = &mut self.jit {
+                t.reset_vcpu(self.cur);
+            }
+            if let Some(l) = &mut self.lockstep {
+                l.reset_vcpu(self.cur);
+            }
+        }
+        if let Some(v) = self.machine.take_apic_sipi() {
+            if self.cpu.run_state == RunState::WaitForSipi {
+                let cs = &mut self.cpu.seg[x86bt_cpu::state::sreg::CS];
+                cs.selector = u16::from(v) << 8;
+                cs.base = u64::from(v) << 12;
+                self.cpu.rip = 0;
+                self.cpu.run_state = RunState::Running;
+            }
+        }
+    }
+
     /// Switches to `engine` (with empty caches).
     pub fn set_engine(&mut self, engine: Engine) -> Result<(), Error> {
         let unusable =
@@ -175,9 +318,15 @@ impl Vm {
         self.lockstep = None;
         match engine {
             Engine::Interp => {}
-            Engine::Jit => self.jit = Some(Box::new(Translator::new().map_err(unusable)?)),
+            Engine::Jit => {
+                let mut t = Box::new(Translator::new().map_err(unusable)?);
+                t.select_vcpu(self.cur);
+                self.jit = Some(t);
+            }
             Engine::Lockstep => {
-                self.lockstep = Some(Box::new(Lockstep::new().map_err(unusable)?));
+                let mut l = Box::new(Lockstep::new().map_err(unusable)?);
+                l.select_vcpu(self.cur);
+                self.lockstep = Some(l);
             }
         }
         self.engine = engine;
@@ -285,7 +434,7 @@ impl Vm {
 
     /// Current virtual time.
     pub fn now(&self) -> u64 {
-        self.cpu.icount * NS_PER_INSN + self.idle_ns
+        self.icount() * NS_PER_INSN + self.idle_ns
     }
 
     fn can_take_interrupt(&self) -> bool {
@@ -307,7 +456,7 @@ impl Vm {
                 }
                 self.reset();
             }
-            if self.cpu.icount >= max_insns {
+            if self.icount() >= max_insns {
                 return RunOutcome::InstructionLimit;
             }
             self.report_guest_errors();
@@ -317,6 +466,22 @@ impl Vm {
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
             {
                 return RunOutcome::Stopped;
+            }
+            if self.cpu_count() > 1 {
+                let keep =
+                    self.cpu.run_state == RunState::Running && self.cpu.icount < self.quantum_end;
+                if !keep && !self.schedule() {
+                    // Every vCPU halted or waits for SIPI.
+                    if !self.idle_all() {
+                        return RunOutcome::HaltedForever;
+                    }
+                    continue;
+                }
+                self.take_cpu_events();
+                if self.cpu.run_state == RunState::WaitForSipi {
+                    self.quantum_end = self.cpu.icount;
+                    continue;
+                }
             }
             if self.machine.take_apic_nmi() {
                 self.cpu.nmi_pending = 1;
@@ -344,7 +509,12 @@ impl Vm {
                     self.reset();
                     continue;
                 }
-                RunState::Halted => {
+                RunState::Halted | RunState::WaitForSipi if self.cpu_count() > 1 => {
+                    // The next vCPU's turn.
+                    self.quantum_end = self.cpu.icount;
+                    continue;
+                }
+                RunState::Halted | RunState::WaitForSipi => {
                     if !self.idle() {
                         return RunOutcome::HaltedForever;
                     }
@@ -387,18 +557,53 @@ impl Vm {
         }
     }
 
-    /// Where a chain of units must stop for the run loop: the next device deadline
-    /// (when an interrupt could next be raised), the instruction limit, or a
-    /// million instructions from now; now, if an interrupt is deliverable.
+    /// Where a chain of units must stop for the run loop, as the running
+    /// vCPU's `icount`: the next device deadline (when an interrupt could next
+    /// be raised), the instruction limit, the end of its quantum, or a million
+    /// instructions from now; now, if an interrupt is deliverable.
     fn horizon(&self, max_insns: u64) -> u64 {
         if self.machine.intr() && self.can_take_interrupt() {
             return self.cpu.icount;
         }
+        let others = self.others_icount;
         self.machine
             .next_deadline()
-            .map_or(u64::MAX, |d| d.saturating_sub(self.idle_ns) / NS_PER_INSN)
-            .min(max_insns)
+            .map_or(u64::MAX, |d| {
+                (d.saturating_sub(self.idle_ns) / NS_PER_INSN).saturating_sub(others)
+            })
+            .min(max_insns.saturating_sub(others))
+            .min(self.quantum_end)
             .min(self.cpu.icount + 1_000_000)
+    }
+
+    /// Every vCPU halted or waits for SIPI: skip virtual time to the next
+    /// device event. Returns false when nothing can ever wake one (no halted
+    /// vCPU takes interrupts, or no device deadline).
+    fn idle_all(&mut self) -> bool {
+        let n = self.cpu_count();
+        let any_if = (0..n).any(|k| {
+            let c = self.cpu_state(k);
+            c.run_state == RunState::Halted && c.rflags & flags::IF != 0
+        });
+        if !any_if {
+            return false;
+        }
+        let Some(deadline) = self.machine.next_deadline() else {
+            return false;
+        };
+        let now = self.now();
+        if deadline > now {
+            let skip = if self.pace_idle {
+                self.paced_skip(deadline - now)
+            } else {
+                deadline - now
+            };
+            self.idle_ns += skip;
+            self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(skip);
+        }
+        let now = self.now();
+        self.machine.set_time(now);
+        true
     }
 
     /// Halted: skip virtual time to the next device event. Returns false when
@@ -470,8 +675,19 @@ impl Vm {
     /// kept, the BIOS window reads ROM again; a directly booted kernel is
     /// loaded and entered again ([`Vm::reboot`]).
     pub fn reset(&mut self) {
+        self.switch_to(0);
+        for k in 1..self.cpu_count() {
+            let icount = self.parked[k].icount;
+            *self.parked[k] = Self::power_on_state(k);
+            self.parked[k].icount = icount;
+        }
+        self.quantum_end = if self.cpu_count() > 1 {
+            self.cpu.icount + QUANTUM
+        } else {
+            u64::MAX
+        };
         let icount = self.cpu.icount;
-        self.cpu = CpuState::reset();
+        *self.cpu = CpuState::reset();
         self.cpu.icount = icount;
         self.machine.reset_devices();
         self.machine.ctl.set_a20(true);

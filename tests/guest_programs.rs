@@ -176,6 +176,7 @@ fn pc_vm(code: &[u8], serial: Capture) -> Vm {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })
     .expect("PC machine");
     vm_with(m, code)

@@ -41,6 +41,7 @@ fn pc_with_rom(rom: Vec<u8>) -> Machine {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })
     .expect("PC with the generated ROM")
 }
@@ -215,6 +216,7 @@ fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
             debugcon: Box::new(std::io::sink()),
             post: None,
             rtc_base_unix: 0,
+            cpus: 1,
         })
         .expect("PC");
         m.mem

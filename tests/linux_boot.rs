@@ -7,6 +7,12 @@
 //! the same number of instructions. The kernel's /proc/cpuinfo flags must hold
 //! every feature the CPU model reports (the kernel's own reading of CPUID).
 //!
+//! With `-smp 2` and `-smp 4` the kernel must bring every CPU up ("Brought up 1
+//! node, N CPUs"), `nproc` must print N, /proc/cpuinfo must show one package
+//! of N cores, and /proc/interrupts must count local APIC timer interrupts on
+//! every CPU. Two `-smp 4` runs on the translator and one on the interpreter
+//! must print byte-identical consoles and retire equal instruction counts.
+//!
 //! The guest comes from `scripts/build-guests.sh`, which the README's setup
 //! runs; without it the test says so and skips, and under CI it is a failure.
 //! The oracle is the guest itself: the kernel's own view of the CPU
@@ -83,6 +89,10 @@ const BAD: &[&str] = &[
     "Kernel panic",
     "invalid opcode",
     "general protection",
+    "not listed by the BIOS",
+    "failed to wakeup",
+    "do_boot_cpu failed",
+    "CPU(s) failed to come online",
 ];
 
 /// Lines the kernel prints on this machine that are known and explained in
@@ -120,19 +130,54 @@ fn boot_both_engines(g: &Guest) {
     if !have_guest(g) {
         return;
     }
-    let interp = boot_and_check(g, "interp");
-    let jit = boot_and_check(g, "jit");
+    let (interp, _) = boot_and_check(g, "interp", 1);
+    let (jit, _) = boot_and_check(g, "jit", 1);
     // Both engines are deterministic and define each instruction once: the boot
     // retires the same number of instructions on both.
     assert_eq!(interp, jit, "instructions retired: interp vs jit");
 }
 
-/// Boots `g` under `engine`, checks the console, and returns the instructions
-/// retired (from `--stats`).
-fn boot_and_check(g: &Guest, engine: &str) -> u64 {
+#[test]
+fn linux_686_boots_with_2_and_4_cpus_deterministically() {
+    boot_smp(&I686);
+}
+
+#[test]
+fn linux_amd64_boots_with_2_and_4_cpus_deterministically() {
+    boot_smp(&AMD64);
+}
+
+/// `-smp 2` on the translator; `-smp 4` twice on the translator and once on
+/// the interpreter, all three with the same console and instruction count
+/// (the vCPUs take turns by instruction count, so a run is a function of its
+/// input on either engine).
+fn boot_smp(g: &Guest) {
+    if !have_guest(g) {
+        return;
+    }
+    boot_and_check(g, "jit", 2);
+    let (first, log1) = boot_and_check(g, "jit", 4);
+    let (second, log2) = boot_and_check(g, "jit", 4);
+    assert_eq!(
+        first, second,
+        "-smp 4: instructions retired differ between two runs"
+    );
+    assert!(log1 == log2, "-smp 4: two runs printed different consoles");
+    let (interp, log3) = boot_and_check(g, "interp", 4);
+    assert_eq!(first, interp, "-smp 4: instructions retired: jit vs interp");
+    assert!(
+        log1 == log3,
+        "-smp 4: jit and interp printed different consoles"
+    );
+}
+
+/// Boots `g` with `cpus` vCPUs under `engine`, checks the console, and returns
+/// the instructions retired (from `--stats`) and the console.
+fn boot_and_check(g: &Guest, engine: &str, cpus: u32) -> (u64, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args(["run", "--kernel", g.kernel, "--initrd", g.initrd])
         .args(["--append", "console=ttyS0 panic=-1", "-m", "256"])
+        .args(["-smp", &cpus.to_string()])
         .args(["--serial", "stdio", "--no-reboot", "--engine", engine])
         .args(["--max-insns", "40000000000", "--stats"])
         // The host's date is an input: both engines get the same one, so
@@ -143,7 +188,7 @@ fn boot_and_check(g: &Guest, engine: &str) -> u64 {
     let log = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     let ctx = format!(
-        "engine {engine}, status {}\nstderr:\n{err}\nconsole:\n{log}",
+        "engine {engine}, -smp {cpus}, status {}\nstderr:\n{err}\nconsole:\n{log}",
         out.status
     );
 
@@ -161,8 +206,9 @@ fn boot_and_check(g: &Guest, engine: &str) -> u64 {
     };
     // The APICs in use: the MADT's I/O APIC, symmetric I/O mode, and the
     // timer through I/O APIC pin 2 (the MADT's IRQ0 override).
+    // The I/O APIC's ID is the first after the CPUs'.
     let mut at = after(
-        "IOAPIC[0]: apic_id 1, version 17, address 0xfec00000, GSI 0-23",
+        &format!("IOAPIC[0]: apic_id {cpus}, version 17, address 0xfec00000, GSI 0-23"),
         0,
     );
     at = after("APIC: Switch to symmetric I/O mode setup", at);
@@ -191,6 +237,7 @@ fn boot_and_check(g: &Guest, engine: &str) -> u64 {
     for entry in ["bin", "dev", "init", "proc", "sys"] {
         assert!(log[at..].contains(entry), "ls / lacks {entry}\n{ctx}");
     }
+    check_cpus(&log, cpus, &ctx);
     at = after("\ndone", at);
     after("reboot: Power down", at);
 
@@ -203,8 +250,46 @@ fn boot_and_check(g: &Guest, engine: &str) -> u64 {
         .filter(|l| !EXPLAINED.iter().any(|e| l.contains(e)))
         .collect();
     assert!(bad.is_empty(), "warnings in the boot log: {bad:#?}\n{ctx}");
-    err.lines()
+    let n = err
+        .lines()
         .find_map(|l| l.strip_prefix("instructions retired: "))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count\n{ctx}"))
+        .unwrap_or_else(|| panic!("no instruction count\n{ctx}"));
+    (n, log.into_owned())
+}
+
+/// The kernel found and started `n` CPUs, as one package of `n` cores (its
+/// reading of the MADT and of CPUID leaves 1 and 0xB), and each CPU's local
+/// APIC timer interrupted it.
+fn check_cpus(log: &str, n: u32, ctx: &str) {
+    // The serial console ends lines with CR LF.
+    let log = &log.replace('\r', "");
+    let has = |needle: &str| assert!(log.contains(needle), "{needle:?} missing\n{ctx}");
+    has(&format!("smpboot: Allowing {n} CPUs, 0 hotplug CPUs"));
+    let plural = if n == 1 { "" } else { "s" };
+    has(&format!("smp: Brought up 1 node, {n} CPU{plural}\n"));
+    has(&format!("\nnproc={n}\n"));
+    for i in 0..n {
+        has(&format!("processor\t: {i}\n"));
+        has(&format!("initial apicid\t: {i}\n"));
+    }
+    assert_eq!(
+        log.matches(&format!("cpu cores\t: {n}\n")).count(),
+        n as usize,
+        "cpu cores\n{ctx}"
+    );
+    let loc = log
+        .lines()
+        .find(|l| l.trim_start().starts_with("LOC:"))
+        .unwrap_or_else(|| panic!("no LOC line in /proc/interrupts\n{ctx}"));
+    let counts: Vec<u64> = loc
+        .split_whitespace()
+        .skip(1)
+        .take(n as usize)
+        .map(|c| c.parse().unwrap_or(0))
+        .collect();
+    assert!(
+        counts.len() == n as usize && counts.iter().all(|&c| c > 0),
+        "local timer interrupts per CPU: {loc}\n{ctx}"
+    );
 }

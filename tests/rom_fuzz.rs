@@ -91,6 +91,7 @@ fn machine_with(seed: u64, long: bool) -> Vm {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })
     .expect("PC");
     let mut vm = Vm::with_engine(machine, Engine::Lockstep).expect("lockstep");

@@ -125,6 +125,7 @@ fn pc_vm(code: &[u8]) -> Vm {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })
     .expect("PC machine");
     vm_on(m, code)

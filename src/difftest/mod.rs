@@ -478,6 +478,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
+        cpus: 1,
     })?;
     let entry = match &setup.kernel {
         Some(path) => {

@@ -205,24 +205,49 @@ pub fn cpuid(cpu: &CpuState, leaf: u32, subleaf: u32) -> [u32; 4] {
     }
 }
 
-/// CPUID as a CPU with a local APIC reports it (`apic`: its APIC ID and
-/// whether IA32_APIC_BASE enables it): leaf 1 adds the initial APIC ID in
-/// EBX[31:24], APIC (EDX bit 9, clear while the APIC is globally disabled, as
-/// Intel CPUs report it), x2APIC (ECX bit 21) and TSC-deadline (ECX bit 24).
-/// Without an APIC, [`cpuid`].
+/// CPUID as a CPU with a local APIC reports it (`apic`: its initial APIC ID,
+/// whether IA32_APIC_BASE enables it, and the CPU count). Leaf 1 adds the
+/// initial APIC ID in EBX[31:24], APIC (EDX bit 9, clear while the APIC is
+/// globally disabled, as Intel CPUs report it), x2APIC (ECX bit 21) and
+/// TSC-deadline (ECX bit 24); with more than one CPU, HTT (EDX bit 28) and the
+/// addressable IDs per package in EBX[23:16]. Leaf 0xB describes the
+/// topology: one package of `cpus` cores with one thread each, and the x2APIC
+/// ID in EDX. Without an APIC, [`cpuid`].
 pub fn cpuid_with_apic(
     cpu: &CpuState,
     leaf: u32,
     subleaf: u32,
-    apic: Option<(u32, bool)>,
+    apic: Option<(u32, bool, u32)>,
 ) -> [u32; 4] {
     let mut r = cpuid(cpu, leaf, subleaf);
-    if let (1, Some((id, enabled))) = (leaf, apic) {
-        r[1] |= id << 24;
-        r[2] |= (1 << 21) | (1 << 24);
-        if enabled {
-            r[3] |= 1 << 9;
+    let Some((id, enabled, cpus)) = apic else {
+        return r;
+    };
+    let cpus = cpus.max(1);
+    match leaf {
+        1 => {
+            r[1] |= id << 24;
+            r[2] |= (1 << 21) | (1 << 24);
+            if enabled {
+                r[3] |= 1 << 9;
+            }
+            if cpus > 1 {
+                let ids = cpus.next_power_of_two().min(128);
+                r[1] = (r[1] & !0x00FF_0000) | (ids << 16);
+                r[3] |= 1 << 28;
+            }
         }
+        0xB => {
+            // Level type in ECX[15:8]: 1 SMT, 2 core, 0 invalid (the end).
+            // EAX: how far to shift the x2APIC ID right for the next level's ID.
+            let core_shift = cpus.next_power_of_two().trailing_zeros();
+            r = match subleaf {
+                0 => [0, 1, 1 << 8, id],
+                1 => [core_shift, cpus, 1 | (2 << 8), id],
+                n => [0, 0, n & 0xFF, id],
+            };
+        }
+        _ => {}
     }
     r
 }

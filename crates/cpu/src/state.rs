@@ -182,6 +182,9 @@ pub enum RunState {
     Halted = 1,
     /// Shut down after a triple fault.
     Shutdown = 2,
+    /// An application processor after RESET or INIT: it runs nothing until a
+    /// start-up IPI (SIPI) names where to begin (SDM vol. 3A §9.4.4).
+    WaitForSipi = 3,
 }
 
 /// The architectural state. Field order is part of the translator ABI.

@@ -324,6 +324,7 @@ impl Machine {
     /// the sending CPU, for the shorthands). Returns how many took it.
     fn deliver_ipi(&mut self, from: Option<usize>, ipi: Ipi) -> usize {
         let n = self.lapics.len();
+
         let mut targets: Vec<usize> = match (ipi.shorthand, from) {
             (1, Some(f)) => vec![f],
             (2, _) => (0..n).collect(),
@@ -497,10 +498,61 @@ impl Machine {
         true
     }
 
-    /// The current CPU's APIC ID and whether its APIC is globally enabled
-    /// (CPUID reports both), if it has one.
-    pub fn apic_identity(&self) -> Option<(u32, bool)> {
-        self.lapics.get(self.cur_cpu).map(|l| (l.id(), l.enabled()))
+    /// What CPUID reports of the current CPU's APIC, if it has one: its
+    /// initial APIC ID, whether it is globally enabled, and how many CPUs
+    /// the package has.
+    pub fn apic_identity(&self) -> Option<(u32, bool, u32)> {
+        let cpus = self.lapics.len() as u32;
+        self.lapics
+            .get(self.cur_cpu)
+            .map(|l| (l.initial_id(), l.enabled(), cpus))
+    }
+
+    /// How many CPUs the machine has: one per local APIC (one without).
+    pub fn cpu_count(&self) -> usize {
+        self.lapics.len().max(1)
+    }
+
+    /// Makes CPU `k` the current one: APIC accesses, CPUID and INTR are its.
+    pub fn select_cpu(&mut self, k: usize) {
+        self.cur_cpu = k;
+        self.update_intr();
+    }
+
+    /// Takes an INIT the current CPU's APIC received; its registers go to
+    /// their INIT state (the ID kept).
+    pub fn take_apic_init(&mut self) -> bool {
+        let cur = self.cur_cpu;
+        let Some(l) = self.lapics.get_mut(cur) else {
+            return false;
+        };
+        if !l.take_init() {
+            return false;
+        }
+        l.init();
+        self.recompute_deadline();
+        self.update_intr();
+        true
+    }
+
+    /// Takes a start-up vector the current CPU's APIC received.
+    pub fn take_apic_sipi(&mut self) -> Option<u8> {
+        let cur = self.cur_cpu;
+        self.lapics.get_mut(cur).and_then(Lapic::take_sipi)
+    }
+
+    /// Whether CPU `k` has an event that ends its wait: waiting for SIPI
+    /// (`wait_for_sipi`), an INIT or a SIPI; halted, an INIT, an NMI, or (with
+    /// `if_set`, its IF) an interrupt its APIC would deliver.
+    pub fn cpu_wakes(&mut self, k: usize, if_set: bool, wait_for_sipi: bool) -> bool {
+        let pic = k == 0 && self.pic.as_mut().is_some_and(Pic::intr);
+        let Some(l) = self.lapics.get(k) else {
+            return if_set && pic;
+        };
+        if wait_for_sipi {
+            return l.init_pending() || l.sipi_pending();
+        }
+        l.init_pending() || l.nmi_pending() || (if_set && l.pending(pic).is_some())
     }
 
     /// Takes an NMI the current CPU's APIC received (an NMI IPI or message).

@@ -50,6 +50,9 @@ pub struct PcConfig {
     pub post: Option<Box<dyn Write>>,
     /// Wall-clock time (Unix seconds) of the RTC at power-on.
     pub rtc_base_unix: i64,
+    /// CPUs (at least 1), each with its local APIC; CPU 0 is the bootstrap
+    /// processor.
+    pub cpus: u32,
 }
 
 /// Builds a PC.
@@ -65,8 +68,11 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     let above = m.mem.ram_above_4g();
 
     m.pic = Some(pic::Pic::new(Rc::clone(&lines)));
-    // The bootstrap processor's local APIC (at IA32_APIC_BASE, 0xFEE00000).
-    m.lapics.push(lapic::Lapic::new(0, true));
+    // Each CPU's local APIC (at IA32_APIC_BASE, 0xFEE00000), APIC ID = CPU
+    // index; CPU 0 is the bootstrap processor.
+    for i in 0..cfg.cpus.max(1) {
+        m.lapics.push(lapic::Lapic::new(i, i == 0));
+    }
     // The I/O APIC (at 0xFEC00000), its ID the first after the CPUs'.
     m.ioapic = Some(ioapic::IoApic::new(m.lapics.len() as u8));
     for (first, last) in [(0x20, 0x21), (0xA0, 0xA1), (0x4D0, 0x4D1)] {
@@ -167,7 +173,7 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
 
     add(
         &mut m,
-        Box::new(fw_cfg::FwCfg::for_pc(below, above, 1)),
+        Box::new(fw_cfg::FwCfg::for_pc(below, above, cfg.cpus.max(1) as u16)),
         &[(0x510, 0x51B, 0x510)],
     )?;
     add(

@@ -1239,11 +1239,14 @@ impl<A: CodeSink> Emitter<'_, A> {
             } else {
                 // Another page: through the jump cache, at a fixed entry.
                 let idx = jc_index(target);
-                let entry = self.ctx_field(offset_of!(JitCtx, jc) + idx * size_of::<JcEntry>());
+                let table = self.ctx_field(offset_of!(JitCtx, jc));
+                let entry = (idx * size_of::<JcEntry>()) as i32;
                 let (want, spec) = (target as i64, self.spec as i32);
                 dynasm!(self.ops
                     ; .arch x64
-                    ; mov r10, QWORD entry
+                    ; mov r10, QWORD table
+                    ; mov r10, QWORD [r10]
+                    ; lea r10, [r10 + entry]
                     ; mov r11, QWORD want
                     ; cmp r11, QWORD [r10 + JC_RIP]
                     ; jne >miss
@@ -1376,6 +1379,7 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; and r11d, mask
                 ; shl r11d, shift
                 ; mov r10, QWORD base
+                ; mov r10, QWORD [r10]
                 ; add r10, r11
                 ; cmp r9, QWORD [r10 + JC_RIP]
                 ; jne >miss

@@ -126,6 +126,57 @@ impl Slot {
     }
 }
 
+/// What the translator keeps for one vCPU apart from the shared translation
+/// cache: its jump cache, which maps the vCPU's own linear addresses, and what
+/// decides when that goes stale.
+struct VcpuJit {
+    /// The entries (`JC_SIZE`); a boxed slice, so their address is stable.
+    jc: Box<[JcEntry]>,
+    /// `FastTlb::generation` when the jump cache was last known good.
+    generation: u64,
+    /// Some jump-cache entry may be filled.
+    used: bool,
+    /// Per jump-cache entry, the linear page number of its target (for INVLPG).
+    pages: Vec<u64>,
+    /// The jump-cache entries made per linear page (some may have moved on
+    /// since; `pages` decides).
+    by_page: HashMap<u64, Vec<u32>>,
+    /// Jump-cache fills since it was last emptied.
+    fills_since_clear: usize,
+}
+
+impl VcpuJit {
+    fn new() -> Self {
+        Self {
+            jc: vec![JcEntry::EMPTY; JC_SIZE].into_boxed_slice(),
+            generation: u64::MAX,
+            used: false,
+            pages: vec![u64::MAX; JC_SIZE],
+            by_page: HashMap::new(),
+            fills_since_clear: 0,
+        }
+    }
+
+    /// Empties the jump cache; true if anything was in it.
+    fn clear(&mut self) -> bool {
+        if !self.used {
+            return false;
+        }
+        self.jc.fill(JcEntry::EMPTY);
+        self.pages.fill(u64::MAX);
+        self.by_page.clear();
+        self.fills_since_clear = 0;
+        self.used = false;
+        true
+    }
+}
+
+/// A jump-cache reference kept by a slot: the vCPU in the high half, the
+/// entry in the low.
+fn jc_ref(vcpu: usize, idx: usize) -> u32 {
+    ((vcpu as u32) << 16) | idx as u32
+}
+
 /// Marks a link tag as present (slot and site sit below it, the generation
 /// above).
 const TAG_PRESENT: u64 = 1 << 31;
@@ -166,17 +217,10 @@ pub struct Translator {
     link_request: Option<LinkRequest>,
     /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
     specs: HashMap<(CpuMode, u64, u32, u8), u32>,
-    /// `FastTlb::generation` when the jump cache was last known good.
-    jc_generation: u64,
-    /// Some jump-cache entry may be filled.
-    jc_used: bool,
-    /// Per jump-cache entry, the linear page number of its target (for INVLPG).
-    jc_pages: Vec<u64>,
-    /// The jump-cache entries made per linear page (some may have moved on
-    /// since; `jc_pages` decides).
-    jc_by_page: HashMap<u64, Vec<u32>>,
-    /// Jump-cache fills since it was last emptied.
-    jc_fills_since_clear: usize,
+    /// Per vCPU, its jump cache (`JitCtx::jc` points at the running one's).
+    vcpus: Vec<VcpuJit>,
+    /// The running vCPU.
+    cur: usize,
     /// The shared stubs of the current code buffer.
     stubs: Stubs,
     /// Every unit is cut to its first instruction (for harnesses that compare
@@ -220,11 +264,8 @@ impl Translator {
             next_gen: 1,
             link_request: None,
             specs: HashMap::new(),
-            jc_generation: u64::MAX,
-            jc_used: false,
-            jc_pages: vec![u64::MAX; JC_SIZE],
-            jc_by_page: HashMap::new(),
-            jc_fills_since_clear: 0,
+            vcpus: vec![VcpuJit::new()],
+            cur: 0,
             stubs: Stubs::default(),
             single_step: false,
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
@@ -234,6 +275,7 @@ impl Translator {
                     .map(std::io::BufWriter::new)
             }),
         };
+        t.ctx.jc = t.vcpus[0].jc.as_mut_ptr();
         t.install_stubs();
         if t.code.is_none() {
             return Err(TranslatorError::CodeBuffer(std::io::Error::other(
@@ -288,8 +330,9 @@ impl Translator {
     fn drop_slot(&mut self, t: usize) {
         if let Some(code) = &self.code {
             let body = code.exec_base() as u64 + self.slots[t].code.body as u64;
-            for idx in std::mem::take(&mut self.slots[t].jc_refs) {
-                let e = &mut self.ctx.jc[idx as usize];
+            for r in std::mem::take(&mut self.slots[t].jc_refs) {
+                let (vcpu, idx) = ((r >> 16) as usize, (r & 0xFFFF) as usize);
+                let e = &mut self.vcpus[vcpu].jc[idx];
                 if e.addr == body {
                     *e = JcEntry::EMPTY;
                 }
@@ -355,39 +398,57 @@ impl Translator {
         {
             return;
         }
-        if self.jc_fills_since_clear >= 16 * JC_SIZE {
+        if self.vcpus[self.cur].fills_since_clear >= 16 * JC_SIZE {
             // Bound the per-page lists, which keep entries since overwritten.
             self.clear_jc();
         }
-        self.jc_fills_since_clear += 1;
         let Some(code) = &self.code else {
             return;
         };
         let slot = &mut self.slots[t];
         let idx = jc_index(rip);
-        self.ctx.jc[idx] = JcEntry {
+        let v = &mut self.vcpus[self.cur];
+        v.fills_since_clear += 1;
+        v.jc[idx] = JcEntry {
             rip,
             spec,
             addr: code.exec_base() as u64 + slot.code.body as u64,
             pad: 0,
         };
         let page = (slot.cs_base.wrapping_add(rip) & slot.key.linear_mask()) >> 12;
-        self.jc_pages[idx] = page;
-        self.jc_by_page.entry(page).or_default().push(idx as u32);
-        slot.jc_refs.push(idx as u32);
-        self.jc_used = true;
+        v.pages[idx] = page;
+        v.by_page.entry(page).or_default().push(idx as u32);
+        slot.jc_refs.push(jc_ref(self.cur, idx));
+        v.used = true;
         self.stats.jc_fills += 1;
     }
 
-    /// Empties the jump cache.
+    /// Empties the running vCPU's jump cache.
     fn clear_jc(&mut self) {
-        if self.jc_used {
-            self.ctx.jc.fill(JcEntry::EMPTY);
-            self.jc_pages.fill(u64::MAX);
-            self.jc_by_page.clear();
-            self.jc_fills_since_clear = 0;
-            self.jc_used = false;
+        if self.vcpus[self.cur].clear() {
             self.stats.jc_clears += 1;
+        }
+    }
+
+    /// Makes vCPU `n` (numbered from 0) the one whose fragments run next: its
+    /// jump cache becomes the one fragments use. Every vCPU shares the
+    /// translation cache.
+    pub fn select_vcpu(&mut self, n: usize) {
+        while self.vcpus.len() <= n {
+            self.vcpus.push(VcpuJit::new());
+        }
+        self.cur = n;
+        self.ctx.jc = self.vcpus[n].jc.as_mut_ptr();
+    }
+
+    /// Forgets what was kept for vCPU `n`'s linear addresses (after an INIT
+    /// gave it a fresh CPU state, whose TLB generation starts anew).
+    pub fn reset_vcpu(&mut self, n: usize) {
+        if let Some(v) = self.vcpus.get_mut(n) {
+            if v.clear() {
+                self.stats.jc_clears += 1;
+            }
+            v.generation = u64::MAX;
         }
     }
 
@@ -412,7 +473,11 @@ impl Translator {
 
     /// Drops every fragment (the code stays in the buffer until it is full).
     pub fn flush(&mut self) {
-        self.clear_jc();
+        for v in &mut self.vcpus {
+            if v.clear() {
+                self.stats.jc_clears += 1;
+            }
+        }
         for s in &mut self.slots {
             *s = Slot::empty();
         }
@@ -760,17 +825,18 @@ impl Translator {
         // The jump cache maps linear addresses: it goes with every TLB flush
         // (and with the memory map, whose change flushed the fast TLB above),
         // and loses the entries of each page INVLPG flushed.
-        if cpu.tlb.fast.generation != self.jc_generation {
+        if cpu.tlb.fast.generation != self.vcpus[self.cur].generation {
             self.clear_jc();
-            self.jc_generation = cpu.tlb.fast.generation;
+            self.vcpus[self.cur].generation = cpu.tlb.fast.generation;
             cpu.tlb.fast.page_notes.clear();
         } else if !cpu.tlb.fast.page_notes.is_empty() {
+            let v = &mut self.vcpus[self.cur];
             for page in std::mem::take(&mut cpu.tlb.fast.page_notes) {
-                for idx in self.jc_by_page.remove(&page).unwrap_or_default() {
+                for idx in v.by_page.remove(&page).unwrap_or_default() {
                     let idx = idx as usize;
-                    if self.jc_pages[idx] == page {
-                        self.jc_pages[idx] = u64::MAX;
-                        self.ctx.jc[idx] = JcEntry::EMPTY;
+                    if v.pages[idx] == page {
+                        v.pages[idx] = u64::MAX;
+                        v.jc[idx] = JcEntry::EMPTY;
                     }
                 }
             }

@@ -146,17 +146,11 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
                 "ctx.pending_link",
                 core::mem::offset_of!(JitCtx, pending_link),
             ),
+            ("ctx.jc", core::mem::offset_of!(JitCtx, jc)),
         ] {
             line = line.replace(&format!("0x{:x}", FAKE_CTX + off as u64), name);
         }
         line = line.replace(&format!("0x{FAKE_CTX:x}"), "ctx");
-        let jc = FAKE_CTX + core::mem::offset_of!(JitCtx, jc) as u64;
-        for i in (0..crate::runtime::JC_SIZE as u64).rev() {
-            let at = format!("0x{:x}", jc + i * 16);
-            if line.contains(&at) {
-                line = line.replace(&at, &format!("ctx.jc[{i}]"));
-            }
-        }
         for (site, name) in ["taken", "not_taken"].iter().enumerate() {
             line = line.replace(
                 &format!("0x{:x}", FAKE_CELLS[site]),

@@ -158,6 +158,16 @@ impl Lockstep {
         self.reference.single_step = on;
     }
 
+    /// Makes vCPU `n` the one that runs next (see [`Translator::select_vcpu`]).
+    pub fn select_vcpu(&mut self, n: usize) {
+        self.jit.select_vcpu(n);
+    }
+
+    /// Forgets what was kept for vCPU `n` (see [`Translator::reset_vcpu`]).
+    pub fn reset_vcpu(&mut self, n: usize) {
+        self.jit.reset_vcpu(n);
+    }
+
     /// Drops everything cached by both engines.
     pub fn flush(&mut self) {
         self.io_units.clear();

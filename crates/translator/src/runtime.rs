@@ -76,16 +76,18 @@ pub struct JitCtx {
     pub fills: u64,
     /// See `fills`.
     pub fills_ok: u64,
-    /// The jump cache: where a fragment whose next RIP is known only at run
-    /// time (RET, JMP/CALL through a register) or lies on another page goes on
-    /// without returning. Indexed by [`jc_index`] of the guest RIP; an entry
-    /// holds the fragment made for that RIP under one *spec* (mode key, CS
-    /// base and limit, flat segments; the translator numbers them), so a
-    /// fragment only takes entries made for its own spec. It maps linear
-    /// addresses, so the translator empties it whenever the TLB is flushed or
-    /// the memory map changes, drops the entries of a page INVLPG flushes, and
-    /// removes an entry when its fragment goes.
-    pub jc: [JcEntry; JC_SIZE],
+    /// The running vCPU's jump cache ([`JC_SIZE`] entries): where a fragment
+    /// whose next RIP is known only at run time (RET, JMP/CALL through a
+    /// register) or lies on another page goes on without returning. Indexed
+    /// by [`jc_index`] of the guest RIP; an entry holds the fragment made for
+    /// that RIP under one *spec* (mode key, CS base and limit, flat segments;
+    /// the translator numbers them), so a fragment only takes entries made for
+    /// its own spec. It maps linear addresses, which are the vCPU's own, so
+    /// each vCPU has one and the translator points this at the running one's;
+    /// it empties a vCPU's whenever that vCPU's TLB is flushed or the memory
+    /// map changes, drops the entries of a page INVLPG flushes, and removes an
+    /// entry from every vCPU's when its fragment goes.
+    pub jc: *mut JcEntry,
 }
 
 impl Default for JitCtx {
@@ -99,7 +101,7 @@ impl Default for JitCtx {
             tlb_base: 0,
             fills: 0,
             fills_ok: 0,
-            jc: [JcEntry::EMPTY; JC_SIZE],
+            jc: core::ptr::null_mut(),
         }
     }
 }

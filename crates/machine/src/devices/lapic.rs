@@ -297,6 +297,12 @@ impl Lapic {
         self.id
     }
 
+    /// The initial APIC ID (what CPUID reports, whatever the guest wrote to
+    /// the ID register since).
+    pub fn initial_id(&self) -> u32 {
+        self.initial_id
+    }
+
     /// IA32_APIC_BASE.
     pub fn base_msr(&self) -> u64 {
         self.base
@@ -471,6 +477,21 @@ impl Lapic {
         if self.enabled() {
             self.sipi_vector = Some(vector);
         }
+    }
+
+    /// Whether an INIT is pending.
+    pub fn init_pending(&self) -> bool {
+        self.init_pending
+    }
+
+    /// Whether a start-up IPI is pending.
+    pub fn sipi_pending(&self) -> bool {
+        self.sipi_vector.is_some()
+    }
+
+    /// Whether an NMI is pending.
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending
     }
 
     /// Takes a pending NMI.
