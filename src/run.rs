@@ -415,7 +415,10 @@ fn load_kernel(
             ));
         }
         let entry = linux::load(&mut m.mem, image, initrd, cmdline).map_err(loader_err)?;
-        x86bt_machine::pc::prepare_direct_boot(m);
+        // The MP table's processor entries carry CPUID leaf 1's signature
+        // and features.
+        let id = x86bt_cpu::identity::cpuid(&x86bt_cpu::CpuState::reset(), 1, 0);
+        x86bt_machine::pc::prepare_direct_boot(m, id[0], id[3]);
         return Ok((KernelEntry::Linux(entry), missing_features()));
     }
     if multiboot::is_multiboot(image) {

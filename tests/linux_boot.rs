@@ -293,3 +293,54 @@ fn check_cpus(log: &str, n: u32, ctx: &str) {
         "local timer interrupts per CPU: {loc}\n{ctx}"
     );
 }
+
+/// Booted with `acpi=off`, the kernel finds the CPUs and the I/O APIC in the
+/// MultiProcessor Specification tables instead, and brings both CPUs up.
+#[test]
+fn linux_686_with_acpi_off_uses_the_mp_table() {
+    let g = &I686;
+    if !have_guest(g) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["run", "--kernel", g.kernel, "--initrd", g.initrd])
+        .args(["--append", "console=ttyS0 panic=-1 acpi=off", "-m", "256"])
+        .args([
+            "-smp",
+            "2",
+            "--serial",
+            "stdio",
+            "--no-reboot",
+            "--engine",
+            "jit",
+        ])
+        .args(["--max-insns", "40000000000", "--until", "\ndone"])
+        .args(["--rtc", "base=2026-01-01T00:00:00"])
+        .output()
+        .expect("run x86bt");
+    let log = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let ctx = format!(
+        "status {}\nstderr:\n{}\nconsole:\n{log}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{ctx}");
+    for needle in [
+        "Intel MultiProcessor Specification v1.4",
+        "MPTABLE: OEM ID: X86BT",
+        "Processor #0 (Bootup-CPU)",
+        "Processor #1",
+        "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23",
+        "..TIMER: vector=0x30 apic1=0 pin1=2",
+        "smp: Brought up 1 node, 2 CPUs",
+        "\nnproc=2\n",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing\n{ctx}");
+    }
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| BAD.iter().any(|b| l.contains(b)))
+        .filter(|l| !EXPLAINED.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(bad.is_empty(), "warnings in the boot log: {bad:#?}\n{ctx}");
+}

@@ -1114,13 +1114,19 @@ pub fn assert_all_pass_without_qemu(name: &str, built: &Built) {
 }
 
 fn assert_all_pass_on(name: &str, built: &Built, qemu: bool) {
+    assert_all_pass_with(name, built, &[], qemu);
+}
+
+/// [`assert_all_pass`] with extra `x86bt run` arguments (`-smp 2`), and the
+/// QEMU comparison only if `qemu`.
+pub fn assert_all_pass_with(name: &str, built: &Built, extra: &[&str], qemu: bool) {
     let dir = std::env::temp_dir().join(format!("x86bt-pm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{name}.bin"));
     std::fs::write(&path, &built.image).expect("write kernel");
     let runs: Vec<_> = ["interp", "jit", "lockstep"]
         .iter()
-        .map(|engine| (*engine, run_kernel(&path, engine)))
+        .map(|engine| (*engine, run_kernel(&path, engine, extra)))
         .collect();
     if qemu {
         difftest_against_qemu(name, &path);
@@ -1148,10 +1154,11 @@ fn assert_all_pass_on(name: &str, built: &Built, qemu: bool) {
 }
 
 /// One run of the kernel image at `path` on `engine`.
-fn run_kernel(path: &std::path::Path, engine: &str) -> std::process::Output {
+fn run_kernel(path: &std::path::Path, engine: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args(["run", "--kernel"])
         .arg(path)
+        .args(extra)
         .args([
             "--serial",
             "stdio",
@@ -1202,4 +1209,60 @@ fn difftest_against_qemu(name: &str, path: &std::path::Path) {
         "difftest of kernel {name}:\n{stdout}"
     );
     eprintln!("difftest {name}: {}", stdout.trim());
+}
+
+/// Boots the kernel under QEMU itself (`qemu-system-i386 -kernel`, `-smp
+/// cpus`, unstepped, so interrupts flow), as an independent oracle: it must
+/// print the same `PASS` lines as the kernel's checks and leave through the
+/// debug-exit port with 0. QEMU's HPET gets its FSB (MSI) delivery turned on
+/// and the CPU model x2APIC.
+/// Without QEMU the step says so and is skipped; under CI it is a failure.
+#[allow(dead_code)]
+pub fn qemu_prints_the_same(name: &str, built: &Built, cpus: u32) {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("qemu-system-i386").exists());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have qemu-system-i386"
+        );
+        eprintln!("SKIPPED QEMU run of {name}: qemu-system-i386 not found");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("x86bt-qemu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.bin"));
+    std::fs::write(&path, &built.image).expect("write kernel");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("qemu-system-i386")
+        .args(["-machine", "pc", "-cpu", "qemu32,+x2apic"])
+        .args(["-smp", &cpus.to_string(), "-m", "32"])
+        .args(["-global", "hpet.msi=on"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(&path)
+        .output()
+        .expect("run qemu-system-i386");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+        .collect();
+    let want: Vec<String> = built.cases.iter().map(|c| format!("PASS {c}")).collect();
+    assert_eq!(
+        got,
+        want,
+        "kernel {name} under QEMU, status {:?}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kernel {name} under QEMU: debug exit 0"
+    );
 }

@@ -18,6 +18,8 @@
 //!   the CPUs', at 0xFEC00000, GSIs 0-23), and the
 //!   interrupt source overrides a PC has: ISA IRQ0 (the PIT) on GSI 2, and the
 //!   SCI (IRQ 9) level-triggered, active high;
+//! - an HPET table (IA-PC HPET 1.0a §3.2.4): the event timer block's ID (its
+//!   capabilities register's low half) and its address, 0xFED00000;
 //! - SMI_CMD = 0: the machine has no SMM, and the ACPI spec defines a zero
 //!   SMI_CMD as "the system is always in ACPI mode". PM1_CNT.SCI_EN is set by
 //!   [`crate::pc::prepare_direct_boot`] to match.
@@ -41,8 +43,10 @@ const RSDT_OFF: usize = 0x80;
 const FADT_OFF: usize = 0xC0;
 const DSDT_OFF: usize = 0x150;
 const MADT_OFF: usize = 0x180;
+const HPET_OFF: usize = 0x260;
+const HPET_LEN: usize = 56;
 /// The most CPUs the MADT slot holds (8 bytes per Processor Local APIC entry).
-pub const MAX_CPUS: u32 = 32;
+pub const MAX_CPUS: u32 = 16;
 /// The local APIC's physical address, as the MADT gives it.
 const LAPIC_ADDR: u32 = 0xFEE0_0000;
 /// The FADT's length: the ACPI 1.0 layout (116 bytes) plus RESET_REG,
@@ -52,8 +56,9 @@ const FADT_LEN: usize = 132;
 // Slots do not overlap, stay inside the area, and the FACS is 64-byte aligned.
 const _: () = assert!(FACS_OFF + 64 <= RSDT_OFF && RSDT_OFF + 40 <= FADT_OFF);
 const _: () = assert!(FADT_OFF + FADT_LEN <= DSDT_OFF && DSDT_OFF + 48 <= MADT_OFF);
-const _: () = assert!(MADT_OFF + madt_len(MAX_CPUS) <= ACPI_AREA_LEN);
-const _: () = assert!(RSDT_OFF + 44 <= FADT_OFF);
+const _: () = assert!(MADT_OFF + madt_len(MAX_CPUS) <= HPET_OFF);
+const _: () = assert!(HPET_OFF + HPET_LEN <= ACPI_AREA_LEN);
+const _: () = assert!(RSDT_OFF + 48 <= FADT_OFF);
 const _: () = assert!((ACPI_AREA as usize + FACS_OFF) % 64 == 0);
 
 const OEM_ID: &[u8; 6] = b"X86BT ";
@@ -152,6 +157,22 @@ const fn madt_len(cpus: u32) -> usize {
     36 + 8 + 8 * cpus as usize + 12 + 2 * 10 + 6
 }
 
+/// The HPET table body: the event timer block ID (the capabilities
+/// register's low 32 bits), its base address as a generic address (system
+/// memory, 64 bits wide), HPET number 0, the minimum periodic tick (128
+/// ticks, 1.28 us) and no page protection.
+fn hpet_body() -> Vec<u8> {
+    use crate::devices::hpet;
+    let id: u32 = 1 | ((hpet::TIMERS as u32 - 1) << 8) | (1 << 13) | (1 << 15) | (0x8086 << 16);
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend_from_slice(&[0, 64, 0, 0]);
+    b.extend_from_slice(&hpet::BASE.to_le_bytes());
+    b.push(0);
+    b.extend_from_slice(&128u16.to_le_bytes());
+    b.push(0);
+    b
+}
+
 /// The MADT body for `cpus` processors.
 fn madt_body(cpus: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(madt_len(cpus) - 36);
@@ -208,6 +229,7 @@ pub fn build(base: u32, cpus: u32) -> Vec<u8> {
 
     let mut entries = at(FADT_OFF).to_le_bytes().to_vec();
     entries.extend_from_slice(&at(MADT_OFF).to_le_bytes());
+    entries.extend_from_slice(&at(HPET_OFF).to_le_bytes());
     let rsdt = sdt(b"RSDT", 1, &entries);
     // Revision 1 (ACPI 1.0b's layout, which is all it uses).
     let madt = sdt(b"APIC", 1, &madt_body(cpus));
@@ -215,6 +237,7 @@ pub fn build(base: u32, cpus: u32) -> Vec<u8> {
     // register of a revision 1 FADT).
     let fadt = sdt(b"FACP", 2, &fadt_body(at(FACS_OFF), at(DSDT_OFF)));
     let dsdt = sdt(b"DSDT", 1, &DSDT_AML);
+    let hpet = sdt(b"HPET", 1, &hpet_body());
 
     for (off, bytes) in [
         (RSDP_OFF, &rsdp),
@@ -223,6 +246,7 @@ pub fn build(base: u32, cpus: u32) -> Vec<u8> {
         (FADT_OFF, &fadt),
         (DSDT_OFF, &dsdt),
         (MADT_OFF, &madt),
+        (HPET_OFF, &hpet),
     ] {
         area[off..off + bytes.len()].copy_from_slice(bytes);
     }
@@ -255,8 +279,9 @@ mod tests {
         let rsdt_addr = u32::from_le_bytes(area[16..20].try_into().unwrap());
         assert_eq!(rsdt_addr, ACPI_AREA + RSDT_OFF as u32);
         for (off, sig, len) in [
-            (RSDT_OFF, b"RSDT", 44),
+            (RSDT_OFF, b"RSDT", 48),
             (MADT_OFF, b"APIC", madt_len(1)),
+            (HPET_OFF, b"HPET", HPET_LEN),
             (FADT_OFF, b"FACP", FADT_LEN),
             (DSDT_OFF, b"DSDT", 48),
         ] {
@@ -265,6 +290,20 @@ mod tests {
             assert_eq!(t.len(), len, "{} length", String::from_utf8_lossy(sig));
             assert!(sums_to_zero(t), "{} checksum", String::from_utf8_lossy(sig));
         }
+    }
+
+    #[test]
+    fn hpet_table_gives_the_block_id_and_address() {
+        let area = build(ACPI_AREA, 1);
+        let rsdt = table_at(&area, RSDT_OFF);
+        let ptr = u32::from_le_bytes(rsdt[44..48].try_into().unwrap());
+        assert_eq!(ptr, ACPI_AREA + HPET_OFF as u32, "RSDT's third entry");
+        let t = table_at(&area, HPET_OFF);
+        // The ID names 3 comparators, a 64-bit counter, legacy replacement
+        // and vendor 8086, as the HPET's capabilities register does.
+        assert_eq!(&t[36..40], &0x8086_A201u32.to_le_bytes());
+        assert_eq!(t[40], 0, "system memory");
+        assert_eq!(&t[44..52], &0xFED0_0000u64.to_le_bytes());
     }
 
     #[test]

@@ -207,11 +207,17 @@ impl Default for DevEnv {
 /// PIC pair that samples them.
 #[derive(Debug, Default)]
 pub struct IrqLines {
-    level: Cell<u16>,
-    rising: Cell<u16>,
+    /// Bits 0-15: the ISA lines IRQ0-15 (the 8259s and the I/O APIC see
+    /// them); bits 16-23: I/O APIC pins 16-23 (PCI and HPET lines no 8259
+    /// sees).
+    level: Cell<u32>,
+    rising: Cell<u32>,
     /// The rising edges the I/O APIC has not taken yet (the PIC takes its
     /// own from `rising`: each controller sees every edge).
-    rising_apic: Cell<u16>,
+    rising_apic: Cell<u32>,
+    /// Lines whose legacy source is cut off: the HPET's legacy replacement
+    /// takes IRQ0 from the PIT and IRQ8 from the RTC.
+    gate: Cell<u32>,
 }
 
 impl IrqLines {
@@ -219,24 +225,56 @@ impl IrqLines {
     pub fn new() -> Rc<Self> {
         Rc::new(Self::default())
     }
-    /// The current level of all 16 lines (bit n = IRQn).
+    /// The current level of the 16 ISA lines (bit n = IRQn).
     pub fn levels(&self) -> u16 {
+        self.level.get() as u16
+    }
+    /// Returns and clears the ISA lines that saw a rising edge since the
+    /// last call.
+    pub fn take_rising(&self) -> u16 {
+        self.rising.replace(0) as u16
+    }
+    /// The levels of every line: the ISA lines in bits 0-15, I/O APIC pins
+    /// 16-23 in bits 16-23.
+    pub fn all_levels(&self) -> u32 {
         self.level.get()
     }
-    /// Returns and clears the lines that saw a rising edge since the last call.
-    pub fn take_rising(&self) -> u16 {
-        self.rising.replace(0)
-    }
-    /// As [`IrqLines::take_rising`], for the I/O APIC's own latch.
-    pub fn take_rising_apic(&self) -> u16 {
+    /// As [`IrqLines::take_rising`], for the I/O APIC's own latch, over
+    /// every line (as [`IrqLines::all_levels`]).
+    pub fn take_rising_apic(&self) -> u32 {
         self.rising_apic.replace(0)
     }
-    /// A handle that drives line `irq`.
+    /// A handle that drives ISA line `irq`.
     pub fn line(self: &Rc<Self>, irq: u8) -> IrqLine {
         IrqLine {
             lines: Rc::clone(self),
             mask: 1 << (irq & 15),
+            legacy: false,
         }
+    }
+    /// A handle for a legacy source of ISA line `irq` (the PIT's IRQ0, the
+    /// RTC's IRQ8), which the HPET's legacy replacement can cut off.
+    pub fn legacy_line(self: &Rc<Self>, irq: u8) -> IrqLine {
+        IrqLine {
+            legacy: true,
+            ..self.line(irq)
+        }
+    }
+    /// A handle that drives I/O APIC pin `pin` (16-23), which no 8259 sees.
+    pub fn apic_pin(self: &Rc<Self>, pin: u8) -> IrqLine {
+        IrqLine {
+            lines: Rc::clone(self),
+            mask: 1 << (16 + (pin.clamp(16, 23) - 16)),
+            legacy: false,
+        }
+    }
+    /// Cuts the legacy sources of the ISA lines in `mask` off (or connects
+    /// them again); the lines cut off go low for their new source to drive.
+    pub fn set_legacy_gate(&self, mask: u16) {
+        let mask = u32::from(mask);
+        let newly = mask & !self.gate.get();
+        self.gate.set(mask);
+        self.level.set(self.level.get() & !newly);
     }
 }
 
@@ -244,12 +282,18 @@ impl IrqLines {
 #[derive(Clone, Debug)]
 pub struct IrqLine {
     lines: Rc<IrqLines>,
-    mask: u16,
+    mask: u32,
+    /// A legacy source the HPET's legacy replacement can cut off.
+    legacy: bool,
 }
 
 impl IrqLine {
     /// Drives the line high or low. A low-to-high change is latched as an edge.
+    /// A legacy source that is cut off drives nothing.
     pub fn set_level(&self, high: bool) {
+        if self.legacy && self.lines.gate.get() & self.mask != 0 {
+            return;
+        }
         let level = self.lines.level.get();
         if high {
             if level & self.mask == 0 {

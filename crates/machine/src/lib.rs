@@ -13,6 +13,7 @@ pub mod error;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod mp_table;
 pub mod pc;
 
 pub use addr::{GuestPhys, Linear, PAGE_SHIFT, PAGE_SIZE};

@@ -249,10 +249,10 @@ impl Machine {
 
     /// ISA IRQ `irq`'s I/O APIC pin: IRQ0 (the PIT) is wired to pin 2, the
     /// others to their own.
-    fn ioapic_pins(isa: u16) -> u32 {
-        let isa = u32::from(isa);
-        let irq0 = isa & 1;
-        (isa & !0b101) | (irq0 << 2)
+    /// Pins 16-23 are wired straight to their lines.
+    fn ioapic_pins(lines: u32) -> u32 {
+        let irq0 = lines & 1;
+        (lines & !0b101) | (irq0 << 2)
     }
 
     /// The I/O APIC samples its pins; what it sends is delivered.
@@ -260,7 +260,7 @@ impl Machine {
         let Some(io) = &mut self.ioapic else {
             return;
         };
-        let levels = Self::ioapic_pins(self.irq.levels());
+        let levels = Self::ioapic_pins(self.irq.all_levels());
         let rising = Self::ioapic_pins(self.irq.take_rising_apic());
         let msgs = io.update(levels, rising);
         self.deliver_ioapic(msgs);
@@ -718,6 +718,13 @@ impl Machine {
             }
             None => size_mask(size),
         }
+    }
+
+    /// Whether a device answers at `p` (the current CPU's APIC page, the I/O
+    /// APIC's window, or a memory-mapped range on the bus), where neither RAM
+    /// nor ROM does.
+    pub fn is_mmio(&self, p: GuestPhys) -> bool {
+        self.in_apic_page(p.0) || self.in_ioapic_window(p.0) || self.mmio.find(p.0).is_some()
     }
 
     /// A write of guest-physical memory by the CPU: RAM (ROM drops it), else

@@ -4,8 +4,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, i8042, ioapic, lapic, pci, pic, pit,
-    port92, post, uart,
+    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, hpet, i8042, ioapic, lapic, pci, pic,
+    pit, port92, post, uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -90,13 +90,13 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
 
     add(
         &mut m,
-        Box::new(pit::Pit::new(lines.line(0))),
+        Box::new(pit::Pit::new(lines.legacy_line(0))),
         &[(0x40, 0x43, 0), (0x61, 0x61, 0)],
     )?;
     add(
         &mut m,
         Box::new(cmos::Cmos::new(
-            lines.line(8),
+            lines.legacy_line(8),
             Rc::clone(&ctl),
             cmos::CmosConfig {
                 ram_below_4g: below,
@@ -182,6 +182,16 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         &[(0x80, 0x80, 0), (0x190, 0x190, 0)],
     )?;
 
+    // The HPET at 0xFED00000 (the ACPI HPET table says where).
+    let id = m.add_device(Box::new(hpet::Hpet::new(Rc::clone(&lines))));
+    m.map_mmio(
+        hpet::BASE,
+        hpet::BASE + hpet::SIZE - 1,
+        hpet::BASE,
+        Owner::Device(id),
+        0,
+    )?;
+
     m.advance_devices();
     Ok(m)
 }
@@ -196,7 +206,11 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
 /// - The ACPI tables of [`crate::acpi_tables`] are written to the EBDA, and the
 ///   BIOS data area's EBDA pointer (0x40E) points there, where an OS looks for
 ///   the RSDP.
-pub fn prepare_direct_boot(m: &mut Machine) {
+/// - The MP tables of [`crate::mp_table`] (for a kernel booted with
+///   `acpi=off`) are written at 0xF0000, which is then left as read-only RAM
+///   through PAM0 (i440FX config 0x59), as firmware leaves its shadowed BIOS.
+///   `cpu_signature` and `cpu_features` are CPUID leaf 1's EAX and EDX.
+pub fn prepare_direct_boot(m: &mut Machine, cpu_signature: u32, cpu_features: u32) {
     const PM_FN: u32 = 0x8000_0000 | (1 << 11) | (3 << 8);
     let cfg_write = |m: &mut Machine, reg: u32, size: usize, value: u32| {
         m.io_write(0xCF8, 4, PM_FN | (reg & 0xFC));
@@ -216,4 +230,25 @@ pub fn prepare_direct_boot(m: &mut Machine) {
     );
     let ebda_segment = u16::try_from(base >> 4).unwrap_or(0);
     m.mem.write(GuestPhys(0x40E), ebda_segment.to_le_bytes());
+
+    // PAM0 (bits 5:4 govern 0xF0000-0xFFFFF): read/write RAM while the MP
+    // tables are written, then read-only RAM.
+    let pam0 = |m: &mut Machine, v: u32| {
+        m.io_write(0xCF8, 4, 0x8000_0000 | 0x58);
+        m.io_write(0xCFD, 1, v);
+        m.io_write(0xCF8, 4, 0);
+    };
+    pam0(m, 0x30);
+    let mp = crate::mp_table::MP_AREA;
+    m.mem.write_bytes(
+        GuestPhys(u64::from(mp)),
+        &crate::mp_table::build(
+            mp,
+            cpus,
+            cpu_signature,
+            cpu_features,
+            crate::acpi_tables::SCI_IRQ as u8,
+        ),
+    );
+    pam0(m, 0x10);
 }

@@ -7,6 +7,7 @@ pub mod debug_exit;
 pub mod debugcon;
 pub mod fpu_error;
 pub mod fw_cfg;
+pub mod hpet;
 pub mod i8042;
 pub mod ioapic;
 pub mod lapic;
