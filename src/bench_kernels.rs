@@ -203,11 +203,18 @@ pub enum Workload {
     /// `ADD [var], 1` with `var` in the loop's own code page (data kept beside
     /// code, as old code does): the stores must not invalidate the loop.
     StoreCodePage,
+    /// A local APIC timer interrupt round trip: arm the one-shot timer with a
+    /// count of 1 (MMIO), `STI; HLT`, the handler counts and writes EOI
+    /// (MMIO), IRET, `CLI`.
+    ApicTimer,
+    /// A self-IPI round trip: a fixed IPI to self through the ICR (MMIO),
+    /// `STI; HLT`, the handler counts and writes EOI, IRET, `CLI`.
+    Ipi,
 }
 
 impl Workload {
     /// Every workload, compute first.
-    pub const ALL: [Workload; 14] = [
+    pub const ALL: [Workload; 16] = [
         Workload::Sieve,
         Workload::Crc32,
         Workload::Memcpy,
@@ -222,6 +229,8 @@ impl Workload {
         Workload::Cr3Write,
         Workload::Store,
         Workload::StoreCodePage,
+        Workload::ApicTimer,
+        Workload::Ipi,
     ];
 
     /// Short name.
@@ -241,6 +250,8 @@ impl Workload {
             Workload::Cr3Write => "cr3-write",
             Workload::Store => "store",
             Workload::StoreCodePage => "store-code-page",
+            Workload::ApicTimer => "apic-timer",
+            Workload::Ipi => "ipi",
         }
     }
 
@@ -274,6 +285,8 @@ impl Workload {
             Workload::PageFault => 25_000,
             Workload::Cr3Write => 16_000,
             Workload::Store | Workload::StoreCodePage => 1_000_000,
+            Workload::ApicTimer => 10_000,
+            Workload::Ipi => 20_000,
         }
     }
 
@@ -290,7 +303,9 @@ impl Workload {
                 hash_words(&v)
             }
             // A handler counts every event.
-            Workload::IntIret | Workload::PageFault => iters.wrapping_mul(UNROLL),
+            Workload::IntIret | Workload::PageFault | Workload::ApicTimer | Workload::Ipi => {
+                iters.wrapping_mul(UNROLL)
+            }
             // The loop counts iterations.
             _ => iters,
         }
@@ -337,6 +352,8 @@ impl Workload {
                 let var = k.addr("store.var");
                 counted_events(k, |k| k.add(dword_ptr(var), 1))
             }
+            Workload::ApicTimer => apic_events(k, apic::TIMER_INIT, 1),
+            Workload::Ipi => apic_events(k, apic::ICR_LO, (1 << 18) | (1 << 14) | APIC_VECTOR),
         }
     }
 }
@@ -600,10 +617,15 @@ fn tables(k: &mut Kb) {
     k.poke64(IDT + 0x80 * 8, interrupt_gate(syscall, 3));
     let back = k.addr("isr_back");
     k.poke64(IDT + 0x81 * 8, interrupt_gate(back, 3));
+    let apic_isr = k.addr("isr_apic");
+    k.poke64(IDT + APIC_VECTOR * 8, interrupt_gate(apic_isr, 0));
 
     // Page tables (SDM vol. 3A §4.3): P | RW | US everywhere in the low 4 MiB,
     // except the page-fault kernel's page, which starts not present.
     k.poke32(PD, PT | 7);
+    // 0xFEC00000-0xFEFFFFFF (the local APIC among them): one 4 MiB page,
+    // present, writable, PWT | PCD, PS (CR4.PSE is set).
+    k.poke32(PD + (0xFEC0_0000 >> 22) * 4, 0xFEC0_0000 | 0x9B);
     for i in 0..1024 {
         let present = if i == PF_PAGE >> 12 { 0 } else { 1 };
         k.poke32(PT + i * 4, i << 12 | 6 | present);
@@ -636,6 +658,9 @@ fn runtime(k: &mut Kb) -> AsmResult {
     k.out(0xA1, al)?;
     k.mov(eax, PD)?;
     k.mov(cr3, eax)?;
+    k.mov(eax, cr4)?;
+    k.or(eax, 0x10u32)?; // CR4.PSE
+    k.mov(cr4, eax)?;
     k.mov(eax, cr0)?;
     k.or(eax, 0x8000_0000u32)?; // CR0.PG
     k.mov(cr0, eax)?;
@@ -648,6 +673,12 @@ fn runtime(k: &mut Kb) -> AsmResult {
     // INT 0x80: count and return (to ring 3).
     k.at("isr_syscall")?;
     k.add(dword_ptr(COUNTER), 1)?;
+    k.iretd()?;
+
+    // The APIC events: count, EOI, return.
+    k.at("isr_apic")?;
+    k.add(dword_ptr(COUNTER), 1)?;
+    k.mov(dword_ptr(apic::EOI), 0u32)?;
     k.iretd()?;
 
     // INT 0x81: back to ring 0 for good; drop the frame, resume at [RESUME].
@@ -911,6 +942,40 @@ fn page_fault(k: &mut Kb) -> AsmResult {
             k.and(dword_ptr(PF_PTE), !1u32)?;
             k.invlpg(ptr(PF_PAGE))?;
             k.mov(eax, dword_ptr(PF_PAGE))?;
+        }
+        Ok(())
+    })?;
+    k.mov(eax, dword_ptr(COUNTER))
+}
+
+/// The local APIC (SDM vol. 3A ch. 11), identity-mapped through a 4 MiB page
+/// with caching off.
+mod apic {
+    pub const BASE: u32 = 0xFEE0_0000;
+    pub const EOI: u32 = BASE + 0xB0;
+    pub const SVR: u32 = BASE + 0xF0;
+    pub const ICR_LO: u32 = BASE + 0x300;
+    pub const LVT_TIMER: u32 = BASE + 0x320;
+    pub const TIMER_INIT: u32 = BASE + 0x380;
+    pub const TIMER_DIV: u32 = BASE + 0x3E0;
+}
+
+/// The vector the APIC events raise.
+const APIC_VECTOR: u32 = 0x40;
+
+/// An APIC event kernel: the APIC software-enabled, the timer one-shot with
+/// divide 1 on [`APIC_VECTOR`]; each event writes `value` to `reg` and waits
+/// for the interrupt (`STI; HLT; CLI`), whose handler counts it.
+fn apic_events(k: &mut Kb, reg: u32, value: u32) -> AsmResult {
+    k.mov(dword_ptr(apic::SVR), 0x1FFu32)?;
+    k.mov(dword_ptr(apic::TIMER_DIV), 0xBu32)?;
+    k.mov(dword_ptr(apic::LVT_TIMER), APIC_VECTOR)?;
+    k.iterate(|k| {
+        for _ in 0..UNROLL {
+            k.mov(dword_ptr(reg), value)?;
+            k.sti()?;
+            k.hlt()?;
+            k.cli()?;
         }
         Ok(())
     })?;

@@ -131,7 +131,9 @@ fn event_kernels_interp_count_every_event() {
         assert_passed(w, &run);
         // Handlers count each event; the other loops count iterations.
         let want = match w {
-            Workload::IntIret | Workload::PageFault => n * UNROLL,
+            Workload::IntIret | Workload::PageFault | Workload::ApicTimer | Workload::Ipi => {
+                n * UNROLL
+            }
             _ => n,
         };
         assert_eq!(run.read32(layout::COUNTER), want, "{}", w.name());
