@@ -456,6 +456,16 @@ pub fn print_stats(vm: &Vm, secs: f64) {
         c.gpr[6],
         c.gpr[7]
     );
+    for i in (0..vm.cpu_count()).filter(|_| vm.cpu_count() > 1) {
+        let c = vm.cpu_state(i);
+        eprintln!(
+            "vCPU {i}: {:?} at {:04x}:{:08x}, {} instructions",
+            c.run_state,
+            c.seg[x86bt_cpu::state::sreg::CS].selector,
+            c.rip,
+            c.icount
+        );
+    }
     eprintln!(
         "wall time: {secs:.3} s, {:.1} MIPS",
         n as f64 / secs.max(1e-9) / 1e6

@@ -536,10 +536,15 @@ impl Vm {
                 // device (FERR# -> IRQ 13), so INTR is watched too.
                 while exit == UnitExit::Continue
                     && self.cpu.icount < horizon
+                    && !self.cpu.pause_hint
                     && !(self.machine.intr() && self.can_take_interrupt())
                 {
                     exit = self.run_unit();
                 }
+            }
+            // PAUSE: a spin-wait; with other vCPUs, this one's turn ends.
+            if std::mem::take(&mut self.cpu.pause_hint) && self.cpu_count() > 1 {
+                self.quantum_end = self.cpu.icount;
             }
             if let Some(report) = self.divergence.take() {
                 return RunOutcome::Divergence(report);

@@ -18,6 +18,10 @@ fn have_bios() -> bool {
 }
 
 fn run_seabios(mib: u64, engine: &str) -> (String, std::process::ExitStatus) {
+    run_seabios_smp(mib, engine, 1)
+}
+
+fn run_seabios_smp(mib: u64, engine: &str, cpus: u32) -> (String, std::process::ExitStatus) {
     let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
         .args([
             "run",
@@ -31,6 +35,7 @@ fn run_seabios(mib: u64, engine: &str) -> (String, std::process::ExitStatus) {
             "--engine",
             engine,
         ])
+        .args(["-smp", &cpus.to_string()])
         .args([
             "-m",
             &mib.to_string(),
@@ -84,4 +89,28 @@ fn seabios_under_jit_detects_ram_and_reaches_boot_attempts() {
 #[test]
 fn seabios_under_lockstep_reaches_boot_attempts_without_divergence() {
     detects_ram_and_reaches_boot_attempts("lockstep");
+}
+
+/// With `-smp 4`, SeaBIOS reads the CPU count from fw_cfg, starts the APs
+/// with INIT-SIPI (its broadcast, with no delay between them), counts each
+/// one under its spinlock (which works only because PAUSE ends a vCPU's
+/// turn), and builds its own MP table and ACPI tables for them.
+#[test]
+fn seabios_finds_4_cpus_on_every_engine() {
+    if !have_bios() {
+        return;
+    }
+    for engine in ["interp", "jit", "lockstep"] {
+        let (log, status) = run_seabios_smp(64, engine, 4);
+        assert!(status.success(), "{engine}: {status}\n{log}");
+        for id in 1..4 {
+            let want = format!("handle_smp: apic_id=0x{id}");
+            assert!(log.contains(&want), "{engine}: no {want:?} in\n{log}");
+        }
+        assert!(
+            log.contains("Found 4 cpu(s) max supported 4 cpu(s)"),
+            "{engine}: {log}"
+        );
+        assert!(log.contains("Copying MPTABLE"), "{engine}: {log}");
+    }
 }

@@ -269,6 +269,9 @@ pub struct CpuState {
     /// (guest-physical address, old byte) for each byte written while `log_undo`
     /// was set, in write order.
     pub undo_log: Vec<(u64, u8)>,
+    /// Set by PAUSE (a spin-wait hint); the run loop takes it and, with
+    /// several vCPUs, ends this one's turn.
+    pub pause_hint: bool,
 }
 
 impl Default for CpuState {
@@ -338,6 +341,7 @@ impl CpuState {
             tlb: crate::mmu::Tlb::default(),
             log_undo: false,
             undo_log: Vec::new(),
+            pause_hint: false,
         }
     }
 

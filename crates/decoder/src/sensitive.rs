@@ -33,6 +33,10 @@ pub enum Sensitivity {
     Identity,
     /// TLB and cache control (INVLPG, INVD, WBINVD, CLTS).
     Cache,
+    /// PAUSE, the spin-wait hint: with several vCPUs the run loop gives the
+    /// next one its turn, so a vCPU that waits for another's store does not
+    /// spin through its whole quantum (the run loop's pause-loop exit).
+    Yield,
 }
 
 /// Classifies `ins`; `None` for an ordinary instruction.
@@ -61,6 +65,7 @@ pub fn classify(ins: &Instruction) -> Option<Sensitivity> {
         Mnemonic::Cpuid | Mnemonic::Rdtsc | Mnemonic::Rdtscp | Mnemonic::Rdpmc => Identity,
         Mnemonic::Rdmsr | Mnemonic::Wrmsr => Identity,
         Mnemonic::Invlpg | Mnemonic::Invd | Mnemonic::Wbinvd | Mnemonic::Clts => Cache,
+        Mnemonic::Pause => Yield,
         Mnemonic::Mov => return mov_class(ins),
         Mnemonic::Push | Mnemonic::Pop => return stack_seg_class(ins),
         Mnemonic::Call | Mnemonic::Jmp => return far_class(ins),

@@ -483,6 +483,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         pending_db,
         log_undo,
         undo_log,
+        pause_hint,
         tlb: _,
     } = i;
     *gpr == t.gpr
@@ -517,6 +518,7 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         && *log_writes == t.log_writes
         && *write_log == t.write_log
         && *pending_db == t.pending_db
+        && *pause_hint == t.pause_hint
         && *log_undo == t.log_undo
         && *undo_log == t.undo_log
 }

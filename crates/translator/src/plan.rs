@@ -1150,8 +1150,9 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
     if ins.has_lock_prefix() {
         return None;
     }
-    // PAUSE is F3 90, so this comes before the REP check.
-    if matches!(ins.mnemonic(), Mnemonic::Nop | Mnemonic::Pause) {
+    // PAUSE (F3 90) is sensitive (the run loop takes its hint) and never
+    // reaches here.
+    if ins.mnemonic() == Mnemonic::Nop {
         // No operation (NOP r/m does not access its operand): nothing to emit.
         return Some(Ident {
             bytes: Vec::new(),

@@ -298,6 +298,12 @@ pub fn nop(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Ok(())
 }
 
+/// PAUSE: a NOP that hints a spin-wait; the run loop takes the hint.
+pub fn pause(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+    cpu.pause_hint = true;
+    Ok(())
+}
+
 /// Raises #UD: undefined opcodes and everything not implemented.
 pub fn undefined(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Err(Exception::InvalidOpcode)

@@ -95,7 +95,8 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Cmc => alu::flag_op::<2>,
         M::Cld => alu::flag_op::<3>,
         M::Std => alu::flag_op::<4>,
-        M::Nop | M::Pause => alu::nop,
+        M::Nop => alu::nop,
+        M::Pause => alu::pause,
         // The hint-NOP space 0F 18-0F 1F: on a CPU without CET these encodings
         // (ENDBR32/64, RDSSPD/Q) are NOPs (SDM vol. 1 §18.3.1, "legacy
         // compatibility"), as are the reserved NOPs.
