@@ -1060,6 +1060,7 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         post: None,
         rtc_base_unix: 0,
         cpus: 1,
+        extra_devices: Vec::new(),
     })?;
     let entry =
         multiboot::load(&mut machine.mem, image, "", &[]).map_err(|source| Error::Loader {

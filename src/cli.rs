@@ -91,11 +91,6 @@ pub struct DifftestArgs {
     /// Instructions to run first without comparing.
     #[arg(long, default_value_t = 0)]
     pub skip: u64,
-    /// vCPUs, as QEMU's `-smp`: N or cpus=N (1 to 15), optionally with
-    /// sockets=1, cores=N, threads=1, maxcpus=N (one package of N cores). The
-    /// vCPUs take turns on one host thread, so runs stay deterministic.
-    #[arg(long, default_value = "1", value_parser = parse_smp)]
-    pub smp: u32,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 32)]
     pub mem_mib: u64,
@@ -172,6 +167,10 @@ pub struct RunArgs {
     /// vCPUs take turns on one host thread, so runs stay deterministic.
     #[arg(long, default_value = "1", value_parser = parse_smp)]
     pub smp: u32,
+    /// Adds a device, as QEMU's `-device` (repeatable): `edu`, QEMU's
+    /// educational PCI device (BAR, MSI, INTx, DMA), on PCI slot 3 and up.
+    #[arg(long = "device")]
+    pub devices: Vec<x86bt_machine::pc::ExtraDevice>,
     /// Guest RAM in MiB.
     #[arg(short = 'm', long = "memory", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub mem_mib: u64,
@@ -306,6 +305,7 @@ pub fn qemu_style_args(
         "icount",
         "rtc",
         "no-reboot",
+        "device",
     ];
     const TAKES_VALUE: &[&str] = &[
         "smp",
@@ -323,6 +323,7 @@ pub fn qemu_style_args(
         "max-insns",
         "engine",
         "post",
+        "device",
     ];
     let mut out = Vec::new();
     let mut value_next = false;
@@ -351,4 +352,63 @@ pub fn qemu_style_args(
         out.push(a);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smp_takes_qemu_forms_and_refuses_other_topologies() {
+        assert_eq!(parse_smp("4"), Ok(4));
+        assert_eq!(parse_smp("cpus=2"), Ok(2));
+        assert_eq!(parse_smp("4,sockets=1,cores=4,threads=1,maxcpus=4"), Ok(4));
+        assert_eq!(parse_smp("cores=3"), Ok(3));
+        assert!(parse_smp("0").is_err());
+        assert!(parse_smp("16").is_err());
+        assert!(parse_smp("4,sockets=2").is_err());
+        assert!(parse_smp("4,threads=2").is_err());
+        assert!(parse_smp("4,bogus=1").is_err());
+        assert!(parse_smp("four").is_err());
+    }
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        qemu_style_args(args.iter().map(std::ffi::OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_single_dash_options_become_long_options_but_values_stay() {
+        assert_eq!(
+            rewrite(&["x86bt", "run", "-smp", "2", "-kernel", "k", "-device", "edu"]),
+            ["x86bt", "run", "--smp", "2", "--kernel", "k", "--device", "edu"]
+        );
+        // A value that looks like an option is left alone.
+        assert_eq!(
+            rewrite(&["x86bt", "run", "--append", "-smp", "-m", "64"]),
+            ["x86bt", "run", "--append", "-smp", "-m", "64"]
+        );
+        assert_eq!(
+            rewrite(&["x86bt", "run", "-append", "-kernel", "-no-reboot"]),
+            ["x86bt", "run", "--append", "-kernel", "--no-reboot"]
+        );
+    }
+
+    #[test]
+    fn device_names_edu_and_refuses_others() {
+        let cli = Cli::try_parse_from(rewrite(&[
+            "x86bt", "run", "--kernel", "k", "-device", "edu",
+        ]))
+        .expect("parses");
+        let Command::Run(a) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(a.devices, [x86bt_machine::pc::ExtraDevice::Edu]);
+        assert!(Cli::try_parse_from(rewrite(&[
+            "x86bt", "run", "--kernel", "k", "-device", "e1000"
+        ]))
+        .is_err());
+    }
 }

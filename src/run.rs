@@ -248,6 +248,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         post,
         rtc_base_unix,
         cpus: a.smp,
+        extra_devices: a.devices.clone(),
     })
     .map_err(|e| match e {
         x86bt_machine::MachineError::RomSize { len } => Error::Usage(format!(

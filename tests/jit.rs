@@ -42,6 +42,7 @@ fn pc_with_rom(rom: Vec<u8>) -> Machine {
         post: None,
         rtc_base_unix: 0,
         cpus: 1,
+        extra_devices: Vec::new(),
     })
     .expect("PC with the generated ROM")
 }
@@ -217,6 +218,7 @@ fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
             post: None,
             rtc_base_unix: 0,
             cpus: 1,
+            extra_devices: Vec::new(),
         })
         .expect("PC");
         m.mem

@@ -126,6 +126,7 @@ fn pc_vm(code: &[u8]) -> Vm {
         post: None,
         rtc_base_unix: 0,
         cpus: 1,
+        extra_devices: Vec::new(),
     })
     .expect("PC machine");
     vm_on(m, code)

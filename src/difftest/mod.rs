@@ -479,6 +479,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         post: None,
         rtc_base_unix: 0,
         cpus: 1,
+        extra_devices: Vec::new(),
     })?;
     let entry = match &setup.kernel {
         Some(path) => {

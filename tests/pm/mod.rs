@@ -1219,6 +1219,12 @@ fn difftest_against_qemu(name: &str, path: &std::path::Path) {
 /// Without QEMU the step says so and is skipped; under CI it is a failure.
 #[allow(dead_code)]
 pub fn qemu_prints_the_same(name: &str, built: &Built, cpus: u32) {
+    qemu_prints_the_same_with(name, built, cpus, &[]);
+}
+
+/// [`qemu_prints_the_same`] with extra QEMU arguments (`-device edu`).
+#[allow(dead_code)]
+pub fn qemu_prints_the_same_with(name: &str, built: &Built, cpus: u32, extra: &[&str]) {
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .any(|d| d.join("qemu-system-i386").exists());
     if !found {
@@ -1241,6 +1247,7 @@ pub fn qemu_prints_the_same(name: &str, built: &Built, cpus: u32) {
         .args(["-global", "hpet.msi=on"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(extra)
         .arg("-kernel")
         .arg(&path)
         .output()

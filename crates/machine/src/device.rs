@@ -114,27 +114,35 @@ pub enum MapRequest {
     UnmapMmio(u8),
 }
 
+/// A map request with the device whose mappings it moves (`None`: the
+/// calling device's own).
+pub type OwnedRequest = (Option<usize>, MapRequest);
+
 /// What a device call may reach besides the device itself.
 pub struct DevCtx<'a> {
     now: Nanos,
     mem: &'a mut PhysMemory,
     msi: &'a mut Vec<Msi>,
-    requests: &'a mut Vec<MapRequest>,
+    requests: &'a mut Vec<OwnedRequest>,
+    errors: &'a mut Vec<String>,
 }
 
 impl<'a> DevCtx<'a> {
-    /// A context at time `now` over `mem`, collecting MSIs and map requests.
+    /// A context at time `now` over `mem`, collecting MSIs, map requests and
+    /// guest errors.
     pub fn new(
         now: Nanos,
         mem: &'a mut PhysMemory,
         msi: &'a mut Vec<Msi>,
-        requests: &'a mut Vec<MapRequest>,
+        requests: &'a mut Vec<OwnedRequest>,
+        errors: &'a mut Vec<String>,
     ) -> Self {
         Self {
             now,
             mem,
             msi,
             requests,
+            errors,
         }
     }
 
@@ -163,7 +171,20 @@ impl<'a> DevCtx<'a> {
 
     /// Asks for a change of this device's mappings (applied after the call).
     pub fn request(&mut self, r: MapRequest) {
-        self.requests.push(r);
+        self.requests.push((None, r));
+    }
+
+    /// Asks for a change of device `owner`'s mappings: the PCI host bridge
+    /// places a function's BARs after a configuration write.
+    pub fn request_for(&mut self, owner: usize, r: MapRequest) {
+        self.requests.push((Some(owner), r));
+    }
+
+    /// Records something the guest did wrong (a device programmed in a way
+    /// that does nothing, or that real hardware leaves undefined), for
+    /// `X86BT_TRACE=guest_errors`.
+    pub fn guest_error(&mut self, what: String) {
+        self.errors.push(what);
     }
 }
 
@@ -175,7 +196,9 @@ pub struct DevEnv {
     /// MSIs sent.
     pub msi: Vec<Msi>,
     /// Map requests made.
-    pub requests: Vec<MapRequest>,
+    pub requests: Vec<OwnedRequest>,
+    /// Guest errors recorded.
+    pub errors: Vec<String>,
 }
 
 impl DevEnv {
@@ -188,12 +211,19 @@ impl DevEnv {
             mem: PhysMemory::new(1 << 16, MemoryLayout::Flat).expect("64 KiB of RAM"),
             msi: Vec::new(),
             requests: Vec::new(),
+            errors: Vec::new(),
         }
     }
 
     /// A context at time `now`.
     pub fn at(&mut self, now: Nanos) -> DevCtx<'_> {
-        DevCtx::new(now, &mut self.mem, &mut self.msi, &mut self.requests)
+        DevCtx::new(
+            now,
+            &mut self.mem,
+            &mut self.msi,
+            &mut self.requests,
+            &mut self.errors,
+        )
     }
 }
 

@@ -56,7 +56,9 @@ pub struct Machine {
     /// MSIs sent by devices, not yet delivered.
     msi: Vec<Msi>,
     /// Map requests of the device call in progress.
-    requests: Vec<MapRequest>,
+    requests: Vec<crate::device::OwnedRequest>,
+    /// Guest errors devices recorded during a call.
+    device_errors: Vec<String>,
     /// Guest errors (a BAR programmed onto another range, an MSI nobody
     /// takes), for the run loop to report; the oldest are dropped past
     /// [`GUEST_ERRORS_KEPT`].
@@ -87,6 +89,7 @@ impl Machine {
             irq: IrqLines::new(),
             msi: Vec::new(),
             requests: Vec::new(),
+            device_errors: Vec::new(),
             guest_errors: Vec::new(),
             now: 0,
             deadline: Nanos::MAX,
@@ -168,7 +171,13 @@ impl Machine {
             l.advance(self.now);
         }
         for id in 0..self.devices.len() {
-            let mut ctx = DevCtx::new(self.now, &mut self.mem, &mut self.msi, &mut self.requests);
+            let mut ctx = DevCtx::new(
+                self.now,
+                &mut self.mem,
+                &mut self.msi,
+                &mut self.requests,
+                &mut self.device_errors,
+            );
             self.devices[id].advance(&mut ctx);
             self.apply_requests(id);
         }
@@ -565,11 +574,15 @@ impl Machine {
     /// The calling device's map requests, applied; a refused one is a guest
     /// error and leaves the region unmapped.
     fn apply_requests(&mut self, id: DeviceId) {
+        for e in std::mem::take(&mut self.device_errors) {
+            self.guest_error(e);
+        }
         if self.requests.is_empty() {
             return;
         }
-        let owner = Owner::Device(id);
-        for r in std::mem::take(&mut self.requests) {
+        for (target, r) in std::mem::take(&mut self.requests) {
+            let id = target.unwrap_or(id);
+            let owner = Owner::Device(id);
             let result = match r {
                 MapRequest::Ports {
                     region,
@@ -646,8 +659,13 @@ impl Machine {
                 self.update_intr();
             }
             Owner::Device(id) => {
-                let mut ctx =
-                    DevCtx::new(self.now, &mut self.mem, &mut self.msi, &mut self.requests);
+                let mut ctx = DevCtx::new(
+                    self.now,
+                    &mut self.mem,
+                    &mut self.msi,
+                    &mut self.requests,
+                    &mut self.device_errors,
+                );
                 self.devices[id].read(&mut ctx, m.region, off, &mut buf[..size]);
                 self.apply_requests(id);
                 self.after_access(id);
@@ -669,8 +687,13 @@ impl Machine {
                 self.update_intr();
             }
             Owner::Device(id) => {
-                let mut ctx =
-                    DevCtx::new(self.now, &mut self.mem, &mut self.msi, &mut self.requests);
+                let mut ctx = DevCtx::new(
+                    self.now,
+                    &mut self.mem,
+                    &mut self.msi,
+                    &mut self.requests,
+                    &mut self.device_errors,
+                );
                 self.devices[id].write(&mut ctx, m.region, off, &bytes[..size]);
                 self.apply_requests(id);
                 self.after_access(id);

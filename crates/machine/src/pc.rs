@@ -4,8 +4,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, fpu_error, fw_cfg, hpet, i8042, ioapic, lapic, pci, pic,
-    pit, port92, post, uart,
+    acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ioapic, lapic, pci,
+    pic, pit, port92, post, uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -53,7 +53,29 @@ pub struct PcConfig {
     /// CPUs (at least 1), each with its local APIC; CPU 0 is the bootstrap
     /// processor.
     pub cpus: u32,
+    /// Devices added with `-device`, on PCI slots from 3 up.
+    pub extra_devices: Vec<ExtraDevice>,
 }
+
+/// A device `-device` adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraDevice {
+    /// QEMU's educational PCI device (`edu`).
+    Edu,
+}
+
+impl std::str::FromStr for ExtraDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split(',').next().unwrap_or("") {
+            "edu" => Ok(Self::Edu),
+            other => Err(format!("'{other}' is not a device x86bt has (it has: edu)")),
+        }
+    }
+}
+
+/// The first PCI slot `-device` fills (slot 2 is kept for a VGA).
+pub const FIRST_EXTRA_SLOT: u8 = 3;
 
 /// Builds a PC.
 pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
@@ -154,11 +176,21 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     )?;
 
     let pm = acpi_pm::PmShared::new();
-    add(
-        &mut m,
-        Box::new(pci::PciHost::new(Rc::clone(&ctl), pm.clone())),
-        &[(0xCF8, 0xCFF, 0)],
-    )?;
+    let router = pci::PirqRouter::new(Rc::clone(&lines));
+    let mut host =
+        pci::PciHost::new(Rc::clone(&ctl), pm.clone()).with_pirq_router(Rc::clone(&router));
+    for (i, dev) in cfg.extra_devices.iter().enumerate() {
+        let slot = FIRST_EXTRA_SLOT + i as u8;
+        match dev {
+            ExtraDevice::Edu => {
+                let space = Rc::new(RefCell::new(edu::config_space()));
+                let intx = router.line(slot, 1);
+                let id = m.add_device(Box::new(edu::Edu::new(Rc::clone(&space), intx)));
+                host.plug(slot, id, space);
+            }
+        }
+    }
+    add(&mut m, Box::new(host), &[(0xCF8, 0xCFF, 0)])?;
     // The PM block answers only where PMBA points; firmware puts it at 0x600
     // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
     let pm_last = |base: u16| base + acpi_pm::PM_IO_SIZE - 1;

@@ -43,13 +43,130 @@
 //! device-specific registers; PIIX3 functions 1 (IDE) and 2 (USB) and its other
 //! device-specific registers (ISA clock, X-bus, top of memory, motherboard IRQ/DMA,
 //! SMI control); PIIX4 function 3's device monitors, GPIO control and the SMBus I/O
-//! block. PIRQ routing and SMRAM are stored but change no interrupt routing and no
-//! memory map.
+//! block. SMRAM is stored but changes no memory map.
+//!
+//! Plugged-in functions (`-device edu`): an endpoint keeps its configuration
+//! space in a [`PciEndpoint`] shared with its device. After each
+//! configuration write the host compares the function's BAR placements with
+//! what it mapped before and asks the machine to move the device's regions
+//! (BAR i is region i); a placement onto another device's range is refused
+//! by the bus (a guest error; the BAR stays unmapped). After a reset the old
+//! placements are unmapped at the host's next access. The PIIX3's PIRQ route
+//! control registers drive a [`PirqRouter`]: PIRQ n goes to the ISA IRQ its
+//! register names (3-7, 9-12, 14, 15; bit 7 disables it); a function on
+//! slot s with pin p (1 = INTA#) drives PIRQ (s - 1 + p - 1) mod 4, QEMU's
+//! PIIX swizzle.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use crate::device::{Device, Nanos, SystemControl};
+use crate::device::{DevCtx, Device, IrqLines, MapRequest, Nanos, SystemControl};
 use crate::devices::acpi_pm::{PmIo, PmShared};
+use crate::devices::pci_endpoint::{BarKind, BarMapping, PciEndpoint};
+
+/// The PIIX3's PCI interrupt router: four PIRQ lines, each routed to an ISA
+/// IRQ by its PIRQRC register; several sources on one PIRQ are wired-OR.
+pub struct PirqRouter {
+    lines: Rc<IrqLines>,
+    routes: Cell<[u8; 4]>,
+    /// Asserting sources per PIRQ.
+    asserted: Cell<[u8; 4]>,
+    /// The ISA lines the router holds high.
+    driven: Cell<u16>,
+}
+
+/// The ISA IRQs a PIRQ may be routed to (82371SB datasheet, PIRQRC).
+const PIRQ_TARGETS: u16 = 0b1101_1110_1111_1000;
+
+impl PirqRouter {
+    /// A router over `lines`, every route disabled.
+    pub fn new(lines: Rc<IrqLines>) -> Rc<Self> {
+        Rc::new(Self {
+            lines,
+            routes: Cell::new([PIRQRC_RESET as u8; 4]),
+            asserted: Cell::new([0; 4]),
+            driven: Cell::new(0),
+        })
+    }
+
+    fn set_routes(&self, routes: [u8; 4]) {
+        self.routes.set(routes);
+        self.update();
+    }
+
+    /// Sets the routes as PIRQRC A-D would (for tests of devices alone).
+    #[doc(hidden)]
+    pub fn route_for_test(&self, routes: [u8; 4]) {
+        self.set_routes(routes);
+    }
+
+    fn update(&self) {
+        let (routes, asserted) = (self.routes.get(), self.asserted.get());
+        let mut want = 0u16;
+        for i in 0..4 {
+            let irq = routes[i] & 0xF;
+            if asserted[i] > 0 && routes[i] & 0x80 == 0 && PIRQ_TARGETS & (1 << irq) != 0 {
+                want |= 1 << irq;
+            }
+        }
+        let driven = self.driven.get();
+        for irq in 0..16u8 {
+            let bit = 1u16 << irq;
+            if (want ^ driven) & bit != 0 {
+                self.lines.line(irq).set_level(want & bit != 0);
+            }
+        }
+        self.driven.set(want);
+    }
+
+    /// The INTx line of a function on `slot` with interrupt pin `pin`.
+    pub fn line(self: &Rc<Self>, slot: u8, pin: u8) -> PirqLine {
+        PirqLine {
+            router: Rc::clone(self),
+            pirq: (slot.wrapping_sub(1).wrapping_add(pin.saturating_sub(1)) & 3) as usize,
+            high: Rc::new(Cell::new(false)),
+        }
+    }
+}
+
+/// A function's INTx pin, wired to one PIRQ line of the router.
+#[derive(Clone)]
+pub struct PirqLine {
+    router: Rc<PirqRouter>,
+    pirq: usize,
+    high: Rc<Cell<bool>>,
+}
+
+impl PirqLine {
+    /// Asserts or deasserts the pin.
+    pub fn set_level(&self, high: bool) {
+        if self.high.replace(high) == high {
+            return;
+        }
+        let mut a = self.router.asserted.get();
+        a[self.pirq] = if high {
+            a[self.pirq].saturating_add(1)
+        } else {
+            a[self.pirq].saturating_sub(1)
+        };
+        self.router.asserted.set(a);
+        self.router.update();
+    }
+
+    /// Whether the pin is asserted.
+    pub fn is_high(&self) -> bool {
+        self.high.get()
+    }
+}
+
+/// A function plugged into bus 0 by a device of the machine.
+struct Plugged {
+    slot: u8,
+    device: usize,
+    config: Rc<RefCell<PciEndpoint>>,
+    /// Where each BAR is mapped now.
+    placed: [Option<BarMapping>; 6],
+}
 
 /// CONFIG_ADDRESS (PCI 3.0 §3.2.2.3.2), dword access only.
 const CONFIG_ADDRESS: u16 = 0xCF8;
@@ -164,6 +281,8 @@ enum Function {
     IsaBridge,
     /// 00:01.3, 82371AB function 3.
     PowerManagement,
+    /// A plugged-in function (index into the host's list).
+    Endpoint(usize),
 }
 
 /// The read-only identity of a function.
@@ -319,6 +438,11 @@ pub struct PciHost {
     host: ConfigSpace,
     isa: ConfigSpace,
     power: ConfigSpace,
+    endpoints: Vec<Plugged>,
+    pirq: Option<Rc<PirqRouter>>,
+    /// Map requests for plugged-in devices, handed to the machine after the
+    /// access that made them.
+    pending: Vec<(usize, MapRequest)>,
 }
 
 impl PciHost {
@@ -333,10 +457,75 @@ impl PciHost {
             host: host_bridge(),
             isa: isa_bridge(),
             power: power_management(),
+            endpoints: Vec::new(),
+            pirq: None,
+            pending: Vec::new(),
         };
         host.publish_pam();
         host.publish_pm();
         host
+    }
+
+    /// Routes the PIIX3's PIRQ registers to `router`.
+    pub fn with_pirq_router(mut self, router: Rc<PirqRouter>) -> Self {
+        self.pirq = Some(router);
+        self
+    }
+
+    /// Plugs a function into bus 0 at `slot` (function 0), whose
+    /// configuration space `config` device `device` shares.
+    pub fn plug(&mut self, slot: u8, device: usize, config: Rc<RefCell<PciEndpoint>>) {
+        self.endpoints.push(Plugged {
+            slot,
+            device,
+            config,
+            placed: [None; 6],
+        });
+    }
+
+    /// After a write to endpoint `i`: the BARs whose placement changed are
+    /// moved (or unmapped).
+    fn replace_bars(&mut self, i: usize) {
+        let e = &mut self.endpoints[i];
+        let cfg = e.config.borrow();
+        for bar in cfg.bar_indices().collect::<Vec<_>>() {
+            let now = cfg.bar_mapping(bar);
+            if now == e.placed[bar] {
+                continue;
+            }
+            let region = bar as u8;
+            if let Some(old) = e.placed[bar] {
+                let unmap = match old.kind {
+                    BarKind::Io => MapRequest::UnmapPorts(region),
+                    BarKind::Memory => MapRequest::UnmapMmio(region),
+                };
+                self.pending.push((e.device, unmap));
+            }
+            if let Some(m) = now {
+                let last = m.base + m.size - 1;
+                let map = match m.kind {
+                    BarKind::Io => MapRequest::Ports {
+                        region,
+                        first: m.base as u16,
+                        last: last as u16,
+                    },
+                    BarKind::Memory => MapRequest::Mmio {
+                        region,
+                        first: m.base,
+                        last,
+                    },
+                };
+                self.pending.push((e.device, map));
+            }
+            e.placed[bar] = now;
+        }
+    }
+
+    fn publish_pirq(&self) {
+        if let Some(r) = &self.pirq {
+            let routes = std::array::from_fn(|i| self.isa.read(PIRQRC as u8 + i as u8));
+            r.set_routes(routes);
+        }
     }
 
     /// The function CONFIG_ADDRESS selects, if a configuration cycle reaches one.
@@ -351,23 +540,31 @@ impl PciHost {
             (0, 0, 0) => Some(Function::HostBridge),
             (0, 1, 0) => Some(Function::IsaBridge),
             (0, 1, 3) => Some(Function::PowerManagement),
+            (0, d, 0) => self
+                .endpoints
+                .iter()
+                .position(|e| u32::from(e.slot) == d)
+                .map(Function::Endpoint),
             _ => None,
         }
     }
 
-    fn space(&self, function: Function) -> &ConfigSpace {
+    /// A chipset function's space (endpoints keep their own).
+    fn space_mut(&mut self, function: Function) -> Option<&mut ConfigSpace> {
         match function {
-            Function::HostBridge => &self.host,
-            Function::IsaBridge => &self.isa,
-            Function::PowerManagement => &self.power,
+            Function::HostBridge => Some(&mut self.host),
+            Function::IsaBridge => Some(&mut self.isa),
+            Function::PowerManagement => Some(&mut self.power),
+            Function::Endpoint(_) => None,
         }
     }
 
-    fn space_mut(&mut self, function: Function) -> &mut ConfigSpace {
+    fn read_register(&self, function: Function, reg: u8) -> u8 {
         match function {
-            Function::HostBridge => &mut self.host,
-            Function::IsaBridge => &mut self.isa,
-            Function::PowerManagement => &mut self.power,
+            Function::HostBridge => self.host.read(reg),
+            Function::IsaBridge => self.isa.read(reg),
+            Function::PowerManagement => self.power.read(reg),
+            Function::Endpoint(i) => self.endpoints[i].config.borrow().read(reg),
         }
     }
 
@@ -380,10 +577,9 @@ impl PciHost {
         let Some(function) = self.selected() else {
             return;
         };
-        let space = self.space(function);
         let first = offset.saturating_sub(CONFIG_DATA);
         for (lane, byte) in (first..4).zip(data.iter_mut()) {
-            *byte = space.read(self.register(lane));
+            *byte = self.read_register(function, self.register(lane));
         }
     }
 
@@ -395,13 +591,21 @@ impl PciHost {
         for (lane, &value) in (first..4).zip(data) {
             self.write_register(function, self.register(lane), value);
         }
+        if let Function::Endpoint(i) = function {
+            self.replace_bars(i);
+        }
     }
 
     /// One byte of a configuration write, with the register's side effects.
     fn write_register(&mut self, function: Function, reg: u8, value: u8) {
         match (function, reg) {
             (Function::HostBridge, SMRAM) => self.write_smram(value),
-            _ => self.space_mut(function).write(reg, value),
+            (Function::Endpoint(i), _) => self.endpoints[i].config.borrow_mut().write(reg, value),
+            _ => {
+                if let Some(space) = self.space_mut(function) {
+                    space.write(reg, value);
+                }
+            }
         }
         match (function, reg) {
             (Function::HostBridge, PAM0..=PAM6) => {
@@ -409,6 +613,9 @@ impl PciHost {
                     .set_pam(usize::from(reg - PAM0), self.host.read(reg));
             }
             (Function::PowerManagement, PMBA | PMBA_HIGH | PMREGMISC) => self.publish_pm(),
+            (Function::IsaBridge, r) if (PIRQRC..PIRQRC + 4).contains(&usize::from(r)) => {
+                self.publish_pirq()
+            }
             _ => {}
         }
     }
@@ -466,6 +673,13 @@ impl PciHost {
 }
 
 impl PciHost {
+    /// Hands the map requests for plugged-in devices to the machine.
+    fn hand_over(&mut self, ctx: &mut DevCtx) {
+        for (device, r) in self.pending.drain(..) {
+            ctx.request_for(device, r);
+        }
+    }
+
     /// Reads the register at port offset `offset` (the trait's `read`).
     pub fn port_read(&mut self, offset: u16, data: &mut [u8], _now: Nanos) {
         data.fill(0xFF);
@@ -497,7 +711,16 @@ impl Device for PciHost {
         "pci-host"
     }
 
-    crate::port_device_methods!();
+    fn read(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &mut [u8]) {
+        self.hand_over(ctx);
+        self.port_read(offset as u16, data, ctx.now());
+    }
+
+    fn write(&mut self, ctx: &mut DevCtx, _region: u8, offset: u64, data: &[u8]) {
+        self.hand_over(ctx);
+        self.port_write(offset as u16, data, ctx.now());
+        self.hand_over(ctx);
+    }
 
     fn reset(&mut self) {
         self.address = 0;
@@ -507,6 +730,23 @@ impl Device for PciHost {
         self.power = power_management();
         self.publish_pam();
         self.publish_pm();
+        self.publish_pirq();
+        // The plugged-in devices reset their own spaces; what was mapped
+        // goes at the next access.
+        for e in &mut self.endpoints {
+            for (bar, placed) in e.placed.iter_mut().enumerate() {
+                if let Some(old) = placed.take() {
+                    let region = bar as u8;
+                    self.pending.push((
+                        e.device,
+                        match old.kind {
+                            BarKind::Io => MapRequest::UnmapPorts(region),
+                            BarKind::Memory => MapRequest::UnmapMmio(region),
+                        },
+                    ));
+                }
+            }
+        }
     }
 }
 
