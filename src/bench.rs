@@ -390,14 +390,14 @@ fn x86bt_once(k: &BenchKernel, iters: u32, engine: Engine) -> Result<(u64, f64),
         return Err(format!(
             "{:?} after {} instructions at {:04x}:{:08x}, N = {iters} (result {:#x}, expected {:#x})",
             run.outcome,
-            c.icount,
+            run.vm.icount(),
             c.seg[x86bt_cpu::state::sreg::CS].selector,
             c.rip,
             run.read32(bk::layout::RESULT),
             k.workload.expected(iters)
         ));
     }
-    Ok((run.vm.cpu.icount, run.secs))
+    Ok((run.vm.icount(), run.secs))
 }
 
 /// The fastest of `repeats` QEMU runs: (0, seconds).

@@ -84,6 +84,17 @@ pub mod layout {
     pub const LEFT: u32 = 0x11_0110;
     /// The variable of the `store` event (a data page).
     pub const STORE_VAR: u32 = 0x11_0118;
+    /// The CPUs the kernel needs (1 or 2): the machine x86bt builds and
+    /// QEMU's `-smp` follow it.
+    pub const CPUS: u32 = 0x11_011C;
+    /// Set by the application processor once it waits for IPIs.
+    pub const AP_READY: u32 = 0x11_0120;
+    /// Where the AP's start-up code is copied (SIPI vector 8).
+    pub const AP_BOOT: u32 = 0x8000;
+    /// A copy of the GDT pseudo-descriptor the AP's real-mode code can reach.
+    pub const AP_GDTR: u32 = 0x8100;
+    /// The AP's stack.
+    pub const AP_STACK_TOP: u32 = 0x16_0000;
     /// Where the ring-3 exit gate (vector 0x81) resumes in ring 0.
     pub const RESUME: u32 = 0x11_0114;
     /// The main TSS (104 bytes, no I/O bitmap).
@@ -210,11 +221,15 @@ pub enum Workload {
     /// A self-IPI round trip: a fixed IPI to self through the ICR (MMIO),
     /// `STI; HLT`, the handler counts and writes EOI, IRET, `CLI`.
     Ipi,
+    /// A cross-CPU IPI round trip (two CPUs): the BSP sends a fixed IPI to the
+    /// AP and halts; the AP's handler sends one back and EOIs; the BSP's
+    /// handler counts it.
+    IpiCpu,
 }
 
 impl Workload {
     /// Every workload, compute first.
-    pub const ALL: [Workload; 16] = [
+    pub const ALL: [Workload; 17] = [
         Workload::Sieve,
         Workload::Crc32,
         Workload::Memcpy,
@@ -231,6 +246,7 @@ impl Workload {
         Workload::StoreCodePage,
         Workload::ApicTimer,
         Workload::Ipi,
+        Workload::IpiCpu,
     ];
 
     /// Short name.
@@ -252,6 +268,7 @@ impl Workload {
             Workload::StoreCodePage => "store-code-page",
             Workload::ApicTimer => "apic-timer",
             Workload::Ipi => "ipi",
+            Workload::IpiCpu => "ipi-cpu",
         }
     }
 
@@ -287,6 +304,7 @@ impl Workload {
             Workload::Store | Workload::StoreCodePage => 1_000_000,
             Workload::ApicTimer => 10_000,
             Workload::Ipi => 20_000,
+            Workload::IpiCpu => 10_000,
         }
     }
 
@@ -303,9 +321,11 @@ impl Workload {
                 hash_words(&v)
             }
             // A handler counts every event.
-            Workload::IntIret | Workload::PageFault | Workload::ApicTimer | Workload::Ipi => {
-                iters.wrapping_mul(UNROLL)
-            }
+            Workload::IntIret
+            | Workload::PageFault
+            | Workload::ApicTimer
+            | Workload::Ipi
+            | Workload::IpiCpu => iters.wrapping_mul(UNROLL),
             // The loop counts iterations.
             _ => iters,
         }
@@ -354,6 +374,16 @@ impl Workload {
             }
             Workload::ApicTimer => apic_events(k, apic::TIMER_INIT, 1),
             Workload::Ipi => apic_events(k, apic::ICR_LO, (1 << 18) | (1 << 14) | APIC_VECTOR),
+            Workload::IpiCpu => ipi_cpu(k),
+        }
+    }
+
+    /// The CPUs the kernel needs.
+    pub fn cpus(self) -> u32 {
+        if self == Workload::IpiCpu {
+            2
+        } else {
+            1
         }
     }
 }
@@ -619,6 +649,8 @@ fn tables(k: &mut Kb) {
     k.poke64(IDT + 0x81 * 8, interrupt_gate(back, 3));
     let apic_isr = k.addr("isr_apic");
     k.poke64(IDT + APIC_VECTOR * 8, interrupt_gate(apic_isr, 0));
+    let pong = k.addr("isr_pong");
+    k.poke64(IDT + PING_VECTOR * 8, interrupt_gate(pong, 0));
 
     // Page tables (SDM vol. 3A §4.3): P | RW | US everywhere in the low 4 MiB,
     // except the page-fault kernel's page, which starts not present.
@@ -678,6 +710,13 @@ fn runtime(k: &mut Kb) -> AsmResult {
     // The APIC events: count, EOI, return.
     k.at("isr_apic")?;
     k.add(dword_ptr(COUNTER), 1)?;
+    k.mov(dword_ptr(apic::EOI), 0u32)?;
+    k.iretd()?;
+
+    // The AP's side of ipi-cpu: answer the BSP (APIC ID 0), EOI, return.
+    k.at("isr_pong")?;
+    k.mov(dword_ptr(apic::ICR_HI), 0u32)?;
+    k.mov(dword_ptr(apic::ICR_LO), APIC_VECTOR)?;
     k.mov(dword_ptr(apic::EOI), 0u32)?;
     k.iretd()?;
 
@@ -955,6 +994,7 @@ mod apic {
     pub const EOI: u32 = BASE + 0xB0;
     pub const SVR: u32 = BASE + 0xF0;
     pub const ICR_LO: u32 = BASE + 0x300;
+    pub const ICR_HI: u32 = BASE + 0x310;
     pub const LVT_TIMER: u32 = BASE + 0x320;
     pub const TIMER_INIT: u32 = BASE + 0x380;
     pub const TIMER_DIV: u32 = BASE + 0x3E0;
@@ -982,6 +1022,96 @@ fn apic_events(k: &mut Kb, reg: u32, value: u32) -> AsmResult {
     k.mov(eax, dword_ptr(COUNTER))
 }
 
+/// The vector the AP takes the BSP's IPI on.
+const PING_VECTOR: u32 = 0x42;
+
+/// The AP's start-up code at [`AP_BOOT`] (16-bit, CS = 0x800, IP = 0): load
+/// the kernel's GDT from the copy at [`AP_GDTR`], set CR0.PE, and jump to
+/// `ap32` (flat 32-bit code).
+fn ap_boot_code(ap32: u32) -> Vec<u8> {
+    let mut b = vec![
+        0xFA, // cli
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0x66, 0x0F, 0x01, 0x16, // o32 lgdt [disp16]
+    ];
+    b.extend_from_slice(&(AP_GDTR as u16).to_le_bytes());
+    b.extend_from_slice(&[
+        0x0F, 0x20, 0xC0, // mov eax, cr0
+        0x66, 0x83, 0xC8, 0x01, // or eax, 1
+        0x0F, 0x22, 0xC0, // mov cr0, eax
+        0x66, 0xEA, // jmp far ptr16:32
+    ]);
+    b.extend_from_slice(&ap32.to_le_bytes());
+    b.extend_from_slice(&u16::from(CODE0).to_le_bytes());
+    b
+}
+
+/// The cross-CPU IPI kernel: start the AP (INIT, SIPI, SIPI: SDM vol. 3A
+/// §9.4.4.1), wait for it, then per event send it [`PING_VECTOR`] and halt
+/// until its reply ([`APIC_VECTOR`], counted by `isr_apic`) arrives.
+fn ipi_cpu(k: &mut Kb) -> AsmResult {
+    k.mov(dword_ptr(apic::SVR), 0x1FFu32)?;
+    let ap32 = k.addr("ap32");
+    for (i, byte) in ap_boot_code(ap32).into_iter().enumerate() {
+        k.mov(byte_ptr(AP_BOOT + i as u32), u32::from(byte))?;
+    }
+    for i in 0..6 {
+        k.mov(al, byte_ptr(GDTR + i))?;
+        k.mov(byte_ptr(AP_GDTR + i), al)?;
+    }
+    k.mov(dword_ptr(AP_READY), 0u32)?;
+    k.mov(dword_ptr(apic::ICR_HI), 1u32 << 24)?;
+    k.mov(dword_ptr(apic::ICR_LO), 0x4500u32)?;
+    for _ in 0..2 {
+        k.mov(dword_ptr(apic::ICR_LO), 0x4600u32 | (AP_BOOT >> 12))?;
+    }
+    k.at("ipi_cpu.wait")?;
+    k.pause()?;
+    k.cmp(dword_ptr(AP_READY), 0)?;
+    let wait = k.label("ipi_cpu.wait");
+    k.je(wait)?;
+    k.iterate(|k| {
+        for _ in 0..UNROLL {
+            k.mov(dword_ptr(apic::ICR_HI), 1u32 << 24)?;
+            k.mov(dword_ptr(apic::ICR_LO), PING_VECTOR)?;
+            k.sti()?;
+            k.hlt()?;
+            k.cli()?;
+        }
+        Ok(())
+    })?;
+    k.mov(eax, dword_ptr(COUNTER))?;
+    let done = k.label("ipi_cpu.done");
+    k.jmp(done)?;
+
+    // The AP: flat segments, its own stack, the shared IDT and page tables,
+    // its APIC on; then it waits for IPIs.
+    k.at("ap32")?;
+    k.mov(ax, u32::from(DATA0))?;
+    for s in [ds, es, fs, gs, ss] {
+        k.mov(s, ax)?;
+    }
+    k.mov(esp, AP_STACK_TOP)?;
+    k.lidt(ptr(IDTR))?;
+    k.mov(eax, PD)?;
+    k.mov(cr3, eax)?;
+    k.mov(eax, cr4)?;
+    k.or(eax, 0x10u32)?;
+    k.mov(cr4, eax)?;
+    k.mov(eax, cr0)?;
+    k.or(eax, 0x8000_0000u32)?;
+    k.mov(cr0, eax)?;
+    k.mov(dword_ptr(apic::SVR), 0x1FFu32)?;
+    k.mov(dword_ptr(AP_READY), 1u32)?;
+    k.at("ap.idle")?;
+    k.sti()?;
+    k.hlt()?;
+    k.jmp_to("ap.idle")?;
+    k.at("ipi_cpu.done")?;
+    k.nop()
+}
+
 /// Assembles `w`'s kernel image (ITERS = 1).
 fn build(w: Workload) -> Vec<u8> {
     let mut prev = HashMap::new();
@@ -993,6 +1123,7 @@ fn build(w: Workload) -> Vec<u8> {
             data: vec![0; (IMAGE_END - DATA_BASE) as usize],
         };
         tables(&mut k);
+        k.poke32(CPUS, w.cpus());
         runtime(&mut k).expect("runtime assembles");
         k.at("main").expect("main");
         w.main(&mut k).expect("workload assembles");
@@ -1051,6 +1182,7 @@ fn image(code: &[u8], data: &[u8]) -> Vec<u8> {
 /// A VM with `image` loaded as `--kernel` would load it (64 MiB PC, no BIOS, all
 /// output discarded) and the CPU at the Multiboot entry, on `engine`.
 pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
+    let cpus = image_cpus(image);
     let mut machine = pc::build(PcConfig {
         ram_bytes: 64 << 20,
         bios: None,
@@ -1059,7 +1191,7 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         debugcon: Box::new(std::io::sink()),
         post: None,
         rtc_base_unix: 0,
-        cpus: 1,
+        cpus,
         extra_devices: Vec::new(),
     })?;
     let entry =
@@ -1076,6 +1208,15 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         entry.info_addr,
     );
     Ok(vm)
+}
+
+/// The CPUs `image` says it needs ([`layout::CPUS`]).
+pub fn image_cpus(image: &[u8]) -> u32 {
+    let at = (CPUS - IMAGE_BASE) as usize;
+    image
+        .get(at..at + 4)
+        .map_or(1, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .clamp(1, 2)
 }
 
 /// A finished in-process run.
@@ -1157,12 +1298,12 @@ pub fn run_qemu(qemu: &Path, image: &[u8]) -> Result<QemuRun, Error> {
         path: path.clone(),
         source,
     })?;
-    let result = spawn_qemu(qemu, &path);
+    let result = spawn_qemu(qemu, &path, image_cpus(image));
     let _ = std::fs::remove_file(&path);
     result
 }
 
-fn spawn_qemu(qemu: &Path, kernel: &Path) -> Result<QemuRun, Error> {
+fn spawn_qemu(qemu: &Path, kernel: &Path, cpus: u32) -> Result<QemuRun, Error> {
     let start = Instant::now();
     let mut child = Command::new(qemu)
         .args([
@@ -1173,7 +1314,7 @@ fn spawn_qemu(qemu: &Path, kernel: &Path) -> Result<QemuRun, Error> {
             "none",
             "-no-reboot",
         ])
-        .args(["-m", "64", "-kernel"])
+        .args(["-smp", &cpus.to_string(), "-m", "64", "-kernel"])
         .arg(kernel)
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .stdin(Stdio::null())

@@ -131,9 +131,11 @@ fn event_kernels_interp_count_every_event() {
         assert_passed(w, &run);
         // Handlers count each event; the other loops count iterations.
         let want = match w {
-            Workload::IntIret | Workload::PageFault | Workload::ApicTimer | Workload::Ipi => {
-                n * UNROLL
-            }
+            Workload::IntIret
+            | Workload::PageFault
+            | Workload::ApicTimer
+            | Workload::Ipi
+            | Workload::IpiCpu => n * UNROLL,
             _ => n,
         };
         assert_eq!(run.read32(layout::COUNTER), want, "{}", w.name());
@@ -150,7 +152,7 @@ fn kernels_interp_retire_the_same_instructions_each_iteration() {
             .map(|n| {
                 let run = run_interp(w, n);
                 assert_passed(w, &run);
-                run.vm.cpu.icount
+                run.vm.icount()
             })
             .collect();
         assert_eq!(
@@ -231,7 +233,7 @@ fn kernels_jit_answer_right_and_retire_the_interpreters_count() {
         let jit = bk::run_x86bt(&k.image(n), Engine::Jit).expect("kernel loads");
         assert_passed(w, &jit);
         let interp = run_interp(w, n);
-        assert_eq!(jit.vm.cpu.icount, interp.vm.cpu.icount, "{}", w.name());
+        assert_eq!(jit.vm.icount(), interp.vm.icount(), "{}", w.name());
         assert_eq!(
             jit.read32(layout::RESULT),
             interp.read32(layout::RESULT),
