@@ -1043,7 +1043,7 @@ fn ap_boot_code(ap32: u32) -> Vec<u8> {
         0x66, 0xEA, // jmp far ptr16:32
     ]);
     b.extend_from_slice(&ap32.to_le_bytes());
-    b.extend_from_slice(&u16::from(CODE0).to_le_bytes());
+    b.extend_from_slice(&CODE0.to_le_bytes());
     b
 }
 
