@@ -443,6 +443,9 @@ pub struct PciHost {
     /// Map requests for plugged-in devices, handed to the machine after the
     /// access that made them.
     pending: Vec<(usize, MapRequest)>,
+    /// MSI-X messages a configuration write released (the function mask
+    /// cleared over pending vectors).
+    pending_msi: Vec<crate::device::Msi>,
 }
 
 impl PciHost {
@@ -460,6 +463,7 @@ impl PciHost {
             endpoints: Vec::new(),
             pirq: None,
             pending: Vec::new(),
+            pending_msi: Vec::new(),
         };
         host.publish_pam();
         host.publish_pm();
@@ -593,6 +597,11 @@ impl PciHost {
         }
         if let Function::Endpoint(i) = function {
             self.replace_bars(i);
+            let released = self.endpoints[i]
+                .config
+                .borrow_mut()
+                .msix_take_unmasked_pending();
+            self.pending_msi.extend(released);
         }
     }
 
@@ -677,6 +686,9 @@ impl PciHost {
     fn hand_over(&mut self, ctx: &mut DevCtx) {
         for (device, r) in self.pending.drain(..) {
             ctx.request_for(device, r);
+        }
+        for m in self.pending_msi.drain(..) {
+            ctx.send_msi(m);
         }
     }
 
@@ -1097,5 +1109,73 @@ mod tests {
         r.host.reset();
 
         assert_eq!(r.pm.get(), PmIo::default());
+    }
+
+    /// A plugged-in function: BAR placement reaches the machine as a map
+    /// request for the device (and its removal at a reset); PIRQ routing
+    /// drives the ISA line the PIIX3 register names; clearing the MSI-X
+    /// function mask over a pending vector sends it.
+    #[test]
+    fn pci_endpoint_bars_pirq_and_msix_through_the_host() {
+        use crate::device::{DevEnv, IrqLines};
+        use crate::devices::pci_endpoint::MsixLayout;
+        let lines = IrqLines::new();
+        let router = PirqRouter::new(Rc::clone(&lines));
+        let mut host = PciHost::new(SystemControl::new(), PmShared::new())
+            .with_pirq_router(Rc::clone(&router));
+        let space = crate::devices::edu::config_space().with_msix(MsixLayout {
+            vectors: 2,
+            bar: 0,
+            table: 0x1000,
+            pba: 0x1800,
+        });
+        let cfg = Rc::new(RefCell::new(space));
+        host.plug(3, 7, Rc::clone(&cfg));
+        fn cw(host: &mut PciHost, env: &mut DevEnv, dev: u32, reg: u8, v: u32) {
+            host.write(
+                &mut env.at(0),
+                0,
+                0xCF8,
+                &address(dev, 0, reg).to_le_bytes(),
+            );
+            host.write(&mut env.at(0), 0, 0xCFC, &v.to_le_bytes());
+        }
+        let mut env = DevEnv::new();
+        cw(&mut host, &mut env, 3, 0x10, 0xFEB0_0000);
+        cw(&mut host, &mut env, 3, 0x04, 0x0006);
+        // PIRQ for slot 3, pin A: (3 - 1) mod 4 = C (0x62) -> IRQ 10.
+        cw(&mut host, &mut env, 1, 0x60, 0x800A_8080);
+        assert!(env.requests.contains(&(
+            Some(7),
+            MapRequest::Mmio {
+                region: 0,
+                first: 0xFEB0_0000,
+                last: 0xFEBF_FFFF
+            }
+        )));
+        let intx = router.line(3, 1);
+        intx.set_level(true);
+        assert_ne!(lines.levels() & (1 << 10), 0, "IRQ 10 asserted");
+        intx.set_level(false);
+        assert_eq!(lines.levels() & (1 << 10), 0);
+        // MSI-X: enabled with the function masked, vector 0 programmed and
+        // unmasked; its signal pends; clearing the function mask sends it.
+        {
+            let mut c = cfg.borrow_mut();
+            c.msix_write(0, 0x1000, &0xFEE0_0000u32.to_le_bytes());
+            c.msix_write(0, 0x1008, &0x33u32.to_le_bytes());
+            c.msix_write(0, 0x100C, &0u32.to_le_bytes());
+        }
+        let mut env3 = DevEnv::new();
+        cw(&mut host, &mut env3, 3, 0x50, 0xC000_0011 | (0x50 << 8));
+        assert_eq!(cfg.borrow_mut().msix_signal(0), None, "function masked");
+        cw(&mut host, &mut env3, 3, 0x50, 0x8000_0011 | (0x50 << 8));
+        assert_eq!(env3.msi.len(), 1);
+        assert_eq!(env3.msi[0].data, 0x33);
+        // A reset unmaps the BAR at the next access.
+        host.reset();
+        let mut env4 = DevEnv::new();
+        host.read(&mut env4.at(0), 0, 0xCF8, &mut [0u8; 4]);
+        assert_eq!(env4.requests, vec![(Some(7), MapRequest::UnmapMmio(0))]);
     }
 }

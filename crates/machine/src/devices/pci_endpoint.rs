@@ -7,6 +7,15 @@
 //! The host bridge runs configuration cycles on it and then maps or unmaps
 //! the device's BAR regions on the buses ([`PciEndpoint::bar_mapping`]); the
 //! device reads its MSI message and INTx gate from it when it interrupts.
+//!
+//! MSI-X (PCI 3.0 §6.8.2), when a function declares it
+//! ([`PciEndpoint::with_msix`]): the capability names the table and the
+//! pending-bit array (PBA) inside one of the function's BARs; the device
+//! hands accesses there to [`PciEndpoint::msix_read`]/[`PciEndpoint::msix_write`].
+//! Each table entry holds a message and a mask bit (set at reset). A vector
+//! the device signals ([`PciEndpoint::msix_signal`]) while it or the whole
+//! function is masked sets its pending bit instead, and is sent when the mask
+//! clears. While MSI-X is enabled, MSI and INTx are off.
 
 use crate::device::Msi;
 
@@ -62,6 +71,33 @@ mod status {
 const MSI_CAP: usize = 0x40;
 /// The MSI capability's ID.
 const CAP_ID_MSI: u8 = 0x05;
+/// Where the MSI-X capability sits (after MSI's 14 bytes, if any).
+const MSIX_CAP_AFTER_MSI: usize = 0x50;
+/// The MSI-X capability's ID.
+const CAP_ID_MSIX: u8 = 0x11;
+
+/// Where a function's MSI-X table and PBA live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixLayout {
+    /// Vectors (1 to 2048).
+    pub vectors: u16,
+    /// The BAR holding both.
+    pub bar: u8,
+    /// The table's offset in the BAR (8-byte aligned; 16 bytes an entry).
+    pub table: u32,
+    /// The PBA's offset in the BAR (8-byte aligned; a bit a vector).
+    pub pba: u32,
+}
+
+/// A function's MSI-X state: where its capability is, the layout, the table
+/// (address low, address high, data, vector control) and the pending bits.
+#[derive(Clone, Debug)]
+struct Msix {
+    cap: usize,
+    layout: MsixLayout,
+    table: Vec<[u32; 4]>,
+    pending: Vec<u64>,
+}
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +154,7 @@ pub struct PciEndpoint {
     write_one_clear: [u8; 256],
     bars: [Option<BarDef>; 6],
     msi: bool,
+    msix: Option<Msix>,
 }
 
 impl PciEndpoint {
@@ -130,6 +167,7 @@ impl PciEndpoint {
             write_one_clear: [0; 256],
             bars: [None; 6],
             msi,
+            msix: None,
         };
         e.define(reg::VENDOR_ID, 2, id.vendor.into(), 0);
         e.define(reg::DEVICE_ID, 2, id.device.into(), 0);
@@ -181,6 +219,158 @@ impl PciEndpoint {
             self.data[i] = v;
             self.writable[i] = w;
         }
+    }
+
+    /// Adds an MSI-X capability with `layout` (after MSI's, if any).
+    pub fn with_msix(mut self, layout: MsixLayout) -> Self {
+        let vectors = layout.vectors.clamp(1, 2048);
+        let cap = if self.msi {
+            self.define(MSI_CAP + 1, 1, MSIX_CAP_AFTER_MSI as u32, 0);
+            MSIX_CAP_AFTER_MSI
+        } else {
+            self.define(reg::CAP_PTR, 1, MSI_CAP as u32, 0);
+            MSI_CAP
+        };
+        let st = self.word(reg::STATUS) | status::CAPABILITIES;
+        self.define(reg::STATUS, 2, st.into(), 0);
+        // ID, next (none); message control: table size N-1 (RO), function
+        // mask (14), enable (15); table and PBA offset/BIR (RO).
+        self.define(cap, 2, u32::from(CAP_ID_MSIX), 0);
+        self.define(cap + 2, 2, u32::from(vectors - 1), 0xC000);
+        self.define(cap + 4, 4, layout.table | u32::from(layout.bar & 7), 0);
+        self.define(cap + 8, 4, layout.pba | u32::from(layout.bar & 7), 0);
+        self.msix = Some(Msix {
+            cap,
+            layout: MsixLayout { vectors, ..layout },
+            table: vec![[0, 0, 0, 1]; usize::from(vectors)],
+            pending: vec![0; usize::from(vectors).div_ceil(64)],
+        });
+        self
+    }
+
+    /// Whether MSI-X is enabled.
+    pub fn msix_enabled(&self) -> bool {
+        self.msix
+            .as_ref()
+            .is_some_and(|m| self.word(m.cap + 2) & 0x8000 != 0)
+    }
+
+    fn msix_function_masked(&self) -> bool {
+        self.msix
+            .as_ref()
+            .is_some_and(|m| self.word(m.cap + 2) & 0x4000 != 0)
+    }
+
+    /// The device signals MSI-X `vector`: its message, if the vector and the
+    /// function are unmasked (and bus mastering is on); otherwise the vector's
+    /// pending bit is set. None too when MSI-X is off (the caller uses INTx).
+    pub fn msix_signal(&mut self, vector: u16) -> Option<Msi> {
+        if !self.msix_enabled() {
+            return None;
+        }
+        let blocked = self.msix_function_masked() || !self.bus_master();
+        let m = self.msix.as_mut()?;
+        let v = usize::from(vector);
+        let entry = *m.table.get(v)?;
+        if blocked || entry[3] & 1 != 0 {
+            m.pending[v / 64] |= 1 << (v % 64);
+            return None;
+        }
+        Some(Msi {
+            addr: u64::from(entry[0] & !3) | (u64::from(entry[1]) << 32),
+            data: entry[2],
+        })
+    }
+
+    /// The pending vectors that may go now (after a mask cleared): their
+    /// messages, the pending bits cleared.
+    pub fn msix_take_unmasked_pending(&mut self) -> Vec<Msi> {
+        if !self.msix_enabled() || self.msix_function_masked() || !self.bus_master() {
+            return Vec::new();
+        }
+        let Some(m) = self.msix.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (v, entry) in m.table.iter().enumerate() {
+            let bit = 1u64 << (v % 64);
+            if m.pending[v / 64] & bit != 0 && entry[3] & 1 == 0 {
+                m.pending[v / 64] &= !bit;
+                out.push(Msi {
+                    addr: u64::from(entry[0] & !3) | (u64::from(entry[1]) << 32),
+                    data: entry[2],
+                });
+            }
+        }
+        out
+    }
+
+    /// Which MSI-X structure `offset` of BAR `bar` falls in: (is the table,
+    /// byte offset into it).
+    fn msix_locate(&self, bar: u8, offset: u64) -> Option<(bool, usize)> {
+        let m = self.msix.as_ref()?;
+        if bar != m.layout.bar {
+            return None;
+        }
+        let n = u64::from(m.layout.vectors);
+        let (t, p) = (u64::from(m.layout.table), u64::from(m.layout.pba));
+        if (t..t + 16 * n).contains(&offset) {
+            return Some((true, (offset - t) as usize));
+        }
+        if (p..p + 8 * n.div_ceil(64)).contains(&offset) {
+            return Some((false, (offset - p) as usize));
+        }
+        None
+    }
+
+    /// A read of BAR `bar` at `offset` that hits the MSI-X table or PBA:
+    /// fills `data` and returns true; false if it is not theirs.
+    pub fn msix_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> bool {
+        let Some((table, at)) = self.msix_locate(bar, offset) else {
+            return false;
+        };
+        let Some(m) = self.msix.as_ref() else {
+            return false;
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = at + i;
+            *b = if table {
+                m.table
+                    .get(at / 16)
+                    .map_or(0, |e| e[(at % 16) / 4].to_le_bytes()[at % 4])
+            } else {
+                m.pending.get(at / 8).map_or(0, |w| w.to_le_bytes()[at % 8])
+            };
+        }
+        true
+    }
+
+    /// A write of BAR `bar` at `offset` that hits the MSI-X table (the PBA is
+    /// read-only): stores it and returns the messages of pending vectors it
+    /// unmasked, or None if the access is not the table's or the PBA's.
+    pub fn msix_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Option<Vec<Msi>> {
+        let (table, at) = self.msix_locate(bar, offset)?;
+        if !table {
+            return Some(Vec::new());
+        }
+        let m = self.msix.as_mut()?;
+        for (i, &b) in data.iter().enumerate() {
+            let at = at + i;
+            let Some(e) = m.table.get_mut(at / 16) else {
+                continue;
+            };
+            let word = (at % 16) / 4;
+            let mut bytes = e[word].to_le_bytes();
+            bytes[at % 4] = b;
+            let mut v = u32::from_le_bytes(bytes);
+            match word {
+                0 => v &= !3,
+                3 => v &= 1,
+                _ => {}
+            }
+            e[word] = v;
+        }
+        Some(self.msix_take_unmasked_pending())
     }
 
     /// A configuration read of byte `reg`.
@@ -244,9 +434,9 @@ impl PciEndpoint {
         (0..6).filter(|&i| self.bars[i].is_some())
     }
 
-    /// The MSI message, when MSI is enabled.
+    /// The MSI message, when MSI is enabled (and MSI-X is not).
     pub fn msi_message(&self) -> Option<Msi> {
-        if !self.msi || self.word(MSI_CAP + 2) & 1 == 0 {
+        if !self.msi || self.word(MSI_CAP + 2) & 1 == 0 || self.msix_enabled() {
             return None;
         }
         let addr = u64::from(self.dword(MSI_CAP + 4)) | (u64::from(self.dword(MSI_CAP + 8)) << 32);
@@ -256,9 +446,9 @@ impl PciEndpoint {
         })
     }
 
-    /// Whether INTx is gated off (command bit 10).
+    /// Whether INTx is gated off (command bit 10, or MSI-X on).
     pub fn intx_disabled(&self) -> bool {
-        self.command() & command::INTX_DISABLE != 0
+        self.command() & command::INTX_DISABLE != 0 || self.msix_enabled()
     }
 
     /// The interrupt pin (1 = INTA#), 0 for none.
@@ -356,6 +546,74 @@ mod tests {
         );
         write32(&mut e, 0x14, 0xC000);
         assert_eq!(e.bar_mapping(1), None, "I/O decoding off");
+    }
+
+    fn with_msix() -> PciEndpoint {
+        edu_like().with_msix(MsixLayout {
+            vectors: 3,
+            bar: 0,
+            table: 0x2000,
+            pba: 0x3000,
+        })
+    }
+
+    #[test]
+    fn msix_capability_chains_after_msi() {
+        let e = with_msix();
+        assert_eq!(e.read(0x41), 0x50, "MSI's next");
+        assert_eq!(e.read(0x50), 0x11, "MSI-X");
+        assert_eq!(e.read(0x51), 0, "last");
+        assert_eq!(u16::from_le_bytes([e.read(0x52), e.read(0x53)]), 2, "N - 1");
+        assert_eq!(read32(&e, 0x54), 0x2000, "table at 0x2000 of BAR 0");
+        assert_eq!(read32(&e, 0x58), 0x3000, "PBA at 0x3000 of BAR 0");
+    }
+
+    #[test]
+    fn msix_entries_reset_masked_and_pend_until_unmasked() {
+        let mut e = with_msix();
+        write32(
+            &mut e,
+            0x04,
+            u32::from(command::MEMORY | command::BUS_MASTER),
+        );
+        e.write(0x53, 0x80); // enable
+        assert!(e.msix_enabled());
+        assert!(e.intx_disabled(), "INTx off with MSI-X");
+        let mut b = [0u8; 4];
+        assert!(e.msix_read(0, 0x2000 + 16 + 12, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 1, "masked at reset");
+        // Program vector 1, still masked: a signal pends.
+        e.msix_write(0, 0x2010, &0xFEE0_1003u32.to_le_bytes());
+        e.msix_write(0, 0x2018, &0x0000_4051u32.to_le_bytes());
+        assert_eq!(e.msix_signal(1), None);
+        assert!(e.msix_read(0, 0x3000, &mut b));
+        assert_eq!(b[0], 0b10, "pending bit 1");
+        // Unmasking it sends the pending message and clears the bit.
+        let sent = e.msix_write(0, 0x201C, &0u32.to_le_bytes());
+        assert_eq!(
+            sent,
+            Some(vec![Msi {
+                addr: 0xFEE0_1000,
+                data: 0x4051
+            }])
+        );
+        assert!(e.msix_read(0, 0x3000, &mut b));
+        assert_eq!(b[0], 0);
+        // Unmasked: straight through. The function mask holds it again.
+        assert_eq!(
+            e.msix_signal(1),
+            Some(Msi {
+                addr: 0xFEE0_1000,
+                data: 0x4051
+            })
+        );
+        e.write(0x53, 0xC0);
+        assert_eq!(e.msix_signal(1), None);
+        e.write(0x53, 0x80);
+        assert_eq!(e.msix_take_unmasked_pending().len(), 1);
+        // Outside the table and PBA: not MSI-X's.
+        assert!(!e.msix_read(0, 0x1000, &mut b));
+        assert_eq!(e.msix_write(0, 0x4000, &[0]), None);
     }
 
     #[test]
