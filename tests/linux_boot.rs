@@ -344,3 +344,59 @@ fn linux_686_with_acpi_off_uses_the_mp_table() {
         .collect();
     assert!(bad.is_empty(), "warnings in the boot log: {bad:#?}\n{ctx}");
 }
+
+/// With the TSC-deadline mode turned off (`lapic=notscdeadline`), the kernel
+/// calibrates the local APIC timer against its clock for 100 ms: at 1 GHz
+/// and divide-by-16, 6,250,000 counts (within 1%), on both CPUs' timers.
+#[test]
+fn linux_686_calibrates_the_apic_timer_without_tsc_deadline() {
+    let g = &I686;
+    if !have_guest(g) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x86bt"))
+        .args(["run", "--kernel", g.kernel, "--initrd", g.initrd])
+        .args([
+            "--append",
+            "console=ttyS0 panic=-1 lapic=notscdeadline apic=verbose",
+            "-m",
+            "256",
+        ])
+        .args([
+            "-smp",
+            "2",
+            "--serial",
+            "stdio",
+            "--no-reboot",
+            "--engine",
+            "jit",
+        ])
+        .args(["--max-insns", "40000000000"])
+        .args(["--rtc", "base=2026-01-01T00:00:00"])
+        .output()
+        .expect("run x86bt");
+    let log = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let ctx = format!(
+        "status {}\nstderr:\n{}\nconsole:\n{log}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{ctx}");
+    assert!(log.contains("calibrating APIC timer ..."), "{ctx}");
+    let delta: u64 = log
+        .lines()
+        .find_map(|l| l.split("... lapic delta = ").nth(1))
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lapic delta\n{ctx}"));
+    assert!(
+        (6_187_500..=6_312_500).contains(&delta),
+        "lapic delta {delta}\n{ctx}"
+    );
+    check_cpus(&log, 2, &ctx);
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| BAD.iter().any(|b| l.contains(b)))
+        .filter(|l| !EXPLAINED.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(bad.is_empty(), "warnings in the boot log: {bad:#?}\n{ctx}");
+}
