@@ -294,37 +294,16 @@ pub fn parse_smp(v: &str) -> Result<u32, String> {
 pub fn qemu_style_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    const QEMU_OPTIONS: &[&str] = &[
-        "smp",
-        "bios",
-        "kernel",
-        "initrd",
-        "append",
-        "serial",
-        "debugcon",
-        "icount",
-        "rtc",
-        "no-reboot",
+    /// QEMU's options that take a value, and those that do not.
+    const QEMU_VALUED: &[&str] = &[
+        "smp", "bios", "kernel", "initrd", "append", "serial", "debugcon", "icount", "rtc",
         "device",
     ];
-    const TAKES_VALUE: &[&str] = &[
-        "smp",
-        "bios",
-        "kernel",
-        "initrd",
-        "append",
-        "serial",
-        "debugcon",
-        "icount",
-        "rtc",
-        "until",
-        "module",
-        "memory",
-        "max-insns",
-        "engine",
-        "post",
-        "device",
-    ];
+    const QEMU_FLAGS: &[&str] = &["no-reboot"];
+    /// x86bt's own options that take a value.
+    const OWN_VALUED: &[&str] = &["until", "module", "memory", "max-insns", "engine", "post"];
+    let is_qemu = |n: &str| QEMU_VALUED.contains(&n) || QEMU_FLAGS.contains(&n);
+    let takes_value = |n: &str| QEMU_VALUED.contains(&n) || OWN_VALUED.contains(&n);
     let mut out = Vec::new();
     let mut value_next = false;
     for a in args {
@@ -338,14 +317,14 @@ pub fn qemu_style_args(
         };
         let name = |s: &str| s.split_once('=').map_or(s, |(k, _)| k).to_string();
         if let Some(rest) = s.strip_prefix('-').filter(|r| !r.starts_with('-')) {
-            if QEMU_OPTIONS.contains(&name(rest).as_str()) {
-                value_next = !rest.contains('=') && TAKES_VALUE.contains(&rest);
+            if is_qemu(&name(rest)) {
+                value_next = !rest.contains('=') && takes_value(rest);
                 out.push(format!("--{rest}").into());
                 continue;
             }
         }
         if let Some(rest) = s.strip_prefix("--") {
-            value_next = !rest.contains('=') && TAKES_VALUE.contains(&rest);
+            value_next = !rest.contains('=') && takes_value(rest);
         } else if s == "-m" {
             value_next = true;
         }

@@ -590,25 +590,7 @@ impl Vm {
             let c = self.cpu_state(k);
             c.run_state == RunState::Halted && c.rflags & flags::IF != 0
         });
-        if !any_if {
-            return false;
-        }
-        let Some(deadline) = self.machine.next_deadline() else {
-            return false;
-        };
-        let now = self.now();
-        if deadline > now {
-            let skip = if self.pace_idle {
-                self.paced_skip(deadline - now)
-            } else {
-                deadline - now
-            };
-            self.idle_ns += skip;
-            self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(skip);
-        }
-        let now = self.now();
-        self.machine.set_time(now);
-        true
+        any_if && self.skip_to_deadline()
     }
 
     /// Halted: skip virtual time to the next device event. Returns false when
@@ -620,6 +602,13 @@ impl Vm {
         if self.machine.intr() {
             return true;
         }
+        self.skip_to_deadline()
+    }
+
+    /// Moves virtual time to the next device deadline (paced by the wall
+    /// clock with [`Vm::pace_idle`]) and brings the devices there. False when
+    /// there is no deadline.
+    fn skip_to_deadline(&mut self) -> bool {
         let Some(deadline) = self.machine.next_deadline() else {
             return false;
         };
@@ -631,7 +620,8 @@ impl Vm {
                 deadline - now
             };
             self.idle_ns += skip;
-            // The TSC runs on virtual time too, idle time included.
+            // The TSC runs on virtual time too, idle time included (a parked
+            // vCPU's catches up when it runs again).
             self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(skip);
         }
         let now = self.now();
