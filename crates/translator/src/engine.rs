@@ -437,6 +437,12 @@ impl Translator {
         while self.vcpus.len() <= n {
             self.vcpus.push(VcpuJit::new());
         }
+        if n != self.cur {
+            // A link asked for by the last vCPU's fragment is about what that
+            // vCPU runs next, not this one.
+            self.link_request = None;
+            self.ctx.pending_link = 0;
+        }
         self.cur = n;
         self.ctx.jc = self.vcpus[n].jc.as_mut_ptr();
     }
