@@ -481,14 +481,19 @@ fn lockstep_random_rom_fuzz_finds_no_divergence() {
     let roms = env("X86BT_ROM_FUZZ", 24);
     let first = env("X86BT_ROM_FIRST", 0);
     let mut caught_up = 0u64;
+    let verbose = std::env::var_os("X86BT_ROM_VERBOSE").is_some();
     for seed in first..first + roms {
         let rom = random_rom(seed);
+        let started = std::time::Instant::now();
         let mut vm = Vm::with_engine(pc_with_rom(rom), Engine::Lockstep).expect("lockstep");
         let out = vm.run(300_000);
         assert!(
             !matches!(out, RunOutcome::Divergence(_)),
             "ROM seed {seed}: {out:?}"
         );
+        if verbose {
+            eprintln!("seed {seed}: {:.2} s", started.elapsed().as_secs_f64());
+        }
         let stats = vm.engine_stats().unwrap_or_default();
         caught_up += stats
             .split(", ")
@@ -522,6 +527,31 @@ fn lockstep_io_unit_sees_pages_that_became_code_under_a_copy() {
         vm.cpu.icount > 252_247,
         "ran past the unit that diverged: {out:?}"
     );
+}
+
+/// Random ROM seed 6568 (real mode): IVT entry 13 came to point at
+/// 0000:FFFF, where every instruction crosses the CS limit, so each #GP's
+/// delivery fetched a handler that raised #GP again, pushing a frame each time
+/// (hardware loops so too). No instruction completed, and `icount` stood
+/// still: the clock froze and the run never reached its limit, a host hang. A
+/// fault raised before a unit's first instruction now counts as one, as a
+/// fault inside an instruction does, and all three engines stop at the limit
+/// in the same state.
+#[test]
+fn a_fault_storm_on_fetch_advances_the_clock() {
+    let mut states = Vec::new();
+    for engine in [Engine::Interp, Engine::Jit, Engine::Lockstep] {
+        let mut vm = Vm::with_engine(pc_with_rom(random_rom(6568)), engine).expect("engine");
+        let out = vm.run(300_000);
+        assert_eq!(out, RunOutcome::InstructionLimit, "{engine:?}");
+        assert_eq!(
+            (vm.cpu.seg[x86bt_cpu::state::sreg::CS].selector, vm.cpu.rip),
+            (0, 0xFFFF),
+            "{engine:?}: in the #GP loop at 0000:FFFF"
+        );
+        states.push((vm.cpu.gpr, vm.cpu.rflags, vm.cpu.icount));
+    }
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "{states:x?}");
 }
 
 /// Random ROM seed 1860 (real mode): at 0063:F9CD the translator ran a unit

@@ -433,16 +433,14 @@ impl Interpreter {
         let (lin, phys) = match code_address(cpu, m, key) {
             Ok(a) => a,
             Err(e) => {
-                interrupt::raise(cpu, m, e, cpu.rip);
-                return self.after_fault(cpu);
+                return self.fault_before_unit(cpu, m, e);
             }
         };
         let debug = cpu.dr[7] & 0xFF != 0;
         if debug && cpu.rflags & RF == 0 {
             if let Some(hit) = debug::exec_breakpoint(cpu, lin.0) {
                 cpu.dr[6] = (cpu.dr[6] & !0xF) | hit;
-                interrupt::raise(cpu, m, Exception::Debug, cpu.rip);
-                return self.after_fault(cpu);
+                return self.fault_before_unit(cpu, m, Exception::Debug);
             }
         }
         if cpu.rflags & RF != 0 {
@@ -465,8 +463,7 @@ impl Interpreter {
         }
         if refill {
             if let Err(e) = self.fill(cpu, m, phys, key, s) {
-                interrupt::raise(cpu, m, e, cpu.rip);
-                return self.after_fault(cpu);
+                return self.fault_before_unit(cpu, m, e);
             }
         }
         // Under an interrupt shadow (after MOV SS, POP SS, STI), with TF set, or
@@ -554,6 +551,19 @@ impl Interpreter {
         } else {
             UnitExit::Event
         }
+    }
+
+    /// Delivers a fault raised before the unit's first instruction ran (the
+    /// fetch of CS:IP, an instruction breakpoint). It counts as one in
+    /// `icount`, as a fault inside an instruction does: a guest whose fault
+    /// handler faults on its own fetch (random real-mode code with IVT entry
+    /// 13 at 0000:FFFF, where every fetch crosses the CS limit) loops forever
+    /// on hardware too, and the clock must go on for it (timers fire, the
+    /// instruction limit is reached) rather than the host hanging.
+    fn fault_before_unit(&self, cpu: &mut CpuState, m: &mut Machine, e: Exception) -> UnitExit {
+        cpu.icount += 1;
+        interrupt::raise(cpu, m, e, cpu.rip);
+        self.after_fault(cpu)
     }
 
     fn after_fault(&self, cpu: &CpuState) -> UnitExit {
