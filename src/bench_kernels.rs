@@ -1193,6 +1193,7 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         rtc_base_unix: 0,
         cpus,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })?;
     let entry =
         multiboot::load(&mut machine.mem, image, "", &[]).map_err(|source| Error::Loader {

@@ -115,7 +115,6 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 
 /// Options of `x86bt run`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("boot").required(true).args(["bios", "kernel"])))]
 #[command(
     after_help = "Exit status: 0 powered off (or --until seen, or Ctrl-A x); \
 (v << 1) | 1 the guest wrote v to the debug-exit port 0xF4; 2 bad input or host error; \
@@ -125,9 +124,34 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 )]
 pub struct RunArgs {
     /// BIOS ROM image, mapped below 4 GiB and aliased below 1 MiB; the CPU starts
-    /// at its reset vector.
+    /// at its reset vector. Without --bios and --kernel, Debian's SeaBIOS
+    /// (/usr/share/seabios/bios-256k.bin) boots from the drives.
     #[arg(long)]
     pub bios: Option<PathBuf>,
+    /// A drive, as QEMU's `-drive` (repeatable): file=F[,format=raw|qcow2]
+    /// [,if=ide][,media=disk|cdrom][,readonly=on][,snapshot=on][,index=0-3].
+    /// snapshot=on keeps the guest's writes in memory and never touches F.
+    #[arg(long = "drive")]
+    pub drives: Vec<String>,
+    /// The primary master disk image (IDE index 0).
+    #[arg(long)]
+    pub hda: Option<PathBuf>,
+    /// The primary slave disk image (IDE index 1).
+    #[arg(long)]
+    pub hdb: Option<PathBuf>,
+    /// The secondary master disk image (IDE index 2).
+    #[arg(long)]
+    pub hdc: Option<PathBuf>,
+    /// The secondary slave disk image (IDE index 3).
+    #[arg(long)]
+    pub hdd: Option<PathBuf>,
+    /// A CD-ROM image (an ISO) in the secondary master drive (IDE index 2).
+    #[arg(long)]
+    pub cdrom: Option<PathBuf>,
+    /// What the firmware boots from, as QEMU's `-boot`: order=LETTERS (c the
+    /// hard disk, d the CD), or the bare letters, and menu=on|off.
+    #[arg(long)]
+    pub boot: Option<String>,
     /// A kernel to boot directly, without firmware: a Linux bzImage (boot
     /// protocol 2.06+) or a Multiboot v1 kernel (ELF32, ELF64 or a.out kludge), told
     /// apart by their contents.
@@ -297,7 +321,7 @@ pub fn qemu_style_args(
     /// QEMU's options that take a value, and those that do not.
     const QEMU_VALUED: &[&str] = &[
         "smp", "bios", "kernel", "initrd", "append", "serial", "debugcon", "icount", "rtc",
-        "device",
+        "device", "drive", "hda", "hdb", "hdc", "hdd", "cdrom", "boot",
     ];
     const QEMU_FLAGS: &[&str] = &["no-reboot"];
     /// x86bt's own options that take a value.

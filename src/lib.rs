@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod console;
 pub mod difftest;
+pub mod drives;
 pub mod error;
 pub mod rtc;
 pub mod run;

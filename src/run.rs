@@ -186,6 +186,28 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// The firmware x86bt boots drives with when no --bios is given.
+pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// The drives the options name, in QEMU's order: -hda..-hdd and -cdrom at
+/// their fixed indexes, then each -drive.
+fn drive_options(a: &RunArgs) -> Result<Vec<crate::drives::DriveOpt>, Error> {
+    use x86bt_machine::devices::ide::Media;
+    let mut out = Vec::new();
+    for (i, p) in [&a.hda, &a.hdb, &a.hdc, &a.hdd].into_iter().enumerate() {
+        if let Some(p) = p {
+            out.push(crate::drives::shorthand(p, Media::Disk, i as u8));
+        }
+    }
+    if let Some(p) = &a.cdrom {
+        out.push(crate::drives::shorthand(p, Media::Cdrom, 2));
+    }
+    for spec in &a.drives {
+        out.push(crate::drives::parse_drive(spec)?);
+    }
+    Ok(out)
+}
+
 /// `x86bt run`.
 pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     if a.kernel.is_none() && (a.initrd.is_some() || a.append.is_some() || !a.modules.is_empty()) {
@@ -194,10 +216,31 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
                 .into(),
         ));
     }
-    let bios = match &a.bios {
+    let drive_opts = drive_options(a)?;
+    let (boot_order, boot_menu) = match &a.boot {
+        Some(spec) => crate::drives::parse_boot(spec)?,
+        None => (String::new(), false),
+    };
+    // With drives and nothing else to boot, the firmware boots from them.
+    let bios_path = match (&a.bios, &a.kernel) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let p = PathBuf::from(DEFAULT_BIOS);
+            if !p.exists() {
+                return Err(Error::Usage(format!(
+                    "nothing to boot: give --bios, --kernel, or drives with Debian's SeaBIOS                      installed ({DEFAULT_BIOS}: apt-get install seabios)"
+                )));
+            }
+            Some(p)
+        }
+    };
+    let bios = match &bios_path {
         Some(p) => Some(read_file(p)?),
         None => None,
     };
+    // Every image is opened (and locked) now, before the guest starts.
+    let ide = crate::drives::open_all(&drive_opts)?;
     let kernel = match &a.kernel {
         Some(p) => Some((p.clone(), read_file(p)?)),
         None => None,
@@ -234,8 +277,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Some(spec) => return Err(Error::Usage(format!("--post {spec:?}: expected file:PATH"))),
         None => None,
     };
-    let bios_name = a
-        .bios
+    let bios_name = bios_path
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -249,6 +291,13 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         rtc_base_unix,
         cpus: a.smp,
         extra_devices: a.devices.clone(),
+        storage: x86bt_machine::pc::Storage {
+            ide,
+            boot_order,
+            boot_menu,
+            // No display yet: the firmware's screen goes to COM1.
+            sercon_port: bios_path.is_some().then_some(0x3F8),
+        },
     })
     .map_err(|e| match e {
         x86bt_machine::MachineError::RomSize { len } => Error::Usage(format!(

@@ -178,6 +178,7 @@ fn pc_vm(code: &[u8], serial: Capture) -> Vm {
         rtc_base_unix: 0,
         cpus: 1,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })
     .expect("PC machine");
     vm_with(m, code)

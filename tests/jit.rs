@@ -43,6 +43,7 @@ fn pc_with_rom(rom: Vec<u8>) -> Machine {
         rtc_base_unix: 0,
         cpus: 1,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })
     .expect("PC with the generated ROM")
 }
@@ -219,6 +220,7 @@ fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
             rtc_base_unix: 0,
             cpus: 1,
             extra_devices: Vec::new(),
+            storage: Default::default(),
         })
         .expect("PC");
         m.mem

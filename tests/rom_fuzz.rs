@@ -93,6 +93,7 @@ fn machine_with(seed: u64, long: bool) -> Vm {
         rtc_base_unix: 0,
         cpus: 1,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })
     .expect("PC");
     let mut vm = Vm::with_engine(machine, Engine::Lockstep).expect("lockstep");

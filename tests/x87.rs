@@ -127,6 +127,7 @@ fn pc_vm(code: &[u8]) -> Vm {
         rtc_base_unix: 0,
         cpus: 1,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })
     .expect("PC machine");
     vm_on(m, code)

@@ -480,6 +480,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         rtc_base_unix: 0,
         cpus: 1,
         extra_devices: Vec::new(),
+        storage: Default::default(),
     })?;
     let entry = match &setup.kernel {
         Some(path) => {

@@ -6,6 +6,7 @@
 
 pub mod acpi_tables;
 pub mod addr;
+pub mod block;
 pub mod bus;
 pub mod device;
 pub mod devices;

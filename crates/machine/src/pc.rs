@@ -4,8 +4,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ioapic, lapic, pci,
-    pic, pit, port92, post, uart,
+    acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ide, ioapic, lapic,
+    pci, pic, pit, port92, post, uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -55,6 +55,58 @@ pub struct PcConfig {
     pub cpus: u32,
     /// Devices added with `-device`, on PCI slots from 3 up.
     pub extra_devices: Vec<ExtraDevice>,
+    /// Disks and CDs, and what the firmware boots from.
+    pub storage: Storage,
+}
+
+/// The drives of a PC and the firmware's boot settings.
+#[derive(Default)]
+pub struct Storage {
+    /// Drives on the IDE controller (PCI 00:01.1).
+    pub ide: Vec<ide::DriveSpec>,
+    /// The firmware's boot order, as `-boot order=` letters: `c` the first
+    /// hard disk, `d` the first CD. Empty: the firmware's own order.
+    pub boot_order: String,
+    /// Whether the firmware shows its boot menu (`-boot menu=on`).
+    pub boot_menu: bool,
+    /// The port of the firmware's serial console (fw_cfg `etc/sercon-port`):
+    /// SeaBIOS then writes its screen output (and boot loaders' BIOS text
+    /// output) to that UART. Used while the machine has no display.
+    pub sercon_port: Option<u16>,
+}
+
+/// SeaBIOS's device path of the IDE drive at `channel`, `unit` (QEMU's
+/// naming, which SeaBIOS matches its own `/pci@i0cf8/*@1,1/...` against).
+pub fn ide_boot_path(channel: u8, unit: u8) -> String {
+    format!(
+        "/pci@i0cf8/ide@{},{}/drive@{channel}/disk@{unit}",
+        ide::SLOT,
+        ide::FUNCTION
+    )
+}
+
+/// The fw_cfg `bootorder` file for `order` over `drives`: for each letter,
+/// the paths of the drives of that kind in channel/unit order.
+fn bootorder(order: &str, drives: &[ide::DriveSpec]) -> String {
+    let mut out = String::new();
+    for letter in order.chars() {
+        let want = match letter {
+            'c' => ide::Media::Disk,
+            'd' => ide::Media::Cdrom,
+            _ => continue,
+        };
+        let mut found: Vec<(u8, u8)> = drives
+            .iter()
+            .filter(|d| d.media == want)
+            .map(|d| (d.channel, d.unit))
+            .collect();
+        found.sort_unstable();
+        for (c, u) in found {
+            out.push_str(&ide_boot_path(c, u));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A device `-device` adds.
@@ -190,6 +242,23 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
             }
         }
     }
+    // The PIIX3's IDE function (00:01.1), with its legacy ports and IRQs.
+    let Storage {
+        ide: drives,
+        boot_order,
+        boot_menu,
+        sercon_port,
+    } = cfg.storage;
+    let order_file = bootorder(&boot_order, &drives);
+    let space = Rc::new(RefCell::new(ide::config_space()));
+    let irqs = ide::LEGACY.map(|(_, _, irq)| lines.line(irq));
+    let id = m.add_device(Box::new(ide::Ide::new(Rc::clone(&space), irqs, drives)));
+    host.plug_function(ide::SLOT, ide::FUNCTION, id, space);
+    for (c, (cmd, ctl, _)) in ide::LEGACY.into_iter().enumerate() {
+        let region = ide::REGION_CMD + 2 * c as u8;
+        m.map_ports(cmd, cmd + 7, cmd, Owner::Device(id), region)?;
+        m.map_ports(ctl, ctl, ctl, Owner::Device(id), region + 1)?;
+    }
     add(&mut m, Box::new(host), &[(0xCF8, 0xCFF, 0)])?;
     // The PM block answers only where PMBA points; firmware puts it at 0x600
     // (older SeaBIOS) or 0xB000 (SeaBIOS 1.16), so both windows are routed to it.
@@ -203,11 +272,19 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         ],
     )?;
 
-    add(
-        &mut m,
-        Box::new(fw_cfg::FwCfg::for_pc(below, above, cfg.cpus.max(1) as u16)),
-        &[(0x510, 0x51B, 0x510)],
-    )?;
+    let mut fw = fw_cfg::FwCfg::for_pc(below, above, cfg.cpus.max(1) as u16);
+    if !order_file.is_empty() {
+        let mut bytes = order_file.into_bytes();
+        bytes.push(0);
+        fw.add_file("bootorder", bytes);
+    }
+    if boot_menu {
+        fw.add_item(fw_cfg::FW_CFG_BOOT_MENU, 1u16.to_le_bytes().to_vec());
+    }
+    if let Some(port) = sercon_port {
+        fw.add_file("etc/sercon-port", u64::from(port).to_le_bytes().to_vec());
+    }
+    add(&mut m, Box::new(fw), &[(0x510, 0x51B, 0x510)])?;
     add(
         &mut m,
         Box::new(post::PostCodes::new(cfg.post)),

@@ -10,6 +10,7 @@ pub mod fpu_error;
 pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;
+pub mod ide;
 pub mod ioapic;
 pub mod lapic;
 pub mod pci;

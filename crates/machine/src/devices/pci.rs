@@ -162,6 +162,7 @@ impl PirqLine {
 /// A function plugged into bus 0 by a device of the machine.
 struct Plugged {
     slot: u8,
+    function: u8,
     device: usize,
     config: Rc<RefCell<PciEndpoint>>,
     /// Where each BAR is mapped now.
@@ -479,8 +480,21 @@ impl PciHost {
     /// Plugs a function into bus 0 at `slot` (function 0), whose
     /// configuration space `config` device `device` shares.
     pub fn plug(&mut self, slot: u8, device: usize, config: Rc<RefCell<PciEndpoint>>) {
+        self.plug_function(slot, 0, device, config);
+    }
+
+    /// Plugs function `function` of `slot` (the PIIX3's IDE function is
+    /// 1.1, beside the chipset's own 1.0 and 1.3).
+    pub fn plug_function(
+        &mut self,
+        slot: u8,
+        function: u8,
+        device: usize,
+        config: Rc<RefCell<PciEndpoint>>,
+    ) {
         self.endpoints.push(Plugged {
             slot,
+            function,
             device,
             config,
             placed: [None; 6],
@@ -544,10 +558,10 @@ impl PciHost {
             (0, 0, 0) => Some(Function::HostBridge),
             (0, 1, 0) => Some(Function::IsaBridge),
             (0, 1, 3) => Some(Function::PowerManagement),
-            (0, d, 0) => self
+            (0, d, f) => self
                 .endpoints
                 .iter()
-                .position(|e| u32::from(e.slot) == d)
+                .position(|e| u32::from(e.slot) == d && u32::from(e.function) == f)
                 .map(Function::Endpoint),
             _ => None,
         }

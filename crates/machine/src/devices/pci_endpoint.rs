@@ -221,6 +221,13 @@ impl PciEndpoint {
         }
     }
 
+    /// Adds a device-specific register at `offset` (past the header): its
+    /// reset value and writable bits.
+    pub fn with_register(mut self, offset: usize, width: usize, reset: u32, writable: u32) -> Self {
+        self.define(offset, width, reset, writable);
+        self
+    }
+
     /// Adds an MSI-X capability with `layout` (after MSI's, if any).
     pub fn with_msix(mut self, layout: MsixLayout) -> Self {
         let vectors = layout.vectors.clamp(1, 2048);

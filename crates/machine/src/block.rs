@@ -1,0 +1,496 @@
+//! Block storage behind the disk and CD controllers: a disk image on the host,
+//! opened once before the guest starts, with the checks a user needs to hear
+//! about then (missing, unreadable, locked, not a known format), and the
+//! guarantees the guest relies on afterwards (a flush reaches the host's disk).
+//!
+//! A controller holds a [`BlockBackend`] and knows nothing of files: reads and
+//! writes at byte offsets, a size, a flush. What sits behind it:
+//! - [`RawImage`]: the image file itself, read and written in place. It holds
+//!   an advisory lock for as long as it is open (exclusive when writable,
+//!   shared when read-only, as QEMU's image locking does), so two x86bt
+//!   processes never write one image at once.
+//! - [`Overlay`]: `snapshot=on`. Writes go to memory, cluster by cluster;
+//!   reads take the overlay's cluster where the guest wrote one, else the
+//!   image's. The image is opened read-only and never written.
+//!
+//! All I/O is synchronous, on the emulation thread, so a run is as
+//! deterministic with a disk as without one: a command completes at the
+//! virtual time it was issued, whatever the host's disk did.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A sector, the unit every controller here transfers.
+pub const SECTOR: u64 = 512;
+
+/// What a controller reads and writes.
+pub trait BlockBackend {
+    /// The medium's size in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused (`readonly=on`, a CD).
+    fn read_only(&self) -> bool;
+    /// Reads `buf.len()` bytes at `offset`. Past the end is an error.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset`. Past the end, or read-only, is an error.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every completed write durable on the host (fsync), so that a
+    /// guest's cache flush means what it says even if x86bt is killed next.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Why an image cannot be opened, as one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file cannot be opened (missing, no permission).
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// Another process holds the image's lock.
+    #[error(
+        "{path}: the image is in use by another process (its {kind} lock is held); \
+         use snapshot=on or readonly=on to share it"
+    )]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// "write" or "read".
+        kind: &'static str,
+    },
+    /// The contents are not the format named (or probed).
+    #[error("{path}: {what}")]
+    Format {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The image formats x86bt reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The bytes of the medium, as they are.
+    Raw,
+    /// QEMU's copy-on-write format.
+    Qcow2,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "qcow2" => Ok(Self::Qcow2),
+            other => Err(format!("format={other}: x86bt reads raw and qcow2 images")),
+        }
+    }
+}
+
+/// The first four bytes of a qcow2 image ("QFI\xfb").
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// Guesses an image's format from its first bytes, as QEMU does without
+/// `format=`: qcow2 by its magic, anything else raw.
+pub fn probe(path: &Path) -> Result<Format, ImageError> {
+    let file = File::open(path).map_err(|source| ImageError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut magic = [0u8; 4];
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) if magic == QCOW2_MAGIC => Ok(Format::Qcow2),
+        _ => Ok(Format::Raw),
+    }
+}
+
+/// A raw image file, locked while open.
+pub struct RawImage {
+    file: File,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawImage {
+    /// Opens `path`, read-only or read-write, and takes its lock (shared when
+    /// read-only, exclusive otherwise) without waiting.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, ImageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| ImageError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let locked = if read_only {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ImageError::Locked {
+                    path: path.to_owned(),
+                    kind: if read_only { "write" } else { "read" },
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(ImageError::Open {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+        let meta = file.metadata().map_err(|source| ImageError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(ImageError::Format {
+                path: path.to_owned(),
+                what: "is a directory, not an image".into(),
+            });
+        }
+        Ok(Self {
+            size: meta.len(),
+            file,
+            read_only,
+        })
+    }
+}
+
+/// The error for an access past a medium's end.
+fn out_of_range(offset: u64, len: usize, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("access at {offset:#x}+{len:#x} past the medium's end ({size:#x})"),
+    )
+}
+
+/// Checks that `offset..offset+len` lies inside a medium of `size` bytes.
+fn check_range(offset: u64, len: usize, size: u64) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(out_of_range(offset, len, size)),
+    }
+}
+
+impl BlockBackend for RawImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the medium is read-only",
+            ));
+        }
+        check_range(offset, data.len(), self.size)?;
+        self.file.write_all_at(data, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+}
+
+/// The overlay's cluster size: writes are kept in whole clusters.
+const CLUSTER: u64 = 64 * 1024;
+
+/// `snapshot=on`: the guest's writes kept in memory over a read-only base, and
+/// dropped when x86bt exits.
+pub struct Overlay {
+    base: Box<dyn BlockBackend>,
+    clusters: HashMap<u64, Box<[u8]>>,
+}
+
+impl Overlay {
+    /// An empty overlay over `base`.
+    pub fn new(base: Box<dyn BlockBackend>) -> Self {
+        Self {
+            base,
+            clusters: HashMap::new(),
+        }
+    }
+
+    /// Bytes the guest has written so far (whole clusters).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.clusters.len() as u64 * CLUSTER
+    }
+
+    /// Cluster `n`, copied up from the base the first time it is written.
+    fn cluster_mut(&mut self, n: u64) -> io::Result<&mut [u8]> {
+        if !self.clusters.contains_key(&n) {
+            let start = n * CLUSTER;
+            let len = CLUSTER.min(self.base.size() - start) as usize;
+            let mut data = vec![0u8; len].into_boxed_slice();
+            self.base.read_at(start, &mut data)?;
+            self.clusters.insert(n, data);
+        }
+        Ok(self.clusters.get_mut(&n).expect("inserted above"))
+    }
+}
+
+/// Splits `offset..offset+len` at cluster boundaries: (cluster, offset in
+/// it, offset in the buffer, length).
+fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let within = (at % CLUSTER) as usize;
+        let n = (CLUSTER as usize - within).min(len - done);
+        let piece = (at / CLUSTER, within, done, n);
+        done += n;
+        Some(piece)
+    })
+}
+
+impl BlockBackend for Overlay {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len(), self.size())?;
+        for (c, within, at, n) in pieces(offset, buf.len()) {
+            let dst = &mut buf[at..at + n];
+            match self.clusters.get(&c) {
+                Some(data) => dst.copy_from_slice(&data[within..within + n]),
+                None => self.base.read_at(offset + at as u64, dst)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_range(offset, data.len(), self.size())?;
+        for (c, within, at, n) in pieces(offset, data.len()) {
+            self.cluster_mut(c)?[within..within + n].copy_from_slice(&data[at..at + n]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Nothing to make durable: the overlay dies with the process.
+        Ok(())
+    }
+}
+
+/// A medium held in memory (tests, fuzzing).
+pub struct MemDisk {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Whether writes are refused.
+    pub read_only: bool,
+    /// Flushes asked for.
+    pub flushes: u64,
+}
+
+impl MemDisk {
+    /// A writable medium holding `data`.
+    pub fn new(data: Vec<u8>) -> Self {
+        Self {
+            data,
+            read_only: false,
+            flushes: 0,
+        }
+    }
+}
+
+impl BlockBackend for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len(), self.size())?;
+        let o = offset as usize;
+        buf.copy_from_slice(&self.data[o..o + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the medium is read-only",
+            ));
+        }
+        check_range(offset, data.len(), self.size())?;
+        let o = offset as usize;
+        self.data[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flushes += 1;
+        Ok(())
+    }
+}
+
+/// How a drive's image is opened: the `-drive` options that concern the
+/// image rather than the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// The format, or `None` to probe.
+    pub format: Option<Format>,
+    /// `readonly=on` (and every CD).
+    pub read_only: bool,
+    /// `snapshot=on`.
+    pub snapshot: bool,
+}
+
+/// Opens an image as its spec says: the file (locked), in its format, under
+/// an overlay with `snapshot=on`. Every failure is one line for the user.
+pub fn open(spec: &ImageSpec) -> Result<Box<dyn BlockBackend>, ImageError> {
+    let probed = probe(&spec.path)?;
+    let format = spec.format.unwrap_or(probed);
+    let base: Box<dyn BlockBackend> = match format {
+        Format::Raw => Box::new(RawImage::open(&spec.path, spec.read_only || spec.snapshot)?),
+        Format::Qcow2 => {
+            return Err(ImageError::Format {
+                path: spec.path.clone(),
+                what: "qcow2 images are not supported yet (convert it with \
+                       `qemu-img convert -O raw`)"
+                    .into(),
+            })
+        }
+    };
+    Ok(if spec.snapshot {
+        Box::new(Overlay::new(base))
+    } else {
+        base
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_image(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("x86bt-block-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).expect("image written");
+        p
+    }
+
+    fn spec(path: &Path) -> ImageSpec {
+        ImageSpec {
+            path: path.to_owned(),
+            format: None,
+            read_only: false,
+            snapshot: false,
+        }
+    }
+
+    #[test]
+    fn raw_image_reads_and_writes_in_place() {
+        let p = temp_image("rw.img", &[0u8; 4096]);
+        let mut d = open(&spec(&p)).expect("opens");
+        assert_eq!(d.size(), 4096);
+        d.write_at(512, b"hello").expect("write");
+        d.flush().expect("flush");
+        let mut buf = [0u8; 5];
+        d.read_at(512, &mut buf).expect("read");
+        assert_eq!(&buf, b"hello");
+        assert!(d.read_at(4094, &mut buf).is_err(), "past the end");
+        drop(d);
+        assert_eq!(&std::fs::read(&p).expect("file")[512..517], b"hello");
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_with_a_clear_error() {
+        let p = temp_image("locked.img", &[0u8; 1024]);
+        let first = open(&spec(&p)).expect("first opener");
+        let err = open(&spec(&p)).err().expect("second writer refused");
+        assert!(matches!(err, ImageError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        // A read-only opener is refused too while someone writes.
+        let ro = ImageSpec {
+            read_only: true,
+            ..spec(&p)
+        };
+        assert!(open(&ro).is_err());
+        drop(first);
+        // Readers share.
+        let a = open(&ro).expect("reader");
+        let b = open(&ro).expect("second reader");
+        drop((a, b));
+    }
+
+    #[test]
+    fn snapshot_keeps_the_base_untouched() {
+        let base: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let p = temp_image("snap.img", &base);
+        let s = ImageSpec {
+            snapshot: true,
+            ..spec(&p)
+        };
+        let mut d = open(&s).expect("opens");
+        // A write across a cluster boundary, and one at the ragged end.
+        d.write_at(CLUSTER - 3, &[0xAA; 6]).expect("write");
+        d.write_at(199_998, &[0xBB; 2]).expect("write at end");
+        let mut buf = vec![0u8; 10];
+        d.read_at(CLUSTER - 5, &mut buf).expect("read");
+        let mut want = base[(CLUSTER - 5) as usize..(CLUSTER + 5) as usize].to_vec();
+        want[2..8].fill(0xAA);
+        assert_eq!(buf, want);
+        d.flush().expect("flush");
+        // A writer can still lock the base: the overlay holds a shared lock,
+        // so a writer is refused.
+        assert!(open(&spec(&p)).is_err());
+        drop(d);
+        assert_eq!(std::fs::read(&p).expect("file"), base, "base unchanged");
+    }
+
+    #[test]
+    fn missing_and_qcow2_images_say_why() {
+        let missing = std::env::temp_dir().join("x86bt-no-such-image.img");
+        let e = open(&spec(&missing)).err().expect("missing");
+        assert!(e.to_string().contains("cannot open"), "{e}");
+        let mut q = QCOW2_MAGIC.to_vec();
+        q.resize(512, 0);
+        let p = temp_image("q.qcow2", &q);
+        let e = open(&spec(&p)).err().expect("qcow2");
+        assert!(e.to_string().contains("qcow2"), "{e}");
+    }
+}
