@@ -556,6 +556,21 @@ fn a_fault_storm_on_fetch_advances_the_clock() {
     assert!(states.windows(2).all(|w| w[0] == w[1]), "{states:x?}");
 }
 
+/// Random ROM seed 8830 (real mode): a unit `dec cx; and byte [bx+si],0;
+/// add [bx+si],al; pop bx; jg (o32) 0xffffffd2` whose Jcc, taken, leaves the
+/// CS limit: the translator hands it to the helper to raise #GP, but the
+/// not-taken side, emitted first, had already reset the count of the
+/// instructions before it, so the helper ran with three of them uncounted.
+/// The interpreter, run to the translator's (smaller) count, stopped three
+/// instructions short.
+#[test]
+fn a_taken_branch_past_the_cs_limit_counts_the_instructions_before_it() {
+    let mut vm =
+        Vm::with_engine(pc_with_rom(random_rom(8830)), Engine::Lockstep).expect("lockstep");
+    let out = vm.run(300_000);
+    assert_eq!(out, RunOutcome::InstructionLimit);
+}
+
 /// Random ROM seed 1860 (real mode): at 0063:F9CD the translator ran a unit
 /// of one instruction and ended plainly, and lockstep cut the interpreter's
 /// two-instruction unit at that boundary, which ends it with an event; equal

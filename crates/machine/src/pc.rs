@@ -269,6 +269,7 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         &[
             (acpi_pm::PM_IO_PORT, pm_last(acpi_pm::PM_IO_PORT), 0),
             (0xB000, pm_last(0xB000), 0),
+            (acpi_pm::APMC, acpi_pm::APMS, 0),
         ],
     )?;
 

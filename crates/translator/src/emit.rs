@@ -1166,12 +1166,16 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.settle_flags();
                 self.load_flags();
             }
-            let pending = self.pending;
+            let (pending, delta) = (self.pending, self.insn_delta);
             jump_if(self.ops, cc, taken);
-            // Not taken: on to the next instruction.
+            // Not taken: on to the next instruction. The taken side below
+            // starts from the same state: the not-taken side's count and
+            // flag capture belong to that path only (random ROM seed 8830:
+            // a taken Jcc to a target past the CS limit called the helper
+            // with the preceding instructions uncounted).
             self.settle_flags();
             self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
-            self.pending = pending;
+            (self.pending, self.insn_delta) = (pending, delta);
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();

@@ -74,6 +74,8 @@ const PM1_EN_WRITABLE: u16 = 0x0521;
 /// PMCNTRL bits that read back: SCI_EN (0), BRLD_EN_BM (1), SUS_TYP (12:10).
 /// GBL_RLS (2) and SUS_EN (13) are write-only and read 0.
 const PM1_CNT_STORED: u16 = 0x1C03;
+/// PMCNTRL bit 0: SCI_EN, the system is in ACPI mode.
+const SCI_EN: u16 = 0x0001;
 /// PMCNTRL SUS_EN (ACPI SLP_EN).
 const SUS_EN: u16 = 0x2000;
 /// PMCNTRL SUS_TYP (ACPI SLP_TYP), bits 12:10.
@@ -145,7 +147,17 @@ pub struct AcpiPm {
     regs: [u8; PM_IO_SIZE as usize],
     /// Where soft-off is requested; without it SUS_EN does nothing.
     ctl: Option<Rc<SystemControl>>,
+    /// APMS (0xB3), a scratch byte between firmware and its SMI handler.
+    apms: u8,
 }
+
+/// The APM control port (SMI command), and the APM status scratch port.
+pub const APMC: u16 = 0xB2;
+/// The APM status port.
+pub const APMS: u16 = 0xB3;
+/// The SMI commands firmware's FADT names for entering and leaving ACPI mode.
+const ACPI_ENABLE: u8 = 0xF1;
+const ACPI_DISABLE: u8 = 0xF0;
 
 impl AcpiPm {
     /// The block in its power-on state, placed and enabled through `pm`.
@@ -157,6 +169,7 @@ impl AcpiPm {
             timer_epoch: Some(0),
             regs: [0; PM_IO_SIZE as usize],
             ctl: None,
+            apms: 0,
         }
     }
 
@@ -233,8 +246,27 @@ impl AcpiPm {
 }
 
 impl AcpiPm {
+    /// A write to APMC (0xB2), the SMI command port firmware's FADT names
+    /// (SeaBIOS: SMI_CMD 0xB2, ACPI_ENABLE 0xF1, ACPI_DISABLE 0xF0). On
+    /// hardware it raises SMI# and firmware's SMM handler sets or clears
+    /// SCI_EN; x86bt has no SMM, so the two values act directly, as the
+    /// ACPI spec (4.8.2.5) says the handshake must end. Other values do
+    /// nothing.
+    fn apm_control(&mut self, value: u8) {
+        match value {
+            ACPI_ENABLE => self.pm1_cnt |= SCI_EN,
+            ACPI_DISABLE => self.pm1_cnt &= !SCI_EN,
+            _ => {}
+        }
+    }
+
     /// Each byte is decoded on its own: bytes outside the enabled block read 0xFF.
     pub fn port_read(&mut self, offset: u16, data: &mut [u8], now: Nanos) {
+        if offset == APMC || offset == APMS {
+            data.fill(0);
+            data[0] = if offset == APMS { self.apms } else { 0 };
+            return;
+        }
         let ticks = timer_ticks(now);
         self.epoch(ticks);
         let mut port = offset;
@@ -249,6 +281,14 @@ impl AcpiPm {
 
     /// Writes the register at port offset `offset` (the trait's `write`).
     pub fn port_write(&mut self, offset: u16, data: &[u8], now: Nanos) {
+        if offset == APMC {
+            self.apm_control(data[0]);
+            return;
+        }
+        if offset == APMS {
+            self.apms = data[0];
+            return;
+        }
         let ticks = timer_ticks(now);
         self.epoch(ticks);
         let mut port = offset;
@@ -273,6 +313,7 @@ impl Device for AcpiPm {
         self.pm1_cnt = 0;
         self.timer_epoch = None;
         self.regs = [0; PM_IO_SIZE as usize];
+        self.apms = 0;
     }
 }
 
@@ -450,5 +491,20 @@ mod tests {
         pm.reset();
 
         assert_eq!(read(&mut pm, STS_PORT, 2, 3_000_000_000), 0);
+    }
+
+    #[test]
+    fn apm_control_enters_and_leaves_acpi_mode() {
+        let mut pm = enabled_at(PM_IO_PORT);
+        let cnt = PM_IO_PORT + u16::from(PM1_CNT);
+        assert_eq!(read(&mut pm, cnt, 2, 0) & 1, 0);
+        write(&mut pm, APMC, 1, u32::from(ACPI_ENABLE), 0);
+        assert_eq!(read(&mut pm, cnt, 2, 0) & 1, 1, "SCI_EN set");
+        write(&mut pm, APMC, 1, 0x55, 0);
+        assert_eq!(read(&mut pm, cnt, 2, 0) & 1, 1, "other commands do nothing");
+        write(&mut pm, APMC, 1, u32::from(ACPI_DISABLE), 0);
+        assert_eq!(read(&mut pm, cnt, 2, 0) & 1, 0, "SCI_EN clear");
+        write(&mut pm, APMS, 1, 0xA5, 0);
+        assert_eq!(read(&mut pm, APMS, 1, 0), 0xA5);
     }
 }
