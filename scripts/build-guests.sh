@@ -254,3 +254,4 @@ echo "build-guests: /commands in initramfs-run: $COMMANDS"
 for f in /boot/memtest86+ia32.bin /boot/memtest86+x64.bin; do
   printf '  %-40s %9d bytes\n' "$f" "$(stat -c %s "$f")"
 done
+scripts/build-disk-guests.sh

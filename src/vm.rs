@@ -376,6 +376,10 @@ impl Vm {
 
     /// Runs one unit on the chosen engine.
     fn run_unit(&mut self) -> UnitExit {
+        // A device access inside the unit (or chain) brings the clock to its
+        // own instruction's time from here.
+        let origin = self.others_icount * NS_PER_INSN + self.idle_ns;
+        self.machine.set_clock_origin(origin, NS_PER_INSN);
         let (cpu, m) = (&mut self.cpu, &mut self.machine);
         if let Some(t) = &mut self.jit {
             t.set_budget(self.jit_budget);

@@ -695,14 +695,25 @@ fn walk(
 
 /// A data read of guest-physical memory: RAM, ROM or memory-mapped I/O
 /// ([`Machine::read_phys`]).
+/// A device access first brings the machine's clock to the instruction's
+/// own time (`icount`), so a device read in a loop that never returns to the
+/// run loop (a chain of translated units polling the HPET counter) sees time
+/// move.
 #[inline]
-fn mem_read(m: &mut Machine, p: GuestPhys, size: u32) -> u64 {
+fn mem_read(icount: u64, m: &mut Machine, p: GuestPhys, size: u32) -> u64 {
+    if !m.mem.is_mapped(p) {
+        m.sync_clock(icount);
+    }
     m.read_phys(p, size as usize)
 }
 
-/// A data write of guest-physical memory ([`Machine::write_phys`]).
+/// A data write of guest-physical memory ([`Machine::write_phys`]), with the
+/// clock brought to the instruction's time for a device (see [`mem_read`]).
 #[inline]
-fn mem_write(m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
+fn mem_write(icount: u64, m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
+    if !m.mem.is_mapped(p) {
+        m.sync_clock(icount);
+    }
     m.write_phys(p, size as usize, value);
 }
 
@@ -747,12 +758,12 @@ pub fn read_lin_as(
     user: bool,
 ) -> Result<u64, Exception> {
     if !paging(cpu) {
-        return Ok(mem_read(m, GuestPhys(lin.0), size));
+        return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     let off = lin.0 & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Read, user)?;
-        return Ok(mem_read(m, p, size));
+        return Ok(mem_read(cpu.icount, m, p, size));
     }
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Read, user)?;
@@ -764,7 +775,7 @@ pub fn read_lin_as(
         } else {
             p2.add(i - first)
         };
-        v |= mem_read(m, p, 1) << (8 * i);
+        v |= mem_read(cpu.icount, m, p, 1) << (8 * i);
     }
     Ok(v)
 }
@@ -790,7 +801,7 @@ pub fn write_lin_as(
                 u64::from(size),
             );
         }
-        mem_write(m, GuestPhys(lin.0), size, value);
+        mem_write(cpu.icount, m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
     let off = lin.0 & 0xFFF;
@@ -799,7 +810,7 @@ pub fn write_lin_as(
         if cpu.log_writes {
             log_write(cpu, m, lin.0, size, p, p, u64::from(size));
         }
-        mem_write(m, p, size, value);
+        mem_write(cpu.icount, m, p, size, value);
         return Ok(());
     }
     let first = 0x1000 - off;
@@ -814,7 +825,7 @@ pub fn write_lin_as(
         } else {
             p2.add(i - first)
         };
-        mem_write(m, p, 1, value >> (8 * i));
+        mem_write(cpu.icount, m, p, 1, value >> (8 * i));
     }
     Ok(())
 }
@@ -890,13 +901,13 @@ pub fn read(
 ) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
     if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 {
-        return Ok(mem_read(m, GuestPhys(lin.0), size));
+        return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin.0, size, false);
     }
     if !paging(cpu) {
-        return Ok(mem_read(m, GuestPhys(lin.0), size));
+        return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     read_lin(cpu, m, lin, size)
 }
@@ -916,7 +927,7 @@ pub fn write(
         crate::interp::debug::data_access(cpu, lin.0, size, true);
     }
     if !paging(cpu) && !cpu.log_writes {
-        mem_write(m, GuestPhys(lin.0), size, value);
+        mem_write(cpu.icount, m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
     write_lin(cpu, m, lin, size, value)

@@ -64,6 +64,9 @@ pub struct Machine {
     /// [`GUEST_ERRORS_KEPT`].
     guest_errors: Vec<String>,
     now: Nanos,
+    /// `(origin, ns per instruction)` of the running CPU's clock, set by the
+    /// run loop (see [`Machine::sync_clock`]).
+    clock_origin: Option<(Nanos, u64)>,
     deadline: Nanos,
     /// Each device's own next deadline, as last computed (`Nanos::MAX`: none).
     /// An access can only move the deadline of the device accessed.
@@ -92,6 +95,7 @@ impl Machine {
             device_errors: Vec::new(),
             guest_errors: Vec::new(),
             now: 0,
+            clock_origin: None,
             deadline: Nanos::MAX,
             deadlines: Vec::new(),
             intr: false,
@@ -153,6 +157,27 @@ impl Machine {
     /// The earliest time a device wants to be advanced, if any.
     pub fn next_deadline(&self) -> Option<Nanos> {
         (self.deadline != Nanos::MAX).then_some(self.deadline)
+    }
+
+    /// Sets how the running CPU's instruction count maps to virtual time:
+    /// `now = origin + icount * ns_per_insn` (the run loop's clock, for
+    /// [`Machine::sync_clock`]).
+    pub fn set_clock_origin(&mut self, origin: Nanos, ns_per_insn: u64) {
+        self.clock_origin = Some((origin, ns_per_insn));
+    }
+
+    /// Brings virtual time to that of the running CPU's instruction
+    /// `icount`, never backwards, before it touches a device: the run loop
+    /// only sets the time between units, and a chain of translated units
+    /// may run many without returning.
+    #[inline]
+    pub fn sync_clock(&mut self, icount: u64) {
+        if let Some((origin, ns)) = self.clock_origin {
+            let t = origin.saturating_add(icount.saturating_mul(ns));
+            if t > self.now {
+                self.set_time(t);
+            }
+        }
     }
 
     /// Moves virtual time to `now`; devices run if a deadline has passed.

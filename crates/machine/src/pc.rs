@@ -4,8 +4,8 @@
 use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
-    acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ide, ioapic, lapic,
-    pci, pic, pit, port92, post, uart,
+    acpi_hotplug, acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ide,
+    ioapic, lapic, pci, pic, pit, port92, post, uart,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -273,6 +273,13 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         ],
     )?;
 
+    let (pci_first, pci_last) = acpi_hotplug::PCI_HOTPLUG;
+    let (cpu_first, cpu_last) = acpi_hotplug::CPU_HOTPLUG;
+    add(
+        &mut m,
+        Box::new(acpi_hotplug::AcpiHotplug::new(cfg.cpus.max(1))),
+        &[(pci_first, pci_last, 0), (cpu_first, cpu_last, 0)],
+    )?;
     let mut fw = fw_cfg::FwCfg::for_pc(below, above, cfg.cpus.max(1) as u16);
     if !order_file.is_empty() {
         let mut bytes = order_file.into_bytes();
@@ -282,6 +289,9 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     if boot_menu {
         fw.add_item(fw_cfg::FW_CFG_BOOT_MENU, 1u16.to_le_bytes().to_vec());
     }
+    // The PIT's IRQ 0 reaches I/O APIC pin 2, as on QEMU's PC: SeaBIOS's
+    // MADT then says so with an interrupt source override.
+    fw.add_file("etc/irq0-override", 1u64.to_le_bytes().to_vec());
     if let Some(port) = sercon_port {
         fw.add_file("etc/sercon-port", u64::from(port).to_le_bytes().to_vec());
     }

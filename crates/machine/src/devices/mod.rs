@@ -1,6 +1,7 @@
 //! The legacy PC devices, one struct per file, each behind the [`crate::Device`]
 //! trait. Register constants cite their datasheet.
 
+pub mod acpi_hotplug;
 pub mod acpi_pm;
 pub mod cmos;
 pub mod debug_exit;
