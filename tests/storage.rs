@@ -1,0 +1,209 @@
+//! Disks and CDs through SeaBIOS, as a user boots them: `-cdrom` with the
+//! ISOLINUX and GRUB ISOs of `scripts/build-disk-guests.sh` to the busybox
+//! marker; `-hda` with the raw disk image, whose init mounts its ext4 root
+//! from the IDE disk, prints how many boots it has counted in /data/counter,
+//! writes the next value and syncs. The oracle is the guest itself: the
+//! marker lines it prints, and the counter it reads back on the next boot.
+//!
+//! - A boot is SIGKILLed as soon as the guest says it wrote (after its
+//!   `sync`): the next boot must read that value back, so a guest flush
+//!   reached the host file (ATA FLUSH CACHE is an fsync).
+//! - `snapshot=on` boots write nothing to the image: its bytes are compared.
+//! - A second x86bt on an image in use, and a missing image, fail before the
+//!   guest starts with one line and exit status 2.
+//!
+//! The guests come from `scripts/build-guests.sh` (which runs
+//! build-disk-guests.sh) and SeaBIOS from Debian's `seabios`; without them
+//! the tests say so and skip, and under CI that is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+fn have(files: &[&str]) -> bool {
+    let missing: Vec<&&str> = files.iter().filter(|f| !Path::new(f).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {missing:?} (scripts/setup.sh)"
+    );
+    eprintln!("SKIPPED: {missing:?} absent (run scripts/setup.sh)");
+    false
+}
+
+fn x86bt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_x86bt"))
+}
+
+/// A private copy of a guest image, so the tests never change `guests/`.
+fn scratch_copy(src: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("x86bt-storage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dst = dir.join(name);
+    std::fs::copy(src, &dst).expect("copy the image");
+    dst
+}
+
+/// Boots with `args` until the serial console shows `until` (exit 0) or the
+/// guest powers off; returns the console and the exit status.
+fn boot(args: &[&str], engine: &str, until: Option<&str>) -> (String, i32) {
+    let mut cmd = x86bt();
+    cmd.args(["run", "-m", "256", "--serial", "stdio", "--engine", engine])
+        .args(["--max-insns", "40000000000", "--no-reboot"])
+        .args(args);
+    if let Some(u) = until {
+        cmd.args(["--until", u]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run x86bt");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    (text, out.status.code().unwrap_or(-1))
+}
+
+fn iso_boots(iso: &str, engine: &str) {
+    if !have(&[BIOS, iso]) {
+        return;
+    }
+    let (log, status) = boot(&["-cdrom", iso], engine, Some("X86BT-GUEST-READY"));
+    assert_eq!(status, 0, "{iso} on {engine}:\n{log}");
+    assert!(log.contains("Booting from DVD/CD"), "{log}");
+    assert!(log.contains("Linux version 6.1"), "{log}");
+    assert!(log.contains("X86BT-GUEST-READY"), "{log}");
+}
+
+#[test]
+fn isolinux_iso_boots_from_the_cd_under_the_translator() {
+    iso_boots("guests/isolinux.iso", "jit");
+}
+
+#[test]
+fn grub_iso_boots_from_the_cd_under_the_interpreter() {
+    iso_boots("guests/grub.iso", "interp");
+}
+
+/// The counter line of a disk boot.
+fn counter(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.trim_end().strip_prefix("X86BT-DISK-COUNTER "))
+        .unwrap_or_else(|| panic!("no counter line in:\n{log}"))
+        .to_string()
+}
+
+/// Boots `disk` from IDE and SIGKILLs x86bt the moment the guest prints that
+/// it wrote and synced its counter; returns the console up to there.
+fn boot_and_kill_after_write(disk: &Path) -> String {
+    let mut child = x86bt()
+        .args(["run", "-m", "256", "--serial", "stdio", "--engine", "jit"])
+        .args(["--max-insns", "40000000000", "-hda"])
+        .arg(disk)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run x86bt");
+    let mut log = String::new();
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).expect("read console");
+        if n == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        log.push_str(&text);
+        if text.contains("X86BT-DISK-WROTE") {
+            // SIGKILL: no chance to flush anything on the way out.
+            child.kill().expect("SIGKILL");
+            break;
+        }
+    }
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn disk_boots_from_ide_and_keeps_what_the_guest_synced_across_sigkill() {
+    if !have(&[BIOS, "guests/disk-686.img"]) {
+        return;
+    }
+    let disk = scratch_copy("guests/disk-686.img", "disk-686.img");
+    let first = boot_and_kill_after_write(&disk);
+    assert!(first.contains("X86BT-DISK-READY"), "{first}");
+    assert_eq!(counter(&first), "none", "a fresh image:\n{first}");
+    assert!(first.contains("X86BT-DISK-WROTE 1"), "{first}");
+    // The next boot (the interpreter this time) finds the value whole, and
+    // the guest's root filesystem mounted cleanly.
+    let disk_arg = disk.to_str().expect("utf-8 path");
+    let (second, status) = boot(&["-hda", disk_arg], "interp", None);
+    assert_eq!(status, 0, "powers off:\n{second}");
+    assert!(second.contains("ata1.00: ATA-7: X86BT HARDDISK"), "{second}");
+    assert_eq!(counter(&second), "1", "{second}");
+    assert!(second.contains("X86BT-DISK-WROTE 2"), "{second}");
+    assert!(!second.contains("EXT4-fs error"), "{second}");
+    let _ = std::fs::remove_file(&disk);
+}
+
+#[test]
+fn snapshot_on_leaves_the_image_untouched() {
+    if !have(&[BIOS, "guests/disk-686.img"]) {
+        return;
+    }
+    let disk = scratch_copy("guests/disk-686.img", "snap-686.img");
+    let before = std::fs::read(&disk).expect("image");
+    let spec = format!("file={},format=raw,if=ide,snapshot=on", disk.display());
+    let (log, status) = boot(&["-drive", &spec], "jit", None);
+    assert_eq!(status, 0, "{log}");
+    // The guest wrote (to the overlay)...
+    assert!(log.contains("X86BT-DISK-WROTE 1"), "{log}");
+    // ...and the image did not change.
+    assert!(std::fs::read(&disk).expect("image") == before, "image changed");
+    let _ = std::fs::remove_file(&disk);
+}
+
+#[test]
+fn an_image_in_use_and_a_missing_image_are_one_line_errors() {
+    if !have(&[BIOS]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("x86bt-storage-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let img = dir.join("blank.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("blank image");
+    // The first x86bt holds the image (SeaBIOS finds nothing to boot and
+    // waits); the second is refused before its guest starts.
+    let mut first = x86bt()
+        .args(["run", "--serial", "null", "-hda"])
+        .arg(&img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("first x86bt");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = x86bt()
+        .args(["run", "--serial", "null", "--max-insns", "1000", "-hda"])
+        .arg(&img)
+        .output()
+        .expect("second x86bt");
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use by another process"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    // Read-only users share it once the writer is gone.
+    let ro = format!("file={},readonly=on", img.display());
+    let missing = x86bt()
+        .args(["run", "--serial", "null", "--max-insns", "1000"])
+        .args(["-drive", &ro, "-hdb", "/nonexistent/disk.img"])
+        .output()
+        .expect("x86bt");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent/disk.img: cannot open"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
