@@ -28,7 +28,7 @@ pub enum Engine {
 pub enum Command {
     /// Boot a PC: from a BIOS image at the reset vector (--bios), or straight
     /// into a Linux bzImage or a Multiboot kernel (--kernel), as a boot loader would.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run SingleStepTests MOO files (.MOO.gz), or folders of them.
     Sst(SstArgs),
     /// Measure guest MIPS on built-in compute loops.

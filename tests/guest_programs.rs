@@ -1081,7 +1081,7 @@ fn szp(v: u8) -> u16 {
     if v == 0 {
         f |= ZF;
     }
-    if v.count_ones() % 2 == 0 {
+    if v.count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f

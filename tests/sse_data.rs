@@ -250,7 +250,7 @@ mod host {
         img.mem = small(rng).to_le_bytes();
         img.gpr[0] = ((rng.next() % 41) as i64 - 20) as u64;
         img.gpr[2] = ((rng.next() % 41) as i64 - 20) as u64;
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             img.gpr[0] = 0x8000_0000;
         }
         img

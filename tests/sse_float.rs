@@ -256,7 +256,7 @@ mod host {
         let rc = (config as u32 & 3) << 13;
         let daz = if config & 4 != 0 { 1 << 6 } else { 0 };
         let ftz = if config & 8 != 0 { 1 << 15 } else { 0 };
-        let flags = if rng.next() % 4 == 0 {
+        let flags = if rng.next().is_multiple_of(4) {
             rng.next() as u32 & 0x3F
         } else {
             0

@@ -209,7 +209,7 @@ mod host {
             img.xmm[i] = value(rng);
             img.mm[i] = value(rng) as u64;
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             let (a, b) = ((rng.next() % 8) as usize, (rng.next() % 8) as usize);
             img.xmm[a] = img.xmm[b];
             img.mm[a] = img.mm[b];

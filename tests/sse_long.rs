@@ -41,7 +41,7 @@ mod host {
             0x10,
         ];
         let r = rng.next();
-        if r % 3 == 0 {
+        if r.is_multiple_of(3) {
             EDGES[(r >> 8) as usize % EDGES.len()]
         } else {
             rng.next()
@@ -229,7 +229,7 @@ mod host {
                         img.xmm[1] = small(&mut rng);
                         img.xmm[2] = small(&mut rng);
                         img.mem = small(&mut rng).to_le_bytes();
-                        if rng.next() % 2 == 0 {
+                        if rng.next().is_multiple_of(2) {
                             img.gpr[0] = (rng.next() % 33) as i64 as u64 ^ (rng.next() << 32);
                             img.gpr[2] = (rng.next() % 33).wrapping_sub(16);
                         }

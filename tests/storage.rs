@@ -59,8 +59,8 @@ fn boot(args: &[&str], engine: &str, until: Option<&str>) -> (String, i32) {
         cmd.args(["--until", u]);
     }
     let out = cmd.stdin(Stdio::null()).output().expect("run x86bt");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (text, out.status.code().unwrap_or(-1))
 }
 
@@ -140,7 +140,10 @@ fn disk_boots_from_ide_and_keeps_what_the_guest_synced_across_sigkill() {
     let disk_arg = disk.to_str().expect("utf-8 path");
     let (second, status) = boot(&["-hda", disk_arg], "interp", None);
     assert_eq!(status, 0, "powers off:\n{second}");
-    assert!(second.contains("ata1.00: ATA-7: X86BT HARDDISK"), "{second}");
+    assert!(
+        second.contains("ata1.00: ATA-7: X86BT HARDDISK"),
+        "{second}"
+    );
     assert_eq!(counter(&second), "1", "{second}");
     assert!(second.contains("X86BT-DISK-WROTE 2"), "{second}");
     assert!(!second.contains("EXT4-fs error"), "{second}");
@@ -160,7 +163,10 @@ fn snapshot_on_leaves_the_image_untouched() {
     // The guest wrote (to the overlay)...
     assert!(log.contains("X86BT-DISK-WROTE 1"), "{log}");
     // ...and the image did not change.
-    assert!(std::fs::read(&disk).expect("image") == before, "image changed");
+    assert!(
+        std::fs::read(&disk).expect("image") == before,
+        "image changed"
+    );
     let _ = std::fs::remove_file(&disk);
 }
 

@@ -2117,7 +2117,7 @@ impl Gen {
         for _ in 0..ATTEMPTS {
             let c = self.rng.count();
             let masked = c & 0x1F;
-            if masked == 0 || masked % turn != 0 {
+            if masked == 0 || !masked.is_multiple_of(turn) {
                 return c;
             }
         }

@@ -59,7 +59,7 @@ const _: () = assert!(FADT_OFF + FADT_LEN <= DSDT_OFF && DSDT_OFF + 48 <= MADT_O
 const _: () = assert!(MADT_OFF + madt_len(MAX_CPUS) <= HPET_OFF);
 const _: () = assert!(HPET_OFF + HPET_LEN <= ACPI_AREA_LEN);
 const _: () = assert!(RSDT_OFF + 48 <= FADT_OFF);
-const _: () = assert!((ACPI_AREA as usize + FACS_OFF) % 64 == 0);
+const _: () = assert!((ACPI_AREA as usize + FACS_OFF).is_multiple_of(64));
 
 const OEM_ID: &[u8; 6] = b"X86BT ";
 const OEM_TABLE_ID: &[u8; 8] = b"X86BTPC ";

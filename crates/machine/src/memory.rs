@@ -159,7 +159,7 @@ impl PhysMemory {
     /// smaller image) at the top of the first megabyte.
     pub fn map_rom(&mut self, image: Vec<u8>) -> Result<(), MachineError> {
         let len = image.len();
-        if !(0x1_0000..=0x100_0000).contains(&len) || len % 0x1_0000 != 0 {
+        if !(0x1_0000..=0x100_0000).contains(&len) || !len.is_multiple_of(0x1_0000) {
             return Err(MachineError::RomSize { len });
         }
         self.rom_base = FOUR_GIB - len as u64;

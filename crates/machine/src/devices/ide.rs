@@ -145,9 +145,12 @@ enum After {
     AtapiChunk,
 }
 
+/// What sits at a drive position: its kind and medium, or nothing.
+type Slot = Option<(Media, Box<dyn BlockBackend>)>;
+
 /// A drive's registers and state.
 struct Drive {
-    media: Option<(Media, Box<dyn BlockBackend>)>,
+    media: Slot,
     // The task file (each drive latches every write, as on the cable).
     feature: u8,
     nsector: u8,
@@ -191,7 +194,7 @@ struct Drive {
 }
 
 impl Drive {
-    fn new(media: Option<(Media, Box<dyn BlockBackend>)>, serial: String) -> Self {
+    fn new(media: Slot, serial: String) -> Self {
         let mut d = Self {
             media,
             feature: 0,
@@ -402,13 +405,13 @@ impl Ide {
         irqs: [IrqLine; 2],
         drives: Vec<DriveSpec>,
     ) -> Self {
-        let mut slots: [[Option<(Media, Box<dyn BlockBackend>)>; 2]; 2] = Default::default();
+        let mut slots: [[Slot; 2]; 2] = Default::default();
         for d in drives {
             slots[usize::from(d.channel & 1)][usize::from(d.unit & 1)] = Some((d.media, d.backend));
         }
         let [i0, i1] = irqs;
         let mut n = 0;
-        let mut channel = |slots: [Option<(Media, Box<dyn BlockBackend>)>; 2], irq: IrqLine| {
+        let mut channel = |slots: [Slot; 2], irq: IrqLine| {
             let [a, b] = slots;
             let mut drive = |m| {
                 n += 1;
@@ -523,13 +526,12 @@ impl Ide {
         }
         match offset {
             6 => ch.cur = usize::from(v & DEV_DRV != 0),
-            7 => {
+            7
                 // A command to an absent drive is ignored (nothing answers).
-                if ch.drives[ch.cur].media.is_some() {
+                if ch.drives[ch.cur].media.is_some() => {
                     ch.command(v);
                     self.try_dma(ctx, c);
                 }
-            }
             _ => {}
         }
     }
@@ -1021,7 +1023,7 @@ impl Channel {
                     true
                 }
             }
-            (0x40 | 0x41 | 0x42, false) => {
+            (0x40..=0x42, false) => {
                 // READ VERIFY: the range must exist.
                 if d.start(cmd == 0x42, false) {
                     d.lba += d.left;
@@ -1540,7 +1542,7 @@ impl Device for Ide {
             REGION_BMIDE => self.bm_read(offset, data),
             r if (REGION_CMD..REGION_CMD + 4).contains(&r) => {
                 let c = usize::from((r - REGION_CMD) / 2);
-                if (r - REGION_CMD) % 2 == 0 {
+                if (r - REGION_CMD).is_multiple_of(2) {
                     self.cmd_read(c, offset, data);
                 } else {
                     self.ctl_read(c, data);
@@ -1555,7 +1557,7 @@ impl Device for Ide {
             REGION_BMIDE => self.bm_write(ctx, offset, data),
             r if (REGION_CMD..REGION_CMD + 4).contains(&r) => {
                 let c = usize::from((r - REGION_CMD) / 2);
-                if (r - REGION_CMD) % 2 == 0 {
+                if (r - REGION_CMD).is_multiple_of(2) {
                     self.cmd_write(ctx, c, offset, data);
                 } else if let Some(&v) = data.first() {
                     self.ctl_write(c, v);
