@@ -5,7 +5,7 @@
 
 use crate::error::Error;
 use std::path::PathBuf;
-use x86bt_machine::block::{self, Format, ImageSpec};
+use x86bt_machine::block::{self, BlockBackend, Format, ImageSpec};
 use x86bt_machine::devices::ide::{DriveSpec, Media};
 
 /// A drive as the options describe it, before its image is opened.
@@ -26,6 +26,8 @@ pub struct DriveOpt {
 pub enum Interface {
     /// The PIIX3 IDE controller.
     Ide,
+    /// A virtio-blk PCI function of its own.
+    Virtio,
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, Error> {
@@ -47,6 +49,7 @@ pub fn parse_drive(spec: &str) -> Result<DriveOpt, Error> {
     let mut media = Media::Disk;
     let mut read_only = false;
     let mut snapshot = false;
+    let mut interface = Interface::Ide;
     let mut index = None;
     let (mut bus, mut unit) = (None, None);
     let num = |k: &str, v: &str, max: u8| -> Result<u8, Error> {
@@ -65,19 +68,17 @@ pub fn parse_drive(spec: &str) -> Result<DriveOpt, Error> {
                         .map_err(|e| Error::Usage(format!("-drive {e}")))?,
                 )
             }
-            "if" => match v {
-                "ide" => {}
-                "virtio" => {
-                    return Err(Error::Usage(
-                        "-drive if=virtio: virtio-blk is not built yet; use if=ide".into(),
-                    ))
+            "if" => {
+                interface = match v {
+                    "ide" => Interface::Ide,
+                    "virtio" => Interface::Virtio,
+                    other => {
+                        return Err(Error::Usage(format!(
+                            "-drive if={other}: x86bt has the ide and virtio interfaces"
+                        )))
+                    }
                 }
-                other => {
-                    return Err(Error::Usage(format!(
-                        "-drive if={other}: x86bt has the ide interface"
-                    )))
-                }
-            },
+            }
             "media" => {
                 media = match v {
                     "disk" => Media::Disk,
@@ -105,6 +106,11 @@ pub fn parse_drive(spec: &str) -> Result<DriveOpt, Error> {
             }
         }
     }
+    if interface == Interface::Virtio && media == Media::Cdrom {
+        return Err(Error::Usage(format!(
+            "-drive {spec}: media=cdrom needs if=ide (virtio-blk is a disk)"
+        )));
+    }
     let Some(path) = file.filter(|p| !p.as_os_str().is_empty()) else {
         return Err(Error::Usage(format!("-drive {spec}: file= is missing")));
     };
@@ -126,7 +132,7 @@ pub fn parse_drive(spec: &str) -> Result<DriveOpt, Error> {
             snapshot,
         },
         media,
-        interface: Interface::Ide,
+        interface,
         index,
     })
 }
@@ -177,9 +183,31 @@ pub fn parse_boot(spec: &str) -> Result<(String, bool), Error> {
     Ok((order, menu))
 }
 
-/// Places the drives on the IDE controller (given indexes first, then the
+/// Opens the images of the virtio-blk drives, in order.
+pub fn open_virtio(opts: &[DriveOpt]) -> Result<Vec<Box<dyn BlockBackend>>, Error> {
+    opts.iter()
+        .filter(|o| o.interface == Interface::Virtio)
+        .map(|o| {
+            let b = block::open(&o.image).map_err(|e| Error::Usage(e.to_string()))?;
+            if b.size() < block::SECTOR {
+                return Err(Error::Usage(format!(
+                    "{}: an empty disk image ({} bytes)",
+                    o.image.path.display(),
+                    b.size()
+                )));
+            }
+            Ok(b)
+        })
+        .collect()
+}
+
+/// Places the IDE drives on the controller (given indexes first, then the
 /// rest in the first free places) and opens their images.
 pub fn open_all(opts: &[DriveOpt]) -> Result<Vec<DriveSpec>, Error> {
+    let opts: Vec<&DriveOpt> = opts
+        .iter()
+        .filter(|o| o.interface == Interface::Ide)
+        .collect();
     let mut taken = [false; 4];
     let mut placed = Vec::new();
     for o in opts.iter().filter(|o| o.index.is_some()) {

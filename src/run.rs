@@ -241,6 +241,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     };
     // Every image is opened (and locked) now, before the guest starts.
     let ide = crate::drives::open_all(&drive_opts)?;
+    let virtio = crate::drives::open_virtio(&drive_opts)?;
     let kernel = match &a.kernel {
         Some(p) => Some((p.clone(), read_file(p)?)),
         None => None,
@@ -293,6 +294,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         extra_devices: a.devices.clone(),
         storage: x86bt_machine::pc::Storage {
             ide,
+            virtio,
             boot_order,
             boot_menu,
             // No display yet: the firmware's screen goes to COM1.

@@ -5,9 +5,10 @@
 //! writes the next value and syncs. The oracle is the guest itself: the
 //! marker lines it prints, and the counter it reads back on the next boot.
 //!
-//! - A boot is SIGKILLed as soon as the guest says it wrote (after its
-//!   `sync`): the next boot must read that value back, so a guest flush
-//!   reached the host file (ATA FLUSH CACHE is an fsync).
+//! - A boot from IDE is SIGKILLed as soon as the guest says it wrote (after
+//!   its `sync`): the next boot, from the same image on virtio-blk, must read
+//!   that value back, so a guest flush reached the host file (ATA FLUSH
+//!   CACHE is an fsync).
 //! - `snapshot=on` boots write nothing to the image: its bytes are compared.
 //! - A second x86bt on an image in use, and a missing image, fail before the
 //!   guest starts with one line and exit status 2.
@@ -126,7 +127,7 @@ fn boot_and_kill_after_write(disk: &Path) -> String {
 }
 
 #[test]
-fn disk_boots_from_ide_and_keeps_what_the_guest_synced_across_sigkill() {
+fn disk_keeps_what_the_guest_synced_across_sigkill_from_ide_to_virtio() {
     if !have(&[BIOS, "guests/disk-686.img"]) {
         return;
     }
@@ -135,15 +136,16 @@ fn disk_boots_from_ide_and_keeps_what_the_guest_synced_across_sigkill() {
     assert!(first.contains("X86BT-DISK-READY"), "{first}");
     assert_eq!(counter(&first), "none", "a fresh image:\n{first}");
     assert!(first.contains("X86BT-DISK-WROTE 1"), "{first}");
-    // The next boot (the interpreter this time) finds the value whole, and
-    // the guest's root filesystem mounted cleanly.
-    let disk_arg = disk.to_str().expect("utf-8 path");
-    let (second, status) = boot(&["-hda", disk_arg], "interp", None);
+    // The next boot (the interpreter this time, and the disk on virtio-blk)
+    // finds the value whole, and the guest's root filesystem mounted cleanly.
+    let spec = format!("file={},format=raw,if=virtio", disk.display());
+    let (second, status) = boot(&["-drive", &spec], "interp", None);
     assert_eq!(status, 0, "powers off:\n{second}");
     assert!(
-        second.contains("ata1.00: ATA-7: X86BT HARDDISK"),
+        second.contains("[vda] 131072 512-byte logical blocks"),
         "{second}"
     );
+    assert!(second.contains("initrd: root /dev/vda1"), "{second}");
     assert_eq!(counter(&second), "1", "{second}");
     assert!(second.contains("X86BT-DISK-WROTE 2"), "{second}");
     assert!(!second.contains("EXT4-fs error"), "{second}");

@@ -5,7 +5,7 @@ use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
     acpi_hotplug, acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ide,
-    ioapic, lapic, pci, pic, pit, port92, post, uart,
+    ioapic, lapic, pci, pic, pit, port92, post, uart, virtio_blk,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -64,6 +64,9 @@ pub struct PcConfig {
 pub struct Storage {
     /// Drives on the IDE controller (PCI 00:01.1).
     pub ide: Vec<ide::DriveSpec>,
+    /// virtio-blk disks, one PCI function each, on the slots after the
+    /// `-device` ones.
+    pub virtio: Vec<Box<dyn crate::block::BlockBackend>>,
     /// The firmware's boot order, as `-boot order=` letters: `c` the first
     /// hard disk, `d` the first CD. Empty: the firmware's own order.
     pub boot_order: String,
@@ -245,10 +248,20 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     // The PIIX3's IDE function (00:01.1), with its legacy ports and IRQs.
     let Storage {
         ide: drives,
+        virtio,
         boot_order,
         boot_menu,
         sercon_port,
     } = cfg.storage;
+    for (i, backend) in virtio.into_iter().enumerate() {
+        let slot = FIRST_EXTRA_SLOT + (cfg.extra_devices.len() + i) as u8;
+        let space = Rc::new(RefCell::new(virtio_blk::config_space()));
+        let intx = router.line(slot, 1);
+        let dev =
+            virtio_blk::VirtioBlk::new(Rc::clone(&space), intx, backend, format!("X86BT-VD{i}"));
+        let id = m.add_device(Box::new(dev));
+        host.plug(slot, id, space);
+    }
     let order_file = bootorder(&boot_order, &drives);
     let space = Rc::new(RefCell::new(ide::config_space()));
     let irqs = ide::LEGACY.map(|(_, _, irq)| lines.line(irq));

@@ -23,3 +23,4 @@ pub mod post;
 #[cfg(test)]
 pub(crate) mod test_sinks;
 pub mod uart;
+pub mod virtio_blk;
