@@ -11,6 +11,8 @@ as_root() {
 
 need_pkgs=()
 [ -f /usr/share/seabios/bios-256k.bin ] || need_pkgs+=(seabios)
+# qemu-img and qemu-io: the qcow2 tests check x86bt's images with QEMU's tools.
+command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
 if ! command -v cargo >/dev/null 2>&1; then
   need_pkgs+=(cargo rustc)
 fi

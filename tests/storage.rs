@@ -10,6 +10,8 @@
 //!   that value back, so a guest flush reached the host file (ATA FLUSH
 //!   CACHE is an fsync).
 //! - `snapshot=on` boots write nothing to the image: its bytes are compared.
+//! - A qcow2 overlay made by `qemu-img` over the raw disk takes the guest's
+//!   writes; `qemu-img check` finds it consistent, the backing file unchanged.
 //! - A second x86bt on an image in use, and a missing image, fail before the
 //!   guest starts with one line and exit status 2.
 //!
@@ -170,6 +172,45 @@ fn snapshot_on_leaves_the_image_untouched() {
         "image changed"
     );
     let _ = std::fs::remove_file(&disk);
+}
+
+/// A qcow2 overlay made by QEMU's `qemu-img` over the raw disk: the guest
+/// boots from it (virtio-blk, translator) and writes its counter into it;
+/// the raw backing file is unchanged and `qemu-img check` finds the overlay
+/// consistent.
+#[test]
+fn qcow2_overlay_takes_the_guests_writes_and_leaves_its_backing_file_alone() {
+    if !have(&[BIOS, "guests/disk-686.img", "/usr/bin/qemu-img"]) {
+        return;
+    }
+    let base = scratch_copy("guests/disk-686.img", "qbase-686.img");
+    let overlay = base.with_file_name("overlay-686.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let before = std::fs::read(&base).expect("base");
+    let spec = format!("file={},if=virtio", overlay.display());
+    let (log, status) = boot(&["-drive", &spec], "jit", None);
+    assert_eq!(status, 0, "{log}");
+    assert_eq!(counter(&log), "none", "{log}");
+    assert!(log.contains("X86BT-DISK-WROTE 1"), "{log}");
+    assert!(
+        std::fs::read(&base).expect("base") == before,
+        "backing file changed"
+    );
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img check");
+    assert!(check.success(), "qemu-img check");
+    let _ = std::fs::remove_file(&overlay);
+    let _ = std::fs::remove_file(&base);
 }
 
 #[test]
