@@ -152,6 +152,19 @@ pub struct RunArgs {
     /// hard disk, d the CD), or the bare letters, and menu=on|off.
     #[arg(long)]
     pub boot: Option<String>,
+    /// The graphics card, as QEMU's `-vga`: std (a standard VGA with
+    /// SeaBIOS's VGA BIOS, the default when firmware boots) or none (the
+    /// default with --kernel).
+    #[arg(long)]
+    pub vga: Option<String>,
+    /// Where the VGA's screen shows, as QEMU's `-display`: none (the
+    /// default), or text (the 80x25 text screen drawn on the terminal, which
+    /// the serial console must then leave: --serial file:PATH or null).
+    #[arg(long, default_value = "none")]
+    pub display: String,
+    /// At the end of the run, write the VGA's text screen to this file.
+    #[arg(long)]
+    pub screen_dump: Option<PathBuf>,
     /// A kernel to boot directly, without firmware: a Linux bzImage (boot
     /// protocol 2.06+) or a Multiboot v1 kernel (ELF32, ELF64 or a.out kludge), told
     /// apart by their contents.
@@ -321,7 +334,7 @@ pub fn qemu_style_args(
     /// QEMU's options that take a value, and those that do not.
     const QEMU_VALUED: &[&str] = &[
         "smp", "bios", "kernel", "initrd", "append", "serial", "debugcon", "icount", "rtc",
-        "device", "drive", "hda", "hdb", "hdc", "hdd", "cdrom", "boot",
+        "device", "drive", "hda", "hdb", "hdc", "hdd", "cdrom", "boot", "vga", "display",
     ];
     const QEMU_FLAGS: &[&str] = &["no-reboot"];
     /// x86bt's own options that take a value.

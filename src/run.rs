@@ -189,6 +189,9 @@ fn signal_name(sig: i32) -> &'static str {
 /// The firmware x86bt boots drives with when no --bios is given.
 pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
+/// SeaBIOS's VGA BIOS for a plain ISA VGA (no PCI, no VBE needed).
+pub const VGA_BIOS: &str = "/usr/share/seabios/vgabios-isavga.bin";
+
 /// The drives the options name, in QEMU's order: -hda..-hdd and -cdrom at
 /// their fixed indexes, then each -drive.
 fn drive_options(a: &RunArgs) -> Result<Vec<crate::drives::DriveOpt>, Error> {
@@ -238,6 +241,51 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let bios = match &bios_path {
         Some(p) => Some(read_file(p)?),
         None => None,
+    };
+    let want_vga = match a.vga.as_deref() {
+        None => bios_path.is_some(),
+        Some("std") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "-vga {other}: x86bt has std and none"
+            )))
+        }
+    };
+    let text_display = match a.display.as_str() {
+        "none" => false,
+        "text" | "curses" => true,
+        other => {
+            return Err(Error::Usage(format!(
+                "-display {other}: x86bt has none and text"
+            )))
+        }
+    };
+    if text_display && a.serial == "stdio" {
+        return Err(Error::Usage(
+            "--display text draws on the terminal: send the serial console elsewhere \
+             (--serial file:PATH or null)"
+                .into(),
+        ));
+    }
+    if (text_display || a.screen_dump.is_some()) && !want_vga {
+        return Err(Error::Usage(
+            "--display text and --screen-dump need a VGA (-vga std)".into(),
+        ));
+    }
+    let vga = want_vga.then(x86bt_machine::devices::vga::SharedVga::new);
+    // The VGA BIOS for firmware to run, from Debian's seabios package.
+    let vga_bios = match (&vga, &bios_path) {
+        (Some(_), Some(_)) => {
+            let p = Path::new(VGA_BIOS);
+            if !p.exists() {
+                return Err(Error::Usage(format!(
+                    "-vga std needs {VGA_BIOS} (apt-get install seabios), or -vga none"
+                )));
+            }
+            Some(read_file(p)?)
+        }
+        _ => None,
     };
     // Every image is opened (and locked) now, before the guest starts.
     let ide = crate::drives::open_all(&drive_opts)?;
@@ -295,6 +343,8 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         storage: x86bt_machine::pc::Storage {
             ide,
             virtio,
+            vga: vga.clone(),
+            vga_bios,
             boot_order,
             boot_menu,
             // No display yet: the firmware's screen goes to COM1.
@@ -344,6 +394,14 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         }));
     }
     vm.stop_flag = Some(Arc::clone(&seen));
+    if let Some(v) = &vga {
+        vm.tick = Some(screen_tick(
+            v.clone(),
+            text_display,
+            a.until.clone(),
+            Arc::clone(&seen),
+        ));
+    }
     vm.pace_idle = sleep.unwrap_or(interactive);
     // Raw mode lasts until this guard drops at the end of the run, on every path.
     let raw = interactive.then(crate::console::RawTerminal::enter);
@@ -363,6 +421,13 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();
+    if let (Some(path), Some(v)) = (&a.screen_dump, &vga) {
+        let text = v.text_screen().to_text() + "\n";
+        std::fs::write(path, text).map_err(|source| Error::Create {
+            path: path.clone(),
+            source,
+        })?;
+    }
     drop(raw);
     if a.stats {
         print_stats(&vm, secs);
@@ -388,6 +453,50 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         eprintln!("x86bt: the likely cause: {line}");
     }
     Ok((outcome.exit_status() & 0xFF) as u8)
+}
+
+/// What the run loop does with the VGA's screen between units: with
+/// `draw`, redraws the text screen on the terminal when it changed (at most
+/// 20 times a second of host time); with an `--until` text, stops the run
+/// once the screen shows it (setting `seen`, as the serial watch does).
+fn screen_tick(
+    vga: x86bt_machine::devices::vga::SharedVga,
+    draw: bool,
+    until: Option<String>,
+    seen: Arc<AtomicBool>,
+) -> Box<dyn FnMut() -> bool> {
+    let mut shown = u64::MAX;
+    let mut checked = u64::MAX;
+    let mut last_draw = Instant::now();
+    Box::new(move || {
+        let generation = vga.generation();
+        if draw && generation != shown && last_draw.elapsed().as_millis() >= 50 {
+            shown = generation;
+            last_draw = Instant::now();
+            let screen = vga.text_screen();
+            let mut out = String::from("\x1b[H\x1b[2J");
+            for line in screen.lines() {
+                out.push_str(&line);
+                out.push_str("\r\n");
+            }
+            if let Some((row, col)) = screen.cursor {
+                out.push_str(&format!("\x1b[{};{}H", row + 1, col + 1));
+            }
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+        }
+        if let Some(text) = &until {
+            if generation != checked {
+                checked = generation;
+                if vga.text_screen().to_text().contains(text.as_str()) {
+                    seen.store(true, Ordering::Relaxed);
+                    return true;
+                }
+            }
+        }
+        false
+    })
 }
 
 /// The one line on stderr that says how the run ended.

@@ -31,6 +31,9 @@ use x86bt_translator::{Lockstep, Translator};
 /// Virtual nanoseconds per retired instruction (a nominal 1000 MIPS CPU).
 pub const NS_PER_INSN: u64 = 1;
 
+/// Run loop passes between calls of [`Vm::tick`].
+pub const TICK_PASSES: u32 = 4096;
+
 /// The process exit statuses of `x86bt run` (the README's table). Every status
 /// x86bt chooses itself is even, so none can be mistaken for a debug-exit status,
 /// which is always odd (`(v << 1) | 1`).
@@ -146,6 +149,11 @@ pub struct Vm {
     pub no_reboot: bool,
     /// When set and raised, the run stops (checked between units).
     pub stop_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Called every [`TICK_PASSES`] passes of the run loop (a display
+    /// redraw, a watch on the screen); returning true stops the run.
+    pub tick: Option<Box<dyn FnMut() -> bool>>,
+    /// Run loop passes since the last tick.
+    tick_passes: u32,
     /// What a reset runs after the machine's own reset, for a directly booted
     /// kernel (no firmware would load it again): loads it and enters it anew, as
     /// a boot loader after the firmware would.
@@ -177,6 +185,8 @@ impl Vm {
             pace_credit_ns: 0,
             no_reboot: false,
             stop_flag: None,
+            tick: None,
+            tick_passes: 0,
             reboot: None,
             pace_idle: false,
         }
@@ -470,6 +480,15 @@ impl Vm {
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
             {
                 return RunOutcome::Stopped;
+            }
+            self.tick_passes += 1;
+            if self.tick_passes >= TICK_PASSES {
+                self.tick_passes = 0;
+                if let Some(t) = &mut self.tick {
+                    if t() {
+                        return RunOutcome::Stopped;
+                    }
+                }
             }
             if self.cpu_count() > 1 {
                 let keep =

@@ -83,6 +83,41 @@ fn isolinux_iso_boots_from_the_cd_under_the_translator() {
     iso_boots("guests/isolinux.iso", "jit");
 }
 
+/// The VGA's text screen, as SeaBIOS's VGA BIOS and ISOLINUX draw it
+/// (`--screen-dump`): the BIOS banner, the boot line, ISOLINUX's own
+/// banner and its loading lines.
+#[test]
+fn the_vga_text_screen_shows_what_the_bios_and_isolinux_wrote() {
+    if !have(&[
+        BIOS,
+        "guests/isolinux.iso",
+        "/usr/share/seabios/vgabios-isavga.bin",
+    ]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("x86bt-storage-vga-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dump = dir.join("screen.txt");
+    let dump_arg = dump.to_str().expect("utf-8 path");
+    let (log, status) = boot(
+        &["-cdrom", "guests/isolinux.iso", "--screen-dump", dump_arg],
+        "jit",
+        Some("X86BT-GUEST-READY"),
+    );
+    assert_eq!(status, 0, "{log}");
+    let screen = std::fs::read_to_string(&dump).expect("screen dump");
+    let lines: Vec<&str> = screen.lines().collect();
+    assert!(lines[0].starts_with("SeaBIOS (version"), "{screen}");
+    assert!(screen.contains("Booting from DVD/CD..."), "{screen}");
+    assert!(screen.contains("ISOLINUX 6.04"), "{screen}");
+    assert!(
+        screen.contains("Loading /boot/vmlinuz-686... ok"),
+        "{screen}"
+    );
+    assert!(lines.len() <= 25, "80x25: {screen}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn grub_iso_boots_from_the_cd_under_the_interpreter() {
     iso_boots("guests/grub.iso", "interp");

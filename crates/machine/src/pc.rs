@@ -5,7 +5,7 @@ use crate::addr::GuestPhys;
 use crate::bus::Owner;
 use crate::devices::{
     acpi_hotplug, acpi_pm, cmos, debug_exit, debugcon, edu, fpu_error, fw_cfg, hpet, i8042, ide,
-    ioapic, lapic, pci, pic, pit, port92, post, uart, virtio_blk,
+    ioapic, lapic, pci, pic, pit, port92, post, uart, vga, virtio_blk,
 };
 use crate::error::MachineError;
 use crate::machine::Machine;
@@ -72,6 +72,12 @@ pub struct Storage {
     pub boot_order: String,
     /// Whether the firmware shows its boot menu (`-boot menu=on`).
     pub boot_menu: bool,
+    /// A standard VGA (ports 0x3B0-0x3DF, memory 0xA0000-0xBFFFF), shared
+    /// with the front end that shows its screen.
+    pub vga: Option<vga::SharedVga>,
+    /// The VGA BIOS, handed to the firmware as fw_cfg
+    /// `vgaroms/vgabios.bin` (SeaBIOS runs it as the VGA's option ROM).
+    pub vga_bios: Option<Vec<u8>>,
     /// The port of the firmware's serial console (fw_cfg `etc/sercon-port`):
     /// SeaBIOS then writes its screen output (and boot loaders' BIOS text
     /// output) to that UART. Used while the machine has no display.
@@ -251,8 +257,15 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         virtio,
         boot_order,
         boot_menu,
+        vga: vga_dev,
+        vga_bios,
         sercon_port,
     } = cfg.storage;
+    if let Some(v) = vga_dev {
+        let id = m.add_device(Box::new(v));
+        m.map_ports(0x3B0, 0x3DF, 0x3B0, Owner::Device(id), 0)?;
+        m.map_mmio(0xA_0000, 0xB_FFFF, 0xA_0000, Owner::Device(id), 1)?;
+    }
     for (i, backend) in virtio.into_iter().enumerate() {
         let slot = FIRST_EXTRA_SLOT + (cfg.extra_devices.len() + i) as u8;
         let space = Rc::new(RefCell::new(virtio_blk::config_space()));
@@ -305,6 +318,9 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
     // The PIT's IRQ 0 reaches I/O APIC pin 2, as on QEMU's PC: SeaBIOS's
     // MADT then says so with an interrupt source override.
     fw.add_file("etc/irq0-override", 1u64.to_le_bytes().to_vec());
+    if let Some(rom) = vga_bios {
+        fw.add_file("vgaroms/vgabios.bin", rom);
+    }
     if let Some(port) = sercon_port {
         fw.add_file("etc/sercon-port", u64::from(port).to_le_bytes().to_vec());
     }

@@ -23,4 +23,5 @@ pub mod post;
 #[cfg(test)]
 pub(crate) mod test_sinks;
 pub mod uart;
+pub mod vga;
 pub mod virtio_blk;
