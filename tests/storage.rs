@@ -123,6 +123,33 @@ fn grub_iso_boots_from_the_cd_under_the_interpreter() {
     iso_boots("guests/grub.iso", "interp");
 }
 
+/// `-boot` picks what SeaBIOS boots first (fw_cfg `bootorder`): with a disk
+/// and a CD both present, `d` boots the CD and `c` the disk. The run stops
+/// at the line SeaBIOS prints for the device it boots; the wrong device
+/// would run on to the instruction limit (status 124).
+#[test]
+fn boot_order_picks_the_cd_or_the_disk() {
+    if !have(&[BIOS, "guests/isolinux.iso", "guests/disk-686.img"]) {
+        return;
+    }
+    for (order, want) in [
+        ("d", "Booting from DVD/CD"),
+        ("c", "Booting from Hard Disk"),
+    ] {
+        let out = x86bt()
+            .args(["run", "-m", "64", "--serial", "stdio", "--engine", "jit"])
+            .args(["--max-insns", "3000000000", "--until", want, "-boot", order])
+            .args(["-drive", "file=guests/disk-686.img,format=raw,snapshot=on"])
+            .args(["-cdrom", "guests/isolinux.iso"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run x86bt");
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "-boot {order}: {log}");
+        assert!(log.contains(want), "-boot {order}: {log}");
+    }
+}
+
 /// The counter line of a disk boot.
 fn counter(log: &str) -> String {
     log.lines()
