@@ -8,6 +8,12 @@
 #                          initramfs-run-amd64.cpio.gz (console=ttyS0 panic=-1)
 #   guests/isolinux.iso    the same two kernels behind ISOLINUX (default label
 #                          "686", second label "amd64", 1 s boot: prompt)
+#   guests/di-i386.iso     Debian's installer for i386 (the text-mode netboot
+#                          kernel and initrd.gz of the package
+#                          debian-installer-12-netboot-i386) behind ISOLINUX:
+#                          label "install", the installer's own "Install" entry
+#                          with vga=normal, booted after 1 s, so it comes up on
+#                          the VGA text screen at "[!!] Select a language"
 #   guests/disk-686.img    a 64 MiB raw disk: MBR with GRUB in the MBR gap, one
 #                          bootable Linux partition at sector 2048 holding ext4
 #                          with /boot (kernel, initrd, GRUB) and a busybox root
@@ -148,10 +154,10 @@ extract() {
   echo "$dir"
 }
 
-# Prints the extracted package directory for package $1 (glob $2), fetching it
-# when build-guests.sh's cache lost it; a failed download retries once after
-# refreshing the lists.
-package_dir() {
+# Prints the cached .deb of package $1 (glob $2), fetching it when missing
+# (or when build-guests.sh's cache lost it); a failed download retries once
+# after refreshing the lists.
+package_deb() {
   local deb
   deb=$(download "$1" "$2") || {
     update_lists >&2
@@ -160,6 +166,13 @@ package_dir() {
     echo "build-disk-guests: cannot get $1" >&2
     return 1
   }
+  echo "$deb"
+}
+
+# Prints the extracted package directory for package $1 (glob $2).
+package_dir() {
+  local deb
+  deb=$(package_deb "$1" "$2") || return 1
   extract "$deb"
 }
 
@@ -284,7 +297,69 @@ quietly xorriso -as mkisofs -o "$out/isolinux.iso.tmp" -r -V X86BT_ISOLINUX \
 mv "$out/isolinux.iso.tmp" "$out/isolinux.iso"
 
 # ---------------------------------------------------------------------------
-# 3. guests/disk-686.img and guests/disk-amd64.img
+# 3. guests/di-i386.iso
+# ---------------------------------------------------------------------------
+# The package (architecture all, about 105 MB) holds netboot trees, not a
+# mini.iso: gtk/ and text/, each with debian-installer/i386/{linux,initrd.gz}
+# and the PXELINUX menu. Only the text/ kernel and initrd.gz, its version.info
+# and the menu entry are taken out of it, straight into the ISO's directory
+# (the .deb stays in the cache; no unpacked copy is kept). The package's own
+# menu (vesamenu.c32, `timeout 0`) waits for a key forever and its "Install"
+# entry asks for a VESA mode (vga=788), so the ISO has a plain ISOLINUX config
+# instead: that entry's command line with vga=normal (anything else, such as
+# the "--- quiet", unchanged), booted after one second.
+DI_PKG=debian-installer-12-netboot-i386
+DI_TREE=./usr/lib/debian-installer/images/12/i386/text
+di_deb=$(package_deb "$DI_PKG" "${DI_PKG}_*_all.deb")
+iso=$tmp/di-iso
+mkdir -p "$iso/isolinux" "$iso/install"
+# tar names the members it did not find and fails (pipefail), so a package
+# laid out differently stops the build here. --transform drops the directories.
+dpkg-deb --fsys-tarfile "$di_deb" |
+  tar -x -C "$iso/install" --transform='s|.*/||' \
+    "$DI_TREE/version.info" \
+    "$DI_TREE/debian-installer/i386/linux" \
+    "$DI_TREE/debian-installer/i386/initrd.gz" \
+    "$DI_TREE/debian-installer/i386/boot-screens/txt.cfg"
+# The "install" label's append line, e.g. "vga=788 initrd=... --- quiet".
+di_append=$(awk '$1 == "label" { l = $2 } l == "install" && $1 == "append" {
+    sub(/^[ \t]*append[ \t]+/, ""); print; exit }' "$iso/install/txt.cfg")
+rm "$iso/install/txt.cfg"
+case " $di_append " in
+*" initrd="*) ;;
+*)
+  echo "build-disk-guests: $di_deb: no \"install\" entry with an initrd= in txt.cfg" >&2
+  exit 1
+  ;;
+esac
+di_append=$(printf ' %s \n' "$di_append" | sed -E \
+  -e 's| initrd=[^ ]*| initrd=/install/initrd.gz|' -e 's/ vga=[^ ]*//g' \
+  -e 's/^ +/vga=normal /' -e 's/ +$//')
+di_build=$(sed -n 's/^Installer build: *//p' "$iso/install/version.info")
+cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 "$iso/isolinux/"
+# As in isolinux.iso, the boot: prompt is on the screen and the serial port;
+# typing e.g. "install console=ttyS0" there adds to the command line.
+cat >"$iso/isolinux/isolinux.cfg" <<EOF
+serial 0 115200
+default install
+prompt 1
+timeout 10
+
+label install
+  kernel /install/linux
+  append $di_append
+EOF
+fix_times "$iso"
+echo "build-disk-guests: building $out/di-i386.iso (installer build $di_build: $di_append)"
+quietly xorriso -as mkisofs -o "$out/di-i386.iso.tmp" -r -V X86BT_DI_I386 \
+  --modification-date="$STAMP_ISO" --set_all_file_dates "$STAMP_ISO" \
+  -b isolinux/isolinux.bin -c isolinux/boot.cat \
+  -no-emul-boot -boot-load-size 4 -boot-info-table "$iso"
+mv "$out/di-i386.iso.tmp" "$out/di-i386.iso"
+rm -rf "$iso"
+
+# ---------------------------------------------------------------------------
+# 4. guests/disk-686.img and guests/disk-amd64.img
 # ---------------------------------------------------------------------------
 
 # Sets REPLY to the name modprobe uses for the module path $1: no directory,
@@ -615,7 +690,7 @@ build_disk amd64 "$kveramd64" "$kdiramd64" "$bbamd64" \
   7838362d-6274-4000-8000-00000000a064 0x78626064
 
 echo "build-disk-guests: built (kernels $kver686 and $kveramd64) in $((SECONDS - start_time)) s:"
-for f in grub.iso isolinux.iso disk-686.img disk-amd64.img; do
+for f in grub.iso isolinux.iso di-i386.iso disk-686.img disk-amd64.img; do
   printf '  %-40s %9d bytes\n' "$out/$f" "$(stat -c %s "$out/$f")"
 done
 echo "build-disk-guests: /commands on the disks: ${DISK_COMMANDS:-(none)}"
