@@ -12,8 +12,9 @@
 #                          kernel and initrd.gz of the package
 #                          debian-installer-12-netboot-i386) behind ISOLINUX:
 #                          label "install", the installer's own "Install" entry
-#                          with vga=normal, booted after 1 s, so it comes up on
-#                          the VGA text screen at "[!!] Select a language"
+#                          with vga=normal nomodeset, booted after 1 s, so it
+#                          comes up on the VGA text screen at
+#                          "[!!] Select a language"
 #   guests/disk-686.img    a 64 MiB raw disk: MBR with GRUB in the MBR gap, one
 #                          bootable Linux partition at sector 2048 holding ext4
 #                          with /boot (kernel, initrd, GRUB) and a busybox root
@@ -306,8 +307,13 @@ mv "$out/isolinux.iso.tmp" "$out/isolinux.iso"
 # (the .deb stays in the cache; no unpacked copy is kept). The package's own
 # menu (vesamenu.c32, `timeout 0`) waits for a key forever and its "Install"
 # entry asks for a VESA mode (vga=788), so the ISO has a plain ISOLINUX config
-# instead: that entry's command line with vga=normal (anything else, such as
-# the "--- quiet", unchanged), booted after one second.
+# instead: that entry's command line with vga=normal nomodeset (anything else,
+# such as the "--- quiet", unchanged), booted after one second. vga=normal alone
+# does not keep the text screen: udev loads the bochs DRM driver for a QEMU or
+# Bochs VGA adapter, fbcon takes the console and the installer draws its menus
+# on the framebuffer (bterm). nomodeset stops DRM drivers from loading, and with
+# the BIOS text mode there is no firmware framebuffer for simpledrm either, so
+# the console stays on vgacon at 0xb8000.
 DI_PKG=debian-installer-12-netboot-i386
 DI_TREE=./usr/lib/debian-installer/images/12/i386/text
 di_deb=$(package_deb "$DI_PKG" "${DI_PKG}_*_all.deb")
@@ -334,7 +340,7 @@ case " $di_append " in
 esac
 di_append=$(printf ' %s \n' "$di_append" | sed -E \
   -e 's| initrd=[^ ]*| initrd=/install/initrd.gz|' -e 's/ vga=[^ ]*//g' \
-  -e 's/^ +/vga=normal /' -e 's/ +$//')
+  -e 's/ nomodeset / /g' -e 's/^ +/vga=normal nomodeset /' -e 's/ +$//')
 di_build=$(sed -n 's/^Installer build: *//p' "$iso/install/version.info")
 cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 "$iso/isolinux/"
 # As in isolinux.iso, the boot: prompt is on the screen and the serial port;

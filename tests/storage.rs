@@ -15,6 +15,9 @@
 //! - A second x86bt on an image in use, and a missing image, fail before the
 //!   guest starts with one line and exit status 2.
 //!
+//! - Debian's installer boots from `-cdrom` to its first menu, read off the
+//!   VGA text screen.
+//!
 //! The guests come from `scripts/build-guests.sh` (which runs
 //! build-disk-guests.sh) and SeaBIOS from Debian's `seabios`; without them
 //! the tests say so and skip, and under CI that is a failure.
@@ -121,6 +124,46 @@ fn the_vga_text_screen_shows_what_the_bios_and_isolinux_wrote() {
 #[test]
 fn grub_iso_boots_from_the_cd_under_the_interpreter() {
     iso_boots("guests/grub.iso", "interp");
+}
+
+/// Debian's installer (`debian-installer-12-netboot-i386`'s kernel and
+/// initrd on an ISOLINUX ISO) boots from the CD to its first menu, read off
+/// the VGA text screen: the run stops when the screen shows the menu's
+/// title, and the dump holds the whole dialog.
+#[test]
+fn debian_installer_reaches_its_first_menu_on_the_vga_screen() {
+    if !have(&[
+        BIOS,
+        "guests/di-i386.iso",
+        "/usr/share/seabios/vgabios-isavga.bin",
+    ]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("x86bt-storage-di-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dump = dir.join("screen.txt");
+    let out = x86bt()
+        .args(["run", "-m", "512", "--serial", "null", "--engine", "jit"])
+        .args(["--max-insns", "60000000000", "-cdrom", "guests/di-i386.iso"])
+        .args(["--until", "[!!] Select a language", "--screen-dump"])
+        .arg(&dump)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run x86bt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let screen = std::fs::read_to_string(&dump).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{err}\n{screen}");
+    assert!(screen.contains("[!!] Select a language"), "{screen}");
+    assert!(
+        screen.contains("Choose the language to be used for the installation process."),
+        "{screen}"
+    );
+    assert!(screen.contains("English"), "{screen}");
+    assert!(
+        screen.contains("<Tab> moves; <Space> selects; <Enter> activates buttons"),
+        "{screen}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `-boot` picks what SeaBIOS boots first (fw_cfg `bootorder`): with a disk
