@@ -394,17 +394,22 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         }));
     }
     vm.stop_flag = Some(Arc::clone(&seen));
+    // With the screen on the terminal, what is typed there goes to the
+    // guest's keyboard (Ctrl-A x quits, as on the serial console).
+    let keys = (text_display && crate::console::stdin_is_tty())
+        .then(x86bt_machine::devices::uart::SerialInput::new);
     if let Some(v) = &vga {
         vm.tick = Some(screen_tick(
             v.clone(),
             text_display,
             a.until.clone(),
             Arc::clone(&seen),
+            keys.clone().zip(vm.machine.keyboard.clone()),
         ));
     }
     vm.pace_idle = sleep.unwrap_or(interactive);
     // Raw mode lasts until this guard drops at the end of the run, on every path.
-    let raw = interactive.then(crate::console::RawTerminal::enter);
+    let raw = (interactive || keys.is_some()).then(crate::console::RawTerminal::enter);
     let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
     watch_signals(
         Arc::clone(&seen),
@@ -413,6 +418,9 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     )?;
     if let Some(input) = serial_in {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
+    }
+    if let Some(k) = keys {
+        crate::console::spawn_reader(k, Arc::clone(&quit), Arc::clone(&seen));
     }
     if let Some(entry) = entry {
         enter_kernel(&mut vm.cpu, entry);
@@ -464,11 +472,22 @@ fn screen_tick(
     draw: bool,
     until: Option<String>,
     seen: Arc<AtomicBool>,
+    keyboard: Option<(
+        x86bt_machine::devices::uart::SerialInput,
+        x86bt_machine::devices::i8042::SharedI8042,
+    )>,
 ) -> Box<dyn FnMut() -> bool> {
     let mut shown = u64::MAX;
     let mut checked = u64::MAX;
     let mut last_draw = Instant::now();
     Box::new(move || {
+        if let Some((typed, kbd)) = &keyboard {
+            let bytes = typed.take(64);
+            if !bytes.is_empty() {
+                let codes = x86bt_machine::devices::i8042::terminal_bytes_to_scancodes(&bytes);
+                kbd.0.borrow_mut().key_bytes(&codes);
+            }
+        }
         let generation = vga.generation();
         if draw && generation != shown && last_draw.elapsed().as_millis() >= 50 {
             shown = generation;

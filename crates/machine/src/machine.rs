@@ -39,6 +39,8 @@ pub struct Machine {
     pub pic: Option<Pic>,
     /// The local APICs, one per CPU (none on a machine without APICs).
     pub lapics: Vec<Lapic>,
+    /// The keyboard controller, for a front end that types keys into it.
+    pub keyboard: Option<crate::devices::i8042::SharedI8042>,
     /// The I/O APIC, at [`ioapic::DEFAULT_BASE`], fed by the ISA IRQ lines
     /// (IRQ0 on pin 2, the others on their own pins, as the MADT's source
     /// overrides say).
@@ -96,6 +98,7 @@ impl Machine {
             guest_errors: Vec::new(),
             now: 0,
             clock_origin: None,
+            keyboard: None,
             deadline: Nanos::MAX,
             deadlines: Vec::new(),
             intr: false,

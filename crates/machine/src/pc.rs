@@ -198,15 +198,13 @@ pub fn build(cfg: PcConfig) -> Result<Machine, MachineError> {
         )),
         &[(0x3F8, 0x3FF, 0x3F8)],
     )?;
-    add(
-        &mut m,
-        Box::new(i8042::I8042::new(
-            lines.line(1),
-            lines.line(12),
-            Rc::clone(&ctl),
-        )),
-        &[(0x60, 0x60, 0), (0x64, 0x64, 0)],
-    )?;
+    let kbd = i8042::SharedI8042(Rc::new(RefCell::new(i8042::I8042::new(
+        lines.line(1),
+        lines.line(12),
+        Rc::clone(&ctl),
+    ))));
+    m.keyboard = Some(kbd.clone());
+    add(&mut m, Box::new(kbd), &[(0x60, 0x60, 0), (0x64, 0x64, 0)])?;
     add(
         &mut m,
         Box::new(port92::Port92::new(Rc::clone(&ctl))),

@@ -530,6 +530,133 @@ impl Device for I8042 {
     }
 }
 
+/// The 8042 as the platform plugs it in, shared with the front end, which
+/// types keys into it between units ([`I8042::key_bytes`]).
+#[derive(Clone)]
+pub struct SharedI8042(pub std::rc::Rc<std::cell::RefCell<I8042>>);
+
+impl Device for SharedI8042 {
+    fn name(&self) -> &'static str {
+        "i8042"
+    }
+
+    fn read(&mut self, ctx: &mut crate::device::DevCtx, region: u8, offset: u64, data: &mut [u8]) {
+        self.0.borrow_mut().read(ctx, region, offset, data);
+    }
+
+    fn write(&mut self, ctx: &mut crate::device::DevCtx, region: u8, offset: u64, data: &[u8]) {
+        self.0.borrow_mut().write(ctx, region, offset, data);
+    }
+
+    fn reset(&mut self) {
+        self.0.borrow_mut().reset();
+    }
+}
+
+/// Set 1 scancodes (what a guest reads with the controller translating, as
+/// firmware and Linux set it up) for the bytes a terminal sends: printable
+/// ASCII with Shift where needed, Enter, Tab, Backspace, Escape, Ctrl
+/// letters, and the cursor keys' escape sequences. Each key is a make and a
+/// break code. Bytes with no key are dropped.
+pub fn terminal_bytes_to_scancodes(bytes: &[u8]) -> Vec<u8> {
+    const SHIFT: u8 = 0x2A;
+    const CTRL: u8 = 0x1D;
+    fn key(out: &mut Vec<u8>, code: u8, modifier: Option<u8>) {
+        if let Some(m) = modifier {
+            out.push(m);
+        }
+        out.extend_from_slice(&[code, code | 0x80]);
+        if let Some(m) = modifier {
+            out.push(m | 0x80);
+        }
+    }
+    fn plain(c: u8) -> Option<(u8, bool)> {
+        const ROW1: &[u8] = b"1234567890-=";
+        const ROW1S: &[u8] = b"!@#$%^&*()_+";
+        const ROWQ: &[u8] = b"qwertyuiop[]";
+        const ROWQS: &[u8] = b"QWERTYUIOP{}";
+        const ROWA: &[u8] = b"asdfghjkl;'`";
+        const ROWAS: &[u8] = b"ASDFGHJKL:\"~";
+        const ROWZ: &[u8] = b"\\zxcvbnm,./";
+        const ROWZS: &[u8] = b"|ZXCVBNM<>?";
+        let find = |row: &[u8], base: u8| row.iter().position(|&r| r == c).map(|i| base + i as u8);
+        if let Some(k) = find(ROW1, 0x02) {
+            return Some((k, false));
+        }
+        if let Some(k) = find(ROW1S, 0x02) {
+            return Some((k, true));
+        }
+        if let Some(k) = find(ROWQ, 0x10) {
+            return Some((k, false));
+        }
+        if let Some(k) = find(ROWQS, 0x10) {
+            return Some((k, true));
+        }
+        if let Some(k) = find(ROWA, 0x1E) {
+            return Some((k, false));
+        }
+        if let Some(k) = find(ROWAS, 0x1E) {
+            return Some((k, true));
+        }
+        // Backslash sits at 0x2B, the Z row from 0x2C.
+        if c == b'\\' {
+            return Some((0x2B, false));
+        }
+        if let Some(k) = find(&ROWZ[1..], 0x2C) {
+            return Some((k, false));
+        }
+        if c == b'|' {
+            return Some((0x2B, true));
+        }
+        if let Some(k) = find(&ROWZS[1..], 0x2C) {
+            return Some((k, true));
+        }
+        match c {
+            b' ' => Some((0x39, false)),
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
+        match b {
+            0x1B if bytes.get(i) == Some(&b'[') && i + 1 < bytes.len() => {
+                let code = match bytes[i + 1] {
+                    b'A' => Some(0x48),
+                    b'B' => Some(0x50),
+                    b'C' => Some(0x4D),
+                    b'D' => Some(0x4B),
+                    b'H' => Some(0x47),
+                    b'F' => Some(0x4F),
+                    _ => None,
+                };
+                i += 2;
+                if let Some(c) = code {
+                    out.extend_from_slice(&[0xE0, c, 0xE0, c | 0x80]);
+                }
+            }
+            0x1B => key(&mut out, 0x01, None),
+            b'\r' | b'\n' => key(&mut out, 0x1C, None),
+            b'\t' => key(&mut out, 0x0F, None),
+            0x08 | 0x7F => key(&mut out, 0x0E, None),
+            0x01..=0x1A => {
+                // Ctrl plus the letter.
+                if let Some((k, _)) = plain(b'a' + b - 1) {
+                    key(&mut out, k, Some(CTRL));
+                }
+            }
+            _ => {
+                if let Some((k, shifted)) = plain(b) {
+                    key(&mut out, k, shifted.then_some(SHIFT));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -987,5 +1114,28 @@ mod tests {
         command(&mut r.kbc, 0x20);
 
         assert_eq!(drain(&mut r.kbc), [POWER_ON_COMMAND_BYTE]);
+    }
+
+    #[test]
+    fn terminal_bytes_become_set1_make_and_break_codes() {
+        assert_eq!(terminal_bytes_to_scancodes(b"a"), [0x1E, 0x9E]);
+        assert_eq!(terminal_bytes_to_scancodes(b"A"), [0x2A, 0x1E, 0x9E, 0xAA]);
+        assert_eq!(terminal_bytes_to_scancodes(b"\r"), [0x1C, 0x9C]);
+        assert_eq!(
+            terminal_bytes_to_scancodes(b"1!"),
+            [0x02, 0x82, 0x2A, 0x02, 0x82, 0xAA]
+        );
+        assert_eq!(terminal_bytes_to_scancodes(b"/"), [0x35, 0xB5]);
+        assert_eq!(terminal_bytes_to_scancodes(b"m"), [0x32, 0xB2]);
+        assert_eq!(terminal_bytes_to_scancodes(b"\\"), [0x2B, 0xAB]);
+        assert_eq!(
+            terminal_bytes_to_scancodes(b"\x1b[B"),
+            [0xE0, 0x50, 0xE0, 0xD0]
+        );
+        assert_eq!(
+            terminal_bytes_to_scancodes(b"\x03"),
+            [0x1D, 0x2E, 0xAE, 0x9D]
+        );
+        assert_eq!(terminal_bytes_to_scancodes(b" "), [0x39, 0xB9]);
     }
 }

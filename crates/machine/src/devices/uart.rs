@@ -157,7 +157,7 @@ impl SerialInput {
     }
 
     /// Removes and returns up to `max` bytes from the front of the queue.
-    fn take(&self, max: usize) -> Vec<u8> {
+    pub fn take(&self, max: usize) -> Vec<u8> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let n = max.min(queue.len());
         queue.drain(..n).collect()
