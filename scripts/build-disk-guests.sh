@@ -69,28 +69,10 @@ INITRD_MODULES="ata_piix ata_generic sd_mod virtio_pci virtio_blk crc32c_generic
 out=guests
 cache=$out/cache
 work=$out/work
+script=build-disk-guests
+# shellcheck source=scripts/guest-lib.sh
+. scripts/guest-lib.sh
 start_time=$SECONDS
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# A mirror caught mid-sync fails one index; retry, then carry on with whatever
-# lists apt has (what follows fails clearly if they are not enough).
-update_lists() {
-  local try
-  for try in 1 2 3; do
-    echo "build-disk-guests: apt-get update (try $try)"
-    if as_root apt-get update -qq; then return 0; fi
-    sleep 10
-  done
-}
-
-apt_install() {
-  echo "build-disk-guests: installing $* from Debian's packages"
-  update_lists
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
 
 # Runs a chatty tool (xorriso prints a page per image) and shows its output only
 # when it fails.
@@ -130,30 +112,6 @@ for f in vmlinuz-686 vmlinuz-686.version initramfs-run.cpio.gz \
 done
 kver686=$(cat "$out/vmlinuz-686.version")
 kveramd64=$(cat "$out/vmlinuz-amd64.version")
-
-# The same two helpers as build-guests.sh. Prints the cached .deb matching the
-# glob $2, downloading package $1 first when there is none. apt-get runs as the
-# current user, or as root it would warn that the _apt sandbox user cannot write
-# the cache directory.
-download() {
-  local pkg=$1 pattern=$2
-  if ! compgen -G "$cache/$pattern" >/dev/null; then
-    echo "build-disk-guests: downloading $pkg" >&2
-    (cd "$cache" && apt-get -q -o APT::Sandbox::User="$(id -un)" download "$pkg") >&2 || return 1
-  fi
-  compgen -G "$cache/$pattern" | sort | tail -1
-}
-
-# Extract each package into a directory named after the .deb, once.
-extract() {
-  local deb=$1 dir
-  dir=$work/$(basename "$deb" .deb)
-  if [ ! -d "$dir" ]; then
-    dpkg-deb -x "$deb" "$dir.tmp"
-    mv "$dir.tmp" "$dir"
-  fi
-  echo "$dir"
-}
 
 # Prints the cached .deb of package $1 (glob $2), fetching it when missing
 # (or when build-guests.sh's cache lost it); a failed download retries once

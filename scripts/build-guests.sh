@@ -36,27 +36,9 @@ EPOCH=${SOURCE_DATE_EPOCH:-0}
 out=guests
 cache=$out/cache
 work=$out/work
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# A mirror caught mid-sync fails one index; retry, then carry on with whatever
-# lists apt has (what follows fails clearly if they are not enough).
-update_lists() {
-  local try
-  for try in 1 2 3; do
-    echo "build-guests: apt-get update (try $try)"
-    if as_root apt-get update -qq; then return 0; fi
-    sleep 10
-  done
-}
-
-apt_install() {
-  echo "build-guests: installing $* from Debian's packages"
-  update_lists
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
+script=build-guests
+# shellcheck source=scripts/guest-lib.sh
+. scripts/guest-lib.sh
 
 # cpio is not in a minimal Debian; gzip is Essential but check anyway. The
 # memtest86+ images are used as installed (the package's amd64 build ships both).
@@ -82,18 +64,6 @@ kernel_package() {
     grep -oE 'linux-image-[0-9][^ :]*-686(:i386)?$' | head -1 | sed 's/:i386$//' || true
 }
 
-# Prints the cached .deb matching the glob $2, downloading package $1 first when
-# there is none. apt-get runs as the current user, or as root it would warn that
-# the _apt sandbox user cannot write the cache directory.
-download() {
-  local pkg=$1 pattern=$2
-  if ! compgen -G "$cache/$pattern" >/dev/null; then
-    echo "build-guests: downloading $pkg" >&2
-    (cd "$cache" && apt-get -q -o APT::Sandbox::User="$(id -un)" download "$pkg") >&2 || return 1
-  fi
-  compgen -G "$cache/$pattern" | sort | tail -1
-}
-
 # Sets kpkg, kdeb and bdeb. Fails when the lists do not know the packages yet,
 # or name files the mirror no longer has (stale lists).
 fetch() {
@@ -113,16 +83,6 @@ if ! fetch; then
 fi
 echo "build-guests: kernel package $kpkg:i386 ($(basename "$kdeb"))"
 
-# Extract each package into a directory named after the .deb, once.
-extract() {
-  local deb=$1 dir
-  dir=$work/$(basename "$deb" .deb)
-  if [ ! -d "$dir" ]; then
-    dpkg-deb -x "$deb" "$dir.tmp"
-    mv "$dir.tmp" "$dir"
-  fi
-  echo "$dir"
-}
 kdir=$(extract "$kdeb")
 bdir=$(extract "$bdeb")
 

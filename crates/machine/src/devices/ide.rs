@@ -499,27 +499,15 @@ impl Ide {
         let ch = &mut self.channels[c];
         ch.control &= !CTL_HOB;
         for d in &mut ch.drives {
+            // Each task-file register is a two-deep FIFO: the previous value
+            // becomes the "high order byte" of a 48-bit command.
+            use std::mem::replace;
             match offset {
-                1 => {
-                    d.hob_feature = d.feature;
-                    d.feature = v;
-                }
-                2 => {
-                    d.hob_nsector = d.nsector;
-                    d.nsector = v;
-                }
-                3 => {
-                    d.hob_sector = d.sector;
-                    d.sector = v;
-                }
-                4 => {
-                    d.hob_lcyl = d.lcyl;
-                    d.lcyl = v;
-                }
-                5 => {
-                    d.hob_hcyl = d.hcyl;
-                    d.hcyl = v;
-                }
+                1 => d.hob_feature = replace(&mut d.feature, v),
+                2 => d.hob_nsector = replace(&mut d.nsector, v),
+                3 => d.hob_sector = replace(&mut d.sector, v),
+                4 => d.hob_lcyl = replace(&mut d.lcyl, v),
+                5 => d.hob_hcyl = replace(&mut d.hcyl, v),
                 6 => d.select = v | 0xA0,
                 _ => {}
             }
