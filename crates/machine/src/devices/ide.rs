@@ -1379,6 +1379,12 @@ impl Drive {
                 if lba.checked_add(count).is_none_or(|end| end > sectors) {
                     return Err((sense::ILLEGAL_REQUEST, sense::LBA_OUT_OF_RANGE, 0));
                 }
+                // A DMA transfer is staged whole in host memory: READ(12)
+                // may ask for 2^32 sectors of a large disc, so one command
+                // is held to READ(10)'s 65,535 (128 MiB), a limit of ours.
+                if count > 0xFFFF {
+                    return Err(invalid_field);
+                }
                 Ok(Reply::Read { lba, count })
             }
             // READ TOC/PMA/ATIP: formats 0 (the TOC) and 1 (sessions).

@@ -400,7 +400,13 @@ impl VirtioBlk {
                 let mut offset = sector.saturating_mul(512);
                 let mut st = S_OK;
                 for &(addr, len, w) in &data {
-                    if w != to_memory {
+                    // The direction must fit, and so must the range: checked
+                    // before the buffer exists, so a guest's 4 GiB descriptor
+                    // cannot make the host allocate it.
+                    let fits = offset
+                        .checked_add(u64::from(len))
+                        .is_some_and(|end| end <= self.backend.size());
+                    if w != to_memory || !fits {
                         st = S_IOERR;
                         break;
                     }
@@ -645,7 +651,8 @@ mod tests {
             "{:?}",
             env.errors
         );
-        // A read past the end completes with IOERR.
+        // A read past the end completes with IOERR, and so does a 4 GiB
+        // buffer (refused before anything is allocated).
         let mut hdr = Vec::new();
         hdr.extend_from_slice(&T_IN.to_le_bytes());
         hdr.extend_from_slice(&0u32.to_le_bytes());
@@ -657,6 +664,19 @@ mod tests {
         offer(&mut env, 1, 2, 2);
         w(&mut d, &mut env, NOTIFY, 0, 2);
         let mut st = [0u8];
+        env.mem.read_bytes(GuestPhys(0x6000), &mut st);
+        assert_eq!(st[0], S_IOERR);
+        let mut hdr = Vec::new();
+        hdr.extend_from_slice(&T_IN.to_le_bytes());
+        hdr.extend_from_slice(&0u32.to_le_bytes());
+        hdr.extend_from_slice(&0u64.to_le_bytes());
+        env.mem.write_bytes(GuestPhys(0x4000), &hdr);
+        desc(&mut env, 5, 0x4000, 16, D_NEXT, 6);
+        desc(&mut env, 6, 0x5000, u32::MAX, D_NEXT | D_WRITE, 7);
+        desc(&mut env, 7, 0x6000, 1, D_WRITE, 0);
+        env.mem.write_bytes(GuestPhys(0x6000), &[0xAA]);
+        offer(&mut env, 2, 5, 3);
+        w(&mut d, &mut env, NOTIFY, 0, 2);
         env.mem.read_bytes(GuestPhys(0x6000), &mut st);
         assert_eq!(st[0], S_IOERR);
     }
