@@ -183,21 +183,24 @@ pub fn parse_boot(spec: &str) -> Result<(String, bool), Error> {
     Ok((order, menu))
 }
 
+/// Opens a drive's image; a disk must hold at least one sector.
+fn open_image(o: &DriveOpt) -> Result<Box<dyn BlockBackend>, Error> {
+    let b = block::open(&o.image).map_err(|e| Error::Usage(e.to_string()))?;
+    if o.media == Media::Disk && b.size() < block::SECTOR {
+        return Err(Error::Usage(format!(
+            "{}: an empty disk image ({} bytes)",
+            o.image.path.display(),
+            b.size()
+        )));
+    }
+    Ok(b)
+}
+
 /// Opens the images of the virtio-blk drives, in order.
 pub fn open_virtio(opts: &[DriveOpt]) -> Result<Vec<Box<dyn BlockBackend>>, Error> {
     opts.iter()
         .filter(|o| o.interface == Interface::Virtio)
-        .map(|o| {
-            let b = block::open(&o.image).map_err(|e| Error::Usage(e.to_string()))?;
-            if b.size() < block::SECTOR {
-                return Err(Error::Usage(format!(
-                    "{}: an empty disk image ({} bytes)",
-                    o.image.path.display(),
-                    b.size()
-                )));
-            }
-            Ok(b)
-        })
+        .map(open_image)
         .collect()
 }
 
@@ -234,17 +237,9 @@ pub fn open_all(opts: &[DriveOpt]) -> Result<Vec<DriveSpec>, Error> {
     placed
         .into_iter()
         .map(|(i, o)| {
-            let backend = block::open(&o.image).map_err(|e| Error::Usage(e.to_string()))?;
-            if o.media == Media::Disk && backend.size() < block::SECTOR {
-                return Err(Error::Usage(format!(
-                    "{}: an empty disk image ({} bytes)",
-                    o.image.path.display(),
-                    backend.size()
-                )));
-            }
             Ok(DriveSpec {
                 media: o.media,
-                backend,
+                backend: open_image(o)?,
                 channel: i / 2,
                 unit: i % 2,
             })

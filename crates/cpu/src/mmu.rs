@@ -701,20 +701,14 @@ fn walk(
 /// move.
 #[inline]
 fn mem_read(icount: u64, m: &mut Machine, p: GuestPhys, size: u32) -> u64 {
-    if !m.mem.is_mapped(p) {
-        m.sync_clock(icount);
-    }
-    m.read_phys(p, size as usize)
+    m.read_phys_at(p, size as usize, Some(icount))
 }
 
 /// A data write of guest-physical memory ([`Machine::write_phys`]), with the
 /// clock brought to the instruction's time for a device (see [`mem_read`]).
 #[inline]
 fn mem_write(icount: u64, m: &mut Machine, p: GuestPhys, size: u32, value: u64) {
-    if !m.mem.is_mapped(p) {
-        m.sync_clock(icount);
-    }
-    m.write_phys(p, size as usize, value);
+    m.write_phys_at(p, size as usize, value, Some(icount));
 }
 
 /// Logs a write of `size` bytes at `lin` (the first `first` bytes at `p1`, the

@@ -748,10 +748,19 @@ impl Machine {
     /// A read of guest-physical memory by the CPU (1, 2, 4 or 8 bytes, within
     /// one page): RAM or ROM, else the device mapped there, else all ones.
     pub fn read_phys(&mut self, p: GuestPhys, size: usize) -> u64 {
+        self.read_phys_at(p, size, None)
+    }
+
+    /// As [`Machine::read_phys`], by the instruction with `icount` (if
+    /// given): a device that answers sees the clock brought to that
+    /// instruction first ([`Machine::sync_clock`]).
+    pub fn read_phys_at(&mut self, p: GuestPhys, size: usize, icount: Option<u64>) -> u64 {
         if self.in_apic_page(p.0) {
+            self.sync_clock_at(icount);
             return self.apic_read(p.0, size);
         }
         if self.in_ioapic_window(p.0) {
+            self.sync_clock_at(icount);
             return self.ioapic_read(p.0, size);
         }
         if self.mem.is_mapped(p) {
@@ -765,9 +774,16 @@ impl Machine {
         match self.mmio.find(p.0) {
             Some(m) => {
                 self.mmio_accesses += 1;
+                self.sync_clock_at(icount);
                 self.bus_read(m, p.0, size)
             }
             None => size_mask(size),
+        }
+    }
+
+    fn sync_clock_at(&mut self, icount: Option<u64>) {
+        if let Some(i) = icount {
+            self.sync_clock(i);
         }
     }
 
@@ -781,11 +797,19 @@ impl Machine {
     /// A write of guest-physical memory by the CPU: RAM (ROM drops it), else
     /// the device mapped there, else nowhere.
     pub fn write_phys(&mut self, p: GuestPhys, size: usize, value: u64) {
+        self.write_phys_at(p, size, value, None);
+    }
+
+    /// As [`Machine::write_phys`], by the instruction with `icount` (see
+    /// [`Machine::read_phys_at`]).
+    pub fn write_phys_at(&mut self, p: GuestPhys, size: usize, value: u64, icount: Option<u64>) {
         if self.in_apic_page(p.0) {
+            self.sync_clock_at(icount);
             self.apic_write(p.0, size, value);
             return;
         }
         if self.in_ioapic_window(p.0) {
+            self.sync_clock_at(icount);
             self.ioapic_write(p.0, size, value);
             return;
         }
@@ -800,6 +824,7 @@ impl Machine {
         }
         if let Some(m) = self.mmio.find(p.0) {
             self.mmio_accesses += 1;
+            self.sync_clock_at(icount);
             self.bus_write(m, p.0, size, value);
         }
     }

@@ -247,12 +247,7 @@ impl Drive {
     /// The power-on / reset state: the signature that tells ATA from ATAPI
     /// (ATA/ATAPI-6 §9.12), diagnostics passed.
     fn reset(&mut self) {
-        self.nsector = 1;
-        self.sector = 1;
-        (self.lcyl, self.hcyl) = match self.kind() {
-            Some(Media::Cdrom) => (0x14, 0xEB),
-            _ => (0, 0),
-        };
+        self.reset_signature();
         self.error = 1;
         self.status = if self.media.is_some() {
             st::DRDY | st::DSC
@@ -975,28 +970,24 @@ impl Channel {
                 d.status = st::DRDY | st::DRQ;
                 false
             }
-            (0x20 | 0x21 | 0xC4 | 0x24 | 0x29, false) => {
-                let ext = matches!(cmd, 0x24 | 0x29);
-                let multiple = matches!(cmd, 0xC4 | 0x29);
-                if multiple && d.multiple == 0 {
-                    d.abort();
-                } else if d.start(ext, false) {
-                    d.block = if multiple { d.multiple.into() } else { 1 };
-                    d.read_block();
-                }
-                true
-            }
-            (0x30 | 0x31 | 0xC5 | 0x34 | 0x39, false) => {
-                let ext = matches!(cmd, 0x34 | 0x39);
-                let multiple = matches!(cmd, 0xC5 | 0x39);
+            // READ/WRITE SECTORS and MULTIPLE, 28- and 48-bit (PIO).
+            (0x20 | 0x21 | 0xC4 | 0x24 | 0x29 | 0x30 | 0x31 | 0xC5 | 0x34 | 0x39, false) => {
+                let write = matches!(cmd, 0x30 | 0x31 | 0xC5 | 0x34 | 0x39);
+                let ext = matches!(cmd, 0x24 | 0x29 | 0x34 | 0x39);
+                let multiple = matches!(cmd, 0xC4 | 0x29 | 0xC5 | 0x39);
                 if multiple && d.multiple == 0 {
                     d.abort();
                     true
-                } else if d.start(ext, true) {
+                } else if d.start(ext, write) {
                     d.block = if multiple { d.multiple.into() } else { 1 };
-                    // The first block needs no interrupt (PIO data-out).
-                    d.expect_out();
-                    false
+                    if write {
+                        // The first block needs no interrupt (PIO data-out).
+                        d.expect_out();
+                        false
+                    } else {
+                        d.read_block();
+                        true
+                    }
                 } else {
                     true
                 }
