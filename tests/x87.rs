@@ -1962,6 +1962,25 @@ mod native {
         check(&op64, &r64);
     }
 
+    #[test]
+    fn fisttp_every_rc_and_mask_match_host() {
+        // Arrange: FISTTP (SSE3) truncates whatever RC says.
+        let r16 = records(&int_store_pairs(36, pair_count(), 16), &every_rc());
+        let r32 = records(&int_store_pairs(37, pair_count(), 32), &every_rc());
+        let r64 = records(&int_store_pairs(38, pair_count(), 64), &every_rc());
+        let op16 = op!("fisttp m16", "fisttp word ptr [{r} + 62]", |a| a
+            .fisttp(word_ptr(si + 62)));
+        let op32 = op!("fisttp m32", "fisttp dword ptr [{r} + 62]", |a| a
+            .fisttp(dword_ptr(si + 62)));
+        let op64 = op!("fisttp m64", "fisttp qword ptr [{r} + 62]", |a| a
+            .fisttp(qword_ptr(si + 62)));
+
+        // Act and assert
+        check(&op16, &r16);
+        check(&op32, &r32);
+        check(&op64, &r64);
+    }
+
     fn bcd(neg: bool, mut v: u64) -> [u8; 10] {
         let mut b = [0u8; 10];
         for byte in b.iter_mut().take(9) {

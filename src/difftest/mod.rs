@@ -17,7 +17,6 @@ pub mod cmd;
 pub mod gdb;
 pub mod gen;
 pub mod qemu;
-pub mod undefined;
 
 use crate::error::Error;
 use crate::vm::Vm;
@@ -156,7 +155,7 @@ fn format(ins: &Instruction) -> String {
 /// The EFLAGS bits not compared after `ins`: those the SDM leaves undefined,
 /// plus RF (QEMU does not model it on single-step boundaries).
 fn flag_mask(ins: &Instruction, count: Option<u8>) -> u64 {
-    !(u64::from(undefined::undefined_flags(ins, count)) | flags::RF)
+    !(u64::from(x86bt_decoder::undefined::undefined_flags(ins, count)) | flags::RF)
 }
 
 /// The effective count of a shift or rotate about to run (CL or an immediate),

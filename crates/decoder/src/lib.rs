@@ -6,6 +6,8 @@
 //! page boundary still decodes.
 
 pub mod sensitive;
+pub mod table;
+pub mod undefined;
 pub mod unit;
 
 pub use iced_x86;

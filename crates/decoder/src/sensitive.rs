@@ -1,7 +1,8 @@
-//! The one table of sensitive instructions: those that need the run loop or the
-//! interpreter's privileged machinery, because they read or change state that
-//! translated code cannot treat as plain registers and memory (mode, interrupt
-//! flag, segment caches, descriptor tables, I/O, time, MSRs), or can unmask
+//! The sensitivity column of the instruction table ([`crate::table`]): the
+//! instructions that need the run loop or the interpreter's privileged
+//! machinery, because they read or change state that translated code cannot
+//! treat as plain registers and memory (mode, interrupt flag, segment caches,
+//! descriptor tables, I/O, time, MSRs), or can unmask
 //! interrupts.
 //!
 //! Every unit ends at the first sensitive instruction (it is the unit's last), so
@@ -50,7 +51,7 @@ pub fn classify(ins: &Instruction) -> Option<Sensitivity> {
         Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => Mode,
         Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => Mode,
         Mnemonic::Lgdt | Mnemonic::Lidt | Mnemonic::Lldt | Mnemonic::Ltr | Mnemonic::Lmsw => Mode,
-        Mnemonic::Swapgs | Mnemonic::Sysenter | Mnemonic::Sysexit => Mode,
+        Mnemonic::Swapgs | Mnemonic::Sysenter | Mnemonic::Sysexit | Mnemonic::Sysexitq => Mode,
         Mnemonic::Syscall | Mnemonic::Sysret | Mnemonic::Sysretq | Mnemonic::Rsm => Mode,
         Mnemonic::Sgdt | Mnemonic::Sidt | Mnemonic::Sldt | Mnemonic::Str | Mnemonic::Smsw => {
             SystemRead
@@ -204,7 +205,8 @@ mod tests {
         }
         let syscall = Decoder::with_ip(64, &[0x0F, 0x05], 0, DecoderOptions::NONE).decode();
         let swapgs = Decoder::with_ip(64, &[0x0F, 0x01, 0xF8], 0, DecoderOptions::NONE).decode();
-        assert!(is_sensitive(&syscall) && is_sensitive(&swapgs));
+        let sysexitq = Decoder::with_ip(64, &[0x48, 0x0F, 0x35], 0, DecoderOptions::NONE).decode();
+        assert!(is_sensitive(&syscall) && is_sensitive(&swapgs) && is_sensitive(&sysexitq));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use iced_x86::{
     OpAccess, OpKind, Register,
 };
 use x86bt_cpu::interp::Insn;
-use x86bt_cpu::state::flags::{AF, ARITH, CF, OF, PF, SF, ZF};
+use x86bt_cpu::state::flags::{ARITH, CF, OF, PF, SF, ZF};
+use x86bt_decoder::table::{self, Class};
+use x86bt_decoder::undefined::undefined_flags;
 
 /// Host register number (x86 encoding) that holds guest GPR `i` inside a
 /// fragment: the identity for EAX..EBX and EBP..EDI, so the guest's implicit
@@ -110,43 +112,24 @@ impl HelperKind {
         "other",
     ];
 
+    /// The kind of a helper call for `ins`, from its row in the instruction
+    /// table (an undefined opcode is "other").
     fn of(ins: &Instruction) -> Self {
-        use Mnemonic as M;
-        if x86bt_decoder::sensitive::is_sensitive(ins) {
+        let Some(row) = table::row(ins) else {
+            return Self::Other;
+        };
+        if row.sensitivity.is_some() {
             return Self::Sensitive;
         }
-        if ins.is_string_instruction() {
-            return Self::String;
+        match row.class {
+            Class::String => Self::String,
+            Class::Stack => Self::Stack,
+            Class::MulDiv => Self::MulDiv,
+            Class::Branch => Self::Branch,
+            Class::X87 => Self::X87,
+            _ if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory) => Self::Memory,
+            _ => Self::Other,
         }
-        match ins.mnemonic() {
-            M::Push
-            | M::Pop
-            | M::Pusha
-            | M::Pushad
-            | M::Popa
-            | M::Popad
-            | M::Call
-            | M::Ret
-            | M::Enter
-            | M::Leave => return Self::Stack,
-            M::Mul | M::Imul | M::Div | M::Idiv => return Self::MulDiv,
-            _ => {}
-        }
-        if ins.flow_control() != iced_x86::FlowControl::Next {
-            return Self::Branch;
-        }
-        if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory) {
-            if ins.cpuid_features().iter().any(|f| {
-                matches!(
-                    f,
-                    iced_x86::CpuidFeature::FPU | iced_x86::CpuidFeature::FPU387
-                )
-            }) {
-                return Self::X87;
-            }
-            return Self::Memory;
-        }
-        Self::Other
     }
 }
 
@@ -978,59 +961,27 @@ fn offset_code(insn: &Insn) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The flags of an IDENT candidate, or `None` if it is not on the list.
+/// The flags of an IDENT candidate, or `None` if it is not on the list: the
+/// instruction table's `Ident` class and MUL/IMUL, with the flags its row
+/// gives. The written flags the SDM leaves undefined are the ones the host may
+/// compute otherwise than the interpreter; [`FlagSpec`]'s fix-ups give them the
+/// interpreter's values (logic ops clear AF; MUL/IMUL take SF, ZF and PF from
+/// the low half of the product, AF clear).
 fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     use Mnemonic as M;
-    let logic = FlagSpec::writes(ARITH, ARITH & !AF);
-    let spec = match ins.mnemonic() {
-        M::Add | M::Sub | M::Cmp | M::Neg => FlagSpec::writes(ARITH, ARITH),
-        M::Adc | M::Sbb => FlagSpec {
-            read: CF,
-            ..FlagSpec::writes(ARITH, ARITH)
-        },
-        M::Inc | M::Dec => FlagSpec::writes(ARITH & !CF, ARITH & !CF),
-        M::And | M::Or | M::Xor | M::Test => logic,
-        M::Not | M::Mov | M::Movzx | M::Movsx | M::Xchg | M::Lea => FlagSpec::NONE,
-        M::Cbw | M::Cwde | M::Cwd | M::Cdq => FlagSpec::NONE,
+    let row = table::row(ins)?;
+    let from_row = FlagSpec {
+        read: u64::from(row.flags_read),
+        ..FlagSpec::writes(
+            u64::from(row.flags_written),
+            u64::from(row.flags_written & !row.flags_undefined),
+        )
+    };
+    match (row.class, ins.mnemonic()) {
         // BSWAP of a 16-bit register is undefined; the interpreter gives zero.
-        M::Bswap if size == 4 => FlagSpec::NONE,
-        M::Seto
-        | M::Setno
-        | M::Setb
-        | M::Setae
-        | M::Sete
-        | M::Setne
-        | M::Setbe
-        | M::Seta
-        | M::Sets
-        | M::Setns
-        | M::Setp
-        | M::Setnp
-        | M::Setl
-        | M::Setge
-        | M::Setle
-        | M::Setg
-        | M::Cmovo
-        | M::Cmovno
-        | M::Cmovb
-        | M::Cmovae
-        | M::Cmove
-        | M::Cmovne
-        | M::Cmovbe
-        | M::Cmova
-        | M::Cmovs
-        | M::Cmovns
-        | M::Cmovp
-        | M::Cmovnp
-        | M::Cmovl
-        | M::Cmovge
-        | M::Cmovle
-        | M::Cmovg => FlagSpec {
-            read: cond_flags(ins.condition_code()),
-            ..FlagSpec::NONE
-        },
-        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => return shift_spec(ins, size),
-        M::Mul | M::Imul => {
+        (Class::Ident, M::Bswap) if size != 4 => None,
+        (Class::Ident, _) => Some(from_row),
+        (Class::MulDiv, M::Mul | M::Imul) => {
             let lo = if ins.op_count() == 1 {
                 match size {
                     1 => Register::AL,
@@ -1040,29 +991,34 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
             } else {
                 host_reg(ins.op0_register())
             };
-            FlagSpec {
+            Some(FlagSpec {
                 szp_from: Some(lo),
-                ..FlagSpec::writes(ARITH, CF | OF)
-            }
+                ..from_row
+            })
         }
-        _ => return None,
-    };
-    Some(spec)
+        (Class::Shift, M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror) => {
+            shift_spec(ins, size)
+        }
+        _ => None,
+    }
 }
 
 /// Shifts and rotates by an immediate whose masked count is 1 (rotates) or
 /// 1..width-1 (shifts): the counts where the host and the interpreter agree on
-/// every defined flag, and the undefined ones are fixed up.
+/// every defined flag, and the undefined ones are fixed up. Flags by CL, or OF
+/// of a rotate past one bit, cannot be reproduced: `only_if_dead`.
 fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     use Mnemonic as M;
+    let row = table::row(ins)?;
+    let written = u64::from(row.flags_written);
     let rotate = matches!(ins.mnemonic(), M::Rol | M::Ror);
-    let dead_only = |written| FlagSpec {
+    let dead_only = FlagSpec {
         only_if_dead: true,
         ..FlagSpec::writes(written, 0)
     };
     if ins.op1_kind() == OpKind::Register && ins.op1_register() == Register::CL {
         // By CL: a count of 0 writes no flags, so none may be observed.
-        return Some(dead_only(if rotate { CF | OF } else { ARITH }));
+        return Some(dead_only);
     }
     if !matches!(ins.op1_kind(), OpKind::Immediate8) {
         return None;
@@ -1074,18 +1030,12 @@ fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     }
     if rotate && count > 1 {
         // OF is undefined past one bit.
-        return Some(dead_only(CF | OF));
+        return Some(dead_only);
     }
-    let szpc = CF | SF | ZF | PF;
-    Some(match (ins.mnemonic(), count) {
-        (M::Shl | M::Sal | M::Shr, 1) => FlagSpec::writes(ARITH, ARITH & !AF),
-        (M::Shl | M::Sal, _) => FlagSpec {
-            of_from_sf_cf: true,
-            ..FlagSpec::writes(ARITH, szpc)
-        },
-        (M::Shr | M::Sar, _) => FlagSpec::writes(ARITH, szpc),
-        (M::Rol | M::Ror, 1) => FlagSpec::writes(CF | OF, CF | OF),
-        _ => return None,
+    let undefined = u64::from(undefined_flags(ins, Some(count)));
+    Some(FlagSpec {
+        of_from_sf_cf: matches!(ins.mnemonic(), M::Shl | M::Sal) && count > 1,
+        ..FlagSpec::writes(written, written & !undefined)
     })
 }
 

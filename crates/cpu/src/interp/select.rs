@@ -1,12 +1,14 @@
 //! Chooses each instruction's handler, once, when a unit is decoded.
 //!
-//! Anything not listed is #UD: instruction-set extensions this CPU does not report
-//! in CPUID (SSE, AVX, ...) are undefined opcodes to it.
+//! A form with no row in the instruction table (`x86bt_decoder::table`) is #UD:
+//! the table decides what this CPU executes (its CPUID features), this module
+//! only binds each row to the function that runs it.
 
 use super::{
     alu, bcd, bits, control, descriptor, interrupt, muldiv, shift, stack, string, system, Handler,
 };
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
+use x86bt_decoder::table;
 
 fn is_x87(ins: &Instruction) -> bool {
     use iced_x86::CpuidFeature as F;
@@ -27,19 +29,29 @@ fn both_gpr(ins: &Instruction) -> bool {
         && ins.op1_register().is_gpr()
 }
 
-/// The handler for `ins`.
+/// The handler for `ins`: the #UD handler for a form with no row in the
+/// instruction table (`x86bt_decoder::table`).
 pub fn handler(ins: &Instruction) -> Handler {
+    select(ins).unwrap_or(alu::undefined)
+}
+
+/// The handler of a form with a row in the instruction table, `None` for an
+/// undefined opcode. Every row has one (`select_every_row_has_a_handler`).
+pub fn select(ins: &Instruction) -> Option<Handler> {
+    table::row(ins)?;
+    bind(ins)
+}
+
+/// The function that runs `ins`, whether or not the table gives it a row.
+fn bind(ins: &Instruction) -> Option<Handler> {
     use Mnemonic as M;
-    if ins.is_invalid() {
-        return alu::undefined;
-    }
     if is_x87(ins) {
-        return super::x87::esc;
+        return Some(super::x87::esc);
     }
     if let Some(h) = super::sse::handler(ins) {
-        return h;
+        return Some(h);
     }
-    match ins.mnemonic() {
+    let h: Handler = match ins.mnemonic() {
         M::Add => alu::binop::<{ alu::ADD }>,
         M::Or => alu::binop::<{ alu::OR }>,
         M::Adc => alu::binop::<{ alu::ADC }>,
@@ -53,7 +65,7 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Dec => alu::incdec::<true>,
         M::Neg => alu::neg,
         M::Not => alu::not,
-        M::Mov => mov(ins),
+        M::Mov => mov(ins)?,
         M::Movzx => alu::movx::<false>,
         M::Movsx => alu::movx::<true>,
         M::Xchg => alu::xchg,
@@ -219,16 +231,17 @@ pub fn handler(ins: &Instruction) -> Handler {
         M::Ltr => descriptor::ltr,
         M::Arpl => descriptor::arpl,
         _ if ins.is_jcc_short_or_near() => control::jcc,
-        _ => alu::undefined,
-    }
+        _ => return None,
+    };
+    Some(h)
 }
 
-fn mov(ins: &Instruction) -> Handler {
+fn mov(ins: &Instruction) -> Option<Handler> {
     let seg =
         |i: u32| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_segment_register();
     let crdr = |i: u32| ins.op_kind(i) == OpKind::Register && (ins.op_register(i).is_cr());
     let dr = |i: u32| ins.op_kind(i) == OpKind::Register && (ins.op_register(i).is_dr());
-    if seg(0) {
+    Some(if seg(0) {
         system::mov_to_seg
     } else if seg(1) {
         system::mov_from_seg
@@ -237,12 +250,12 @@ fn mov(ins: &Instruction) -> Handler {
     } else if dr(0) || dr(1) {
         system::mov_dr
     } else if ins.op0_kind() == OpKind::Register && !ins.op0_register().is_gpr() {
-        alu::undefined
+        return None;
     } else if both_gpr(ins) {
         alu::mov_rr
     } else {
         alu::mov
-    }
+    })
 }
 
 fn jmp(ins: &Instruction) -> Handler {
@@ -272,4 +285,98 @@ fn call(ins: &Instruction) -> Handler {
 /// Whether `ins` is a conditional jump (for the flags-liveness users).
 pub fn is_jcc(ins: &Instruction) -> bool {
     ins.is_jcc_short_or_near()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+    use std::collections::BTreeMap;
+
+    /// Forms whose CPUID features this CPU reports but which it does not
+    /// execute: #UD on purpose. UD0, UD1 and UD2 are the architecture's own
+    /// undefined opcodes (SDM vol. 2B, UD).
+    const DELIBERATE_UD: &[Code] = &[
+        Code::Ud0_r16_rm16,
+        Code::Ud0_r32_rm32,
+        Code::Ud0_r64_rm64,
+        Code::Ud1_r16_rm16,
+        Code::Ud1_r32_rm32,
+        Code::Ud1_r64_rm64,
+        Code::Ud2,
+    ];
+
+    /// Every encoding of one opcode byte (in each opcode map, after each
+    /// mandatory-prefix and REX.W choice) with a ModRM byte of every register
+    /// form and the memory forms of each `reg` field, in 16-, 32- and 64-bit
+    /// code, decoded. Immediates and displacements are ones (a zero shift count
+    /// or ENTER level is as valid, but ones also reach the count-1 forms).
+    fn every_form(mut visit: impl FnMut(u32, &Instruction)) {
+        let maps: [&[u8]; 4] = [&[], &[0x0F], &[0x0F, 0x38], &[0x0F, 0x3A]];
+        for bits in [16u32, 32, 64] {
+            let mut prefixes: Vec<Vec<u8>> = vec![vec![], vec![0x66], vec![0xF2], vec![0xF3]];
+            if bits == 64 {
+                for p in [&[][..], &[0x66], &[0xF2], &[0xF3]] {
+                    prefixes.push([p, &[0x48]].concat());
+                }
+            }
+            for prefix in &prefixes {
+                for map in maps {
+                    for op in 0..=255u8 {
+                        for modrm in (0xC0..=0xFFu8).chain((0..8).map(|r| r << 3)) {
+                            let mut bytes = prefix.clone();
+                            bytes.extend_from_slice(map);
+                            bytes.extend_from_slice(&[op, modrm]);
+                            bytes.extend_from_slice(&[1; 10]);
+                            let ins =
+                                Decoder::with_ip(bits, &bytes, 0, DecoderOptions::NONE).decode();
+                            if !ins.is_invalid() {
+                                visit(bits, &ins);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn select_every_row_has_a_handler() {
+        // Per form (iced's Code), the first failure seen, with the bytes' mode.
+        let mut no_handler = BTreeMap::new();
+        let mut no_row = BTreeMap::new();
+        let mut supported_without_row = BTreeMap::new();
+        let (mut rows, mut forms) = (0usize, std::collections::HashSet::new());
+        every_form(|bits, ins| {
+            let row = table::row(ins);
+            let h = bind(ins);
+            forms.insert(ins.code());
+            let key = format!("{:?}", ins.code());
+            let what = format!("{bits}-bit {ins}");
+            match (row.is_some(), h.is_some()) {
+                (true, true) => rows += 1,
+                (true, false) => {
+                    no_handler.entry(key).or_insert(what);
+                }
+                (false, true) => {
+                    no_row.entry(key).or_insert(what);
+                }
+                (false, false) => {
+                    if table::supported(ins) && !DELIBERATE_UD.contains(&ins.code()) {
+                        supported_without_row.entry(key).or_insert(what);
+                    }
+                }
+            }
+        });
+        assert!(
+            forms.len() > 1500 && rows > 100_000,
+            "the walk reached {} forms, {rows} rows",
+            forms.len()
+        );
+        assert!(
+            no_handler.is_empty() && no_row.is_empty() && supported_without_row.is_empty(),
+            "rows without a handler: {no_handler:#?}\nhandlers without a row: {no_row:#?}\n\
+             forms of supported features with neither: {supported_without_row:#?}"
+        );
+    }
 }

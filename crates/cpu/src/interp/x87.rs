@@ -163,10 +163,6 @@ pub fn fwait(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
 /// Executes an x87 escape instruction (D8-DF).
 pub fn esc(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let mn = insn.ins.mnemonic();
-    // FISTTP is SSE3; FRSTPM, FSTDW and FSTSG exist only on the 287XL/387SL.
-    if matches!(mn, M::Fisttp | M::Frstpm | M::Fstdw | M::Fstsg) {
-        return Err(Exception::InvalidOpcode);
-    }
     if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
         return Err(Exception::DeviceNotAvailable);
     }
@@ -298,7 +294,7 @@ fn data(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, mn: M) -> Exec {
     match mn {
         M::Fld | M::Fild | M::Fbld => fld(cpu, m, insn),
         M::Fst | M::Fstp | M::Fstpnce => fst(cpu, m, insn, mn != M::Fst),
-        M::Fist | M::Fistp | M::Fbstp => fist(cpu, m, insn, mn != M::Fist),
+        M::Fist | M::Fistp | M::Fbstp | M::Fisttp => fist(cpu, m, insn, mn != M::Fist),
         M::Fldz => push_value(cpu, F80::ZERO),
         M::Fld1 => push_value(cpu, F80::ONE),
         M::Fldpi => push_const(cpu, Constant::Pi),
@@ -573,7 +569,12 @@ fn store_result(
 /// FIST, FISTP, FBSTP.
 fn fist(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, pop: bool) -> Exec {
     let f = &cpu.fpu;
-    let cw = f.cw;
+    // FISTTP (SSE3) rounds toward zero whatever the rounding control says.
+    let cw = if insn.ins.mnemonic() == M::Fisttp {
+        f.cw | 0x0C00
+    } else {
+        f.cw
+    };
     let size = insn.ins.memory_size();
     let (len, bits) = match size {
         MemorySize::Int16 => (2, 16),
