@@ -619,7 +619,8 @@ fn load_kernel(
 /// Prints `--stats` to stderr.
 pub fn print_stats(vm: &Vm, secs: f64) {
     let n = vm.icount();
-    let s = &vm.interp.stats;
+    // Zero under the translator and lockstep, whose counters follow.
+    let s = vm.interpreter_stats().unwrap_or_default();
     eprintln!("instructions retired: {n}");
     let c = &vm.cpu;
     eprintln!(

@@ -17,11 +17,13 @@
 //! (an interactive console); without it, it jumps to the next device deadline.
 //!
 //! The engine (`--engine`) is the interpreter, the binary translator, or both in
-//! lockstep; each has its own cache, and the loop calls the matching invalidation
-//! after a unit that wrote to code.
+//! lockstep, held as one [`RunEngine`] with its own cache; the loop calls its
+//! invalidation after a unit that wrote to code.
 
 use crate::cli::Engine;
 use crate::error::Error;
+use x86bt_cpu::engine::Engine as RunEngine;
+use x86bt_cpu::interp::interpreter::CacheStats;
 use x86bt_cpu::interp::interrupt;
 use x86bt_cpu::state::{flags, RunState};
 use x86bt_cpu::{CpuState, Interpreter, UnitExit};
@@ -127,18 +129,13 @@ pub struct Vm {
     quantum_end: u64,
     /// The platform.
     pub machine: Machine,
-    /// The interpreter engine (also what `difftest` and `sst` drive directly).
-    pub interp: Interpreter,
-    /// The engine `run` uses.
-    engine: Engine,
-    /// The translator, under `--engine jit`.
-    jit: Option<Box<Translator>>,
-    /// Both engines, under `--engine lockstep`.
-    lockstep: Option<Box<Lockstep>>,
-    /// The divergence lockstep found in the last unit.
-    divergence: Option<String>,
-    /// The instruction count up to which the translator may repeat a unit.
-    jit_budget: u64,
+    /// The engine that runs the units.
+    engine: Box<dyn RunEngine>,
+    /// Which engine that is (`--engine`).
+    kind: Engine,
+    /// The instruction count up to which the engine may chain units
+    /// ([`RunEngine::set_budget`]).
+    budget: u64,
     /// Virtual time skipped while halted, in ns.
     idle_ns: u64,
     /// Wall time slept past what paced idle time could use (ns), carried into
@@ -163,9 +160,34 @@ pub struct Vm {
     pub pace_idle: bool,
 }
 
+/// A fresh `kind` engine (empty caches) for vCPU `cur`. Fails when it cannot
+/// run on this host (the translator needs x86-64).
+fn new_engine(kind: Engine, cur: usize) -> Result<Box<dyn RunEngine>, Error> {
+    let unusable = |e: x86bt_translator::TranslatorError| Error::Usage(format!("--engine: {e}"));
+    let mut engine: Box<dyn RunEngine> = match kind {
+        Engine::Interp => Box::new(Interpreter::new()),
+        Engine::Jit => Box::new(Translator::new().map_err(unusable)?),
+        Engine::Lockstep => Box::new(Lockstep::new().map_err(unusable)?),
+    };
+    engine.select_vcpu(cur);
+    Ok(engine)
+}
+
 impl Vm {
-    /// A VM around `machine`, with the CPU at its reset state.
+    /// A VM around `machine`, with the CPU at its reset state, on the
+    /// interpreter.
     pub fn new(machine: Machine) -> Self {
+        Self::on(machine, Box::new(Interpreter::new()), Engine::Interp)
+    }
+
+    /// A VM around `machine` running on `engine`. Fails when the engine cannot
+    /// run on this host (the translator needs x86-64).
+    pub fn with_engine(machine: Machine, engine: Engine) -> Result<Self, Error> {
+        Ok(Self::on(machine, new_engine(engine, 0)?, engine))
+    }
+
+    /// A VM around `machine` on `engine`, which is a `kind` engine for vCPU 0.
+    fn on(machine: Machine, engine: Box<dyn RunEngine>, kind: Engine) -> Self {
         let n = machine.cpu_count();
         Self {
             cpu: Box::new(CpuState::reset()),
@@ -175,12 +197,9 @@ impl Vm {
             left_at: vec![0; n],
             quantum_end: if n > 1 { QUANTUM } else { u64::MAX },
             machine,
-            interp: Interpreter::new(),
-            engine: Engine::Interp,
-            jit: None,
-            lockstep: None,
-            divergence: None,
-            jit_budget: 0,
+            engine,
+            kind,
+            budget: 0,
             idle_ns: 0,
             pace_credit_ns: 0,
             no_reboot: false,
@@ -190,14 +209,6 @@ impl Vm {
             reboot: None,
             pace_idle: false,
         }
-    }
-
-    /// A VM around `machine` running on `engine`. Fails when the engine cannot
-    /// run on this host (the translator needs x86-64).
-    pub fn with_engine(machine: Machine, engine: Engine) -> Result<Self, Error> {
-        let mut vm = Self::new(machine);
-        vm.set_engine(engine)?;
-        Ok(vm)
     }
 
     /// vCPU `i`'s state at power-on: the bootstrap processor runs from the
@@ -251,12 +262,7 @@ impl Vm {
         let gap = now - self.left_at[k];
         self.cpu.tsc_offset = self.cpu.tsc_offset.wrapping_add(gap);
         self.machine.select_cpu(k);
-        if let Some(t) = &mut self.jit {
-            t.select_vcpu(k);
-        }
-        if let Some(l) = &mut self.lockstep {
-            l.select_vcpu(k);
-        }
+        self.engine.select_vcpu(k);
     }
 
     /// Whether vCPU `k` could run now: running, or halted with an event that
@@ -302,12 +308,7 @@ impl Vm {
             c.fpu = keep.fpu;
             c.fx = keep.fx;
             *self.cpu = c;
-            if let Some(t) = &mut self.jit {
-                t.reset_vcpu(self.cur);
-            }
-            if let Some(l) = &mut self.lockstep {
-                l.reset_vcpu(self.cur);
-            }
+            self.engine.reset_vcpu(self.cur);
         }
         if let Some(v) = self.machine.take_apic_sipi() {
             if self.cpu.run_state == RunState::WaitForSipi {
@@ -320,58 +321,39 @@ impl Vm {
         }
     }
 
-    /// Switches to `engine` (with empty caches).
+    /// Switches to a fresh `engine` (empty caches, no single-stepping).
     pub fn set_engine(&mut self, engine: Engine) -> Result<(), Error> {
-        let unusable =
-            |e: x86bt_translator::TranslatorError| Error::Usage(format!("--engine: {e}"));
-        self.jit = None;
-        self.lockstep = None;
-        match engine {
-            Engine::Interp => {}
-            Engine::Jit => {
-                let mut t = Box::new(Translator::new().map_err(unusable)?);
-                t.select_vcpu(self.cur);
-                self.jit = Some(t);
-            }
-            Engine::Lockstep => {
-                let mut l = Box::new(Lockstep::new().map_err(unusable)?);
-                l.select_vcpu(self.cur);
-                self.lockstep = Some(l);
-            }
-        }
-        self.engine = engine;
-        self.interp.flush();
+        self.engine = new_engine(engine, self.cur)?;
+        self.kind = engine;
         Ok(())
     }
 
     /// The engine `run` uses.
     pub fn engine(&self) -> Engine {
-        self.engine
+        self.kind
     }
 
     /// The engine's counters for `--stats` (translator and lockstep), if any.
     pub fn engine_stats(&self) -> Option<String> {
-        if let Some(t) = &self.jit {
-            return Some(t.stats().to_string());
-        }
-        let l = self.lockstep.as_ref()?;
-        let s = l.stats();
-        Some(format!(
-            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} with memory-mapped I/O run once (not compared), {} run on to the translator's boundary",
-            l.jit_stats(),
-            s.units,
-            s.compared,
-            s.io_units,
-            s.mmio_units,
-            s.caught_up
-        ))
+        self.engine.stats_text()
+    }
+
+    /// The interpreter's unit-cache counters for `--stats`, under
+    /// `--engine interp`.
+    pub fn interpreter_stats(&self) -> Option<CacheStats> {
+        self.engine.cache_stats()
+    }
+
+    /// The lockstep engine, if that is the one `run` uses.
+    fn lockstep(&mut self) -> Option<&mut Lockstep> {
+        self.engine.as_any_mut().downcast_mut::<Lockstep>()
     }
 
     /// Test hook of `--engine lockstep`: the interpreter runs one instruction
     /// per unit while the translator runs whole units.
     #[doc(hidden)]
     pub fn lockstep_reference_single_step(&mut self, on: bool) {
-        if let Some(l) = &mut self.lockstep {
+        if let Some(l) = self.lockstep() {
             l.set_reference_single_step(on);
         }
     }
@@ -379,7 +361,7 @@ impl Vm {
     /// Test hook of `--engine lockstep`: corrupts the translator's result after
     /// `units` units, so a test can see that the divergence is caught.
     pub fn inject_lockstep_fault(&mut self, units: u64) {
-        if let Some(l) = &mut self.lockstep {
+        if let Some(l) = self.lockstep() {
             l.inject_fault_after(units);
         }
     }
@@ -390,21 +372,8 @@ impl Vm {
         // own instruction's time from here.
         let origin = self.others_icount * NS_PER_INSN + self.idle_ns;
         self.machine.set_clock_origin(origin, NS_PER_INSN);
-        let (cpu, m) = (&mut self.cpu, &mut self.machine);
-        if let Some(t) = &mut self.jit {
-            t.set_budget(self.jit_budget);
-            return t.run_unit(cpu, m);
-        }
-        if let Some(l) = &mut self.lockstep {
-            return match l.run_unit(cpu, m) {
-                Ok(exit) => exit,
-                Err(d) => {
-                    self.divergence = Some(d.report);
-                    UnitExit::Event
-                }
-            };
-        }
-        self.interp.run_unit(cpu, m)
+        self.engine.set_budget(self.budget);
+        self.engine.run_unit(&mut self.cpu, &mut self.machine)
     }
 
     /// Runs one unit on the chosen engine after dropping what it cached from
@@ -420,30 +389,18 @@ impl Vm {
     /// Makes every unit one instruction long on the chosen engine, so that
     /// [`Vm::step_unit`] runs exactly one (`x86bt difftest`).
     pub fn set_single_step(&mut self, on: bool) {
-        self.interp.single_step = on;
-        if let Some(t) = &mut self.jit {
-            t.set_single_step(on);
-        }
-        if let Some(l) = &mut self.lockstep {
-            l.set_single_step(on);
-        }
+        self.engine.set_single_step(on);
     }
 
     /// Takes the lockstep divergence report, if the lockstep engine found one
     /// since the last call.
     pub fn take_divergence(&mut self) -> Option<String> {
-        self.divergence.take()
+        self.engine.take_divergence()
     }
 
     /// Drops what the engine cached from code pages written since the last call.
     pub fn invalidate_written(&mut self) {
-        if let Some(t) = &mut self.jit {
-            t.invalidate_written(&mut self.machine);
-        } else if let Some(l) = &mut self.lockstep {
-            l.invalidate_written(&mut self.machine);
-        } else {
-            self.interp.invalidate_written(&mut self.machine);
-        }
+        self.engine.invalidate_written(&mut self.machine);
     }
 
     /// Current virtual time.
@@ -547,14 +504,14 @@ impl Vm {
             }
             // The translator may repeat a unit that branches back to itself inside
             // its fragment, as the chain below would, up to the same horizon.
-            self.jit_budget = self.horizon(max_insns);
+            self.budget = self.horizon(max_insns);
             let mut exit = self.run_unit();
             // Units that touch nothing outside the CPU follow each other without a
             // trip through this loop, up to the next device deadline (when an
             // interrupt could next be raised) or the instruction limit.
             if exit == UnitExit::Continue {
                 let horizon = self.horizon(max_insns);
-                self.jit_budget = horizon;
+                self.budget = horizon;
                 // An instruction can raise an interrupt line without touching a
                 // device (FERR# -> IRQ 13), so INTR is watched too.
                 while exit == UnitExit::Continue
@@ -569,7 +526,7 @@ impl Vm {
             if std::mem::take(&mut self.cpu.pause_hint) && self.cpu_count() > 1 {
                 self.quantum_end = self.cpu.icount;
             }
-            if let Some(report) = self.divergence.take() {
+            if let Some(report) = self.engine.take_divergence() {
                 return RunOutcome::Divergence(report);
             }
             match exit {
@@ -719,12 +676,6 @@ impl Vm {
             self.reboot = Some(boot);
         }
         self.machine.mem.take_dirty_code_pages();
-        self.interp.flush();
-        if let Some(t) = &mut self.jit {
-            t.flush();
-        }
-        if let Some(l) = &mut self.lockstep {
-            l.flush();
-        }
+        self.engine.flush();
     }
 }

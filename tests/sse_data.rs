@@ -648,7 +648,7 @@ mod host {
         m: &mut x86bt_machine::Machine,
         bytes: &[u8],
     ) -> Result<(), Exception> {
-        use x86bt_cpu::interp::engine::{exec_one, Step};
+        use x86bt_cpu::interp::interpreter::{exec_one, Step};
         let d =
             iced_x86::Decoder::with_ip(32, bytes, cpu.rip, iced_x86::DecoderOptions::NONE).decode();
         assert!(!d.is_invalid(), "{bytes:x?}");

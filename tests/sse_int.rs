@@ -661,7 +661,7 @@ fn int_narrow_memory_forms_misaligned_match_host() {
 /// operand, after `setup`.
 mod x87_effects {
     use iced_x86::code_asm::*;
-    use x86bt_cpu::interp::engine::{exec_one, Step};
+    use x86bt_cpu::interp::interpreter::{exec_one, Step};
     use x86bt_cpu::interp::Insn;
     use x86bt_cpu::{CpuState, Exception};
     use x86bt_machine::{GuestPhys, Machine};
@@ -799,7 +799,7 @@ mod long_forms {
     use super::host;
     use super::simd::*;
     use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, InstructionBlock, Register};
-    use x86bt_cpu::interp::engine::{exec_one, Step};
+    use x86bt_cpu::interp::interpreter::{exec_one, Step};
     use x86bt_cpu::interp::sse::{set_xmm, xmm};
     use x86bt_cpu::interp::Insn;
     use x86bt_cpu::CpuState;

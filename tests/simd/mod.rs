@@ -22,7 +22,7 @@ use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Instruction, InstructionBlock, MemoryOperand, OpKind,
     Register,
 };
-use x86bt_cpu::interp::engine::{exec_one, Step};
+use x86bt_cpu::interp::interpreter::{exec_one, Step};
 use x86bt_cpu::interp::Insn;
 use x86bt_cpu::state::{cr0, seg_attr, sreg, CpuState, Segment};
 use x86bt_cpu::Exception;

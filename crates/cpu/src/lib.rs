@@ -1,7 +1,9 @@
 //! The x86 CPU: architectural state, segmentation and memory access, exceptions and
-//! interrupt delivery, and the interpreter, which is the one definition of every
-//! instruction's semantics.
+//! interrupt delivery, the interpreter, which is the one definition of every
+//! instruction's semantics, and the engine interface every engine implements
+//! ([`engine::Engine`]) with the unit plumbing they share.
 
+pub mod engine;
 pub mod exception;
 pub mod fpu;
 pub mod identity;
@@ -10,7 +12,8 @@ pub mod mmu;
 pub mod mode;
 pub mod state;
 
+pub use engine::UnitExit;
 pub use exception::Exception;
-pub use interp::engine::{Interpreter, UnitExit};
+pub use interp::interpreter::Interpreter;
 pub use mode::CpuMode;
 pub use state::CpuState;

@@ -38,12 +38,14 @@ use crate::stats::{Delegation, ExitKind, JitStats};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::VecAssembler;
 use std::collections::HashMap;
-use x86bt_cpu::interp::engine::{code_address, fetch_unit, index_code_pages, unit_fits, NO_PAGE};
+use x86bt_cpu::engine::{
+    code_address, fetch_unit, index_code_pages, unit_fits, Engine, UnitExit, NO_PAGE,
+};
 use x86bt_cpu::interp::{interrupt, Insn};
 use x86bt_cpu::mmu;
 use x86bt_cpu::state::flags::{RF, TF};
 use x86bt_cpu::state::{sreg, RunState};
-use x86bt_cpu::{CpuMode, CpuState, Exception, Interpreter, UnitExit};
+use x86bt_cpu::{CpuMode, CpuState, Exception, Interpreter};
 use x86bt_decoder::sensitive::{classify, Sensitivity};
 use x86bt_decoder::DecodedUnit;
 use x86bt_machine::Machine;
@@ -127,8 +129,8 @@ impl Slot {
 }
 
 /// What the translator keeps for one vCPU apart from the shared translation
-/// cache: its jump cache, which maps the vCPU's own linear addresses, and what
-/// decides when that goes stale.
+/// cache: its jump cache, which maps the vCPU's own linear addresses, what
+/// decides when that goes stale, and the link its last fragment asked for.
 struct VcpuJit {
     /// The entries (`JC_SIZE`); a boxed slice, so their address is stable.
     jc: Box<[JcEntry]>,
@@ -143,6 +145,10 @@ struct VcpuJit {
     by_page: HashMap<u64, Vec<u32>>,
     /// Jump-cache fills since it was last emptied.
     fills_since_clear: usize,
+    /// The link to make at this vCPU's next lookup: its last fragment left
+    /// through an empty cell (or missed the jump cache), and the next unit
+    /// it runs is the target, if nothing ran in between.
+    link_request: Option<LinkRequest>,
 }
 
 impl VcpuJit {
@@ -154,6 +160,7 @@ impl VcpuJit {
             pages: vec![u64::MAX; JC_SIZE],
             by_page: HashMap::new(),
             fills_since_clear: 0,
+            link_request: None,
         }
     }
 
@@ -213,11 +220,10 @@ pub struct Translator {
     stats: JitStats,
     /// Generation of the next translation.
     next_gen: u64,
-    /// The link to make at the next lookup.
-    link_request: Option<LinkRequest>,
     /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
     specs: HashMap<(CpuMode, u64, u32, u8), u32>,
-    /// Per vCPU, its jump cache (`JitCtx::jc` points at the running one's).
+    /// Per vCPU, its jump cache (`JitCtx::jc` points at the running one's)
+    /// and its pending link.
     vcpus: Vec<VcpuJit>,
     /// The running vCPU.
     cur: usize,
@@ -262,7 +268,6 @@ impl Translator {
             ctx: Box::default(),
             stats: JitStats::default(),
             next_gen: 1,
-            link_request: None,
             specs: HashMap::new(),
             vcpus: vec![VcpuJit::new()],
             cur: 0,
@@ -292,37 +297,6 @@ impl Translator {
         s.tlb_fills = self.ctx.fills;
         s.tlb_fills_ok = self.ctx.fills_ok;
         s
-    }
-
-    /// Lets fragments go on to the next fragment without returning (chaining, and
-    /// repeating a unit that branches to itself) while `icount` is below
-    /// `icount_limit` (the run loop's chain horizon). The default, 0, returns
-    /// after every unit.
-    pub fn set_budget(&mut self, icount_limit: u64) {
-        self.ctx.icount_limit = icount_limit;
-    }
-
-    /// Drops every fragment decoded from RAM pages written since the last call
-    /// (and the embedded interpreter's units for them).
-    pub fn invalidate_written(&mut self, m: &mut Machine) {
-        if m.mem.take_flush_all() {
-            self.flush();
-        }
-        let pages = m.mem.take_dirty_code_pages();
-        self.invalidate_pages(&pages);
-    }
-
-    /// Drops every fragment decoded from the RAM pages `pages`.
-    pub fn invalidate_pages(&mut self, pages: &[u64]) {
-        for page in pages {
-            for s in self.page_index.remove(page).unwrap_or_default() {
-                if self.slots[s as usize].valid {
-                    self.drop_slot(s as usize);
-                    self.stats.invalidations += 1;
-                }
-            }
-        }
-        self.interp.invalidate_pages(pages);
     }
 
     /// Empties a slot, and every link cell and jump-cache entry that points at
@@ -430,34 +404,6 @@ impl Translator {
         }
     }
 
-    /// Makes vCPU `n` (numbered from 0) the one whose fragments run next: its
-    /// jump cache becomes the one fragments use. Every vCPU shares the
-    /// translation cache.
-    pub fn select_vcpu(&mut self, n: usize) {
-        while self.vcpus.len() <= n {
-            self.vcpus.push(VcpuJit::new());
-        }
-        if n != self.cur {
-            // A link asked for by the last vCPU's fragment is about what that
-            // vCPU runs next, not this one.
-            self.link_request = None;
-            self.ctx.pending_link = 0;
-        }
-        self.cur = n;
-        self.ctx.jc = self.vcpus[n].jc.as_mut_ptr();
-    }
-
-    /// Forgets what was kept for vCPU `n`'s linear addresses (after an INIT
-    /// gave it a fresh CPU state, whose TLB generation starts anew).
-    pub fn reset_vcpu(&mut self, n: usize) {
-        if let Some(v) = self.vcpus.get_mut(n) {
-            if v.clear() {
-                self.stats.jc_clears += 1;
-            }
-            v.generation = u64::MAX;
-        }
-    }
-
     /// The spec id of (key, CS base, CS limit, flat).
     fn spec_of(&mut self, key: CpuMode, cs_base: u64, cs_limit: u32, flat: u8) -> u32 {
         let n = self.specs.len() as u32;
@@ -465,30 +411,6 @@ impl Translator {
             .specs
             .entry((key, cs_base, cs_limit, flat))
             .or_insert(n)
-    }
-
-    /// Cuts every unit to one instruction from now on (or not): each one then
-    /// runs through its own fragment, and the caller sees every boundary.
-    pub fn set_single_step(&mut self, on: bool) {
-        if on != self.single_step {
-            self.flush();
-            self.single_step = on;
-        }
-        self.interp.single_step = on;
-    }
-
-    /// Drops every fragment (the code stays in the buffer until it is full).
-    pub fn flush(&mut self) {
-        for v in &mut self.vcpus {
-            if v.clear() {
-                self.stats.jc_clears += 1;
-            }
-        }
-        for s in &mut self.slots {
-            *s = Slot::empty();
-        }
-        self.page_index.clear();
-        self.interp.flush();
     }
 
     /// Drops every fragment and maps a fresh code buffer.
@@ -543,7 +465,7 @@ impl Translator {
             return Lookup::Delegate(Delegation::Fetch);
         };
         let flat = flat_segments(cpu);
-        let link = self.link_request.take().filter(|r| {
+        let link = self.vcpus[self.cur].link_request.take().filter(|r| {
             r.icount == cpu.icount && r.rip == cpu.rip && r.cs_base == cpu.seg[sreg::CS].base
         });
         let set = set_of(phys, key);
@@ -758,61 +680,6 @@ impl Translator {
         Ok(())
     }
 
-    /// Runs one unit at CS:IP, with the contract of [`Interpreter::run_unit`].
-    pub fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
-        let s = match self.lookup(cpu, m) {
-            Lookup::Run(s) => s,
-            Lookup::Delegate(d) => {
-                self.stats.delegated[d as usize] += 1;
-                return self.interp.run_unit(cpu, m);
-            }
-        };
-        let entry = self.slots[s].code.body;
-        self.ctx.pending_link = 0;
-        let exit = self.enter(entry, cpu, m);
-        if self.ctx.pending_link != 0 {
-            self.link_request = Some(LinkRequest {
-                tag: self.ctx.pending_link,
-                icount: cpu.icount,
-                rip: cpu.rip,
-                cs_base: cpu.seg[sreg::CS].base,
-            });
-        }
-        match exit {
-            EXIT_END | EXIT_EVENT => {
-                if cpu.run_state != RunState::Running {
-                    self.stats.exits[ExitKind::Halt as usize] += 1;
-                    return if cpu.run_state == RunState::Shutdown {
-                        UnitExit::Shutdown
-                    } else {
-                        UnitExit::Halted
-                    };
-                }
-                if exit == EXIT_END {
-                    self.stats.exits[ExitKind::End as usize] += 1;
-                    UnitExit::Continue
-                } else {
-                    self.stats.exits[ExitKind::Event as usize] += 1;
-                    UnitExit::Event
-                }
-            }
-            _ => {
-                self.stats.exits[ExitKind::Fault as usize] += 1;
-                let e = self
-                    .ctx
-                    .exc
-                    .take()
-                    .unwrap_or(Exception::GeneralProtection(0));
-                interrupt::raise(cpu, m, e, cpu.rip);
-                if cpu.run_state == RunState::Shutdown {
-                    UnitExit::Shutdown
-                } else {
-                    UnitExit::Event
-                }
-            }
-        }
-    }
-
     /// Makes the fast TLB safe for the fragment about to run, and points the
     /// context at the entries of the current privilege: the host pages it maps
     /// must still be what `PhysMemory` says (no new code page, no map change),
@@ -897,6 +764,147 @@ impl Translator {
     }
 }
 
+impl Engine for Translator {
+    /// Runs one unit at CS:IP, or delegates it to the embedded interpreter.
+    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+        let s = match self.lookup(cpu, m) {
+            Lookup::Run(s) => s,
+            Lookup::Delegate(d) => {
+                self.stats.delegated[d as usize] += 1;
+                return self.interp.run_unit(cpu, m);
+            }
+        };
+        let entry = self.slots[s].code.body;
+        self.ctx.pending_link = 0;
+        let exit = self.enter(entry, cpu, m);
+        if self.ctx.pending_link != 0 {
+            self.vcpus[self.cur].link_request = Some(LinkRequest {
+                tag: self.ctx.pending_link,
+                icount: cpu.icount,
+                rip: cpu.rip,
+                cs_base: cpu.seg[sreg::CS].base,
+            });
+        }
+        match exit {
+            EXIT_END | EXIT_EVENT => {
+                if cpu.run_state != RunState::Running {
+                    self.stats.exits[ExitKind::Halt as usize] += 1;
+                    return if cpu.run_state == RunState::Shutdown {
+                        UnitExit::Shutdown
+                    } else {
+                        UnitExit::Halted
+                    };
+                }
+                if exit == EXIT_END {
+                    self.stats.exits[ExitKind::End as usize] += 1;
+                    UnitExit::Continue
+                } else {
+                    self.stats.exits[ExitKind::Event as usize] += 1;
+                    UnitExit::Event
+                }
+            }
+            _ => {
+                self.stats.exits[ExitKind::Fault as usize] += 1;
+                let e = self
+                    .ctx
+                    .exc
+                    .take()
+                    .unwrap_or(Exception::GeneralProtection(0));
+                interrupt::raise(cpu, m, e, cpu.rip);
+                if cpu.run_state == RunState::Shutdown {
+                    UnitExit::Shutdown
+                } else {
+                    UnitExit::Event
+                }
+            }
+        }
+    }
+
+    /// Drops every fragment decoded from the RAM pages `pages` (and the
+    /// embedded interpreter's units for them).
+    fn invalidate_pages(&mut self, pages: &[u64]) {
+        for page in pages {
+            for s in self.page_index.remove(page).unwrap_or_default() {
+                if self.slots[s as usize].valid {
+                    self.drop_slot(s as usize);
+                    self.stats.invalidations += 1;
+                }
+            }
+        }
+        self.interp.invalidate_pages(pages);
+    }
+
+    /// Drops every fragment (the code stays in the buffer until it is full).
+    fn flush(&mut self) {
+        for v in &mut self.vcpus {
+            if v.clear() {
+                self.stats.jc_clears += 1;
+            }
+        }
+        for s in &mut self.slots {
+            *s = Slot::empty();
+        }
+        self.page_index.clear();
+        self.interp.flush();
+    }
+
+    /// Cuts every unit to one instruction from now on (or not): each one then
+    /// runs through its own fragment, and the caller sees every boundary.
+    fn set_single_step(&mut self, on: bool) {
+        if on != self.single_step {
+            self.flush();
+            self.single_step = on;
+        }
+        self.interp.single_step = on;
+    }
+
+    /// Makes vCPU `n` (numbered from 0) the one whose fragments run next: its
+    /// jump cache becomes the one fragments use. Every vCPU shares the
+    /// translation cache.
+    fn select_vcpu(&mut self, n: usize) {
+        while self.vcpus.len() <= n {
+            self.vcpus.push(VcpuJit::new());
+        }
+        if n != self.cur {
+            // The link the last vCPU's fragment asked for is about its next
+            // unit with nothing run in between; others run before it does.
+            self.vcpus[self.cur].link_request = None;
+            self.ctx.pending_link = 0;
+        }
+        self.cur = n;
+        self.ctx.jc = self.vcpus[n].jc.as_mut_ptr();
+    }
+
+    /// Forgets what was kept for vCPU `n`: its jump cache of linear addresses
+    /// and its pending link (after an INIT gave it a fresh CPU state, whose
+    /// TLB generation starts anew).
+    fn reset_vcpu(&mut self, n: usize) {
+        if let Some(v) = self.vcpus.get_mut(n) {
+            if v.clear() {
+                self.stats.jc_clears += 1;
+            }
+            v.generation = u64::MAX;
+            v.link_request = None;
+        }
+    }
+
+    /// Lets fragments go on to the next fragment without returning (chaining, and
+    /// repeating a unit that branches to itself) while `icount` is below
+    /// `icount_limit` (the run loop's chain horizon). The default, 0, returns
+    /// after every unit.
+    fn set_budget(&mut self, icount_limit: u64) {
+        self.ctx.icount_limit = icount_limit;
+    }
+
+    fn stats_text(&self) -> Option<String> {
+        Some(self.stats().to_string())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 /// Whether the host CPU has LAHF/SAHF in 64-bit mode (CPUID 8000_0001h ECX
 /// bit 0), which the emitter uses for flags.
 fn host_has_lahf_sahf() -> bool {
@@ -965,6 +973,27 @@ mod tests {
         assert_eq!(cell(&t, a), base + t.slots[b].code.body as u64);
         assert_eq!(cell(&t, b), base + t.slots[a].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 500, "one INC per unit of two");
+    }
+
+    #[test]
+    fn engine_a_link_request_is_kept_per_vcpu_and_dropped_at_a_switch() {
+        let (mut cpu, mut m, mut t) = setup();
+        t.set_budget(1_000);
+        // A runs and leaves through its empty cell toward B.
+        assert_eq!(t.run_unit(&mut cpu, &mut m), UnitExit::Continue);
+        assert!(t.vcpus[0].link_request.is_some(), "A asked for a link");
+        t.select_vcpu(1);
+        assert!(
+            t.vcpus.iter().all(|v| v.link_request.is_none()),
+            "a switch drops the request"
+        );
+        // Another vCPU at B, even with the same icount, RIP and CS base, does
+        // not link A's cell.
+        t.set_budget(0);
+        t.run_unit(&mut cpu, &mut m);
+        let a = slot_at(&t, 0x1000);
+        assert_eq!(cell(&t, a), t.slots[a].stubs[0]);
+        assert_eq!(t.stats().links, 0);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   live;
 //! - [`emit`] generates the fragment with dynasm-rs, and [`codebuf`] holds it;
 //! - [`runtime`] is the boundary with Rust: the helper and the fragment call;
-//! - [`Translator`] is the engine, with the run contract of the interpreter;
+//! - [`Translator`] is the engine (`x86bt_cpu::engine::Engine`, with the run
+//!   contract of the interpreter);
 //! - [`Lockstep`] runs both engines on every unit and reports a divergence;
 //! - [`listing`] formats a unit's host code for the golden tests.
 

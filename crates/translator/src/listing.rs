@@ -85,7 +85,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             v86: false,
             event_end: insns
                 .last()
-                .is_some_and(|i| !x86bt_cpu::interp::engine::ends_plainly(&i.ins)),
+                .is_some_and(|i| !x86bt_cpu::engine::ends_plainly(&i.ins)),
         },
         &Externals {
             stubs: FAKE_STUBS,

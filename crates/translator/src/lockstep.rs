@@ -27,10 +27,10 @@ use crate::error::TranslatorError;
 use crate::stats::JitStats;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use x86bt_cpu::interp::engine::{code_address, fetch_unit};
+use x86bt_cpu::engine::{code_address, fetch_unit, Engine, UnitExit};
 use x86bt_cpu::interp::Insn;
 use x86bt_cpu::state::{sreg, Segment};
-use x86bt_cpu::{CpuState, Interpreter, UnitExit};
+use x86bt_cpu::{CpuState, Interpreter};
 use x86bt_decoder::{DecodedUnit, MAX_UNIT_INSNS};
 use x86bt_machine::{GuestPhys, Machine};
 
@@ -67,6 +67,8 @@ pub struct Lockstep {
     inject_after: Option<u64>,
     /// Whether the unit at (physical address, mode key, RIP) does port I/O.
     io_units: std::collections::HashMap<(u64, x86bt_cpu::CpuMode, u64), bool>,
+    /// The divergence the last unit found, until the run loop takes it.
+    divergence: Option<Divergence>,
 }
 
 /// How many more units the interpreter may run to reach the translator's
@@ -111,6 +113,7 @@ impl Lockstep {
             stats: LockstepStats::default(),
             inject_after: None,
             io_units: std::collections::HashMap::new(),
+            divergence: None,
         })
     }
 
@@ -130,49 +133,12 @@ impl Lockstep {
         self.inject_after = Some(units);
     }
 
-    /// Invalidation for both engines.
-    pub fn invalidate_written(&mut self, m: &mut Machine) {
-        if m.mem.take_flush_all() {
-            self.flush();
-        }
-        let pages = m.mem.take_dirty_code_pages();
-        if !pages.is_empty() {
-            self.io_units.clear();
-        }
-        self.jit.invalidate_pages(&pages);
-        self.reference.invalidate_pages(&pages);
-    }
-
-    /// Runs one instruction per unit on both engines (see
-    /// [`Translator::set_single_step`]).
-    pub fn set_single_step(&mut self, on: bool) {
-        self.reference.single_step = on;
-        self.jit.set_single_step(on);
-    }
-
     /// Test hook: the interpreter alone cuts its units to one instruction, so
     /// every unit of the translator ends later than the interpreter's, and the
     /// comparison must still find both at one boundary.
     #[doc(hidden)]
     pub fn set_reference_single_step(&mut self, on: bool) {
         self.reference.single_step = on;
-    }
-
-    /// Makes vCPU `n` the one that runs next (see [`Translator::select_vcpu`]).
-    pub fn select_vcpu(&mut self, n: usize) {
-        self.jit.select_vcpu(n);
-    }
-
-    /// Forgets what was kept for vCPU `n` (see [`Translator::reset_vcpu`]).
-    pub fn reset_vcpu(&mut self, n: usize) {
-        self.jit.reset_vcpu(n);
-    }
-
-    /// Drops everything cached by both engines.
-    pub fn flush(&mut self) {
-        self.io_units.clear();
-        self.jit.flush();
-        self.reference.flush();
     }
 
     /// Whether the unit at CS:IP does port I/O, remembered per (physical
@@ -192,8 +158,9 @@ impl Lockstep {
         io
     }
 
-    /// Runs one unit on both engines and compares them.
-    pub fn run_unit(
+    /// Runs one unit on both engines and compares them: the exit, or the
+    /// first difference.
+    fn compare_unit(
         &mut self,
         cpu: &mut CpuState,
         m: &mut Machine,
@@ -375,6 +342,77 @@ impl Lockstep {
             _ => out.push_str("(the unit cannot be fetched again)\n"),
         }
         out
+    }
+}
+
+impl Engine for Lockstep {
+    /// Runs one unit on both engines and compares them. A divergence is kept
+    /// for [`Engine::take_divergence`], and the unit returns
+    /// [`UnitExit::Event`], so the run loop looks and stops.
+    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+        match self.compare_unit(cpu, m) {
+            Ok(exit) => exit,
+            Err(d) => {
+                self.divergence = Some(d);
+                UnitExit::Event
+            }
+        }
+    }
+
+    /// Invalidation for both engines (and what is known of which units do
+    /// port I/O).
+    fn invalidate_pages(&mut self, pages: &[u64]) {
+        if !pages.is_empty() {
+            self.io_units.clear();
+        }
+        self.jit.invalidate_pages(pages);
+        self.reference.invalidate_pages(pages);
+    }
+
+    /// Drops everything cached by both engines.
+    fn flush(&mut self) {
+        self.io_units.clear();
+        self.jit.flush();
+        self.reference.flush();
+    }
+
+    /// Runs one instruction per unit on both engines (see
+    /// [`Translator::set_single_step`]).
+    fn set_single_step(&mut self, on: bool) {
+        self.reference.single_step = on;
+        self.jit.set_single_step(on);
+    }
+
+    /// Makes vCPU `n` the one that runs next (see [`Translator::select_vcpu`]).
+    fn select_vcpu(&mut self, n: usize) {
+        self.jit.select_vcpu(n);
+    }
+
+    /// Forgets what was kept for vCPU `n` (see [`Translator::reset_vcpu`]).
+    fn reset_vcpu(&mut self, n: usize) {
+        self.jit.reset_vcpu(n);
+    }
+
+    /// The translator's counters, then lockstep's own.
+    fn stats_text(&self) -> Option<String> {
+        let s = self.stats();
+        Some(format!(
+            "{}\nlockstep: {} units, {} compared, {} with port I/O run once (not compared), {} with memory-mapped I/O run once (not compared), {} run on to the translator's boundary",
+            self.jit_stats(),
+            s.units,
+            s.compared,
+            s.io_units,
+            s.mmio_units,
+            s.caught_up
+        ))
+    }
+
+    fn take_divergence(&mut self) -> Option<String> {
+        self.divergence.take().map(|d| d.report)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

@@ -12,7 +12,7 @@ use x86bt_machine::Machine;
 #[cfg(target_arch = "x86_64")]
 use {
     crate::emit::{EXIT_END, EXIT_EVENT, EXIT_FAULT},
-    x86bt_cpu::interp::engine::{exec_one, Step},
+    x86bt_cpu::interp::interpreter::{exec_one, Step},
     x86bt_cpu::interp::Insn,
     x86bt_cpu::CpuState,
 };

@@ -220,7 +220,7 @@ pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
     if trace_exceptions() {
         let mode = crate::mode::CpuMode::of(cpu);
         let mut bytes = String::new();
-        if let Ok((_, phys)) = super::engine::code_address(cpu, m, mode) {
+        if let Ok((_, phys)) = crate::engine::code_address(cpu, m, mode) {
             for i in 0..12 {
                 let b = m.mem.read_u8(x86bt_machine::GuestPhys(phys + i));
                 bytes.push_str(&format!("{b:02x} "));

@@ -6,41 +6,26 @@
 //! page that holds code invalidates exactly the units decoded from it. A unit is
 //! position-independent in CS:IP (relative branches are kept as displacements), so
 //! any CS:IP alias of the same physical bytes shares it, as long as the unit fits
-//! below the CS limit there.
+//! below the CS limit there. Fetching, the page index and the alias check are
+//! every engine's ([`crate::engine`]).
 
+use super::debug;
 use super::interrupt;
 use super::Insn;
+use crate::engine::{
+    code_address, code_linear, fetch_unit, index_code_pages, next_ip, unit_fits, Engine, UnitExit,
+    NO_PAGE,
+};
 use crate::exception::Exception;
-use crate::mmu;
 use crate::mode::CpuMode;
-use crate::state::{sreg, CpuState, RunState};
+use crate::state::flags::{RF, TF};
+use crate::state::{CpuState, RunState};
 use std::collections::HashMap;
-use x86bt_decoder::{decode_unit, DecodedUnit, UnitEnd, MAX_INSN_LEN, MAX_UNIT_INSNS};
-use x86bt_machine::{GuestPhys, Linear, Machine, PAGE_SIZE};
+use x86bt_decoder::{DecodedUnit, MAX_UNIT_INSNS};
+use x86bt_machine::Machine;
 
 /// Number of slots in the direct-mapped unit cache (a power of two).
 const SLOTS: usize = 1 << 14;
-
-/// Why [`Interpreter::run_unit`] returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnitExit {
-    /// Instructions ran and nothing needs the run loop: the next unit may follow
-    /// at once (no device was touched, no mode or interrupt state changed).
-    Continue,
-    /// Instructions ran, and the run loop must look before the next unit: a
-    /// sensitive instruction ran, an exception was delivered, or the unit was cut
-    /// short (a store to code, a yielding REP).
-    Event,
-    /// The CPU executed HLT.
-    Halted,
-    /// A triple fault shut the CPU down.
-    Shutdown,
-    /// The guest entered a mode this build does not implement yet.
-    Unsupported(&'static str),
-}
-
-use super::debug;
-use crate::state::flags::{RF, TF};
 
 /// Counters for `--stats`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,9 +39,6 @@ pub struct CacheStats {
     /// Instructions in all decoded units (for the mean unit length).
     pub decoded_insns: u64,
 }
-
-/// "The unit does not run onto a second page."
-pub const NO_PAGE: u64 = u64::MAX;
 
 #[derive(Clone)]
 struct Slot {
@@ -89,204 +71,6 @@ pub struct Interpreter {
 impl Default for Interpreter {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The linear address of CS:IP, and where IP wraps (see [`CpuMode`]).
-#[inline]
-pub fn code_linear(cpu: &CpuState, mode: CpuMode) -> Linear {
-    Linear(cpu.seg[sreg::CS].base.wrapping_add(cpu.rip) & mode.linear_mask())
-}
-
-/// A unit fetched and decoded by [`fetch_unit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fetched {
-    /// The physical page the unit runs onto, or [`NO_PAGE`].
-    pub next_phys: u64,
-    /// The unit ends on an ordinary instruction (not sensitive, not #UD), so the
-    /// run loop need not look before the next unit.
-    pub plain_end: bool,
-}
-
-/// Whether a unit whose last instruction is `last` needs no look from the run
-/// loop after it: `last` is not sensitive, or it is RDTSC, CLI or PUSHF, which
-/// are in the sensitive table but can neither make an interrupt deliverable nor
-/// change what the run loop checks (the TSC counts retired instructions).
-pub fn ends_plainly(last: &iced_x86::Instruction) -> bool {
-    use iced_x86::Mnemonic as M;
-    !x86bt_decoder::sensitive::is_sensitive(last)
-        || matches!(last.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
-}
-
-/// Fetches the bytes at CS:IP (physical `phys`) and decodes one unit into `out`.
-/// Returns the fault the fetch raises if not even the first instruction can be
-/// fetched. Both engines decode through here.
-pub fn fetch_unit(
-    cpu: &mut CpuState,
-    m: &mut Machine,
-    phys: u64,
-    mode: CpuMode,
-    out: &mut DecodedUnit,
-) -> Result<Fetched, Exception> {
-    let ip = cpu.rip;
-    let cs = cpu.seg[sreg::CS];
-    let lin = code_linear(cpu, mode);
-    let page_room = (PAGE_SIZE - (lin.0 & (PAGE_SIZE - 1))) as usize;
-    // 64-bit code has no CS limit; the next page's linear address must be
-    // canonical instead (the translation below faults otherwise).
-    let limit_room = if mode.is_64() {
-        usize::MAX
-    } else {
-        (u64::from(cs.limit) + 1).saturating_sub(ip) as usize
-    };
-    let want = page_room.min(MAX_UNIT_INSNS * MAX_INSN_LEN) + MAX_INSN_LEN - 1;
-    let mut avail = want.min(limit_room);
-    let mut cut_by: Exception = Exception::GeneralProtection(0);
-    let mut buf = [0u8; MAX_UNIT_INSNS * MAX_INSN_LEN + MAX_INSN_LEN];
-    let first = avail.min(page_room);
-    for (i, b) in buf.iter_mut().enumerate().take(first) {
-        *b = m.mem.read_u8(GuestPhys(phys + i as u64));
-    }
-    let mut next_phys = NO_PAGE;
-    if avail > page_room {
-        let next_lin = lin.0.wrapping_add(page_room as u64) & mode.linear_mask();
-        let next = if mmu::canonical(next_lin) {
-            mmu::translate(cpu, m, Linear(next_lin), mmu::Access::Exec)
-        } else {
-            Err(Exception::GeneralProtection(0))
-        };
-        match next {
-            Ok(p) => {
-                let p = p.0 & m.mem.a20_mask();
-                next_phys = p;
-                for (i, b) in buf[page_room..avail].iter_mut().enumerate() {
-                    *b = m.mem.read_u8(GuestPhys(p + i as u64));
-                }
-            }
-            Err(e) => {
-                avail = page_room;
-                cut_by = e;
-            }
-        }
-    }
-    decode_unit(mode.bitness(), ip, &buf[..avail], page_room, out);
-    if out.end == UnitEnd::FetchFault {
-        return Err(cut_by);
-    }
-    let plain_end =
-        out.end != UnitEnd::Undecodable && out.instructions().last().is_some_and(ends_plainly);
-    Ok(Fetched {
-        next_phys: if out.byte_len > page_room {
-            next_phys
-        } else {
-            NO_PAGE
-        },
-        plain_end,
-    })
-}
-
-/// Marks the bytes `unit` was decoded from ([`code_bytes`] of them from `phys`,
-/// the part past its page at `next_phys`, unless [`NO_PAGE`]) as code, and records
-/// `slot` under each of their RAM pages in `page_index` (ROM pages are not
-/// recorded), so a write to those bytes invalidates the unit. Shared by both
-/// engines' caches.
-pub fn index_code_pages(
-    m: &mut Machine,
-    page_index: &mut HashMap<u64, Vec<u32>>,
-    (phys, next_phys): (u64, u64),
-    unit: &DecodedUnit,
-    slot: u32,
-) {
-    let code_len = code_bytes(unit);
-    let first = code_len.min(PAGE_SIZE - (phys & (PAGE_SIZE - 1)));
-    let mut pages = [None; 2];
-    for (o, (p, len)) in pages
-        .iter_mut()
-        .zip([(phys, first), (next_phys, code_len - first)])
-    {
-        if p != NO_PAGE && len > 0 && m.mem.mark_code(GuestPhys(p), len) {
-            *o = m.mem.ram_page(GuestPhys(p));
-        }
-    }
-    if pages[1] == pages[0] {
-        pages[1] = None;
-    }
-    for page in pages.into_iter().flatten() {
-        let list = page_index.entry(page).or_default();
-        if !list.contains(&slot) {
-            list.push(slot);
-        }
-    }
-}
-
-/// The bytes a decoded unit depends on: its own, and for a unit that ends on an
-/// undecodable instruction the longest instruction's worth (15 bytes, SDM vol. 2A
-/// §2.3.11), since a write there could make it decodable.
-fn code_bytes(unit: &DecodedUnit) -> u64 {
-    let extra = if unit.end == UnitEnd::Undecodable {
-        MAX_INSN_LEN as u64
-    } else {
-        0
-    };
-    unit.byte_len as u64 + extra
-}
-
-/// Whether a cached unit of `byte_len` bytes, decoded at physical `phys` and
-/// running onto `next_phys`, may run at the current CS:IP (linear `lin`): it
-/// must fit below the CS limit here, and a unit that runs onto the next page must
-/// find the same physical page there.
-pub fn unit_fits(
-    cpu: &mut CpuState,
-    m: &mut Machine,
-    mode: CpuMode,
-    lin: Linear,
-    byte_len: u32,
-    next_phys: u64,
-) -> bool {
-    let cs = cpu.seg[sreg::CS];
-    let fits = mode.is_64() || cpu.rip + u64::from(byte_len) <= u64::from(cs.limit) + 1;
-    fits && (next_phys == NO_PAGE || {
-        let next_lin = (lin.0 | (PAGE_SIZE - 1)).wrapping_add(1) & mode.linear_mask();
-        mmu::canonical(next_lin)
-            && mmu::translate(cpu, m, Linear(next_lin), mmu::Access::Exec)
-                .is_ok_and(|p| p.0 & m.mem.a20_mask() == next_phys)
-    })
-}
-
-/// The linear and physical address of CS:IP for an instruction fetch: #GP(0)
-/// when IP is beyond the CS limit (outside 64-bit mode) or RIP is not
-/// canonical (in it), else the page walk's fault if any. Both engines start
-/// every unit here.
-#[inline]
-pub fn code_address(
-    cpu: &mut CpuState,
-    m: &mut Machine,
-    mode: CpuMode,
-) -> Result<(Linear, u64), Exception> {
-    if mode.is_64() {
-        if !mmu::canonical(cpu.rip) {
-            return Err(Exception::GeneralProtection(0));
-        }
-    } else if cpu.rip > u64::from(cpu.seg[sreg::CS].limit) {
-        return Err(Exception::GeneralProtection(0));
-    }
-    let lin = code_linear(cpu, mode);
-    let phys = mmu::translate(cpu, m, lin, mmu::Access::Exec)?;
-    Ok((lin, phys.0 & m.mem.a20_mask()))
-}
-
-/// The address of the instruction after `insn`, which starts at `rip`: IP wraps
-/// at 16 bits in 16-bit code and EIP at 32 bits in 32-bit code (SDM vol. 1
-/// §3.5: the instruction pointer is as wide as the code), so an instruction
-/// that ends at the top of the address space is followed by offset 0, which
-/// the CS limit then allows or not.
-#[inline(always)]
-pub fn next_ip(rip: u64, insn: &Insn) -> u64 {
-    let next = rip.wrapping_add(u64::from(insn.len));
-    match insn.ins.code_size() {
-        iced_x86::CodeSize::Code16 => next & 0xFFFF,
-        iced_x86::CodeSize::Code32 => next & 0xFFFF_FFFF,
-        _ => next,
     }
 }
 
@@ -356,40 +140,6 @@ impl Interpreter {
         }
     }
 
-    /// Drops every unit decoded from the RAM pages written since the last call.
-    pub fn invalidate_written(&mut self, m: &mut Machine) {
-        if m.mem.take_flush_all() {
-            self.flush();
-        }
-        let pages = m.mem.take_dirty_code_pages();
-        self.invalidate_pages(&pages);
-    }
-
-    /// Drops every unit decoded from the RAM pages `pages` (RAM page numbers, as
-    /// [`x86bt_machine::PhysMemory::take_dirty_code_pages`] returns them), for an
-    /// engine that takes the list itself and shares it.
-    pub fn invalidate_pages(&mut self, pages: &[u64]) {
-        for &page in pages {
-            if let Some(list) = self.page_index.remove(&page) {
-                for s in list {
-                    let slot = &mut self.slots[s as usize];
-                    if slot.valid {
-                        slot.valid = false;
-                        self.stats.invalidations += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Drops every cached unit.
-    pub fn flush(&mut self) {
-        for s in &mut self.slots {
-            s.valid = false;
-        }
-        self.page_index.clear();
-    }
-
     /// Decodes the unit at CS:IP (physical `phys`) into slot `s`. Returns the
     /// fault the fetch raises if not even the first instruction can be fetched.
     fn fill(
@@ -427,8 +177,40 @@ impl Interpreter {
         Ok(())
     }
 
-    /// Runs one unit at CS:IP. Exceptions are delivered to the guest here.
-    pub fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+    /// Delivers a fault raised before the unit's first instruction ran (the
+    /// fetch of CS:IP, an instruction breakpoint). It counts as one in
+    /// `icount`, as a fault inside an instruction does: a guest whose fault
+    /// handler faults on its own fetch (random real-mode code with IVT entry
+    /// 13 at 0000:FFFF, where every fetch crosses the CS limit) loops forever
+    /// on hardware too, and the clock must go on for it (timers fire, the
+    /// instruction limit is reached) rather than the host hanging.
+    fn fault_before_unit(&self, cpu: &mut CpuState, m: &mut Machine, e: Exception) -> UnitExit {
+        cpu.icount += 1;
+        interrupt::raise(cpu, m, e, cpu.rip);
+        self.after_fault(cpu)
+    }
+
+    fn after_fault(&self, cpu: &CpuState) -> UnitExit {
+        if cpu.run_state == RunState::Shutdown {
+            UnitExit::Shutdown
+        } else {
+            UnitExit::Event
+        }
+    }
+
+    /// Whether a unit for CS:IP is cached (for tests of the cache itself).
+    pub fn is_cached(&self, cpu: &CpuState, m: &Machine) -> bool {
+        // Real-mode aliasing only (tests): linear equals physical.
+        let key = CpuMode::of(cpu);
+        let phys = code_linear(cpu, key).0 & m.mem.a20_mask();
+        let slot = &self.slots[slot_of(phys, key)];
+        slot.valid && slot.phys == phys && slot.key == key
+    }
+}
+
+impl Engine for Interpreter {
+    /// Exceptions are delivered to the guest here.
+    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         let key = CpuMode::of(cpu);
         let (lin, phys) = match code_address(cpu, m, key) {
             Ok(a) => a,
@@ -553,41 +335,45 @@ impl Interpreter {
         }
     }
 
-    /// Delivers a fault raised before the unit's first instruction ran (the
-    /// fetch of CS:IP, an instruction breakpoint). It counts as one in
-    /// `icount`, as a fault inside an instruction does: a guest whose fault
-    /// handler faults on its own fetch (random real-mode code with IVT entry
-    /// 13 at 0000:FFFF, where every fetch crosses the CS limit) loops forever
-    /// on hardware too, and the clock must go on for it (timers fire, the
-    /// instruction limit is reached) rather than the host hanging.
-    fn fault_before_unit(&self, cpu: &mut CpuState, m: &mut Machine, e: Exception) -> UnitExit {
-        cpu.icount += 1;
-        interrupt::raise(cpu, m, e, cpu.rip);
-        self.after_fault(cpu)
-    }
-
-    fn after_fault(&self, cpu: &CpuState) -> UnitExit {
-        if cpu.run_state == RunState::Shutdown {
-            UnitExit::Shutdown
-        } else {
-            UnitExit::Event
+    fn invalidate_pages(&mut self, pages: &[u64]) {
+        for &page in pages {
+            if let Some(list) = self.page_index.remove(&page) {
+                for s in list {
+                    let slot = &mut self.slots[s as usize];
+                    if slot.valid {
+                        slot.valid = false;
+                        self.stats.invalidations += 1;
+                    }
+                }
+            }
         }
     }
 
-    /// Whether a unit for CS:IP is cached (for tests of the cache itself).
-    pub fn is_cached(&self, cpu: &CpuState, m: &Machine) -> bool {
-        // Real-mode aliasing only (tests): linear equals physical.
-        let key = CpuMode::of(cpu);
-        let phys = code_linear(cpu, key).0 & m.mem.a20_mask();
-        let slot = &self.slots[slot_of(phys, key)];
-        slot.valid && slot.phys == phys && slot.key == key
+    fn flush(&mut self) {
+        for s in &mut self.slots {
+            s.valid = false;
+        }
+        self.page_index.clear();
+    }
+
+    fn set_single_step(&mut self, on: bool) {
+        self.single_step = on;
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.stats)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Segment;
+    use crate::state::{sreg, Segment};
+    use x86bt_machine::GuestPhys;
 
     /// A flat machine with `code` at 0x1000 and CS:IP = 0100:0000.
     fn setup(code: &[u8]) -> (CpuState, Machine, Interpreter) {
