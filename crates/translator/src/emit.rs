@@ -257,6 +257,9 @@ pub struct UnitPlan<'a> {
     /// ends report [`EXIT_EVENT`], so the run loop looks before the next unit
     /// even when this one was chained into.
     pub event_end: bool,
+    /// 64-bit code: no CS limit (a branch target must be canonical instead)
+    /// and RIP values of 64 bits.
+    pub long: bool,
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -270,6 +273,8 @@ struct Emitter<'a, A: CodeSink> {
     rip: u64,
     cs_base: u64,
     cs_limit: u32,
+    /// See [`UnitPlan::long`].
+    long: bool,
     /// See [`UnitPlan::ip_mask`].
     ip_mask: u64,
     /// Segments known flat here.
@@ -519,6 +524,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         rip: unit.rip,
         cs_base: unit.cs_base,
         cs_limit: unit.cs_limit,
+        long: unit.long,
         ip_mask: unit.ip_mask,
         flat: unit.flat,
         spec: unit.spec,
@@ -689,14 +695,27 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// Leaves the fragment with exit code `code` and RIP = `rip`, R13 advanced
     /// and the flags settled.
     fn leave(&mut self, rip: u64, code: u64) {
-        let (v, c) = (rip as u32 as i32, code as i32);
+        let c = code as i32;
         let leave = self.ext.stubs.leave;
+        match u32::try_from(rip) {
+            Ok(v) => dynasm!(self.ops ; .arch x64 ; mov r9d, v as i32),
+            Err(_) => dynasm!(self.ops ; .arch x64 ; mov r9, QWORD rip as i64),
+        }
         dynasm!(self.ops
             ; .arch x64
-            ; mov r9d, v
             ; mov r12d, c
             ; jmp extern leave as usize
         );
+    }
+
+    /// Whether a transfer to `target` passes the checks of its mode: inside
+    /// the CS limit, or canonical in 64-bit code (else #GP).
+    fn target_ok(&self, target: u64) -> bool {
+        if self.long {
+            (target as i64) << 16 >> 16 == target as i64
+        } else {
+            target <= u64::from(self.cs_limit)
+        }
     }
 
     /// Calls the helper stub for instruction `i` at unit offset `unit_off`,
@@ -705,15 +724,15 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn call_helper(&mut self, i: usize, kind: u8, unit_off: u64, delta: u64) {
         let insn = self.ext.insns[i] as i64;
         let helper = self.ext.stubs.helper;
-        let (n, at, kind) = (
-            delta as i32,
-            self.rip.wrapping_add(unit_off) as u32 as i32,
-            i32::from(kind),
-        );
+        let at = self.rip.wrapping_add(unit_off);
+        let (n, kind) = (delta as i32, i32::from(kind));
+        dynasm!(self.ops ; .arch x64 ; lea r9, [r13 + n]);
+        match u32::try_from(at) {
+            Ok(v) => dynasm!(self.ops ; .arch x64 ; mov r10d, v as i32),
+            Err(_) => dynasm!(self.ops ; .arch x64 ; mov r10, QWORD at as i64),
+        }
         dynasm!(self.ops
             ; .arch x64
-            ; lea r9, [r13 + n]
-            ; mov r10d, at
             ; mov r11, QWORD insn
             ; mov r12d, kind
             ; call extern helper as usize
@@ -774,7 +793,8 @@ impl<A: CodeSink> Emitter<'_, A> {
             match bits {
                 8 => dynasm!(self.ops ; .arch x64 ; test Rb(r), Rb(r)),
                 16 => dynasm!(self.ops ; .arch x64 ; test Rw(r), Rw(r)),
-                _ => dynasm!(self.ops ; .arch x64 ; test Rd(r), Rd(r)),
+                32 => dynasm!(self.ops ; .arch x64 ; test Rd(r), Rd(r)),
+                _ => dynasm!(self.ops ; .arch x64 ; test Rq(r), Rq(r)),
             }
             dynasm!(self.ops
                 ; .arch x64
@@ -1039,7 +1059,23 @@ impl<A: CodeSink> Emitter<'_, A> {
         let (seg_mask, seg_want) = (SEG_MASK | db, SEG_WANT | db);
         dynasm!(self.ops ; .arch x64 ; =>retry);
         self.ops.extend(x.addr.iter().copied());
-        if self.flat & (1 << x.seg) == 0 {
+        if self.long {
+            // 64-bit code: no limits, and a base only for FS and GS (SDM vol.
+            // 3A §3.2.4); the linear address must be canonical, or the helper
+            // raises #GP or #SS. (An access that runs past the canonical
+            // range crosses a page and misses below.)
+            if usize::from(x.seg) >= sreg::FS {
+                dynasm!(self.ops ; .arch x64 ; add r10, QWORD [r15 + base]);
+            }
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11, r10
+                ; shl r11, 16
+                ; sar r11, 16
+                ; cmp r11, r10
+                ; jne =>full
+            );
+        } else if self.flat & (1 << x.seg) == 0 {
             // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64
             // bits (a limit below size - 1 admits no offset).
             dynasm!(self.ops
@@ -1179,10 +1215,14 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();
-        let mask = if b.size == 2 { 0xFFFF } else { 0xFFFF_FFFF };
+        let mask = match b.size {
+            2 => 0xFFFF,
+            4 => 0xFFFF_FFFF,
+            _ => u64::MAX,
+        };
         let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
-        if target > u64::from(self.cs_limit) {
-            // Outside the CS limit: the helper raises #GP.
+        if !self.target_ok(target) {
+            // Outside the CS limit, or not canonical: the helper raises #GP.
             self.helper_ends_unit(i, kind);
         } else if target == here {
             // A branch to itself restarts: the interpreter ends the unit with an
@@ -1216,9 +1256,10 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// the flags settled: on to a fragment where the module comment allows,
     /// else back to the run loop.
     fn side(&mut self, target: u64, n: u64, site: usize) {
-        let lin = |a: u64| (self.cs_base.wrapping_add(a) & 0xFFFF_FFFF) >> 12;
+        let wrap = if self.long { u64::MAX } else { 0xFFFF_FFFF };
+        let lin = |a: u64| (self.cs_base.wrapping_add(a) & wrap) >> 12;
         let same_page = lin(target) == lin(self.rip);
-        if self.chain && target <= u64::from(self.cs_limit) {
+        if self.chain && self.target_ok(target) {
             let out = self.ops.new_label();
             self.advance_and_check(n, out);
             if target == self.rip {

@@ -80,6 +80,9 @@ struct Slot {
     byte_len: u32,
     /// Another fragment may chain into this one.
     chain_target: bool,
+    /// The unit runs on the embedded interpreter: 64-bit code that would
+    /// be mostly helper calls (see [`HELPER_HEAVY`]); no fragment.
+    interp_only: bool,
     /// Tells this slot's occupants apart, for link cells and tags.
     gen: u64,
     /// Offsets of the fragment in the code buffer.
@@ -115,6 +118,7 @@ impl Slot {
             jc_refs: Vec::new(),
             byte_len: 0,
             chain_target: false,
+            interp_only: false,
             gen: 0,
             code: Fragment {
                 body: 0,
@@ -191,6 +195,12 @@ const TAG_PRESENT: u64 = 1 << 31;
 fn link_tag(slot: usize, gen: u64, site: usize) -> u64 {
     (gen << 32) | TAG_PRESENT | ((slot as u64) << 1) | site as u64
 }
+
+/// A 64-bit unit is translated only if at least one instruction in this many
+/// lowers inline; otherwise the embedded interpreter runs it (a helper call
+/// costs a store and reload of the guest state on top of the interpreter's
+/// own step).
+const HELPER_HEAVY: usize = 2;
 
 /// A fragment left through an empty cell: link it to what runs next, if the
 /// next unit starts at this state.
@@ -458,9 +468,6 @@ impl Translator {
             return Lookup::Delegate(Delegation::SingleStep);
         }
         let key = CpuMode::of(cpu);
-        if key == CpuMode::Long64 {
-            return Lookup::Delegate(Delegation::Long64);
-        }
         let Ok((lin, phys)) = code_address(cpu, m, key) else {
             return Lookup::Delegate(Delegation::Fetch);
         };
@@ -547,6 +554,42 @@ impl Translator {
             .map(|i| Insn::prepare(i, bits))
             .collect();
         let lowerings = plan::plan(&insns);
+        let inline = lowerings
+            .iter()
+            .filter(|l| !matches!(l, Lowering::Helper(_)))
+            .count();
+        if key == CpuMode::Long64 && inline * HELPER_HEAVY < lowerings.len() {
+            // Mostly helper calls, each dearer than the interpreter's own step:
+            // the interpreter runs it, and the slot remembers that.
+            self.drop_slot(s);
+            let gen = self.next_gen;
+            self.next_gen += 1;
+            self.stats.interp_units += 1;
+            let cs = cpu.seg[sreg::CS];
+            self.slots[s] = Slot {
+                valid: true,
+                phys,
+                next_phys: fetched.next_phys,
+                key,
+                rip: cpu.rip,
+                cs_base: cs.base,
+                cs_limit: cs.limit,
+                flat,
+                spec: self.spec_of(key, cs.base, cs.limit, flat),
+                byte_len: self.scratch.byte_len as u32,
+                interp_only: true,
+                gen,
+                ..Slot::empty()
+            };
+            index_code_pages(
+                m,
+                &mut self.page_index,
+                (phys, fetched.next_phys),
+                &self.scratch,
+                s as u32,
+            );
+            return Ok(());
+        }
         let captures = plan::captures(&lowerings);
         let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
         let kinds = plan::helper_kinds(&lowerings);
@@ -597,6 +640,7 @@ impl Translator {
                     protected: key.protected(),
                     v86: key == CpuMode::V86,
                     event_end,
+                    long: key == CpuMode::Long64,
                 },
                 &Externals {
                     stubs: self.stubs,
@@ -644,10 +688,7 @@ impl Translator {
         *cells = stubs;
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
-        self.stats.inline_insns += lowerings
-            .iter()
-            .filter(|l| !matches!(l, Lowering::Helper(_)))
-            .count() as u64;
+        self.stats.inline_insns += inline as u64;
         self.slots[s] = Slot {
             valid: true,
             phys,
@@ -662,6 +703,7 @@ impl Translator {
             byte_len: self.scratch.byte_len as u32,
             // Any unit on one page: one that ends with an event says so itself.
             chain_target: fetched.next_phys == NO_PAGE,
+            interp_only: false,
             gen,
             code: frag,
             insns,
@@ -768,6 +810,10 @@ impl Engine for Translator {
     /// Runs one unit at CS:IP, or delegates it to the embedded interpreter.
     fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         let s = match self.lookup(cpu, m) {
+            Lookup::Run(s) if self.slots[s].interp_only => {
+                self.stats.delegated[Delegation::HelperHeavy as usize] += 1;
+                return self.interp.run_unit(cpu, m);
+            }
             Lookup::Run(s) => s,
             Lookup::Delegate(d) => {
                 self.stats.delegated[d as usize] += 1;

@@ -72,7 +72,11 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             kinds: &kinds,
             chain: plan::may_chain(&lowerings) && !plan::seg_writes(insns).contains(&true),
             rip: 0,
-            ip_mask: if bits == 16 { 0xFFFF } else { 0xFFFF_FFFF },
+            ip_mask: match bits {
+                16 => 0xFFFF,
+                32 => 0xFFFF_FFFF,
+                _ => u64::MAX,
+            },
             cs_base: 0,
             cs_limit: if bits == 16 { 0xFFFF } else { u32::MAX },
             // 16-bit units show the checked access path (real-mode segments),
@@ -86,6 +90,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             event_end: insns
                 .last()
                 .is_some_and(|i| !x86bt_cpu::engine::ends_plainly(&i.ins)),
+            long: bits == 64,
         },
         &Externals {
             stubs: FAKE_STUBS,

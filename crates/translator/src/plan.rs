@@ -512,6 +512,9 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if ins.is_invalid() {
         return Lowering::Helper(HelperKind::Other);
     }
+    if is_long(ins) {
+        return lower_long(insn, is_last, factory);
+    }
     if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
         return Lowering::Branch(Branch {
             cc: ins.is_jcc_short_or_near().then(|| ins.condition_code()),
@@ -540,6 +543,45 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
         .or_else(|| string_op(insn))
         .or_else(|| mem_op(insn, factory))
     {
+        Some(x) => Lowering::Mem(x),
+        None => Lowering::Helper(HelperKind::of(ins)),
+    }
+}
+
+/// Whether `ins` was decoded as 64-bit code.
+fn is_long(ins: &Instruction) -> bool {
+    ins.code_size() == iced_x86::CodeSize::Code64
+}
+
+/// The lowering of an instruction of 64-bit code. Inline so far: the IDENT
+/// list on the eight legacy registers (any operand size, LEA with a 64-bit
+/// address and RIP-relative LEA included), relative branches, RDTSC, CLI and
+/// STI, and the IDENT list with one memory operand addressed by the legacy
+/// registers or RIP. Guest R8-R15 live in `CpuState` only, so an instruction
+/// naming one, and every stack and string access, runs through the helper.
+fn lower_long(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
+    let ins = &insn.ins;
+    if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
+        return Lowering::Branch(Branch {
+            cc: ins.is_jcc_short_or_near().then(|| ins.condition_code()),
+            rel: insn.rel,
+            size: insn.size,
+        });
+    }
+    if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
+        return Lowering::Rdtsc;
+    }
+    if !ins.has_lock_prefix() {
+        match ins.mnemonic() {
+            Mnemonic::Cli => return Lowering::Flags(FlagsOp::Cli),
+            Mnemonic::Sti => return Lowering::Flags(FlagsOp::Sti),
+            _ => {}
+        }
+    }
+    if let Some(x) = ident(insn, factory) {
+        return Lowering::Ident(x);
+    }
+    match mem_op(insn, factory) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
@@ -850,7 +892,11 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         return None;
     }
     let size = u32::from(insn.size);
-    if !matches!(size, 1 | 2 | 4) || !matches!(insn.mem.addr_mask, 0xFFFF | 0xFFFF_FFFF) {
+    let long = is_long(ins);
+    let sizes_ok = matches!(size, 1 | 2 | 4) || (long && size == 8);
+    let addr_ok = matches!(insn.mem.addr_mask, 0xFFFF | 0xFFFF_FFFF)
+        || (long && insn.mem.addr_mask == u64::MAX);
+    if !sizes_ok || !addr_ok {
         return None;
     }
     let flags = flag_spec(ins, size)?;
@@ -862,13 +908,18 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
             | OpKind::Immediate16
             | OpKind::Immediate32
             | OpKind::Immediate8to16
-            | OpKind::Immediate8to32 => {}
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => {}
             OpKind::Memory => mems += 1,
             _ => return None,
         }
     }
     let access_size = ins.memory_size().size();
-    if mems != 1 || !matches!(access_size, 1 | 2 | 4) || insn.mem.seg > 5 {
+    if mems != 1
+        || !(matches!(access_size, 1 | 2 | 4) || (long && access_size == 8))
+        || insn.mem.seg > 5
+    {
         return None;
     }
     let info = factory.info(ins);
@@ -892,6 +943,8 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         Code::Mov_moffs8_AL => Code::Mov_rm8_r8,
         Code::Mov_moffs16_AX => Code::Mov_rm16_r16,
         Code::Mov_moffs32_EAX => Code::Mov_rm32_r32,
+        Code::Mov_RAX_moffs64 => Code::Mov_r64_rm64,
+        Code::Mov_moffs64_RAX => Code::Mov_rm64_r64,
         c => c,
     };
     host.set_code(code);
@@ -924,8 +977,19 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
 /// flags survive), masked to the address size.
 fn offset_code(insn: &Insn) -> Option<Vec<u8>> {
     let ins = &insn.ins;
+    if insn.mem.addr_mask == u64::MAX {
+        return offset_code64(insn);
+    }
     let wide = insn.mem.addr_mask == 0xFFFF_FFFF;
     let (base, index) = (ins.memory_base(), ins.memory_index());
+    if matches!(base, Register::RIP | Register::EIP) {
+        // EIP-relative (64-bit code with an address-size prefix): a constant.
+        let imm = (ins.memory_displacement64() & insn.mem.addr_mask) as u32;
+        let mov = Instruction::with2(Code::Mov_r32_imm32, Register::R10D, imm).ok()?;
+        let mut enc = Encoder::new(64);
+        enc.encode(&mov, 0).ok()?;
+        return Some(enc.take_buffer());
+    }
     let mut out = Vec::new();
     let mut enc = Encoder::new(64);
     if base == Register::None && index == Register::None {
@@ -979,14 +1043,15 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     };
     match (row.class, ins.mnemonic()) {
         // BSWAP of a 16-bit register is undefined; the interpreter gives zero.
-        (Class::Ident, M::Bswap) if size != 4 => None,
+        (Class::Ident, M::Bswap) if size < 4 => None,
         (Class::Ident, _) => Some(from_row),
         (Class::MulDiv, M::Mul | M::Imul) => {
             let lo = if ins.op_count() == 1 {
                 match size {
                     1 => Register::AL,
                     2 => Register::AX,
-                    _ => Register::EAX,
+                    4 => Register::EAX,
+                    _ => Register::RAX,
                 }
             } else {
                 host_reg(ins.op0_register())
@@ -1023,7 +1088,7 @@ fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
     if !matches!(ins.op1_kind(), OpKind::Immediate8) {
         return None;
     }
-    let count = ins.immediate8() & 0x1F;
+    let count = ins.immediate8() & if size == 8 { 0x3F } else { 0x1F };
     let width = (size * 8) as u8;
     if count == 0 || (count >= width && !rotate) {
         return None;
@@ -1042,8 +1107,10 @@ fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
 /// The host register for guest register `r` (a GPR of 8, 16 or 32 bits).
 fn host_reg(r: Register) -> Register {
     match r {
+        Register::SPL => Register::R8L,
         Register::SP => Register::R8W,
         Register::ESP => Register::R8D,
+        Register::RSP => Register::R8,
         other => other,
     }
 }
@@ -1065,8 +1132,11 @@ fn host_reg64(r: Register) -> Register {
     ][h as usize]
 }
 
+/// The [`Ident::uses`] bit of guest register `r`: one of the eight legacy
+/// GPRs at any width (SPL, BPL, SIL and DIL included), which live in host
+/// registers; `None` for R8-R15 and anything else.
 fn gpr_bit(r: Register) -> Option<u8> {
-    if !r.is_gpr() || r.size() > 4 {
+    if !r.is_gpr() {
         return None;
     }
     let idx = r.full_register() as u32 - Register::RAX as u32;
@@ -1080,7 +1150,9 @@ fn gpr_usage(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8
     let (mut uses, mut writes) = (0u8, 0u8);
     for u in used {
         let r = u.register();
-        if r.is_segment_register() && skip_segments {
+        if (r.is_segment_register() && skip_segments) || matches!(r, Register::RIP | Register::EIP)
+        {
+            // A RIP-relative address is a constant in the fragment.
             continue;
         }
         let bit = gpr_bit(r)?;
@@ -1115,7 +1187,7 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
         return None;
     }
     let size = u32::from(insn.size);
-    if !matches!(size, 1 | 2 | 4) {
+    if !(matches!(size, 1 | 2 | 4) || (size == 8 && is_long(ins))) {
         return None;
     }
     let flags = flag_spec(ins, size)?;
@@ -1127,7 +1199,10 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
             | OpKind::Immediate16
             | OpKind::Immediate32
             | OpKind::Immediate8to16
-            | OpKind::Immediate8to32 => {}
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+            | OpKind::Immediate64 => {}
             OpKind::Memory if is_lea => {}
             _ => return None,
         }
@@ -1176,12 +1251,16 @@ fn host_lea(insn: &Insn) -> Option<Instruction> {
     let addr_size = match insn.mem.addr_mask {
         0xFFFF => 2,
         0xFFFF_FFFF => 4,
+        u64::MAX => 8,
         _ => return None,
     };
     if insn.size > addr_size {
         return None;
     }
     let dst = host_reg(ins.op0_register());
+    if addr_size == 8 {
+        return host_lea64(insn, dst);
+    }
     // The displacement modulo 2^32 is all the low `size` bytes depend on.
     let disp = i64::from(ins.memory_displacement64() as u32 as i32);
     let (base, index) = (ins.memory_base(), ins.memory_index());
@@ -1215,6 +1294,92 @@ fn host_lea(insn: &Insn) -> Option<Instruction> {
         Code::Lea_r16_m
     } else {
         Code::Lea_r32_m
+    };
+    Instruction::with2(code, dst, mem).ok()
+}
+
+/// The offset of a 64-bit address into R10: a constant for an absolute or
+/// RIP-relative one, else a 64-bit LEA on the legacy registers (flags kept).
+fn offset_code64(insn: &Insn) -> Option<Vec<u8>> {
+    let ins = &insn.ins;
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    let mut enc = Encoder::new(64);
+    let op = if matches!(base, Register::RIP) || (base, index) == (Register::None, Register::None) {
+        Instruction::with2(
+            Code::Mov_r64_imm64,
+            Register::R10,
+            ins.memory_displacement64(),
+        )
+        .ok()?
+    } else {
+        let legacy = |r: Register| r == Register::None || gpr_bit(r).is_some();
+        if !legacy(base) || !legacy(index) {
+            return None;
+        }
+        let reg = |r: Register| {
+            if r == Register::None {
+                Register::None
+            } else {
+                host_reg64(r)
+            }
+        };
+        let disp = ins.memory_displacement64() as i64;
+        let mem = MemoryOperand::with_base_index_scale_displ_size(
+            reg(base),
+            reg(index),
+            ins.memory_index_scale(),
+            disp,
+            if disp == 0 { 0 } else { 8 },
+        );
+        Instruction::with2(Code::Lea_r64_m, Register::R10, mem).ok()?
+    };
+    enc.encode(&op, 0).ok()?;
+    Some(enc.take_buffer())
+}
+
+/// LEA with a 64-bit address (64-bit code): a constant for an absolute or
+/// RIP-relative address (iced resolves RIP + displacement for the fragment's
+/// own RIP), else a host LEA on the legacy registers, whose low `size` bytes
+/// are the guest's.
+fn host_lea64(insn: &Insn, dst: Register) -> Option<Instruction> {
+    let ins = &insn.ins;
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    let legacy = |r: Register| r == Register::None || gpr_bit(r).is_some();
+    if matches!(base, Register::RIP | Register::EIP)
+        || (base, index) == (Register::None, Register::None)
+    {
+        if index != Register::None {
+            return None;
+        }
+        let v = ins.memory_displacement64();
+        return match insn.size {
+            2 => Instruction::with2(Code::Mov_r16_imm16, dst, v as u16 as u32).ok(),
+            4 => Instruction::with2(Code::Mov_r32_imm32, dst, v as u32).ok(),
+            _ => Instruction::with2(Code::Mov_r64_imm64, dst, v).ok(),
+        };
+    }
+    if !legacy(base) || !legacy(index) {
+        return None;
+    }
+    let reg = |r: Register| {
+        if r == Register::None {
+            Register::None
+        } else {
+            host_reg64(r)
+        }
+    };
+    let disp = ins.memory_displacement64() as i64;
+    let mem = MemoryOperand::with_base_index_scale_displ_size(
+        reg(base),
+        reg(index),
+        ins.memory_index_scale(),
+        disp,
+        if disp == 0 { 0 } else { 8 },
+    );
+    let code = match insn.size {
+        2 => Code::Lea_r16_m,
+        4 => Code::Lea_r32_m,
+        _ => Code::Lea_r64_m,
     };
     Instruction::with2(code, dst, mem).ok()
 }
@@ -1299,6 +1464,52 @@ mod tests {
         assert_eq!(text, ["lea r10d,[rbx+rsi+0FFFEh]", "movzx r10d,r10w"]);
         // mov ah, [bx]: AH cannot be encoded next to R10
         assert!(lowered(16, &[0x8A, 0x27]).starts_with("Helper(Memory)"));
+    }
+
+    fn addr_text(bits: u32, bytes: &[u8]) -> Vec<String> {
+        let insn = prepared(bits, bytes);
+        let Lowering::Mem(m) = lower(&insn, false, &mut InstructionInfoFactory::new()) else {
+            panic!("not inline");
+        };
+        let mut d = Decoder::new(64, &m.addr, DecoderOptions::NONE);
+        d.iter()
+            .map(|i| {
+                let mut t = String::new();
+                IntelFormatter::new().format(&i, &mut t);
+                t
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_64bit_code_keeps_legacy_registers_and_resolves_rip() {
+        assert_eq!(lowered(64, &[0x48, 0x01, 0xD8]), "add rax,rbx");
+        // RSP lives in R8, SPL in R8B.
+        assert_eq!(lowered(64, &[0x48, 0x89, 0xE0]), "mov rax,r8");
+        assert_eq!(lowered(64, &[0x40, 0x88, 0xE0]), "mov al,r8b");
+        // A 64-bit shift count is masked to 6 bits: 40 is a shift by 40.
+        assert_eq!(lowered(64, &[0x48, 0xC1, 0xE0, 40]), "shl rax,28h");
+        // lea rax, [rip+10h] after a 7-byte instruction at 0: the constant 17h.
+        assert_eq!(
+            lowered(64, &[0x48, 0x8D, 0x05, 0x10, 0, 0, 0]),
+            "mov rax,17h"
+        );
+        // mov rax, [rbx+rsi*8-8]: a 64-bit LEA into R10.
+        assert_eq!(
+            lowered(64, &[0x48, 0x8B, 0x44, 0xF3, 0xF8]),
+            "mov rax,[r10]"
+        );
+        assert_eq!(
+            addr_text(64, &[0x48, 0x8B, 0x44, 0xF3, 0xF8]),
+            ["lea r10,[rbx+rsi*8-8]"]
+        );
+        // mov eax, [rip-4] after a 6-byte instruction at 0: address 2.
+        assert_eq!(
+            addr_text(64, &[0x8B, 0x05, 0xFC, 0xFF, 0xFF, 0xFF]),
+            ["mov r10,2"]
+        );
+        // R8-R15 live in CpuState only: the helper.
+        assert!(lowered(64, &[0x4C, 0x01, 0xC8]).starts_with("Helper"));
     }
 
     #[test]

@@ -33,15 +33,16 @@ pub enum Delegation {
     Fetch,
     /// The code buffer could not be (re)allocated.
     NoBuffer,
-    /// 64-bit code: the translator does not lower it yet, the interpreter runs
-    /// it (through the same unit cache rules).
-    Long64,
+    /// A 64-bit unit that would be mostly helper calls (`HELPER_HEAVY` in
+    /// `engine.rs`): the interpreter runs it, and its slot says so.
+    HelperHeavy,
 }
 
 impl Delegation {
     /// Number of reasons.
     pub const COUNT: usize = 4;
-    const NAMES: [&'static str; Self::COUNT] = ["single-step", "fetch", "no-buffer", "long64"];
+    const NAMES: [&'static str; Self::COUNT] =
+        ["single-step", "fetch", "no-buffer", "helper-heavy"];
 }
 
 /// Translator counters.
@@ -55,6 +56,9 @@ pub struct JitStats {
     pub inline_insns: u64,
     /// Units found in the translation cache.
     pub hits: u64,
+    /// Units left to the embedded interpreter at translation time (helper-heavy
+    /// 64-bit units), not counted in `translations`.
+    pub interp_units: u64,
     /// Translations dropped because their code was written.
     pub invalidations: u64,
     /// Full flushes of the code buffer.
@@ -128,8 +132,9 @@ impl fmt::Display for JitStats {
         )?;
         write!(
             f,
-            "translator delegated units: {}",
-            list(&Delegation::NAMES, &self.delegated)
+            "translator delegated units: {}; {} units left to the interpreter when translated",
+            list(&Delegation::NAMES, &self.delegated),
+            self.interp_units
         )
     }
 }
