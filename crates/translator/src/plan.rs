@@ -901,9 +901,19 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
     }
     let flags = flag_spec(ins, size)?;
     let mut mems = 0;
+    // R8-R15 among the operands (not the address): at most one, in R11 (R10
+    // holds the address).
+    let mut op_high = 0u16;
     for i in 0..ins.op_count() {
         match ins.op_kind(i) {
-            OpKind::Register => gpr_bit(ins.op_register(i)).map(|_| ())?,
+            OpKind::Register => {
+                let r = ins.op_register(i);
+                match (gpr_bit(r), high_bit(r)) {
+                    (Some(_), _) => {}
+                    (None, Some(b)) if long => op_high |= b,
+                    _ => return None,
+                }
+            }
             OpKind::Immediate8
             | OpKind::Immediate16
             | OpKind::Immediate32
@@ -934,8 +944,9 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         },
         _ => return None,
     };
-    let (uses, writes) = gpr_usage(info.used_registers(), true)?;
-    let mut host = host_insn(ins);
+    let (uses, writes, _, hi_writes) = usage_split(info.used_registers(), true)?;
+    let high = HighRegs::assign(op_high, hi_writes & op_high, &[Register::R11])?;
+    let mut host = host_insn(ins, &high)?;
     let code = match host.code() {
         Code::Mov_AL_moffs8 => Code::Mov_r8_rm8,
         Code::Mov_AX_moffs16 => Code::Mov_r16_rm16,
@@ -954,9 +965,12 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
     host.set_memory_displacement64(0);
     host.set_memory_displ_size(0);
     host.set_segment_prefix(Register::None);
-    let mut enc = Encoder::new(64);
-    enc.encode(&host, 0).ok()?;
-    let bytes = enc.take_buffer();
+    let bytes = high.wrap(&host)?;
+    let mut flags = flags;
+    if let Some(lo) = flags.szp_from.filter(|&r| high_bit(r).is_some()) {
+        // The product's low half is in R11 until stored.
+        flags.szp_from = Some(high.host(lo)?);
+    }
     Some(MemOp {
         op: Ident {
             bytes,
@@ -989,6 +1003,9 @@ fn offset_code(insn: &Insn) -> Option<Vec<u8>> {
         let mut enc = Encoder::new(64);
         enc.encode(&mov, 0).ok()?;
         return Some(enc.take_buffer());
+    }
+    if high_bit(base).is_some() || high_bit(index).is_some() {
+        return None;
     }
     let mut out = Vec::new();
     let mut enc = Encoder::new(64);
@@ -1132,6 +1149,128 @@ fn host_reg64(r: Register) -> Register {
     ][h as usize]
 }
 
+/// Guest R8-R15 in 64-bit code: each one an instruction names is held in a
+/// host scratch register (R11, then R10) around it, loaded from `CpuState`
+/// before and stored back after when written. A scratch register of 32 bits
+/// zero-extends into the stored 64 bits as the guest's write does, and one of 8
+/// or 16 bits keeps the loaded upper bits as the guest's write keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct HighRegs {
+    /// (guest register number, its 64-bit scratch register).
+    map: Vec<(u32, Register)>,
+    /// The guest registers written (bit n - 8).
+    writes: u16,
+}
+
+/// The guest register number of GPR `r` (0-15).
+fn gpr_index(r: Register) -> u32 {
+    r.full_register() as u32 - Register::RAX as u32
+}
+
+/// The R8-R15 bit of guest register `r` (bit n - 8).
+fn high_bit(r: Register) -> Option<u16> {
+    if !r.is_gpr() {
+        return None;
+    }
+    let idx = gpr_index(r);
+    (8..16).contains(&idx).then(|| 1u16 << (idx - 8))
+}
+
+/// `r64` (R10 or R11) at `size` bytes.
+fn sized(r64: Register, size: usize) -> Register {
+    use Register as R;
+    match (r64, size) {
+        (R::R10, 1) => R::R10L,
+        (R::R10, 2) => R::R10W,
+        (R::R10, 4) => R::R10D,
+        (R::R11, 1) => R::R11L,
+        (R::R11, 2) => R::R11W,
+        (R::R11, 4) => R::R11D,
+        _ => r64,
+    }
+}
+
+impl HighRegs {
+    /// Scratch registers for the guest registers in `used` (bits n - 8), from
+    /// `scratch`; `None` if there are more than it has.
+    fn assign(used: u16, writes: u16, scratch: &[Register]) -> Option<Self> {
+        let idx: Vec<u32> = (0..8)
+            .filter(|b| used & (1 << b) != 0)
+            .map(|b| b + 8)
+            .collect();
+        if idx.len() > scratch.len() {
+            return None;
+        }
+        Some(Self {
+            map: idx.into_iter().zip(scratch.iter().copied()).collect(),
+            writes,
+        })
+    }
+
+    /// The host register for guest GPR `r`: its scratch register if it is
+    /// one of R8-R15 here, else its fixed host register (`None` for an R8-R15
+    /// without one).
+    fn host(&self, r: Register) -> Option<Register> {
+        if high_bit(r).is_none() {
+            return Some(host_reg(r));
+        }
+        let idx = gpr_index(r);
+        let (_, s) = self.map.iter().find(|(i, _)| *i == idx)?;
+        Some(sized(*s, r.size()))
+    }
+
+    /// Like [`HighRegs::host`], at 64 bits (an address's base or index).
+    fn host64(&self, r: Register) -> Option<Register> {
+        if r == Register::None {
+            return Some(Register::None);
+        }
+        if high_bit(r).is_none() {
+            return Some(host_reg64(r));
+        }
+        let idx = gpr_index(r);
+        self.map.iter().find(|(i, _)| *i == idx).map(|(_, s)| *s)
+    }
+
+    /// Host code loading each scratch register from `CpuState`.
+    fn loads(&self) -> Option<Vec<u8>> {
+        let mut enc = Encoder::new(64);
+        for &(idx, s) in &self.map {
+            let at = MemoryOperand::with_base_displ(Register::R15, gpr_offset(idx));
+            enc.encode(&Instruction::with2(Code::Mov_r64_rm64, s, at).ok()?, 0)
+                .ok()?;
+        }
+        Some(enc.take_buffer())
+    }
+
+    /// Host code storing each written scratch register back.
+    fn stores(&self) -> Option<Vec<u8>> {
+        let mut enc = Encoder::new(64);
+        for &(idx, s) in &self.map {
+            if self.writes & (1 << (idx - 8)) != 0 {
+                let at = MemoryOperand::with_base_displ(Register::R15, gpr_offset(idx));
+                enc.encode(&Instruction::with2(Code::Mov_rm64_r64, at, s).ok()?, 0)
+                    .ok()?;
+            }
+        }
+        Some(enc.take_buffer())
+    }
+
+    /// `op` between the loads and the stores.
+    fn wrap(&self, op: &Instruction) -> Option<Vec<u8>> {
+        let mut out = self.loads()?;
+        let mut enc = Encoder::new(64);
+        enc.encode(op, 0).ok()?;
+        out.extend(enc.take_buffer());
+        out.extend(self.stores()?);
+        Some(out)
+    }
+}
+
+/// The offset of guest GPR `idx` in `CpuState`.
+fn gpr_offset(idx: u32) -> i64 {
+    (core::mem::offset_of!(x86bt_cpu::state::CpuState, gpr) + 8 * idx as usize) as i64
+}
+
 /// The [`Ident::uses`] bit of guest register `r`: one of the eight legacy
 /// GPRs at any width (SPL, BPL, SIL and DIL included), which live in host
 /// registers; `None` for R8-R15 and anything else.
@@ -1143,11 +1282,12 @@ fn gpr_bit(r: Register) -> Option<u8> {
     (idx < 8).then(|| 1u8 << idx)
 }
 
-/// The guest GPRs an instruction uses and writes (bit i = GPR i), or `None` if
-/// it uses any other register (segment registers are skipped when
-/// `skip_segments`: an address's segment is applied separately).
-fn gpr_usage(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8, u8)> {
-    let (mut uses, mut writes) = (0u8, 0u8);
+/// The guest GPRs an instruction uses and writes (legacy: bit i = GPR i) and
+/// the R8-R15 it uses and writes (bit n - 8), or `None` if it uses any other
+/// register (segment registers are skipped when `skip_segments`: an address's
+/// segment is applied separately).
+fn usage_split(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8, u8, u16, u16)> {
+    let (mut uses, mut writes, mut hi_uses, mut hi_writes) = (0u8, 0u8, 0u16, 0u16);
     for u in used {
         let r = u.register();
         if (r.is_segment_register() && skip_segments) || matches!(r, Register::RIP | Register::EIP)
@@ -1155,16 +1295,24 @@ fn gpr_usage(used: &[iced_x86::UsedRegister], skip_segments: bool) -> Option<(u8
             // A RIP-relative address is a constant in the fragment.
             continue;
         }
-        let bit = gpr_bit(r)?;
-        uses |= bit;
-        if matches!(
+        let written = matches!(
             u.access(),
             OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        ) {
+        );
+        if let Some(bit) = high_bit(r) {
+            hi_uses |= bit;
+            if written {
+                hi_writes |= bit;
+            }
+            continue;
+        }
+        let bit = gpr_bit(r)?;
+        uses |= bit;
+        if written {
             writes |= bit;
         }
     }
-    Some((uses, writes))
+    Some((uses, writes, hi_uses, hi_writes))
 }
 
 fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
@@ -1192,9 +1340,15 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
     }
     let flags = flag_spec(ins, size)?;
     let is_lea = ins.mnemonic() == Mnemonic::Lea;
+    let long = is_long(ins);
     for i in 0..ins.op_count() {
         match ins.op_kind(i) {
-            OpKind::Register => gpr_bit(ins.op_register(i)).map(|_| ())?,
+            OpKind::Register => {
+                let r = ins.op_register(i);
+                if gpr_bit(r).is_none() && !(long && high_bit(r).is_some()) {
+                    return None;
+                }
+            }
             OpKind::Immediate8
             | OpKind::Immediate16
             | OpKind::Immediate32
@@ -1207,16 +1361,21 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
             _ => return None,
         }
     }
-    let (uses, writes) = gpr_usage(factory.info(ins).used_registers(), is_lea)?;
+    let (uses, writes, hi_uses, hi_writes) =
+        usage_split(factory.info(ins).used_registers(), is_lea)?;
+    let high = HighRegs::assign(hi_uses, hi_writes, &[Register::R11, Register::R10])?;
     let host = if is_lea {
-        host_lea(insn)?
+        host_lea(insn, &high)?
     } else {
-        host_insn(ins)
+        host_insn(ins, &high)?
     };
-    let mut enc = Encoder::new(64);
-    enc.encode(&host, 0).ok()?;
+    let mut flags = flags;
+    if let Some(lo) = flags.szp_from.filter(|&r| high_bit(r).is_some()) {
+        // The product's low half is in a scratch register until stored.
+        flags.szp_from = Some(high.host(lo)?);
+    }
     Some(Ident {
-        bytes: enc.take_buffer(),
+        bytes: high.wrap(&host)?,
         uses,
         writes,
         flags,
@@ -1225,7 +1384,7 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
 
 /// The guest instruction with host register numbers, in a form valid in 64-bit
 /// mode (INC/DEC r16/r32 have no one-byte form there).
-fn host_insn(ins: &Instruction) -> Instruction {
+fn host_insn(ins: &Instruction, high: &HighRegs) -> Option<Instruction> {
     let mut h = *ins;
     let code = match h.code() {
         Code::Inc_r16 => Code::Inc_rm16,
@@ -1237,16 +1396,16 @@ fn host_insn(ins: &Instruction) -> Instruction {
     h.set_code(code);
     for i in 0..h.op_count() {
         if h.op_kind(i) == OpKind::Register {
-            h.set_op_register(i, host_reg(h.op_register(i)));
+            h.set_op_register(i, high.host(h.op_register(i))?);
         }
     }
-    h
+    Some(h)
 }
 
 /// LEA with 64-bit host base and index registers. The low `size` bytes of the
 /// 64-bit sum equal the guest's offset truncated to the operand size as long as
 /// the operand is no wider than the address (otherwise the helper runs it).
-fn host_lea(insn: &Insn) -> Option<Instruction> {
+fn host_lea(insn: &Insn, high: &HighRegs) -> Option<Instruction> {
     let ins = &insn.ins;
     let addr_size = match insn.mem.addr_mask {
         0xFFFF => 2,
@@ -1257,14 +1416,14 @@ fn host_lea(insn: &Insn) -> Option<Instruction> {
     if insn.size > addr_size {
         return None;
     }
-    let dst = host_reg(ins.op0_register());
+    let dst = high.host(ins.op0_register())?;
     if addr_size == 8 {
-        return host_lea64(insn, dst);
+        return host_lea64(insn, dst, high);
     }
     // The displacement modulo 2^32 is all the low `size` bytes depend on.
     let disp = i64::from(ins.memory_displacement64() as u32 as i32);
     let (base, index) = (ins.memory_base(), ins.memory_index());
-    if base == Register::None && index == Register::None {
+    if (base == Register::None || base == Register::EIP) && index == Register::None {
         let imm = ins.memory_displacement64() & insn.mem.addr_mask;
         return if insn.size == 2 {
             Instruction::with2(Code::Mov_r16_imm16, dst, imm as u32).ok()
@@ -1272,16 +1431,7 @@ fn host_lea(insn: &Insn) -> Option<Instruction> {
             Instruction::with2(Code::Mov_r32_imm32, dst, imm as u32).ok()
         };
     }
-    let hb = if base == Register::None {
-        Register::None
-    } else {
-        host_reg64(base)
-    };
-    let hi = if index == Register::None {
-        Register::None
-    } else {
-        host_reg64(index)
-    };
+    let (hb, hi) = (high.host64(base)?, high.host64(index)?);
     let displ_size = if disp == 0 { 0 } else { 8 };
     let mem = MemoryOperand::with_base_index_scale_displ_size(
         hb,
@@ -1312,26 +1462,26 @@ fn offset_code64(insn: &Insn) -> Option<Vec<u8>> {
         )
         .ok()?
     } else {
-        let legacy = |r: Register| r == Register::None || gpr_bit(r).is_some();
-        if !legacy(base) || !legacy(index) {
-            return None;
-        }
-        let reg = |r: Register| {
-            if r == Register::None {
-                Register::None
-            } else {
-                host_reg64(r)
-            }
+        // R8-R15 in the address: loaded into R10 (the base) and R11 first.
+        let used = [base, index]
+            .iter()
+            .filter_map(|&r| high_bit(r))
+            .fold(0, |a, b| a | b);
+        let scratch = if high_bit(base).is_some() {
+            [Register::R10, Register::R11]
+        } else {
+            [Register::R11, Register::R10]
         };
+        let high = HighRegs::assign(used, 0, &scratch)?;
         let disp = ins.memory_displacement64() as i64;
         let mem = MemoryOperand::with_base_index_scale_displ_size(
-            reg(base),
-            reg(index),
+            high.host64(base)?,
+            high.host64(index)?,
             ins.memory_index_scale(),
             disp,
             if disp == 0 { 0 } else { 8 },
         );
-        Instruction::with2(Code::Lea_r64_m, Register::R10, mem).ok()?
+        return high.wrap(&Instruction::with2(Code::Lea_r64_m, Register::R10, mem).ok()?);
     };
     enc.encode(&op, 0).ok()?;
     Some(enc.take_buffer())
@@ -1341,10 +1491,9 @@ fn offset_code64(insn: &Insn) -> Option<Vec<u8>> {
 /// RIP-relative address (iced resolves RIP + displacement for the fragment's
 /// own RIP), else a host LEA on the legacy registers, whose low `size` bytes
 /// are the guest's.
-fn host_lea64(insn: &Insn, dst: Register) -> Option<Instruction> {
+fn host_lea64(insn: &Insn, dst: Register, high: &HighRegs) -> Option<Instruction> {
     let ins = &insn.ins;
     let (base, index) = (ins.memory_base(), ins.memory_index());
-    let legacy = |r: Register| r == Register::None || gpr_bit(r).is_some();
     if matches!(base, Register::RIP | Register::EIP)
         || (base, index) == (Register::None, Register::None)
     {
@@ -1358,20 +1507,10 @@ fn host_lea64(insn: &Insn, dst: Register) -> Option<Instruction> {
             _ => Instruction::with2(Code::Mov_r64_imm64, dst, v).ok(),
         };
     }
-    if !legacy(base) || !legacy(index) {
-        return None;
-    }
-    let reg = |r: Register| {
-        if r == Register::None {
-            Register::None
-        } else {
-            host_reg64(r)
-        }
-    };
     let disp = ins.memory_displacement64() as i64;
     let mem = MemoryOperand::with_base_index_scale_displ_size(
-        reg(base),
-        reg(index),
+        high.host64(base)?,
+        high.host64(index)?,
         ins.memory_index_scale(),
         disp,
         if disp == 0 { 0 } else { 8 },
@@ -1508,8 +1647,42 @@ mod tests {
             addr_text(64, &[0x8B, 0x05, 0xFC, 0xFF, 0xFF, 0xFF]),
             ["mov r10,2"]
         );
-        // R8-R15 live in CpuState only: the helper.
-        assert!(lowered(64, &[0x4C, 0x01, 0xC8]).starts_with("Helper"));
+        // R8-R15 live in CpuState, held in R11 (then R10) around the
+        // instruction and stored back when written: add r9, rax.
+        let gpr = core::mem::offset_of!(x86bt_cpu::state::CpuState, gpr);
+        let r9 = format!("[r15+{:X}h]", gpr + 8 * 9);
+        assert_eq!(
+            all_text(&lower(
+                &prepared(64, &[0x49, 0x01, 0xC1]),
+                false,
+                &mut InstructionInfoFactory::new()
+            )),
+            [
+                format!("mov r11,{r9}"),
+                "add r11,rax".into(),
+                format!("mov {r9},r11")
+            ]
+        );
+        // mov eax, [r9+rax*2]: the address's R9 loaded into a scratch first;
+        // R9 is only read, so not stored.
+        let text = addr_text(64, &[0x41, 0x8B, 0x04, 0x41]);
+        assert_eq!(text.len(), 2);
+        assert!(text[0].starts_with("mov r10,[r15"), "{text:?}");
+        assert_eq!(text[1], "lea r10,[r10+rax*2]");
+    }
+
+    fn all_text(l: &Lowering) -> Vec<String> {
+        let (Lowering::Ident(x) | Lowering::Mem(MemOp { op: x, .. })) = l else {
+            panic!("not inline: {l:?}");
+        };
+        let mut d = Decoder::new(64, &x.bytes, DecoderOptions::NONE);
+        d.iter()
+            .map(|i| {
+                let mut t = String::new();
+                IntelFormatter::new().format(&i, &mut t);
+                t
+            })
+            .collect()
     }
 
     #[test]
