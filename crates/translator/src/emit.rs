@@ -835,14 +835,23 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         let delta = i32::from(x.esp_delta);
         if delta > 0 {
-            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+            self.move_esp(delta);
         }
         self.ops.extend(x.op.bytes.iter().copied());
         if delta < 0 {
-            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+            self.move_esp(delta);
         }
         self.after_flags(f, capture);
         self.rejoin_here(p);
+    }
+
+    /// ESP (RSP in 64-bit code) += `delta`, host flags kept.
+    fn move_esp(&mut self, delta: i32) {
+        if self.long {
+            dynasm!(self.ops ; .arch x64 ; lea r8, [r8 + delta]);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + delta]);
+        }
     }
 
     /// RDTSC: EDX:EAX = icount before it + `CpuState::tsc_offset`, as the
@@ -1347,11 +1356,14 @@ impl<A: CodeSink> Emitter<'_, A> {
         let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len) & self.ip_mask;
         let limit = self.cs_limit;
         let target = match x.target {
-            XferTarget::Rel(rel) => Some(next.wrapping_add(rel) & 0xFFFF_FFFF),
+            // The operand size, 32 or 64 bits, masks the target.
+            XferTarget::Rel(rel) => {
+                Some(next.wrapping_add(rel) & if self.long { u64::MAX } else { 0xFFFF_FFFF })
+            }
             _ => None,
         };
-        if target.is_some_and(|t| t > u64::from(limit)) {
-            // Outside the CS limit: the helper raises #GP.
+        if target.is_some_and(|t| !self.target_ok(t)) {
+            // Outside the CS limit, or not canonical: the helper raises #GP.
             self.helper_ends_unit(i, kind);
             return;
         }
@@ -1362,15 +1374,30 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         // A dynamic target goes to R9 (free: no capture is pending) and is
         // checked against the CS limit before any side effect.
-        match x.target {
-            XferTarget::Reg(g) => {
+        match (x.target, self.long) {
+            (XferTarget::Reg(g), false) => {
                 let h = GUEST_TO_HOST[usize::from(g)];
                 dynasm!(self.ops ; .arch x64 ; mov r9d, Rd(h));
             }
-            XferTarget::Ret(_) => dynasm!(self.ops ; .arch x64 ; mov r9d, DWORD [r10]),
-            XferTarget::Rel(_) => {}
+            (XferTarget::Reg(g), true) => {
+                let h = GUEST_TO_HOST[usize::from(g)];
+                dynasm!(self.ops ; .arch x64 ; mov r9, Rq(h));
+            }
+            (XferTarget::Ret(_), false) => dynasm!(self.ops ; .arch x64 ; mov r9d, DWORD [r10]),
+            (XferTarget::Ret(_), true) => dynasm!(self.ops ; .arch x64 ; mov r9, QWORD [r10]),
+            (XferTarget::Rel(_), _) => {}
         }
-        if target.is_none() && limit != u32::MAX {
+        if target.is_none() && self.long {
+            // The target must be canonical (else #GP, from the helper).
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11, r9
+                ; shl r11, 16
+                ; sar r11, 16
+                ; cmp r11, r9
+                ; jne =>full
+            );
+        } else if target.is_none() && limit != u32::MAX {
             let l = limit as i32;
             dynasm!(self.ops
                 ; .arch x64
@@ -1379,18 +1406,21 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; ja =>full
             );
         }
+        let width = if self.long { 8 } else { 4 };
         match x.target {
-            XferTarget::Ret(release) => {
-                let d = 4 + i32::from(release);
-                dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + d]);
+            XferTarget::Ret(release) => self.move_esp(width + i32::from(release)),
+            _ if x.stack.is_some() && self.long => {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r11, QWORD next as i64
+                    ; mov QWORD [r10], r11
+                );
+                self.move_esp(-8);
             }
             _ if x.stack.is_some() => {
                 let ret = next as u32 as i32;
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; mov DWORD [r10], ret
-                    ; lea r8d, [r8 - 4]
-                );
+                dynasm!(self.ops ; .arch x64 ; mov DWORD [r10], ret);
+                self.move_esp(-4);
             }
             _ => {}
         }
@@ -1402,7 +1432,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
     }
 
-    /// A way out of the unit to the RIP in R9 (32 bits), after `n` more
+    /// A way out of the unit to the RIP in R9 (32 or 64 bits), after `n` more
     /// instructions, otherwise as [`Emitter::side`]: on through the jump cache,
     /// or back to the run loop.
     fn side_dynamic(&mut self, n: u64) {
@@ -1415,9 +1445,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             let spec = self.spec as i32;
             let mask = (JC_SIZE - 1) as i32;
             let shift = size_of::<JcEntry>().trailing_zeros() as i8;
+            if !self.long {
+                dynasm!(self.ops ; .arch x64 ; mov r9d, r9d);
+            }
             dynasm!(self.ops
                 ; .arch x64
-                ; mov r9d, r9d
                 ; mov r11d, r9d
                 ; shr r11d, 12
                 ; xor r11d, r9d

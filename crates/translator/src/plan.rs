@@ -556,9 +556,10 @@ fn is_long(ins: &Instruction) -> bool {
 /// The lowering of an instruction of 64-bit code. Inline so far: the IDENT
 /// list on the eight legacy registers (any operand size, LEA with a 64-bit
 /// address and RIP-relative LEA included), relative branches, RDTSC, CLI and
-/// STI, and the IDENT list with one memory operand addressed by the legacy
-/// registers or RIP. Guest R8-R15 live in `CpuState` only, so an instruction
-/// naming one, and every stack and string access, runs through the helper.
+/// STI, the IDENT list with one memory operand, PUSH and POP of a register or
+/// an immediate, and near CALL, RET and register JMP with a 64-bit operand
+/// size. Guest R8-R15 are held in scratch registers around the instruction
+/// that names them ([`HighRegs`]).
 fn lower_long(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
     let ins = &insn.ins;
     if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
@@ -567,6 +568,11 @@ fn lower_long(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) 
             rel: insn.rel,
             size: insn.size,
         });
+    }
+    if is_last {
+        if let Some(x) = xfer(insn) {
+            return Lowering::Xfer(x);
+        }
     }
     if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
         return Lowering::Rdtsc;
@@ -581,7 +587,7 @@ fn lower_long(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) 
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
-    match mem_op(insn, factory) {
+    match stack_op64(insn).or_else(|| mem_op(insn, factory)) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
@@ -593,14 +599,19 @@ const ESP_BIT: u8 = 1 << 4;
 /// A stack access of `size` bytes the emitter completes: at `[ESP - size]`
 /// for a store, `[ESP]` for a load (a 32-bit stack).
 fn stack_access(write: bool, size: u8) -> Option<MemOp> {
-    let addr = if write {
-        Instruction::with2(
+    let addr = match (write, size) {
+        (true, 8) => Instruction::with2(
+            Code::Lea_r64_m,
+            Register::R10,
+            MemoryOperand::with_base_displ(Register::R8, -8),
+        ),
+        (false, 8) => Instruction::with2(Code::Mov_r64_rm64, Register::R10, Register::R8),
+        (true, _) => Instruction::with2(
             Code::Lea_r32_m,
             Register::R10D,
             MemoryOperand::with_base_displ(Register::R8, -i64::from(size)),
-        )
-    } else {
-        Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D)
+        ),
+        (false, _) => Instruction::with2(Code::Mov_r32_rm32, Register::R10D, Register::R8D),
     }
     .ok()?;
     let mut enc = Encoder::new(64);
@@ -780,24 +791,31 @@ fn flags_op(insn: &Insn) -> Option<FlagsOp> {
 /// The inline form of a near CALL/RET/JMP, if it has one (see [`Xfer`]).
 fn xfer(insn: &Insn) -> Option<Xfer> {
     let ins = &insn.ins;
-    if insn.size != 4 {
+    let size = insn.size;
+    if size != 4 && !(size == 8 && is_long(ins)) {
         return None;
     }
     let reg = || {
         let r = ins.op0_register();
         gpr_bit(r)
-            .filter(|&b| b != ESP_BIT && r.size() == 4)
+            .filter(|&b| b != ESP_BIT && r.size() == usize::from(size))
             .map(|b| b.trailing_zeros() as u8)
     };
-    let stack = |write: bool| stack_access(write, 4);
+    let stack = |write: bool| stack_access(write, size);
     let (target, stack) = match ins.code() {
-        Code::Call_rel32_32 => (XferTarget::Rel(insn.rel), Some(stack(true)?)),
-        Code::Call_rm32 if ins.op0_kind() == OpKind::Register => {
+        Code::Call_rel32_32 | Code::Call_rel32_64 => {
+            (XferTarget::Rel(insn.rel), Some(stack(true)?))
+        }
+        Code::Call_rm32 | Code::Call_rm64 if ins.op0_kind() == OpKind::Register => {
             (XferTarget::Reg(reg()?), Some(stack(true)?))
         }
-        Code::Jmp_rm32 if ins.op0_kind() == OpKind::Register => (XferTarget::Reg(reg()?), None),
-        Code::Retnd => (XferTarget::Ret(0), Some(stack(false)?)),
-        Code::Retnd_imm16 => (XferTarget::Ret(ins.immediate16()), Some(stack(false)?)),
+        Code::Jmp_rm32 | Code::Jmp_rm64 if ins.op0_kind() == OpKind::Register => {
+            (XferTarget::Reg(reg()?), None)
+        }
+        Code::Retnd | Code::Retnq => (XferTarget::Ret(0), Some(stack(false)?)),
+        Code::Retnd_imm16 | Code::Retnq_imm16 => {
+            (XferTarget::Ret(ins.immediate16()), Some(stack(false)?))
+        }
         _ => return None,
     };
     Some(Xfer { target, stack })
@@ -881,6 +899,52 @@ fn stack_op(insn: &Insn) -> Option<MemOp> {
         write: delta < 0,
         esp_delta: delta,
         df_clear: false,
+    })
+}
+
+/// PUSH of a register or an immediate, POP into a register, in 64-bit code
+/// (a 64-bit operand size): a store to `[RSP - 8]` then RSP -= 8, or a load
+/// from `[RSP]` then RSP += 8. R8-R15 through R11 ([`HighRegs`]).
+fn stack_op64(insn: &Insn) -> Option<MemOp> {
+    let ins = &insn.ins;
+    if insn.size != 8 || ins.has_lock_prefix() {
+        return None;
+    }
+    let at_r10 = MemoryOperand::with_base(Register::R10);
+    let reg = || (ins.op0_kind() == OpKind::Register).then(|| ins.op0_register());
+    let (host, high, write) = match ins.code() {
+        Code::Push_r64 | Code::Push_rm64 => {
+            let r = reg()?;
+            let high = HighRegs::assign(high_bit(r).unwrap_or(0), 0, &[Register::R11])?;
+            let host = Instruction::with2(Code::Mov_rm64_r64, at_r10, high.host(r)?).ok()?;
+            (host, high, true)
+        }
+        Code::Pushq_imm32 | Code::Pushq_imm8 => {
+            let v = ins.immediate(0) as i64 as i32;
+            let host = Instruction::with2(Code::Mov_rm64_imm32, at_r10, v).ok()?;
+            (host, HighRegs::default(), true)
+        }
+        Code::Pop_r64 | Code::Pop_rm64 => {
+            let r = reg()?;
+            let bit = high_bit(r).unwrap_or(0);
+            let high = HighRegs::assign(bit, bit, &[Register::R11])?;
+            let host = Instruction::with2(Code::Mov_r64_rm64, high.host(r)?, at_r10).ok()?;
+            (host, high, false)
+        }
+        _ => return None,
+    };
+    if reg().is_some_and(|r| gpr_bit(r).is_none() && high_bit(r).is_none()) {
+        return None;
+    }
+    let access = stack_access(write, 8)?;
+    Some(MemOp {
+        op: Ident {
+            bytes: high.wrap(&host)?,
+            uses: ESP_BIT,
+            writes: ESP_BIT,
+            flags: FlagSpec::NONE,
+        },
+        ..access
     })
 }
 
@@ -1669,6 +1733,21 @@ mod tests {
         assert_eq!(text.len(), 2);
         assert!(text[0].starts_with("mov r10,[r15"), "{text:?}");
         assert_eq!(text[1], "lea r10,[r10+rax*2]");
+        // push r12: the store through R11, RSP (R8) moved by 8 after it.
+        let push = prepared(64, &[0x41, 0x54]);
+        let l = lower(&push, false, &mut InstructionInfoFactory::new());
+        let Lowering::Mem(m) = &l else {
+            panic!("not inline: {l:?}");
+        };
+        assert_eq!((m.size, m.write, m.esp_delta, m.seg), (8, true, -8, 2));
+        assert_eq!(all_text(&l)[1], "mov [r10],r11");
+        // call rel32 and ret with a 64-bit return address.
+        let call = prepared(64, &[0xE8, 0, 0, 0, 0]);
+        let l = lower(&call, true, &mut InstructionInfoFactory::new());
+        assert!(
+            matches!(&l, Lowering::Xfer(Xfer { stack: Some(s), .. }) if s.size == 8),
+            "{l:?}"
+        );
     }
 
     fn all_text(l: &Lowering) -> Vec<String> {
