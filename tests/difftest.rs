@@ -511,3 +511,11 @@ fn difftest_sse_campaign_compares_past_the_sse_stub() {
 fn difftest_campaign_long_mode_has_no_divergence() {
     campaign_of("long", "interp", "2026", 20, 200);
 }
+
+/// The long-mode campaign under the translator, which lowers 64-bit code
+/// (issue 15): each instruction runs through its own fragment and is
+/// compared with QEMU after it.
+#[test]
+fn difftest_campaign_long_mode_under_jit_has_no_divergence() {
+    campaign_of("long", "jit", "2026", 20, 200);
+}
