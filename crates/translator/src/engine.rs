@@ -566,28 +566,12 @@ impl Translator {
             self.next_gen += 1;
             self.stats.interp_units += 1;
             let cs = cpu.seg[sreg::CS];
-            self.slots[s] = Slot {
-                valid: true,
-                phys,
-                next_phys: fetched.next_phys,
-                key,
-                rip: cpu.rip,
-                cs_base: cs.base,
-                cs_limit: cs.limit,
-                flat,
-                spec: self.spec_of(key, cs.base, cs.limit, flat),
-                byte_len: self.scratch.byte_len as u32,
+            let spec = self.spec_of(key, cs.base, cs.limit, flat);
+            let unit = Slot {
                 interp_only: true,
-                gen,
-                ..Slot::empty()
+                ..self.unit_slot(cpu, (phys, fetched.next_phys), key, flat, spec, gen)
             };
-            index_code_pages(
-                m,
-                &mut self.page_index,
-                (phys, fetched.next_phys),
-                &self.scratch,
-                s as u32,
-            );
+            self.install(m, s, unit);
             return Ok(());
         }
         let captures = plan::captures(&lowerings);
@@ -689,37 +673,52 @@ impl Translator {
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
         self.stats.inline_insns += inline as u64;
-        self.slots[s] = Slot {
+        let unit = Slot {
+            // Any unit on one page: one that ends with an event says so itself.
+            chain_target: fetched.next_phys == NO_PAGE,
+            code: frag,
+            insns,
+            cells: Some(cells),
+            stubs,
+            ..self.unit_slot(cpu, (phys, fetched.next_phys), key, flat, spec, gen)
+        };
+        self.install(m, s, unit);
+        Ok(())
+    }
+
+    /// A slot for the unit just decoded (`self.scratch`) at CS:IP, on the
+    /// physical pages `pages`, with no fragment yet.
+    fn unit_slot(
+        &self,
+        cpu: &CpuState,
+        pages: (u64, u64),
+        key: CpuMode,
+        flat: u8,
+        spec: u32,
+        gen: u64,
+    ) -> Slot {
+        let cs = cpu.seg[sreg::CS];
+        Slot {
             valid: true,
-            phys,
-            next_phys: fetched.next_phys,
+            phys: pages.0,
+            next_phys: pages.1,
             key,
             rip: cpu.rip,
             cs_base: cs.base,
             cs_limit: cs.limit,
             flat,
             spec,
-            jc_refs: Vec::new(),
             byte_len: self.scratch.byte_len as u32,
-            // Any unit on one page: one that ends with an event says so itself.
-            chain_target: fetched.next_phys == NO_PAGE,
-            interp_only: false,
             gen,
-            code: frag,
-            insns,
-            cells: Some(cells),
-            stubs,
-            incoming: Vec::new(),
-        };
-        let unit = &self.scratch;
-        index_code_pages(
-            m,
-            &mut self.page_index,
-            (phys, fetched.next_phys),
-            unit,
-            s as u32,
-        );
-        Ok(())
+            ..Slot::empty()
+        }
+    }
+
+    /// Puts `unit` in slot `s` and indexes its code pages.
+    fn install(&mut self, m: &mut Machine, s: usize, unit: Slot) {
+        let pages = (unit.phys, unit.next_phys);
+        self.slots[s] = unit;
+        index_code_pages(m, &mut self.page_index, pages, &self.scratch, s as u32);
     }
 
     /// Makes the fast TLB safe for the fragment about to run, and points the

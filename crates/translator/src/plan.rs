@@ -507,14 +507,18 @@ pub fn may_fall_through(lowerings: &[Lowering], last: &Instruction, plain_end: b
         && quiet(lowerings)
 }
 
+/// How one instruction is lowered. 64-bit code (`is_long`) has the IDENT
+/// list (any operand size, LEA with 64-bit and RIP-relative addresses), one
+/// memory operand, PUSH/POP of a register or an immediate, near CALL, RET and
+/// register JMP, relative branches, RDTSC, CLI and STI inline; guest R8-R15
+/// are held in scratch registers around the instruction that names them
+/// ([`HighRegs`]). Its string forms, DIV and PUSHF/POPF take the helper.
 fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
     let ins = &insn.ins;
     if ins.is_invalid() {
         return Lowering::Helper(HelperKind::Other);
     }
-    if is_long(ins) {
-        return lower_long(insn, is_last, factory);
-    }
+    let long = is_long(ins);
     if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
         return Lowering::Branch(Branch {
             cc: ins.is_jcc_short_or_near().then(|| ins.condition_code()),
@@ -530,19 +534,22 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
         return Lowering::Rdtsc;
     }
-    if let Some(f) = flags_op(insn) {
+    // PUSHF/POPF's inline forms need a 32-bit stack.
+    if let Some(f) = flags_op(insn).filter(|f| !long || matches!(f, FlagsOp::Cli | FlagsOp::Sti)) {
         return Lowering::Flags(f);
     }
-    if let Some(d) = div_op(insn) {
+    if let Some(d) = div_op(insn).filter(|_| !long) {
         return Lowering::Div(d);
     }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
     }
-    match stack_op(insn)
-        .or_else(|| string_op(insn))
-        .or_else(|| mem_op(insn, factory))
-    {
+    let access = if long {
+        stack_op64(insn)
+    } else {
+        stack_op(insn).or_else(|| string_op(insn))
+    };
+    match access.or_else(|| mem_op(insn, factory)) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
     }
@@ -551,46 +558,6 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
 /// Whether `ins` was decoded as 64-bit code.
 fn is_long(ins: &Instruction) -> bool {
     ins.code_size() == iced_x86::CodeSize::Code64
-}
-
-/// The lowering of an instruction of 64-bit code. Inline so far: the IDENT
-/// list on the eight legacy registers (any operand size, LEA with a 64-bit
-/// address and RIP-relative LEA included), relative branches, RDTSC, CLI and
-/// STI, the IDENT list with one memory operand, PUSH and POP of a register or
-/// an immediate, and near CALL, RET and register JMP with a 64-bit operand
-/// size. Guest R8-R15 are held in scratch registers around the instruction
-/// that names them ([`HighRegs`]).
-fn lower_long(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
-    let ins = &insn.ins;
-    if is_last && (ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near()) {
-        return Lowering::Branch(Branch {
-            cc: ins.is_jcc_short_or_near().then(|| ins.condition_code()),
-            rel: insn.rel,
-            size: insn.size,
-        });
-    }
-    if is_last {
-        if let Some(x) = xfer(insn) {
-            return Lowering::Xfer(x);
-        }
-    }
-    if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
-        return Lowering::Rdtsc;
-    }
-    if !ins.has_lock_prefix() {
-        match ins.mnemonic() {
-            Mnemonic::Cli => return Lowering::Flags(FlagsOp::Cli),
-            Mnemonic::Sti => return Lowering::Flags(FlagsOp::Sti),
-            _ => {}
-        }
-    }
-    if let Some(x) = ident(insn, factory) {
-        return Lowering::Ident(x);
-    }
-    match stack_op64(insn).or_else(|| mem_op(insn, factory)) {
-        Some(x) => Lowering::Mem(x),
-        None => Lowering::Helper(HelperKind::of(ins)),
-    }
 }
 
 /// Guest ESP, as a [`Ident::uses`] bit.
@@ -1537,18 +1504,24 @@ fn offset_code64(insn: &Insn) -> Option<Vec<u8>> {
             [Register::R11, Register::R10]
         };
         let high = HighRegs::assign(used, 0, &scratch)?;
-        let disp = ins.memory_displacement64() as i64;
-        let mem = MemoryOperand::with_base_index_scale_displ_size(
-            high.host64(base)?,
-            high.host64(index)?,
-            ins.memory_index_scale(),
-            disp,
-            if disp == 0 { 0 } else { 8 },
-        );
+        let mem = host_mem64(ins, &high)?;
         return high.wrap(&Instruction::with2(Code::Lea_r64_m, Register::R10, mem).ok()?);
     };
     enc.encode(&op, 0).ok()?;
     Some(enc.take_buffer())
+}
+
+/// The 64-bit memory operand of `ins` on host registers (base and index
+/// through `high`).
+fn host_mem64(ins: &Instruction, high: &HighRegs) -> Option<MemoryOperand> {
+    let disp = ins.memory_displacement64() as i64;
+    Some(MemoryOperand::with_base_index_scale_displ_size(
+        high.host64(ins.memory_base())?,
+        high.host64(ins.memory_index())?,
+        ins.memory_index_scale(),
+        disp,
+        if disp == 0 { 0 } else { 8 },
+    ))
 }
 
 /// LEA with a 64-bit address (64-bit code): a constant for an absolute or
@@ -1571,14 +1544,7 @@ fn host_lea64(insn: &Insn, dst: Register, high: &HighRegs) -> Option<Instruction
             _ => Instruction::with2(Code::Mov_r64_imm64, dst, v).ok(),
         };
     }
-    let disp = ins.memory_displacement64() as i64;
-    let mem = MemoryOperand::with_base_index_scale_displ_size(
-        high.host64(base)?,
-        high.host64(index)?,
-        ins.memory_index_scale(),
-        disp,
-        if disp == 0 { 0 } else { 8 },
-    );
+    let mem = host_mem64(ins, high)?;
     let code = match insn.size {
         2 => Code::Lea_r16_m,
         4 => Code::Lea_r32_m,
@@ -1674,7 +1640,12 @@ mod tests {
         let Lowering::Mem(m) = lower(&insn, false, &mut InstructionInfoFactory::new()) else {
             panic!("not inline");
         };
-        let mut d = Decoder::new(64, &m.addr, DecoderOptions::NONE);
+        disassemble(&m.addr)
+    }
+
+    /// Host code as Intel-syntax lines.
+    fn disassemble(code: &[u8]) -> Vec<String> {
+        let mut d = Decoder::new(64, code, DecoderOptions::NONE);
         d.iter()
             .map(|i| {
                 let mut t = String::new();
@@ -1754,14 +1725,7 @@ mod tests {
         let (Lowering::Ident(x) | Lowering::Mem(MemOp { op: x, .. })) = l else {
             panic!("not inline: {l:?}");
         };
-        let mut d = Decoder::new(64, &x.bytes, DecoderOptions::NONE);
-        d.iter()
-            .map(|i| {
-                let mut t = String::new();
-                IntelFormatter::new().format(&i, &mut t);
-                t
-            })
-            .collect()
+        disassemble(&x.bytes)
     }
 
     #[test]
