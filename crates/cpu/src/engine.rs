@@ -136,13 +136,16 @@ pub struct Fetched {
 }
 
 /// Whether a unit whose last instruction is `last` needs no look from the run
-/// loop after it: `last` is not sensitive, or it is RDTSC, CLI or PUSHF, which
+/// loop after it: `last` is not sensitive, or it is RDTSC, RDTSCP, CLI or PUSHF, which
 /// are in the sensitive table but can neither make an interrupt deliverable nor
 /// change what the run loop checks (the TSC counts retired instructions).
 pub fn ends_plainly(last: &iced_x86::Instruction) -> bool {
     use iced_x86::Mnemonic as M;
     !x86bt_decoder::sensitive::is_sensitive(last)
-        || matches!(last.mnemonic(), M::Rdtsc | M::Cli | M::Pushf | M::Pushfd)
+        || matches!(
+            last.mnemonic(),
+            M::Rdtsc | M::Rdtscp | M::Cli | M::Pushf | M::Pushfd
+        )
 }
 
 /// Fetches the bytes at CS:IP (physical `phys`) and decodes one unit into `out`.
@@ -200,8 +203,13 @@ pub fn fetch_unit(
     if out.end == UnitEnd::FetchFault {
         return Err(cut_by);
     }
-    let plain_end =
-        out.end != UnitEnd::Undecodable && out.instructions().last().is_some_and(ends_plainly);
+    // PAUSE ends its unit for the run loop only when another vCPU could take
+    // the turn; on a machine of one it is the NOP it architecturally is.
+    let solo = m.cpu_count() == 1;
+    let plain_end = out.end != UnitEnd::Undecodable
+        && out.instructions().last().is_some_and(|i| {
+            ends_plainly(i) || (solo && i.mnemonic() == iced_x86::Mnemonic::Pause)
+        });
     Ok(Fetched {
         next_phys: if out.byte_len > page_room {
             next_phys

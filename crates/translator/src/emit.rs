@@ -97,6 +97,8 @@ const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
 const CR4: i32 = offset_of!(CpuState, cr4) as i32;
 const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
+const TSC_AUX: i32 =
+    (offset_of!(CpuState, msr) + offset_of!(x86bt_cpu::identity::Msrs, tsc_aux)) as i32;
 const INT_SHADOW: i32 = offset_of!(CpuState, int_shadow) as i32;
 const FAST_READ: i32 = offset_of!(FastEntry, read) as i32;
 const JC_RIP: i32 = offset_of!(JcEntry, rip) as i32;
@@ -569,8 +571,8 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
                 e.xfer(i, x, len, unit.kinds[i]);
                 ended = true;
             }
-            Lowering::Rdtsc => {
-                e.rdtsc(i, unit.kinds[i]);
+            Lowering::Rdtsc(aux) => {
+                e.rdtsc(i, *aux, unit.kinds[i]);
                 e.insn_delta += 1;
             }
             Lowering::Flags(op) => {
@@ -857,7 +859,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// RDTSC: EDX:EAX = icount before it + `CpuState::tsc_offset`, as the
     /// interpreter computes it, unless CR4.TSD is set (then the helper runs it,
     /// which checks the privilege).
-    fn rdtsc(&mut self, i: usize, kind: u8) {
+    fn rdtsc(&mut self, i: usize, aux: bool, kind: u8) {
         self.settle_flags();
         self.host_valid = 0;
         let p = self.slow_path_here(i, kind, true, false);
@@ -876,6 +878,10 @@ impl<A: CodeSink> Emitter<'_, A> {
             ; shr rdx, 32
             ; mov eax, eax
         );
+        if aux {
+            // RDTSCP: ECX = IA32_TSC_AUX (its low 32 bits, zero-extended).
+            dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r15 + TSC_AUX]);
+        }
         self.host_valid = 0;
         self.rejoin_here(p);
     }

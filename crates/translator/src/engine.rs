@@ -553,7 +553,10 @@ impl Translator {
             .iter()
             .map(|i| Insn::prepare(i, bits))
             .collect();
-        let lowerings = plan::plan(&insns);
+        let mut lowerings = plan::plan(&insns);
+        if m.cpu_count() == 1 {
+            plan::pause_as_nop(&insns, &mut lowerings);
+        }
         let inline = lowerings
             .iter()
             .filter(|l| !matches!(l, Lowering::Helper(_)))

@@ -198,8 +198,9 @@ pub enum Lowering {
     /// ending the unit.
     Xfer(Xfer),
     /// RDTSC: EDX:EAX = icount + `CpuState::tsc_offset`, inline while CR4.TSD
-    /// is clear (the helper otherwise, which checks the privilege).
-    Rdtsc,
+    /// is clear (the helper otherwise, which checks the privilege). `true` for
+    /// RDTSCP, which also loads ECX with IA32_TSC_AUX.
+    Rdtsc(bool),
     /// CLI, STI, PUSHF or POPF, inline where the privilege allows it.
     Flags(FlagsOp),
     /// DIV r32 or DIV r16: the host's DIV after inline checks that it cannot
@@ -308,7 +309,7 @@ fn observed_dead_only(lowerings: &[Lowering], caps: &[bool]) -> Vec<usize> {
                 read_later = ARITH;
                 continue;
             }
-            Lowering::Xfer(_) | Lowering::Rdtsc => continue,
+            Lowering::Xfer(_) | Lowering::Rdtsc(_) => continue,
             Lowering::Flags(_) => {
                 read_later = ARITH;
                 continue;
@@ -332,7 +333,7 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Branch(_) => HelperKind::Branch as u8,
             Lowering::Xfer(x) if x.stack.is_some() => HelperKind::Stack as u8,
             Lowering::Xfer(_) => HelperKind::Branch as u8,
-            Lowering::Rdtsc | Lowering::Flags(_) => HelperKind::Sensitive as u8,
+            Lowering::Rdtsc(_) | Lowering::Flags(_) => HelperKind::Sensitive as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
             Lowering::Div(_) => HelperKind::MulDiv as u8,
         })
@@ -385,7 +386,7 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
             Lowering::Helper(_)
             | Lowering::Branch(_)
             | Lowering::Xfer(_)
-            | Lowering::Rdtsc
+            | Lowering::Rdtsc(_)
             | Lowering::Flags(_) => ARITH,
         };
     }
@@ -437,7 +438,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 continue;
             }
             Lowering::Xfer(_) => continue,
-            Lowering::Rdtsc | Lowering::Flags(_) => {
+            Lowering::Rdtsc(_) | Lowering::Flags(_) => {
                 valid = 0;
                 pending = None;
                 continue;
@@ -531,8 +532,8 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
             return Lowering::Xfer(x);
         }
     }
-    if ins.mnemonic() == Mnemonic::Rdtsc && !ins.has_lock_prefix() {
-        return Lowering::Rdtsc;
+    if matches!(ins.mnemonic(), Mnemonic::Rdtsc | Mnemonic::Rdtscp) && !ins.has_lock_prefix() {
+        return Lowering::Rdtsc(ins.mnemonic() == Mnemonic::Rdtscp);
     }
     // PUSHF/POPF's inline forms need a 32-bit stack.
     if let Some(f) = flags_op(insn).filter(|f| !long || matches!(f, FlagsOp::Cli | FlagsOp::Sti)) {
@@ -552,6 +553,23 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     match access.or_else(|| mem_op(insn, factory)) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
+    }
+}
+
+/// On a machine of one vCPU, PAUSE is the NOP it architecturally is: no other
+/// vCPU could take the turn its hint offers (`fetch_unit` lets such a unit end
+/// plainly, and the interpreter's handler leaves the hint unset), so it lowers
+/// to nothing and the unit may chain, as a spin-wait loop then does.
+pub fn pause_as_nop(insns: &[Insn], lowerings: &mut [Lowering]) {
+    for (insn, l) in insns.iter().zip(lowerings.iter_mut()) {
+        if insn.ins.mnemonic() == Mnemonic::Pause {
+            *l = Lowering::Ident(Ident {
+                bytes: Vec::new(),
+                uses: 0,
+                writes: 0,
+                flags: FlagSpec::NONE,
+            });
+        }
     }
 }
 
@@ -1718,6 +1736,31 @@ mod tests {
         assert!(
             matches!(&l, Lowering::Xfer(Xfer { stack: Some(s), .. }) if s.size == 8),
             "{l:?}"
+        );
+    }
+
+    #[test]
+    fn plan_rdtscp_is_inline_and_pause_is_a_nop_on_one_vcpu() {
+        // RDTSCP is RDTSC's inline form with ECX = TSC_AUX (Linux 686 reads
+        // the TSC with it, millions of times a boot).
+        let l = lower(
+            &prepared(32, &[0x0F, 0x01, 0xF9]),
+            false,
+            &mut InstructionInfoFactory::new(),
+        );
+        assert_eq!(l, Lowering::Rdtsc(true));
+        // PAUSE takes the helper (the run loop may give another vCPU the
+        // turn) unless the machine has one vCPU.
+        let insns = [prepared(32, &[0xF3, 0x90])];
+        let mut ls = plan(&insns);
+        assert!(
+            matches!(ls[0], Lowering::Helper(HelperKind::Sensitive)),
+            "{ls:?}"
+        );
+        pause_as_nop(&insns, &mut ls);
+        assert!(
+            matches!(&ls[0], Lowering::Ident(x) if x.bytes.is_empty()),
+            "{ls:?}"
         );
     }
 

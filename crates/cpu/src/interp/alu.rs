@@ -299,8 +299,9 @@ pub fn nop(_cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
 }
 
 /// PAUSE: a NOP that hints a spin-wait; the run loop takes the hint.
-pub fn pause(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
-    cpu.pause_hint = true;
+pub fn pause(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
+    // With one vCPU there is no other to give the turn to.
+    cpu.pause_hint = m.cpu_count() > 1;
     Ok(())
 }
 
