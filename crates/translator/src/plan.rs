@@ -1128,7 +1128,7 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
             })
         }
         (Class::Shift, M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror) => {
-            shift_spec(ins, size)
+            shift_spec(ins, &row, size)
         }
         _ => None,
     }
@@ -1138,9 +1138,8 @@ fn flag_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
 /// 1..width-1 (shifts): the counts where the host and the interpreter agree on
 /// every defined flag, and the undefined ones are fixed up. Flags by CL, or OF
 /// of a rotate past one bit, cannot be reproduced: `only_if_dead`.
-fn shift_spec(ins: &Instruction, size: u32) -> Option<FlagSpec> {
+fn shift_spec(ins: &Instruction, row: &table::Row, size: u32) -> Option<FlagSpec> {
     use Mnemonic as M;
-    let row = table::row(ins)?;
     let written = u64::from(row.flags_written);
     let rotate = matches!(ins.mnemonic(), M::Rol | M::Ror);
     let dead_only = FlagSpec {
