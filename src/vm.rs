@@ -537,6 +537,8 @@ impl Vm {
             if self.machine.mem.code_write_pending {
                 self.invalidate_written();
             }
+            // The loop has looked: a port access's mark is moot now.
+            self.machine.take_port_attention();
             let now = self.now();
             self.machine.set_time(now);
         }

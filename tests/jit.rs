@@ -583,3 +583,344 @@ fn lockstep_accepts_an_event_from_a_unit_cut_at_the_translators_boundary() {
     assert!(!matches!(out, RunOutcome::Divergence(_)), "{out:?}");
     assert!(vm.cpu.icount > 195_795, "ran past the unit: {out:?}");
 }
+
+/// A flat 32-bit protected-mode machine (1 MiB) with `code` at 0x1000.
+fn flat32(code: &[u8], engine: Engine) -> Vm {
+    use x86bt_cpu::state::{sreg, Segment};
+    let mut m = Machine::flat(1 << 20).expect("machine");
+    m.mem.load(GuestPhys(0x1000), code).expect("code fits");
+    let mut vm = Vm::with_engine(m, engine).expect("engine");
+    vm.cpu.cr0 |= 1;
+    let flat = |selector, attrs| Segment {
+        selector,
+        attrs,
+        limit: u32::MAX,
+        base: 0,
+    };
+    vm.cpu.seg[sreg::CS] = flat(8, 0xC09B);
+    for s in [sreg::DS, sreg::ES, sreg::SS] {
+        vm.cpu.seg[s] = flat(0x10, 0xC093);
+    }
+    vm.cpu.rip = 0x1000;
+    vm.cpu.gpr[4] = 0x8_0000;
+    vm
+}
+
+/// Shifts and rotates by CL whose flags are observed (by PUSHFD, and by a
+/// store that follows, which needs exact flags): every count from 0 to 33,
+/// after flags set three ways, for SHL, SHR, SAR, ROL and ROR on a 32-bit
+/// register; and ROL and ROR by immediates above one, where OF is undefined. The translator runs them inline with a fix-up of the flags the
+/// SDM leaves undefined; each result, flags image and following store must be
+/// the interpreter's, and lockstep must agree unit by unit.
+#[test]
+fn shifts_by_cl_with_observed_flags_agree_with_interpreter() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut out = 0x4_0000u32;
+    let ops: [fn(&mut CodeAssembler) -> Result<(), IcedError>; 7] = [
+        |a| a.shl(eax, cl),
+        |a| a.shr(eax, cl),
+        |a| a.sar(eax, cl),
+        |a| a.rol(eax, cl),
+        |a| a.ror(eax, cl),
+        |a| a.rol(eax, 7),
+        |a| a.ror(eax, 12),
+    ];
+    for op in ops {
+        for count in 0..=33u32 {
+            for (value, setup) in [(0x8000_0001u32, 0u32), (0x4000_0000, 1), (0xFFFF_FFFF, 2)] {
+                a.mov(eax, value).unwrap();
+                a.mov(ecx, count).unwrap();
+                // Flags before the shift: all clear but PF, all set, mixed.
+                match setup {
+                    0 => a.xor(edx, edx).unwrap(),
+                    1 => {
+                        a.mov(edx, 0x8D5).unwrap();
+                        a.push(edx).unwrap();
+                        a.popfd().unwrap();
+                    }
+                    _ => a.cmp(eax, 0x7FFF_FFFF).unwrap(),
+                }
+                op(&mut a).unwrap();
+                a.mov(dword_ptr(out), eax).unwrap();
+                a.pushfd().unwrap();
+                a.pop(edx).unwrap();
+                a.mov(dword_ptr(out + 4), edx).unwrap();
+                // ECX shifted by CL: the count is gone afterwards.
+                a.mov(ebx, ecx).unwrap();
+                a.shl(ecx, cl).unwrap();
+                a.mov(dword_ptr(out + 8), ecx).unwrap();
+                a.mov(ecx, ebx).unwrap();
+                a.rol(ecx, cl).unwrap();
+                a.mov(dword_ptr(out + 12), ecx).unwrap();
+                a.pushfd().unwrap();
+                a.pop(dword_ptr(out + 16)).unwrap();
+                out += 24;
+            }
+        }
+    }
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assembles");
+    let window = |vm: &Vm| {
+        let mut buf = vec![0u8; (out - 0x4_0000) as usize];
+        vm.machine.mem.read_bytes(GuestPhys(0x4_0000), &mut buf);
+        buf
+    };
+    let mut results = Vec::new();
+    for engine in [Engine::Interp, Engine::Jit, Engine::Lockstep] {
+        let mut vm = flat32(&code, engine);
+        let outcome = vm.run(1_000_000);
+        assert_eq!(outcome, RunOutcome::HaltedForever, "{engine:?}");
+        results.push((engine, vm.cpu.icount, window(&vm)));
+    }
+    let (_, icount, reference) = &results[0];
+    for (engine, n, w) in &results[1..] {
+        assert_eq!(n, icount, "{engine:?}: instructions retired");
+        if let Some(k) = (0..w.len())
+            .step_by(24)
+            .find(|&k| w[k..k + 24] != reference[k..k + 24])
+        {
+            panic!(
+                "{engine:?}: case {} differs: {:02x?} against the interpreter's {:02x?}",
+                k / 24,
+                &w[k..k + 24],
+                &reference[k..k + 24]
+            );
+        }
+    }
+    // The fix-up is what ran: the only helper calls of kind "other" are the
+    // shifts and rotates of ECX by CL (two per case), which the fix-up cannot
+    // take.
+    let mut vm = flat32(&code, Engine::Jit);
+    vm.run(1_000_000);
+    let stats = vm.engine_stats().unwrap_or_default();
+    let cases = 7 * 34 * 3;
+    assert!(stats.contains(&format!("other {}", 2 * cases)), "{stats}");
+}
+
+/// DIV with a memory divisor (16- and 32-bit) and a register divisor, with
+/// the flags set before it observed after it (the interpreter leaves them
+/// alone): results, flags images and instruction counts must be the
+/// interpreter's, and the translator must run every DIV inline.
+#[test]
+fn div_with_observed_flags_agrees_with_interpreter() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let divisor = 0x3_0000u32;
+    let mut out = 0x4_0000u32;
+    let cases = [
+        (0u32, 100u32, 7u32),
+        (3, 0xFFFF_FFFF, 0x1_0000),
+        (0, 0, 1),
+        (0x7FFF, 0x1234_5678, 0xFFFF_FFFF),
+        (1, 0, 2),
+    ];
+    for (k, (hi, lo, d)) in cases.into_iter().enumerate() {
+        for form in 0..3 {
+            if form == 2 {
+                // DIV m16: DX:AX by a non-zero word above DX.
+                a.mov(dword_ptr(divisor), d & 0xFFFF | 1).unwrap();
+                a.mov(edx, 0).unwrap();
+            } else {
+                a.mov(dword_ptr(divisor), d).unwrap();
+                a.mov(edx, hi).unwrap();
+            }
+            a.mov(ebx, d).unwrap();
+            a.mov(eax, lo).unwrap();
+            // Flags before: from a CMP that sets them differently per case.
+            a.cmp(eax, 0x1000_0000u32.wrapping_mul(k as u32 + 3))
+                .unwrap();
+            match form {
+                0 => a.div(dword_ptr(divisor)).unwrap(),
+                1 => a.div(ebx).unwrap(),
+                _ => a.div(word_ptr(divisor)).unwrap(),
+            }
+            a.mov(dword_ptr(out), eax).unwrap();
+            a.mov(dword_ptr(out + 4), edx).unwrap();
+            a.pushfd().unwrap();
+            a.pop(ecx).unwrap();
+            a.mov(dword_ptr(out + 8), ecx).unwrap();
+            out += 12;
+        }
+    }
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assembles");
+    let window = |vm: &Vm| {
+        let mut buf = vec![0u8; (out - 0x4_0000) as usize];
+        vm.machine.mem.read_bytes(GuestPhys(0x4_0000), &mut buf);
+        buf
+    };
+    let mut interp = flat32(&code, Engine::Interp);
+    assert_eq!(interp.run(100_000), RunOutcome::HaltedForever);
+    for engine in [Engine::Jit, Engine::Lockstep] {
+        let mut vm = flat32(&code, engine);
+        assert_eq!(vm.run(100_000), RunOutcome::HaltedForever, "{engine:?}");
+        assert_eq!(vm.cpu.icount, interp.cpu.icount, "{engine:?}");
+        assert_eq!(window(&vm), window(&interp), "{engine:?}");
+        if engine == Engine::Jit {
+            let stats = vm.engine_stats().unwrap_or_default();
+            assert!(!stats.contains("mul/div "), "{stats}");
+        }
+    }
+}
+
+/// REP MOVS and REP STOS under paging, where the interpreter copies a page at
+/// a time (`string::bulk`): unaligned runs whose elements straddle pages, an
+/// overlapping copy, a fill, and a copy into a page that is not present (the
+/// #PF handler maps it and the copy resumes). The oracle is the element loop
+/// one iteration per step (`rep_single`); the element loop in batches (which
+/// the interpreter runs when a debug register is armed: an instruction
+/// breakpoint at an address never reached), the page runs and the translator
+/// must leave the same memory (page tables' accessed and dirty bits
+/// included), registers and instruction count. (The batched loop once lost
+/// the iterations before a fault from the count.)
+#[test]
+fn rep_string_page_runs_equal_the_element_loop() {
+    use iced_x86::code_asm::*;
+    let (pd, pt, idt, gdt, log) = (
+        0x1_0000u32,
+        0x1_1000u32,
+        0x1_2000u32,
+        0x1_3000u32,
+        0x1_4000u32,
+    );
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut handler = a.create_label();
+    let mut fill = a.create_label();
+    a.lgdt(ptr(gdt + 0x100)).unwrap();
+    a.lidt(ptr(idt + 0x800)).unwrap();
+    a.mov(eax, pd).unwrap();
+    a.mov(cr3, eax).unwrap();
+    a.mov(eax, cr0).unwrap();
+    a.or(eax, 0x8000_0000u32 as i32).unwrap();
+    a.mov(cr0, eax).unwrap();
+    // Source pattern at 0x20000..0x28000, by a plain loop.
+    a.mov(ecx, 0x2000).unwrap();
+    a.set_label(&mut fill).unwrap();
+    a.mov(eax, ecx).unwrap();
+    a.imul_3(eax, eax, 0x9E37_79B1u32 as i32).unwrap();
+    a.mov(dword_ptr(ecx * 4 + 0x1_FFFC), eax).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(fill).unwrap();
+    a.cld().unwrap();
+    let runs: [(
+        u32,
+        u32,
+        u32,
+        fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    ); 5] = [
+        (0x2_0002, 0x3_0001, 0x1800, |a| a.rep().movsd()),
+        (0x2_0000, 0x4_0F00, 0x3000, |a| a.rep().movsb()),
+        (0, 0x5_0FFE, 0x1001, |a| a.rep().stosw()),
+        (0, 0x6_0000, 0x2000, |a| a.rep().stosd()),
+        (0x2_1000, 0x2_1004, 0x400, |a| a.rep().movsd()),
+    ];
+    for (k, (src, dst, count, op)) in runs.into_iter().enumerate() {
+        a.mov(esi, src).unwrap();
+        a.mov(edi, dst).unwrap();
+        a.mov(ecx, count).unwrap();
+        a.mov(eax, 0x1234_ABCDu32.rotate_left(k as u32)).unwrap();
+        op(&mut a).unwrap();
+        for (n, r) in [esi, edi, ecx].into_iter().enumerate() {
+            a.mov(dword_ptr(log + 0x100 + 16 * k as u32 + 4 * n as u32), r)
+                .unwrap();
+        }
+    }
+    a.hlt().unwrap();
+    // #PF: log CR2, ECX, ESI and EDI, map the page, return to the copy.
+    a.set_label(&mut handler).unwrap();
+    a.add(esp, 4).unwrap();
+    a.push(eax).unwrap();
+    a.push(ebx).unwrap();
+    a.mov(ebx, dword_ptr(log)).unwrap();
+    a.shl(ebx, 4).unwrap();
+    a.mov(eax, cr2).unwrap();
+    a.mov(dword_ptr(ebx + log + 0x10), eax).unwrap();
+    a.mov(dword_ptr(ebx + log + 0x14), ecx).unwrap();
+    a.mov(dword_ptr(ebx + log + 0x18), esi).unwrap();
+    a.mov(dword_ptr(ebx + log + 0x1C), edi).unwrap();
+    a.inc(dword_ptr(log)).unwrap();
+    a.shr(eax, 12).unwrap();
+    a.or(dword_ptr(eax * 4 + pt), 1).unwrap();
+    a.mov(eax, cr2).unwrap();
+    a.invlpg(ptr(eax)).unwrap();
+    a.pop(ebx).unwrap();
+    a.pop(eax).unwrap();
+    a.iretd().unwrap();
+    let handler_at = {
+        let r = a
+            .assemble_options(
+                0x1000,
+                iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
+            .expect("assembles");
+        r.label_ip(&handler).expect("handler")
+    };
+    let code = a.assemble(0x1000).expect("assembles");
+    let setup = |vm: &mut Vm| {
+        let mem = &mut vm.machine.mem;
+        // Identity map of the first MiB, writable; page 0x41 not present.
+        mem.load(GuestPhys(u64::from(pd)), &(pt | 3).to_le_bytes())
+            .unwrap();
+        for p in 0..256u32 {
+            let pte = p << 12 | if p == 0x41 { 2 } else { 3 };
+            mem.load(GuestPhys(u64::from(pt + 4 * p)), &pte.to_le_bytes())
+                .unwrap();
+        }
+        // #PF: a 32-bit interrupt gate to the handler through selector 8.
+        let h = handler_at as u32;
+        let gate =
+            (u64::from(h >> 16) << 48) | (0x8E00u64 << 32) | (8u64 << 16) | u64::from(h & 0xFFFF);
+        mem.load(GuestPhys(u64::from(idt + 14 * 8)), &gate.to_le_bytes())
+            .unwrap();
+        let mut idtr = 0x7FFu16.to_le_bytes().to_vec();
+        idtr.extend_from_slice(&idt.to_le_bytes());
+        mem.load(GuestPhys(u64::from(idt + 0x800)), &idtr).unwrap();
+        for (i, d) in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
+            .into_iter()
+            .enumerate()
+        {
+            mem.load(GuestPhys(u64::from(gdt) + 8 * i as u64), &d.to_le_bytes())
+                .unwrap();
+        }
+        let mut gdtr = 0x17u16.to_le_bytes().to_vec();
+        gdtr.extend_from_slice(&gdt.to_le_bytes());
+        mem.load(GuestPhys(u64::from(gdt + 0x100)), &gdtr).unwrap();
+    };
+    // The element loop two ways: one iteration per step (`rep_single`), and
+    // whole batches with a debug register armed.
+    let run = |engine: Engine, element_loop: Option<bool>| {
+        let mut vm = flat32(&code, engine);
+        setup(&mut vm);
+        match element_loop {
+            Some(true) => vm.cpu.rep_single = true,
+            Some(false) => {
+                vm.cpu.dr[0] = 0xFFFF_F000;
+                vm.cpu.dr[7] = 1;
+            }
+            None => {}
+        }
+        assert_eq!(vm.run(10_000_000), RunOutcome::HaltedForever, "{engine:?}");
+        let mut mem = vec![0u8; 1 << 20];
+        vm.machine.mem.read_bytes(GuestPhys(0), &mut mem);
+        (vm.cpu.icount, vm.cpu.gpr, mem)
+    };
+    let oracle = run(Engine::Interp, Some(true));
+    let faults = u32::from_le_bytes(oracle.2[log as usize..log as usize + 4].try_into().unwrap());
+    assert_eq!(faults, 1, "the copy into page 0x41 faulted once");
+    for (engine, element_loop, what) in [
+        (Engine::Interp, Some(false), "element loop in batches"),
+        (Engine::Interp, None, "page runs"),
+        (Engine::Jit, None, "jit"),
+    ] {
+        let got = run(engine, element_loop);
+        assert_eq!(got.0, oracle.0, "{what}: instructions");
+        assert_eq!(got.1, oracle.1, "{what}: registers");
+        if let Some(i) = (0..got.2.len()).find(|&i| got.2[i] != oracle.2[i]) {
+            panic!(
+                "{what}: memory differs first at {i:#x}: {:#x} against {:#x}",
+                got.2[i], oracle.2[i]
+            );
+        }
+    }
+}

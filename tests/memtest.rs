@@ -1,9 +1,8 @@
 //! memtest86+ (Debian's package `memtest86+`, version 6) booted through
 //! `x86bt run --kernel` on the translator, from the files the package installs,
 //! unpadded: the 32-bit and the 64-bit image must each complete a full pass of
-//! their default tests with no error (the 64-bit one runs in long mode, whose
-//! code the translator hands to the interpreter), with no warning about a
-//! missing CPU feature.
+//! their default tests with no error (the 64-bit one runs in long mode), with
+//! no warning about a missing CPU feature.
 //!
 //! The oracle is memtest86+ itself: it writes patterns to every byte of RAM it
 //! is given and reads them back, and its serial status lines say which tests ran,
@@ -65,9 +64,12 @@ fn full_pass_has_no_errors(image: &str) {
     let len = std::fs::metadata(image).expect("stat").len();
     eprintln!("{image}: {len} bytes, loaded as installed");
 
-    // 8 MiB keeps a full pass near 36e9 instructions; the limit is a bound, not
-    // a target.
-    let (status, log, err) = run(image, "8", PASS_DONE, "150000000000");
+    // 8 MiB keeps a full pass near 170e9 instructions, 160e9 of them the bit
+    // fade test's two 80-second waits on the TSC (virtual time is 1 ns an
+    // instruction, and memtest86+ measures the 1000 MHz that gives; it
+    // measured 160 MHz while port reads saw the time of the run loop's last
+    // pass); the limit is a bound, not a target.
+    let (status, log, err) = run(image, "8", PASS_DONE, "250000000000");
     let ctx = format!(
         "status {status:?}\nstderr:\n{err}\nconsole tail:\n{}",
         tail(&log)

@@ -138,13 +138,15 @@ pub struct Fetched {
 /// Whether a unit whose last instruction is `last` needs no look from the run
 /// loop after it: `last` is not sensitive, or it is RDTSC, RDTSCP, CLI or PUSHF, which
 /// are in the sensitive table but can neither make an interrupt deliverable nor
-/// change what the run loop checks (the TSC counts retired instructions).
+/// change what the run loop checks (the TSC counts retired instructions), or
+/// IN or OUT, whose access ends the unit with an event when it changed
+/// something the run loop checks (`Machine::port_attention`).
 pub fn ends_plainly(last: &iced_x86::Instruction) -> bool {
     use iced_x86::Mnemonic as M;
     !x86bt_decoder::sensitive::is_sensitive(last)
         || matches!(
             last.mnemonic(),
-            M::Rdtsc | M::Rdtscp | M::Cli | M::Pushf | M::Pushfd
+            M::Rdtsc | M::Rdtscp | M::Cli | M::Pushf | M::Pushfd | M::In | M::Out
         )
 }
 

@@ -76,6 +76,14 @@ pub fn classify(ins: &Instruction) -> Option<Sensitivity> {
     Some(s)
 }
 
+/// Whether `ins` ends its translation unit: every sensitive instruction but
+/// IN and OUT, which go on inside the unit unless the port access changed
+/// something the run loop checks (the engines end the unit then, at run
+/// time).
+pub fn ends_unit(ins: &Instruction) -> bool {
+    is_sensitive(ins) && !matches!(ins.mnemonic(), Mnemonic::In | Mnemonic::Out)
+}
+
 /// Whether `ins` is in the sensitive table.
 pub fn is_sensitive(ins: &Instruction) -> bool {
     classify(ins).is_some()

@@ -5,7 +5,8 @@
 //! - undecodable bytes, kept as a final `Code::INVALID` instruction so the engine
 //!   raises `#UD` at its address;
 //! - a control-flow instruction (`flow_control() != Next`);
-//! - an instruction in the [`crate::sensitive`] table;
+//! - an instruction in the [`crate::sensitive`] table, but IN and OUT
+//!   ([`sensitive::ends_unit`]);
 //! - the [`MAX_UNIT_INSNS`]th instruction;
 //! - an instruction that reaches the page boundary (an instruction that starts
 //!   before the boundary and straddles it is part of the unit).
@@ -127,7 +128,7 @@ pub fn decode_unit(
             Some(UnitEnd::Undecodable)
         } else if slot.flow_control() != FlowControl::Next {
             Some(UnitEnd::ControlFlow)
-        } else if sensitive::is_sensitive(slot) {
+        } else if sensitive::ends_unit(slot) {
             Some(UnitEnd::Sensitive)
         } else if out.count == MAX_UNIT_INSNS {
             Some(UnitEnd::Full)

@@ -394,6 +394,10 @@ impl SystemControl {
     pub fn request_reset(&self, source: &'static str) {
         self.reset.set(Some(source));
     }
+    /// Whether a reset, an exit or power-off is asked for and not yet taken.
+    pub fn requested(&self) -> bool {
+        self.reset.get().is_some() || self.exit.get().is_some() || self.power_off.get()
+    }
     /// Returns and clears a pending reset request, with its source.
     pub fn take_reset(&self) -> Option<&'static str> {
         self.reset.replace(None)

@@ -74,6 +74,9 @@ pub struct Machine {
     /// An access can only move the deadline of the device accessed.
     deadlines: Vec<Nanos>,
     intr: bool,
+    /// Set by a port access after which the run loop must look before the
+    /// CPU's next instruction; see [`Machine::port_attention`].
+    port_attention: bool,
 }
 
 impl Machine {
@@ -102,6 +105,7 @@ impl Machine {
             deadline: Nanos::MAX,
             deadlines: Vec::new(),
             intr: false,
+            port_attention: false,
         }
     }
 
@@ -733,7 +737,12 @@ impl Machine {
     pub fn io_read(&mut self, port: u16, size: usize) -> u32 {
         let size = size.min(4);
         match self.ports.find(port) {
-            Some(m) => self.bus_read(m, u64::from(port), size) as u32,
+            Some(m) => {
+                let before = self.attention_marks();
+                let v = self.bus_read(m, u64::from(port), size) as u32;
+                self.note_attention(before);
+                v
+            }
             None => size_mask(size) as u32,
         }
     }
@@ -741,8 +750,43 @@ impl Machine {
     /// An OUT of `size` bytes; a port nobody claims drops it.
     pub fn io_write(&mut self, port: u16, size: usize, value: u32) {
         if let Some(m) = self.ports.find(port) {
+            let before = self.attention_marks();
             self.bus_write(m, u64::from(port), size.min(4), u64::from(value));
+            self.note_attention(before);
         }
+    }
+
+    /// What a device access may change that the run loop reads: the device
+    /// deadline and the memory map's epoch.
+    fn attention_marks(&self) -> (Nanos, u64) {
+        (self.deadline, self.mem.host_epoch())
+    }
+
+    /// After a port access: whether the run loop must look before the next
+    /// instruction, because the access raised INTR, asked for a reset, an
+    /// exit or power-off, brought a device deadline nearer (the run loop's
+    /// horizon was worked out from the old one) or changed the memory map
+    /// (A20, PAM).
+    fn note_attention(&mut self, (deadline, epoch): (Nanos, u64)) {
+        self.port_attention |= self.intr
+            || self.deadline < deadline
+            || self.mem.host_epoch() != epoch
+            || self.ctl.requested();
+    }
+
+    /// Whether a port access since the last call wants the run loop to look
+    /// before the CPU's next instruction (see [`Machine::io_read`]); clears
+    /// the mark. An instruction that does port I/O need not end its unit when
+    /// this is false: nothing the run loop checks has changed.
+    #[inline]
+    pub fn take_port_attention(&mut self) -> bool {
+        std::mem::take(&mut self.port_attention)
+    }
+
+    /// Whether a port access marked the run loop as wanted, without clearing it.
+    #[inline]
+    pub fn port_attention(&self) -> bool {
+        self.port_attention
     }
 
     /// A read of guest-physical memory by the CPU (1, 2, 4 or 8 bytes, within

@@ -69,7 +69,8 @@
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{
-    cond_flags, Branch, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Xfer, XferTarget, GUEST_TO_HOST,
+    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Xfer,
+    XferTarget, GUEST_TO_HOST,
 };
 use crate::runtime::{jc_index, JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
@@ -752,7 +753,7 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     fn ident(&mut self, x: &Ident, capture: bool) {
         let f = x.flags;
-        if f.only_if_dead {
+        if f.only_if_dead || f.count_fixed() {
             self.settle_flags();
         } else if f.written != 0 {
             self.drop_or_settle(f.written);
@@ -762,7 +763,86 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.load_flags();
         }
         self.ops.extend(x.bytes.iter().copied());
-        self.after_flags(f, capture);
+        match f.count_fix {
+            Some(fix) if capture && f.count_fixed() => self.count_fixup(f, fix),
+            _ => self.after_flags(f, capture),
+        }
+    }
+
+    /// After a shift or rotate by CL made exact ([`CountFix`]): its flags
+    /// captured in R9 and, where the masked count is not zero, the undefined
+    /// ones given the interpreter's values there (clobbers R10, R11 and host
+    /// flags).
+    fn count_fixup(&mut self, f: FlagSpec, fix: CountFix) {
+        self.capture_flags();
+        let mask = if fix.bits == 64 { 0x3F } else { 0x1F };
+        let af = lahf_layout(flags::AF) as i32;
+        let r = fix.reg;
+        let top = i8::try_from(fix.bits - 1).unwrap_or(63);
+        if fix.by_cl {
+            dynasm!(self.ops
+                ; .arch x64
+                ; test cl, mask
+                ; jz >done
+            );
+        }
+        match fix.op {
+            CountOp::Shl => dynasm!(self.ops
+                ; .arch x64
+                ; and r9d, !(af | 1)
+                // OF (bit 0) = SF (bit 15) ^ CF (bit 8).
+                ; mov r10d, r9d
+                ; shr r10d, 7
+                ; xor r10d, r9d
+                ; shr r10d, 8
+                ; and r10d, 1
+                ; or r9d, r10d
+            ),
+            CountOp::Shr => dynasm!(self.ops
+                ; .arch x64
+                ; and r9d, !af
+                // OF is the host's (the old MSB) for a count of one, else clear.
+                ; mov r10d, ecx
+                ; and r10d, i32::from(mask)
+                ; cmp r10d, 1
+                ; je >done
+                ; and r9d, -2
+            ),
+            CountOp::Sar => dynasm!(self.ops ; .arch x64 ; and r9d, !(af | 1)),
+            CountOp::Rol => dynasm!(self.ops
+                ; .arch x64
+                // OF = MSB ^ CF (bit 8).
+                ; mov r10, Rq(r)
+                ; shr r10, top
+                ; mov r11d, r9d
+                ; shr r11d, 8
+                ; xor r10d, r11d
+                ; and r10d, 1
+                ; and r9d, -2
+                ; or r9d, r10d
+            ),
+            CountOp::Ror => dynasm!(self.ops
+                ; .arch x64
+                // OF = MSB ^ the bit below it.
+                ; mov r10, Rq(r)
+                ; shr r10, top - 1
+                ; mov r11d, r10d
+                ; shr r11d, 1
+                ; xor r10d, r11d
+                ; and r10d, 1
+                ; and r9d, -2
+                ; or r9d, r10d
+            ),
+        }
+        dynasm!(self.ops ; .arch x64 ; done:);
+        // R9 holds every written flag as the interpreter has it.
+        self.pending = Some(FlagSpec {
+            read: 0,
+            defined: f.written,
+            count_fix: None,
+            ..f
+        });
+        self.host_valid = 0;
     }
 
     /// Before an instruction that writes flags `written` (its capture would
@@ -832,6 +912,37 @@ impl<A: CodeSink> Emitter<'_, A> {
             );
         }
         self.probe(x, &mut p);
+        if x.div_check {
+            // The divisor (in R11) must be non-zero and above the dividend's
+            // high half (DX, EDX or RDX), or the helper runs the DIV.
+            let full = p.full;
+            match x.size {
+                2 => dynasm!(self.ops
+                    ; .arch x64
+                    ; movzx r11d, WORD [r10]
+                    ; test r11d, r11d
+                    ; jz =>full
+                    ; cmp dx, r11w
+                    ; jae =>full
+                ),
+                4 => dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r11d, DWORD [r10]
+                    ; test r11d, r11d
+                    ; jz =>full
+                    ; cmp edx, r11d
+                    ; jae =>full
+                ),
+                _ => dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r11, QWORD [r10]
+                    ; test r11, r11
+                    ; jz =>full
+                    ; cmp rdx, r11
+                    ; jae =>full
+                ),
+            }
+        }
         if f.read != 0 {
             self.load_flags();
         }
@@ -1066,7 +1177,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         let base = seg_field(x.seg, offset_of!(Segment, base));
         let tag = if x.write { FAST_WRITE } else { FAST_READ };
         // PUSH and POP need a 32-bit stack (SS.B).
-        let db = if x.esp_delta != 0 {
+        let db = if x.esp_delta != 0 || x.stack32 {
             i32::from(seg_attr::DB)
         } else {
             0

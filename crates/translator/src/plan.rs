@@ -22,7 +22,7 @@ use iced_x86::{
     OpAccess, OpKind, Register,
 };
 use x86bt_cpu::interp::Insn;
-use x86bt_cpu::state::flags::{ARITH, CF, OF, PF, SF, ZF};
+use x86bt_cpu::state::flags::{AF, ARITH, CF, OF, PF, SF, ZF};
 use x86bt_decoder::table::{self, Class};
 use x86bt_decoder::undefined::undefined_flags;
 
@@ -51,6 +51,48 @@ pub struct FlagSpec {
     /// a rotate by more than one): the instruction stays inline only where
     /// nothing can observe them ([`plan`] demotes it to the helper otherwise).
     pub only_if_dead: bool,
+    /// A shift or rotate by CL of a 32- or 64-bit register: where its flags
+    /// are observed, [`plan`] makes it exact instead of demoting it (see
+    /// [`CountFix`]); this is set on the `only_if_dead` spec as the candidate,
+    /// and is in force once `only_if_dead` is false.
+    pub count_fix: Option<CountFix>,
+}
+
+/// The flag fix-up of a shift or rotate by CL, or a rotate by an immediate
+/// above one, whose flags are observed. By CL the guest's flags are loaded
+/// into host EFLAGS first (a masked count of zero leaves every flag as it
+/// was, on the host too); the host instruction's flags are captured, and
+/// where the count is not zero, the flags the SDM leaves
+/// undefined are then given the interpreter's values (`interp::shift`): AF
+/// clear after a shift; OF = SF ^ CF after SHL, OF clear after SHR by more
+/// than one and after SAR; OF = MSB ^ CF after ROL and MSB ^ the next bit
+/// after ROR, at every count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountFix {
+    /// Which shift or rotate.
+    pub op: CountOp,
+    /// The host register of the destination (0..=8).
+    pub reg: u8,
+    /// The operand size in bits: 32 or 64.
+    pub bits: u8,
+    /// The count is CL (else an immediate the plan knows is not zero: a
+    /// rotate by more than one).
+    pub by_cl: bool,
+}
+
+/// The operations [`CountFix`] covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountOp {
+    /// SHL/SAL.
+    Shl,
+    /// SHR.
+    Shr,
+    /// SAR.
+    Sar,
+    /// ROL.
+    Rol,
+    /// ROR.
+    Ror,
 }
 
 impl FlagSpec {
@@ -61,6 +103,7 @@ impl FlagSpec {
         of_from_sf_cf: false,
         szp_from: None,
         only_if_dead: false,
+        count_fix: None,
     };
 
     const fn writes(written: u64, defined: u64) -> Self {
@@ -71,6 +114,25 @@ impl FlagSpec {
             of_from_sf_cf: false,
             szp_from: None,
             only_if_dead: false,
+            count_fix: None,
+        }
+    }
+
+    /// Whether this is a shift or rotate by CL made exact ([`CountFix`]).
+    pub fn count_fixed(&self) -> bool {
+        self.count_fix.is_some() && !self.only_if_dead
+    }
+
+    /// The exact form of a [`CountFix`] candidate: by CL it reads the flags
+    /// it writes (a zero count keeps them), and the host computes all of them
+    /// but AF and OF as the interpreter does.
+    fn made_exact(self) -> Self {
+        let by_cl = self.count_fix.is_some_and(|f| f.by_cl);
+        Self {
+            read: if by_cl { self.written } else { 0 },
+            defined: self.written & !(AF | OF),
+            only_if_dead: false,
+            ..self
         }
     }
 }
@@ -95,11 +157,14 @@ pub enum HelperKind {
     X87,
     /// Everything else (register forms outside the IDENT list, #UD).
     Other,
+    /// IN and OUT, which go on inside their unit (and chain) unless the
+    /// access wants the run loop (`Machine::port_attention`).
+    PortIo,
 }
 
 impl HelperKind {
     /// Number of kinds.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Names, in discriminant order.
     pub const NAMES: [&'static str; Self::COUNT] = [
         "memory",
@@ -110,6 +175,7 @@ impl HelperKind {
         "mul/div",
         "x87",
         "other",
+        "port I/O",
     ];
 
     /// The kind of a helper call for `ins`, from its row in the instruction
@@ -118,6 +184,9 @@ impl HelperKind {
         let Some(row) = table::row(ins) else {
             return Self::Other;
         };
+        if matches!(ins.mnemonic(), Mnemonic::In | Mnemonic::Out) {
+            return Self::PortIo;
+        }
         if row.sensitivity.is_some() {
             return Self::Sensitive;
         }
@@ -180,6 +249,13 @@ pub struct MemOp {
     /// A string instruction: inline only while DF is clear (the helper runs
     /// it otherwise).
     pub df_clear: bool,
+    /// DIV m16/m32/m64: inline only where the host's DIV cannot raise #DE (a
+    /// non-zero divisor above the dividend's high half, so the quotient fits);
+    /// the helper runs the rest. The guest's flags are left as they were.
+    pub div_check: bool,
+    /// LEAVE: the load is from the stack at EBP, so it needs a 32-bit stack
+    /// (SS.B set), as PUSH and POP do.
+    pub stack32: bool,
 }
 
 /// How one instruction is lowered.
@@ -205,8 +281,8 @@ pub enum Lowering {
     Flags(FlagsOp),
     /// DIV r32 or DIV r16: the host's DIV after inline checks that it cannot
     /// raise #DE (a zero divisor, a quotient too wide go to the helper). `op`
-    /// is the host instruction; its flags are `only_if_dead` (the interpreter
-    /// leaves them alone, the host's are undefined).
+    /// is the host instruction; the guest's flags are left as they were (the
+    /// interpreter leaves them alone) and host EFLAGS count as clobbered.
     Div(Ident),
 }
 
@@ -286,7 +362,13 @@ pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
             return lowerings;
         }
         for i in bad {
-            lowerings[i] = Lowering::Helper(HelperKind::of(&insns[i].ins));
+            lowerings[i] = match &lowerings[i] {
+                Lowering::Ident(x) if x.flags.count_fix.is_some() => Lowering::Ident(Ident {
+                    flags: x.flags.made_exact(),
+                    ..x.clone()
+                }),
+                _ => Lowering::Helper(HelperKind::of(&insns[i].ins)),
+            };
         }
     }
 }
@@ -402,12 +484,20 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
     let mut out = Vec::new();
     for (i, l) in lowerings.iter().enumerate() {
         let f = match l {
-            Lowering::Ident(x) | Lowering::Div(x) => {
+            Lowering::Div(_) => {
+                // The emitter settles the flags before the checks, and the
+                // host's DIV leaves its flags undefined.
+                valid = 0;
+                pending = None;
+                continue;
+            }
+            Lowering::Ident(x) => {
                 let f = x.flags;
                 if f.written != 0 {
                     // A capture the instruction overwrites entirely is dropped,
                     // any other merged (which clobbers host flags).
-                    if pending.is_some_and(|p| p & !f.written != 0 || f.only_if_dead) {
+                    let settles = f.only_if_dead || f.count_fixed();
+                    if pending.is_some_and(|p| p & !f.written != 0 || settles) {
                         valid = 0;
                     }
                     pending = None;
@@ -448,8 +538,9 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
             valid = (valid & !f.written) | f.defined;
             if caps[i] {
                 pending = Some(f.written);
-                if f.szp_from.is_some() {
-                    // The capture's TEST leaves host EFLAGS untrusted.
+                if f.szp_from.is_some() || f.count_fixed() {
+                    // The capture's TEST (and the fix-up's) leaves host EFLAGS
+                    // untrusted.
                     valid = 0;
                 }
             }
@@ -480,6 +571,8 @@ pub fn seg_writes(insns: &[Insn]) -> Vec<bool> {
 /// Whether the run loop need not look after this unit before the next: it
 /// has no instruction that can raise an interrupt line or change what the loop
 /// checks, that is no sensitive one (always a unit's last) and no x87 (FERR#).
+/// IN and OUT (`HelperKind::PortIo`) leave the fragment through their helper
+/// when their access wants the run loop, so they do not count.
 fn quiet(lowerings: &[Lowering]) -> bool {
     lowerings
         .iter()
@@ -549,7 +642,8 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
         stack_op64(insn)
     } else {
         stack_op(insn).or_else(|| string_op(insn))
-    };
+    }
+    .or_else(|| leave_op(insn));
     match access.or_else(|| mem_op(insn, factory)) {
         Some(x) => Lowering::Mem(x),
         None => Lowering::Helper(HelperKind::of(ins)),
@@ -614,6 +708,8 @@ fn stack_access(write: bool, size: u8) -> Option<MemOp> {
         write,
         esp_delta: if write { -(size as i8) } else { size as i8 },
         df_clear: false,
+        div_check: false,
+        stack32: false,
     })
 }
 
@@ -635,10 +731,9 @@ fn div_op(insn: &Insn) -> Option<Ident> {
         bytes: enc.take_buffer(),
         uses: bit | 0b101,
         writes: 0b101,
-        flags: FlagSpec {
-            only_if_dead: true,
-            ..FlagSpec::writes(ARITH, 0)
-        },
+        // The interpreter leaves the flags alone; the emitter treats host
+        // EFLAGS as clobbered after the host's DIV.
+        flags: FlagSpec::NONE,
     })
 }
 
@@ -750,6 +845,8 @@ fn string_op(insn: &Insn) -> Option<MemOp> {
         write,
         esp_delta: 0,
         df_clear: true,
+        div_check: false,
+        stack32: false,
     })
 }
 
@@ -884,6 +981,65 @@ fn stack_op(insn: &Insn) -> Option<MemOp> {
         write: delta < 0,
         esp_delta: delta,
         df_clear: false,
+        div_check: false,
+        stack32: false,
+    })
+}
+
+/// LEAVE with the operand size of its code (32 or 64 bits): ESP = EBP + 4,
+/// then EBP = the dword at the old EBP (RSP, RBP and a qword in 64-bit code).
+/// The load is probed at EBP before either register changes, so a fault
+/// leaves both for the helper.
+fn leave_op(insn: &Insn) -> Option<MemOp> {
+    let ins = &insn.ins;
+    let long = is_long(ins);
+    let (size, rbp, rsp, code_mov, code_lea, r10) = match (ins.code(), long) {
+        (Code::Leaved, false) => (
+            4u8,
+            Register::EBP,
+            Register::R8D,
+            Code::Mov_r32_rm32,
+            Code::Lea_r32_m,
+            Register::R10D,
+        ),
+        (Code::Leaveq, true) => (
+            8,
+            Register::RBP,
+            Register::R8,
+            Code::Mov_r64_rm64,
+            Code::Lea_r64_m,
+            Register::R10,
+        ),
+        _ => return None,
+    };
+    let mut enc = Encoder::new(64);
+    let lea = Instruction::with2(
+        code_lea,
+        rsp,
+        MemoryOperand::with_base_displ(Register::RBP, i64::from(size)),
+    )
+    .ok()?;
+    let load = Instruction::with2(code_mov, rbp, MemoryOperand::with_base(Register::R10)).ok()?;
+    enc.encode(&lea, 0).ok()?;
+    enc.encode(&load, 0).ok()?;
+    let bytes = enc.take_buffer();
+    enc.encode(&Instruction::with2(code_mov, r10, rbp).ok()?, 0)
+        .ok()?;
+    Some(MemOp {
+        op: Ident {
+            bytes,
+            uses: ESP_BIT | 1 << 5,
+            writes: ESP_BIT | 1 << 5,
+            flags: FlagSpec::NONE,
+        },
+        addr: enc.take_buffer(),
+        seg: 2,
+        size,
+        write: false,
+        esp_delta: 0,
+        df_clear: false,
+        div_check: false,
+        stack32: !long,
     })
 }
 
@@ -948,7 +1104,15 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
     if !sizes_ok || !addr_ok {
         return None;
     }
-    let flags = flag_spec(ins, size)?;
+    // DIV m: the interpreter leaves the flags alone, and the host's are only
+    // clobbered (see `MemOp::div_check`).
+    let div = matches!(ins.code(), Code::Div_rm16 | Code::Div_rm32 | Code::Div_rm64)
+        && !ins.has_lock_prefix();
+    let flags = if div {
+        FlagSpec::NONE
+    } else {
+        flag_spec(ins, size)?
+    };
     let mut mems = 0;
     // R8-R15 among the operands (not the address): at most one, in R11 (R10
     // holds the address).
@@ -1033,6 +1197,8 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         write,
         esp_delta: 0,
         df_clear: false,
+        div_check: div,
+        stack32: false,
     })
 }
 
@@ -1147,8 +1313,12 @@ fn shift_spec(ins: &Instruction, row: &table::Row, size: u32) -> Option<FlagSpec
         ..FlagSpec::writes(written, 0)
     };
     if ins.op1_kind() == OpKind::Register && ins.op1_register() == Register::CL {
-        // By CL: a count of 0 writes no flags, so none may be observed.
-        return Some(dead_only);
+        // By CL: a count of 0 writes no flags, so none may be observed, unless
+        // the fix-up makes them exact.
+        return Some(FlagSpec {
+            count_fix: count_fix(ins, size),
+            ..dead_only
+        });
     }
     if !matches!(ins.op1_kind(), OpKind::Immediate8) {
         return None;
@@ -1159,13 +1329,51 @@ fn shift_spec(ins: &Instruction, row: &table::Row, size: u32) -> Option<FlagSpec
         return None;
     }
     if rotate && count > 1 {
-        // OF is undefined past one bit.
-        return Some(dead_only);
+        // OF is undefined past one bit: the fix-up gives it the interpreter's
+        // value where it is observed.
+        return Some(FlagSpec {
+            count_fix: count_fix(ins, size),
+            ..dead_only
+        });
     }
     let undefined = u64::from(undefined_flags(ins, Some(count)));
     Some(FlagSpec {
         of_from_sf_cf: matches!(ins.mnemonic(), M::Shl | M::Sal) && count > 1,
         ..FlagSpec::writes(written, written & !undefined)
+    })
+}
+
+/// The [`CountFix`] of a shift or rotate by CL or a rotate by an immediate
+/// above one, where it has one: a 32- or
+/// 64-bit destination among the eight registers with a host register of
+/// their own (R8-R15 in 64-bit code are held in scratch registers, which the
+/// fix-up uses).
+fn count_fix(ins: &Instruction, size: u32) -> Option<CountFix> {
+    use Mnemonic as M;
+    let op = match ins.mnemonic() {
+        M::Shl | M::Sal => CountOp::Shl,
+        M::Shr => CountOp::Shr,
+        M::Sar => CountOp::Sar,
+        M::Rol => CountOp::Rol,
+        M::Ror => CountOp::Ror,
+        _ => return None,
+    };
+    if ins.op0_kind() != OpKind::Register || !matches!(size, 4 | 8) {
+        return None;
+    }
+    let r = ins.op0_register();
+    let idx = r.full_register() as u32 - Register::RAX as u32;
+    let by_cl = ins.op1_kind() == OpKind::Register;
+    // The fix-up reads the count from CL after the instruction, so the
+    // destination must not be ECX itself.
+    if idx >= 8 || (by_cl && idx == 1) {
+        return None;
+    }
+    Some(CountFix {
+        op,
+        reg: GUEST_TO_HOST[idx as usize],
+        bits: (size * 8) as u8,
+        by_cl,
     })
 }
 
@@ -1814,16 +2022,24 @@ mod tests {
     }
 
     #[test]
-    fn plan_div_inline_only_where_flags_are_dead() {
-        // div ecx; add esi,0: ADD replaces the flags DIV leaves undefined.
+    fn plan_div_inline_keeps_the_flags() {
+        // div ecx; add esi,0: ADD replaces the flags.
         let insns = [
             prepared(32, &[0xF7, 0xF1]),
             prepared(32, &[0x83, 0xC6, 0x00]),
         ];
         assert!(matches!(plan(&insns)[0], Lowering::Div(_)));
-        // div ecx; jz: the interpreter keeps ZF across DIV, the host may not.
-        let insns = [prepared(32, &[0xF7, 0xF1]), prepared(32, &[0x74, 0xFA])];
-        assert!(matches!(plan(&insns)[0], Lowering::Helper(_)));
+        // cmp eax,ebx; div ecx; jz: the interpreter keeps ZF across DIV, the
+        // host does not, so CMP's flags are captured and JZ reloads them.
+        let insns = [
+            prepared(32, &[0x39, 0xD8]),
+            prepared(32, &[0xF7, 0xF1]),
+            prepared(32, &[0x74, 0xFA]),
+        ];
+        let l = plan(&insns);
+        assert!(matches!(l[1], Lowering::Div(_)));
+        assert_eq!(captures(&l), vec![true, false, false]);
+        assert_eq!(flag_reloads(&l, &captures(&l)), vec![(2, ZF)]);
         // div esp: not lowered.
         assert!(matches!(
             plan(&[

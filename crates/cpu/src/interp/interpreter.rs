@@ -80,7 +80,8 @@ pub enum Step {
     /// The instruction retired; the unit goes on.
     Next,
     /// The instruction retired and the unit ends here: it restarts itself (a
-    /// repeated string instruction that yielded) or it wrote to a code page.
+    /// repeated string instruction that yielded), it wrote to a code page, or
+    /// it did port I/O that wants the run loop ([`Machine::port_attention`]).
     End,
     /// The instruction raised this exception. It counts in `icount`, and RIP is
     /// still at it, for delivery with `interrupt::raise`.
@@ -98,7 +99,10 @@ pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
             let restart = cpu.next_rip == cpu.rip;
             cpu.rip = cpu.next_rip;
             cpu.icount += 1;
-            if restart || m.mem.code_write_pending {
+            // Port I/O (IN, OUT) goes on inside its unit unless the access
+            // changed something the run loop checks.
+            if restart || m.mem.code_write_pending || m.port_attention() {
+                m.take_port_attention();
                 Step::End
             } else {
                 Step::Next

@@ -24,6 +24,8 @@ pub const BATCH: u64 = 4096;
 const RSI: u8 = reg::RSI as u8;
 const RDI: u8 = reg::RDI as u8;
 const RCX: u8 = reg::RCX as u8;
+/// The page size, for the bulk path.
+const PAGE: u64 = 4096;
 
 fn addr_size(insn: &Insn) -> u32 {
     for i in 0..insn.ins.op_count() {
@@ -84,48 +86,60 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         }
         let si = get_gpr(cpu, RSI, 0, asz);
         let di = get_gpr(cpu, RDI, 0, asz);
-        match mn {
-            Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
-                let v = mmu::read(cpu, m, src_seg, si, size)?;
-                mmu::write(cpu, m, sreg::ES, di, size, v)?;
-                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
-                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+        // One iteration; a fault in it leaves the iterations before it retired
+        // (each counts as an instruction, the faulting one is counted by the
+        // caller).
+        let mut one = || -> Exec {
+            match mn {
+                Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
+                    let v = mmu::read(cpu, m, src_seg, si, size)?;
+                    mmu::write(cpu, m, sreg::ES, di, size, v)?;
+                    set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                    set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+                }
+                Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => {
+                    mmu::write(cpu, m, sreg::ES, di, size, cpu.gpr[reg::RAX])?;
+                    set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+                }
+                Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => {
+                    let v = mmu::read(cpu, m, src_seg, si, size)?;
+                    set_gpr(cpu, reg::RAX as u8, 0, size, v);
+                    set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                }
+                Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq => {
+                    let a = mmu::read(cpu, m, src_seg, si, size)?;
+                    let b = mmu::read(cpu, m, sreg::ES, di, size)?;
+                    flags::sub(cpu, a, b, 0, size);
+                    set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                    set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+                }
+                Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => {
+                    let b = mmu::read(cpu, m, sreg::ES, di, size)?;
+                    flags::sub(cpu, cpu.gpr[reg::RAX], b, 0, size);
+                    set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+                }
+                Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => {
+                    mmu::seg_linear(cpu, sreg::ES, di, size, mmu::Access::Write)?;
+                    let port = cpu.gpr[reg::RDX] as u16;
+                    m.sync_clock(cpu.icount);
+                    let v = m.io_read(port, size as usize);
+                    mmu::write(cpu, m, sreg::ES, di, size, u64::from(v))?;
+                    set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
+                }
+                Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => {
+                    let v = mmu::read(cpu, m, src_seg, si, size)?;
+                    let port = cpu.gpr[reg::RDX] as u16;
+                    m.sync_clock(cpu.icount);
+                    m.io_write(port, size as usize, v as u32);
+                    set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
+                }
+                _ => return Err(Exception::InvalidOpcode),
             }
-            Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => {
-                mmu::write(cpu, m, sreg::ES, di, size, cpu.gpr[reg::RAX])?;
-                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
-            }
-            Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => {
-                let v = mmu::read(cpu, m, src_seg, si, size)?;
-                set_gpr(cpu, reg::RAX as u8, 0, size, v);
-                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
-            }
-            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq => {
-                let a = mmu::read(cpu, m, src_seg, si, size)?;
-                let b = mmu::read(cpu, m, sreg::ES, di, size)?;
-                flags::sub(cpu, a, b, 0, size);
-                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
-                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
-            }
-            Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => {
-                let b = mmu::read(cpu, m, sreg::ES, di, size)?;
-                flags::sub(cpu, cpu.gpr[reg::RAX], b, 0, size);
-                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
-            }
-            Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => {
-                mmu::seg_linear(cpu, sreg::ES, di, size, mmu::Access::Write)?;
-                let port = cpu.gpr[reg::RDX] as u16;
-                let v = m.io_read(port, size as usize);
-                mmu::write(cpu, m, sreg::ES, di, size, u64::from(v))?;
-                set_gpr(cpu, RDI, 0, asz, di.wrapping_add(step) & amask);
-            }
-            Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => {
-                let v = mmu::read(cpu, m, src_seg, si, size)?;
-                let port = cpu.gpr[reg::RDX] as u16;
-                m.io_write(port, size as usize, v as u32);
-                set_gpr(cpu, RSI, 0, asz, si.wrapping_add(step) & amask);
-            }
-            _ => return Err(Exception::InvalidOpcode),
+            Ok(())
+        };
+        if let Err(e) = one() {
+            cpu.icount += done;
+            return Err(e);
         }
         if !rep {
             return Ok(());
@@ -154,9 +168,16 @@ pub fn string_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 }
 
 /// REP MOVS and REP STOS going forward over plain RAM with no wrap and no overlap:
-/// one host copy or fill for up to [`BATCH`] elements, with the same final state as
-/// the element loop. Returns false, having changed nothing, when that does not
-/// apply.
+/// one host copy or fill per page for up to [`BATCH`] elements, with the same
+/// final state as the element loop. The segment checks cover the whole batch
+/// first; then each run of whole elements that stays inside one source and one
+/// destination page is translated (source first, as the element loop reads
+/// before it writes, so the accessed and dirty bits are set alike) and copied.
+/// It stops before a run it cannot do (an element that straddles a page, a
+/// page that faults, memory that is not plain RAM, an overlap), so the element
+/// loop, run when the instruction restarts, raises the fault or does the
+/// access exactly. Returns false, having changed nothing, when not even the
+/// first run applies.
 fn bulk(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -173,7 +194,8 @@ fn bulk(
         mn,
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq
     );
-    if !(movs || stos) || cpu.protected() || cpu.log_writes || cpu.rep_single {
+    // Data breakpoints are checked per access by the element loop.
+    if !(movs || stos) || cpu.log_writes || cpu.rep_single || cpu.dr[7] & 0xFF != 0 {
         return false;
     }
     let amask = mask(asz);
@@ -181,7 +203,8 @@ fn bulk(
     if count == 0 {
         return false;
     }
-    let bytes = count * u64::from(size);
+    let size64 = u64::from(size);
+    let bytes = count * size64;
     let range = |cpu: &CpuState, s: usize, off: u64, acc| -> Option<u64> {
         if off + bytes - 1 > amask {
             return None;
@@ -195,32 +218,71 @@ fn bulk(
         return false;
     };
     let si = get_gpr(cpu, RSI, 0, asz);
-    let ok = if movs {
+    let src = if movs {
         let Some(src) = range(cpu, src_seg, si, mmu::Access::Read) else {
             return false;
         };
-        m.mem.copy_fast(
-            x86bt_machine::GuestPhys(src),
-            x86bt_machine::GuestPhys(dst),
-            bytes,
-        )
+        src
     } else {
-        let pat = cpu.gpr[reg::RAX].to_le_bytes();
-        m.mem
-            .fill_fast(x86bt_machine::GuestPhys(dst), &pat[..size as usize], count)
+        0
     };
-    if !ok {
+    let page_left = |lin: u64| PAGE - (lin & (PAGE - 1));
+    let pat = cpu.gpr[reg::RAX].to_le_bytes();
+    let a20 = m.mem.a20_mask();
+    let mut done = 0u64;
+    while done < bytes {
+        let (d, s) = (dst + done, src + done);
+        let mut run = page_left(d).min(bytes - done);
+        if movs {
+            run = run.min(page_left(s));
+        }
+        // Whole elements only: one that straddles a page is the element loop's.
+        let run = run / size64 * size64;
+        if run == 0 {
+            break;
+        }
+        let ok = if movs {
+            let Ok(ps) = mmu::translate(cpu, m, x86bt_machine::Linear(s), mmu::Access::Read) else {
+                break;
+            };
+            let Ok(pd) = mmu::translate(cpu, m, x86bt_machine::Linear(d), mmu::Access::Write)
+            else {
+                break;
+            };
+            m.mem.copy_fast(
+                x86bt_machine::GuestPhys(ps.0 & a20),
+                x86bt_machine::GuestPhys(pd.0 & a20),
+                run,
+            )
+        } else {
+            let Ok(pd) = mmu::translate(cpu, m, x86bt_machine::Linear(d), mmu::Access::Write)
+            else {
+                break;
+            };
+            m.mem.fill_fast(
+                x86bt_machine::GuestPhys(pd.0 & a20),
+                &pat[..size as usize],
+                run / size64,
+            )
+        };
+        if !ok {
+            break;
+        }
+        done += run;
+    }
+    if done == 0 {
         return false;
     }
-    set_gpr(cpu, RDI, 0, asz, di + bytes);
+    let n = done / size64;
+    set_gpr(cpu, RDI, 0, asz, di + done);
     if movs {
-        set_gpr(cpu, RSI, 0, asz, si + bytes);
+        set_gpr(cpu, RSI, 0, asz, si + done);
     }
-    let left = get_gpr(cpu, RCX, 0, asz) - count;
+    let left = get_gpr(cpu, RCX, 0, asz) - n;
     set_gpr(cpu, RCX, 0, asz, left);
     if left != 0 {
         cpu.next_rip = cpu.rip;
     }
-    cpu.icount += count - 1;
+    cpu.icount += n - 1;
     true
 }

@@ -66,6 +66,7 @@ pub fn in_(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let size = insn.size();
     let port = port_of(cpu, insn, 1);
     check_io(cpu, m, port, size)?;
+    m.sync_clock(cpu.icount);
     let v = m.io_read(port, size as usize);
     set_gpr(cpu, reg::RAX as u8, 0, size, u64::from(v));
     Ok(())
@@ -81,6 +82,7 @@ pub fn out(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let v = get_gpr(cpu, reg::RAX as u8, 0, size);
     let port = port_of(cpu, insn, 0);
     check_io(cpu, m, port, size)?;
+    m.sync_clock(cpu.icount);
     m.io_write(port, size as usize, v as u32);
     Ok(())
 }
