@@ -342,6 +342,8 @@ struct Plan {
     /// Divides the default iteration counts (`--quick`).
     divisor: u32,
     verbose: bool,
+    /// Rounds per row, medians taken (`--runs`, the native tables only).
+    runs: u32,
 }
 
 /// The largest N tried (the event counters hold 8N in 32 bits).
@@ -635,6 +637,7 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
         repeats: if a.quick { 1 } else { a.qemu_repeats },
         divisor: if a.quick { 8 } else { 1 },
         verbose: a.verbose,
+        runs: 1,
     };
     println!(
         "x86bt bench: the same Multiboot kernels (32-bit protected mode, paging on) on every engine"
@@ -835,7 +838,33 @@ fn native_per_iter(s: &NativeSetup, w: bn::Workload) -> Option<u64> {
         .per_iter()
 }
 
-/// Measures one workload of one architecture; the guest instructions per
+/// One timed pair of `col` on `w`, from `n` iterations up.
+fn native_pair(s: &NativeSetup, col: Col, w: bn::Workload, n: u32) -> Result<Pair, String> {
+    match col {
+        Col::Interp => timed_pair(n, s.plan, |n| native_x86bt_once(s, w, n, Engine::Interp)),
+        Col::Jit => timed_pair(n, s.plan, |n| native_x86bt_once(s, w, n, Engine::Jit)),
+        Col::Qemu => {
+            let q = s.qemu.as_deref().ok_or("no QEMU")?;
+            timed_pair(n, s.plan, |n| native_qemu_once(s, q, w, n))
+        }
+        Col::Native => timed_pair(n, s.plan, |n| native_host_once(s, w, n)),
+    }
+}
+
+/// The median of `v` (not empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Measures one workload of one architecture: `plan.runs` rounds, each
+/// column once per round (so a slow spell of the host hits every column
+/// alike), and the median of each column's rounds. The guest instructions per
 /// iteration come back too (for the perf table).
 fn measure_native_row(
     s: &NativeSetup,
@@ -843,24 +872,39 @@ fn measure_native_row(
     notes: &mut Vec<String>,
 ) -> (Row, Option<u64>) {
     let n0 = (w.default_iters / s.plan.divisor).max(1);
-    let mut row = Row {
-        name: w.name,
-        kind: Kind::Compute,
-        cells: Vec::new(),
-    };
-    let mut pairs: Vec<(Col, Result<Pair, String>)> = Vec::new();
-    let mut per_iter: Option<u64> = None;
-    for (col, engine) in [(Col::Interp, Engine::Interp), (Col::Jit, Engine::Jit)] {
-        if !s.cols.contains(&col) {
-            continue;
+    let mut cols: Vec<(Col, u32, Result<Vec<Pair>, String>)> = Vec::new();
+    for col in NATIVE_COLS {
+        if s.cols.contains(&col) {
+            let n = match col {
+                Col::Interp | Col::Jit => n0 / X86BT_COMPUTE_START,
+                Col::Qemu => n0,
+                Col::Native => n0.saturating_mul(NATIVE_START),
+            };
+            cols.push((col, n.max(1), Ok(Vec::new())));
         }
-        let p = timed_pair(n0 / X86BT_COMPUTE_START, s.plan, |n| {
-            native_x86bt_once(s, w, n, engine)
-        });
-        if let Ok(p) = &p {
+    }
+    for _ in 0..s.plan.runs.max(1) {
+        for (col, n, pairs) in &mut cols {
+            let Ok(list) = pairs else { continue };
+            match native_pair(s, *col, w, *n) {
+                Ok(p) => {
+                    if s.plan.verbose {
+                        eprintln!("{}-bit {} {}: {p:?}", s.arch.bits(), w.name, col.name());
+                    }
+                    *n = p.n;
+                    list.push(p);
+                }
+                Err(e) => *pairs = Err(e),
+            }
+        }
+    }
+    let mut per_iter: Option<u64> = None;
+    for (col, _, pairs) in &cols {
+        let Ok(list) = pairs else { continue };
+        for p in list.iter().filter(|p| p.icount[1] > 0) {
             match (p.per_iter(), per_iter) {
                 (Some(a), Some(b)) if a != b => notes.push(format!(
-                    "{}-bit {}: {} retired {a} instructions per iteration, interp {b}",
+                    "{}-bit {}: {} retired {a} instructions per iteration, before {b}",
                     s.arch.bits(),
                     w.name,
                     col.name()
@@ -875,26 +919,23 @@ fn measure_native_row(
                 _ => {}
             }
         }
-        pairs.push((col, p));
     }
     if per_iter.is_none() && !s.cols.contains(&Col::Interp) && !s.cols.contains(&Col::Jit) {
         per_iter = native_per_iter(s, w);
     }
-    if let (true, Some(q)) = (s.cols.contains(&Col::Qemu), &s.qemu) {
-        let p = timed_pair(n0, s.plan, |n| native_qemu_once(s, q, w, n));
-        pairs.push((Col::Qemu, p));
-    }
-    let p = timed_pair(n0.saturating_mul(NATIVE_START), s.plan, |n| {
-        native_host_once(s, w, n)
-    });
-    pairs.push((Col::Native, p));
-    for (col, p) in pairs {
-        if s.plan.verbose {
-            eprintln!("{}-bit {} {}: {p:?}", s.arch.bits(), w.name, col.name());
-        }
-        let cell = p.and_then(|p| match per_iter {
-            Some(i) => pair_mips(&p, i),
-            None => Err("no instruction count per iteration from x86bt".into()),
+    let mut row = Row {
+        name: w.name,
+        kind: Kind::Compute,
+        cells: Vec::new(),
+    };
+    for (col, _, pairs) in cols {
+        let cell = pairs.and_then(|list| {
+            let i = per_iter.ok_or("no instruction count per iteration from x86bt")?;
+            let mut mips = list
+                .iter()
+                .map(|p| pair_mips(p, i))
+                .collect::<Result<Vec<f64>, String>>()?;
+            Ok(median(&mut mips))
         });
         if let Err(e) = &cell {
             notes.push(format!(
@@ -938,6 +979,7 @@ fn native_cmd(a: &BenchArgs) -> Result<u8, Error> {
         repeats: if a.quick { 1 } else { a.qemu_repeats },
         divisor: if a.quick { 8 } else { 1 },
         verbose: a.verbose,
+        runs: a.runs,
     };
     let programs = bn::build()?;
     let counters = bn::probe_counters();
@@ -990,7 +1032,7 @@ fn native_cmd(a: &BenchArgs) -> Result<u8, Error> {
             row.print(&NATIVE_COLS, &NATIVE_RATIOS);
             let _ = std::io::stdout().flush();
             if let (Counters::Available(perf), Some(i)) = (&counters, per_iter) {
-                perf_rows.push(measure_host_insns(&setup, perf, w, i));
+                perf_rows.push(measure_host_insns(&setup, perf, w, i, &mut notes));
             }
             rows.push(row);
         }
@@ -1015,7 +1057,7 @@ fn native_cmd(a: &BenchArgs) -> Result<u8, Error> {
     for note in &notes {
         println!("note: {note}");
     }
-    println!("method: x86bt in-process (Vm::run timed); qemu -accel tcg -cpu {} from spawn, fastest of {}; native: the host program's own clock around the iterations, fastest of {}", bn::QEMU_CPU, plan.repeats, plan.repeats);
+    println!("method: x86bt in-process (Vm::run timed); qemu -accel tcg -cpu {} from spawn, fastest of {}; native: the host program's own clock around the iterations, fastest of {}; median of {} interleaved round(s) per cell", bn::QEMU_CPU, plan.repeats, plan.repeats, plan.runs.max(1));
     Ok(0)
 }
 
@@ -1027,6 +1069,7 @@ fn measure_host_insns(
     perf: &std::path::Path,
     w: bn::Workload,
     per_iter: u64,
+    notes: &mut Vec<String>,
 ) -> String {
     let n = (w.default_iters / s.plan.divisor).max(1);
     let kernel = s.programs.kernel_path(s.arch);
@@ -1065,16 +1108,37 @@ fn measure_host_insns(
         let cell = if !s.cols.contains(&col) {
             "-".to_string()
         } else {
+            let expect = match col {
+                Col::Native => bn::HOST_PASS,
+                _ => bk::PASS_STATUS,
+            };
             let count = |iters| {
                 command(col, iters)
                     .ok_or_else(|| "no command".to_string())
-                    .and_then(|c| bn::count_instructions(perf, c))
+                    .and_then(|c| bn::count_instructions(perf, c, expect))
             };
             match (count(n), count(2 * n)) {
                 (Ok(h1), Ok(h2)) if h2 > h1 => {
                     format!("{:.2}", (h2 - h1) as f64 / (per_iter * u64::from(n)) as f64)
                 }
-                _ => "?".to_string(),
+                (Ok(h1), Ok(h2)) => {
+                    notes.push(format!(
+                        "perf, {}-bit {} {}: {h2} host instructions at 2N, {h1} at N",
+                        s.arch.bits(),
+                        w.name,
+                        col.name()
+                    ));
+                    "?".to_string()
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    notes.push(format!(
+                        "perf, {}-bit {} {}: {e}",
+                        s.arch.bits(),
+                        w.name,
+                        col.name()
+                    ));
+                    "FAIL".to_string()
+                }
             }
         };
         line += &format!(" {cell:>9}");

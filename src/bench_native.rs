@@ -484,17 +484,16 @@ pub fn probe_counters() -> Counters {
     let Some(perf) = bk::find_on_path("perf") else {
         return Counters::Unavailable("perf is not installed".into());
     };
-    let mut cmd = Command::new(&perf);
-    cmd.arg("true");
-    match count_instructions(&perf, cmd) {
+    match count_instructions(&perf, Command::new("true"), 0) {
         Ok(_) => Counters::Available(perf),
         Err(e) => Counters::Unavailable(e),
     }
 }
 
 /// Runs `cmd` under `perf stat` and returns the host instructions it retired
-/// (in user space), or why there is no count.
-pub fn count_instructions(perf: &Path, cmd: Command) -> Result<u64, String> {
+/// (in user space), or why there is no count (among the reasons, an exit
+/// status other than `expect`: perf passes the command's on).
+pub fn count_instructions(perf: &Path, cmd: Command, expect: i32) -> Result<u64, String> {
     let mut p = Command::new(perf);
     p.args(["stat", "-x", ",", "-e", PERF_EVENT, "--"])
         .arg(cmd.get_program())
@@ -502,6 +501,13 @@ pub fn count_instructions(perf: &Path, cmd: Command) -> Result<u64, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let out = p.output().map_err(|e| format!("cannot run perf: {e}"))?;
+    if out.status.code() != Some(expect) {
+        return Err(format!(
+            "{} exited with {} under perf, not {expect}",
+            cmd.get_program().to_string_lossy(),
+            out.status
+        ));
+    }
     parse_perf_csv(&String::from_utf8_lossy(&out.stderr))
 }
 

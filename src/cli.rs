@@ -278,6 +278,10 @@ pub struct BenchArgs {
     /// qemu-system-x86_64 on PATH); --qemu is the 32-bit kernels'.
     #[arg(long)]
     pub qemu64: Option<PathBuf>,
+    /// With --native: rounds per workload, every column measured once per
+    /// round; each cell is the median of its rounds.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
     /// Run the old real-mode compute loops instead (see --insns and --engine).
     #[arg(long)]
     pub real_mode: bool,
