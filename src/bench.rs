@@ -658,7 +658,7 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
         }
     }
     if !compute.is_empty() {
-        print_geomean(&compute, &cols, &Col::ALL, &RATIOS);
+        print_geomean("geomean", &compute, &cols, &Col::ALL, &RATIOS);
     }
     for note in &notes {
         println!("note: {note}");
@@ -676,9 +676,9 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
 
 /// The geometric mean over the compute rows: of each engine's MIPS where it
 /// passed every row, and of each speedup over the rows where both engines passed.
-fn print_geomean(rows: &[Row], cols: &[Col], shown: &[Col], ratios: &[Ratio]) {
+fn print_geomean(label: &str, rows: &[Row], cols: &[Col], shown: &[Col], ratios: &[Ratio]) {
     let geo = |v: &[f64]| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp();
-    let mut line = format!("{:<11} {:<8}", "geomean", "MIPS");
+    let mut line = format!("{label:<11} {:<8}", "MIPS");
     for &c in shown {
         let v: Vec<f64> = rows.iter().filter_map(|r| r.value(c)).collect();
         let cell = if !cols.contains(&c) || v.is_empty() {
@@ -1036,7 +1036,15 @@ fn native_cmd(a: &BenchArgs) -> Result<u8, Error> {
             }
             rows.push(row);
         }
-        print_geomean(&rows, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+        print_geomean("geomean", &rows, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+        // The goals differ for the scalar and the SSE workloads.
+        let (sse, scalar): (Vec<Row>, Vec<Row>) = rows
+            .into_iter()
+            .partition(|r| bn::workload(r.name).is_some_and(|w| w.sse));
+        if !sse.is_empty() && !scalar.is_empty() {
+            print_geomean("  scalar", &scalar, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+            print_geomean("  sse", &sse, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+        }
     }
     println!();
     match &counters {

@@ -134,6 +134,8 @@ pub struct Workload {
     /// The starting iteration count N of `x86bt bench`: QEMU 10 TCG needs
     /// about 0.4 s for N iterations on a 2020s x86-64 host, start-up excluded.
     pub default_iters: u32,
+    /// An SSE workload (the goal for these is apart).
+    pub sse: bool,
 }
 
 /// Every workload: the five of the assembly kernels, then the SSE ones.
@@ -142,41 +144,49 @@ pub const WORKLOADS: [Workload; 8] = [
         name: "sieve",
         what: "byte loads/stores, compares, branches",
         default_iters: 5_000,
+        sse: false,
     },
     Workload {
         name: "crc32",
         what: "table-driven CRC-32 of 16 KiB",
         default_iters: 5_000,
+        sse: false,
     },
     Workload {
         name: "memcpy",
         what: "dword copy loop, 16 KiB",
         default_iters: 60_000,
+        sse: false,
     },
     Workload {
         name: "strlen",
         what: "byte loop to the NUL of 16000 bytes",
         default_iters: 10_000,
+        sse: false,
     },
     Workload {
         name: "qsort",
         what: "recursive quicksort of 2048 u32",
         default_iters: 1_500,
+        sse: false,
     },
     Workload {
         name: "matmul",
         what: "64x64 float matrix product, SSE",
         default_iters: 80,
+        sse: true,
     },
     Workload {
         name: "memcpy-sse2",
         what: "MOVDQU/MOVDQA copy loop, 16 KiB",
         default_iters: 50_000,
+        sse: true,
     },
     Workload {
         name: "strsearch",
         what: "PCMPISTRI substring count in 16000 bytes, SSE4.2",
         default_iters: 1_000,
+        sse: true,
     },
 ];
 
