@@ -28,6 +28,13 @@
 //! the engine computed the right result; otherwise the cell says FAIL and a note
 //! under the table says why.
 //!
+//! `--native` runs the C workloads of [`crate::bench_native`] instead, one table
+//! per architecture (32-bit against `qemu-system-i386`, 64-bit against
+//! `qemu-system-x86_64`, both `-cpu max`), with the host program as a fourth
+//! column. There every column's MIPS is I × N / (t(2N) - t(N)), x86bt's too,
+//! and the ratios add each engine's time over native time. `--runs K`
+//! measures each column once per round for K rounds and keeps the medians.
+//!
 //! `--real-mode` runs the older CPU-bound real-mode loops (also used by
 //! `benches/interp.rs` and the translator tests) for a fixed number of guest
 //! instructions. A repeated string instruction retires one instruction per
