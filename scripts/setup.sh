@@ -13,6 +13,9 @@ need_pkgs=()
 [ -f /usr/share/seabios/bios-256k.bin ] || need_pkgs+=(seabios)
 # qemu-img and qemu-io: the qcow2 tests check x86bt's images with QEMU's tools.
 command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
+# gcc (with binutils) builds the C workloads of `x86bt bench --native` and
+# tests/native_kernels.rs; no gcc-multilib is needed (nothing links libc).
+command -v gcc >/dev/null 2>&1 && command -v objcopy >/dev/null 2>&1 || need_pkgs+=(gcc binutils)
 if ! command -v cargo >/dev/null 2>&1; then
   need_pkgs+=(cargo rustc)
 fi

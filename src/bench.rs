@@ -28,6 +28,13 @@
 //! the engine computed the right result; otherwise the cell says FAIL and a note
 //! under the table says why.
 //!
+//! `--native` runs the C workloads of [`crate::bench_native`] instead, one table
+//! per architecture (32-bit against `qemu-system-i386`, 64-bit against
+//! `qemu-system-x86_64`, both `-cpu max`), with the host program as a fourth
+//! column. There every column's MIPS is I × N / (t(2N) - t(N)), x86bt's too,
+//! and the ratios add each engine's time over native time. `--runs K`
+//! measures each column once per round for K rounds and keeps the medians.
+//!
 //! `--real-mode` runs the older CPU-bound real-mode loops (also used by
 //! `benches/interp.rs` and the translator tests) for a fixed number of guest
 //! instructions. A repeated string instruction retires one instruction per
@@ -35,7 +42,8 @@
 //! from the compute loops' geometric mean: its "MIPS" are element moves per second.
 
 use crate::bench_kernels::{self as bk, BenchKernel, Kind, UNROLL};
-use crate::cli::{BenchArgs, Engine};
+use crate::bench_native::{self as bn, Arch, Counters, Programs};
+use crate::cli::{BenchArch, BenchArgs, Engine};
 use crate::error::Error;
 use crate::vm::Vm;
 use iced_x86::code_asm::*;
@@ -254,6 +262,9 @@ pub fn bench_cmd(a: &BenchArgs) -> Result<u8, Error> {
     if a.real_mode {
         return real_mode_cmd(a);
     }
+    if a.native {
+        return native_cmd(a);
+    }
     suite_cmd(a)
 }
 
@@ -263,9 +274,12 @@ enum Col {
     Interp,
     Jit,
     Qemu,
+    /// The host program of `--native`.
+    Native,
 }
 
 impl Col {
+    /// The engines `--engines` chooses from.
     const ALL: [Col; 3] = [Col::Interp, Col::Jit, Col::Qemu];
 
     fn name(self) -> &'static str {
@@ -273,8 +287,21 @@ impl Col {
             Col::Interp => "interp",
             Col::Jit => "jit",
             Col::Qemu => "qemu",
+            Col::Native => "native",
         }
     }
+}
+
+/// A ratio column: `num`'s figure over `den`'s as a speedup (> 1 = `num`
+/// faster); put the slower column first for a time ratio.
+struct Ratio {
+    label: &'static str,
+    num: Col,
+    den: Col,
+}
+
+const fn ratio(label: &'static str, num: Col, den: Col) -> Ratio {
+    Ratio { label, num, den }
 }
 
 fn parse_engines(list: &[String]) -> Result<Vec<Col>, Error> {
@@ -322,6 +349,8 @@ struct Plan {
     /// Divides the default iteration counts (`--quick`).
     divisor: u32,
     verbose: bool,
+    /// Rounds per row, medians taken (`--runs`, the native tables only).
+    runs: u32,
 }
 
 /// The largest N tried (the event counters hold 8N in 32 bits).
@@ -452,7 +481,8 @@ fn speedup(kind: Kind, a: f64, b: f64) -> f64 {
 
 /// One row of the table being measured.
 struct Row {
-    workload: bk::Workload,
+    name: &'static str,
+    kind: Kind,
     cells: Vec<(Col, Cell)>,
 }
 
@@ -465,14 +495,14 @@ impl Row {
         self.get(c).and_then(|v| v.as_ref().ok().copied())
     }
 
-    fn print(&self) {
-        let kind = self.workload.kind();
+    fn print(&self, cols: &[Col], ratios: &[Ratio]) {
+        let kind = self.kind;
         let unit = match kind {
             Kind::Compute => "MIPS",
             Kind::Event => "ns/event",
         };
-        let mut line = format!("{:<11} {unit:<8}", self.workload.name());
-        for c in Col::ALL {
+        let mut line = format!("{:<11} {unit:<8}", self.name);
+        for &c in cols {
             let cell = match self.get(c) {
                 None => "-".into(),
                 Some(Ok(v)) if *v >= 100.0 => format!("{v:.0}"),
@@ -481,22 +511,34 @@ impl Row {
             };
             line += &format!(" {cell:>9}");
         }
-        for (a, b) in RATIOS {
-            let r = match (self.value(a), self.value(b)) {
+        for r in ratios {
+            let v = match (self.value(r.num), self.value(r.den)) {
                 (Some(x), Some(y)) => format!("{:.2}x", speedup(kind, x, y)),
                 _ => "-".into(),
             };
-            line += &format!(" {r:>11}");
+            line += &format!(" {v:>11}");
         }
         println!("{line}");
     }
 }
 
-const RATIOS: [(Col, Col); 3] = [
-    (Col::Jit, Col::Interp),
-    (Col::Jit, Col::Qemu),
-    (Col::Interp, Col::Qemu),
+const RATIOS: [Ratio; 3] = [
+    ratio("jit/interp", Col::Jit, Col::Interp),
+    ratio("jit/qemu", Col::Jit, Col::Qemu),
+    ratio("interp/qemu", Col::Interp, Col::Qemu),
 ];
+
+/// Prints the header line of a table.
+fn print_header(cols: &[Col], ratios: &[Ratio]) {
+    let mut line = format!("{:<11} {:<8}", "workload", "unit");
+    for c in cols {
+        line += &format!(" {:>9}", c.name());
+    }
+    for r in ratios {
+        line += &format!(" {:>11}", r.label);
+    }
+    println!("{line}");
+}
 
 /// Measures one workload on `cols`; failures go to `notes`.
 fn measure_row(
@@ -510,7 +552,8 @@ fn measure_row(
     let kind = w.kind();
     let n0 = (w.default_iters() / plan.divisor).max(1);
     let mut row = Row {
-        workload: w,
+        name: w.name(),
+        kind,
         cells: Vec::new(),
     };
     let mut per_iter: Option<u64> = None;
@@ -601,6 +644,7 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
         repeats: if a.quick { 1 } else { a.qemu_repeats },
         divisor: if a.quick { 8 } else { 1 },
         verbose: a.verbose,
+        runs: 1,
     };
     println!(
         "x86bt bench: the same Multiboot kernels (32-bit protected mode, paging on) on every engine"
@@ -608,23 +652,20 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
     println!(
         "compute in guest MIPS, events in ns/event (8 per loop iteration); ratios are speedups, >1 = first engine faster"
     );
-    println!(
-        "{:<11} {:<8} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
-        "workload", "unit", "interp", "jit", "qemu", "jit/interp", "jit/qemu", "interp/qemu"
-    );
+    print_header(&Col::ALL, &RATIOS);
     let _ = std::io::stdout().flush();
     let mut notes = Vec::new();
     let mut compute = Vec::new();
     for w in workloads {
         let row = measure_row(w, &cols, qemu.as_deref(), &plan, &mut notes);
-        row.print();
+        row.print(&Col::ALL, &RATIOS);
         let _ = std::io::stdout().flush();
         if w.kind() == Kind::Compute {
             compute.push(row);
         }
     }
     if !compute.is_empty() {
-        print_geomean(&compute, &cols);
+        print_geomean("geomean", &compute, &cols, &Col::ALL, &RATIOS);
     }
     for note in &notes {
         println!("note: {note}");
@@ -642,10 +683,10 @@ fn suite_cmd(a: &BenchArgs) -> Result<u8, Error> {
 
 /// The geometric mean over the compute rows: of each engine's MIPS where it
 /// passed every row, and of each speedup over the rows where both engines passed.
-fn print_geomean(rows: &[Row], cols: &[Col]) {
+fn print_geomean(label: &str, rows: &[Row], cols: &[Col], shown: &[Col], ratios: &[Ratio]) {
     let geo = |v: &[f64]| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp();
-    let mut line = format!("{:<11} {:<8}", "geomean", "MIPS");
-    for c in Col::ALL {
+    let mut line = format!("{label:<11} {:<8}", "MIPS");
+    for &c in shown {
         let v: Vec<f64> = rows.iter().filter_map(|r| r.value(c)).collect();
         let cell = if !cols.contains(&c) || v.is_empty() {
             "-".into()
@@ -656,10 +697,10 @@ fn print_geomean(rows: &[Row], cols: &[Col]) {
         };
         line += &format!(" {cell:>9}");
     }
-    for (a, b) in RATIOS {
+    for r in ratios {
         let v: Vec<f64> = rows
             .iter()
-            .filter_map(|r| Some(r.value(a)? / r.value(b)?))
+            .filter_map(|row| Some(row.value(r.num)? / row.value(r.den)?))
             .collect();
         let cell = if v.is_empty() {
             "-".into()
@@ -671,4 +712,451 @@ fn print_geomean(rows: &[Row], cols: &[Col]) {
         line += &format!(" {cell:>11}");
     }
     println!("{line}");
+}
+
+// ---------------------------------------------------------------------------
+// `--native`: the C workloads, with the host program as a fourth column.
+
+/// The ratios of the native tables: speedups of the translator, then times
+/// over native time (the slower column first, so 1.00x is native speed).
+const NATIVE_RATIOS: [Ratio; 4] = [
+    ratio("jit/interp", Col::Jit, Col::Interp),
+    ratio("jit/qemu", Col::Jit, Col::Qemu),
+    ratio("t jit/nat", Col::Native, Col::Jit),
+    ratio("t qemu/nat", Col::Native, Col::Qemu),
+];
+
+/// The columns of the native tables.
+const NATIVE_COLS: [Col; 4] = [Col::Interp, Col::Jit, Col::Qemu, Col::Native];
+
+/// The native runs start from the default N times this (the host is several
+/// times faster than QEMU).
+const NATIVE_START: u32 = 8;
+
+fn parse_native_only(list: &[String]) -> Result<Vec<bn::Workload>, Error> {
+    if list.is_empty() {
+        return Ok(bn::WORKLOADS.to_vec());
+    }
+    list.iter()
+        .map(|name| {
+            bn::workload(name.trim()).ok_or_else(|| {
+                let all: Vec<_> = bn::WORKLOADS.iter().map(|w| w.name).collect();
+                Error::Usage(format!(
+                    "--only: no native workload {name:?} (have: {})",
+                    all.join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+/// What one architecture's table is measured with.
+struct NativeSetup<'a> {
+    arch: Arch,
+    programs: &'a Programs,
+    image: Vec<u8>,
+    cols: Vec<Col>,
+    qemu: Option<std::path::PathBuf>,
+    plan: &'a Plan,
+}
+
+/// The failure of a kernel run under x86bt, for a note.
+fn describe_x86bt_failure(run: &bk::X86btRun, iters: u32) -> String {
+    let c = &run.vm.cpu;
+    let why = match run.outcome {
+        crate::vm::RunOutcome::DebugExit(s) => bn::describe_exit(s >> 1),
+        ref o => format!("{o:?}"),
+    };
+    format!(
+        "{why} after {} instructions at {:04x}:{:x}, N = {iters}",
+        run.vm.icount(),
+        c.seg[x86bt_cpu::state::sreg::CS].selector,
+        c.rip
+    )
+}
+
+fn native_x86bt_once(
+    s: &NativeSetup,
+    w: bn::Workload,
+    iters: u32,
+    engine: Engine,
+) -> Result<(u64, f64), String> {
+    let run = bn::run_x86bt(&s.image, w, iters, engine).map_err(|e| e.to_string())?;
+    if !run.passed() {
+        return Err(describe_x86bt_failure(&run, iters));
+    }
+    Ok((run.vm.icount(), run.secs))
+}
+
+fn native_qemu_once(
+    s: &NativeSetup,
+    qemu: &std::path::Path,
+    w: bn::Workload,
+    iters: u32,
+) -> Result<(u64, f64), String> {
+    let mut best = f64::INFINITY;
+    for _ in 0..s.plan.repeats.max(1) {
+        let run = bn::run_qemu(qemu, s.programs, s.arch, w, iters).map_err(|e| e.to_string())?;
+        if !run.passed() {
+            let why = run
+                .status
+                .map_or_else(|| "killed".into(), |st| bn::describe_exit(st >> 1));
+            let first = run.stderr.lines().next().unwrap_or_default();
+            return Err(format!("{why}, N = {iters} {first}"));
+        }
+        best = best.min(run.secs);
+    }
+    Ok((0, best))
+}
+
+fn native_host_once(s: &NativeSetup, w: bn::Workload, iters: u32) -> Result<(u64, f64), String> {
+    let mut best = f64::INFINITY;
+    for _ in 0..s.plan.repeats.max(1) {
+        let run = bn::run_host(s.programs, s.arch, w, iters).map_err(|e| e.to_string())?;
+        let secs = match (run.passed(), run.secs) {
+            (true, Some(t)) => t,
+            _ => {
+                let why = run
+                    .status
+                    .map_or_else(|| "killed".into(), bn::describe_exit);
+                return Err(format!("{why}, N = {iters}: {}", run.stdout.trim()));
+            }
+        };
+        best = best.min(secs);
+    }
+    Ok((0, best))
+}
+
+/// MIPS of a pair whose every iteration retires `per_iter` guest
+/// instructions: per_iter x N / (t(2N) - t(N)).
+fn pair_mips(p: &Pair, per_iter: u64) -> Cell {
+    ns_per_event(p)?;
+    Ok((per_iter * u64::from(p.n)) as f64 / p.dt() / 1e6)
+}
+
+/// Guest instructions per iteration of `w`: two short interpreter runs.
+fn native_per_iter(s: &NativeSetup, w: bn::Workload) -> Option<u64> {
+    let quick = Plan {
+        min_dt: 0.0,
+        ..*s.plan
+    };
+    timed_pair(1, &quick, |n| native_x86bt_once(s, w, n, Engine::Interp))
+        .ok()?
+        .per_iter()
+}
+
+/// One timed pair of `col` on `w`, from `n` iterations up.
+fn native_pair(s: &NativeSetup, col: Col, w: bn::Workload, n: u32) -> Result<Pair, String> {
+    match col {
+        Col::Interp => timed_pair(n, s.plan, |n| native_x86bt_once(s, w, n, Engine::Interp)),
+        Col::Jit => timed_pair(n, s.plan, |n| native_x86bt_once(s, w, n, Engine::Jit)),
+        Col::Qemu => {
+            let q = s.qemu.as_deref().ok_or("no QEMU")?;
+            timed_pair(n, s.plan, |n| native_qemu_once(s, q, w, n))
+        }
+        Col::Native => timed_pair(n, s.plan, |n| native_host_once(s, w, n)),
+    }
+}
+
+/// The median of `v` (not empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Measures one workload of one architecture: `plan.runs` rounds, each
+/// column once per round (so a slow spell of the host hits every column
+/// alike), and the median of each column's rounds. The guest instructions per
+/// iteration come back too (for the perf table).
+fn measure_native_row(
+    s: &NativeSetup,
+    w: bn::Workload,
+    notes: &mut Vec<String>,
+) -> (Row, Option<u64>) {
+    let n0 = (w.default_iters / s.plan.divisor).max(1);
+    let mut cols: Vec<(Col, u32, Result<Vec<Pair>, String>)> = Vec::new();
+    for col in NATIVE_COLS {
+        if s.cols.contains(&col) {
+            let n = match col {
+                Col::Interp | Col::Jit => n0 / X86BT_COMPUTE_START,
+                Col::Qemu => n0,
+                Col::Native => n0.saturating_mul(NATIVE_START),
+            };
+            cols.push((col, n.max(1), Ok(Vec::new())));
+        }
+    }
+    for _ in 0..s.plan.runs.max(1) {
+        for (col, n, pairs) in &mut cols {
+            let Ok(list) = pairs else { continue };
+            match native_pair(s, *col, w, *n) {
+                Ok(p) => {
+                    if s.plan.verbose {
+                        eprintln!("{}-bit {} {}: {p:?}", s.arch.bits(), w.name, col.name());
+                    }
+                    *n = p.n;
+                    list.push(p);
+                }
+                Err(e) => *pairs = Err(e),
+            }
+        }
+    }
+    let mut per_iter: Option<u64> = None;
+    for (col, _, pairs) in &cols {
+        let Ok(list) = pairs else { continue };
+        for p in list.iter().filter(|p| p.icount[1] > 0) {
+            match (p.per_iter(), per_iter) {
+                (Some(a), Some(b)) if a != b => notes.push(format!(
+                    "{}-bit {}: {} retired {a} instructions per iteration, before {b}",
+                    s.arch.bits(),
+                    w.name,
+                    col.name()
+                )),
+                (Some(a), None) => per_iter = Some(a),
+                (None, _) => notes.push(format!(
+                    "{}-bit {}: {} retired a varying count per iteration: {p:?}",
+                    s.arch.bits(),
+                    w.name,
+                    col.name()
+                )),
+                _ => {}
+            }
+        }
+    }
+    if per_iter.is_none() && !s.cols.contains(&Col::Interp) && !s.cols.contains(&Col::Jit) {
+        per_iter = native_per_iter(s, w);
+    }
+    let mut row = Row {
+        name: w.name,
+        kind: Kind::Compute,
+        cells: Vec::new(),
+    };
+    for (col, _, pairs) in cols {
+        let cell = pairs.and_then(|list| {
+            let i = per_iter.ok_or("no instruction count per iteration from x86bt")?;
+            let mut mips = list
+                .iter()
+                .map(|p| pair_mips(p, i))
+                .collect::<Result<Vec<f64>, String>>()?;
+            Ok(median(&mut mips))
+        });
+        if let Err(e) = &cell {
+            notes.push(format!(
+                "{} FAILED on {}-bit {}: {e}",
+                col.name(),
+                s.arch.bits(),
+                w.name
+            ));
+        }
+        row.cells.push((col, cell));
+    }
+    (row, per_iter)
+}
+
+/// The QEMU of `arch`: the option's path, or the emulator on PATH.
+fn native_qemu(a: &BenchArgs, arch: Arch) -> Result<std::path::PathBuf, String> {
+    let given = match arch {
+        Arch::I386 => a.qemu.as_deref(),
+        Arch::X86_64 => a.qemu64.as_deref(),
+    };
+    match given {
+        Some(q) if q.exists() => Ok(q.to_path_buf()),
+        Some(q) => Err(format!("{} does not exist", q.display())),
+        None => bk::find_on_path(arch.qemu_binary())
+            .ok_or_else(|| format!("{} is not on PATH", arch.qemu_binary())),
+    }
+}
+
+/// `x86bt bench --native`.
+fn native_cmd(a: &BenchArgs) -> Result<u8, Error> {
+    use std::io::Write;
+    let engines = parse_engines(&a.engines)?;
+    let workloads = parse_native_only(&a.only)?;
+    let arches: &[Arch] = match a.arch {
+        BenchArch::I386 => &[Arch::I386],
+        BenchArch::X86_64 => &[Arch::X86_64],
+        BenchArch::Both => &Arch::ALL,
+    };
+    let plan = Plan {
+        min_dt: if a.quick { 0.05 } else { 0.3 },
+        repeats: if a.quick { 1 } else { a.qemu_repeats },
+        divisor: if a.quick { 8 } else { 1 },
+        verbose: a.verbose,
+        runs: a.runs,
+    };
+    let programs = bn::build()?;
+    let counters = bn::probe_counters();
+    println!("x86bt bench --native: the C workloads of bench/c/, one source built with gcc into a Multiboot kernel and a host program per architecture");
+    println!("MIPS = guest instructions per iteration (x86bt's count) x N / (t(2N) - t(N)), every column; jit/interp, jit/qemu: speedups (>1 = first faster); t X/nat: X's time over native time (1.00x = native speed)");
+    let mut notes = Vec::new();
+    let mut perf_rows = Vec::new();
+    for &arch in arches {
+        let mut cols = engines.clone();
+        let qemu = if cols.contains(&Col::Qemu) {
+            match native_qemu(a, arch) {
+                Ok(q) => Some(q),
+                Err(why) => {
+                    println!("qemu: not installed ({why}), skipped");
+                    cols.retain(|c| *c != Col::Qemu);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        cols.push(Col::Native);
+        let setup = NativeSetup {
+            arch,
+            programs: &programs,
+            image: programs.kernel_image(arch)?,
+            cols: cols.clone(),
+            qemu,
+            plan: &plan,
+        };
+        println!();
+        println!(
+            "{}-bit kernels ({}; qemu: {})",
+            arch.bits(),
+            match arch {
+                Arch::I386 => "protected mode, paging, i686 code + SSE loops",
+                Arch::X86_64 => "long mode, 2 MiB pages",
+            },
+            setup.qemu.as_ref().map_or("-".into(), |q| format!(
+                "{} -cpu {}",
+                q.display(),
+                bn::QEMU_CPU
+            ))
+        );
+        print_header(&NATIVE_COLS, &NATIVE_RATIOS);
+        let _ = std::io::stdout().flush();
+        let mut rows = Vec::new();
+        for &w in &workloads {
+            let (row, per_iter) = measure_native_row(&setup, w, &mut notes);
+            row.print(&NATIVE_COLS, &NATIVE_RATIOS);
+            let _ = std::io::stdout().flush();
+            if let (Counters::Available(perf), Some(i)) = (&counters, per_iter) {
+                perf_rows.push(measure_host_insns(&setup, perf, w, i, &mut notes));
+            }
+            rows.push(row);
+        }
+        print_geomean("geomean", &rows, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+        // The goals differ for the scalar and the SSE workloads.
+        let (sse, scalar): (Vec<Row>, Vec<Row>) = rows
+            .into_iter()
+            .partition(|r| bn::workload(r.name).is_some_and(|w| w.sse));
+        if !sse.is_empty() && !scalar.is_empty() {
+            print_geomean("  scalar", &scalar, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+            print_geomean("  sse", &sse, &cols, &NATIVE_COLS, &NATIVE_RATIOS);
+        }
+    }
+    println!();
+    match &counters {
+        Counters::Available(_) => {
+            println!("host instructions per guest instruction (perf stat -e instructions:u, (h(2N) - h(N)) / (guest instructions of N iterations)):");
+            println!(
+                "{:<5} {:<11} {:>9} {:>9} {:>9} {:>9}",
+                "arch", "workload", "interp", "jit", "qemu", "native"
+            );
+            for line in &perf_rows {
+                println!("{line}");
+            }
+        }
+        Counters::Unavailable(why) => {
+            println!("host instructions per guest instruction: not measured: {why}")
+        }
+    }
+    for note in &notes {
+        println!("note: {note}");
+    }
+    println!("method: x86bt in-process (Vm::run timed); qemu -accel tcg -cpu {} from spawn, fastest of {}; native: the host program's own clock around the iterations, fastest of {}; median of {} interleaved round(s) per cell", bn::QEMU_CPU, plan.repeats, plan.repeats, plan.runs.max(1));
+    Ok(0)
+}
+
+/// One line of the perf table: host instructions per guest instruction of
+/// `w` under each column's program, from `perf stat` around whole runs of N
+/// and 2N iterations (so start-up cancels).
+fn measure_host_insns(
+    s: &NativeSetup,
+    perf: &std::path::Path,
+    w: bn::Workload,
+    per_iter: u64,
+    notes: &mut Vec<String>,
+) -> String {
+    let n = (w.default_iters / s.plan.divisor).max(1);
+    let kernel = s.programs.kernel_path(s.arch);
+    let exe = std::env::current_exe().ok();
+    let command = |col: Col, iters: u32| -> Option<std::process::Command> {
+        let mut c;
+        match col {
+            Col::Interp | Col::Jit => {
+                c = std::process::Command::new(exe.as_ref()?);
+                c.args(["run", "--engine", col.name(), "--kernel"])
+                    .arg(&kernel)
+                    .args(["--append", &bn::cmdline(w, iters)])
+                    .args(["-m", "64", "--serial", "null", "--no-reboot"]);
+            }
+            Col::Qemu => {
+                c = std::process::Command::new(s.qemu.as_ref()?);
+                c.args(["-accel", "tcg", "-cpu", bn::QEMU_CPU, "-nodefaults"])
+                    .args(["-display", "none", "-no-reboot", "-m", "64", "-kernel"])
+                    .arg(&kernel)
+                    .args(["-append", &bn::cmdline(w, iters)])
+                    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+            }
+            Col::Native => {
+                c = std::process::Command::new(s.programs.host_path(s.arch));
+                c.arg(w.name).arg(iters.to_string());
+            }
+        }
+        Some(c)
+    };
+    let mut line = format!("{:<5} {:<11}", s.arch.bits(), w.name);
+    for col in NATIVE_COLS {
+        let mut n = n;
+        if col == Col::Native {
+            n = n.saturating_mul(NATIVE_START);
+        }
+        let cell = if !s.cols.contains(&col) {
+            "-".to_string()
+        } else {
+            let expect = match col {
+                Col::Native => bn::HOST_PASS,
+                _ => bk::PASS_STATUS,
+            };
+            let count = |iters| {
+                command(col, iters)
+                    .ok_or_else(|| "no command".to_string())
+                    .and_then(|c| bn::count_instructions(perf, c, expect))
+            };
+            match (count(n), count(2 * n)) {
+                (Ok(h1), Ok(h2)) if h2 > h1 => {
+                    format!("{:.2}", (h2 - h1) as f64 / (per_iter * u64::from(n)) as f64)
+                }
+                (Ok(h1), Ok(h2)) => {
+                    notes.push(format!(
+                        "perf, {}-bit {} {}: {h2} host instructions at 2N, {h1} at N",
+                        s.arch.bits(),
+                        w.name,
+                        col.name()
+                    ));
+                    "?".to_string()
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    notes.push(format!(
+                        "perf, {}-bit {} {}: {e}",
+                        s.arch.bits(),
+                        w.name,
+                        col.name()
+                    ));
+                    "FAIL".to_string()
+                }
+            }
+        };
+        line += &format!(" {cell:>9}");
+    }
+    line
 }

@@ -1182,7 +1182,18 @@ fn image(code: &[u8], data: &[u8]) -> Vec<u8> {
 /// A VM with `image` loaded as `--kernel` would load it (64 MiB PC, no BIOS, all
 /// output discarded) and the CPU at the Multiboot entry, on `engine`.
 pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
-    let cpus = image_cpus(image);
+    prepare_multiboot(image, "", image_cpus(image), engine)
+}
+
+/// A VM with the Multiboot kernel `image` loaded with the command line
+/// `cmdline` on a 64 MiB PC of `cpus` CPUs (no BIOS, all output discarded),
+/// and the CPU at its entry, on `engine`.
+pub fn prepare_multiboot(
+    image: &[u8],
+    cmdline: &str,
+    cpus: u32,
+    engine: Engine,
+) -> Result<Vm, Error> {
     let mut machine = pc::build(PcConfig {
         ram_bytes: 64 << 20,
         bios: None,
@@ -1196,7 +1207,7 @@ pub fn prepare(image: &[u8], engine: Engine) -> Result<Vm, Error> {
         storage: Default::default(),
     })?;
     let entry =
-        multiboot::load(&mut machine.mem, image, "", &[]).map_err(|source| Error::Loader {
+        multiboot::load(&mut machine.mem, image, cmdline, &[]).map_err(|source| Error::Loader {
             path: PathBuf::from("<bench kernel>"),
             source,
         })?;
@@ -1248,11 +1259,15 @@ const MAX_INSNS: u64 = 1 << 40;
 
 /// Runs `image` on `engine` to its exit, timing the run alone.
 pub fn run_x86bt(image: &[u8], engine: Engine) -> Result<X86btRun, Error> {
-    let mut vm = prepare(image, engine)?;
+    Ok(time_run(prepare(image, engine)?))
+}
+
+/// Runs a prepared VM to its exit, timing the run alone.
+pub fn time_run(mut vm: Vm) -> X86btRun {
     let start = Instant::now();
     let outcome = vm.run(MAX_INSNS);
     let secs = start.elapsed().as_secs_f64();
-    Ok(X86btRun { vm, outcome, secs })
+    X86btRun { vm, outcome, secs }
 }
 
 /// `qemu` if given, else `qemu-system-i386` from PATH, if it exists.
@@ -1260,9 +1275,14 @@ pub fn find_qemu(qemu: Option<&Path>) -> Option<PathBuf> {
     if let Some(q) = qemu {
         return q.exists().then(|| q.to_path_buf());
     }
+    find_on_path("qemu-system-i386")
+}
+
+/// The first file called `name` in a directory of PATH.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-i386"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 
@@ -1299,23 +1319,58 @@ pub fn run_qemu(qemu: &Path, image: &[u8]) -> Result<QemuRun, Error> {
         path: path.clone(),
         source,
     })?;
-    let result = spawn_qemu(qemu, &path, image_cpus(image));
+    let opts = QemuOptions {
+        cpus: image_cpus(image),
+        ..QemuOptions::default()
+    };
+    let result = spawn_qemu(qemu, &path, &opts);
     let _ = std::fs::remove_file(&path);
     result
 }
 
-fn spawn_qemu(qemu: &Path, kernel: &Path, cpus: u32) -> Result<QemuRun, Error> {
+/// How [`spawn_qemu`] starts QEMU beyond its fixed options.
+#[derive(Clone, Debug)]
+pub struct QemuOptions<'a> {
+    /// `-smp`.
+    pub cpus: u32,
+    /// `-cpu`, or QEMU's default model.
+    pub cpu_model: Option<&'a str>,
+    /// The kernel command line (`-append`).
+    pub append: Option<&'a str>,
+}
+
+impl Default for QemuOptions<'_> {
+    fn default() -> Self {
+        Self {
+            cpus: 1,
+            cpu_model: None,
+            append: None,
+        }
+    }
+}
+
+/// Boots the Multiboot kernel file `kernel` with `qemu -accel tcg -kernel`, a
+/// 64 MiB machine and the isa-debug-exit device at 0xF4, and times it from
+/// spawn to exit (start-up and SeaBIOS included).
+pub fn spawn_qemu(qemu: &Path, kernel: &Path, opts: &QemuOptions) -> Result<QemuRun, Error> {
     let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-smp", &cpus.to_string(), "-m", "64", "-kernel"])
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    if let Some(model) = opts.cpu_model {
+        cmd.args(["-cpu", model]);
+    }
+    if let Some(append) = opts.append {
+        cmd.args(["-append", append]);
+    }
+    let mut child = cmd
+        .args(["-smp", &opts.cpus.to_string(), "-m", "64", "-kernel"])
         .arg(kernel)
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .stdin(Stdio::null())
@@ -1323,18 +1378,8 @@ fn spawn_qemu(qemu: &Path, kernel: &Path, cpus: u32) -> Result<QemuRun, Error> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Usage(format!("cannot run {}: {e}", qemu.display())))?;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s.code(),
-            Ok(None) if start.elapsed() > QEMU_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(200)),
-            Err(e) => return Err(Error::Usage(format!("waiting for QEMU: {e}"))),
-        }
-    };
+    let status = wait_child(&mut child, start, QEMU_TIMEOUT)
+        .map_err(|e| Error::Usage(format!("waiting for QEMU: {e}")))?;
     let secs = start.elapsed().as_secs_f64();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -1346,4 +1391,24 @@ fn spawn_qemu(qemu: &Path, kernel: &Path, cpus: u32) -> Result<QemuRun, Error> {
         secs,
         stderr,
     })
+}
+
+/// Waits for `child`, polling, and kills it once `timeout` has passed since
+/// `start`: its exit status, or `None` if a signal or the time limit ended it.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    start: Instant,
+    timeout: Duration,
+) -> std::io::Result<Option<i32>> {
+    loop {
+        match child.try_wait()? {
+            Some(s) => return Ok(s.code()),
+            None if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(None);
+            }
+            None => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
 }

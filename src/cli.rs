@@ -266,6 +266,22 @@ pub struct BenchArgs {
     /// Also print each engine's raw instruction counts and times (to stderr).
     #[arg(long)]
     pub verbose: bool,
+    /// Run the C workloads (bench/c/) instead, built with gcc into 32- and
+    /// 64-bit Multiboot kernels and into host programs from the same objects,
+    /// and add a native column.
+    #[arg(long)]
+    pub native: bool,
+    /// With --native: the kernels to run, 32-bit, 64-bit or both.
+    #[arg(long, value_enum, default_value_t = BenchArch::Both)]
+    pub arch: BenchArch,
+    /// With --native: the QEMU of the 64-bit kernels (default:
+    /// qemu-system-x86_64 on PATH); --qemu is the 32-bit kernels'.
+    #[arg(long)]
+    pub qemu64: Option<PathBuf>,
+    /// With --native: rounds per workload, every column measured once per
+    /// round; each cell is the median of its rounds.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
     /// Run the old real-mode compute loops instead (see --insns and --engine).
     #[arg(long)]
     pub real_mode: bool,
@@ -275,6 +291,19 @@ pub struct BenchArgs {
     /// Execution engine of the real-mode loops.
     #[arg(long, value_enum, default_value_t = Engine::Interp)]
     pub engine: Engine,
+}
+
+/// The kernels `x86bt bench --native` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchArch {
+    /// 32-bit protected mode, against qemu-system-i386.
+    #[value(name = "32")]
+    I386,
+    /// 64-bit long mode, against qemu-system-x86_64.
+    #[value(name = "64")]
+    X86_64,
+    /// Both, one table each.
+    Both,
 }
 
 /// The most vCPUs `-smp` takes: the I/O APIC's ID (4 bits) follows the CPUs'.

@@ -50,6 +50,10 @@ pub enum Error {
         /// Why.
         source: x86bt_machine::loader::LoaderError,
     },
+    /// The native benchmark programs (`bench/c/`) could not be built or run:
+    /// no gcc, a compile error, a host program that did not start.
+    #[error("bench --native: {0}")]
+    Native(String),
     /// An option value that cannot be used.
     #[error("{0}")]
     Usage(String),

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_kernels;
+pub mod bench_native;
 pub mod boot;
 pub mod cli;
 pub mod console;
