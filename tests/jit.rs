@@ -584,6 +584,9 @@ fn lockstep_accepts_an_event_from_a_unit_cut_at_the_translators_boundary() {
     assert!(vm.cpu.icount > 195_795, "ran past the unit: {out:?}");
 }
 
+/// Emits one instruction (or a few) into a test program.
+type Emit = fn(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>;
+
 /// A flat 32-bit protected-mode machine (1 MiB) with `code` at 0x1000.
 fn flat32(code: &[u8], engine: Engine) -> Vm {
     use x86bt_cpu::state::{sreg, Segment};
@@ -617,7 +620,7 @@ fn shifts_by_cl_with_observed_flags_agree_with_interpreter() {
     use iced_x86::code_asm::*;
     let mut a = CodeAssembler::new(32).expect("assembler");
     let mut out = 0x4_0000u32;
-    let ops: [fn(&mut CodeAssembler) -> Result<(), IcedError>; 7] = [
+    let ops: [Emit; 7] = [
         |a| a.shl(eax, cl),
         |a| a.shr(eax, cl),
         |a| a.sar(eax, cl),
@@ -803,12 +806,7 @@ fn rep_string_page_runs_equal_the_element_loop() {
     a.dec(ecx).unwrap();
     a.jnz(fill).unwrap();
     a.cld().unwrap();
-    let runs: [(
-        u32,
-        u32,
-        u32,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    ); 5] = [
+    let runs: [(u32, u32, u32, Emit); 5] = [
         (0x2_0002, 0x3_0001, 0x1800, |a| a.rep().movsd()),
         (0x2_0000, 0x4_0F00, 0x3000, |a| a.rep().movsb()),
         (0, 0x5_0FFE, 0x1001, |a| a.rep().stosw()),

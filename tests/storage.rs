@@ -183,9 +183,13 @@ fn boot_order_picks_the_cd_or_the_disk() {
     if !have(&[BIOS, "guests/isolinux.iso", "guests/disk-686.img"]) {
         return;
     }
-    for (order, want) in [
-        ("d", "Booting from DVD/CD"),
-        ("c", "Booting from Hard Disk"),
+    // The VGA text screen is watched too, and it may show the line a few
+    // characters before the serial console does (the screen is checked
+    // between run-loop passes), so the serial log is checked for the
+    // device's name only.
+    for (order, want, device) in [
+        ("d", "Booting from DVD/CD", "Booting from DVD"),
+        ("c", "Booting from Hard Disk", "Booting from Hard"),
     ] {
         let out = x86bt()
             .args(["run", "-m", "64", "--serial", "stdio", "--engine", "jit"])
@@ -197,7 +201,7 @@ fn boot_order_picks_the_cd_or_the_disk() {
             .expect("run x86bt");
         let log = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "-boot {order}: {log}");
-        assert!(log.contains(want), "-boot {order}: {log}");
+        assert!(log.contains(device), "-boot {order}: {log}");
     }
 }
 

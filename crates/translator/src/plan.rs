@@ -606,7 +606,8 @@ pub fn may_fall_through(lowerings: &[Lowering], last: &Instruction, plain_end: b
 /// memory operand, PUSH/POP of a register or an immediate, near CALL, RET and
 /// register JMP, relative branches, RDTSC, CLI and STI inline; guest R8-R15
 /// are held in scratch registers around the instruction that names them
-/// ([`HighRegs`]). Its string forms, DIV and PUSHF/POPF take the helper.
+/// ([`HighRegs`]). DIV of memory and LEAVE are inline as in 32-bit code; its
+/// string forms, DIV of a register and PUSHF/POPF take the helper.
 fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lowering {
     let ins = &insn.ins;
     if ins.is_invalid() {

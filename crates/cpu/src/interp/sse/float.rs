@@ -4,7 +4,10 @@
 //! RCPPS/RCPSS/RSQRTPS/RSQRTSS, compares (CMPccPS/PD/SS/SD, COMIS/UCOMIS),
 //! ADDSUB, HADD/HSUB, DPPS/DPPD, ROUNDPS/PD/SS/SD and every conversion between
 //! singles, doubles and integers. The numbers are done in [`soft`] (apfloat,
-//! no host floating point), the approximations in [`approx`].
+//! no host floating point), the approximations in [`approx`]; on an x86-64
+//! host, ADD/SUB/MUL/DIV/MIN/MAX/SQRT run on the host's own SSE unit under
+//! the guest's MXCSR ([`host`]), which gives the same result and flags, and
+//! fall back to `soft` when an unmasked exception must be raised.
 //!
 //! Exceptions (SDM vol. 1 §11.5.1): every lane is computed and the flags of all
 //! lanes gathered. If an unmasked pre-computation exception (IE, DE, ZE) was
@@ -19,6 +22,7 @@
 //! CVTPI2PS/PD with a memory source do neither (SDM CVTPI2PS "Operation").
 
 mod approx;
+pub mod host;
 /// Public so that the tests can compare the 64-bit GPR conversions, which the
 /// 32-bit oracle cannot run, with the host.
 pub mod soft;
@@ -183,6 +187,46 @@ fn imm8(insn: &Insn) -> u8 {
     insn.ins.immediate8()
 }
 
+/// The host form of operation `op` (a two-operand code, or SQRT with
+/// `unary`), if it has one ([`host`]).
+#[inline]
+fn host_op(op: u8, unary: bool) -> Option<host::HostOp> {
+    use host::HostOp::*;
+    Some(match (op, unary) {
+        (ADD, false) => Add,
+        (SUB, false) => Sub,
+        (MUL, false) => Mul,
+        (DIV, false) => Div,
+        (MIN, false) => Min,
+        (MAX, false) => Max,
+        (SQRT, true) => Sqrt,
+        _ => return None,
+    })
+}
+
+/// Runs the instruction on the host where it can ([`host`]): the new value of
+/// destination `d` (old value `a`, source `b`) with its flags signalled.
+/// `None`: the software path must run it.
+#[inline]
+fn on_host<F: Fmt>(
+    cpu: &mut CpuState,
+    (op, unary): (u8, bool),
+    packed: bool,
+    d: usize,
+    a: u128,
+    b: u128,
+) -> Option<Exec> {
+    let op = host_op(op, unary)?;
+    let form = match (packed, width::<F>() == 32) {
+        (true, true) => host::Form::Ps,
+        (true, false) => host::Form::Pd,
+        (false, true) => host::Form::Ss,
+        (false, false) => host::Form::Sd,
+    };
+    let (r, flags) = host::run(op, form, a, b, mxcsr(cpu))?;
+    Some(raise_simd(cpu, flags).map(|()| set_xmm(cpu, d, r)))
+}
+
 /// A two-operand operation on one lane.
 #[inline]
 fn bin<F: Fmt>(c: &mut Ctx, op: u8, imm: u8, a: u64, b: u64) -> u64 {
@@ -220,6 +264,9 @@ fn bin_p<F: Fmt, const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn)
     let d = dst(insn);
     let a = xmm(cpu, d);
     let b = src_xmm(cpu, m, insn, 1, 16, true)?;
+    if let Some(done) = on_host::<F>(cpu, (OP, false), true, d, a, b) {
+        return done;
+    }
     let imm = if OP == CMP { imm8(insn) } else { 0 };
     let mut c = Ctx::new(mxcsr(cpu));
     let w = width::<F>();
@@ -245,6 +292,9 @@ fn bin_s<F: Fmt, const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn)
     let w = width::<F>();
     let a = xmm(cpu, d);
     let b = src_xmm(cpu, m, insn, 1, w as usize / 8, false)?;
+    if let Some(done) = on_host::<F>(cpu, (OP, false), false, d, a, b) {
+        return done;
+    }
     let imm = if OP == CMP { imm8(insn) } else { 0 };
     let mut c = Ctx::new(mxcsr(cpu));
     let r = bin::<F>(&mut c, OP, imm, get(a, 0, w), get(b, 0, w));
@@ -258,6 +308,9 @@ fn un_p<F: Fmt, const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) 
     check_sse(cpu)?;
     let d = dst(insn);
     let b = src_xmm(cpu, m, insn, 1, 16, true)?;
+    if let Some(done) = on_host::<F>(cpu, (OP, true), true, d, 0, b) {
+        return done;
+    }
     let imm = if OP == ROUND { imm8(insn) } else { 0 };
     let mut c = Ctx::new(mxcsr(cpu));
     let w = width::<F>();
@@ -277,6 +330,10 @@ fn un_s<F: Fmt, const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) 
     let d = dst(insn);
     let w = width::<F>();
     let b = src_xmm(cpu, m, insn, 1, w as usize / 8, false)?;
+    let old = xmm(cpu, d);
+    if let Some(done) = on_host::<F>(cpu, (OP, true), false, d, old, b) {
+        return done;
+    }
     let imm = if OP == ROUND { imm8(insn) } else { 0 };
     let mut c = Ctx::new(mxcsr(cpu));
     let r = un::<F>(&mut c, OP, imm, get(b, 0, w));
