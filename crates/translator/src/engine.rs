@@ -144,6 +144,9 @@ struct VcpuJit {
     used: bool,
     /// Per jump-cache entry, the linear page number of its target (for INVLPG).
     pages: Vec<u64>,
+    /// Per jump-cache entry, the second linear page of a target unit that
+    /// runs onto the next page, or `u64::MAX`.
+    pages2: Vec<u64>,
     /// The jump-cache entries made per linear page (some may have moved on
     /// since; `pages` decides).
     by_page: HashMap<u64, Vec<u32>>,
@@ -162,6 +165,7 @@ impl VcpuJit {
             generation: u64::MAX,
             used: false,
             pages: vec![u64::MAX; JC_SIZE],
+            pages2: vec![u64::MAX; JC_SIZE],
             by_page: HashMap::new(),
             fills_since_clear: 0,
             link_request: None,
@@ -175,6 +179,7 @@ impl VcpuJit {
         }
         self.jc.fill(JcEntry::EMPTY);
         self.pages.fill(u64::MAX);
+        self.pages2.fill(u64::MAX);
         self.by_page.clear();
         self.fills_since_clear = 0;
         self.used = false;
@@ -370,15 +375,16 @@ impl Translator {
     }
 
     /// Fills the jump-cache entry of `rip` with slot `t`'s fragment, for the
-    /// fragment that asked with `tag` (`JC_REQUEST | spec`), if `t` may be
-    /// chained to and was made for the same spec.
+    /// fragment that asked with `tag` (`JC_REQUEST | spec`), if `t` has a
+    /// fragment and was made for the same spec. A unit that runs onto a
+    /// second page is no link-cell target (`chain_target`: a cell is not
+    /// reset when that page's mapping changes), but it may be a jump-cache
+    /// target: the entry is listed under both linear pages, so INVLPG of
+    /// either drops it, and every TLB flush empties the jump cache.
     fn fill_jc(&mut self, tag: u64, t: usize, rip: u64) {
         let spec = tag & (JC_REQUEST - 1);
         let slot = &self.slots[t];
-        if tag & JC_REQUEST == 0
-            || !slot.valid
-            || !slot.chain_target
-            || u64::from(slot.spec) != spec
+        if tag & JC_REQUEST == 0 || !slot.valid || slot.interp_only || u64::from(slot.spec) != spec
         {
             return;
         }
@@ -399,9 +405,20 @@ impl Translator {
             addr: code.exec_base() as u64 + slot.code.body as u64,
             pad: 0,
         };
-        let page = (slot.cs_base.wrapping_add(rip) & slot.key.linear_mask()) >> 12;
+        let mask = slot.key.linear_mask();
+        let page = (slot.cs_base.wrapping_add(rip) & mask) >> 12;
+        let last = (slot
+            .cs_base
+            .wrapping_add(rip)
+            .wrapping_add(u64::from(slot.byte_len.max(1) - 1))
+            & mask)
+            >> 12;
         v.pages[idx] = page;
         v.by_page.entry(page).or_default().push(idx as u32);
+        v.pages2[idx] = if last != page { last } else { u64::MAX };
+        if last != page {
+            v.by_page.entry(last).or_default().push(idx as u32);
+        }
         slot.jc_refs.push(jc_ref(self.cur, idx));
         v.used = true;
         self.stats.jc_fills += 1;
@@ -751,8 +768,9 @@ impl Translator {
             for page in std::mem::take(&mut cpu.tlb.fast.page_notes) {
                 for idx in v.by_page.remove(&page).unwrap_or_default() {
                     let idx = idx as usize;
-                    if v.pages[idx] == page {
+                    if v.pages[idx] == page || v.pages2[idx] == page {
                         v.pages[idx] = u64::MAX;
+                        v.pages2[idx] = u64::MAX;
                         v.jc[idx] = JcEntry::EMPTY;
                     }
                 }
