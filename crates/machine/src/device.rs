@@ -248,12 +248,20 @@ pub struct IrqLines {
     /// Lines whose legacy source is cut off: the HPET's legacy replacement
     /// takes IRQ0 from the PIT and IRQ8 from the RTC.
     gate: Cell<u32>,
+    /// Counts every change of a level, latched edge or gate, so the machine
+    /// can tell that a device access left the lines alone.
+    changes: Cell<u64>,
 }
 
 impl IrqLines {
     /// A new set of lines, all low, in an `Rc` for sharing.
     pub fn new() -> Rc<Self> {
         Rc::new(Self::default())
+    }
+    /// How many times a level, an edge or the gate has changed (see
+    /// `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
     }
     /// The current level of the 16 ISA lines (bit n = IRQn).
     pub fn levels(&self) -> u16 {
@@ -305,6 +313,7 @@ impl IrqLines {
         let newly = mask & !self.gate.get();
         self.gate.set(mask);
         self.level.set(self.level.get() & !newly);
+        self.changes.set(self.changes.get() + 1);
     }
 }
 
@@ -325,17 +334,21 @@ impl IrqLine {
             return;
         }
         let level = self.lines.level.get();
-        if high {
+        let new = if high {
             if level & self.mask == 0 {
                 self.lines.rising.set(self.lines.rising.get() | self.mask);
                 self.lines
                     .rising_apic
                     .set(self.lines.rising_apic.get() | self.mask);
             }
-            self.lines.level.set(level | self.mask);
+            level | self.mask
         } else {
-            self.lines.level.set(level & !self.mask);
+            level & !self.mask
+        };
+        if new != level {
+            self.lines.changes.set(self.lines.changes.get() + 1);
         }
+        self.lines.level.set(new);
     }
     /// A short high pulse: an edge is latched, and the line ends low.
     pub fn pulse(&self) {
@@ -454,6 +467,12 @@ impl SystemControl {
         }
     }
     /// Returns and clears whether PAM or SMRAM changed since the last call.
+    /// Whether the PAM registers changed since the machine last took them,
+    /// without taking them.
+    pub fn pam_changed(&self) -> bool {
+        self.pam_changed.get()
+    }
+    /// Returns and clears whether the PAM registers changed.
     pub fn take_pam_changed(&self) -> bool {
         self.pam_changed.replace(false)
     }

@@ -258,17 +258,33 @@ impl Machine {
         self.deadline = devices.min(apics);
     }
 
-    /// After an access to device `id` alone: its deadline, then the signals.
-    fn after_access(&mut self, id: DeviceId) {
+    /// After an access to device `id` alone: its deadline, then the signals,
+    /// unless the access left them as they were (`lines`: the IRQ lines'
+    /// change count before it): no line changed, no MSI was sent, and
+    /// neither A20 nor PAM moved. Then the interrupt controllers would
+    /// compute what they computed before (an I/O APIC EOI and its own
+    /// register writes update it themselves), and a POST-port write or a
+    /// status read costs only the device's own work.
+    fn after_access(&mut self, id: DeviceId, lines: u64) {
         let now = self.now;
         match (
             self.deadlines.len() == self.devices.len(),
             self.devices.get(id),
         ) {
             (true, Some(dev)) => {
-                self.deadlines[id] = dev.next_deadline(now).unwrap_or(Nanos::MAX);
-                self.recompute_deadline();
-                self.after_signals();
+                let d = dev.next_deadline(now).unwrap_or(Nanos::MAX);
+                if d != self.deadlines[id] {
+                    self.deadlines[id] = d;
+                    self.recompute_deadline();
+                }
+                let a20_on = self.mem.a20_mask() == u64::MAX;
+                let quiet = self.irq.changes() == lines
+                    && self.msi.is_empty()
+                    && self.ctl.a20() == a20_on
+                    && !self.ctl.pam_changed();
+                if !quiet {
+                    self.after_signals();
+                }
             }
             _ => self.after_device_activity(),
         }
@@ -698,9 +714,10 @@ impl Machine {
                     &mut self.requests,
                     &mut self.device_errors,
                 );
+                let lines = self.irq.changes();
                 self.devices[id].read(&mut ctx, m.region, off, &mut buf[..size]);
                 self.apply_requests(id);
-                self.after_access(id);
+                self.after_access(id, lines);
             }
         }
         u64::from_le_bytes(buf) & size_mask(size)
@@ -726,9 +743,10 @@ impl Machine {
                     &mut self.requests,
                     &mut self.device_errors,
                 );
+                let lines = self.irq.changes();
                 self.devices[id].write(&mut ctx, m.region, off, &bytes[..size]);
                 self.apply_requests(id);
-                self.after_access(id);
+                self.after_access(id, lines);
             }
         }
     }
