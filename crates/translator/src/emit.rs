@@ -636,16 +636,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         let defined = lahf_layout(s.defined) as i32;
         dynasm!(self.ops ; .arch x64 ; and r9d, defined);
         if s.of_from_sf_cf {
-            // OF (bit 0) = SF (bit 15) ^ CF (bit 8).
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov r10d, r9d
-                ; shr r10d, 7
-                ; xor r10d, r9d
-                ; shr r10d, 8
-                ; and r10d, 1
-                ; or r9d, r10d
-            );
+            self.or_of_from_sf_cf();
         }
         if s.written == flags::ARITH {
             // Every flag replaced: no dependence on the old R14.
@@ -659,6 +650,21 @@ impl<A: CodeSink> Emitter<'_, A> {
             );
         }
         self.host_valid = 0;
+    }
+
+    /// ORs SF ^ CF into OF (bit 0) of the capture in R9, whose OF is clear
+    /// (clobbers R10 and host flags).
+    fn or_of_from_sf_cf(&mut self) {
+        // OF (bit 0) = SF (bit 15) ^ CF (bit 8).
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r10d, r9d
+            ; shr r10d, 7
+            ; xor r10d, r9d
+            ; shr r10d, 8
+            ; and r10d, 1
+            ; or r9d, r10d
+        );
     }
 
     /// Loads the guest's arithmetic flags (R14) into host EFLAGS: OF by an
@@ -787,17 +793,10 @@ impl<A: CodeSink> Emitter<'_, A> {
             );
         }
         match fix.op {
-            CountOp::Shl => dynasm!(self.ops
-                ; .arch x64
-                ; and r9d, !(af | 1)
-                // OF (bit 0) = SF (bit 15) ^ CF (bit 8).
-                ; mov r10d, r9d
-                ; shr r10d, 7
-                ; xor r10d, r9d
-                ; shr r10d, 8
-                ; and r10d, 1
-                ; or r9d, r10d
-            ),
+            CountOp::Shl => {
+                dynasm!(self.ops ; .arch x64 ; and r9d, !(af | 1));
+                self.or_of_from_sf_cf();
+            }
             CountOp::Shr => dynasm!(self.ops
                 ; .arch x64
                 ; and r9d, !af

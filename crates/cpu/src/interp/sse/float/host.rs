@@ -47,9 +47,12 @@ pub enum Form {
 }
 
 /// The six exception flags and their masks in MXCSR.
+#[cfg(target_arch = "x86_64")]
 const FLAGS: u32 = 0x3F;
+#[cfg(target_arch = "x86_64")]
 const MASKS: u32 = 0x3F << 7;
 
+#[cfg(target_arch = "x86_64")]
 macro_rules! run_op {
     ($insn:literal, $a:expr, $b:expr, $out:expr, $csr:expr, $after:expr) => {
         // SAFETY: reads 16 bytes at `$a` and `$b` and 4 at `$csr`, writes 16
