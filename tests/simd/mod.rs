@@ -283,6 +283,10 @@ fn guest_setup(
     assert!(!decoded.is_invalid(), "{g} decodes in {bits}-bit code");
     let mut m = Machine::flat(1 << 20).expect("machine");
     m.mem.load(GuestPhys(GUEST_CODE), &bytes).expect("code");
+    // HLT after it ends the translator's unit ([`jit_run`]).
+    m.mem
+        .load(GuestPhys(GUEST_CODE + bytes.len() as u64), &[0xF4])
+        .expect("hlt");
     m.mem
         .load(GuestPhys(GUEST_BLOCK), &img.to_block())
         .expect("block");
@@ -347,6 +351,29 @@ fn guest_setup(
     (cpu, m, insn)
 }
 
+/// Runs `ins` on `img` through the translator, as a unit of `ins` and a HLT
+/// (in 64-bit mode when `long`); the instruction must not fault. An SSE
+/// instruction the translator lowers runs on the host's SSE unit inside the
+/// fragment, so this checks the lowering (the register renaming, the memory
+/// probe, the guest's MXCSR in force) against the same host oracle.
+pub fn jit_run(ins: &Instruction, img: &Image, long: bool) -> Image {
+    use x86bt_cpu::engine::{Engine, UnitExit};
+    thread_local! {
+        // One translator per test thread (mapping a code buffer per check
+        // would dominate the run), which drops the code page's units before
+        // each check: every check has a machine and an instruction of its own.
+        static JIT: std::cell::RefCell<x86bt_translator::Translator> =
+            std::cell::RefCell::new(x86bt_translator::Translator::new().expect("translator"));
+    }
+    let (mut cpu, mut m, _) = guest_setup(ins, img, long, |_| {});
+    let exit = JIT.with_borrow_mut(|t| {
+        t.invalidate_pages(&[GUEST_CODE >> 12]);
+        t.run_unit(&mut cpu, &mut m)
+    });
+    assert_eq!(exit, UnitExit::Halted, "{ins}: the unit ends at its HLT");
+    guest_state(&cpu, &m)
+}
+
 /// The image as the guest holds it.
 fn guest_state(cpu: &CpuState, m: &Machine) -> Image {
     let mut img = Image::default();
@@ -403,6 +430,11 @@ pub fn check_against_host(ins: &Instruction, img: &Image) {
         *g &= 0xFFFF_FFFF;
     }
     assert_eq!(got32, want32, "{ins} on {img:x?}");
+    let mut jit32 = jit_run(ins, img, false);
+    for g in &mut jit32.gpr {
+        *g &= 0xFFFF_FFFF;
+    }
+    assert_eq!(jit32, want32, "{ins} under jit on {img:x?}");
 }
 
 /// Checks `ins` against the host in 64-bit mode: the guest must not fault and
@@ -412,6 +444,8 @@ pub fn check_against_host64(ins: &Instruction, img: &Image) {
     let got =
         guest_run64(ins, img).unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
     assert_eq!(got, want, "{ins} (64-bit mode) on {img:x?}");
+    let jit = jit_run(ins, img, true);
+    assert_eq!(jit, want, "{ins} (64-bit mode) under jit on {img:x?}");
 }
 
 /// Builds `code` with operands, for tests: `ins(Code::Addps_xmm_xmmm128, &[X(0), X(1)])`.

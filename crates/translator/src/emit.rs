@@ -37,7 +37,17 @@
 //! - R9 holds host flags captured after an instruction, in LAHF layout, until
 //!   they are merged into R14, and carries values into the stubs; the memory
 //!   probe uses it for the entry offset (no capture is pending there);
-//! - R10 and R11 are scratch.
+//! - R10 and R11 are scratch;
+//! - host MXCSR is the guest's, with all six exception masks set: the enter
+//!   stub saves the host's (`JitCtx::host_mxcsr`) and loads the guest's, and
+//!   wherever host code runs (the helper stub's call, the return to the host)
+//!   the exception flags the fragment's SSE instructions raised are or-ed into
+//!   the guest's MXCSR and the host's is put back; the helper stub loads the
+//!   guest's again after the call (the helper may have changed it). Inline SSE
+//!   therefore rounds, flushes and flags exactly as the guest asks, and never
+//!   traps on the host: an instruction that could raise an exception the guest
+//!   unmasked takes the helper instead ([`crate::plan::SseOp`]). The fill stub
+//!   keeps the guest's MXCSR, as the page walk it calls does no floating point.
 //!
 //! Invariants:
 //! - When a helper runs and at every exit, `CpuState` is exact: guest registers
@@ -69,7 +79,7 @@
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{
-    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Xfer,
+    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, SseOp, Xfer,
     XferTarget, GUEST_TO_HOST,
 };
 use crate::runtime::{jc_index, JcEntry, JitCtx, JC_SIZE};
@@ -78,7 +88,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmLabelApi};
 use iced_x86::ConditionCode;
 use x86bt_cpu::mmu::{FastEntry, FAST_CODE_TAG, FAST_TLB_SIZE};
-use x86bt_cpu::state::{flags, seg_attr, sreg, CpuState, Segment};
+use x86bt_cpu::state::{cr0, flags, seg_attr, sreg, CpuState, Segment};
 
 /// What a fragment leaves in `JitCtx::pending_link` when the jump cache has
 /// no entry for its next RIP: this bit, or-ed with its spec id (below 2^30).
@@ -97,6 +107,14 @@ const RIP: i32 = offset_of!(CpuState, rip) as i32;
 const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
 const CR4: i32 = offset_of!(CpuState, cr4) as i32;
+const CR0: i32 = offset_of!(CpuState, cr0) as i32;
+/// MXCSR, at byte 24 of the FXSAVE image.
+const MXCSR: i32 = offset_of!(CpuState, fx) as i32 + 24;
+/// MXCSR's six exception masks (bits 7-12) and six flags (bits 0-5).
+const MXCSR_MASKS: i32 = 0x1F80;
+const MXCSR_FLAGS: i32 = 0x3F;
+/// `JitCtx::mxcsr_tmp` relative to `JitCtx::host_mxcsr`.
+const MXCSR_TMP: i32 = offset_of!(JitCtx, mxcsr_tmp) as i32 - offset_of!(JitCtx, host_mxcsr) as i32;
 const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
 const TSC_AUX: i32 =
     (offset_of!(CpuState, msr) + offset_of!(x86bt_cpu::identity::Msrs, tsc_aux)) as i32;
@@ -383,6 +401,7 @@ fn flags_from_mem<A: CodeSink>(ops: &mut A) {
 pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) -> StubOffsets {
     let tlb_base = (ctx + offset_of!(JitCtx, tlb_base) as u64) as i64;
     let limit = (ctx + offset_of!(JitCtx, icount_limit) as u64) as i64;
+    let host_mxcsr = (ctx + offset_of!(JitCtx, host_mxcsr) as u64) as i64;
     let (ctx, helper, fill) = (ctx as i64, helper as i64, fill as i64);
     // enter(cpu = RDI, body = RSI). After the pushes and the SUB the stack is
     // 16-byte aligned, as every CALL from a fragment expects.
@@ -402,8 +421,11 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov r13, QWORD [r15 + ICOUNT]
         ; mov r11, QWORD limit
         ; sub r13, QWORD [r11]
-        ; mov r11, rsi
+        ; mov r11, QWORD host_mxcsr
+        ; stmxcsr [r11]
     );
+    guest_mxcsr(ops, host_mxcsr);
+    dynasm!(ops ; .arch x64 ; mov r11, rsi);
     flags_from_mem(ops);
     load_all(ops);
     dynasm!(ops ; .arch x64 ; jmp r11);
@@ -418,13 +440,18 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov QWORD [r15 + ICOUNT], r13
     );
     flags_to_mem(ops);
+    host_mxcsr_back(ops, host_mxcsr);
     dynasm!(ops ; .arch x64 ; mov rax, r12);
-    // ret: RAX = exit code.
+    // ret: RAX = exit code. Reached from a fragment only right after a
+    // helper, which raised no MXCSR flag since the guest's was loaded: the
+    // host's is put back without a merge.
     let ret = ops.offset().0;
     let ret_label = ops.new_label();
     dynasm!(ops
         ; .arch x64
         ; =>ret_label
+        ; mov r11, QWORD host_mxcsr
+        ; ldmxcsr [r11]
         ; add rsp, 8
         ; pop r15
         ; pop r14
@@ -448,6 +475,7 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov QWORD [r15 + ICOUNT], r9
     );
     flags_to_mem(ops);
+    host_mxcsr_back(ops, host_mxcsr);
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r15
@@ -459,6 +487,7 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; test rax, rax
         ; jnz >out
     );
+    guest_mxcsr(ops, host_mxcsr);
     load_all(ops);
     dynasm!(ops
         ; .arch x64
@@ -512,6 +541,34 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         helper: helper_at,
         fill: fill_at,
     }
+}
+
+/// Loads the guest's MXCSR with every exception masked into the host's
+/// (through `JitCtx::mxcsr_tmp`); clobbers EAX, R11
+/// and host flags.
+fn guest_mxcsr<A: CodeSink>(ops: &mut A, host_mxcsr: i64) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov eax, DWORD [r15 + MXCSR]
+        ; or eax, MXCSR_MASKS
+        ; mov r11, QWORD host_mxcsr
+        ; mov DWORD [r11 + MXCSR_TMP], eax
+        ; ldmxcsr [r11 + MXCSR_TMP]
+    );
+}
+
+/// Or-s the exception flags raised under the guest's MXCSR into it, and puts
+/// the host's back; clobbers EAX, R11 and host flags.
+fn host_mxcsr_back<A: CodeSink>(ops: &mut A, host_mxcsr: i64) {
+    dynasm!(ops
+        ; .arch x64
+        ; mov r11, QWORD host_mxcsr
+        ; stmxcsr [r11 + MXCSR_TMP]
+        ; mov eax, DWORD [r11 + MXCSR_TMP]
+        ; and eax, MXCSR_FLAGS
+        ; or DWORD [r15 + MXCSR], eax
+        ; ldmxcsr [r11]
+    );
 }
 
 /// Emits one fragment.
@@ -582,6 +639,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
             }
             Lowering::Div(x) => {
                 e.div(i, x, unit.kinds[i]);
+                e.insn_delta += 1;
+            }
+            Lowering::Sse(x) => {
+                e.sse(i, x, unit.captures[i], unit.kinds[i]);
                 e.insn_delta += 1;
             }
         }
@@ -1133,6 +1194,46 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         self.ops.extend(x.bytes.iter().copied());
         self.host_valid = 0;
+        self.rejoin_here(p);
+    }
+
+    /// An SSE instruction ([`SseOp`]): the checks under which the interpreter
+    /// would not fault (CR0.EM, CR0.TS, CR4.OSFXSR; MXCSR's masks for one that
+    /// can raise a SIMD exception; the probe and the alignment of a memory
+    /// operand), then the host code; the helper runs it otherwise.
+    fn sse(&mut self, i: usize, s: &SseOp, capture: bool, kind: u8) {
+        let x = &s.x;
+        let f = x.op.flags;
+        self.settle_flags();
+        self.host_valid = 0;
+        let mut p = self.slow_path_here(i, kind, true, f.written != 0);
+        let full = p.full;
+        let em_ts = (cr0::EM | cr0::TS) as i8;
+        let osfxsr = (x86bt_cpu::mmu::cr4::OSFXSR >> 8) as i8;
+        dynasm!(self.ops
+            ; .arch x64
+            ; test BYTE [r15 + CR0], em_ts
+            ; jnz =>full
+            ; test BYTE [r15 + CR4 + 1], osfxsr
+            ; jz =>full
+        );
+        if s.float {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r11d, DWORD [r15 + MXCSR]
+                ; not r11d
+                ; test r11d, MXCSR_MASKS
+                ; jnz =>full
+            );
+        }
+        if s.has_mem() {
+            self.probe(x, &mut p);
+            if s.align16 {
+                dynasm!(self.ops ; .arch x64 ; test r10b, 15 ; jnz =>full);
+            }
+        }
+        self.ops.extend(x.op.bytes.iter().copied());
+        self.after_flags(f, capture);
         self.rejoin_here(p);
     }
 

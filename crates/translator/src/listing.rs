@@ -123,6 +123,9 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             Lowering::Mem(x) if x.op.flags.written != 0 && *cap => "memory inline, flags captured",
             Lowering::Mem(x) if x.op.flags.written != 0 => "memory inline, flags dead",
             Lowering::Mem(_) => "memory inline",
+            Lowering::Sse(x) if x.x.op.flags.written != 0 && *cap => "SSE inline, flags captured",
+            Lowering::Sse(x) if x.x.op.flags.written != 0 => "SSE inline, flags dead",
+            Lowering::Sse(_) => "SSE inline",
             Lowering::Helper(k) => HelperKind::NAMES[*k as usize],
         };
         let _ = writeln!(out, ";   {:04x}  {text:<28} {how}", insn.ins.ip());

@@ -160,11 +160,13 @@ pub enum HelperKind {
     /// IN and OUT, which go on inside their unit (and chain) unless the
     /// access wants the run loop (`Machine::port_attention`).
     PortIo,
+    /// MMX, SSE and POPCNT.
+    Simd,
 }
 
 impl HelperKind {
     /// Number of kinds.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Names, in discriminant order.
     pub const NAMES: [&'static str; Self::COUNT] = [
         "memory",
@@ -176,6 +178,7 @@ impl HelperKind {
         "x87",
         "other",
         "port I/O",
+        "SIMD",
     ];
 
     /// The kind of a helper call for `ins`, from its row in the instruction
@@ -196,6 +199,7 @@ impl HelperKind {
             Class::MulDiv => Self::MulDiv,
             Class::Branch => Self::Branch,
             Class::X87 => Self::X87,
+            Class::Simd => Self::Simd,
             _ if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory) => Self::Memory,
             _ => Self::Other,
         }
@@ -258,6 +262,34 @@ pub struct MemOp {
     pub stack32: bool,
 }
 
+/// An SSE instruction run on the host's SSE unit ([`sse_op`]): the guest's
+/// XMM registers stay in `CpuState` (the FXSAVE image), and `x.op` loads the
+/// ones it names into host XMM0-XMM2, runs the instruction on them and stores
+/// the ones it writes back. A memory form's operand is `[r10]` after the probe
+/// of `x`; a register form has no address (`x.size` is 0). Inline only where
+/// the interpreter would not fault: CR0.EM and CR0.TS clear and CR4.OSFXSR
+/// set, a 16-byte aligned operand for the forms that require it, and, for an
+/// instruction that can raise a SIMD floating-point exception, every such
+/// exception masked in MXCSR (the host then computes exactly what the guest
+/// does, as the fragment runs under the guest's MXCSR; see [`crate::emit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseOp {
+    /// The access and the host code.
+    pub x: MemOp,
+    /// It can raise a SIMD floating-point exception: inline only while MXCSR
+    /// masks all six.
+    pub float: bool,
+    /// The memory operand must be 16-byte aligned (else #GP, from the helper).
+    pub align16: bool,
+}
+
+impl SseOp {
+    /// Whether the instruction has a memory operand.
+    pub fn has_mem(&self) -> bool {
+        self.x.size != 0
+    }
+}
+
 /// How one instruction is lowered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lowering {
@@ -284,6 +316,9 @@ pub enum Lowering {
     /// is the host instruction; the guest's flags are left as they were (the
     /// interpreter leaves them alone) and host EFLAGS count as clobbered.
     Div(Ident),
+    /// An SSE instruction on the host's SSE unit, with the helper when its
+    /// checks fail.
+    Sse(SseOp),
 }
 
 /// The sensitive flag instructions lowered inline ([`Lowering::Flags`]). Each
@@ -382,7 +417,7 @@ fn observed_dead_only(lowerings: &[Lowering], caps: &[bool]) -> Vec<usize> {
     for (i, l) in lowerings.iter().enumerate().rev() {
         let f = match l {
             Lowering::Ident(x) | Lowering::Div(x) => x.flags,
-            Lowering::Mem(m) => m.op.flags,
+            Lowering::Mem(m) | Lowering::Sse(SseOp { x: m, .. }) => m.op.flags,
             Lowering::Branch(b) => {
                 read_later = b.cc.map_or(0, cond_flags);
                 continue;
@@ -418,6 +453,7 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
             Lowering::Rdtsc(_) | Lowering::Flags(_) => HelperKind::Sensitive as u8,
             Lowering::Ident(_) => HelperKind::Other as u8,
             Lowering::Div(_) => HelperKind::MulDiv as u8,
+            Lowering::Sse(_) => HelperKind::Simd as u8,
         })
         .collect()
 }
@@ -461,7 +497,7 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
                 out[i] = x.flags.written & live != 0;
                 (live & !x.flags.written) | demand[i]
             }
-            Lowering::Mem(m) => {
+            Lowering::Mem(m) | Lowering::Sse(SseOp { x: m, .. }) => {
                 out[i] = m.op.flags.written & live != 0;
                 ARITH
             }
@@ -509,7 +545,7 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
                 }
                 f
             }
-            Lowering::Mem(m) => {
+            Lowering::Mem(m) | Lowering::Sse(SseOp { x: m, .. }) => {
                 pending = None;
                 valid = if m.op.flags.read != 0 { ARITH } else { 0 };
                 m.op.flags
@@ -638,6 +674,9 @@ fn lower(insn: &Insn, is_last: bool, factory: &mut InstructionInfoFactory) -> Lo
     }
     if let Some(x) = ident(insn, factory) {
         return Lowering::Ident(x);
+    }
+    if let Some(x) = sse_op(insn, factory) {
+        return Lowering::Sse(x);
     }
     let access = if long {
         stack_op64(insn)
@@ -1201,6 +1240,293 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         div_check: div,
         stack32: false,
     })
+}
+
+/// Whether the host has the SSE extension `f` (the guest's CPUID may offer
+/// what an older host lacks; those forms then take the helper).
+fn host_has(f: iced_x86::CpuidFeature) -> bool {
+    use iced_x86::CpuidFeature as F;
+    #[cfg(target_arch = "x86_64")]
+    {
+        match f {
+            F::SSE | F::SSE2 => true,
+            F::SSE3 => std::arch::is_x86_feature_detected!("sse3"),
+            F::SSSE3 => std::arch::is_x86_feature_detected!("ssse3"),
+            F::SSE4_1 => std::arch::is_x86_feature_detected!("sse4.1"),
+            F::SSE4_2 => std::arch::is_x86_feature_detected!("sse4.2"),
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = f;
+        false
+    }
+}
+
+/// The offset in `CpuState` of guest XMM register `r` (in the FXSAVE image).
+fn xmm_offset(r: Register) -> i64 {
+    let i = r as usize - Register::XMM0 as usize;
+    (core::mem::offset_of!(x86bt_cpu::state::CpuState, fx) + 160 + 16 * i) as i64
+}
+
+/// An SSE instruction ([`SseOp`]): a legacy-encoded SSE through SSE4.2 form
+/// (not MMX, whose registers alias the x87 stack) whose operands are XMM
+/// registers, GPRs, an immediate and at most one explicit memory operand, and
+/// which names no XMM register implicitly (BLENDV's and PCMPxSTRM's XMM0).
+/// Left to the helper: RCPPS/RCPSS and RSQRTPS/RSQRTSS, whose approximations
+/// differ between CPU models, and DPPS/DPPD, whose intermediate rounding the
+/// SDM describes but which the helper keeps as the one definition.
+fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
+    use iced_x86::CpuidFeature as F;
+    use Mnemonic as M;
+    let ins = &insn.ins;
+    let row = table::row(ins)?;
+    if row.class != Class::Simd
+        || ins.encoding() != iced_x86::EncodingKind::Legacy
+        || ins.has_lock_prefix()
+        || !matches!(
+            row.feature,
+            Some(F::SSE | F::SSE2 | F::SSE3 | F::SSSE3 | F::SSE4_1 | F::SSE4_2)
+        )
+        || !host_has(row.feature?)
+        || matches!(
+            ins.mnemonic(),
+            M::Rcpps | M::Rcpss | M::Rsqrtps | M::Rsqrtss | M::Dpps | M::Dppd | M::Maskmovdqu
+        )
+    {
+        return None;
+    }
+    let long = is_long(ins);
+    let (mut xmms, mut op_high, mut mems) = (Vec::<Register>::new(), 0u16, 0);
+    for i in 0..ins.op_count() {
+        match ins.op_kind(i) {
+            OpKind::Register => {
+                let r = ins.op_register(i);
+                if r.is_xmm() {
+                    if !xmms.contains(&r) {
+                        xmms.push(r);
+                    }
+                    continue;
+                }
+                match (gpr_bit(r), high_bit(r)) {
+                    (Some(_), _) => {}
+                    (None, Some(b)) if long => op_high |= b,
+                    _ => return None,
+                }
+            }
+            OpKind::Immediate8 => {}
+            OpKind::Memory => mems += 1,
+            _ => return None,
+        }
+    }
+    let info = factory.info(ins);
+    let mut written = vec![false; xmms.len()];
+    let mut gprs = Vec::new();
+    for u in info.used_registers() {
+        if u.register().is_xmm() {
+            let k = xmms.iter().position(|&x| x == u.register())?;
+            written[k] |= matches!(
+                u.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            );
+        } else {
+            gprs.push(*u);
+        }
+    }
+    let (uses, writes, _, hi_writes) = usage_split(&gprs, true)?;
+    let (size, write) = match (mems, info.used_memory()) {
+        (0, []) => (0, false),
+        (1, [m]) => {
+            let size = ins.memory_size().size();
+            let addr_ok = matches!(insn.mem.addr_mask, 0xFFFF | 0xFFFF_FFFF)
+                || (long && insn.mem.addr_mask == u64::MAX);
+            if !matches!(size, 1 | 2 | 4 | 8 | 16) || !addr_ok || insn.mem.seg > 5 {
+                return None;
+            }
+            let write = match m.access() {
+                OpAccess::Read => false,
+                OpAccess::Write => true,
+                _ => return None,
+            };
+            (size as u8, write)
+        }
+        _ => return None,
+    };
+    let scratch: &[Register] = if size == 0 {
+        &[Register::R11, Register::R10]
+    } else {
+        &[Register::R11]
+    };
+    let high = HighRegs::assign(op_high, hi_writes & op_high, scratch)?;
+    let mut host = *ins;
+    for i in 0..host.op_count() {
+        if host.op_kind(i) == OpKind::Register {
+            let r = host.op_register(i);
+            let h = match xmms.iter().position(|&x| x == r) {
+                Some(k) => xmm_host(k),
+                None => high.host(r)?,
+            };
+            host.set_op_register(i, h);
+        }
+    }
+    if size != 0 {
+        host.set_memory_base(Register::R10);
+        host.set_memory_index(Register::None);
+        host.set_memory_index_scale(1);
+        host.set_memory_displacement64(0);
+        host.set_memory_displ_size(0);
+        host.set_segment_prefix(Register::None);
+    }
+    // A destination the instruction writes whole without reading needs no
+    // load: the full-width moves, and MOVSS/MOVSD from memory (which clear
+    // the upper lanes).
+    use Code as C;
+    let whole = match ins.code() {
+        C::Movaps_xmm_xmmm128
+        | C::Movups_xmm_xmmm128
+        | C::Movapd_xmm_xmmm128
+        | C::Movupd_xmm_xmmm128
+        | C::Movdqa_xmm_xmmm128
+        | C::Movdqu_xmm_xmmm128
+        | C::Lddqu_xmm_m128
+        | C::Movd_xmm_rm32
+        | C::Movq_xmm_rm64
+        | C::Movq_xmm_xmmm64 => true,
+        C::Movss_xmm_xmmm32 | C::Movsd_xmm_xmmm64 => size != 0,
+        _ => false,
+    };
+    let mut enc = Encoder::new(64);
+    for (k, &r) in xmms.iter().enumerate() {
+        // (Not where the destination is also the source: MOVAPS X, X.)
+        let named = (0..ins.op_count())
+            .filter(|&i| ins.op_kind(i) == OpKind::Register && ins.op_register(i) == r)
+            .count();
+        let dest_only = k == 0 && whole && ins.op0_kind() == OpKind::Register && named == 1;
+        if !dest_only {
+            let at = MemoryOperand::with_base_displ(Register::R15, xmm_offset(r));
+            let ld = Instruction::with2(Code::Movdqu_xmm_xmmm128, xmm_host(k), at).ok()?;
+            enc.encode(&ld, 0).ok()?;
+        }
+    }
+    let mut bytes = enc.take_buffer();
+    bytes.extend(high.wrap(&host)?);
+    for (k, &r) in xmms.iter().enumerate() {
+        if written[k] {
+            let at = MemoryOperand::with_base_displ(Register::R15, xmm_offset(r));
+            let st = Instruction::with2(Code::Movdqu_xmmm128_xmm, at, xmm_host(k)).ok()?;
+            enc.encode(&st, 0).ok()?;
+        }
+    }
+    bytes.extend(enc.take_buffer());
+    let flags = FlagSpec::writes(
+        u64::from(row.flags_written),
+        u64::from(row.flags_written & !row.flags_undefined),
+    );
+    if row.flags_read != 0 || flags.written != flags.defined {
+        return None;
+    }
+    let unaligned_ok = matches!(
+        ins.mnemonic(),
+        M::Movups
+            | M::Movupd
+            | M::Movdqu
+            | M::Lddqu
+            | M::Pcmpestri
+            | M::Pcmpestri64
+            | M::Pcmpestrm
+            | M::Pcmpestrm64
+            | M::Pcmpistri
+            | M::Pcmpistrm
+    );
+    Some(SseOp {
+        x: MemOp {
+            op: Ident {
+                bytes,
+                uses,
+                writes,
+                flags,
+            },
+            addr: if size == 0 {
+                Vec::new()
+            } else {
+                offset_code(insn)?
+            },
+            seg: insn.mem.seg,
+            size,
+            write,
+            esp_delta: 0,
+            df_clear: false,
+            div_check: false,
+            stack32: false,
+        },
+        float: !exception_free(ins.mnemonic()),
+        align16: size == 16 && !unaligned_ok,
+    })
+}
+
+/// Host XMM register `k` (0-2), for the `k`-th guest XMM register an
+/// instruction names.
+fn xmm_host(k: usize) -> Register {
+    [Register::XMM0, Register::XMM1, Register::XMM2][k]
+}
+
+/// SSE instructions that cannot raise a SIMD floating-point exception: the
+/// integer ones (every legacy SSE mnemonic that starts with P), the moves,
+/// the bitwise logic and the shuffles of float lanes. Every other SSE
+/// instruction is checked against MXCSR's masks before it runs inline.
+fn exception_free(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        m,
+        M::Movaps
+            | M::Movups
+            | M::Movapd
+            | M::Movupd
+            | M::Movdqa
+            | M::Movdqu
+            | M::Lddqu
+            | M::Movd
+            | M::Movq
+            | M::Movss
+            | M::Movsd
+            | M::Movhps
+            | M::Movlps
+            | M::Movhpd
+            | M::Movlpd
+            | M::Movhlps
+            | M::Movlhps
+            | M::Movntps
+            | M::Movntpd
+            | M::Movntdq
+            | M::Movntdqa
+            | M::Movmskps
+            | M::Movmskpd
+            | M::Movshdup
+            | M::Movsldup
+            | M::Movddup
+            | M::Andps
+            | M::Andnps
+            | M::Orps
+            | M::Xorps
+            | M::Andpd
+            | M::Andnpd
+            | M::Orpd
+            | M::Xorpd
+            | M::Shufps
+            | M::Shufpd
+            | M::Unpcklps
+            | M::Unpckhps
+            | M::Unpcklpd
+            | M::Unpckhpd
+            | M::Blendps
+            | M::Blendpd
+            | M::Insertps
+            | M::Extractps
+    ) || format!("{m:?}").starts_with('P')
 }
 
 /// Host code computing a memory operand's offset into R10 (LEA or MOV, so host

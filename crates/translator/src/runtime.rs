@@ -88,6 +88,12 @@ pub struct JitCtx {
     /// map changes, drops the entries of a page INVLPG flushes, and removes an
     /// entry from every vCPU's when its fragment goes.
     pub jc: *mut JcEntry,
+    /// The host's MXCSR, saved by the enter stub and put back whenever host
+    /// code runs (fragments run under the guest's; see [`crate::emit`]).
+    pub host_mxcsr: u32,
+    /// Where the stubs pass MXCSR values through memory (LDMXCSR and STMXCSR
+    /// take only a memory operand).
+    pub mxcsr_tmp: u32,
 }
 
 impl Default for JitCtx {
@@ -102,6 +108,8 @@ impl Default for JitCtx {
             fills: 0,
             fills_ok: 0,
             jc: core::ptr::null_mut(),
+            host_mxcsr: 0x1F80,
+            mxcsr_tmp: 0,
         }
     }
 }
