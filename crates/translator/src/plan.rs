@@ -1273,7 +1273,9 @@ fn xmm_offset(r: Register) -> i64 {
 /// An SSE instruction ([`SseOp`]): a legacy-encoded SSE through SSE4.2 form
 /// (not MMX, whose registers alias the x87 stack) whose operands are XMM
 /// registers, GPRs, an immediate and at most one explicit memory operand, and
-/// which names no XMM register implicitly (BLENDV's and PCMPxSTRM's XMM0).
+/// which names no XMM register implicitly (BLENDVPS, BLENDVPD and PBLENDVB
+/// read XMM0, PCMPESTRM and PCMPISTRM write it: the renaming would give them
+/// the host's XMM0, which holds whichever guest register comes first).
 /// Left to the helper: RCPPS/RCPSS and RSQRTPS/RSQRTSS, whose approximations
 /// differ between CPU models, and DPPS/DPPD, whose intermediate rounding the
 /// SDM describes but which the helper keeps as the one definition.
@@ -1292,7 +1294,19 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         || !host_has(row.feature?)
         || matches!(
             ins.mnemonic(),
-            M::Rcpps | M::Rcpss | M::Rsqrtps | M::Rsqrtss | M::Dpps | M::Dppd | M::Maskmovdqu
+            M::Rcpps
+                | M::Rcpss
+                | M::Rsqrtps
+                | M::Rsqrtss
+                | M::Dpps
+                | M::Dppd
+                | M::Maskmovdqu
+                | M::Pblendvb
+                | M::Blendvps
+                | M::Blendvpd
+                | M::Pcmpestrm
+                | M::Pcmpestrm64
+                | M::Pcmpistrm
         )
     {
         return None;
@@ -1431,16 +1445,7 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
     }
     let unaligned_ok = matches!(
         ins.mnemonic(),
-        M::Movups
-            | M::Movupd
-            | M::Movdqu
-            | M::Lddqu
-            | M::Pcmpestri
-            | M::Pcmpestri64
-            | M::Pcmpestrm
-            | M::Pcmpestrm64
-            | M::Pcmpistri
-            | M::Pcmpistrm
+        M::Movups | M::Movupd | M::Movdqu | M::Lddqu | M::Pcmpestri | M::Pcmpestri64 | M::Pcmpistri
     );
     Some(SseOp {
         x: MemOp {
