@@ -264,7 +264,8 @@ pub struct MemOp {
 
 /// An SSE instruction run on the host's SSE unit ([`sse_op`]): the guest's
 /// XMM registers stay in `CpuState` (the FXSAVE image), and `x.op` loads the
-/// ones it names into host XMM0-XMM2, runs the instruction on them and stores
+/// ones it uses into the host's XMM registers of the same numbers, runs the
+/// instruction on them and stores
 /// the ones it writes back. A memory form's operand is `[r10]` after the probe
 /// of `x`; a register form has no address (`x.size` is 0). Inline only where
 /// the interpreter would not fault: CR0.EM and CR0.TS clear and CR4.OSFXSR
@@ -1273,9 +1274,10 @@ fn xmm_offset(r: Register) -> i64 {
 /// An SSE instruction ([`SseOp`]): a legacy-encoded SSE through SSE4.2 form
 /// (not MMX, whose registers alias the x87 stack) whose operands are XMM
 /// registers, GPRs, an immediate and at most one explicit memory operand, and
-/// which names no XMM register implicitly (BLENDVPS, BLENDVPD and PBLENDVB
-/// read XMM0, PCMPESTRM and PCMPISTRM write it: the renaming would give them
-/// the host's XMM0, which holds whichever guest register comes first).
+/// which the host runs on the same XMM register numbers: guest XMMn is loaded
+/// into host XMMn, so an implicit XMM0 (BLENDV's mask, PCMPxSTRM's result)
+/// needs no renaming. An earlier version renamed the registers an instruction
+/// names to XMM0 upwards, and PBLENDVB XMM3, XMM0 then took XMM3 as its mask.
 /// Left to the helper: RCPPS/RCPSS and RSQRTPS/RSQRTSS, whose approximations
 /// differ between CPU models, and DPPS/DPPD, whose intermediate rounding the
 /// SDM describes but which the helper keeps as the one definition.
@@ -1294,33 +1296,18 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         || !host_has(row.feature?)
         || matches!(
             ins.mnemonic(),
-            M::Rcpps
-                | M::Rcpss
-                | M::Rsqrtps
-                | M::Rsqrtss
-                | M::Dpps
-                | M::Dppd
-                | M::Maskmovdqu
-                | M::Pblendvb
-                | M::Blendvps
-                | M::Blendvpd
-                | M::Pcmpestrm
-                | M::Pcmpestrm64
-                | M::Pcmpistrm
+            M::Rcpps | M::Rcpss | M::Rsqrtps | M::Rsqrtss | M::Dpps | M::Dppd | M::Maskmovdqu
         )
     {
         return None;
     }
     let long = is_long(ins);
-    let (mut xmms, mut op_high, mut mems) = (Vec::<Register>::new(), 0u16, 0);
+    let (mut op_high, mut mems) = (0u16, 0);
     for i in 0..ins.op_count() {
         match ins.op_kind(i) {
             OpKind::Register => {
                 let r = ins.op_register(i);
                 if r.is_xmm() {
-                    if !xmms.contains(&r) {
-                        xmms.push(r);
-                    }
                     continue;
                 }
                 match (gpr_bit(r), high_bit(r)) {
@@ -1335,18 +1322,22 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         }
     }
     let info = factory.info(ins);
-    let mut written = vec![false; xmms.len()];
+    // The XMM registers it uses, explicit and implicit, and which it writes.
+    let (mut xmms, mut written) = (0u16, 0u16);
     let mut gprs = Vec::new();
     for u in info.used_registers() {
         if u.register().is_xmm() {
-            let k = xmms.iter().position(|&x| x == u.register())?;
-            written[k] |= matches!(
+            let bit = 1 << (u.register() as usize - Register::XMM0 as usize);
+            xmms |= bit;
+            if matches!(
                 u.access(),
                 OpAccess::Write
                     | OpAccess::CondWrite
                     | OpAccess::ReadWrite
                     | OpAccess::ReadCondWrite
-            );
+            ) {
+                written |= bit;
+            }
         } else {
             gprs.push(*u);
         }
@@ -1378,13 +1369,8 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
     let high = HighRegs::assign(op_high, hi_writes & op_high, scratch)?;
     let mut host = *ins;
     for i in 0..host.op_count() {
-        if host.op_kind(i) == OpKind::Register {
-            let r = host.op_register(i);
-            let h = match xmms.iter().position(|&x| x == r) {
-                Some(k) => xmm_host(k),
-                None => high.host(r)?,
-            };
-            host.set_op_register(i, h);
+        if host.op_kind(i) == OpKind::Register && !host.op_register(i).is_xmm() {
+            host.set_op_register(i, high.host(host.op_register(i))?);
         }
     }
     if size != 0 {
@@ -1414,26 +1400,26 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         _ => false,
     };
     let mut enc = Encoder::new(64);
-    for (k, &r) in xmms.iter().enumerate() {
+    for n in (0..16u32).filter(|n| xmms & (1 << n) != 0) {
+        let r = Register::XMM0 + n;
         // (Not where the destination is also the source: MOVAPS X, X.)
         let named = (0..ins.op_count())
             .filter(|&i| ins.op_kind(i) == OpKind::Register && ins.op_register(i) == r)
             .count();
-        let dest_only = k == 0 && whole && ins.op0_kind() == OpKind::Register && named == 1;
-        if !dest_only {
+        let dest_only = whole && ins.op0_kind() == OpKind::Register && ins.op0_register() == r;
+        if !(dest_only && named == 1) {
             let at = MemoryOperand::with_base_displ(Register::R15, xmm_offset(r));
-            let ld = Instruction::with2(Code::Movdqu_xmm_xmmm128, xmm_host(k), at).ok()?;
+            let ld = Instruction::with2(Code::Movdqu_xmm_xmmm128, r, at).ok()?;
             enc.encode(&ld, 0).ok()?;
         }
     }
     let mut bytes = enc.take_buffer();
     bytes.extend(high.wrap(&host)?);
-    for (k, &r) in xmms.iter().enumerate() {
-        if written[k] {
-            let at = MemoryOperand::with_base_displ(Register::R15, xmm_offset(r));
-            let st = Instruction::with2(Code::Movdqu_xmmm128_xmm, at, xmm_host(k)).ok()?;
-            enc.encode(&st, 0).ok()?;
-        }
+    for n in (0..16u32).filter(|n| written & (1 << n) != 0) {
+        let r = Register::XMM0 + n;
+        let at = MemoryOperand::with_base_displ(Register::R15, xmm_offset(r));
+        let st = Instruction::with2(Code::Movdqu_xmmm128_xmm, at, r).ok()?;
+        enc.encode(&st, 0).ok()?;
     }
     bytes.extend(enc.take_buffer());
     let flags = FlagSpec::writes(
@@ -1471,12 +1457,6 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         float: !exception_free(ins.mnemonic()),
         align16: size == 16 && !unaligned_ok,
     })
-}
-
-/// Host XMM register `k` (0-2), for the `k`-th guest XMM register an
-/// instruction names.
-fn xmm_host(k: usize) -> Register {
-    [Register::XMM0, Register::XMM1, Register::XMM2][k]
 }
 
 /// SSE instructions that cannot raise a SIMD floating-point exception: the
