@@ -310,10 +310,14 @@ impl Tlb {
 /// code installs a write entry tagged [`FAST_CODE_TAG`] with the page's
 /// code-byte map, and returns false too: this access runs through the
 /// interpreter, and later ones that touch no code byte go inline from the cold
-/// path.
+/// path. A non-canonical address gets no entry either (the interpreter raises
+/// its #GP or #SS), so no entry's tag is ever a non-canonical page, and a
+/// fragment's probe needs no canonical check of its own: such an address
+/// misses every entry.
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, write: bool) -> bool {
     let lin = lin.0;
-    if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 {
+    let canonical = ((lin << 16) as i64 >> 16) as u64 == lin;
+    if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 || !canonical {
         return false;
     }
     let user = paging(cpu) && cpu.cpl() == 3;

@@ -322,6 +322,9 @@ struct Emitter<'a, A: CodeSink> {
     slow: Vec<SlowPath>,
     /// Offsets of the link sites' stubs.
     stubs: [Option<usize>; 2],
+    /// An SSE instruction of this unit has checked CR0 and CR4 (see
+    /// `Emitter::sse`).
+    sse_checked: bool,
 }
 
 /// The out-of-line paths of an inline memory access, transfer or RDTSC: the
@@ -598,6 +601,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         exact: false,
         slow: Vec::new(),
         stubs: [None; 2],
+        sse_checked: false,
     };
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
@@ -1208,15 +1212,23 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.host_valid = 0;
         let mut p = self.slow_path_here(i, kind, true, f.written != 0);
         let full = p.full;
-        let em_ts = (cr0::EM | cr0::TS) as i8;
-        let osfxsr = (x86bt_cpu::mmu::cr4::OSFXSR >> 8) as i8;
-        dynasm!(self.ops
-            ; .arch x64
-            ; test BYTE [r15 + CR0], em_ts
-            ; jnz =>full
-            ; test BYTE [r15 + CR4 + 1], osfxsr
-            ; jz =>full
-        );
+        if !self.sse_checked {
+            // Once per unit: nothing that changes CR0.EM, CR0.TS or
+            // CR4.OSFXSR can run inside one (those writes are sensitive and
+            // end their unit), and where this check fails the helper faults,
+            // so every later SSE instruction of the unit is reached only with
+            // the check passed.
+            let em_ts = (cr0::EM | cr0::TS) as i8;
+            let osfxsr = (x86bt_cpu::mmu::cr4::OSFXSR >> 8) as i8;
+            dynasm!(self.ops
+                ; .arch x64
+                ; test BYTE [r15 + CR0], em_ts
+                ; jnz =>full
+                ; test BYTE [r15 + CR4 + 1], osfxsr
+                ; jz =>full
+            );
+            self.sse_checked = true;
+        }
         if s.float {
             dynasm!(self.ops
                 ; .arch x64
@@ -1287,20 +1299,14 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.ops.extend(x.addr.iter().copied());
         if self.long {
             // 64-bit code: no limits, and a base only for FS and GS (SDM vol.
-            // 3A §3.2.4); the linear address must be canonical, or the helper
-            // raises #GP or #SS. (An access that runs past the canonical
-            // range crosses a page and misses below.)
+            // 3A §3.2.4). The linear address must be canonical, or the helper
+            // raises #GP or #SS: a non-canonical page is never a fast-TLB tag
+            // (`mmu::fast_fill` makes no entry for one), so such an access, or
+            // one that runs past the canonical range, misses below, and the
+            // fill refuses it.
             if usize::from(x.seg) >= sreg::FS {
                 dynasm!(self.ops ; .arch x64 ; add r10, QWORD [r15 + base]);
             }
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov r11, r10
-                ; shl r11, 16
-                ; sar r11, 16
-                ; cmp r11, r10
-                ; jne =>full
-            );
         } else if self.flat & (1 << x.seg) == 0 {
             // off + size - 1 <= limit, as off <= limit - (size - 1) in signed 64
             // bits (a limit below size - 1 admits no offset).

@@ -139,3 +139,23 @@ fn golden_helper_only_unit_calls_the_helper_stub() {
     });
     check("helper_only16", Bitness::B16, &code);
 }
+
+#[test]
+fn golden_sse_copy_loop64() {
+    // 64-bit: the SSE2 copy loop of the native benchmark: unaligned loads
+    // (no alignment check), aligned stores (the check), one CR0/CR4 check
+    // for the unit, a float add (the MXCSR mask check), and a probe with no
+    // canonical check of its own.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.movdqu(xmm0, xmmword_ptr(rax + 0x1000))?;
+        a.movdqu(xmm9, xmmword_ptr(rax + 0x1010))?;
+        a.addps(xmm0, xmm9)?;
+        a.add(rax, 0x20)?;
+        a.movaps(xmmword_ptr(rax + 0x8000), xmm0)?;
+        a.cmp(rax, 0x4000)?;
+        a.jne(top)
+    });
+    check("sse_copy_loop64", Bitness::B64, &code);
+}
