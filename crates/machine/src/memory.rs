@@ -394,11 +394,18 @@ impl PhysMemory {
         self.write_bytes(addr, &value);
     }
 
-    /// Whether `[addr, addr + len)` lies in the plain-RAM prefix, unchanged by the
-    /// A20 gate, so bulk operations may treat it as one host slice.
+    /// Whether `[addr, addr + len)` is plain RAM that the A20 gate leaves as it
+    /// is: inside the plain-RAM prefix, or inside the RAM above the first
+    /// megabyte (as for [`PhysMemory::read`] and [`PhysMemory::write`]), so
+    /// bulk operations may treat it as one host slice. (The high range was
+    /// missing here, so on the PC layout every REP MOVS/STOS above 640 KiB,
+    /// that is nearly all of a kernel's, went one element at a time.)
     fn fast_range(&self, addr: GuestPhys, len: u64) -> bool {
-        let end = addr.0.checked_add(len);
-        end.is_some_and(|end| end <= self.fast_end && (addr.0 | (end - 1)) & !self.a20_mask == 0)
+        let Some(end) = addr.0.checked_add(len) else {
+            return false;
+        };
+        let a20_ok = (addr.0 | end.saturating_sub(1)) & !self.a20_mask == 0;
+        a20_ok && (end <= self.fast_end || self.in_high_ram(addr.0, len))
     }
 
     fn note_range_write(&mut self, start: u64, len: u64) {
@@ -652,6 +659,23 @@ mod tests {
         assert_eq!(m.read_u8(GuestPhys(0xF_FFF0)), 0xEA);
         assert_eq!(m.read_u8(GuestPhys(0xE_0000)), 0x11);
         assert_eq!(m.read_u8(GuestPhys(0xFFFE_0000)), 0x11);
+    }
+
+    /// The bulk copy and fill used by REP MOVS/STOS work on the RAM above the
+    /// first megabyte too, and refuse the VGA hole and a range that runs past
+    /// the end of RAM.
+    #[test]
+    fn memory_bulk_ops_cover_ram_above_1m() {
+        let mut m = pc(16);
+        assert!(m.fill_fast(GuestPhys(0x20_0000), &[0xAB, 0xCD], 2048));
+        assert_eq!(m.read::<4>(GuestPhys(0x20_0FFC)), [0xAB, 0xCD, 0xAB, 0xCD]);
+        assert_eq!(m.read::<1>(GuestPhys(0x20_1000)), [0]);
+        assert!(m.copy_fast(GuestPhys(0x20_0000), GuestPhys(0x30_0001), 4096));
+        assert_eq!(m.read::<2>(GuestPhys(0x30_0001)), [0xAB, 0xCD]);
+        assert_eq!(m.read::<1>(GuestPhys(0x30_0000)), [0]);
+        assert!(!m.fill_fast(GuestPhys(0xA_0000), &[1], 16));
+        assert!(!m.fill_fast(GuestPhys((16 << 20) - 8), &[1], 16));
+        assert!(!m.copy_fast(GuestPhys(0xF_FFF0), GuestPhys(0x20_0000), 32));
     }
 
     #[test]
