@@ -1890,7 +1890,25 @@ fn ident(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<Ident> {
     }
     // PAUSE (F3 90) is sensitive (the run loop takes its hint) and never
     // reaches here.
-    if ins.mnemonic() == Mnemonic::Nop {
+    // PREFETCHh, the fences and ENDBR are the table's no-operations too: a
+    // prefetch never faults, and the fences order nothing a CPU that runs
+    // one instruction at a time could observe. (CLFLUSH, also in that class,
+    // can fault like a load, and stays with the helper.)
+    let hint = matches!(
+        ins.mnemonic(),
+        Mnemonic::Prefetchnta
+            | Mnemonic::Prefetcht0
+            | Mnemonic::Prefetcht1
+            | Mnemonic::Prefetcht2
+            | Mnemonic::Lfence
+            | Mnemonic::Mfence
+            | Mnemonic::Sfence
+            | Mnemonic::Endbr32
+            | Mnemonic::Endbr64
+    ) || ins.code() == Code::Prefetchw_m8;
+    if ins.mnemonic() == Mnemonic::Nop
+        || (hint && table::row(ins).is_some_and(|r| r.class == Class::Nop))
+    {
         // No operation (NOP r/m does not access its operand): nothing to emit.
         return Some(Ident {
             bytes: Vec::new(),
