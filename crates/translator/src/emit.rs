@@ -79,8 +79,8 @@
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{
-    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, SseOp, Xfer,
-    XferTarget, GUEST_TO_HOST,
+    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, SseOp,
+    UnitRegs, Xfer, XferTarget, GUEST_TO_HOST,
 };
 use crate::runtime::{jc_index, JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
@@ -281,13 +281,19 @@ pub struct UnitPlan<'a> {
     /// 64-bit code: no CS limit (a branch target must be canonical instead)
     /// and RIP values of 64 bits.
     pub long: bool,
+    /// The guest R8-R15 the unit keeps in borrowed legacy host registers
+    /// ([`UnitRegs`]).
+    pub regs: UnitRegs,
 }
 
 struct Emitter<'a, A: CodeSink> {
     ops: &'a mut A,
     ext: &'a Externals<'a>,
-    /// The first instruction (the chain entry).
-    body: DynamicLabel,
+    /// After the prologue that loads the unit's mapped registers: where the
+    /// unit goes on when it chains to its own start.
+    mapped: DynamicLabel,
+    /// See [`UnitPlan::regs`].
+    regs: UnitRegs,
     /// Chain code is emitted at the branch's exits.
     chain: bool,
     /// Entry RIP, CS base and CS limit of the fragment.
@@ -579,10 +585,12 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     let body = ops.new_label();
     dynasm!(ops ; .arch x64 ; =>body);
     let body_at = ops.offset().0;
+    let mapped = ops.new_label();
     let mut e = Emitter {
         ops,
         ext,
-        body,
+        mapped,
+        regs: unit.regs,
         chain: unit.chain,
         rip: unit.rip,
         cs_base: unit.cs_base,
@@ -603,6 +611,8 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         stubs: [None; 2],
         sse_checked: false,
     };
+    e.prologue();
+    dynasm!(e.ops ; .arch x64 ; =>mapped);
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
         let len = u64::from(unit.lens[i]);
@@ -766,9 +776,43 @@ impl<A: CodeSink> Emitter<'_, A> {
         self.insn_delta = 0;
     }
 
+    /// Loads the unit's mapped registers ([`UnitRegs`]): each borrowed legacy
+    /// register to `CpuState`, the guest R8-R15 it holds from there (moves
+    /// only: host flags kept).
+    fn prologue(&mut self) {
+        for (g, h) in self.regs.entries() {
+            let (at_g, at_h) = (gpr_off(usize::from(g)), gpr_off(usize::from(h)));
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov QWORD [r15 + at_h], Rq(h)
+                ; mov Rq(h), QWORD [r15 + at_g]
+            );
+        }
+    }
+
+    /// Undoes [`Emitter::prologue`]: each mapped register back to `CpuState`
+    /// and the borrowed legacy register reloaded, so that code outside the
+    /// fragment's inline path sees the usual register state.
+    fn epilogue(&mut self) {
+        for (g, h) in self.regs.entries() {
+            let (at_g, at_h) = (gpr_off(usize::from(g)), gpr_off(usize::from(h)));
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov QWORD [r15 + at_g], Rq(h)
+                ; mov Rq(h), QWORD [r15 + at_h]
+            );
+        }
+    }
+
     /// Leaves the fragment with exit code `code` and RIP = `rip`, R13 advanced
     /// and the flags settled.
     fn leave(&mut self, rip: u64, code: u64) {
+        self.epilogue();
+        self.leave_unmapped(rip, code);
+    }
+
+    /// [`Emitter::leave`] where the epilogue has run.
+    fn leave_unmapped(&mut self, rip: u64, code: u64) {
         let c = code as i32;
         let leave = self.ext.stubs.leave;
         match u32::try_from(rip) {
@@ -805,12 +849,14 @@ impl<A: CodeSink> Emitter<'_, A> {
             Ok(v) => dynasm!(self.ops ; .arch x64 ; mov r10d, v as i32),
             Err(_) => dynasm!(self.ops ; .arch x64 ; mov r10, QWORD at as i64),
         }
+        self.epilogue();
         dynasm!(self.ops
             ; .arch x64
             ; mov r11, QWORD insn
             ; mov r12d, kind
             ; call extern helper as usize
         );
+        self.prologue();
         self.host_valid = 0;
     }
 
@@ -1491,13 +1537,17 @@ impl<A: CodeSink> Emitter<'_, A> {
         let wrap = if self.long { u64::MAX } else { 0xFFFF_FFFF };
         let lin = |a: u64| (self.cs_base.wrapping_add(a) & wrap) >> 12;
         let same_page = lin(target) == lin(self.rip);
-        if self.chain && self.target_ok(target) {
-            let out = self.ops.new_label();
+        if self.chain && self.target_ok(target) && target == self.rip {
+            // To its own start, with the unit's registers still mapped.
+            let (out, mapped) = (self.ops.new_label(), self.mapped);
             self.advance_and_check(n, out);
-            if target == self.rip {
-                let body = self.body;
-                dynasm!(self.ops ; .arch x64 ; jmp =>body);
-            } else if same_page {
+            dynasm!(self.ops ; .arch x64 ; jmp =>mapped ; =>out);
+            self.epilogue();
+        } else if self.chain && self.target_ok(target) {
+            let out = self.ops.new_label();
+            self.epilogue();
+            self.advance_and_check(n, out);
+            if same_page {
                 let cell = self.ext.cells[site] as i64;
                 let tag = self.ext.link_tags[site] as i64;
                 let pending = self.ctx_field(offset_of!(JitCtx, pending_link));
@@ -1536,10 +1586,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             dynasm!(self.ops ; .arch x64 ; =>out);
         } else {
+            self.epilogue();
             self.advance(n);
         }
         let code = self.end_code;
-        self.leave(target, code);
+        self.leave_unmapped(target, code);
     }
 
     /// Adds `n` retired instructions to R13 and goes to `out` unless icount is
@@ -1660,6 +1711,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// or back to the run loop.
     fn side_dynamic(&mut self, n: u64) {
         let out = self.ops.new_label();
+        self.epilogue();
         if !self.chain {
             self.advance(n);
         } else {

@@ -570,7 +570,7 @@ impl Translator {
             .iter()
             .map(|i| Insn::prepare(i, bits))
             .collect();
-        let mut lowerings = plan::plan(&insns);
+        let (mut lowerings, regs) = plan::plan_unit(&insns);
         if m.cpu_count() == 1 {
             plan::pause_as_nop(&insns, &mut lowerings);
         }
@@ -645,6 +645,7 @@ impl Translator {
                     v86: key == CpuMode::V86,
                     event_end,
                     long: key == CpuMode::Long64,
+                    regs,
                 },
                 &Externals {
                     stubs: self.stubs,

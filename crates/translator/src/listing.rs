@@ -55,7 +55,7 @@ pub fn listing(bitness: Bitness, code: &[u8]) -> String {
 
 /// The listing of prepared instructions `insns` of a `bits`-bit unit.
 pub fn render(bits: u32, insns: &[Insn]) -> String {
-    let lowerings = plan::plan(insns);
+    let (lowerings, regs) = plan::plan_unit(insns);
     let captures = plan::captures(&lowerings);
     let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
     let kinds = plan::helper_kinds(&lowerings);
@@ -91,6 +91,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
                 .last()
                 .is_some_and(|i| !x86bt_cpu::engine::ends_plainly(&i.ins)),
             long: bits == 64,
+            regs,
         },
         &Externals {
             stubs: FAKE_STUBS,

@@ -380,15 +380,107 @@ pub fn cond_flags(cc: ConditionCode) -> u64 {
     }
 }
 
-/// Lowers every instruction of a unit.
+/// Guest R8-R15 that a 64-bit unit keeps in host registers for its whole
+/// length: the host registers of legacy guest registers the unit never names
+/// (explicitly or implicitly). On entry to the fragment a prologue stores each
+/// borrowed legacy register to `CpuState` and loads the high register into
+/// it; wherever the fragment leaves its inline code (an exit, a chain to
+/// another fragment, a helper call) an epilogue stores the high register back
+/// and reloads the legacy one, so everything outside the fragment sees the
+/// usual register state. A unit that chains to its own start keeps the map
+/// across its iterations. Registers named only once in a unit stay with the
+/// per-instruction scratch loads of [`HighRegs`], which cost less there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnitRegs {
+    /// (guest register number 8-15, legacy guest register number whose host
+    /// register holds it), the first `n` entries.
+    map: [(u8, u8); 7],
+    n: u8,
+}
+
+impl UnitRegs {
+    /// The mapped registers: (guest R8-R15 number, host register number).
+    pub fn entries(&self) -> impl Iterator<Item = (u8, u8)> + '_ {
+        self.map[..usize::from(self.n)]
+            .iter()
+            .map(|&(g, l)| (g, GUEST_TO_HOST[usize::from(l)]))
+    }
+
+    /// The legacy guest register whose host register holds guest register
+    /// `idx` (8-15) in this unit.
+    fn legacy_of(&self, idx: u32) -> Option<u8> {
+        self.map[..usize::from(self.n)]
+            .iter()
+            .find(|&&(g, _)| u32::from(g) == idx)
+            .map(|&(_, l)| l)
+    }
+}
+
+/// The register map of a unit ([`UnitRegs`]): empty for code that is not
+/// 64-bit.
+pub fn unit_regs(insns: &[Insn]) -> UnitRegs {
+    let mut out = UnitRegs::default();
+    if !insns.first().is_some_and(|i| is_long(&i.ins)) {
+        return out;
+    }
+    let mut factory = InstructionInfoFactory::new();
+    let (mut legacy, mut uses) = (0u8, [0u32; 8]);
+    for insn in insns {
+        for u in factory.info(&insn.ins).used_registers() {
+            let r = u.register();
+            if !r.is_gpr() {
+                continue;
+            }
+            match gpr_index(r) {
+                i @ 0..=7 => legacy |= 1 << i,
+                i => uses[(i - 8) as usize] += 1,
+            }
+        }
+    }
+    // Guest RSP lives in R8, which is not a legacy host register to lend.
+    let mut free = (0..8u8).filter(|&l| l != 4 && legacy & (1 << l) == 0);
+    let mut order: Vec<usize> = (0..8).filter(|&k| uses[k] >= 2).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(uses[k]));
+    for k in order {
+        let Some(l) = free.next() else { break };
+        out.map[usize::from(out.n)] = (k as u8 + 8, l);
+        out.n += 1;
+    }
+    out
+}
+
+thread_local! {
+    /// The map of the unit [`plan_unit`] is lowering, which [`HighRegs`]
+    /// consults (empty otherwise).
+    static UNIT_REGS: core::cell::Cell<UnitRegs> = const { core::cell::Cell::new(UnitRegs {
+        map: [(0, 0); 7],
+        n: 0,
+    }) };
+}
+
+/// Lowers every instruction of a unit (with no register map; see
+/// [`plan_unit`]).
 pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
+    plan_with(insns, UnitRegs::default())
+}
+
+/// Lowers every instruction of a unit under its register map
+/// ([`unit_regs`]), which the emitter then needs too.
+pub fn plan_unit(insns: &[Insn]) -> (Vec<Lowering>, UnitRegs) {
+    let regs = unit_regs(insns);
+    (plan_with(insns, regs), regs)
+}
+
+fn plan_with(insns: &[Insn], regs: UnitRegs) -> Vec<Lowering> {
     let mut factory = InstructionInfoFactory::new();
     let last = insns.len().saturating_sub(1);
+    UNIT_REGS.set(regs);
     let mut lowerings: Vec<Lowering> = insns
         .iter()
         .enumerate()
         .map(|(i, insn)| lower(insn, i == last, &mut factory))
         .collect();
+    UNIT_REGS.set(UnitRegs::default());
     // Instructions whose flags must not be observed go to the helper where
     // they would be; each demotion can make an earlier flag live, so repeat.
     loop {
@@ -1724,8 +1816,10 @@ fn host_reg64(r: Register) -> Register {
 /// or 16 bits keeps the loaded upper bits as the guest's write keeps them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct HighRegs {
-    /// (guest register number, its 64-bit scratch register).
-    map: Vec<(u32, Register)>,
+    /// (guest register number, the 64-bit host register that holds it, and
+    /// whether that is a scratch register loaded and stored around the
+    /// instruction rather than the unit's mapped register, [`UnitRegs`]).
+    map: Vec<(u32, Register, bool)>,
     /// The guest registers written (bit n - 8).
     writes: u16,
 }
@@ -1744,16 +1838,17 @@ fn high_bit(r: Register) -> Option<u16> {
     (8..16).contains(&idx).then(|| 1u16 << (idx - 8))
 }
 
-/// `r64` (R10 or R11) at `size` bytes.
+/// The 64-bit register `r64` at `size` bytes (SPL..DIL, not AH..BH, for the
+/// low bytes of RSP..RDI).
 fn sized(r64: Register, size: usize) -> Register {
     use Register as R;
-    match (r64, size) {
-        (R::R10, 1) => R::R10L,
-        (R::R10, 2) => R::R10W,
-        (R::R10, 4) => R::R10D,
-        (R::R11, 1) => R::R11L,
-        (R::R11, 2) => R::R11W,
-        (R::R11, 4) => R::R11D,
+    let idx = r64 as u32 - R::RAX as u32;
+    match size {
+        1 if idx < 4 => R::AL + idx,
+        1 if idx < 8 => R::SPL + (idx - 4),
+        1 => R::R8L + (idx - 8),
+        2 => R::AX + idx,
+        4 => R::EAX + idx,
         _ => r64,
     }
 }
@@ -1762,17 +1857,16 @@ impl HighRegs {
     /// Scratch registers for the guest registers in `used` (bits n - 8), from
     /// `scratch`; `None` if there are more than it has.
     fn assign(used: u16, writes: u16, scratch: &[Register]) -> Option<Self> {
-        let idx: Vec<u32> = (0..8)
-            .filter(|b| used & (1 << b) != 0)
-            .map(|b| b + 8)
-            .collect();
-        if idx.len() > scratch.len() {
-            return None;
+        let unit = UNIT_REGS.get();
+        let mut spare = scratch.iter().copied();
+        let mut map = Vec::new();
+        for idx in (8..16).filter(|i| used & (1 << (i - 8)) != 0) {
+            match unit.legacy_of(idx) {
+                Some(l) => map.push((idx, host_reg64(Register::RAX + u32::from(l)), false)),
+                None => map.push((idx, spare.next()?, true)),
+            }
         }
-        Some(Self {
-            map: idx.into_iter().zip(scratch.iter().copied()).collect(),
-            writes,
-        })
+        Some(Self { map, writes })
     }
 
     /// The host register for guest GPR `r`: its scratch register if it is
@@ -1783,7 +1877,7 @@ impl HighRegs {
             return Some(host_reg(r));
         }
         let idx = gpr_index(r);
-        let (_, s) = self.map.iter().find(|(i, _)| *i == idx)?;
+        let (_, s, _) = self.map.iter().find(|(i, _, _)| *i == idx)?;
         Some(sized(*s, r.size()))
     }
 
@@ -1796,13 +1890,16 @@ impl HighRegs {
             return Some(host_reg64(r));
         }
         let idx = gpr_index(r);
-        self.map.iter().find(|(i, _)| *i == idx).map(|(_, s)| *s)
+        self.map
+            .iter()
+            .find(|(i, _, _)| *i == idx)
+            .map(|(_, s, _)| *s)
     }
 
     /// Host code loading each scratch register from `CpuState`.
     fn loads(&self) -> Option<Vec<u8>> {
         let mut enc = Encoder::new(64);
-        for &(idx, s) in &self.map {
+        for &(idx, s, _) in self.map.iter().filter(|m| m.2) {
             let at = MemoryOperand::with_base_displ(Register::R15, gpr_offset(idx));
             enc.encode(&Instruction::with2(Code::Mov_r64_rm64, s, at).ok()?, 0)
                 .ok()?;
@@ -1813,7 +1910,7 @@ impl HighRegs {
     /// Host code storing each written scratch register back.
     fn stores(&self) -> Option<Vec<u8>> {
         let mut enc = Encoder::new(64);
-        for &(idx, s) in &self.map {
+        for &(idx, s, _) in self.map.iter().filter(|m| m.2) {
             if self.writes & (1 << (idx - 8)) != 0 {
                 let at = MemoryOperand::with_base_displ(Register::R15, gpr_offset(idx));
                 enc.encode(&Instruction::with2(Code::Mov_rm64_r64, at, s).ok()?, 0)

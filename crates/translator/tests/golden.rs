@@ -159,3 +159,24 @@ fn golden_sse_copy_loop64() {
     });
     check("sse_copy_loop64", Bitness::B64, &code);
 }
+
+#[test]
+fn golden_crc_loop64_maps_r15() {
+    // 64-bit: a table-driven CRC loop (the kernel decompressor's) whose R15 is
+    // named four times: the unit keeps it in a legacy host register it does
+    // not use (RAX), loaded by a prologue, kept across its own iterations and
+    // stored back on every way out; R8 and R9, named once, use scratch loads.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.movzx(r15d, byte_ptr(rdi))?;
+        a.add(rdi, 1)?;
+        a.xor(r15d, ecx)?;
+        a.shr(ecx, 8)?;
+        a.movzx(r15d, r15b)?;
+        a.xor(ecx, dword_ptr(r9 + r15 * 4))?;
+        a.cmp(rdi, r8)?;
+        a.jne(top)
+    });
+    check("crc_loop64", Bitness::B64, &code);
+}
