@@ -922,3 +922,52 @@ fn rep_string_page_runs_equal_the_element_loop() {
         }
     }
 }
+
+/// CLI, STI, PUSHF and POPF go on inside their unit when they make no
+/// interrupt deliverable and set no TF (no interrupt is pending in the
+/// benchmark kernels' loops): the cli-sti and pushf-popf loops run as
+/// chained fragments, where each of their instructions used to end a unit
+/// and return to the run loop. Interp, jit and lockstep pass the kernels'
+/// own checks with the same instruction count.
+#[test]
+fn flag_instructions_go_on_inside_their_unit() {
+    use x86bt::bench_kernels::{self as bk, BenchKernel, Workload};
+    let iters = 20_000;
+    for w in [Workload::CliSti, Workload::PushfPopf] {
+        let image = BenchKernel::new(w).image(iters);
+        let mut counts = Vec::new();
+        for engine in [Engine::Interp, Engine::Jit, Engine::Lockstep] {
+            let run = bk::run_x86bt(&image, engine).expect("kernel loads");
+            assert_eq!(
+                run.outcome,
+                RunOutcome::DebugExit(bk::PASS_STATUS),
+                "{} under {engine:?}",
+                w.name()
+            );
+            counts.push(run.vm.cpu.icount);
+            if engine == Engine::Jit {
+                let stats = run.vm.engine_stats().unwrap_or_default();
+                let events: u64 = stats
+                    .split("event ")
+                    .nth(1)
+                    .map(|s| {
+                        s.chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                    })
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("{}: no event count in {stats}", w.name()));
+                assert!(
+                    events < u64::from(iters) / 10,
+                    "{}: {events} event exits for {iters} pairs\n{stats}",
+                    w.name()
+                );
+            }
+        }
+        assert!(
+            counts.windows(2).all(|c| c[0] == c[1]),
+            "{}: {counts:?}",
+            w.name()
+        );
+    }
+}

@@ -78,10 +78,25 @@ pub fn classify(ins: &Instruction) -> Option<Sensitivity> {
 
 /// Whether `ins` ends its translation unit: every sensitive instruction but
 /// IN and OUT, which go on inside the unit unless the port access changed
-/// something the run loop checks (the engines end the unit then, at run
-/// time).
+/// something the run loop checks, and CLI, STI, PUSHF and POPF, which go on
+/// unless they made an interrupt deliverable or set TF (the engines end the
+/// unit then, at run time; `Machine::port_attention`).
 pub fn ends_unit(ins: &Instruction) -> bool {
-    is_sensitive(ins) && !matches!(ins.mnemonic(), Mnemonic::In | Mnemonic::Out)
+    use Mnemonic as M;
+    is_sensitive(ins)
+        && !matches!(
+            ins.mnemonic(),
+            M::In
+                | M::Out
+                | M::Cli
+                | M::Sti
+                | M::Pushf
+                | M::Pushfd
+                | M::Pushfq
+                | M::Popf
+                | M::Popfd
+                | M::Popfq
+        )
 }
 
 /// Whether `ins` is in the sensitive table.

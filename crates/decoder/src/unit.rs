@@ -138,6 +138,18 @@ pub fn decode_unit(
             None
         };
         if let Some(end) = end {
+            // A unit cut by its size or its page does not end with STI: that
+            // would leave the interrupt shadow set at its end, and the next
+            // unit would run one instruction alone. STI starts the next unit
+            // instead, where the instruction it covers follows it.
+            let cut = matches!(end, UnitEnd::Full | UnitEnd::PageBoundary);
+            if cut
+                && out.count > 1
+                && out.insns[out.count - 1].mnemonic() == iced_x86::Mnemonic::Sti
+            {
+                out.count -= 1;
+                out.byte_len -= out.insns[out.count].len();
+            }
             out.end = end;
             return;
         }
@@ -165,9 +177,31 @@ mod tests {
 
     #[test]
     fn unit_ends_at_sensitive_instruction() {
-        // inc ax; cli; nop
-        let u = unit(Bitness::B16, &[0x40, 0xFA, 0x90], 4096);
+        // inc ax; hlt; nop
+        let u = unit(Bitness::B16, &[0x40, 0xF4, 0x90], 4096);
         assert_eq!((u.count, u.end), (2, UnitEnd::Sensitive));
+    }
+
+    #[test]
+    fn unit_cut_by_its_size_does_not_end_with_sti() {
+        // Six CLI/STI pairs: the twelfth instruction, an STI, starts the
+        // next unit.
+        let code: Vec<u8> = [0xFA, 0xFB].repeat(7);
+        let u = unit(Bitness::B32, &code, 4096);
+        assert_eq!(
+            (u.count, u.byte_len, u.end),
+            (MAX_UNIT_INSNS - 1, 11, UnitEnd::Full)
+        );
+        assert_eq!(u.insns[u.count - 1].mnemonic(), Mnemonic::Cli);
+    }
+
+    #[test]
+    fn unit_goes_on_after_cli_sti_pushf_popf() {
+        // cli; sti; pushf; popf; nop; hlt: the flag instructions end their
+        // unit at run time only (when they make an interrupt deliverable or
+        // set TF), so the unit runs to HLT.
+        let u = unit(Bitness::B16, &[0xFA, 0xFB, 0x9C, 0x9D, 0x90, 0xF4], 4096);
+        assert_eq!((u.count, u.end), (6, UnitEnd::Sensitive));
     }
 
     #[test]

@@ -801,6 +801,14 @@ impl Machine {
         std::mem::take(&mut self.port_attention)
     }
 
+    /// Marks the run loop as wanted before the CPU's next instruction, as a
+    /// port access that changed what it checks does: STI or POPF made an
+    /// interrupt deliverable, or POPF set TF.
+    #[inline]
+    pub fn request_attention(&mut self) {
+        self.port_attention = true;
+    }
+
     /// Whether a port access marked the run loop as wanted, without clearing it.
     #[inline]
     pub fn port_attention(&self) -> bool {

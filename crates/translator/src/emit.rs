@@ -284,6 +284,9 @@ pub struct UnitPlan<'a> {
     /// The guest R8-R15 the unit keeps in borrowed legacy host registers
     /// ([`UnitRegs`]).
     pub regs: UnitRegs,
+    /// Per instruction, whether it clears the interrupt shadow first (it
+    /// follows an STI; [`crate::plan::shadow_clears`]).
+    pub shadow_clear: &'a [bool],
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -620,6 +623,9 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         if !matches!(l, Lowering::Helper(_)) {
             e.exact = false;
         }
+        if unit.shadow_clear[i] {
+            dynasm!(e.ops ; .arch x64 ; mov BYTE [r15 + INT_SHADOW], 0);
+        }
         match l {
             Lowering::Ident(x) => {
                 e.ident(x, unit.captures[i]);
@@ -648,7 +654,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
                 e.insn_delta += 1;
             }
             Lowering::Flags(op) => {
-                e.flags_insn(i, op, unit.kinds[i]);
+                e.flags_insn(i, op, unit.kinds[i], len);
                 e.insn_delta += 1;
             }
             Lowering::Div(x) => {
@@ -1110,12 +1116,15 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// CLI, STI, PUSHF or POPF ([`FlagsOp`]): the interpreter's semantics for
     /// the cases the run-time checks admit, the helper for the rest (which
     /// raises what the instruction raises).
-    fn flags_insn(&mut self, i: usize, op: &FlagsOp, kind: u8) {
-        use flags::{AC, ID, IF, RF, VM};
+    fn flags_insn(&mut self, i: usize, op: &FlagsOp, kind: u8, len: u64) {
+        use flags::{AC, ID, IF, RF, TF, VM};
         self.settle_flags();
         self.host_valid = 0;
         let mut p = self.slow_path_here(i, kind, true, false);
         let full = p.full;
+        let intr = self.ctx_field(offset_of!(JitCtx, intr));
+        let (exit, cont) = (self.ops.new_label(), self.ops.new_label());
+        let mut attention = false;
         let ss_attrs = seg_field(sreg::SS as u8, offset_of!(Segment, attrs));
         if self.v86 {
             // IOPL-sensitive, VME: always the helper.
@@ -1141,14 +1150,21 @@ impl<A: CodeSink> Emitter<'_, A> {
                     if *op == FlagsOp::Cli {
                         dynasm!(self.ops ; .arch x64 ; and QWORD [r15 + RFLAGS], !if_);
                     } else {
+                        // IF rising while INTR is up ends the unit after
+                        // STI (the interpreter's `sti` asks for the run loop).
                         dynasm!(self.ops
                             ; .arch x64
                             ; test DWORD [r15 + RFLAGS], if_
-                            ; jnz >on
+                            ; jnz =>cont
                             ; mov BYTE [r15 + INT_SHADOW], 1
-                            ; on:
+                            ; or QWORD [r15 + RFLAGS], if_
+                            ; mov r11, QWORD intr
+                            ; cmp BYTE [r11], 0
+                            ; jne =>exit
+                            ; =>cont
                             ; or QWORD [r15 + RFLAGS], if_
                         );
+                        attention = true;
                     }
                 }
                 FlagsOp::Pushf(m) => {
@@ -1194,20 +1210,50 @@ impl<A: CodeSink> Emitter<'_, A> {
                         dynasm!(self.ops ; .arch x64 ; movzx r9d, WORD [r10]);
                     }
                     let (w, keep) = (writable as i32, !((writable | RF) as i32));
+                    // The old image in R10, and the flags it raised in R9.
                     dynasm!(self.ops
                         ; .arch x64
                         ; and r9d, w
-                        ; mov r11, QWORD [r15 + RFLAGS]
+                        ; mov r10, QWORD [r15 + RFLAGS]
+                        ; mov r11, r10
                         ; and r11, keep
                         ; or r11, r9
                         ; or r11, 2
                         ; mov QWORD [r15 + RFLAGS], r11
+                        ; not r10
+                        ; and r10, r11
+                        ; mov r9, r10
                     );
                     flags_from_mem(self.ops);
                     let d = i32::from(m.size);
-                    dynasm!(self.ops ; .arch x64 ; lea r8d, [r8 + d]);
+                    let (if_, tf) = (IF as i32, TF as i32);
+                    // TF set, or IF rising while INTR is up, ends the unit
+                    // after POPF, as the interpreter's `popf` does.
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; lea r8d, [r8 + d]
+                        ; test DWORD [r15 + RFLAGS], tf
+                        ; jnz =>exit
+                        ; test r9d, if_
+                        ; jz =>cont
+                        ; mov r11, QWORD intr
+                        ; cmp BYTE [r11], 0
+                        ; jne =>exit
+                        ; =>cont
+                    );
+                    attention = true;
                 }
             }
+        }
+        if attention {
+            // The way out after the instruction: counted, RIP past it, an
+            // event for the run loop.
+            let skip = self.ops.new_label();
+            let n = (self.insn_delta + 1) as i32;
+            let next = self.rip.wrapping_add(self.unit_off).wrapping_add(len) & self.ip_mask;
+            dynasm!(self.ops ; .arch x64 ; jmp =>skip ; =>exit ; lea r13, [r13 + n]);
+            self.leave(next, EXIT_EVENT);
+            dynasm!(self.ops ; .arch x64 ; =>skip);
         }
         self.host_valid = 0;
         self.rejoin_here(p);

@@ -613,7 +613,11 @@ impl Translator {
             || insns
                 .last()
                 .is_some_and(|l| plan::may_fall_through(&lowerings, &l.ins, fetched.plain_end)))
-            && !seg_writes.contains(&true);
+            && !seg_writes.contains(&true)
+            // An STI that ends its unit may leave the interrupt shadow set,
+            // which the run loop must see before the next instruction.
+            && insns.last().is_none_or(|l| l.ins.mnemonic() != iced_x86::Mnemonic::Sti);
+        let shadow_clear = plan::shadow_clears(&insns);
         // A unit that ends on a sensitive instruction ends with an event, as
         // the interpreter's does: the run loop looks before the next unit,
         // however the unit was entered. (One holding x87, which can raise
@@ -646,6 +650,7 @@ impl Translator {
                     event_end,
                     long: key == CpuMode::Long64,
                     regs,
+                    shadow_clear: &shadow_clear,
                 },
                 &Externals {
                     stubs: self.stubs,
@@ -843,6 +848,7 @@ impl Engine for Translator {
         };
         let entry = self.slots[s].code.body;
         self.ctx.pending_link = 0;
+        self.ctx.intr = u8::from(m.intr());
         let exit = self.enter(entry, cpu, m);
         if self.ctx.pending_link != 0 {
             self.vcpus[self.cur].link_request = Some(LinkRequest {

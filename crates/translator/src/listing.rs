@@ -92,6 +92,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
                 .is_some_and(|i| !x86bt_cpu::engine::ends_plainly(&i.ins)),
             long: bits == 64,
             regs,
+            shadow_clear: &plan::shadow_clears(insns),
         },
         &Externals {
             stubs: FAKE_STUBS,
@@ -157,6 +158,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
                 core::mem::offset_of!(JitCtx, pending_link),
             ),
             ("ctx.jc", core::mem::offset_of!(JitCtx, jc)),
+            ("ctx.intr", core::mem::offset_of!(JitCtx, intr)),
         ] {
             line = line.replace(&format!("0x{:x}", FAKE_CTX + off as u64), name);
         }

@@ -678,6 +678,17 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
     out
 }
 
+/// Per instruction, whether it clears the interrupt shadow before it runs:
+/// the one after an STI in the same unit (STI's shadow covers exactly that
+/// instruction; the interpreter's unit loop clears it there too).
+pub fn shadow_clears(insns: &[Insn]) -> Vec<bool> {
+    let mut out = vec![false; insns.len()];
+    for (i, w) in insns.windows(2).enumerate() {
+        out[i + 1] = w[0].ins.mnemonic() == Mnemonic::Sti;
+    }
+    out
+}
+
 /// Per instruction, whether it may load a segment register without ending the
 /// unit (MOV and POP to a segment register, LDS..LGS, LSS). Far transfers and
 /// other segment loaders end their unit.

@@ -94,6 +94,11 @@ pub struct JitCtx {
     /// Where the stubs pass MXCSR values through memory (LDMXCSR and STMXCSR
     /// take only a memory operand).
     pub mxcsr_tmp: u32,
+    /// `Machine::intr()` as of the fragment's entry or its last helper call
+    /// (nothing else can change it while a fragment runs): an inline STI or
+    /// POPF that sets IF while it is up ends the unit, as the interpreter's
+    /// does.
+    pub intr: u8,
 }
 
 impl Default for JitCtx {
@@ -110,6 +115,7 @@ impl Default for JitCtx {
             jc: core::ptr::null_mut(),
             host_mxcsr: 0x1F80,
             mxcsr_tmp: 0,
+            intr: 0,
         }
     }
 }
@@ -142,7 +148,9 @@ pub unsafe extern "sysv64" fn helper_exec(
     if let Some(n) = ctx.helper_calls.get_mut(kind as usize) {
         *n += 1;
     }
-    match exec_one(cpu, m, insn) {
+    let step = exec_one(cpu, m, insn);
+    ctx.intr = u8::from(m.intr());
+    match step {
         Step::Next => EXIT_END,
         Step::End => EXIT_EVENT,
         Step::Fault(e) => {

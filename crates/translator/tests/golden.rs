@@ -120,12 +120,15 @@ fn golden_dead_flags_before_helper_return() {
 
 #[test]
 fn golden_sensitive_unit_after_inline_move() {
-    // CLI is sensitive: a helper call, and the unit ends there (the OUT after it
-    // is not part of it).
+    // CLI and STI inline, going on inside the unit (STI leaves it with an
+    // event if INTR is up, `JitCtx::intr`); the instruction after STI clears
+    // the interrupt shadow first; HLT, sensitive, ends the unit through the
+    // helper.
     let code = assemble(16, |a| {
         a.mov(al, 0x11)?;
         a.cli()?;
-        a.out(0x20, al)
+        a.sti()?;
+        a.hlt()
     });
     check("sensitive16", Bitness::B16, &code);
 }

@@ -268,6 +268,9 @@ impl Engine for Interpreter {
             // The common path: no trap to check after each instruction, and the
             // halt check once at the end (HLT is always a unit's last).
             for insn in &self.units[s][..count] {
+                // STI's interrupt shadow covers the one instruction after
+                // it: inside a unit, that instruction clears it first.
+                cpu.int_shadow = 0;
                 match exec_one(cpu, m, insn) {
                     Step::Next => {}
                     Step::End => return UnitExit::Event,

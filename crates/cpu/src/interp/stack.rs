@@ -159,7 +159,14 @@ pub fn popf(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     }
     let size = insn.size();
     let v = pop(cpu, m, size)?;
+    let before = cpu.rflags;
     stack_flags_load(cpu, v, size);
+    // The unit goes on unless the run loop must look: TF set (single-step
+    // traps begin), or IF set while INTR is up.
+    let rose = cpu.rflags & !before;
+    if cpu.rflags & TF != 0 || (rose & IF != 0 && m.intr()) {
+        m.request_attention();
+    }
     Ok(())
 }
 

@@ -110,11 +110,17 @@ pub fn cli(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
     Ok(())
 }
 
-/// STI: interrupts are recognised only after the next instruction.
-pub fn sti(cpu: &mut CpuState, _m: &mut Machine, _insn: &Insn) -> Exec {
+/// STI: interrupts are recognised only after the next instruction. The unit
+/// goes on after it unless it made an interrupt deliverable (INTR is up):
+/// the run loop must then take it after the next instruction. (Nothing else
+/// can raise INTR before the unit ends without ending it too.)
+pub fn sti(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     check_if_change(cpu)?;
     if cpu.rflags & IF == 0 {
         cpu.int_shadow = 1;
+        if m.intr() {
+            m.request_attention();
+        }
     }
     cpu.rflags |= IF;
     Ok(())
