@@ -38,16 +38,20 @@
 //!   they are merged into R14, and carries values into the stubs; the memory
 //!   probe uses it for the entry offset (no capture is pending there);
 //! - R10 and R11 are scratch;
-//! - host MXCSR is the guest's, with all six exception masks set: the enter
-//!   stub saves the host's (`JitCtx::host_mxcsr`) and loads the guest's, and
-//!   wherever host code runs (the helper stub's call, the return to the host)
-//!   the exception flags the fragment's SSE instructions raised are or-ed into
-//!   the guest's MXCSR and the host's is put back; the helper stub loads the
-//!   guest's again after the call (the helper may have changed it). Inline SSE
-//!   therefore rounds, flushes and flags exactly as the guest asks, and never
-//!   traps on the host: an instruction that could raise an exception the guest
-//!   unmasked takes the helper instead ([`crate::plan::SseOp`]). The fill stub
-//!   keeps the guest's MXCSR, as the page walk it calls does no floating point.
+//! - host MXCSR: the host's (saved by the enter stub in
+//!   `JitCtx::host_mxcsr`), except inside a unit with an inline SSE
+//!   instruction that can raise a SIMD floating-point exception
+//!   ([`crate::plan::SseOp::float`]): that unit's prologue loads the guest's
+//!   MXCSR from `CpuState` as it is, and its epilogue (on every way out of the
+//!   inline code, around helper calls too) stores the host's MXCSR back into
+//!   `CpuState`, which gives the guest the flags its instructions raised, and
+//!   loads the host's again. Inline SSE therefore rounds, flushes and flags
+//!   exactly as the guest asks; it cannot trap, as such an instruction runs
+//!   inline only while every exception is masked, and the others raise none.
+//!   Rust code runs under the host's MXCSR (the x87 helpers' host arithmetic
+//!   depends on it), except the fill stub's page walk, which does no floating
+//!   point. The return stub loads the host's MXCSR too. (Switching in the
+//!   helper stub on every call, the first design, cost about 60 ns a call.)
 //!
 //! Invariants:
 //! - When a helper runs and at every exit, `CpuState` is exact: guest registers
@@ -110,11 +114,8 @@ const CR4: i32 = offset_of!(CpuState, cr4) as i32;
 const CR0: i32 = offset_of!(CpuState, cr0) as i32;
 /// MXCSR, at byte 24 of the FXSAVE image.
 const MXCSR: i32 = offset_of!(CpuState, fx) as i32 + 24;
-/// MXCSR's six exception masks (bits 7-12) and six flags (bits 0-5).
+/// MXCSR's six exception masks (bits 7-12).
 const MXCSR_MASKS: i32 = 0x1F80;
-const MXCSR_FLAGS: i32 = 0x3F;
-/// `JitCtx::mxcsr_tmp` relative to `JitCtx::host_mxcsr`.
-const MXCSR_TMP: i32 = offset_of!(JitCtx, mxcsr_tmp) as i32 - offset_of!(JitCtx, host_mxcsr) as i32;
 const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
 const TSC_AUX: i32 =
     (offset_of!(CpuState, msr) + offset_of!(x86bt_cpu::identity::Msrs, tsc_aux)) as i32;
@@ -297,6 +298,9 @@ struct Emitter<'a, A: CodeSink> {
     mapped: DynamicLabel,
     /// See [`UnitPlan::regs`].
     regs: UnitRegs,
+    /// The unit has an inline SSE instruction that can raise a SIMD
+    /// floating-point exception: it runs under the guest's MXCSR.
+    float_unit: bool,
     /// Chain code is emitted at the branch's exits.
     chain: bool,
     /// Entry RIP, CS base and CS limit of the fragment.
@@ -436,7 +440,6 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov r11, QWORD host_mxcsr
         ; stmxcsr [r11]
     );
-    guest_mxcsr(ops, host_mxcsr);
     dynasm!(ops ; .arch x64 ; mov r11, rsi);
     flags_from_mem(ops);
     load_all(ops);
@@ -452,7 +455,6 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov QWORD [r15 + ICOUNT], r13
     );
     flags_to_mem(ops);
-    host_mxcsr_back(ops, host_mxcsr);
     dynasm!(ops ; .arch x64 ; mov rax, r12);
     // ret: RAX = exit code. Reached from a fragment only right after a
     // helper, which raised no MXCSR flag since the guest's was loaded: the
@@ -487,7 +489,6 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; mov QWORD [r15 + ICOUNT], r9
     );
     flags_to_mem(ops);
-    host_mxcsr_back(ops, host_mxcsr);
     dynasm!(ops
         ; .arch x64
         ; mov rdi, r15
@@ -499,7 +500,6 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; test rax, rax
         ; jnz >out
     );
-    guest_mxcsr(ops, host_mxcsr);
     load_all(ops);
     dynasm!(ops
         ; .arch x64
@@ -555,34 +555,6 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
     }
 }
 
-/// Loads the guest's MXCSR with every exception masked into the host's
-/// (through `JitCtx::mxcsr_tmp`); clobbers EAX, R11
-/// and host flags.
-fn guest_mxcsr<A: CodeSink>(ops: &mut A, host_mxcsr: i64) {
-    dynasm!(ops
-        ; .arch x64
-        ; mov eax, DWORD [r15 + MXCSR]
-        ; or eax, MXCSR_MASKS
-        ; mov r11, QWORD host_mxcsr
-        ; mov DWORD [r11 + MXCSR_TMP], eax
-        ; ldmxcsr [r11 + MXCSR_TMP]
-    );
-}
-
-/// Or-s the exception flags raised under the guest's MXCSR into it, and puts
-/// the host's back; clobbers EAX, R11 and host flags.
-fn host_mxcsr_back<A: CodeSink>(ops: &mut A, host_mxcsr: i64) {
-    dynasm!(ops
-        ; .arch x64
-        ; mov r11, QWORD host_mxcsr
-        ; stmxcsr [r11 + MXCSR_TMP]
-        ; mov eax, DWORD [r11 + MXCSR_TMP]
-        ; and eax, MXCSR_FLAGS
-        ; or DWORD [r15 + MXCSR], eax
-        ; ldmxcsr [r11]
-    );
-}
-
 /// Emits one fragment.
 pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<'_>) -> Fragment {
     let body = ops.new_label();
@@ -594,6 +566,10 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         ext,
         mapped,
         regs: unit.regs,
+        float_unit: unit
+            .lowerings
+            .iter()
+            .any(|l| matches!(l, Lowering::Sse(s) if s.float)),
         chain: unit.chain,
         rip: unit.rip,
         cs_base: unit.cs_base,
@@ -783,9 +759,13 @@ impl<A: CodeSink> Emitter<'_, A> {
     }
 
     /// Loads the unit's mapped registers ([`UnitRegs`]): each borrowed legacy
-    /// register to `CpuState`, the guest R8-R15 it holds from there (moves
-    /// only: host flags kept).
+    /// register to `CpuState`, the guest R8-R15 it holds from there; and the
+    /// guest's MXCSR in a unit with floating-point SSE (moves only: host flags
+    /// kept).
     fn prologue(&mut self) {
+        if self.float_unit {
+            dynasm!(self.ops ; .arch x64 ; ldmxcsr [r15 + MXCSR]);
+        }
         for (g, h) in self.regs.entries() {
             let (at_g, at_h) = (gpr_off(usize::from(g)), gpr_off(usize::from(h)));
             dynasm!(self.ops
@@ -798,8 +778,17 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     /// Undoes [`Emitter::prologue`]: each mapped register back to `CpuState`
     /// and the borrowed legacy register reloaded, so that code outside the
-    /// fragment's inline path sees the usual register state.
+    /// fragment's inline path sees the usual register state (clobbers R11).
     fn epilogue(&mut self) {
+        if self.float_unit {
+            let host = self.ctx_field(offset_of!(JitCtx, host_mxcsr));
+            dynasm!(self.ops
+                ; .arch x64
+                ; stmxcsr [r15 + MXCSR]
+                ; mov r11, QWORD host
+                ; ldmxcsr [r11]
+            );
+        }
         for (g, h) in self.regs.entries() {
             let (at_g, at_h) = (gpr_off(usize::from(g)), gpr_off(usize::from(h)));
             dynasm!(self.ops

@@ -88,12 +88,9 @@ pub struct JitCtx {
     /// map changes, drops the entries of a page INVLPG flushes, and removes an
     /// entry from every vCPU's when its fragment goes.
     pub jc: *mut JcEntry,
-    /// The host's MXCSR, saved by the enter stub and put back whenever host
-    /// code runs (fragments run under the guest's; see [`crate::emit`]).
+    /// The host's MXCSR, saved by the enter stub and put back by a unit that
+    /// ran under the guest's (see [`crate::emit`]).
     pub host_mxcsr: u32,
-    /// Where the stubs pass MXCSR values through memory (LDMXCSR and STMXCSR
-    /// take only a memory operand).
-    pub mxcsr_tmp: u32,
     /// `Machine::intr()` as of the fragment's entry or its last helper call
     /// (nothing else can change it while a fragment runs): an inline STI or
     /// POPF that sets IF while it is up ends the unit, as the interpreter's
@@ -114,7 +111,6 @@ impl Default for JitCtx {
             fills_ok: 0,
             jc: core::ptr::null_mut(),
             host_mxcsr: 0x1F80,
-            mxcsr_tmp: 0,
             intr: 0,
         }
     }
