@@ -136,32 +136,17 @@ pub struct Fetched {
 }
 
 /// Whether a unit whose last instruction is `last` needs no look from the run
-/// loop after it: `last` is not sensitive, or it is RDTSC, RDTSCP, CLI or PUSHF, which
-/// are in the sensitive table but can neither make an interrupt deliverable nor
-/// change what the run loop checks (the TSC counts retired instructions), or
-/// IN, OUT, STI or POPF, which end the unit with an event when they changed
-/// something the run loop checks (`Machine::port_attention`: a port access
-/// that did, an interrupt made deliverable, TF set). An STI that set the
-/// interrupt shadow as a unit's last instruction leaves it set, and the next
-/// unit runs its first instruction alone, as after any shadow.
+/// loop after it: `last` does not end units (`sensitive::ends_unit`: an
+/// ordinary instruction, or IN, OUT, CLI, STI, PUSHF or POPF, which end the
+/// unit with an event at run time when they changed something the run loop
+/// checks, `Machine::port_attention`), or it is RDTSC or RDTSCP, sensitive but
+/// unable to make an interrupt deliverable or change what the run loop checks
+/// (the TSC counts retired instructions). An STI that set the interrupt
+/// shadow as a unit's last instruction leaves it set, and the next unit runs
+/// its first instruction alone, as after any shadow.
 pub fn ends_plainly(last: &iced_x86::Instruction) -> bool {
     use iced_x86::Mnemonic as M;
-    !x86bt_decoder::sensitive::is_sensitive(last)
-        || matches!(
-            last.mnemonic(),
-            M::Rdtsc
-                | M::Rdtscp
-                | M::Cli
-                | M::Sti
-                | M::Pushf
-                | M::Pushfd
-                | M::Pushfq
-                | M::Popf
-                | M::Popfd
-                | M::Popfq
-                | M::In
-                | M::Out
-        )
+    !x86bt_decoder::sensitive::ends_unit(last) || matches!(last.mnemonic(), M::Rdtsc | M::Rdtscp)
 }
 
 /// Fetches the bytes at CS:IP (physical `phys`) and decodes one unit into `out`.

@@ -1316,12 +1316,7 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
         c => c,
     };
     host.set_code(code);
-    host.set_memory_base(Register::R10);
-    host.set_memory_index(Register::None);
-    host.set_memory_index_scale(1);
-    host.set_memory_displacement64(0);
-    host.set_memory_displ_size(0);
-    host.set_segment_prefix(Register::None);
+    operand_at_r10(&mut host);
     let bytes = high.wrap(&host)?;
     let mut flags = flags;
     if let Some(lo) = flags.szp_from.filter(|&r| high_bit(r).is_some()) {
@@ -1477,12 +1472,7 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
         }
     }
     if size != 0 {
-        host.set_memory_base(Register::R10);
-        host.set_memory_index(Register::None);
-        host.set_memory_index_scale(1);
-        host.set_memory_displacement64(0);
-        host.set_memory_displ_size(0);
-        host.set_segment_prefix(Register::None);
+        operand_at_r10(&mut host);
     }
     // A destination the instruction writes whole without reading needs no
     // load: the full-width moves, and MOVSS/MOVSD from memory (which clear
@@ -1615,6 +1605,17 @@ fn exception_free(m: Mnemonic) -> bool {
             | M::Insertps
             | M::Extractps
     ) || format!("{m:?}").starts_with('P')
+}
+
+/// Replaces the memory operand of `host` by `[r10]`, where the probe leaves
+/// the host address.
+fn operand_at_r10(host: &mut Instruction) {
+    host.set_memory_base(Register::R10);
+    host.set_memory_index(Register::None);
+    host.set_memory_index_scale(1);
+    host.set_memory_displacement64(0);
+    host.set_memory_displ_size(0);
+    host.set_segment_prefix(Register::None);
 }
 
 /// Host code computing a memory operand's offset into R10 (LEA or MOV, so host
