@@ -414,6 +414,14 @@ impl Rng {
     }
 }
 
+/// `img` as 32-bit code sees it: the upper halves of RAX/RCX/RDX cleared.
+pub fn gpr32(mut img: Image) -> Image {
+    for g in &mut img.gpr {
+        *g &= 0xFFFF_FFFF;
+    }
+    img
+}
+
 /// Checks `ins` against the host on `img`: the guest must not fault and must
 /// leave the same image. The host's upper halves of RAX/RCX/RDX are compared
 /// only as far as 32-bit code can see them.
@@ -421,20 +429,13 @@ pub fn check_against_host(ins: &Instruction, img: &Image) {
     let want = host_run(ins, img);
     let got =
         guest_run(ins, img).unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
-    let mut want32 = want;
-    for g in &mut want32.gpr {
-        *g &= 0xFFFF_FFFF;
-    }
-    let mut got32 = got;
-    for g in &mut got32.gpr {
-        *g &= 0xFFFF_FFFF;
-    }
-    assert_eq!(got32, want32, "{ins} on {img:x?}");
-    let mut jit32 = jit_run(ins, img, false);
-    for g in &mut jit32.gpr {
-        *g &= 0xFFFF_FFFF;
-    }
-    assert_eq!(jit32, want32, "{ins} under jit on {img:x?}");
+    let want32 = gpr32(want);
+    assert_eq!(gpr32(got), want32, "{ins} on {img:x?}");
+    assert_eq!(
+        gpr32(jit_run(ins, img, false)),
+        want32,
+        "{ins} under jit on {img:x?}"
+    );
 }
 
 /// Checks `ins` against the host in 64-bit mode: the guest must not fault and

@@ -418,12 +418,11 @@ impl UnitRegs {
 
 /// The register map of a unit ([`UnitRegs`]): empty for code that is not
 /// 64-bit.
-pub fn unit_regs(insns: &[Insn]) -> UnitRegs {
+pub fn unit_regs(insns: &[Insn], factory: &mut InstructionInfoFactory) -> UnitRegs {
     let mut out = UnitRegs::default();
     if !insns.first().is_some_and(|i| is_long(&i.ins)) {
         return out;
     }
-    let mut factory = InstructionInfoFactory::new();
     let (mut legacy, mut uses) = (0u8, [0u32; 8]);
     for insn in insns {
         for u in factory.info(&insn.ins).used_registers() {
@@ -461,24 +460,32 @@ thread_local! {
 /// Lowers every instruction of a unit (with no register map; see
 /// [`plan_unit`]).
 pub fn plan(insns: &[Insn]) -> Vec<Lowering> {
-    plan_with(insns, UnitRegs::default())
+    plan_with(
+        insns,
+        UnitRegs::default(),
+        &mut InstructionInfoFactory::new(),
+    )
 }
 
 /// Lowers every instruction of a unit under its register map
 /// ([`unit_regs`]), which the emitter then needs too.
 pub fn plan_unit(insns: &[Insn]) -> (Vec<Lowering>, UnitRegs) {
-    let regs = unit_regs(insns);
-    (plan_with(insns, regs), regs)
+    let mut factory = InstructionInfoFactory::new();
+    let regs = unit_regs(insns, &mut factory);
+    (plan_with(insns, regs, &mut factory), regs)
 }
 
-fn plan_with(insns: &[Insn], regs: UnitRegs) -> Vec<Lowering> {
-    let mut factory = InstructionInfoFactory::new();
+fn plan_with(
+    insns: &[Insn],
+    regs: UnitRegs,
+    factory: &mut InstructionInfoFactory,
+) -> Vec<Lowering> {
     let last = insns.len().saturating_sub(1);
     UNIT_REGS.set(regs);
     let mut lowerings: Vec<Lowering> = insns
         .iter()
         .enumerate()
-        .map(|(i, insn)| lower(insn, i == last, &mut factory))
+        .map(|(i, insn)| lower(insn, i == last, factory))
         .collect();
     UNIT_REGS.set(UnitRegs::default());
     // Instructions whose flags must not be observed go to the helper where
@@ -1547,64 +1554,12 @@ fn sse_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<SseOp> {
             div_check: false,
             stack32: false,
         },
-        float: !exception_free(ins.mnemonic()),
+        // The interpreter's floating-point family (arithmetic, comparisons,
+        // conversions) is what can raise a SIMD exception; moves, logic,
+        // shuffles, strings and the integer forms cannot.
+        float: x86bt_cpu::interp::sse::float::handler(ins).is_some(),
         align16: size == 16 && !unaligned_ok,
     })
-}
-
-/// SSE instructions that cannot raise a SIMD floating-point exception: the
-/// integer ones (every legacy SSE mnemonic that starts with P), the moves,
-/// the bitwise logic and the shuffles of float lanes. Every other SSE
-/// instruction is checked against MXCSR's masks before it runs inline.
-fn exception_free(m: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        m,
-        M::Movaps
-            | M::Movups
-            | M::Movapd
-            | M::Movupd
-            | M::Movdqa
-            | M::Movdqu
-            | M::Lddqu
-            | M::Movd
-            | M::Movq
-            | M::Movss
-            | M::Movsd
-            | M::Movhps
-            | M::Movlps
-            | M::Movhpd
-            | M::Movlpd
-            | M::Movhlps
-            | M::Movlhps
-            | M::Movntps
-            | M::Movntpd
-            | M::Movntdq
-            | M::Movntdqa
-            | M::Movmskps
-            | M::Movmskpd
-            | M::Movshdup
-            | M::Movsldup
-            | M::Movddup
-            | M::Andps
-            | M::Andnps
-            | M::Orps
-            | M::Xorps
-            | M::Andpd
-            | M::Andnpd
-            | M::Orpd
-            | M::Xorpd
-            | M::Shufps
-            | M::Shufpd
-            | M::Unpcklps
-            | M::Unpckhps
-            | M::Unpcklpd
-            | M::Unpckhpd
-            | M::Blendps
-            | M::Blendpd
-            | M::Insertps
-            | M::Extractps
-    ) || format!("{m:?}").starts_with('P')
 }
 
 /// Replaces the memory operand of `host` by `[r10]`, where the probe leaves
