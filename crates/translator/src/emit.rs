@@ -30,7 +30,12 @@
 //!   RFLAGS positions plus 8) and bit 0 is OF, as SETO leaves it
 //!   ([`lahf_layout`]). LAHF + SETO capture the host flags in a few cheap
 //!   instructions and `ADD AL, 0x7F` + SAHF restore them, where PUSHFQ and
-//!   POPFQ are microcoded and slow;
+//!   POPFQ are microcoded and slow (PUSHFQ + POP measured 2-3 times as slow
+//!   as LAHF + SETO in a loop on the AMD EPYC host). Bits 1..=7 are always
+//!   clear; the other bits outside the layout (bit 9, 11, 13, and 16 up) are
+//!   not defined, as an instruction that writes every flag exactly
+//!   ([`FlagSpec::whole`]) is captured straight into R14, upper bits of guest
+//!   RAX and LAHF's reserved bit included, so every reader masks them off;
 //! - R12 holds `JitCtx::tlb_base`, the fast-TLB entries of the current
 //!   privilege (set by the enter stub, restored by the helper stub), so the
 //!   memory probe indexes them directly;
@@ -388,6 +393,7 @@ fn flags_to_mem<A: CodeSink>(ops: &mut A) {
         ; .arch x64
         ; mov r10d, r14d
         ; shr r10d, 8
+        ; and r10d, 0xD5
         ; mov r11d, r14d
         ; and r11d, 1
         ; shl r11d, 11
@@ -749,6 +755,19 @@ impl<A: CodeSink> Emitter<'_, A> {
         );
     }
 
+    /// Host flags into R14, in LAHF layout, whole (keeps host flags and guest
+    /// RAX). Bits 1..=7 are left clear and bits 16..=63 hold guest RAX's:
+    /// every reader of R14 masks them off.
+    fn capture_into_r14(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov r14, rax
+            ; lahf
+            ; seto al
+            ; xchg rax, r14
+        );
+    }
+
     /// Adds `n` retired instructions to R13 (keeps host flags).
     fn advance(&mut self, n: u64) {
         if n != 0 {
@@ -968,6 +987,13 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         self.host_valid = (self.host_valid & !f.written) | f.defined;
         if !capture {
+            return;
+        }
+        if f.whole() {
+            // No capture is pending (the instruction overwrote it), and this
+            // one replaces every flag: straight into R14.
+            debug_assert!(self.pending.is_none());
+            self.capture_into_r14();
             return;
         }
         self.capture_flags();

@@ -123,6 +123,17 @@ impl FlagSpec {
         self.count_fix.is_some() && !self.only_if_dead
     }
 
+    /// Whether a capture of these flags replaces R14 whole: every arithmetic
+    /// flag written, each as the interpreter computes it, with no fix-up. LAHF
+    /// and SETO then go straight into R14, with no merge (see `emit`).
+    pub fn whole(&self) -> bool {
+        self.written == ARITH
+            && self.defined == ARITH
+            && !self.of_from_sf_cf
+            && self.szp_from.is_none()
+            && !self.count_fixed()
+    }
+
     /// The exact form of a [`CountFix`] candidate: by CL it reads the flags
     /// it writes (a zero count keeps them), and the host computes all of them
     /// but AF and OF as the interpreter does.
@@ -673,7 +684,8 @@ fn flag_reloads(lowerings: &[Lowering], caps: &[bool]) -> Vec<(usize, u64)> {
         if f.written != 0 {
             valid = (valid & !f.written) | f.defined;
             if caps[i] {
-                pending = Some(f.written);
+                // A whole capture goes straight into R14: nothing to merge.
+                pending = (!f.whole()).then_some(f.written);
                 if f.szp_from.is_some() || f.count_fixed() {
                     // The capture's TEST (and the fix-up's) leaves host EFLAGS
                     // untrusted.

@@ -183,3 +183,33 @@ fn golden_crc_loop64_maps_r15() {
     });
     check("crc_loop64", Bitness::B64, &code);
 }
+
+#[test]
+fn golden_strlen_loop64() {
+    // 64-bit: the strlen kernel's byte loop as GCC compiles it. ADD's flags are
+    // overwritten by CMP, but a fault in CMP's load must see them: they are
+    // live only on the slow path.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(rax, 1)?;
+        a.cmp(byte_ptr(rax), 0)?;
+        a.jne(top)
+    });
+    check("strlen_loop64", Bitness::B64, &code);
+}
+
+#[test]
+fn golden_memcpy_loop64() {
+    // 64-bit: the memcpy kernel's dword loop: a load and a store per trip.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(edx, dword_ptr(rax + 0x115200))?;
+        a.add(rax, 4)?;
+        a.mov(dword_ptr(rax + 0x11f11c), edx)?;
+        a.cmp(rax, 0x4000)?;
+        a.jne(top)
+    });
+    check("memcpy_loop64", Bitness::B64, &code);
+}
