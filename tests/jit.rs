@@ -971,3 +971,65 @@ fn flag_instructions_go_on_inside_their_unit() {
         );
     }
 }
+
+/// Self-loops whose closing CMP leaves its flags to the Jcc alone: the
+/// translator captures them only on the loop's ways out, running the CMP again
+/// where the instruction budget stops the loop (`Emitter::defers_capture`).
+/// Stopped by the budget at many points inside each loop, the translator's
+/// registers, flags, RIP and count must be the interpreter's. The loops: a
+/// byte scan whose CMP reads memory (its flags differ from byte to byte), and
+/// a counter whose CMP compares registers (a JB, which reads CF).
+#[test]
+fn self_loops_stopped_by_the_budget_leave_the_loops_flags() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut scan = a.create_label();
+    let mut count = a.create_label();
+    a.mov(eax, 0x1_FFFFu32).unwrap();
+    a.set_label(&mut scan).unwrap();
+    a.add(eax, 1).unwrap();
+    a.cmp(byte_ptr(eax), 0x80).unwrap();
+    a.jne(scan).unwrap();
+    a.mov(ecx, 3u32).unwrap();
+    a.mov(ebx, 40_000u32).unwrap();
+    a.set_label(&mut count).unwrap();
+    a.add(ecx, 7).unwrap();
+    a.mov(edx, ecx).unwrap();
+    a.cmp(edx, ebx).unwrap();
+    a.jb(count).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assembles");
+    // 3000 bytes that are not 0x80, of every sign and size, then 0x80.
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut data: Vec<u8> = (0..3000)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            match (s >> 24) as u8 {
+                0x80 => 0x7F,
+                b => b,
+            }
+        })
+        .collect();
+    data.push(0x80);
+    let scan_insns = 3 * 3000;
+    let state = |engine, budget: u64| {
+        let mut vm = flat32(&code, engine);
+        vm.machine
+            .mem
+            .load(GuestPhys(0x2_0000), &data)
+            .expect("data fits");
+        let out = vm.run(budget);
+        (out, vm.cpu.gpr, vm.cpu.rflags, vm.cpu.rip, vm.cpu.icount)
+    };
+    let mut stops = 0;
+    for budget in (5..scan_insns + 3 * 6000).step_by(997).chain(3..40) {
+        let want = state(Engine::Interp, budget);
+        assert_eq!(want.0, RunOutcome::InstructionLimit, "budget {budget}");
+        let got = state(Engine::Jit, budget);
+        assert_eq!(got, want, "budget {budget}: jit (left) against interp");
+        stops += 1;
+    }
+    assert!(stops > 40);
+}

@@ -251,6 +251,11 @@ pub struct UnitPlan<'a> {
     pub lowerings: &'a [Lowering],
     /// Whether each instruction's flags are captured (see [`crate::plan::captures`]).
     pub captures: &'a [bool],
+    /// The flags live at the unit's start ([`crate::plan::flag_plan`]).
+    pub entry_live: u64,
+    /// Per instruction, whether it can run again harmlessly
+    /// ([`crate::plan::reruns`]).
+    pub reruns: &'a [bool],
     /// Length in bytes of each instruction.
     pub lens: &'a [u8],
     /// Helper kind passed to the helper, per instruction.
@@ -329,6 +334,12 @@ struct Emitter<'a, A: CodeSink> {
     host_valid: u64,
     /// Flags captured in R9 and not yet merged into R14.
     pending: Option<FlagSpec>,
+    /// The flags of the instruction before the unit's closing Jcc, left in
+    /// host EFLAGS uncaptured ([`Emitter::defers_capture`]): its code (to run
+    /// again where they are needed after host EFLAGS are gone), its flags,
+    /// and whether it is a memory access (whose host address R10 still holds,
+    /// or zero after the helper ran it, which left them exact in R14).
+    deferred: Option<(Vec<u8>, FlagSpec, bool)>,
     /// Inline instructions retired since R13 was last advanced.
     insn_delta: u64,
     /// Offset of the current instruction from the unit's start.
@@ -371,6 +382,9 @@ struct SlowPath {
     size_write: u32,
     /// The instruction reads or writes flags: host EFLAGS must hold them after.
     flags: bool,
+    /// After the helper, R10 is zeroed: the instruction's capture was
+    /// deferred, and R14 now holds its flags (see `Emitter::deferred`).
+    zero_r10: bool,
 }
 
 /// Stores every guest register into `CpuState`.
@@ -589,6 +603,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         end_code: if unit.event_end { EXIT_EVENT } else { EXIT_END },
         host_valid: 0,
         pending: None,
+        deferred: None,
         insn_delta: 0,
         unit_off: 0,
         exact: false,
@@ -608,14 +623,21 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         if unit.shadow_clear[i] {
             dynasm!(e.ops ; .arch x64 ; mov BYTE [r15 + INT_SHADOW], 0);
         }
+        let defer = e.defers_capture(unit, i);
         match l {
             Lowering::Ident(x) => {
-                e.ident(x, unit.captures[i]);
+                e.ident(x, unit.captures[i] && !defer);
                 e.insn_delta += 1;
+                if defer {
+                    e.deferred = Some((x.bytes.clone(), x.flags, false));
+                }
             }
             Lowering::Mem(x) => {
-                e.mem(i, x, unit.captures[i], unit.kinds[i]);
+                e.mem(i, x, unit.captures[i] && !defer, unit.kinds[i], defer);
                 e.insn_delta += 1;
+                if defer {
+                    e.deferred = Some((x.op.bytes.clone(), x.op.flags, true));
+                }
             }
             Lowering::Helper(_) => {
                 e.helper(i, unit.kinds[i]);
@@ -1029,11 +1051,12 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// An inline memory instruction: offset, segment limit and type, fast-TLB
     /// probe, then the instruction on the host address in R10. Any check that
     /// fails goes out of line ([`SlowPath`]).
-    fn mem(&mut self, i: usize, x: &MemOp, capture: bool, kind: u8) {
+    fn mem(&mut self, i: usize, x: &MemOp, capture: bool, kind: u8, defer: bool) {
         let f = x.op.flags;
         self.settle_flags();
         self.host_valid = 0;
         let mut p = self.slow_path_here(i, kind, true, f.read | f.written != 0);
+        p.zero_r10 = defer;
         if x.df_clear {
             let df = flags::DF as i32;
             dynasm!(self.ops
@@ -1380,6 +1403,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             insn_delta: self.insn_delta,
             size_write: 0,
             flags,
+            zero_r10: false,
         }
     }
 
@@ -1521,6 +1545,9 @@ impl<A: CodeSink> Emitter<'_, A> {
         };
         let back = -((p.insn_delta + 1) as i32);
         dynasm!(self.ops ; .arch x64 ; lea r13, [r13 + back]);
+        if p.zero_r10 {
+            dynasm!(self.ops ; .arch x64 ; xor r10d, r10d);
+        }
         if p.flags {
             // Host EFLAGS and a capture in R9 both as the inline path leaves them.
             self.load_flags();
@@ -1542,15 +1569,21 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.load_flags();
             }
             let (pending, delta) = (self.pending, self.insn_delta);
+            let deferred = self.deferred.clone();
             jump_if(self.ops, cc, taken);
             // Not taken: on to the next instruction. The taken side below
             // starts from the same state: the not-taken side's count and
             // flag capture belong to that path only (random ROM seed 8830:
             // a taken Jcc to a target past the CS limit called the helper
             // with the preceding instructions uncounted).
+            if let Some((_, f, _)) = self.deferred.take() {
+                // Host EFLAGS still hold the deferred flags.
+                self.after_flags(f, true);
+            }
             self.settle_flags();
             self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
             (self.pending, self.insn_delta) = (pending, delta);
+            self.deferred = deferred;
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();
@@ -1603,6 +1636,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             let (out, mapped) = (self.ops.new_label(), self.mapped);
             self.advance_and_check(n, out);
             dynasm!(self.ops ; .arch x64 ; jmp =>mapped ; =>out);
+            self.rerun_deferred();
             self.epilogue();
         } else if self.chain && self.target_ok(target) {
             let out = self.ops.new_label();
@@ -1652,6 +1686,71 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         let code = self.end_code;
         self.leave_unmapped(target, code);
+    }
+
+    /// Whether instruction `i` leaves its flags in host EFLAGS uncaptured
+    /// ([`Emitter::deferred`]): they would be captured only for the unit's
+    /// closing Jcc, which follows, and its taken side goes back to the unit's
+    /// start, where no flag is live ([`UnitPlan::entry_live`]), so only the
+    /// ways out need them. The not-taken side captures them from host EFLAGS
+    /// after the Jcc; the taken side's way out when the budget has run out
+    /// (its check clobbers host EFLAGS) runs the instruction again, a CMP or
+    /// TEST, and captures then. A loop such as `add rax, 1; cmp byte [rax],
+    /// 0; jne` then captures nothing per trip for its branch.
+    fn defers_capture(&self, unit: &UnitPlan<'_>, i: usize) -> bool {
+        if !(self.chain && unit.captures[i] && unit.reruns[i] && unit.entry_live == 0)
+            || i + 2 != unit.lowerings.len()
+        {
+            return false;
+        }
+        let Lowering::Branch(b) = &unit.lowerings[i + 1] else {
+            return false;
+        };
+        let Some(cc) = b.cc else {
+            return false;
+        };
+        let f = match &unit.lowerings[i] {
+            Lowering::Ident(x) => x.flags,
+            Lowering::Mem(m) if !m.write && m.esp_delta == 0 && !m.df_clear && !m.div_check => {
+                m.op.flags
+            }
+            _ => return false,
+        };
+        if f.read != 0 || f.only_if_dead || f.count_fixed() || cond_flags(cc) & !f.defined != 0 {
+            return false;
+        }
+        let off: u64 = unit.lens[..=i].iter().map(|&l| u64::from(l)).sum();
+        let here = self.rip.wrapping_add(off);
+        let mask = match b.size {
+            2 => 0xFFFF,
+            4 => 0xFFFF_FFFF,
+            _ => u64::MAX,
+        };
+        let len = u64::from(unit.lens[i + 1]);
+        let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
+        target == self.rip && target != here && self.target_ok(target)
+    }
+
+    /// On the self-loop's way out ([`Emitter::defers_capture`]): the deferred
+    /// instruction run again and its flags captured and settled into R14,
+    /// unless it was a memory access the helper ran (R10 zero), which left
+    /// R14 exact (clobbers host flags, R9 and R11).
+    fn rerun_deferred(&mut self) {
+        let Some((bytes, f, mem)) = self.deferred.take() else {
+            return;
+        };
+        let done = self.ops.new_label();
+        if mem {
+            dynasm!(self.ops
+                ; .arch x64
+                ; test r10, r10
+                ; jz =>done
+            );
+        }
+        self.ops.extend(bytes.iter().copied());
+        self.after_flags(f, true);
+        self.settle_flags();
+        dynasm!(self.ops ; .arch x64 ; =>done);
     }
 
     /// Adds `n` retired instructions to R13 and goes to `out` unless icount is

@@ -594,7 +594,8 @@ impl Translator {
             self.install(m, s, unit);
             return Ok(());
         }
-        let captures = plan::captures(&lowerings);
+        let (captures, entry_live) = plan::flag_plan(&lowerings);
+        let reruns = plan::reruns(&insns);
         let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
         let kinds = plan::helper_kinds(&lowerings);
         let ptrs: Vec<u64> = insns.iter().map(|i| i as *const Insn as u64).collect();
@@ -635,6 +636,8 @@ impl Translator {
                 &UnitPlan {
                     lowerings: &lowerings,
                     captures: &captures,
+                    entry_live,
+                    reruns: &reruns,
                     lens: &lens,
                     kinds: &kinds,
                     chain,

@@ -56,7 +56,8 @@ pub fn listing(bitness: Bitness, code: &[u8]) -> String {
 /// The listing of prepared instructions `insns` of a `bits`-bit unit.
 pub fn render(bits: u32, insns: &[Insn]) -> String {
     let (lowerings, regs) = plan::plan_unit(insns);
-    let captures = plan::captures(&lowerings);
+    let (captures, entry_live) = plan::flag_plan(&lowerings);
+    let reruns = plan::reruns(insns);
     let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
     let kinds = plan::helper_kinds(&lowerings);
     let ptrs: Vec<u64> = (0..insns.len() as u64)
@@ -68,6 +69,8 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
         &UnitPlan {
             lowerings: &lowerings,
             captures: &captures,
+            entry_live,
+            reruns: &reruns,
             lens: &lens,
             kinds: &kinds,
             chain: plan::may_chain(&lowerings) && !plan::seg_writes(insns).contains(&true),

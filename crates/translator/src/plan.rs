@@ -581,9 +581,16 @@ pub fn helper_kinds(lowerings: &[Lowering]) -> Vec<u8> {
 /// together: [`flag_reloads`] replays the emitter's bookkeeping, and every reload
 /// it finds becomes a demand for exact flags, until nothing changes.
 pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
+    flag_plan(lowerings).0
+}
+
+/// [`captures`], and the flags live where the unit starts: those some path
+/// from there needs exact (at a way out, a helper, a memory access or a
+/// reload) before an instruction of the unit writes them.
+pub fn flag_plan(lowerings: &[Lowering]) -> (Vec<bool>, u64) {
     let mut demand = vec![0u64; lowerings.len()];
     loop {
-        let caps = captures_for(lowerings, &demand);
+        let (caps, entry_live) = captures_for(lowerings, &demand);
         let mut changed = false;
         for (i, f) in flag_reloads(lowerings, &caps) {
             if demand[i] & f != f {
@@ -592,14 +599,15 @@ pub fn captures(lowerings: &[Lowering]) -> Vec<bool> {
             }
         }
         if !changed {
-            return caps;
+            return (caps, entry_live);
         }
     }
 }
 
 /// Backward liveness of exact flags, with `demand[i]` the flags instruction `i`
-/// needs exact in `CpuState` besides what its kind implies.
-fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
+/// needs exact in `CpuState` besides what its kind implies; and the flags live
+/// at the unit's start.
+fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> (Vec<bool>, u64) {
     let mut live = ARITH;
     let mut out = vec![false; lowerings.len()];
     for (i, l) in lowerings.iter().enumerate().rev() {
@@ -619,7 +627,18 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> Vec<bool> {
             | Lowering::Flags(_) => ARITH,
         };
     }
-    out
+    (out, live)
+}
+
+/// Per instruction, whether running it again leaves everything but host
+/// EFLAGS as it was: CMP and TEST, which write no register and no memory.
+/// The emitter may then capture their flags on a way out only, running the
+/// instruction again there (`emit::Emitter::defers_capture`).
+pub fn reruns(insns: &[Insn]) -> Vec<bool> {
+    insns
+        .iter()
+        .map(|i| matches!(i.ins.mnemonic(), Mnemonic::Cmp | Mnemonic::Test))
+        .collect()
 }
 
 /// The instructions at which the emitter reloads host EFLAGS from `CpuState`,
