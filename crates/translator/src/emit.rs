@@ -88,8 +88,8 @@
 #![allow(clippy::useless_conversion)]
 
 use crate::plan::{
-    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, SseOp,
-    UnitRegs, Xfer, XferTarget, GUEST_TO_HOST,
+    cond_flags, Branch, CountFix, CountOp, FlagSpec, FlagsOp, Ident, Lowering, MemOp, Remat,
+    RematSrc, SseOp, UnitRegs, Xfer, XferTarget, GUEST_TO_HOST,
 };
 use crate::runtime::{jc_index, JcEntry, JitCtx, JC_SIZE};
 use core::mem::{offset_of, size_of};
@@ -256,6 +256,9 @@ pub struct UnitPlan<'a> {
     /// Per instruction, whether it can run again harmlessly
     /// ([`crate::plan::reruns`]).
     pub reruns: &'a [bool],
+    /// Per instruction, how its flags are computed again where its capture
+    /// is left out ([`crate::plan::remats`]).
+    pub remats: &'a [Option<Remat>],
     /// Length in bytes of each instruction.
     pub lens: &'a [u8],
     /// Helper kind passed to the helper, per instruction.
@@ -340,6 +343,10 @@ struct Emitter<'a, A: CodeSink> {
     /// and whether it is a memory access (whose host address R10 still holds,
     /// or zero after the helper ran it, which left them exact in R14).
     deferred: Option<(Vec<u8>, FlagSpec, bool)>,
+    /// The flags of an earlier instruction, not captured, that the
+    /// out-of-line paths of the memory accesses after it compute again
+    /// ([`crate::plan::remats`]): how, its code, its flags.
+    remat: Option<Pending>,
     /// Inline instructions retired since R13 was last advanced.
     insn_delta: u64,
     /// Offset of the current instruction from the unit's start.
@@ -385,7 +392,12 @@ struct SlowPath {
     /// After the helper, R10 is zeroed: the instruction's capture was
     /// deferred, and R14 now holds its flags (see `Emitter::deferred`).
     zero_r10: bool,
+    /// Flags to compute again into R14 first (`Emitter::remat`).
+    remat: Option<Pending>,
 }
+
+/// A [`Remat`] with the code and flags of its instruction.
+type Pending = (Remat, Vec<u8>, FlagSpec);
 
 /// Stores every guest register into `CpuState`.
 fn store_all<A: CodeSink>(ops: &mut A) {
@@ -604,6 +616,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         host_valid: 0,
         pending: None,
         deferred: None,
+        remat: None,
         insn_delta: 0,
         unit_off: 0,
         exact: false,
@@ -626,10 +639,14 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         let defer = e.defers_capture(unit, i);
         match l {
             Lowering::Ident(x) => {
-                e.ident(x, unit.captures[i] && !defer);
+                let remat = unit.remats[i].filter(|_| !defer);
+                e.ident(x, unit.captures[i] && !defer && remat.is_none());
                 e.insn_delta += 1;
                 if defer {
                     e.deferred = Some((x.bytes.clone(), x.flags, false));
+                }
+                if let Some(r) = remat {
+                    e.remat = Some((r, x.bytes.clone(), x.flags));
                 }
             }
             Lowering::Mem(x) => {
@@ -906,6 +923,10 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     fn ident(&mut self, x: &Ident, capture: bool) {
         let f = x.flags;
+        if f.written != 0 {
+            // The flags a recomputation gives are overwritten here.
+            self.remat = None;
+        }
         if f.only_if_dead || f.count_fixed() {
             self.settle_flags();
         } else if f.written != 0 {
@@ -1110,6 +1131,9 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         self.after_flags(f, capture);
         self.rejoin_here(p);
+        if f.written != 0 {
+            self.remat = None;
+        }
     }
 
     /// ESP (RSP in 64-bit code) += `delta`, host flags kept.
@@ -1404,6 +1428,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             size_write: 0,
             flags,
             zero_r10: false,
+            remat: self.remat.clone(),
         }
     }
 
@@ -1524,7 +1549,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             // A fast-TLB miss: fill, and retry on success (the stub keeps every
             // guest register; R13 and R14 are callee-saved, and no capture is
-            // pending: flags are settled before the probe).
+            // pending: flags are settled before the probe, or computed again
+            // here, after the code-byte check above, which needs R9 and R11).
+            self.remat_flags(&p.remat);
             dynasm!(self.ops
                 ; .arch x64
                 ; mov r11d, size_write
@@ -1537,6 +1564,7 @@ impl<A: CodeSink> Emitter<'_, A> {
         // fragment ends, or the inline code goes on from the state the helper
         // left, with R13 put back as the inline code counts.
         dynasm!(self.ops ; .arch x64 ; =>p.full);
+        self.remat_flags(&p.remat);
         self.call_helper(p.i, p.kind, p.unit_off, p.insn_delta);
         let Some(after) = p.after else {
             let (ret, code) = (self.ext.stubs.ret, self.end_code as i32);
@@ -1554,6 +1582,68 @@ impl<A: CodeSink> Emitter<'_, A> {
             dynasm!(self.ops ; .arch x64 ; mov r9, r14);
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>after);
+    }
+
+    /// On an out-of-line path: the flags of [`Emitter::remat`] computed again
+    /// and made R14 (clobbers host flags, R9 and R11; keeps guest registers).
+    fn remat_flags(&mut self, r: &Option<Pending>) {
+        let Some((how, code, f)) = r else {
+            return;
+        };
+        match *how {
+            Remat::Rerun => self.ops.extend(code.iter().copied()),
+            Remat::Inverse {
+                sub,
+                reg,
+                bits,
+                src,
+            } => {
+                dynasm!(self.ops ; .arch x64 ; mov r11, Rq(reg));
+                match (sub, bits, src) {
+                    (false, 32, RematSrc::Imm(v)) => {
+                        dynasm!(self.ops ; .arch x64 ; sub r11d, v ; add r11d, v)
+                    }
+                    (false, _, RematSrc::Imm(v)) => {
+                        dynasm!(self.ops ; .arch x64 ; sub r11, v ; add r11, v)
+                    }
+                    (false, 32, RematSrc::Reg(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; sub r11d, Rd(s) ; add r11d, Rd(s))
+                    }
+                    (false, _, RematSrc::Reg(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; sub r11, Rq(s) ; add r11, Rq(s))
+                    }
+                    (true, 32, RematSrc::Imm(v)) => {
+                        dynasm!(self.ops ; .arch x64 ; add r11d, v ; sub r11d, v)
+                    }
+                    (true, _, RematSrc::Imm(v)) => {
+                        dynasm!(self.ops ; .arch x64 ; add r11, v ; sub r11, v)
+                    }
+                    (true, 32, RematSrc::Reg(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; add r11d, Rd(s) ; sub r11d, Rd(s))
+                    }
+                    (true, _, RematSrc::Reg(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; add r11, Rq(s) ; sub r11, Rq(s))
+                    }
+                }
+            }
+            Remat::Result { reg, bits } => match bits {
+                16 => dynasm!(self.ops ; .arch x64 ; test Rw(reg), Rw(reg)),
+                32 => dynasm!(self.ops ; .arch x64 ; test Rd(reg), Rd(reg)),
+                _ => dynasm!(self.ops ; .arch x64 ; test Rq(reg), Rq(reg)),
+            },
+        }
+        if f.whole() {
+            self.capture_into_r14();
+        } else {
+            // Every flag written (`plan::remats`): R14 is replaced.
+            let defined = lahf_layout(f.defined) as i32;
+            self.capture_flags();
+            dynasm!(self.ops
+                ; .arch x64
+                ; and r9d, defined
+                ; mov r14d, r9d
+            );
+        }
     }
 
     /// A relative JMP/Jcc ending the unit: RIP = target (masked to the operand

@@ -595,6 +595,7 @@ impl Translator {
             return Ok(());
         }
         let (captures, entry_live) = plan::flag_plan(&lowerings);
+        let remats = plan::remats(&insns, &lowerings, &captures);
         let reruns = plan::reruns(&insns);
         let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
         let kinds = plan::helper_kinds(&lowerings);
@@ -638,6 +639,7 @@ impl Translator {
                     captures: &captures,
                     entry_live,
                     reruns: &reruns,
+                    remats: &remats,
                     lens: &lens,
                     kinds: &kinds,
                     chain,

@@ -57,6 +57,7 @@ pub fn listing(bitness: Bitness, code: &[u8]) -> String {
 pub fn render(bits: u32, insns: &[Insn]) -> String {
     let (lowerings, regs) = plan::plan_unit(insns);
     let (captures, entry_live) = plan::flag_plan(&lowerings);
+    let remats = plan::remats(insns, &lowerings, &captures);
     let reruns = plan::reruns(insns);
     let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
     let kinds = plan::helper_kinds(&lowerings);
@@ -71,6 +72,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             captures: &captures,
             entry_live,
             reruns: &reruns,
+            remats: &remats,
             lens: &lens,
             kinds: &kinds,
             chain: plan::may_chain(&lowerings) && !plan::seg_writes(insns).contains(&true),

@@ -630,6 +630,153 @@ fn captures_for(lowerings: &[Lowering], demand: &[u64]) -> (Vec<bool>, u64) {
     (out, live)
 }
 
+/// How the emitter computes again the flags of an instruction whose capture
+/// it leaves out ([`remats`]), on the out-of-line paths of the memory accesses
+/// that follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remat {
+    /// Its own host code again: CMP and TEST write nothing but flags.
+    Rerun,
+    /// ADD or SUB, whose destination register holds the result: the value
+    /// before it is taken back into R11 and the operation done again there.
+    Inverse {
+        /// SUB (else ADD).
+        sub: bool,
+        /// The destination's host register.
+        reg: u8,
+        /// The operand size: 32 or 64.
+        bits: u8,
+        /// The second operand.
+        src: RematSrc,
+    },
+    /// AND, OR, XOR: their flags are TEST's of the result, AF aside, which
+    /// they leave undefined.
+    Result {
+        /// The destination's host register.
+        reg: u8,
+        /// The operand size: 16, 32 or 64.
+        bits: u8,
+    },
+}
+
+/// The second operand of a [`Remat::Inverse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RematSrc {
+    /// A sign-extended immediate.
+    Imm(i32),
+    /// A host register.
+    Reg(u8),
+}
+
+/// Per instruction, how its flags can be computed again where they are
+/// needed, so that the emitter need not capture them ([`Remat`]): for an
+/// instruction whose flags are captured only because memory accesses follow
+/// it (whose out-of-line paths, a TLB fill or the helper, need exact flags),
+/// before an instruction that writes every flag. Nothing in between reads
+/// flags, writes some but not all, or writes a register the recomputation
+/// reads; and it is all inline register and memory instructions. ADD, SUB,
+/// CMP, TEST, AND, OR and XOR of legacy registers and immediates qualify: the
+/// `add rax, 4` before a store of a copy loop, the `add eax, ecx` before the
+/// sieve's store.
+pub fn remats(insns: &[Insn], lowerings: &[Lowering], caps: &[bool]) -> Vec<Option<Remat>> {
+    (0..lowerings.len())
+        .map(|i| remat_at(insns, lowerings, caps, i))
+        .collect()
+}
+
+fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> Option<Remat> {
+    let Lowering::Ident(x) = &lowerings[i] else {
+        return None;
+    };
+    let f = x.flags;
+    if !caps[i]
+        || f.read != 0
+        || f.written != ARITH
+        || f.only_if_dead
+        || f.count_fixed()
+        || f.szp_from.is_some()
+        || f.of_from_sf_cf
+    {
+        return None;
+    }
+    let ins = &insns[i].ins;
+    if ins.op_count() != 2 || ins.op0_kind() != OpKind::Register {
+        return None;
+    }
+    let r0 = ins.op0_register();
+    let bits = (r0.size() * 8) as u8;
+    let b0 = gpr_bit(r0)?;
+    if !matches!(bits, 16 | 32 | 64) {
+        return None;
+    }
+    let h0 = GUEST_TO_HOST[gpr_index(r0) as usize];
+    let (src, b1) = match ins.op1_kind() {
+        OpKind::Register => {
+            let r1 = ins.op1_register();
+            let b1 = gpr_bit(r1)?;
+            if r1.size() != r0.size() {
+                return None;
+            }
+            (RematSrc::Reg(GUEST_TO_HOST[gpr_index(r1) as usize]), b1)
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => (RematSrc::Imm(ins.immediate(1) as i32), 0),
+        _ => return None,
+    };
+    let (remat, inputs) = match ins.mnemonic() {
+        Mnemonic::Cmp | Mnemonic::Test => (Remat::Rerun, x.uses),
+        Mnemonic::Add | Mnemonic::Sub if bits >= 32 && b1 != b0 => (
+            Remat::Inverse {
+                sub: ins.mnemonic() == Mnemonic::Sub,
+                reg: h0,
+                bits,
+                src,
+            },
+            b0 | b1,
+        ),
+        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor => (Remat::Result { reg: h0, bits }, b0),
+        _ => return None,
+    };
+    let mut any_mem = false;
+    for l in &lowerings[i + 1..] {
+        match l {
+            Lowering::Ident(y) => {
+                let g = y.flags;
+                if g.read != 0 || g.only_if_dead && g.written != 0 {
+                    return None;
+                }
+                if g.written != 0 {
+                    return (g.written == ARITH && any_mem).then_some(remat);
+                }
+                if y.writes & inputs != 0 {
+                    return None;
+                }
+            }
+            Lowering::Mem(m) => {
+                let g = m.op.flags;
+                if g.read != 0 || g.only_if_dead && g.written != 0 {
+                    return None;
+                }
+                any_mem = true;
+                if g.written != 0 {
+                    // Its own access is the last that needs them.
+                    return (g.written == ARITH).then_some(remat);
+                }
+                if m.op.writes & inputs != 0 {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Per instruction, whether running it again leaves everything but host
 /// EFLAGS as it was: CMP and TEST, which write no register and no memory.
 /// The emitter may then capture their flags on a way out only, running the
