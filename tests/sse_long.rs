@@ -416,6 +416,13 @@ mod host {
         ];
         for &(code, imm, dst, src, csr) in cases {
             let with_imm = matches!(code, C::Dpps_xmm_xmmm128_imm8 | C::Dppd_xmm_xmmm128_imm8);
+            if with_imm && host_is_amd() {
+                // Which NaN DPPS/DPPD's sum gives is the implementation's, and
+                // AMD's differs from the SDM's order the guest follows (see
+                // sse_float's dot_product_random_imm8_matches_host): these
+                // cases have their oracle on Intel hosts only.
+                continue;
+            }
             for from_mem in [false, true] {
                 let mut ops = vec![X(1), if from_mem { M } else { X(2) }];
                 if with_imm {

@@ -527,3 +527,13 @@ fn mm_reg(n: u8) -> Register {
         Register::MM7,
     ][usize::from(n & 7)]
 }
+
+/// Whether the host is an AMD CPU (CPUID vendor "AuthenticAMD"), whose
+/// implementation choices differ from the guest's Intel-like ones in places
+/// the SDM leaves open (FXSAVE's x87 pointers, DPPS's NaN choice).
+#[cfg(target_arch = "x86_64")]
+#[allow(dead_code)]
+pub fn host_is_amd() -> bool {
+    let r = std::arch::x86_64::__cpuid(0);
+    (r.ebx, r.edx, r.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163)
+}
