@@ -66,6 +66,9 @@ pub struct Interpreter {
     pub stats: CacheStats,
     /// Run one instruction per unit (differential testing, debugging).
     pub single_step: bool,
+    /// The chain horizon ([`Engine::set_budget`]): units follow each other
+    /// inside [`Engine::run_unit`] while `icount` is below it.
+    budget: u64,
 }
 
 impl Default for Interpreter {
@@ -93,7 +96,23 @@ pub enum Step {
 /// helper path runs instructions through here too, so both engines share it.
 #[inline(always)]
 pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
-    cpu.next_rip = next_ip(cpu.rip, insn);
+    let ip_mask = match insn.ins.code_size() {
+        iced_x86::CodeSize::Code16 => 0xFFFF,
+        iced_x86::CodeSize::Code32 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
+    exec_in_unit(cpu, m, insn, ip_mask)
+}
+
+/// [`exec_one`] inside the interpreter's own unit loop, with the unit's IP
+/// mask ([`CpuMode::ip_mask`]) known once for all its instructions.
+#[inline(always)]
+fn exec_in_unit(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, ip_mask: u64) -> Step {
+    debug_assert_eq!(
+        cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask,
+        next_ip(cpu.rip, insn)
+    );
+    cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask;
     match (insn.exec)(cpu, m, insn) {
         Ok(()) => {
             let restart = cpu.next_rip == cpu.rip;
@@ -141,6 +160,7 @@ impl Interpreter {
             scratch: DecodedUnit::default(),
             stats: CacheStats::default(),
             single_step: false,
+            budget: 0,
         }
     }
 
@@ -212,9 +232,10 @@ impl Interpreter {
     }
 }
 
-impl Engine for Interpreter {
-    /// Exceptions are delivered to the guest here.
-    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+impl Interpreter {
+    /// Runs the unit at CS:IP: [`Engine::run_unit`] without the chain.
+    #[inline(always)]
+    fn run_one(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         let key = CpuMode::of(cpu);
         let (lin, phys) = match code_address(cpu, m, key) {
             Ok(a) => a,
@@ -267,11 +288,12 @@ impl Engine for Interpreter {
         if !single {
             // The common path: no trap to check after each instruction, and the
             // halt check once at the end (HLT is always a unit's last).
+            let ip_mask = key.ip_mask();
             for insn in &self.units[s][..count] {
                 // STI's interrupt shadow covers the one instruction after
                 // it: inside a unit, that instruction clears it first.
                 cpu.int_shadow = 0;
-                match exec_one(cpu, m, insn) {
+                match exec_in_unit(cpu, m, insn, ip_mask) {
                     Step::Next => {}
                     Step::End => return UnitExit::Event,
                     Step::Fault(e) => {
@@ -340,6 +362,27 @@ impl Engine for Interpreter {
         } else {
             UnitExit::Event
         }
+    }
+}
+
+impl Engine for Interpreter {
+    /// Exceptions are delivered to the guest here. Units that end plainly
+    /// ([`UnitExit::Continue`]) follow each other here up to the budget, where
+    /// the run loop's own chain would stop: `icount` at the budget, a PAUSE
+    /// hint, or the interrupt line up (the run loop then decides whether it
+    /// can be taken, and calls again if not).
+    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+        loop {
+            let exit = self.run_one(cpu, m);
+            if exit != UnitExit::Continue || cpu.icount >= self.budget || cpu.pause_hint || m.intr()
+            {
+                return exit;
+            }
+        }
+    }
+
+    fn set_budget(&mut self, icount_limit: u64) {
+        self.budget = icount_limit;
     }
 
     fn invalidate_pages(&mut self, pages: &[u64]) {
