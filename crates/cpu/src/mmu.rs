@@ -247,6 +247,10 @@ pub struct Tlb {
     /// The fast TLB (see [`FastTlb`]); not part of the architectural state, so
     /// equality ignores it.
     pub fast: Box<FastTlb>,
+    /// Moves whenever an entry is added or dropped, so that a translation the
+    /// TLB gave may be reused while it stays (the interpreter's unit that
+    /// loops on itself). Equality ignores it.
+    epoch: u64,
 }
 
 impl PartialEq for Tlb {
@@ -262,13 +266,22 @@ impl Default for Tlb {
         Self {
             e: Box::new([TlbEntry::default(); TLB_SIZE]),
             fast: Box::default(),
+            epoch: 0,
         }
     }
 }
 
 impl Tlb {
+    /// A value that changes whenever the TLB's contents do: while it stays, a
+    /// lookup that hit gives the same answer again.
+    #[inline(always)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Drops every entry, or every non-global one.
     pub fn flush(&mut self, keep_global: bool) {
+        self.epoch = self.epoch.wrapping_add(1);
         for e in self.e.iter_mut() {
             if !(keep_global && e.flags & T_GLOBAL != 0) {
                 e.tag = 0;
@@ -285,6 +298,7 @@ impl Tlb {
 
     /// Drops the entry for one linear address (INVLPG), global or not.
     pub fn flush_page(&mut self, lin: Linear) {
+        self.epoch = self.epoch.wrapping_add(1);
         let page = lin.page();
         let i = (page as usize) & (TLB_SIZE - 1);
         let e = &mut self.e[i];
@@ -689,6 +703,7 @@ fn walk(
     let page = lin >> 12;
     let i = (page as usize) & (TLB_SIZE - 1);
     cpu.tlb.fast.drop_index(i);
+    cpu.tlb.epoch = cpu.tlb.epoch.wrapping_add(1);
     cpu.tlb.e[i] = TlbEntry {
         tag: page + 1,
         phys_page,
