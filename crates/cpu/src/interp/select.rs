@@ -114,13 +114,13 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         // compatibility"), as are the reserved NOPs.
         M::Endbr32 | M::Endbr64 | M::Rdsspd | M::Rdsspq => alu::nop,
         M::Reservednop => alu::nop,
-        M::Rol => shift::shift::<{ shift::ROL }>,
-        M::Ror => shift::shift::<{ shift::ROR }>,
-        M::Rcl => shift::shift::<{ shift::RCL }>,
-        M::Rcr => shift::shift::<{ shift::RCR }>,
-        M::Shl | M::Sal => shift::shift::<{ shift::SHL }>,
-        M::Shr => shift::shift::<{ shift::SHR }>,
-        M::Sar => shift::shift::<{ shift::SAR }>,
+        M::Rol => shift_for::<{ shift::ROL }>(ins),
+        M::Ror => shift_for::<{ shift::ROR }>(ins),
+        M::Rcl => shift_for::<{ shift::RCL }>(ins),
+        M::Rcr => shift_for::<{ shift::RCR }>(ins),
+        M::Shl | M::Sal => shift_for::<{ shift::SHL }>(ins),
+        M::Shr => shift_for::<{ shift::SHR }>(ins),
+        M::Sar => shift_for::<{ shift::SAR }>(ins),
         M::Shld => shift::shxd::<true>,
         M::Shrd => shift::shxd::<false>,
         M::Mul => muldiv::mul,
@@ -147,13 +147,23 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         {
             stack::push_op
         }
-        M::Push => stack::push_op,
+        M::Push => match super::operand_size(ins) {
+            2 => stack::push_op_n::<2>,
+            4 => stack::push_op_n::<4>,
+            8 => stack::push_op_n::<8>,
+            _ => stack::push_op,
+        },
         M::Pop
             if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() =>
         {
             system::pop_seg
         }
-        M::Pop => stack::pop_op,
+        M::Pop => match super::operand_size(ins) {
+            2 => stack::pop_op_n::<2>,
+            4 => stack::pop_op_n::<4>,
+            8 => stack::pop_op_n::<8>,
+            _ => stack::pop_op,
+        },
         M::Pusha | M::Pushad => stack::pusha,
         M::Popa | M::Popad => stack::popa,
         M::Pushf | M::Pushfd | M::Pushfq => stack::pushf,
@@ -299,6 +309,15 @@ fn binop<const OP: u8>(ins: &Instruction) -> Handler {
         (2, ..) => alu::binop_n::<OP, 2>,
         (4, ..) => alu::binop_n::<OP, 4>,
         _ => alu::binop_n::<OP, 8>,
+    }
+}
+
+fn shift_for<const OP: u8>(ins: &Instruction) -> Handler {
+    match super::operand_size(ins) {
+        1 => shift::shift_n::<OP, 1>,
+        2 => shift::shift_n::<OP, 2>,
+        4 => shift::shift_n::<OP, 4>,
+        _ => shift::shift_n::<OP, 8>,
     }
 }
 
