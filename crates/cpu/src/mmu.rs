@@ -247,6 +247,10 @@ pub struct Tlb {
     /// The fast TLB (see [`FastTlb`]); not part of the architectural state, so
     /// equality ignores it.
     pub fast: Box<FastTlb>,
+    /// Moves whenever an entry is added or dropped, so that a translation the
+    /// TLB gave may be reused while it stays (the interpreter's unit that
+    /// loops on itself). Equality ignores it.
+    epoch: u64,
 }
 
 impl PartialEq for Tlb {
@@ -262,13 +266,22 @@ impl Default for Tlb {
         Self {
             e: Box::new([TlbEntry::default(); TLB_SIZE]),
             fast: Box::default(),
+            epoch: 0,
         }
     }
 }
 
 impl Tlb {
+    /// A value that changes whenever the TLB's contents do: while it stays, a
+    /// lookup that hit gives the same answer again.
+    #[inline(always)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Drops every entry, or every non-global one.
     pub fn flush(&mut self, keep_global: bool) {
+        self.epoch = self.epoch.wrapping_add(1);
         for e in self.e.iter_mut() {
             if !(keep_global && e.flags & T_GLOBAL != 0) {
                 e.tag = 0;
@@ -285,6 +298,7 @@ impl Tlb {
 
     /// Drops the entry for one linear address (INVLPG), global or not.
     pub fn flush_page(&mut self, lin: Linear) {
+        self.epoch = self.epoch.wrapping_add(1);
         let page = lin.page();
         let i = (page as usize) & (TLB_SIZE - 1);
         let e = &mut self.e[i];
@@ -689,6 +703,7 @@ fn walk(
     let page = lin >> 12;
     let i = (page as usize) & (TLB_SIZE - 1);
     cpu.tlb.fast.drop_index(i);
+    cpu.tlb.epoch = cpu.tlb.epoch.wrapping_add(1);
     cpu.tlb.e[i] = TlbEntry {
         tag: page + 1,
         phys_page,
@@ -888,6 +903,104 @@ pub fn table_linear(cpu: &CpuState, base: u64, off: u64) -> Linear {
     })
 }
 
+/// The host address of an access of `size` bytes at linear `lin` by the current
+/// privilege, when the fast TLB ([`FastTlb`]) answers it: the access stays in
+/// one page, no data breakpoint is armed, for a write no write log is kept,
+/// and the page has an entry of that kind. Such an access is to plain RAM
+/// through a translation the main TLB holds with the same rights (for a write,
+/// with the dirty bit set, on a page without cached code), so touching the host
+/// byte directly does exactly what the page walk, TLB and [`Machine`] path
+/// would: nothing but the access itself.
+#[inline(always)]
+fn fast_host(cpu: &mut CpuState, m: &Machine, lin: u64, size: u32, write: bool) -> Option<*mut u8> {
+    if (lin & 0xFFF) + u64::from(size) > 0x1000
+        || cpu.dr[7] & 0xFF != 0
+        || (write && cpu.log_writes)
+    {
+        return None;
+    }
+    if cpu.tlb.fast.host_epoch != m.mem.host_epoch() {
+        sync_fast_tlb(cpu, m);
+        return None;
+    }
+    let user = paging(cpu) && cpu.cpl() == 3;
+    let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
+    let tag = if write { e.write } else { e.read };
+    if tag != lin & !0xFFF {
+        return None;
+    }
+    Some(lin.wrapping_add(e.addend) as *mut u8)
+}
+
+/// Drops the fast TLB's host pointers when the memory map under them changed
+/// ([`x86bt_machine::memory::PhysMemory::host_epoch`]), as the translator
+/// does before it runs a fragment.
+#[cold]
+fn sync_fast_tlb(cpu: &mut CpuState, m: &Machine) {
+    cpu.tlb.fast.flush();
+    cpu.tlb.fast.host_epoch = m.mem.host_epoch();
+}
+
+/// After an access the slow path made, installs its fast-TLB entry so the
+/// next access to the page takes [`fast_host`]. The slow path has just
+/// translated the address, so the translation here hits the TLB and has no
+/// effect of its own.
+#[inline]
+fn fast_refill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) {
+    if (lin & 0xFFF) + u64::from(size) > 0x1000
+        || cpu.dr[7] & 0xFF != 0
+        || (write && cpu.log_writes)
+        || cpu.tlb.fast.host_epoch != m.mem.host_epoch()
+    {
+        return;
+    }
+    let user = paging(cpu) && cpu.cpl() == 3;
+    let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
+    // A write to a page known to hold cached code stays on the slow path,
+    // which checks the bytes it touches against the code-byte map.
+    if write && e.write == (lin & !0xFFF) | FAST_CODE_TAG {
+        return;
+    }
+    fast_fill(cpu, m, Linear(lin), size, write);
+}
+
+/// Reads `size` (1, 2, 4 or 8) little-endian bytes at host address `h`.
+///
+/// # Safety
+/// `h` must point at `size` readable bytes ([`fast_host`]'s answer).
+#[inline(always)]
+unsafe fn host_read(h: *const u8, size: u32) -> u64 {
+    // SAFETY: the caller guarantees `size` readable bytes at `h`; every read is
+    // unaligned-safe.
+    unsafe {
+        match size {
+            1 => u64::from(h.read()),
+            2 => u64::from(u16::from_le(h.cast::<u16>().read_unaligned())),
+            4 => u64::from(u32::from_le(h.cast::<u32>().read_unaligned())),
+            _ => u64::from_le(h.cast::<u64>().read_unaligned()),
+        }
+    }
+}
+
+/// Writes the low `size` (1, 2, 4 or 8) bytes of `v`, little-endian, at host
+/// address `h`.
+///
+/// # Safety
+/// `h` must point at `size` writable bytes ([`fast_host`]'s answer for a write).
+#[inline(always)]
+unsafe fn host_write(h: *mut u8, size: u32, v: u64) {
+    // SAFETY: the caller guarantees `size` writable bytes at `h`; every write
+    // is unaligned-safe.
+    unsafe {
+        match size {
+            1 => h.write(v as u8),
+            2 => h.cast::<u16>().write_unaligned((v as u16).to_le()),
+            4 => h.cast::<u32>().write_unaligned((v as u32).to_le()),
+            _ => h.cast::<u64>().write_unaligned(v.to_le()),
+        }
+    }
+}
+
 /// Reads `size` bytes at `s:off`.
 #[inline]
 pub fn read(
@@ -898,6 +1011,24 @@ pub fn read(
     size: u32,
 ) -> Result<u64, Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Read)?;
+    if let Some(h) = fast_host(cpu, m, lin.0, size, false) {
+        // SAFETY: `fast_host` found a RAM page holding all `size` bytes, whose
+        // host mapping is current (same `host_epoch`).
+        return Ok(unsafe { host_read(h, size) });
+    }
+    let v = read_slow(cpu, m, lin, size)?;
+    fast_refill(cpu, m, lin.0, size, false);
+    Ok(v)
+}
+
+/// [`read`] past the segment check, without the fast TLB.
+#[inline(never)]
+fn read_slow(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+) -> Result<u64, Exception> {
     if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 {
         return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
@@ -921,6 +1052,26 @@ pub fn write(
     value: u64,
 ) -> Result<(), Exception> {
     let lin = seg_linear(cpu, s, off, size, Access::Write)?;
+    if let Some(h) = fast_host(cpu, m, lin.0, size, true) {
+        // SAFETY: `fast_host` found a writable RAM page without cached code
+        // holding all `size` bytes, whose host mapping is current.
+        unsafe { host_write(h, size, value) };
+        return Ok(());
+    }
+    write_slow(cpu, m, lin, size, value)?;
+    fast_refill(cpu, m, lin.0, size, true);
+    Ok(())
+}
+
+/// [`write`] past the segment check, without the fast TLB.
+#[inline(never)]
+fn write_slow(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    value: u64,
+) -> Result<(), Exception> {
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin.0, size, true);
     }

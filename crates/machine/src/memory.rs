@@ -20,6 +20,15 @@ use crate::error::MachineError;
 use memmap2::MmapMut;
 use std::collections::HashMap;
 
+/// Where the next [`PhysMemory`]'s `host_epoch` starts: each memory counts
+/// from its own base, so a CPU state that kept host pointers of one memory
+/// (its fast TLB) never finds its epoch equal to another's and drops them.
+fn next_epoch_base() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1 << 32, Ordering::Relaxed)
+}
+
 /// A bit per byte of a 4 KiB page, and a word of zeros after it, so that a
 /// 16-bit read at any byte of the map stays inside it (translated code reads
 /// the map that way, [`PhysMemory::code_map`]).
@@ -146,7 +155,7 @@ impl PhysMemory {
             pam: [0; 16],
             smram_open: false,
             flush_all: false,
-            host_epoch: 0,
+            host_epoch: next_epoch_base(),
         };
         mem.fast_end = match layout {
             MemoryLayout::Pc => low_ram.min(VGA_START),

@@ -29,16 +29,63 @@ pub const TEST: u8 = 8;
 
 /// The eight classic two-operand ALU operations and TEST.
 pub fn binop<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+    match insn.size() {
+        1 => binop_n::<OP, 1>(cpu, m, insn),
+        2 => binop_n::<OP, 2>(cpu, m, insn),
+        4 => binop_n::<OP, 4>(cpu, m, insn),
+        _ => binop_n::<OP, 8>(cpu, m, insn),
+    }
+}
+
+/// [`binop`] at operand size `N`, known when the unit is decoded.
+pub fn binop_n<const OP: u8, const N: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
     let writes = OP != CMP && OP != TEST;
     let dst = loc(cpu, insn, 0);
     if writes {
-        probe_write(cpu, dst, size)?;
+        probe_write(cpu, dst, N)?;
     }
-    let a = load(cpu, m, dst, size)?;
-    let b = read_op(cpu, m, insn, 1, size)?;
+    let a = load(cpu, m, dst, N)?;
+    let b = read_op(cpu, m, insn, 1, N)?;
+    let r = alu_op::<OP>(cpu, a, b, N);
+    if writes {
+        store(cpu, m, dst, N, r)?;
+    }
+    Ok(())
+}
+
+/// [`binop`] with a GPR destination and a GPR source (`IMM` false) or an
+/// immediate (`IMM` true), at operand size `N`: the register forms, which
+/// cannot fault.
+pub fn binop_r<const OP: u8, const N: u32, const IMM: bool>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let b = match insn.ops[1] {
+        Opnd::Gpr { idx, shift } if !IMM => get_gpr(cpu, idx, shift, N),
+        Opnd::Imm(v) if IMM => v & mask(N),
+        _ => return binop_n::<OP, N>(cpu, m, insn),
+    };
+    let Opnd::Gpr { idx, shift } = insn.ops[0] else {
+        return binop_n::<OP, N>(cpu, m, insn);
+    };
+    let a = get_gpr(cpu, idx, shift, N);
+    let r = alu_op::<OP>(cpu, a, b, N);
+    if OP != CMP && OP != TEST {
+        set_gpr(cpu, idx, shift, N, r);
+    }
+    Ok(())
+}
+
+/// The result and flags of ALU operation `OP` on `size`-byte operands.
+#[inline(always)]
+fn alu_op<const OP: u8>(cpu: &mut CpuState, a: u64, b: u64, size: u32) -> u64 {
     let c = cpu.rflags & CF;
-    let r = match OP {
+    match OP {
         ADD => flags::add(cpu, a, b, 0, size),
         ADC => flags::add(cpu, a, b, c, size),
         SUB | CMP => flags::sub(cpu, a, b, 0, size),
@@ -52,27 +99,36 @@ pub fn binop<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> 
             flags::logic(cpu, r, size);
             r
         }
-    };
-    if writes {
-        store(cpu, m, dst, size, r)?;
     }
-    Ok(())
 }
 
 /// INC and DEC: like ADD/SUB 1 but CF is kept.
 pub fn incdec<const DEC: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+    match insn.size() {
+        1 => incdec_n::<DEC, 1>(cpu, m, insn),
+        2 => incdec_n::<DEC, 2>(cpu, m, insn),
+        4 => incdec_n::<DEC, 4>(cpu, m, insn),
+        _ => incdec_n::<DEC, 8>(cpu, m, insn),
+    }
+}
+
+/// [`incdec`] at operand size `N`, known when the unit is decoded.
+pub fn incdec_n<const DEC: bool, const N: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
     let dst = loc(cpu, insn, 0);
-    probe_write(cpu, dst, size)?;
-    let a = load(cpu, m, dst, size)?;
+    probe_write(cpu, dst, N)?;
+    let a = load(cpu, m, dst, N)?;
     let cf = cpu.rflags & CF;
     let r = if DEC {
-        flags::sub(cpu, a, 1, 0, size)
+        flags::sub(cpu, a, 1, 0, N)
     } else {
-        flags::add(cpu, a, 1, 0, size)
+        flags::add(cpu, a, 1, 0, N)
     };
     cpu.rflags = (cpu.rflags & !CF) | cf;
-    store(cpu, m, dst, size, r)
+    store(cpu, m, dst, N, r)
 }
 
 /// NEG: 0 - x; CF = (x != 0).
@@ -96,19 +152,37 @@ pub fn not(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 
 /// MOV between GPRs, memory and immediates.
 pub fn mov(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
-    let v = read_op(cpu, m, insn, 1, size)?;
-    write_op(cpu, m, insn, 0, size, v)
+    match insn.size() {
+        1 => mov_n::<1>(cpu, m, insn),
+        2 => mov_n::<2>(cpu, m, insn),
+        4 => mov_n::<4>(cpu, m, insn),
+        _ => mov_n::<8>(cpu, m, insn),
+    }
+}
+
+/// [`mov`] at operand size `N`, known when the unit is decoded.
+pub fn mov_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let v = read_op(cpu, m, insn, 1, N)?;
+    write_op(cpu, m, insn, 0, N, v)
 }
 
 /// MOV r, r (the hot register form).
-pub fn mov_rr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+pub fn mov_rr(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    match insn.size() {
+        1 => mov_rr_n::<1>(cpu, m, insn),
+        2 => mov_rr_n::<2>(cpu, m, insn),
+        4 => mov_rr_n::<4>(cpu, m, insn),
+        _ => mov_rr_n::<8>(cpu, m, insn),
+    }
+}
+
+/// [`mov_rr`] at operand size `N`.
+pub fn mov_rr_n<const N: u32>(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     if let (Opnd::Gpr { idx: d, shift: ds }, Opnd::Gpr { idx: s, shift: ss }) =
         (insn.ops[0], insn.ops[1])
     {
-        let v = get_gpr(cpu, s, ss, size);
-        set_gpr(cpu, d, ds, size, v);
+        let v = get_gpr(cpu, s, ss, N);
+        set_gpr(cpu, d, ds, N, v);
     }
     Ok(())
 }
@@ -116,13 +190,36 @@ pub fn mov_rr(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
 /// MOVZX and MOVSX.
 pub fn movx<const SIGNED: bool>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let dsize = insn.ins.op0_register().size() as u32;
-    let ssize = match insn.ops[1] {
-        Opnd::Gpr { .. } => insn.ins.op1_register().size() as u32,
-        _ => insn.ins.memory_size().size() as u32,
-    };
+    let ssize = movx_source_size(insn);
     let v = read_op(cpu, m, insn, 1, ssize)?;
     let v = if SIGNED { sext(v, ssize) as u64 } else { v };
     write_op(cpu, m, insn, 0, dsize, v)
+}
+
+/// The source size of a MOVZX or MOVSX in bytes.
+pub fn movx_source_size(insn: &Insn) -> u32 {
+    match insn.ops[1] {
+        Opnd::Gpr { .. } => insn.ins.op1_register().size() as u32,
+        _ => insn.ins.memory_size().size() as u32,
+    }
+}
+
+/// [`movx`] from `S` bytes to `D` bytes, both known when the unit is decoded.
+pub fn movx_n<const SIGNED: bool, const S: u32, const D: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    debug_assert_eq!(
+        (S, D),
+        (
+            movx_source_size(insn),
+            insn.ins.op0_register().size() as u32
+        )
+    );
+    let v = read_op(cpu, m, insn, 1, S)?;
+    let v = if SIGNED { sext(v, S) as u64 } else { v };
+    write_op(cpu, m, insn, 0, D, v)
 }
 
 /// XCHG (with memory it is implicitly locked; single-threaded, that is atomic).

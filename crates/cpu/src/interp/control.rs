@@ -11,7 +11,7 @@ use super::stack::{add_sp, peek, push};
 use super::{protected, Exec, Insn, Opnd};
 use crate::exception::Exception;
 use crate::state::{reg, sreg, CpuState};
-use iced_x86::Code;
+use iced_x86::{Code, ConditionCode};
 use x86bt_machine::Machine;
 
 /// Sets the next IP to `target` masked to the operand size, after the limit
@@ -43,6 +43,43 @@ pub fn jcc(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
     } else {
         Ok(())
     }
+}
+
+/// Jcc rel with condition `CC` (`ConditionCode as u8`), known when the unit
+/// is decoded.
+pub fn jcc_cc<const CC: u8>(cpu: &mut CpuState, _m: &mut Machine, insn: &Insn) -> Exec {
+    debug_assert_eq!(insn.ins.condition_code() as u8, CC);
+    if cond(cpu, condition_code(CC)) {
+        go(cpu, cpu.next_rip.wrapping_add(insn.rel), insn.size())
+    } else {
+        Ok(())
+    }
+}
+
+/// The condition code numbered `n` (`ConditionCode as u8`).
+#[inline(always)]
+pub const fn condition_code(n: u8) -> ConditionCode {
+    use ConditionCode as C;
+    const ALL: [C; 17] = [
+        C::None,
+        C::o,
+        C::no,
+        C::b,
+        C::ae,
+        C::e,
+        C::ne,
+        C::be,
+        C::a,
+        C::s,
+        C::ns,
+        C::p,
+        C::np,
+        C::l,
+        C::ge,
+        C::le,
+        C::g,
+    ];
+    ALL[n as usize]
 }
 
 /// The width of the count register of LOOPcc/JCXZ: the address size.
@@ -243,4 +280,16 @@ pub fn bound(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
         return Err(Exception::BoundRange);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod jcc_tests {
+    use super::*;
+
+    #[test]
+    fn condition_code_numbers_match_iced() {
+        for cc in ConditionCode::values() {
+            assert_eq!(condition_code(cc as u8), cc);
+        }
+    }
 }

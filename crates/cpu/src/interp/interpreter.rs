@@ -19,9 +19,10 @@ use crate::engine::{
 use crate::exception::Exception;
 use crate::mode::CpuMode;
 use crate::state::flags::{RF, TF};
-use crate::state::{CpuState, RunState};
+use crate::state::{sreg, CpuState, RunState};
 use std::collections::HashMap;
 use x86bt_decoder::{DecodedUnit, MAX_UNIT_INSNS};
+use x86bt_machine::Linear;
 use x86bt_machine::Machine;
 
 /// Number of slots in the direct-mapped unit cache (a power of two).
@@ -66,6 +67,68 @@ pub struct Interpreter {
     pub stats: CacheStats,
     /// Run one instruction per unit (differential testing, debugging).
     pub single_step: bool,
+    /// The chain horizon ([`Engine::set_budget`]): units follow each other
+    /// inside [`Engine::run_unit`] while `icount` is below it.
+    budget: u64,
+    /// The unit the chain looked up last, for the next unit of the same
+    /// chain: a loop that branches back to its own start.
+    again: Option<Again>,
+}
+
+/// A unit's lookup and what its answer depended on: the mode, CS:IP, the CS
+/// base and limit, the privilege, CR0 (paging), the TLB contents (the fetch
+/// translation) and the A20 gate. While none of those changed, and no other unit ran
+/// (nothing was decoded or invalidated, so the slot still holds the unit),
+/// the lookup would give the same slot again and have no effect of its own
+/// (the fetch translation hits the TLB): a unit that loops on itself skips
+/// it. Only a unit that stays in its page is kept (the next page would need
+/// its own translation).
+#[derive(Clone, Copy, Debug)]
+struct Again {
+    s: usize,
+    rip: u64,
+    key: CpuMode,
+    lin: Linear,
+    phys: u64,
+    tlb_epoch: u64,
+    cs_base: u64,
+    cs_limit: u32,
+    cpl: u8,
+    cr0: u64,
+    a20: u64,
+}
+
+impl Again {
+    fn of(cpu: &CpuState, m: &Machine, key: CpuMode, (lin, phys): (Linear, u64), s: usize) -> Self {
+        let cs = &cpu.seg[sreg::CS];
+        Self {
+            s,
+            rip: cpu.rip,
+            key,
+            lin,
+            phys,
+            tlb_epoch: cpu.tlb.epoch(),
+            cs_base: cs.base,
+            cs_limit: cs.limit,
+            cpl: cpu.cpl(),
+            cr0: cpu.cr0,
+            a20: m.mem.a20_mask(),
+        }
+    }
+
+    /// Whether the lookup at CS:IP now would give this answer.
+    #[inline(always)]
+    fn holds(&self, cpu: &CpuState, m: &Machine, key: CpuMode) -> bool {
+        let cs = &cpu.seg[sreg::CS];
+        self.rip == cpu.rip
+            && self.key == key
+            && self.tlb_epoch == cpu.tlb.epoch()
+            && self.cs_base == cs.base
+            && self.cs_limit == cs.limit
+            && self.cpl == cpu.cpl()
+            && self.cr0 == cpu.cr0
+            && self.a20 == m.mem.a20_mask()
+    }
 }
 
 impl Default for Interpreter {
@@ -93,7 +156,23 @@ pub enum Step {
 /// helper path runs instructions through here too, so both engines share it.
 #[inline(always)]
 pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
-    cpu.next_rip = next_ip(cpu.rip, insn);
+    let ip_mask = match insn.ins.code_size() {
+        iced_x86::CodeSize::Code16 => 0xFFFF,
+        iced_x86::CodeSize::Code32 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
+    exec_in_unit(cpu, m, insn, ip_mask)
+}
+
+/// [`exec_one`] inside the interpreter's own unit loop, with the unit's IP
+/// mask ([`CpuMode::ip_mask`]) known once for all its instructions.
+#[inline(always)]
+fn exec_in_unit(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, ip_mask: u64) -> Step {
+    debug_assert_eq!(
+        cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask,
+        next_ip(cpu.rip, insn)
+    );
+    cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask;
     match (insn.exec)(cpu, m, insn) {
         Ok(()) => {
             let restart = cpu.next_rip == cpu.rip;
@@ -141,6 +220,8 @@ impl Interpreter {
             scratch: DecodedUnit::default(),
             stats: CacheStats::default(),
             single_step: false,
+            budget: 0,
+            again: None,
         }
     }
 
@@ -181,6 +262,37 @@ impl Interpreter {
         Ok(())
     }
 
+    /// The slot of the unit at CS:IP (linear `lin`, physical `phys`), decoded
+    /// into it if it is not cached or does not fit at this alias.
+    #[inline(always)]
+    fn lookup(
+        &mut self,
+        cpu: &mut CpuState,
+        m: &mut Machine,
+        key: CpuMode,
+        (lin, phys): (Linear, u64),
+    ) -> Result<usize, Exception> {
+        let s = slot_of(phys, key);
+        let hit = {
+            let slot = &self.slots[s];
+            slot.valid && slot.phys == phys && slot.key == key
+        };
+        let mut refill = !hit;
+        if hit {
+            // A unit decoded where it fit below the CS limit may not fit at this
+            // alias; a unit that runs onto the next page must see the same page.
+            let (byte_len, next_phys) = (self.slots[s].byte_len, self.slots[s].next_phys);
+            refill = !unit_fits(cpu, m, key, lin, byte_len, next_phys);
+            if !refill {
+                self.stats.hits += 1;
+            }
+        }
+        if refill {
+            self.fill(cpu, m, phys, key, s)?;
+        }
+        Ok(s)
+    }
+
     /// Delivers a fault raised before the unit's first instruction ran (the
     /// fetch of CS:IP, an instruction breakpoint). It counts as one in
     /// `icount`, as a fault inside an instruction does: a guest whose fault
@@ -212,15 +324,20 @@ impl Interpreter {
     }
 }
 
-impl Engine for Interpreter {
-    /// Exceptions are delivered to the guest here.
-    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+impl Interpreter {
+    /// Runs the unit at CS:IP: [`Engine::run_unit`] without the chain.
+    #[inline(always)]
+    fn run_one(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         let key = CpuMode::of(cpu);
-        let (lin, phys) = match code_address(cpu, m, key) {
-            Ok(a) => a,
-            Err(e) => {
-                return self.fault_before_unit(cpu, m, e);
-            }
+        let again = self.again.take().filter(|a| a.holds(cpu, m, key));
+        let (lin, phys) = match again {
+            Some(a) => (a.lin, a.phys),
+            None => match code_address(cpu, m, key) {
+                Ok(a) => a,
+                Err(e) => {
+                    return self.fault_before_unit(cpu, m, e);
+                }
+            },
         };
         let debug = cpu.dr[7] & 0xFF != 0;
         if debug && cpu.rflags & RF == 0 {
@@ -232,25 +349,25 @@ impl Engine for Interpreter {
         if cpu.rflags & RF != 0 {
             cpu.rflags &= !RF;
         }
-        let s = slot_of(phys, key);
-        let hit = {
-            let slot = &self.slots[s];
-            slot.valid && slot.phys == phys && slot.key == key
-        };
-        let mut refill = !hit;
-        if hit {
-            // A unit decoded where it fit below the CS limit may not fit at this
-            // alias; a unit that runs onto the next page must see the same page.
-            let (byte_len, next_phys) = (self.slots[s].byte_len, self.slots[s].next_phys);
-            refill = !unit_fits(cpu, m, key, lin, byte_len, next_phys);
-            if !refill {
+        let s = match again {
+            Some(a) => {
+                debug_assert!({
+                    let slot = &self.slots[a.s];
+                    slot.valid && slot.phys == phys && slot.key == key
+                });
                 self.stats.hits += 1;
+                a.s
             }
-        }
-        if refill {
-            if let Err(e) = self.fill(cpu, m, phys, key, s) {
-                return self.fault_before_unit(cpu, m, e);
+            None => {
+                let s = self.lookup(cpu, m, key, (lin, phys));
+                match s {
+                    Ok(s) => s,
+                    Err(e) => return self.fault_before_unit(cpu, m, e),
+                }
             }
+        };
+        if self.slots[s].next_phys == NO_PAGE {
+            self.again = Some(Again::of(cpu, m, key, (lin, phys), s));
         }
         // Under an interrupt shadow (after MOV SS, POP SS, STI), with TF set, or
         // with instruction breakpoints armed, only one instruction runs, so the run
@@ -267,11 +384,12 @@ impl Engine for Interpreter {
         if !single {
             // The common path: no trap to check after each instruction, and the
             // halt check once at the end (HLT is always a unit's last).
+            let ip_mask = key.ip_mask();
             for insn in &self.units[s][..count] {
                 // STI's interrupt shadow covers the one instruction after
                 // it: inside a unit, that instruction clears it first.
                 cpu.int_shadow = 0;
-                match exec_one(cpu, m, insn) {
+                match exec_in_unit(cpu, m, insn, ip_mask) {
                     Step::Next => {}
                     Step::End => return UnitExit::Event,
                     Step::Fault(e) => {
@@ -340,6 +458,29 @@ impl Engine for Interpreter {
         } else {
             UnitExit::Event
         }
+    }
+}
+
+impl Engine for Interpreter {
+    /// Exceptions are delivered to the guest here. Units that end plainly
+    /// ([`UnitExit::Continue`]) follow each other here up to the budget, where
+    /// the run loop's own chain would stop: `icount` at the budget, a PAUSE
+    /// hint, or the interrupt line up (the run loop then decides whether it
+    /// can be taken, and calls again if not).
+    fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
+        // Between calls the run loop may invalidate units or run another vCPU.
+        self.again = None;
+        loop {
+            let exit = self.run_one(cpu, m);
+            if exit != UnitExit::Continue || cpu.icount >= self.budget || cpu.pause_hint || m.intr()
+            {
+                return exit;
+            }
+        }
+    }
+
+    fn set_budget(&mut self, icount_limit: u64) {
+        self.budget = icount_limit;
     }
 
     fn invalidate_pages(&mut self, pages: &[u64]) {

@@ -202,7 +202,7 @@ fn prepare_mem(ins: &Instruction, bitness: u32) -> MemRef {
 }
 
 /// The size in bytes of the main operand of `ins`.
-fn operand_size(ins: &Instruction) -> u8 {
+pub(crate) fn operand_size(ins: &Instruction) -> u8 {
     for i in 0..ins.op_count().min(2) {
         match ins.op_kind(i) {
             OpKind::Register => {

@@ -52,22 +52,22 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         return Some(h);
     }
     let h: Handler = match ins.mnemonic() {
-        M::Add => alu::binop::<{ alu::ADD }>,
-        M::Or => alu::binop::<{ alu::OR }>,
-        M::Adc => alu::binop::<{ alu::ADC }>,
-        M::Sbb => alu::binop::<{ alu::SBB }>,
-        M::And => alu::binop::<{ alu::AND }>,
-        M::Sub => alu::binop::<{ alu::SUB }>,
-        M::Xor => alu::binop::<{ alu::XOR }>,
-        M::Cmp => alu::binop::<{ alu::CMP }>,
-        M::Test => alu::binop::<{ alu::TEST }>,
-        M::Inc => alu::incdec::<false>,
-        M::Dec => alu::incdec::<true>,
+        M::Add => binop::<{ alu::ADD }>(ins),
+        M::Or => binop::<{ alu::OR }>(ins),
+        M::Adc => binop::<{ alu::ADC }>(ins),
+        M::Sbb => binop::<{ alu::SBB }>(ins),
+        M::And => binop::<{ alu::AND }>(ins),
+        M::Sub => binop::<{ alu::SUB }>(ins),
+        M::Xor => binop::<{ alu::XOR }>(ins),
+        M::Cmp => binop::<{ alu::CMP }>(ins),
+        M::Test => binop::<{ alu::TEST }>(ins),
+        M::Inc => incdec::<false>(ins),
+        M::Dec => incdec::<true>(ins),
         M::Neg => alu::neg,
         M::Not => alu::not,
         M::Mov => mov(ins)?,
-        M::Movzx => alu::movx::<false>,
-        M::Movsx => alu::movx::<true>,
+        M::Movzx => movx::<false>(ins),
+        M::Movsx => movx::<true>(ins),
         M::Xchg => alu::xchg,
         M::Lea => alu::lea,
         M::Cbw | M::Cwde | M::Cdqe => alu::cbw,
@@ -114,13 +114,13 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         // compatibility"), as are the reserved NOPs.
         M::Endbr32 | M::Endbr64 | M::Rdsspd | M::Rdsspq => alu::nop,
         M::Reservednop => alu::nop,
-        M::Rol => shift::shift::<{ shift::ROL }>,
-        M::Ror => shift::shift::<{ shift::ROR }>,
-        M::Rcl => shift::shift::<{ shift::RCL }>,
-        M::Rcr => shift::shift::<{ shift::RCR }>,
-        M::Shl | M::Sal => shift::shift::<{ shift::SHL }>,
-        M::Shr => shift::shift::<{ shift::SHR }>,
-        M::Sar => shift::shift::<{ shift::SAR }>,
+        M::Rol => shift_for::<{ shift::ROL }>(ins),
+        M::Ror => shift_for::<{ shift::ROR }>(ins),
+        M::Rcl => shift_for::<{ shift::RCL }>(ins),
+        M::Rcr => shift_for::<{ shift::RCR }>(ins),
+        M::Shl | M::Sal => shift_for::<{ shift::SHL }>(ins),
+        M::Shr => shift_for::<{ shift::SHR }>(ins),
+        M::Sar => shift_for::<{ shift::SAR }>(ins),
         M::Shld => shift::shxd::<true>,
         M::Shrd => shift::shxd::<false>,
         M::Mul => muldiv::mul,
@@ -147,13 +147,23 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         {
             stack::push_op
         }
-        M::Push => stack::push_op,
+        M::Push => match super::operand_size(ins) {
+            2 => stack::push_op_n::<2>,
+            4 => stack::push_op_n::<4>,
+            8 => stack::push_op_n::<8>,
+            _ => stack::push_op,
+        },
         M::Pop
             if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() =>
         {
             system::pop_seg
         }
-        M::Pop => stack::pop_op,
+        M::Pop => match super::operand_size(ins) {
+            2 => stack::pop_op_n::<2>,
+            4 => stack::pop_op_n::<4>,
+            8 => stack::pop_op_n::<8>,
+            _ => stack::pop_op,
+        },
         M::Pusha | M::Pushad => stack::pusha,
         M::Popa | M::Popad => stack::popa,
         M::Pushf | M::Pushfd | M::Pushfq => stack::pushf,
@@ -230,7 +240,7 @@ fn bind(ins: &Instruction) -> Option<Handler> {
         M::Lldt => descriptor::lldt,
         M::Ltr => descriptor::ltr,
         M::Arpl => descriptor::arpl,
-        _ if ins.is_jcc_short_or_near() => control::jcc,
+        _ if ins.is_jcc_short_or_near() => jcc(ins),
         _ => return None,
     };
     Some(h)
@@ -252,10 +262,113 @@ fn mov(ins: &Instruction) -> Option<Handler> {
     } else if ins.op0_kind() == OpKind::Register && !ins.op0_register().is_gpr() {
         return None;
     } else if both_gpr(ins) {
-        alu::mov_rr
+        match super::operand_size(ins) {
+            1 => alu::mov_rr_n::<1>,
+            2 => alu::mov_rr_n::<2>,
+            4 => alu::mov_rr_n::<4>,
+            _ => alu::mov_rr_n::<8>,
+        }
     } else {
-        alu::mov
+        match super::operand_size(ins) {
+            1 => alu::mov_n::<1>,
+            2 => alu::mov_n::<2>,
+            4 => alu::mov_n::<4>,
+            _ => alu::mov_n::<8>,
+        }
     })
+}
+
+// The hot integer forms get a handler specialized by operand size (and, for
+// the ALU operations, by register or immediate source), chosen here once per
+// decoded instruction; the size is the one `Insn::size` gives them.
+
+fn binop<const OP: u8>(ins: &Instruction) -> Handler {
+    let size = super::operand_size(ins);
+    let reg_dst =
+        ins.op_count() == 2 && ins.op0_kind() == OpKind::Register && ins.op0_register().is_gpr();
+    let imm_src = matches!(
+        ins.op1_kind(),
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    );
+    match (size, reg_dst && both_gpr(ins), reg_dst && imm_src) {
+        (1, true, _) => alu::binop_r::<OP, 1, false>,
+        (2, true, _) => alu::binop_r::<OP, 2, false>,
+        (4, true, _) => alu::binop_r::<OP, 4, false>,
+        (8, true, _) => alu::binop_r::<OP, 8, false>,
+        (1, _, true) => alu::binop_r::<OP, 1, true>,
+        (2, _, true) => alu::binop_r::<OP, 2, true>,
+        (4, _, true) => alu::binop_r::<OP, 4, true>,
+        (8, _, true) => alu::binop_r::<OP, 8, true>,
+        (1, ..) => alu::binop_n::<OP, 1>,
+        (2, ..) => alu::binop_n::<OP, 2>,
+        (4, ..) => alu::binop_n::<OP, 4>,
+        _ => alu::binop_n::<OP, 8>,
+    }
+}
+
+fn shift_for<const OP: u8>(ins: &Instruction) -> Handler {
+    match super::operand_size(ins) {
+        1 => shift::shift_n::<OP, 1>,
+        2 => shift::shift_n::<OP, 2>,
+        4 => shift::shift_n::<OP, 4>,
+        _ => shift::shift_n::<OP, 8>,
+    }
+}
+
+fn incdec<const DEC: bool>(ins: &Instruction) -> Handler {
+    match super::operand_size(ins) {
+        1 => alu::incdec_n::<DEC, 1>,
+        2 => alu::incdec_n::<DEC, 2>,
+        4 => alu::incdec_n::<DEC, 4>,
+        _ => alu::incdec_n::<DEC, 8>,
+    }
+}
+
+fn movx<const SIGNED: bool>(ins: &Instruction) -> Handler {
+    let dst = ins.op0_register().size();
+    let src = if ins.op1_kind() == OpKind::Register {
+        ins.op1_register().size()
+    } else {
+        ins.memory_size().size()
+    };
+    match (src, dst) {
+        (1, 2) => alu::movx_n::<SIGNED, 1, 2>,
+        (1, 4) => alu::movx_n::<SIGNED, 1, 4>,
+        (1, 8) => alu::movx_n::<SIGNED, 1, 8>,
+        (2, 2) => alu::movx_n::<SIGNED, 2, 2>,
+        (2, 4) => alu::movx_n::<SIGNED, 2, 4>,
+        (2, 8) => alu::movx_n::<SIGNED, 2, 8>,
+        _ => alu::movx::<SIGNED>,
+    }
+}
+
+fn jcc(ins: &Instruction) -> Handler {
+    use iced_x86::ConditionCode as C;
+    match ins.condition_code() {
+        C::o => control::jcc_cc::<{ C::o as u8 }>,
+        C::no => control::jcc_cc::<{ C::no as u8 }>,
+        C::b => control::jcc_cc::<{ C::b as u8 }>,
+        C::ae => control::jcc_cc::<{ C::ae as u8 }>,
+        C::e => control::jcc_cc::<{ C::e as u8 }>,
+        C::ne => control::jcc_cc::<{ C::ne as u8 }>,
+        C::be => control::jcc_cc::<{ C::be as u8 }>,
+        C::a => control::jcc_cc::<{ C::a as u8 }>,
+        C::s => control::jcc_cc::<{ C::s as u8 }>,
+        C::ns => control::jcc_cc::<{ C::ns as u8 }>,
+        C::p => control::jcc_cc::<{ C::p as u8 }>,
+        C::np => control::jcc_cc::<{ C::np as u8 }>,
+        C::l => control::jcc_cc::<{ C::l as u8 }>,
+        C::ge => control::jcc_cc::<{ C::ge as u8 }>,
+        C::le => control::jcc_cc::<{ C::le as u8 }>,
+        C::g => control::jcc_cc::<{ C::g as u8 }>,
+        C::None => control::jcc,
+    }
 }
 
 fn jmp(ins: &Instruction) -> Handler {

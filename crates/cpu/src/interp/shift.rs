@@ -37,7 +37,21 @@ fn msb(v: u64, size: u32) -> u64 {
 
 /// The group-2 shifts and rotates.
 pub fn shift<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+    match insn.size() {
+        1 => shift_n::<OP, 1>(cpu, m, insn),
+        2 => shift_n::<OP, 2>(cpu, m, insn),
+        4 => shift_n::<OP, 4>(cpu, m, insn),
+        _ => shift_n::<OP, 8>(cpu, m, insn),
+    }
+}
+
+/// [`shift`] at operand size `N`, known when the unit is decoded.
+pub fn shift_n<const OP: u8, const N: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let size = N;
     let bits = u64::from(size * 8);
     let d = loc(cpu, insn, 0);
     probe_write(cpu, d, size)?;

@@ -51,7 +51,21 @@ pub fn pop(cpu: &mut CpuState, m: &mut Machine, size: u32) -> Result<u64, Except
 
 /// PUSH r/m, imm, and PUSH sreg. PUSH SP pushes the value before the push.
 pub fn push_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+    match insn.size() {
+        2 => push_op_n::<2>(cpu, m, insn),
+        4 => push_op_n::<4>(cpu, m, insn),
+        8 => push_op_n::<8>(cpu, m, insn),
+        size => push_op_any(cpu, m, insn, size),
+    }
+}
+
+/// [`push_op`] at operand size `N`, known when the unit is decoded.
+pub fn push_op_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    push_op_any(cpu, m, insn, N)
+}
+
+#[inline(always)]
+fn push_op_any(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, size: u32) -> Exec {
     let v = match insn.ops[0] {
         Opnd::Seg(s) => u64::from(cpu.seg[s as usize].selector),
         _ => read_op(cpu, m, insn, 0, size)?,
@@ -62,7 +76,21 @@ pub fn push_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
 /// POP r/m. With a memory destination, the address is computed after SP moves
 /// (SDM vol. 2B, POP), and SP is restored if the store faults.
 pub fn pop_op(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
-    let size = insn.size();
+    match insn.size() {
+        2 => pop_op_n::<2>(cpu, m, insn),
+        4 => pop_op_n::<4>(cpu, m, insn),
+        8 => pop_op_n::<8>(cpu, m, insn),
+        size => pop_op_any(cpu, m, insn, size),
+    }
+}
+
+/// [`pop_op`] at operand size `N`, known when the unit is decoded.
+pub fn pop_op_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    pop_op_any(cpu, m, insn, N)
+}
+
+#[inline(always)]
+fn pop_op_any(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, size: u32) -> Exec {
     let v = peek(cpu, m, 0, size)?;
     let old_sp = cpu.gpr[reg::RSP];
     add_sp(cpu, u64::from(size));
