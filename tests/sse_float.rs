@@ -287,6 +287,19 @@ mod host {
     /// configurations, with each operand list of `forms` (an `Op::Imm` in them
     /// is replaced by a random imm8 when `imms` is empty, else by one of them).
     pub fn sweep(code: Code, kind: Kind, forms: &[&[Op]], imms: &[u8], n: usize, seed: u64) {
+        sweep_with(code, kind, forms, imms, n, seed, check);
+    }
+
+    /// [`sweep`] with another check of each case.
+    pub fn sweep_with(
+        code: Code,
+        kind: Kind,
+        forms: &[&[Op]],
+        imms: &[u8],
+        n: usize,
+        seed: u64,
+        check: impl Fn(&iced_x86::Instruction, &Image),
+    ) {
         let mut rng = Rng(seed ^ (code as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         for config in 0..16 {
             for _ in 0..n {
@@ -470,60 +483,43 @@ fn horizontal_and_addsub_random_operands_match_host() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn dot_product_random_imm8_matches_host() {
+    let amd = host_is_amd();
     for (code, kind, seed) in [
         (Code::Dpps_xmm_xmmm128_imm8, Kind::S, 8),
         (Code::Dppd_xmm_xmmm128_imm8, Kind::D, 9),
     ] {
-        let mut rng = Rng(seed ^ (code as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        for config in 0..16 {
-            for _ in 0..3 * N {
-                let img = image(&mut rng, kind, config);
-                for form in [XXI, XMI] {
-                    let imm = rng.next() as u8;
-                    let ops: Vec<Op> = form
-                        .iter()
-                        .map(|o| match o {
-                            Op::Imm(_) => Op::Imm(imm),
-                            o => *o,
-                        })
-                        .collect();
-                    let ins = ins(code, &ops);
-                    if !host_is_amd() {
-                        check(&ins, &img);
-                        continue;
-                    }
-                    let want = host_run(&ins, &img);
-                    let got = guest_run(&ins, &img)
-                        .unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
-                    let lanes_ok = got.xmm.iter().zip(&want.xmm).all(|(&g, &w)| {
-                        g == w
-                            || nan_lanes(g, kind) == nan_lanes(w, kind)
-                                && nan_lanes(g, kind) != 0
-                                && {
-                                    let keep = !nan_mask(g, kind);
-                                    g & keep == w & keep
-                                }
-                    });
-                    assert!(
-                        lanes_ok
-                            && (got.mxcsr, got.flags, got.mm) == (want.mxcsr, want.flags, want.mm)
-                            && got
-                                .gpr
-                                .iter()
-                                .zip(&want.gpr)
-                                .all(|(g, w)| g & 0xFFFF_FFFF == w & 0xFFFF_FFFF),
-                        "{ins} on {img:x?}:\n want {:x?}\n  got {:x?}",
-                        want.xmm,
-                        got.xmm
-                    );
-                    assert_eq!(
-                        gpr32(jit_run(&ins, &img, false)),
-                        gpr32(got),
-                        "{ins} under jit on {img:x?}"
-                    );
-                }
+        sweep_with(code, kind, &[XXI, XMI], &[], 3 * N, seed, |ins, img| {
+            if !amd {
+                return check(ins, img);
             }
-        }
+            let want = host_run(ins, img);
+            let got = guest_run(ins, img)
+                .unwrap_or_else(|e| panic!("{ins}: guest raised {e:?} on {img:x?}"));
+            let lanes_ok = got.xmm.iter().zip(&want.xmm).all(|(&g, &w)| {
+                g == w
+                    || nan_lanes(g, kind) == nan_lanes(w, kind) && nan_lanes(g, kind) != 0 && {
+                        let keep = !nan_mask(g, kind);
+                        g & keep == w & keep
+                    }
+            });
+            assert!(
+                lanes_ok
+                    && (got.mxcsr, got.flags, got.mm) == (want.mxcsr, want.flags, want.mm)
+                    && got
+                        .gpr
+                        .iter()
+                        .zip(&want.gpr)
+                        .all(|(g, w)| g & 0xFFFF_FFFF == w & 0xFFFF_FFFF),
+                "{ins} on {img:x?}:\n want {:x?}\n  got {:x?}",
+                want.xmm,
+                got.xmm
+            );
+            assert_eq!(
+                gpr32(jit_run(ins, img, false)),
+                gpr32(got),
+                "{ins} under jit on {img:x?}"
+            );
+        });
     }
 }
 
