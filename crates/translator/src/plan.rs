@@ -719,13 +719,7 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
             }
             (RematSrc::Reg(GUEST_TO_HOST[gpr_index(r1) as usize]), b1)
         }
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => (RematSrc::Imm(ins.immediate(1) as i32), 0),
+        k if is_imm(k) => (RematSrc::Imm(ins.immediate(1) as i32), 0),
         _ => return None,
     };
     let (remat, inputs) = match ins.mnemonic() {
@@ -1456,13 +1450,7 @@ fn mem_op(insn: &Insn, factory: &mut InstructionInfoFactory) -> Option<MemOp> {
                     _ => return None,
                 }
             }
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => {}
+            k if is_imm(k) => {}
             OpKind::Memory => mems += 1,
             _ => return None,
         }
@@ -1970,6 +1958,20 @@ struct HighRegs {
 }
 
 /// The guest register number of GPR `r` (0-15).
+/// An immediate operand kind (not a far branch's selector and offset).
+fn is_imm(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
 fn gpr_index(r: Register) -> u32 {
     r.full_register() as u32 - Register::RAX as u32
 }
