@@ -1652,6 +1652,12 @@ impl<A: CodeSink> Emitter<'_, A> {
     fn branch(&mut self, i: usize, b: &Branch, len: u64, kind: u8) {
         let n = self.insn_delta + 1;
         let here = self.rip.wrapping_add(self.unit_off);
+        let mask = match b.size {
+            2 => 0xFFFF,
+            4 => 0xFFFF_FFFF,
+            _ => u64::MAX,
+        };
+        let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
         let taken = self.ops.new_label();
         if let Some(cc) = b.cc {
             if cond_flags(cc) & !self.host_valid != 0 {
@@ -1660,6 +1666,25 @@ impl<A: CodeSink> Emitter<'_, A> {
             }
             let (pending, delta) = (self.pending, self.insn_delta);
             let deferred = self.deferred.clone();
+            if self.chain && target == self.rip && target != here && self.target_ok(target) {
+                // A loop's closing Jcc: the way back stays on the straight
+                // line, with one taken branch per trip (its budget check's),
+                // and the way on is out of line.
+                let not_taken = self.ops.new_label();
+                jump_if(self.ops, invert(cc), not_taken);
+                self.settle_flags();
+                self.side(target, n, 0);
+                (self.pending, self.insn_delta) = (pending, delta);
+                self.deferred = deferred;
+                dynasm!(self.ops ; .arch x64 ; =>not_taken);
+                if let Some((_, f, _)) = self.deferred.take() {
+                    // Host EFLAGS still hold the deferred flags.
+                    self.after_flags(f, true);
+                }
+                self.settle_flags();
+                self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
+                return;
+            }
             jump_if(self.ops, cc, taken);
             // Not taken: on to the next instruction. The taken side below
             // starts from the same state: the not-taken side's count and
@@ -1677,12 +1702,6 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
         dynasm!(self.ops ; .arch x64 ; =>taken);
         self.settle_flags();
-        let mask = match b.size {
-            2 => 0xFFFF,
-            4 => 0xFFFF_FFFF,
-            _ => u64::MAX,
-        };
-        let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
         if !self.target_ok(target) {
             // Outside the CS limit, or not canonical: the helper raises #GP.
             self.helper_ends_unit(i, kind);
@@ -1722,10 +1741,15 @@ impl<A: CodeSink> Emitter<'_, A> {
         let lin = |a: u64| (self.cs_base.wrapping_add(a) & wrap) >> 12;
         let same_page = lin(target) == lin(self.rip);
         if self.chain && self.target_ok(target) && target == self.rip {
-            // To its own start, with the unit's registers still mapped.
-            let (out, mapped) = (self.ops.new_label(), self.mapped);
-            self.advance_and_check(n, out);
-            dynasm!(self.ops ; .arch x64 ; jmp =>mapped ; =>out);
+            // To its own start, with the unit's registers still mapped, while
+            // icount stays below the limit (R13 negative).
+            let mapped = self.mapped;
+            dynasm!(self.ops
+                ; .arch x64
+                ; add r13, n as i32
+                ; js =>mapped
+            );
+            self.insn_delta = 0;
             self.rerun_deferred();
             self.epilogue();
         } else if self.chain && self.target_ok(target) {
@@ -2003,6 +2027,30 @@ impl<A: CodeSink> Emitter<'_, A> {
 }
 
 /// `jcc label` for a guest condition code (the host tests the same flags).
+/// The condition that holds exactly when `cc` does not.
+fn invert(cc: ConditionCode) -> ConditionCode {
+    use ConditionCode as C;
+    match cc {
+        C::o => C::no,
+        C::no => C::o,
+        C::b => C::ae,
+        C::ae => C::b,
+        C::e => C::ne,
+        C::ne => C::e,
+        C::be => C::a,
+        C::a => C::be,
+        C::s => C::ns,
+        C::ns => C::s,
+        C::p => C::np,
+        C::np => C::p,
+        C::l => C::ge,
+        C::ge => C::l,
+        C::le => C::g,
+        C::g => C::le,
+        C::None => C::None,
+    }
+}
+
 fn jump_if<A: CodeSink>(ops: &mut A, cc: ConditionCode, l: DynamicLabel) {
     use ConditionCode as C;
     match cc {
