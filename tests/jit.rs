@@ -1034,6 +1034,77 @@ fn self_loops_stopped_by_the_budget_leave_the_loops_flags() {
     assert!(stops > 40);
 }
 
+/// A copy loop `mov edx, [ecx]; add ecx, 4; cmp ecx, ebx; jne` leaves the
+/// compare's flags uncaptured on its way back, which runs a copy of the load
+/// whose out-of-line paths run the compare again (`plan::loop_prefix`). The
+/// load faults on a later trip, so the #GP frame must hold the CMP's flags:
+/// 0x30000 - 0x40000 sets CF, PF and SF. DS has a limit, so every load goes
+/// through the helper, which raises #GP(0) past it.
+#[test]
+fn a_fault_at_a_loops_start_pushes_the_closing_compares_flags() {
+    use iced_x86::code_asm::*;
+    use x86bt_cpu::state::{sreg, Segment, TableReg};
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut top = a.create_label();
+    let mut handler = a.create_label();
+    a.mov(ebx, 0x4_0000u32).unwrap();
+    a.mov(ecx, 0x2_FF00u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.mov(edx, dword_ptr(ecx)).unwrap();
+    a.add(ecx, 4).unwrap();
+    a.cmp(ecx, ebx).unwrap();
+    a.jne(top).unwrap();
+    a.hlt().unwrap();
+    a.set_label(&mut handler).unwrap();
+    a.mov(eax, dword_ptr(esp + 12)).unwrap();
+    a.mov(dword_ptr(0x5000), eax).unwrap();
+    a.hlt().unwrap();
+    let res = a
+        .assemble_options(
+            0x1000,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .expect("assembles");
+    let at = res.label_ip(&handler).expect("handler") as u32;
+    let code = res.inner.code_buffer;
+    let run = |engine| {
+        let mut vm = flat32(&code, engine);
+        let gdt: [u64; 3] = [0, 0x00CF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
+        let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+        vm.machine.mem.load(GuestPhys(0x3000), &gdt).expect("gdt");
+        let gate =
+            u64::from(at & 0xFFFF) | 8 << 16 | 0x8E00u64 << 32 | u64::from(at & 0xFFFF_0000) << 32;
+        vm.machine
+            .mem
+            .load(GuestPhys(0x3800 + 13 * 8), &gate.to_le_bytes())
+            .expect("idt");
+        vm.cpu.gdtr = TableReg {
+            base: 0x3000,
+            limit: 23,
+        };
+        vm.cpu.idtr = TableReg {
+            base: 0x3800,
+            limit: 0x7FF,
+        };
+        vm.cpu.seg[sreg::DS] = Segment {
+            selector: 0x10,
+            attrs: 0x4093,
+            limit: 0x2_FFFF,
+            base: 0,
+        };
+        let out = vm.run(100_000);
+        let mut frame = [0u8; 4];
+        vm.machine.mem.read_bytes(GuestPhys(0x5000), &mut frame);
+        (out, vm.cpu.icount, vm.cpu.gpr, u32::from_le_bytes(frame))
+    };
+    let want = run(Engine::Interp);
+    assert_eq!(want.0, RunOutcome::HaltedForever);
+    assert_eq!(want.2[1], 0x3_0000, "ECX at the fault");
+    assert_eq!(want.3 & 0x8D5, 0x85, "EFLAGS image {:#x}", want.3);
+    assert_eq!(run(Engine::Jit), want);
+    assert_eq!(run(Engine::Lockstep), want);
+}
+
 /// A load that faults after an ADD whose flags only its out-of-line path
 /// needs: the translator leaves the ADD's capture out and computes its flags
 /// again there (`plan::remats`), so the #GP frame's EFLAGS must be the

@@ -301,6 +301,23 @@ pub struct UnitPlan<'a> {
     /// Per instruction, whether it clears the interrupt shadow first (it
     /// follows an STI; [`crate::plan::shadow_clears`]).
     pub shadow_clear: &'a [bool],
+    /// See [`crate::plan::loop_prefix`].
+    pub loop_prefix: Option<usize>,
+}
+
+/// The start of a self-loop whose closing compare leaves its flags
+/// uncaptured although memory accesses at the start need them on their
+/// out-of-line paths ([`crate::plan::loop_prefix`]): the way back runs a copy
+/// of those instructions whose out-of-line paths run the compare again, then
+/// joins the body after them.
+struct LoopCopy {
+    /// Per instruction of the prefix: its index, lowering, helper kind, unit
+    /// offset, and whether it clears the interrupt shadow first.
+    insns: Vec<(usize, Lowering, u8, u64, bool)>,
+    /// The flat segments at the unit's start.
+    flat: u8,
+    /// In the body, right after the prefix.
+    join: DynamicLabel,
 }
 
 struct Emitter<'a, A: CodeSink> {
@@ -361,6 +378,8 @@ struct Emitter<'a, A: CodeSink> {
     /// An SSE instruction of this unit has checked CR0 and CR4 (see
     /// `Emitter::sse`).
     sse_checked: bool,
+    /// The copy of the loop's start the way back runs ([`LoopCopy`]).
+    loop_copy: Option<LoopCopy>,
 }
 
 /// The out-of-line paths of an inline memory access, transfer or RDTSC: the
@@ -623,13 +642,42 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         slow: Vec::new(),
         stubs: [None; 2],
         sse_checked: false,
+        loop_copy: None,
     };
+    let n = unit.lowerings.len();
+    let rotated = unit
+        .loop_prefix
+        .filter(|_| n >= 2 && e.defers_capture(unit, n - 2));
+    if let Some(k) = rotated {
+        let offs = unit.lens.iter().scan(0u64, |o, &l| {
+            let at = *o;
+            *o += u64::from(l);
+            Some(at)
+        });
+        e.loop_copy = Some(LoopCopy {
+            insns: (0..k)
+                .zip(offs)
+                .map(|(j, off)| {
+                    let l = unit.lowerings[j].clone();
+                    (j, l, unit.kinds[j], off, unit.shadow_clear[j])
+                })
+                .collect(),
+            flat: unit.flat,
+            join: e.ops.new_label(),
+        });
+    }
     e.prologue();
     dynasm!(e.ops ; .arch x64 ; =>mapped);
     let mut ended = false;
     for (i, l) in unit.lowerings.iter().enumerate() {
         let len = u64::from(unit.lens[i]);
         e.unit_off = unit.lens[..i].iter().map(|&l| u64::from(l)).sum();
+        if rotated == Some(i) {
+            let join = e.loop_copy.as_ref().map(|c| c.join);
+            if let Some(join) = join {
+                dynasm!(e.ops ; .arch x64 ; =>join);
+            }
+        }
         if !matches!(l, Lowering::Helper(_)) {
             e.exact = false;
         }
@@ -1744,12 +1792,19 @@ impl<A: CodeSink> Emitter<'_, A> {
             // To its own start, with the unit's registers still mapped, while
             // icount stays below the limit (R13 negative).
             let mapped = self.mapped;
-            dynasm!(self.ops
-                ; .arch x64
-                ; add r13, n as i32
-                ; js =>mapped
-            );
-            self.insn_delta = 0;
+            if self.loop_copy.is_some() {
+                let out = self.ops.new_label();
+                self.advance_and_check(n, out);
+                self.emit_loop_copy();
+                dynasm!(self.ops ; .arch x64 ; =>out);
+            } else {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; add r13, n as i32
+                    ; js =>mapped
+                );
+                self.insn_delta = 0;
+            }
             self.rerun_deferred();
             self.epilogue();
         } else if self.chain && self.target_ok(target) {
@@ -1812,7 +1867,8 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// TEST, and captures then. A loop such as `add rax, 1; cmp byte [rax],
     /// 0; jne` then captures nothing per trip for its branch.
     fn defers_capture(&self, unit: &UnitPlan<'_>, i: usize) -> bool {
-        if !(self.chain && unit.captures[i] && unit.reruns[i] && unit.entry_live == 0)
+        let start_free = unit.entry_live == 0 || unit.loop_prefix.is_some();
+        if !(self.chain && unit.captures[i] && unit.reruns[i] && start_free)
             || i + 2 != unit.lowerings.len()
         {
             return false;
@@ -1843,6 +1899,52 @@ impl<A: CodeSink> Emitter<'_, A> {
         let len = u64::from(unit.lens[i + 1]);
         let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
         target == self.rip && target != here && self.target_ok(target)
+    }
+
+    /// On the way back of a self-loop with a [`LoopCopy`]: the loop's start
+    /// again, with the deferred compare (held in host EFLAGS no longer) run
+    /// again on its out-of-line paths, then on into the body.
+    fn emit_loop_copy(&mut self) {
+        let Some(copy) = self.loop_copy.take() else {
+            return;
+        };
+        let Some((bytes, f, _)) = self.deferred.clone() else {
+            return;
+        };
+        let saved = (
+            self.unit_off,
+            self.insn_delta,
+            self.host_valid,
+            self.pending.take(),
+            self.remat.take(),
+            self.exact,
+            self.flat,
+        );
+        (self.insn_delta, self.host_valid, self.exact) = (0, 0, false);
+        self.flat = copy.flat;
+        self.remat = Some((Remat::Rerun, bytes, f));
+        for (j, l, kind, off, shadow) in &copy.insns {
+            self.unit_off = *off;
+            if *shadow {
+                dynasm!(self.ops ; .arch x64 ; mov BYTE [r15 + INT_SHADOW], 0);
+            }
+            match l {
+                Lowering::Ident(x) => self.ident(x, false),
+                Lowering::Mem(x) => self.mem(*j, x, false, *kind, false),
+                _ => unreachable!("plan::loop_prefix admits register and memory instructions"),
+            }
+            self.insn_delta += 1;
+        }
+        dynasm!(self.ops ; .arch x64 ; jmp =>copy.join);
+        (
+            self.unit_off,
+            self.insn_delta,
+            self.host_valid,
+            self.pending,
+            self.remat,
+            self.exact,
+            self.flat,
+        ) = saved;
     }
 
     /// On the self-loop's way out ([`Emitter::defers_capture`]): the deferred

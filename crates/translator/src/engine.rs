@@ -656,6 +656,7 @@ impl Translator {
                     long: key == CpuMode::Long64,
                     regs,
                     shadow_clear: &shadow_clear,
+                    loop_prefix: plan::loop_prefix(&insns, &lowerings),
                 },
                 &Externals {
                     stubs: self.stubs,

@@ -98,6 +98,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             long: bits == 64,
             regs,
             shadow_clear: &plan::shadow_clears(insns),
+            loop_prefix: plan::loop_prefix(insns, &lowerings),
         },
         &Externals {
             stubs: FAKE_STUBS,

@@ -782,6 +782,76 @@ pub fn reruns(insns: &[Insn]) -> Vec<bool> {
         .collect()
 }
 
+/// For a self-loop that closes with a register CMP or TEST and a Jcc, the
+/// number of instructions at its start that only its flags make live there:
+/// memory and register instructions that neither read nor write a flag, and
+/// write no register the compare reads, up to (not including) a register
+/// instruction that writes every flag without reading one. Their out-of-line
+/// paths (a TLB fill, the helper) need the flags exact, which is all that
+/// makes them live at the loop's start; the emitter can then leave the
+/// compare's flags uncaptured on the way back and have those paths run the
+/// compare again (`emit::Emitter::defers_capture`). `None` where no such
+/// prefix exists, or where it holds no memory access (nothing then needs the
+/// flags at the start, and `entry_live` is already empty).
+pub fn loop_prefix(insns: &[Insn], lowerings: &[Lowering]) -> Option<usize> {
+    let n = lowerings.len();
+    if n < 3 {
+        return None;
+    }
+    let Lowering::Ident(cmp) = &lowerings[n - 2] else {
+        return None;
+    };
+    let f = cmp.flags;
+    if !matches!(insns[n - 2].ins.mnemonic(), Mnemonic::Cmp | Mnemonic::Test)
+        || f.read != 0
+        || f.written != ARITH
+        || f.only_if_dead
+        || f.count_fixed()
+    {
+        return None;
+    }
+    let mut factory = InstructionInfoFactory::new();
+    let read: Vec<Register> = factory
+        .info(&insns[n - 2].ins)
+        .used_registers()
+        .iter()
+        .map(|u| u.register().full_register())
+        .collect();
+    let mut any_mem = false;
+    for (i, l) in lowerings[..n - 1].iter().enumerate() {
+        let (g, is_mem) = match l {
+            Lowering::Ident(y) => (y.flags, false),
+            Lowering::Mem(m) if !m.df_clear && !m.div_check => (m.op.flags, true),
+            _ => return None,
+        };
+        if g.read != 0 {
+            return None;
+        }
+        if g.written != 0 {
+            let full = !is_mem && g.written == ARITH && !g.only_if_dead && !g.count_fixed();
+            return (full && any_mem).then_some(i);
+        }
+        let clobbers = factory
+            .info(&insns[i].ins)
+            .used_registers()
+            .iter()
+            .any(|u| {
+                matches!(
+                    u.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                ) && read.contains(&u.register().full_register())
+            });
+        if clobbers {
+            return None;
+        }
+        any_mem |= is_mem;
+    }
+    None
+}
+
 /// The instructions at which the emitter reloads host EFLAGS from `CpuState`,
 /// with the flags the reload is for, given the captures `caps`. This mirrors
 /// `emit::Emitter`'s flag bookkeeping (`host_valid`, `pending`).
