@@ -15,6 +15,12 @@ use std::io;
 /// Fragments start on this alignment (a fetch block).
 const ALIGN: usize = 16;
 
+/// Bytes at the buffer's start kept for data that translated code reads
+/// RIP-relative and its out-of-line paths write through the writable view
+/// (the predicted fast-TLB entries, `emit::Emitter::probe`). Whole pages, so
+/// that no code shares a page (or a cache line) with data that is written.
+pub const DATA_BYTES: usize = 64 << 10;
+
 /// A writable view and an executable view of the same memory.
 pub struct CodeBuffer {
     rw: MmapMut,
@@ -32,7 +38,14 @@ impl CodeBuffer {
         let rw = unsafe { MmapOptions::new().len(capacity).map_mut(&file)? };
         // SAFETY: as above; this view is read and executed only.
         let rx = unsafe { MmapOptions::new().len(capacity).map_exec(&file)? };
-        Ok(Self { rw, rx, used: 0 })
+        let used = DATA_BYTES.min(capacity);
+        Ok(Self { rw, rx, used })
+    }
+
+    /// The executable view's and the writable view's addresses of the data
+    /// area ([`DATA_BYTES`] at offset 0), if the buffer has one.
+    pub fn data(&self) -> Option<(u64, u64)> {
+        (self.rw.len() > DATA_BYTES).then(|| (self.rx.as_ptr() as u64, self.rw.as_ptr() as u64))
     }
 
     /// The executable address of offset 0.
@@ -110,12 +123,12 @@ mod tests {
 
     #[test]
     fn codebuf_append_is_visible_in_the_executable_view() {
-        let mut b = CodeBuffer::new(1 << 16).expect("map");
+        let mut b = CodeBuffer::new(1 << 17).expect("map");
         let at = b.append(&[0xC3, 0x90]).expect("fits");
-        assert_eq!(at, 0);
-        assert_eq!(b.used(), ALIGN);
+        assert_eq!(at, DATA_BYTES, "code after the data area");
+        assert_eq!(b.used(), DATA_BYTES + ALIGN);
         // SAFETY: the executable view maps the same bytes and is readable.
-        let seen = unsafe { std::slice::from_raw_parts(b.exec_base(), 2) };
+        let seen = unsafe { std::slice::from_raw_parts(b.exec_base().add(at), 2) };
         assert_eq!(seen, &[0xC3, 0x90]);
         assert!(b.append(&vec![0; 1 << 16]).is_none(), "too big");
     }

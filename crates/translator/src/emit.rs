@@ -232,7 +232,34 @@ pub struct Externals<'a> {
     pub cells: [u64; 2],
     /// What an empty cell leaves in `JitCtx::pending_link`, per site.
     pub link_tags: [u64; 2],
+    /// Where the memory accesses keep their predicted fast-TLB entries
+    /// ([`Emitter::probe`]); `None`: each access computes its entry.
+    pub predict: Option<Predict<'a>>,
 }
+
+/// The table of predicted fast-TLB entries: one 32-bit slot per memory
+/// access of the translated code (slots are reused round the table; two
+/// accesses sharing one only predict worse), holding the byte offset in the
+/// fast-TLB array of the entry the access used last. A prediction is only a
+/// guess: the probe compares the entry's tag with the access's page, which
+/// matches only at the page's own entry, so a stale or shared slot costs a
+/// miss and never a wrong translation.
+#[derive(Clone, Copy, Debug)]
+pub struct Predict<'a> {
+    /// The table's address as translated code reads it (the executable view,
+    /// within reach of a RIP-relative operand).
+    pub rx: u64,
+    /// Its address in the writable view, where the out-of-line path stores a
+    /// new prediction.
+    pub rw: u64,
+    /// The next slot to hand out.
+    pub next: &'a std::cell::Cell<u32>,
+    /// The executable address of the assembler's offset 0.
+    pub code_base: u64,
+}
+
+/// Slots of the [`Predict`] table: the code buffer's data area in 32-bit slots.
+pub const PREDICT_SLOTS: u32 = (crate::codebuf::DATA_BYTES / 4) as u32;
 
 /// Offsets of a fragment's body (where the enter stub and chained fragments
 /// jump in) and of each link site's stub.
@@ -413,6 +440,10 @@ struct SlowPath {
     zero_r10: bool,
     /// Flags to compute again into R14 first (`Emitter::remat`).
     remat: Option<Pending>,
+    /// The probe used a predicted entry ([`Predict`]): entered when its tag
+    /// does not match; the writable address of the access's slot; where the
+    /// inline code goes on after the host address is made.
+    mispredict: Option<(DynamicLabel, u64, DynamicLabel)>,
 }
 
 /// A [`Remat`] with the code and flags of its instruction.
@@ -1477,6 +1508,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             flags,
             zero_r10: false,
             remat: self.remat.clone(),
+            mispredict: None,
         }
     }
 
@@ -1531,17 +1563,37 @@ impl<A: CodeSink> Emitter<'_, A> {
         // A flat segment: the linear address is the offset, which LEA left
         // zero-extended in R10 (a page-crossing or wrapping access misses below).
         // R12 holds the fast-TLB array; R9 (no capture pending) the entry offset.
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov r9d, r10d
-            ; shr r9d, FAST_SHIFT
-            ; and r9d, FAST_MASK
-            ; lea r11, [r10 + last]
-            ; and r11, -4096
-            ; cmp r11, QWORD [r12 + r9 + tag]
-            ; jne =>miss
-            ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
-        );
+        if let Some(pr) = self.ext.predict {
+            // The entry this access used last ([`Predict`]): its offset is
+            // loaded apart from the address, so the host address is one ADD
+            // after the linear one, not a load after it.
+            let slot = pr.next.get() % PREDICT_SLOTS;
+            pr.next.set(slot.wrapping_add(1) % PREDICT_SLOTS);
+            let (wrong, on) = (self.ops.new_label(), self.ops.new_label());
+            p.mispredict = Some((wrong, pr.rw + u64::from(slot) * 4, on));
+            self.load_r9d_rip(pr.rx + u64::from(slot) * 4, pr.code_base);
+            dynasm!(self.ops
+                ; .arch x64
+                ; lea r11, [r10 + last]
+                ; and r11, -4096
+                ; cmp r11, QWORD [r12 + r9 + tag]
+                ; jne =>wrong
+                ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
+                ; =>on
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov r9d, r10d
+                ; shr r9d, FAST_SHIFT
+                ; and r9d, FAST_MASK
+                ; lea r11, [r10 + last]
+                ; and r11, -4096
+                ; cmp r11, QWORD [r12 + r9 + tag]
+                ; jne =>miss
+                ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
+            );
+        }
         if x.write {
             let hit = self.ops.new_label();
             dynasm!(self.ops ; .arch x64 ; =>hit);
@@ -1549,10 +1601,46 @@ impl<A: CodeSink> Emitter<'_, A> {
         }
     }
 
+    /// `mov r9d, [rip + disp]` loading the 32-bit value at executable address
+    /// `at` (the code buffer's data area, within 2 GiB of its code).
+    fn load_r9d_rip(&mut self, at: u64, code_base: u64) {
+        const LEN: u64 = 7;
+        let next = code_base + self.ops.offset().0 as u64 + LEN;
+        let disp = at.wrapping_sub(next) as i64;
+        let disp = i32::try_from(disp).expect("the data area is within 2 GiB of the code");
+        // REX.R, MOV r32, r/m32, ModRM mod 00 reg 001 (R9 with REX.R) rm 101
+        // (RIP-relative).
+        self.ops.extend([0x44, 0x8B, 0x0D]);
+        self.ops.extend(disp.to_le_bytes());
+    }
+
     /// The out-of-line paths of an inline memory access, transfer or RDTSC.
     fn slow_path(&mut self, p: &SlowPath) {
         let fill = self.ext.stubs.fill;
         let size_write = p.size_write as i32;
+        if let (Some((wrong, slot, on)), Some(miss)) = (p.mispredict, p.miss) {
+            // The predicted entry was not the page's (R10 = linear address,
+            // R11 = its last byte's page): the page's own entry, and if that
+            // hits, it becomes the prediction.
+            let tag = if p.size_write & 1 != 0 {
+                FAST_WRITE
+            } else {
+                FAST_READ
+            };
+            dynasm!(self.ops
+                ; .arch x64
+                ; =>wrong
+                ; mov r9d, r10d
+                ; shr r9d, FAST_SHIFT
+                ; and r9d, FAST_MASK
+                ; cmp r11, QWORD [r12 + r9 + tag]
+                ; jne =>miss
+                ; mov r11, QWORD slot as i64
+                ; mov DWORD [r11], r9d
+                ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
+                ; jmp =>on
+            );
+        }
         if let Some(miss) = p.miss {
             dynasm!(self.ops ; .arch x64 ; =>miss);
             let size = p.size_write >> 1;

@@ -28,7 +28,7 @@
 
 use crate::codebuf::CodeBuffer;
 use crate::emit::{
-    emit_stubs, emit_unit, flat_segments, Externals, Fragment, Stubs, UnitPlan, EXIT_END,
+    emit_stubs, emit_unit, flat_segments, Externals, Fragment, Predict, Stubs, UnitPlan, EXIT_END,
     EXIT_EVENT, JC_REQUEST,
 };
 use crate::error::TranslatorError;
@@ -235,6 +235,8 @@ pub struct Translator {
     stats: JitStats,
     /// Generation of the next translation.
     next_gen: u64,
+    /// The next slot of the predicted fast-TLB entries ([`Predict`]).
+    next_predict: std::cell::Cell<u32>,
     /// Spec ids: (mode key, CS base, CS limit, flat segments) -> number.
     specs: HashMap<(CpuMode, u64, u32, u8), u32>,
     /// Per vCPU, its jump cache (`JitCtx::jc` points at the running one's)
@@ -282,6 +284,7 @@ impl Translator {
             interp: Interpreter::new(),
             ctx: Box::default(),
             stats: JitStats::default(),
+            next_predict: std::cell::Cell::new(0),
             next_gen: 1,
             specs: HashMap::new(),
             vcpus: vec![VcpuJit::new()],
@@ -631,6 +634,7 @@ impl Translator {
         let mut stubs = [0u64; 2];
         let frag = {
             let code = self.code.as_mut().ok_or(Delegation::NoBuffer)?;
+            let code_base = code.next_exec_addr() as u64;
             let mut ops = VecAssembler::<X64Relocation>::new(code.next_exec_addr());
             let frag = emit_unit(
                 &mut ops,
@@ -664,6 +668,12 @@ impl Translator {
                     insns: &ptrs,
                     cells: cell_addrs,
                     link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
+                    predict: code.data().map(|(rx, rw)| Predict {
+                        rx,
+                        rw,
+                        next: &self.next_predict,
+                        code_base,
+                    }),
                 },
             );
             let bytes = ops.finalize().map_err(|_| Delegation::NoBuffer)?;

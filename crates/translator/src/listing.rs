@@ -3,7 +3,7 @@
 //! change from run to run (the helper, the prepared instructions) are emitted as
 //! fixed placeholders and printed by name, so the text is stable for golden tests.
 
-use crate::emit::{emit_unit, Externals, Stubs, UnitPlan};
+use crate::emit::{emit_unit, Externals, Predict, Stubs, UnitPlan};
 use crate::plan::{self, HelperKind, Lowering};
 use crate::runtime::JitCtx;
 use dynasmrt::x64::X64Relocation;
@@ -29,6 +29,11 @@ const FAKE_CELLS: [u64; 2] = [0x7E57_0002_0000, 0x7E57_0002_0008];
 const FAKE_TAGS: [u64; 2] = [0x7E57_0003_0000, 0x7E57_0003_0001];
 /// Placeholder address of the `JitCtx`.
 const FAKE_CTX: u64 = 0x7E57_0005_0000;
+/// Placeholder addresses of the predicted fast-TLB entries: as translated
+/// code reads them (within reach of a RIP-relative operand from address 0),
+/// and the writable view.
+const FAKE_PREDICT: u64 = 0x7D00_0000;
+const FAKE_PREDICT_RW: u64 = 0x7E57_0006_0000;
 
 fn formatter() -> IntelFormatter {
     let mut f = IntelFormatter::new();
@@ -106,6 +111,12 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             insns: &ptrs,
             cells: FAKE_CELLS,
             link_tags: FAKE_TAGS,
+            predict: Some(Predict {
+                rx: FAKE_PREDICT,
+                rw: FAKE_PREDICT_RW,
+                next: &std::cell::Cell::new(0),
+                code_base: 0,
+            }),
         },
     );
     let host = match ops.finalize() {
