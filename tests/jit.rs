@@ -1034,6 +1034,71 @@ fn self_loops_stopped_by_the_budget_leave_the_loops_flags() {
     assert!(stops > 40);
 }
 
+/// A partition loop (quicksort's inner loop) whose first unit, `mov edx,
+/// [mem]; cmp edx, esi; jae`, goes either way to code that replaces the flags
+/// first (`plan::flags_dead_at`): the translator leaves the CMP's flags
+/// uncaptured on both chained ways and runs it again where a way leaves for
+/// the run loop (`Emitter::not_taken_flags`, `Emitter::side`). Stopped by the
+/// budget at many points, the translator's registers, flags, RIP, count and
+/// array must be the interpreter's.
+#[test]
+fn ways_into_code_that_replaces_the_flags_leave_them_exact() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    a.mov(esi, 0x8000_0000u32).unwrap();
+    a.xor(eax, eax).unwrap();
+    a.xor(ebx, ebx).unwrap();
+    a.mov(ebp, 3000u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.mov(edx, dword_ptr(eax * 4 + 0x2_0000)).unwrap();
+    a.cmp(edx, esi).unwrap();
+    a.jae(skip).unwrap();
+    a.mov(ecx, ebx).unwrap();
+    a.add(ebx, 1).unwrap();
+    a.mov(edi, dword_ptr(ecx * 4 + 0x2_0000)).unwrap();
+    a.mov(dword_ptr(ecx * 4 + 0x2_0000), edx).unwrap();
+    a.mov(dword_ptr(eax * 4 + 0x2_0000), edi).unwrap();
+    a.set_label(&mut skip).unwrap();
+    a.add(eax, 1).unwrap();
+    a.cmp(ebp, eax).unwrap();
+    a.jg(top).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assembles");
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..3000)
+        .flat_map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 16) as u32).to_le_bytes()
+        })
+        .collect();
+    let state = |engine, budget: u64| {
+        let mut vm = flat32(&code, engine);
+        vm.machine
+            .mem
+            .load(GuestPhys(0x2_0000), &data)
+            .expect("data fits");
+        let out = vm.run(budget);
+        let mut array = vec![0u8; data.len()];
+        vm.machine.mem.read_bytes(GuestPhys(0x2_0000), &mut array);
+        (out, vm.cpu.gpr, vm.cpu.rflags, vm.cpu.rip, vm.cpu.icount, array)
+    };
+    let mut stops = 0;
+    for budget in (5..20_000).step_by(211).chain(4..60) {
+        let want = state(Engine::Interp, budget);
+        assert_eq!(want.0, RunOutcome::InstructionLimit, "budget {budget}");
+        let got = state(Engine::Jit, budget);
+        let regs = |s: &(RunOutcome, [u64; 16], u64, u64, u64, Vec<u8>)| (s.0.clone(), s.1, s.2, s.3, s.4);
+        assert_eq!(regs(&got), regs(&want), "budget {budget}: jit (left) against interp");
+        assert!(got.5 == want.5, "budget {budget}: the arrays differ");
+        stops += 1;
+    }
+    assert!(stops > 100);
+}
+
 /// A copy loop `mov edx, [ecx]; add ecx, 4; cmp ecx, ebx; jne` leaves the
 /// compare's flags uncaptured on its way back, which runs a copy of the load
 /// whose out-of-line paths run the compare again (`plan::loop_prefix`). The

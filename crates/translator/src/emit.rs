@@ -330,6 +330,10 @@ pub struct UnitPlan<'a> {
     pub shadow_clear: &'a [bool],
     /// See [`crate::plan::loop_prefix`].
     pub loop_prefix: Option<usize>,
+    /// For a unit that ends with a Jcc, per way (taken, not taken): it chains
+    /// to code that replaces the flags before anything can observe them
+    /// ([`crate::plan::flags_dead_at`]).
+    pub exit_dead: [bool; 2],
 }
 
 /// The start of a self-loop whose closing compare leaves its flags
@@ -407,6 +411,8 @@ struct Emitter<'a, A: CodeSink> {
     sse_checked: bool,
     /// The copy of the loop's start the way back runs ([`LoopCopy`]).
     loop_copy: Option<LoopCopy>,
+    /// See [`UnitPlan::exit_dead`].
+    exit_dead: [bool; 2],
 }
 
 /// The out-of-line paths of an inline memory access, transfer or RDTSC: the
@@ -674,6 +680,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         stubs: [None; 2],
         sse_checked: false,
         loop_copy: None,
+        exit_dead: unit.exit_dead,
     };
     let n = unit.lowerings.len();
     let rotated = unit
@@ -1813,10 +1820,7 @@ impl<A: CodeSink> Emitter<'_, A> {
                 (self.pending, self.insn_delta) = (pending, delta);
                 self.deferred = deferred;
                 dynasm!(self.ops ; .arch x64 ; =>not_taken);
-                if let Some((_, f, _)) = self.deferred.take() {
-                    // Host EFLAGS still hold the deferred flags.
-                    self.after_flags(f, true);
-                }
+                self.not_taken_flags();
                 self.settle_flags();
                 self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
                 return;
@@ -1827,10 +1831,7 @@ impl<A: CodeSink> Emitter<'_, A> {
             // flag capture belong to that path only (random ROM seed 8830:
             // a taken Jcc to a target past the CS limit called the helper
             // with the preceding instructions uncounted).
-            if let Some((_, f, _)) = self.deferred.take() {
-                // Host EFLAGS still hold the deferred flags.
-                self.after_flags(f, true);
-            }
+            self.not_taken_flags();
             self.settle_flags();
             self.side(here.wrapping_add(len) & self.ip_mask, n, 1);
             (self.pending, self.insn_delta) = (pending, delta);
@@ -1941,6 +1942,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.epilogue();
             self.advance(n);
         }
+        // Flags left deferred for a chained way are made exact for the run
+        // loop (a self-loop's were above, before its epilogue).
+        self.rerun_deferred();
         let code = self.end_code;
         self.leave_unmapped(target, code);
     }
@@ -1955,10 +1959,7 @@ impl<A: CodeSink> Emitter<'_, A> {
     /// TEST, and captures then. A loop such as `add rax, 1; cmp byte [rax],
     /// 0; jne` then captures nothing per trip for its branch.
     fn defers_capture(&self, unit: &UnitPlan<'_>, i: usize) -> bool {
-        let start_free = unit.entry_live == 0 || unit.loop_prefix.is_some();
-        if !(self.chain && unit.captures[i] && unit.reruns[i] && start_free)
-            || i + 2 != unit.lowerings.len()
-        {
+        if !(self.chain && unit.captures[i] && unit.reruns[i]) || i + 2 != unit.lowerings.len() {
             return false;
         }
         let Lowering::Branch(b) = &unit.lowerings[i + 1] else {
@@ -1986,7 +1987,36 @@ impl<A: CodeSink> Emitter<'_, A> {
         };
         let len = u64::from(unit.lens[i + 1]);
         let target = here.wrapping_add(len).wrapping_add(b.rel) & mask;
-        target == self.rip && target != here && self.target_ok(target)
+        if target == here || !self.target_ok(target) {
+            return false;
+        }
+        if target == self.rip {
+            unit.entry_live == 0 || unit.loop_prefix.is_some()
+        } else {
+            // Chained to code where the flags are dead; the ways out run the
+            // compare again after the epilogue, which must leave the guest
+            // registers where the compare's code reads them.
+            unit.exit_dead[0]
+                && matches!(unit.lowerings[i], Lowering::Ident(_))
+                && self.regs.entries().next().is_none()
+        }
+    }
+
+    /// The not-taken side of the unit's closing Jcc: the deferred flags
+    /// ([`Emitter::deferred`]) are captured from host EFLAGS, unless that way
+    /// chains to code where they are dead ([`UnitPlan::exit_dead`]); then
+    /// only its ways out to the run loop run the compare again.
+    fn not_taken_flags(&mut self) {
+        let keep = self.exit_dead[1]
+            && self.deferred.as_ref().is_some_and(|d| !d.2)
+            && self.regs.entries().next().is_none();
+        if keep {
+            return;
+        }
+        if let Some((_, f, _)) = self.deferred.take() {
+            // Host EFLAGS still hold the deferred flags.
+            self.after_flags(f, true);
+        }
     }
 
     /// On the way back of a self-loop with a [`LoopCopy`]: the loop's start

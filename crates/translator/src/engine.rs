@@ -48,7 +48,7 @@ use x86bt_cpu::state::{sreg, RunState};
 use x86bt_cpu::{CpuMode, CpuState, Exception, Interpreter};
 use x86bt_decoder::sensitive::{classify, Sensitivity};
 use x86bt_decoder::DecodedUnit;
-use x86bt_machine::Machine;
+use x86bt_machine::{GuestPhys, Machine};
 
 /// Sets of the two-way translation cache (a power of two). A miss costs a
 /// translation, much more than the interpreter's decode, so the cache is larger
@@ -253,6 +253,44 @@ pub struct Translator {
     /// fragment (host address, size, guest CS:IP), the format `perf report`
     /// reads to name JIT code.
     perf_map: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+/// For a unit that ends with a Jcc (its taken side, then its not-taken side):
+/// whether the way goes to code on the unit's own page where the arithmetic
+/// flags are dead ([`plan::flags_dead_at`]). The bytes that showed it are
+/// marked as code, so that a write to them drops this unit with the page's
+/// others.
+fn exits_flags_dead(
+    cpu: &CpuState,
+    m: &mut Machine,
+    phys: u64,
+    key: CpuMode,
+    insns: &[Insn],
+) -> [bool; 2] {
+    let Some(last) = insns.last().map(|i| &i.ins) else {
+        return [false; 2];
+    };
+    if !last.is_jcc_short_or_near() || m.mem.ram_page(GuestPhys(phys)).is_none() {
+        return [false; 2];
+    }
+    let base = cpu.seg[sreg::CS].base;
+    let wrap = if key == CpuMode::Long64 { u64::MAX } else { 0xFFFF_FFFF };
+    let lin = |ip: u64| base.wrapping_add(ip) & wrap;
+    let page = lin(cpu.rip) >> 12;
+    let page_phys = phys & !0xFFF;
+    [last.near_branch_target(), last.next_ip()].map(|ip| {
+        let at = lin(ip);
+        if at >> 12 != page {
+            return false;
+        }
+        let off = at & 0xFFF;
+        let mut code = vec![0u8; (0x1000 - off).min(64) as usize];
+        m.mem.read_bytes(GuestPhys(page_phys | off), &mut code);
+        match plan::flags_dead_at(key.bits(), &code) {
+            Some(len) => m.mem.mark_code(GuestPhys(page_phys | off), len as u64),
+            None => false,
+        }
+    })
 }
 
 #[inline]
@@ -598,6 +636,7 @@ impl Translator {
             return Ok(());
         }
         let (captures, entry_live) = plan::flag_plan(&lowerings);
+        let exit_dead = exits_flags_dead(cpu, m, phys, key, &insns);
         let remats = plan::remats(&insns, &lowerings, &captures);
         let reruns = plan::reruns(&insns);
         let lens: Vec<u8> = insns.iter().map(|i| i.len).collect();
@@ -661,6 +700,7 @@ impl Translator {
                     regs,
                     shadow_clear: &shadow_clear,
                     loop_prefix: plan::loop_prefix(&insns, &lowerings),
+                    exit_dead,
                 },
                 &Externals {
                     stubs: self.stubs,

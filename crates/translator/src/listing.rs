@@ -104,6 +104,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             regs,
             shadow_clear: &plan::shadow_clears(insns),
             loop_prefix: plan::loop_prefix(insns, &lowerings),
+            exit_dead: [false; 2],
         },
         &Externals {
             stubs: FAKE_STUBS,

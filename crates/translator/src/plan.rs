@@ -852,6 +852,75 @@ pub fn loop_prefix(insns: &[Insn], lowerings: &[Lowering]) -> Option<usize> {
     None
 }
 
+/// Whether the arithmetic flags are dead where `code` starts (`bits`-bit code):
+/// its first instructions write none and cannot fault, up to one that writes
+/// all six without reading any and cannot fault either, all within `code`.
+/// Returns how many bytes that took (the caller marks them as code, so that a
+/// write to them drops what relied on this), or `None`.
+///
+/// A fragment whose unit chains straight to such code need not capture its
+/// flags on that way (`emit::Emitter::defers_capture`): nothing can observe
+/// them before they are replaced, neither an instruction nor an exception
+/// frame. Register MOV, MOVZX, MOVSX, MOVSXD, LEA, NOT and XCHG pass;
+/// register and immediate ADD, SUB, AND, OR, XOR, CMP, TEST and NEG write all
+/// six.
+pub fn flags_dead_at(bits: u32, code: &[u8]) -> Option<usize> {
+    let mut d = iced_x86::Decoder::new(bits, code, iced_x86::DecoderOptions::NONE);
+    for _ in 0..6 {
+        if !d.can_decode() {
+            return None;
+        }
+        let ins = d.decode();
+        if ins.is_invalid() || ins.has_lock_prefix() {
+            return None;
+        }
+        let no_mem = (0..ins.op_count()).all(|k| {
+            matches!(
+                ins.op_kind(k),
+                OpKind::Register
+                    | OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate64
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64
+            )
+        });
+        match ins.mnemonic() {
+            Mnemonic::Add
+            | Mnemonic::Sub
+            | Mnemonic::And
+            | Mnemonic::Or
+            | Mnemonic::Xor
+            | Mnemonic::Cmp
+            | Mnemonic::Test
+            | Mnemonic::Neg
+                if no_mem =>
+            {
+                return Some(d.position());
+            }
+            Mnemonic::Mov
+            | Mnemonic::Movzx
+            | Mnemonic::Movsx
+            | Mnemonic::Movsxd
+            | Mnemonic::Not
+            | Mnemonic::Xchg
+                if no_mem && (0..ins.op_count()).all(|k| plain_gpr(&ins, k)) => {}
+            Mnemonic::Lea => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Operand `k` of `ins` is an immediate or a general register (not a
+/// segment, control or debug register, whose moves are sensitive).
+fn plain_gpr(ins: &Instruction, k: u32) -> bool {
+    ins.op_kind(k) != OpKind::Register || ins.op_register(k).is_gpr()
+}
+
 /// The instructions at which the emitter reloads host EFLAGS from `CpuState`,
 /// with the flags the reload is for, given the captures `caps`. This mirrors
 /// `emit::Emitter`'s flag bookkeeping (`host_valid`, `pending`).
@@ -2426,6 +2495,36 @@ fn host_lea64(insn: &Insn, dst: Register, high: &HighRegs) -> Option<Instruction
 mod tests {
     use super::*;
     use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+    /// Hand-encoded sequences (SDM vol. 2 encodings): the flags are dead
+    /// where a flag-free, fault-free run ends in a register ADD, SUB, AND,
+    /// OR, XOR, CMP, TEST or NEG; not where an instruction reads flags, can
+    /// fault, or the code ends first.
+    #[test]
+    fn flags_dead_at_needs_a_full_writer_before_any_reader_or_fault() {
+        // movsxd rcx, ebx; add ebx, 1
+        assert_eq!(flags_dead_at(64, &[0x48, 0x63, 0xCB, 0x83, 0xC3, 0x01]), Some(6));
+        // add rax, 1
+        assert_eq!(flags_dead_at(64, &[0x48, 0x83, 0xC0, 0x01, 0xCC]), Some(4));
+        // lea eax, [ebx+4]; xor ecx, ecx (32-bit)
+        assert_eq!(flags_dead_at(32, &[0x8D, 0x43, 0x04, 0x31, 0xC9]), Some(5));
+        // mov edx, [rax]: a load can fault, and its frame holds the flags.
+        assert_eq!(flags_dead_at(64, &[0x8B, 0x10, 0x01, 0xC0]), None);
+        // adc eax, 1 reads CF.
+        assert_eq!(flags_dead_at(32, &[0x83, 0xD0, 0x01]), None);
+        // inc eax keeps CF: not every flag is replaced, and nothing follows.
+        assert_eq!(flags_dead_at(64, &[0xFF, 0xC0]), None);
+        // setz al reads ZF.
+        assert_eq!(flags_dead_at(32, &[0x0F, 0x94, 0xC0, 0x31, 0xC0]), None);
+        // mov ds, ax is not a plain register move.
+        assert_eq!(flags_dead_at(16, &[0x8E, 0xD8, 0x31, 0xC0]), None);
+        // add [rax], ecx writes memory.
+        assert_eq!(flags_dead_at(64, &[0x01, 0x08]), None);
+        // mov eax, ebx and then the code ends.
+        assert_eq!(flags_dead_at(32, &[0x89, 0xD8]), None);
+        // lock add: #UD on a register destination.
+        assert_eq!(flags_dead_at(32, &[0xF0, 0x01, 0xC8]), None);
+    }
 
     fn prepared(bits: u32, bytes: &[u8]) -> Insn {
         let mut d = Decoder::new(bits, bytes, DecoderOptions::NONE);
