@@ -229,6 +229,11 @@ pub struct RunArgs {
     /// Print instructions retired, MIPS and unit-cache counters at exit.
     #[arg(long)]
     pub stats: bool,
+    /// Show one status line on stderr, rewritten about once a second:
+    /// guest instructions, MIPS, virtual time and translations (units
+    /// decoded under the interpreter). It ends with a newline at exit.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// Options of `x86bt sst`.

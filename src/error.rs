@@ -34,6 +34,16 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A SingleStepTests file of a kind the runner does not read: an unknown
+    /// CPU id, format version, CPU mode or register chunk. Refused whole, so
+    /// that no case "passes" with registers that were never compared.
+    #[error("{path}: unsupported MOO file: {what}")]
+    MooUnsupported {
+        /// The file.
+        path: PathBuf,
+        /// What the runner does not know.
+        what: String,
+    },
     /// The metadata file is malformed.
     #[error("{path}: malformed metadata: {what}")]
     Metadata {

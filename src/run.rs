@@ -3,11 +3,13 @@
 use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::vm::{RunOutcome, Vm};
-use std::io::Write;
+use std::cell::Cell;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use x86bt_machine::loader::{linux, multiboot};
 use x86bt_machine::pc::{self, PcConfig};
 
@@ -148,6 +150,198 @@ pub fn split_module(arg: &str) -> (PathBuf, String) {
     (PathBuf::from(file), arg.to_string())
 }
 
+/// Guest instructions between two looks at the wall clock under
+/// `--progress`: the run stops at every multiple of this count (a stop at an
+/// instruction count, as `--max-insns` makes, between two units) and goes on.
+pub const PROGRESS_SLICE: u64 = 1 << 22;
+
+/// How often the `--progress` line is rewritten, in host time.
+const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
+
+/// `--progress`: one status line on stderr, rewritten in place with a
+/// carriage return. Where stdout and stderr are the same terminal, the
+/// guest's console output (serial, debug console) is written below it: the
+/// line is blanked before guest output goes out, and is drawn again only
+/// when that output has ended its line, so the line never overwrites or
+/// splits the guest's text.
+///
+/// The line only reads the VM between two slices of the run; it changes
+/// nothing the guest can see (see [`run_with_progress`]).
+#[derive(Clone)]
+pub struct ProgressLine(Rc<ProgressState>);
+
+/// What the line and the console writers share.
+pub struct ProgressState {
+    /// Whether stdout and stderr are one terminal.
+    shared_terminal: bool,
+    /// Characters of the line on screen now (0: none shown).
+    shown: Cell<usize>,
+    /// Whether the guest's last console byte ended a line.
+    console_at_line_start: Cell<bool>,
+    /// When the run started, and when and at what count the line was drawn.
+    start: Instant,
+    last: Cell<(Instant, u64)>,
+}
+
+impl ProgressLine {
+    /// A line for a run that starts now.
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Self(Rc::new(ProgressState {
+            shared_terminal: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+            shown: Cell::new(0),
+            console_at_line_start: Cell::new(true),
+            start: now,
+            last: Cell::new((now, 0)),
+        }))
+    }
+
+    /// Wraps a guest console writer bound for stdout so that it writes below
+    /// the line (a no-op unless stdout and stderr are one terminal).
+    pub fn clear_before(&self, inner: Box<dyn Write>) -> Box<dyn Write> {
+        if !self.0.shared_terminal {
+            return inner;
+        }
+        Box::new(BelowProgress {
+            inner,
+            line: self.clone(),
+        })
+    }
+
+    /// Draws the line if a period has passed since it was last drawn.
+    pub fn update(&self, vm: &Vm) {
+        let (then, then_icount) = self.0.last.get();
+        let now = Instant::now();
+        let elapsed = now.duration_since(then);
+        if elapsed < PROGRESS_PERIOD {
+            return;
+        }
+        if self.0.shared_terminal && !self.0.console_at_line_start.get() {
+            return;
+        }
+        let icount = vm.icount();
+        let mips = icount.saturating_sub(then_icount) as f64 / elapsed.as_secs_f64() / 1e6;
+        self.0.last.set((now, icount));
+        self.draw(&progress_text(vm, mips));
+    }
+
+    /// The last line, with the whole run's mean MIPS, ended with a newline.
+    pub fn finish(&self, vm: &Vm) {
+        let secs = self.0.start.elapsed().as_secs_f64().max(1e-9);
+        let mips = vm.icount() as f64 / secs / 1e6;
+        if self.0.shared_terminal && !self.0.console_at_line_start.get() {
+            // The guest's text ends mid-line: start a line of our own.
+            eprintln!();
+            self.0.shown.set(0);
+        }
+        self.draw(&progress_text(vm, mips));
+        eprintln!();
+        self.0.shown.set(0);
+    }
+
+    fn draw(&self, text: &str) {
+        let width = text.chars().count();
+        let pad = self.0.shown.get().saturating_sub(width);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{text}{:pad$}", "");
+        let _ = err.flush();
+        self.0.shown.set(width);
+    }
+
+    /// Blanks the line, so the guest's output starts on a clean one.
+    fn blank(&self) {
+        let width = self.0.shown.replace(0);
+        if width > 0 {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r{:width$}\r", "");
+            let _ = err.flush();
+        }
+    }
+}
+
+impl Default for ProgressLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A guest console writer on the terminal the `--progress` line is on.
+struct BelowProgress {
+    inner: Box<dyn Write>,
+    line: ProgressLine,
+}
+
+impl Write for BelowProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.blank();
+        let n = self.inner.write(buf)?;
+        if let Some(&last) = buf[..n].last() {
+            self.line.0.console_at_line_start.set(last == b'\n');
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The line's text: instructions, MIPS, virtual time, and the translations
+/// made (units decoded, under the interpreter).
+fn progress_text(vm: &Vm, mips: f64) -> String {
+    let secs = vm.now() as f64 / 1e9;
+    let units = match vm.interpreter_stats() {
+        Some(s) => format!("{} units decoded", s.misses),
+        None => format!(
+            "{} translations",
+            vm.engine_stats()
+                .as_deref()
+                .and_then(translations_in)
+                .unwrap_or(0)
+        ),
+    };
+    format!(
+        "x86bt: {} instructions, {mips:.1} MIPS, virtual time {secs:.3} s, {units}",
+        vm.icount()
+    )
+}
+
+/// The translation count in the translator's `--stats` text (its first line,
+/// "translator: N translations (...").
+pub fn translations_in(stats: &str) -> Option<u64> {
+    stats.lines().find_map(|l| {
+        let rest = l.strip_prefix("translator: ")?;
+        let (n, tail) = rest.split_once(' ')?;
+        tail.starts_with("translations").then(|| n.parse().ok())?
+    })
+}
+
+/// Runs as [`Vm::run`] does, in slices of [`PROGRESS_SLICE`] instructions,
+/// updating `line` between them.
+///
+/// The slices do not change the guest's execution. A slice ends where
+/// `Vm::run` checks its instruction limit: at the top of its loop, between
+/// two units, before anything of that pass has happened, and the next call
+/// starts that same pass again (the checks before the limit read state and
+/// change none). The limit also bounds how far units chain, but a chain stops
+/// only between units, and the next unit starts at the same instruction it
+/// would have; interrupts are taken at the same instruction boundaries,
+/// because the chain also stops for every device deadline and pending
+/// interrupt. The slice ends are multiples of a fixed count, so a run with
+/// `--progress` is the same every time, and the tests check it retires the
+/// same instructions and prints the same output as one without.
+pub fn run_with_progress(vm: &mut Vm, max_insns: u64, line: &ProgressLine) -> RunOutcome {
+    loop {
+        let slice_end = (vm.icount() / PROGRESS_SLICE + 1)
+            .saturating_mul(PROGRESS_SLICE)
+            .min(max_insns);
+        let outcome = vm.run(slice_end);
+        if !matches!(outcome, RunOutcome::InstructionLimit) || vm.icount() >= max_insns {
+            return outcome;
+        }
+        line.update(vm);
+    }
+}
+
 /// Signals that end a run: they stop the guest and let the normal exit path
 /// restore the terminal. If the run does not stop within two seconds, the
 /// terminal is restored here and the process exits.
@@ -261,6 +455,11 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
             )))
         }
     };
+    if text_display && a.progress {
+        return Err(Error::Usage(
+            "--progress and --display text both draw on the terminal: use one".into(),
+        ));
+    }
     if text_display && a.serial == "stdio" {
         return Err(Error::Usage(
             "--display text draws on the terminal: send the serial console elsewhere \
@@ -320,6 +519,15 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     if let Some(text) = &a.until {
         serial_out = Box::new(Watch::new(serial_out, text, Arc::clone(&seen)));
         debugcon = Box::new(Watch::new(debugcon, text, Arc::clone(&seen)));
+    }
+    let progress_line = a.progress.then(ProgressLine::new);
+    if let Some(line) = &progress_line {
+        if a.serial == "stdio" {
+            serial_out = line.clear_before(serial_out);
+        }
+        if a.debugcon == "stdio" {
+            debugcon = line.clear_before(debugcon);
+        }
     }
     let post = match &a.post {
         Some(spec) if spec.starts_with("file:") => Some(checked(open_sink(spec, "post")?, "POST")),
@@ -426,9 +634,16 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         enter_kernel(&mut vm.cpu, entry);
     }
     let start = Instant::now();
-    let outcome = vm.run(a.max_insns.unwrap_or(u64::MAX));
+    let max_insns = a.max_insns.unwrap_or(u64::MAX);
+    let outcome = match &progress_line {
+        Some(line) => run_with_progress(&mut vm, max_insns, line),
+        None => vm.run(max_insns),
+    };
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();
+    if let Some(line) = &progress_line {
+        line.finish(&vm);
+    }
     if let (Some(path), Some(v)) = (&a.screen_dump, &vga) {
         let text = v.text_screen().to_text() + "\n";
         std::fs::write(path, text).map_err(|source| Error::Create {
@@ -660,5 +875,24 @@ pub fn print_stats(vm: &Vm, secs: f64) {
     );
     if let Some(engine) = vm.engine_stats() {
         eprintln!("{engine}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_translations_in_reads_the_translator_stats_text() {
+        let stats = x86bt_translator::stats::JitStats {
+            translations: 12345,
+            hits: 7,
+            ..Default::default()
+        };
+        assert_eq!(translations_in(&stats.to_string()), Some(12345));
+        // Lockstep's text starts with the same lines.
+        let lockstep = format!("{stats}\nlockstep: 3 units, 3 compared");
+        assert_eq!(translations_in(&lockstep), Some(12345));
+        assert_eq!(translations_in("unit cache: 1 hits"), None);
     }
 }
