@@ -1084,15 +1084,27 @@ fn ways_into_code_that_replaces_the_flags_leave_them_exact() {
         let out = vm.run(budget);
         let mut array = vec![0u8; data.len()];
         vm.machine.mem.read_bytes(GuestPhys(0x2_0000), &mut array);
-        (out, vm.cpu.gpr, vm.cpu.rflags, vm.cpu.rip, vm.cpu.icount, array)
+        (
+            out,
+            vm.cpu.gpr,
+            vm.cpu.rflags,
+            vm.cpu.rip,
+            vm.cpu.icount,
+            array,
+        )
     };
     let mut stops = 0;
     for budget in (5..20_000).step_by(211).chain(4..60) {
         let want = state(Engine::Interp, budget);
         assert_eq!(want.0, RunOutcome::InstructionLimit, "budget {budget}");
         let got = state(Engine::Jit, budget);
-        let regs = |s: &(RunOutcome, [u64; 16], u64, u64, u64, Vec<u8>)| (s.0.clone(), s.1, s.2, s.3, s.4);
-        assert_eq!(regs(&got), regs(&want), "budget {budget}: jit (left) against interp");
+        let regs =
+            |s: &(RunOutcome, [u64; 16], u64, u64, u64, Vec<u8>)| (s.0.clone(), s.1, s.2, s.3, s.4);
+        assert_eq!(
+            regs(&got),
+            regs(&want),
+            "budget {budget}: jit (left) against interp"
+        );
         assert!(got.5 == want.5, "budget {budget}: the arrays differ");
         stops += 1;
     }
@@ -1105,18 +1117,36 @@ fn ways_into_code_that_replaces_the_flags_leave_them_exact() {
 /// load faults on a later trip, so the #GP frame must hold the CMP's flags:
 /// 0x30000 - 0x40000 sets CF, PF and SF. DS has a limit, so every load goes
 /// through the helper, which raises #GP(0) past it.
+///
+/// The second loop, `mov edx, [ecx*4]; inc ecx; cmp ecx, ebx; jne` (the
+/// 32-bit copy loop's shape), joins the body at the INC, which keeps CF: the
+/// compare after it replaces the rest before anything reads them. It faults
+/// at ECX = 0xC000: 0xC000 - 0x10000 sets CF, PF and SF too.
 #[test]
 fn a_fault_at_a_loops_start_pushes_the_closing_compares_flags() {
+    fault_at_a_loops_start(false);
+    fault_at_a_loops_start(true);
+}
+
+fn fault_at_a_loops_start(inc: bool) {
     use iced_x86::code_asm::*;
     use x86bt_cpu::state::{sreg, Segment, TableReg};
     let mut a = CodeAssembler::new(32).expect("assembler");
     let mut top = a.create_label();
     let mut handler = a.create_label();
-    a.mov(ebx, 0x4_0000u32).unwrap();
-    a.mov(ecx, 0x2_FF00u32).unwrap();
-    a.set_label(&mut top).unwrap();
-    a.mov(edx, dword_ptr(ecx)).unwrap();
-    a.add(ecx, 4).unwrap();
+    if inc {
+        a.mov(ebx, 0x1_0000u32).unwrap();
+        a.mov(ecx, 0xBF00u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(edx, dword_ptr(ecx * 4)).unwrap();
+        a.inc(ecx).unwrap();
+    } else {
+        a.mov(ebx, 0x4_0000u32).unwrap();
+        a.mov(ecx, 0x2_FF00u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(edx, dword_ptr(ecx)).unwrap();
+        a.add(ecx, 4).unwrap();
+    }
     a.cmp(ecx, ebx).unwrap();
     a.jne(top).unwrap();
     a.hlt().unwrap();
@@ -1164,7 +1194,8 @@ fn a_fault_at_a_loops_start_pushes_the_closing_compares_flags() {
     };
     let want = run(Engine::Interp);
     assert_eq!(want.0, RunOutcome::HaltedForever);
-    assert_eq!(want.2[1], 0x3_0000, "ECX at the fault");
+    let at_fault = if inc { 0xC000 } else { 0x3_0000 };
+    assert_eq!(want.2[1], at_fault, "ECX at the fault");
     assert_eq!(want.3 & 0x8D5, 0x85, "EFLAGS image {:#x}", want.3);
     assert_eq!(run(Engine::Jit), want);
     assert_eq!(run(Engine::Lockstep), want);

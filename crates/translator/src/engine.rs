@@ -274,7 +274,11 @@ fn exits_flags_dead(
         return [false; 2];
     }
     let base = cpu.seg[sreg::CS].base;
-    let wrap = if key == CpuMode::Long64 { u64::MAX } else { 0xFFFF_FFFF };
+    let wrap = if key == CpuMode::Long64 {
+        u64::MAX
+    } else {
+        0xFFFF_FFFF
+    };
     let lin = |ip: u64| base.wrapping_add(ip) & wrap;
     let page = lin(cpu.rip) >> 12;
     let page_phys = phys & !0xFFF;

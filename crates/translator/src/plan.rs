@@ -785,8 +785,9 @@ pub fn reruns(insns: &[Insn]) -> Vec<bool> {
 /// For a self-loop that closes with a register CMP or TEST and a Jcc, the
 /// number of instructions at its start that only its flags make live there:
 /// memory and register instructions that neither read nor write a flag, and
-/// write no register the compare reads, up to (not including) a register
-/// instruction that writes every flag without reading one. Their out-of-line
+/// write no register the compare reads, up to the first that writes flags,
+/// from where register instructions replace all six before anything reads
+/// them (an `inc eax` then the compare itself will do). Their out-of-line
 /// paths (a TLB fill, the helper) need the flags exact, which is all that
 /// makes them live at the loop's start; the emitter can then leave the
 /// compare's flags uncaptured on the way back and have those paths run the
@@ -818,6 +819,7 @@ pub fn loop_prefix(insns: &[Insn], lowerings: &[Lowering]) -> Option<usize> {
         .map(|u| u.register().full_register())
         .collect();
     let mut any_mem = false;
+    let mut k = None;
     for (i, l) in lowerings[..n - 1].iter().enumerate() {
         let (g, is_mem) = match l {
             Lowering::Ident(y) => (y.flags, false),
@@ -828,8 +830,8 @@ pub fn loop_prefix(insns: &[Insn], lowerings: &[Lowering]) -> Option<usize> {
             return None;
         }
         if g.written != 0 {
-            let full = !is_mem && g.written == ARITH && !g.only_if_dead && !g.count_fixed();
-            return (full && any_mem).then_some(i);
+            k = Some(i);
+            break;
         }
         let clobbers = factory
             .info(&insns[i].ins)
@@ -848,6 +850,23 @@ pub fn loop_prefix(insns: &[Insn], lowerings: &[Lowering]) -> Option<usize> {
             return None;
         }
         any_mem |= is_mem;
+    }
+    let k = k.filter(|_| any_mem)?;
+    // From the join on, register instructions write all six flags before
+    // anything reads one (or can fault and push them).
+    let mut covered = 0;
+    for l in &lowerings[k..n - 1] {
+        let Lowering::Ident(y) = l else {
+            return None;
+        };
+        let g = y.flags;
+        if g.read & !covered != 0 || g.only_if_dead || g.count_fixed() {
+            return None;
+        }
+        covered |= g.written;
+        if covered & ARITH == ARITH {
+            return Some(k);
+        }
     }
     None
 }
@@ -2503,7 +2522,10 @@ mod tests {
     #[test]
     fn flags_dead_at_needs_a_full_writer_before_any_reader_or_fault() {
         // movsxd rcx, ebx; add ebx, 1
-        assert_eq!(flags_dead_at(64, &[0x48, 0x63, 0xCB, 0x83, 0xC3, 0x01]), Some(6));
+        assert_eq!(
+            flags_dead_at(64, &[0x48, 0x63, 0xCB, 0x83, 0xC3, 0x01]),
+            Some(6)
+        );
         // add rax, 1
         assert_eq!(flags_dead_at(64, &[0x48, 0x83, 0xC0, 0x01, 0xCC]), Some(4));
         // lea eax, [ebx+4]; xor ecx, ecx (32-bit)
