@@ -1130,67 +1130,29 @@ fn a_fault_at_a_loops_start_pushes_the_closing_compares_flags() {
 
 fn fault_at_a_loops_start(inc: bool) {
     use iced_x86::code_asm::*;
-    use x86bt_cpu::state::{sreg, Segment, TableReg};
-    let mut a = CodeAssembler::new(32).expect("assembler");
-    let mut top = a.create_label();
-    let mut handler = a.create_label();
-    if inc {
-        a.mov(ebx, 0x1_0000u32).unwrap();
-        a.mov(ecx, 0xBF00u32).unwrap();
-        a.set_label(&mut top).unwrap();
-        a.mov(edx, dword_ptr(ecx * 4)).unwrap();
-        a.inc(ecx).unwrap();
-    } else {
-        a.mov(ebx, 0x4_0000u32).unwrap();
-        a.mov(ecx, 0x2_FF00u32).unwrap();
-        a.set_label(&mut top).unwrap();
-        a.mov(edx, dword_ptr(ecx)).unwrap();
-        a.add(ecx, 4).unwrap();
-    }
-    a.cmp(ecx, ebx).unwrap();
-    a.jne(top).unwrap();
-    a.hlt().unwrap();
-    a.set_label(&mut handler).unwrap();
-    a.mov(eax, dword_ptr(esp + 12)).unwrap();
-    a.mov(dword_ptr(0x5000), eax).unwrap();
-    a.hlt().unwrap();
-    let res = a
-        .assemble_options(
-            0x1000,
-            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
-        )
-        .expect("assembles");
-    let at = res.label_ip(&handler).expect("handler") as u32;
-    let code = res.inner.code_buffer;
     let run = |engine| {
-        let mut vm = flat32(&code, engine);
-        let gdt: [u64; 3] = [0, 0x00CF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
-        let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-        vm.machine.mem.load(GuestPhys(0x3000), &gdt).expect("gdt");
-        let gate =
-            u64::from(at & 0xFFFF) | 8 << 16 | 0x8E00u64 << 32 | u64::from(at & 0xFFFF_0000) << 32;
-        vm.machine
-            .mem
-            .load(GuestPhys(0x3800 + 13 * 8), &gate.to_le_bytes())
-            .expect("idt");
-        vm.cpu.gdtr = TableReg {
-            base: 0x3000,
-            limit: 23,
-        };
-        vm.cpu.idtr = TableReg {
-            base: 0x3800,
-            limit: 0x7FF,
-        };
-        vm.cpu.seg[sreg::DS] = Segment {
-            selector: 0x10,
-            attrs: 0x4093,
-            limit: 0x2_FFFF,
-            base: 0,
-        };
-        let out = vm.run(100_000);
-        let mut frame = [0u8; 4];
-        vm.machine.mem.read_bytes(GuestPhys(0x5000), &mut frame);
-        (out, vm.cpu.icount, vm.cpu.gpr, u32::from_le_bytes(frame))
+        run_to_gp_frame(
+            |a| {
+                let mut top = a.create_label();
+                if inc {
+                    a.mov(ebx, 0x1_0000u32)?;
+                    a.mov(ecx, 0xBF00u32)?;
+                    a.set_label(&mut top)?;
+                    a.mov(edx, dword_ptr(ecx * 4))?;
+                    a.inc(ecx)?;
+                } else {
+                    a.mov(ebx, 0x4_0000u32)?;
+                    a.mov(ecx, 0x2_FF00u32)?;
+                    a.set_label(&mut top)?;
+                    a.mov(edx, dword_ptr(ecx))?;
+                    a.add(ecx, 4)?;
+                }
+                a.cmp(ecx, ebx)?;
+                a.jne(top)?;
+                a.hlt()
+            },
+            engine,
+        )
     };
     let want = run(Engine::Interp);
     assert_eq!(want.0, RunOutcome::HaltedForever);
@@ -1210,17 +1172,43 @@ fn fault_at_a_loops_start(inc: bool) {
 #[test]
 fn a_fault_after_an_uncaptured_add_pushes_its_flags() {
     use iced_x86::code_asm::*;
+    let run = |engine| {
+        run_to_gp_frame(
+            |a| {
+                let mut top = a.create_label();
+                a.mov(ebx, 0x100u32)?;
+                a.mov(ecx, 0x2_F000u32)?;
+                a.set_label(&mut top)?;
+                a.add(ecx, ebx)?;
+                a.mov(edx, dword_ptr(ecx))?;
+                a.add(edx, 1)?;
+                a.jmp(top)
+            },
+            engine,
+        )
+    };
+    let want = run(Engine::Interp);
+    assert_eq!(want.0, RunOutcome::HaltedForever);
+    // ADD's flags at the fault: 0x2FF00 + 0x100 = 0x30000, PF set (the
+    // last ADD EDX, 1 made 0x57575758, PF clear: stale flags would show).
+    assert_eq!(want.3 & 0x8D5, 0x04, "EFLAGS image {:#x}", want.3);
+    assert_eq!(run(Engine::Jit), want);
+    assert_eq!(run(Engine::Lockstep), want);
+}
+
+/// Runs 32-bit code `body` (assembled at 0x1000 and followed by a #GP handler
+/// that stores the EFLAGS image of its frame at 0x5000 and halts) on
+/// `engine`, with DS limited to 0x2FFFF and bytes 0x57 at 0x20000..0x30000:
+/// the outcome, icount, GPRs and the stored image.
+fn run_to_gp_frame(
+    body: impl Fn(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>,
+    engine: Engine,
+) -> (RunOutcome, u64, [u64; 16], u32) {
+    use iced_x86::code_asm::*;
     use x86bt_cpu::state::{sreg, Segment, TableReg};
     let mut a = CodeAssembler::new(32).expect("assembler");
-    let mut top = a.create_label();
     let mut handler = a.create_label();
-    a.mov(ebx, 0x100u32).unwrap();
-    a.mov(ecx, 0x2_F000u32).unwrap();
-    a.set_label(&mut top).unwrap();
-    a.add(ecx, ebx).unwrap();
-    a.mov(edx, dword_ptr(ecx)).unwrap();
-    a.add(edx, 1).unwrap();
-    a.jmp(top).unwrap();
+    body(&mut a).expect("body assembles");
     a.set_label(&mut handler).unwrap();
     a.mov(eax, dword_ptr(esp + 12)).unwrap();
     a.mov(dword_ptr(0x5000), eax).unwrap();
@@ -1232,46 +1220,36 @@ fn a_fault_after_an_uncaptured_add_pushes_its_flags() {
         )
         .expect("assembles");
     let at = res.label_ip(&handler).expect("handler") as u32;
-    let code = res.inner.code_buffer;
-    let run = |engine| {
-        let mut vm = flat32(&code, engine);
-        let gdt: [u64; 3] = [0, 0x00CF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
-        let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-        vm.machine.mem.load(GuestPhys(0x3000), &gdt).expect("gdt");
-        let gate =
-            u64::from(at & 0xFFFF) | 8 << 16 | 0x8E00u64 << 32 | u64::from(at & 0xFFFF_0000) << 32;
-        vm.machine
-            .mem
-            .load(GuestPhys(0x3800 + 13 * 8), &gate.to_le_bytes())
-            .expect("idt");
-        vm.machine
-            .mem
-            .load(GuestPhys(0x2_0000), &[0x57; 0x1_0000])
-            .expect("data");
-        vm.cpu.gdtr = TableReg {
-            base: 0x3000,
-            limit: 23,
-        };
-        vm.cpu.idtr = TableReg {
-            base: 0x3800,
-            limit: 0x7FF,
-        };
-        vm.cpu.seg[sreg::DS] = Segment {
-            selector: 0x10,
-            attrs: 0x4093,
-            limit: 0x2_FFFF,
-            base: 0,
-        };
-        let out = vm.run(100_000);
-        let mut frame = [0u8; 4];
-        vm.machine.mem.read_bytes(GuestPhys(0x5000), &mut frame);
-        (out, vm.cpu.icount, vm.cpu.gpr, u32::from_le_bytes(frame))
+    let mut vm = flat32(&res.inner.code_buffer, engine);
+    let gdt: [u64; 3] = [0, 0x00CF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
+    let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    vm.machine.mem.load(GuestPhys(0x3000), &gdt).expect("gdt");
+    let gate =
+        u64::from(at & 0xFFFF) | 8 << 16 | 0x8E00u64 << 32 | u64::from(at & 0xFFFF_0000) << 32;
+    vm.machine
+        .mem
+        .load(GuestPhys(0x3800 + 13 * 8), &gate.to_le_bytes())
+        .expect("idt");
+    vm.machine
+        .mem
+        .load(GuestPhys(0x2_0000), &[0x57; 0x1_0000])
+        .expect("data");
+    vm.cpu.gdtr = TableReg {
+        base: 0x3000,
+        limit: 23,
     };
-    let want = run(Engine::Interp);
-    assert_eq!(want.0, RunOutcome::HaltedForever);
-    // ADD's flags at the fault: 0x2FF00 + 0x100 = 0x30000, PF set (the
-    // last ADD EDX, 1 made 0x57575758, PF clear: stale flags would show).
-    assert_eq!(want.3 & 0x8D5, 0x04, "EFLAGS image {:#x}", want.3);
-    assert_eq!(run(Engine::Jit), want);
-    assert_eq!(run(Engine::Lockstep), want);
+    vm.cpu.idtr = TableReg {
+        base: 0x3800,
+        limit: 0x7FF,
+    };
+    vm.cpu.seg[sreg::DS] = Segment {
+        selector: 0x10,
+        attrs: 0x4093,
+        limit: 0x2_FFFF,
+        base: 0,
+    };
+    let out = vm.run(100_000);
+    let mut frame = [0u8; 4];
+    vm.machine.mem.read_bytes(GuestPhys(0x5000), &mut frame);
+    (out, vm.cpu.icount, vm.cpu.gpr, u32::from_le_bytes(frame))
 }
