@@ -894,18 +894,8 @@ pub fn flags_dead_at(bits: u32, code: &[u8]) -> Option<usize> {
             return None;
         }
         let no_mem = (0..ins.op_count()).all(|k| {
-            matches!(
-                ins.op_kind(k),
-                OpKind::Register
-                    | OpKind::Immediate8
-                    | OpKind::Immediate16
-                    | OpKind::Immediate32
-                    | OpKind::Immediate64
-                    | OpKind::Immediate8to16
-                    | OpKind::Immediate8to32
-                    | OpKind::Immediate8to64
-                    | OpKind::Immediate32to64
-            )
+            let kind = ins.op_kind(k);
+            matches!(kind, OpKind::Register | OpKind::Immediate64) || is_imm(kind)
         });
         match ins.mnemonic() {
             Mnemonic::Add
