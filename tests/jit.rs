@@ -1163,6 +1163,43 @@ fn fault_at_a_loops_start(inc: bool) {
     assert_eq!(run(Engine::Lockstep), want);
 }
 
+/// The 32-bit strlen loop, `inc ecx; cmp byte [ecx], 0; jne`, run into the
+/// end of DS (limit 0x2FFFF, every byte 0x57): the CMP past the limit raises
+/// #GP. The translator captures neither the INC's flags (its out-of-line
+/// paths compute them again, CF from R14: `plan::remats`) nor the CMP's on
+/// the way back (it clears CF, the one flag live at the loop's start, in R14:
+/// `plan::cleared_flags`). The frame's EFLAGS are those after `inc ecx` from
+/// 0x2FFFF, worked out from the SDM: OF, SF and ZF clear, AF set (the low
+/// nibble carries), PF set (low byte 0x00), and CF the last CMP's, clear,
+/// though STC set it before the loop.
+#[test]
+fn a_fault_in_a_strlen_loop_pushes_the_incs_flags_and_the_compares_cf() {
+    use iced_x86::code_asm::*;
+    let run = |engine| {
+        run_to_gp_frame(
+            |a| {
+                let mut top = a.create_label();
+                a.mov(ecx, 0x2_FE00u32)?;
+                a.stc()?;
+                // The loop is a unit of its own, entered with CF set.
+                a.jmp(top)?;
+                a.set_label(&mut top)?;
+                a.inc(ecx)?;
+                a.cmp(byte_ptr(ecx), 0)?;
+                a.jne(top)?;
+                a.hlt()
+            },
+            engine,
+        )
+    };
+    let want = run(Engine::Interp);
+    assert_eq!(want.0, RunOutcome::HaltedForever);
+    assert_eq!(want.2[1], 0x3_0000, "ECX at the fault");
+    assert_eq!(want.3 & 0x8D5, 0x14, "EFLAGS image {:#x}", want.3);
+    assert_eq!(run(Engine::Jit), want);
+    assert_eq!(run(Engine::Lockstep), want);
+}
+
 /// A load that faults after an ADD whose flags only its out-of-line path
 /// needs: the translator leaves the ADD's capture out and computes its flags
 /// again there (`plan::remats`), so the #GP frame's EFLAGS must be the

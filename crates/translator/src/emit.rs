@@ -334,6 +334,9 @@ pub struct UnitPlan<'a> {
     /// to code that replaces the flags before anything can observe them
     /// ([`crate::plan::flags_dead_at`]).
     pub exit_dead: [bool; 2],
+    /// The flags the instruction before the unit's last always clears
+    /// ([`crate::plan::cleared_flags`]).
+    pub closing_clears: u64,
 }
 
 /// The start of a self-loop whose closing compare leaves its flags
@@ -413,6 +416,8 @@ struct Emitter<'a, A: CodeSink> {
     loop_copy: Option<LoopCopy>,
     /// See [`UnitPlan::exit_dead`].
     exit_dead: [bool; 2],
+    /// See [`UnitPlan::entry_live`].
+    entry_live: u64,
 }
 
 /// The out-of-line paths of an inline memory access, transfer or RDTSC: the
@@ -681,6 +686,7 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
         sse_checked: false,
         loop_copy: None,
         exit_dead: unit.exit_dead,
+        entry_live: unit.entry_live,
     };
     let n = unit.lowerings.len();
     let rotated = unit
@@ -1774,6 +1780,30 @@ impl<A: CodeSink> Emitter<'_, A> {
                 32 => dynasm!(self.ops ; .arch x64 ; test Rd(reg), Rd(reg)),
                 _ => dynasm!(self.ops ; .arch x64 ; test Rq(reg), Rq(reg)),
             },
+            Remat::IncDec { dec, reg, bits } => {
+                dynasm!(self.ops ; .arch x64 ; mov r11, Rq(reg));
+                match (dec, bits) {
+                    (false, 16) => dynasm!(self.ops ; .arch x64 ; dec r11w ; inc r11w),
+                    (false, 32) => dynasm!(self.ops ; .arch x64 ; dec r11d ; inc r11d),
+                    (false, _) => dynasm!(self.ops ; .arch x64 ; dec r11 ; inc r11),
+                    (true, 16) => dynasm!(self.ops ; .arch x64 ; inc r11w ; dec r11w),
+                    (true, 32) => dynasm!(self.ops ; .arch x64 ; inc r11d ; dec r11d),
+                    (true, _) => dynasm!(self.ops ; .arch x64 ; inc r11 ; dec r11),
+                }
+                // Its five flags over R14's, whose CF is exact here.
+                let (defined, keep) = (
+                    lahf_layout(f.defined) as i32,
+                    !(lahf_layout(f.written) as i32),
+                );
+                self.capture_flags();
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; and r9d, defined
+                    ; and r14d, keep
+                    ; or r14d, r9d
+                );
+                return;
+            }
         }
         if f.whole() {
             self.capture_into_r14();
@@ -1887,6 +1917,12 @@ impl<A: CodeSink> Emitter<'_, A> {
                 self.emit_loop_copy();
                 dynasm!(self.ops ; .arch x64 ; =>out);
             } else {
+                if self.deferred.is_some() && self.entry_live != 0 {
+                    // The flags live at the loop's start, which the deferred
+                    // compare always clears (`Emitter::defers_capture`).
+                    let keep = !(lahf_layout(self.entry_live) as i32);
+                    dynasm!(self.ops ; .arch x64 ; and r14d, keep);
+                }
                 dynasm!(self.ops
                     ; .arch x64
                     ; add r13, n as i32
@@ -1991,7 +2027,9 @@ impl<A: CodeSink> Emitter<'_, A> {
             return false;
         }
         if target == self.rip {
-            unit.entry_live == 0 || unit.loop_prefix.is_some()
+            // The flags live at the start that the compare always clears are
+            // cleared in R14 on the way back (`Emitter::side`).
+            unit.entry_live & !unit.closing_clears == 0 || unit.loop_prefix.is_some()
         } else {
             // Chained to code where the flags are dead; the ways out run the
             // compare again after the epilogue, which must leave the guest

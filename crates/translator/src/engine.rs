@@ -705,6 +705,10 @@ impl Translator {
                     shadow_clear: &shadow_clear,
                     loop_prefix: plan::loop_prefix(&insns, &lowerings),
                     exit_dead,
+                    closing_clears: insns
+                        .len()
+                        .checked_sub(2)
+                        .map_or(0, |k| plan::cleared_flags(&insns[k].ins)),
                 },
                 &Externals {
                     stubs: self.stubs,

@@ -105,6 +105,10 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             shadow_clear: &plan::shadow_clears(insns),
             loop_prefix: plan::loop_prefix(insns, &lowerings),
             exit_dead: [false; 2],
+            closing_clears: insns
+                .len()
+                .checked_sub(2)
+                .map_or(0, |k| plan::cleared_flags(&insns[k].ins)),
         },
         &Externals {
             stubs: FAKE_STUBS,

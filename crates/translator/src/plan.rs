@@ -657,6 +657,18 @@ pub enum Remat {
         /// The operand size: 16, 32 or 64.
         bits: u8,
     },
+    /// INC or DEC of a register, which leave CF as it was: the value before
+    /// it is taken back into R11 and the operation done again there, and its
+    /// five flags merged into R14, whose CF is exact there (nothing between
+    /// the last capture and the INC wrote CF uncaptured).
+    IncDec {
+        /// DEC (else INC).
+        dec: bool,
+        /// The register's host register.
+        reg: u8,
+        /// The operand size: 16, 32 or 64.
+        bits: u8,
+    },
 }
 
 /// The second operand of a [`Remat::Inverse`].
@@ -677,7 +689,10 @@ pub enum RematSrc {
 /// reads; and it is all inline register and memory instructions. ADD, SUB,
 /// CMP, TEST, AND, OR and XOR of legacy registers and immediates qualify: the
 /// `add rax, 4` before a store of a copy loop, the `add eax, ecx` before the
-/// sieve's store.
+/// sieve's store. So do INC and DEC of a register (the `inc eax` before the
+/// 32-bit strlen's load), whose CF then comes from R14: whatever wrote CF
+/// before them was captured, as CF is live there, and its capture cannot have
+/// been left out in turn, as they do not write every flag.
 pub fn remats(insns: &[Insn], lowerings: &[Lowering], caps: &[bool]) -> Vec<Option<Remat>> {
     (0..lowerings.len())
         .map(|i| remat_at(insns, lowerings, caps, i))
@@ -689,6 +704,10 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
         return None;
     };
     let f = x.flags;
+    let ins = &insns[i].ins;
+    if caps[i] && matches!(ins.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) {
+        return inc_dec_remat(insns, lowerings, i);
+    }
     if !caps[i]
         || f.read != 0
         || f.written != ARITH
@@ -699,7 +718,6 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
     {
         return None;
     }
-    let ins = &insns[i].ins;
     if ins.op_count() != 2 || ins.op0_kind() != OpKind::Register {
         return None;
     }
@@ -736,6 +754,46 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
         Mnemonic::And | Mnemonic::Or | Mnemonic::Xor => (Remat::Result { reg: h0, bits }, b0),
         _ => return None,
     };
+    remat_if_replaced(lowerings, i, remat, inputs)
+}
+
+/// [`remat_at`] for INC and DEC of a 16-, 32- or 64-bit legacy register.
+fn inc_dec_remat(insns: &[Insn], lowerings: &[Lowering], i: usize) -> Option<Remat> {
+    let Lowering::Ident(x) = &lowerings[i] else {
+        return None;
+    };
+    let f = x.flags;
+    let ins = &insns[i].ins;
+    if f.read != 0
+        || f.written != ARITH & !CF
+        || f.defined != f.written
+        || f.only_if_dead
+        || f.count_fixed()
+        || ins.op_count() != 1
+        || ins.op0_kind() != OpKind::Register
+        || ins.has_lock_prefix()
+    {
+        return None;
+    }
+    let r0 = ins.op0_register();
+    let bits = (r0.size() * 8) as u8;
+    let b0 = gpr_bit(r0)?;
+    if !matches!(bits, 16 | 32 | 64) {
+        return None;
+    }
+    let remat = Remat::IncDec {
+        dec: ins.mnemonic() == Mnemonic::Dec,
+        reg: GUEST_TO_HOST[gpr_index(r0) as usize],
+        bits,
+    };
+    remat_if_replaced(lowerings, i, remat, b0)
+}
+
+/// `remat` for instruction `i`, if memory accesses follow it before an
+/// instruction that replaces every flag, and nothing in between reads a
+/// flag, writes some but not all, or writes the registers (`inputs`, as
+/// [`Ident::uses`] bits) the recomputation reads.
+fn remat_if_replaced(lowerings: &[Lowering], i: usize, remat: Remat, inputs: u8) -> Option<Remat> {
     let mut any_mem = false;
     for l in &lowerings[i + 1..] {
         match l {
@@ -769,6 +827,21 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
         }
     }
     None
+}
+
+/// The arithmetic flags instruction `ins` always clears, whatever its
+/// operands hold: OF and CF for TEST, which leaves AF undefined, and OF, CF
+/// and AF too for CMP with an immediate zero (SDM vol. 2: TEST clears OF and
+/// CF; CMP sets them as SUB does, and subtracting zero borrows and overflows
+/// nowhere).
+pub fn cleared_flags(ins: &Instruction) -> u64 {
+    match ins.mnemonic() {
+        Mnemonic::Test => OF | CF,
+        Mnemonic::Cmp if ins.op_count() == 2 && is_imm(ins.op1_kind()) && ins.immediate(1) == 0 => {
+            OF | CF | AF
+        }
+        _ => 0,
+    }
 }
 
 /// Per instruction, whether running it again leaves everything but host

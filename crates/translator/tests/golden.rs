@@ -200,6 +200,22 @@ fn golden_strlen_loop64() {
 }
 
 #[test]
+fn golden_strlen_loop32() {
+    // 32-bit: the same loop with INC, which keeps CF, as GCC compiles it for
+    // i386. INC's flags are computed again on the slow paths only, CF from
+    // R14; CMP with zero clears CF, the one flag live at the loop's start, so
+    // the way back clears it in R14 instead of capturing the compare.
+    let code = assemble(32, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.inc(eax)?;
+        a.cmp(byte_ptr(eax), 0)?;
+        a.jne(top)
+    });
+    check("strlen_loop32", Bitness::B32, &code);
+}
+
+#[test]
 fn golden_memcpy_loop64() {
     // 64-bit: the memcpy kernel's dword loop: a load and a store per trip.
     let code = assemble(64, |a| {
