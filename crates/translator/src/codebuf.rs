@@ -4,9 +4,13 @@
 //! Committing a fragment is then a plain copy into the writable view, with no
 //! `mprotect` per translation (which cost more than the translation itself), and
 //! no address is ever writable and executable at once. The buffer never moves,
-//! so the executable base address stays valid for the buffer's life. Code is only
-//! appended; a full flush maps a fresh buffer rather than overwriting code that
-//! ran, so no stale instruction bytes can be fetched.
+//! so the executable base address stays valid for the buffer's life. Code is
+//! appended, and only the 32-bit displacements of link jumps are ever written
+//! again ([`CodeBuffer::patch_rel32`]); a full flush maps a fresh buffer rather
+//! than overwriting code that ran. The one thread that runs translated code is
+//! the one that writes it, and x86 notices a write to an instruction it has
+//! fetched by its physical address (SDM vol. 3A §11.6), whichever view the
+//! write went through, so no stale instruction bytes can be fetched.
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::fs::File;
@@ -68,6 +72,29 @@ impl CodeBuffer {
     /// The executable address where the next fragment will start.
     pub fn next_exec_addr(&self) -> usize {
         self.rx.as_ptr() as usize + self.used
+    }
+
+    /// The displacement of the 5-byte `JMP rel32` that ends at offset `end`
+    /// (so its displacement is the 4 bytes before `end`).
+    pub fn rel32_at(&self, end: usize) -> i32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.rw[end - 4..end]);
+        i32::from_le_bytes(b)
+    }
+
+    /// Points the 5-byte `JMP rel32` that ends at offset `end` at offset
+    /// `target`: a link jump, linked or reset to its stub (`end` itself).
+    /// Returns `false`, writing nothing, where `end` is not in code already
+    /// written or the distance does not fit.
+    pub fn patch_rel32(&mut self, end: usize, target: usize) -> bool {
+        let Ok(rel) = i32::try_from(target as i64 - end as i64) else {
+            return false;
+        };
+        if end < DATA_BYTES + 5 || end > self.used || target >= self.used {
+            return false;
+        }
+        self.rw[end - 4..end].copy_from_slice(&rel.to_le_bytes());
+        true
     }
 
     /// Copies `code` in; returns its offset, or `None` when it does not fit.

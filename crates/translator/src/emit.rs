@@ -75,14 +75,15 @@
 //!   fragment may go on to the next unit's fragment instead of returning, with
 //!   the guest registers in their host registers, R13 and R14 exact and
 //!   `CpuState::rip` left stale: to its own start if the target is its entry RIP;
-//!   through the site's link cell if the target is on the same linear page as
-//!   the entry (so on the same physical page as the running fragment) and inside
-//!   the CS limit; through the jump cache (`JitCtx::jc`) for a target on another
-//!   page or known only at run time. A cell holds the chain entry of the fragment
-//!   linked to it, or the address of the site's own stub, which leaves the
-//!   cell's tag in `JitCtx::pending_link` and exits; the engine then links the
-//!   cell to the fragment it runs next (made for the same CS base and limit),
-//!   and resets it to the stub when that fragment goes.
+//!   through the site's link jump (a `JMP rel32`) if the target is on the same
+//!   linear page as the entry (so on the same physical page as the running
+//!   fragment) and inside the CS limit; through the jump cache (`JitCtx::jc`)
+//!   for a target on another page or known only at run time. A link jump goes
+//!   to the chain entry of the fragment linked to it, or to the site's own stub
+//!   right after it, which leaves the site's tag in `JitCtx::pending_link` and
+//!   exits; the engine then points the jump at the fragment it runs next (made
+//!   for the same CS base and limit), and back at the stub when that fragment
+//!   goes.
 
 // dynasm's expansion of dynamic registers (`Rq(h)`) converts a `u8` into itself.
 #![allow(clippy::useless_conversion)]
@@ -101,7 +102,7 @@ use x86bt_cpu::state::{cr0, flags, seg_attr, sreg, CpuState, Segment};
 
 /// What a fragment leaves in `JitCtx::pending_link` when the jump cache has
 /// no entry for its next RIP: this bit, or-ed with its spec id (below 2^30).
-/// Link-cell tags have bit 31 set instead.
+/// Link-site tags have bit 31 set instead.
 pub const JC_REQUEST: u64 = 1 << 30;
 
 /// The fragment ran to its end.
@@ -219,8 +220,8 @@ pub struct StubOffsets {
 }
 
 /// What a fragment calls and embeds: the stubs, the context, the address of
-/// each prepared instruction, and its two link cells with their tags. Named
-/// for listings.
+/// each prepared instruction, and its two link sites' tags. Named for
+/// listings.
 pub struct Externals<'a> {
     /// The shared stubs of the code buffer.
     pub stubs: Stubs,
@@ -228,9 +229,8 @@ pub struct Externals<'a> {
     pub ctx: u64,
     /// The prepared instructions, in unit order.
     pub insns: &'a [u64],
-    /// Addresses of the link cells of the branch taken (0) and not taken (1).
-    pub cells: [u64; 2],
-    /// What an empty cell leaves in `JitCtx::pending_link`, per site.
+    /// What an unlinked link jump's stub leaves in `JitCtx::pending_link`,
+    /// per site (taken 0, not taken 1).
     pub link_tags: [u64; 2],
     /// Where the memory accesses keep their predicted fast-TLB entries
     /// ([`Emitter::probe`]); `None`: each access computes its entry.
@@ -267,8 +267,8 @@ pub const PREDICT_SLOTS: u32 = (crate::codebuf::DATA_BYTES / 4) as u32;
 pub struct Fragment {
     /// The body.
     pub body: usize,
-    /// Per link site (taken, not taken), the stub an empty cell holds, if the
-    /// site goes through its cell.
+    /// Per link site (taken, not taken), the offset of its stub, which is also
+    /// where its link jump ends, if the site has one.
     pub stubs: [Option<usize>; 2],
 }
 
@@ -1893,7 +1893,7 @@ impl<A: CodeSink> Emitter<'_, A> {
 
     /// The end of a unit that runs on into the next instruction (its last one
     /// is not a branch): chained like the not-taken side of a branch, through
-    /// link cell 0.
+    /// link site 0.
     fn fall_through(&mut self, end_off: u64) {
         self.settle_flags();
         let n = self.insn_delta;
@@ -1937,14 +1937,11 @@ impl<A: CodeSink> Emitter<'_, A> {
             self.epilogue();
             self.advance_and_check(n, out);
             if same_page {
-                let cell = self.ext.cells[site] as i64;
                 let tag = self.ext.link_tags[site] as i64;
                 let pending = self.ctx_field(offset_of!(JitCtx, pending_link));
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; mov r11, QWORD cell
-                    ; jmp QWORD [r11]
-                );
+                // The site's link jump: to its stub, right after it, until
+                // the engine points it at the fragment that runs next.
+                self.ops.extend([0xE9, 0, 0, 0, 0]);
                 self.stubs[site] = Some(self.ops.offset().0);
                 dynasm!(self.ops
                     ; .arch x64

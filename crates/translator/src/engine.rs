@@ -7,20 +7,21 @@
 //! and a hit passes the interpreter's alias check (the unit finds the same second
 //! page). Each slot owns its prepared instructions in a heap box whose address
 //! the fragment embeds; a slot's fragment is only ever entered through the slot,
-//! a link cell or the jump cache, and dropping the slot resets those first, so
+//! a link jump or the jump cache, and dropping the slot resets those first, so
 //! dropping the box together with the slot's validity is safe. Code stays in the
 //! buffer until the buffer is full, when everything is flushed and a fresh
 //! buffer (with fresh stubs) is mapped ([`CodeBuffer`]).
 //!
-//! Links: a fragment that leaves through an unlinked cell (see [`crate::emit`])
-//! leaves the cell's tag (slot, generation, site); the next lookup, if nothing
-//! ran in between, points the cell at the chain entry of the fragment found for
-//! the new CS:IP, when that fragment may be chained to, and records the link on
-//! the target. A jump-cache miss leaves `JC_REQUEST | spec` instead, and the
-//! next lookup fills the entry of the new RIP the same way. Dropping a slot for
-//! any reason (written code, a conflict, a flush) first resets every cell that
-//! points at it to the cell's stub and empties its jump-cache entries; a cell of
-//! a slot dropped since is recognised by its generation.
+//! Links: a fragment that leaves through an unlinked link jump (see
+//! [`crate::emit`]) leaves the site's tag (slot, generation, site); the next
+//! lookup, if nothing ran in between, patches the jump to the chain entry of
+//! the fragment found for the new CS:IP, when that fragment may be chained to,
+//! and records the link on the target. A jump-cache miss leaves `JC_REQUEST |
+//! spec` instead, and the next lookup fills the entry of the new RIP the same
+//! way. Dropping a slot for any reason (written code, a conflict, a flush)
+//! first points every link jump that goes to it back at its stub and empties
+//! its jump-cache entries; a link site of a slot dropped since is recognised by
+//! its generation.
 //!
 //! Units the interpreter would run one instruction at a time (interrupt shadow,
 //! TF, RF, armed breakpoints) and units whose fetch faults are delegated to an
@@ -83,7 +84,7 @@ struct Slot {
     /// The unit runs on the embedded interpreter: 64-bit code that would
     /// be mostly helper calls (see [`HELPER_HEAVY`]); no fragment.
     interp_only: bool,
-    /// Tells this slot's occupants apart, for link cells and tags.
+    /// Tells this slot's occupants apart, for link sites and tags.
     gen: u64,
     /// Offsets of the fragment in the code buffer.
     code: Fragment,
@@ -91,15 +92,11 @@ struct Slot {
     /// addresses (never read from Rust).
     #[allow(dead_code)]
     insns: Box<[Insn]>,
-    /// The link cells of the fragment's branch (taken, not taken): a chain
-    /// entry address, or the site's stub (see `stubs`). The fragment embeds their
-    /// address. `None` in an empty slot (so an empty cache allocates nothing per
-    /// slot).
-    cells: Option<Box<[u64; 2]>>,
-    /// What an unlinked cell holds: the address of the site's stub in the
-    /// fragment (0 for a site without one).
+    /// The executable address of each link site's stub (taken, not taken),
+    /// where its link jump ends and goes while unlinked (0 for a site without
+    /// one).
     stubs: [u64; 2],
-    /// Cells that point at this fragment: (slot, generation, site).
+    /// Link sites that jump to this fragment: (slot, generation, site).
     incoming: Vec<(u32, u64, u8)>,
 }
 
@@ -125,7 +122,6 @@ impl Slot {
                 stubs: [None; 2],
             },
             insns: Box::new([]),
-            cells: None,
             stubs: [0; 2],
             incoming: Vec::new(),
         }
@@ -153,7 +149,7 @@ struct VcpuJit {
     /// Jump-cache fills since it was last emptied.
     fills_since_clear: usize,
     /// The link to make at this vCPU's next lookup: its last fragment left
-    /// through an empty cell (or missed the jump cache), and the next unit
+    /// through an unlinked link jump (or missed the jump cache), and the next unit
     /// it runs is the target, if nothing ran in between.
     link_request: Option<LinkRequest>,
 }
@@ -207,7 +203,7 @@ fn link_tag(slot: usize, gen: u64, site: usize) -> u64 {
 /// own step).
 const HELPER_HEAVY: usize = 2;
 
-/// A fragment left through an empty cell: link it to what runs next, if the
+/// A fragment left through an unlinked link jump: link it to what runs next, if the
 /// next unit starts at this state.
 struct LinkRequest {
     tag: u64,
@@ -359,7 +355,7 @@ impl Translator {
         s
     }
 
-    /// Empties a slot, and every link cell and jump-cache entry that points at
+    /// Empties a slot, and every link jump and jump-cache entry that points at
     /// its fragment.
     fn drop_slot(&mut self, t: usize) {
         if let Some(code) = &self.code {
@@ -373,18 +369,17 @@ impl Translator {
             }
         }
         for (src, gen, site) in std::mem::take(&mut self.slots[t].incoming) {
-            let src = &mut self.slots[src as usize];
-            if src.valid && src.gen == gen {
-                let stub = src.stubs[usize::from(site)];
-                if let Some(c) = &mut src.cells {
-                    c[usize::from(site)] = stub;
-                }
+            let src = &self.slots[src as usize];
+            if let Some(code) = self.code.as_mut().filter(|_| src.valid && src.gen == gen) {
+                let stub = (src.stubs[usize::from(site)] - code.exec_base() as u64) as usize;
+                let reset = code.patch_rel32(stub, stub);
+                debug_assert!(reset, "a link site's jump ends at its stub");
             }
         }
         self.slots[t] = Slot::empty();
     }
 
-    /// Makes the link a fragment asked for, from its cell to the fragment of slot
+    /// Makes the link a fragment asked for, from its link jump to the fragment of slot
     /// `t`, if both are still there and `t` may be chained to.
     fn link(&mut self, tag: u64, t: usize, rip: u64) {
         if tag & TAG_PRESENT == 0 {
@@ -396,7 +391,7 @@ impl Translator {
             ((tag & 0xFFFF_FFFF) >> 1) as usize & 0x3FFF_FFFF,
             (tag & 1) as usize,
         );
-        let Some(code) = &self.code else {
+        let Some(code) = self.code.as_mut() else {
             return;
         };
         let ok = src < self.slots.len()
@@ -410,19 +405,18 @@ impl Translator {
             && self.slots[t].cs_limit == self.slots[src].cs_limit
             && self.slots[t].flat == self.slots[src].flat;
         if ok {
-            let target = code.exec_base() as u64 + self.slots[t].code.body as u64;
-            if let Some(c) = &mut self.slots[src].cells {
-                c[site] = target;
+            let end = (self.slots[src].stubs[site] - code.exec_base() as u64) as usize;
+            if code.patch_rel32(end, self.slots[t].code.body) {
+                self.slots[t].incoming.push((src as u32, gen, site as u8));
+                self.stats.links += 1;
             }
-            self.slots[t].incoming.push((src as u32, gen, site as u8));
-            self.stats.links += 1;
         }
     }
 
     /// Fills the jump-cache entry of `rip` with slot `t`'s fragment, for the
     /// fragment that asked with `tag` (`JC_REQUEST | spec`), if `t` has a
     /// fragment and was made for the same spec. A unit that runs onto a
-    /// second page is no link-cell target (`chain_target`: a cell is not
+    /// second page is no link target (`chain_target`: a link jump is not
     /// reset when that page's mapping changes), but it may be a jump-cache
     /// target: the entry is listed under both linear pages, so INVLPG of
     /// either drops it, and every TLB flush empties the jump cache.
@@ -649,11 +643,6 @@ impl Translator {
         self.drop_slot(s);
         let gen = self.next_gen;
         self.next_gen += 1;
-        let mut cells: Box<[u64; 2]> = Box::new([0; 2]);
-        let cell_addrs = [
-            &cells[0] as *const u64 as u64,
-            &cells[1] as *const u64 as u64,
-        ];
         let seg_writes = plan::seg_writes(&insns);
         // A unit that loads a segment register may leave with other flat
         // segments than it was entered with, so it returns to the run loop.
@@ -714,7 +703,6 @@ impl Translator {
                     stubs: self.stubs,
                     ctx: &*self.ctx as *const JitCtx as u64,
                     insns: &ptrs,
-                    cells: cell_addrs,
                     link_tags: [link_tag(s, gen, 0), link_tag(s, gen, 1)],
                     predict: code.data().map(|(rx, rw)| Predict {
                         rx,
@@ -758,8 +746,6 @@ impl Translator {
                 stubs: frag.stubs,
             }
         };
-        // Every cell starts unlinked: it holds its site's stub.
-        *cells = stubs;
         self.stats.translations += 1;
         self.stats.translated_insns += insns.len() as u64;
         self.stats.inline_insns += inline as u64;
@@ -768,7 +754,6 @@ impl Translator {
             chain_target: fetched.next_phys == NO_PAGE,
             code: frag,
             insns,
-            cells: Some(cells),
             stubs,
             ..self.unit_slot(cpu, (phys, fetched.next_phys), key, flat, spec, gen)
         };
@@ -1081,8 +1066,12 @@ mod tests {
         (cpu, m, Translator::new().expect("translator"))
     }
 
-    fn cell(t: &Translator, s: usize) -> u64 {
-        t.slots[s].cells.as_ref().map_or(0, |c| c[0])
+    /// Where site 0's link jump of slot `s` goes.
+    fn link_target(t: &Translator, s: usize) -> u64 {
+        let code = t.code.as_ref().expect("buffer");
+        let stub = t.slots[s].stubs[0];
+        let end = (stub - code.exec_base() as u64) as usize;
+        stub.wrapping_add_signed(i64::from(code.rel32_at(end)))
     }
 
     fn slot_at(t: &Translator, phys: u64) -> usize {
@@ -1107,8 +1096,8 @@ mod tests {
         assert_eq!(cpu.icount, 1_000);
         let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
         let base = t.code.as_ref().expect("buffer").exec_base() as u64;
-        assert_eq!(cell(&t, a), base + t.slots[b].code.body as u64);
-        assert_eq!(cell(&t, b), base + t.slots[a].code.body as u64);
+        assert_eq!(link_target(&t, a), base + t.slots[b].code.body as u64);
+        assert_eq!(link_target(&t, b), base + t.slots[a].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 500, "one INC per unit of two");
     }
 
@@ -1116,7 +1105,7 @@ mod tests {
     fn engine_a_link_request_is_kept_per_vcpu_and_dropped_at_a_switch() {
         let (mut cpu, mut m, mut t) = setup();
         t.set_budget(1_000);
-        // A runs and leaves through its empty cell toward B.
+        // A runs and leaves through its unlinked link jump toward B.
         assert_eq!(t.run_unit(&mut cpu, &mut m), UnitExit::Continue);
         assert!(t.vcpus[0].link_request.is_some(), "A asked for a link");
         t.select_vcpu(1);
@@ -1125,16 +1114,16 @@ mod tests {
             "a switch drops the request"
         );
         // Another vCPU at B, even with the same icount, RIP and CS base, does
-        // not link A's cell.
+        // not link A's site.
         t.set_budget(0);
         t.run_unit(&mut cpu, &mut m);
         let a = slot_at(&t, 0x1000);
-        assert_eq!(cell(&t, a), t.slots[a].stubs[0]);
+        assert_eq!(link_target(&t, a), t.slots[a].stubs[0]);
         assert_eq!(t.stats().links, 0);
     }
 
     #[test]
-    fn engine_dropping_a_fragment_empties_the_cells_that_point_at_it() {
+    fn engine_dropping_a_fragment_resets_the_link_jumps_to_it() {
         let (mut cpu, mut m, mut t) = setup();
         t.set_budget(1_000);
         while cpu.icount < 1_000 {
@@ -1143,18 +1132,18 @@ mod tests {
         let (a, b) = (slot_at(&t, 0x1000), slot_at(&t, 0x1010));
         let stub = t.slots[a].stubs[0];
         assert_ne!(stub, 0);
-        assert_ne!(cell(&t, a), stub);
+        assert_ne!(link_target(&t, a), stub);
         // As a conflict eviction would.
         t.drop_slot(b);
-        assert_eq!(cell(&t, a), stub, "no jump into a dropped fragment");
-        // A leaves through the empty cell, B is translated again and relinked.
+        assert_eq!(link_target(&t, a), stub, "no jump into a dropped fragment");
+        // A leaves through its stub, B is translated again and relinked.
         t.set_budget(2_000);
         while cpu.icount < 2_000 {
             t.run_unit(&mut cpu, &mut m);
         }
         let b = slot_at(&t, 0x1010);
         let base = t.code.as_ref().expect("buffer").exec_base() as u64;
-        assert_eq!(cell(&t, a), base + t.slots[b].code.body as u64);
+        assert_eq!(link_target(&t, a), base + t.slots[b].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 1_000);
     }
 }

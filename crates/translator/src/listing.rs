@@ -24,8 +24,7 @@ const FAKE_STUBS: Stubs = Stubs {
 };
 /// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
 const FAKE_INSN: u64 = 0x7E57_0001_0000;
-/// Placeholder addresses of the link cells, and their tags.
-const FAKE_CELLS: [u64; 2] = [0x7E57_0002_0000, 0x7E57_0002_0008];
+/// Placeholder link-site tags.
 const FAKE_TAGS: [u64; 2] = [0x7E57_0003_0000, 0x7E57_0003_0001];
 /// Placeholder address of the `JitCtx`.
 const FAKE_CTX: u64 = 0x7E57_0005_0000;
@@ -114,7 +113,6 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             stubs: FAKE_STUBS,
             ctx: FAKE_CTX,
             insns: &ptrs,
-            cells: FAKE_CELLS,
             link_tags: FAKE_TAGS,
             predict: Some(Predict {
                 rx: FAKE_PREDICT,
@@ -186,10 +184,6 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
         }
         line = line.replace(&format!("0x{FAKE_CTX:x}"), "ctx");
         for (site, name) in ["taken", "not_taken"].iter().enumerate() {
-            line = line.replace(
-                &format!("0x{:x}", FAKE_CELLS[site]),
-                &format!("cell_{name}"),
-            );
             line = line.replace(&format!("0x{:x}", FAKE_TAGS[site]), &format!("tag_{name}"));
         }
         for i in (0..insns.len() as u64).rev() {

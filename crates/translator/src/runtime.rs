@@ -66,7 +66,7 @@ pub struct JitCtx {
     /// Fragments go on to the next fragment (or their own start) without
     /// returning while `CpuState::icount` is below this (the run loop's horizon).
     pub icount_limit: u64,
-    /// Set by a fragment that left through an empty link cell: the cell's tag
+    /// Set by a fragment that left through an unlinked link jump: the site's tag
     /// (see `Translator`), or 0.
     pub pending_link: u64,
     /// The fast-TLB entries of the current privilege
