@@ -260,10 +260,54 @@ fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>, ImageError> {
     }))
 }
 
+/// The longest backing chain a qcow2 image may have: longer ones are
+/// refused, as are chains that loop (found by the fuzzer: an image naming
+/// itself as its backing file made the open recurse until the host stack
+/// overflowed).
+pub const MAX_BACKING_CHAIN: usize = 16;
+
+/// The backing chain of the qcow2 image at `path`, nearest first: each qcow2
+/// file's backing file, up to a raw one or one without a backing file.
+/// Refuses a chain that comes back to a file already in it, or that is longer
+/// than [`MAX_BACKING_CHAIN`].
+fn qcow2_chain(path: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let canonical = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|source| ImageError::Open {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let mut seen = vec![canonical(path)?];
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut cur = path.to_owned();
+    while let Some(backing) = qcow2_backing(&cur)? {
+        let c = canonical(&backing)?;
+        if seen.contains(&c) {
+            return Err(ImageError::Format {
+                path: path.to_owned(),
+                what: format!("its backing chain loops back to {}", backing.display()),
+            });
+        }
+        if chain.len() == MAX_BACKING_CHAIN {
+            return Err(ImageError::Format {
+                path: path.to_owned(),
+                what: format!("a backing chain longer than {MAX_BACKING_CHAIN} files"),
+            });
+        }
+        seen.push(c);
+        chain.push(backing.clone());
+        if probe(&backing)? != Format::Qcow2 {
+            break;
+        }
+        cur = backing;
+    }
+    Ok(chain)
+}
+
 /// A qcow2 image, read and written through `imago` (cluster allocation,
 /// refcounts, L1/L2 tables, backing files), with the same locking as a raw
 /// image: the image itself shared or exclusive, its backing file shared
-/// (it is only read).
+/// (it is only read), and so are the files further down the chain.
 pub struct Qcow2Image {
     access: imago::FormatAccess<imago::file::File>,
     read_only: bool,
@@ -272,7 +316,7 @@ pub struct Qcow2Image {
 }
 
 impl Qcow2Image {
-    /// Opens and locks `path` and its backing file.
+    /// Opens and locks `path` and its backing chain.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, ImageError> {
         use imago::{FormatDriverBuilder, PermissiveImplicitOpenGate};
         let own = File::open(path).map_err(|source| ImageError::Open {
@@ -281,7 +325,7 @@ impl Qcow2Image {
         })?;
         lock(&own, path, read_only)?;
         let mut locks = vec![own];
-        if let Some(backing) = qcow2_backing(path)? {
+        for backing in qcow2_chain(path)? {
             let f = File::open(&backing).map_err(|source| ImageError::Open {
                 path: backing.clone(),
                 source,
@@ -614,6 +658,39 @@ mod tests {
         let e = open(&spec(&p)).err().expect("corrupt qcow2");
         assert!(e.to_string().contains("qcow2"), "{e}");
         assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+
+    /// A qcow2 image that names itself as its backing file, and two that name
+    /// each other, are refused with one line (the fuzzer's first finding: the
+    /// open recursed until the host stack overflowed). The header is built
+    /// here from the qcow2 specification: magic, version 2, the backing file
+    /// name's offset (bytes 8-15) and length (16-19), a 64 KiB disk, 512-byte
+    /// clusters.
+    #[test]
+    fn qcow2_backing_chains_that_loop_are_refused() {
+        let image = |backing: &str| {
+            let mut h = vec![0u8; 1024];
+            h[..4].copy_from_slice(&QCOW2_MAGIC);
+            h[4..8].copy_from_slice(&2u32.to_be_bytes());
+            h[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+            h[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+            h[20..24].copy_from_slice(&9u32.to_be_bytes());
+            h[24..32].copy_from_slice(&(64u64 << 10).to_be_bytes());
+            h[0x200..0x200 + backing.len()].copy_from_slice(backing.as_bytes());
+            h
+        };
+        let p = temp_image("loop-self.qcow2", &image("loop-self.qcow2"));
+        for ro in [false, true] {
+            let e = Qcow2Image::open(&p, ro).err().expect("a loop is refused");
+            assert!(e.to_string().contains("loops back"), "{e}");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        }
+        let a = temp_image("loop-a.qcow2", &image("loop-b.qcow2"));
+        temp_image("loop-b.qcow2", &image("loop-a.qcow2"));
+        let e = Qcow2Image::open(&a, true)
+            .err()
+            .expect("a loop of two is refused");
+        assert!(e.to_string().contains("loops back"), "{e}");
     }
 
     /// qcow2 through imago against QEMU's own tools: an overlay made by
