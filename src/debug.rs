@@ -191,9 +191,19 @@ impl Debugger {
         !self.watchpoints.is_empty()
     }
 
-    /// Whether the run must go one instruction at a time.
+    /// Whether the run loop must look at every unit boundary.
     pub fn wants_single_step(&self) -> bool {
         !self.breakpoints.is_empty() || !self.watchpoints.is_empty() || self.step.is_some()
+    }
+
+    /// Whether the unit at linear `lin` must run one instruction at a time:
+    /// always while watching or stepping, and where a breakpoint lies in
+    /// the unit's page (a unit runs only instructions that start in the
+    /// page it starts in, so one elsewhere cannot pass a breakpoint).
+    pub(crate) fn single_at(&self, lin: u64) -> bool {
+        !self.watchpoints.is_empty()
+            || self.step.is_some()
+            || self.breakpoints.iter().any(|&(a, _)| a >> 12 == lin >> 12)
     }
 
     /// Whether the run loop was set up for single steps at the last resume.
@@ -231,6 +241,16 @@ impl Debugger {
             return Some(StopReason::Interrupted);
         }
         None
+    }
+
+    /// Keeps `stop` for the top of the run loop's next pass.
+    pub(crate) fn hold(&mut self, stop: StopReason) {
+        self.pending.get_or_insert(stop);
+    }
+
+    /// Whether a stop waits for the top of the next pass.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Before vCPU `cpu` runs the instruction at linear `lin` (its count

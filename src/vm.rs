@@ -168,6 +168,10 @@ pub struct Vm {
     /// A debugger's breakpoints, watchpoints and steps (`crate::debug`);
     /// after changing them, call [`Vm::debug_resume`] before [`Vm::run`].
     pub debugger: Option<Box<Debugger>>,
+    /// The interpreter that runs, one instruction per unit, what a debugger
+    /// must see instruction by instruction, whatever `engine` is (made on
+    /// first use; it gets every invalidation `engine` gets).
+    debug_interp: Option<Interpreter>,
 }
 
 /// A fresh `kind` engine (empty caches) for vCPU `cur`. Fails when it cannot
@@ -219,6 +223,7 @@ impl Vm {
             reboot: None,
             pace_idle: false,
             debugger: None,
+            debug_interp: None,
         }
     }
 
@@ -396,6 +401,21 @@ impl Vm {
         self.engine.run_unit(&mut self.cpu, &mut self.machine)
     }
 
+    /// Runs one instruction on the debugger's single-stepping interpreter.
+    fn run_debug_insn(&mut self) -> UnitExit {
+        let origin = self.others_icount * NS_PER_INSN + self.idle_ns;
+        self.machine.set_clock_origin(origin, NS_PER_INSN);
+        let cur = self.cur;
+        let di = self.debug_interp.get_or_insert_with(|| {
+            let mut i = Interpreter::new();
+            i.set_single_step(true);
+            i
+        });
+        di.select_vcpu(cur);
+        di.set_budget(self.budget);
+        di.run_unit(&mut self.cpu, &mut self.machine)
+    }
+
     /// Runs one unit on the chosen engine after dropping what it cached from
     /// code written since (for harnesses that drive the VM unit by unit, such
     /// as `x86bt sst`; no devices, no interrupts).
@@ -420,7 +440,18 @@ impl Vm {
 
     /// Drops what the engine cached from code pages written since the last call.
     pub fn invalidate_written(&mut self) {
-        self.engine.invalidate_written(&mut self.machine);
+        let Some(di) = self.debug_interp.as_mut() else {
+            self.engine.invalidate_written(&mut self.machine);
+            return;
+        };
+        // Both caches drop the same pages (the list can be taken only once).
+        if self.machine.mem.take_flush_all() {
+            self.engine.flush();
+            di.flush();
+        }
+        let pages = self.machine.mem.take_dirty_code_pages();
+        self.engine.invalidate_pages(&pages);
+        di.invalidate_pages(&pages);
     }
 
     /// Current virtual time.
@@ -538,10 +569,7 @@ impl Vm {
             }
             let debugging = self.debugger.as_ref().is_some_and(|d| d.armed());
             let mut exit = if debugging {
-                match self.debug_unit() {
-                    Ok(exit) => exit,
-                    Err(stop) => return RunOutcome::Debug(stop),
-                }
+                self.debug_chain(max_insns)
             } else {
                 // The translator may repeat a unit that branches back to itself
                 // inside its fragment, as the chain below would, up to the same
@@ -587,26 +615,62 @@ impl Vm {
         }
     }
 
-    /// One instruction under a debugger ([`crate::debug`]): the breakpoint
-    /// check before it (a stop there returns before anything runs), the
-    /// instruction as a one-instruction unit, and the watchpoint and step
-    /// checks after it, whose stop is reported at the top of the next pass.
-    fn debug_unit(&mut self) -> Result<UnitExit, StopReason> {
+    /// The run loop's chain of units under a debugger: [`Vm::debug_unit`]
+    /// after [`Vm::debug_unit`], stopping where the plain chain stops (an
+    /// exit that needs the loop, the horizon, an interrupt to take) and at a
+    /// debugger's stop, which the top of the next pass reports.
+    fn debug_chain(&mut self, max_insns: u64) -> UnitExit {
+        let horizon = self.horizon(max_insns);
+        loop {
+            let Some(exit) = self.debug_unit() else {
+                // Stopped before the unit: nothing ran.
+                return UnitExit::Event;
+            };
+            if exit != UnitExit::Continue
+                || self.debugger.as_ref().is_some_and(|d| d.has_pending())
+                || self.cpu.icount >= horizon
+                || self.cpu.pause_hint
+                || self.machine.mem.code_write_pending
+                || (self.machine.intr() && self.can_take_interrupt())
+            {
+                return exit;
+            }
+        }
+    }
+
+    /// One unit under a debugger ([`crate::debug`]): the breakpoint check
+    /// before it (`None`, having run nothing, when it stops there), the
+    /// unit, and the watchpoint and step checks after it. Stops are held
+    /// for the top of the run loop's next pass. Where the debugger must see
+    /// every instruction ([`Debugger::single_at`]) the unit is one
+    /// instruction on the debugger's interpreter; elsewhere it is one whole
+    /// unit of the chosen engine, without the engine's own chaining, so the
+    /// next unit is checked again.
+    fn debug_unit(&mut self) -> Option<UnitExit> {
         let cur = self.cur;
         let lin = self.code_linear(cur);
         let rip = self.cpu.rip;
         let icount = self.cpu.icount;
+        let mut single = true;
         if let Some(d) = self.debugger.as_mut() {
             if let Some(stop) = d.before_unit(cur, lin, icount) {
-                return Err(stop);
+                d.hold(stop);
+                return None;
             }
+            single = d.single_at(lin);
         }
         // A budget at the current count lets the engine run exactly one unit.
         self.budget = icount;
-        let exit = self.run_unit();
+        let exit = if single {
+            self.run_debug_insn()
+        } else {
+            self.run_unit()
+        };
         // A repeated string instruction that yields between batches stays at
         // its own address; its next batch is no new arrival at a breakpoint.
-        let resumes = (self.cpu.rip == rip
+        // (A yield ends its unit with an event; a loop onto itself does not.)
+        let resumes = (exit == UnitExit::Event
+            && self.cpu.rip == rip
             && self.cpu.icount > icount
             && self.code_linear(cur) == lin
             && self.rep_string_at(cur, lin))
@@ -618,7 +682,7 @@ impl Vm {
         // Keep the allocation for the next instruction's accesses.
         self.cpu.access_log = accesses;
         self.cpu.access_log.clear();
-        Ok(exit)
+        Some(exit)
     }
 
     /// The linear address of vCPU `i`'s CS:RIP.
@@ -647,11 +711,10 @@ impl Vm {
 
     /// Sets the run loop up for what [`Vm::debugger`] holds, before
     /// [`Vm::run`] goes on: with a breakpoint, a watchpoint or `step` (a
-    /// vCPU to stop after one of its instructions), every unit is one
-    /// instruction and the debugger sees every boundary; with a watchpoint,
-    /// every vCPU logs its data accesses. Without anything set, the engine
-    /// runs at full speed again. Switching the translator's single-step mode
-    /// drops its translations, so this is done only when it changes.
+    /// vCPU to stop after one of its instructions), the loop runs one unit
+    /// per pass and the debugger sees every boundary it needs
+    /// ([`Vm::debug_unit`]); with a watchpoint, every vCPU logs its data
+    /// accesses. Without anything set, the engine runs at full speed again.
     pub fn debug_resume(&mut self, step: Option<usize>) {
         let from = step.map(|k| (k, self.cpu_state(k).icount));
         let Some(d) = self.debugger.as_mut() else {
@@ -660,11 +723,7 @@ impl Vm {
         d.set_step(from);
         let single = d.wants_single_step();
         let watch = d.watching();
-        let was = d.armed();
         d.set_armed(single);
-        if single != was {
-            self.engine.set_single_step(single);
-        }
         for i in 0..self.cpu_count() {
             let c = self.cpu_state_mut(i);
             if watch && !c.log_accesses {
@@ -857,5 +916,8 @@ impl Vm {
         }
         self.machine.mem.take_dirty_code_pages();
         self.engine.flush();
+        if let Some(di) = self.debug_interp.as_mut() {
+            di.flush();
+        }
     }
 }
