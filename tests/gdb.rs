@@ -10,7 +10,6 @@
 //! process is waited for with a deadline, so a hung server fails the test
 //! instead of hanging it.
 
-use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -46,6 +45,7 @@ struct TestKernel {
 /// EAX becomes 0xCAFEBABE and the kernel writes 0 to the debug-exit port
 /// (exit status 1). With `spin`, it loops forever after the marker instead.
 fn build_kernel(name: &str, spin: bool) -> TestKernel {
+    use iced_x86::code_asm::*;
     let mut a = CodeAssembler::new(32).expect("32-bit assembler");
     let mut top = a.create_label();
     let mut marker = a.create_label();
@@ -152,12 +152,19 @@ struct Server {
 /// Starts x86bt on `kernel` with `-gdb tcp:127.0.0.1:0` (the system picks a
 /// free port, which x86bt prints) and `extra` arguments.
 fn start(kernel: &Path, engine: &str, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_x86bt"))
-        .args(["run", "--kernel"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_x86bt"));
+    cmd.args(["run", "--kernel"])
         .arg(kernel)
         .args(["-m", "32", "--serial", "null", "--engine", engine])
         .args(["-gdb", "tcp:127.0.0.1:0"])
-        .args(extra)
+        .args(extra);
+    start_with(cmd)
+}
+
+/// Starts `cmd` (an `x86bt run` with `-gdb tcp:127.0.0.1:0`) and reads the
+/// port it listens on from its stderr.
+fn start_with(mut cmd: Command) -> Server {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -216,6 +223,11 @@ impl Drop for Server {
 /// Runs gdb in batch mode with `commands` against `port`; returns what it
 /// printed. Killed after a minute.
 fn gdb_batch(port: u16, arch: &str, commands: &[String]) -> String {
+    gdb_batch_within(port, arch, commands, Duration::from_secs(60))
+}
+
+/// [`gdb_batch`] with a time limit.
+fn gdb_batch_within(port: u16, arch: &str, commands: &[String], limit: Duration) -> String {
     let mut cmd = Command::new("gdb");
     cmd.args(["-nx", "-batch", "-ex", "set pagination off", "-ex"])
         .arg(format!("set architecture {arch}"))
@@ -241,9 +253,9 @@ fn gdb_batch(port: u16, arch: &str, commands: &[String]) -> String {
     });
     let start = Instant::now();
     while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
+        if start.elapsed() > limit {
             let _ = child.kill();
-            panic!("gdb did not finish within 60 s");
+            panic!("gdb did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -510,4 +522,173 @@ fn gdb_port_in_use_or_bad_spec_is_one_error_line_and_status_2() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A Linux guest from guests/ (scripts/build-guests.sh).
+struct LinuxGuest {
+    kernel: &'static str,
+    initrd: &'static str,
+    /// GDB's architecture name for the layout x86bt picks for the kernel.
+    arch: &'static str,
+    /// The stack pointer's name and width.
+    sp: &'static str,
+    width: u64,
+    /// The program counter's name.
+    pc: &'static str,
+    /// The watchpoint set at the breakpoint, and what gdb must then print.
+    watch: &'static str,
+    watch_shows: &'static str,
+}
+
+/// Breakpoint, stepi, registers, memory and a watchpoint on a Debian kernel.
+/// Debian ships no System.map with symbols (it is in the -dbg package), so
+/// the breakpoint is on an address the boot protocol fixes: with `nokaslr`
+/// the decompressor runs the kernel at the header's `pref_address`
+/// (LOAD_PHYSICAL_ADDR), where its startup_32 (686) or startup_64 (amd64)
+/// is. Every expected value is read from the bzImage's own header or is a
+/// fact of the boot protocol or the SDM.
+fn linux_under_gdb(g: &LinuxGuest) {
+    if !have_gdb() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (kernel, initrd) = (root.join(g.kernel), root.join(g.initrd));
+    if !kernel.exists() || !initrd.exists() {
+        eprintln!(
+            "SKIPPED: {} or {} is absent (run scripts/build-guests.sh)",
+            g.kernel, g.initrd
+        );
+        return;
+    }
+    let image = std::fs::read(&kernel).expect("kernel");
+    let le32 = |o: usize| u32::from_le_bytes(image[o..o + 4].try_into().expect("4 bytes"));
+    // Boot protocol header: setup_sects at 0x1F1 (0 means 4), code32_start
+    // at 0x214, pref_address at 0x258.
+    let setup_sects = match image[0x1F1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let pm_offset = (setup_sects + 1) * 512;
+    let code32_start = le32(0x214);
+    let pref = u64::from_le_bytes(image[0x258..0x260].try_into().expect("8 bytes"));
+    let pm_words: Vec<u32> = (0..4).map(|i| le32(pm_offset + 4 * i)).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_x86bt"));
+    child
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--append", "console=ttyS0 nokaslr panic=-1", "-m", "256"])
+        .args(["--serial", "null", "--engine", "jit", "-S"])
+        .args(["-gdb", "tcp:127.0.0.1:0"]);
+    let server = start_with(child);
+    let (sp, pc, w) = (g.sp, g.pc, g.width);
+    let commands: Vec<String> = vec![
+        "echo @ENTRY\n".into(),
+        format!("info registers {pc} cs ds"),
+        "echo @HDRS\n".into(),
+        "x/1xw $esi+0x202".into(),
+        "echo @PM\n".into(),
+        format!("x/4xw {code32_start:#x}"),
+        format!("hbreak *{pref:#x}"),
+        "continue".into(),
+        "echo @BREAK\n".into(),
+        format!("info registers {pc} cr0 efer"),
+        "x/2i $pc".into(),
+        "stepi".into(),
+        "echo @STEP\n".into(),
+        format!("info registers {pc}"),
+        g.watch.to_string(),
+        "continue".into(),
+        "echo @WATCH\n".into(),
+        format!("info registers {sp}"),
+        "detach".into(),
+    ];
+    let out = gdb_batch_within(server.port, g.arch, &commands, Duration::from_secs(600));
+    let part = |tag: &str| -> &str {
+        let at = out
+            .find(tag)
+            .unwrap_or_else(|| panic!("{tag} missing in:\n{out}"));
+        let rest = &out[at + tag.len()..];
+        &rest[..rest.find("\n@").unwrap_or(rest.len())]
+    };
+    // The 32-bit boot protocol: entry at code32_start, __BOOT_CS 0x10,
+    // __BOOT_DS 0x18, ESI at boot_params, whose setup header says "HdrS".
+    let e = part("@ENTRY");
+    assert_eq!(reg_value(e, pc), Some(u64::from(code32_start)), "{out}");
+    assert_eq!(reg_value(e, "cs"), Some(0x10), "{out}");
+    assert_eq!(reg_value(e, "ds"), Some(0x18), "{out}");
+    assert!(part("@HDRS").contains("0x53726448"), "{out}");
+    let words: Vec<u32> = part("@PM")
+        .lines()
+        .filter(|l| l.contains(':'))
+        .flat_map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace())
+        .filter_map(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .collect();
+    assert_eq!(
+        words, pm_words,
+        "memory at code32_start is the file's: {out}"
+    );
+    let b = part("@BREAK");
+    assert_eq!(reg_value(b, pc), Some(pref), "{out}");
+    let cr0 = reg_value(b, "cr0").expect("cr0");
+    let efer = reg_value(b, "efer").expect("efer");
+    if w == 8 {
+        // 64-bit code runs only with paging on and IA-32e mode active.
+        assert!(cr0 & (1 << 31) != 0 && efer & (1 << 10) != 0, "{out}");
+    } else {
+        // The 686 kernel's startup_32 runs with paging off.
+        assert_eq!(cr0 & (1 << 31), 0, "{out}");
+    }
+    // stepi lands on the second instruction gdb disassembled there.
+    let second = b
+        .lines()
+        .filter(|l| l.trim_start().starts_with("0x") || l.starts_with("=>"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().find(|t| t.starts_with("0x")))
+        .map(|t| t.trim_end_matches(':'))
+        .and_then(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("no second instruction in {b}"));
+    assert_eq!(reg_value(part("@STEP"), pc), Some(second), "{out}");
+    assert!(out.contains("atchpoint 2: "), "{out}");
+    assert!(part("@STEP").contains(g.watch_shows), "{out}");
+    assert!(out.contains("detached"), "{out}");
+    // Detached, the guest goes on booting.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut server = server;
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "x86bt still runs"
+    );
+}
+
+#[test]
+fn gdb_on_the_686_kernel_breaks_at_startup_32_steps_and_watches() {
+    linux_under_gdb(&LinuxGuest {
+        kernel: "guests/vmlinuz-686",
+        initrd: "guests/initramfs-run.cpio.gz",
+        arch: "i386",
+        sp: "esp",
+        width: 4,
+        pc: "eip",
+        // startup_32 copies boot_params (ESI) out of the way with paging
+        // off, so it reads the header's "HdrS" (0x53726448) at ESI + 0x202.
+        watch: "eval \"rwatch *(int *) %d\", $esi + 0x202",
+        watch_shows: "Value = 1400005704",
+    });
+}
+
+#[test]
+fn gdb_on_the_amd64_kernel_breaks_at_startup_64_steps_and_watches() {
+    linux_under_gdb(&LinuxGuest {
+        kernel: "guests/vmlinuz-amd64",
+        initrd: "guests/initramfs-run-amd64.cpio.gz",
+        arch: "i386:x86-64",
+        sp: "rsp",
+        width: 8,
+        pc: "rip",
+        // startup_64 calls into C soon: the first push writes below RSP.
+        watch: "eval \"watch *(long *) %d\", $rsp - 8",
+        watch_shows: "New value",
+    });
 }
