@@ -16,6 +16,8 @@ command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
 # gcc (with binutils) builds the C workloads of `x86bt bench --native` and
 # tests/native_kernels.rs; no gcc-multilib is needed (nothing links libc).
 command -v gcc >/dev/null 2>&1 && command -v objcopy >/dev/null 2>&1 || need_pkgs+=(gcc binutils)
+# gdb: tests/gdb.rs drives x86bt's GDB server with Debian's gdb in batch mode.
+command -v gdb >/dev/null 2>&1 || need_pkgs+=(gdb)
 if ! command -v cargo >/dev/null 2>&1; then
   need_pkgs+=(cargo rustc)
 fi

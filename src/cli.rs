@@ -229,6 +229,24 @@ pub struct RunArgs {
     /// Print instructions retired, MIPS and unit-cache counters at exit.
     #[arg(long)]
     pub stats: bool,
+    /// Serve GDB's remote protocol, as QEMU's `-gdb`: tcp::PORT (every
+    /// interface) or tcp:HOST:PORT; port 0 lets the system choose (stderr
+    /// names the port). The guest runs until a debugger connects, unless -S.
+    #[arg(long = "gdb")]
+    pub gdb: Option<String>,
+    /// Shorthand for -gdb tcp::1234 (QEMU's -s).
+    #[arg(short = 's')]
+    pub gdb_default: bool,
+    /// Do not start the CPU until the debugger says continue (QEMU's -S;
+    /// needs -gdb or -s).
+    #[arg(short = 'S')]
+    pub wait_for_gdb: bool,
+    /// The register layout the GDB server shows: x86-64, i386, or auto
+    /// (i386 for a 32-bit --kernel, x86-64 otherwise, as this CPU has long
+    /// mode). GDB fixes it when it connects; it does not follow the guest's
+    /// mode.
+    #[arg(long, value_enum, default_value_t = crate::gdb::LayoutChoice::Auto)]
+    pub gdb_arch: crate::gdb::LayoutChoice,
     /// Show one status line on stderr, rewritten about once a second:
     /// guest instructions, MIPS, virtual time and translations (units
     /// decoded under the interpreter). It ends with a newline at exit.
@@ -368,11 +386,19 @@ pub fn qemu_style_args(
     /// QEMU's options that take a value, and those that do not.
     const QEMU_VALUED: &[&str] = &[
         "smp", "bios", "kernel", "initrd", "append", "serial", "debugcon", "icount", "rtc",
-        "device", "drive", "hda", "hdb", "hdc", "hdd", "cdrom", "boot", "vga", "display",
+        "device", "drive", "hda", "hdb", "hdc", "hdd", "cdrom", "boot", "vga", "display", "gdb",
     ];
     const QEMU_FLAGS: &[&str] = &["no-reboot"];
     /// x86bt's own options that take a value.
-    const OWN_VALUED: &[&str] = &["until", "module", "memory", "max-insns", "engine", "post"];
+    const OWN_VALUED: &[&str] = &[
+        "until",
+        "module",
+        "memory",
+        "max-insns",
+        "engine",
+        "post",
+        "gdb-arch",
+    ];
     let is_qemu = |n: &str| QEMU_VALUED.contains(&n) || QEMU_FLAGS.contains(&n);
     let takes_value = |n: &str| QEMU_VALUED.contains(&n) || OWN_VALUED.contains(&n);
     let mut out = Vec::new();

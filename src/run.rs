@@ -342,6 +342,41 @@ pub fn run_with_progress(vm: &mut Vm, max_insns: u64, line: &ProgressLine) -> Ru
     }
 }
 
+/// Runs as [`Vm::run`] does while serving GDB (`crate::gdb`): a debugger
+/// that connects stops the guest (the acceptor raises the VM's interrupt
+/// flag) and is served until it detaches, after which the guest runs on.
+/// With `wait` (`-S`), nothing runs before the first debugger's session.
+pub fn run_with_gdb(
+    vm: &mut Vm,
+    max_insns: u64,
+    line: Option<&ProgressLine>,
+    server: &crate::gdb::Server,
+    wait: bool,
+) -> RunOutcome {
+    use crate::gdb::SessionEnd;
+    let mut first = if wait {
+        server.wait_for_connection()
+    } else {
+        None
+    };
+    loop {
+        if let Some(conn) = first.take().or_else(|| server.take_connection()) {
+            match crate::gdb::session(vm, conn, server.layout, max_insns) {
+                SessionEnd::Detached => continue,
+                SessionEnd::Killed => return RunOutcome::Killed,
+                SessionEnd::GuestEnded(outcome) => return outcome,
+            }
+        }
+        let outcome = match line {
+            Some(line) => run_with_progress(vm, max_insns, line),
+            None => vm.run(max_insns),
+        };
+        if !matches!(outcome, RunOutcome::Debug(_)) {
+            return outcome;
+        }
+    }
+}
+
 /// Signals that end a run: they stop the guest and let the normal exit path
 /// restore the terminal. If the run does not stop within two seconds, the
 /// terminal is restored here and the process exits.
@@ -407,6 +442,27 @@ fn drive_options(a: &RunArgs) -> Result<Vec<crate::drives::DriveOpt>, Error> {
 
 /// `x86bt run`.
 pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
+    let gdb_spec = match (&a.gdb, a.gdb_default) {
+        (Some(_), true) => {
+            return Err(Error::Usage(
+                "-s is -gdb tcp::1234: give one of -gdb and -s".into(),
+            ))
+        }
+        (Some(spec), false) => Some(
+            spec.parse::<crate::gdb::GdbSpec>()
+                .map_err(|e| Error::Usage(format!("-gdb {e}")))?,
+        ),
+        (None, true) => Some(crate::gdb::GdbSpec {
+            host: String::new(),
+            port: 1234,
+        }),
+        (None, false) => None,
+    };
+    if a.wait_for_gdb && gdb_spec.is_none() {
+        return Err(Error::Usage(
+            "-S waits for a debugger: give -gdb tcp::PORT or -s too".into(),
+        ));
+    }
     if a.kernel.is_none() && (a.initrd.is_some() || a.append.is_some() || !a.modules.is_empty()) {
         return Err(Error::Usage(
             "--initrd, --append and --module go with --kernel (a BIOS boots from its own devices)"
@@ -589,6 +645,33 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     }
     let mut vm = Vm::with_engine(machine, a.engine)?;
     vm.no_reboot = a.no_reboot;
+    // The GDB server listens before the guest starts, so a port in use stops
+    // the run before anything ran.
+    let gdb_server = match &gdb_spec {
+        Some(spec) => {
+            let layout = a
+                .gdb_arch
+                .decide(kernel.as_ref().map(|(_, image)| image.as_slice()));
+            let debugger = crate::debug::Debugger::new(Arc::new(AtomicBool::new(false)));
+            let server = crate::gdb::Server::bind(spec, layout, debugger.interrupt_flag())?;
+            vm.debugger = Some(Box::new(debugger));
+            let arch = match layout {
+                crate::gdb::Layout::I386 => "i386",
+                crate::gdb::Layout::X86_64 => "x86-64",
+            };
+            eprintln!(
+                "x86bt: GDB server on {} ({arch} registers){}",
+                server.local,
+                if a.wait_for_gdb {
+                    "; the CPU waits for the debugger (-S)"
+                } else {
+                    ""
+                }
+            );
+            Some(server)
+        }
+        None => None,
+    };
     if let Some((path, image)) = kernel {
         // After a reset the kernel boots again, as it would from firmware and a
         // boot loader (QEMU's -kernel does the same).
@@ -635,9 +718,18 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     }
     let start = Instant::now();
     let max_insns = a.max_insns.unwrap_or(u64::MAX);
-    let outcome = match &progress_line {
-        Some(line) => run_with_progress(&mut vm, max_insns, line),
-        None => vm.run(max_insns),
+    let outcome = match &gdb_server {
+        Some(server) => run_with_gdb(
+            &mut vm,
+            max_insns,
+            progress_line.as_ref(),
+            server,
+            a.wait_for_gdb,
+        ),
+        None => match &progress_line {
+            Some(line) => run_with_progress(&mut vm, max_insns, line),
+            None => vm.run(max_insns),
+        },
     };
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();
@@ -755,6 +847,8 @@ fn report_outcome(outcome: &RunOutcome, vm: &Vm, quit: bool) {
         }
         RunOutcome::Unsupported(w) => eprintln!("x86bt: stopped: {w}"),
         RunOutcome::Divergence(report) => eprint!("x86bt: {report}"),
+        RunOutcome::Killed => eprintln!("x86bt: killed by the debugger"),
+        RunOutcome::Debug(_) => {}
     }
 }
 

@@ -21,6 +21,7 @@
 //! invalidation after a unit that wrote to code.
 
 use crate::cli::Engine;
+use crate::debug::{Debugger, StopReason};
 use crate::error::Error;
 use x86bt_cpu::engine::Engine as RunEngine;
 use x86bt_cpu::interp::interpreter::CacheStats;
@@ -84,6 +85,11 @@ pub enum RunOutcome {
     /// `--engine lockstep`: the translator and the interpreter disagreed; the
     /// report says where and how.
     Divergence(String),
+    /// A debugger's breakpoint, watchpoint, step or interrupt stopped the
+    /// run ([`Vm::debugger`]); `run` may be called again to go on.
+    Debug(StopReason),
+    /// The debugger ended the run (GDB's `kill`).
+    Killed,
 }
 
 impl RunOutcome {
@@ -99,6 +105,7 @@ impl RunOutcome {
             Self::Stopped => status::OK,
             Self::PowerOff => status::OK,
             Self::Divergence(_) => status::DIVERGENCE,
+            Self::Debug(_) | Self::Killed => status::OK,
         }
     }
 }
@@ -158,6 +165,13 @@ pub struct Vm {
     /// Sleep on the host while the guest halts, so an idle interactive guest
     /// keeps to wall-clock time instead of racing through virtual time.
     pub pace_idle: bool,
+    /// A debugger's breakpoints, watchpoints and steps (`crate::debug`);
+    /// after changing them, call [`Vm::debug_resume`] before [`Vm::run`].
+    pub debugger: Option<Box<Debugger>>,
+    /// The interpreter that runs, one instruction per unit, what a debugger
+    /// must see instruction by instruction, whatever `engine` is (made on
+    /// first use; it gets every invalidation `engine` gets).
+    debug_interp: Option<Interpreter>,
 }
 
 /// A fresh `kind` engine (empty caches) for vCPU `cur`. Fails when it cannot
@@ -208,6 +222,8 @@ impl Vm {
             tick_passes: 0,
             reboot: None,
             pace_idle: false,
+            debugger: None,
+            debug_interp: None,
         }
     }
 
@@ -237,6 +253,15 @@ impl Vm {
             &self.cpu
         } else {
             &self.parked[i]
+        }
+    }
+
+    /// vCPU `i`'s state, to change (a debugger writing registers).
+    pub fn cpu_state_mut(&mut self, i: usize) -> &mut CpuState {
+        if i == self.cur {
+            &mut self.cpu
+        } else {
+            &mut self.parked[i]
         }
     }
 
@@ -376,6 +401,21 @@ impl Vm {
         self.engine.run_unit(&mut self.cpu, &mut self.machine)
     }
 
+    /// Runs one instruction on the debugger's single-stepping interpreter.
+    fn run_debug_insn(&mut self) -> UnitExit {
+        let origin = self.others_icount * NS_PER_INSN + self.idle_ns;
+        self.machine.set_clock_origin(origin, NS_PER_INSN);
+        let cur = self.cur;
+        let di = self.debug_interp.get_or_insert_with(|| {
+            let mut i = Interpreter::new();
+            i.set_single_step(true);
+            i
+        });
+        di.select_vcpu(cur);
+        di.set_budget(self.budget);
+        di.run_unit(&mut self.cpu, &mut self.machine)
+    }
+
     /// Runs one unit on the chosen engine after dropping what it cached from
     /// code written since (for harnesses that drive the VM unit by unit, such
     /// as `x86bt sst`; no devices, no interrupts).
@@ -400,7 +440,18 @@ impl Vm {
 
     /// Drops what the engine cached from code pages written since the last call.
     pub fn invalidate_written(&mut self) {
-        self.engine.invalidate_written(&mut self.machine);
+        let Some(di) = self.debug_interp.as_mut() else {
+            self.engine.invalidate_written(&mut self.machine);
+            return;
+        };
+        // Both caches drop the same pages (the list can be taken only once).
+        if self.machine.mem.take_flush_all() {
+            self.engine.flush();
+            di.flush();
+        }
+        let pages = self.machine.mem.take_dirty_code_pages();
+        self.engine.invalidate_pages(&pages);
+        di.invalidate_pages(&pages);
     }
 
     /// Current virtual time.
@@ -415,6 +466,9 @@ impl Vm {
     /// Runs until the guest stops or `max_insns` instructions have retired.
     pub fn run(&mut self, max_insns: u64) -> RunOutcome {
         loop {
+            if let Some(stop) = self.debugger.as_mut().and_then(|d| d.take_stop()) {
+                return RunOutcome::Debug(stop);
+            }
             if let Some(status) = self.machine.ctl.exit_status() {
                 return RunOutcome::DebugExit(status);
             }
@@ -447,7 +501,16 @@ impl Vm {
                     }
                 }
             }
-            if self.cpu_count() > 1 {
+            let locked = self.debugger.as_ref().and_then(|d| d.locked());
+            if let Some(k) = locked {
+                // A debugger lets one vCPU run: it stays on, with no quantum.
+                self.switch_to(k);
+                self.take_cpu_events();
+                if self.cpu.run_state == RunState::WaitForSipi {
+                    // Nothing it can do until another vCPU sends SIPI.
+                    return RunOutcome::Debug(StopReason::Stepped { cpu: k });
+                }
+            } else if self.cpu_count() > 1 {
                 let keep =
                     self.cpu.run_state == RunState::Running && self.cpu.icount < self.quantum_end;
                 if !keep && !self.schedule() {
@@ -489,7 +552,9 @@ impl Vm {
                     self.reset();
                     continue;
                 }
-                RunState::Halted | RunState::WaitForSipi if self.cpu_count() > 1 => {
+                RunState::Halted | RunState::WaitForSipi
+                    if self.cpu_count() > 1 && locked.is_none() =>
+                {
                     // The next vCPU's turn.
                     self.quantum_end = self.cpu.icount;
                     continue;
@@ -502,14 +567,20 @@ impl Vm {
                 }
                 RunState::Running => {}
             }
-            // The translator may repeat a unit that branches back to itself inside
-            // its fragment, as the chain below would, up to the same horizon.
-            self.budget = self.horizon(max_insns);
-            let mut exit = self.run_unit();
+            let debugging = self.debugger.as_ref().is_some_and(|d| d.armed());
+            let mut exit = if debugging {
+                self.debug_chain(max_insns)
+            } else {
+                // The translator may repeat a unit that branches back to itself
+                // inside its fragment, as the chain below would, up to the same
+                // horizon.
+                self.budget = self.horizon(max_insns);
+                self.run_unit()
+            };
             // Units that touch nothing outside the CPU follow each other without a
             // trip through this loop, up to the next device deadline (when an
             // interrupt could next be raised) or the instruction limit.
-            if exit == UnitExit::Continue {
+            if exit == UnitExit::Continue && !debugging {
                 let horizon = self.horizon(max_insns);
                 self.budget = horizon;
                 // An instruction can raise an interrupt line without touching a
@@ -542,6 +613,172 @@ impl Vm {
             let now = self.now();
             self.machine.set_time(now);
         }
+    }
+
+    /// The run loop's chain of units under a debugger: [`Vm::debug_unit`]
+    /// after [`Vm::debug_unit`], stopping where the plain chain stops (an
+    /// exit that needs the loop, the horizon, an interrupt to take) and at a
+    /// debugger's stop, which the top of the next pass reports.
+    fn debug_chain(&mut self, max_insns: u64) -> UnitExit {
+        let horizon = self.horizon(max_insns);
+        loop {
+            let Some(exit) = self.debug_unit() else {
+                // Stopped before the unit: nothing ran.
+                return UnitExit::Event;
+            };
+            if exit != UnitExit::Continue
+                || self.debugger.as_ref().is_some_and(|d| d.has_pending())
+                || self.cpu.icount >= horizon
+                || self.cpu.pause_hint
+                || self.machine.mem.code_write_pending
+                || (self.machine.intr() && self.can_take_interrupt())
+            {
+                return exit;
+            }
+        }
+    }
+
+    /// One unit under a debugger ([`crate::debug`]): the breakpoint check
+    /// before it (`None`, having run nothing, when it stops there), the
+    /// unit, and the watchpoint and step checks after it. Stops are held
+    /// for the top of the run loop's next pass. Where the debugger must see
+    /// every instruction ([`Debugger::single_at`]) the unit is one
+    /// instruction on the debugger's interpreter; elsewhere it is one whole
+    /// unit of the chosen engine, without the engine's own chaining, so the
+    /// next unit is checked again.
+    fn debug_unit(&mut self) -> Option<UnitExit> {
+        let cur = self.cur;
+        let lin = self.code_linear(cur);
+        let rip = self.cpu.rip;
+        let icount = self.cpu.icount;
+        let mut single = true;
+        if let Some(d) = self.debugger.as_mut() {
+            if let Some(stop) = d.before_unit(cur, lin, icount) {
+                d.hold(stop);
+                return None;
+            }
+            single = d.single_at(lin);
+        }
+        // A budget at the current count lets the engine run exactly one unit.
+        self.budget = icount;
+        let exit = if single {
+            self.run_debug_insn()
+        } else {
+            self.run_unit()
+        };
+        // A repeated string instruction that yields between batches stays at
+        // its own address; its next batch is no new arrival at a breakpoint.
+        // (A yield ends its unit with an event; a loop onto itself does not.)
+        let resumes = (exit == UnitExit::Event
+            && self.cpu.rip == rip
+            && self.cpu.icount > icount
+            && self.code_linear(cur) == lin
+            && self.rep_string_at(cur, lin))
+        .then_some(lin);
+        let accesses = std::mem::take(&mut self.cpu.access_log);
+        if let Some(d) = self.debugger.as_mut() {
+            d.after_unit(cur, self.cpu.icount, &accesses, resumes);
+        }
+        // Keep the allocation for the next instruction's accesses.
+        self.cpu.access_log = accesses;
+        self.cpu.access_log.clear();
+        Some(exit)
+    }
+
+    /// The linear address of vCPU `i`'s CS:RIP.
+    pub fn code_linear(&self, i: usize) -> u64 {
+        let c = self.cpu_state(i);
+        x86bt_cpu::engine::code_linear(c, x86bt_cpu::CpuMode::of(c)).0
+    }
+
+    /// Whether the instruction at linear `lin` of vCPU `i` is a repeated
+    /// string instruction (read without side effects).
+    fn rep_string_at(&self, i: usize, lin: u64) -> bool {
+        let mut bytes = [0u8; 15];
+        let n = self.debug_read(i, lin, &mut bytes);
+        let c = self.cpu_state(i);
+        let mut dec = iced_x86::Decoder::with_ip(
+            x86bt_cpu::CpuMode::of(c).bits(),
+            &bytes[..n],
+            lin,
+            iced_x86::DecoderOptions::NONE,
+        );
+        let insn = dec.decode();
+        !insn.is_invalid()
+            && (insn.has_rep_prefix() || insn.has_repne_prefix())
+            && insn.is_string_instruction()
+    }
+
+    /// Sets the run loop up for what [`Vm::debugger`] holds, before
+    /// [`Vm::run`] goes on: with a breakpoint, a watchpoint or `step` (a
+    /// vCPU to stop after one of its instructions), the loop runs one unit
+    /// per pass and the debugger sees every boundary it needs
+    /// ([`Vm::debug_unit`]); with a watchpoint, every vCPU logs its data
+    /// accesses. Without anything set, the engine runs at full speed again.
+    pub fn debug_resume(&mut self, step: Option<usize>) {
+        let from = step.map(|k| (k, self.cpu_state(k).icount));
+        let Some(d) = self.debugger.as_mut() else {
+            return;
+        };
+        d.set_step(from);
+        let single = d.wants_single_step();
+        let watch = d.watching();
+        d.set_armed(single);
+        for i in 0..self.cpu_count() {
+            let c = self.cpu_state_mut(i);
+            if watch && !c.log_accesses {
+                c.tlb.fast.flush();
+            }
+            c.log_accesses = watch;
+            c.access_log.clear();
+        }
+    }
+
+    /// Reads guest memory at linear `lin` as vCPU `i` sees it, through a
+    /// page walk without side effects (`mmu::peek_translate`), from RAM and
+    /// ROM only (a device register could change when read). Returns how many
+    /// bytes were read: fewer than asked where the range runs into an
+    /// unmapped page, an address beyond the linear address width, or
+    /// anything but RAM and ROM.
+    pub fn debug_read(&self, i: usize, lin: u64, buf: &mut [u8]) -> usize {
+        for (k, b) in buf.iter_mut().enumerate() {
+            match self.debug_phys(i, lin.wrapping_add(k as u64)) {
+                Some(p) if self.machine.mem.is_mapped(p) => *b = self.machine.mem.read_u8(p),
+                _ => return k,
+            }
+        }
+        buf.len()
+    }
+
+    /// Writes guest memory at linear `lin` as vCPU `i` sees it (see
+    /// [`Vm::debug_read`]), all or nothing: every byte must reach RAM. Code
+    /// cached from the bytes is dropped before the guest runs again.
+    pub fn debug_write(&mut self, i: usize, lin: u64, data: &[u8]) -> bool {
+        let mut phys = Vec::with_capacity(data.len());
+        for k in 0..data.len() {
+            match self.debug_phys(i, lin.wrapping_add(k as u64)) {
+                Some(p) if self.machine.mem.is_ram(p) => phys.push(p),
+                _ => return false,
+            }
+        }
+        for (p, &b) in phys.into_iter().zip(data) {
+            self.machine.mem.write_u8(p, b);
+        }
+        if self.machine.mem.code_write_pending {
+            self.invalidate_written();
+        }
+        true
+    }
+
+    /// The guest-physical address of linear `lin` for vCPU `i`, without side
+    /// effects; `None` past the 32-bit linear space outside IA-32e mode.
+    fn debug_phys(&self, i: usize, lin: u64) -> Option<x86bt_machine::GuestPhys> {
+        let c = self.cpu_state(i);
+        if c.efer & x86bt_cpu::mode::EFER_LMA == 0 && lin > 0xFFFF_FFFF {
+            return None;
+        }
+        x86bt_cpu::mmu::peek_translate(c, &self.machine, x86bt_machine::Linear(lin))
+            .map(|p| x86bt_machine::GuestPhys(p.0 & self.machine.mem.a20_mask()))
     }
 
     /// Where a chain of units must stop for the run loop, as the running
@@ -679,5 +916,8 @@ impl Vm {
         }
         self.machine.mem.take_dirty_code_pages();
         self.engine.flush();
+        if let Some(di) = self.debug_interp.as_mut() {
+            di.flush();
+        }
     }
 }

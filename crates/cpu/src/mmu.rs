@@ -331,7 +331,11 @@ impl Tlb {
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, write: bool) -> bool {
     let lin = lin.0;
     let canonical = ((lin << 16) as i64 >> 16) as u64 == lin;
-    if (write && cpu.log_writes) || (lin & 0xFFF) + u64::from(size) > 0x1000 || !canonical {
+    if (write && cpu.log_writes)
+        || cpu.log_accesses
+        || (lin & 0xFFF) + u64::from(size) > 0x1000
+        || !canonical
+    {
         return false;
     }
     let user = paging(cpu) && cpu.cpl() == 3;
@@ -532,31 +536,47 @@ fn write_pte(m: &mut Machine, addr: u64, v: u64, wide: bool) {
     }
 }
 
-/// The page walk (SDM vol. 3A §4.3 32-bit, §4.4 PAE, §4.5 4-level paging).
-#[cold]
-fn walk(
-    cpu: &mut CpuState,
-    m: &mut Machine,
-    lin: u64,
-    acc: Access,
-    user: bool,
-) -> Result<GuestPhys, Exception> {
-    const P: u64 = 1;
-    const RW: u64 = 2;
-    const US: u64 = 4;
-    const A: u64 = 1 << 5;
-    const D: u64 = 1 << 6;
-    const PS: u64 = 1 << 7;
-    const G: u64 = 1 << 8;
-    const NX: u64 = 1 << 63;
+/// Page-table entry bits the walk reads (SDM vol. 3A §4.3-4.5).
+mod pte {
+    pub const P: u64 = 1;
+    pub const RW: u64 = 2;
+    pub const US: u64 = 4;
+    pub const A: u64 = 1 << 5;
+    pub const D: u64 = 1 << 6;
+    pub const PS: u64 = 1 << 7;
+    pub const G: u64 = 1 << 8;
+    pub const NX: u64 = 1 << 63;
+}
+
+/// What a page walk read on its way down, before any right is checked or
+/// any entry is marked: the page it reaches and the entries that map it.
+#[derive(Clone, Copy, Debug)]
+struct Walked {
+    /// The physical page number.
+    phys_page: u64,
+    /// The leaf entry (PTE, or the PDE/PDPTE of a large page).
+    leaf: u64,
+    /// (entry address, entry) of each level from the top down, PAE PDPTEs
+    /// excepted (they carry no rights and no accessed bit of the walk's).
+    levels: [(u64, u64); 4],
+    /// How many of `levels` are filled.
+    n: usize,
+    /// Entries are 8 bytes (PAE and 4-level paging), not 4.
+    wide: bool,
+}
+
+/// The read-only half of the page walk (SDM vol. 3A §4.3 32-bit, §4.4 PAE,
+/// §4.5 4-level paging): reads the entries for `lin` from the top down and
+/// stops at the first one that is not present or has a reserved bit set,
+/// returning the #PF that walk raises (`code` holds the W, U and I bits of
+/// the error code). It writes nothing: the accessed and dirty bits, the
+/// rights and the TLB are [`walk`]'s, so a debugger's [`peek_translate`]
+/// walks the same tables without a trace.
+fn walk_entries(cpu: &CpuState, m: &Machine, lin: u64, code: u32) -> Result<Walked, Exception> {
+    use pte::{NX, P, PS};
     let pae = cpu.cr4 & cr4::PAE != 0;
     let long = cpu.efer & EFER_LMA != 0;
     let nxe = pae && cpu.efer & efer::NXE != 0;
-    let write = acc == Access::Write;
-    let mut code = (u32::from(write) << 1) | (u32::from(user) << 2);
-    if nxe && acc == Access::Exec {
-        code |= 1 << 4;
-    }
     let fault = |code: u32| Exception::PageFault { addr: lin, code };
     let rsvd = |code: u32| Exception::PageFault {
         addr: lin,
@@ -639,6 +659,60 @@ fn walk(
         table = if wide { e & addr_mask } else { e & 0xFFFF_F000 };
         shift -= if wide { 9 } else { 10 };
     };
+    Ok(Walked {
+        phys_page,
+        leaf,
+        levels,
+        n,
+        wide,
+    })
+}
+
+/// Linear to physical as a debugger sees it: the page walk of the current
+/// paging mode (CR0.PG, CR4.PAE/PSE, EFER.LMA, CR3) through entries that are
+/// present and free of reserved bits, with no right checked (a debugger may
+/// look at any mapped page) and nothing written: no accessed or dirty bit, no
+/// TLB or fast-TLB entry, no CR2, no fault delivered. `None` when the walk
+/// would fault, or the address is not canonical in IA-32e mode. Without
+/// paging, linear is physical. The address is used as given (a debugger's
+/// addresses are linear; no segment base is added).
+pub fn peek_translate(cpu: &CpuState, m: &Machine, lin: Linear) -> Option<GuestPhys> {
+    if !paging(cpu) {
+        return Some(GuestPhys(lin.0));
+    }
+    if cpu.efer & EFER_LMA != 0 && !canonical(lin.0) {
+        return None;
+    }
+    let w = walk_entries(cpu, m, lin.0, 0).ok()?;
+    Some(GuestPhys((w.phys_page << 12) | (lin.0 & 0xFFF)))
+}
+
+/// The page walk: [`walk_entries`], then the rights of the access, then the
+/// accessed and dirty bits and the TLB entry.
+#[cold]
+fn walk(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    acc: Access,
+    user: bool,
+) -> Result<GuestPhys, Exception> {
+    use pte::{A, D, G, NX, RW, US};
+    let pae = cpu.cr4 & cr4::PAE != 0;
+    let nxe = pae && cpu.efer & efer::NXE != 0;
+    let write = acc == Access::Write;
+    let mut code = (u32::from(write) << 1) | (u32::from(user) << 2);
+    if nxe && acc == Access::Exec {
+        code |= 1 << 4;
+    }
+    let Walked {
+        phys_page,
+        leaf,
+        levels,
+        n,
+        wide,
+    } = walk_entries(cpu, m, lin, code)?;
+    let fault = |code: u32| Exception::PageFault { addr: lin, code };
     let all = |bit: u64| levels[..n].iter().all(|(_, e)| e & bit != 0);
     let user_ok = all(US);
     let rw_all = all(RW);
@@ -771,16 +845,19 @@ pub fn read_lin_as(
     user: bool,
 ) -> Result<u64, Exception> {
     if !paging(cpu) {
+        log_access(cpu, lin, size, false);
         return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     let off = lin.0 & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Read, user)?;
+        log_access(cpu, lin, size, false);
         return Ok(mem_read(cpu.icount, m, p, size));
     }
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Read, user)?;
     let p2 = translate_as(cpu, m, lin_after(cpu, lin, first), Access::Read, user)?;
+    log_access(cpu, lin, size, false);
     let mut v = 0u64;
     for i in 0..u64::from(size) {
         let p = if i < first {
@@ -803,6 +880,7 @@ pub fn write_lin_as(
     user: bool,
 ) -> Result<(), Exception> {
     if !paging(cpu) {
+        log_access(cpu, lin, size, true);
         if cpu.log_writes {
             log_write(
                 cpu,
@@ -820,6 +898,7 @@ pub fn write_lin_as(
     let off = lin.0 & 0xFFF;
     if off + u64::from(size) <= 0x1000 {
         let p = translate_as(cpu, m, lin, Access::Write, user)?;
+        log_access(cpu, lin, size, true);
         if cpu.log_writes {
             log_write(cpu, m, lin.0, size, p, p, u64::from(size));
         }
@@ -829,6 +908,7 @@ pub fn write_lin_as(
     let first = 0x1000 - off;
     let p1 = translate_as(cpu, m, lin, Access::Write, user)?;
     let p2 = translate_as(cpu, m, lin_after(cpu, lin, first), Access::Write, user)?;
+    log_access(cpu, lin, size, true);
     if cpu.log_writes {
         log_write(cpu, m, lin.0, size, p1, p2, first);
     }
@@ -841,6 +921,15 @@ pub fn write_lin_as(
         mem_write(cpu.icount, m, p, 1, value >> (8 * i));
     }
     Ok(())
+}
+
+/// Appends a data access that is about to happen (its pages translated) to
+/// `access_log` when [`CpuState::log_accesses`] is set.
+#[inline(always)]
+fn log_access(cpu: &mut CpuState, lin: Linear, size: u32, write: bool) {
+    if cpu.log_accesses {
+        cpu.access_log.push((lin.0, size, write));
+    }
 }
 
 /// Reads at linear `lin` with the current privilege level.
@@ -1029,14 +1118,11 @@ fn read_slow(
     lin: Linear,
     size: u32,
 ) -> Result<u64, Exception> {
-    if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 {
+    if cpu.cr0 & cr0::PG == 0 && cpu.dr[7] & 0xFF == 0 && !cpu.log_accesses {
         return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin.0, size, false);
-    }
-    if !paging(cpu) {
-        return Ok(mem_read(cpu.icount, m, GuestPhys(lin.0), size));
     }
     read_lin(cpu, m, lin, size)
 }
@@ -1075,7 +1161,7 @@ fn write_slow(
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin.0, size, true);
     }
-    if !paging(cpu) && !cpu.log_writes {
+    if !paging(cpu) && !cpu.log_writes && !cpu.log_accesses {
         mem_write(cpu.icount, m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
@@ -1213,6 +1299,146 @@ mod tests {
                 addr: 0x40_0000,
                 code: 0b111
             })
+        );
+    }
+
+    /// The bytes of the RAM holding page tables, to compare before and after.
+    fn table_bytes(m: &Machine, from: u64, to: u64) -> Vec<u8> {
+        let mut b = vec![0u8; (to - from) as usize];
+        m.mem.read_bytes(GuestPhys(from), &mut b);
+        b
+    }
+
+    /// 4-level paging with a 4 KiB page, a 2 MiB page, a 1 GiB page and a
+    /// not-present PTE, tables at 0x10000-0x14FFF, entries without A/D bits.
+    fn long_paged() -> (CpuState, Machine) {
+        let mut m = Machine::flat(8 << 20).expect("machine");
+        let w = |m: &mut Machine, a: u64, v: u64| m.mem.write::<8>(GuestPhys(a), v.to_le_bytes());
+        // PML4[0] -> PDPT 0x11000; PML4[1] -> PDPT 0x14000 (a 1 GiB page).
+        w(&mut m, 0x10000, 0x11000 | 0x7);
+        w(&mut m, 0x10008, 0x14000 | 0x3);
+        // PDPT[0] -> PD 0x12000; PD[0] -> PT 0x13000; PD[1]: 2 MiB at 0x600000.
+        w(&mut m, 0x11000, 0x12000 | 0x7);
+        w(&mut m, 0x12000, 0x13000 | 0x7);
+        w(&mut m, 0x12008, 0x60_0000 | 0x83);
+        // PT[5] -> 0x7000 user read-only; PT[6] not present.
+        w(&mut m, 0x13000 + 5 * 8, 0x7000 | 0x5);
+        w(&mut m, 0x13000 + 6 * 8, 0x8000);
+        // PDPT(1)[2]: 1 GiB page at 0 (linear 0x80_8000_0000).
+        w(&mut m, 0x14000 + 2 * 8, 0x83);
+        let mut cpu = CpuState::reset();
+        cpu.cr0 = cr0::PE | cr0::PG;
+        cpu.cr4 = cr4::PAE;
+        cpu.efer = efer::LME | efer::LMA;
+        cpu.cr3 = 0x10000;
+        (cpu, m)
+    }
+
+    #[test]
+    fn peek_translate_agrees_with_the_walk_and_leaves_no_trace() {
+        for (mut cpu, mut m, lins) in [
+            {
+                let (c, m) = paged();
+                (c, m, vec![0x40_0123u64, 0x40_0FFF])
+            },
+            {
+                let (c, m) = long_paged();
+                (c, m, vec![0x5123u64, 0x20_0456, 0x2F_F000, 0x80_8000_1234])
+            },
+        ] {
+            let tables_before = table_bytes(&m, 0x1000, 0x15000);
+            let tlb_before = cpu.tlb.clone();
+            let peeked: Vec<_> = lins
+                .iter()
+                .map(|&l| peek_translate(&cpu, &m, Linear(l)))
+                .collect();
+            assert_eq!(
+                table_bytes(&m, 0x1000, 0x15000),
+                tables_before,
+                "no A/D bit set"
+            );
+            assert_eq!(cpu.tlb, tlb_before, "no TLB entry filled");
+            // The MMU's own walk (which does set A/D and fill the TLB) agrees.
+            for (&l, p) in lins.iter().zip(peeked) {
+                let walked = translate_as(&mut cpu, &mut m, Linear(l), Access::Read, false);
+                assert_eq!(p, walked.ok(), "linear {l:#x}");
+            }
+            assert_ne!(
+                table_bytes(&m, 0x1000, 0x15000),
+                tables_before,
+                "the real walk sets accessed bits (the check above can fail)"
+            );
+        }
+    }
+
+    #[test]
+    fn peek_translate_of_unmapped_or_reserved_is_none_without_fault() {
+        let (cpu, m) = long_paged();
+        let cr2 = cpu.cr2;
+        // A not-present PTE, a not-present PML4E, a non-canonical address
+        // whose low 48 bits are mapped.
+        assert_eq!(peek_translate(&cpu, &m, Linear(0x6000)), None);
+        assert_eq!(peek_translate(&cpu, &m, Linear(0x100_0000_0000)), None);
+        assert_eq!(
+            peek_translate(&cpu, &m, Linear(0x5000)),
+            Some(GuestPhys(0x7000))
+        );
+        assert_eq!(
+            peek_translate(&cpu, &m, Linear(0x0001_0000_0000_5000)),
+            None
+        );
+        let (cpu2, mut m2) = long_paged();
+        // A reserved bit (bit 45, above MAXPHYADDR 40) in the PTE.
+        m2.mem.write::<8>(
+            GuestPhys(0x13000 + 5 * 8),
+            (0x7005u64 | 1 << 45).to_le_bytes(),
+        );
+        assert_eq!(peek_translate(&cpu2, &m2, Linear(0x5000)), None);
+        assert_eq!(cpu.cr2, cr2);
+        // Paging off: linear is physical.
+        let flat = CpuState::reset();
+        assert_eq!(
+            peek_translate(&flat, &m, Linear(0x12_3456)),
+            Some(GuestPhys(0x12_3456))
+        );
+    }
+
+    #[test]
+    fn peek_translate_ignores_rights_the_walk_enforces() {
+        // A supervisor-only 2 MiB page is still readable by a debugger even
+        // while the CPU runs at CPL 3; the CPU's own user read faults.
+        let (mut cpu, mut m) = long_paged();
+        assert_eq!(
+            peek_translate(&cpu, &m, Linear(0x20_0010)),
+            Some(GuestPhys(0x60_0010))
+        );
+        assert!(translate_as(&mut cpu, &mut m, Linear(0x20_0010), Access::Read, true).is_err());
+    }
+
+    #[test]
+    fn log_accesses_records_reads_and_writes_past_the_fast_tlb() {
+        let (mut cpu, mut m) = paged();
+        // Make PTE 0 writable for the write below.
+        m.mem
+            .write::<4>(GuestPhys(0x2000), (0x5000u32 | 0x7).to_le_bytes());
+        cpu.seg[sreg::DS] = Segment {
+            limit: 0xFFFF_FFFF,
+            ..Segment::real(0)
+        };
+        // Warm the fast TLB without logging, then turn logging on.
+        read(&mut cpu, &mut m, sreg::DS, 0x40_0010, 4).expect("read");
+        cpu.log_accesses = true;
+        cpu.tlb.fast.flush();
+        read(&mut cpu, &mut m, sreg::DS, 0x40_0010, 4).expect("read");
+        write(&mut cpu, &mut m, sreg::DS, 0x40_0020, 2, 0xBEEF).expect("write");
+        read(&mut cpu, &mut m, sreg::DS, 0x40_0010, 1).expect("read");
+        assert_eq!(
+            cpu.access_log,
+            [
+                (0x40_0010, 4, false),
+                (0x40_0020, 2, true),
+                (0x40_0010, 1, false)
+            ]
         );
     }
 }

@@ -272,6 +272,15 @@ pub struct CpuState {
     /// Set by PAUSE (a spin-wait hint); the run loop takes it and, with
     /// several vCPUs, ends this one's turn.
     pub pause_hint: bool,
+    /// When set, every data access that reaches linear memory (reads and
+    /// writes, the CPU's implicit ones included; not instruction fetches) is
+    /// appended to `access_log`, and the fast TLB takes no entries, so no
+    /// access bypasses the log (a debugger's watchpoints; the fast TLB must
+    /// be flushed when this is set). Not architectural.
+    pub log_accesses: bool,
+    /// The accesses logged since the log was last cleared: (linear address,
+    /// size, whether it was a write).
+    pub access_log: Vec<(u64, u32, bool)>,
 }
 
 impl Default for CpuState {
@@ -342,6 +351,8 @@ impl CpuState {
             log_undo: false,
             undo_log: Vec::new(),
             pause_hint: false,
+            log_accesses: false,
+            access_log: Vec::new(),
         }
     }
 

@@ -522,6 +522,10 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         log_undo,
         undo_log,
         pause_hint,
+        log_accesses,
+        // A debugger's log of data accesses, like the TLB, is not the
+        // program's state.
+        access_log: _,
         tlb: _,
     } = i;
     *gpr == t.gpr
@@ -559,4 +563,5 @@ fn same_but_tlb(i: &CpuState, t: &CpuState) -> bool {
         && *pause_hint == t.pause_hint
         && *log_undo == t.log_undo
         && *undo_log == t.undo_log
+        && *log_accesses == t.log_accesses
 }

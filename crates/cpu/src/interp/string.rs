@@ -195,7 +195,12 @@ fn bulk(
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq
     );
     // Data breakpoints are checked per access by the element loop.
-    if !(movs || stos) || cpu.log_writes || cpu.rep_single || cpu.dr[7] & 0xFF != 0 {
+    if !(movs || stos)
+        || cpu.log_writes
+        || cpu.log_accesses
+        || cpu.rep_single
+        || cpu.dr[7] & 0xFF != 0
+    {
         return false;
     }
     let amask = mask(asz);
