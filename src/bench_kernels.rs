@@ -1195,16 +1195,8 @@ pub fn prepare_multiboot(
     engine: Engine,
 ) -> Result<Vm, Error> {
     let mut machine = pc::build(PcConfig {
-        ram_bytes: 64 << 20,
-        bios: None,
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
         cpus,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
+        ..PcConfig::headless(64 << 20, None)
     })?;
     let entry =
         multiboot::load(&mut machine.mem, image, cmdline, &[]).map_err(|source| Error::Loader {

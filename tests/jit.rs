@@ -33,19 +33,7 @@ const STREAM_LEN: usize = 400;
 const SEED: u64 = 0x0B7_5EED;
 
 fn pc_with_rom(rom: Vec<u8>) -> Machine {
-    pc::build(PcConfig {
-        ram_bytes: 16 << 20,
-        bios: Some(rom),
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
-    })
-    .expect("PC with the generated ROM")
+    pc::build(PcConfig::headless(16 << 20, Some(rom))).expect("PC with the generated ROM")
 }
 
 fn cases() -> u64 {
@@ -210,19 +198,7 @@ fn tick_recorder() -> Vec<u8> {
 #[test]
 fn jit_self_loop_stops_at_device_deadlines_like_interpreter() {
     let run = |engine| {
-        let mut m = pc::build(PcConfig {
-            ram_bytes: 16 << 20,
-            bios: None,
-            serial_out: Box::new(std::io::sink()),
-            serial_in: None,
-            debugcon: Box::new(std::io::sink()),
-            post: None,
-            rtc_base_unix: 0,
-            cpus: 1,
-            extra_devices: Vec::new(),
-            storage: Default::default(),
-        })
-        .expect("PC");
+        let mut m = pc::build(PcConfig::headless(16 << 20, None)).expect("PC");
         m.mem
             .load(GuestPhys(0x1_0000), &tick_recorder())
             .expect("code fits");

@@ -83,19 +83,7 @@ fn descriptor(access: u64, flags: u64) -> u64 {
 /// A machine with the random code, the GDT, IDT and stubs, ready in flat 32-bit
 /// protected mode or, with `long`, in 64-bit mode with identity paging.
 fn machine_with(seed: u64, long: bool) -> Vm {
-    let machine = pc::build(PcConfig {
-        ram_bytes: 16 << 20,
-        bios: Some(vec![0xF4; 0x1_0000]),
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
-    })
-    .expect("PC");
+    let machine = pc::build(PcConfig::headless(16 << 20, Some(vec![0xF4; 0x1_0000]))).expect("PC");
     let mut vm = Vm::with_engine(machine, Engine::Lockstep).expect("lockstep");
     let mem = &mut vm.machine.mem;
     // GDT: null, 32-bit code (0x08), data (0x10), 64-bit code (0x18).

@@ -117,19 +117,8 @@ fn flat_vm(code: &[u8]) -> Vm {
 
 /// A VM on the full PC (PICs, the FERR# latch at port 0xF0), no BIOS.
 fn pc_vm(code: &[u8]) -> Vm {
-    let m = x86bt_machine::pc::build(x86bt_machine::pc::PcConfig {
-        ram_bytes: 16 << 20,
-        bios: None,
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
-    })
-    .expect("PC machine");
+    let m = x86bt_machine::pc::build(x86bt_machine::pc::PcConfig::headless(16 << 20, None))
+        .expect("PC machine");
     vm_on(m, code)
 }
 

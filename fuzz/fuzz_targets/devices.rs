@@ -57,16 +57,10 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     let mut m = pc::build(PcConfig {
-        ram_bytes: 4 << 20,
-        bios: None,
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
         cpus: 2,
         extra_devices: vec![ExtraDevice::Edu],
         storage,
+        ..PcConfig::headless(4 << 20, None)
     })
     .expect("a 4 MiB PC builds");
     let mut now = 0u64;

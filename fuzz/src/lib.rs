@@ -35,19 +35,8 @@ pub fn mode_rom(mode: Mode, sse: bool, code: &[u8]) -> Vec<u8> {
 /// Runs `rom` on a 2 MiB PC under `engine` for at most [`BUDGET`]
 /// instructions.
 pub fn run_rom(rom: Vec<u8>, engine: Engine) -> RunOutcome {
-    let machine = pc::build(PcConfig {
-        ram_bytes: 2 << 20,
-        bios: Some(rom),
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
-    })
-    .expect("a 2 MiB PC with a 64 KiB BIOS builds");
+    let machine = pc::build(PcConfig::headless(2 << 20, Some(rom)))
+        .expect("a 2 MiB PC with a 64 KiB BIOS builds");
     let mut vm = Vm::with_engine(machine, engine).expect("engine");
     vm.run(BUDGET)
 }

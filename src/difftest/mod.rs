@@ -469,18 +469,7 @@ pub fn lockstep(setup: &DiffSetup) -> Result<(Outcome, f64), Error> {
         Some(_) => None,
         None => Some(crate::run::read_file(&setup.bios)?),
     };
-    let mut machine = pc::build(PcConfig {
-        ram_bytes: setup.ram_mib << 20,
-        bios: rom,
-        serial_out: Box::new(std::io::sink()),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
-    })?;
+    let mut machine = pc::build(PcConfig::headless(setup.ram_mib << 20, rom))?;
     let entry = match &setup.kernel {
         Some(path) => {
             let image = crate::run::read_file(path)?;

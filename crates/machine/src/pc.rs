@@ -59,6 +59,27 @@ pub struct PcConfig {
     pub storage: Storage,
 }
 
+impl PcConfig {
+    /// A PC of `ram_bytes` with firmware `bios` (or none), one CPU, no
+    /// drives or extra devices, the RTC at the Unix epoch, and its serial
+    /// and debug-console output dropped: the machine tests, benchmarks and
+    /// fuzz targets build.
+    pub fn headless(ram_bytes: u64, bios: Option<Vec<u8>>) -> Self {
+        Self {
+            ram_bytes,
+            bios,
+            serial_out: Box::new(std::io::sink()),
+            serial_in: None,
+            debugcon: Box::new(std::io::sink()),
+            post: None,
+            rtc_base_unix: 0,
+            cpus: 1,
+            extra_devices: Vec::new(),
+            storage: Default::default(),
+        }
+    }
+}
+
 /// The drives of a PC and the firmware's boot settings.
 #[derive(Default)]
 pub struct Storage {
