@@ -8,6 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use x86bt_decoder::unit::{decode_unit, Bitness, DecodedUnit};
 
 fuzz_target!(|data: &[u8]| {
+    x86bt_fuzz::keep_last(data);
     let Some((&sel, code)) = data.split_first() else {
         return;
     };

@@ -37,6 +37,7 @@ fn mmio(sel: u8, off: u32) -> u64 {
 }
 
 fuzz_target!(|data: &[u8]| {
+    x86bt_fuzz::keep_last(data);
     let storage = Storage {
         ide: vec![
             DriveSpec {

@@ -9,6 +9,7 @@ use x86bt::cli::Engine;
 use x86bt_fuzz::{mode_of, mode_rom, run_rom};
 
 fuzz_target!(|data: &[u8]| {
+    x86bt_fuzz::keep_last(data);
     let Some((&sel, code)) = data.split_first() else {
         return;
     };

@@ -12,6 +12,7 @@ use x86bt_machine::loader::{self, linux, multiboot};
 use x86bt_machine::{MemoryLayout, PhysMemory};
 
 fuzz_target!(|data: &[u8]| {
+    x86bt_fuzz::keep_last(data);
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };

@@ -7,6 +7,15 @@ use x86bt::difftest::gen::{generate_with, Mode};
 use x86bt::{RunOutcome, Vm};
 use x86bt_machine::pc::{self, PcConfig};
 
+/// With `X86BT_FUZZ_LAST=PATH` set, writes each input to PATH before it
+/// runs: a stack overflow kills the process before libFuzzer can save the
+/// input that caused it, and this keeps it.
+pub fn keep_last(data: &[u8]) {
+    if let Some(path) = std::env::var_os("X86BT_FUZZ_LAST") {
+        let _ = std::fs::write(path, data);
+    }
+}
+
 /// Instructions one program may retire.
 pub const BUDGET: u64 = 20_000;
 
