@@ -340,7 +340,7 @@ fn qcow2_check(path: &Path) -> Result<(), ImageError> {
     }
     let cluster = 1u64 << cluster_bits;
     let inside = |off: u64, bytes: u64| {
-        off % cluster == 0 && off.checked_add(bytes).is_some_and(|end| end <= len)
+        off.is_multiple_of(cluster) && off.checked_add(bytes).is_some_and(|end| end <= len)
     };
     // A table of big-endian u64 entries: each non-zero one (masked) must be
     // a cluster inside the file.
