@@ -344,7 +344,8 @@ fn qcow2_check(path: &Path) -> Result<(), ImageError> {
     };
     // A table of big-endian u64 entries: each non-zero one (masked) must be
     // a cluster inside the file.
-    let table = |what: &str, off: u64, entries: u64, mask: u64| -> Result<(), ImageError> {
+    // Returns the entries (masked), zeros included.
+    let table = |what: &str, off: u64, entries: u64, mask: u64| -> Result<Vec<u64>, ImageError> {
         let bytes = entries.saturating_mul(8);
         if !inside(off, bytes) {
             return Err(bad(format!("its {what} at {off:#x} lies outside the file")));
@@ -352,6 +353,7 @@ fn qcow2_check(path: &Path) -> Result<(), ImageError> {
         let mut t = vec![0u8; bytes as usize];
         file.read_exact_at(&mut t, off)
             .map_err(|_| bad(format!("its {what} cannot be read")))?;
+        let mut out = Vec::with_capacity(t.len() / 8);
         for e in t.chunks_exact(8) {
             let at = u64::from_be_bytes(e.try_into().unwrap_or_default()) & mask;
             if at != 0 && !inside(at, cluster) {
@@ -359,20 +361,73 @@ fn qcow2_check(path: &Path) -> Result<(), ImageError> {
                     "its {what} points at {at:#x}, outside the file or not cluster-aligned"
                 )));
             }
+            out.push(at);
         }
-        Ok(())
+        Ok(out)
     };
     let (l1_entries, l1_off) = (u64::from(be32(36)), be64(40));
     let (rt_off, rt_clusters) = (be64(48), u64::from(be32(56)));
-    table(
+    let reftable = table(
         "refcount table",
         rt_off,
         rt_clusters.saturating_mul(cluster) / 8,
         !(cluster - 1),
     )?;
-    if l1_entries != 0 {
+    let l2_tables = if l1_entries != 0 {
         // L1 entries: bits 9-55 the L2 table's offset (qcow2 spec).
-        table("L1 table", l1_off, l1_entries, 0x00FF_FFFF_FFFF_FE00)?;
+        table("L1 table", l1_off, l1_entries, 0x00FF_FFFF_FFFF_FE00)?
+    } else {
+        Vec::new()
+    };
+    // Every metadata cluster must be counted as in use, or imago would
+    // allocate over it (the fuzzer's third finding: a header and refcount
+    // table with refcount 0 made it recurse without end). Refcounts are
+    // `1 << refcount_order` bits wide (16 in version 2 images).
+    let order = if be32(4) >= 3 {
+        let mut o = [0u8; 4];
+        file.read_exact_at(&mut o, 96)
+            .map_err(|_| bad("a qcow2 version 3 header cut short".into()))?;
+        u32::from_be_bytes(o)
+    } else {
+        4
+    };
+    if order > 6 {
+        return Err(bad(format!("a refcount order of {order} (0 to 6)")));
+    }
+    let bits = 1u64 << order;
+    let per_block = cluster * 8 / bits;
+    let refcount = |at: u64| -> Result<u64, ImageError> {
+        let c = at >> cluster_bits;
+        let Some(&block) = reftable.get((c / per_block) as usize).filter(|&&b| b != 0) else {
+            return Ok(0);
+        };
+        let bit = (c % per_block) * bits;
+        let mut w = [0u8; 8];
+        let n = bits.div_ceil(8) as usize;
+        file.read_exact_at(&mut w[..n], block + bit / 8)
+            .map_err(|_| bad("a refcount block cannot be read".into()))?;
+        let v = u64::from_be_bytes(w) >> (64 - 8 * n as u64);
+        let shift = if bits < 8 { 8 - bits - bit % 8 } else { 0 };
+        Ok((v >> shift) & ((1u128 << bits) - 1) as u64)
+    };
+    let l1_clusters = (l1_entries * 8).div_ceil(cluster);
+    let rt_used = (rt_clusters.max(1)) * cluster;
+    let metadata = std::iter::once(0)
+        .chain((0..rt_used).step_by(cluster as usize).map(|o| rt_off + o))
+        .chain((0..l1_clusters).map(|k| l1_off + k * cluster))
+        .chain(
+            reftable
+                .iter()
+                .chain(&l2_tables)
+                .copied()
+                .filter(|&a| a != 0),
+        );
+    for at in metadata {
+        if refcount(at)? == 0 {
+            return Err(bad(format!(
+                "its metadata cluster at {at:#x} has a refcount of 0"
+            )));
+        }
     }
     Ok(())
 }
@@ -398,8 +453,9 @@ impl Qcow2Image {
         })?;
         lock(&own, path, read_only)?;
         let mut locks = vec![own];
+        let chain = qcow2_chain(path)?;
         qcow2_check(path)?;
-        for backing in qcow2_chain(path)? {
+        for backing in chain {
             let f = File::open(&backing).map_err(|source| ImageError::Open {
                 path: backing.clone(),
                 source,
@@ -798,8 +854,23 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.to_string().lines().count(), 1, "{e}");
-        let p = temp_image("inside.qcow2", &image(0x400));
-        qcow2_check(&p).expect("a refcount block inside the file passes");
+        // A refcount block inside the file, counting the header, the
+        // refcount table, the block itself and the L1 table once each.
+        let mut good = image(0x400);
+        for c in 0..4 {
+            good[0x400 + 2 * c + 1] = 1;
+        }
+        let p = temp_image("inside.qcow2", &good);
+        qcow2_check(&p).expect("consistent tables pass");
+        // The fuzzer's third finding: the header's and the refcount table's
+        // clusters counted 0.
+        good[0x401] = 0;
+        good[0x403] = 0;
+        let p = temp_image("uncounted.qcow2", &good);
+        let e = qcow2_check(&p)
+            .err()
+            .expect("uncounted metadata is refused");
+        assert!(e.to_string().contains("refcount of 0"), "{e}");
     }
 
     /// qcow2 through imago against QEMU's own tools: an overlay made by
