@@ -867,9 +867,7 @@ mod tests {
         good[0x401] = 0;
         good[0x403] = 0;
         let p = temp_image("uncounted.qcow2", &good);
-        let e = qcow2_check(&p)
-            .err()
-            .expect("uncounted metadata is refused");
+        let e = qcow2_check(&p).expect_err("uncounted metadata is refused");
         assert!(e.to_string().contains("refcount of 0"), "{e}");
     }
 
