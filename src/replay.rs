@@ -501,7 +501,8 @@ impl InputLog {
             Mode::Replay { events } => events,
         };
         while let Some(e) = events.front() {
-            if e.pass() > pass {
+            // An idle record of this pass waits for the pass's idle period.
+            if e.pass() > pass || (e.pass() == pass && matches!(e, Event::Idle { .. })) {
                 break;
             }
             let e = events.pop_front().expect("front exists");
@@ -637,7 +638,7 @@ mod tests {
             (format!("{text}in 13 4000 00\n"), "after the end"),
             (format!("{text}garbage\n"), "not a record"),
             // Cut in the middle of a record.
-            (text[..text.len() - 3].to_string(), "expected a number"),
+            (text[..text.len() - 8].to_string(), "not a record"),
         ];
         for (bad, why) in cases {
             let err = parse(&bad).expect_err(&bad);
