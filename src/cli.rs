@@ -252,6 +252,16 @@ pub struct RunArgs {
     /// decoded under the interpreter). It ends with a newline at exit.
     #[arg(long)]
     pub progress: bool,
+    /// Record the input from outside the guest (what is typed on the serial
+    /// console, idle time paced by the wall clock, the RTC base) into FILE,
+    /// for --replay.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Replay a --record FILE: the recorded input, at the same points of the
+    /// run; stdin is not read (Ctrl-A x still quits on a terminal). The
+    /// options must match the recording's (engine, memory, images, ...).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
 }
 
 /// Options of `x86bt sst`.

@@ -14,6 +14,7 @@ pub mod difftest;
 pub mod drives;
 pub mod error;
 pub mod gdb;
+pub mod replay;
 pub mod rtc;
 pub mod run;
 pub mod sst;

@@ -469,6 +469,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
                 .into(),
         ));
     }
+    let replay = crate::replay::Plan::from_args(a)?;
     let drive_opts = drive_options(a)?;
     let (boot_order, boot_menu) = match &a.boot {
         Some(spec) => crate::drives::parse_boot(spec)?,
@@ -554,14 +555,20 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         let (path, string) = split_module(arg);
         modules.push((string, read_file(&path)?));
     }
-    let rtc_base_unix = crate::rtc::parse_base(&a.rtc)?;
+    let mut rtc_base_unix = crate::rtc::parse_base(&a.rtc)?;
+    if let Some(plan) = &replay {
+        rtc_base_unix = plan.rtc_base(rtc_base_unix);
+    }
     let sleep = a.icount.as_deref().map(parse_icount).transpose()?.flatten();
     let seen = Arc::new(AtomicBool::new(false));
     let quit = Arc::new(AtomicBool::new(false));
     let output_error = Arc::new(std::sync::Mutex::new(None));
     let interactive = a.serial == "stdio" && crate::console::stdin_is_tty();
     // Under --serial stdio, what is typed (or piped) on stdin reaches COM1.
-    let serial_in = (a.serial == "stdio").then(x86bt_machine::devices::uart::SerialInput::new);
+    let serial_in = replay
+        .as_ref()
+        .map_or(a.serial == "stdio", |p| p.serial_input(a.serial == "stdio"))
+        .then(x86bt_machine::devices::uart::SerialInput::new);
     let checked = |inner: Box<dyn Write>, what: &'static str| -> Box<dyn Write> {
         Box::new(Checked {
             inner,
@@ -590,6 +597,22 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Some(spec) => return Err(Error::Usage(format!("--post {spec:?}: expected file:PATH"))),
         None => None,
     };
+    let initrd = match &a.initrd {
+        Some(p) => Some(read_file(p)?),
+        None => None,
+    };
+    let replay_header = replay.as_ref().map(|_| crate::replay::Header {
+        rtc_base: rtc_base_unix,
+        serial_input: serial_in.is_some(),
+        shape: crate::replay::shape(
+            a,
+            &[
+                ("kernel", kernel.as_ref().map(|(_, k)| k.as_slice())),
+                ("initrd", initrd.as_deref()),
+                ("bios", bios.as_deref()),
+            ],
+        ),
+    });
     let bios_name = bios_path
         .as_ref()
         .map(|p| p.display().to_string())
@@ -621,10 +644,6 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         )),
         other => Error::Machine(other),
     })?;
-    let initrd = match &a.initrd {
-        Some(p) => Some(read_file(p)?),
-        None => None,
-    };
     let loaded = match &kernel {
         Some((path, image)) => Some(load_kernel(
             &mut machine,
@@ -645,6 +664,20 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     }
     let mut vm = Vm::with_engine(machine, a.engine)?;
     vm.no_reboot = a.no_reboot;
+    // What is typed goes to COM1, or under --record to the log's queue, which
+    // the run loop empties into COM1's; a replay reads stdin only for Ctrl-A x.
+    let mut typed_to = serial_in.clone();
+    let mut replaying = false;
+    if let (Some(plan), Some(header)) = (replay, replay_header) {
+        let (log, staged) = plan.begin(header, serial_in.clone())?;
+        replaying = log.replaying();
+        typed_to = if replaying {
+            crate::console::stdin_is_tty().then_some(staged)
+        } else {
+            typed_to.map(|_| staged)
+        };
+        vm.input_log = Some(Box::new(log));
+    }
     // The GDB server listens before the guest starts, so a port in use stops
     // the run before anything ran.
     let gdb_server = match &gdb_spec {
@@ -707,7 +740,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Arc::clone(&signal),
         raw.as_ref().and_then(|r| r.saved()),
     )?;
-    if let Some(input) = serial_in {
+    if let Some(input) = typed_to {
         crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
     }
     if let Some(k) = keys {
@@ -744,6 +777,10 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         })?;
     }
     drop(raw);
+    let icount = vm.icount();
+    if let Some(log) = vm.input_log.as_mut() {
+        log.finish(icount)?;
+    }
     if a.stats {
         print_stats(&vm, secs);
     }
@@ -755,7 +792,14 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         eprintln!("\r\nx86bt: {}", signal_name(sig));
         return Ok((128 + sig) as u8);
     }
-    report_outcome(&outcome, &vm, quit.load(Ordering::Relaxed));
+    if replaying && outcome == RunOutcome::Stopped && !seen.load(Ordering::Relaxed) {
+        eprintln!(
+            "x86bt: end of the recording, after {} instructions",
+            vm.icount()
+        );
+    } else {
+        report_outcome(&outcome, &vm, quit.load(Ordering::Relaxed));
+    }
     let stopped_early = matches!(
         outcome,
         RunOutcome::HaltedForever

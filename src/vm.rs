@@ -172,6 +172,10 @@ pub struct Vm {
     /// must see instruction by instruction, whatever `engine` is (made on
     /// first use; it gets every invalidation `engine` gets).
     debug_interp: Option<Interpreter>,
+    /// `--record` or `--replay`: the input from outside, logged or fed back
+    /// at the top of each pass and where idle time follows the wall clock
+    /// (`crate::replay`).
+    pub input_log: Option<Box<crate::replay::InputLog>>,
 }
 
 /// A fresh `kind` engine (empty caches) for vCPU `cur`. Fails when it cannot
@@ -224,6 +228,7 @@ impl Vm {
             pace_idle: false,
             debugger: None,
             debug_interp: None,
+            input_log: None,
         }
     }
 
@@ -491,6 +496,15 @@ impl Vm {
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
             {
                 return RunOutcome::Stopped;
+            }
+            if let Some(log) = &mut self.input_log {
+                match log.boundary(self.cpu.icount + self.others_icount) {
+                    crate::replay::Boundary::Go => {}
+                    crate::replay::Boundary::End => return RunOutcome::Stopped,
+                    crate::replay::Boundary::Diverged(report) => {
+                        return RunOutcome::Divergence(report)
+                    }
+                }
             }
             self.tick_passes += 1;
             if self.tick_passes >= TICK_PASSES {
@@ -833,11 +847,16 @@ impl Vm {
         };
         let now = self.now();
         if deadline > now {
-            let skip = if self.pace_idle {
-                self.paced_skip(deadline - now)
-            } else {
-                deadline - now
+            let gap = deadline - now;
+            let replayed = self.input_log.as_mut().and_then(|l| l.replayed_skip(gap));
+            let skip = match replayed {
+                Some(skip) => skip,
+                None if self.pace_idle => self.paced_skip(gap),
+                None => gap,
             };
+            if let Some(log) = &mut self.input_log {
+                log.note_skip(gap, skip);
+            }
             self.idle_ns += skip;
             // The TSC runs on virtual time too, idle time included (a parked
             // vCPU's catches up when it runs again).
