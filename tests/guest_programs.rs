@@ -169,16 +169,8 @@ impl Write for Capture {
 /// A PC (PIC, PIT, CMOS, COM1, debug exit) without firmware.
 fn pc_vm(code: &[u8], serial: Capture) -> Vm {
     let m = pc::build(PcConfig {
-        ram_bytes: 16 << 20,
-        bios: None,
         serial_out: Box::new(serial),
-        serial_in: None,
-        debugcon: Box::new(std::io::sink()),
-        post: None,
-        rtc_base_unix: 0,
-        cpus: 1,
-        extra_devices: Vec::new(),
-        storage: Default::default(),
+        ..PcConfig::headless(16 << 20, None)
     })
     .expect("PC machine");
     vm_with(m, code)

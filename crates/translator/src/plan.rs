@@ -718,16 +718,10 @@ fn remat_at(insns: &[Insn], lowerings: &[Lowering], caps: &[bool], i: usize) -> 
     {
         return None;
     }
-    if ins.op_count() != 2 || ins.op0_kind() != OpKind::Register {
+    if ins.op_count() != 2 {
         return None;
     }
-    let r0 = ins.op0_register();
-    let bits = (r0.size() * 8) as u8;
-    let b0 = gpr_bit(r0)?;
-    if !matches!(bits, 16 | 32 | 64) {
-        return None;
-    }
-    let h0 = GUEST_TO_HOST[gpr_index(r0) as usize];
+    let (r0, bits, b0, h0) = remat_dest(ins)?;
     let (src, b1) = match ins.op1_kind() {
         OpKind::Register => {
             let r1 = ins.op1_register();
@@ -770,23 +764,30 @@ fn inc_dec_remat(insns: &[Insn], lowerings: &[Lowering], i: usize) -> Option<Rem
         || f.only_if_dead
         || f.count_fixed()
         || ins.op_count() != 1
-        || ins.op0_kind() != OpKind::Register
         || ins.has_lock_prefix()
     {
+        return None;
+    }
+    let (_, bits, b0, reg) = remat_dest(ins)?;
+    let remat = Remat::IncDec {
+        dec: ins.mnemonic() == Mnemonic::Dec,
+        reg,
+        bits,
+    };
+    remat_if_replaced(lowerings, i, remat, b0)
+}
+
+/// The destination of a recomputed instruction: a 16-, 32- or 64-bit legacy
+/// register, with its size in bits, its [`Ident::uses`] bit and its host
+/// register.
+fn remat_dest(ins: &Instruction) -> Option<(Register, u8, u8, u8)> {
+    if ins.op0_kind() != OpKind::Register {
         return None;
     }
     let r0 = ins.op0_register();
     let bits = (r0.size() * 8) as u8;
     let b0 = gpr_bit(r0)?;
-    if !matches!(bits, 16 | 32 | 64) {
-        return None;
-    }
-    let remat = Remat::IncDec {
-        dec: ins.mnemonic() == Mnemonic::Dec,
-        reg: GUEST_TO_HOST[gpr_index(r0) as usize],
-        bits,
-    };
-    remat_if_replaced(lowerings, i, remat, b0)
+    matches!(bits, 16 | 32 | 64).then(|| (r0, bits, b0, GUEST_TO_HOST[gpr_index(r0) as usize]))
 }
 
 /// `remat` for instruction `i`, if memory accesses follow it before an
