@@ -234,6 +234,18 @@ pub struct RunArgs {
     /// decoded under the interpreter). It ends with a newline at exit.
     #[arg(long)]
     pub progress: bool,
+    /// Save a snapshot of the whole machine to FILE once N instructions
+    /// have retired (at the first instruction boundary from N on, where
+    /// --max-insns N would stop), then go on; N:FILE, repeatable. On the
+    /// serial console, Ctrl-A s saves one on demand.
+    #[arg(long = "snapshot-at", value_name = "N:FILE")]
+    pub snapshot_at: Vec<String>,
+    /// Continue from a snapshot file. Give the machine options of the run
+    /// that saved it (memory, -smp, firmware or kernel, drives, devices);
+    /// the snapshot is refused if the machine differs. --max-insns counts
+    /// from power-on, as in the run that saved.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 /// Options of `x86bt sst`.
@@ -372,7 +384,16 @@ pub fn qemu_style_args(
     ];
     const QEMU_FLAGS: &[&str] = &["no-reboot"];
     /// x86bt's own options that take a value.
-    const OWN_VALUED: &[&str] = &["until", "module", "memory", "max-insns", "engine", "post"];
+    const OWN_VALUED: &[&str] = &[
+        "until",
+        "module",
+        "memory",
+        "max-insns",
+        "engine",
+        "post",
+        "snapshot-at",
+        "restore",
+    ];
     let is_qemu = |n: &str| QEMU_VALUED.contains(&n) || QEMU_FLAGS.contains(&n);
     let takes_value = |n: &str| QEMU_VALUED.contains(&n) || OWN_VALUED.contains(&n);
     let mut out = Vec::new();

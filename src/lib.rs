@@ -14,6 +14,7 @@ pub mod drives;
 pub mod error;
 pub mod rtc;
 pub mod run;
+pub mod snapshot;
 pub mod sst;
 pub mod vm;
 
