@@ -225,6 +225,7 @@ pub fn save_to(
 ) -> Result<(), Error> {
     let start = std::time::Instant::now();
     let snapshot = vm.save()?;
+    let saved = start.elapsed();
     let file = SnapshotFile {
         x86bt: env!("CARGO_PKG_VERSION").to_string(),
         command_line: command_line.to_vec(),
@@ -234,11 +235,12 @@ pub fn save_to(
     let nl = if raw { "\r\n" } else { "" };
     let end = if raw { "\r" } else { "" };
     eprintln!(
-        "{nl}x86bt: snapshot at {} instructions saved to {} ({:.1} MiB, {:.0} ms){end}",
+        "{nl}x86bt: snapshot at {} instructions saved to {} ({:.1} MiB; state taken in {:.0} ms, written in {:.0} ms){end}",
         vm.icount(),
         path.display(),
         bytes as f64 / (1 << 20) as f64,
-        start.elapsed().as_secs_f64() * 1e3
+        saved.as_secs_f64() * 1e3,
+        (start.elapsed() - saved).as_secs_f64() * 1e3
     );
     Ok(())
 }
@@ -297,9 +299,123 @@ pub fn run_with_snapshots(
 /// from the run's options. A refusal names what differs and, for a machine
 /// of another shape, the command line that made the snapshot.
 pub fn restore_from(vm: &mut crate::Vm, path: &Path) -> Result<(), Error> {
+    let start = std::time::Instant::now();
     let file = read(path)?;
+    let read_in = start.elapsed();
     vm.restore(&file.snapshot).map_err(|e| {
         let made = file.command_line.join(" ");
         Error::Snapshot(format!("{}: {e} (it was made by: {made})", path.display()))
-    })
+    })?;
+    eprintln!(
+        "x86bt: restored {} at {} instructions (read in {:.0} ms, restored in {:.0} ms)",
+        path.display(),
+        vm.icount(),
+        read_in.as_secs_f64() * 1e3,
+        (start.elapsed() - read_in).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x86bt_machine::{GuestPhys, Machine};
+
+    /// A snapshot file of a bare VM with a few bytes in RAM and registers
+    /// set.
+    fn sample() -> SnapshotFile {
+        let mut vm = crate::Vm::new(Machine::flat(1 << 20).expect("machine"));
+        vm.machine.mem.write_bytes(GuestPhys(0x4321), b"snap");
+        vm.cpu.gpr[0] = 0xDEAD_BEEF;
+        vm.cpu.icount = 12_345;
+        SnapshotFile {
+            x86bt: "test".into(),
+            command_line: vec!["x86bt".into(), "run".into()],
+            snapshot: vm.save().expect("save"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_file_round_trips_into_another_vm() {
+        let bytes = encode(&sample()).expect("encode");
+        let back = decode(&bytes, "f").expect("decode");
+        assert_eq!(back.command_line, ["x86bt", "run"]);
+        let mut vm = crate::Vm::new(Machine::flat(1 << 20).expect("machine"));
+        vm.machine.mem.write_bytes(GuestPhys(0x8000), b"stale");
+        vm.restore(&back.snapshot).expect("restore");
+        assert_eq!(vm.cpu.gpr[0], 0xDEAD_BEEF);
+        assert_eq!(vm.icount(), 12_345);
+        let mut buf = [0u8; 4];
+        vm.machine.mem.read_bytes(GuestPhys(0x4321), &mut buf);
+        assert_eq!(&buf, b"snap");
+        assert_eq!(vm.machine.mem.read_u8(GuestPhys(0x8000)), 0);
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        match decode(bytes, "f") {
+            Err(Error::Snapshot(e)) => e,
+            other => panic!("not refused: {:?}", other.map(|f| f.x86bt)),
+        }
+    }
+
+    #[test]
+    fn truncated_corrupt_and_foreign_files_are_refused_saying_which() {
+        let good = encode(&sample()).expect("encode");
+        assert!(refusal(&good[..4]).contains("not an x86bt snapshot"));
+        assert!(refusal(b"PK\x03\x04 a zip file").contains("not an x86bt snapshot"));
+        assert!(refusal(&good[..20]).contains("truncated"));
+        assert!(refusal(&good[..good.len() - 1]).contains("truncated"));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(refusal(&longer).contains("corrupt"));
+        for at in [HEADER_LEN, HEADER_LEN + 7, good.len() / 2, good.len() - 1] {
+            let mut flipped = good.clone();
+            flipped[at] ^= 1;
+            assert!(refusal(&flipped).contains("corrupt"), "byte {at}");
+        }
+        let mut newer = good.clone();
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let e = refusal(&newer);
+        assert!(
+            e.contains(&format!("version {}", FORMAT_VERSION + 1)),
+            "{e}"
+        );
+        // A body whose checksum fits but which is not a snapshot.
+        let mut junk = good[..HEADER_LEN].to_vec();
+        junk.extend_from_slice(&[0xFF; 16]);
+        junk[16..24].copy_from_slice(&16u64.to_le_bytes());
+        let sum = hash64(&junk[HEADER_LEN..]);
+        junk[24..32].copy_from_slice(&sum.to_le_bytes());
+        assert!(refusal(&junk).contains("cannot decode"));
+    }
+
+    #[test]
+    fn a_snapshot_for_another_machine_is_refused_and_changes_nothing() {
+        let file = sample();
+        let mut vm = crate::Vm::new(Machine::flat(2 << 20).expect("machine"));
+        vm.cpu.gpr[0] = 7;
+        let Err(Error::Snapshot(e)) = vm.restore(&file.snapshot) else {
+            panic!("restored into a machine with twice the RAM")
+        };
+        assert!(
+            e.contains("RAM: the snapshot has 1 MiB, this machine 2 MiB"),
+            "{e}"
+        );
+        assert_eq!(vm.cpu.gpr[0], 7);
+    }
+
+    #[test]
+    fn snapshot_at_takes_n_colon_file() {
+        assert_eq!(
+            parse_at("1_000:a.snap").expect("parses"),
+            (1000, std::path::PathBuf::from("a.snap"))
+        );
+        assert_eq!(
+            parse_at("5:dir/x:y").expect("parses").1,
+            Path::new("dir/x:y")
+        );
+        for bad in ["", "12", ":f", "x:f", "12:"] {
+            assert!(parse_at(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -98,8 +98,14 @@ fn image_state(b: &mut dyn BlockBackend) -> io::Result<DiskState> {
 
 /// Checks that `b`'s identity is `state`'s.
 fn check_image(b: &mut dyn BlockBackend, state: &DiskState) -> Result<(), String> {
-    let DiskState::Image { size, hash } = state else {
-        return Err("the snapshot holds another kind of disk (an overlay or a memory disk)".into());
+    let size = match state {
+        DiskState::Image { size, .. } => size,
+        DiskState::Overlay { .. } => {
+            return Err(
+                "the drive had snapshot=on when the snapshot was made, and has not here".into(),
+            )
+        }
+        DiskState::Memory(_) => return Err("the snapshot's drive was a memory disk".into()),
     };
     if *size != b.size() {
         return Err(format!(
@@ -109,7 +115,6 @@ fn check_image(b: &mut dyn BlockBackend, state: &DiskState) -> Result<(), String
     }
     let now = image_state(b).map_err(|e| format!("reading the image failed: {e}"))?;
     if now != *state {
-        let _ = hash;
         return Err(
             "the image's contents changed since the snapshot was taken (the guest \
              writes a writable image in place; snapshot=on keeps its writes in the snapshot)"
@@ -500,7 +505,9 @@ impl BlockBackend for Overlay {
 
     fn restore_state(&mut self, state: &DiskState) -> Result<(), String> {
         let DiskState::Overlay { base, clusters } = state else {
-            return Err("the snapshot's disk had no snapshot=on overlay".into());
+            return Err(
+                "the drive has snapshot=on here, and had not when the snapshot was made".into(),
+            );
         };
         self.base.restore_state(base)?;
         let mut restored = HashMap::new();
@@ -676,6 +683,40 @@ mod tests {
             read_only: false,
             snapshot: false,
         }
+    }
+
+    #[test]
+    fn snapshot_overlay_round_trips_and_a_changed_base_is_refused() {
+        let p = temp_image("snapbase.img", &[3u8; 200 * 1024]);
+        let open_overlay = || {
+            let mut s = spec(&p);
+            s.snapshot = true;
+            open(&s).expect("opens")
+        };
+        let mut a = open_overlay();
+        a.write_at(70_000, b"written").expect("write");
+        let state = a.save_state().expect("save");
+        let DiskState::Overlay { clusters, .. } = &state else {
+            panic!("{state:?}")
+        };
+        assert_eq!(clusters.len(), 1, "one cluster written");
+        drop(a);
+        let mut b = open_overlay();
+        b.restore_state(&state).expect("restore");
+        let mut buf = [0u8; 7];
+        b.read_at(70_000, &mut buf).expect("read");
+        assert_eq!(&buf, b"written");
+        drop(b);
+        // The base changed since: refused, and so is a drive without the overlay.
+        let mut raw = open(&spec(&p)).expect("opens");
+        assert!(raw
+            .restore_state(&state)
+            .unwrap_err()
+            .contains("snapshot=on"));
+        raw.write_at(0, b"x").expect("write");
+        drop(raw);
+        let err = open_overlay().restore_state(&state).unwrap_err();
+        assert!(err.contains("changed since"), "{err}");
     }
 
     #[test]

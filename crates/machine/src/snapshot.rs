@@ -254,8 +254,11 @@ pub fn hash64(data: &[u8]) -> u64 {
     for &b in words.remainder() {
         h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
     }
+    // Every step is a bijection of the state, so one changed word (or a
+    // changed length) always changes the result.
     let h = h ^ data.len() as u64;
-    (h ^ (h >> 31)).wrapping_mul(K) ^ (h >> 29)
+    let h = (h ^ (h >> 31)).wrapping_mul(K);
+    h ^ (h >> 29)
 }
 
 /// A running [`hash64`] over pieces (a disk read in chunks): the hash of

@@ -232,3 +232,211 @@ impl Machine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::GuestPhys;
+    use crate::block::{BlockBackend, MemDisk};
+    use crate::devices::ide::{DriveSpec, Media};
+    use crate::pc::{self, ExtraDevice, PcConfig, Storage};
+
+    /// A PC with every kind of device: two CPUs, edu, a VGA, an IDE disk
+    /// and CD, a virtio-blk disk.
+    fn full_pc() -> Machine {
+        let disk = |fill: u8, len: usize| -> Box<dyn BlockBackend> {
+            Box::new(MemDisk::new(vec![fill; len]))
+        };
+        let mut m = pc::build(PcConfig {
+            ram_bytes: 16 << 20,
+            bios: None,
+            serial_out: Box::new(std::io::sink()),
+            serial_in: None,
+            debugcon: Box::new(std::io::sink()),
+            post: None,
+            rtc_base_unix: 1_767_225_600,
+            cpus: 2,
+            extra_devices: vec![ExtraDevice::Edu],
+            storage: Storage {
+                ide: vec![
+                    DriveSpec {
+                        media: Media::Disk,
+                        backend: disk(0x11, 1 << 20),
+                        channel: 0,
+                        unit: 0,
+                    },
+                    DriveSpec {
+                        media: Media::Cdrom,
+                        backend: disk(0x22, 2048 * 64),
+                        channel: 1,
+                        unit: 0,
+                    },
+                ],
+                virtio: vec![disk(0x33, 1 << 20)],
+                vga: Some(crate::devices::vga::SharedVga::default()),
+                ..Storage::default()
+            },
+        })
+        .expect("PC");
+        pc::prepare_direct_boot(&mut m, 0x663, 0);
+        m
+    }
+
+    fn cfg_write(m: &mut Machine, dev: u32, reg: u32, value: u32) {
+        m.io_write(0xCF8, 4, 0x8000_0000 | dev << 11 | reg);
+        m.io_write(0xCFC, 4, value);
+    }
+
+    /// Guest activity that leaves every device in a state other than its
+    /// power-on one, with transfers and timers in flight.
+    fn stir(m: &mut Machine) {
+        // PIC: initialised, IRQ0 and the cascade unmasked.
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 4),
+            (0x21, 1),
+            (0x21, 0xFA),
+        ] {
+            m.io_write(port, 1, v);
+        }
+        // PIT: channel 0 periodic, channel 2 gated on, a latch pending.
+        m.io_write(0x43, 1, 0x34);
+        m.io_write(0x40, 1, 0x9B);
+        m.io_write(0x40, 1, 0x2E);
+        m.io_write(0x61, 1, 1);
+        m.io_write(0x43, 1, 0x00);
+        // CMOS: periodic interrupt on, index left on a RAM byte.
+        m.io_write(0x70, 1, 0x0B);
+        m.io_write(0x71, 1, 0x42);
+        m.io_write(0x70, 1, 0x35);
+        m.io_write(0x71, 1, 0xA5);
+        // UART: FIFO on, interrupts on, a byte sent, scratch written.
+        m.io_write(0x3FA, 1, 0xC7);
+        m.io_write(0x3F9, 1, 0x0F);
+        m.io_write(0x3FF, 1, 0x5A);
+        m.io_write(0x3F8, 1, b'x'.into());
+        // i8042: a command byte read pending in the output buffer.
+        m.io_write(0x64, 1, 0x20);
+        // Port 0x92 and the POST port.
+        m.io_write(0x92, 1, 0x02);
+        m.io_write(0x80, 1, 0x55);
+        // fw_cfg: the signature selected, two bytes read.
+        m.io_write(0x510, 2, 0);
+        m.io_read(0x511, 1);
+        m.io_read(0x511, 1);
+        // PCI: edu (slot 3) BAR 0 placed and memory decoding on.
+        cfg_write(m, 3, 0x10, 0xFEA0_0000);
+        cfg_write(m, 3, 0x04, 0x0006);
+        m.write_phys(GuestPhys(0xFEA0_0004), 4, 0x1234_5678);
+        m.write_phys(GuestPhys(0xFEA0_0008), 4, 6);
+        // The HPET counting, comparator 0 armed.
+        m.write_phys(GuestPhys(0xFED0_0108), 8, 100_000);
+        m.write_phys(GuestPhys(0xFED0_0100), 8, 1 << 2);
+        m.write_phys(GuestPhys(0xFED0_0010), 8, 1);
+        // The local APIC: enabled, timer armed, TPR set.
+        m.write_phys(GuestPhys(0xFEE0_00F0), 4, 0x1FF);
+        m.write_phys(GuestPhys(0xFEE0_03E0), 4, 0xB);
+        m.write_phys(GuestPhys(0xFEE0_0320), 4, 0x40);
+        m.write_phys(GuestPhys(0xFEE0_0380), 4, 50_000);
+        m.write_phys(GuestPhys(0xFEE0_0080), 4, 0x20);
+        // The I/O APIC: pin 4's entry written.
+        m.write_phys(GuestPhys(0xFEC0_0000), 4, 0x18);
+        m.write_phys(GuestPhys(0xFEC0_0010), 4, 0x31);
+        // VGA: a sequencer register and text in VRAM.
+        m.io_write(0x3C4, 1, 2);
+        m.io_write(0x3C5, 1, 0x0F);
+        m.write_phys(GuestPhys(0xB_8000), 2, 0x1F41);
+        // IDE: IDENTIFY DEVICE on the disk, half its data read.
+        m.io_write(0x1F6, 1, 0xA0);
+        m.io_write(0x1F7, 1, 0xEC);
+        for _ in 0..100 {
+            m.io_read(0x1F0, 2);
+        }
+        // RAM, and time moved on past some deadlines.
+        m.mem.write_bytes(GuestPhys(0x12_3456), b"guest data");
+        m.set_time(1_000_000);
+    }
+
+    /// Reads everything a guest could look at, in order: every mapped port,
+    /// the MMIO registers above, and RAM. Reads have effects (FIFOs drain,
+    /// transfers go on); a copy answers as the original does.
+    fn observe(m: &mut Machine) -> Vec<u64> {
+        let mut seen = Vec::new();
+        let ports: Vec<Mapping> = m.ports.mappings().copied().collect();
+        for map in ports {
+            for port in map.first..=map.last.min(map.first + 15) {
+                seen.push(u64::from(m.io_read(port as u16, 1)));
+            }
+        }
+        for addr in [
+            0xFEA0_0004u64,
+            0xFED0_00F0,
+            0xFED0_0020,
+            0xFEE0_0390,
+            0xFEE0_0080,
+            0xFEC0_0010,
+            0xB_8000,
+            0x12_3456,
+        ] {
+            seen.push(m.read_phys(GuestPhys(addr), 4));
+        }
+        m.set_time(2_500_000);
+        seen.push(u64::from(m.intr()));
+        seen.push(m.next_deadline().unwrap_or(0));
+        seen
+    }
+
+    #[test]
+    fn every_device_round_trips_and_the_copy_answers_as_the_original() {
+        let mut a = full_pc();
+        stir(&mut a);
+        let state = a.save_state().expect("save");
+        let ram = a.mem.save_ram();
+        // Every device of the list gave a state of its own kind.
+        assert!(state
+            .devices
+            .iter()
+            .zip(a.devices())
+            .all(|(s, d)| !matches!(s, DeviceState::Stateless)
+                || ["isa-debug-exit", "fpu-error"].contains(&d.name())));
+        let mut b = full_pc();
+        b.restore_state(&state).expect("restore");
+        b.mem.restore_ram(&ram).expect("RAM");
+        let again = b.save_state().expect("save the copy");
+        assert_eq!(format!("{again:?}"), format!("{state:?}"));
+        let seen_a = observe(&mut a);
+        let seen_b = observe(&mut b);
+        assert_eq!(seen_a, seen_b, "the copy answers differently");
+        let after_a = a.save_state().expect("save");
+        let after_b = b.save_state().expect("save");
+        assert_eq!(format!("{after_a:?}"), format!("{after_b:?}"));
+    }
+
+    #[test]
+    fn a_state_for_other_devices_is_refused() {
+        let mut a = full_pc();
+        let mut state = a.save_state().expect("save");
+        state.devices.swap(0, 1);
+        let err = full_pc().restore_state(&state).unwrap_err();
+        assert!(
+            matches!(err, StateError::WrongKind { device: "pit", .. }),
+            "{err}"
+        );
+        let plain = pc::build(PcConfig {
+            ram_bytes: 16 << 20,
+            bios: None,
+            serial_out: Box::new(std::io::sink()),
+            serial_in: None,
+            debugcon: Box::new(std::io::sink()),
+            post: None,
+            rtc_base_unix: 0,
+            cpus: 2,
+            extra_devices: Vec::new(),
+            storage: Storage::default(),
+        })
+        .expect("PC");
+        let diff = a.shape().difference(&plain.shape()).expect("differs");
+        assert!(diff.starts_with("devices:"), "{diff}");
+    }
+}
