@@ -404,6 +404,35 @@ mod tests {
         assert_eq!(vm.cpu.gpr[0], 7);
     }
 
+    /// A guest that edits a page-table entry without INVLPG keeps using the
+    /// old translation until the TLB entry goes (SDM vol. 3A §4.10.4.3); a
+    /// restored run must too, or it would part from the run that saved.
+    #[test]
+    fn a_stale_tlb_entry_survives_a_restore() {
+        use x86bt_cpu::mmu::{translate, Access};
+        use x86bt_machine::Linear;
+        let mut vm = crate::Vm::new(Machine::flat(1 << 20).expect("machine"));
+        let mem = &mut vm.machine.mem;
+        mem.write(GuestPhys(0x1000), 0x2003u32.to_le_bytes()); // PDE 0
+        mem.write(GuestPhys(0x2000 + 5 * 4), 0x7003u32.to_le_bytes()); // PTE 5
+        vm.cpu.cr3 = 0x1000;
+        vm.cpu.cr0 |= x86bt_cpu::state::cr0::PE | x86bt_cpu::state::cr0::PG;
+        let lin = Linear(0x5123);
+        let first = translate(&mut vm.cpu, &mut vm.machine, lin, Access::Read);
+        assert_eq!(first, Ok(GuestPhys(0x7123)));
+        // The entry now says 0x8000, but no INVLPG: the TLB still has 0x7000.
+        vm.machine
+            .mem
+            .write(GuestPhys(0x2000 + 5 * 4), 0x8003u32.to_le_bytes());
+        let stale = translate(&mut vm.cpu, &mut vm.machine, lin, Access::Read);
+        assert_eq!(stale, Ok(GuestPhys(0x7123)));
+        let snapshot = vm.save().expect("save");
+        let mut other = crate::Vm::new(Machine::flat(1 << 20).expect("machine"));
+        other.restore(&snapshot).expect("restore");
+        let after = translate(&mut other.cpu, &mut other.machine, lin, Access::Read);
+        assert_eq!(after, Ok(GuestPhys(0x7123)), "the TLB entry was lost");
+    }
+
     #[test]
     fn snapshot_at_takes_n_colon_file() {
         assert_eq!(

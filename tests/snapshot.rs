@@ -44,9 +44,11 @@ const HANDLER: u16 = 0x400;
 const TICKS: u16 = 60;
 
 /// A 64 KiB ROM: the 8259 and the PIT (channel 0, mode 2, 120 counts, about
-/// 100 µs) are set up, then a loop increments a dword and halts every 16 Ki
-/// increments; each IRQ0 prints the dword's low byte in hex, and the 60th
-/// exits through the debug-exit port (status 0x21).
+/// 100 µs) are set up, then a loop increments a dword and halts every 128 Ki
+/// increments (about four ticks: most ticks land in the loop, so what they
+/// print depends on exactly when they come, and the halts test idle time);
+/// each IRQ0 prints the dword's low byte in hex, and the 60th exits through
+/// the debug-exit port (status 0x21).
 fn ticking_rom() -> PathBuf {
     let mut a = CodeAssembler::new(16).expect("asm");
     let mut main = a.create_label();
@@ -76,7 +78,7 @@ fn ticking_rom() -> PathBuf {
     a.sti().unwrap();
     a.set_label(&mut main).unwrap();
     a.inc(dword_ptr(0x500)).unwrap();
-    a.test(word_ptr(0x500), 0x3FFF).unwrap();
+    a.test(dword_ptr(0x500), 0x1_FFFF).unwrap();
     a.jnz(main).unwrap();
     a.hlt().unwrap();
     a.jmp(main).unwrap();
