@@ -50,6 +50,11 @@ const TICKS: u16 = 60;
 /// each IRQ0 prints the dword's low byte in hex, and the 60th exits through
 /// the debug-exit port (status 0x21).
 fn ticking_rom() -> PathBuf {
+    ticking_rom_of(TICKS, "ticking.rom")
+}
+
+/// [`ticking_rom`] with `ticks` interrupts before the exit.
+fn ticking_rom_of(ticks: u16, name: &str) -> PathBuf {
     let mut a = CodeAssembler::new(16).expect("asm");
     let mut main = a.create_label();
     a.cli().unwrap();
@@ -101,7 +106,7 @@ fn ticking_rom() -> PathBuf {
     h.mov(al, b' ' as i32).unwrap();
     h.out(dx, al).unwrap();
     h.inc(word_ptr(0x504)).unwrap();
-    h.cmp(word_ptr(0x504), i32::from(TICKS)).unwrap();
+    h.cmp(word_ptr(0x504), i32::from(ticks)).unwrap();
     h.jb(not_last).unwrap();
     h.mov(al, b'\n' as i32).unwrap();
     h.out(dx, al).unwrap();
@@ -130,7 +135,7 @@ fn ticking_rom() -> PathBuf {
     image[at..at + handler.len()].copy_from_slice(&handler);
     // Reset vector at F000:FFF0: jmp far F000:0000.
     image[0xFFF0..0xFFF5].copy_from_slice(&[0xEA, 0x00, 0x00, 0x00, 0xF0]);
-    let path = temp("ticking.rom");
+    let path = temp(name);
     std::fs::write(&path, image).expect("write rom");
     path
 }
@@ -299,6 +304,60 @@ fn rom_snapshot_of_one_engine_restores_under_the_other() {
     );
     assert_eq!((tail.retired, tail.status), (plain.retired, plain.status));
     let _ = std::fs::remove_file(file);
+}
+
+/// Ctrl-A s on the console (here piped to stdin) saves
+/// `x86bt-snapshot-<instructions>.snap` in the current directory and the
+/// run goes on unchanged; the snapshot continues as the others do.
+#[test]
+fn ctrl_a_s_saves_on_demand_and_the_run_goes_on() {
+    let rom = ticking_rom_of(5000, "long.rom").display().to_string();
+    let (plain, _) = run(&["--bios", &rom, "--engine", "jit"], "demand-plain.txt");
+    let dir = temp("demand");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut child = exe()
+        .args([
+            "run", "--bios", &rom, "--engine", "jit", "--serial", "stdio",
+        ])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run x86bt");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"\x01s").expect("type Ctrl-A s");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.stdout == plain.console, "the run changed\n{err}");
+    assert_eq!(out.status.code(), plain.status);
+    let n: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("x86bt: snapshot at "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no snapshot line in: {err}"));
+    let file = dir.join(format!("x86bt-snapshot-{n}.snap"));
+    assert!(file.exists(), "{err}");
+    let n_s = n.to_string();
+    let (head, _) = run(
+        &["--bios", &rom, "--engine", "jit", "--max-insns", &n_s],
+        "d-head.txt",
+    );
+    let f = file.display().to_string();
+    let (tail, err) = run(
+        &["--bios", &rom, "--engine", "jit", "--restore", &f],
+        "d-tail.txt",
+    );
+    assert!(
+        [head.console, tail.console].concat() == plain.console,
+        "{err}"
+    );
+    assert_eq!((tail.retired, tail.status), (plain.retired, plain.status));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Runs x86bt expecting a refusal: status 2 and one line on stderr that
