@@ -9,7 +9,8 @@
 //!   retires what one that does not does; each snapshot restored and run to
 //!   the end completes the output of a run stopped at that point into the
 //!   uninterrupted one, with the same instruction count and exit status;
-//!   a snapshot of one engine restores under the other.
+//!   a snapshot of one engine restores under the other; Ctrl-A s (piped to
+//!   stdin) saves on demand without changing the run.
 //! - Debian's Linux 686 kernel with its busybox initramfs, under the
 //!   translator: the whole boot to power-off, saved at three points
 //!   (decompression, early kernel, userspace), each restored to the end; and
