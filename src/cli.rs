@@ -262,6 +262,18 @@ pub struct RunArgs {
     /// options must match the recording's (engine, memory, images, ...).
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
+    /// Save a snapshot of the whole machine to FILE once N instructions
+    /// have retired (at the first instruction boundary from N on, where
+    /// --max-insns N would stop), then go on; N:FILE, repeatable. On the
+    /// serial console, Ctrl-A s saves one on demand.
+    #[arg(long = "snapshot-at", value_name = "N:FILE")]
+    pub snapshot_at: Vec<String>,
+    /// Continue from a snapshot file. Give the machine options of the run
+    /// that saved it (memory, -smp, firmware or kernel, drives, devices);
+    /// the snapshot is refused if the machine differs. --max-insns counts
+    /// from power-on, as in the run that saved.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 /// Options of `x86bt sst`.
@@ -408,6 +420,8 @@ pub fn qemu_style_args(
         "engine",
         "post",
         "gdb-arch",
+        "snapshot-at",
+        "restore",
     ];
     let is_qemu = |n: &str| QEMU_VALUED.contains(&n) || QEMU_FLAGS.contains(&n);
     let takes_value = |n: &str| QEMU_VALUED.contains(&n) || OWN_VALUED.contains(&n);

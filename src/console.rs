@@ -1,6 +1,6 @@
 //! The interactive serial console (`--serial stdio` on a terminal): the host
-//! terminal goes into raw mode, a reader thread feeds typed bytes to COM1, and
-//! Ctrl-A x quits, as in QEMU. The terminal is restored when the guard drops,
+//! terminal goes into raw mode, a reader thread feeds typed bytes to COM1,
+//! Ctrl-A x quits and Ctrl-A s saves a snapshot, as in QEMU. The terminal is restored when the guard drops,
 //! which every exit path of `x86bt run` passes through; SIGTERM, SIGHUP and
 //! SIGINT stop the run so that it does (`run::watch_signals`).
 
@@ -73,8 +73,15 @@ impl Drop for RawTerminal {
 }
 
 /// Starts the stdin reader: bytes go to `input`, except Ctrl-A x, which raises
-/// `quit` and `stop`, and Ctrl-A Ctrl-A, which sends one Ctrl-A.
-pub fn spawn_reader(input: SerialInput, quit: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+/// `quit` and `stop`, Ctrl-A s, which raises `snapshot` (the run saves a
+/// snapshot between two units and goes on), and Ctrl-A Ctrl-A, which sends
+/// one Ctrl-A.
+pub fn spawn_reader(
+    input: SerialInput,
+    quit: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    snapshot: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = [0u8; 256];
@@ -94,6 +101,7 @@ pub fn spawn_reader(input: SerialInput, quit: Arc<AtomicBool>, stop: Arc<AtomicB
                             stop.store(true, Ordering::SeqCst);
                             return;
                         }
+                        b's' | b'S' => snapshot.store(true, Ordering::SeqCst),
                         0x01 => out.push(0x01),
                         _ => {}
                     }

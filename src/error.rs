@@ -67,4 +67,9 @@ pub enum Error {
     /// An option value that cannot be used.
     #[error("{0}")]
     Usage(String),
+    /// A snapshot that cannot be written, read or restored here: missing,
+    /// truncated, corrupt, of another format version, or made for another
+    /// machine; the text says which.
+    #[error("{0}")]
+    Snapshot(String),
 }

@@ -17,6 +17,7 @@ pub mod gdb;
 pub mod replay;
 pub mod rtc;
 pub mod run;
+pub mod snapshot;
 pub mod sst;
 pub mod vm;
 

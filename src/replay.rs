@@ -321,6 +321,11 @@ impl Plan {
                 "--record and --replay do not go with a GDB server yet".into(),
             ));
         }
+        if a.restore.is_some() {
+            return Err(Error::Usage(
+                "--record and --replay start at power-on: not with --restore".into(),
+            ));
+        }
         if a.display != "none" {
             return Err(Error::Usage(
                 "--record and --replay take the serial console's input, not the text display's keyboard (-display none)".into(),

@@ -470,7 +470,17 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         ));
     }
     let replay = crate::replay::Plan::from_args(a)?;
+    if !a.snapshot_at.is_empty() && gdb_spec.is_some() {
+        return Err(Error::Usage(
+            "--snapshot-at does not go with a GDB server".into(),
+        ));
+    }
     let drive_opts = drive_options(a)?;
+    let snapshot_at = a
+        .snapshot_at
+        .iter()
+        .map(|s| crate::snapshot::parse_at(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let (boot_order, boot_menu) = match &a.boot {
         Some(spec) => crate::drives::parse_boot(spec)?,
         None => (String::new(), false),
@@ -740,14 +750,33 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
         Arc::clone(&signal),
         raw.as_ref().and_then(|r| r.saved()),
     )?;
+    // Ctrl-A s asks the run loop to stop at the next pass and save (not
+    // under -gdb, whose loop has no snapshot plan).
+    let save_now = Arc::new(AtomicBool::new(false));
+    if gdb_server.is_none() {
+        vm.pause_flag = Some(Arc::clone(&save_now));
+    }
     if let Some(input) = typed_to {
-        crate::console::spawn_reader(input, Arc::clone(&quit), Arc::clone(&seen));
+        crate::console::spawn_reader(
+            input,
+            Arc::clone(&quit),
+            Arc::clone(&seen),
+            Arc::clone(&save_now),
+        );
     }
     if let Some(k) = keys {
-        crate::console::spawn_reader(k, Arc::clone(&quit), Arc::clone(&seen));
+        crate::console::spawn_reader(
+            k,
+            Arc::clone(&quit),
+            Arc::clone(&seen),
+            Arc::clone(&save_now),
+        );
     }
     if let Some(entry) = entry {
         enter_kernel(&mut vm.cpu, entry);
+    }
+    if let Some(path) = &a.restore {
+        crate::snapshot::restore_from(&mut vm, path)?;
     }
     let start = Instant::now();
     let max_insns = a.max_insns.unwrap_or(u64::MAX);
@@ -759,10 +788,23 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
             server,
             a.wait_for_gdb,
         ),
-        None => match &progress_line {
-            Some(line) => run_with_progress(&mut vm, max_insns, line),
-            None => vm.run(max_insns),
-        },
+        None => {
+            let mut plan = crate::snapshot::SnapshotPlan {
+                at: snapshot_at,
+                on_demand: Some(save_now),
+                command_line: std::env::args().collect(),
+            };
+            crate::snapshot::run_with_snapshots(
+                &mut vm,
+                max_insns,
+                &mut plan,
+                raw.as_ref().is_some_and(|r| r.saved().is_some()),
+                &mut |vm, limit| match &progress_line {
+                    Some(line) => run_with_progress(vm, limit, line),
+                    None => vm.run(limit),
+                },
+            )?
+        }
     };
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();

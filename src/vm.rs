@@ -31,6 +31,8 @@ use x86bt_cpu::{CpuState, Interpreter, UnitExit};
 use x86bt_machine::Machine;
 use x86bt_translator::{Lockstep, Translator};
 
+mod state;
+
 /// Virtual nanoseconds per retired instruction (a nominal 1000 MIPS CPU).
 pub const NS_PER_INSN: u64 = 1;
 
@@ -153,6 +155,10 @@ pub struct Vm {
     pub no_reboot: bool,
     /// When set and raised, the run stops (checked between units).
     pub stop_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// When set and raised, the run stops as for `stop_flag`, for the
+    /// caller to do something between two passes and go on (Ctrl-A s saves
+    /// a snapshot); the caller lowers it.
+    pub pause_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Called every [`TICK_PASSES`] passes of the run loop (a display
     /// redraw, a watch on the screen); returning true stops the run.
     pub tick: Option<Box<dyn FnMut() -> bool>>,
@@ -222,6 +228,7 @@ impl Vm {
             pace_credit_ns: 0,
             no_reboot: false,
             stop_flag: None,
+            pause_flag: None,
             tick: None,
             tick_passes: 0,
             reboot: None,
@@ -490,11 +497,11 @@ impl Vm {
                 return RunOutcome::InstructionLimit;
             }
             self.report_guest_errors();
-            if self
-                .stop_flag
-                .as_ref()
-                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-            {
+            let raised = |f: &Option<std::sync::Arc<std::sync::atomic::AtomicBool>>| {
+                f.as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            if raised(&self.stop_flag) || raised(&self.pause_flag) {
                 return RunOutcome::Stopped;
             }
             if let Some(log) = &mut self.input_log {

@@ -129,7 +129,9 @@ pub mod tag {
 
 /// An 80-bit double extended-precision value: a 64-bit significand with an explicit
 /// integer bit, and sign plus 15-bit biased exponent (SDM vol. 1 §4.2.2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct F80 {
     /// The significand, integer bit in bit 63.
     pub sig: u64,
@@ -292,7 +294,7 @@ impl F80 {
 }
 
 /// The x87 register file and control state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fpu {
     /// Physical registers R0-R7; ST(i) is R((TOP + i) mod 8).
     pub regs: [F80; 8],

@@ -110,7 +110,7 @@ const EFER_VALID: u64 = crate::mmu::efer::SCE | crate::mmu::efer::LME | crate::m
 
 /// The MSRs of long mode and the memory-type registers: plain storage, with
 /// the checks WRMSR makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Msrs {
     /// STAR, LSTAR, CSTAR, FMASK.
     pub star: u64,
@@ -277,7 +277,7 @@ const EVENT_CLK_UNHALTED: u64 = 0x79;
 
 /// The two P6 performance counters and their event selects. A counter's value
 /// is `value[i]` plus the instructions retired since `mark` while it counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct P6Counters {
     /// PerfEvtSel0/1.
     pub evtsel: [u64; 2],

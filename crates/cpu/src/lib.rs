@@ -3,6 +3,7 @@
 //! instruction's semantics, and the engine interface every engine implements
 //! ([`engine::Engine`]) with the unit plumbing they share.
 
+pub mod arch_state;
 pub mod engine;
 pub mod exception;
 pub mod fpu;

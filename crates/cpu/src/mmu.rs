@@ -111,7 +111,7 @@ const T_DIRTY: u8 = 1 << 3;
 const T_GLOBAL: u8 = 1 << 4;
 const T_NX: u8 = 1 << 5;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct TlbEntry {
     /// Linear page number + 1; 0 is empty.
     tag: u64,
@@ -271,7 +271,28 @@ impl Default for Tlb {
     }
 }
 
+/// The soft TLB's entries, for a snapshot (the fast TLB, which holds host
+/// pointers and caches these entries, is rebuilt).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlbEntries(Vec<TlbEntry>);
+
 impl Tlb {
+    /// The entries, for a snapshot.
+    pub fn save_entries(&self) -> TlbEntries {
+        TlbEntries(self.e.to_vec())
+    }
+
+    /// A TLB holding `entries` (and an empty fast TLB); `None` if there are
+    /// not exactly as many as a TLB has.
+    pub fn from_entries(entries: &TlbEntries) -> Option<Self> {
+        let mut t = Self::default();
+        if entries.0.len() != t.e.len() {
+            return None;
+        }
+        t.e.copy_from_slice(&entries.0);
+        Some(t)
+    }
+
     /// A value that changes whenever the TLB's contents do: while it stays, a
     /// lookup that hit gives the same answer again.
     #[inline(always)]

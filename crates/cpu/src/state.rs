@@ -113,7 +113,7 @@ pub mod cr0 {
 
 /// A segment register with its hidden descriptor cache.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// The visible selector.
     pub selector: u16,
@@ -163,7 +163,7 @@ impl Segment {
 
 /// A descriptor-table register (GDTR, IDTR).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableReg {
     /// Linear base.
     pub base: u64,
@@ -173,7 +173,7 @@ pub struct TableReg {
 
 /// Why the CPU is not executing.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunState {
     /// Executing instructions.
     #[default]

@@ -41,6 +41,87 @@ pub trait BlockBackend {
     /// Makes every completed write durable on the host (fsync), so that a
     /// guest's cache flush means what it says even if x86bt is killed next.
     fn flush(&mut self) -> io::Result<()>;
+    /// What a snapshot keeps of the medium: the data the guest wrote that
+    /// lives only in memory (an overlay's clusters, a memory disk), and for
+    /// an image file, enough to tell on restore that it still holds what
+    /// the guest saw (its size and a hash of its contents).
+    fn save_state(&mut self) -> io::Result<DiskState>;
+    /// Puts back what [`BlockBackend::save_state`] kept; refuses (with the
+    /// reason) a medium of another size, an image whose contents changed
+    /// since, or a state of another kind of backend.
+    fn restore_state(&mut self, state: &DiskState) -> Result<(), String>;
+}
+
+/// A medium's saved state (see [`BlockBackend::save_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DiskState {
+    /// An image file read (and written) in place: the guest's data is the
+    /// file's, so a snapshot is good only while the file holds what it held
+    /// then. Its size and a [`crate::snapshot::hash64`]-based hash of every
+    /// byte the guest sees.
+    Image {
+        /// The size in bytes.
+        size: u64,
+        /// The contents' hash.
+        hash: u64,
+    },
+    /// `snapshot=on`: the base image's identity and the clusters the guest
+    /// wrote, each an LZ4 block.
+    Overlay {
+        /// The base image.
+        base: Box<DiskState>,
+        /// (cluster number, LZ4 block of its bytes), in cluster order.
+        clusters: Vec<(u64, crate::snapshot::Lz4)>,
+    },
+    /// A medium held in memory: all of it.
+    Memory(crate::snapshot::Lz4),
+}
+
+/// The [`DiskState::Image`] of `b`: its size and contents' hash, read in
+/// 1 MiB pieces.
+fn image_state(b: &mut dyn BlockBackend) -> io::Result<DiskState> {
+    let size = b.size();
+    let mut h = crate::snapshot::Hasher64::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        b.read_at(at, &mut buf[..n])?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(DiskState::Image {
+        size,
+        hash: h.finish(),
+    })
+}
+
+/// Checks that `b`'s identity is `state`'s.
+fn check_image(b: &mut dyn BlockBackend, state: &DiskState) -> Result<(), String> {
+    let size = match state {
+        DiskState::Image { size, .. } => size,
+        DiskState::Overlay { .. } => {
+            return Err(
+                "the drive had snapshot=on when the snapshot was made, and has not here".into(),
+            )
+        }
+        DiskState::Memory(_) => return Err("the snapshot's drive was a memory disk".into()),
+    };
+    if *size != b.size() {
+        return Err(format!(
+            "the image is {} bytes, the snapshot's was {size}",
+            b.size()
+        ));
+    }
+    let now = image_state(b).map_err(|e| format!("reading the image failed: {e}"))?;
+    if now != *state {
+        return Err(
+            "the image's contents changed since the snapshot was taken (the guest \
+             writes a writable image in place; snapshot=on keeps its writes in the snapshot)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Why an image cannot be opened, as one line for the user.
@@ -167,6 +248,14 @@ fn check_range(offset: u64, len: usize, size: u64) -> io::Result<()> {
 }
 
 impl BlockBackend for RawImage {
+    fn save_state(&mut self) -> io::Result<DiskState> {
+        image_state(self)
+    }
+
+    fn restore_state(&mut self, state: &DiskState) -> Result<(), String> {
+        check_image(self, state)
+    }
+
     fn size(&self) -> u64 {
         self.size
     }
@@ -479,6 +568,14 @@ impl Qcow2Image {
 }
 
 impl BlockBackend for Qcow2Image {
+    fn save_state(&mut self) -> io::Result<DiskState> {
+        image_state(self)
+    }
+
+    fn restore_state(&mut self, state: &DiskState) -> Result<(), String> {
+        check_image(self, state)
+    }
+
     fn size(&self) -> u64 {
         self.access.size()
     }
@@ -569,6 +666,37 @@ fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, u
 }
 
 impl BlockBackend for Overlay {
+    fn save_state(&mut self) -> io::Result<DiskState> {
+        let base = Box::new(self.base.save_state()?);
+        let mut clusters: Vec<(u64, crate::snapshot::Lz4)> = self
+            .clusters
+            .iter()
+            .map(|(&n, data)| (n, crate::snapshot::Lz4::compress(data)))
+            .collect();
+        clusters.sort_unstable_by_key(|&(n, _)| n);
+        Ok(DiskState::Overlay { base, clusters })
+    }
+
+    fn restore_state(&mut self, state: &DiskState) -> Result<(), String> {
+        let DiskState::Overlay { base, clusters } = state else {
+            return Err(
+                "the drive has snapshot=on here, and had not when the snapshot was made".into(),
+            );
+        };
+        self.base.restore_state(base)?;
+        let mut restored = HashMap::new();
+        for (n, block) in clusters {
+            let want = CLUSTER.min(self.base.size().saturating_sub(n * CLUSTER)) as usize;
+            let data = block
+                .decompress()
+                .filter(|d| d.len() == want && want > 0)
+                .ok_or_else(|| format!("overlay cluster {n} is damaged"))?;
+            restored.insert(*n, data.into_boxed_slice());
+        }
+        self.clusters = restored;
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         self.base.size()
     }
@@ -625,6 +753,24 @@ impl MemDisk {
 }
 
 impl BlockBackend for MemDisk {
+    fn save_state(&mut self) -> io::Result<DiskState> {
+        Ok(DiskState::Memory(crate::snapshot::Lz4::compress(
+            &self.data,
+        )))
+    }
+
+    fn restore_state(&mut self, state: &DiskState) -> Result<(), String> {
+        let DiskState::Memory(block) = state else {
+            return Err("the snapshot's disk was not a memory disk".into());
+        };
+        let data = block
+            .decompress()
+            .filter(|d| d.len() == self.data.len())
+            .ok_or("the memory disk's data is damaged or of another size")?;
+        self.data = data;
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         self.data.len() as u64
     }
@@ -711,6 +857,40 @@ mod tests {
             read_only: false,
             snapshot: false,
         }
+    }
+
+    #[test]
+    fn snapshot_overlay_round_trips_and_a_changed_base_is_refused() {
+        let p = temp_image("snapbase.img", &[3u8; 200 * 1024]);
+        let open_overlay = || {
+            let mut s = spec(&p);
+            s.snapshot = true;
+            open(&s).expect("opens")
+        };
+        let mut a = open_overlay();
+        a.write_at(70_000, b"written").expect("write");
+        let state = a.save_state().expect("save");
+        let DiskState::Overlay { clusters, .. } = &state else {
+            panic!("{state:?}")
+        };
+        assert_eq!(clusters.len(), 1, "one cluster written");
+        drop(a);
+        let mut b = open_overlay();
+        b.restore_state(&state).expect("restore");
+        let mut buf = [0u8; 7];
+        b.read_at(70_000, &mut buf).expect("read");
+        assert_eq!(&buf, b"written");
+        drop(b);
+        // The base changed since: refused, and so is a drive without the overlay.
+        let mut raw = open(&spec(&p)).expect("opens");
+        assert!(raw
+            .restore_state(&state)
+            .unwrap_err()
+            .contains("snapshot=on"));
+        raw.write_at(0, b"x").expect("write");
+        drop(raw);
+        let err = open_overlay().restore_state(&state).unwrap_err();
+        assert!(err.contains("changed since"), "{err}");
     }
 
     #[test]

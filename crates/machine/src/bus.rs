@@ -21,7 +21,7 @@ use thiserror::Error;
 pub type DeviceId = usize;
 
 /// Who answers a mapped range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Owner {
     /// A device of the machine's list.
     Device(DeviceId),
@@ -30,7 +30,7 @@ pub enum Owner {
 }
 
 /// One routed range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     /// First address.
     pub first: u64,
@@ -62,6 +62,14 @@ pub enum BusError {
     /// `last` is below `first`.
     #[error("empty range {first:#x}..={last:#x}")]
     Empty {
+        /// The range's first address.
+        first: u64,
+        /// Its last address.
+        last: u64,
+    },
+    /// A range past the end of the address space (a damaged snapshot).
+    #[error("range {first:#x}..={last:#x} is outside the address space")]
+    OutOfSpace {
         /// The range's first address.
         first: u64,
         /// Its last address.
@@ -169,6 +177,51 @@ impl<A: BusAddr> Bus<A> {
     pub fn remap(&mut self, owner: Owner, region: u8, first: A, last: A) -> Result<(), BusError> {
         self.unmap(owner, region);
         self.map(first, last, first, owner, region)
+    }
+
+    /// Replaces every mapping with `mappings` (a snapshot's); refuses a
+    /// set with overlaps, leaving the bus empty.
+    pub fn set_mappings(&mut self, mappings: &[Mapping]) -> Result<(), BusError> {
+        self.map.clear();
+        self.table.clear();
+        self.slots.clear();
+        for m in mappings {
+            if let Err(e) = self.insert(*m) {
+                self.map.clear();
+                self.rebuild();
+                return Err(e);
+            }
+        }
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Inserts `m` without rebuilding the lookup table.
+    fn insert(&mut self, m: Mapping) -> Result<(), BusError> {
+        if A::DENSE && m.last > 0xFFFF {
+            return Err(BusError::OutOfSpace {
+                first: m.first,
+                last: m.last,
+            });
+        }
+        if m.last < m.first {
+            return Err(BusError::Empty {
+                first: m.first,
+                last: m.last,
+            });
+        }
+        if let Some((_, o)) = self.map.range(..=m.last).next_back() {
+            if o.last >= m.first {
+                return Err(BusError::Overlap {
+                    first: m.first,
+                    last: m.last,
+                    other_first: o.first,
+                    other_last: o.last,
+                });
+            }
+        }
+        self.map.insert(m.first, m);
+        Ok(())
     }
 
     /// The mapping that holds `addr`, if any.

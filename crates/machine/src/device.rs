@@ -9,6 +9,8 @@
 
 use crate::addr::GuestPhys;
 use crate::memory::{MemoryLayout, PhysMemory};
+use crate::snapshot::{DeviceState, StateError};
+use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -34,6 +36,16 @@ pub trait Device {
     }
     /// Returns the device to its power-on state (a system reset).
     fn reset(&mut self) {}
+    /// The device's state for a snapshot: everything that decides what it
+    /// does next, none of what it is wired to (see [`crate::snapshot`]).
+    /// Mutable because a disk controller reads its image to record which
+    /// image it was (and fails if that read fails); nothing the guest can
+    /// see changes.
+    fn save(&mut self) -> Result<DeviceState, StateError>;
+    /// Puts back a state [`Device::save`] returned, into a device built and
+    /// wired the same way; refuses a state of another kind of device or of
+    /// another configuration (a disk of another size, another image).
+    fn restore(&mut self, state: &DeviceState) -> Result<(), StateError>;
 }
 
 /// The [`Device`] methods of a device that answers on I/O ports only, by its
@@ -75,7 +87,7 @@ macro_rules! port_device_methods {
 /// A message-signalled interrupt: the address and data a device writes (PCI
 /// MSI/MSI-X, HPET FSB delivery), delivered by the machine to the local APICs
 /// its address names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Msi {
     /// The message address (0xFEEx_xxxx for an APIC).
     pub addr: u64,
@@ -87,7 +99,7 @@ pub struct Msi {
 /// device call (a PCI BAR or the PM base moved) and applied by the machine
 /// when the call returns. A request that would overlap another owner's range
 /// leaves the region unmapped and is logged as a guest error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapRequest {
     /// Map `region` at ports `first..=last` (offsets from `first`), in place
     /// of wherever it was.
@@ -253,7 +265,52 @@ pub struct IrqLines {
     changes: Cell<u64>,
 }
 
+/// The saved state of [`IrqLines`]: every field, edges not yet taken
+/// included.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrqLinesState {
+    level: u32,
+    rising: u32,
+    rising_apic: u32,
+    gate: u32,
+    changes: u64,
+}
+
 impl IrqLines {
+    /// The lines' state, for a snapshot.
+    pub fn save(&self) -> IrqLinesState {
+        let Self {
+            level,
+            rising,
+            rising_apic,
+            gate,
+            changes,
+        } = self;
+        IrqLinesState {
+            level: level.get(),
+            rising: rising.get(),
+            rising_apic: rising_apic.get(),
+            gate: gate.get(),
+            changes: changes.get(),
+        }
+    }
+
+    /// Puts back a state [`IrqLines::save`] returned.
+    pub fn restore(&self, s: &IrqLinesState) {
+        let IrqLinesState {
+            level,
+            rising,
+            rising_apic,
+            gate,
+            changes,
+        } = s;
+        self.level.set(*level);
+        self.rising.set(*rising);
+        self.rising_apic.set(*rising_apic);
+        self.gate.set(*gate);
+        self.changes.set(*changes);
+    }
+
     /// A new set of lines, all low, in an `Rc` for sharing.
     pub fn new() -> Rc<Self> {
         Rc::new(Self::default())
@@ -389,7 +446,84 @@ impl Default for SystemControl {
     }
 }
 
+/// The saved state of [`SystemControl`]: every signal, requests not yet
+/// taken included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlState {
+    a20: bool,
+    /// A reset asked for and not yet taken, by the name of its path.
+    reset: Option<String>,
+    exit: Option<i32>,
+    power_off: bool,
+    nmi_masked: bool,
+    pam: [u8; 7],
+    pam_changed: bool,
+    smram_open: bool,
+}
+
+/// The names a reset request can carry, so a restored request keeps its
+/// `&'static str` (the devices' own spellings; anything else reads as a
+/// reset through an unknown path).
+const RESET_SOURCES: &[&str] = &[
+    "keyboard controller (i8042 reset pulse)",
+    "port 0x92 (fast reset)",
+    "port 0xCF9 (hard reset)",
+    "port 0xCF9 (soft reset)",
+];
+
 impl SystemControl {
+    /// The signals' state, for a snapshot.
+    pub fn save(&self) -> ControlState {
+        let Self {
+            a20,
+            reset,
+            exit,
+            power_off,
+            nmi_masked,
+            pam,
+            pam_changed,
+            smram_open,
+        } = self;
+        ControlState {
+            a20: a20.get(),
+            reset: reset.get().map(str::to_string),
+            exit: exit.get(),
+            power_off: power_off.get(),
+            nmi_masked: nmi_masked.get(),
+            pam: pam.get(),
+            pam_changed: pam_changed.get(),
+            smram_open: smram_open.get(),
+        }
+    }
+
+    /// Puts back a state [`SystemControl::save`] returned.
+    pub fn restore(&self, s: &ControlState) {
+        let ControlState {
+            a20,
+            reset,
+            exit,
+            power_off,
+            nmi_masked,
+            pam,
+            pam_changed,
+            smram_open,
+        } = s;
+        self.a20.set(*a20);
+        self.reset.set(reset.as_deref().map(|r| {
+            RESET_SOURCES
+                .iter()
+                .copied()
+                .find(|k| *k == r)
+                .unwrap_or("reset path of a snapshot")
+        }));
+        self.exit.set(*exit);
+        self.power_off.set(*power_off);
+        self.nmi_masked.set(*nmi_masked);
+        self.pam.set(*pam);
+        self.pam_changed.set(*pam_changed);
+        self.smram_open.set(*smram_open);
+    }
+
     /// A new set of signals, A20 enabled (as firmware expects after QEMU-style reset).
     pub fn new() -> Rc<Self> {
         Rc::new(Self::default())

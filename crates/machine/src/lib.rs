@@ -16,6 +16,7 @@ pub mod machine;
 pub mod memory;
 pub mod mp_table;
 pub mod pc;
+pub mod snapshot;
 
 pub use addr::{GuestPhys, Linear, PAGE_SHIFT, PAGE_SIZE};
 pub use device::{Device, IrqLine, IrqLines, Nanos, SystemControl};

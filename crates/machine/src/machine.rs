@@ -22,6 +22,9 @@ use crate::error::MachineError;
 use crate::memory::{MemoryLayout, PhysMemory};
 use std::rc::Rc;
 
+mod state;
+pub use state::{MachineShape, MachineState};
+
 /// How many guest errors the machine keeps for the run loop to report.
 const GUEST_ERRORS_KEPT: usize = 64;
 
@@ -936,6 +939,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "regs"
         }
+        crate::state_methods!(stateless);
         fn read(&mut self, _ctx: &mut DevCtx, region: u8, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = self.r[(offset as usize + i) % 16] ^ region;
@@ -1118,6 +1122,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "msi-sender"
         }
+        crate::state_methods!(stateless);
         fn read(&mut self, _ctx: &mut DevCtx, _region: u8, _offset: u64, _data: &mut [u8]) {}
         fn write(&mut self, ctx: &mut DevCtx, _region: u8, _offset: u64, data: &[u8]) {
             let dest = if data[0] & 0x80 != 0 { 5 } else { 0 };

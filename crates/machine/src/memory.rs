@@ -20,6 +20,9 @@ use crate::error::MachineError;
 use memmap2::MmapMut;
 use std::collections::HashMap;
 
+mod snapshot;
+pub use snapshot::{MemoryMapState, RamImage, RamRun};
+
 /// Where the next [`PhysMemory`]'s `host_epoch` starts: each memory counts
 /// from its own base, so a CPU state that kept host pointers of one memory
 /// (its fast TLB) never finds its epoch equal to another's and drops them.

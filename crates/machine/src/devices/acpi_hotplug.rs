@@ -21,6 +21,7 @@ pub const PCI_HOTPLUG: (u16, u16) = (0xAE00, 0xAE13);
 pub const CPU_HOTPLUG: (u16, u16) = (0xAF00, 0xAF1F);
 
 /// Both register blocks.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AcpiHotplug {
     present: [u8; 32],
     bus_select: u32,
@@ -79,6 +80,8 @@ impl Device for AcpiHotplug {
     fn reset(&mut self) {
         self.bus_select = 0;
     }
+
+    crate::state_methods!(AcpiHotplug(whole));
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ const TIMER_MASK: u64 = 0x00FF_FFFF;
 const TIMER_MSB_SHIFT: u32 = 23;
 
 /// Where PCI configuration space has put the PM I/O block.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PmIo {
     /// PMBA bits 15:6: the first port of the 64-byte block.
     pub base: u16,
@@ -148,6 +148,20 @@ pub struct AcpiPm {
     /// Where soft-off is requested; without it SUS_EN does nothing.
     ctl: Option<Rc<SystemControl>>,
     /// APMS (0xB3), a scratch byte between firmware and its SMI handler.
+    apms: u8,
+}
+
+/// The PM block's saved state (see [`crate::snapshot`]): its registers, the
+/// PM timer's epoch, and where PCI configuration has put the block (the
+/// shared [`PmIo`], saved here once for the PCI host too).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AcpiPmState {
+    io: PmIo,
+    pm1_en: u16,
+    pm1_cnt: u16,
+    timer_epoch: Option<u64>,
+    #[serde(with = "crate::snapshot::byte_array")]
+    regs: [u8; PM_IO_SIZE as usize],
     apms: u8,
 }
 
@@ -314,6 +328,47 @@ impl Device for AcpiPm {
         self.timer_epoch = None;
         self.regs = [0; PM_IO_SIZE as usize];
         self.apms = 0;
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self {
+            pm,
+            pm1_en,
+            pm1_cnt,
+            timer_epoch,
+            regs,
+            ctl: _,
+            apms,
+        } = self;
+        Ok(crate::snapshot::DeviceState::AcpiPm(AcpiPmState {
+            io: pm.get(),
+            pm1_en: *pm1_en,
+            pm1_cnt: *pm1_cnt,
+            timer_epoch: *timer_epoch,
+            regs: *regs,
+            apms: *apms,
+        }))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::AcpiPm(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        let AcpiPmState {
+            io,
+            pm1_en,
+            pm1_cnt,
+            timer_epoch,
+            regs,
+            apms,
+        } = s.clone();
+        self.pm.set(io);
+        (self.pm1_en, self.pm1_cnt, self.timer_epoch) = (pm1_en, pm1_cnt, timer_epoch);
+        (self.regs, self.apms) = (regs, apms);
+        Ok(())
     }
 }
 

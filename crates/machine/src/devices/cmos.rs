@@ -232,6 +232,22 @@ pub struct Cmos {
     last_sync: i64,
 }
 
+/// The RTC's saved state (see [`crate::snapshot`]): registers and RAM, and
+/// the clock's anchor in virtual time (so the date it was started with, not
+/// the restoring run's `--rtc`, goes on).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CmosState {
+    #[serde(with = "crate::snapshot::byte_array")]
+    ram: [u8; 128],
+    index: u8,
+    anchor_ns: i64,
+    anchor_secs: i64,
+    held: Option<i64>,
+    weekday_offset: i64,
+    flags: u8,
+    last_sync: i64,
+}
+
 impl Cmos {
     /// The RTC at `cfg.rtc_base_unix`, with the memory-size bytes for `cfg`.
     pub fn new(irq8: IrqLine, ctl: Rc<SystemControl>, cfg: CmosConfig) -> Self {
@@ -631,6 +647,11 @@ impl Device for Cmos {
         self.flags = 0;
         self.irq8.set_level(false);
     }
+
+    crate::state_methods!(Cmos(CmosState) {
+        wiring: [irq8, ctl],
+        state: [ram, index, anchor_ns, anchor_secs, held, weekday_offset, flags, last_sync],
+    });
 }
 
 #[cfg(test)]

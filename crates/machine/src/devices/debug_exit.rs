@@ -57,6 +57,8 @@ impl Device for DebugExit {
     }
 
     crate::port_device_methods!();
+
+    crate::state_methods!(stateless);
 }
 
 #[cfg(test)]

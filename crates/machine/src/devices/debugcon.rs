@@ -33,6 +33,15 @@ pub struct DebugCon {
     output_errors: u64,
 }
 
+/// The debug console's saved state (see [`crate::snapshot`]): when its
+/// pending line is due. The bytes of that line are host output already
+/// given by the guest: they go out from the run that saved (at its next
+/// flush or at its end), not again from a restored one.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DebugConState {
+    flush_deadline: Option<Nanos>,
+}
+
 impl DebugCon {
     /// A debug console writing to `output`.
     pub fn new(output: Box<dyn Write>) -> Self {
@@ -114,6 +123,11 @@ impl Device for DebugCon {
     fn reset(&mut self) {
         self.flush_line();
     }
+
+    crate::state_methods!(DebugCon(DebugConState) {
+        wiring: [output, line, output_errors],
+        state: [flush_deadline],
+    });
 }
 
 impl Drop for DebugCon {

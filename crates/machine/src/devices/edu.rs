@@ -62,6 +62,26 @@ pub struct Edu {
     buffer: Box<[u8; DMA_SIZE as usize]>,
 }
 
+/// edu's saved state (see [`crate::snapshot`]): its configuration space, its
+/// INTx pin, registers, the computation and DMA in flight, and its buffer.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EduState {
+    config: PciEndpoint,
+    intx: bool,
+    liveness: u32,
+    fact: u32,
+    status: u32,
+    irq_status: u32,
+    fact_done_at: Option<Nanos>,
+    dma_src: u64,
+    dma_dst: u64,
+    dma_count: u64,
+    dma_cmd: u64,
+    dma_done_at: Option<Nanos>,
+    #[serde(with = "crate::snapshot::boxed_byte_array")]
+    buffer: Box<[u8; DMA_SIZE as usize]>,
+}
+
 /// The configuration space edu presents.
 pub fn config_space() -> PciEndpoint {
     PciEndpoint::new(
@@ -291,6 +311,77 @@ impl Device for Edu {
         let config = Rc::clone(&self.config);
         let intx = self.intx.clone();
         *self = Self::new(config, intx);
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self {
+            config,
+            intx,
+            liveness,
+            fact,
+            status,
+            irq_status,
+            fact_done_at,
+            dma_src,
+            dma_dst,
+            dma_count,
+            dma_cmd,
+            dma_done_at,
+            buffer,
+        } = self;
+        Ok(crate::snapshot::DeviceState::Edu(Box::new(EduState {
+            config: config.borrow().clone(),
+            intx: intx.save(),
+            liveness: Clone::clone(liveness),
+            fact: Clone::clone(fact),
+            status: Clone::clone(status),
+            irq_status: Clone::clone(irq_status),
+            fact_done_at: Clone::clone(fact_done_at),
+            dma_src: Clone::clone(dma_src),
+            dma_dst: Clone::clone(dma_dst),
+            dma_count: Clone::clone(dma_count),
+            dma_cmd: Clone::clone(dma_cmd),
+            dma_done_at: Clone::clone(dma_done_at),
+            buffer: Clone::clone(buffer),
+        })))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::Edu(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        let EduState {
+            config,
+            intx,
+            liveness,
+            fact,
+            status,
+            irq_status,
+            fact_done_at,
+            dma_src,
+            dma_dst,
+            dma_count,
+            dma_cmd,
+            dma_done_at,
+            buffer,
+        } = (**s).clone();
+        *self.config.borrow_mut() = config;
+        self.intx.restore(intx);
+        self.liveness = liveness;
+        self.fact = fact;
+        self.status = status;
+        self.irq_status = irq_status;
+        self.fact_done_at = fact_done_at;
+        self.dma_src = dma_src;
+        self.dma_dst = dma_dst;
+        self.dma_count = dma_count;
+        self.dma_cmd = dma_cmd;
+        self.dma_done_at = dma_done_at;
+        self.buffer = buffer;
+        Ok(())
     }
 }
 

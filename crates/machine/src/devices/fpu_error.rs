@@ -58,6 +58,8 @@ impl Device for FpuError {
     fn reset(&mut self) {
         self.irq13.set_level(false);
     }
+
+    crate::state_methods!(stateless);
 }
 
 #[cfg(test)]

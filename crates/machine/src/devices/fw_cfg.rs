@@ -87,6 +87,32 @@ pub struct FwCfg {
     offset: usize,
 }
 
+/// fw_cfg's saved state (see [`crate::snapshot`]): where the selector and
+/// the read offset stand. The items are the machine's configuration, built
+/// from the same options on restore; their hash is kept to check that.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FwCfgState {
+    selector: u16,
+    offset: usize,
+    items_hash: u64,
+}
+
+impl FwCfg {
+    /// A hash of every item and file name.
+    fn items_hash(&self) -> u64 {
+        let mut h = crate::snapshot::Hasher64::default();
+        for (key, data) in &self.items {
+            h.update(&key.to_le_bytes());
+            h.update(data);
+        }
+        for f in &self.files {
+            h.update(f.name.as_bytes());
+            h.update(&f.key.to_le_bytes());
+        }
+        h.finish()
+    }
+}
+
 impl Default for FwCfg {
     fn default() -> Self {
         Self::new()
@@ -257,6 +283,38 @@ impl Device for FwCfg {
 
     fn reset(&mut self) {
         self.select(0);
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let items_hash = self.items_hash();
+        let Self {
+            items: _,
+            files: _,
+            selector,
+            offset,
+        } = self;
+        Ok(crate::snapshot::DeviceState::FwCfg(FwCfgState {
+            selector: *selector,
+            offset: *offset,
+            items_hash,
+        }))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::FwCfg(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        if s.items_hash != self.items_hash() {
+            return Err(crate::snapshot::StateError::Mismatch(
+                "fw_cfg: the firmware configuration differs (boot order, boot menu, VGA BIOS, RAM or CPUs)".into(),
+            ));
+        }
+        self.selector = s.selector;
+        self.offset = s.offset;
+        Ok(())
     }
 }
 

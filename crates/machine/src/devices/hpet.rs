@@ -53,7 +53,7 @@ mod tn {
     pub const WRITABLE: u64 = LEVEL | INT_ENB | PERIODIC | VAL_SET | MODE32 | ROUTE | FSB_EN;
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Timer {
     /// Configuration (the writable bits; the capabilities are added on read).
     config: u64,
@@ -81,6 +81,18 @@ pub struct Hpet {
     irq0: IrqLine,
     irq8: IrqLine,
     pins: [IrqLine; 8],
+}
+
+/// The HPET's saved state (see [`crate::snapshot`]): its registers, the
+/// counter's anchor in virtual time and the comparators.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct HpetState {
+    config: u64,
+    status: u64,
+    counter_at: u64,
+    since: Nanos,
+    timers: [Timer; TIMERS],
+    handled: Nanos,
 }
 
 impl Hpet {
@@ -410,6 +422,11 @@ impl Device for Hpet {
         self.lines.set_legacy_gate(0);
         *self = Self::new(Rc::clone(&self.lines));
     }
+
+    crate::state_methods!(Hpet(HpetState) {
+        wiring: [lines, irq0, irq8, pins],
+        state: [config, status, counter_at, since, timers, handled],
+    });
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ const CONTROLLER_QUEUE_LIMIT: usize = 16;
 const KEYBOARD_QUEUE_LIMIT: usize = 256;
 
 /// One byte for the output buffer, with where it came from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Output {
     byte: u8,
     aux: bool,
@@ -185,7 +185,7 @@ impl Output {
 }
 
 /// The MF2 keyboard on the other end of the keyboard interface.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Keyboard {
     /// Bytes waiting to go to the controller.
     queue: VecDeque<u8>,
@@ -302,6 +302,20 @@ pub struct I8042 {
     /// What port 0x60 reads when the output buffer is empty: the last byte.
     obuf_last: u8,
     /// Controller replies, ahead of keyboard data.
+    replies: VecDeque<Output>,
+    kbd: Keyboard,
+}
+
+/// The keyboard controller's saved state (see [`crate::snapshot`]): its
+/// RAM and output port, the output buffer and the queues, and the keyboard.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    ram: [u8; RAM_SIZE],
+    output_port: u8,
+    pending: Option<u8>,
+    last_write_command: bool,
+    obuf: Option<Output>,
+    obuf_last: u8,
     replies: VecDeque<Output>,
     kbd: Keyboard,
 }
@@ -528,6 +542,20 @@ impl Device for I8042 {
         self.kbd = Keyboard::new();
         self.update_irqs();
     }
+
+    crate::state_methods!(I8042(I8042State) {
+        wiring: [irq1, irq12, ctl],
+        state: [
+            ram,
+            output_port,
+            pending,
+            last_write_command,
+            obuf,
+            obuf_last,
+            replies,
+            kbd,
+        ],
+    });
 }
 
 /// The 8042 as the platform plugs it in, shared with the front end, which
@@ -550,6 +578,17 @@ impl Device for SharedI8042 {
 
     fn reset(&mut self) {
         self.0.borrow_mut().reset();
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        self.0.borrow_mut().save()
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        self.0.borrow_mut().restore(state)
     }
 }
 

@@ -98,7 +98,7 @@ const HEADS: u64 = 16;
 const SPT: u64 = 63;
 
 /// What kind of drive sits at a position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Media {
     /// An ATA hard disk.
     Disk,
@@ -119,7 +119,7 @@ pub struct DriveSpec {
 }
 
 /// A data transfer in progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Xfer {
     /// None: the data port reads 0xFFFF... (bus hold) and drops writes.
     Idle,
@@ -135,7 +135,7 @@ enum Xfer {
 }
 
 /// What happens when the host has moved all of `buf`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum After {
     /// The command is done.
     Done,
@@ -363,6 +363,260 @@ struct Channel {
 pub struct Ide {
     config: Rc<RefCell<PciEndpoint>>,
     channels: [Channel; 2],
+}
+
+/// The IDE function's saved state (see [`crate::snapshot`]): its PCI
+/// configuration space and both channels with their drives.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct IdeState {
+    config: PciEndpoint,
+    channels: [ChannelState; 2],
+}
+
+/// A channel's saved state.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct ChannelState {
+    drives: [DriveState; 2],
+    cur: usize,
+    control: u8,
+    intrq: bool,
+    bm_command: u8,
+    bm_status: u8,
+    bm_prdt: u32,
+}
+
+/// A drive's saved state: its registers, the transfer in progress, and its
+/// medium's (see [`crate::block::DiskState`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct DriveState {
+    media: Option<(Media, crate::block::DiskState)>,
+    feature: u8,
+    nsector: u8,
+    sector: u8,
+    lcyl: u8,
+    hcyl: u8,
+    hob_feature: u8,
+    hob_nsector: u8,
+    hob_sector: u8,
+    hob_lcyl: u8,
+    hob_hcyl: u8,
+    select: u8,
+    status: u8,
+    error: u8,
+    xfer: Xfer,
+    after: After,
+    buf: Vec<u8>,
+    pos: usize,
+    block: u64,
+    lba: u64,
+    left: u64,
+    write: bool,
+    multiple: u16,
+    heads: u64,
+    spt: u64,
+    sense: (u8, u8, u8),
+    byte_limit: usize,
+    last_ext: bool,
+    dma: bool,
+    pending: Vec<u8>,
+    serial: String,
+}
+
+impl Drive {
+    fn save(&mut self) -> std::io::Result<DriveState> {
+        let Self {
+            media,
+            feature,
+            nsector,
+            sector,
+            lcyl,
+            hcyl,
+            hob_feature,
+            hob_nsector,
+            hob_sector,
+            hob_lcyl,
+            hob_hcyl,
+            select,
+            status,
+            error,
+            xfer,
+            after,
+            buf,
+            pos,
+            block,
+            lba,
+            left,
+            write,
+            multiple,
+            heads,
+            spt,
+            sense,
+            byte_limit,
+            last_ext,
+            dma,
+            pending,
+            serial,
+        } = self;
+        let media = match media {
+            Some((kind, b)) => Some((*kind, b.save_state()?)),
+            None => None,
+        };
+        Ok(DriveState {
+            media,
+            feature: Clone::clone(feature),
+            nsector: Clone::clone(nsector),
+            sector: Clone::clone(sector),
+            lcyl: Clone::clone(lcyl),
+            hcyl: Clone::clone(hcyl),
+            hob_feature: Clone::clone(hob_feature),
+            hob_nsector: Clone::clone(hob_nsector),
+            hob_sector: Clone::clone(hob_sector),
+            hob_lcyl: Clone::clone(hob_lcyl),
+            hob_hcyl: Clone::clone(hob_hcyl),
+            select: Clone::clone(select),
+            status: Clone::clone(status),
+            error: Clone::clone(error),
+            xfer: Clone::clone(xfer),
+            after: Clone::clone(after),
+            buf: Clone::clone(buf),
+            pos: Clone::clone(pos),
+            block: Clone::clone(block),
+            lba: Clone::clone(lba),
+            left: Clone::clone(left),
+            write: Clone::clone(write),
+            multiple: Clone::clone(multiple),
+            heads: Clone::clone(heads),
+            spt: Clone::clone(spt),
+            sense: Clone::clone(sense),
+            byte_limit: Clone::clone(byte_limit),
+            last_ext: Clone::clone(last_ext),
+            dma: Clone::clone(dma),
+            pending: Clone::clone(pending),
+            serial: Clone::clone(serial),
+        })
+    }
+
+    fn restore(&mut self, s: &DriveState) -> Result<(), String> {
+        let DriveState {
+            media,
+            feature,
+            nsector,
+            sector,
+            lcyl,
+            hcyl,
+            hob_feature,
+            hob_nsector,
+            hob_sector,
+            hob_lcyl,
+            hob_hcyl,
+            select,
+            status,
+            error,
+            xfer,
+            after,
+            buf,
+            pos,
+            block,
+            lba,
+            left,
+            write,
+            multiple,
+            heads,
+            spt,
+            sense,
+            byte_limit,
+            last_ext,
+            dma,
+            pending,
+            serial,
+        } = s.clone();
+        match (&mut self.media, media) {
+            (None, None) => {}
+            (Some((kind, b)), Some((saved_kind, disk))) if *kind == saved_kind => {
+                b.restore_state(&disk)?
+            }
+            (now, then) => {
+                return Err(format!(
+                    "the drive is {:?} here and was {:?} in the snapshot",
+                    now.as_ref().map(|(k, _)| *k),
+                    then.map(|(k, _)| k)
+                ))
+            }
+        }
+        self.feature = feature;
+        self.nsector = nsector;
+        self.sector = sector;
+        self.lcyl = lcyl;
+        self.hcyl = hcyl;
+        self.hob_feature = hob_feature;
+        self.hob_nsector = hob_nsector;
+        self.hob_sector = hob_sector;
+        self.hob_lcyl = hob_lcyl;
+        self.hob_hcyl = hob_hcyl;
+        self.select = select;
+        self.status = status;
+        self.error = error;
+        self.xfer = xfer;
+        self.after = after;
+        self.buf = buf;
+        self.pos = pos;
+        self.block = block;
+        self.lba = lba;
+        self.left = left;
+        self.write = write;
+        self.multiple = multiple;
+        self.heads = heads;
+        self.spt = spt;
+        self.sense = sense;
+        self.byte_limit = byte_limit;
+        self.last_ext = last_ext;
+        self.dma = dma;
+        self.pending = pending;
+        self.serial = serial;
+        Ok(())
+    }
+}
+
+impl Channel {
+    fn save(&mut self) -> std::io::Result<ChannelState> {
+        let Self {
+            drives: [d0, d1],
+            cur,
+            control,
+            irq: _,
+            intrq,
+            bm_command,
+            bm_status,
+            bm_prdt,
+        } = self;
+        Ok(ChannelState {
+            drives: [d0.save()?, d1.save()?],
+            cur: *cur,
+            control: *control,
+            intrq: *intrq,
+            bm_command: *bm_command,
+            bm_status: *bm_status,
+            bm_prdt: *bm_prdt,
+        })
+    }
+
+    fn restore(&mut self, s: &ChannelState) -> Result<(), String> {
+        let ChannelState {
+            drives,
+            cur,
+            control,
+            intrq,
+            bm_command,
+            bm_status,
+            bm_prdt,
+        } = s;
+        for (unit, (d, saved)) in self.drives.iter_mut().zip(drives).enumerate() {
+            d.restore(saved).map_err(|e| format!("unit {unit}: {e}"))?;
+        }
+        (self.cur, self.control, self.intrq) = (*cur, *control, *intrq);
+        (self.bm_command, self.bm_status, self.bm_prdt) = (*bm_command, *bm_status, *bm_prdt);
+        Ok(())
+    }
 }
 
 /// The configuration space of the PIIX3 IDE function.
@@ -1567,6 +1821,34 @@ impl Device for Ide {
             ch.update_irq();
         }
     }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self { config, channels } = self;
+        let io = |e: std::io::Error| {
+            crate::snapshot::StateError::Io(format!("reading an IDE drive's image: {e}"))
+        };
+        let [c0, c1] = channels;
+        Ok(crate::snapshot::DeviceState::Ide(Box::new(IdeState {
+            config: config.borrow().clone(),
+            channels: [c0.save().map_err(io)?, c1.save().map_err(io)?],
+        })))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::Ide(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        for (i, (c, saved)) in self.channels.iter_mut().zip(&s.channels).enumerate() {
+            c.restore(saved).map_err(|e| {
+                crate::snapshot::StateError::Mismatch(format!("IDE channel {i}, {e}"))
+            })?;
+        }
+        *self.config.borrow_mut() = s.config.clone();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1884,6 +2166,12 @@ mod tests {
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 *self.0.borrow_mut() += 1;
+                Ok(())
+            }
+            fn save_state(&mut self) -> std::io::Result<crate::block::DiskState> {
+                Ok(crate::block::DiskState::Image { size: 0, hash: 0 })
+            }
+            fn restore_state(&mut self, _: &crate::block::DiskState) -> Result<(), String> {
                 Ok(())
             }
         }

@@ -44,7 +44,7 @@ pub struct Message {
 }
 
 /// The I/O APIC.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IoApic {
     id: u8,
     select: u8,

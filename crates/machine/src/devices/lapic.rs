@@ -151,7 +151,7 @@ mod esr {
 }
 
 /// An interprocessor interrupt from an ICR write, for the machine to route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ipi {
     /// The destination field: an APIC ID (physical) or a logical mask, 8 bits
     /// in xAPIC mode, 32 in x2APIC mode.
@@ -182,7 +182,7 @@ pub enum Pending {
 }
 
 /// One local APIC.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Lapic {
     /// The APIC ID (as at reset; xAPIC software may rewrite the ID register).
     initial_id: u32,

@@ -138,6 +138,18 @@ pub struct PirqLine {
 }
 
 impl PirqLine {
+    /// Whether the pin is asserted, for its device's snapshot (the router's
+    /// count of asserted pins is the PCI host's).
+    pub fn save(&self) -> bool {
+        self.high.get()
+    }
+
+    /// Puts back what [`PirqLine::save`] returned, without touching the
+    /// router (the PCI host restores the router's counts).
+    pub fn restore(&self, high: bool) {
+        self.high.set(high);
+    }
+
     /// Asserts or deasserts the pin.
     pub fn set_level(&self, high: bool) {
         if self.high.replace(high) == high {
@@ -298,10 +310,13 @@ struct Identity {
 }
 
 /// One function's 256-byte configuration space.
-#[derive(Clone)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct ConfigSpace {
+    #[serde(with = "crate::snapshot::byte_array")]
     data: [u8; 256],
+    #[serde(with = "crate::snapshot::byte_array")]
     writable: [u8; 256],
+    #[serde(with = "crate::snapshot::byte_array")]
     write_one_clear: [u8; 256],
 }
 
@@ -446,6 +461,25 @@ pub struct PciHost {
     pending: Vec<(usize, MapRequest)>,
     /// MSI-X messages a configuration write released (the function mask
     /// cleared over pending vectors).
+    pending_msi: Vec<crate::device::Msi>,
+}
+
+/// The PCI host's saved state (see [`crate::snapshot`]): CONFIG_ADDRESS,
+/// the reset control register, the chipset functions' configuration
+/// spaces, where each plugged function's BARs are mapped, and the PIRQ
+/// router. The plugged functions' configuration spaces are their devices'.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PciHostState {
+    address: u32,
+    reset_control: u8,
+    host: ConfigSpace,
+    isa: ConfigSpace,
+    power: ConfigSpace,
+    /// Per plugged function, in plug order: (slot, function, BAR mappings).
+    placed: Vec<(u8, u8, [Option<BarMapping>; 6])>,
+    /// The router's routes, asserted counts and driven lines.
+    pirq: Option<([u8; 4], [u8; 4], u16)>,
+    pending: Vec<(usize, MapRequest)>,
     pending_msi: Vec<crate::device::Msi>,
 }
 
@@ -773,6 +807,80 @@ impl Device for PciHost {
                 }
             }
         }
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self {
+            ctl: _,
+            pm: _,
+            address,
+            reset_control,
+            host,
+            isa,
+            power,
+            endpoints,
+            pirq,
+            pending,
+            pending_msi,
+        } = self;
+        Ok(crate::snapshot::DeviceState::PciHost(Box::new(
+            PciHostState {
+                address: *address,
+                reset_control: *reset_control,
+                host: host.clone(),
+                isa: isa.clone(),
+                power: power.clone(),
+                placed: endpoints
+                    .iter()
+                    .map(|p| (p.slot, p.function, p.placed))
+                    .collect(),
+                pirq: pirq
+                    .as_ref()
+                    .map(|r| (r.routes.get(), r.asserted.get(), r.driven.get())),
+                pending: pending.clone(),
+                pending_msi: pending_msi.clone(),
+            },
+        )))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::PciHost(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        let PciHostState {
+            address,
+            reset_control,
+            host,
+            isa,
+            power,
+            placed,
+            pirq,
+            pending,
+            pending_msi,
+        } = (**s).clone();
+        let functions = |v: &mut dyn Iterator<Item = (u8, u8)>| v.collect::<Vec<_>>();
+        let here = functions(&mut self.endpoints.iter().map(|p| (p.slot, p.function)));
+        let then = functions(&mut placed.iter().map(|&(s, f, _)| (s, f)));
+        if here != then || self.pirq.is_some() != pirq.is_some() {
+            return Err(crate::snapshot::StateError::Mismatch(format!(
+                "PCI functions (slot, function): {then:?} in the snapshot, {here:?} here"
+            )));
+        }
+        for (p, (_, _, bars)) in self.endpoints.iter_mut().zip(placed) {
+            p.placed = bars;
+        }
+        if let (Some(r), Some((routes, asserted, driven))) = (&self.pirq, pirq) {
+            r.routes.set(routes);
+            r.asserted.set(asserted);
+            r.driven.set(driven);
+        }
+        (self.address, self.reset_control) = (address, reset_control);
+        (self.host, self.isa, self.power) = (host, isa, power);
+        (self.pending, self.pending_msi) = (pending, pending_msi);
+        Ok(())
     }
 }
 

@@ -77,7 +77,7 @@ const MSIX_CAP_AFTER_MSI: usize = 0x50;
 const CAP_ID_MSIX: u8 = 0x11;
 
 /// Where a function's MSI-X table and PBA live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsixLayout {
     /// Vectors (1 to 2048).
     pub vectors: u16,
@@ -91,7 +91,7 @@ pub struct MsixLayout {
 
 /// A function's MSI-X state: where its capability is, the layout, the table
 /// (address low, address high, data, vector control) and the pending bits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Msix {
     cap: usize,
     layout: MsixLayout,
@@ -100,7 +100,7 @@ struct Msix {
 }
 
 /// What a BAR decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BarKind {
     /// I/O space.
     Io,
@@ -110,7 +110,7 @@ pub enum BarKind {
 
 /// A BAR as the function declares it: its kind and size (a power of two; at
 /// least 16 bytes for memory, 4 for I/O).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BarDef {
     /// I/O or memory.
     pub kind: BarKind,
@@ -119,7 +119,7 @@ pub struct BarDef {
 }
 
 /// A BAR's current placement, when its space's decoding is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BarMapping {
     /// I/O or memory.
     pub kind: BarKind,
@@ -147,10 +147,13 @@ pub struct EndpointId {
 }
 
 /// An endpoint's configuration space.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PciEndpoint {
+    #[serde(with = "crate::snapshot::byte_array")]
     data: [u8; 256],
+    #[serde(with = "crate::snapshot::byte_array")]
     writable: [u8; 256],
+    #[serde(with = "crate::snapshot::byte_array")]
     write_one_clear: [u8; 256],
     bars: [Option<BarDef>; 6],
     msi: bool,

@@ -76,7 +76,7 @@ const CASCADE_IRQ: u8 = 2;
 const CASCADE_BIT: u8 = 1 << CASCADE_IRQ;
 
 /// Where a chip is in its initialisation sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum InitStep {
     Ready,
     Icw2,
@@ -85,7 +85,7 @@ enum InitStep {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -293,6 +293,34 @@ pub struct Pic {
     /// Index 0 is the master (IRQ0-7), 1 the slave (IRQ8-15).
     chips: [Chip; 2],
     elcr: [u8; 2],
+}
+
+/// The 8259 pair's saved state (see [`crate::snapshot`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PicState {
+    chips: [Chip; 2],
+    elcr: [u8; 2],
+}
+
+impl Pic {
+    /// The pair's state, for a snapshot.
+    pub fn save(&self) -> PicState {
+        let Self {
+            lines: _,
+            chips,
+            elcr,
+        } = self;
+        PicState {
+            chips: chips.clone(),
+            elcr: *elcr,
+        }
+    }
+
+    /// Puts back a state [`Pic::save`] returned.
+    pub fn restore(&mut self, s: &PicState) {
+        let PicState { chips, elcr } = s.clone();
+        (self.chips, self.elcr) = (chips, elcr);
+    }
 }
 
 impl Pic {

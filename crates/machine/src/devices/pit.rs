@@ -82,7 +82,7 @@ fn time_of_tick(tick: i64) -> Nanos {
 }
 
 /// Read/write access selected by control word bits 5-4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Access {
     Lsb,
     Msb,
@@ -90,7 +90,7 @@ enum Access {
 }
 
 /// A mode 2 or 3 cycle of `period` ticks that begins, with OUT high, at `anchor`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Cycle {
     anchor: i64,
     period: i64,
@@ -144,7 +144,7 @@ impl Cycle {
 }
 
 /// What the counting element is doing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 enum Run {
     /// Not counting: no count yet, gate low, or a one-shot awaiting its trigger.
     /// `tc` records that the terminal count already went by (modes 0 and 4).
@@ -179,7 +179,7 @@ impl Run {
 }
 
 /// One 8254 counter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Channel {
     /// Bits 5-0 of the last control word, reported in the status byte.
     control: u8,
@@ -493,6 +493,15 @@ pub struct Pit {
     last_tick: i64,
 }
 
+/// The PIT's saved state (see [`crate::snapshot`]): the counters with their
+/// anchors in PIT ticks, port B, and how far IRQ0 has followed OUT.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PitState {
+    channels: [Channel; 3],
+    port_b: u8,
+    last_tick: i64,
+}
+
 impl Pit {
     /// A PIT in its power-on state (see the module comment), driving `irq0`.
     pub fn new(irq0: IrqLine) -> Self {
@@ -644,6 +653,11 @@ impl Device for Pit {
         self.port_b = 0;
         self.irq0.set_level(false);
     }
+
+    crate::state_methods!(Pit(PitState) {
+        wiring: [irq0],
+        state: [channels, port_b, last_tick],
+    });
 }
 
 #[cfg(test)]

@@ -76,6 +76,22 @@ impl Device for Port92 {
     fn reset(&mut self) {
         self.value = 0;
     }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self { ctl: _, value } = self;
+        Ok(crate::snapshot::DeviceState::Port92(*value))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::Port92(v) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        self.value = *v;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

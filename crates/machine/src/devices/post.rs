@@ -28,6 +28,13 @@ pub struct PostCodes {
     output_errors: u64,
 }
 
+/// The POST ports' saved state (see [`crate::snapshot`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PostState {
+    last: Option<u8>,
+    count: u64,
+}
+
 impl PostCodes {
     /// A recorder that also prints each code to `output`, if given.
     pub fn new(output: Option<Box<dyn Write>>) -> Self {
@@ -93,6 +100,11 @@ impl Device for PostCodes {
     }
 
     crate::port_device_methods!();
+
+    crate::state_methods!(Post(PostState) {
+        wiring: [output, output_errors],
+        state: [last, count],
+    });
 }
 
 #[cfg(test)]

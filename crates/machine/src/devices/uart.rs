@@ -197,6 +197,29 @@ pub struct Uart {
     output_errors: u64,
 }
 
+/// The UART's saved state (see [`crate::snapshot`]): its registers, the
+/// receiver FIFO, pending interrupt sources and the character timeout. Host
+/// input not yet received (still in [`SerialInput`]) and the count of host
+/// write errors belong to the host, not the device.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
+    rx_fifo: VecDeque<u8>,
+    rbr_last: u8,
+    ier: u8,
+    lcr: u8,
+    mcr: u8,
+    scr: u8,
+    divisor: u16,
+    fifo_enabled: bool,
+    rx_trigger: usize,
+    lsr_errors: u8,
+    msr_deltas: u8,
+    thre_pending: bool,
+    timeout_pending: bool,
+    timeout_deadline: Option<Nanos>,
+    now: Nanos,
+}
+
 impl Uart {
     /// A UART in its power-on state, interrupting on `irq`, transmitting to `output`
     /// and, if `input` is given, receiving what the host pushes into it.
@@ -563,6 +586,27 @@ impl Device for Uart {
         self.thre_pending = false;
         self.update_irq();
     }
+
+    crate::state_methods!(Uart(UartState) {
+        wiring: [irq, output, input, output_errors],
+        state: [
+            rx_fifo,
+            rbr_last,
+            ier,
+            lcr,
+            mcr,
+            scr,
+            divisor,
+            fifo_enabled,
+            rx_trigger,
+            lsr_errors,
+            msr_deltas,
+            thre_pending,
+            timeout_pending,
+            timeout_deadline,
+            now,
+        ],
+    });
 }
 
 #[cfg(test)]

@@ -260,6 +260,7 @@ fn spread(value: u8, bit: usize) -> u8 {
 }
 
 /// The standard VGA.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Vga {
     /// Miscellaneous Output.
     misc: u8,
@@ -288,6 +289,7 @@ pub struct Vga {
     /// 256 entries of (red, green, blue), six bits each.
     dac: Vec<[u8; 3]>,
     /// The four planes, one after another.
+    #[serde(with = "crate::snapshot::bytes")]
     vram: Vec<u8>,
     /// The latches: one byte per plane, loaded by every CPU read.
     latch: [u8; 4],
@@ -800,6 +802,8 @@ impl Device for Vga {
         self.generation = generation;
         self.bump();
     }
+
+    crate::state_methods!(Vga(whole));
 }
 
 /// The VGA as the platform plugs it in, shared with the front end, which
@@ -839,6 +843,17 @@ impl Device for SharedVga {
 
     fn reset(&mut self) {
         self.0.borrow_mut().reset();
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        self.0.borrow_mut().save()
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        self.0.borrow_mut().restore(state)
     }
 }
 

@@ -150,6 +150,33 @@ pub struct VirtioBlk {
     serial: String,
 }
 
+/// A virtio-blk function's saved state (see [`crate::snapshot`]): its
+/// configuration space, INTx pin, common configuration, the queue's
+/// addresses and indexes, and its disk's (see [`crate::block::DiskState`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct VirtioBlkState {
+    config: PciEndpoint,
+    intx: bool,
+    disk: crate::block::DiskState,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    msix_config: u16,
+    status: u8,
+    generation: u8,
+    queue_select: u16,
+    q_size: u16,
+    q_vector: u16,
+    q_enable: bool,
+    q_desc: u64,
+    q_driver: u64,
+    q_device: u64,
+    last_avail: u16,
+    used_idx: u16,
+    isr: u8,
+    serial: String,
+}
+
 impl VirtioBlk {
     /// The device over `backend`, its configuration space shared with the
     /// host bridge, interrupting on `intx` when MSI-X is off.
@@ -531,6 +558,113 @@ impl Device for VirtioBlk {
 
     fn reset(&mut self) {
         self.reset_device();
+    }
+
+    fn save(&mut self) -> Result<crate::snapshot::DeviceState, crate::snapshot::StateError> {
+        let Self {
+            config,
+            intx,
+            backend,
+            device_feature_select,
+            driver_feature_select,
+            driver_features,
+            msix_config,
+            status,
+            generation,
+            queue_select,
+            q_size,
+            q_vector,
+            q_enable,
+            q_desc,
+            q_driver,
+            q_device,
+            last_avail,
+            used_idx,
+            isr,
+            serial,
+        } = self;
+        Ok(crate::snapshot::DeviceState::VirtioBlk(Box::new(
+            VirtioBlkState {
+                config: config.borrow().clone(),
+                intx: intx.save(),
+                disk: backend.save_state().map_err(|e| {
+                    crate::snapshot::StateError::Io(format!(
+                        "reading a virtio-blk disk's image: {e}"
+                    ))
+                })?,
+                device_feature_select: Clone::clone(device_feature_select),
+                driver_feature_select: Clone::clone(driver_feature_select),
+                driver_features: Clone::clone(driver_features),
+                msix_config: Clone::clone(msix_config),
+                status: Clone::clone(status),
+                generation: Clone::clone(generation),
+                queue_select: Clone::clone(queue_select),
+                q_size: Clone::clone(q_size),
+                q_vector: Clone::clone(q_vector),
+                q_enable: Clone::clone(q_enable),
+                q_desc: Clone::clone(q_desc),
+                q_driver: Clone::clone(q_driver),
+                q_device: Clone::clone(q_device),
+                last_avail: Clone::clone(last_avail),
+                used_idx: Clone::clone(used_idx),
+                isr: Clone::clone(isr),
+                serial: Clone::clone(serial),
+            },
+        )))
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::snapshot::DeviceState,
+    ) -> Result<(), crate::snapshot::StateError> {
+        let crate::snapshot::DeviceState::VirtioBlk(s) = state else {
+            return Err(crate::snapshot::wrong_kind(self.name(), state));
+        };
+        let VirtioBlkState {
+            config,
+            intx,
+            disk,
+            device_feature_select,
+            driver_feature_select,
+            driver_features,
+            msix_config,
+            status,
+            generation,
+            queue_select,
+            q_size,
+            q_vector,
+            q_enable,
+            q_desc,
+            q_driver,
+            q_device,
+            last_avail,
+            used_idx,
+            isr,
+            serial,
+        } = (**s).clone();
+        self.backend
+            .restore_state(&disk)
+            .map_err(|e| crate::snapshot::StateError::Mismatch(format!("virtio-blk disk: {e}")))?;
+        *self.config.borrow_mut() = config;
+        self.intx.restore(intx);
+        self.device_feature_select = device_feature_select;
+        self.driver_feature_select = driver_feature_select;
+        self.driver_features = driver_features;
+        self.msix_config = msix_config;
+        self.status = status;
+        self.generation = generation;
+        self.queue_select = queue_select;
+        self.q_size = q_size;
+        self.q_vector = q_vector;
+        self.q_enable = q_enable;
+        self.q_desc = q_desc;
+        self.q_driver = q_driver;
+        self.q_device = q_device;
+        self.last_avail = last_avail;
+        self.used_idx = used_idx;
+        self.isr = isr;
+        self.serial = serial;
+        Ok(())
     }
 }
 
