@@ -1,8 +1,9 @@
 //! What a debugger needs from the run loop, apart from any wire protocol:
 //! breakpoints, watchpoints, single steps, an interrupt flag, and the stops
 //! they cause ([`StopReason`], returned by `Vm::run` as
-//! `RunOutcome::Debug`). The GDB server (`crate::gdb`) drives it; a later
-//! reverse-execution backend would drive the same calls.
+//! `RunOutcome::Debug`). The GDB server (`crate::gdb`) drives it, and its
+//! reverse execution (`crate::gdb::reverse`) drives the same calls on
+//! restored checkpoints.
 //!
 //! How the run loop honours them (see `Vm::run`):
 //! - While anything is *armed* (a breakpoint, a watchpoint or a step), the
@@ -106,6 +107,13 @@ pub struct Watchpoint {
     pub kind: WatchKind,
 }
 
+/// A debugger's breakpoints and watchpoints, taken out for a while.
+#[derive(Debug, Default)]
+pub struct Points {
+    breakpoints: Vec<(u64, BreakKind)>,
+    watchpoints: Vec<Watchpoint>,
+}
+
 /// The debugger's state in the VM.
 #[derive(Debug, Default)]
 pub struct Debugger {
@@ -174,6 +182,32 @@ impl Debugger {
         let before = self.watchpoints.len();
         self.watchpoints.retain(|&x| x != w);
         self.watchpoints.len() != before
+    }
+
+    /// Takes the breakpoints and watchpoints out (reverse execution runs
+    /// the guest to a position without them), to be put back with
+    /// [`Debugger::set_points`].
+    pub fn take_points(&mut self) -> Points {
+        Points {
+            breakpoints: std::mem::take(&mut self.breakpoints),
+            watchpoints: std::mem::take(&mut self.watchpoints),
+        }
+    }
+
+    /// Puts back what [`Debugger::take_points`] took.
+    pub fn set_points(&mut self, p: Points) {
+        self.breakpoints = p.breakpoints;
+        self.watchpoints = p.watchpoints;
+    }
+
+    /// Forgets the step, the breakpoint to skip and the stop held for the
+    /// next pass (the guest was put in another state: a restored
+    /// checkpoint), keeping the breakpoints and watchpoints.
+    pub fn reset_stops(&mut self) {
+        self.step = None;
+        self.skip = None;
+        self.pending = None;
+        self.lock = None;
     }
 
     /// Drops every breakpoint, watchpoint and step (a debugger detached).

@@ -352,6 +352,7 @@ pub fn run_with_gdb(
     line: Option<&ProgressLine>,
     server: &crate::gdb::Server,
     wait: bool,
+    inputs: &[x86bt_machine::devices::uart::SerialInput],
 ) -> RunOutcome {
     use crate::gdb::SessionEnd;
     let mut first = if wait {
@@ -361,7 +362,7 @@ pub fn run_with_gdb(
     };
     loop {
         if let Some(conn) = first.take().or_else(|| server.take_connection()) {
-            match crate::gdb::session(vm, conn, server.layout, max_insns) {
+            match crate::gdb::session(vm, conn, server.layout, max_insns, inputs) {
                 SessionEnd::Detached => continue,
                 SessionEnd::Killed => return RunOutcome::Killed,
                 SessionEnd::GuestEnded(outcome) => return outcome,
@@ -756,6 +757,9 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
     if gdb_server.is_none() {
         vm.pause_flag = Some(Arc::clone(&save_now));
     }
+    // Where input from outside reaches the guest (reverse execution's
+    // history under -gdb ends where it is read).
+    let inputs: Vec<_> = typed_to.iter().chain(keys.iter()).cloned().collect();
     if let Some(input) = typed_to {
         crate::console::spawn_reader(
             input,
@@ -787,6 +791,7 @@ pub fn run_cmd(a: &RunArgs) -> Result<u8, Error> {
             progress_line.as_ref(),
             server,
             a.wait_for_gdb,
+            &inputs,
         ),
         None => {
             let mut plan = crate::snapshot::SnapshotPlan {

@@ -182,6 +182,10 @@ pub struct Vm {
     /// at the top of each pass and where idle time follows the wall clock
     /// (`crate::replay`).
     pub input_log: Option<Box<crate::replay::InputLog>>,
+    /// Idle periods whose virtual time the wall clock cut short (paced
+    /// idling) so far: input from outside that a re-run from a snapshot
+    /// would not repeat (the GDB server's reverse execution watches it).
+    pub wall_clock_skips: u64,
 }
 
 /// A fresh `kind` engine (empty caches) for vCPU `cur`. Fails when it cannot
@@ -236,6 +240,7 @@ impl Vm {
             debugger: None,
             debug_interp: None,
             input_log: None,
+            wall_clock_skips: 0,
         }
     }
 
@@ -861,6 +866,9 @@ impl Vm {
                 None if self.pace_idle => self.paced_skip(gap),
                 None => gap,
             };
+            if replayed.is_none() && skip != gap {
+                self.wall_clock_skips += 1;
+            }
             if let Some(log) = &mut self.input_log {
                 log.note_skip(gap, skip);
             }

@@ -38,6 +38,8 @@ struct TestKernel {
     marker: u32,
     /// The instruction after it.
     after_marker: u32,
+    /// The loop's first instruction (`inc dword [COUNTER]`).
+    loop_top: u32,
 }
 
 /// Builds the kernel: EAX, EBX and ECX get known values, a loop increments
@@ -82,6 +84,7 @@ fn build_kernel(name: &str, spin: bool) -> TestKernel {
     let code = r.inner.code_buffer.clone();
     let marker_ip = r.label_ip(&marker).expect("marker") as u32;
     let after_ip = r.label_ip(&after).expect("after") as u32;
+    let top_ip = r.label_ip(&top).expect("top") as u32;
     let mut img = vec![0u8; IMAGE_LEN as usize];
     // Multiboot header with the a.out kludge (Multiboot 0.6.96 §3.1.1-3.1.3).
     let magic = 0x1BAD_B002u32;
@@ -114,6 +117,7 @@ fn build_kernel(name: &str, spin: bool) -> TestKernel {
         path,
         marker: marker_ip,
         after_marker: after_ip,
+        loop_top: top_ip,
     }
 }
 
@@ -313,6 +317,30 @@ fn gdb_session_on(engine: &str) {
         "continue".into(),
         "echo @HBREAK\\n".into(),
         "info registers eip esi".into(),
+        // Back two instructions: before the MOV ESI, before the MOV EAX.
+        "reverse-stepi".into(),
+        "echo @RSTEP1\\n".into(),
+        "info registers eip eax".into(),
+        "reverse-stepi".into(),
+        "echo @RSTEP2\\n".into(),
+        "info registers eip eax ecx edx".into(),
+        // The breakpoint at the marker was hit right here, and nothing
+        // stops before: back to where the history starts (the entry).
+        "reverse-continue".into(),
+        "echo @RBEGIN\\n".into(),
+        "info registers eip eax".into(),
+        format!("x/1xw {COUNTER:#x}"),
+        // Forward again: the same loop runs, from a counter of 0.
+        "continue".into(),
+        "echo @AGAIN\\n".into(),
+        "info registers eip edx".into(),
+        format!("x/1xw {COUNTER:#x}"),
+        // Back to the last write to the counter: the tenth INC.
+        "delete".into(),
+        format!("watch *(int*){COUNTER:#x}"),
+        "reverse-continue".into(),
+        "echo @RWRITE\\n".into(),
+        "info registers eip ecx edx".into(),
         "delete".into(),
         // An unmapped address (the VGA hole reads as an open bus).
         "x/1xw 0xa0000".into(),
@@ -378,6 +406,43 @@ fn gdb_session_on(engine: &str) {
         "{out}"
     );
     assert_eq!(reg_value(h, "esi"), Some(0x5A5A_5A5A), "{out}");
+    // Reverse execution (from snapshots taken while the guest ran).
+    let r1 = part("@RSTEP1");
+    assert_eq!(
+        reg_value(r1, "eip"),
+        Some(u64::from(k.after_marker)),
+        "{out}"
+    );
+    assert_eq!(reg_value(r1, "eax"), Some(0xCAFE_BABE), "{out}");
+    let r2 = part("@RSTEP2");
+    assert_eq!(reg_value(r2, "eip"), Some(u64::from(k.marker)), "{out}");
+    assert_eq!(reg_value(r2, "eax"), Some(0x1111_1111), "{out}");
+    assert_eq!(reg_value(r2, "ecx"), Some(0), "{out}");
+    assert_eq!(reg_value(r2, "edx"), Some(u64::from(LOOPS)), "{out}");
+    let rb = part("@RBEGIN");
+    assert!(out.contains("No more reverse-execution history"), "{out}");
+    assert_eq!(reg_value(rb, "eip"), Some(u64::from(ENTRY)), "{out}");
+    // RAM went back too: the counter is the image's 0.
+    assert!(rb.contains(&format!("{COUNTER:#x}:\t0x00000000")), "{out}");
+    let again = part("@AGAIN");
+    assert_eq!(reg_value(again, "eip"), Some(u64::from(k.marker)), "{out}");
+    assert_eq!(reg_value(again, "edx"), Some(u64::from(LOOPS)), "{out}");
+    assert!(
+        again.contains(&format!("{COUNTER:#x}:\t{LOOPS:#010x}")),
+        "{out}"
+    );
+    // Stopped before the last INC (going backwards, the write is undone):
+    // the counter goes from LOOPS back to LOOPS - 1, ECX is 1, EDX holds
+    // the previous trip's value.
+    assert!(
+        again.contains(&format!("Old value = {LOOPS}"))
+            && again.contains(&format!("New value = {}", LOOPS - 1)),
+        "{out}"
+    );
+    let rw = part("@RWRITE");
+    assert_eq!(reg_value(rw, "eip"), Some(u64::from(k.loop_top)), "{out}");
+    assert_eq!(reg_value(rw, "ecx"), Some(1), "{out}");
+    assert_eq!(reg_value(rw, "edx"), Some(u64::from(LOOPS - 1)), "{out}");
     assert!(
         out.contains("Cannot access memory at address 0xa0000"),
         "{out}"

@@ -25,6 +25,7 @@
 
 pub mod arch;
 mod conn;
+pub mod reverse;
 mod target;
 
 use crate::error::Error;
@@ -34,6 +35,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use x86bt_machine::devices::uart::SerialInput;
 
 /// Where the server listens: a `-gdb` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,10 +193,18 @@ pub enum SessionEnd {
 /// Serves one GDB connection on `vm` (which must have a debugger), in the
 /// run's layout, until GDB detaches, kills, disconnects, or the guest ends
 /// the run. Afterwards no breakpoint, watchpoint or step is left.
-pub fn session(vm: &mut Vm, stream: TcpStream, layout: Layout, max_insns: u64) -> SessionEnd {
+/// `inputs` are the queues input from outside reaches the guest through
+/// (reverse execution's history ends where they are read).
+pub fn session(
+    vm: &mut Vm,
+    stream: TcpStream,
+    layout: Layout,
+    max_insns: u64,
+    inputs: &[SerialInput],
+) -> SessionEnd {
     let end = match layout {
-        Layout::I386 => serve::<arch::I386>(vm, stream, max_insns),
-        Layout::X86_64 => serve::<arch::X86_64>(vm, stream, max_insns),
+        Layout::I386 => serve::<arch::I386>(vm, stream, max_insns, inputs),
+        Layout::X86_64 => serve::<arch::X86_64>(vm, stream, max_insns, inputs),
     };
     if let Some(d) = vm.debugger.as_mut() {
         d.clear();
@@ -203,7 +213,12 @@ pub fn session(vm: &mut Vm, stream: TcpStream, layout: Layout, max_insns: u64) -
     end
 }
 
-fn serve<L: arch::Layout>(vm: &mut Vm, stream: TcpStream, max_insns: u64) -> SessionEnd {
+fn serve<L: arch::Layout>(
+    vm: &mut Vm,
+    stream: TcpStream,
+    max_insns: u64,
+    inputs: &[SerialInput],
+) -> SessionEnd {
     let Some(interrupt) = vm.debugger.as_ref().map(|d| d.interrupt_flag()) else {
         return SessionEnd::Detached;
     };
@@ -214,7 +229,7 @@ fn serve<L: arch::Layout>(vm: &mut Vm, stream: TcpStream, max_insns: u64) -> Ses
             return SessionEnd::Detached;
         }
     };
-    let mut target = target::GdbTarget::<L>::new(vm, max_insns, interrupt);
+    let mut target = target::GdbTarget::<L>::new(vm, max_insns, interrupt, inputs.to_vec());
     let result = GdbStub::new(conn).run_blocking::<target::EventLoop<'_, L>>(&mut target);
     if let Some(outcome) = target.ended.take() {
         return SessionEnd::GuestEnded(outcome);

@@ -2,12 +2,13 @@
 //! id = vCPU index + 1); registers, memory, breakpoints and watchpoints go
 //! to `Vm` and its `Debugger`; resuming runs `Vm::run` until it stops.
 //!
-//! Reverse execution would plug in here: gdbstub's `ReverseStep` and
-//! `ReverseCont` extensions of `MultiThreadResume`, answered from snapshots
-//! and replay once those exist. Nothing of it is offered yet.
+//! Reverse execution is gdbstub's `ReverseStep` and `ReverseCont`
+//! extensions of `MultiThreadResume`: the command is noted, and the event
+//! loop carries it out over the session's history (`super::reverse`).
 
 use super::arch::Layout;
 use super::conn::GdbConn;
+use super::reverse::{History, Landing};
 use crate::debug::{BreakKind, StopReason, WatchKind, Watchpoint};
 use crate::vm::{RunOutcome, Vm};
 use gdbstub::common::{Signal, Tid};
@@ -18,6 +19,9 @@ use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
     MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
+use gdbstub::target::ext::base::reverse_exec::{
+    ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
     self, Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint,
@@ -27,6 +31,7 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use x86bt_machine::devices::uart::SerialInput;
 
 /// The VM under GDB, in layout `L`.
 pub struct GdbTarget<'a, L> {
@@ -46,12 +51,31 @@ pub struct GdbTarget<'a, L> {
     pub ended: Option<RunOutcome>,
     /// The VM's interrupt flag.
     interrupt: Arc<AtomicBool>,
+    /// The checkpoints reverse execution goes back through.
+    history: History,
+    /// A reverse command for the event loop to carry out.
+    reverse: Option<Reverse>,
+    /// The queues input from outside reaches the guest through (their
+    /// `taken` counts end a history).
+    inputs: Vec<SerialInput>,
     _layout: PhantomData<L>,
+}
+
+/// A reverse command GDB gave.
+#[derive(Clone, Copy, Debug)]
+enum Reverse {
+    Step,
+    Cont,
 }
 
 impl<'a, L: Layout> GdbTarget<'a, L> {
     /// A target over `vm`, which must have a debugger.
-    pub fn new(vm: &'a mut Vm, max_insns: u64, interrupt: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        vm: &'a mut Vm,
+        max_insns: u64,
+        interrupt: Arc<AtomicBool>,
+        inputs: Vec<SerialInput>,
+    ) -> Self {
         let last = vm.current_cpu();
         Self {
             vm,
@@ -62,8 +86,23 @@ impl<'a, L: Layout> GdbTarget<'a, L> {
             last,
             ended: None,
             interrupt,
+            history: History::default(),
+            reverse: None,
+            inputs,
             _layout: PhantomData,
         }
+    }
+
+    /// Input from outside the guest so far: bytes taken from the input
+    /// queues and idle periods the wall clock cut short.
+    fn outside(&self) -> u64 {
+        self.inputs.iter().map(SerialInput::taken).sum::<u64>() + self.vm.wall_clock_skips
+    }
+
+    /// Brings the history up to date with input from outside.
+    fn sync_history(&mut self) {
+        let outside = self.outside();
+        self.history.sync(self.vm, outside);
     }
 
     /// The vCPU index of thread `tid`, if there is one.
@@ -110,6 +149,8 @@ impl<L: Layout> MultiThreadBase for GdbTarget<'_, L> {
 
     fn write_registers(&mut self, regs: &L::Registers, tid: Tid) -> TargetResult<(), Self> {
         let i = self.cpu(tid)?;
+        // The past no longer leads here.
+        self.history.forget();
         L::write(self.vm, i, regs).map_err(|_| TargetError::NonFatal)
     }
 
@@ -131,6 +172,7 @@ impl<L: Layout> MultiThreadBase for GdbTarget<'_, L> {
 
     fn write_addrs(&mut self, start: L::Usize, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
         let i = self.cpu(tid)?;
+        self.history.forget();
         if self.vm.debug_write(i, L::to_u64(start), data) {
             Ok(())
         } else {
@@ -185,6 +227,30 @@ impl<L: Layout> MultiThreadResume for GdbTarget<'_, L> {
 
     fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, Tid, Self>> {
+        Some(self)
+    }
+}
+
+impl<L: Layout> ReverseStep<Tid> for GdbTarget<'_, L> {
+    /// The position is the whole machine's: with one vCPU (the only case
+    /// with a history), that vCPU's previous instruction.
+    fn reverse_step(&mut self, _tid: Tid) -> Result<(), ()> {
+        self.reverse = Some(Reverse::Step);
+        Ok(())
+    }
+}
+
+impl<L: Layout> ReverseCont<Tid> for GdbTarget<'_, L> {
+    fn reverse_cont(&mut self) -> Result<(), ()> {
+        self.reverse = Some(Reverse::Cont);
+        Ok(())
     }
 }
 
@@ -312,51 +378,52 @@ impl<'a, L: Layout> BlockingEventLoop for EventLoop<'a, L> {
         // A byte that arrived before the flag was lowered is in the channel;
         // one that arrives after raises the flag again.
         target.interrupt.store(false, Ordering::SeqCst);
+        target.sync_history();
+        if let Some(command) = target.reverse.take() {
+            let landing = match command {
+                Reverse::Step => target.history.reverse_step(target.vm),
+                Reverse::Cont => target.history.reverse_cont(target.vm),
+            };
+            target.last = target.vm.current_cpu();
+            let reason = match landing {
+                Landing::Stop(stop) => stop_reason::<L>(target, stop),
+                Landing::Stepped => MultiThreadStopReason::SignalWithThread {
+                    tid: tid(target.last),
+                    signal: Signal::SIGTRAP,
+                },
+                Landing::Begin => MultiThreadStopReason::ReplayLog {
+                    tid: Some(tid(target.last)),
+                    pos: ReplayLogPosition::Begin,
+                },
+            };
+            return Ok(Event::TargetStopped(reason));
+        }
         loop {
             if conn.pending() {
                 let b = conn.read().map_err(WaitForStopReasonError::Connection)?;
                 return Ok(Event::IncomingData(b));
             }
-            let outcome = target.vm.run(target.max_insns);
+            // The run stops where the next checkpoint is due, takes it, and
+            // goes on (a run that stops and goes on is the run that did not).
+            let due = target.history.next_due().unwrap_or(u64::MAX);
+            let limit = due.min(target.max_insns);
+            let outcome = target.vm.run(limit);
             let stop = match outcome {
                 // The flag without a byte from GDB: another client knocking.
                 RunOutcome::Debug(StopReason::Interrupted) => continue,
                 RunOutcome::Debug(stop) => stop,
+                RunOutcome::InstructionLimit if target.vm.icount() < target.max_insns => {
+                    target.sync_history();
+                    target.history.take(target.vm);
+                    continue;
+                }
                 ended => {
                     let code = (ended.exit_status() & 0xFF) as u8;
                     target.ended = Some(ended);
                     return Ok(Event::TargetStopped(MultiThreadStopReason::Exited(code)));
                 }
             };
-            let reason = match stop {
-                StopReason::Interrupted => unreachable!("handled above"),
-                StopReason::Breakpoint { cpu, kind, .. } => {
-                    target.last = cpu;
-                    match kind {
-                        BreakKind::Software => MultiThreadStopReason::SwBreak(tid(cpu)),
-                        BreakKind::Hardware => MultiThreadStopReason::HwBreak(tid(cpu)),
-                    }
-                }
-                StopReason::Watch { cpu, addr, kind } => {
-                    target.last = cpu;
-                    MultiThreadStopReason::Watch {
-                        tid: tid(cpu),
-                        kind: match kind {
-                            WatchKind::Write => breakpoints::WatchKind::Write,
-                            WatchKind::Read => breakpoints::WatchKind::Read,
-                            WatchKind::Access => breakpoints::WatchKind::ReadWrite,
-                        },
-                        addr: L::from_u64(addr),
-                    }
-                }
-                StopReason::Stepped { cpu } => {
-                    target.last = cpu;
-                    MultiThreadStopReason::SignalWithThread {
-                        tid: tid(cpu),
-                        signal: Signal::SIGTRAP,
-                    }
-                }
-            };
+            let reason = stop_reason::<L>(target, stop);
             return Ok(Event::TargetStopped(reason));
         }
     }
@@ -367,5 +434,48 @@ impl<'a, L: Layout> BlockingEventLoop for EventLoop<'a, L> {
             tid: tid(target.last),
             signal: Signal::SIGINT,
         }))
+    }
+}
+
+/// How GDB hears of `stop` (which is not `Interrupted`); notes its vCPU as
+/// the last one stopped.
+fn stop_reason<L: Layout>(
+    target: &mut GdbTarget<'_, L>,
+    stop: StopReason,
+) -> MultiThreadStopReason<L::Usize> {
+    match stop {
+        StopReason::Interrupted => {
+            target.last = target.vm.current_cpu();
+            MultiThreadStopReason::SignalWithThread {
+                tid: tid(target.last),
+                signal: Signal::SIGINT,
+            }
+        }
+        StopReason::Breakpoint { cpu, kind, .. } => {
+            target.last = cpu;
+            match kind {
+                BreakKind::Software => MultiThreadStopReason::SwBreak(tid(cpu)),
+                BreakKind::Hardware => MultiThreadStopReason::HwBreak(tid(cpu)),
+            }
+        }
+        StopReason::Watch { cpu, addr, kind } => {
+            target.last = cpu;
+            MultiThreadStopReason::Watch {
+                tid: tid(cpu),
+                kind: match kind {
+                    WatchKind::Write => breakpoints::WatchKind::Write,
+                    WatchKind::Read => breakpoints::WatchKind::Read,
+                    WatchKind::Access => breakpoints::WatchKind::ReadWrite,
+                },
+                addr: L::from_u64(addr),
+            }
+        }
+        StopReason::Stepped { cpu } => {
+            target.last = cpu;
+            MultiThreadStopReason::SignalWithThread {
+                tid: tid(cpu),
+                signal: Signal::SIGTRAP,
+            }
+        }
     }
 }

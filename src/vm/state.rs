@@ -50,6 +50,7 @@ impl Vm {
             debugger: _,
             debug_interp: _,
             input_log: _,
+            wall_clock_skips: _,
         } = self;
         let run = VmRunState {
             cur: *cur,

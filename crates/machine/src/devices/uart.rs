@@ -141,6 +141,8 @@ const INPUT_POLL_NS: Nanos = 1_000_000;
 #[derive(Clone, Debug, Default)]
 pub struct SerialInput {
     queue: Arc<Mutex<VecDeque<u8>>>,
+    /// Bytes taken from the queue so far, by every holder.
+    taken: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SerialInput {
@@ -160,7 +162,15 @@ impl SerialInput {
     pub fn take(&self, max: usize) -> Vec<u8> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let n = max.min(queue.len());
+        self.taken
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         queue.drain(..n).collect()
+    }
+
+    /// How many bytes were taken from the queue so far (by the guest's
+    /// device, or by a recording that moves them on).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
