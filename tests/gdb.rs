@@ -648,6 +648,11 @@ fn linux_under_gdb(g: &LinuxGuest) {
         .args(["-gdb", "tcp:127.0.0.1:0"]);
     let server = start_with(child);
     let (sp, pc, w) = (g.sp, g.pc, g.width);
+    let regs = if w == 8 {
+        "rip rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 eflags cs ss ds es fs gs"
+    } else {
+        "eip eax ebx ecx edx esi edi ebp esp eflags cs ss ds es fs gs"
+    };
     let commands: Vec<String> = vec![
         "echo @ENTRY\n".into(),
         format!("info registers {pc} cs ds"),
@@ -660,6 +665,8 @@ fn linux_under_gdb(g: &LinuxGuest) {
         "echo @BREAK\n".into(),
         format!("info registers {pc} cr0 efer"),
         "x/2i $pc".into(),
+        "echo @BREAKREGS\n".into(),
+        format!("info registers {regs}"),
         "stepi".into(),
         "echo @STEP\n".into(),
         format!("info registers {pc}"),
@@ -667,6 +674,19 @@ fn linux_under_gdb(g: &LinuxGuest) {
         "continue".into(),
         "echo @WATCH\n".into(),
         format!("info registers {sp}"),
+        // Backwards from here, across the checkpoints of the boot: to the
+        // breakpoint (the watchpoint deleted), one instruction before it,
+        // and forward onto it again.
+        "delete 2".into(),
+        "reverse-continue".into(),
+        "echo @RBREAK\n".into(),
+        format!("info registers {regs}"),
+        "reverse-stepi".into(),
+        "echo @RSTEP\n".into(),
+        format!("info registers {pc}"),
+        "stepi".into(),
+        "echo @FORWARD\n".into(),
+        format!("info registers {regs}"),
         "detach".into(),
     ];
     let out = gdb_batch_within(server.port, g.arch, &commands, Duration::from_secs(600));
@@ -717,6 +737,24 @@ fn linux_under_gdb(g: &LinuxGuest) {
     assert_eq!(reg_value(part("@STEP"), pc), Some(second), "{out}");
     assert!(out.contains("atchpoint 2: "), "{out}");
     assert!(part("@STEP").contains(g.watch_shows), "{out}");
+    // Reverse execution: back at the breakpoint, every register is what
+    // the forward run showed there; one instruction before, the PC is
+    // elsewhere; a step forward is at the breakpoint again, the same.
+    let at_break = part("@BREAKREGS");
+    let same = |tag: &str| {
+        let got = part(tag);
+        for name in regs.split(' ') {
+            assert_eq!(
+                reg_value(got, name),
+                reg_value(at_break, name),
+                "{tag} {name}: {out}"
+            );
+        }
+    };
+    same("@RBREAK");
+    let back = reg_value(part("@RSTEP"), pc).expect("pc");
+    assert_ne!(back, pref, "{out}");
+    same("@FORWARD");
     assert!(out.contains("detached"), "{out}");
     // Detached, the guest goes on booting.
     std::thread::sleep(Duration::from_secs(2));
