@@ -7,12 +7,14 @@
 //!
 //! How the run loop honours them (see `Vm::run`):
 //! - While anything is *armed* (a breakpoint, a watchpoint or a step), the
-//!   engine runs one instruction per unit (`Engine::set_single_step`) and
-//!   the loop runs one unit per pass, so every instruction boundary passes
-//!   through [`Debugger::before_unit`] and [`Debugger::after_unit`]. This
-//!   holds for every engine: the translator then translates one-instruction
-//!   units, so no breakpoint can hide inside a longer translated unit, and
-//!   guest memory is never patched (breakpoints live here, not in RAM).
+//!   run loop checks [`Debugger::before_unit`] before every unit and
+//!   [`Debugger::after_unit`] after it. Units on a page with a breakpoint,
+//!   and every unit while watching or stepping, run one instruction at a
+//!   time on the debugger's interpreter ([`Debugger::single_at`]); other
+//!   units run whole on the engine, and an engine that keeps its chaining
+//!   out of the breakpoints' pages (`Engine::set_break_pages`: the
+//!   translator) chains them as without a debugger. Guest memory is never
+//!   patched (breakpoints live here, not in RAM).
 //! - An instruction breakpoint is checked against the linear address of
 //!   CS:RIP before the instruction runs. The first instruction after a stop
 //!   at a breakpoint runs without that check (as the RF flag does for the
@@ -238,6 +240,14 @@ impl Debugger {
         !self.watchpoints.is_empty()
             || self.step.is_some()
             || self.breakpoints.iter().any(|&(a, _)| a >> 12 == lin >> 12)
+    }
+
+    /// The linear pages (address >> 12) holding breakpoints, sorted.
+    pub fn break_pages(&self) -> Vec<u64> {
+        let mut pages: Vec<u64> = self.breakpoints.iter().map(|&(a, _)| a >> 12).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
     }
 
     /// Whether the run loop was set up for single steps at the last resume.

@@ -178,6 +178,9 @@ pub struct Vm {
     /// must see instruction by instruction, whatever `engine` is (made on
     /// first use; it gets every invalidation `engine` gets).
     debug_interp: Option<Interpreter>,
+    /// The engine keeps its chaining out of the pages with breakpoints
+    /// (`Engine::set_break_pages`), so units off those pages may chain.
+    engine_breaks: bool,
     /// `--record` or `--replay`: the input from outside, logged or fed back
     /// at the top of each pass and where idle time follows the wall clock
     /// (`crate::replay`).
@@ -239,6 +242,7 @@ impl Vm {
             pace_idle: false,
             debugger: None,
             debug_interp: None,
+            engine_breaks: false,
             input_log: None,
             wall_clock_skips: 0,
         }
@@ -367,6 +371,7 @@ impl Vm {
     pub fn set_engine(&mut self, engine: Engine) -> Result<(), Error> {
         self.engine = new_engine(engine, self.cur)?;
         self.kind = engine;
+        self.engine_breaks = false;
         Ok(())
     }
 
@@ -648,7 +653,7 @@ impl Vm {
     fn debug_chain(&mut self, max_insns: u64) -> UnitExit {
         let horizon = self.horizon(max_insns);
         loop {
-            let Some(exit) = self.debug_unit() else {
+            let Some(exit) = self.debug_unit(horizon) else {
                 // Stopped before the unit: nothing ran.
                 return UnitExit::Event;
             };
@@ -672,7 +677,7 @@ impl Vm {
     /// instruction on the debugger's interpreter; elsewhere it is one whole
     /// unit of the chosen engine, without the engine's own chaining, so the
     /// next unit is checked again.
-    fn debug_unit(&mut self) -> Option<UnitExit> {
+    fn debug_unit(&mut self, horizon: u64) -> Option<UnitExit> {
         let cur = self.cur;
         let lin = self.code_linear(cur);
         let rip = self.cpu.rip;
@@ -685,8 +690,15 @@ impl Vm {
             }
             single = d.single_at(lin);
         }
-        // A budget at the current count lets the engine run exactly one unit.
-        self.budget = icount;
+        // A budget at the current count lets the engine run exactly one
+        // unit; an engine that keeps its chaining off the breakpoints'
+        // pages may chain up to the horizon (no watchpoint or step is set
+        // where `single` is false).
+        self.budget = if !single && self.engine_breaks {
+            horizon
+        } else {
+            icount
+        };
         let exit = if single {
             self.run_debug_insn()
         } else {
@@ -750,6 +762,8 @@ impl Vm {
         let single = d.wants_single_step();
         let watch = d.watching();
         d.set_armed(single);
+        let pages = d.break_pages();
+        self.engine_breaks = self.engine.set_break_pages(&pages);
         for i in 0..self.cpu_count() {
             let c = self.cpu_state_mut(i);
             if watch && !c.log_accesses {

@@ -49,6 +49,7 @@ impl Vm {
             pace_idle: _,
             debugger: _,
             debug_interp: _,
+            engine_breaks: _,
             input_log: _,
             wall_clock_skips: _,
         } = self;
@@ -128,6 +129,8 @@ impl Vm {
         self.tick_passes = tick_passes;
         self.pace_credit_ns = 0;
         self.engine = engine;
+        // A fresh engine knows no breakpoint pages until the next resume.
+        self.engine_breaks = false;
         // The debugger's interpreter caches decoded code of the old RAM.
         self.debug_interp = None;
         Ok(())

@@ -94,6 +94,16 @@ pub trait Engine {
     /// one unit ignores it.
     fn set_budget(&mut self, _icount_limit: u64) {}
 
+    /// The linear pages (address >> 12) that hold a debugger's breakpoints,
+    /// sorted: an engine that returns true never goes on from one unit into
+    /// a unit that starts in one of them without returning first, so the
+    /// run loop may let it chain (under the budget) between its breakpoint
+    /// checks. The default returns false: the run loop then runs one unit
+    /// per call while breakpoints are set.
+    fn set_break_pages(&mut self, _pages: &[u64]) -> bool {
+        false
+    }
+
     /// The engine's own counters for `--stats`, as printed, if it has any.
     fn stats_text(&self) -> Option<String> {
         None

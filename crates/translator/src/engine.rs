@@ -245,6 +245,9 @@ pub struct Translator {
     /// Every unit is cut to its first instruction (for harnesses that compare
     /// after every instruction, such as `x86bt difftest`).
     single_step: bool,
+    /// The linear pages holding a debugger's breakpoints, sorted: no link
+    /// or jump-cache entry leads into a unit that starts in one of them.
+    break_pages: Vec<u64>,
     /// `/tmp/perf-PID.map`, when `X86BT_PERF_MAP` is set: one line per
     /// fragment (host address, size, guest CS:IP), the format `perf report`
     /// reads to name JIT code.
@@ -329,6 +332,7 @@ impl Translator {
             cur: 0,
             stubs: Stubs::default(),
             single_step: false,
+            break_pages: Vec::new(),
             perf_map: std::env::var_os("X86BT_PERF_MAP").and_then(|_| {
                 let path = format!("/tmp/perf-{}.map", std::process::id());
                 std::fs::File::create(path)
@@ -528,8 +532,14 @@ impl Translator {
             return Lookup::Delegate(Delegation::Fetch);
         };
         let flat = flat_segments(cpu);
+        // A unit on a page with a breakpoint is entered only from here,
+        // never through a link or the jump cache.
+        let on_break_page = self.break_pages.binary_search(&(lin.0 >> 12)).is_ok();
         let link = self.vcpus[self.cur].link_request.take().filter(|r| {
-            r.icount == cpu.icount && r.rip == cpu.rip && r.cs_base == cpu.seg[sreg::CS].base
+            !on_break_page
+                && r.icount == cpu.icount
+                && r.rip == cpu.rip
+                && r.cs_base == cpu.seg[sreg::CS].base
         });
         let set = set_of(phys, key);
         let mut victim = set * WAYS + 1 - usize::from(self.recent[set]);
@@ -1018,6 +1028,19 @@ impl Engine for Translator {
         self.ctx.icount_limit = icount_limit;
     }
 
+    /// Links and jump-cache entries made before a page got a breakpoint
+    /// could lead into it: a page new to the set flushes the cache.
+    fn set_break_pages(&mut self, pages: &[u64]) -> bool {
+        if pages
+            .iter()
+            .any(|p| self.break_pages.binary_search(p).is_err())
+        {
+            self.flush();
+        }
+        self.break_pages = pages.to_vec();
+        true
+    }
+
     fn stats_text(&self) -> Option<String> {
         Some(self.stats().to_string())
     }
@@ -1099,6 +1122,66 @@ mod tests {
         assert_eq!(link_target(&t, a), base + t.slots[b].code.body as u64);
         assert_eq!(link_target(&t, b), base + t.slots[a].code.body as u64);
         assert_eq!(cpu.gpr[0] + cpu.gpr[2], 500, "one INC per unit of two");
+    }
+
+    /// A = `inc ax; jmp near B` at 0100:0000 (linear page 1), B = `inc dx;
+    /// jmp near A` at 0100:1000 (linear page 2).
+    fn two_pages() -> (CpuState, Machine, Translator) {
+        let (cpu, mut m, t) = setup();
+        m.mem
+            .load(GuestPhys(0x1000), &[0x40, 0xE9, 0xFC, 0x0F])
+            .expect("A");
+        m.mem
+            .load(GuestPhys(0x2000), &[0x42, 0xE9, 0xFC, 0xEF])
+            .expect("B");
+        (cpu, m, t)
+    }
+
+    #[test]
+    fn engine_never_chains_into_a_page_with_a_breakpoint() {
+        let (mut cpu, mut m, mut t) = two_pages();
+        t.set_budget(1_000);
+        // Without breakpoints the two units link both ways.
+        let mut calls = 0;
+        while cpu.icount < 1_000 {
+            t.run_unit(&mut cpu, &mut m);
+            calls += 1;
+        }
+        assert!(calls <= 4, "{calls} calls");
+        // A breakpoint on B's page: the links made into it go (a flush), and
+        // from now on every call that reaches B returns there first.
+        assert!(t.set_break_pages(&[2]));
+        t.set_budget(3_000);
+        let mut calls = 0;
+        while cpu.icount < 3_000 {
+            let before = cpu.icount;
+            assert_eq!(t.run_unit(&mut cpu, &mut m), UnitExit::Continue);
+            calls += 1;
+            // B is run only as a call's first unit: a call runs at most
+            // B and A (two instructions each).
+            assert!(
+                cpu.icount - before <= 4 || cpu.icount >= 3_000,
+                "ran {} instructions, to {:#x}",
+                cpu.icount - before,
+                cpu.rip
+            );
+        }
+        // Each call runs B, then A (B may still link to A), and stops at B.
+        assert!(calls >= 499, "{calls} calls");
+        // (A cross-page jump goes through the jump cache, not a link.)
+        assert!(
+            !t.vcpus[0].jc.iter().any(|e| e.rip == 0x1000 && e.addr != 0),
+            "no jump-cache entry leads to B"
+        );
+        // Without the breakpoint the links come back.
+        assert!(t.set_break_pages(&[]));
+        t.set_budget(5_000);
+        let mut calls = 0;
+        while cpu.icount < 5_000 {
+            t.run_unit(&mut cpu, &mut m);
+            calls += 1;
+        }
+        assert!(calls <= 4, "{calls} calls");
     }
 
     #[test]
