@@ -8,9 +8,10 @@
 //!   ([`Vm::icount`]). The history is a list of checkpoints (snapshots in
 //!   memory, RAM LZ4-compressed), the first one taken when the session
 //!   first resumes the guest, then one every [`INTERVAL`] instructions of
-//!   forward running. At most [`MAX_CHECKPOINTS`] are kept: past that,
-//!   every second one goes (the first and the newest stay), so the interval
-//!   doubles and memory stays bounded.
+//!   forward running. At most [`MAX_CHECKPOINTS`] are kept, holding at
+//!   most [`MAX_BYTES`] of compressed RAM: past either, every second one
+//!   goes (the first and the newest stay), so the interval doubles and
+//!   memory stays bounded.
 //! - **Going to a position** ([`History::go_to`]): restore the newest
 //!   checkpoint at or before it, run the engine at full speed to
 //!   [`APPROACH`] instructions short of it, then step one instruction at a
@@ -45,6 +46,10 @@ pub const INTERVAL: u64 = 100_000_000;
 
 /// The most checkpoints kept.
 pub const MAX_CHECKPOINTS: usize = 24;
+
+/// The most bytes of compressed RAM the checkpoints hold together (the
+/// first and the newest stay whatever their size).
+pub const MAX_BYTES: u64 = 1 << 30;
 
 /// How far short of a position the full-speed run stops before stepping.
 pub const APPROACH: u64 = 4096;
@@ -133,7 +138,15 @@ impl History {
         // guest was changed, which forgets them; keep the list in order.
         let at = self.checkpoints.partition_point(|(p, _)| *p < pos);
         self.checkpoints.insert(at, (pos, snap));
-        if self.checkpoints.len() > MAX_CHECKPOINTS {
+        let bytes = |c: &[(u64, Snapshot)]| -> u64 {
+            c.iter()
+                .flat_map(|(_, s)| &s.ram.runs)
+                .map(|r| r.block.data.len() as u64)
+                .sum()
+        };
+        while self.checkpoints.len() > 2
+            && (self.checkpoints.len() > MAX_CHECKPOINTS || bytes(&self.checkpoints) > MAX_BYTES)
+        {
             let last = self.checkpoints.len() - 1;
             let mut k = 0;
             self.checkpoints.retain(|_| {
