@@ -795,3 +795,47 @@ fn gdb_on_the_amd64_kernel_breaks_at_startup_64_steps_and_watches() {
         watch_shows: "New value",
     });
 }
+
+/// EIP from a `g` reply in the i386 layout (EAX..EDI, then EIP, as 8 hex
+/// digits each, little-endian).
+fn eip_of(g: &str) -> u32 {
+    let bytes: Vec<u8> = (0..4)
+        .map(|i| u8::from_str_radix(&g[64 + 2 * i..66 + 2 * i], 16).expect("hex"))
+        .collect();
+    u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+}
+
+#[test]
+fn reverse_steps_end_at_the_start_of_the_history_and_need_one_vcpu() {
+    let k = build_kernel("reverse-rsp.bin", false);
+    for (smp, history) in [("1", true), ("2", false)] {
+        let server = start(&k.path, "jit", &["-S", "-smp", smp]);
+        let mut link = Rsp::connect(server.port);
+        link.ask("?");
+        assert_eq!(eip_of(&link.ask("g")), ENTRY);
+        // Two steps: past `mov esp` (5 bytes) and `mov eax` (5 bytes).
+        for _ in 0..2 {
+            let stop = link.ask("s");
+            assert!(stop.starts_with('T'), "{stop}");
+        }
+        assert_eq!(eip_of(&link.ask("g")), ENTRY + 10);
+        let stop = link.ask("bs");
+        if history {
+            assert!(!stop.contains("replaylog"), "{stop}");
+            assert_eq!(eip_of(&link.ask("g")), ENTRY + 5, "smp {smp}");
+            assert!(!link.ask("bs").contains("replaylog"));
+            assert_eq!(eip_of(&link.ask("g")), ENTRY);
+            // The first resume's position is where the history begins.
+            let stop = link.ask("bs");
+            assert!(stop.contains("replaylog:begin"), "{stop}");
+            assert_eq!(eip_of(&link.ask("g")), ENTRY);
+        } else {
+            // With two vCPUs there is no history: the guest stays.
+            assert!(stop.contains("replaylog:begin"), "{stop}");
+            assert_eq!(eip_of(&link.ask("g")), ENTRY + 10, "smp {smp}");
+        }
+        link.send("k");
+        drop(link);
+        assert_eq!(server.wait(Duration::from_secs(30)), 0);
+    }
+}
