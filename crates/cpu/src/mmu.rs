@@ -394,7 +394,7 @@ pub fn seg_fault(s: usize) -> Exception {
 /// except for FS and GS, and the address (its first and last byte) must be
 /// canonical, or #SS(0) for a stack access and #GP(0) otherwise (SDM vol. 3A
 /// §3.4.4, §5.3.1).
-#[inline]
+#[inline(always)]
 pub fn seg_linear(
     cpu: &CpuState,
     s: usize,
@@ -439,7 +439,7 @@ fn seg_linear_64(cpu: &CpuState, s: usize, off: u64, size: u32) -> Result<Linear
     Ok(Linear(lin))
 }
 
-#[inline]
+#[inline(always)]
 fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     // Fast accept: present writable data.
     if attrs & (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW)
@@ -447,6 +447,12 @@ fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     {
         return Ok(());
     }
+    check_type_slow(attrs, s, acc)
+}
+
+/// [`check_type`] past its fast accept.
+#[inline(never)]
+fn check_type_slow(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     if attrs & seg_attr::P == 0 {
         return Err(seg_fault(s));
     }
@@ -1091,7 +1097,11 @@ unsafe fn host_write(h: *mut u8, size: u32, v: u64) {
 }
 
 /// Reads `size` bytes at `s:off`.
-#[inline]
+///
+/// Inlined into every handler, so the segment check and the fast-TLB probe
+/// see the handler's constant `size`; everything past the fast TLB is one
+/// out-of-line call.
+#[inline(always)]
 pub fn read(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -1105,6 +1115,18 @@ pub fn read(
         // host mapping is current (same `host_epoch`).
         return Ok(unsafe { host_read(h, size) });
     }
+    read_miss(cpu, m, lin, size)
+}
+
+/// [`read`] when the fast TLB did not answer: the slow path, then the
+/// fast-TLB refill.
+#[inline(never)]
+fn read_miss(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+) -> Result<u64, Exception> {
     let v = read_slow(cpu, m, lin, size)?;
     fast_refill(cpu, m, lin.0, size, false);
     Ok(v)
@@ -1127,8 +1149,8 @@ fn read_slow(
     read_lin(cpu, m, lin, size)
 }
 
-/// Writes `size` bytes at `s:off`.
-#[inline]
+/// Writes `size` bytes at `s:off`. Inlined as [`read`] is.
+#[inline(always)]
 pub fn write(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -1144,6 +1166,19 @@ pub fn write(
         unsafe { host_write(h, size, value) };
         return Ok(());
     }
+    write_miss(cpu, m, lin, size, value)
+}
+
+/// [`write`] when the fast TLB did not answer: the slow path, then the
+/// fast-TLB refill.
+#[inline(never)]
+fn write_miss(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    value: u64,
+) -> Result<(), Exception> {
     write_slow(cpu, m, lin, size, value)?;
     fast_refill(cpu, m, lin.0, size, true);
     Ok(())
