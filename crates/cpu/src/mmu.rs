@@ -415,7 +415,7 @@ pub fn seg_fault(s: usize) -> Exception {
 /// except for FS and GS, and the address (its first and last byte) must be
 /// canonical, or #SS(0) for a stack access and #GP(0) otherwise (SDM vol. 3A
 /// §3.4.4, §5.3.1).
-#[inline]
+#[inline(always)]
 pub fn seg_linear(
     cpu: &CpuState,
     s: usize,
@@ -460,7 +460,7 @@ fn seg_linear_64(cpu: &CpuState, s: usize, off: u64, size: u32) -> Result<Linear
     Ok(Linear(lin))
 }
 
-#[inline]
+#[inline(always)]
 fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     // Fast accept: present writable data.
     if attrs & (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW)
@@ -468,6 +468,12 @@ fn check_type(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     {
         return Ok(());
     }
+    check_type_slow(attrs, s, acc)
+}
+
+/// [`check_type`] past its fast accept.
+#[inline(never)]
+fn check_type_slow(attrs: u16, s: usize, acc: Access) -> Result<(), Exception> {
     if attrs & seg_attr::P == 0 {
         return Err(seg_fault(s));
     }
@@ -1042,6 +1048,112 @@ fn fast_host(cpu: &mut CpuState, m: &Machine, lin: u64, size: u32, write: bool) 
     Some(lin.wrapping_add(e.addend) as *mut u8)
 }
 
+/// How a data access uses the fast TLB in [`fast_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastUse {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+    /// A read then a write of the same bytes (a read-modify-write): both
+    /// entries must answer.
+    Modify,
+}
+
+/// The host address of a data access of `size` bytes at `s:off` when the
+/// checks [`read`] and [`write`] make all pass on their first, cheapest
+/// branch: in 64-bit mode a canonical access; in legacy mode a segment that
+/// is not expand-down, with the access within its limit and (in protected
+/// mode) present writable data; and a fast-TLB answer ([`fast_host`]) for every access `kind` makes.
+/// Then the access through the host address does exactly what [`read`] and
+/// [`write`] would. `None` otherwise, with nothing changed: the caller takes
+/// the full path, which faults, refills or synchronizes as needed.
+///
+/// It takes no `&mut` and calls nothing, so a handler whose fast path is
+/// this needs no stack frame of its own.
+#[inline(always)]
+pub fn fast_data(
+    cpu: &CpuState,
+    m: &Machine,
+    s: usize,
+    off: u64,
+    size: u32,
+    kind: FastUse,
+) -> Option<*mut u8> {
+    let lin = if cpu.efer & EFER_LMA != 0 {
+        // 64-bit mode as seg_linear_64 does it; compatibility mode takes the
+        // full path.
+        if cpu.seg[sreg::CS].attrs & seg_attr::L == 0 {
+            return None;
+        }
+        let base = if s >= sreg::FS { cpu.seg[s].base } else { 0 };
+        let lin = base.wrapping_add(off);
+        if !canonical(lin) || !canonical(lin.wrapping_add(u64::from(size) - 1)) {
+            return None;
+        }
+        lin
+    } else {
+        let seg = &cpu.seg[s];
+        let last = off.wrapping_add(u64::from(size) - 1);
+        let attrs = seg.attrs;
+        if attrs & (seg_attr::DC | seg_attr::CODE) == seg_attr::DC
+            || last > u64::from(seg.limit)
+            || last < off
+        {
+            return None;
+        }
+        if cpu.cr0 & cr0::PE != 0
+            && cpu.rflags & flags::VM == 0
+            && attrs & (seg_attr::P | seg_attr::S | seg_attr::CODE | seg_attr::RW)
+                != seg_attr::P | seg_attr::S | seg_attr::RW
+        {
+            return None;
+        }
+        seg.base.wrapping_add(off) & 0xFFFF_FFFF
+    };
+    if (lin & 0xFFF) + u64::from(size) > 0x1000
+        || cpu.dr[7] & 0xFF != 0
+        || (kind != FastUse::Read && cpu.log_writes)
+        || cpu.tlb.fast.host_epoch != m.mem.host_epoch()
+    {
+        return None;
+    }
+    let user = paging(cpu) && cpu.cpl() == 3;
+    let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
+    let page = lin & !0xFFF;
+    let hit = match kind {
+        FastUse::Read => e.read == page,
+        FastUse::Write => e.write == page,
+        FastUse::Modify => e.read == page && e.write == page,
+    };
+    hit.then(|| lin.wrapping_add(e.addend) as *mut u8)
+}
+
+/// Reads `size` (1, 2, 4 or 8) little-endian bytes at host address `h`.
+///
+/// # Safety
+/// `h` must be [`fast_data`]'s answer for a read or a read-modify-write of
+/// `size` bytes, with nothing run since.
+#[inline(always)]
+pub unsafe fn fast_read(h: *mut u8, size: u32) -> u64 {
+    // SAFETY: `fast_data` found a RAM page holding all `size` bytes, whose host
+    // mapping is current; the caller ran nothing since.
+    unsafe { host_read(h, size) }
+}
+
+/// Writes the low `size` (1, 2, 4 or 8) bytes of `v`, little-endian, at host
+/// address `h`.
+///
+/// # Safety
+/// `h` must be [`fast_data`]'s answer for a write or a read-modify-write of
+/// `size` bytes, with nothing run since but a [`fast_read`] of it.
+#[inline(always)]
+pub unsafe fn fast_write(h: *mut u8, size: u32, v: u64) {
+    // SAFETY: `fast_data` found a writable RAM page without cached code holding
+    // all `size` bytes, whose host mapping is current.
+    unsafe { host_write(h, size, v) }
+}
+
 /// Drops the fast TLB's host pointers when the memory map under them changed
 /// ([`x86bt_machine::memory::PhysMemory::host_epoch`]), as the translator
 /// does before it runs a fragment.
@@ -1112,7 +1224,11 @@ unsafe fn host_write(h: *mut u8, size: u32, v: u64) {
 }
 
 /// Reads `size` bytes at `s:off`.
-#[inline]
+///
+/// Inlined into every handler, so the segment check and the fast-TLB probe
+/// see the handler's constant `size`; everything past the fast TLB is one
+/// out-of-line call.
+#[inline(always)]
 pub fn read(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -1126,6 +1242,18 @@ pub fn read(
         // host mapping is current (same `host_epoch`).
         return Ok(unsafe { host_read(h, size) });
     }
+    read_miss(cpu, m, lin, size)
+}
+
+/// [`read`] when the fast TLB did not answer: the slow path, then the
+/// fast-TLB refill.
+#[inline(never)]
+fn read_miss(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+) -> Result<u64, Exception> {
     let v = read_slow(cpu, m, lin, size)?;
     fast_refill(cpu, m, lin.0, size, false);
     Ok(v)
@@ -1148,8 +1276,8 @@ fn read_slow(
     read_lin(cpu, m, lin, size)
 }
 
-/// Writes `size` bytes at `s:off`.
-#[inline]
+/// Writes `size` bytes at `s:off`. Inlined as [`read`] is.
+#[inline(always)]
 pub fn write(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -1165,6 +1293,19 @@ pub fn write(
         unsafe { host_write(h, size, value) };
         return Ok(());
     }
+    write_miss(cpu, m, lin, size, value)
+}
+
+/// [`write`] when the fast TLB did not answer: the slow path, then the
+/// fast-TLB refill.
+#[inline(never)]
+fn write_miss(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    value: u64,
+) -> Result<(), Exception> {
     write_slow(cpu, m, lin, size, value)?;
     fast_refill(cpu, m, lin.0, size, true);
     Ok(())

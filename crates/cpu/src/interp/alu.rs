@@ -4,6 +4,7 @@ use super::flags::{self, cond};
 use super::ops::*;
 use super::{Exec, Insn, Opnd};
 use crate::exception::Exception;
+use crate::mmu::{self, FastUse};
 use crate::state::flags::*;
 use crate::state::{reg, CpuState};
 use x86bt_machine::Machine;
@@ -37,7 +38,10 @@ pub fn binop<const OP: u8>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> 
     }
 }
 
-/// [`binop`] at operand size `N`, known when the unit is decoded.
+/// [`binop`] at operand size `N`, known when the unit is decoded. Out of
+/// line: the specialized forms fall back on it, and their fast paths stay
+/// free of its frame.
+#[inline(never)]
 pub fn binop_n<const OP: u8, const N: u32>(
     cpu: &mut CpuState,
     m: &mut Machine,
@@ -77,6 +81,68 @@ pub fn binop_r<const OP: u8, const N: u32, const IMM: bool>(
     let r = alu_op::<OP>(cpu, a, b, N);
     if OP != CMP && OP != TEST {
         set_gpr(cpu, idx, shift, N, r);
+    }
+    Ok(())
+}
+
+/// [`binop`] with a GPR destination and the memory operand as source, at
+/// operand size `N`: [`binop_n`]'s steps for that form (the register is read
+/// before the memory operand; neither has an effect of its own).
+pub fn binop_rm<const OP: u8, const N: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let (Opnd::Gpr { idx, shift }, Opnd::Mem) = (insn.ops[0], insn.ops[1]) else {
+        return binop_n::<OP, N>(cpu, m, insn);
+    };
+    let off = ea(cpu, &insn.mem);
+    let seg = usize::from(insn.mem.seg);
+    let Some(h) = mmu::fast_data(cpu, m, seg, off, N, FastUse::Read) else {
+        return binop_n::<OP, N>(cpu, m, insn);
+    };
+    let a = get_gpr(cpu, idx, shift, N);
+    // SAFETY: `fast_data` answered this read just now.
+    let b = unsafe { mmu::fast_read(h, N) };
+    let r = alu_op::<OP>(cpu, a, b, N);
+    if OP != CMP && OP != TEST {
+        set_gpr(cpu, idx, shift, N, r);
+    }
+    Ok(())
+}
+
+/// [`binop`] with the memory operand as destination and a GPR (`IMM` false)
+/// or an immediate (`IMM` true) as source, at operand size `N`: [`binop_n`]'s
+/// steps for that form (the segment's write check, the read, the write).
+pub fn binop_m<const OP: u8, const N: u32, const IMM: bool>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let b = match insn.ops[1] {
+        Opnd::Gpr { idx, shift } if !IMM => get_gpr(cpu, idx, shift, N),
+        Opnd::Imm(v) if IMM => v & mask(N),
+        _ => return binop_n::<OP, N>(cpu, m, insn),
+    };
+    if insn.ops[0] != Opnd::Mem {
+        return binop_n::<OP, N>(cpu, m, insn);
+    }
+    let writes = OP != CMP && OP != TEST;
+    let (s, off) = (usize::from(insn.mem.seg), ea(cpu, &insn.mem));
+    let kind = if writes {
+        FastUse::Modify
+    } else {
+        FastUse::Read
+    };
+    let Some(h) = mmu::fast_data(cpu, m, s, off, N, kind) else {
+        return binop_n::<OP, N>(cpu, m, insn);
+    };
+    // SAFETY: `fast_data` answered this access just now.
+    let a = unsafe { mmu::fast_read(h, N) };
+    let r = alu_op::<OP>(cpu, a, b, N);
+    if writes {
+        // SAFETY: as above; only the read ran since.
+        unsafe { mmu::fast_write(h, N, r) };
     }
     Ok(())
 }
@@ -131,6 +197,27 @@ pub fn incdec_n<const DEC: bool, const N: u32>(
     store(cpu, m, dst, N, r)
 }
 
+/// [`incdec`] of a GPR at operand size `N` (cannot fault).
+pub fn incdec_r<const DEC: bool, const N: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let Opnd::Gpr { idx, shift } = insn.ops[0] else {
+        return incdec_n::<DEC, N>(cpu, m, insn);
+    };
+    let a = get_gpr(cpu, idx, shift, N);
+    let cf = cpu.rflags & CF;
+    let r = if DEC {
+        flags::sub(cpu, a, 1, 0, N)
+    } else {
+        flags::add(cpu, a, 1, 0, N)
+    };
+    cpu.rflags = (cpu.rflags & !CF) | cf;
+    set_gpr(cpu, idx, shift, N, r);
+    Ok(())
+}
+
 /// NEG: 0 - x; CF = (x != 0).
 pub fn neg(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let size = insn.size();
@@ -160,10 +247,59 @@ pub fn mov(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     }
 }
 
-/// [`mov`] at operand size `N`, known when the unit is decoded.
+/// [`mov`] at operand size `N`, known when the unit is decoded. Out of line
+/// as [`binop_n`] is.
+#[inline(never)]
 pub fn mov_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let v = read_op(cpu, m, insn, 1, N)?;
     write_op(cpu, m, insn, 0, N, v)
+}
+
+/// MOV r, m at operand size `N`.
+pub fn mov_load_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let (Opnd::Gpr { idx, shift }, Opnd::Mem) = (insn.ops[0], insn.ops[1]) else {
+        return mov_n::<N>(cpu, m, insn);
+    };
+    let off = ea(cpu, &insn.mem);
+    let Some(h) = mmu::fast_data(cpu, m, usize::from(insn.mem.seg), off, N, FastUse::Read) else {
+        return mov_n::<N>(cpu, m, insn);
+    };
+    // SAFETY: `fast_data` answered this read just now.
+    let v = unsafe { mmu::fast_read(h, N) };
+    set_gpr(cpu, idx, shift, N, v);
+    Ok(())
+}
+
+/// MOV m, r (`IMM` false) and MOV m, imm (`IMM` true) at operand size `N`.
+pub fn mov_store_n<const N: u32, const IMM: bool>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
+    let v = match insn.ops[1] {
+        Opnd::Gpr { idx, shift } if !IMM => get_gpr(cpu, idx, shift, N),
+        Opnd::Imm(v) if IMM => v & mask(N),
+        _ => return mov_n::<N>(cpu, m, insn),
+    };
+    if insn.ops[0] != Opnd::Mem {
+        return mov_n::<N>(cpu, m, insn);
+    }
+    let off = ea(cpu, &insn.mem);
+    let Some(h) = mmu::fast_data(cpu, m, usize::from(insn.mem.seg), off, N, FastUse::Write) else {
+        return mov_n::<N>(cpu, m, insn);
+    };
+    // SAFETY: `fast_data` answered this write just now.
+    unsafe { mmu::fast_write(h, N, v) };
+    Ok(())
+}
+
+/// MOV r, imm at operand size `N`.
+pub fn mov_ri_n<const N: u32>(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
+    let (Opnd::Gpr { idx, shift }, Opnd::Imm(v)) = (insn.ops[0], insn.ops[1]) else {
+        return mov_n::<N>(cpu, m, insn);
+    };
+    set_gpr(cpu, idx, shift, N, v & mask(N));
+    Ok(())
 }
 
 /// MOV r, r (the hot register form).
@@ -217,6 +353,28 @@ pub fn movx_n<const SIGNED: bool, const S: u32, const D: u32>(
             insn.ins.op0_register().size() as u32
         )
     );
+    let v = match insn.ops[1] {
+        Opnd::Mem => {
+            let off = ea(cpu, &insn.mem);
+            match mmu::fast_data(cpu, m, usize::from(insn.mem.seg), off, S, FastUse::Read) {
+                // SAFETY: `fast_data` answered this read just now.
+                Some(h) => unsafe { mmu::fast_read(h, S) },
+                None => return movx_slow::<SIGNED, S, D>(cpu, m, insn),
+            }
+        }
+        _ => read_op(cpu, m, insn, 1, S)?,
+    };
+    let v = if SIGNED { sext(v, S) as u64 } else { v };
+    write_op(cpu, m, insn, 0, D, v)
+}
+
+/// [`movx_n`] through the full memory path.
+#[inline(never)]
+fn movx_slow<const SIGNED: bool, const S: u32, const D: u32>(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    insn: &Insn,
+) -> Exec {
     let v = read_op(cpu, m, insn, 1, S)?;
     let v = if SIGNED { sext(v, S) as u64 } else { v };
     write_op(cpu, m, insn, 0, D, v)

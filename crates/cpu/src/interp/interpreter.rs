@@ -70,26 +70,27 @@ pub struct Interpreter {
     /// The chain horizon ([`Engine::set_budget`]): units follow each other
     /// inside [`Engine::run_unit`] while `icount` is below it.
     budget: u64,
-    /// The unit the chain looked up last, for the next unit of the same
-    /// chain: a loop that branches back to its own start.
-    again: Option<Again>,
+    /// Lookups of units of the current chain, valid while `lookup_gen`
+    /// stays: the units of a loop skip the lookup after its first iteration.
+    lookups: [Remembered; LOOKUPS],
+    /// Bumped whenever a remembered lookup may no longer hold: a new chain
+    /// (between calls the run loop may invalidate units or run another
+    /// vCPU), a change of [`LookupCtx`], a unit decoded or invalidated. It
+    /// starts at 1, so the empty entries (generation 0) never hold.
+    lookup_gen: u64,
+    /// The context of the remembered lookups.
+    lookup_ctx: Option<LookupCtx>,
 }
 
-/// A unit's lookup and what its answer depended on: the mode, CS:IP, the CS
+/// What a unit's lookup answer depends on besides CS:IP: the mode, the CS
 /// base and limit, the privilege, CR0 (paging), the TLB contents (the fetch
-/// translation) and the A20 gate. While none of those changed, and no other unit ran
-/// (nothing was decoded or invalidated, so the slot still holds the unit),
-/// the lookup would give the same slot again and have no effect of its own
-/// (the fetch translation hits the TLB): a unit that loops on itself skips
-/// it. Only a unit that stays in its page is kept (the next page would need
-/// its own translation).
-#[derive(Clone, Copy, Debug)]
-struct Again {
-    s: usize,
-    rip: u64,
+/// translation) and the A20 gate. While none of those changed, and no unit was
+/// decoded or invalidated (so every slot still holds its unit), the lookup at
+/// the same CS:IP gives the same slot again and has no effect of its own (the
+/// fetch translation hits the TLB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LookupCtx {
     key: CpuMode,
-    lin: Linear,
-    phys: u64,
     tlb_epoch: u64,
     cs_base: u64,
     cs_limit: u32,
@@ -98,15 +99,11 @@ struct Again {
     a20: u64,
 }
 
-impl Again {
-    fn of(cpu: &CpuState, m: &Machine, key: CpuMode, (lin, phys): (Linear, u64), s: usize) -> Self {
+impl LookupCtx {
+    fn of(cpu: &CpuState, m: &Machine, key: CpuMode) -> Self {
         let cs = &cpu.seg[sreg::CS];
         Self {
-            s,
-            rip: cpu.rip,
             key,
-            lin,
-            phys,
             tlb_epoch: cpu.tlb.epoch(),
             cs_base: cs.base,
             cs_limit: cs.limit,
@@ -116,12 +113,11 @@ impl Again {
         }
     }
 
-    /// Whether the lookup at CS:IP now would give this answer.
+    /// Whether the current state has this context.
     #[inline(always)]
     fn holds(&self, cpu: &CpuState, m: &Machine, key: CpuMode) -> bool {
         let cs = &cpu.seg[sreg::CS];
-        self.rip == cpu.rip
-            && self.key == key
+        self.key == key
             && self.tlb_epoch == cpu.tlb.epoch()
             && self.cs_base == cs.base
             && self.cs_limit == cs.limit
@@ -129,6 +125,37 @@ impl Again {
             && self.cr0 == cpu.cr0
             && self.a20 == m.mem.a20_mask()
     }
+}
+
+/// Number of entries of the lookup cache (a power of two).
+const LOOKUPS: usize = 64;
+
+/// One remembered lookup: the unit at `rip` is in slot `s`, at linear `lin`
+/// and physical `phys`. It holds while [`Interpreter::lookup_gen`] is still
+/// `gen` (see [`LookupCtx`] for what that covers). Only a unit that stays in
+/// its page is remembered (the next page would need its own translation).
+#[derive(Clone, Copy, Debug)]
+struct Remembered {
+    rip: u64,
+    gen: u64,
+    lin: Linear,
+    phys: u64,
+    s: u32,
+}
+
+impl Remembered {
+    const EMPTY: Self = Self {
+        rip: 0,
+        gen: 0,
+        lin: Linear(0),
+        phys: 0,
+        s: 0,
+    };
+}
+
+#[inline(always)]
+fn lookup_index(rip: u64) -> usize {
+    ((rip ^ (rip >> 6)) as usize) & (LOOKUPS - 1)
 }
 
 impl Default for Interpreter {
@@ -221,7 +248,9 @@ impl Interpreter {
             stats: CacheStats::default(),
             single_step: false,
             budget: 0,
-            again: None,
+            lookups: [Remembered::EMPTY; LOOKUPS],
+            lookup_gen: 1,
+            lookup_ctx: None,
         }
     }
 
@@ -249,6 +278,7 @@ impl Interpreter {
         slot.valid = true;
         slot.next_phys = fetched.next_phys;
         self.stats.misses += 1;
+        self.lookup_gen += 1;
         self.stats.decoded_insns += self.scratch.count as u64;
         // Track the pages the unit's bytes came from, so writes invalidate it.
         let unit = &self.scratch;
@@ -329,9 +359,17 @@ impl Interpreter {
     #[inline(always)]
     fn run_one(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         let key = CpuMode::of(cpu);
-        let again = self.again.take().filter(|a| a.holds(cpu, m, key));
-        let (lin, phys) = match again {
-            Some(a) => (a.lin, a.phys),
+        if !self.lookup_ctx.is_some_and(|c| c.holds(cpu, m, key)) {
+            self.lookup_ctx = Some(LookupCtx::of(cpu, m, key));
+            self.lookup_gen += 1;
+        }
+        let li = lookup_index(cpu.rip);
+        let known = {
+            let r = self.lookups[li];
+            (r.rip == cpu.rip && r.gen == self.lookup_gen).then_some(r)
+        };
+        let (lin, phys) = match known {
+            Some(r) => (r.lin, r.phys),
             None => match code_address(cpu, m, key) {
                 Ok(a) => a,
                 Err(e) => {
@@ -349,26 +387,34 @@ impl Interpreter {
         if cpu.rflags & RF != 0 {
             cpu.rflags &= !RF;
         }
-        let s = match again {
-            Some(a) => {
+        let s = match known {
+            Some(r) => {
+                let s = r.s as usize;
                 debug_assert!({
-                    let slot = &self.slots[a.s];
+                    let slot = &self.slots[s];
                     slot.valid && slot.phys == phys && slot.key == key
                 });
                 self.stats.hits += 1;
-                a.s
+                s
             }
             None => {
                 let s = self.lookup(cpu, m, key, (lin, phys));
-                match s {
+                let s = match s {
                     Ok(s) => s,
                     Err(e) => return self.fault_before_unit(cpu, m, e),
+                };
+                if self.slots[s].next_phys == NO_PAGE {
+                    self.lookups[li] = Remembered {
+                        rip: cpu.rip,
+                        gen: self.lookup_gen,
+                        lin,
+                        phys,
+                        s: s as u32,
+                    };
                 }
+                s
             }
         };
-        if self.slots[s].next_phys == NO_PAGE {
-            self.again = Some(Again::of(cpu, m, key, (lin, phys), s));
-        }
         // Under an interrupt shadow (after MOV SS, POP SS, STI), with TF set, or
         // with instruction breakpoints armed, only one instruction runs, so the run
         // loop sees the boundary after it.
@@ -469,7 +515,7 @@ impl Engine for Interpreter {
     /// can be taken, and calls again if not).
     fn run_unit(&mut self, cpu: &mut CpuState, m: &mut Machine) -> UnitExit {
         // Between calls the run loop may invalidate units or run another vCPU.
-        self.again = None;
+        self.lookup_gen += 1;
         loop {
             let exit = self.run_one(cpu, m);
             if exit != UnitExit::Continue || cpu.icount >= self.budget || cpu.pause_hint || m.intr()
@@ -484,6 +530,7 @@ impl Engine for Interpreter {
     }
 
     fn invalidate_pages(&mut self, pages: &[u64]) {
+        self.lookup_gen += 1;
         for &page in pages {
             if let Some(list) = self.page_index.remove(&page) {
                 for s in list {
@@ -498,6 +545,7 @@ impl Engine for Interpreter {
     }
 
     fn flush(&mut self) {
+        self.lookup_gen += 1;
         for s in &mut self.slots {
             s.valid = false;
         }

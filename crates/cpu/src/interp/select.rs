@@ -269,13 +269,60 @@ fn mov(ins: &Instruction) -> Option<Handler> {
             _ => alu::mov_rr_n::<8>,
         }
     } else {
-        match super::operand_size(ins) {
-            1 => alu::mov_n::<1>,
-            2 => alu::mov_n::<2>,
-            4 => alu::mov_n::<4>,
+        let size = super::operand_size(ins);
+        let (dst, src) = (form(ins, 0), form(ins, 1));
+        match (dst, src, size) {
+            (Form::Gpr, Form::Mem, 1) => alu::mov_load_n::<1>,
+            (Form::Gpr, Form::Mem, 2) => alu::mov_load_n::<2>,
+            (Form::Gpr, Form::Mem, 4) => alu::mov_load_n::<4>,
+            (Form::Gpr, Form::Mem, _) => alu::mov_load_n::<8>,
+            (Form::Mem, Form::Gpr, 1) => alu::mov_store_n::<1, false>,
+            (Form::Mem, Form::Gpr, 2) => alu::mov_store_n::<2, false>,
+            (Form::Mem, Form::Gpr, 4) => alu::mov_store_n::<4, false>,
+            (Form::Mem, Form::Gpr, _) => alu::mov_store_n::<8, false>,
+            (Form::Mem, Form::Imm, 1) => alu::mov_store_n::<1, true>,
+            (Form::Mem, Form::Imm, 2) => alu::mov_store_n::<2, true>,
+            (Form::Mem, Form::Imm, 4) => alu::mov_store_n::<4, true>,
+            (Form::Mem, Form::Imm, _) => alu::mov_store_n::<8, true>,
+            (Form::Gpr, Form::Imm, 1) => alu::mov_ri_n::<1>,
+            (Form::Gpr, Form::Imm, 2) => alu::mov_ri_n::<2>,
+            (Form::Gpr, Form::Imm, 4) => alu::mov_ri_n::<4>,
+            (Form::Gpr, Form::Imm, _) => alu::mov_ri_n::<8>,
+            (_, _, 1) => alu::mov_n::<1>,
+            (_, _, 2) => alu::mov_n::<2>,
+            (_, _, 4) => alu::mov_n::<4>,
             _ => alu::mov_n::<8>,
         }
     })
+}
+
+/// The kind of an operand, as [`super::Insn::prepare`] prepares it, for the
+/// handlers specialized by form.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Gpr,
+    Mem,
+    Imm,
+    Other,
+}
+
+fn form(ins: &Instruction, i: u32) -> Form {
+    if i >= ins.op_count() {
+        return Form::Other;
+    }
+    match ins.op_kind(i) {
+        OpKind::Register if ins.op_register(i).is_gpr() => Form::Gpr,
+        OpKind::Memory => Form::Mem,
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Form::Imm,
+        _ => Form::Other,
+    }
 }
 
 // The hot integer forms get a handler specialized by operand size (and, for
@@ -305,9 +352,35 @@ fn binop<const OP: u8>(ins: &Instruction) -> Handler {
         (2, _, true) => alu::binop_r::<OP, 2, true>,
         (4, _, true) => alu::binop_r::<OP, 4, true>,
         (8, _, true) => alu::binop_r::<OP, 8, true>,
-        (1, ..) => alu::binop_n::<OP, 1>,
-        (2, ..) => alu::binop_n::<OP, 2>,
-        (4, ..) => alu::binop_n::<OP, 4>,
+        _ if ins.op_count() == 2 => match (form(ins, 0), form(ins, 1)) {
+            (Form::Gpr, Form::Mem) => binop_sized::<OP>(size, 0),
+            (Form::Mem, Form::Gpr) => binop_sized::<OP>(size, 1),
+            (Form::Mem, Form::Imm) => binop_sized::<OP>(size, 2),
+            _ => binop_sized::<OP>(size, 3),
+        },
+        _ => binop_sized::<OP>(size, 3),
+    }
+}
+
+/// The [`binop`] handler of `size` bytes for form `f`: 0 GPR <- memory, 1
+/// memory <- GPR, 2 memory <- immediate, 3 any.
+fn binop_sized<const OP: u8>(size: u8, f: u8) -> Handler {
+    match (f, size) {
+        (0, 1) => alu::binop_rm::<OP, 1>,
+        (0, 2) => alu::binop_rm::<OP, 2>,
+        (0, 4) => alu::binop_rm::<OP, 4>,
+        (0, _) => alu::binop_rm::<OP, 8>,
+        (1, 1) => alu::binop_m::<OP, 1, false>,
+        (1, 2) => alu::binop_m::<OP, 2, false>,
+        (1, 4) => alu::binop_m::<OP, 4, false>,
+        (1, _) => alu::binop_m::<OP, 8, false>,
+        (2, 1) => alu::binop_m::<OP, 1, true>,
+        (2, 2) => alu::binop_m::<OP, 2, true>,
+        (2, 4) => alu::binop_m::<OP, 4, true>,
+        (2, _) => alu::binop_m::<OP, 8, true>,
+        (_, 1) => alu::binop_n::<OP, 1>,
+        (_, 2) => alu::binop_n::<OP, 2>,
+        (_, 4) => alu::binop_n::<OP, 4>,
         _ => alu::binop_n::<OP, 8>,
     }
 }
@@ -322,6 +395,14 @@ fn shift_for<const OP: u8>(ins: &Instruction) -> Handler {
 }
 
 fn incdec<const DEC: bool>(ins: &Instruction) -> Handler {
+    if form(ins, 0) == Form::Gpr {
+        return match super::operand_size(ins) {
+            1 => alu::incdec_r::<DEC, 1>,
+            2 => alu::incdec_r::<DEC, 2>,
+            4 => alu::incdec_r::<DEC, 4>,
+            _ => alu::incdec_r::<DEC, 8>,
+        };
+    }
     match super::operand_size(ins) {
         1 => alu::incdec_n::<DEC, 1>,
         2 => alu::incdec_n::<DEC, 2>,
