@@ -13,7 +13,7 @@
 //!   time on the debugger's interpreter ([`Debugger::single_at`]); other
 //!   units run whole on the engine, and an engine that keeps its chaining
 //!   out of the breakpoints' pages (`Engine::set_break_pages`: the
-//!   translator) chains them as without a debugger. Guest memory is never
+//!   translator and the interpreter) chains them as without a debugger. Guest memory is never
 //!   patched (breakpoints live here, not in RAM).
 //! - An instruction breakpoint is checked against the linear address of
 //!   CS:RIP before the instruction runs. The first instruction after a stop

@@ -70,6 +70,10 @@ pub struct Interpreter {
     /// The chain horizon ([`Engine::set_budget`]): units follow each other
     /// inside [`Engine::run_unit`] while `icount` is below it.
     budget: u64,
+    /// The linear pages holding a debugger's breakpoints, sorted
+    /// ([`Engine::set_break_pages`]): the chain stops before a unit that
+    /// starts on one of them.
+    break_pages: Vec<u64>,
     /// Lookups of units of the current chain, valid while `lookup_gen`
     /// stays: the units of a loop skip the lookup after its first iteration.
     lookups: [Remembered; LOOKUPS],
@@ -248,6 +252,7 @@ impl Interpreter {
             stats: CacheStats::default(),
             single_step: false,
             budget: 0,
+            break_pages: Vec::new(),
             lookups: [Remembered::EMPTY; LOOKUPS],
             lookup_gen: 1,
             lookup_ctx: None,
@@ -522,7 +527,20 @@ impl Engine for Interpreter {
             {
                 return exit;
             }
+            if !self.break_pages.is_empty() {
+                let next = code_linear(cpu, CpuMode::of(cpu)).0 >> 12;
+                if self.break_pages.binary_search(&next).is_ok() {
+                    return exit;
+                }
+            }
         }
+    }
+
+    /// Nothing is cached across calls that the set changes: only the chain
+    /// inside one call looks at it.
+    fn set_break_pages(&mut self, pages: &[u64]) -> bool {
+        self.break_pages = pages.to_vec();
+        true
     }
 
     fn set_budget(&mut self, icount_limit: u64) {
@@ -579,6 +597,32 @@ mod tests {
         cpu.seg[sreg::CS] = Segment::real(0x0100);
         cpu.rip = 0;
         (cpu, m, Interpreter::new())
+    }
+
+    #[test]
+    fn chain_stops_before_a_unit_on_a_page_with_a_breakpoint() {
+        // A = `inc ax; jmp near B` at 0100:0000 (linear page 1), B = `inc
+        // dx; jmp near A` at 0100:1000 (linear page 2).
+        let (mut cpu, mut m, mut it) = setup(&[0x40, 0xE9, 0xFC, 0x0F]);
+        m.mem
+            .load(GuestPhys(0x2000), &[0x42, 0xE9, 0xFC, 0xEF])
+            .expect("B");
+        it.set_budget(1_000);
+        it.run_unit(&mut cpu, &mut m);
+        assert_eq!(cpu.icount, 1_000, "without breakpoints one call chains on");
+        assert!(it.set_break_pages(&[2]));
+        it.set_budget(2_000);
+        while cpu.icount < 2_000 {
+            let before = cpu.icount;
+            it.run_unit(&mut cpu, &mut m);
+            // B runs only as a call's first unit.
+            assert!(
+                cpu.icount - before <= 4,
+                "{} instructions",
+                cpu.icount - before
+            );
+            assert!(cpu.rip == 0x1000 || cpu.icount >= 2_000, "{:#x}", cpu.rip);
+        }
     }
 
     #[test]
