@@ -208,13 +208,10 @@ impl History {
         if !Self::possible(vm) || now == 0 {
             return Landing::Begin;
         }
+        // None: the history starts here.
         let Some(k) = self.base_for(now - 1) else {
             return Landing::Begin;
         };
-        if self.checkpoints[k].0 == now {
-            // Already at the start of the history.
-            return Landing::Begin;
-        }
         let points = vm.debugger.as_mut().map(|d| d.take_points());
         let result = self.step_back(vm, k, now);
         if let (Some(d), Some(p)) = (vm.debugger.as_mut(), points) {
