@@ -212,12 +212,7 @@ impl History {
         let Some(k) = self.base_for(now - 1) else {
             return Landing::Begin;
         };
-        let points = vm.debugger.as_mut().map(|d| d.take_points());
-        let result = self.step_back(vm, k, now);
-        if let (Some(d), Some(p)) = (vm.debugger.as_mut(), points) {
-            d.set_points(p);
-        }
-        match result {
+        match self.step_back(vm, k, now) {
             Ok(()) => Landing::Stepped,
             Err(e) => self.gave_up(vm, k, &e),
         }
@@ -228,7 +223,17 @@ impl History {
     /// instructions (a repeated string instruction's batch) and passed it,
     /// again to the last boundary seen before `now`; where the full-speed
     /// run passed it, again from further away.
+    /// The breakpoints and watchpoints are out of the way meanwhile.
     fn step_back(&mut self, vm: &mut Vm, k: usize, now: u64) -> Result<(), String> {
+        let points = vm.debugger.as_mut().map(|d| d.take_points());
+        let result = self.step_back_bare(vm, k, now);
+        if let (Some(d), Some(p)) = (vm.debugger.as_mut(), points) {
+            d.set_points(p);
+        }
+        result
+    }
+
+    fn step_back_bare(&mut self, vm: &mut Vm, k: usize, now: u64) -> Result<(), String> {
         let base = self.checkpoints[k].0;
         let mut target = now - 1;
         let mut approach = APPROACH;
@@ -274,12 +279,7 @@ impl History {
                     // guest stops before the instruction that made it.
                     if matches!(stop, StopReason::Watch { .. }) {
                         let at = vm.icount();
-                        let points = vm.debugger.as_mut().map(|d| d.take_points());
-                        let result = self.step_back(vm, k, at);
-                        if let (Some(d), Some(p)) = (vm.debugger.as_mut(), points) {
-                            d.set_points(p);
-                        }
-                        if let Err(e) = result {
+                        if let Err(e) = self.step_back(vm, k, at) {
                             return self.gave_up(vm, k, &e);
                         }
                     }
