@@ -27,7 +27,14 @@ the executable view's addresses; without it the second version of a block is
 missed (`--self-check` shows both).
 
 Usage: scripts/host_insns.py [--arch 32|64|both] [--only NAME,...]
-                             [--budget GUEST_INSNS] [--self-check] [-v]
+                             [--budget GUEST_INSNS] [--top K] [-v]
+       scripts/host_insns.py --self-check
+       scripts/host_insns.py --cross-check [--arch ...] [--only ...] [--budget ...]
+
+--cross-check counts one iteration of each workload a second way, with the
+CPU's trap flag (scripts/ptrace_steps.c, PTRACE_SINGLESTEP; no valgrind), and
+prints it beside callgrind's figure: the per-instruction oracle checked
+against the hardware.
 (X86BT=path picks another x86bt binary; the default is target/release/x86bt.)
 Python 3 standard library only; needs valgrind and gcc (the kernels are the
 ones `x86bt bench --native` builds; when none is built yet, this runs it once).
@@ -112,7 +119,7 @@ def kernels_dir():
 
 # --- callgrind -------------------------------------------------------------
 
-def parse_callgrind(path, ranges):
+def parse_callgrind(path, ranges, per_addr=None):
     """Self cost (Ir) in all and inside `ranges` (sorted (start, end, kind)),
     from a callgrind file written with --dump-instr=yes.
 
@@ -124,7 +131,8 @@ def parse_callgrind(path, ranges):
     position still counts for the next relative one. Names are compressed as
     "(id) name" the first time and "(id)" later. Code without an ELF file
     behind it (the JIT's memfd) is object "???", at absolute addresses.
-    Returns (total, [Ir per range], Ir of "???" outside the ranges)."""
+    Returns (total, [Ir per range], Ir of "???" outside the ranges); with
+    per_addr (a dict), also adds up the Ir of each "???" address in it."""
     starts = [r[0] for r in ranges]
     obj_names = {}
     obj = None
@@ -158,6 +166,8 @@ def parse_callgrind(path, ranges):
                 total += ir
                 if obj == "???":
                     a = pos[0]
+                    if per_addr is not None:
+                        per_addr[a] = per_addr.get(a, 0) + ir
                     k = bisect.bisect_right(starts, a) - 1
                     if k >= 0 and a < ranges[k][1]:
                         inside[k] += ir
@@ -294,6 +304,75 @@ def self_check(workdir):
     return ok
 
 
+# --- the cross-check with the CPU's own single steps ------------------------
+
+def by_fragment(per_addr, ranges):
+    """{(perf map text, offset in it): Ir} of the addresses in `ranges`: the
+    same code has other host addresses in another process."""
+    starts = [r[0] for r in ranges]
+    d = {}
+    for a, c in per_addr.items():
+        k = bisect.bisect_right(starts, a) - 1
+        if k >= 0 and a < ranges[k][1]:
+            key = (ranges[k][3], a - ranges[k][0])
+            d[key] = d.get(key, 0) + c
+    return d
+
+
+def cross_check(arch, workload, kernel, budget, workdir, stepper):
+    """One iteration counted by ptrace_steps.c (PTRACE_SINGLESTEP) against
+    callgrind's (2N - N) / N. The window runs from one entry of a fragment
+    that callgrind saw entered once an iteration to its next entry, in the
+    third iteration, with ASLR off so that a run outside valgrind can tell
+    the stepped run where that fragment is."""
+    one, two = run_native(kernel, workload, 1), run_native(kernel, workload, 2)
+    n = max(2, round(budget / (two - one)))
+    env = dict(os.environ, X86BT_PERF_MAP="1")
+    cg = []
+    for iters in (n, 2 * n):
+        text, out, pid = callgrind(x86bt_cmd(kernel, workload, iters), PASS_STATUS, workdir, env)
+        map_path = "/tmp/perf-%s.map" % pid
+        ranges = perf_map_ranges(map_path)
+        per_addr = {}
+        total, _, _ = parse_callgrind(out, ranges, per_addr)
+        os.remove(out)
+        os.remove(map_path)
+        cg.append((guest_insns(text), total, by_fragment(per_addr, ranges)))
+    guest = (cg[1][0] - cg[0][0]) / n
+    total_cg = (cg[1][1] - cg[0][1]) / n
+    frags = {k: v - cg[0][2].get(k, 0) for k, v in cg[1][2].items()}
+    buf_cg = sum(frags.values()) / n
+    once = sorted(k for k, v in frags.items() if k[1] == 0 and v == n and cg[0][2].get(k))
+    if not once:
+        sys.exit("%s: no fragment is entered once an iteration" % workload)
+    mark = once[0][0]
+    norandom = ["setarch", "-R"]
+    p = subprocess.Popen(norandom + x86bt_cmd(kernel, workload, n), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.wait()
+    map_path = "/tmp/perf-%d.map" % p.pid
+    addr = [r[0] for r in perf_map_ranges(map_path) if r[3] == mark][0]
+    os.remove(map_path)
+    out = os.path.join(workdir, "steps.txt")
+    subprocess.run(norandom + [stepper, "-b", "%x" % addr, "-s", "2", "-p", "-n", "100000000",
+                               out] + x86bt_cmd(kernel, workload, n), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = open(out).read().split("\n")
+    head = dict(l.split() for l in lines[:4])
+    map_path = "/tmp/perf-%s.map" % head["pid"]
+    ranges = perf_map_ranges(map_path)
+    os.remove(map_path)
+    if [r[0] for r in ranges if r[3] == mark] != [addr]:
+        sys.exit("%s: the stepped run put the fragment elsewhere (ASLR?)" % workload)
+    per_addr = {int(a, 16): int(c) for a, c in (l.split() for l in lines[4:] if l)}
+    buf_st = sum(by_fragment(per_addr, ranges).values())
+    steps = int(head["steps"])
+    print("%-4d %-8s %9.0f %11.0f %11d %7.4f %7.4f %11.0f %11d %7.4f %7.4f"
+          % (arch, workload, guest, buf_cg, buf_st, buf_cg / guest, buf_st / guest,
+             total_cg, steps, total_cg / guest, steps / guest))
+    sys.stdout.flush()
+
+
 # --- the table ---------------------------------------------------------------
 
 def measure(arch, workload, kernel, budget, workdir, verbose, top):
@@ -351,6 +430,9 @@ def main():
     ap.add_argument("--kernels", help="a native-* build directory (default: found)")
     ap.add_argument("--self-check", action="store_true",
                     help="only check the counting on a dual-mapped loop of known length")
+    ap.add_argument("--cross-check", action="store_true",
+                    help="instead of the table, count one iteration of each workload with "
+                    "ptrace single steps (scripts/ptrace_steps.c) and compare with callgrind")
     ap.add_argument("--top", type=int, default=0,
                     help="also print the K fragments with the most host instructions (stderr)")
     ap.add_argument("-v", "--verbose", action="store_true",
@@ -362,6 +444,21 @@ def main():
         kdir = a.kernels or kernels_dir()
         arches = [32, 64] if a.arch == "both" else [int(a.arch)]
         names = [w for w in a.only.split(",") if w]
+        if a.cross_check:
+            stepper = os.path.join(workdir, "ptrace_steps")
+            subprocess.run(["gcc", "-O2", "-o", stepper,
+                            os.path.join(ROOT, "scripts", "ptrace_steps.c")], check=True)
+            print("one iteration: host instructions in the code buffer and in all, by "
+                  "callgrind ((2N - N) / N) and by ptrace single steps (the 3rd iteration)")
+            print("%-4s %-8s %9s %11s %11s %7s %7s %11s %11s %7s %7s"
+                  % ("arch", "workload", "guest", "buf cg", "buf ptrace", "cg/g", "pt/g",
+                     "total cg", "total pt", "cg/g", "pt/g"))
+            sys.stdout.flush()
+            for arch in arches:
+                for w in names:
+                    cross_check(arch, w, os.path.join(kdir, "kernel%d.bin" % arch),
+                                a.budget, workdir, stepper)
+            return
         print("host instructions per guest instruction, x86bt --engine jit, counted by "
               "callgrind (--smc-check=all): differences between runs of 2N and N "
               "iterations")
