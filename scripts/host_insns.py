@@ -39,7 +39,7 @@ against the hardware.
 Python 3 standard library only; needs valgrind and gcc (the kernels are the
 ones `x86bt bench --native` builds; when none is built yet, this runs it once).
 """
-import argparse, bisect, glob, math, os, re, subprocess, sys, tempfile, time
+import argparse, bisect, glob, math, os, re, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X86BT = os.environ.get("X86BT", os.path.join(ROOT, "target", "release", "x86bt"))
@@ -438,6 +438,11 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="also print each run's raw counts (stderr)")
     a = ap.parse_args()
+    for tool in ("valgrind", "gcc"):
+        if shutil.which(tool) is None:
+            sys.exit("%s is not on PATH (Debian: apt-get install %s)" % (tool, tool))
+    if not os.path.isfile(X86BT):
+        sys.exit("%s does not exist (cargo build --release, or X86BT=path)" % X86BT)
     with tempfile.TemporaryDirectory(prefix="host-insns-") as workdir:
         if a.self_check:
             sys.exit(0 if self_check(workdir) else 1)
@@ -445,6 +450,8 @@ def main():
         arches = [32, 64] if a.arch == "both" else [int(a.arch)]
         names = [w for w in a.only.split(",") if w]
         if a.cross_check:
+            if shutil.which("setarch") is None:
+                sys.exit("setarch is not on PATH (Debian: util-linux)")
             stepper = os.path.join(workdir, "ptrace_steps")
             subprocess.run(["gcc", "-O2", "-o", stepper,
                             os.path.join(ROOT, "scripts", "ptrace_steps.c")], check=True)
