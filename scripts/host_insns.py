@@ -319,6 +319,10 @@ def by_fragment(per_addr, ranges):
     return d
 
 
+# At most this many single steps (about an hour at 30 us a step).
+STEP_LIMIT = 100_000_000
+
+
 def cross_check(arch, workload, kernel, budget, workdir, stepper):
     """One iteration counted by ptrace_steps.c (PTRACE_SINGLESTEP) against
     callgrind's (2N - N) / N. The window runs from one entry of a fragment
@@ -354,7 +358,7 @@ def cross_check(arch, workload, kernel, budget, workdir, stepper):
     addr = [r[0] for r in perf_map_ranges(map_path) if r[3] == mark][0]
     os.remove(map_path)
     out = os.path.join(workdir, "steps.txt")
-    subprocess.run(norandom + [stepper, "-b", "%x" % addr, "-s", "2", "-p", "-n", "100000000",
+    subprocess.run(norandom + [stepper, "-b", "%x" % addr, "-s", "2", "-p", "-n", str(STEP_LIMIT),
                                out] + x86bt_cmd(kernel, workload, n), env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lines = open(out).read().split("\n")
@@ -367,6 +371,8 @@ def cross_check(arch, workload, kernel, budget, workdir, stepper):
     per_addr = {int(a, 16): int(c) for a, c in (l.split() for l in lines[4:] if l)}
     buf_st = sum(by_fragment(per_addr, ranges).values())
     steps = int(head["steps"])
+    if steps >= STEP_LIMIT:
+        sys.exit("%s: no second entry of the fragment in %d steps" % (workload, steps))
     print("%-4d %-8s %9.0f %11.0f %11d %7.4f %7.4f %11.0f %11d %7.4f %7.4f"
           % (arch, workload, guest, buf_cg, buf_st, buf_cg / guest, buf_st / guest,
              total_cg, steps, total_cg / guest, steps / guest))

@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
     argc -= optind - 1;
     argv += optind - 1;
     if (argc < 3 || !bp != !window) {
-        fprintf(stderr, "usage: ptrace_steps [-b HEXADDR -n STEPS [-s SKIP]] OUT COMMAND [ARGS...]\n");
+        fprintf(stderr, "usage: ptrace_steps [-b HEXADDR -n STEPS [-s SKIP] [-p]] OUT COMMAND [ARGS...]\n");
         return 2;
     }
     keys = calloc(cap, 8);
