@@ -249,8 +249,8 @@ pub struct Translator {
     /// or jump-cache entry leads into a unit that starts in one of them.
     break_pages: Vec<u64>,
     /// `/tmp/perf-PID.map`, when `X86BT_PERF_MAP` is set: one line per
-    /// fragment (host address, size, guest CS:IP), the format `perf report`
-    /// reads to name JIT code.
+    /// fragment (host address, size, guest CS:IP) and one for the stubs,
+    /// the format `perf report` reads to name JIT code.
     perf_map: Option<std::io::BufWriter<std::fs::File>>,
 }
 
@@ -506,12 +506,23 @@ impl Translator {
             runtime::helper_address(),
             runtime::fill_address(),
         );
-        let placed = ops.finalize().ok().and_then(|bytes| code.append(&bytes));
-        let Some(at) = placed else {
+        let placed = ops
+            .finalize()
+            .ok()
+            .and_then(|bytes| Some((code.append(&bytes)?, bytes.len())));
+        let Some((at, len)) = placed else {
             self.code = None;
             return;
         };
         let base = code.exec_base() as u64 + at as u64;
+        // Named too, so that a profile (or `scripts/host_insns.py`) can tell
+        // the stubs from the run loop: they are translated code's way in,
+        // out and to the helpers.
+        if let Some(f) = &mut self.perf_map {
+            use std::io::Write;
+            let _ = writeln!(f, "{base:x} {len:x} x86bt-jit stubs");
+            let _ = f.flush();
+        }
         self.stubs = Stubs {
             enter: base + off.enter as u64,
             leave: base + off.leave as u64,
