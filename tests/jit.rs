@@ -1266,3 +1266,76 @@ fn run_to_gp_frame(
     vm.machine.mem.read_bytes(GuestPhys(0x5000), &mut frame);
     (out, vm.cpu.icount, vm.cpu.gpr, u32::from_le_bytes(frame))
 }
+
+/// One load instruction reads a dword at three addresses on linear page
+/// 0x50, then at 0x4FFFE, whose first two bytes are on page 0x4F. The two
+/// pages map to physical pages 0x90 and 0x70, not adjacent, and the physical
+/// page before 0x70 holds other bytes. The crossing read must take its first
+/// half from physical 0x90FFE and its second from 0x70000: the expected
+/// values are worked out here from the page table, and the interpreter must
+/// give them too. (The translator's predicted fast-TLB entry, the page of the
+/// access's last byte, once matched the crossing read and took its bytes
+/// from the host memory before page 0x70's.)
+#[test]
+fn a_load_that_crosses_into_its_last_page_reads_both_pages() {
+    use iced_x86::code_asm::*;
+    let (pd, pt, log) = (0x1_0000u32, 0x1_1000u32, 0x2_0000u32);
+    let mut a = CodeAssembler::new(32).expect("assembler");
+    let mut top = a.create_label();
+    a.mov(eax, pd).unwrap();
+    a.mov(cr3, eax).unwrap();
+    a.mov(eax, cr0).unwrap();
+    a.or(eax, 0x8000_0000u32 as i32).unwrap();
+    a.mov(cr0, eax).unwrap();
+    a.mov(esi, 0x5_0004).unwrap();
+    a.mov(edi, log).unwrap();
+    a.mov(ecx, 4).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.mov(eax, dword_ptr(esi)).unwrap();
+    a.mov(dword_ptr(edi), eax).unwrap();
+    a.add(edi, 4).unwrap();
+    a.sub(esi, 2).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assembles");
+    let byte = |phys: u32| (phys.wrapping_mul(0x9E37_79B1) >> 24) as u8;
+    let run = |engine: Engine| {
+        let mut vm = flat32(&code, engine);
+        let mem = &mut vm.machine.mem;
+        mem.load(GuestPhys(u64::from(pd)), &(pt | 3).to_le_bytes())
+            .unwrap();
+        for p in 0..256u32 {
+            let frame = match p {
+                0x4F => 0x90,
+                0x50 => 0x70,
+                _ => p,
+            };
+            mem.load(
+                GuestPhys(u64::from(pt + 4 * p)),
+                &(frame << 12 | 3).to_le_bytes(),
+            )
+            .unwrap();
+        }
+        for phys in (0x6_F000..0x7_1000).chain(0x9_0000..0x9_1000) {
+            mem.load(GuestPhys(u64::from(phys)), &[byte(phys)]).unwrap();
+        }
+        assert_eq!(vm.run(1_000_000), RunOutcome::HaltedForever, "{engine:?}");
+        let mut got = [0u8; 16];
+        vm.machine
+            .mem
+            .read_bytes(GuestPhys(u64::from(log)), &mut got);
+        got
+    };
+    let dword = |phys: [u32; 4]| phys.map(byte);
+    let want: Vec<u8> = [
+        dword([0x7_0004, 0x7_0005, 0x7_0006, 0x7_0007]),
+        dword([0x7_0002, 0x7_0003, 0x7_0004, 0x7_0005]),
+        dword([0x7_0000, 0x7_0001, 0x7_0002, 0x7_0003]),
+        dword([0x9_0FFE, 0x9_0FFF, 0x7_0000, 0x7_0001]),
+    ]
+    .concat();
+    for engine in [Engine::Interp, Engine::Jit] {
+        assert_eq!(run(engine).to_vec(), want, "{engine:?}");
+    }
+}

@@ -1591,6 +1591,17 @@ impl<A: CodeSink> Emitter<'_, A> {
                 ; and r11, -4096
                 ; cmp r11, QWORD [r12 + r9 + tag]
                 ; jne =>wrong
+            );
+            if last > 0 {
+                // The tag is the page of the last byte, and the predicted
+                // entry need not be the first byte's: an access that starts
+                // on the page before would hit it. (The entry computed from
+                // the address cannot: the last byte's page is never found
+                // at the first byte's index.)
+                dynasm!(self.ops ; .arch x64 ; cmp r10, r11 ; jb =>wrong);
+            }
+            dynasm!(self.ops
+                ; .arch x64
                 ; add r10, QWORD [r12 + r9 + FAST_ADDEND]
                 ; =>on
             );
