@@ -8,7 +8,7 @@
 //! down (a triple fault).
 
 use super::ops::*;
-use super::protected::{self, fetch, sel_err, Desc};
+use super::protected::{self, fetch, sel_err};
 use super::stack::{add_sp, load_flags, peek, push};
 use super::{stack, task, Exec, Insn, Opnd};
 use crate::exception::Exception;
@@ -95,11 +95,7 @@ fn deliver_pm(
     if off + 7 > u64::from(cpu.idtr.limit) {
         return Err(Exception::GeneralProtection(idt_err));
     }
-    let base = mmu::table_linear(cpu, cpu.idtr.base, off);
-    let hi_at = mmu::table_linear(cpu, cpu.idtr.base, off + 4);
-    let lo = mmu::read_sys(cpu, m, base, 4)? as u32;
-    let hi = mmu::read_sys(cpu, m, hi_at, 4)? as u32;
-    let gate = Desc { lo, hi };
+    let gate = protected::read_desc(cpu, m, cpu.idtr.base, off)?;
     let typ = gate.typ();
     if gate.is_segment() || !matches!(typ, 0x5 | 0x6 | 0x7 | 0xE | 0xF) {
         return Err(Exception::GeneralProtection(idt_err));
