@@ -505,6 +505,7 @@ impl Translator {
             &*self.ctx as *const JitCtx as u64,
             runtime::helper_address(),
             runtime::fill_address(),
+            runtime::next_address(),
         );
         let placed = ops.finalize().ok().and_then(|bytes| code.append(&bytes));
         let Some(at) = placed else {
@@ -518,6 +519,7 @@ impl Translator {
             ret: base + off.ret as u64,
             helper: base + off.helper as u64,
             fill: base + off.fill as u64,
+            next: base + off.next as u64,
         };
     }
 
@@ -708,6 +710,8 @@ impl Translator {
                         .len()
                         .checked_sub(2)
                         .map_or(0, |k| plan::cleared_flags(&insns[k].ins)),
+                    dispatch: !self.single_step && plan::dispatches(&insns, &lowerings),
+                    key: key as u8,
                 },
                 &Externals {
                     stubs: self.stubs,
@@ -846,6 +850,7 @@ impl Translator {
         }
         let user = mmu::paging(cpu) && cpu.cpl() == 3;
         self.ctx.tlb_base = cpu.tlb.fast.e[usize::from(user)].as_mut_ptr() as u64;
+        self.ctx.generation = cpu.tlb.fast.generation;
     }
 
     /// Runs the fragment whose body is at offset `entry` of the code buffer.
