@@ -174,7 +174,8 @@ pub unsafe extern "sysv64" fn helper_exec(
 /// - the run loop's inner chain would go on: the instruction budget
 ///   (`icount_limit`) is not spent, the CPU runs, no PAUSE asked for a turn,
 ///   no interrupt is deliverable (INTR with IF and no shadow), and no NMI
-///   waits (an IRET unblocks NMIs, which only the outer loop delivers);
+///   waits, in the CPU or its APIC (an IRET unblocks NMIs, which only the
+///   outer loop takes and delivers);
 /// - the lookup would not delegate (TF, RF, the interrupt shadow, armed data
 ///   or instruction breakpoints);
 /// - the fast TLB and the jump cache need none of what the engine does
@@ -208,6 +209,7 @@ pub unsafe extern "sysv64" fn helper_next(
         || cpu.run_state != RunState::Running
         || cpu.pause_hint
         || cpu.nmi_pending != 0
+        || m.apic_nmi_pending()
         || cpu.int_shadow != 0
         || cpu.rflags & (TF | RF) != 0
         || cpu.dr[7] & 0xFF != 0
