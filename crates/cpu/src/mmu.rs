@@ -418,6 +418,22 @@ impl Tlb {
 /// fragment's probe needs no canonical check of its own: such an address
 /// misses every entry.
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, write: bool) -> bool {
+    let user = cpu.cpl() == 3;
+    fast_fill_as(cpu, m, lin, size, write, user)
+}
+
+/// [`fast_fill`] for an access with an explicit privilege (`user` false for
+/// the CPU's implicit supervisor accesses to descriptor tables, the IDT and
+/// the TSS, whatever the CPL). Without paging every access uses the
+/// supervisor entries, as [`fast_fill`]'s do.
+fn fast_fill_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    write: bool,
+    user: bool,
+) -> bool {
     let lin = lin.0;
     let canonical = ((lin << 16) as i64 >> 16) as u64 == lin;
     if (write && cpu.log_writes)
@@ -427,7 +443,7 @@ pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, wr
     {
         return false;
     }
-    let user = paging(cpu) && cpu.cpl() == 3;
+    let user = paging(cpu) && user;
     let acc = if write { Access::Write } else { Access::Read };
     let Ok(phys) = translate_as(cpu, m, Linear(lin), acc, user) else {
         return false;
@@ -939,7 +955,33 @@ fn lin_after(cpu: &CpuState, lin: Linear, first: u64) -> Linear {
 }
 
 /// Reads `size` (1, 2, 4 or 8) bytes at linear `lin` with privilege `user`.
+///
+/// The fast TLB answers first ([`fast_host_as`]): the CPU's own accesses to
+/// the IDT, the GDT, the TSS and the stacks of a privilege change (INT n,
+/// IRET, far transfers) then cost a probe, not a TLB lookup and a walk of
+/// the physical memory map. A miss takes the full path and installs the
+/// page's entry for the next access.
+#[inline]
 pub fn read_lin_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    user: bool,
+) -> Result<u64, Exception> {
+    if let Some(h) = fast_host_as(cpu, m, lin.0, size, false, user) {
+        // SAFETY: `fast_host_as` found a RAM page holding all `size` bytes,
+        // whose host mapping is current (same `host_epoch`).
+        return Ok(unsafe { host_read(h, size) });
+    }
+    let v = read_lin_slow(cpu, m, lin, size, user)?;
+    fast_refill_as(cpu, m, lin.0, size, false, user);
+    Ok(v)
+}
+
+/// [`read_lin_as`] without the fast TLB.
+#[inline(never)]
+fn read_lin_slow(
     cpu: &mut CpuState,
     m: &mut Machine,
     lin: Linear,
@@ -972,8 +1014,31 @@ pub fn read_lin_as(
     Ok(v)
 }
 
-/// Writes `size` bytes of `value` at linear `lin` with privilege `user`.
+/// Writes `size` bytes of `value` at linear `lin` with privilege `user`,
+/// through the fast TLB when it answers (see [`read_lin_as`]).
+#[inline]
 pub fn write_lin_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: Linear,
+    size: u32,
+    value: u64,
+    user: bool,
+) -> Result<(), Exception> {
+    if let Some(h) = fast_host_as(cpu, m, lin.0, size, true, user) {
+        // SAFETY: `fast_host_as` found a writable RAM page without cached
+        // code holding all `size` bytes, whose host mapping is current.
+        unsafe { host_write(h, size, value) };
+        return Ok(());
+    }
+    write_lin_slow(cpu, m, lin, size, value, user)?;
+    fast_refill_as(cpu, m, lin.0, size, true, user);
+    Ok(())
+}
+
+/// [`write_lin_as`] without the fast TLB.
+#[inline(never)]
+fn write_lin_slow(
     cpu: &mut CpuState,
     m: &mut Machine,
     lin: Linear,
@@ -1070,6 +1135,18 @@ pub fn read_sys(
     read_lin_as(cpu, m, lin, size, false)
 }
 
+/// [`read_sys`] when the fast TLB answers it (plain RAM, one page, see
+/// [`read_lin_as`]), and `None`, having done nothing, otherwise: for a pair of
+/// adjacent reads (a descriptor's two dwords) made one where that changes
+/// nothing a guest or a device can see.
+#[inline]
+pub fn fast_read_sys(cpu: &CpuState, m: &Machine, lin: Linear, size: u32) -> Option<u64> {
+    let h = fast_host_as(cpu, m, lin.0, size, false, false)?;
+    // SAFETY: `fast_host_as` found a RAM page holding all `size` bytes, whose
+    // host mapping is current (same `host_epoch`).
+    Some(unsafe { host_read(h, size) })
+}
+
 /// A supervisor-level (implicit) write.
 #[inline]
 pub fn write_sys(
@@ -1115,6 +1192,37 @@ fn fast_host(cpu: &mut CpuState, m: &Machine, lin: u64, size: u32, write: bool) 
         return None;
     }
     let user = paging(cpu) && cpu.cpl() == 3;
+    let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
+    let tag = if write { e.write } else { e.read };
+    if tag != lin & !0xFFF {
+        return None;
+    }
+    Some(lin.wrapping_add(e.addend) as *mut u8)
+}
+
+/// [`fast_host`] for an access with an explicit privilege (`user` false for
+/// the CPU's implicit supervisor accesses), by [`read_lin_as`] and
+/// [`write_lin_as`]: the same answer, under the same conditions, and with
+/// no access log being kept (those accesses log theirs). It changes nothing,
+/// not even on a stale host epoch (the next refill or `fast_host` syncs).
+#[inline(always)]
+fn fast_host_as(
+    cpu: &CpuState,
+    m: &Machine,
+    lin: u64,
+    size: u32,
+    write: bool,
+    user: bool,
+) -> Option<*mut u8> {
+    if (lin & 0xFFF) + u64::from(size) > 0x1000
+        || cpu.dr[7] & 0xFF != 0
+        || cpu.log_accesses
+        || (write && cpu.log_writes)
+        || cpu.tlb.fast.host_epoch != m.mem.host_epoch()
+    {
+        return None;
+    }
+    let user = paging(cpu) && user;
     let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
     let tag = if write { e.write } else { e.read };
     if tag != lin & !0xFFF {
@@ -1244,6 +1352,20 @@ fn sync_fast_tlb(cpu: &mut CpuState, m: &Machine) {
 /// effect of its own.
 #[inline]
 fn fast_refill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: bool) {
+    let user = cpu.cpl() == 3;
+    fast_refill_as(cpu, m, lin, size, write, user);
+}
+
+/// [`fast_refill`] for an access with an explicit privilege.
+#[inline]
+fn fast_refill_as(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    lin: u64,
+    size: u32,
+    write: bool,
+    user: bool,
+) {
     if (lin & 0xFFF) + u64::from(size) > 0x1000
         || cpu.dr[7] & 0xFF != 0
         || (write && cpu.log_writes)
@@ -1251,14 +1373,14 @@ fn fast_refill(cpu: &mut CpuState, m: &mut Machine, lin: u64, size: u32, write: 
     {
         return;
     }
-    let user = paging(cpu) && cpu.cpl() == 3;
+    let user = paging(cpu) && user;
     let e = &cpu.tlb.fast.e[usize::from(user)][((lin >> 12) as usize) & (FAST_TLB_SIZE - 1)];
     // A write to a page known to hold cached code stays on the slow path,
     // which checks the bytes it touches against the code-byte map.
     if write && e.write == (lin & !0xFFF) | FAST_CODE_TAG {
         return;
     }
-    fast_fill(cpu, m, Linear(lin), size, write);
+    fast_fill_as(cpu, m, Linear(lin), size, write, user);
 }
 
 /// Reads `size` (1, 2, 4 or 8) little-endian bytes at host address `h`.
@@ -1348,7 +1470,8 @@ fn read_slow(
     if cpu.dr[7] & 0xFF != 0 {
         crate::interp::debug::data_access(cpu, lin.0, size, false);
     }
-    read_lin(cpu, m, lin, size)
+    let user = paging(cpu) && cpu.cpl() == 3;
+    read_lin_slow(cpu, m, lin, size, user)
 }
 
 /// Writes `size` bytes at `s:off`. Inlined as [`read`] is.
@@ -1402,7 +1525,8 @@ fn write_slow(
         mem_write(cpu.icount, m, GuestPhys(lin.0), size, value);
         return Ok(());
     }
-    write_lin(cpu, m, lin, size, value)
+    let user = paging(cpu) && cpu.cpl() == 3;
+    write_lin_slow(cpu, m, lin, size, value, user)
 }
 
 /// Checks that `s:off` can be written (segment and page), without writing.

@@ -615,6 +615,14 @@ impl Machine {
         l.init_pending() || l.nmi_pending() || (if_set && l.pending(pic).is_some())
     }
 
+    /// Whether the current CPU's local APIC holds an NMI the run loop has
+    /// not taken yet ([`Machine::take_apic_nmi`]; nothing is taken here).
+    pub fn apic_nmi_pending(&self) -> bool {
+        self.lapics
+            .get(self.cur_cpu)
+            .is_some_and(Lapic::nmi_pending)
+    }
+
     /// Takes an NMI the current CPU's APIC received (an NMI IPI or message).
     pub fn take_apic_nmi(&mut self) -> bool {
         self.lapics

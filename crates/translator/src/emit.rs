@@ -12,8 +12,11 @@
 //! state and jumps to a fragment's body), *leave* (stores the guest state and
 //! returns to the host with an exit code), *helper* (makes `CpuState` exact,
 //! runs one instruction through `helper_exec`, and reloads the state, or leaves
-//! if the instruction ended the unit) and *fill* (a fast-TLB fill that keeps
-//! every guest register). A fragment is then only its body and its cold paths.
+//! if the instruction ended the unit), *fill* (a fast-TLB fill that keeps
+//! every guest register) and *next* (after a unit's closing INT n or IRET:
+//! on through the jump cache where `runtime::helper_next` finds the run
+//! loop would run the next unit at once, else back to the run loop). A
+//! fragment is then only its body and its cold paths.
 //!
 //! Register use inside fragments, across chained ones:
 //! - R15 holds the `CpuState` pointer;
@@ -202,6 +205,12 @@ pub struct Stubs {
     /// Called with R10 = linear address, R11 = size and write bit: a fast-TLB
     /// fill; R11 = 1 if the access may now go inline.
     pub fill: u64,
+    /// Jumped to at the end of a fragment whose last instruction, an INT n or
+    /// IRET ([`UnitPlan::dispatch`]), ran in the helper, with the state exact
+    /// in `CpuState` and EDX = spec, RCX = mode key | flat segments << 8,
+    /// R8 = CS base, R9 = CS limit: goes on at the fragment
+    /// `runtime::helper_next` names, or returns [`EXIT_EVENT`].
+    pub next: u64,
 }
 
 /// Offsets of the stubs in the code [`emit_stubs`] made.
@@ -217,6 +226,8 @@ pub struct StubOffsets {
     pub helper: usize,
     /// See [`Stubs`].
     pub fill: usize,
+    /// See [`Stubs`].
+    pub next: usize,
 }
 
 /// What a fragment calls and embeds: the stubs, the context, the address of
@@ -337,6 +348,13 @@ pub struct UnitPlan<'a> {
     /// The flags the instruction before the unit's last always clears
     /// ([`crate::plan::cleared_flags`]).
     pub closing_clears: u64,
+    /// The unit ends with an INT n or IRET the helper runs, after which it
+    /// may go on through the jump cache ([`crate::plan::dispatches`],
+    /// [`Stubs::next`]).
+    pub dispatch: bool,
+    /// The mode key the fragment is made for (with `cs_base`, `cs_limit`
+    /// and `flat`, what `spec` numbers).
+    pub key: u8,
 }
 
 /// The start of a self-loop whose closing compare leaves its flags
@@ -507,11 +525,17 @@ fn flags_from_mem<A: CodeSink>(ops: &mut A) {
 /// Emits the shared stubs (see the module comment) for fragments entered with
 /// the context at `ctx`, calling `helper_exec` at `helper` and `helper_fill` at
 /// `fill`.
-pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) -> StubOffsets {
+pub fn emit_stubs<A: CodeSink>(
+    ops: &mut A,
+    ctx: u64,
+    helper: u64,
+    fill: u64,
+    next: u64,
+) -> StubOffsets {
     let tlb_base = (ctx + offset_of!(JitCtx, tlb_base) as u64) as i64;
     let limit = (ctx + offset_of!(JitCtx, icount_limit) as u64) as i64;
     let host_mxcsr = (ctx + offset_of!(JitCtx, host_mxcsr) as u64) as i64;
-    let (ctx, helper, fill) = (ctx as i64, helper as i64, fill as i64);
+    let (ctx, helper, fill, next) = (ctx as i64, helper as i64, fill as i64, next as i64);
     // enter(cpu = RDI, body = RSI). After the pushes and the SUB the stack is
     // 16-byte aligned, as every CALL from a fragment expects.
     let enter = ops.offset().0;
@@ -639,12 +663,41 @@ pub fn emit_stubs<A: CodeSink>(ops: &mut A, ctx: u64, helper: u64, fill: u64) ->
         ; pop rax
         ; ret
     );
+    // next: as in the module comment on chaining, with the state exact in
+    // CpuState (the helper stub stored it all), so only the call's clobbers
+    // need undoing: the stack is as in a fragment's body, 16-byte aligned.
+    let next_at = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, r15
+        ; mov rsi, QWORD ctx
+        ; mov rax, QWORD next
+        ; call rax
+        ; test rax, rax
+        ; jz >back
+        ; mov r13, QWORD [r15 + ICOUNT]
+        ; mov r11, QWORD limit
+        ; sub r13, QWORD [r11]
+        ; mov r12, QWORD tlb_base
+        ; mov r12, QWORD [r12]
+        ; mov r11, rax
+    );
+    flags_from_mem(ops);
+    load_all(ops);
+    dynasm!(ops
+        ; .arch x64
+        ; jmp r11
+        ; back:
+        ; mov eax, EXIT_EVENT as i32
+        ; jmp =>ret_label
+    );
     StubOffsets {
         enter,
         leave,
         ret,
         helper: helper_at,
         fill: fill_at,
+        next: next_at,
     }
 }
 
@@ -783,6 +836,20 @@ pub fn emit_unit<A: CodeSink>(ops: &mut A, unit: &UnitPlan<'_>, ext: &Externals<
     let end_off: u64 = unit.lens.iter().map(|&l| u64::from(l)).sum();
     if !ended && unit.chain {
         e.fall_through(end_off);
+    } else if !ended && e.exact && unit.dispatch {
+        // An INT n or IRET ran in the helper: on through the jump cache if
+        // the next unit may follow at once (`runtime::helper_next`).
+        debug_assert_eq!(e.end_code, EXIT_EVENT);
+        let next = e.ext.stubs.next;
+        let key_flat = i32::from(unit.key) | i32::from(unit.flat) << 8;
+        dynasm!(e.ops
+            ; .arch x64
+            ; mov edx, unit.spec as i32
+            ; mov ecx, key_flat
+            ; mov r8, QWORD unit.cs_base as i64
+            ; mov r9d, unit.cs_limit as i32
+            ; jmp extern next as usize
+        );
     } else if !ended && e.exact {
         // The last instruction ran in the helper, which left the state (and
         // RIP, perhaps a branch target) in CpuState.

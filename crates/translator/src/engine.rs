@@ -505,6 +505,7 @@ impl Translator {
             &*self.ctx as *const JitCtx as u64,
             runtime::helper_address(),
             runtime::fill_address(),
+            runtime::next_address(),
         );
         let placed = ops
             .finalize()
@@ -529,6 +530,7 @@ impl Translator {
             ret: base + off.ret as u64,
             helper: base + off.helper as u64,
             fill: base + off.fill as u64,
+            next: base + off.next as u64,
         };
     }
 
@@ -719,6 +721,8 @@ impl Translator {
                         .len()
                         .checked_sub(2)
                         .map_or(0, |k| plan::cleared_flags(&insns[k].ins)),
+                    dispatch: !self.single_step && plan::dispatches(&insns, &lowerings),
+                    key: key as u8,
                 },
                 &Externals {
                     stubs: self.stubs,
@@ -857,6 +861,7 @@ impl Translator {
         }
         let user = mmu::paging(cpu) && cpu.cpl() == 3;
         self.ctx.tlb_base = cpu.tlb.fast.e[usize::from(user)].as_mut_ptr() as u64;
+        self.ctx.generation = cpu.tlb.fast.generation;
     }
 
     /// Runs the fragment whose body is at offset `entry` of the code buffer.

@@ -21,6 +21,7 @@ const FAKE_STUBS: Stubs = Stubs {
     ret: 0x7E00_0200,
     helper: 0x7E00_0300,
     fill: 0x7E00_0400,
+    next: 0x7E00_0500,
 };
 /// Placeholder address of prepared instruction `i`: FAKE_INSN + i * 0x100.
 const FAKE_INSN: u64 = 0x7E57_0001_0000;
@@ -108,6 +109,12 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
                 .len()
                 .checked_sub(2)
                 .map_or(0, |k| plan::cleared_flags(&insns[k].ins)),
+            dispatch: plan::dispatches(insns, &lowerings),
+            key: match bits {
+                16 => x86bt_cpu::CpuMode::Real as u8,
+                32 => x86bt_cpu::CpuMode::Prot32 as u8,
+                _ => x86bt_cpu::CpuMode::Long64 as u8,
+            },
         },
         &Externals {
             stubs: FAKE_STUBS,
@@ -163,6 +170,7 @@ pub fn render(bits: u32, insns: &[Insn]) -> String {
             ("stub_ret", FAKE_STUBS.ret),
             ("stub_helper", FAKE_STUBS.helper),
             ("stub_fill", FAKE_STUBS.fill),
+            ("stub_next", FAKE_STUBS.next),
         ] {
             line = line.replace(&format!("0x{at:016x}"), name);
             line = line.replace(&format!("0x{at:x}"), name);

@@ -1120,6 +1120,31 @@ fn quiet(lowerings: &[Lowering]) -> bool {
         .all(|l| !matches!(l, Lowering::Helper(HelperKind::Sensitive | HelperKind::X87)))
 }
 
+/// Whether a unit that ends with a software interrupt or an interrupt
+/// return (INT n, INT3, INTO, INT1, IRET), which the helper runs, may go on
+/// from there through the jump cache without returning to the run loop
+/// (`runtime::helper_next` decides at run time): every instruction before it
+/// is [`quiet`] and none loads a segment register.
+pub fn dispatches(insns: &[Insn], lowerings: &[Lowering]) -> bool {
+    let Some((last, before)) = insns.split_last() else {
+        return false;
+    };
+    let event = matches!(
+        last.ins.mnemonic(),
+        Mnemonic::Int
+            | Mnemonic::Int3
+            | Mnemonic::Into
+            | Mnemonic::Int1
+            | Mnemonic::Iret
+            | Mnemonic::Iretd
+            | Mnemonic::Iretq
+    );
+    event
+        && matches!(lowerings.last(), Some(Lowering::Helper(_)))
+        && quiet(&lowerings[..lowerings.len() - 1])
+        && !seg_writes(before).contains(&true)
+}
+
 /// Whether a unit may go on to the next fragment without returning: it ends
 /// with an inline branch and is [`quiet`].
 pub fn may_chain(lowerings: &[Lowering]) -> bool {

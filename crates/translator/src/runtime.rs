@@ -96,6 +96,10 @@ pub struct JitCtx {
     /// POPF that sets IF while it is up ends the unit, as the interpreter's
     /// does.
     pub intr: u8,
+    /// `FastTlb::generation` as of the last entry, when the running vCPU's
+    /// jump cache was brought up to date with its TLB: [`helper_next`] goes
+    /// on through the jump cache only while it has not moved.
+    pub generation: u64,
 }
 
 impl Default for JitCtx {
@@ -112,6 +116,7 @@ impl Default for JitCtx {
             jc: core::ptr::null_mut(),
             host_mxcsr: 0x1F80,
             intr: 0,
+            generation: 0,
         }
     }
 }
@@ -153,6 +158,98 @@ pub unsafe extern "sysv64" fn helper_exec(
             ctx.exc = Some(e);
             EXIT_FAULT
         }
+    }
+}
+
+/// After a fragment's last instruction, an INT n or IRET (the family
+/// `plan::dispatches` names) that the helper ran and that ended nothing
+/// (`Step::Next`): the chain entry of the fragment to go on to, or 0 to
+/// return to the run loop. `spec` is the running fragment's spec id, made
+/// for mode key, CS base, CS limit and flat segments `key_flat` (key, then
+/// the flat set shifted left by 8), `cs_base` and `cs_limit`.
+///
+/// It goes on only where the run loop would look up and run the next unit
+/// at once, with nothing else done in between that a guest could see, and
+/// where the lookup would find the fragment the jump cache names:
+/// - the run loop's inner chain would go on: the instruction budget
+///   (`icount_limit`) is not spent, the CPU runs, no PAUSE asked for a turn,
+///   no interrupt is deliverable (INTR with IF and no shadow), and no NMI
+///   waits, in the CPU or its APIC (an IRET unblocks NMIs, which only the
+///   outer loop takes and delivers);
+/// - the lookup would not delegate (TF, RF, the interrupt shadow, armed data
+///   or instruction breakpoints);
+/// - the fast TLB and the jump cache need none of what the engine does
+///   before an entry (host or code-map epochs moved, a flush or INVLPG since
+///   the entry, a write log with write entries); the fast-TLB entries of
+///   the new privilege are set in the context;
+/// - the state after the instruction has the fragment's own spec (a CPL
+///   change keeps it when the segments stay flat), and the jump cache holds
+///   the new RIP under it. On a miss the engine is asked to fill the entry
+///   (`JC_REQUEST`), as a fragment's own jump-cache probe does.
+///
+/// # Safety
+/// As [`helper_exec`], for `cpu` and `ctx`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe extern "sysv64" fn helper_next(
+    cpu: *mut CpuState,
+    ctx: *mut JitCtx,
+    spec: u64,
+    key_flat: u64,
+    cs_base: u64,
+    cs_limit: u64,
+) -> u64 {
+    use x86bt_cpu::state::flags::{IF, RF, TF};
+    use x86bt_cpu::state::{sreg, RunState};
+    // SAFETY: the caller's contract, as in `helper_exec`.
+    let (cpu, ctx) = unsafe { (&mut *cpu, &mut *ctx) };
+    // SAFETY: as in `helper_exec`.
+    let m = unsafe { &*ctx.m };
+    let fast = &cpu.tlb.fast;
+    let stop = cpu.icount >= ctx.icount_limit
+        || cpu.run_state != RunState::Running
+        || cpu.pause_hint
+        || cpu.nmi_pending != 0
+        || m.apic_nmi_pending()
+        || cpu.int_shadow != 0
+        || cpu.rflags & (TF | RF) != 0
+        || cpu.dr[7] & 0xFF != 0
+        || (m.intr() && cpu.rflags & IF != 0)
+        || m.mem.code_write_pending
+        || fast.host_epoch != m.mem.host_epoch()
+        || fast.maps_epoch != m.mem.code_maps_epoch()
+        || fast.generation != ctx.generation
+        || !fast.page_notes.is_empty()
+        || (cpu.log_writes && fast.writes);
+    if stop {
+        return 0;
+    }
+    let cs = cpu.seg[sreg::CS];
+    let now = u64::from(x86bt_cpu::CpuMode::of(cpu) as u8)
+        | u64::from(crate::emit::flat_segments(cpu)) << 8;
+    if now != key_flat || cs.base != cs_base || u64::from(cs.limit) != cs_limit {
+        return 0;
+    }
+    let user = x86bt_cpu::mmu::paging(cpu) && cpu.cpl() == 3;
+    ctx.tlb_base = cpu.tlb.fast.e[usize::from(user)].as_mut_ptr() as u64;
+    // SAFETY: `ctx.jc` points at the running vCPU's JC_SIZE entries (set by
+    // the engine before the entry), and `jc_index` is below JC_SIZE.
+    let e = unsafe { *ctx.jc.add(jc_index(cpu.rip)) };
+    if e.rip == cpu.rip && e.spec == spec {
+        return e.addr;
+    }
+    ctx.pending_link = crate::emit::JC_REQUEST | spec;
+    0
+}
+
+/// [`helper_next`]'s address, as the stubs embed it.
+pub fn next_address() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        helper_next as *const () as usize as u64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
     }
 }
 

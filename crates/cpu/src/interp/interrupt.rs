@@ -8,7 +8,7 @@
 //! down (a triple fault).
 
 use super::ops::*;
-use super::protected::{self, fetch, sel_err, Desc};
+use super::protected::{self, fetch, sel_err};
 use super::stack::{add_sp, load_flags, peek, push};
 use super::{stack, task, Exec, Insn, Opnd};
 use crate::exception::Exception;
@@ -95,11 +95,7 @@ fn deliver_pm(
     if off + 7 > u64::from(cpu.idtr.limit) {
         return Err(Exception::GeneralProtection(idt_err));
     }
-    let base = mmu::table_linear(cpu, cpu.idtr.base, off);
-    let hi_at = mmu::table_linear(cpu, cpu.idtr.base, off + 4);
-    let lo = mmu::read_sys(cpu, m, base, 4)? as u32;
-    let hi = mmu::read_sys(cpu, m, hi_at, 4)? as u32;
-    let gate = Desc { lo, hi };
+    let gate = protected::read_desc(cpu, m, cpu.idtr.base, off)?;
     let typ = gate.typ();
     if gate.is_segment() || !matches!(typ, 0x5 | 0x6 | 0x7 | 0xE | 0xF) {
         return Err(Exception::GeneralProtection(idt_err));
@@ -289,29 +285,43 @@ fn error_code(cpu: &CpuState, e: Exception) -> Option<u32> {
     }
 }
 
+/// Delivers `vector` for an instruction that raises it (INT n, INT3, INT1,
+/// INTO), returning to the next instruction. [`deliver`] sets RIP to the
+/// handler as well as `next_rip`, as delivery from the run loop needs; the
+/// instruction's own RIP is put back, so that the instruction step moves to
+/// `next_rip` as after any transfer, rather than taking the delivery for the
+/// instruction restarting itself (which ends its unit with an event, and
+/// would keep translated code from going on to the handler's unit).
+fn deliver_soft(cpu: &mut CpuState, m: &mut Machine, vector: u8, src: Source) -> Exec {
+    let at = cpu.rip;
+    deliver(cpu, m, vector, None, cpu.next_rip, src)?;
+    cpu.rip = at;
+    Ok(())
+}
+
 /// INT imm8: a trap that returns to the next instruction.
 pub fn int_n(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Exec {
     let v = match insn.ops[0] {
         Opnd::Imm(v) => v as u8,
         _ => 0,
     };
-    deliver(cpu, m, v, None, cpu.next_rip, Source::Soft)
+    deliver_soft(cpu, m, v, Source::Soft)
 }
 
 /// INT3.
 pub fn int3(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
-    deliver(cpu, m, 3, None, cpu.next_rip, Source::Soft)
+    deliver_soft(cpu, m, 3, Source::Soft)
 }
 
 /// INT1 (ICEBP, F1): a #DB trap.
 pub fn int1(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
-    deliver(cpu, m, 1, None, cpu.next_rip, Source::External)
+    deliver_soft(cpu, m, 1, Source::External)
 }
 
 /// INTO: INT 4 if OF is set.
 pub fn into(cpu: &mut CpuState, m: &mut Machine, _insn: &Insn) -> Exec {
     if cpu.rflags & OF != 0 {
-        deliver(cpu, m, 4, None, cpu.next_rip, Source::Soft)
+        deliver_soft(cpu, m, 4, Source::Soft)
     } else {
         Ok(())
     }

@@ -108,10 +108,31 @@ pub fn fetch(cpu: &mut CpuState, m: &mut Machine, sel: u16) -> Result<(Desc, u64
         return Err(Exception::GeneralProtection(sel_err(sel)));
     }
     let addr = mmu::table_linear(cpu, base, off);
+    Ok((read_desc(cpu, m, base, off)?, addr.0))
+}
+
+/// Reads the 8-byte descriptor or gate at byte `off` of the system table at
+/// linear `base`: as two dword reads, low then high, or as one read when the
+/// fast TLB answers for all eight bytes (plain RAM on one page, where the
+/// two reads could not differ from it).
+#[inline]
+pub fn read_desc(
+    cpu: &mut CpuState,
+    m: &mut Machine,
+    base: u64,
+    off: u64,
+) -> Result<Desc, Exception> {
+    let addr = mmu::table_linear(cpu, base, off);
+    if let Some(v) = mmu::fast_read_sys(cpu, m, addr, 8) {
+        return Ok(Desc {
+            lo: v as u32,
+            hi: (v >> 32) as u32,
+        });
+    }
     let hi_at = mmu::table_linear(cpu, base, off + 4);
     let lo = mmu::read_sys(cpu, m, addr, 4)? as u32;
     let hi = mmu::read_sys(cpu, m, hi_at, 4)? as u32;
-    Ok((Desc { lo, hi }, addr.0))
+    Ok(Desc { lo, hi })
 }
 
 /// Sets the accessed bit of a code/data descriptor in memory.
@@ -439,6 +460,14 @@ pub fn tss_stack(cpu: &mut CpuState, m: &mut Machine, dpl: u8) -> Result<(u16, u
         mmu::table_linear(cpu, tr.base, sp_off),
         mmu::table_linear(cpu, tr.base, ss_off),
     );
+    if t32 {
+        // ESPn and SSn are adjacent: one read when the fast TLB answers for
+        // the eight bytes (plain RAM, nothing the split reads could see
+        // differently; the limit check above stays the SDM's).
+        if let Some(v) = mmu::fast_read_sys(cpu, m, sp_at, 8) {
+            return Ok(((v >> 32) as u16, v & 0xFFFF_FFFF));
+        }
+    }
     let sp = mmu::read_sys(cpu, m, sp_at, sp_size)?;
     let ss = mmu::read_sys(cpu, m, ss_at, 2)? as u16;
     Ok((ss, sp))
