@@ -692,11 +692,8 @@ fn walk_entries(cpu: &CpuState, m: &Machine, lin: u64, code: u32) -> Result<Walk
     let pae = cpu.cr4 & cr4::PAE != 0;
     let long = cpu.efer & EFER_LMA != 0;
     let nxe = pae && cpu.efer & efer::NXE != 0;
-    let fault = |code: u32| Exception::PageFault { addr: lin, code };
-    let rsvd = |code: u32| Exception::PageFault {
-        addr: lin,
-        code: code | 1 | 8,
-    };
+    let fault = |code: u32| Exception::page_fault(lin, code);
+    let rsvd = |code: u32| Exception::page_fault(lin, code | 1 | 8);
     // Address bits of an entry: 51:12 within MAXPHYADDR.
     let addr_mask: u64 = ((1u64 << MAXPHYADDR) - 1) & !0xFFF;
     // Reserved above MAXPHYADDR: bits 62:M in PAE paging (SDM vol. 3A Tables
@@ -827,7 +824,7 @@ fn walk(
         n,
         wide,
     } = walk_entries(cpu, m, lin, code)?;
-    let fault = |code: u32| Exception::PageFault { addr: lin, code };
+    let fault = |code: u32| Exception::page_fault(lin, code);
     let all = |bit: u64| levels[..n].iter().all(|(_, e)| e & bit != 0);
     let user_ok = all(US);
     let rw_all = all(RW);
@@ -1746,13 +1743,7 @@ mod tests {
     fn paging_not_present_faults_with_error_code() {
         let (mut cpu, mut m) = paged();
         let e = translate_as(&mut cpu, &mut m, Linear(0x40_1000), Access::Write, true);
-        assert_eq!(
-            e,
-            Err(Exception::PageFault {
-                addr: 0x40_1000,
-                code: 0b110
-            })
-        );
+        assert_eq!(e, Err(Exception::page_fault(0x40_1000, 0b110)));
     }
 
     #[test]
@@ -1763,17 +1754,11 @@ mod tests {
         cpu.cr0 |= cr0::WP;
         assert_eq!(
             translate_as(&mut cpu, &mut m, Linear(0x40_0000), Access::Write, false),
-            Err(Exception::PageFault {
-                addr: 0x40_0000,
-                code: 0b011
-            })
+            Err(Exception::page_fault(0x40_0000, 0b011))
         );
         assert_eq!(
             translate_as(&mut cpu, &mut m, Linear(0x40_0000), Access::Write, true),
-            Err(Exception::PageFault {
-                addr: 0x40_0000,
-                code: 0b111
-            })
+            Err(Exception::page_fault(0x40_0000, 0b111))
         );
     }
 

@@ -184,26 +184,11 @@ pub enum Step {
 
 /// Runs one prepared instruction with the protocol of a unit's common path:
 /// `next_rip` is set before, RIP and `icount` advance after. The translator's
-/// helper path runs instructions through here too, so both engines share it.
+/// helper path runs instructions through here; the interpreter's unit loop
+/// ([`Interpreter`]'s `run_one`) has the same protocol written out.
 #[inline(always)]
 pub fn exec_one(cpu: &mut CpuState, m: &mut Machine, insn: &Insn) -> Step {
-    let ip_mask = match insn.ins.code_size() {
-        iced_x86::CodeSize::Code16 => 0xFFFF,
-        iced_x86::CodeSize::Code32 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    };
-    exec_in_unit(cpu, m, insn, ip_mask)
-}
-
-/// [`exec_one`] inside the interpreter's own unit loop, with the unit's IP
-/// mask ([`CpuMode::ip_mask`]) known once for all its instructions.
-#[inline(always)]
-fn exec_in_unit(cpu: &mut CpuState, m: &mut Machine, insn: &Insn, ip_mask: u64) -> Step {
-    debug_assert_eq!(
-        cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask,
-        next_ip(cpu.rip, insn)
-    );
-    cpu.next_rip = cpu.rip.wrapping_add(u64::from(insn.len)) & ip_mask;
+    cpu.next_rip = next_ip(cpu.rip, insn);
     match (insn.exec)(cpu, m, insn) {
         Ok(()) => {
             let restart = cpu.next_rip == cpu.rip;
@@ -435,18 +420,47 @@ impl Interpreter {
         if !single {
             // The common path: no trap to check after each instruction, and the
             // halt check once at the end (HLT is always a unit's last).
+            // `exec_one` written out with RIP kept in a register: an
+            // instruction that leaves `next_rip` as set (all but the unit's
+            // last, and repeated string instructions that did not yield)
+            // has its successor's RIP from here, not from a load of the
+            // store before its handler, so the chain of RIPs from one
+            // instruction to the next does not go through memory.
             let ip_mask = key.ip_mask();
+            let mut rip = cpu.rip;
             for insn in &self.units[s][..count] {
                 // STI's interrupt shadow covers the one instruction after
                 // it: inside a unit, that instruction clears it first.
                 cpu.int_shadow = 0;
-                match exec_in_unit(cpu, m, insn, ip_mask) {
-                    Step::Next => {}
-                    Step::End => return UnitExit::Event,
-                    Step::Fault(e) => {
-                        interrupt::raise(cpu, m, e, cpu.rip);
-                        return self.after_fault(cpu);
-                    }
+                debug_assert_eq!(rip, cpu.rip);
+                let next = rip.wrapping_add(u64::from(insn.len)) & ip_mask;
+                debug_assert_eq!(next, next_ip(rip, insn));
+                cpu.next_rip = next;
+                if let Err(e) = (insn.exec)(cpu, m, insn) {
+                    cpu.icount += 1;
+                    interrupt::raise(cpu, m, e, cpu.rip);
+                    return self.after_fault(cpu);
+                }
+                cpu.icount += 1;
+                // `next_rip == rip` is a restart (a repeated string
+                // instruction that yielded, a branch to itself, an event
+                // delivered at the next instruction's address), as in
+                // `exec_one`: event delivery sets RIP too, so it is read again.
+                let restart;
+                if cpu.next_rip == next {
+                    restart = cpu.rip == next;
+                    rip = next;
+                } else {
+                    // A branch or an event (the unit's last instruction).
+                    restart = cpu.next_rip == cpu.rip;
+                    rip = cpu.next_rip;
+                }
+                cpu.rip = rip;
+                // Port I/O (IN, OUT) goes on inside its unit unless the
+                // access changed something the run loop checks.
+                if restart || m.mem.code_write_pending || m.port_attention() {
+                    m.take_port_attention();
+                    return UnitExit::Event;
                 }
             }
             if cpu.run_state != RunState::Running {

@@ -237,7 +237,7 @@ pub fn raise(cpu: &mut CpuState, m: &mut Machine, e: Exception, ret_ip: u64) {
     }
     let mut first = e;
     for _ in 0..4 {
-        if let Exception::PageFault { addr, .. } = first {
+        if let Some(addr) = first.page_fault_addr() {
             cpu.cr2 = addr;
         }
         // Every fault but an instruction-breakpoint #DB pushes RF = 1; traps
