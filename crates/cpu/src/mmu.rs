@@ -416,7 +416,14 @@ impl Tlb {
 /// path. A non-canonical address gets no entry either (the interpreter raises
 /// its #GP or #SS), so no entry's tag is ever a non-canonical page, and a
 /// fragment's probe needs no canonical check of its own: such an address
-/// misses every entry.
+/// misses every entry. Nor does linear page 0 in IA-32e mode: there an access
+/// at the top of the address space (linear 2^64 - 15 and up) has its last
+/// byte on page 0, and a fragment's probe with a predicted entry compares
+/// the page of the last byte (its check that the first byte is not below
+/// that page cannot see the wrap); with no page-0 entry such an access
+/// misses. (Legacy-mode code forms its addresses in 32 bits, zero-extended,
+/// so they cannot wrap to page 0; a change of EFER.LMA goes with a CR0.PG
+/// change, which flushes the TLB.)
 pub fn fast_fill(cpu: &mut CpuState, m: &mut Machine, lin: Linear, size: u32, write: bool) -> bool {
     let user = cpu.cpl() == 3;
     fast_fill_as(cpu, m, lin, size, write, user)
@@ -440,6 +447,7 @@ fn fast_fill_as(
         || cpu.log_accesses
         || (lin & 0xFFF) + u64::from(size) > 0x1000
         || !canonical
+        || (lin >> 12 == 0 && cpu.efer & EFER_LMA != 0)
     {
         return false;
     }
@@ -1792,6 +1800,28 @@ mod tests {
         cpu.efer = efer::LME | efer::LMA;
         cpu.cr3 = 0x10000;
         (cpu, m)
+    }
+
+    /// Linear page 0 gets no fast-TLB entry in IA-32e mode (a 64-bit access
+    /// that wraps from the top of the address space ends on it, and the
+    /// translator's predicted probe would take it), while page 5 of the same
+    /// table does; in legacy mode page 0 gets one.
+    #[test]
+    fn page_zero_gets_no_fast_entry_in_ia32e_mode() {
+        let (mut cpu, mut m) = long_paged();
+        m.mem
+            .write::<8>(GuestPhys(0x13000), (0x9000u64 | 0x7).to_le_bytes());
+        assert!(fast_fill(&mut cpu, &mut m, Linear(0x5000), 4, false));
+        assert!(!fast_fill(&mut cpu, &mut m, Linear(0x10), 4, false));
+        assert!(cpu.tlb.fast.e.iter().flatten().all(|e| e.read != 0));
+        // The page itself translates: only the fast entry is withheld.
+        let p = translate_as(&mut cpu, &mut m, Linear(0x10), Access::Read, false);
+        assert_eq!(p, Ok(GuestPhys(0x9010)));
+        let (mut cpu, mut m) = paged_round();
+        cpu.cr3 = 0x1000;
+        m.mem
+            .write::<4>(GuestPhys(0x1000), (0x2000u32 | 0x3).to_le_bytes());
+        assert!(fast_fill(&mut cpu, &mut m, Linear(0x10), 4, false));
     }
 
     #[test]

@@ -1664,7 +1664,10 @@ impl<A: CodeSink> Emitter<'_, A> {
                 // entry need not be the first byte's: an access that starts
                 // on the page before would hit it. (The entry computed from
                 // the address cannot: the last byte's page is never found
-                // at the first byte's index.)
+                // at the first byte's index.) An access that wraps from the
+                // top of the address space to page 0 passes this check, and
+                // finds no entry: `mmu::fast_fill` gives page 0 none in
+                // IA-32e mode.
                 dynasm!(self.ops ; .arch x64 ; cmp r10, r11 ; jb =>wrong);
             }
             dynasm!(self.ops
