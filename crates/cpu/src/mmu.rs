@@ -469,11 +469,11 @@ fn fast_fill_as(
     let page = lin & !0xFFF;
     let addend = (host as u64).wrapping_sub(page);
     let i = ((lin >> 12) as usize) & (FAST_TLB_SIZE - 1);
-    let e = &mut cpu.tlb.fast.e[usize::from(user)][i];
+    let fast = &mut *cpu.tlb.fast;
+    let e = &mut fast.e[usize::from(user)][i];
     if e.read == FAST_INVALID {
-        cpu.tlb.fast.used.note(i);
+        fast.used.note(i);
     }
-    let e = &mut cpu.tlb.fast.e[usize::from(user)][i];
     if e.read != page || e.addend != addend {
         *e = FastEntry {
             read: FAST_INVALID,
@@ -485,7 +485,7 @@ fn fast_fill_as(
     // A write right implies the read right at the same privilege.
     e.read = page;
     if write {
-        cpu.tlb.fast.writes = true;
+        fast.writes = true;
         if let Some(map) = code {
             e.write = page | FAST_CODE_TAG;
             e.code = map as u64;
